@@ -1,0 +1,27 @@
+# helix-jax developer targets. `make install` builds .venv from scratch; everything else uses it.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export JAX_PLATFORMS ?= cpu
+
+.PHONY: install test lint demo bench bench-plan bench-runtime bench-serve bench-sim clean
+
+install:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+
+test:
+	$(BIN)/python -m pytest -m "not benchmark" tests
+
+lint:
+	$(BIN)/python -m compileall -q helix_jax solver cli tests
+
+bench: bench-plan bench-runtime bench-serve bench-sim
+
+bench-plan:
+	$(BIN)/python -m helix_jax.bench.plan_bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
