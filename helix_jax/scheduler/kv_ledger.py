@@ -1,0 +1,96 @@
+"""KV ledger: per-node budgets of KV cache entries, counted in token-layers.
+
+Owns the bookkeeping behind KV admission (HELIX.md section 4): admitting a request reserves
+`tokens * layers_run_here` on every node of its route; finishing (or cancelling) it releases
+exactly that. Reservations are all-or-nothing, so a node's use can never exceed its budget.
+The simulator and the live coordinator share this class; neither touches the counts directly.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from helix_jax.errors import ConfigError, RequestError
+from helix_jax.placement import Hop
+
+
+class KVLedger:
+    """Budgets and reservations in token-layer entries (one entry = one token's K and V for
+    one layer)."""
+
+    def __init__(self, budgets_token_layers: Mapping[str, int]):
+        for node, budget in budgets_token_layers.items():
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+                raise ConfigError(f"KV budget of node {node!r} must be a non-negative integer "
+                                  f"of token-layers, got {budget!r}")
+        self._budget: dict[str, int] = dict(budgets_token_layers)
+        self._used: dict[str, int] = {node: 0 for node in self._budget}
+        self._held: dict[str, tuple[tuple[str, int], ...]] = {}  # request -> ((node, entries), ...)
+
+    # ---- queries ----
+    def budget(self, node: str) -> int:
+        try:
+            return self._budget[node]
+        except KeyError:
+            raise ConfigError(f"node {node!r} has no KV budget in this ledger") from None
+
+    def used(self, node: str) -> int:
+        self.budget(node)
+        return self._used[node]
+
+    def free(self, node: str) -> int:
+        return self.budget(node) - self._used[node]
+
+    def can_reserve(self, node: str, amount: int) -> bool:
+        return amount <= self.free(node)
+
+    def holds(self, request_id: str) -> bool:
+        return request_id in self._held
+
+    def reservation(self, request_id: str) -> tuple[tuple[str, int], ...]:
+        """(node, token-layer entries) the request holds; empty if it holds none."""
+        return self._held.get(request_id, ())
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(self._budget)
+
+    @staticmethod
+    def entries_for(route: Iterable[Hop], tokens: int) -> tuple[tuple[str, int], ...]:
+        """What a route of hops needs for `tokens` tokens: only the layers each hop runs."""
+        return tuple((hop.node, tokens * hop.num_layers) for hop in route)
+
+    # ---- changes ----
+    def reserve(self, request_id: str, route: Iterable[Hop], tokens: int) -> None:
+        """Reserve `tokens * hop.num_layers` on every hop's node, or nothing at all.
+
+        Raises RequestError if the request already holds a reservation or any node lacks room.
+        """
+        if request_id in self._held:
+            raise RequestError(f"request {request_id!r} already holds a KV reservation")
+        need = self.entries_for(route, tokens)
+        for node, amount in need:
+            if not self.can_reserve(node, amount):
+                raise RequestError(f"request {request_id!r} needs {amount} KV token-layers on "
+                                   f"{node!r}, which has {self.free(node)} free")
+        for node, amount in need:
+            self._used[node] += amount
+        self._held[request_id] = need
+
+    def release(self, request_id: str) -> int:
+        """Give back everything the request holds; returns the entries freed (0 if none)."""
+        need = self._held.pop(request_id, ())
+        for node, amount in need:
+            self._used[node] -= amount
+        return sum(amount for _, amount in need)
+
+    def check(self) -> None:
+        """Raise if the books do not balance (a guard for tests and the simulator)."""
+        totals = {node: 0 for node in self._budget}
+        for need in self._held.values():
+            for node, amount in need:
+                totals[node] += amount
+        for node, total in totals.items():
+            if total != self._used[node] or total > self._budget[node]:
+                raise RuntimeError(f"KV ledger out of balance on {node!r}: held {total}, "
+                                   f"recorded {self._used[node]}, budget {self._budget[node]}")

@@ -1,0 +1,139 @@
+"""Next-hop policies: how the scheduler orders the candidate hops out of an endpoint.
+
+Owns the four policies the scheduler can run behind one interface:
+
+* `iwrr` (Helix): interleaved weighted round robin per endpoint over its flow edges. Each
+  edge keeps a load; the candidate with the smallest `load + work / weight` comes first and,
+  once the request is admitted, `work / weight` is added to every edge of its route (work =
+  prompt tokens at admission, one per decode token afterwards). Over many requests each
+  edge's share of work tracks its share of the flow.
+* `random`: a uniformly random order over the allowed hand-offs (seeded).
+* `shortest-queue`: the node with the fewest queued requests (as last observed), then the
+  fewest requests in flight through it.
+* `swarm`: the node with the lowest moving average of observed hop latency (unobserved
+  nodes first, so each gets measured), then the fewest requests in flight.
+
+The scheduler tries candidates in the returned order and skips those without KV room, so a
+policy never needs to know about memory.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Mapping, Sequence
+
+from helix_jax.errors import ConfigError
+
+from helix_jax.scheduler.route_graph import RouteGraph
+
+POLICIES = ("iwrr", "random", "shortest-queue", "swarm")
+SWARM_EMA_WEIGHT = 0.2  # weight of the newest latency observation
+
+
+class RoutePolicy:
+    """Base: orders candidates; hears about admissions, decode tokens and observations."""
+
+    name = "base"
+    flow_edges_only = False  # whether the policy routes only along the placement's flow edges
+
+    def __init__(self, graph: RouteGraph, in_flight_per_node: Mapping[str, int], seed: int = 0):
+        self.graph = graph
+        self.in_flight_per_node = in_flight_per_node
+
+    def order(self, src: str, candidates: Sequence[str], work: float) -> list[str]:
+        raise NotImplementedError
+
+    def on_admit(self, edges: Sequence[tuple[str, str]], work: float) -> None:
+        """A request was admitted along `edges` (coordinator -> ... -> coordinator)."""
+
+    def on_decode(self, edges: Sequence[tuple[str, str]], tokens: int) -> None:
+        """`tokens` decode tokens of an admitted request went along `edges`."""
+
+    def on_hop_latency(self, node: str, seconds: float) -> None:
+        pass
+
+    def on_node_queue(self, node: str, depth: int) -> None:
+        pass
+
+
+class IwrrPolicy(RoutePolicy):
+    name = "iwrr"
+    flow_edges_only = True
+
+    def __init__(self, graph: RouteGraph, in_flight_per_node: Mapping[str, int], seed: int = 0):
+        super().__init__(graph, in_flight_per_node, seed)
+        self.load: dict[tuple[str, str], float] = {}
+        self._inv_weight: dict[tuple[str, str], float] = {}
+        for src in graph.endpoints:
+            for dst in graph.successors(src):
+                self.load[(src, dst)] = 0.0
+                self._inv_weight[(src, dst)] = 1.0 / graph.weight(src, dst)
+
+    def order(self, src: str, candidates: Sequence[str], work: float) -> list[str]:
+        load, inv = self.load, self._inv_weight
+        # Stable sort: ties go to the order of `candidates` (sorted names), deterministic.
+        return sorted(candidates, key=lambda dst: load[(src, dst)] + work * inv[(src, dst)])
+
+    def on_admit(self, edges: Sequence[tuple[str, str]], work: float) -> None:
+        for edge in edges:
+            self.load[edge] += work * self._inv_weight[edge]
+
+    def on_decode(self, edges: Sequence[tuple[str, str]], tokens: int) -> None:
+        for edge in edges:
+            self.load[edge] += tokens * self._inv_weight[edge]
+
+
+class RandomPolicy(RoutePolicy):
+    name = "random"
+
+    def __init__(self, graph: RouteGraph, in_flight_per_node: Mapping[str, int], seed: int = 0):
+        super().__init__(graph, in_flight_per_node, seed)
+        self._rng = random.Random(seed)
+
+    def order(self, src: str, candidates: Sequence[str], work: float) -> list[str]:
+        shuffled = list(candidates)
+        self._rng.shuffle(shuffled)
+        return shuffled
+
+
+class ShortestQueuePolicy(RoutePolicy):
+    name = "shortest-queue"
+
+    def __init__(self, graph: RouteGraph, in_flight_per_node: Mapping[str, int], seed: int = 0):
+        super().__init__(graph, in_flight_per_node, seed)
+        self.queue_depth: dict[str, int] = {}
+
+    def order(self, src: str, candidates: Sequence[str], work: float) -> list[str]:
+        depth, busy = self.queue_depth, self.in_flight_per_node
+        return sorted(candidates, key=lambda d: (depth.get(d, 0), busy.get(d, 0)))
+
+    def on_node_queue(self, node: str, depth: int) -> None:
+        self.queue_depth[node] = depth
+
+
+class SwarmPolicy(RoutePolicy):
+    name = "swarm"
+
+    def __init__(self, graph: RouteGraph, in_flight_per_node: Mapping[str, int], seed: int = 0):
+        super().__init__(graph, in_flight_per_node, seed)
+        self.latency_ema_s: dict[str, float] = {}
+
+    def order(self, src: str, candidates: Sequence[str], work: float) -> list[str]:
+        ema, busy = self.latency_ema_s, self.in_flight_per_node
+        return sorted(candidates, key=lambda d: (ema.get(d, 0.0), busy.get(d, 0)))
+
+    def on_hop_latency(self, node: str, seconds: float) -> None:
+        old = self.latency_ema_s.get(node)
+        self.latency_ema_s[node] = seconds if old is None else (
+            SWARM_EMA_WEIGHT * seconds + (1.0 - SWARM_EMA_WEIGHT) * old)
+
+
+_POLICY_CLASSES: dict[str, type[RoutePolicy]] = {
+    p.name: p for p in (IwrrPolicy, RandomPolicy, ShortestQueuePolicy, SwarmPolicy)}
+
+
+def policy_class(name: str) -> type[RoutePolicy]:
+    try:
+        return _POLICY_CLASSES[name]
+    except KeyError:
+        raise ConfigError(f"unknown scheduling policy {name!r}; choose one of {', '.join(POLICIES)}") from None

@@ -1,0 +1,196 @@
+"""The request scheduler: FIFO queue -> route choice -> KV reservation -> release.
+
+Owns admission for both the live coordinator and the simulator (they drive the same object):
+
+1. `submit(spec)` appends the request to a bounded FIFO queue (`OverloadedError` past
+   `queue_limit`; `RequestError` if no route could ever hold it, even on an empty cluster).
+2. `admit_ready()` pops requests from the head while a route with KV room exists. A route is
+   found by a depth-first walk from the coordinator: at each endpoint the policy orders the
+   candidate next hops; a hop whose node lacks room for `(prompt + max_output) x layers it
+   runs` is skipped, and a branch that dead-ends is backtracked (dead (node, entry layer)
+   states are remembered, so one search costs at most one visit per state). The head waits
+   (strict FIFO, nothing is dropped) until some request finishes and frees KV.
+3. The admitted route is fixed: the prompt and every decode step walk it. `on_decode_token`
+   adds each decode token's load to its edges (IWRR), `on_hop_latency` / `on_node_queue`
+   feed the Swarm-style and shortest-queue policies.
+4. `finish(request_id)` releases the KV (also cancels a request still in the queue).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Mapping
+
+from helix_jax.errors import ConfigError, OverloadedError, RequestError
+from helix_jax.placement import Hop, Placement
+from helix_jax.topology import COORDINATOR
+
+from helix_jax.scheduler.kv_ledger import KVLedger
+from helix_jax.scheduler.policies import RoutePolicy, policy_class
+from helix_jax.scheduler.route_graph import RouteGraph
+from helix_jax.scheduler.types import Admission, RequestSpec
+
+log = logging.getLogger(__name__)
+
+UNLIMITED_KV_TOKEN_LAYERS = 1 << 62
+
+
+class _InFlight:
+    __slots__ = ("admission", "edges")
+
+    def __init__(self, admission: Admission, edges: tuple[tuple[str, str], ...]):
+        self.admission = admission
+        self.edges = edges
+
+
+class Scheduler:
+    """Flow-weighted (or baseline) routing with KV admission and a bounded FIFO queue."""
+
+    def __init__(self, placement: Placement, kv_budgets_token_layers: Mapping[str, int] | None = None,
+                 policy: str = "iwrr", queue_limit: int = 10_000, min_edge_share: float = 0.05,
+                 seed: int = 0):
+        if isinstance(queue_limit, bool) or not isinstance(queue_limit, int) or queue_limit < 1:
+            raise ConfigError(f"queue_limit must be a positive integer, got {queue_limit!r}")
+        cls = policy_class(policy)
+        self.placement = placement
+        self.graph = RouteGraph(placement, min_edge_share, flow_edges_only=cls.flow_edges_only)
+        if kv_budgets_token_layers is None:
+            budgets = {node: UNLIMITED_KV_TOKEN_LAYERS for node in placement.ranges}
+        else:
+            missing = sorted(set(placement.ranges) - set(kv_budgets_token_layers))
+            if missing:
+                raise ConfigError(f"no KV budget given for node(s) {', '.join(missing)}")
+            budgets = {node: kv_budgets_token_layers[node] for node in placement.ranges}
+        self.ledger = KVLedger(budgets)
+        self.max_request_tokens = self.graph.max_route_tokens(budgets)
+        self.queue_limit = queue_limit
+        self._node_in_flight: dict[str, int] = {node: 0 for node in placement.ranges}
+        self.policy: RoutePolicy = cls(self.graph, self._node_in_flight, seed)
+        self._queue: collections.deque[RequestSpec] = collections.deque()
+        self._queued_ids: set[str] = set()
+        self._in_flight: dict[str, _InFlight] = {}
+        self._releases = 0  # bumped on every release: a blocked head is retried only after one
+        self._blocked: tuple[str, int] | None = None
+
+    # ---- state ----
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def policy_name(self) -> str:
+        return self.policy.name
+
+    def node_in_flight(self, node: str) -> int:
+        return self._node_in_flight.get(node, 0)
+
+    def admission(self, request_id: str) -> Admission:
+        try:
+            return self._in_flight[request_id].admission
+        except KeyError:
+            raise RequestError(f"request {request_id!r} is not in flight") from None
+
+    # ---- 1. submit ----
+    def submit(self, spec: RequestSpec) -> None:
+        if spec.request_id in self._queued_ids or spec.request_id in self._in_flight:
+            raise RequestError(f"request id {spec.request_id!r} is already queued or in flight")
+        if spec.kv_tokens > self.max_request_tokens:
+            raise RequestError(
+                f"request {spec.request_id!r} needs {spec.kv_tokens} tokens of KV (prompt "
+                f"{spec.prompt_tokens} + output {spec.max_output_tokens}) but the largest any route "
+                f"can hold is {self.max_request_tokens}")
+        if len(self._queue) >= self.queue_limit:
+            raise OverloadedError(f"request queue is full ({self.queue_limit} waiting); retry later")
+        self._queue.append(spec)
+        self._queued_ids.add(spec.request_id)
+
+    # ---- 2. admit ----
+    def admit_ready(self) -> list[Admission]:
+        admitted: list[Admission] = []
+        while self._queue:
+            head = self._queue[0]
+            if self._blocked == (head.request_id, self._releases):
+                break  # nothing was released since this head last failed
+            route = self._find_route(head)
+            if route is None:
+                self._blocked = (head.request_id, self._releases)
+                break
+            self._queue.popleft()
+            self._queued_ids.discard(head.request_id)
+            admitted.append(self._admit(head, route))
+        return admitted
+
+    def _find_route(self, spec: RequestSpec) -> tuple[Hop, ...] | None:
+        tokens, num_layers = spec.kv_tokens, self.placement.num_layers
+        ranges, graph, ledger, policy = self.placement.ranges, self.graph, self.ledger, self.policy
+        work = float(spec.prompt_tokens)
+        dead: set[tuple[str, int]] = set()
+        path: list[Hop] = []
+
+        def walk(src: str, layer: int) -> bool:
+            for dst in policy.order(src, graph.successors(src), work):
+                if dst == COORDINATOR:
+                    if layer == num_layers:
+                        return True
+                    continue
+                key = (dst, layer)
+                if key in dead:
+                    continue
+                end = ranges[dst][1]
+                if ledger.can_reserve(dst, tokens * (end - layer)):
+                    path.append(Hop(dst, layer, end))
+                    if walk(dst, end):
+                        return True
+                    path.pop()
+                dead.add(key)
+            return False
+
+        return tuple(path) if walk(COORDINATOR, 0) else None
+
+    def _admit(self, spec: RequestSpec, route: tuple[Hop, ...]) -> Admission:
+        self.ledger.reserve(spec.request_id, route, spec.kv_tokens)
+        nodes = [COORDINATOR, *(h.node for h in route), COORDINATOR]
+        edges = tuple(zip(nodes[:-1], nodes[1:]))
+        self.policy.on_admit(edges, float(spec.prompt_tokens))
+        for hop in route:
+            self._node_in_flight[hop.node] += 1
+        admission = Admission(spec.request_id, route, spec)
+        self._in_flight[spec.request_id] = _InFlight(admission, edges)
+        log.debug("admitted %s via %s", spec.request_id, [h.node for h in route])
+        return admission
+
+    # ---- 3. observations ----
+    def on_decode_token(self, request_id: str, tokens: int = 1) -> None:
+        entry = self._in_flight.get(request_id)
+        if entry is None:
+            raise RequestError(f"request {request_id!r} is not in flight")
+        self.policy.on_decode(entry.edges, tokens)
+
+    def on_hop_latency(self, node: str, seconds: float) -> None:
+        self.policy.on_hop_latency(node, seconds)
+
+    def on_node_queue(self, node: str, depth: int) -> None:
+        self.policy.on_node_queue(node, depth)
+
+    # ---- 4. finish / cancel ----
+    def finish(self, request_id: str) -> bool:
+        """Release a request's KV (completion or cancellation), or drop it from the queue if it
+        was never admitted. Returns False if the id is unknown (already finished)."""
+        entry = self._in_flight.pop(request_id, None)
+        if entry is not None:
+            self.ledger.release(request_id)
+            for hop in entry.admission.route:
+                self._node_in_flight[hop.node] -= 1
+            self._releases += 1
+            return True
+        if request_id in self._queued_ids:
+            self._queued_ids.discard(request_id)
+            self._queue.remove(next(s for s in self._queue if s.request_id == request_id))
+            self._blocked = None
+            return True
+        return False
