@@ -1,0 +1,280 @@
+"""Cost model: how many tokens/s a node sustains, how long one layer step takes, how fast links are.
+
+Sits between the topology and everything that needs time or throughput figures:
+file -> topology -> **cost model** -> solver (c(type, k), link capacities) -> placement ->
+scheduler (KV budgets) -> runtime `--emulate` pacing and simulator (layer step times).
+
+"Tokens/s" always means **decode tokens/s of the workload shape** (`WorkloadShape`): every
+decode token also pays for `mean_prompt / mean_output` prompt tokens of prefill, amortised.
+
+Three sources, in order of precedence for a GPU type:
+
+1. **Explicit table** (`GpuType.capacity_tokens_per_s`, index k-1, with `max_layers`): the
+   capacities are taken as given. Step times are then *derived* from the table with a linear
+   model `step(p, d) = a + d * b_decode + p * b_prefill` per type, and the decode batch of a
+   node holding k layers is chosen so that `B_k / (k * step(B_k * r, B_k)) = c(k)`, which keeps
+   the consistency promise below. The per-token share of the step at the best k*c(k) is
+   `TABLE_PER_TOKEN_SHARE`, its batch `TABLE_REFERENCE_BATCH`; the context is ignored.
+2. **Measured profile** (`GpuType.profile_path`, see profiles.py): per-layer prefill and decode
+   times are interpolated from the measurements; memory figures come from the profile.
+3. **Roofline** (default), from the spec sheet in the topology's GPU catalog:
+   * usable memory = memory - `MEMORY_RESERVE_BYTES_PER_GPU` per GPU (context, allocator);
+   * weights may use at most `WEIGHT_MEMORY_FRACTION` of usable memory -> `max_layers`;
+   * `ACTIVATION_MEMORY_FRACTION` of usable memory is kept for activations (prefill chunks);
+   * the rest is KV cache: `kv_budget_token_layers = KV bytes / kv bytes per token per layer`;
+   * decode batch: a request's KV stays on every node of its route for its whole life, but a
+     decode token visits the node once per round trip through ~L/k stages like it, so only
+     `k / L` of the resident sequences (counted at the average context
+     `mean_prompt + mean_output / 2`) can share one batch: `B = kv_budget / (ctx * L)`;
+   * one layer on a mixed batch of p prompt tokens and d decode sequences:
+     `LAYER_OVERHEAD_SECONDS + prefill(p) + decode(d)` where prefill is compute-bound
+     (`p * flops / (tflops * PREFILL_FLOPS_EFFICIENCY)`) and decode is the roofline
+     `max(bytes / (bandwidth * MEMORY_BANDWIDTH_EFFICIENCY), flops / (tflops * DECODE_FLOPS_EFFICIENCY))`
+     with bytes = weights of the layer + KV read + activations;
+   * c(type, k) = B / (k * step(B * r, B)) with r = mean_prompt / mean_output.
+   The efficiency factors are calibrated so that LLaMA-2-70B on the paper's 24-GPU cluster
+   plans to a few hundred tokens/s, the order the prototype served on real GPUs (223 tok/s);
+   replace them by measuring (`helix-jax profile`) wherever real hardware is at hand.
+
+Consistency promise (the simulator relies on it): `capacity_tokens_per_s(t, k)` equals, within
+a few percent, `B / (k * layer_step_seconds(t, round(B * r), B, B * ctx))` with
+`B = max_decode_batch(t, k)`. Multi-GPU nodes (num_gpus > 1) already carry summed memory,
+bandwidth and FLOPs in the catalog; the reserve is per GPU.
+
+Links carry one activation vector per token (`activation_bytes_per_token`); links to or from
+the coordinator carry token ids (`COORDINATOR_BYTES_PER_TOKEN`). Prompt activations are not
+counted in link capacities (the paper's convention).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+from helix_jax.errors import ConfigError, TopologyError
+from helix_jax.modelconfig import ModelConfig
+from helix_jax.profiles import LatencyProfile
+from helix_jax.topology import COORDINATOR, GpuType, Topology
+
+# ----------------------------------------------------------------------------- constants
+MEMORY_RESERVE_BYTES_PER_GPU = 1.5e9  # CUDA context, framework, allocator fragmentation
+WEIGHT_MEMORY_FRACTION = 0.5  # of usable memory (HELIX.md section 2)
+ACTIVATION_MEMORY_FRACTION = 0.1  # of usable memory: activations and prefill workspace
+MEMORY_BANDWIDTH_EFFICIENCY = 0.4  # share of sheet bandwidth decode kernels reach
+DECODE_FLOPS_EFFICIENCY = 0.2  # share of sheet FLOPs on small decode GEMMs
+PREFILL_FLOPS_EFFICIENCY = 0.2  # share of sheet FLOPs on prefill chunks
+LAYER_OVERHEAD_SECONDS = 5e-4  # per layer per step: launches, sync, host bookkeeping
+MAX_PROMPT_TOKENS_CAP = 4096  # prefill chunk limit even when memory allows more
+ACTIVATION_BYTES_FACTOR = 6  # live activation bytes per prompt token ~ 6 x intermediate x dtype
+COORDINATOR_BYTES_PER_TOKEN = 4  # int32 token ids
+TABLE_REFERENCE_BATCH = 128  # decode batch at the best k*c(k) of an explicit table
+TABLE_PER_TOKEN_SHARE = 0.25  # per-token share of a table type's step time at that batch
+TABLE_MAX_PROMPT_TOKENS = 2048  # prefill chunk limit of a table-only type
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkloadShape:
+    """What "tokens/s" assumes about requests (Azure conversation trace means)."""
+
+    mean_prompt_tokens: float = 763.0
+    mean_output_tokens: float = 232.0
+
+    def __post_init__(self) -> None:
+        if not (self.mean_prompt_tokens >= 0 and self.mean_output_tokens > 0):
+            raise ConfigError(f"workload needs mean_prompt_tokens >= 0 and mean_output_tokens > 0, got {self}")
+
+    @property
+    def prompt_per_output(self) -> float:
+        """Prompt tokens of prefill each decode token pays for."""
+        return self.mean_prompt_tokens / self.mean_output_tokens
+
+    @property
+    def average_context_tokens(self) -> float:
+        return self.mean_prompt_tokens + self.mean_output_tokens / 2
+
+
+@dataclasses.dataclass(frozen=True)
+class _TableFit:
+    overhead_s: float  # a
+    per_decode_s: float  # b_decode
+    per_prompt_s: float  # b_prefill
+    batches: tuple[int, ...]  # B_k for k = 1..max_layers
+
+
+class CostModel:
+    """Throughput and timing figures of one topology (see the module docstring)."""
+
+    def __init__(self, topology: Topology, workload: WorkloadShape | None = None) -> None:
+        self.topology = topology
+        self.model: ModelConfig = topology.model
+        self.workload = workload or WorkloadShape()
+        self._profiles: dict[str, LatencyProfile] = {}
+
+    # ---- GPU type helpers ----
+    def _gpu(self, gpu_type: str) -> GpuType:
+        try:
+            return self.topology.gpu_types[gpu_type]
+        except KeyError:
+            raise TopologyError(f"unknown GPU type {gpu_type!r}; types in this topology: "
+                                f"{', '.join(sorted(self.topology.gpu_types))}") from None
+
+    def _profile(self, gpu: GpuType) -> LatencyProfile | None:
+        if gpu.profile_path is None or gpu.capacity_tokens_per_s is not None:
+            return None
+        if gpu.name not in self._profiles:
+            self._profiles[gpu.name] = LatencyProfile.load(gpu.profile_path)
+        return self._profiles[gpu.name]
+
+    def _usable_bytes(self, gpu: GpuType) -> float:
+        profile = self._profile(gpu)
+        total = profile.memory_bytes_total if profile else gpu.memory_bytes
+        return max(0.0, total - MEMORY_RESERVE_BYTES_PER_GPU * gpu.num_gpus)
+
+    def _weight_bytes(self, gpu: GpuType) -> float:
+        profile = self._profile(gpu)
+        return profile.weight_bytes_per_layer if profile else float(self.model.weight_bytes_per_layer)
+
+    # ---- memory ----
+    def max_layers(self, gpu_type: str) -> int:
+        gpu = self._gpu(gpu_type)
+        if gpu.max_layers is not None:
+            return min(gpu.max_layers, self.model.num_layers)
+        if gpu.capacity_tokens_per_s is not None:
+            return min(len(gpu.capacity_tokens_per_s), self.model.num_layers)
+        fits = int(WEIGHT_MEMORY_FRACTION * self._usable_bytes(gpu) // self._weight_bytes(gpu))
+        return max(0, min(fits, self.model.num_layers))
+
+    def _check_k(self, gpu_type: str, num_layers: int) -> None:
+        top = self.max_layers(gpu_type)
+        if not 1 <= num_layers <= top:
+            raise ConfigError(f"GPU type {gpu_type!r} holds 1..{top} layers of {self.model.name}, "
+                              f"asked about {num_layers}")
+
+    def kv_budget_token_layers(self, gpu_type: str, num_layers_held: int) -> int:
+        self._check_k(gpu_type, num_layers_held)
+        gpu = self._gpu(gpu_type)
+        if gpu.capacity_tokens_per_s is not None:
+            batch = self._table_fit(gpu_type).batches[num_layers_held - 1]
+            return int(math.ceil(batch * self.model.num_layers * self.workload.average_context_tokens))
+        profile = self._profile(gpu)
+        if profile is not None and profile.memory_bytes_free_for_kv_per_layer_held is not None:
+            # measured KV room while holding `layers_measured` layers; each layer more costs its weights
+            kv_bytes = (profile.memory_bytes_free_for_kv_per_layer_held
+                        + (profile.layers_measured - num_layers_held) * profile.weight_bytes_per_layer)
+        else:
+            usable = self._usable_bytes(gpu)
+            kv_bytes = usable * (1 - ACTIVATION_MEMORY_FRACTION) - num_layers_held * self._weight_bytes(gpu)
+        return max(0, int(kv_bytes // self.model.kv_bytes_per_token_per_layer))
+
+    def max_decode_batch(self, gpu_type: str, num_layers_held: int) -> int:
+        gpu = self._gpu(gpu_type)
+        if gpu.capacity_tokens_per_s is not None:
+            self._check_k(gpu_type, num_layers_held)
+            return self._table_fit(gpu_type).batches[num_layers_held - 1]
+        budget = self.kv_budget_token_layers(gpu_type, num_layers_held)
+        per_seq = self.workload.average_context_tokens * self.model.num_layers
+        return max(1, int(budget // per_seq))
+
+    def max_prompt_tokens_per_step(self, gpu_type: str) -> int:
+        gpu = self._gpu(gpu_type)
+        if gpu.capacity_tokens_per_s is not None:
+            return TABLE_MAX_PROMPT_TOKENS
+        per_token = ACTIVATION_BYTES_FACTOR * self.model.intermediate_size * self.model.bytes_per_param
+        fits = int(ACTIVATION_MEMORY_FRACTION * self._usable_bytes(gpu) // per_token)
+        return max(1, min(MAX_PROMPT_TOKENS_CAP, fits))
+
+    # ---- time ----
+    def layer_step_seconds(self, gpu_type: str, prompt_tokens: int, decode_seqs: int,
+                           decode_context_tokens: int = 0) -> float:
+        """Wall time of ONE layer on a mixed batch (see the module docstring)."""
+        if prompt_tokens < 0 or decode_seqs < 0 or decode_context_tokens < 0:
+            raise ConfigError(f"layer_step_seconds needs non-negative counts, got prompt_tokens="
+                              f"{prompt_tokens}, decode_seqs={decode_seqs}, "
+                              f"decode_context_tokens={decode_context_tokens}")
+        gpu = self._gpu(gpu_type)
+        if prompt_tokens == 0 and decode_seqs == 0:
+            return 0.0
+        if gpu.capacity_tokens_per_s is not None:
+            fit = self._table_fit(gpu_type)
+            return fit.overhead_s + decode_seqs * fit.per_decode_s + prompt_tokens * fit.per_prompt_s
+        profile = self._profile(gpu)
+        if profile is not None:
+            return profile.prefill_seconds_per_layer(prompt_tokens) + profile.decode_seconds_per_layer(decode_seqs)
+        return (LAYER_OVERHEAD_SECONDS + self._roofline_prefill_s(gpu, prompt_tokens)
+                + self._roofline_decode_s(gpu, decode_seqs, decode_context_tokens))
+
+    def _roofline_prefill_s(self, gpu: GpuType, prompt_tokens: int) -> float:
+        if prompt_tokens == 0:
+            return 0.0
+        m = self.model
+        attention = m.attention_flops_per_token_per_layer(int(self.workload.mean_prompt_tokens / 2))
+        flops = prompt_tokens * (m.flops_per_token_per_layer + attention)
+        return flops / (gpu.tflops * 1e12 * PREFILL_FLOPS_EFFICIENCY)
+
+    def _roofline_decode_s(self, gpu: GpuType, decode_seqs: int, context_tokens: int) -> float:
+        if decode_seqs == 0:
+            return 0.0
+        m = self.model
+        moved_bytes = (m.weight_bytes_per_layer + context_tokens * m.kv_bytes_per_token_per_layer
+                       + 2 * decode_seqs * m.activation_bytes_per_token)
+        flops = (decode_seqs * m.flops_per_token_per_layer
+                 + m.attention_flops_per_token_per_layer(context_tokens))
+        return max(moved_bytes / (gpu.memory_bandwidth_bytes_per_s * MEMORY_BANDWIDTH_EFFICIENCY),
+                   flops / (gpu.tflops * 1e12 * DECODE_FLOPS_EFFICIENCY))
+
+    def _batch_step_seconds(self, gpu_type: str, batch: int) -> float:
+        """One layer on the workload's steady mixed batch of `batch` decode sequences."""
+        w = self.workload
+        return self.layer_step_seconds(gpu_type, int(round(batch * w.prompt_per_output)), batch,
+                                       int(round(batch * w.average_context_tokens)))
+
+    # ---- throughput ----
+    def capacity_tokens_per_s(self, gpu_type: str, num_layers: int) -> float:
+        """c(type, k): decode tokens/s of a node of this type holding k layers."""
+        self._check_k(gpu_type, num_layers)
+        gpu = self._gpu(gpu_type)
+        if gpu.capacity_tokens_per_s is not None:
+            return float(gpu.capacity_tokens_per_s[num_layers - 1])
+        return self._derived_capacity(gpu_type, num_layers)
+
+    @functools.lru_cache(maxsize=None)
+    def _derived_capacity(self, gpu_type: str, num_layers: int) -> float:
+        batch = self.max_decode_batch(gpu_type, num_layers)
+        return batch / (num_layers * self._batch_step_seconds(gpu_type, batch))
+
+    def capacity_table(self, gpu_type: str) -> list[float]:
+        return [self.capacity_tokens_per_s(gpu_type, k) for k in range(1, self.max_layers(gpu_type) + 1)]
+
+    def node_capacity_tokens_per_s(self, node: str, num_layers: int) -> float:
+        return self.capacity_tokens_per_s(self.topology.node(node).gpu, num_layers)
+
+    # ---- links ----
+    def _bytes_per_token(self, src: str, dst: str) -> float:
+        if COORDINATOR in (src, dst):
+            return float(COORDINATOR_BYTES_PER_TOKEN)
+        return float(self.model.activation_bytes_per_token)
+
+    def link_tokens_per_s(self, src: str, dst: str) -> float:
+        return self.topology.link(src, dst).bandwidth_bytes_per_s / self._bytes_per_token(src, dst)
+
+    def transfer_seconds(self, src: str, dst: str, num_tokens: int) -> float:
+        link = self.topology.link(src, dst)
+        return link.latency_ms / 1e3 + num_tokens * self._bytes_per_token(src, dst) / link.bandwidth_bytes_per_s
+
+    # ---- explicit tables ----
+    @functools.lru_cache(maxsize=None)
+    def _table_fit(self, gpu_type: str) -> _TableFit:
+        """Linear step model reproducing an explicit capacity table (module docstring, item 1)."""
+        table = self._gpu(gpu_type).capacity_tokens_per_s or ()
+        r = self.workload.prompt_per_output
+        layer_rates = [k * c for k, c in enumerate(table, start=1)]  # token-layers/s
+        best = max(layer_rates)
+        per_token_s = TABLE_PER_TOKEN_SHARE / best  # b = b_decode + r * b_prefill
+        overhead_s = TABLE_REFERENCE_BATCH * (1 - TABLE_PER_TOKEN_SHARE) / best
+        batches = []
+        for rate in layer_rates:  # B / (a + b B) = rate  ->  B = a rate / (1 - b rate)
+            batches.append(max(1, int(round(overhead_s * rate / (1 - per_token_s * rate)))))
+        # split b between decode and prompt tokens in proportion to their FLOPs (equal per token)
+        per_decode_s = per_token_s / (1 + r)
+        return _TableFit(overhead_s, per_decode_s, per_decode_s, tuple(batches))

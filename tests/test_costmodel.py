@@ -1,0 +1,169 @@
+"""Cost model: memory limits, c(type, k), the consistency promise, tables, profiles, links."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helix_jax.costmodel import CostModel, WorkloadShape
+from helix_jax.errors import ConfigError, TopologyError
+from helix_jax.profiles import LatencyProfile
+from helix_jax.topology import load_topology, topology_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+TOPOLOGIES = ROOT / "topologies"
+
+
+def _llama70b(gpus: list[str]) -> CostModel:
+    nodes = [{"name": f"n{i}", "gpu": g} for i, g in enumerate(gpus)]
+    return CostModel(topology_from_dict({"model": "llama-2-70b", "nodes": nodes}))
+
+
+def test_max_layers_of_llama2_70b_match_the_paper_scale() -> None:
+    cm = _llama70b(["A100-40GB", "L4", "T4", "T4x2", "A100-80GB"])
+    assert 10 <= cm.max_layers("A100-40GB") <= 12
+    assert 5 <= cm.max_layers("L4") <= 7
+    assert 3 <= cm.max_layers("T4") <= 5
+    assert cm.max_layers("T4x2") > cm.max_layers("T4")
+    assert cm.max_layers("A100-80GB") > cm.max_layers("A100-40GB")
+
+
+@pytest.mark.parametrize("gpu", ["A100-40GB", "L4", "T4", "V100", "L4x2"])
+def test_layer_rate_falls_as_more_layers_are_held(gpu: str) -> None:
+    cm = _llama70b([gpu])
+    table = cm.capacity_table(gpu)
+    assert len(table) == cm.max_layers(gpu)
+    rates = [k * c for k, c in enumerate(table, start=1)]
+    assert all(r > 0 for r in rates)
+    assert all(later <= earlier for earlier, later in zip(rates, rates[1:]))
+    assert rates[-1] < rates[0]  # strictly falls over the whole range
+    budgets = [cm.kv_budget_token_layers(gpu, k) for k in range(1, len(table) + 1)]
+    assert all(b2 < b1 for b1, b2 in zip(budgets, budgets[1:]))
+
+
+def test_stronger_gpus_serve_more() -> None:
+    cm = _llama70b(["A100-40GB", "L4", "T4"])
+    assert cm.capacity_tokens_per_s("A100-40GB", 4) > cm.capacity_tokens_per_s("L4", 4) \
+        > cm.capacity_tokens_per_s("T4", 4)
+
+
+def _promise_error(cm: CostModel, gpu: str, k: int) -> float:
+    w = cm.workload
+    batch = cm.max_decode_batch(gpu, k)
+    step = cm.layer_step_seconds(gpu, round(batch * w.prompt_per_output), batch,
+                                 round(batch * w.average_context_tokens))
+    simulated = batch / (k * step)
+    return abs(simulated - cm.capacity_tokens_per_s(gpu, k)) / cm.capacity_tokens_per_s(gpu, k)
+
+
+def test_consistency_promise_roofline() -> None:
+    cm = _llama70b(["A100-40GB", "L4", "T4"])
+    for gpu in ("A100-40GB", "L4", "T4"):
+        for k in range(1, cm.max_layers(gpu) + 1):
+            assert _promise_error(cm, gpu, k) < 0.03, (gpu, k)
+
+
+@pytest.mark.parametrize("name", ["table-only", "two-pipelines"])
+def test_explicit_tables_win_and_keep_the_promise(name: str) -> None:
+    topo = load_topology(TOPOLOGIES / "fixtures" / f"{name}.json")
+    cm = CostModel(topo)
+    for gpu_name, gpu in topo.gpu_types.items():
+        assert cm.capacity_table(gpu_name) == list(gpu.capacity_tokens_per_s)
+        assert cm.max_layers(gpu_name) == gpu.max_layers
+        for k in range(1, gpu.max_layers + 1):
+            assert _promise_error(cm, gpu_name, k) < 0.05
+            assert cm.kv_budget_token_layers(gpu_name, k) > 0
+            assert cm.max_decode_batch(gpu_name, k) >= 1
+        assert cm.max_prompt_tokens_per_step(gpu_name) > 0
+
+
+def test_cpu_small_tables_keep_the_promise() -> None:
+    cm = CostModel(load_topology(TOPOLOGIES / "cpu-small.json"))
+    for gpu in ("CPU-big", "CPU-small"):
+        for k in range(1, cm.max_layers(gpu) + 1):
+            assert _promise_error(cm, gpu, k) < 0.05, (gpu, k)
+
+
+def test_step_time_grows_with_work() -> None:
+    cm = _llama70b(["L4"])
+    assert cm.layer_step_seconds("L4", 0, 0) == 0.0
+    small = cm.layer_step_seconds("L4", 0, 8, 8 * 500)
+    assert cm.layer_step_seconds("L4", 0, 64, 64 * 500) > small
+    assert cm.layer_step_seconds("L4", 512, 8, 8 * 500) > small
+    assert cm.layer_step_seconds("L4", 0, 8, 8 * 4000) > small  # longer contexts read more KV
+    with pytest.raises(ConfigError):
+        cm.layer_step_seconds("L4", -1, 0)
+
+
+def test_links_and_transfers() -> None:
+    topo = load_topology(TOPOLOGIES / "fixtures" / "link-bound.json")
+    cm = CostModel(topo)
+    assert cm.link_tokens_per_s("a", "b") == pytest.approx(50.0)  # 12800 B/s / 256 B per token
+    assert cm.link_tokens_per_s("b", "a") == pytest.approx(50.0)
+    assert cm.link_tokens_per_s("coordinator", "a") == pytest.approx(1e9 / 4)
+    assert cm.transfer_seconds("a", "b", 10) == pytest.approx(0.005 + 10 * 256 / 12800)
+    assert cm.node_capacity_tokens_per_s("a", 2) == 1000.0
+
+
+def test_bad_questions_raise_clear_errors() -> None:
+    cm = _llama70b(["T4"])
+    with pytest.raises(TopologyError, match="unknown GPU type 'H900'"):
+        cm.max_layers("H900")
+    with pytest.raises(ConfigError, match="holds 1..4 layers"):
+        cm.capacity_tokens_per_s("T4", 5)
+    with pytest.raises(ConfigError):
+        WorkloadShape(mean_prompt_tokens=100, mean_output_tokens=0)
+
+
+def test_workload_shape_changes_capacity() -> None:
+    topo = topology_from_dict({"model": "llama-2-70b", "nodes": [{"name": "a", "gpu": "A100-40GB"}]})
+    heavy_prompts = CostModel(topo, WorkloadShape(mean_prompt_tokens=2000, mean_output_tokens=50))
+    assert heavy_prompts.capacity_tokens_per_s("A100-40GB", 8) < CostModel(topo).capacity_tokens_per_s("A100-40GB", 8)
+
+
+def _profile_dict() -> dict:
+    return {"format": "helix-jax-profile/1", "device": "cpu", "model": {}, "dtype": "float32",
+            "layers_measured": 2, "memory_bytes_total": 8e9,
+            "memory_bytes_free_for_kv_per_layer_held": None, "weight_bytes_per_layer": 1e9,
+            "prefill": [{"tokens": 128, "seconds_per_layer": 0.002},
+                        {"tokens": 256, "seconds_per_layer": 0.003}],
+            "decode": [{"batch": 1, "context_tokens": 512, "seconds_per_layer": 0.001},
+                       {"batch": 9, "context_tokens": 512, "seconds_per_layer": 0.002}]}
+
+
+def test_profile_interpolation_and_round_trip(tmp_path: Path) -> None:
+    profile = LatencyProfile.from_dict(_profile_dict())
+    assert profile.prefill_seconds_per_layer(192) == pytest.approx(0.0025)
+    assert profile.prefill_seconds_per_layer(512) == pytest.approx(0.005)  # linear beyond the end
+    assert profile.decode_seconds_per_layer(5) == pytest.approx(0.0015)
+    assert profile.decode_seconds_per_layer(0) == 0.0
+    path = tmp_path / "p.json"
+    profile.save(path)
+    assert LatencyProfile.load(path) == profile
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"format": "other"}, "format"),
+    ({"prefill": []}, "at least one"),
+    ({"decode": [{"batch": 0, "seconds_per_layer": 0.1}]}, "batch > 0"),
+    ({"weight_bytes_per_layer": "lots"}, "malformed"),
+])
+def test_bad_profiles_are_named(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LatencyProfile.from_dict({**_profile_dict(), **change})
+    with pytest.raises(ConfigError, match="does not exist"):
+        LatencyProfile.load("/nonexistent/profile.json")
+
+
+def test_cost_model_reads_a_profile(tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text(json.dumps(_profile_dict()))
+    topo = topology_from_dict({"model": "tiny", "gpu_types": {"Box": {"profile": "p.json"}},
+                               "nodes": [{"name": "b", "gpu": "Box"}]}, base_dir=tmp_path)
+    cm = CostModel(topo)
+    assert cm.max_layers("Box") == 3  # (8e9 - 1.5e9) / 2 // 1e9, capped at the model's 4 layers
+    assert cm.layer_step_seconds("Box", 128, 1) == pytest.approx(0.003)
+    for k in range(1, 4):
+        assert _promise_error(cm, "Box", k) < 0.03
+    assert cm.capacity_tokens_per_s("Box", 1) > cm.capacity_tokens_per_s("Box", 3)
