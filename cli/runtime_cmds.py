@@ -1,0 +1,159 @@
+"""Runtime commands: `generate` (local whole-model generation; `--endpoint` is the hook for a
+live deployment) and `profile` (measure per-layer latency of this machine's accelerator).
+
+Imports stay light at module level (typer, rich): jax, flax and the topology loader (which
+needs pydantic) are imported inside the commands, so this module works on bare GPU hosts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from helix_jax.errors import ConfigError, RequestError
+
+
+_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+           "fp16": "float16", "float16": "float16"}
+
+
+def _dtype(text: str) -> str:
+    if text.lower() not in _DTYPES:
+        raise ConfigError(f"--dtype {text!r} is not one of {', '.join(sorted(_DTYPES))}")
+    return _DTYPES[text.lower()]
+
+
+def _resolve(model: Optional[str], dtype: Optional[str]):
+    """(ModelConfig, weights source, model directory or None) for a --model option."""
+    from helix_jax.modelconfig import resolve_model
+
+    if model is None:
+        from helix_jax.topology import default_topology_path, load_topology  # pydantic: lazily
+
+        config, spec = load_topology(default_topology_path()).model, None
+    else:
+        config, spec = resolve_model(model), model
+    if dtype:
+        config = config.with_overrides(dtype=_dtype(dtype))
+    from helix_jax.model.weights import default_weights_source
+
+    source = default_weights_source(config, spec or config.name)
+    model_dir = None if source.startswith("random:") else Path(source)
+    return config, source, model_dir
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise RequestError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise RequestError("--prompt-ids is empty")
+    return ids
+
+
+def _generate_remote(endpoint: str, **request) -> dict:
+    """Hook for the serving client: send the request to a live deployment at `endpoint`."""
+    raise ConfigError(f"--endpoint needs a running deployment (no client is wired in yet; "
+                      f"got {endpoint!r}); use --local")
+
+
+def generate(
+    model: Optional[str] = typer.Option(None, help="Preset name or checkpoint directory "
+                                        "(default: the default topology's model)."),
+    prompt: Optional[str] = typer.Option(None, help="Prompt text (tokenized with BOS)."),
+    prompt_ids: Optional[str] = typer.Option(None, help="Prompt as token ids, e.g. 256,72,105."),
+    max_tokens: int = typer.Option(32, help="Tokens to generate at most."),
+    temperature: float = typer.Option(0.0, help="0 = greedy."),
+    top_k: int = typer.Option(0, help="0 = no top-k cut."),
+    top_p: float = typer.Option(1.0, help="1.0 = no nucleus cut."),
+    seed: int = typer.Option(0, help="Sampling seed (same seed, same output)."),
+    dtype: Optional[str] = typer.Option(None, help="Override the model dtype (fp32, bf16, fp16)."),
+    local: bool = typer.Option(False, "--local", help="Run the whole model in this process "
+                               "(the default when no --endpoint is given)."),
+    endpoint: Optional[str] = typer.Option(None, help="Send to a live deployment instead."),
+    stream: bool = typer.Option(False, "--stream", help="Print tokens as they are produced."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object {ids, text, ...}."),
+) -> None:
+    """Generate a continuation of a prompt."""
+    if (prompt is None) == (prompt_ids is None):
+        raise RequestError("give exactly one of --prompt and --prompt-ids")
+    if local and endpoint:
+        raise ConfigError("--local and --endpoint exclude each other")
+    from helix_jax.model.sampling import SamplingParams
+
+    sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if endpoint:
+        result = _generate_remote(endpoint, model=model, prompt=prompt, prompt_ids=prompt_ids,
+                                  max_tokens=max_tokens, sampling=sampling, stream=stream)
+        typer.echo(json.dumps(result) if as_json else result.get("text", ""))
+        return
+    from helix_jax.model.generate import generate_local
+    from helix_jax.model.tokenizer import load_tokenizer
+
+    config, source, model_dir = _resolve(model, dtype)
+    tokenizer = load_tokenizer(config, model_dir)
+    ids = _parse_ids(prompt_ids) if prompt_ids is not None else tokenizer.encode(prompt)
+
+    def show(token: int) -> None:
+        if stream and not as_json:
+            typer.echo(f"{token} " if prompt_ids is not None else tokenizer.decode([token]), nl=False)
+
+    out = generate_local(config, source, ids, max_tokens, sampling, on_token=show)
+    text = tokenizer.decode(out)
+    if as_json:
+        typer.echo(json.dumps({"model": config.name, "prompt_ids": ids, "ids": out, "text": text}))
+    elif stream:
+        typer.echo("")
+    elif prompt_ids is not None:
+        typer.echo(",".join(str(t) for t in out))
+    else:
+        typer.echo(text)
+
+
+def profile(
+    model: Optional[str] = typer.Option(None, help="Preset name or checkpoint directory "
+                                        "(default: the default topology's model)."),
+    layers: int = typer.Option(2, help="Layers of the model's true width to run (K)."),
+    dtype: Optional[str] = typer.Option(None, help="Override the model dtype (fp32, bf16, fp16)."),
+    out: Path = typer.Option(Path("profile.json"), help="Profile file to write."),
+    prefill_tokens: str = typer.Option("16,64,256", help="Prompt sizes to measure."),
+    decode_batches: str = typer.Option("1,2,4,8,16,32", help="Decode batch sizes to measure."),
+    context_tokens: int = typer.Option(128, help="Cached tokens per decode sequence."),
+    repeats: int = typer.Option(5, help="Timed runs per point (median is kept)."),
+) -> None:
+    """Measure per-layer prefill/decode latency on this machine and write a latency profile."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from helix_jax.model.profiler import profile_device
+    from helix_jax.modelconfig import resolve_model
+    from helix_jax.profiles import LatencyProfile
+
+    if model is None:
+        from helix_jax.topology import default_topology_path, load_topology
+
+        config = load_topology(default_topology_path()).model
+    else:
+        config = resolve_model(model)  # dimensions only: profiling uses random weights
+    if dtype:
+        config = config.with_overrides(dtype=_dtype(dtype))
+    prefill, decode = _parse_ids(prefill_tokens), _parse_ids(decode_batches)
+    console = Console(stderr=True)
+    with Progress(console=console, transient=False) as progress:
+        task = progress.add_task(f"profiling {config.name} ({layers} layers)", total=len(prefill) + len(decode))
+        raw = profile_device(config, layers, prefill, decode, context_tokens, repeats,
+                             progress=lambda label: progress.update(task, advance=1, description=label))
+    result = LatencyProfile.from_dict(raw, source=str(out))
+    result.save(out)
+    console.print(f"wrote {out}: device {result.device}, {len(result.prefill)} prefill and "
+                  f"{len(result.decode)} decode points; decode batch 1 "
+                  f"{result.decode_seconds_per_layer(1) * 1e3:.3f} ms/layer")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(generate)
+    app.command()(profile)

@@ -1,0 +1,138 @@
+"""Hugging Face LLaMA safetensors checkpoints -> the nnx.State of one stage.
+
+Owns: locating tensors in `model.safetensors` or a sharded `model.safetensors.index.json`,
+reading ONLY the tensors of the layers a stage holds (one `safe_open` per tensor read),
+checking names and shapes against the stage's abstract state, and mapping HF names onto our
+module paths (HF stores `[out, in]` matrices; our kernels are `[in, out]`). Everything
+wrong with a checkpoint becomes one `CheckpointError` naming the file and tensor.
+Sits in the runtime step of the data flow, called by `weights.load_stage_weights`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from helix_jax.errors import CheckpointError, ConfigError
+from helix_jax.modelconfig import ModelConfig, from_hf_config
+
+log = logging.getLogger(__name__)
+
+_SINGLE, _INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
+def checkpoint_config(directory: Path, dtype: str | None = None) -> ModelConfig:
+    """The ModelConfig of a checkpoint directory (its config.json), as a CheckpointError on failure."""
+    try:
+        config = from_hf_config(directory)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {str(directory)!r}: {exc}") from None
+    return config.with_overrides(dtype=dtype) if dtype else config
+
+
+class TensorIndex:
+    """Which file holds each tensor of a checkpoint directory."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        if not directory.is_dir():
+            raise CheckpointError(f"checkpoint directory {str(directory)!r} does not exist")
+        index_path, single = directory / _INDEX, directory / _SINGLE
+        if index_path.is_file():
+            try:
+                weight_map = json.loads(index_path.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"{str(index_path)!r} is not a valid safetensors index: {exc}") from None
+            self.files = {name: directory / fname for name, fname in weight_map.items()}
+        elif single.is_file():
+            self.files = {name: single for name in self._names(single)}
+        else:
+            raise CheckpointError(f"checkpoint directory {str(directory)!r} has neither {_SINGLE} "
+                                  f"nor {_INDEX}")
+
+    @staticmethod
+    def _names(path: Path) -> list[str]:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                return list(handle.keys())
+        except Exception as exc:  # safetensors raises several types for corrupt headers
+            raise CheckpointError(f"cannot read safetensors file {str(path)!r}: {exc}") from None
+
+    def read(self, name: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        path = self.files.get(name)
+        if path is None:
+            raise CheckpointError(f"checkpoint {str(self.directory)!r} is missing the tensor {name!r}")
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint shard {str(path)!r} (holding {name!r}) does not exist")
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                return handle.get_tensor(name)
+        except Exception as exc:
+            raise CheckpointError(f"cannot read tensor {name!r} from {str(path)!r}: {exc}") from None
+
+
+def _hf_name(path: tuple[str, ...], layer: int | None) -> tuple[str, bool]:
+    """HF tensor name for one of our parameter paths, and whether it must be transposed."""
+    if path[0] == "layers":
+        module = ".".join(path[1:-1])  # e.g. self_attn.q_proj or input_layernorm
+        return f"model.layers.{layer}.{module}.weight", path[-1] == "kernel"
+    if path[0] == "embed":
+        return "model.embed_tokens.weight", False
+    if path[0] == "final_norm":
+        return "model.norm.weight", False
+    if path[0] == "lm_head":
+        return "lm_head.weight", True
+    raise CheckpointError(f"internal: no checkpoint name for parameter {'.'.join(path)}")
+
+
+def _fetch(index: TensorIndex, name: str, transpose: bool, shape: tuple[int, ...]) -> np.ndarray:
+    array = index.read(name)
+    if transpose:
+        array = array.T
+    if tuple(array.shape) != tuple(shape):
+        want = tuple(reversed(shape)) if transpose else tuple(shape)
+        raise CheckpointError(f"tensor {name!r} has shape {tuple(index.read(name).shape)}, "
+                              f"the model config expects {want}")
+    return array
+
+
+def load_checkpoint_state(directory: Path, config: ModelConfig, start_layer: int, end_layer: int,
+                          abstract_state: Any) -> Any:
+    """Fill `abstract_state` (an nnx.State of ShapeDtypeStructs) from the checkpoint."""
+    index = TensorIndex(directory)
+    file_config = checkpoint_config(directory)
+    for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size",
+                  "vocab_size"):
+        if getattr(file_config, field) != getattr(config, field):
+            raise CheckpointError(f"checkpoint {str(directory)!r} has {field}="
+                                  f"{getattr(file_config, field)}, the model config says "
+                                  f"{getattr(config, field)}")
+    dtype = jnp.dtype(config.dtype)
+    filled = []
+    for path, variable in nnx.to_flat_state(abstract_state):
+        path = tuple(str(p) for p in path)
+        shape = tuple(variable.value.shape)
+        if path[0] == "layers":
+            per_layer = [_fetch(index, *_hf_name(path, layer), shape[1:])
+                         for layer in range(start_layer, end_layer)]
+            host = np.stack(per_layer)
+        else:
+            host = _fetch(index, *_hf_name(path, None), shape)
+        if not np.all(np.isfinite(host.astype(np.float32))):
+            raise CheckpointError(f"checkpoint {str(directory)!r}: parameter {'.'.join(path)} "
+                                  "holds NaN or infinite values")
+        value = jax.device_put(host.astype(dtype))
+        filled.append((path, variable.replace(value=value)))
+    log.info("loaded layers [%d, %d) from %s", start_layer, end_layer, directory)
+    return nnx.from_flat_state(filled)

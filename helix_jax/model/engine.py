@@ -1,0 +1,262 @@
+"""StageEngine: the compute half of a worker, for one layer range on one device.
+
+Owns the stage's weights (traced arguments), its KV cache (an explicit, donated pytree),
+slot bookkeeping for the requests it holds, and the jitted, bucketed step. Sits in the
+runtime step of the data flow: the worker loop (helix_jax.runtime) receives StepInputs from
+the previous hop, calls `step`, and forwards the StepOutputs.
+
+One `step(items)`:
+  1. checks every item (known request, its fixed entry layer, next position, shapes);
+  2. splits items into decode-shaped work (1 token) and prefill chunks (> 1 token);
+  3. pads each group to a (rows, tokens, context) bucket compiled at `warmup()`;
+  4. runs the jitted stage forward (partial inference via per-row entry layers), which
+     writes the new tokens' KV into the request's slot and, on the last stage, samples;
+  5. returns one StepOutput per item, in input order.
+A steady mix of requests never recompiles: `compile_count` counts traces and tests pin it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Hashable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from helix_jax.errors import ConfigError, OverloadedError, RequestError
+from helix_jax.model.batching import (PaddedBatch, StepInput, StepOutput, check_item, normalize_buckets,
+                                      pad_batch, pick_bucket)
+from helix_jax.model.sampling import SamplingParams, sample_tokens
+from helix_jax.model.stage import KVCache, StageModel, init_kv_cache, kv_cache_bytes
+from helix_jax.model.weights import StageWeights, check_range
+from helix_jax.modelconfig import ModelConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFILL_BUCKETS = (16, 64, 256)
+DEFAULT_PREFILL_BATCH_BUCKETS = (1, 4)
+DEFAULT_DECODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def slots_for_kv_budget(config: ModelConfig, num_layers: int, kv_budget_bytes: int, max_seq_len: int) -> int:
+    """How many full-length request slots a KV memory budget holds for `num_layers` layers."""
+    per_slot = kv_cache_bytes(config, num_layers, 1, max_seq_len)
+    return max(0, int(kv_budget_bytes) // per_slot)
+
+
+class _Request:
+    __slots__ = ("slot", "sampling", "run_start_layer", "next_position")
+
+    def __init__(self, slot: int, sampling: SamplingParams):
+        self.slot, self.sampling = slot, sampling
+        self.run_start_layer: int | None = None
+        self.next_position = 0
+
+
+class StageEngine:
+    """Runs layers [start_layer, end_layer) of `config` with continuous batching.
+
+    max_slots x max_seq_len is the KV cache: a request occupies one slot from `add_request`
+    to `release` and may hold up to max_seq_len tokens. Buckets: decode_buckets are row counts
+    of 1-token work; prefill_buckets are token counts per chunk (the largest is the longest
+    chunk accepted, `max_chunk_tokens`) and prefill_batch_buckets row counts of chunk calls;
+    context_buckets are attention windows (default: max_seq_len only). return_logits: the last
+    stage also returns each item's last-position logits (tests, debugging).
+    """
+
+    def __init__(self, config: ModelConfig, start_layer: int, end_layer: int, weights: StageWeights,
+                 max_slots: int, max_seq_len: int,
+                 prefill_buckets: Sequence[int] = DEFAULT_PREFILL_BUCKETS,
+                 decode_buckets: Sequence[int] = DEFAULT_DECODE_BUCKETS,
+                 prefill_batch_buckets: Sequence[int] = DEFAULT_PREFILL_BATCH_BUCKETS,
+                 context_buckets: Sequence[int] | None = None, return_logits: bool = False):
+        check_range(config, start_layer, end_layer)
+        if (weights.config, weights.start_layer, weights.end_layer) != (config, start_layer, end_layer):
+            raise ConfigError(f"weights hold layers [{weights.start_layer}, {weights.end_layer}) of "
+                              f"{weights.config.name!r}, the engine was asked for [{start_layer}, "
+                              f"{end_layer}) of {config.name!r}")
+        if max_slots <= 0 or max_seq_len <= 0:
+            raise ConfigError(f"max_slots and max_seq_len must be positive, got {max_slots}, {max_seq_len}")
+        self.config, self.start_layer, self.end_layer = config, start_layer, end_layer
+        self.max_slots, self.max_seq_len = max_slots, max_seq_len
+        self.is_first, self.is_last = start_layer == 0, end_layer == config.num_layers
+        self.return_logits = return_logits
+        self.decode_buckets = normalize_buckets("decode_buckets", decode_buckets, max_slots)
+        self.prefill_buckets = normalize_buckets("prefill_buckets", prefill_buckets, max_seq_len)
+        self.prefill_batch_buckets = normalize_buckets("prefill_batch_buckets", prefill_batch_buckets,
+                                                       max_slots)
+        self.context_buckets = normalize_buckets("context_buckets", context_buckets or (max_seq_len,),
+                                                 max_seq_len)
+        if self.context_buckets[-1] < max_seq_len:
+            self.context_buckets += (max_seq_len,)
+        self._graphdef, self._state = weights.graphdef, weights.state
+        self._hidden_dtype = np.dtype(jnp.dtype(config.dtype))
+        self.cache: KVCache = init_kv_cache(config, self.num_layers, max_slots, max_seq_len)
+        self._free_slots = list(range(max_slots - 1, -1, -1))
+        self._requests: dict[Hashable, _Request] = {}
+        self._compile_count = 0
+        self._jitted = jax.jit(self._traced_step, static_argnames=("context_len",),
+                               donate_argnames=("cache",))
+
+    # ---- capacity -------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.end_layer - self.start_layer
+
+    @property
+    def kv_capacity_token_layers(self) -> int:
+        """KV entries (tokens x layers) this stage can hold: max_slots * max_seq_len * layers."""
+        return self.max_slots * self.max_seq_len * self.num_layers
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return kv_cache_bytes(self.config, self.num_layers, self.max_slots, self.max_seq_len)
+
+    @property
+    def free_slots(self) -> int:
+        """Slots not held by any request (new requests admissible now)."""
+        return len(self._free_slots)
+
+    @property
+    def max_chunk_tokens(self) -> int:
+        """Longest prefill chunk one StepInput may carry."""
+        return self.prefill_buckets[-1]
+
+    @property
+    def compile_count(self) -> int:
+        """Number of times the step was traced (= compiled); flat in steady state after warmup()."""
+        return self._compile_count
+
+    def has_request(self, request_id: Hashable) -> bool:
+        return request_id in self._requests
+
+    def tokens_cached(self, request_id: Hashable) -> int:
+        """Positions of `request_id` already in this stage's KV cache (its next position)."""
+        return self._get(request_id).next_position
+
+    # ---- request lifetime -----------------------------------------------------------------
+    def add_request(self, request_id: Hashable, sampling: SamplingParams | None = None) -> int:
+        """Reserve a KV slot for a new request and return it. Raises OverloadedError when all
+        slots are held, RequestError when the id is already present."""
+        if request_id in self._requests:
+            raise RequestError(f"request {request_id!r} is already held by this stage")
+        if not self._free_slots:
+            raise OverloadedError(f"stage [{self.start_layer}, {self.end_layer}) has no free KV slot "
+                                  f"({self.max_slots} held)")
+        request = _Request(self._free_slots.pop(), sampling or SamplingParams())
+        self._requests[request_id] = request
+        return request.slot
+
+    def release(self, request_id: Hashable) -> None:
+        """Free the request's slot (its cached KV becomes garbage). Unknown ids: RequestError."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            raise RequestError(f"request {request_id!r} is not held by this stage")
+        self._free_slots.append(request.slot)
+
+    def _get(self, request_id: Hashable) -> _Request:
+        request = self._requests.get(request_id)
+        if request is None:
+            raise RequestError(f"request {request_id!r} is not held by this stage (call add_request)")
+        return request
+
+    # ---- compute --------------------------------------------------------------------------
+    def _traced_step(self, state, cache: KVCache, token_ids, hidden, run_start, positions, num_tokens,
+                     slots, temperature, top_k, top_p, seed, *, context_len: int):
+        self._compile_count += 1  # runs only while tracing: one increment per compiled bucket
+        model: StageModel = nnx.merge(self._graphdef, state)
+        x, cache = model(token_ids if self.is_first else None, hidden, run_start, positions,
+                         num_tokens, slots, cache, context_len)
+        if not self.is_last:
+            return x, cache
+        last = x[jnp.arange(x.shape[0]), jnp.maximum(num_tokens - 1, 0)]  # [B, hidden]
+        logits = model.logits(last)  # [B, vocab] float32
+        tokens = sample_tokens(logits, temperature, top_k, top_p, seed, positions + num_tokens)
+        return ((tokens, logits) if self.return_logits else tokens), cache
+
+    def _run(self, batch: PaddedBatch, context_len: int):
+        out, self.cache = self._jitted(
+            self._state, self.cache, batch.token_ids, batch.hidden, batch.run_start, batch.positions,
+            batch.num_tokens, batch.slots, batch.temperature, batch.top_k, batch.top_p, batch.seed,
+            context_len=context_len)
+        return jax.tree.map(np.asarray, out)
+
+    def _pad(self, items: list[StepInput], rows: int, tokens: int) -> PaddedBatch:
+        requests = [self._requests[item.request_id] for item in items]
+        return pad_batch(items, rows, tokens, self.config.hidden_size, self._hidden_dtype,
+                         [r.slot for r in requests], [r.sampling for r in requests])
+
+    def warmup(self) -> int:
+        """Compile every (rows, tokens, context) bucket by running all-padding batches (which
+        write no KV). Returns only when all are compiled; returns the number of buckets."""
+        shapes = [(rows, 1) for rows in self.decode_buckets]
+        shapes += [(rows, tokens) for rows in self.prefill_batch_buckets for tokens in self.prefill_buckets
+                   if tokens > 1]
+        for rows, tokens in shapes:
+            for context_len in self.context_buckets:
+                self._run(self._pad([], rows, tokens), context_len)
+        jax.block_until_ready(self.cache)
+        log.info("stage [%d, %d): %d programs compiled", self.start_layer, self.end_layer,
+                 self._compile_count)
+        return len(shapes) * len(self.context_buckets)
+
+    def step(self, items: Sequence[StepInput]) -> list[StepOutput]:
+        """Run one continuous-batching step over `items` (prefill chunks and decode tokens of
+        distinct held requests). Returns one StepOutput per item, in order. Raises
+        RequestError (nothing is computed) for an unknown request, a repeated request, a
+        changed entry layer, a position other than `tokens_cached`, a chunk longer than
+        `max_chunk_tokens`, or a sequence past max_seq_len."""
+        items = list(items)
+        seen: set[Hashable] = set()
+        for item in items:
+            request = self._get(item.request_id)
+            if item.request_id in seen:
+                raise RequestError(f"request {item.request_id!r} appears twice in one step")
+            seen.add(item.request_id)
+            check_item(item, self.start_layer, self.end_layer, self.config.hidden_size,
+                       self.config.vocab_size)
+            if request.run_start_layer not in (None, item.run_start_layer):
+                raise RequestError(f"request {item.request_id!r} entered at layer "
+                                   f"{request.run_start_layer}, not {item.run_start_layer}")
+            if item.position != request.next_position:
+                raise RequestError(f"request {item.request_id!r}: position {item.position} given, "
+                                   f"{request.next_position} tokens are cached")
+            if item.num_tokens > self.max_chunk_tokens:
+                raise RequestError(f"request {item.request_id!r}: chunk of {item.num_tokens} tokens "
+                                   f"exceeds max_chunk_tokens {self.max_chunk_tokens}")
+            if item.position + item.num_tokens > self.max_seq_len:
+                raise RequestError(f"request {item.request_id!r}: {item.position + item.num_tokens} "
+                                   f"tokens exceed max_seq_len {self.max_seq_len}")
+        results: dict[int, StepOutput] = {}
+        order = sorted(range(len(items)), key=lambda i: items[i].num_tokens)
+        decode = [i for i in order if items[i].num_tokens == 1]
+        prefill = [i for i in order if items[i].num_tokens > 1]
+        for group, row_buckets in ((decode, self.decode_buckets), (prefill, self.prefill_batch_buckets)):
+            for begin in range(0, len(group), row_buckets[-1]):
+                self._run_group([items[i] for i in group[begin:begin + row_buckets[-1]]],
+                                group[begin:begin + row_buckets[-1]], row_buckets, results)
+        for item in items:
+            request = self._requests[item.request_id]
+            request.run_start_layer = item.run_start_layer
+            request.next_position += item.num_tokens
+        return [results[i] for i in range(len(items))]
+
+    def _run_group(self, items: list[StepInput], indices: list[int], row_buckets: tuple[int, ...],
+                   results: dict[int, StepOutput]) -> None:
+        longest = max(item.num_tokens for item in items)
+        tokens = 1 if longest == 1 else pick_bucket(self.prefill_buckets, longest)
+        rows = pick_bucket(row_buckets, len(items))
+        context = pick_bucket(self.context_buckets, max(i.position + i.num_tokens for i in items))
+        out = self._run(self._pad(items, rows, tokens), context)
+        logits = None
+        if self.is_last and self.return_logits:
+            out, logits = out
+        for row, (index, item) in enumerate(zip(indices, items)):
+            if self.is_last:
+                token = int(out[row]) if item.sample else None
+                results[index] = StepOutput(item.request_id, next_token=token,
+                                            logits=None if logits is None else logits[row])
+            else:
+                results[index] = StepOutput(item.request_id, hidden=out[row, :item.num_tokens])

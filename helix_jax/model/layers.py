@@ -1,0 +1,171 @@
+"""Flax NNX building blocks of a LLaMA-family decoder layer.
+
+Owns: RMSNorm, rotary embeddings (plain and LLaMA-3 scaled frequencies), grouped-query
+attention reading and writing an explicit KV cache, the SwiGLU MLP and `DecoderLayer`.
+Sits in the runtime step of the data flow: `stage.py` stacks these layers into a layer-range
+stage and `engine.py` runs the stage under `jax.jit`.
+
+Conventions (match Hugging Face `LlamaForCausalLM`, so its checkpoints load unchanged):
+kernels are `[in, out]`; rotary uses the rotate-half layout; norms, softmax and rotary
+angles are computed in float32 and cast back to the model dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from helix_jax.modelconfig import ModelConfig
+
+_NEG_INF = -1e30  # finite, so fully masked padding rows never produce NaN
+
+
+def jnp_dtype(config: ModelConfig) -> jnp.dtype:
+    return jnp.dtype(config.dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """Inverse rotary frequencies `[head_dim // 2]` (float32), LLaMA-3 scaled if configured."""
+    dim = config.dim_per_head
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq.astype(np.float32)
+    old_len = scaling.original_max_position_embeddings
+    low_wavelen = old_len / scaling.low_freq_factor
+    high_wavelen = old_len / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_len / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_cos_sin(inv_freq: np.ndarray, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos, sin `[batch, tokens, head_dim]` (float32) for integer `positions [batch, tokens]`."""
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate `x [batch, tokens, heads, head_dim]` by the per-token angles (rotate-half layout)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
+    return x * cos + rotated * sin
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, dtype: jnp.dtype):
+        self.weight = nnx.Param(jnp.ones((dim,), dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...] * x32.astype(x.dtype)
+
+
+def _linear(n_in: int, n_out: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    init = nnx.initializers.normal(stddev=1.0 / math.sqrt(n_in))
+    return nnx.Linear(n_in, n_out, use_bias=False, dtype=dtype, param_dtype=dtype,
+                      kernel_init=init, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention over the KV cache of one layer."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        dtype, h, d = jnp_dtype(config), config.hidden_size, config.dim_per_head
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, d
+        self.q_proj = _linear(h, config.num_heads * d, dtype, rngs)
+        self.k_proj = _linear(h, config.num_kv_heads * d, dtype, rngs)
+        self.v_proj = _linear(h, config.num_kv_heads * d, dtype, rngs)
+        self.o_proj = _linear(config.num_heads * d, h, dtype, rngs)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, kv: "LayerKV") -> tuple[
+            jax.Array, jax.Array, jax.Array]:
+        """x `[B, T, hidden]` -> (out `[B, T, hidden]`, k_cache, v_cache updated for this layer).
+
+        `kv` says where this step's tokens are written (rows/tokens not to be written point
+        past the end of the cache and are dropped) and which cached positions each query
+        may read (causal, own slot only).
+        """
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        layer = kv.layer_index
+        k_cache = kv.k_cache.at[layer, kv.write_slot, kv.write_pos].set(
+            k.astype(kv.k_cache.dtype), mode="drop")
+        v_cache = kv.v_cache.at[layer, kv.write_slot, kv.write_pos].set(
+            v.astype(kv.v_cache.dtype), mode="drop")
+        ctx = kv.context_len
+        keys = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False)[kv.read_slot, :ctx]
+        values = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False)[kv.read_slot, :ctx]
+        # keys/values [B, ctx, kv_heads, head_dim]; queries grouped per kv head.
+        groups = self.num_heads // self.num_kv_heads
+        qg = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(q.dtype),
+                            preferred_element_type=jnp.float32) / math.sqrt(self.head_dim)
+        key_pos = jnp.arange(ctx)[None, None, :]
+        visible = key_pos <= kv.query_pos[:, :, None]  # [B, T, ctx]
+        scores = jnp.where(visible[:, None, None, :, :], scores, _NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(q.dtype))
+        out = out.reshape(b, t, self.num_heads * self.head_dim)
+        return self.o_proj(out), k_cache, v_cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        dtype, h, f = jnp_dtype(config), config.hidden_size, config.intermediate_size
+        self.gate_proj = _linear(h, f, dtype, rngs)
+        self.up_proj = _linear(h, f, dtype, rngs)
+        self.down_proj = _linear(f, h, dtype, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKV:
+    """Per-call view of the stage's KV cache for one layer (built inside the traced step)."""
+
+    k_cache: jax.Array  # [layers, slots, max_seq, kv_heads, head_dim]
+    v_cache: jax.Array
+    layer_index: jax.Array  # scalar: index of this layer inside the stage
+    write_slot: jax.Array  # [B, T] scatter target slot (any value where write_pos is dropped)
+    write_pos: jax.Array  # [B, T] scatter target position; >= max_seq means "do not write"
+    read_slot: jax.Array  # [B] slot of each row
+    query_pos: jax.Array  # [B, T] absolute position of each query token
+    context_len: int  # static: cached positions attention may read
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm decoder layer: x + attn(norm(x)), then + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        dtype = jnp_dtype(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = Attention(config, rngs)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = MLP(config, rngs)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, kv: LayerKV) -> tuple[
+            jax.Array, jax.Array, jax.Array]:
+        attn_out, k_cache, v_cache = self.self_attn(self.input_layernorm(x), cos, sin, kv)
+        x = x + attn_out
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, k_cache, v_cache

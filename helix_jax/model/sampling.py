@@ -1,0 +1,69 @@
+"""Next-token sampling on the last stage: greedy, temperature, top-k, top-p, per-request seed.
+
+Owns: `SamplingParams` (frozen, validated) and `sample_tokens` (traced inside the last
+stage's jitted step). Sits at the end of the runtime step of the data flow.
+
+Determinism: the random key of a row is `fold_in(PRNGKey(seed), position)`, where
+`position` is the absolute position the new token will occupy. The choice therefore depends
+only on (logits, seed, position), never on batch composition, so a distributed deployment
+samples exactly what a local run samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from helix_jax.errors import RequestError
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 = greedy; top_k 0 = no limit; top_p 1.0 = no nucleus cut."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0.0) or self.temperature != self.temperature:
+            raise RequestError(f"sampling temperature must be >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise RequestError(f"sampling top_k must be an integer >= 0, got {self.top_k!r}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise RequestError(f"sampling top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.seed, int) or not (0 <= self.seed < 2 ** 32):
+            raise RequestError(f"sampling seed must be an integer in [0, 2**32), got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def _sample_row(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,
+                seed: jax.Array, position: jax.Array) -> jax.Array:
+    """One row: logits `[vocab]` (float32) -> token id (int32)."""
+    vocab = logits.shape[-1]
+    greedy_token = jnp.argmax(logits).astype(jnp.int32)
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    ranked = jnp.sort(scaled)[::-1]  # descending
+    rank = jnp.arange(vocab)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    in_top_k = rank < k
+    probs = jax.nn.softmax(jnp.where(in_top_k, ranked, -jnp.inf))
+    mass_before = jnp.cumsum(probs) - probs
+    keep = in_top_k & (mass_before < top_p)  # smallest prefix reaching top_p (rank 0 always kept)
+    threshold = ranked[jnp.sum(keep) - 1]
+    masked = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), position)
+    sampled = jax.random.categorical(key, masked).astype(jnp.int32)
+    return jnp.where(temperature <= 0.0, greedy_token, sampled)
+
+
+def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,
+                  seed: jax.Array, position: jax.Array) -> jax.Array:
+    """logits `[B, vocab]` float32 and per-row params `[B]` -> next token ids `[B]` int32."""
+    return jax.vmap(_sample_row)(logits, temperature, top_k, top_p, seed, position)

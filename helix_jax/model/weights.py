@@ -1,0 +1,117 @@
+"""Weights of one stage: seeded random weights or a Hugging Face checkpoint, for layers
+`[start, end)` only.
+
+Owns: `StageWeights` (graphdef + nnx.State of a `StageModel`) and `load_stage_weights`.
+Sits in the runtime step of the data flow: a worker loads the weights of the layer range
+its placement gives it, then hands them to `StageEngine`.
+
+Random weights ("random:<seed>") are keyed per global layer index (`fold_in`), so a stage
+holding `[s, e)` builds exactly the layers `s..e-1` of the whole model: a pipeline of stages
+computes the same function as one stage holding everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from helix_jax.errors import CheckpointError, ConfigError
+from helix_jax.model.stage import StageModel
+from helix_jax.modelconfig import ModelConfig
+
+log = logging.getLogger(__name__)
+
+_LAYER_STREAM, _EMBED_STREAM, _HEAD_STREAM = 1, 2, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class StageWeights:
+    """Everything a StageEngine needs to build its layers: static graph plus array state."""
+
+    config: ModelConfig
+    start_layer: int
+    end_layer: int
+    graphdef: Any  # nnx.GraphDef of the StageModel
+    state: Any  # nnx.State: the weight arrays (traced arguments of the jitted step)
+
+    def model(self) -> StageModel:
+        """A live StageModel sharing these arrays (for direct, unjitted use)."""
+        return nnx.merge(self.graphdef, self.state)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.state))
+
+
+def check_range(config: ModelConfig, start_layer: int, end_layer: int) -> None:
+    if not (0 <= start_layer < end_layer <= config.num_layers):
+        raise ConfigError(f"stage layer range [{start_layer}, {end_layer}) is not a non-empty range "
+                          f"inside [0, {config.num_layers}) of model {config.name!r}")
+
+
+def _keys(seed: int, start_layer: int, end_layer: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    base = jax.random.PRNGKey(seed)
+    layer_base = jax.random.fold_in(base, _LAYER_STREAM)
+    layer_keys = jnp.stack([jax.random.fold_in(layer_base, layer)
+                            for layer in range(start_layer, end_layer)])
+    return layer_keys, jax.random.fold_in(base, _EMBED_STREAM), jax.random.fold_in(base, _HEAD_STREAM)
+
+
+def random_stage_weights(config: ModelConfig, start_layer: int, end_layer: int, seed: int = 0) -> StageWeights:
+    """Seeded random weights for layers `[start, end)` (identical to the whole model's)."""
+    check_range(config, start_layer, end_layer)
+    model = StageModel(config, start_layer, end_layer, *_keys(seed, start_layer, end_layer))
+    graphdef, state = nnx.split(model)
+    return StageWeights(config, start_layer, end_layer, graphdef, state)
+
+
+def abstract_stage(config: ModelConfig, start_layer: int, end_layer: int) -> tuple[Any, Any]:
+    """(graphdef, state of ShapeDtypeStructs) of a stage, allocating nothing."""
+    check_range(config, start_layer, end_layer)
+    model = nnx.eval_shape(lambda: StageModel(config, start_layer, end_layer,
+                                              *_keys(0, start_layer, end_layer)))
+    return nnx.split(model)
+
+
+def load_stage_weights(config: ModelConfig, start_layer: int, end_layer: int,
+                       source: str | Path) -> StageWeights:
+    """Weights of layers `[start, end)` from `source`.
+
+    source: "random:<seed>" (built-in seeded weights of the model's true shape) or a Hugging
+    Face LLaMA checkpoint directory (config.json + model.safetensors or sharded with
+    model.safetensors.index.json); only the tensors of the stage's layers are read. A bad
+    checkpoint raises one CheckpointError naming the file, tensor or field.
+    """
+    text = str(source)
+    if text.startswith("random:"):
+        try:
+            seed = int(text.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"weights source {text!r}: expected 'random:<integer seed>'") from None
+        return random_stage_weights(config, start_layer, end_layer, seed)
+    from helix_jax.model.checkpoint import load_checkpoint_state
+
+    graphdef, abstract = abstract_stage(config, start_layer, end_layer)
+    state = load_checkpoint_state(Path(text), config, start_layer, end_layer, abstract)
+    return StageWeights(config, start_layer, end_layer, graphdef, state)
+
+
+def default_weights_source(config: ModelConfig, model_spec: str) -> str:
+    """The weights a `--model` spec implies: built-in tiny models are "random:0", a directory is
+    itself; a preset of a real model needs its checkpoint directory."""
+    from helix_jax.modelconfig import PRESETS, is_tiny
+
+    if is_tiny(config):
+        return "random:0"
+    if Path(model_spec).is_dir():
+        return model_spec
+    if model_spec.strip().lower() in PRESETS:
+        raise CheckpointError(f"model {model_spec!r} has no built-in weights; pass its Hugging Face "
+                              "checkpoint directory as --model")
+    raise CheckpointError(f"model {model_spec!r} is not a checkpoint directory")
