@@ -1,0 +1,358 @@
+"""Client of a helix-jax deployment: the last link of the data flow (runtime -> client).
+
+`Client(endpoint)` talks to the coordinator's client socket (printed by `helix-jax deploy`).
+One ZeroMQ DEALER socket carries every request; each request has its own id, so any number
+of requests may be in flight at once from one client. The socket is owned by one background
+I/O thread; caller threads hand it outgoing messages through a queue plus a wake-up pipe, so
+`Client` is thread-safe: call `generate`/`stream` from as many threads as you like.
+`AsyncClient` is the asyncio twin (zmq.asyncio, one reader task).
+
+Timings are measured here, on arrival of each token. When the deployment runs with
+`--emulate --time-scale N`, every figure in `Timings` is divided by N (the coordinator reports
+N), so it reads in emulated seconds; `StreamToken.wall_s` stays in wall seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from typing import Any, AsyncIterator, Iterator, Sequence
+
+import zmq
+import zmq.asyncio
+
+from helix_jax import errors
+from helix_jax.errors import HelixError, ProtocolError, RequestError
+from helix_jax.runtime import wire
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timings:
+    ttft_s: float  # time to first token
+    tpot_s: float  # mean time per output token after the first (0 with one token)
+    total_s: float
+    token_times_s: tuple[float, ...]  # arrival of each token, from the send
+    time_scale: float = 1.0  # figures above are wall seconds / time_scale
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamToken:
+    index: int
+    token_id: int
+    text: str
+    wall_s: float  # wall seconds since the request was sent
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateResult:
+    request_id: str
+    text: str
+    ids: tuple[int, ...]
+    prompt_tokens: int
+    finish_reason: str  # "length" | "eos" | "stop"
+    timings: Timings
+
+
+_ERROR_TYPES = {name: getattr(errors, name) for name in dir(errors)
+                if isinstance(getattr(errors, name), type) and issubclass(getattr(errors, name), HelixError)}
+
+
+def error_from_message(msg: wire.Message) -> HelixError:
+    """The HelixError subclass named by an `error` message (RequestError, OverloadedError, ...)."""
+    return _ERROR_TYPES.get(msg["error"], HelixError)(msg["message"])
+
+
+def generate_message(request_id: str, prompt: str | Sequence[int], max_tokens: int, temperature: float,
+                     top_k: int, top_p: float, seed: int, stop: Sequence[str] | None) -> wire.Message:
+    """The `generate` wire message; argument types are checked here, values at the coordinator."""
+    try:
+        fields: dict[str, Any] = {
+            "request_id": request_id, "max_tokens": int(max_tokens), "temperature": float(temperature),
+            "top_k": int(top_k), "top_p": float(top_p), "seed": int(seed),
+            "stop": [str(s) for s in stop] if stop else None}
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"bad sampling argument: {exc}") from None
+    if isinstance(prompt, str):
+        fields["prompt"] = prompt
+    else:
+        try:
+            fields["prompt_ids"] = [int(t) for t in prompt]
+        except (TypeError, ValueError):
+            raise RequestError(f"prompt must be a string or a sequence of token ids, got {prompt!r}") from None
+    return wire.make("generate", **fields)
+
+
+class _Collector:
+    """Turns a request's token/done messages into a GenerateResult."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.sent_at = time.perf_counter()
+        self.arrivals: list[float] = []
+
+    def on_token(self, msg: wire.Message) -> StreamToken:
+        wall = time.perf_counter() - self.sent_at
+        self.arrivals.append(wall)
+        return StreamToken(msg["index"], msg["token_id"], msg["text"], wall)
+
+    def result(self, msg: wire.Message) -> GenerateResult:
+        total = time.perf_counter() - self.sent_at
+        scale = float(msg["time_scale"]) or 1.0
+        arrivals = self.arrivals
+        ttft = arrivals[0] if arrivals else total
+        tpot = (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1) if len(arrivals) > 1 else 0.0
+        timings = Timings(ttft / scale, tpot / scale, total / scale,
+                          tuple(a / scale for a in arrivals), scale)
+        return GenerateResult(self.request_id, msg["text"], tuple(int(i) for i in msg["ids"]),
+                              msg["prompt_tokens"], msg["finish_reason"], timings)
+
+
+class TokenStream:
+    """Iterator of StreamToken; `.result` holds the GenerateResult once exhausted."""
+
+    def __init__(self, client: "Client", msg: wire.Message, timeout_s: float) -> None:
+        self._client, self._timeout_s = client, timeout_s
+        self._collector = _Collector(msg["request_id"])
+        self._events = client._open(msg)
+        self.result: GenerateResult | None = None
+
+    def __iter__(self) -> Iterator[StreamToken]:
+        rid = self._collector.request_id
+        try:
+            while True:
+                try:
+                    msg = self._events.get(timeout=self._timeout_s)
+                except queue.Empty:
+                    raise HelixError(f"request {rid} got no reply within {self._timeout_s:.0f} s") from None
+                if msg.kind == "token":
+                    yield self._collector.on_token(msg)
+                elif msg.kind == "done":
+                    self.result = self._collector.result(msg)
+                    return
+                elif msg.kind == "error":
+                    raise error_from_message(msg)
+        finally:
+            self._client._close_request(rid, cancel=self.result is None)
+
+
+class Client:
+    """Thread-safe synchronous client. Use as a context manager or call `close()`."""
+
+    def __init__(self, endpoint: str, timeout_s: float = 300.0) -> None:
+        self.endpoint, self.timeout_s = endpoint, timeout_s
+        self._ctx = zmq.Context.instance()
+        self._sock = wire.configure(self._ctx.socket(zmq.DEALER))
+        self._sock.connect(endpoint)
+        self._outbox: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        self._pending: dict[str, queue.SimpleQueue[wire.Message]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._ids = itertools.count()
+        self._prefix = uuid.uuid4().hex[:8]
+        self._thread = threading.Thread(target=self._io_loop, name="helix-client-io", daemon=True)
+        self._thread.start()
+
+    # ---- public API
+    def generate(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                 stop: Sequence[str] | None = None) -> GenerateResult:
+        """Generate and wait for the whole answer. Raises RequestError/OverloadedError/HelixError."""
+        stream = self.stream(prompt, max_tokens, temperature, top_k, top_p, seed, stop)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def stream(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
+               top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+               stop: Sequence[str] | None = None) -> TokenStream:
+        """Tokens as they arrive; the final GenerateResult is `stream.result` afterwards."""
+        msg = generate_message(self._new_id(), prompt, max_tokens, temperature, top_k, top_p, seed, stop)
+        return TokenStream(self, msg, self.timeout_s)
+
+    def info(self) -> dict[str, Any]:
+        """Model name, layers, vocabulary size, time scale and node list of the deployment."""
+        rid = self._new_id()
+        events = self._open(wire.make("info", request_id=rid))
+        try:
+            msg = events.get(timeout=self.timeout_s)
+        except queue.Empty:
+            raise HelixError(f"no reply from {self.endpoint} within {self.timeout_s:.0f} s") from None
+        finally:
+            self._close_request(rid, cancel=False)
+        if msg.kind == "error":
+            raise error_from_message(msg)
+        return {k: v for k, v in msg.fields.items() if k != "request_id"}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=5)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- plumbing
+    def _new_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
+
+    def _open(self, msg: wire.Message) -> queue.SimpleQueue[wire.Message]:
+        events: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
+        with self._lock:
+            if self._closed:
+                raise HelixError("client is closed")
+            self._pending[msg["request_id"]] = events
+        self._outbox.put(msg)
+        os.write(self._wake_w, b"m")
+        return events
+
+    def _close_request(self, request_id: str, cancel: bool) -> None:
+        with self._lock:
+            self._pending.pop(request_id, None)
+            closed = self._closed
+        if cancel and not closed:
+            self._outbox.put(wire.make("cancel", request_id=request_id))
+            os.write(self._wake_w, b"c")
+
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while True:
+                events = dict(poller.poll())
+                if self._wake_r in events:
+                    os.read(self._wake_r, 4096)
+                    if self._closed:
+                        return
+                    while True:
+                        try:
+                            wire.send(self._sock, self._outbox.get_nowait())
+                        except queue.Empty:
+                            break
+                if self._sock in events:
+                    self._drain()
+        finally:
+            self._sock.close(linger=0)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                _, msg = wire.recv(self._sock)
+            except zmq.Again:
+                return
+            except ProtocolError as exc:
+                logger.warning("dropped a malformed reply: %s", exc)
+                continue
+            with self._lock:
+                events = self._pending.get(msg.get("request_id") or "")
+            if events is not None:
+                events.put(msg)
+            elif msg.kind == "error":
+                logger.warning("coordinator error: %s", msg["message"])
+
+
+class AsyncClient:
+    """asyncio client (zmq.asyncio); same API as Client, with `await` / `async for`."""
+
+    def __init__(self, endpoint: str, timeout_s: float = 300.0) -> None:
+        self.endpoint, self.timeout_s = endpoint, timeout_s
+        self._ctx = zmq.asyncio.Context.instance()
+        self._sock = wire.configure(self._ctx.socket(zmq.DEALER))
+        self._sock.connect(endpoint)
+        self._pending: dict[str, asyncio.Queue[wire.Message]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._ids = itertools.count()
+        self._prefix = uuid.uuid4().hex[:8]
+
+    async def generate(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
+                       top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                       stop: Sequence[str] | None = None) -> GenerateResult:
+        result: list[GenerateResult] = []
+        async for _ in self._run(prompt, max_tokens, temperature, top_k, top_p, seed, stop, result):
+            pass
+        return result[0]
+
+    def stream(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
+               top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+               stop: Sequence[str] | None = None) -> AsyncIterator[StreamToken]:
+        return self._run(prompt, max_tokens, temperature, top_k, top_p, seed, stop, [])
+
+    async def _run(self, prompt: Any, max_tokens: int, temperature: float, top_k: int, top_p: float,
+                   seed: int, stop: Sequence[str] | None, out: list[GenerateResult]) -> AsyncIterator[StreamToken]:
+        rid = f"{self._prefix}-{next(self._ids)}"
+        msg = generate_message(rid, prompt, max_tokens, temperature, top_k, top_p, seed, stop)
+        self._ensure_reader()
+        events: asyncio.Queue[wire.Message] = asyncio.Queue()
+        self._pending[rid] = events
+        collector = _Collector(rid)
+        finished = False
+        try:
+            await self._sock.send_multipart(wire.encode(msg), copy=False)
+            while True:
+                try:
+                    reply = await asyncio.wait_for(events.get(), self.timeout_s)
+                except asyncio.TimeoutError:
+                    raise HelixError(f"request {rid} got no reply within {self.timeout_s:.0f} s") from None
+                if reply.kind == "token":
+                    yield collector.on_token(reply)
+                elif reply.kind == "done":
+                    out.append(collector.result(reply))
+                    finished = True
+                    return
+                elif reply.kind == "error":
+                    finished = True
+                    raise error_from_message(reply)
+        finally:
+            self._pending.pop(rid, None)
+            if not finished:
+                await self._sock.send_multipart(wire.encode(wire.make("cancel", request_id=rid)))
+
+    def _ensure_reader(self) -> None:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def _read_loop(self) -> None:
+        while True:
+            frames = await self._sock.recv_multipart(copy=False)
+            try:
+                msg = wire.decode(frames)
+            except ProtocolError as exc:
+                logger.warning("dropped a malformed reply: %s", exc)
+                continue
+            events = self._pending.get(msg.get("request_id") or "")
+            if events is not None:
+                events.put_nowait(msg)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._sock.close(linger=0)
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()

@@ -1,0 +1,337 @@
+"""The coordinator: source and sink of every request's flow (placement -> scheduler -> runtime).
+
+Sockets (all bound to free ports unless told otherwise; linger 0):
+* client ROUTER: `generate` / `cancel` / `info` in; `token` / `done` / `error` out.
+* control ROUTER: workers' `register` / `ready` / `failed` in; `assign` / `shutdown` out.
+* data PULL: last stages' `sampled` tokens in. One PUSH per worker carries `step` (token ids
+  for the route's first hop) and `free` (release a finished request's KV) out.
+
+The loop, one thread, one zmq.Poller (timers only under --emulate):
+
+1. Join: each worker registers its node name and data endpoint. A node not in the placement,
+   or registered twice, is told `failed`. Once every placed node has registered, each gets
+   `assign`: its layer range, the model and weights source, its neighbours' data endpoints,
+   the coordinator's data endpoint and the emulation spec.
+2. Warm-up: workers load, compile their buckets and answer `ready` with their real KV
+   capacity in token-layers. With all ready, the Scheduler is built with those budgets
+   (`ready_event` is set); client requests that arrived earlier wait until then.
+3. Admission: a `generate` is validated (`RequestError` back at once if malformed), submitted
+   to the scheduler (`OverloadedError` back if the queue is full) and, whenever
+   `admit_ready()` returns it, its prompt goes to the first hop of its route as a `step`.
+4. Decode: each `sampled` token is streamed to the client as `token`; unless a stop condition
+   holds (eos, stop string, max_tokens) the token is sent as the next `step` along the same
+   route (`on_decode_token` adds its load). On finish: `done` to the client, `free` to every
+   hop, `scheduler.finish` releases the KV and step 3 admits whoever waits.
+5. Anything malformed on any socket is logged and dropped (a client gets an `error`); a
+   `cancel` ends its request like step 4. `stop()` sends `shutdown` to every worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from helix_jax.errors import HelixError, ProtocolError
+from helix_jax.modelconfig import ModelConfig
+from helix_jax.placement import Placement
+from helix_jax.runtime import wire
+from helix_jax.runtime.emulation import EmulationSpec, LinkPacer
+from helix_jax.runtime.requests import LiveRequest, TextCodec, parse_generate
+from helix_jax.scheduler import RequestSpec, Scheduler
+from helix_jax.topology import COORDINATOR, Topology
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """Everything a deployment is made of; the deploy command builds one."""
+
+    topology: Topology
+    placement: Placement
+    model: ModelConfig  # the model the workers compute (topology.model or a --model stand-in)
+    weights: str | None = None  # checkpoint directory; None: seeded random weights (tiny models)
+    host: str = "127.0.0.1"  # address the coordinator binds and advertises
+    client_port: int = 0  # 0: a free port
+    control_port: int = 0
+    emulation: EmulationSpec | None = None
+    kv_tokens: int | None = None  # per-worker KV cache size in tokens (None: worker default)
+    max_batch: int | None = None  # per-worker decode batch cap (None: worker default)
+    max_seq_len: int = 512
+    queue_limit: int = 1000
+    policy: str = "iwrr"
+    seed: int = 0
+
+    @property
+    def time_scale(self) -> float:
+        return self.emulation.time_scale if self.emulation else 1.0
+
+
+class Coordinator:
+    """Owns the sockets and the request table; `run()` is the loop of the module docstring."""
+
+    def __init__(self, config: ServeConfig, codec: TextCodec) -> None:
+        self.config, self.codec = config, codec
+        self.nodes = tuple(sorted(config.placement.ranges))
+        self._ctx = zmq.Context.instance()
+        host = config.host
+        self._client = wire.configure(self._ctx.socket(zmq.ROUTER))
+        self._control = wire.configure(self._ctx.socket(zmq.ROUTER))
+        self._data = wire.configure(self._ctx.socket(zmq.PULL))
+        self.client_endpoint = wire.bind_free_port(self._client, host, config.client_port)
+        self.control_endpoint = wire.bind_free_port(self._control, host, config.control_port)
+        self.data_endpoint = wire.bind_free_port(self._data, host, 0)
+        self._wake_r, self._wake_w = os.pipe()
+        self._stopping = False
+        self.ready_event = threading.Event()
+        self.failure: str | None = None
+        self._identities: dict[str, bytes] = {}  # node -> control identity
+        self._data_endpoints: dict[str, str] = {}
+        self._push: dict[str, zmq.Socket] = {}
+        self._budgets: dict[str, int] = {}
+        self.warmup_s: dict[str, float] = {}
+        self.scheduler: Scheduler | None = None
+        self._early: list[tuple[bytes, wire.Message]] = []
+        self._live: dict[str, LiveRequest] = {}
+        self._by_client: dict[tuple[bytes, str], str] = {}
+        self._ids = itertools.count()
+        self._timers: list[tuple[float, int, str, wire.Message]] = []
+        self._timer_seq = itertools.count()
+        self._pacer = (LinkPacer(config.emulation.topology(), COORDINATOR, config.time_scale)
+                       if config.emulation else None)
+        self.peak_kv_used: dict[str, int] = {n: 0 for n in self.nodes}
+        self.completed = 0
+        self.rejected = 0
+
+    # ---------------------------------------------------------------- lifecycle
+    def run(self) -> None:
+        """The loop (module docstring, steps 1-5) until `stop()`; closes every socket after."""
+        poller = zmq.Poller()
+        for sock in (self._client, self._control, self._data):
+            poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while not self._stopping:
+                timeout_ms = None
+                if self._timers:
+                    timeout_ms = max(0.0, (self._timers[0][0] - time.perf_counter()) * 1000.0)
+                events = dict(poller.poll(timeout_ms))
+                if self._wake_r in events:
+                    os.read(self._wake_r, 4096)
+                if self._control in events:
+                    self._drain(self._control, True, self._on_control)
+                if self._data in events:
+                    self._drain(self._data, False, lambda _i, m: self._on_data(m))
+                if self._client in events:
+                    self._drain(self._client, True, self._on_client)
+                self._fire_timers()
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        """Ask `run()` to shut the workers down and return (thread-safe)."""
+        self._stopping = True
+        os.write(self._wake_w, b"s")
+
+    def _close(self) -> None:
+        for identity in self._identities.values():
+            try:
+                wire.send(self._control, wire.make("shutdown"), identity)
+            except zmq.ZMQError:
+                pass
+        time.sleep(0.05)  # let the shutdown frames leave before linger-0 close
+        for sock in (self._client, self._control, self._data, *self._push.values()):
+            sock.close(linger=0)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def stats(self) -> dict[str, Any]:
+        sched = self.scheduler
+        return {"budgets": dict(self._budgets), "peak_kv_used": dict(self.peak_kv_used),
+                "completed": self.completed, "rejected": self.rejected,
+                "queued": sched.queue_length if sched else len(self._early),
+                "in_flight": sched.in_flight if sched else 0}
+
+    # ---------------------------------------------------------------- socket plumbing
+    def _drain(self, sock: zmq.Socket, routed: bool, handler: Any) -> None:
+        for _ in range(10_000):  # bounded so one flood cannot starve the other sockets
+            try:
+                identity, msg = wire.recv(sock, routed)
+            except zmq.Again:
+                return
+            except ProtocolError as exc:
+                identity = getattr(exc, "identity", None)
+                logger.warning("rejected a malformed message: %s", exc)
+                if sock is self._client and identity is not None:
+                    self._reply_error(identity, None, exc)
+                continue
+            try:
+                handler(identity, msg)
+            except HelixError as exc:  # a bad message of a known kind: reject, keep serving
+                logger.warning("rejected %s: %s", msg.kind, exc)
+                if sock is self._client and identity is not None:
+                    self._reply_error(identity, msg.get("request_id"), exc)
+
+    def _reply_error(self, identity: bytes, client_rid: str | None, exc: HelixError) -> None:
+        self.rejected += 1
+        wire.send(self._client, wire.make("error", request_id=client_rid if isinstance(client_rid, str) else None,
+                                          error=type(exc).__name__, message=str(exc)), identity)
+
+    def _send_data(self, node: str, msg: wire.Message, num_tokens: int = 1) -> None:
+        if self._pacer is None:
+            wire.send(self._push[node], msg)
+            return
+        due = self._pacer.deliver_at(node, num_tokens, time.perf_counter())
+        heapq.heappush(self._timers, (due, next(self._timer_seq), node, msg))
+
+    def _fire_timers(self) -> None:
+        now = time.perf_counter()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, node, msg = heapq.heappop(self._timers)
+            wire.send(self._push[node], msg)
+
+    # ---------------------------------------------------------------- 1-2: join and warm-up
+    def _on_control(self, identity: bytes | None, msg: wire.Message) -> None:
+        assert identity is not None
+        node = msg.get("node")
+        if msg.kind == "register":
+            if node not in self.config.placement.ranges:
+                raise ProtocolError(f"node {node!r} holds no layers in this placement "
+                                    f"(placed nodes: {', '.join(self.nodes)})")
+            if node in self._identities and self._identities[node] != identity:
+                wire.send(self._control, wire.make("failed", node=node, message=f"node {node!r} already joined"),
+                          identity)
+                return
+            self._identities[node] = identity
+            self._data_endpoints[node] = msg["data_endpoint"]
+            push = wire.configure(self._ctx.socket(zmq.PUSH))
+            push.connect(msg["data_endpoint"])
+            self._push[node] = push
+            logger.info("worker %s registered (pid %s on %s)", node, msg["pid"], msg["host"])
+            if len(self._identities) == len(self.nodes):
+                self._assign_all()
+        elif msg.kind == "ready" and self._identities.get(node) == identity:
+            self._budgets[node] = msg["kv_capacity_token_layers"]
+            self.warmup_s[node] = float(msg["warmup_s"])
+            logger.info("worker %s ready: KV %d token-layers, warm-up %.1f s", node,
+                        msg["kv_capacity_token_layers"], msg["warmup_s"])
+            if len(self._budgets) == len(self.nodes) and self.scheduler is None:
+                self._start_serving()
+        elif msg.kind == "failed" and self._identities.get(node) == identity:
+            self.failure = f"worker {node} failed: {msg['message']}"
+            logger.error(self.failure)
+            self.ready_event.set()
+        else:
+            raise ProtocolError(f"unexpected {msg.kind!r} on the control socket")
+
+    def _assign_all(self) -> None:
+        cfg = self.config
+        for node in self.nodes:
+            start, end = cfg.placement.ranges[node]
+            neighbours = {n: self._data_endpoints[n] for n in self.nodes
+                          if n != node and cfg.placement.can_hand_off(node, n)}
+            wire.send(self._control, wire.make(
+                "assign", node=node, start_layer=start, end_layer=end, model=cfg.model.to_dict(),
+                neighbours=neighbours, coordinator_data=self.data_endpoint, weights=cfg.weights,
+                emulate=cfg.emulation.to_wire() if cfg.emulation else None, kv_tokens=cfg.kv_tokens,
+                max_batch=cfg.max_batch, max_seq_len=cfg.max_seq_len, seed=cfg.seed), self._identities[node])
+
+    def _start_serving(self) -> None:
+        cfg = self.config
+        self.scheduler = Scheduler(cfg.placement, self._budgets, policy=cfg.policy,
+                                   queue_limit=cfg.queue_limit, seed=cfg.seed)
+        self.ready_event.set()
+        early, self._early = self._early, []
+        for identity, msg in early:
+            try:
+                self._on_client(identity, msg)
+            except HelixError as exc:
+                self._reply_error(identity, msg.get("request_id"), exc)
+
+    # ---------------------------------------------------------------- 3-4: requests
+    def _on_client(self, identity: bytes | None, msg: wire.Message) -> None:
+        assert identity is not None
+        if msg.kind == "info":
+            wire.send(self._client, wire.make(
+                "info_reply", request_id=msg["request_id"], model=self.config.model.name,
+                num_layers=self.config.model.num_layers, vocab_size=self.config.model.vocab_size,
+                time_scale=self.config.time_scale, nodes=list(self.nodes)), identity)
+        elif msg.kind == "cancel":
+            rid = self._by_client.get((identity, msg["request_id"]))
+            if rid is not None:
+                self._finish(self._live[rid], "cancelled", notify=False)
+        elif msg.kind == "generate":
+            if self.scheduler is None:
+                self._early.append((identity, msg))
+                return
+            key = (identity, msg["request_id"])
+            if key in self._by_client:
+                raise ProtocolError(f"request id {msg['request_id']!r} is already in flight")
+            req = parse_generate(msg, identity, f"r{next(self._ids)}", self.config.model, self.codec,
+                                 self.config.max_seq_len)
+            self.scheduler.submit(RequestSpec(req.request_id, len(req.prompt_ids), req.max_tokens))
+            self._live[req.request_id] = req
+            self._by_client[key] = req.request_id
+            self._admit()
+        else:
+            raise ProtocolError(f"unexpected {msg.kind!r} on the client socket")
+
+    def _admit(self) -> None:
+        assert self.scheduler is not None
+        for adm in self.scheduler.admit_ready():
+            req = self._live[adm.request_id]
+            req.route = adm.route
+            for hop in adm.route:
+                used = self.scheduler.ledger.used(hop.node)
+                self.peak_kv_used[hop.node] = max(self.peak_kv_used[hop.node], used)
+            ids = np.asarray(req.prompt_ids, dtype=np.int32)
+            self._send_step(req, ids, position=0, index=0)
+
+    def _send_step(self, req: LiveRequest, ids: np.ndarray, position: int, index: int) -> None:
+        msg = wire.make("step", [ids], request_id=req.request_id, route=req.route_wire(), hop=0,
+                        position=position, index=index, sampling=req.sampling.to_wire())
+        self._send_data(req.route[0].node, msg, len(ids))
+
+    def _on_data(self, msg: wire.Message) -> None:
+        if msg.kind != "sampled":
+            raise ProtocolError(f"unexpected {msg.kind!r} on the coordinator's data socket")
+        req = self._live.get(msg["request_id"])
+        if req is None or msg["index"] != len(req.output_ids):
+            return  # cancelled meanwhile, or a stray duplicate
+        delta, reason = req.add_token(msg["token_id"], self.codec, self.config.model.eos_token_id)
+        wire.send(self._client, wire.make("token", request_id=req.client_request_id,
+                                          index=len(req.output_ids) - 1, token_id=msg["token_id"],
+                                          text=delta), req.identity)
+        if reason is not None:
+            self._finish(req, reason, notify=True)
+            return
+        assert self.scheduler is not None
+        self.scheduler.on_decode_token(req.request_id)
+        position = len(req.prompt_ids) + len(req.output_ids) - 1
+        self._send_step(req, np.asarray([msg["token_id"]], dtype=np.int32), position, len(req.output_ids))
+
+    def _finish(self, req: LiveRequest, reason: str, notify: bool) -> None:
+        assert self.scheduler is not None
+        self._live.pop(req.request_id, None)
+        self._by_client.pop((req.identity, req.client_request_id), None)
+        if req.route is not None:
+            for hop in req.route:
+                self._send_data(hop.node, wire.make("free", request_id=req.request_id), 0)
+        self.scheduler.finish(req.request_id)
+        if notify:
+            self.completed += 1
+            ttft = (req.first_token_at - req.submitted_at) if req.first_token_at else 0.0
+            wire.send(self._client, wire.make(
+                "done", request_id=req.client_request_id, ids=list(req.output_ids), text=req.text,
+                finish_reason=reason, prompt_tokens=len(req.prompt_ids), time_scale=self.config.time_scale,
+                server_ttft_s=ttft / self.config.time_scale), req.identity)
+        self._admit()

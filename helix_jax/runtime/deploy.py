@@ -1,0 +1,156 @@
+"""Process management of a deployment: coordinator thread + one worker process per local node.
+
+Sits at the top of the runtime: `helix-jax deploy` / `demo`, the serving benchmark and the
+tests build a `ServeConfig` (topology, placement with flows, model) and open a
+`LocalDeployment`. It starts the coordinator's loop in a thread of this process, starts a
+`helix-jax worker` subprocess for every node whose host is this machine, lists the command
+to run on other hosts, and waits until every worker has compiled its buckets. `close()`
+(also on exceptions and Ctrl-C via the context manager) shuts the workers down over the
+control socket, waits for them, kills stragglers and closes every socket: no orphans.
+Workers also exit by themselves when this process dies (they watch their parent pid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from helix_jax.errors import HelixError
+from helix_jax.runtime.coordinator import Coordinator, ServeConfig
+
+logger = logging.getLogger(__name__)
+
+LOCAL_HOSTS = {None, "", "127.0.0.1", "localhost", "::1", "0.0.0.0"}
+
+
+def is_local_host(host: str | None) -> bool:
+    """Whether a node's `host` field names this machine."""
+    if host in LOCAL_HOSTS:
+        return True
+    assert host is not None
+    names = {socket.gethostname(), socket.getfqdn()}
+    if host in names:
+        return True
+    try:
+        return socket.gethostbyname(host) in {"127.0.0.1", socket.gethostbyname(socket.gethostname())}
+    except OSError:
+        return False
+
+
+def worker_command(control_endpoint: str, node: str, parent_pid: int | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "helix_jax.cli.main", "worker", "--coordinator", control_endpoint, "--node", node]
+    if parent_pid is not None:
+        cmd += ["--parent-pid", str(parent_pid)]
+    return cmd
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerProcess:
+    node: str
+    process: subprocess.Popen
+    log_path: Path
+
+
+class LocalDeployment:
+    """A running deployment; use as a context manager (or call `start()` / `close()`)."""
+
+    def __init__(self, config: ServeConfig, codec: Any, log_dir: str | Path | None = None,
+                 worker_env: dict[str, str] | None = None) -> None:
+        self.config, self.codec = config, codec
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="helix-deploy-"))
+        self.worker_env = worker_env or {}
+        self.coordinator: Coordinator | None = None
+        self._thread: threading.Thread | None = None
+        self.workers: list[WorkerProcess] = []
+        self.remote_nodes: list[str] = []
+
+    # ---- endpoints
+    @property
+    def client_endpoint(self) -> str:
+        assert self.coordinator is not None
+        return self.coordinator.client_endpoint
+
+    def remote_commands(self) -> list[str]:
+        """`helix-jax worker ...` lines to run on the other hosts."""
+        assert self.coordinator is not None
+        endpoint = self.coordinator.control_endpoint
+        return [f"helix-jax worker --coordinator {endpoint} --node {node}" for node in self.remote_nodes]
+
+    # ---- lifecycle
+    def start(self) -> "LocalDeployment":
+        cfg = self.config
+        self.coordinator = Coordinator(cfg, self.codec)
+        self._thread = threading.Thread(target=self.coordinator.run, name="helix-coordinator", daemon=True)
+        self._thread.start()
+        env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"), **self.worker_env}
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for node in sorted(cfg.placement.ranges):
+            if not is_local_host(cfg.topology.node(node).host):
+                self.remote_nodes.append(node)
+                continue
+            log_path = self.log_dir / f"{node}.log"
+            with open(log_path, "wb") as log_file:
+                proc = subprocess.Popen(worker_command(self.coordinator.control_endpoint, node, os.getpid()),
+                                        stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                        env=env)
+            self.workers.append(WorkerProcess(node, proc, log_path))
+        logger.info("started %d local worker(s); logs in %s", len(self.workers), self.log_dir)
+        return self
+
+    def wait_ready(self, timeout_s: float = 600.0) -> None:
+        """Block until every worker is warm; HelixError (with the worker's log tail) on failure."""
+        assert self.coordinator is not None
+        deadline = time.monotonic() + timeout_s
+        while not self.coordinator.ready_event.wait(0.5):
+            for w in self.workers:
+                if w.process.poll() is not None:
+                    raise HelixError(f"worker {w.node} exited with code {w.process.returncode} during "
+                                     f"start-up:\n{self._tail(w.log_path)}")
+            if time.monotonic() > deadline:
+                raise HelixError(f"workers not ready after {timeout_s:.0f} s (logs in {self.log_dir})")
+        if self.coordinator.failure:
+            raise HelixError(self.coordinator.failure)
+
+    def close(self, timeout_s: float = 20.0) -> None:
+        """Shut down workers and coordinator; kill anything that does not exit in time."""
+        if self.coordinator is not None and self._thread is not None:
+            self.coordinator.stop()
+            self._thread.join(timeout=10)
+        deadline = time.monotonic() + timeout_s
+        for w in self.workers:
+            try:
+                w.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("worker %s did not exit; terminating it", w.node)
+                w.process.terminate()
+                try:
+                    w.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    w.process.kill()
+                    w.process.wait()
+
+    def __enter__(self) -> "LocalDeployment":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @staticmethod
+    def _tail(path: Path, lines: int = 15) -> str:
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

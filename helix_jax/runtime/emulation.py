@@ -1,0 +1,109 @@
+"""Emulated pacing (`deploy --emulate`): make a narrow model run at a real cluster's speed.
+
+Sits inside the runtime: workers pace each batch step and each activation transfer; the
+coordinator paces its own links. The topology's model (e.g. LLaMA-2-70B) and GPU types give
+the times via the cost model (`CostModel.layer_step_seconds`) and the topology's links, while
+the worker actually computes a narrow stand-in (e.g. `tiny-80`). Every emulated duration is
+multiplied by one uniform `time_scale` N, so this machine's CPU is not the bottleneck; the
+client divides measured figures by N again (the coordinator tells it N).
+
+A link carries one transfer at a time (FIFO): a message of `b` bytes that is ready at `t`
+starts at `max(t, link_free)`, holds the link for `b / bandwidth` and arrives `latency` later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from helix_jax.topology import COORDINATOR, Topology, topology_from_dict
+
+TOKEN_ID_BYTES = 4  # coordinator links carry token ids only
+
+
+@dataclasses.dataclass(frozen=True)
+class EmulationSpec:
+    """What a worker needs to pace itself; travels in the `assign` message."""
+
+    time_scale: float
+    topology_raw: Mapping[str, Any]  # the topology file's JSON, rebuilt on the worker
+    base_dir: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"time_scale": self.time_scale, "topology": dict(self.topology_raw), "base_dir": self.base_dir}
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any]) -> "EmulationSpec":
+        return cls(float(raw["time_scale"]), raw["topology"], str(raw["base_dir"]))
+
+    @classmethod
+    def for_topology(cls, topology: Topology, time_scale: float) -> "EmulationSpec":
+        if not topology.source_path:
+            raise ValueError("emulation needs a topology loaded from a file")
+        path = Path(topology.source_path)
+        return cls(time_scale, json.loads(path.read_text()), str(path.parent.resolve()))
+
+    def topology(self) -> Topology:
+        return topology_from_dict(dict(self.topology_raw), base_dir=Path(self.base_dir))
+
+
+class LinkPacer:
+    """FIFO per outgoing link of one endpoint (`src`); answers when a message may be delivered."""
+
+    def __init__(self, topology: Topology, src: str, time_scale: float) -> None:
+        self.topology, self.src, self.time_scale = topology, src, time_scale
+        self.activation_bytes_per_token = topology.model.activation_bytes_per_token
+        self._link_free_at: dict[str, float] = {}
+
+    def payload_bytes(self, dst: str, num_tokens: int) -> int:
+        if COORDINATOR in (self.src, dst):
+            return TOKEN_ID_BYTES * num_tokens
+        return self.activation_bytes_per_token * num_tokens
+
+    def deliver_at(self, dst: str, num_tokens: int, now: float) -> float:
+        """Wall time at which a message of `num_tokens` tokens ready `now` reaches `dst`."""
+        link = self.topology.link(self.src, dst)
+        busy_s = self.payload_bytes(dst, num_tokens) / link.bandwidth_bytes_per_s * self.time_scale
+        start = max(now, self._link_free_at.get(dst, 0.0))
+        self._link_free_at[dst] = start + busy_s
+        return start + busy_s + link.latency_ms / 1000.0 * self.time_scale
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerLoad:
+    """Work of one batch at one layer: prefill tokens, decode rows and their KV context."""
+
+    prompt_tokens: int
+    decode_seqs: int
+    decode_context_tokens: int
+
+
+class ComputePacer:
+    """Wall seconds one batch step would take on the node's GPU type, times `time_scale`."""
+
+    def __init__(self, topology: Topology, node: str, time_scale: float) -> None:
+        from helix_jax.costmodel import CostModel  # emulation only: keeps workers' import light
+
+        self.cost = CostModel(topology)
+        self.gpu = topology.node(node).gpu
+        self.time_scale = time_scale
+
+    def step_seconds(self, loads: Sequence[LayerLoad]) -> float:
+        total = 0.0
+        for load in loads:
+            if load.prompt_tokens or load.decode_seqs:
+                total += self.cost.layer_step_seconds(self.gpu, load.prompt_tokens, load.decode_seqs,
+                                                      load.decode_context_tokens)
+        return total * self.time_scale
+
+    def max_decode_batch(self, num_layers_held: int) -> int:
+        return self.cost.max_decode_batch(self.gpu, num_layers_held)
+
+    def max_prompt_tokens_per_step(self) -> int:
+        return self.cost.max_prompt_tokens_per_step(self.gpu)
+
+    def kv_budget_token_layers(self, num_layers_held: int) -> int:
+        return self.cost.kv_budget_token_layers(self.gpu, num_layers_held)
+

@@ -1,0 +1,182 @@
+"""The worker's bridge to the model runtime: wire `step` messages <-> StageEngine items.
+
+Sits inside a worker (runtime step of the data flow): builds the StageEngine of the assigned
+layer range, checks that each incoming step really belongs here (route, hop, layer sub-range,
+array dtype and shape), forms continuous batches (one item per request, slots permitting,
+capped by the emulated GPU's batch limits), and runs them so that one bad item cannot spoil
+the others. jax is imported only here, so the coordinator and client stay light.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any
+
+import numpy as np
+
+from helix_jax.errors import HelixError, ProtocolError
+from helix_jax.modelconfig import resolve_model
+from helix_jax.runtime import wire
+from helix_jax.runtime.emulation import ComputePacer, LayerLoad
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SLOTS = 32
+DECODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class StageHost:
+    """A StageEngine plus the checks and batching policy of the worker loop."""
+
+    def __init__(self, engine: Any, node: str, kv_budget_token_layers: int, max_decode_rows: int,
+                 max_prompt_tokens: int) -> None:
+        from helix_jax.model import SamplingParams, StepInput
+
+        self.engine, self.node = engine, node
+        self.start_layer, self.end_layer = engine.start_layer, engine.end_layer
+        self.kv_budget_token_layers = kv_budget_token_layers
+        self.max_decode_rows, self.max_prompt_tokens = max_decode_rows, max_prompt_tokens
+        self._step_input, self._sampling = StepInput, SamplingParams
+
+    @classmethod
+    def build(cls, assign: wire.Message, compute: ComputePacer | None) -> "StageHost":
+        """Load weights, build and warm up the engine described by an `assign` message."""
+        from helix_jax.model import StageEngine, load_stage_weights
+
+        config = resolve_model(dict(assign["model"]))
+        start, end = assign["start_layer"], assign["end_layer"]
+        max_seq_len = min(assign["max_seq_len"], config.max_position_embeddings)
+        source = assign.get("weights") or f"random:{assign.get('seed', 0)}"
+        weights = load_stage_weights(config, start, end, source)
+        kv_tokens = assign.get("kv_tokens")
+        slots = max(1, kv_tokens // max_seq_len) if kv_tokens else DEFAULT_SLOTS
+        max_rows = assign.get("max_batch") or slots
+        max_prompt = max_seq_len
+        if compute is not None:
+            max_rows = min(max_rows, max(1, compute.max_decode_batch(end - start)))
+            max_prompt = max(1, compute.max_prompt_tokens_per_step())
+        prefill = tuple(b for b in (32, 128) if b < max_seq_len) + (max_seq_len,)
+        engine = StageEngine(config, start, end, weights, max_slots=slots, max_seq_len=max_seq_len,
+                             prefill_buckets=prefill,
+                             decode_buckets=tuple(b for b in DECODE_BUCKETS if b < max_rows) + (max_rows,),
+                             prefill_batch_buckets=(1, 4))
+        engine.warmup()
+        budget = engine.kv_capacity_token_layers
+        if compute is not None:  # the scheduler must see the emulated GPU's KV, not this CPU's
+            budget = compute.kv_budget_token_layers(end - start)
+        return cls(engine, assign["node"], budget, max_rows, max_prompt)
+
+    # ---------------------------------------------------------------- step messages
+    def step_input(self, msg: wire.Message, node: str) -> Any:
+        """The StepInput of a `step` addressed to this node; ProtocolError/RequestError if bad."""
+        route, hop = msg["route"], msg["hop"]
+        if not 0 <= hop < len(route):
+            raise ProtocolError(f"step hop {hop} outside its route of {len(route)} hops")
+        entry = route[hop]
+        if (not isinstance(entry, list) or len(entry) != 3 or entry[0] != node
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry[1:])):
+            raise ProtocolError(f"step hop {hop} is {entry!r}, not a hop of node {node!r}")
+        if not (self.start_layer <= entry[1] < entry[2] == self.end_layer):
+            raise ProtocolError(f"hop layers [{entry[1]}, {entry[2]}) do not end this node's "
+                                f"range [{self.start_layer}, {self.end_layer})")
+        if hop + 1 < len(route) and (not isinstance(route[hop + 1], list) or len(route[hop + 1]) != 3):
+            raise ProtocolError(f"step hop {hop + 1} is malformed: {route[hop + 1]!r}")
+        if msg["position"] < 0 or msg["index"] < 0:
+            raise ProtocolError("step position and index must be >= 0")
+        data = msg.arrays[0]
+        if entry[1] == 0:
+            if data.ndim != 1 or data.dtype != np.int32:
+                raise ProtocolError(f"layer-0 input must be int32 token ids [n], got {data.dtype}{list(data.shape)}")
+            item = dict(token_ids=data)
+        else:
+            if data.ndim != 2 or data.shape[1] != self.engine.config.hidden_size or data.dtype.kind != "f":
+                raise ProtocolError(f"hidden states must be float [n, {self.engine.config.hidden_size}], "
+                                    f"got {data.dtype}{list(data.shape)}")
+            item = dict(hidden=data)
+        if not 1 <= data.shape[0] <= self.engine.max_chunk_tokens:
+            raise ProtocolError(f"step carries {data.shape[0]} tokens; 1..{self.engine.max_chunk_tokens} allowed")
+        sampling = msg["sampling"]
+        try:
+            params = self._sampling(float(sampling["temperature"]), int(sampling["top_k"]),
+                                    float(sampling["top_p"]), int(sampling["seed"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"step sampling is malformed: {exc}") from None
+        step = self._step_input(msg["request_id"], entry[1], msg["position"], **item)
+        return step, params
+
+    # ---------------------------------------------------------------- batching
+    def pick_batch(self, waiting: "collections.OrderedDict[str, collections.deque]") -> list[Any]:
+        """Pop one ready step per request, oldest first, within slot and batch limits."""
+        batch: list[Any] = []
+        rows = prompt_tokens = 0
+        for rid in list(waiting):
+            queue = waiting[rid]
+            pending = queue[0]
+            (item, params) = pending.item
+            held = self.engine.has_request(rid)
+            cached = self.engine.tokens_cached(rid) if held else 0
+            if item.position < cached or (not held and item.position != 0):
+                logger.warning("node %s dropped a stale step of %s at position %d", self.node, rid, item.position)
+                self._pop(waiting, rid)
+                continue
+            if item.position > cached:
+                continue  # an earlier step of this request has not arrived yet
+            if item.num_tokens == 1 and rows >= self.max_decode_rows:
+                continue
+            if item.num_tokens > 1 and prompt_tokens and prompt_tokens + item.num_tokens > self.max_prompt_tokens:
+                continue
+            if not held:
+                if self.engine.free_slots == 0:
+                    continue  # waits for a slot; the scheduler's KV ledger bounds how long
+                self.engine.add_request(rid, params)
+            rows += item.num_tokens == 1
+            prompt_tokens += item.num_tokens if item.num_tokens > 1 else 0
+            batch.append(self._pop(waiting, rid))
+        return batch
+
+    @staticmethod
+    def _pop(waiting: "collections.OrderedDict[str, collections.deque]", rid: str) -> Any:
+        queue = waiting[rid]
+        pending = queue.popleft()
+        if not queue:
+            del waiting[rid]
+        return pending
+
+    def run(self, batch: list[Any]) -> list[tuple[Any, Any]]:
+        """Run one engine step; if the engine rejects it, retry item by item."""
+        items = [p.item[0] for p in batch]
+        try:
+            return list(zip(batch, self.engine.step(items)))
+        except HelixError as exc:
+            logger.warning("node %s: batch rejected (%s); retrying item by item", self.node, exc)
+        results = []
+        for pending, item in zip(batch, items):
+            try:
+                results.append((pending, self.engine.step([item])[0]))
+            except HelixError as exc:
+                logger.warning("node %s dropped %s: %s", self.node, item.request_id, exc)
+                if self.engine.has_request(item.request_id) and self.engine.tokens_cached(item.request_id) == 0:
+                    self.engine.release(item.request_id)
+        return results
+
+    def release(self, request_id: str) -> None:
+        if self.engine.has_request(request_id):
+            self.engine.release(request_id)
+
+    def layer_loads(self, batch: list[Any]) -> list[LayerLoad]:
+        """Per held layer: prompt tokens, decode rows and their context, for emulated pacing."""
+        loads = []
+        for layer in range(self.start_layer, self.end_layer):
+            prompt = decode = context = 0
+            for pending in batch:
+                item = pending.item[0]
+                if item.run_start_layer <= layer:
+                    if item.num_tokens > 1:
+                        prompt += item.num_tokens
+                    else:
+                        decode += 1
+                        context += item.position + 1
+            loads.append(LayerLoad(prompt, decode, context))
+        return loads
+

@@ -1,0 +1,259 @@
+"""Wire format: every ZeroMQ message between client, coordinator and workers.
+
+Owns the byte layout and its validation; sits under the runtime (client -> coordinator ->
+workers -> coordinator -> client). A message is one multipart ZeroMQ message::
+
+    frame 0      msgpack header {"v": 1, "kind": "step", "f": {fields...},
+                                 "a": [["float32", [4, 64]], ...]}
+    frame 1..n   raw array bytes, C order, one frame per entry of "a"
+
+No pickle anywhere: the header is plain msgpack (str, int, float, bool, None, list, map) and
+arrays travel as raw buffers described by the header. Senders hand numpy buffers to pyzmq
+with `copy=False`; receivers build read-only numpy views on the received frames (zero copy).
+
+`decode` checks the version, the kind, every required field and its type, the frame count
+and that each frame's size matches its dtype and shape; anything else raises
+`ProtocolError`, which the receiving loop logs and drops: a bad message never crashes a
+process or touches another request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Mapping, Sequence
+
+import msgpack
+import numpy as np
+import zmq
+
+from helix_jax.errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+WIRE_VERSION = 1
+MAX_HEADER_BYTES = 1 << 20
+MAX_ARRAYS = 8
+MAX_ARRAY_DIMS = 4
+
+_NUM = (int, float)
+_OPT_STR = (str, type(None))
+
+
+def _dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes  # ships with jax; only needed when bf16 activations travel
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+ALLOWED_DTYPES = ("float32", "float16", "bfloat16", "int32", "int64", "uint8")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """Required fields (name -> accepted types), optional fields and the array count."""
+
+    required: Mapping[str, tuple[type, ...]]
+    optional: Mapping[str, tuple[type, ...]] = dataclasses.field(default_factory=dict)
+    num_arrays: int = 0
+
+
+def _s(required: dict[str, Any], optional: dict[str, Any] | None = None, arrays: int = 0) -> Schema:
+    norm = lambda d: {k: (v if isinstance(v, tuple) else (v,)) for k, v in (d or {}).items()}
+    return Schema(norm(required), norm(optional), arrays)
+
+
+# Every message kind the system speaks, grouped by socket pair.
+SCHEMAS: dict[str, Schema] = {
+    # client <-> coordinator (client DEALER, coordinator ROUTER)
+    "generate": _s({"request_id": str, "max_tokens": int, "temperature": _NUM, "top_k": int,
+                    "top_p": _NUM, "seed": int},
+                   {"prompt": _OPT_STR, "prompt_ids": (list, type(None)), "stop": (list, type(None))}),
+    "cancel": _s({"request_id": str}),
+    "info": _s({"request_id": str}),
+    "info_reply": _s({"request_id": str, "model": str, "num_layers": int, "vocab_size": int,
+                      "time_scale": _NUM, "nodes": list}),
+    "token": _s({"request_id": str, "index": int, "token_id": int, "text": str}),
+    "done": _s({"request_id": str, "ids": list, "text": str, "finish_reason": str,
+                "prompt_tokens": int, "time_scale": _NUM}, {"server_ttft_s": _NUM}),
+    "error": _s({"request_id": _OPT_STR, "error": str, "message": str}),
+    # worker <-> coordinator control (worker DEALER, coordinator ROUTER)
+    "register": _s({"node": str, "data_endpoint": str, "pid": int, "host": str}),
+    "assign": _s({"node": str, "start_layer": int, "end_layer": int, "model": dict,
+                  "neighbours": dict, "coordinator_data": str, "max_seq_len": int},
+                 {"weights": _OPT_STR, "emulate": (dict, type(None)), "kv_tokens": (int, type(None)),
+                  "max_batch": (int, type(None)), "seed": int}),
+    "ready": _s({"node": str, "kv_capacity_token_layers": int, "warmup_s": _NUM}),
+    "failed": _s({"node": str, "message": str}),
+    "shutdown": _s({}),
+    # data plane (PUSH -> PULL): activations hop to hop, sampled tokens back, KV release
+    "step": _s({"request_id": str, "route": list, "hop": int, "position": int, "index": int,
+                "sampling": dict}, arrays=1),
+    "sampled": _s({"request_id": str, "index": int, "token_id": int, "node": str}),
+    "free": _s({"request_id": str}),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """One decoded (or to-be-encoded) wire message. `fields` follow SCHEMAS[kind]."""
+
+    kind: str
+    fields: Mapping[str, Any]
+    arrays: tuple[np.ndarray, ...] = ()
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.fields.get(name, default)
+
+
+def make(kind: str, arrays: Sequence[np.ndarray] = (), **fields: Any) -> Message:
+    """Build a message; checks it against its schema so bugs surface at the sender."""
+    msg = Message(kind, fields, tuple(arrays))
+    _check_fields(msg.kind, msg.fields, len(msg.arrays))
+    return msg
+
+
+def _check_fields(kind: str, fields: Mapping[str, Any], num_arrays: int) -> Schema:
+    schema = SCHEMAS.get(kind)
+    if schema is None:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    if not isinstance(fields, Mapping):
+        raise ProtocolError(f"{kind}: fields must be a map, got {type(fields).__name__}")
+    for name, types in schema.required.items():
+        if name not in fields:
+            raise ProtocolError(f"{kind}: missing field {name!r}")
+        _check_type(kind, name, fields[name], types)
+    for name, types in schema.optional.items():
+        if name in fields:
+            _check_type(kind, name, fields[name], types)
+    if num_arrays != schema.num_arrays:
+        raise ProtocolError(f"{kind}: expected {schema.num_arrays} array frame(s), got {num_arrays}")
+    return schema
+
+
+def _check_type(kind: str, name: str, value: Any, types: tuple[type, ...]) -> None:
+    if isinstance(value, bool) and bool not in types:  # bool is an int subclass: reject it
+        raise ProtocolError(f"{kind}.{name}: expected {_names(types)}, got bool")
+    if not isinstance(value, types):
+        raise ProtocolError(f"{kind}.{name}: expected {_names(types)}, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProtocolError(f"{kind}.{name}: must be finite, got {value!r}")
+
+
+def _names(types: tuple[type, ...]) -> str:
+    return " or ".join("None" if t is type(None) else t.__name__ for t in types)
+
+
+def encode(msg: Message) -> list[Any]:
+    """Frames of `msg`: the msgpack header, then each array's buffer (no copy)."""
+    _check_fields(msg.kind, msg.fields, len(msg.arrays))
+    arrays = [np.ascontiguousarray(a) for a in msg.arrays]
+    meta = []
+    for a in arrays:
+        if a.dtype.name not in ALLOWED_DTYPES:
+            raise ProtocolError(f"{msg.kind}: dtype {a.dtype.name!r} cannot travel; use one of {ALLOWED_DTYPES}")
+        meta.append([a.dtype.name, list(a.shape)])
+    header = msgpack.packb({"v": WIRE_VERSION, "kind": msg.kind, "f": dict(msg.fields), "a": meta},
+                           use_bin_type=True)
+    # byte views: exportable through the buffer protocol whatever the dtype (bf16 is not)
+    return [header, *(a.reshape(-1).view(np.uint8) for a in arrays)]
+
+
+def decode(frames: Sequence[Any]) -> Message:
+    """Parse frames (bytes, memoryviews or zmq.Frame) into a validated Message."""
+    if not frames:
+        raise ProtocolError("empty message")
+    raw = _buffer(frames[0])
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"header is not msgpack: {type(exc).__name__}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(f"header must be a map, got {type(header).__name__}")
+    version = header.get("v")
+    if version != WIRE_VERSION:
+        raise ProtocolError(f"unsupported wire version {version!r} (this side speaks {WIRE_VERSION})")
+    kind, fields, meta = header.get("kind"), header.get("f", {}), header.get("a", [])
+    if not isinstance(kind, str):
+        raise ProtocolError("header has no message kind")
+    if not isinstance(meta, list) or len(meta) > MAX_ARRAYS:
+        raise ProtocolError(f"{kind}: bad array table")
+    if len(frames) - 1 != len(meta):
+        raise ProtocolError(f"{kind}: header lists {len(meta)} array(s) but {len(frames) - 1} frame(s) follow")
+    _check_fields(kind, fields, len(meta))
+    arrays = tuple(_array(kind, entry, frames[i + 1]) for i, entry in enumerate(meta))
+    return Message(kind, fields, arrays)
+
+
+def _buffer(frame: Any) -> memoryview:
+    if isinstance(frame, zmq.Frame):
+        return frame.buffer
+    return memoryview(frame)
+
+
+def _array(kind: str, entry: Any, frame: Any) -> np.ndarray:
+    if (not isinstance(entry, list) or len(entry) != 2 or entry[0] not in ALLOWED_DTYPES
+            or not isinstance(entry[1], list) or len(entry[1]) > MAX_ARRAY_DIMS
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in entry[1])):
+        raise ProtocolError(f"{kind}: bad array description {entry!r}")
+    dtype = _dtype(entry[0])
+    shape = tuple(entry[1])
+    buf = _buffer(frame)
+    expected = dtype.itemsize * math.prod(shape)
+    if buf.nbytes != expected:
+        raise ProtocolError(f"{kind}: array {entry[0]}{list(shape)} needs {expected} bytes, frame has {buf.nbytes}")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+# ---------------------------------------------------------------------------- socket helpers
+
+
+def send(sock: zmq.Socket, msg: Message, identity: bytes | None = None) -> None:
+    """Send `msg` (prefixed by a ROUTER identity if given) without copying array buffers."""
+    frames = encode(msg)
+    if identity is not None:
+        frames = [identity, *frames]
+    sock.send_multipart(frames, copy=False)
+
+
+def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK) -> tuple[bytes | None, Message]:
+    """Receive one message (by default without blocking: zmq.Again when none is waiting);
+    with `routed` the first frame is the peer identity.
+
+    Raises ProtocolError (the identity, when known, is in `.identity`) for a bad message;
+    the message has already been consumed, so the caller just logs and continues.
+    """
+    frames = sock.recv_multipart(flags, copy=False)
+    identity = None
+    if routed and len(frames) < 2:
+        raise ProtocolError("routed message without a payload")
+    if routed:
+        identity = bytes(frames[0].buffer)
+        frames = frames[1:]
+    try:
+        return identity, decode(frames)
+    except ProtocolError as exc:
+        exc.identity = identity  # type: ignore[attr-defined]
+        raise
+
+
+def configure(sock: zmq.Socket) -> zmq.Socket:
+    """Options every runtime socket gets: close at once (linger 0), deep queues."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    return sock
+
+
+def bind_free_port(sock: zmq.Socket, host: str = "127.0.0.1", port: int = 0) -> str:
+    """Bind to `host:port` (port 0: a free port chosen by the OS); return the endpoint."""
+    sock.bind(f"tcp://{host}:{port}")
+    return sock.getsockopt(zmq.LAST_ENDPOINT).decode()

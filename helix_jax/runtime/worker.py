@@ -1,0 +1,277 @@
+"""A worker: one node of the placement, running its layer range with continuous batching.
+
+Sockets: a control DEALER to the coordinator (register / assign / ready / shutdown), a data
+PULL bound on a free port (activations from the previous hop, token ids from the coordinator,
+`free`), and one PUSH per neighbour it may hand off to plus one to the coordinator's data
+socket. All linger 0.
+
+The loop, one thread, one zmq.Poller:
+
+1. Join: bind the data socket, `register` (node name + data endpoint), wait for `assign`
+   (layer range, model, weights source, neighbours, emulation spec).
+2. Warm-up: load the weights of the range, build the StageEngine, compile every bucket, then
+   send `ready` with the real KV capacity in token-layers (the emulated GPU's budget under
+   --emulate).
+3. Receive: every `step` names its route and hop; the hop gives the layer sub-range this node
+   runs (partial inference). A request's first step takes a KV slot (or waits for one);
+   malformed steps are logged and dropped.
+4. Batch: when not busy, all waiting steps (one per request, capped by --emulate's batch
+   limits) run as one engine step: prompt chunks and decode tokens together. A step the
+   engine rejects is retried item by item so one bad item cannot hurt the others.
+5. Forward: hidden states go to the next hop named by the route as a new `step`; the last
+   stage sends the sampled token to the coordinator. Under --emulate the results leave only
+   when the emulated GPU would have finished (cost model x time scale) and each transfer
+   waits its emulated link time (FIFO per link); meanwhile step 3 keeps receiving.
+6. `free` releases the request's slot; `shutdown` (or the death of the parent process)
+   ends the loop and closes every socket.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import heapq
+import itertools
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from helix_jax.errors import HelixError, ProtocolError, RequestError
+from helix_jax.runtime import wire
+from helix_jax.runtime.emulation import ComputePacer, EmulationSpec, LayerLoad, LinkPacer
+from helix_jax.runtime.stage_host import StageHost
+from helix_jax.topology import COORDINATOR
+
+logger = logging.getLogger(__name__)
+
+JOIN_TIMEOUT_S = 900.0
+FREED_MEMORY = 100_000  # ids of freed requests remembered, to drop their late steps
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    coordinator: str  # control endpoint, tcp://HOST:PORT
+    node: str
+    bind_host: str = "127.0.0.1"  # address the data socket binds ("0.0.0.0" for remote peers)
+    advertise_host: str | None = None  # address peers use to reach it (default: bind_host)
+    parent_pid: int | None = None  # exit when this process dies (deploy's children)
+
+
+@dataclasses.dataclass
+class _Pending:
+    item: Any  # (helix_jax.model.StepInput, SamplingParams)
+    msg: wire.Message
+    num_tokens: int
+
+
+class Worker:
+    """State of one worker process; `run()` is the loop of the module docstring."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self._ctx = zmq.Context.instance()
+        self._control = wire.configure(self._ctx.socket(zmq.DEALER))
+        self._control.connect(options.coordinator)
+        self._data = wire.configure(self._ctx.socket(zmq.PULL))
+        endpoint = wire.bind_free_port(self._data, options.bind_host, 0)
+        port = endpoint.rsplit(":", 1)[1]
+        self.data_endpoint = f"tcp://{options.advertise_host or options.bind_host}:{port}"
+        self._push: dict[str, zmq.Socket] = {}
+        self._endpoints: dict[str, str] = {}
+        self.host: StageHost | None = None
+        self._waiting: collections.OrderedDict[str, collections.deque[_Pending]] = collections.OrderedDict()
+        self._freed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._timers: list[tuple[float, int, str, wire.Message]] = []
+        self._seq = itertools.count()
+        self._busy_until = 0.0
+        self._held: list[tuple[str, wire.Message, int]] = []  # results waiting for _busy_until
+        self._compute: ComputePacer | None = None
+        self._links: LinkPacer | None = None
+        self._running = True
+        self.steps_run = 0
+
+    # ------------------------------------------------------------------ 1-2: join
+    def run(self) -> int:
+        try:
+            assign = self._join()
+            if assign is None:
+                return 1
+            try:
+                self._warm_up(assign)
+            except Exception as exc:  # report any load failure to the coordinator, then exit
+                logger.exception("worker %s failed to load", self.options.node)
+                wire.send(self._control, wire.make("failed", node=self.options.node, message=str(exc)))
+                return 1
+            self._serve()
+            return 0
+        finally:
+            time.sleep(0.05)
+            for sock in (self._control, self._data, *self._push.values()):
+                sock.close(linger=0)
+
+    def _join(self) -> wire.Message | None:
+        wire.send(self._control, wire.make("register", node=self.options.node, data_endpoint=self.data_endpoint,
+                                           pid=os.getpid(), host=socket.gethostname()))
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while time.monotonic() < deadline and self._parent_alive():
+            if not self._control.poll(1000):
+                continue
+            try:
+                _, msg = wire.recv(self._control)
+            except ProtocolError as exc:
+                logger.warning("dropped a malformed control message: %s", exc)
+                continue
+            if msg.kind == "assign" and msg["node"] == self.options.node:
+                return msg
+            if msg.kind in ("failed", "shutdown"):
+                logger.error("coordinator refused node %s: %s", self.options.node, msg.get("message", "shutdown"))
+                return None
+        logger.error("no assignment from %s", self.options.coordinator)
+        return None
+
+    def _warm_up(self, assign: wire.Message) -> None:
+        started = time.perf_counter()
+        emulation = EmulationSpec.from_wire(assign["emulate"]) if assign.get("emulate") else None
+        if emulation is not None:
+            topology = emulation.topology()
+            self._compute = ComputePacer(topology, self.options.node, emulation.time_scale)
+            self._links = LinkPacer(topology, self.options.node, emulation.time_scale)
+        self.host = StageHost.build(assign, self._compute)
+        self._endpoints = {**assign["neighbours"], COORDINATOR: assign["coordinator_data"]}
+        for name, endpoint in self._endpoints.items():
+            push = wire.configure(self._ctx.socket(zmq.PUSH))
+            push.connect(endpoint)
+            self._push[name] = push
+        warmup_s = time.perf_counter() - started
+        wire.send(self._control, wire.make("ready", node=self.options.node,
+                                           kv_capacity_token_layers=self.host.kv_budget_token_layers,
+                                           warmup_s=warmup_s))
+        logger.info("worker %s ready in %.1f s: layers [%d, %d)", self.options.node, warmup_s,
+                    self.host.start_layer, self.host.end_layer)
+
+    def _parent_alive(self) -> bool:
+        return self.options.parent_pid is None or os.getppid() == self.options.parent_pid
+
+    # ------------------------------------------------------------------ 3-6: serve
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._control, zmq.POLLIN)
+        poller.register(self._data, zmq.POLLIN)
+        while self._running:
+            now = time.perf_counter()
+            wake = [t for t in (self._timers[0][0] if self._timers else None,
+                                self._busy_until if self._held else None) if t is not None]
+            has_work = bool(self._waiting) and not self._held
+            timeout_ms = 0 if has_work else (max(0.0, (min(wake) - now) * 1000) if wake else 1000)
+            events = dict(poller.poll(timeout_ms))
+            if self._control in events:
+                self._drain(self._control, self._on_control)
+            if self._data in events:
+                self._drain(self._data, self._on_data)
+            self._release_held()
+            self._fire_timers()
+            if self._waiting and not self._held:
+                self._run_batch()
+            if not events and not self._parent_alive():
+                logger.warning("parent process gone: worker %s exits", self.options.node)
+                return
+
+    def _drain(self, sock: zmq.Socket, handler: Any) -> None:
+        for _ in range(10_000):
+            try:
+                _, msg = wire.recv(sock)
+            except zmq.Again:
+                return
+            except ProtocolError as exc:
+                logger.warning("worker %s dropped a malformed message: %s", self.options.node, exc)
+                continue
+            try:
+                handler(msg)
+            except HelixError as exc:
+                logger.warning("worker %s rejected %s: %s", self.options.node, msg.kind, exc)
+
+    def _on_control(self, msg: wire.Message) -> None:
+        if msg.kind == "shutdown":
+            self._running = False
+        else:
+            raise ProtocolError(f"unexpected {msg.kind!r} on the control socket")
+
+    def _on_data(self, msg: wire.Message) -> None:
+        assert self.host is not None
+        if msg.kind == "free":
+            rid = msg["request_id"]
+            self._waiting.pop(rid, None)
+            self.host.release(rid)
+            self._freed[rid] = None
+            if len(self._freed) > FREED_MEMORY:
+                self._freed.popitem(last=False)
+            return
+        if msg.kind != "step":
+            raise ProtocolError(f"unexpected {msg.kind!r} on the data socket")
+        if msg["request_id"] in self._freed:
+            return
+        item = self.host.step_input(msg, self.options.node)  # ProtocolError/RequestError if bad
+        self._waiting.setdefault(msg["request_id"], collections.deque()).append(
+            _Pending(item, msg, item[0].num_tokens))
+
+    def _run_batch(self) -> None:
+        assert self.host is not None
+        batch = self.host.pick_batch(self._waiting)
+        if not batch:
+            return
+        started = time.perf_counter()
+        results = self.host.run(batch)
+        self.steps_run += 1
+        finished = time.perf_counter()
+        self._busy_until = finished
+        if self._compute is not None:
+            emulated = self._compute.step_seconds(self.host.layer_loads(batch))
+            self._busy_until = max(finished, started + emulated)
+        for pending, result in results:
+            self._held.append(self._forward(pending.msg, result))
+        self._release_held()
+
+    def _forward(self, msg: wire.Message, result: Any) -> tuple[str, wire.Message, int]:
+        route, hop = msg["route"], msg["hop"]
+        if hop + 1 == len(route):
+            return COORDINATOR, wire.make("sampled", request_id=msg["request_id"], index=msg["index"],
+                                          token_id=int(result.next_token), node=self.options.node), 1
+        hidden = np.ascontiguousarray(result.hidden)  # [tokens, hidden]
+        out = wire.make("step", [hidden], request_id=msg["request_id"], route=route, hop=hop + 1,
+                        position=msg["position"], index=msg["index"], sampling=msg["sampling"])
+        return str(route[hop + 1][0]), out, hidden.shape[0]
+
+    def _release_held(self) -> None:
+        if not self._held or time.perf_counter() < self._busy_until:
+            return
+        held, self._held = self._held, []
+        for dst, msg, num_tokens in held:
+            if dst not in self._push:
+                logger.warning("worker %s has no link to %s; dropped %s", self.options.node, dst,
+                               msg["request_id"])
+                continue
+            if self._links is None:
+                wire.send(self._push[dst], msg)
+            else:
+                due = self._links.deliver_at(dst, num_tokens, self._busy_until)
+                heapq.heappush(self._timers, (due, next(self._seq), dst, msg))
+
+    def _fire_timers(self) -> None:
+        now = time.perf_counter()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, dst, msg = heapq.heappop(self._timers)
+            wire.send(self._push[dst], msg)
+
+
+def run_worker(options: WorkerOptions) -> int:
+    """Entry point of `helix-jax worker`: join, warm up, serve until shutdown. Exit code."""
+    try:
+        return Worker(options).run()
+    except RequestError as exc:  # pragma: no cover - defensive: never leave a traceback
+        logger.error("worker %s: %s", options.node, exc)
+        return 1
