@@ -1,0 +1,11 @@
+"""Discrete-event simulator of a placement serving a workload, driving the real `Scheduler`.
+
+    from helix_jax.sim import SimConfig, simulate
+    result = simulate(placement, CostModel(topology), AzureConversationLengths(), SimConfig(mode="offline"))
+    result.metrics.decode_tokens_per_s, result.flow_fraction, result.to_dict()
+"""
+
+from helix_jax.sim.config import MODES, SimConfig
+from helix_jax.sim.engine import NodeStats, SimResult, Simulator, placement_max_flow, simulate
+
+__all__ = ["MODES", "NodeStats", "SimConfig", "SimResult", "Simulator", "placement_max_flow", "simulate"]
