@@ -23,5 +23,8 @@ bench: bench-plan bench-runtime bench-serve bench-sim
 bench-plan:
 	$(BIN)/python -m helix_jax.bench.plan_bench
 
+bench-sim:
+	$(BIN)/python -m helix_jax.cli.sim_bench
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

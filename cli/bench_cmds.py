@@ -30,7 +30,7 @@ def _split(text: str, what: str) -> list[str]:
     return items
 
 
-def plan_methods(topology_path: Path, methods: list[str], time_limit_s: float, seed: int,
+def plan_methods(topology, cost_model, methods: list[str], time_limit_s: float, seed: int,
                  helix_placement: Path | None, console: Console) -> dict:
     """Placements for every method: the solver's, or a saved file for helix."""
     from helix_jax.placement import Placement
@@ -43,7 +43,8 @@ def plan_methods(topology_path: Path, methods: list[str], time_limit_s: float, s
         from helix_jax.solver import plan  # heavy (cvxpy): imported only when planning
 
         with console.status(f"planning {method} ..."):
-            placements[method] = plan(topology_path, method=method, time_limit_s=time_limit_s, seed=seed)
+            placements[method] = plan(topology, method=method, time_limit_s=time_limit_s, seed=seed,
+                                      cost_model=cost_model)
         p = placements[method]
         console.print(f"  {method}: max-flow {p.objective_tokens_per_s:,.1f} tok/s "
                       f"({p.status}, {p.solve_seconds:.1f} s, {len(p.ranges)} nodes)")
@@ -121,7 +122,7 @@ def _simulated(console, topology_path, methods, schedulers, mode, rate_values, d
                      slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms)
     cases = bench_cases(methods, schedulers, rate_values)
     console.print(f"[bold]{topo.name}[/]: placements for {', '.join(methods)}")
-    placements = plan_methods(topology_path, methods, time_limit_s, seed, placement, console)
+    placements = plan_methods(topo, cost, methods, time_limit_s, seed, placement, console)
     with _progress(console) as bar:
         task = bar.add_task("simulating", total=len(cases) * duration_s)
         state = {"index": 0}

@@ -98,3 +98,10 @@ def test_bad_settings_raise_named_errors() -> None:
         SimConfig(mode="batch")
     with pytest.raises(ConfigError, match="warm-up"):
         SimConfig(duration_s=10, warmup_s=10)
+
+
+def test_littles_law_links_in_flight_latency_and_throughput() -> None:
+    """Every request in flight emits one token per round trip: decode tok/s ~ in flight / TPOT."""
+    res = run(duration_s=2000.0, warmup_s=600.0)
+    m = res.metrics
+    assert m.decode_tokens_per_s == pytest.approx(res.mean_in_flight / (m.tpot.mean_ms / 1e3), rel=0.15)

@@ -73,6 +73,7 @@ class SimResult:
     queued_at_end: int
     in_flight_at_end: int
     peak_in_flight: int
+    mean_in_flight: float    # time average over the window (Little's law: ~ decode tok/s x TPOT)
     events: int
     wall_s: float
     nodes: tuple[NodeStats, ...]
@@ -136,6 +137,8 @@ class Simulator:
         self.rejected_overloaded = self.rejected_too_large = 0
         self.peak_in_flight = 0
         self.events = 0
+        self._in_flight_area = 0.0  # integral of requests in flight over the window
+        self._in_flight_since = config.warmup_s
 
     # ---- plumbing ----
     def _push(self, t: float, kind: int, a: Any = None, b: Any = None) -> None:
@@ -158,6 +161,13 @@ class Simulator:
                 self._push(arrive, _AT_COORDINATOR, reqs)
             else:
                 self._push(arrive, _AT_NODE, dst, reqs)
+
+    def _account_in_flight(self, now: float) -> None:
+        """Call before the number in flight changes: integrates it over the window."""
+        t = min(now, self.config.duration_s)
+        if t > self._in_flight_since:
+            self._in_flight_area += self.scheduler.in_flight * (t - self._in_flight_since)
+            self._in_flight_since = t
 
     # ---- 1. arrivals and admission ----
     def _submit(self, now: float) -> bool:
@@ -184,6 +194,7 @@ class Simulator:
                 while sched.queue_length < self.config.offline_queue_depth and guard < 1000:
                     self._submit(now)
                     guard += 1
+            self._account_in_flight(now)
             admitted = sched.admit_ready()
             if not admitted:
                 return
@@ -257,6 +268,7 @@ class Simulator:
                 kv_tokens = req.prompt_tokens + req.generated - 1
                 for hop in req.route:
                     self.nodes[hop.node].kv_entries -= kv_tokens * hop.num_layers
+                self._account_in_flight(now)
                 sched.finish(req.rid)
                 self.completed += 1
                 finished = True
@@ -314,6 +326,7 @@ class Simulator:
             if progress is not None and not events & 0x3FFF:
                 progress(now)
         self.events = events
+        self._account_in_flight(end)
         if progress is not None:
             progress(end)
         return self._result(time.perf_counter() - wall_start)
@@ -332,7 +345,9 @@ class Simulator:
             submitted=self.submitted, admitted=self.admitted, completed=self.completed,
             rejected_overloaded=self.rejected_overloaded, rejected_too_large=self.rejected_too_large,
             queued_at_end=self.scheduler.queue_length, in_flight_at_end=self.scheduler.in_flight,
-            peak_in_flight=self.peak_in_flight, events=self.events, wall_s=wall_s, nodes=nodes)
+            peak_in_flight=self.peak_in_flight,
+            mean_in_flight=self._in_flight_area / (duration - self.config.warmup_s),
+            events=self.events, wall_s=wall_s, nodes=nodes)
 
 
 def simulate(placement: Placement, cost_model: CostModel, lengths: LengthSampler, config: SimConfig,
