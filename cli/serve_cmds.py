@@ -1,14 +1,124 @@
-"""Serving commands: `worker` (join a deployment), `deploy` and `demo` (see helix_jax.runtime)."""
+"""Serving commands: `deploy` (plan + coordinator + local workers), `worker` (join from another
+host) and `demo` (the README's first command). The planner is called here, in the CLI layer;
+everything else is `helix_jax.runtime` (deploy.py, coordinator.py, worker.py)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from helix_jax.errors import HelixError
+from helix_jax.errors import ConfigError
+from helix_jax.topology import Topology, default_topology_path, load_topology
+
+console = Console()
+DEMO_PROMPTS = ("The cluster serves", "Max-flow placement", "Heterogeneous GPUs", "Hello, helix!")
+PAPER_TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "single-region-24-llama2-70b.json"
+
+
+def placement_for(topology: Topology, placement_path: Path | None, time_limit_s: float) -> Any:
+    """A Placement with flows: loaded from a file (flows recomputed) or planned now."""
+    from helix_jax.costmodel import CostModel
+    from helix_jax.placement import Placement
+    from helix_jax.solver.maxflow import placement_with_flows
+    from helix_jax.solver.plan import plan
+
+    if placement_path is None:
+        return plan(topology, time_limit_s=time_limit_s)
+    loaded = Placement.load(placement_path)
+    if loaded.num_layers != topology.model.num_layers:
+        raise ConfigError(f"placement {placement_path} covers {loaded.num_layers} layers, the topology's "
+                          f"model has {topology.model.num_layers}")
+    return placement_with_flows(topology, CostModel(topology), dict(loaded.ranges), loaded.method,
+                                loaded.partial_inference)
+
+
+def serve_config(topology_path: Path | None, placement_path: Path | None, model: str | None, emulate: bool,
+                 time_scale: float, host: str, port: int, kv_tokens: int | None, max_seq_len: int,
+                 plan_time_s: float) -> tuple[Any, Any]:
+    """(ServeConfig, tokenizer) of a deployment, planning it if needed."""
+    from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.model.weights import default_weights_source
+    from helix_jax.modelconfig import is_tiny, resolve_model
+    from helix_jax.runtime.coordinator import ServeConfig
+    from helix_jax.runtime.emulation import EmulationSpec
+
+    topology = load_topology(topology_path or default_topology_path())
+    if not time_scale > 0:
+        raise ConfigError(f"--time-scale must be positive, got {time_scale}")
+    spec = model or topology.model.name
+    config = resolve_model(spec) if model else topology.model
+    if config.num_layers != topology.model.num_layers:
+        raise ConfigError(f"--model {spec} has {config.num_layers} layers but the topology's model "
+                          f"{topology.model.name} has {topology.model.num_layers}")
+    if not is_tiny(config) and not Path(spec).is_dir():
+        raise ConfigError(f"model {spec!r} has no built-in weights: pass its Hugging Face checkpoint "
+                          f"directory as --model, or emulate it: --emulate --model tiny-{config.num_layers}")
+    weights = default_weights_source(config, spec)
+    placement = placement_for(topology, placement_path, plan_time_s)
+    emulation = EmulationSpec.for_topology(topology, time_scale) if emulate else None
+    cfg = ServeConfig(topology, placement, config, weights=weights, host=host, client_port=port,
+                      emulation=emulation, kv_tokens=kv_tokens,
+                      max_seq_len=min(max_seq_len, config.max_position_embeddings))
+    return cfg, load_tokenizer(config, None if is_tiny(config) else spec)
+
+
+def print_placement(placement: Any, topology: Topology, title: str) -> None:
+    table = Table(title=title)
+    for col in ("node", "gpu", "layers", "tokens/s through"):
+        table.add_column(col)
+    for node, (start, end) in sorted(placement.ranges.items(), key=lambda kv: (kv[1], kv[0])):
+        table.add_row(node, topology.node(node).gpu, f"[{start}, {end})", f"{placement.node_flow(node):.1f}")
+    console.print(table)
+    bound = placement.upper_bound_tokens_per_s
+    console.print(f"max-flow {placement.objective_tokens_per_s:.1f} tokens/s ({placement.method}, "
+                  f"{placement.status}{f', bound {bound:.1f}' if bound else ''}, {placement.solve_seconds:.1f} s)")
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+
+
+def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: the shipped small CPU cluster)."),
+           placement: Path = typer.Option(None, help="Placement JSON to serve (default: plan now)."),
+           model: str = typer.Option(None, help="Model the workers compute: preset or checkpoint dir "
+                                                "(default: the topology's model)."),
+           emulate: bool = typer.Option(False, help="Pace steps and links to the topology's GPUs and model."),
+           time_scale: float = typer.Option(1.0, help="With --emulate: run everything N times slower."),
+           port: int = typer.Option(0, help="Client port (0: a free port)."),
+           host: str = typer.Option("127.0.0.1", help="Address the coordinator binds and advertises."),
+           kv_tokens: int = typer.Option(None, help="KV cache tokens per worker (default: 32 sequences)."),
+           max_seq_len: int = typer.Option(512, help="Longest prompt + output, in tokens."),
+           plan_time: float = typer.Option(10.0, help="Planner time limit in seconds."),
+           log_dir: Path = typer.Option(None, help="Where worker logs go (default: a temp dir).")) -> None:
+    """Plan, start the coordinator and the local workers, and serve until Ctrl-C."""
+    from helix_jax.runtime.deploy import LocalDeployment
+
+    cfg, codec = serve_config(topology, placement, model, emulate, time_scale, host, port, kv_tokens,
+                              max_seq_len, plan_time)
+    print_placement(cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
+    with LocalDeployment(cfg, codec, log_dir) as dep:
+        for line in dep.remote_commands():
+            console.print(f"run on its host: [bold]{line}[/]")
+        with console.status(f"warming up {len(dep.workers)} local worker(s) (logs in {dep.log_dir})"):
+            dep.wait_ready()
+        console.print(f"serving {cfg.model.name}: client endpoint [bold]{dep.client_endpoint}[/]  (Ctrl-C stops)")
+        console.print(f"try: helix-jax generate --endpoint {dep.client_endpoint} --prompt 'Hello' --stream")
+        _wait_for_signal()
+        console.print("shutting down")
+    console.print("stopped")
 
 
 def worker(coordinator: str = typer.Option(..., help="Coordinator control endpoint, tcp://HOST:PORT."),
@@ -18,11 +128,56 @@ def worker(coordinator: str = typer.Option(..., help="Coordinator control endpoi
            parent_pid: int = typer.Option(None, hidden=True, help="Exit when this process dies.")) -> None:
     """Join a deployment: register, load and warm up the assigned layers, then serve."""
     logging.getLogger().setLevel(os.environ.get("HELIX_LOG", "INFO").upper())
+    # compiled buckets persist across runs: a re-deploy warms up in seconds, not minutes
+    cache = os.environ.get("HELIX_XLA_CACHE", str(Path.home() / ".cache" / "helix-jax" / "xla"))
+    if cache != "off":
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     from helix_jax.runtime.worker import WorkerOptions, run_worker
 
     code = run_worker(WorkerOptions(coordinator, node, bind_host, advertise_host, parent_pid))
     raise typer.Exit(code)
 
 
+def demo(requests: int = typer.Option(4, help="Requests to send through the deployment."),
+         max_tokens: int = typer.Option(16, help="Tokens to generate per request."),
+         paper_plan_time: float = typer.Option(10.0, help="Planner time limit for the 24-node cluster.")) -> None:
+    """Plan and deploy the shipped small CPU cluster, send a few requests, print answers and
+    timings, plan the paper's 24-node cluster, and exit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helix_jax.client import Client
+    from helix_jax.runtime.deploy import LocalDeployment
+
+    started = time.perf_counter()
+    cfg, codec = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, None, 256, 10.0)
+    print_placement(cfg.placement, cfg.topology, f"1. placement of {cfg.topology.name} ({cfg.model.name})")
+    with LocalDeployment(cfg, codec) as dep:
+        with console.status(f"2. deploying: {len(dep.workers)} worker processes load and compile"):
+            dep.wait_ready()
+        console.print(f"2. deployed in {time.perf_counter() - started:.1f} s; endpoint {dep.client_endpoint}")
+        prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(requests)]
+        with Client(dep.client_endpoint) as client, ThreadPoolExecutor(max(1, requests)) as pool:
+            results = list(pool.map(lambda p: client.generate(p, max_tokens=max_tokens), prompts))
+        table = Table(title=f"3. {requests} concurrent requests (tiny model, random weights: the text is noise)")
+        for col in ("prompt", "route (node[layers])", "answer (repr)", "TTFT ms", "TPOT ms"):
+            table.add_column(col)
+        for prompt, res in zip(prompts, results):
+            route = " > ".join(f"{n}[{s}:{e})" for n, s, e in res.route)
+            table.add_row(prompt, route, repr(res.text)[:32],
+                          f"{res.timings.ttft_s * 1e3:.1f}", f"{res.timings.tpot_s * 1e3:.2f}")
+        console.print(table)
+    console.print("   deployment shut down cleanly")
+    if PAPER_TOPOLOGY.is_file():
+        from helix_jax.solver.plan import plan
+
+        paper = load_topology(PAPER_TOPOLOGY)
+        print_placement(plan(paper, time_limit_s=paper_plan_time), paper,
+                        f"4. planner on {paper.name} ({paper.model.name}, {len(paper.nodes)} nodes)")
+    console.print(f"demo done in {time.perf_counter() - started:.1f} s")
+
+
 def register(app: typer.Typer) -> None:
+    app.command()(deploy)
     app.command()(worker)
+    app.command()(demo)

@@ -60,6 +60,7 @@ class GenerateResult:
     prompt_tokens: int
     finish_reason: str  # "length" | "eos" | "stop"
     timings: Timings
+    route: tuple[tuple[str, int, int], ...] = ()  # (node, start_layer, end_layer) per hop
 
 
 _ERROR_TYPES = {name: getattr(errors, name) for name in dir(errors)
@@ -112,8 +113,9 @@ class _Collector:
         tpot = (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1) if len(arrivals) > 1 else 0.0
         timings = Timings(ttft / scale, tpot / scale, total / scale,
                           tuple(a / scale for a in arrivals), scale)
+        route = tuple((str(h[0]), int(h[1]), int(h[2])) for h in msg.get("route") or ())
         return GenerateResult(self.request_id, msg["text"], tuple(int(i) for i in msg["ids"]),
-                              msg["prompt_tokens"], msg["finish_reason"], timings)
+                              msg["prompt_tokens"], msg["finish_reason"], timings, route)
 
 
 class TokenStream:
@@ -124,6 +126,15 @@ class TokenStream:
         self._collector = _Collector(msg["request_id"])
         self._events = client._open(msg)
         self.result: GenerateResult | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self._collector.request_id
+
+    def cancel(self) -> None:
+        """Stop the request (frees its KV at once); iterating afterwards is not allowed."""
+        if self.result is None:
+            self._client._close_request(self._collector.request_id, cancel=True)
 
     def __iter__(self) -> Iterator[StreamToken]:
         rid = self._collector.request_id

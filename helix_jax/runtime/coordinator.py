@@ -111,6 +111,7 @@ class Coordinator:
         self.peak_kv_used: dict[str, int] = {n: 0 for n in self.nodes}
         self.completed = 0
         self.rejected = 0
+        self.peak_queued = 0
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> None:
@@ -138,9 +139,10 @@ class Coordinator:
             self._close()
 
     def stop(self) -> None:
-        """Ask `run()` to shut the workers down and return (thread-safe)."""
-        self._stopping = True
-        os.write(self._wake_w, b"s")
+        """Ask `run()` to shut the workers down and return (thread-safe, idempotent)."""
+        if not self._stopping:
+            self._stopping = True
+            os.write(self._wake_w, b"s")
 
     def _close(self) -> None:
         for identity in self._identities.values():
@@ -157,9 +159,14 @@ class Coordinator:
     def stats(self) -> dict[str, Any]:
         sched = self.scheduler
         return {"budgets": dict(self._budgets), "peak_kv_used": dict(self.peak_kv_used),
-                "completed": self.completed, "rejected": self.rejected,
+                "completed": self.completed, "rejected": self.rejected, "peak_queued": self.peak_queued,
                 "queued": sched.queue_length if sched else len(self._early),
                 "in_flight": sched.in_flight if sched else 0}
+
+    @property
+    def worker_data_endpoints(self) -> dict[str, str]:
+        """node -> the data endpoint its worker registered."""
+        return dict(self._data_endpoints)
 
     # ---------------------------------------------------------------- socket plumbing
     def _drain(self, sock: zmq.Socket, routed: bool, handler: Any) -> None:
@@ -282,6 +289,7 @@ class Coordinator:
             self._live[req.request_id] = req
             self._by_client[key] = req.request_id
             self._admit()
+            self.peak_queued = max(self.peak_queued, self.scheduler.queue_length)
         else:
             raise ProtocolError(f"unexpected {msg.kind!r} on the client socket")
 
@@ -333,5 +341,5 @@ class Coordinator:
             wire.send(self._client, wire.make(
                 "done", request_id=req.client_request_id, ids=list(req.output_ids), text=req.text,
                 finish_reason=reason, prompt_tokens=len(req.prompt_ids), time_scale=self.config.time_scale,
-                server_ttft_s=ttft / self.config.time_scale), req.identity)
+                server_ttft_s=ttft / self.config.time_scale, route=req.route_wire()), req.identity)
         self._admit()

@@ -125,6 +125,7 @@ class LocalDeployment:
         if self.coordinator is not None and self._thread is not None:
             self.coordinator.stop()
             self._thread.join(timeout=10)
+            self._thread = None
         deadline = time.monotonic() + timeout_s
         for w in self.workers:
             try:

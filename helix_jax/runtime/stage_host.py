@@ -60,7 +60,7 @@ class StageHost:
         engine = StageEngine(config, start, end, weights, max_slots=slots, max_seq_len=max_seq_len,
                              prefill_buckets=prefill,
                              decode_buckets=tuple(b for b in DECODE_BUCKETS if b < max_rows) + (max_rows,),
-                             prefill_batch_buckets=(1, 4))
+                             prefill_batch_buckets=(1, 4) if slots >= 4 else (1,))
         engine.warmup()
         budget = engine.kv_capacity_token_layers
         if compute is not None:  # the scheduler must see the emulated GPU's KV, not this CPU's

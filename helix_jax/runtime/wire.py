@@ -78,7 +78,7 @@ SCHEMAS: dict[str, Schema] = {
                       "time_scale": _NUM, "nodes": list}),
     "token": _s({"request_id": str, "index": int, "token_id": int, "text": str}),
     "done": _s({"request_id": str, "ids": list, "text": str, "finish_reason": str,
-                "prompt_tokens": int, "time_scale": _NUM}, {"server_ttft_s": _NUM}),
+                "prompt_tokens": int, "time_scale": _NUM}, {"server_ttft_s": _NUM, "route": list}),
     "error": _s({"request_id": _OPT_STR, "error": str, "message": str}),
     # worker <-> coordinator control (worker DEALER, coordinator ROUTER)
     "register": _s({"node": str, "data_endpoint": str, "pid": int, "host": str}),
