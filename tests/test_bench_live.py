@@ -1,0 +1,66 @@
+"""Live bench against a real local deployment (coordinator + 3 worker processes, tiny-8 model on
+CPU, ZeroMQ): the same workload and metrics code as the simulator, measured on the wall clock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helix_jax.bench.live import LiveConfig, run_live_bench
+from helix_jax.bench.report import live_table, write_results
+from helix_jax.bench.workload import FixedLengths
+from helix_jax.errors import ConfigError
+from helix_jax.model.tokenizer import load_tokenizer
+from helix_jax.placement import FlowEdge, Placement
+from helix_jax.runtime.coordinator import ServeConfig
+from helix_jax.runtime.deploy import LocalDeployment
+from helix_jax.topology import default_topology_path, load_topology
+
+pytestmark = pytest.mark.slow
+
+
+def placement() -> Placement:
+    flows = (FlowEdge("coordinator", "cpu-0", 100), FlowEdge("cpu-0", "cpu-1", 100),
+             FlowEdge("cpu-1", "coordinator", 100))
+    return Placement("cpu-small", 8, {"cpu-0": (0, 4), "cpu-1": (4, 8)}, flows)
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory: pytest.TempPathFactory):
+    topo = load_topology(default_topology_path())
+    cfg = ServeConfig(topo, placement(), topo.model, weights="random:0", max_seq_len=64, kv_tokens=256,
+                      queue_limit=50)
+    with LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=tmp_path_factory.mktemp("w")) as dep:
+        dep.wait_ready(timeout_s=400)
+        yield dep.client_endpoint
+
+
+def test_closed_loop_live_bench_measures_the_deployment(endpoint: str, tmp_path) -> None:
+    config = LiveConfig(mode="offline", duration_s=8.0, warmup_s=1.0, concurrency=3, seed=1, drain_s=60.0)
+    seen = []
+    result = run_live_bench(endpoint, FixedLengths(12, 6), config, progress=seen.append)
+    m = result.metrics
+    assert result.deployment["model"] == "tiny-8" and result.failed == 0
+    assert result.completed >= 3 and m.completed >= 1
+    assert m.decode_tokens_per_s > 0 and m.ttft.count >= 1 and m.tpot.count >= 1
+    assert 0 < m.ttft.p50_ms < 8000 and 0 < m.tpot.p50_ms < m.ttft.p99_ms + 8000
+    # every completed request produced exactly its 6 tokens: window tokens <= 6 per request sent
+    assert m.output_tokens <= 6 * result.sent
+    assert seen and seen[-1] == config.duration_s
+    path = write_results({"runs": [result.to_dict()]}, tmp_path)
+    assert json.loads(path.read_text())["runs"][0]["completed"] == result.completed
+    assert live_table(result).row_count == 1
+
+
+def test_open_loop_live_bench_sends_at_the_rate(endpoint: str) -> None:
+    config = LiveConfig(mode="online", rate_per_s=2.0, duration_s=6.0, warmup_s=0.5, seed=2)
+    result = run_live_bench(endpoint, FixedLengths(8, 4), config)
+    assert 3 <= result.sent <= 30  # Poisson(12)
+    assert result.completed + result.rejected_overloaded + result.cancelled == result.sent
+    assert result.metrics.decode_tokens_per_s > 0
+
+
+def test_live_config_errors() -> None:
+    with pytest.raises(ConfigError, match="online mode needs a positive rate"):
+        LiveConfig(mode="online")
