@@ -56,9 +56,28 @@ def _parse_ids(text: str) -> list[int]:
 
 
 def _generate_remote(endpoint: str, **request) -> dict:
-    """Hook for the serving client: send the request to a live deployment at `endpoint`."""
-    raise ConfigError(f"--endpoint needs a running deployment (no client is wired in yet; "
-                      f"got {endpoint!r}); use --local")
+    """Send the request to a live deployment at `endpoint` (helix_jax.client.Client); with
+    stream=True print each token's text as it arrives. `model` is the deployment's business."""
+    from helix_jax.client import Client
+
+    sampling = request["sampling"]
+    prompt = request["prompt"] if request["prompt"] is not None else _parse_ids(request["prompt_ids"])
+    kwargs = dict(max_tokens=request["max_tokens"], temperature=sampling.temperature, top_k=sampling.top_k,
+                  top_p=sampling.top_p, seed=sampling.seed)
+    with Client(endpoint, timeout_s=10.0) as client:
+        info = client.info()  # fails in 10 s with a clear error when nothing listens there
+        client.timeout_s = 600.0
+        if request["stream"]:
+            tokens = client.stream(prompt, **kwargs)
+            for token in tokens:
+                typer.echo(token.text, nl=False)
+            typer.echo()
+            result = tokens.result
+        else:
+            result = client.generate(prompt, **kwargs)
+    return {"endpoint": endpoint, "model": info["model"], "ids": list(result.ids), "text": result.text,
+            "finish_reason": result.finish_reason, "ttft_s": result.timings.ttft_s,
+            "tpot_s": result.timings.tpot_s, "route": [list(hop) for hop in result.route]}
 
 
 def generate(
@@ -88,8 +107,9 @@ def generate(
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if endpoint:
         result = _generate_remote(endpoint, model=model, prompt=prompt, prompt_ids=prompt_ids,
-                                  max_tokens=max_tokens, sampling=sampling, stream=stream)
-        typer.echo(json.dumps(result) if as_json else result.get("text", ""))
+                                  max_tokens=max_tokens, sampling=sampling, stream=stream and not as_json)
+        if as_json or not stream:
+            typer.echo(json.dumps(result) if as_json else result.get("text", ""))
         return
     from helix_jax.model.generate import generate_local
     from helix_jax.model.tokenizer import load_tokenizer

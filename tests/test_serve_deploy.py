@@ -221,6 +221,23 @@ def test_garbage_on_every_socket_is_rejected_and_harmless(deployment: LocalDeplo
     assert all(w.process.poll() is None for w in deployment.workers)
 
 
+def test_generate_command_with_endpoint(deployment: LocalDeployment, reference) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from helix_jax.cli.main import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["generate", "--endpoint", deployment.client_endpoint, "--prompt-ids",
+                              "256,72,105", "--max-tokens", "5", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["ids"] == reference([256, 72, 105], 5)
+    streamed = runner.invoke(app, ["generate", "--endpoint", deployment.client_endpoint, "--prompt", "x",
+                                   "--max-tokens", "4", "--stream"])
+    assert streamed.exit_code == 0, streamed.output
+
+
 def test_shutdown_leaves_no_process_or_socket_behind(deployment: LocalDeployment) -> None:
     endpoint = deployment.client_endpoint
     deployment.close()
