@@ -1,0 +1,62 @@
+"""Bench runner: cases, ratios against Helix, report JSON, plots from a report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helix_jax.bench.plots import write_plots
+from helix_jax.bench.report import results_table, write_results
+from helix_jax.bench.runner import BenchCase, bench_cases, run_simulated_bench
+from helix_jax.bench.workload import FixedLengths
+from helix_jax.costmodel import CostModel, WorkloadShape
+from helix_jax.errors import ConfigError
+from helix_jax.placement import FlowEdge, Placement
+from helix_jax.sim import SimConfig
+from helix_jax.topology import load_topology
+
+C = "coordinator"
+TOPOLOGY = Path(__file__).resolve().parents[1] / "topologies" / "fixtures" / "two-pipelines.json"
+
+
+def placements() -> dict[str, Placement]:
+    both = [(C, "f-0", 100), ("f-0", "f-1", 100), ("f-1", C, 100), (C, "s-0", 40), ("s-0", "s-1", 40),
+            ("s-1", C, 40)]
+    ranges = {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)}
+    slow_only = {"s-0": (0, 2), "s-1": (2, 4)}
+    return {
+        "helix": Placement("two-pipelines", 4, ranges, tuple(FlowEdge(*f) for f in both), method="helix",
+                           objective_tokens_per_s=140.0),
+        "sp": Placement("two-pipelines", 4, slow_only, tuple(FlowEdge(*f) for f in both[3:]), method="sp",
+                        objective_tokens_per_s=40.0),
+    }
+
+
+def test_ratios_compare_helix_iwrr_with_every_baseline_case(tmp_path: Path) -> None:
+    cost = CostModel(load_topology(TOPOLOGY), WorkloadShape(100, 30))
+    cases = bench_cases(["helix", "sp"], ["iwrr", "random"], None)
+    assert [c.label for c in cases] == ["helix/iwrr", "helix/random", "sp/iwrr", "sp/random"]
+    report = run_simulated_bench(cost, placements(), cases, FixedLengths(100, 30),
+                                 SimConfig(duration_s=900, warmup_s=300))
+    helix = report.result("helix", "iwrr").metrics.decode_tokens_per_s
+    ratios = {(r.baseline, r.policy): r.ratio for r in report.ratios()}
+    assert set(ratios) == {("sp", "iwrr"), ("sp", "random")}
+    assert ratios[("sp", "iwrr")] == pytest.approx(helix / report.result("sp", "iwrr").metrics.decode_tokens_per_s)
+    assert ratios[("sp", "iwrr")] > 1.5  # the fast pipeline is worth 2.5x the slow one
+    assert results_table(report).row_count == 4
+    data = json.loads(write_results(report, tmp_path).read_text())
+    assert [r["method"] for r in data["results"]] == ["helix", "helix", "sp", "sp"]
+    assert data["placements"]["sp"]["nodes_used"] == 2 and len(data["ratios"]) == 2
+    names = {p.name for p in write_plots(report, tmp_path)}
+    assert names == {"throughput.png", "latency_cdf.png"}  # no sweep: one rate
+
+
+def test_bad_cases_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="unknown scheduler 'fair'"):
+        bench_cases(["helix"], ["fair"], None)
+    cost = CostModel(load_topology(TOPOLOGY))
+    with pytest.raises(ConfigError, match="no placement for method 'petals'"):
+        run_simulated_bench(cost, placements(), [BenchCase("petals", "iwrr", None)], FixedLengths(5, 5),
+                            SimConfig(duration_s=10, warmup_s=1))
