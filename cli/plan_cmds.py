@@ -1,28 +1,168 @@
-"""Planner commands: `validate` (more come with the solver)."""
+"""Planner commands: `validate`, `plan`, `explain`.
+
+Each parses its options, calls one library function (topology loading, `solver.plan.plan`,
+`solver.plan.explain`, `validate_placement`) and prints a rich table, or with `--json` exactly
+one JSON object on stdout. The solver (cvxpy, HiGHS) is imported inside the commands.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
-from helix_jax.topology import load_topology
+from helix_jax.errors import PlacementError, TopologyError
+from helix_jax.topology import Topology, load_topology
 
 
-def validate(topology: Path = typer.Argument(..., help="Topology JSON file.")) -> None:
-    """Check a topology file and print a summary of what it describes."""
-    topo = load_topology(topology)
-    console = Console()
+def _summary(topo: Topology) -> str:
     kinds: dict[str, int] = {}
     for n in topo.nodes:
         kinds[n.gpu] = kinds.get(n.gpu, 0) + 1
-    console.print(f"[bold]{topo.name}[/]: {len(topo.nodes)} nodes "
-                  f"({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
-                  f"regions {', '.join(topo.regions)}, model {topo.model.name} "
-                  f"({topo.model.num_layers} layers)")
+    return (f"[bold]{topo.name}[/]: {len(topo.nodes)} nodes "
+            f"({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
+            f"regions {', '.join(topo.regions)}, model {topo.model.name} ({topo.model.num_layers} layers)")
+
+
+def validate(topology: Path = typer.Argument(..., help="Topology JSON file."),
+             placement: Path | None = typer.Option(None, "--placement", help="Also check this placement JSON.")) -> None:
+    """Check a topology file (and optionally a placement for it) and print a summary."""
+    topo = load_topology(topology)
+    console = Console()
+    console.print(_summary(topo))
+    if placement is not None:
+        from helix_jax.placement import Placement, validate_placement
+
+        plan_ = Placement.load(placement)
+        validate_placement(plan_, topo)
+        console.print(f"placement valid: {len(plan_.ranges)} nodes, "
+                      f"{plan_.objective_tokens_per_s:.1f} tokens/s")
     console.print("valid")
+
+
+def _placement_json(placement: Any) -> dict[str, Any]:
+    out = placement.to_dict()
+    bound = placement.upper_bound_tokens_per_s
+    out["gap"] = ((bound - placement.objective_tokens_per_s) / bound) if bound else None
+    return out
+
+
+def _print_placement(console: Console, topo: Topology, placement: Any) -> None:
+    from helix_jax.costmodel import CostModel
+
+    cost_model = CostModel(topo)
+    table = Table(title=f"{placement.method} placement of {topo.model.name} on {topo.name}")
+    for col in ("node", "type", "region", "layers", "k", "flow tok/s", "capacity tok/s", "util"):
+        table.add_column(col, justify="right" if col in ("k", "flow tok/s", "capacity tok/s", "util") else "left")
+    order = sorted(placement.ranges, key=lambda n: (placement.ranges[n], n))
+    for name in order:
+        start, end = placement.ranges[name]
+        node = topo.node(name)
+        flow = placement.node_flow(name)
+        capacity = cost_model.node_capacity_tokens_per_s(name, end - start)
+        table.add_row(name, node.gpu, node.region or "-", f"[{start}, {end})", str(end - start),
+                      f"{flow:.1f}", f"{capacity:.1f}", f"{100 * flow / capacity:.0f}%")
+    idle = [n.name for n in topo.nodes if n.name not in placement.ranges]
+    console.print(table)
+    if idle:
+        console.print(f"unused nodes: {', '.join(idle)}")
+    bound = placement.upper_bound_tokens_per_s
+    line = f"throughput [bold]{placement.objective_tokens_per_s:.1f}[/] tokens/s"
+    if bound is not None:
+        gap = (bound - placement.objective_tokens_per_s) / bound if bound > 0 else 0.0
+        line += f", upper bound {bound:.1f} tokens/s, gap {100 * gap:.2f}%"
+    line += f", status {placement.status}, solved in {placement.solve_seconds:.1f} s"
+    console.print(line)
+
+
+def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
+         method: str = typer.Option("helix", "--method", help="helix | swarm | petals | sp | homogeneous"),
+         time_limit: float = typer.Option(60.0, "--time-limit", help="Solver time limit in seconds."),
+         gap: float = typer.Option(1e-3, "--gap", help="Relative optimality gap to stop at."),
+         no_partial: bool = typer.Option(False, "--no-partial", help="Hand-offs only where ranges meet exactly."),
+         seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same placement)."),
+         out: Path | None = typer.Option(None, "--out", help="Write the placement JSON here."),
+         as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table.")) -> None:
+    """Choose a layer range per node to maximise the cluster's max-flow of tokens."""
+    from helix_jax.solver.plan import plan as run_plan
+
+    topo = load_topology(topology)
+    placement = run_plan(topo, method=method, time_limit_s=time_limit, rel_gap=gap,
+                         partial_inference=not no_partial, seed=seed)
+    if out is not None:
+        placement.save(out)
+    if as_json:
+        sys.stdout.write(json.dumps(_placement_json(placement)) + "\n")
+        return
+    console = Console()
+    _print_placement(console, topo, placement)
+    if out is not None:
+        console.print(f"placement written to {out}")
+
+
+def _looks_like_placement(path: Path) -> bool:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(raw, dict) and isinstance(raw.get("nodes"), dict)
+
+
+def explain(source: Path = typer.Argument(..., help="A placement JSON (with --topology) or a topology JSON."),
+            topology: Path | None = typer.Option(None, "--topology", help="Topology of the placement."),
+            time_limit: float = typer.Option(60.0, "--time-limit", help="Planning time limit for a topology."),
+            boost: float = typer.Option(0.1, "--boost", help="Capacity added to each cut element (0.1 = +10%)."),
+            as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table.")) -> None:
+    """Show what limits a placement's throughput: the min cut and what more capacity would gain."""
+    from helix_jax.placement import Placement, validate_placement
+    from helix_jax.solver.plan import explain as run_explain, plan as run_plan
+
+    if not source.is_file():
+        raise TopologyError(f"file {str(source)!r} does not exist")
+    if _looks_like_placement(source):
+        if topology is None:
+            raise PlacementError(f"{source.name} is a placement; pass its topology with --topology")
+        topo = load_topology(topology)
+        placement = Placement.load(source)
+        validate_placement(placement, topo)
+    else:
+        topo = load_topology(source)
+        placement = run_plan(topo, time_limit_s=time_limit)
+    result = run_explain(topo, placement, boost=boost)
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "throughput_tokens_per_s": result.throughput_tokens_per_s,
+            "upper_bound_tokens_per_s": result.upper_bound_tokens_per_s,
+            "boost": result.boost,
+            "cut": [vars(c) for c in result.cut],
+            "gain_all_cut_tokens_per_s": result.gain_all_cut_tokens_per_s,
+            "bottleneck_layers": list(result.bottleneck_layers),
+        }) + "\n")
+        return
+    console = Console()
+    table = Table(title=f"minimum cut of {placement.method} placement on {topo.name} "
+                        f"({result.throughput_tokens_per_s:.1f} tokens/s)")
+    for col in ("kind", "element", "capacity tok/s", "flow tok/s", f"gain at +{100 * boost:.0f}%"):
+        table.add_column(col)
+    for c in result.cut:
+        table.add_row(c.kind, c.name, f"{c.capacity_tokens_per_s:.1f}", f"{c.flow_tokens_per_s:.1f}",
+                      f"{c.gain_tokens_per_s:+.1f}")
+    console.print(table)
+    console.print(f"raising the whole cut by {100 * boost:.0f}% gains {result.gain_all_cut_tokens_per_s:+.1f} tokens/s "
+                  "(a single element gains nothing when other cuts are as tight)")
+    layers = result.bottleneck_layers
+    console.print(f"least-covered layers ({min(result.layer_capacity_tokens_per_s):.1f} tokens/s of capacity): "
+                  f"{', '.join(map(str, layers[:20]))}{' ...' if len(layers) > 20 else ''}")
+    if result.upper_bound_tokens_per_s:
+        console.print(f"upper bound of any placement: {result.upper_bound_tokens_per_s:.1f} tokens/s")
 
 
 def register(app: typer.Typer) -> None:
     app.command()(validate)
+    app.command()(plan)
+    app.command()(explain)

@@ -1,0 +1,180 @@
+"""Baseline placements for side-by-side comparison (../shared/HELIX.md section 5).
+
+Sits beside the MILP: topology + cost model -> **baseline ranges** -> maxflow.py -> Placement.
+Every baseline returns a validated Placement carrying its true max-flow.
+
+* swarm: equal stages of `s` layers, `s` = the smallest max_layers among usable GPU types
+  (e.g. 20 stages of 4 layers for LLaMA-2-70B with T4s); nodes, strongest first, join the
+  stage with the least total throughput so far.
+* petals: nodes, strongest first, take their maximum number of layers at the window whose
+  current coverage is weakest (lowest minimum, then lowest sum, then leftmost).
+* sp (separate pipelines): as many single-type pipelines as each type fills, each with the
+  fewest nodes that hold the model; leftovers of all types, strongest first, form mixed
+  pipelines. Layers are split as evenly as max_layers allow; pipelines are served
+  independently (no hand-off between pipelines), so their throughputs add.
+* homogeneous: nodes in type order (strongest type first) each take their maximum number of
+  layers, filling one pipeline after another; the last node of a pipeline takes the rest.
+"""
+
+from __future__ import annotations
+
+import time
+
+from helix_jax.costmodel import CostModel
+from helix_jax.errors import InfeasibleError
+from helix_jax.placement import Placement
+from helix_jax.topology import Topology
+from helix_jax.solver.maxflow import placement_with_flows
+
+BASELINES = ("swarm", "petals", "sp", "homogeneous")
+
+
+def _usable_nodes(topology: Topology, cost_model: CostModel) -> list[tuple[str, str, int]]:
+    """(node, gpu, max_layers) for nodes that hold >= 1 layer, strongest (max k*c) first."""
+    out = []
+    for node in topology.nodes:
+        top = cost_model.max_layers(node.gpu)
+        if top >= 1:
+            strength = max(k * c for k, c in enumerate(cost_model.capacity_table(node.gpu), 1))
+            out.append((strength, node.name, node.gpu, top))
+    out.sort(key=lambda x: (-x[0], x[1]))
+    return [(name, gpu, top) for _, name, gpu, top in out]
+
+
+def swarm_ranges(topology: Topology, cost_model: CostModel) -> dict[str, tuple[int, int]]:
+    L = topology.model.num_layers
+    nodes = _usable_nodes(topology, cost_model)
+    if not nodes:
+        raise InfeasibleError("swarm: no node can hold a single layer")
+    stage_size = min(top for _, _, top in nodes)
+    while True:
+        num_stages = -(-L // stage_size)
+        if num_stages <= len(nodes):
+            break
+        bigger = [top for _, _, top in nodes if top > stage_size]
+        if not bigger:
+            raise InfeasibleError(f"swarm: {len(nodes)} nodes cannot fill {num_stages} stages of {stage_size} layers")
+        stage_size = min(bigger)
+        nodes = [n for n in nodes if n[2] >= stage_size]
+    bounds = [(i * stage_size, min(L, (i + 1) * stage_size)) for i in range(num_stages)]
+    load = [0.0] * num_stages
+    ranges = {}
+    for name, gpu, _ in nodes:
+        empty = [i for i in range(num_stages) if load[i] == 0.0]
+        remaining = len(nodes) - len(ranges)
+        # keep enough nodes for the stages still empty
+        candidates = empty if len(empty) >= remaining else range(num_stages)
+        stage = min(candidates, key=lambda i: (load[i], i))
+        s, e = bounds[stage]
+        ranges[name] = (s, e)
+        load[stage] += cost_model.capacity_tokens_per_s(gpu, e - s)
+    return ranges
+
+
+def petals_ranges(topology: Topology, cost_model: CostModel) -> dict[str, tuple[int, int]]:
+    L = topology.model.num_layers
+    cover = [0.0] * L
+    ranges = {}
+    for name, gpu, top in _usable_nodes(topology, cost_model):
+        k = min(top, L)
+        start = min(range(L - k + 1), key=lambda s: (min(cover[s:s + k]), sum(cover[s:s + k]), s))
+        ranges[name] = (start, start + k)
+        height = cost_model.capacity_tokens_per_s(gpu, k)
+        for j in range(start, start + k):
+            cover[j] += height
+    if min(cover) <= 0:
+        raise InfeasibleError(f"petals: layers {[i for i, c in enumerate(cover) if c <= 0][:10]} stay uncovered")
+    return ranges
+
+
+def _split_evenly(num_layers: int, caps: list[int]) -> list[int]:
+    """Layer counts summing to num_layers, as equal as the per-node caps allow (water-filling)."""
+    counts = [0] * len(caps)
+    left = num_layers
+    open_idx = list(range(len(caps)))
+    while left > 0 and open_idx:
+        share = max(1, left // len(open_idx))
+        for i in list(open_idx):
+            give = min(share, caps[i] - counts[i], left)
+            counts[i] += give
+            left -= give
+            if counts[i] >= caps[i]:
+                open_idx.remove(i)
+            if left == 0:
+                break
+    return counts
+
+
+def sp_pipelines(topology: Topology, cost_model: CostModel) -> list[list[tuple[str, int, int]]]:
+    """Pipelines as lists of (node, start, end)."""
+    L = topology.model.num_layers
+    nodes = _usable_nodes(topology, cost_model)
+    by_gpu: dict[str, list[tuple[str, str, int]]] = {}
+    for n in nodes:
+        by_gpu.setdefault(n[1], []).append(n)
+    pipelines, leftovers = [], []
+    for gpu in dict.fromkeys(n[1] for n in nodes):  # strongest type first
+        members = by_gpu[gpu]
+        size = -(-L // members[0][2])
+        while len(members) >= size:
+            pipelines.append(members[:size])
+            members = members[size:]
+        leftovers.extend(members)
+    current: list[tuple[str, str, int]] = []
+    for n in leftovers:
+        current.append(n)
+        if sum(top for _, _, top in current) >= L:
+            pipelines.append(current)
+            current = []
+    if not pipelines:
+        raise InfeasibleError("sp: the nodes cannot form even one pipeline holding the whole model")
+    out = []
+    for members in pipelines:
+        counts = _split_evenly(L, [top for _, _, top in members])
+        layer, stages = 0, []
+        for (name, _, _), k in zip(members, counts):
+            if k > 0:
+                stages.append((name, layer, layer + k))
+                layer += k
+        out.append(stages)
+    return out
+
+
+def homogeneous_ranges(topology: Topology, cost_model: CostModel) -> dict[str, tuple[int, int]]:
+    L = topology.model.num_layers
+    nodes = _usable_nodes(topology, cost_model)
+    order = list(dict.fromkeys(gpu for _, gpu, _ in nodes))
+    nodes.sort(key=lambda n: (order.index(n[1]), n[0]))
+    ranges, pipeline, layer = {}, {}, 0
+    for name, _, top in nodes:
+        k = min(top, L - layer)
+        pipeline[name] = (layer, layer + k)
+        layer += k
+        if layer == L:
+            ranges.update(pipeline)
+            pipeline, layer = {}, 0
+    if not ranges:
+        raise InfeasibleError("homogeneous: the nodes cannot fill even one pipeline")
+    return ranges
+
+
+def baseline_placement(topology: Topology, cost_model: CostModel, method: str,
+                       partial_inference: bool = True) -> Placement:
+    """A validated baseline Placement with its true max-flow."""
+    t0 = time.monotonic()
+    allowed = None
+    if method == "swarm":
+        ranges = swarm_ranges(topology, cost_model)
+    elif method == "petals":
+        ranges = petals_ranges(topology, cost_model)
+    elif method == "homogeneous":
+        ranges = homogeneous_ranges(topology, cost_model)
+    elif method == "sp":
+        pipelines = sp_pipelines(topology, cost_model)
+        ranges = {name: (s, e) for stages in pipelines for name, s, e in stages}
+        allowed = {(a[0], b[0]) for stages in pipelines for a, b in zip(stages, stages[1:])}
+    else:
+        raise ValueError(f"unknown baseline {method!r}")
+    return placement_with_flows(topology, cost_model, ranges, method, partial_inference,
+                                status="baseline", solve_seconds=time.monotonic() - t0,
+                                allowed_edges=allowed)

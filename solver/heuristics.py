@@ -1,0 +1,192 @@
+"""Constructive heuristics and local search: a fast good placement before (or instead of) the MILP.
+
+Sits inside the solver: topology + cost model -> **heuristics** -> ranges -> milp.py (start and
+incumbent for the bisection) or, when the MILP has no time left, plan.py's fallback answer.
+
+* `greedy_cover`: for a target F, sweep layers 0..L-1; wherever coverage is short of F, place
+  the (node, k) whose clipped rectangle fills the most of the shortfall per unit of the node's
+  own potential (max_k k * min(c(k), F)). Bisection on F finds the best F the sweep reaches.
+* `improve_coverage`: local search on (min coverage, number of layers at the minimum), moving
+  one node at a time to its best (start, k) or out of the placement. Exact objective under
+  partial inference with non-binding links, O(L) per move.
+* `improve_flow`: local search on the true max-flow (networkx), for clusters whose links bind
+  or without partial inference; slower, so it runs on a time budget.
+All randomness comes from `random.Random(seed)`: same seed, same answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from helix_jax.costmodel import CostModel
+from helix_jax.topology import Topology
+from helix_jax.solver.maxflow import max_flow
+
+log = logging.getLogger(__name__)
+
+Ranges = dict[str, tuple[int, int]]
+
+
+def node_tables(topology: Topology, cost_model: CostModel) -> dict[str, list[float]]:
+    """c(type, k) per node, for nodes that can hold at least one layer."""
+    tables = {}
+    for node in topology.nodes:
+        table = cost_model.capacity_table(node.gpu)
+        if table:
+            tables[node.name] = table
+    return tables
+
+
+def coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int,
+             clip: float = float("inf")) -> list[float]:
+    cover = [0.0] * num_layers
+    for node, (s, e) in ranges.items():
+        height = min(tables[node][e - s - 1], clip)
+        for layer in range(s, e):
+            cover[layer] += height
+    return cover
+
+
+def greedy_cover(tables: dict[str, list[float]], num_layers: int, target: float,
+                 fixed: Ranges | None = None) -> Ranges | None:
+    """Cover every layer to `target` (module docstring), or None when the nodes run out.
+    `fixed` ranges stay as they are; the sweep fills what they leave short."""
+    ranges: Ranges = dict(fixed or {})
+    deficit = [max(0.0, target - c) for c in coverage(ranges, tables, num_layers, target)]
+    unused = sorted((n for n in tables if n not in ranges),
+                    key=lambda n: -max(k * c for k, c in enumerate(tables[n], 1)))
+    layer = 0
+    eps = 1e-9 * max(1.0, target)
+    while layer < num_layers:
+        if deficit[layer] <= eps:
+            layer += 1
+            continue
+        best, best_score = None, -1.0
+        seen_tables: set[tuple[float, ...]] = set()
+        for node in unused:
+            key = tuple(tables[node])
+            if key in seen_tables:  # identical nodes offer identical rectangles
+                continue
+            seen_tables.add(key)
+            potential = max(k * min(c, target) for k, c in enumerate(tables[node], 1))
+            for k in range(1, min(len(tables[node]), num_layers - layer) + 1):
+                height = min(tables[node][k - 1], target)
+                useful = sum(min(height, deficit[j]) for j in range(layer, layer + k))
+                score = useful / potential
+                if score > best_score + 1e-12:
+                    best, best_score = (node, k), score
+        if best is None:
+            return None
+        node, k = best
+        unused.remove(node)
+        ranges[node] = (layer, layer + k)
+        height = min(tables[node][k - 1], target)
+        for j in range(layer, layer + k):
+            deficit[j] = max(0.0, deficit[j] - height)
+    return ranges
+
+
+def best_greedy(tables: dict[str, list[float]], num_layers: int, upper: float, iterations: int = 30,
+                fixed: Ranges | None = None) -> Ranges | None:
+    """Bisection on the target of `greedy_cover`; returns the best covering found."""
+    lo, hi, best, best_value = 0.0, upper, None, -1.0
+    for _ in range(iterations):
+        target = 0.5 * (lo + hi)
+        ranges = greedy_cover(tables, num_layers, target, fixed)
+        if ranges is None:
+            hi = target
+            continue
+        value = min(coverage(ranges, tables, num_layers))
+        if value > best_value:
+            best, best_value = ranges, value
+        lo = max(target, value) if value < hi else target
+        if hi - lo < 1e-4 * hi:
+            break
+    return best
+
+
+def improve_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int,
+                     time_budget_s: float, seed: int = 0) -> Ranges:
+    """First-improvement local search on (min coverage, -#layers at the minimum)."""
+    rng = random.Random(seed)
+    current = dict(ranges)
+    cover = coverage(current, tables, num_layers)
+    deadline = time.monotonic() + time_budget_s
+
+    def score(cov: list[float]) -> tuple[float, int]:
+        low = min(cov)
+        return (round(low, 9), -sum(1 for c in cov if c <= low + 1e-9))
+
+    best_score = score(cover)
+    improved = True
+    while improved and time.monotonic() < deadline:
+        improved = False
+        nodes = sorted(tables)
+        rng.shuffle(nodes)
+        for node in nodes:
+            old = current.get(node)
+            base = list(cover)
+            if old is not None:
+                h_old = tables[node][old[1] - old[0] - 1]
+                for j in range(*old):
+                    base[j] -= h_old
+            options = [None] + [(s, s + k) for k in range(1, len(tables[node]) + 1)
+                                for s in range(num_layers - k + 1)]
+            for option in options:
+                if option == old:
+                    continue
+                trial = list(base)
+                if option is not None:
+                    h = tables[node][option[1] - option[0] - 1]
+                    for j in range(*option):
+                        trial[j] += h
+                s = score(trial)
+                if s > best_score:
+                    best_score, cover = s, trial
+                    if option is None:
+                        current.pop(node, None)
+                    else:
+                        current[node] = option
+                    improved = True
+                    break
+            if time.monotonic() > deadline:
+                break
+    return current
+
+
+def improve_flow(topology: Topology, cost_model: CostModel, ranges: Ranges, partial_inference: bool,
+                 time_budget_s: float, seed: int = 0) -> tuple[Ranges, float]:
+    """Local search on the true max-flow: move one node by one layer or resize it by one."""
+    rng = random.Random(seed)
+    tables = node_tables(topology, cost_model)
+    L = topology.model.num_layers
+    current = dict(ranges)
+    value = max_flow(topology, cost_model, current, partial_inference).value_tokens_per_s
+    deadline = time.monotonic() + time_budget_s
+    improved = True
+    while improved and time.monotonic() < deadline:
+        improved = False
+        nodes = sorted(tables)
+        rng.shuffle(nodes)
+        for node in nodes:
+            if time.monotonic() > deadline:
+                break
+            options = []
+            if node in current:
+                s, e = current[node]
+                options = [(s + ds, e + de) for ds, de in ((-1, -1), (1, 1), (0, 1), (0, -1), (-1, 0), (1, 0))]
+            else:
+                options = [(s, s + len(tables[node])) for s in range(0, L - len(tables[node]) + 1)]
+            for s, e in options:
+                if not (0 <= s < e <= L and e - s <= len(tables[node])):
+                    continue
+                trial = {**current, node: (s, e)}
+                if min(coverage(trial, tables, L)) <= 0:
+                    continue
+                v = max_flow(topology, cost_model, trial, partial_inference).value_tokens_per_s
+                if v > value * (1 + 1e-9):
+                    current, value, improved = trial, v, True
+                    break
+    return current, value

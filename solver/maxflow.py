@@ -1,0 +1,158 @@
+"""Max-flow of a given placement: the tokens/s a set of layer ranges can serve.
+
+Sits after placement search and before the scheduler: solver (ranges) -> **max-flow** ->
+Placement (ranges + flow per edge) -> scheduler (weighted round robin over those flows).
+
+Graph (networkx, float capacities): the coordinator is split into a source `S` and a sink
+`T`. Each node holding layers is split so that every limit counts:
+
+    j.recv --(NIC in)--> j.in --(compute c(type, k))--> j.out --(NIC out)--> j.send
+
+`S -> j.in` exists when j starts at layer 0 (link coordinator -> j), `i.out -> T` when i
+ends at layer L (link i -> coordinator), and `i.send -> j.recv` when i may hand off to j
+(`end_i == start_j`, or with partial inference `start_j <= end_i < end_j`), with capacity
+`cost_model.link_tokens_per_s(i, j)`. NIC arcs exist only for GPU types with
+`nic_bandwidth_bytes_per_s`; coordinator traffic (token ids) bypasses them. Hand-offs strictly
+advance the layer, so the graph is acyclic and every flow decomposes into valid routes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+import networkx as nx
+
+from helix_jax.costmodel import CostModel
+from helix_jax.errors import PlacementError
+from helix_jax.placement import FlowEdge, Placement, validate_placement
+from helix_jax.topology import COORDINATOR, Topology
+
+SOURCE, SINK = "S", "T"
+FLOW_EPS = 1e-9  # flows below this are dropped from results
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxFlowResult:
+    value_tokens_per_s: float
+    edge_flows: dict[tuple[str, str], float]  # (src, dst) endpoint names -> tokens/s, > 0 only
+    node_flows: dict[str, float]  # tokens/s through each node holding layers
+    graph: nx.DiGraph  # the split graph with "capacity" and "flow" on each arc
+    cut_source_side: frozenset[str]  # split-graph vertices reachable from S in the residual
+
+
+def _hand_off(src_end: int, dst_range: tuple[int, int], partial_inference: bool) -> bool:
+    start, end = dst_range
+    return start <= src_end < end if partial_inference else src_end == start
+
+
+def build_flow_graph(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[int, int]],
+                     partial_inference: bool = True,
+                     allowed_edges: Iterable[tuple[str, str]] | None = None,
+                     capacity_scale: dict[tuple[str, str], float] | None = None) -> nx.DiGraph:
+    """The split graph of the module docstring. `allowed_edges` restricts node-to-node
+    hand-offs (e.g. independent pipelines); `capacity_scale` multiplies arc capacities, keyed
+    by the arc's (u, v) in the split graph (used by `explain`)."""
+    num_layers = topology.model.num_layers
+    allowed = set(allowed_edges) if allowed_edges is not None else None
+    scale = capacity_scale or {}
+    act_bytes = topology.model.activation_bytes_per_token
+    graph = nx.DiGraph()
+    graph.add_node(SOURCE)
+    graph.add_node(SINK)
+
+    def arc(u: str, v: str, capacity: float, kind: str, name: str) -> None:
+        graph.add_edge(u, v, capacity=capacity * scale.get((u, v), 1.0), kind=kind, name=name)
+
+    recv, send = {}, {}
+    for node in sorted(ranges):
+        start, end = ranges[node]
+        arc(f"{node}.in", f"{node}.out", cost_model.node_capacity_tokens_per_s(node, end - start),
+            "compute", node)
+        nic = topology.gpu_of(node).nic_bandwidth_bytes_per_s
+        if nic is not None:
+            recv[node], send[node] = f"{node}.recv", f"{node}.send"
+            arc(recv[node], f"{node}.in", nic / act_bytes, "nic_in", node)
+            arc(f"{node}.out", send[node], nic / act_bytes, "nic_out", node)
+        else:
+            recv[node], send[node] = f"{node}.in", f"{node}.out"
+        if start == 0:
+            arc(SOURCE, f"{node}.in", cost_model.link_tokens_per_s(COORDINATOR, node), "link",
+                f"{COORDINATOR}->{node}")
+        if end == num_layers:
+            arc(f"{node}.out", SINK, cost_model.link_tokens_per_s(node, COORDINATOR), "link",
+                f"{node}->{COORDINATOR}")
+    for src in sorted(ranges):
+        for dst in sorted(ranges):
+            if src == dst or not _hand_off(ranges[src][1], ranges[dst], partial_inference):
+                continue
+            if allowed is not None and (src, dst) not in allowed:
+                continue
+            arc(send[src], recv[dst], cost_model.link_tokens_per_s(src, dst), "link", f"{src}->{dst}")
+    return graph
+
+
+def _endpoint(vertex: str) -> str:
+    if vertex in (SOURCE, SINK):
+        return COORDINATOR
+    return vertex.rsplit(".", 1)[0]
+
+
+def max_flow(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[int, int]],
+             partial_inference: bool = True,
+             allowed_edges: Iterable[tuple[str, str]] | None = None,
+             capacity_scale: dict[tuple[str, str], float] | None = None) -> MaxFlowResult:
+    """Max-flow of `ranges` (node -> [start, end)); zero when the ranges cannot form a route."""
+    graph = build_flow_graph(topology, cost_model, ranges, partial_inference, allowed_edges, capacity_scale)
+    value, flow = nx.maximum_flow(graph, SOURCE, SINK, flow_func=nx.algorithms.flow.preflow_push)
+    edge_flows: dict[tuple[str, str], float] = {}
+    for u, targets in flow.items():
+        for v, f in targets.items():
+            graph[u][v]["flow"] = f
+            if graph[u][v]["kind"] == "link" and f > FLOW_EPS:
+                edge_flows[(_endpoint(u), _endpoint(v))] = f
+    node_flows = {n: flow[f"{n}.in"][f"{n}.out"] for n in ranges}
+    # residual reachability from S gives the source side of a minimum cut
+    seen, stack = {SOURCE}, [SOURCE]
+    while stack:
+        u = stack.pop()
+        for v in graph.successors(u):
+            if v not in seen and graph[u][v]["capacity"] - graph[u][v]["flow"] > FLOW_EPS * 10:
+                seen.add(v)
+                stack.append(v)
+        for v in graph.predecessors(u):
+            if v not in seen and graph[v][u]["flow"] > FLOW_EPS * 10:
+                seen.add(v)
+                stack.append(v)
+    return MaxFlowResult(float(value), edge_flows, node_flows, graph, frozenset(seen))
+
+
+def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[int, int]],
+                         method: str, partial_inference: bool = True, *, status: str = "feasible",
+                         upper_bound_tokens_per_s: float | None = None, solve_seconds: float = 0.0,
+                         extra: dict | None = None,
+                         allowed_edges: Iterable[tuple[str, str]] | None = None) -> Placement:
+    """A validated Placement of `ranges` carrying its true max-flow."""
+    if not ranges:
+        raise PlacementError("a placement needs at least one node holding layers")
+    result = max_flow(topology, cost_model, ranges, partial_inference, allowed_edges)
+    flows = tuple(FlowEdge(s, d, f) for (s, d), f in sorted(result.edge_flows.items()))
+    objective = sum(f.tokens_per_s for f in flows if f.src == COORDINATOR)
+    upper = upper_bound_tokens_per_s
+    if upper is not None and upper < objective:
+        upper = objective  # numerical slack of the bound; never report a bound below the incumbent
+    placement = Placement(
+        topology_name=topology.name,
+        num_layers=topology.model.num_layers,
+        ranges=dict(sorted(ranges.items())),
+        flows=flows,
+        method=method,
+        objective_tokens_per_s=objective,
+        upper_bound_tokens_per_s=upper,
+        partial_inference=partial_inference,
+        status=status,
+        solve_seconds=solve_seconds,
+        extra=dict(extra or {}),
+    )
+    validate_placement(placement, topology, cost_model)
+    return placement

@@ -1,0 +1,193 @@
+"""Planner entry points: `plan` (topology -> Placement) and `explain` (why this throughput).
+
+Sits at the solver's front door: topology + cost model -> **plan** -> Placement -> scheduler.
+
+`plan(method="helix")` runs, within `time_limit_s`:
+1. feasibility check (InfeasibleError naming what is missing);
+2. start: greedy coverage + local search, and every baseline; the best true max-flow is the
+   incumbent the MILP has to beat (and the answer if the MILP finds nothing in time);
+3. the aggregated MILP (milp.py): LP fixpoint bound, then bisection with HiGHS, proving an
+   upper bound on the true optimum;
+4. expansion of the counts to concrete nodes and the true max-flow (maxflow.py); if link
+   limits the model does not see cost flow, a max-flow local search repairs the placement;
+5. the best placement found, validated, with `upper_bound_tokens_per_s` and `status`
+   ("optimal" when within `rel_gap` of the bound).
+Other methods return the baseline placement (baselines.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from helix_jax.costmodel import CostModel
+from helix_jax.errors import ConfigError, InfeasibleError
+from helix_jax.placement import Placement
+from helix_jax.topology import Topology
+from helix_jax.solver import heuristics, milp
+from helix_jax.solver.baselines import BASELINES, baseline_placement
+from helix_jax.solver.maxflow import max_flow, placement_with_flows
+
+log = logging.getLogger(__name__)
+
+METHODS = ("helix",) + BASELINES
+HEURISTIC_SHARE = 0.1  # of the time limit spent on the start (at most HEURISTIC_MAX_S)
+HEURISTIC_MAX_S = 3.0
+NUMERIC_GAP = 1e-5  # gaps below this are solver tolerance, reported as optimal
+
+
+def check_feasible(topology: Topology, cost_model: CostModel) -> None:
+    """Raise InfeasibleError when no composition of the nodes can hold every layer once."""
+    model = topology.model
+    per_type = {}
+    for node in topology.nodes:
+        per_type.setdefault(node.gpu, [0, cost_model.max_layers(node.gpu)])[0] += 1
+    detail = ", ".join(f"{n} x {gpu} (max {top} layers each)" for gpu, (n, top) in sorted(per_type.items()))
+    if all(top == 0 for _, top in per_type.values()):
+        raise InfeasibleError(
+            f"no GPU in this cluster can hold one layer of {model.name} "
+            f"({model.weight_bytes_per_layer / 1e9:.2f} GB of weights per layer): {detail}")
+    total = sum(n * top for n, top in per_type.values())
+    if total < model.num_layers:
+        raise InfeasibleError(
+            f"the cluster holds at most {total} of the {model.num_layers} layers of {model.name}: "
+            f"{detail}; add nodes or use a smaller model")
+
+
+def plan(topology: Topology, method: str = "helix", time_limit_s: float = 60.0, rel_gap: float = 1e-3,
+         partial_inference: bool = True, seed: int = 0, cost_model: CostModel | None = None) -> Placement:
+    """Choose layer ranges for `topology` by `method` (see the module docstring)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown placement method {method!r}; choose one of {', '.join(METHODS)}")
+    if not time_limit_s > 0:
+        raise ConfigError(f"time limit must be positive, got {time_limit_s}")
+    if not 0 <= rel_gap < 1:
+        raise ConfigError(f"gap must be in [0, 1), got {rel_gap}")
+    cost_model = cost_model or CostModel(topology)
+    check_feasible(topology, cost_model)
+    if method != "helix":
+        return baseline_placement(topology, cost_model, method, partial_inference)
+    return _plan_helix(topology, cost_model, time_limit_s, rel_gap, partial_inference, seed)
+
+
+def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, rel_gap: float,
+                partial_inference: bool, seed: int) -> Placement:
+    t0 = time.monotonic()
+    deadline = t0 + time_limit_s
+    L = topology.model.num_layers
+    upper = milp.trivial_bound(topology, cost_model)
+
+    # 2. start: heuristics and baselines
+    candidates: dict[str, tuple[dict[str, tuple[int, int]], float]] = {}
+
+    def consider(label: str, ranges: dict[str, tuple[int, int]] | None) -> None:
+        if ranges:
+            value = max_flow(topology, cost_model, ranges, partial_inference).value_tokens_per_s
+            candidates[label] = (ranges, value)
+
+    tables = heuristics.node_tables(topology, cost_model)
+    budget = min(HEURISTIC_MAX_S, HEURISTIC_SHARE * time_limit_s)
+    greedy = heuristics.best_greedy(tables, L, upper)
+    if greedy:
+        consider("greedy", heuristics.improve_coverage(greedy, tables, L, budget / 2, seed))
+    for name in BASELINES:
+        try:
+            base = baseline_placement(topology, cost_model, name, partial_inference)
+            consider(name, base.ranges)
+        except InfeasibleError:
+            continue
+    start_label = max(candidates, key=lambda k: candidates[k][1]) if candidates else None
+
+    # 3. MILP on aggregated counts
+    zones = milp.find_zones(topology, cost_model, upper)
+    groups = milp.make_groups(topology, cost_model, zones)
+    model = milp.PlacementModel(topology, cost_model, groups, len(zones), partial_inference, upper)
+    start_counts = None
+    if start_label is not None:
+        start_counts = milp.counts_from_ranges(model, candidates[start_label][0])
+    remaining = max(0.5, deadline - time.monotonic())
+    outcome = milp.solve_counts(model, upper, time_limit_s=0.9 * remaining, rel_gap=rel_gap, seed=seed,
+                                start_counts=start_counts)
+    milp_status = outcome.status
+    if outcome.counts:
+        ranges = milp.expand_counts(groups, outcome.counts)
+        consider("milp", ranges)
+        if candidates["milp"][1] < outcome.model_value * (1 - 1e-6):  # links the model did not see
+            repair_s = max(0.5, deadline - time.monotonic())
+            repaired, _ = heuristics.improve_flow(topology, cost_model, ranges, partial_inference, repair_s, seed)
+            consider("milp+repair", repaired)
+
+    best_label = max(candidates, key=lambda k: (candidates[k][1], k == "milp"))
+    best_ranges, best_value = candidates[best_label]
+    bound = max(outcome.upper_bound, best_value)
+    status = "optimal" if best_value >= bound * (1 - max(rel_gap, NUMERIC_GAP)) - 1e-9 else (
+        "time_limit" if milp_status in ("time_limit", "no_solution") else "feasible")
+    extra = {
+        "source": best_label,
+        "candidates": {k: round(v, 6) for k, (_, v) in sorted(candidates.items())},
+        "milp_model_value": outcome.model_value,
+        "lp_bound": outcome.lp_bound,
+        "trivial_bound": upper,
+        "zones": len(zones),
+        "bisection_steps": [list(s) for s in outcome.steps],
+        "gap": (bound - best_value) / bound if bound > 0 else 0.0,
+        "seed": seed,
+    }
+    return placement_with_flows(topology, cost_model, best_ranges, "helix", partial_inference,
+                                status=status, upper_bound_tokens_per_s=bound,
+                                solve_seconds=time.monotonic() - t0, extra=extra)
+
+
+# ----------------------------------------------------------------------------- explain
+
+
+@dataclasses.dataclass(frozen=True)
+class CutElement:
+    kind: str  # compute | link | nic_in | nic_out
+    name: str  # node name, or "src->dst" for a link
+    capacity_tokens_per_s: float
+    flow_tokens_per_s: float
+    gain_tokens_per_s: float  # throughput gained by raising this element alone by `boost`
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    throughput_tokens_per_s: float
+    upper_bound_tokens_per_s: float | None
+    boost: float
+    cut: tuple[CutElement, ...]  # a minimum cut: what saturates
+    bottleneck_layers: tuple[int, ...]  # layers with the least total capacity
+    layer_capacity_tokens_per_s: tuple[float, ...]  # total capacity of the nodes holding each layer
+    gain_all_cut_tokens_per_s: float  # raising the whole cut by `boost`
+
+
+def explain(topology: Topology, placement: Placement, cost_model: CostModel | None = None,
+            boost: float = 0.1) -> Explanation:
+    """Which nodes and links saturate (a minimum cut) and what +`boost` on each would gain."""
+    cost_model = cost_model or CostModel(topology)
+    ranges, partial = placement.ranges, placement.partial_inference
+    base = max_flow(topology, cost_model, ranges, partial)
+    graph, side = base.graph, base.cut_source_side
+    arcs = [(u, v) for u, v in graph.edges if u in side and v not in side and graph[u][v]["capacity"] > 0]
+    cut = []
+    for u, v in arcs:
+        data = graph[u][v]
+        boosted = max_flow(topology, cost_model, ranges, partial, capacity_scale={(u, v): 1 + boost})
+        cut.append(CutElement(data["kind"], data["name"], data["capacity"], data.get("flow", 0.0),
+                              boosted.value_tokens_per_s - base.value_tokens_per_s))
+    everything = max_flow(topology, cost_model, ranges, partial,
+                          capacity_scale={arc: 1 + boost for arc in arcs})
+    tables = heuristics.node_tables(topology, cost_model)
+    cover = heuristics.coverage(ranges, tables, topology.model.num_layers)
+    low = min(cover)
+    cut.sort(key=lambda c: (-c.gain_tokens_per_s, c.kind, c.name))
+    return Explanation(
+        throughput_tokens_per_s=base.value_tokens_per_s,
+        upper_bound_tokens_per_s=placement.upper_bound_tokens_per_s,
+        boost=boost,
+        cut=tuple(cut),
+        bottleneck_layers=tuple(i for i, c in enumerate(cover) if c <= low * (1 + 1e-9)),
+        layer_capacity_tokens_per_s=tuple(cover),
+        gain_all_cut_tokens_per_s=everything.value_tokens_per_s - base.value_tokens_per_s,
+    )

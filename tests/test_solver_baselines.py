@@ -1,0 +1,96 @@
+"""Baseline placements are valid, follow their rules, and carry their true max-flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helix_jax.costmodel import CostModel
+from helix_jax.errors import ConfigError, InfeasibleError
+from helix_jax.placement import validate_placement
+from helix_jax.topology import load_topology, topology_from_dict
+from helix_jax.solver.baselines import BASELINES, baseline_placement, sp_pipelines, swarm_ranges
+from helix_jax.solver.maxflow import max_flow
+from helix_jax.solver.plan import explain, plan
+
+ROOT = Path(__file__).resolve().parents[1] / "topologies"
+SMALL = ["cpu-small.json", "fixtures/two-pipelines.json", "fixtures/table-only.json", "fixtures/link-bound.json"]
+
+
+@pytest.mark.parametrize("method", BASELINES)
+@pytest.mark.parametrize("path", SMALL + ["single-region-24-llama2-70b.json"])
+def test_baselines_are_valid(path: str, method: str) -> None:
+    topo = load_topology(ROOT / path)
+    cm = CostModel(topo)
+    placement = plan(topo, method=method, cost_model=cm)
+    validate_placement(placement, topo, cm)
+    assert placement.method == method and placement.status == "baseline"
+    assert placement.objective_tokens_per_s > 0
+
+
+def test_swarm_uses_equal_stages_of_the_smallest_max_layers() -> None:
+    topo = load_topology(ROOT / "single-region-24-llama2-70b.json")
+    ranges = swarm_ranges(topo, CostModel(topo))
+    assert sorted({e - s for s, e in ranges.values()}) == [4]  # T4 holds 4 layers: 20 stages
+    assert {s for s, _ in ranges.values()} == set(range(0, 80, 4))
+
+
+def test_petals_takes_max_layers_everywhere() -> None:
+    topo = load_topology(ROOT / "single-region-24-llama2-70b.json")
+    cm = CostModel(topo)
+    placement = baseline_placement(topo, cm, "petals")
+    for node, (s, e) in placement.ranges.items():
+        assert e - s == cm.max_layers(topo.node(node).gpu)
+
+
+def test_sp_pipelines_are_served_independently() -> None:
+    topo = load_topology(ROOT / "fixtures" / "two-pipelines.json")
+    cm = CostModel(topo)
+    pipelines = sp_pipelines(topo, cm)
+    assert sorted(sorted(n for n, _, _ in p) for p in pipelines) == [["f-0", "f-1"], ["s-0", "s-1"]]
+    placement = baseline_placement(topo, cm, "sp")
+    assert placement.objective_tokens_per_s == pytest.approx(140.0)
+    pairs = {(f.src, f.dst) for f in placement.flows if "coordinator" not in (f.src, f.dst)}
+    assert pairs == {("f-0", "f-1"), ("s-0", "s-1")}
+
+
+def test_helix_is_never_below_the_baselines_on_the_paper_cluster() -> None:
+    topo = load_topology(ROOT / "single-region-24-llama2-70b.json")
+    cm = CostModel(topo)
+    helix = plan(topo, time_limit_s=8, cost_model=cm)
+    validate_placement(helix, topo, cm)
+    best = max(baseline_placement(topo, cm, m).objective_tokens_per_s for m in BASELINES)
+    assert helix.objective_tokens_per_s >= best
+    assert helix.upper_bound_tokens_per_s >= helix.objective_tokens_per_s
+    swarm = baseline_placement(topo, cm, "swarm").objective_tokens_per_s
+    assert helix.objective_tokens_per_s >= 2 * swarm
+
+
+def test_explain_names_the_saturated_elements() -> None:
+    topo = load_topology(ROOT / "fixtures" / "link-bound.json")
+    cm = CostModel(topo)
+    placement = plan(topo, time_limit_s=5, cost_model=cm)
+    result = explain(topo, placement, cm, boost=0.1)
+    assert result.throughput_tokens_per_s == pytest.approx(50.0)
+    link = [c for c in result.cut if c.kind == "link"]
+    assert len(link) == 1 and link[0].gain_tokens_per_s == pytest.approx(5.0)
+    assert result.gain_all_cut_tokens_per_s == pytest.approx(5.0)
+    assert max_flow(topo, cm, placement.ranges).value_tokens_per_s == pytest.approx(50.0)
+
+
+def test_infeasible_and_bad_options_are_named() -> None:
+    too_small = topology_from_dict({"model": "llama-2-70b", "nodes": [{"name": "t", "gpu": "T4", "count": 3}]})
+    with pytest.raises(InfeasibleError, match="at most 12 of the 80 layers"):
+        plan(too_small)
+    cannot_hold = topology_from_dict({
+        "model": "llama-2-70b",
+        "gpu_types": {"Tiny": {"memory_gb": 2, "memory_bandwidth": "100 GB/s", "tflops": 10}},
+        "nodes": [{"name": "t", "gpu": "Tiny", "count": 100}]})
+    with pytest.raises(InfeasibleError, match="cannot hold one layer|no GPU"):
+        plan(cannot_hold)
+    topo = load_topology(ROOT / "fixtures" / "two-pipelines.json")
+    with pytest.raises(ConfigError, match="unknown placement method"):
+        plan(topo, method="magic")
+    with pytest.raises(ConfigError, match="time limit"):
+        plan(topo, time_limit_s=0)

@@ -1,0 +1,89 @@
+"""Max-flow of given placements, checked by hand on tiny graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helix_jax.costmodel import CostModel
+from helix_jax.errors import PlacementError
+from helix_jax.placement import validate_placement
+from helix_jax.topology import load_topology, topology_from_dict
+from helix_jax.solver.maxflow import max_flow, placement_with_flows
+
+FIXTURES = Path(__file__).resolve().parents[1] / "topologies" / "fixtures"
+
+
+def _load(name: str):
+    topo = load_topology(FIXTURES / f"{name}.json")
+    return topo, CostModel(topo)
+
+
+def test_two_pipelines_add_up_and_may_cross() -> None:
+    topo, cm = _load("two-pipelines")
+    ranges = {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)}
+    result = max_flow(topo, cm, ranges)
+    assert result.value_tokens_per_s == pytest.approx(140.0)
+    assert result.node_flows == pytest.approx({"f-0": 100, "f-1": 100, "s-0": 40, "s-1": 40})
+    # only the fast pipeline: 100; fast first half feeding the slow second half: 40
+    assert max_flow(topo, cm, {"f-0": (0, 2), "f-1": (2, 4)}).value_tokens_per_s == pytest.approx(100.0)
+    assert max_flow(topo, cm, {"f-0": (0, 2), "s-1": (2, 4)}).value_tokens_per_s == pytest.approx(40.0)
+
+
+def test_partial_inference_lets_overlapping_ranges_hand_off() -> None:
+    topo, cm = _load("two-pipelines")
+    chain = {"f-0": (0, 2), "f-1": (1, 3), "s-0": (3, 4)}  # f-0 ends at 2, inside f-1's [1, 3)
+    assert max_flow(topo, cm, chain, partial_inference=True).value_tokens_per_s == pytest.approx(40.0)
+    assert max_flow(topo, cm, chain, partial_inference=False).value_tokens_per_s == 0.0
+    both = {"f-0": (0, 2), "f-1": (1, 3), "s-0": (2, 4)}
+    exact = max_flow(topo, cm, both, partial_inference=False)
+    assert exact.value_tokens_per_s == pytest.approx(40.0)
+    assert ("f-0", "s-0") in exact.edge_flows and ("f-0", "f-1") not in exact.edge_flows
+    # f-1 as a second hop needs partial inference: f-0 [0,2) -> f-1 runs [2,3) -> s-0 runs [3,4)
+    fed = max_flow(topo, cm, both, partial_inference=True, allowed_edges={("f-0", "f-1"), ("f-1", "s-0")})
+    assert fed.value_tokens_per_s == pytest.approx(40.0)
+    assert fed.edge_flows[("f-0", "f-1")] == pytest.approx(40.0)
+
+
+def test_link_limits_count() -> None:
+    topo, cm = _load("link-bound")
+    result = max_flow(topo, cm, {"a": (0, 2), "b": (2, 4)})
+    assert result.value_tokens_per_s == pytest.approx(50.0)
+    assert result.edge_flows == pytest.approx({("coordinator", "a"): 50, ("a", "b"): 50, ("b", "coordinator"): 50})
+
+
+def test_nic_limits_node_to_node_traffic() -> None:
+    # tiny model: 256 activation bytes per token; a 2560 B/s NIC passes 10 tokens/s
+    topo = topology_from_dict({
+        "model": "tiny",
+        "gpu_types": {"g": {"max_layers": 2, "capacity_tokens_per_s": [100, 100]},
+                      "n": {"max_layers": 2, "capacity_tokens_per_s": [100, 100], "nic_bandwidth": 2560}},
+        "nodes": [{"name": "a", "gpu": "g"}, {"name": "b", "gpu": "n"}]})
+    cm = CostModel(topo)
+    assert max_flow(topo, cm, {"a": (0, 2), "b": (2, 4)}).value_tokens_per_s == pytest.approx(10.0)
+    # coordinator traffic (token ids) bypasses the NIC: b alone holding everything is not limited
+    assert max_flow(topo, cm, {"b": (0, 2), "a": (2, 4)}).value_tokens_per_s == pytest.approx(10.0)
+
+
+def test_placement_with_flows_is_valid_and_serialisable(tmp_path) -> None:
+    topo, cm = _load("two-pipelines")
+    ranges = {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)}
+    placement = placement_with_flows(topo, cm, ranges, "test", status="heuristic", upper_bound_tokens_per_s=150)
+    assert placement.objective_tokens_per_s == pytest.approx(140.0)
+    validate_placement(placement, topo, cm)
+    path = tmp_path / "p.json"
+    placement.save(path)
+    from helix_jax.placement import Placement
+    assert Placement.load(path).objective_tokens_per_s == pytest.approx(140.0)
+    with pytest.raises(PlacementError, match="at least one node"):
+        placement_with_flows(topo, cm, {}, "test")
+
+
+def test_restricted_edges_keep_pipelines_apart() -> None:
+    topo, cm = _load("two-pipelines")
+    ranges = {"f-0": (0, 2), "s-1": (2, 4), "s-0": (0, 2), "f-1": (2, 4)}
+    # pipelines f-0 -> s-1 and s-0 -> f-1: each limited by its slow node
+    assert max_flow(topo, cm, ranges, allowed_edges={("f-0", "s-1"), ("s-0", "f-1")}).value_tokens_per_s == \
+        pytest.approx(80.0)
+    assert max_flow(topo, cm, ranges).value_tokens_per_s == pytest.approx(140.0)
