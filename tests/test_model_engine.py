@@ -22,20 +22,26 @@ PROMPT = np.array([256, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114], np.int32
 
 @pytest.fixture(scope="module")
 def reference():
-    """jitted uncached whole-model logits [T, vocab] of a 1-D token sequence."""
+    """jitted uncached whole-model logits [T, vocab] of a 1-D token sequence (T <= 32)."""
     weights = random_stage_weights(CFG, 0, CFG.num_layers, seed=0)
     fn = jax.jit(lambda state, ids: forward_full(nnx.merge(weights.graphdef, state), ids))
-    return lambda ids: np.asarray(fn(weights.state, jnp.asarray(ids)[None]))[0]
+
+    def logits(ids):  # causal: trailing padding does not change the logits of real positions
+        padded = np.zeros((1, 32), np.int32)
+        padded[0, :len(ids)] = ids
+        return np.asarray(fn(weights.state, jnp.asarray(padded)))[0, :len(ids)]
+
+    return logits
 
 
-def make_engine(start: int, end: int, **kw) -> StageEngine:
+def make_engine(start: int, end: int, layer_loop: str = "scan", config=CFG, **kw) -> StageEngine:
     kw.setdefault("max_slots", 4)
     kw.setdefault("max_seq_len", 32)
     kw.setdefault("prefill_buckets", (8,))
     kw.setdefault("decode_buckets", (1,))
     kw.setdefault("prefill_batch_buckets", (1,))
-    return StageEngine(CFG, start, end, random_stage_weights(CFG, start, end, seed=0),
-                       return_logits=True, **kw)
+    weights = random_stage_weights(config, start, end, seed=0, layer_loop=layer_loop)
+    return StageEngine(config, start, end, weights, return_logits=True, **kw)
 
 
 def run_chain(engines, request_id, chunks, position):
@@ -52,9 +58,11 @@ def run_chain(engines, request_id, chunks, position):
     return out
 
 
-@pytest.mark.parametrize("splits", [[(0, 4)], [(0, 2), (2, 4)], [(0, 1), (1, 2), (2, 3), (3, 4)]])
-def test_staged_cached_decode_equals_full_recompute(reference, splits):
-    engines = [make_engine(s, e) for s, e in splits]
+@pytest.mark.parametrize("splits, layer_loop", [
+    ([(0, 4)], "scan"), ([(0, 2), (2, 4)], "scan"), ([(0, 1), (1, 2), (2, 3), (3, 4)], "scan"),
+    ([(0, 1), (1, 4)], "unroll")])
+def test_staged_cached_decode_equals_full_recompute(reference, splits, layer_loop):
+    engines = [make_engine(s, e, layer_loop) for s, e in splits]
     for engine in engines:
         engine.add_request("r")
     out = run_chain(engines, "r", [PROMPT[:8], PROMPT[8:]], 0)  # two prefill chunks
@@ -102,9 +110,11 @@ def test_padded_batch_equals_unpadded():
         alone.release(rid)
 
 
-def test_partial_inference_mixed_batch_equals_slice():
+@pytest.mark.parametrize("layer_loop", ["scan", "unroll"])
+def test_partial_inference_mixed_batch_equals_slice(layer_loop):
     """Stage [0, 3) runs request A from layer 0 and request B from layer 2 in one batch."""
-    stage = make_engine(0, 3, prefill_buckets=(16,), prefill_batch_buckets=(2,), decode_buckets=(2,))
+    stage = make_engine(0, 3, layer_loop, prefill_buckets=(16,), prefill_batch_buckets=(2,),
+                        decode_buckets=(2,))
     head, tail, whole = make_engine(0, 2), make_engine(2, 3, prefill_buckets=(16,)), make_engine(0, 3)
     for engine, rids in ((stage, "AB"), (head, "B"), (tail, "B"), (whole, "A")):
         for rid in rids:
@@ -146,10 +156,12 @@ def test_partial_inference_leaves_skipped_rows_unchanged():
 
 
 def test_no_recompilation_in_steady_state():
-    engine = make_engine(0, 4, max_slots=4, max_seq_len=64, prefill_buckets=(8,),
-                         prefill_batch_buckets=(1, 2), decode_buckets=(1, 4), context_buckets=(32, 64))
+    # a config of its own: programs compiled for identical stages elsewhere would be reused
+    engine = make_engine(0, 4, config=CFG.with_overrides(name="tiny-steady"), max_slots=4,
+                         max_seq_len=64, prefill_buckets=(8,),
+                         prefill_batch_buckets=(2,), decode_buckets=(1, 4), context_buckets=(32, 64))
     compiled = engine.warmup()
-    assert compiled == (2 + 2) * 2 and engine.compile_count == compiled
+    assert compiled == (2 + 1) * 2 and engine.compile_count == compiled
     rng = np.random.default_rng(1)
     position: dict[str, int] = {}
     entry: dict[str, int] = {}
@@ -175,13 +187,15 @@ def test_no_recompilation_in_steady_state():
     assert engine.compile_count == compiled
 
 
-def test_unwarmed_engine_counts_compiles():
-    engine = make_engine(0, 4)
-    assert engine.compile_count == 0
-    engine.add_request("r")
-    engine.step([StepInput("r", 0, 0, token_ids=PROMPT[:3])])
-    engine.step([StepInput("r", 0, 3, token_ids=PROMPT[3:4])])
-    assert engine.compile_count == 2  # one prefill bucket, one decode bucket
+def test_compiles_are_counted_and_shared_between_identical_engines():
+    config = CFG.with_overrides(name="tiny-count")
+    first, twin = make_engine(0, 4, config=config), make_engine(0, 4, config=config)
+    for engine, expected in ((first, 2), (twin, 0)):  # one prefill + one decode bucket, then reuse
+        assert engine.compile_count == 0
+        engine.add_request("r")
+        engine.step([StepInput("r", 0, 0, token_ids=PROMPT[:3])])
+        engine.step([StepInput("r", 0, 3, token_ids=PROMPT[3:4])])
+        assert engine.compile_count == expected
 
 
 def test_slots_capacity_and_release():

@@ -83,9 +83,12 @@ class TensorIndex:
 
 
 def _hf_name(path: tuple[str, ...], layer: int | None) -> tuple[str, bool]:
-    """HF tensor name for one of our parameter paths, and whether it must be transposed."""
+    """HF tensor name for one of our parameter paths, and whether it must be transposed.
+    Stacked layers: ("layers", "self_attn", "q_proj", "kernel"); unrolled layers carry their
+    index: ("layers", "3", "self_attn", ...) (the caller passes the global layer)."""
     if path[0] == "layers":
-        module = ".".join(path[1:-1])  # e.g. self_attn.q_proj or input_layernorm
+        inner = path[2:] if path[1].isdigit() else path[1:]
+        module = ".".join(inner[:-1])  # e.g. self_attn.q_proj or input_layernorm
         return f"model.layers.{layer}.{module}.weight", path[-1] == "kernel"
     if path[0] == "embed":
         return "model.embed_tokens.weight", False
@@ -110,8 +113,8 @@ def _fetch(index: TensorIndex, name: str, transpose: bool, shape: tuple[int, ...
 def load_checkpoint_state(directory: Path, config: ModelConfig, start_layer: int, end_layer: int,
                           abstract_state: Any) -> Any:
     """Fill `abstract_state` (an nnx.State of ShapeDtypeStructs) from the checkpoint."""
-    index = TensorIndex(directory)
     file_config = checkpoint_config(directory)
+    index = TensorIndex(directory)
     for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size",
                   "vocab_size"):
         if getattr(file_config, field) != getattr(config, field):
@@ -122,8 +125,10 @@ def load_checkpoint_state(directory: Path, config: ModelConfig, start_layer: int
     filled = []
     for path, variable in nnx.to_flat_state(abstract_state):
         path = tuple(str(p) for p in path)
-        shape = tuple(variable.value.shape)
-        if path[0] == "layers":
+        shape = tuple(variable.get_value().shape)
+        if path[0] == "layers" and path[1].isdigit():  # unrolled: one layer's tensor
+            host = _fetch(index, *_hf_name(path, start_layer + int(path[1])), shape)
+        elif path[0] == "layers":  # stacked: [num_layers, ...]
             per_layer = [_fetch(index, *_hf_name(path, layer), shape[1:])
                          for layer in range(start_layer, end_layer)]
             host = np.stack(per_layer)

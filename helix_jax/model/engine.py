@@ -17,8 +17,10 @@ A steady mix of requests never recompiles: `compile_count` counts traces and tes
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Hashable, Sequence
+import threading
+from typing import Any, Callable, Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +40,37 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFILL_BUCKETS = (16, 64, 256)
 DEFAULT_PREFILL_BATCH_BUCKETS = (1, 4)
 DEFAULT_DECODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+# Jitted step programs are shared by every engine of the same stage structure (graphdef: config,
+# layer range, layer loop), so a process that builds several identical engines compiles once.
+# The trace-time side effect credits the compile to the engine calling in this thread.
+_PROGRAMS: dict[tuple[Any, bool], Callable] = {}
+_CALLER = threading.local()
+
+
+def _traced_step(graphdef, return_logits: bool, state, cache: KVCache, token_ids, hidden, run_start,
+                 positions, num_tokens, slots, temperature, top_k, top_p, seed, *, context_len: int):
+    engine = getattr(_CALLER, "engine", None)
+    if engine is not None:
+        engine._compile_count += 1  # runs only while tracing: one increment per compiled bucket
+    model: StageModel = nnx.merge(graphdef, state)
+    x, cache = model(token_ids if model.is_first else None, hidden, run_start, positions,
+                     num_tokens, slots, cache, context_len)
+    if not model.is_last:
+        return x, cache
+    last = x[jnp.arange(x.shape[0]), jnp.maximum(num_tokens - 1, 0)]  # [B, hidden]
+    logits = model.logits(last)  # [B, vocab] float32
+    tokens = sample_tokens(logits, temperature, top_k, top_p, seed, positions + num_tokens)
+    return ((tokens, logits) if return_logits else tokens), cache
+
+
+def _step_program(graphdef, return_logits: bool) -> Callable:
+    key = (graphdef, return_logits)
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = jax.jit(functools.partial(_traced_step, graphdef, return_logits),
+                                 static_argnames=("context_len",), donate_argnames=("cache",))
+    return _PROGRAMS[key]
 
 
 def slots_for_kv_budget(config: ModelConfig, num_layers: int, kv_budget_bytes: int, max_seq_len: int) -> int:
@@ -97,8 +130,7 @@ class StageEngine:
         self._free_slots = list(range(max_slots - 1, -1, -1))
         self._requests: dict[Hashable, _Request] = {}
         self._compile_count = 0
-        self._jitted = jax.jit(self._traced_step, static_argnames=("context_len",),
-                               donate_argnames=("cache",))
+        self._program = _step_program(self._graphdef, return_logits)
 
     # ---- capacity -------------------------------------------------------------------------
     @property
@@ -126,7 +158,8 @@ class StageEngine:
 
     @property
     def compile_count(self) -> int:
-        """Number of times the step was traced (= compiled); flat in steady state after warmup()."""
+        """Programs compiled by this engine's calls (a program already compiled for an identical
+        stage in this process is reused and not counted); flat in steady state after warmup()."""
         return self._compile_count
 
     def has_request(self, request_id: Hashable) -> bool:
@@ -163,24 +196,15 @@ class StageEngine:
         return request
 
     # ---- compute --------------------------------------------------------------------------
-    def _traced_step(self, state, cache: KVCache, token_ids, hidden, run_start, positions, num_tokens,
-                     slots, temperature, top_k, top_p, seed, *, context_len: int):
-        self._compile_count += 1  # runs only while tracing: one increment per compiled bucket
-        model: StageModel = nnx.merge(self._graphdef, state)
-        x, cache = model(token_ids if self.is_first else None, hidden, run_start, positions,
-                         num_tokens, slots, cache, context_len)
-        if not self.is_last:
-            return x, cache
-        last = x[jnp.arange(x.shape[0]), jnp.maximum(num_tokens - 1, 0)]  # [B, hidden]
-        logits = model.logits(last)  # [B, vocab] float32
-        tokens = sample_tokens(logits, temperature, top_k, top_p, seed, positions + num_tokens)
-        return ((tokens, logits) if self.return_logits else tokens), cache
-
     def _run(self, batch: PaddedBatch, context_len: int):
-        out, self.cache = self._jitted(
-            self._state, self.cache, batch.token_ids, batch.hidden, batch.run_start, batch.positions,
-            batch.num_tokens, batch.slots, batch.temperature, batch.top_k, batch.top_p, batch.seed,
-            context_len=context_len)
+        _CALLER.engine = self
+        try:
+            out, self.cache = self._program(
+                self._state, self.cache, batch.token_ids, batch.hidden, batch.run_start,
+                batch.positions, batch.num_tokens, batch.slots, batch.temperature, batch.top_k,
+                batch.top_p, batch.seed, context_len=context_len)
+        finally:
+            _CALLER.engine = None
         return jax.tree.map(np.asarray, out)
 
     def _pad(self, items: list[StepInput], rows: int, tokens: int) -> PaddedBatch:

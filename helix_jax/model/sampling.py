@@ -3,10 +3,12 @@
 Owns: `SamplingParams` (frozen, validated) and `sample_tokens` (traced inside the last
 stage's jitted step). Sits at the end of the runtime step of the data flow.
 
-Determinism: the random key of a row is `fold_in(PRNGKey(seed), position)`, where
-`position` is the absolute position the new token will occupy. The choice therefore depends
-only on (logits, seed, position), never on batch composition, so a distributed deployment
-samples exactly what a local run samples.
+Determinism: sampling is Gumbel-max with noise from a counter-based integer hash of
+(seed, position, token id), where `position` is the absolute position the new token will
+occupy. The choice therefore depends only on (logits, seed, position), never on batch
+composition, so a distributed deployment samples exactly what a local run samples. The hash
+(integer multiply/xor-shift, exact on every backend) replaces jax.random's threefry, which
+added ~0.6 s of XLA compile time to every last-stage bucket on CPU.
 """
 
 from __future__ import annotations
@@ -58,9 +60,27 @@ def _sample_row(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top
     keep = in_top_k & (mass_before < top_p)  # smallest prefix reaching top_p (rank 0 always kept)
     threshold = ranked[jnp.sum(keep) - 1]
     masked = jnp.where(scaled >= threshold, scaled, -jnp.inf)
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), position)
-    sampled = jax.random.categorical(key, masked).astype(jnp.int32)
+    sampled = jnp.argmax(masked + gumbel_noise(seed, position, vocab)).astype(jnp.int32)
     return jnp.where(temperature <= 0.0, greedy_token, sampled)
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+    """A bijective 32-bit integer hash (xor-shift / multiply finaliser)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(seed: jax.Array, position: jax.Array, vocab: int) -> jax.Array:
+    """Standard Gumbel noise `[vocab]` (float32), a pure function of (seed, position)."""
+    index = jnp.arange(vocab, dtype=jnp.uint32)
+    stream = _mix32(_mix32(seed.astype(jnp.uint32) + jnp.uint32(0x9E3779B9))
+                    ^ position.astype(jnp.uint32))
+    bits = _mix32(index * jnp.uint32(0x85EBCA6B) ^ stream)
+    uniform = ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))  # in (0, 1)
+    return -jnp.log(-jnp.log(uniform))
 
 
 def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,

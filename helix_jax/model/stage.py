@@ -6,6 +6,11 @@ explicit cache pytree) and `forward_full` (uncached reference forward used by te
 Sits in the runtime step of the data flow: `engine.py` splits a StageModel with `nnx.split`
 and runs `StageModel.__call__` under `jax.jit` with the weights as traced arguments.
 
+Layer loop: "scan" stacks the layers' weights (`[layers, ...]`) and runs one `lax.scan` (compile
+time independent of depth: many narrow layers); "unroll" keeps one module per layer and a
+Python loop (every weight read in place: wide, bandwidth-bound layers, where the scan's
+per-iteration weight slice costs a copy). `choose_layer_loop` picks by layer width.
+
 Partial inference: every row of a batch carries `run_start` (a global layer index). Layer
 `l` of the stage updates a row's hidden state and KV only where `run_start <= l`; rows that
 skip the layer keep their hidden state bit for bit and write nothing.
@@ -20,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from helix_jax.model.layers import DecoderLayer, LayerKV, RMSNorm, jnp_dtype, rope_cos_sin, rope_inv_freq
+from helix_jax.errors import ConfigError
 from helix_jax.modelconfig import ModelConfig
 
 
@@ -39,17 +45,34 @@ def kv_cache_bytes(config: ModelConfig, num_layers: int, num_slots: int, max_seq
     return config.kv_bytes_per_token_per_layer * num_layers * num_slots * max_seq_len
 
 
+LAYER_LOOPS = ("scan", "unroll")
+UNROLL_MIN_LAYER_BYTES = 4 << 20
+
+
+def choose_layer_loop(config: ModelConfig, layer_loop: str = "auto") -> str:
+    """"auto": unroll layers of at least 4 MiB of weights (real models), scan narrow ones."""
+    if layer_loop == "auto":
+        return "unroll" if config.weight_bytes_per_layer >= UNROLL_MIN_LAYER_BYTES else "scan"
+    if layer_loop not in LAYER_LOOPS:
+        raise ConfigError(f"layer_loop must be 'auto', 'scan' or 'unroll', got {layer_loop!r}")
+    return layer_loop
+
+
 class StageModel(nnx.Module):
     """Layers `[start_layer, end_layer)` of `config`; `layer_keys [end-start, 2]` seed their init."""
 
     def __init__(self, config: ModelConfig, start_layer: int, end_layer: int, layer_keys: jax.Array,
-                 embed_key: jax.Array, head_key: jax.Array):
+                 embed_key: jax.Array, head_key: jax.Array, layer_loop: str = "scan"):
         dtype = jnp_dtype(config)
         self.config, self.start_layer, self.end_layer = config, start_layer, end_layer
         self.is_first, self.is_last = start_layer == 0, end_layer == config.num_layers
-        make_layers = nnx.vmap(lambda key: DecoderLayer(config, nnx.Rngs(params=key)),
-                               in_axes=0, out_axes=0)
-        self.layers = make_layers(layer_keys)  # every Param has a leading [num_layers] axis
+        self.layer_loop = choose_layer_loop(config, layer_loop)
+        if self.layer_loop == "scan":  # every Param gets a leading [num_layers] axis
+            self.layers = nnx.vmap(lambda key: DecoderLayer(config, nnx.Rngs(params=key)),
+                                   in_axes=0, out_axes=0)(layer_keys)
+        else:
+            self.layers = nnx.List([DecoderLayer(config, nnx.Rngs(params=layer_keys[i]))
+                                    for i in range(end_layer - start_layer)])
         needs_table = self.is_first or (self.is_last and config.tie_word_embeddings)
         self.embed = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=dtype,
                                embedding_init=nnx.initializers.normal(stddev=1.0),
@@ -86,19 +109,27 @@ class StageModel(nnx.Module):
             x = jnp.where((run_start == 0)[:, None, None], self.embed(token_ids), hidden)
         cos, sin = rope_cos_sin(rope_inv_freq(self.config), query_pos)
         write_slot = jnp.broadcast_to(slots[:, None], (batch, tokens))
+
+        def apply(layer: DecoderLayer, index, x, k_cache, v_cache):
+            run = run_start <= self.start_layer + index  # [B]: rows that run this layer
+            write_pos = jnp.where(valid & run[:, None], query_pos, max_seq)
+            kv = LayerKV(k_cache, v_cache, index, write_slot, write_pos, slots, query_pos, context_len)
+            y, k_cache, v_cache = layer(x, cos, sin, kv)
+            return jnp.where(run[:, None, None], y, x), k_cache, v_cache
+
+        k, v = cache.k, cache.v
+        if self.layer_loop == "unroll":
+            for index, layer in enumerate(self.layers):
+                x, k, v = apply(layer, index, x, k, v)
+            return x, KVCache(k, v)
         layer_graph, layer_state = nnx.split(self.layers)
 
         def one_layer(carry, xs):
-            x, k_cache, v_cache = carry
             state, index = xs
-            run = run_start <= self.start_layer + index  # [B]
-            write_pos = jnp.where(valid & run[:, None], query_pos, max_seq)
-            kv = LayerKV(k_cache, v_cache, index, write_slot, write_pos, slots, query_pos, context_len)
-            y, k_cache, v_cache = nnx.merge(layer_graph, state)(x, cos, sin, kv)
-            return (jnp.where(run[:, None, None], y, x), k_cache, v_cache), None
+            return apply(nnx.merge(layer_graph, state), index, *carry), None
 
         indices = jnp.arange(self.num_layers, dtype=jnp.int32)
-        (x, k, v), _ = jax.lax.scan(one_layer, (x, cache.k, cache.v), (layer_state, indices))
+        (x, k, v), _ = jax.lax.scan(one_layer, (x, k, v), (layer_state, indices))
         return x, KVCache(k, v)
 
     def logits(self, hidden: jax.Array) -> jax.Array:

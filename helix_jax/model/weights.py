@@ -63,30 +63,34 @@ def _keys(seed: int, start_layer: int, end_layer: int) -> tuple[jax.Array, jax.A
     return layer_keys, jax.random.fold_in(base, _EMBED_STREAM), jax.random.fold_in(base, _HEAD_STREAM)
 
 
-def random_stage_weights(config: ModelConfig, start_layer: int, end_layer: int, seed: int = 0) -> StageWeights:
+def random_stage_weights(config: ModelConfig, start_layer: int, end_layer: int, seed: int = 0,
+                         layer_loop: str = "auto") -> StageWeights:
     """Seeded random weights for layers `[start, end)` (identical to the whole model's)."""
     check_range(config, start_layer, end_layer)
-    model = StageModel(config, start_layer, end_layer, *_keys(seed, start_layer, end_layer))
+    model = StageModel(config, start_layer, end_layer, *_keys(seed, start_layer, end_layer),
+                       layer_loop=layer_loop)
     graphdef, state = nnx.split(model)
     return StageWeights(config, start_layer, end_layer, graphdef, state)
 
 
-def abstract_stage(config: ModelConfig, start_layer: int, end_layer: int) -> tuple[Any, Any]:
+def abstract_stage(config: ModelConfig, start_layer: int, end_layer: int,
+                   layer_loop: str = "auto") -> tuple[Any, Any]:
     """(graphdef, state of ShapeDtypeStructs) of a stage, allocating nothing."""
     check_range(config, start_layer, end_layer)
     model = nnx.eval_shape(lambda: StageModel(config, start_layer, end_layer,
-                                              *_keys(0, start_layer, end_layer)))
+                                              *_keys(0, start_layer, end_layer), layer_loop=layer_loop))
     return nnx.split(model)
 
 
 def load_stage_weights(config: ModelConfig, start_layer: int, end_layer: int,
-                       source: str | Path) -> StageWeights:
+                       source: str | Path, layer_loop: str = "auto") -> StageWeights:
     """Weights of layers `[start, end)` from `source`.
 
     source: "random:<seed>" (built-in seeded weights of the model's true shape) or a Hugging
     Face LLaMA checkpoint directory (config.json + model.safetensors or sharded with
     model.safetensors.index.json); only the tensors of the stage's layers are read. A bad
-    checkpoint raises one CheckpointError naming the file, tensor or field.
+    checkpoint raises one CheckpointError naming the file, tensor or field. layer_loop: "scan"
+    (stacked weights), "unroll" (one module per layer) or "auto" (by layer width; stage.py).
     """
     text = str(source)
     if text.startswith("random:"):
@@ -94,10 +98,10 @@ def load_stage_weights(config: ModelConfig, start_layer: int, end_layer: int,
             seed = int(text.split(":", 1)[1])
         except ValueError:
             raise ConfigError(f"weights source {text!r}: expected 'random:<integer seed>'") from None
-        return random_stage_weights(config, start_layer, end_layer, seed)
+        return random_stage_weights(config, start_layer, end_layer, seed, layer_loop)
     from helix_jax.model.checkpoint import load_checkpoint_state
 
-    graphdef, abstract = abstract_stage(config, start_layer, end_layer)
+    graphdef, abstract = abstract_stage(config, start_layer, end_layer, layer_loop)
     state = load_checkpoint_state(Path(text), config, start_layer, end_layer, abstract)
     return StageWeights(config, start_layer, end_layer, graphdef, state)
 

@@ -1,0 +1,153 @@
+"""Sampling determinism, local generation, tokenizers and the generate/profile commands."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from helix_jax.cli.main import app
+from helix_jax.errors import CheckpointError, ConfigError, RequestError
+from helix_jax.model import SamplingParams, StageEngine, StepInput, random_stage_weights
+from helix_jax.model.generate import generate_local
+from helix_jax.model.sampling import sample_tokens
+from helix_jax.model.tokenizer import ByteTokenizer, load_tokenizer
+from helix_jax.modelconfig import PRESETS
+from helix_jax.profiles import LatencyProfile
+
+CFG = PRESETS["tiny"]
+PROMPT = [256, 72, 101, 108, 108, 111]
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return random_stage_weights(CFG, 0, CFG.num_layers, seed=0)
+
+
+def _sample(logits, temperature=1.0, top_k=0, top_p=1.0, seeds=range(200)):
+    n = len(seeds)
+    rows = jnp.asarray(np.tile(np.asarray(logits, np.float32), (n, 1)))
+    out = sample_tokens(rows, jnp.full((n,), temperature), jnp.full((n,), top_k, jnp.int32),
+                        jnp.full((n,), top_p), jnp.asarray(list(seeds), jnp.uint32),
+                        jnp.zeros((n,), jnp.int32))
+    return set(np.asarray(out).tolist())
+
+
+def test_sampling_filters():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    assert _sample(logits, temperature=0.0) == {0}
+    assert _sample(logits) == {0, 1, 2, 3}
+    assert _sample(logits, top_k=2) == {0, 1}
+    assert _sample(logits, top_p=0.6) == {0, 1}
+    assert _sample(logits, top_p=0.5) == {0}
+    assert _sample(logits, top_k=3, top_p=0.9) == {0, 1, 2}
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(top_k=-2), dict(top_p=0.0),
+                                 dict(top_p=1.5), dict(seed=-1)])
+def test_bad_sampling_params(bad):
+    with pytest.raises(RequestError):
+        SamplingParams(**bad)
+
+
+def test_sampling_depends_only_on_seed_and_position(weights):
+    """A seeded request samples the same tokens alone or batched with other requests."""
+    engine = StageEngine(CFG, 0, CFG.num_layers, weights, max_slots=3, max_seq_len=32,
+                         prefill_buckets=(8,), decode_buckets=(1, 4), prefill_batch_buckets=(1, 4))
+    hot = SamplingParams(temperature=1.5, seed=7)
+
+    def run(others: int) -> list[int]:
+        rids = ["x"] + [f"o{i}" for i in range(others)]
+        for i, rid in enumerate(rids):
+            engine.add_request(rid, hot if rid == "x" else SamplingParams(temperature=1.0, seed=i))
+        outs = engine.step([StepInput(rid, 0, 0, token_ids=np.asarray(PROMPT, np.int32)) for rid in rids])
+        tokens = [outs[0].next_token]
+        for pos in range(len(PROMPT), len(PROMPT) + 6):
+            outs = engine.step([StepInput(o.request_id, 0, pos, token_ids=np.array([o.next_token]))
+                                for o in outs])
+            tokens.append(outs[0].next_token)
+        for rid in rids:
+            engine.release(rid)
+        return tokens
+
+    alone, batched = run(0), run(2)
+    assert alone == batched
+    local = generate_local(CFG, weights, PROMPT, 7, hot, stop_at_eos=False)
+    assert local == alone
+    other_seed = generate_local(CFG, weights, PROMPT, 7, SamplingParams(temperature=1.5, seed=8),
+                                stop_at_eos=False)
+    assert other_seed != alone
+
+
+def test_generate_local_chunking_limits_and_eos(weights):
+    full = generate_local(CFG, weights, PROMPT * 3, 6, stop_at_eos=False, chunk_tokens=64)
+    assert generate_local(CFG, weights, PROMPT * 3, 6, stop_at_eos=False, chunk_tokens=4) == full
+    assert len(full) == 6
+    greedy_top1 = generate_local(CFG, weights, PROMPT * 3, 6, SamplingParams(temperature=1.0, top_k=1),
+                                 stop_at_eos=False)
+    assert greedy_top1 == full
+    eos = full[2]
+    stop = full.index(eos) + 1
+    assert generate_local(CFG.with_overrides(eos_token_id=eos), "random:0", PROMPT * 3, 6) == full[:stop]
+    streamed: list[int] = []
+    generate_local(CFG, weights, PROMPT, 3, on_token=streamed.append, stop_at_eos=False)
+    assert len(streamed) == 3
+    with pytest.raises(RequestError, match="max_position_embeddings"):
+        generate_local(CFG, weights, PROMPT, CFG.max_position_embeddings)
+    with pytest.raises(RequestError):
+        generate_local(CFG, weights, [], 3)
+
+
+def test_tokenizers(tmp_path):
+    byte = ByteTokenizer()
+    ids = byte.encode("héllo")
+    assert ids[0] == byte.bos_token_id and byte.decode(ids) == "héllo"
+    assert load_tokenizer(CFG).decode(ByteTokenizer().encode("abc")) == "abc"
+    big = PRESETS["llama-2-7b"]
+    with pytest.raises(CheckpointError, match="tokenizer.json"):
+        load_tokenizer(big, tmp_path)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "hello": 3, "world": 4}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    hf = load_tokenizer(big, tmp_path)
+    assert hf.encode("hello world") == [1, 3, 4]
+    assert hf.decode([3, 4]) == "hello world"
+
+
+def test_cli_generate_matches_generate_local():
+    runner = CliRunner()
+    result = runner.invoke(app, ["generate", "--prompt-ids", "256,72,105", "--max-tokens", "5",
+                                 "--local", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    cfg8 = PRESETS["tiny-8"]
+    assert payload["model"] == "tiny-8"
+    assert payload["ids"] == generate_local(cfg8, "random:0", [256, 72, 105], 5)
+    text = runner.invoke(app, ["generate", "--model", "tiny", "--prompt", "Hi", "--max-tokens", "4",
+                               "--temperature", "0.7", "--seed", "3"])
+    assert text.exit_code == 0, text.output
+    both = runner.invoke(app, ["generate", "--prompt", "a", "--prompt-ids", "1"])
+    assert isinstance(both.exception, RequestError)
+    local_and_remote = runner.invoke(app, ["generate", "--prompt", "a", "--local", "--endpoint", "x"])
+    assert isinstance(local_and_remote.exception, ConfigError)
+    no_weights = runner.invoke(app, ["generate", "--model", "llama-2-7b", "--prompt", "a"])
+    assert isinstance(no_weights.exception, CheckpointError)
+
+
+def test_cli_profile_writes_a_loadable_profile(tmp_path):
+    out = tmp_path / "p.json"
+    result = CliRunner().invoke(app, ["profile", "--model", "tiny", "--layers", "1", "--prefill-tokens",
+                                      "4,8", "--decode-batches", "1,2", "--context-tokens", "8",
+                                      "--repeats", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    profile = LatencyProfile.load(out)
+    assert [t for t, _ in profile.prefill] == [4, 8] and [p.batch for p in profile.decode] == [1, 2]
+    assert profile.layers_measured == 1 and profile.weight_bytes_per_layer == CFG.weight_bytes_per_layer
+    assert all(s > 0 for _, s in profile.prefill) and profile.decode_seconds_per_layer(2) > 0
+    assert json.loads(out.read_text())["model"]["hidden_size"] == CFG.hidden_size
