@@ -23,6 +23,9 @@ bench: bench-plan bench-runtime bench-serve bench-sim
 bench-plan:
 	$(BIN)/python -m helix_jax.bench.plan_bench
 
+bench-runtime:
+	$(BIN)/python -m helix_jax.model.bench_runtime
+
 bench-sim:
 	$(BIN)/python -m helix_jax.cli.sim_bench
 
