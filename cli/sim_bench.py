@@ -3,7 +3,9 @@ the Helix placement and the Swarm, Petals and separate-pipelines baselines.
 
 A script, not library code (it plans with the solver): run as `python -m helix_jax.cli.sim_bench`.
 For each cluster it plans every method once, then simulates
-* offline: 600 s closed loop (120 s warm-up), every method with IWRR, and Swarm/Petals also with
+* offline: closed loop, 1800 s with 600 s warm-up by default (a request lives for minutes at
+  2-3 s per token, and the start fills the whole cluster's KV with prompts at once, so shorter
+  windows measure the start-up transient), every method with IWRR, and Swarm/Petals also with
   their own latency-driven scheduler ("swarm");
 * online: Poisson arrivals (or `--arrivals CSV` shaped) at one rate per cluster, chosen so the
   offered decode load is `--online-load` x Helix's offline throughput (same rate for all methods).
@@ -59,6 +61,18 @@ def _markdown(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
+def _peak_rss_mib() -> float:
+    """This process image's peak resident memory (VmHWM; ru_maxrss would include the parent's
+    peak, which Linux keeps across fork + exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure_one(topology: Path, placement: Path, duration_s: float, warmup_s: float) -> dict:
     """One offline run in this process; wall time and peak RSS (for the child process mode)."""
     cost = CostModel(load_topology(topology))
@@ -66,7 +80,7 @@ def measure_one(topology: Path, placement: Path, duration_s: float, warmup_s: fl
     res = simulate(Placement.load(placement), cost, AzureConversationLengths(),
                    SimConfig(duration_s=duration_s, warmup_s=warmup_s))
     return {"wall_s": time.perf_counter() - start, "sim_wall_s": res.wall_s, "events": res.events,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_mib": _peak_rss_mib(),
             "decode_tokens_per_s": res.metrics.decode_tokens_per_s, "simulated_s": duration_s}
 
 
@@ -75,8 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clusters", default=",".join(CLUSTERS))
     ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "sim")
     ap.add_argument("--time-limit", type=float, default=60.0, help="planner seconds per helix plan")
-    ap.add_argument("--duration", type=float, default=600.0)
-    ap.add_argument("--warmup", type=float, default=120.0)
+    ap.add_argument("--duration", type=float, default=1800.0)
+    ap.add_argument("--warmup", type=float, default=600.0)
     ap.add_argument("--online-load", type=float, default=0.8)
     ap.add_argument("--arrivals", type=Path, default=None, help="requests_in_3s CSV to shape arrivals")
     ap.add_argument("--trace", type=Path, default=None, help="input_tokens,output_tokens CSV")
