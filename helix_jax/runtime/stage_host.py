@@ -56,11 +56,14 @@ class StageHost:
         if compute is not None:
             max_rows = min(max_rows, max(1, compute.max_decode_batch(end - start)))
             max_prompt = max(1, compute.max_prompt_tokens_per_step())
-        prefill = tuple(b for b in (32, 128) if b < max_seq_len) + (max_seq_len,)
+        if compute is None:
+            prefill = tuple(b for b in (32, 128) if b < max_seq_len) + (max_seq_len,)
+            decode = tuple(b for b in DECODE_BUCKETS if b < max_rows) + (max_rows,)
+            prefill_rows = (1, 4) if slots >= 4 else (1,)
+        else:  # emulated pacing hides padding cost: few buckets, short warm-up for many workers
+            prefill, decode, prefill_rows = (max_seq_len,), tuple(sorted({max(1, max_rows // 4), max_rows})), (1,)
         engine = StageEngine(config, start, end, weights, max_slots=slots, max_seq_len=max_seq_len,
-                             prefill_buckets=prefill,
-                             decode_buckets=tuple(b for b in DECODE_BUCKETS if b < max_rows) + (max_rows,),
-                             prefill_batch_buckets=(1, 4) if slots >= 4 else (1,))
+                             prefill_buckets=prefill, decode_buckets=decode, prefill_batch_buckets=prefill_rows)
         engine.warmup()
         budget = engine.kv_capacity_token_layers
         if compute is not None:  # the scheduler must see the emulated GPU's KV, not this CPU's

@@ -93,6 +93,7 @@ class Worker:
         self._compute: ComputePacer | None = None
         self._links: LinkPacer | None = None
         self._running = True
+        self._stalled = False
         self.steps_run = 0
 
     # ------------------------------------------------------------------ 1-2: join
@@ -166,9 +167,11 @@ class Worker:
             now = time.perf_counter()
             wake = [t for t in (self._timers[0][0] if self._timers else None,
                                 self._busy_until if self._held else None) if t is not None]
-            has_work = bool(self._waiting) and not self._held
+            has_work = bool(self._waiting) and not self._held and not self._stalled
             timeout_ms = 0 if has_work else (max(0.0, (min(wake) - now) * 1000) if wake else 1000)
             events = dict(poller.poll(timeout_ms))
+            if events:
+                self._stalled = False  # new messages may unblock waiting steps
             if self._control in events:
                 self._drain(self._control, self._on_control)
             if self._data in events:
@@ -223,6 +226,7 @@ class Worker:
         assert self.host is not None
         batch = self.host.pick_batch(self._waiting)
         if not batch:
+            self._stalled = True  # every waiting step needs a slot or an earlier step first
             return
         started = time.perf_counter()
         results = self.host.run(batch)

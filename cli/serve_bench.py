@@ -1,0 +1,190 @@
+"""Serving benchmark (`make bench-serve`): real deployments measured through the client.
+
+1. Small CPU topology (tiny-8, 3 workers, planned placement): one request and a concurrent
+   batch through the deployment, against the same model run in one process by one
+   StageEngine (same weights, same buckets). Reports decode tokens/s, TTFT, TPOT, and the
+   pipeline overhead per hop in ms ((TPOT deployed - TPOT local) / hops per round trip).
+2. `--emulate` on the paper's 24-node one-region LLaMA-2-70B cluster: 24 worker processes
+   compute tiny-80 while pacing every step and transfer to A100/L4/T4 speed x time scale. A
+   closed loop keeps the cluster full; decode tokens/s over a window after warm-up (scaled
+   back by the time scale) is compared with the placement's max-flow.
+
+Run: `python -m helix_jax.cli.serve_bench [--skip-emulate] [--time-scale 5] [--concurrency 900]`.
+The planner lives in solver/, so this script sits in the CLI layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from helix_jax.client import AsyncClient, Client
+from helix_jax.modelconfig import resolve_model
+from helix_jax.runtime.coordinator import ServeConfig
+from helix_jax.runtime.deploy import LocalDeployment
+from helix_jax.runtime.emulation import EmulationSpec
+from helix_jax.topology import default_topology_path, load_topology
+
+PAPER = Path(__file__).resolve().parent.parent / "topologies" / "single-region-24-llama2-70b.json"
+
+
+def local_baseline(config, prompts: list[list[int]], max_tokens: int, max_seq_len: int) -> dict:
+    """The whole model in this process: one StageEngine, prefill each prompt, batched decode."""
+    from helix_jax.model import SamplingParams, StageEngine, StepInput, random_stage_weights
+
+    n = len(prompts)
+    weights = random_stage_weights(config, 0, config.num_layers, 0)
+    engine = StageEngine(config, 0, config.num_layers, weights, max_slots=n, max_seq_len=max_seq_len,
+                         prefill_buckets=(32, max_seq_len), prefill_batch_buckets=(1,),
+                         decode_buckets=tuple(b for b in (1, 2, 4, 8, 16, 32) if b < n) + (n,))
+    engine.warmup()
+
+    def run(batch: list[list[int]]) -> tuple[float, list[float], int, float]:
+        start = time.perf_counter()
+        tokens, ttfts = {}, []
+        for i, ids in enumerate(batch):
+            engine.add_request(i, SamplingParams())
+            (out,) = engine.step([StepInput(i, 0, 0, token_ids=np.asarray(ids, np.int32))])
+            tokens[i] = [out.next_token]
+            ttfts.append(time.perf_counter() - start)
+        decode_start = time.perf_counter()
+        for _ in range(max_tokens - 1):
+            items = [StepInput(i, 0, len(batch[i]) + len(t) - 1, token_ids=np.asarray([t[-1]], np.int32))
+                     for i, t in tokens.items()]
+            for item, out in zip(items, engine.step(items)):
+                tokens[item.request_id].append(out.next_token)
+        end = time.perf_counter()
+        for i in tokens:
+            engine.release(i)
+        total = sum(len(t) for t in tokens.values())
+        return end - start, ttfts, total, (end - decode_start) / (max_tokens - 1)
+
+    _, ttft1, _, tpot1 = run(prompts[:1])
+    wall, ttfts, total, _ = run(prompts)
+    return {"ttft_ms": ttft1[0] * 1e3, "tpot_ms": tpot1 * 1e3, "batch_tokens_per_s": total / wall,
+            "batch_ttft_ms": statistics.mean(ttfts) * 1e3}
+
+
+def bench_cpu_small(requests: int, max_tokens: int) -> dict:
+    from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.solver.plan import plan
+
+    topo = load_topology(default_topology_path())
+    rng = random.Random(0)
+    prompts = [[256] + [rng.randrange(256) for _ in range(15)] for _ in range(requests)]
+    max_seq_len = 64
+    local = local_baseline(topo.model, prompts, max_tokens, max_seq_len)
+    placement = plan(topo, time_limit_s=10)
+    cfg = ServeConfig(topo, placement, topo.model, weights="random:0", max_seq_len=max_seq_len,
+                      kv_tokens=requests * max_seq_len)
+    with LocalDeployment(cfg, load_tokenizer(topo.model)) as dep:
+        dep.wait_ready()
+        with Client(dep.client_endpoint) as client:
+            for _ in range(2):  # first requests touch cold paths
+                client.generate(prompts[0], max_tokens=max_tokens)
+            singles = [client.generate(prompts[0], max_tokens=max_tokens) for _ in range(5)]
+            start = time.perf_counter()
+            with ThreadPoolExecutor(requests) as pool:
+                batch = list(pool.map(lambda p: client.generate(p, max_tokens=max_tokens), prompts))
+            wall = time.perf_counter() - start
+    hops = statistics.mean(len(r.route) + 1 for r in singles)  # coordinator -> hops -> coordinator
+    tpot = statistics.median(r.timings.tpot_s for r in singles) * 1e3
+    return {
+        "placement": {n: list(r) for n, r in placement.ranges.items()}, "route_hops": hops,
+        "local": local,
+        "deployed": {"ttft_ms": statistics.median(r.timings.ttft_s for r in singles) * 1e3, "tpot_ms": tpot,
+                     "batch_tokens_per_s": sum(len(r.ids) for r in batch) / wall,
+                     "batch_ttft_ms": statistics.mean(r.timings.ttft_s for r in batch) * 1e3},
+        "overhead_per_hop_ms": (tpot - local["tpot_ms"]) / hops,
+        "requests": requests, "max_tokens": max_tokens,
+    }
+
+
+async def closed_loop(endpoint: str, concurrency: int, prompt_tokens: int, max_tokens: int,
+                      duration_s: float) -> list[float]:
+    """Keep `concurrency` requests in flight for `duration_s`; wall time of every token."""
+    stamps: list[float] = []
+    stop_at = time.perf_counter() + duration_s
+    rng = random.Random(1)
+    async with AsyncClient(endpoint, timeout_s=3600) as client:
+        async def user() -> None:
+            while time.perf_counter() < stop_at:
+                prompt = [rng.randrange(256) for _ in range(prompt_tokens)]
+                async for _ in client.stream(prompt, max_tokens=max_tokens):
+                    stamps.append(time.perf_counter())
+                    if time.perf_counter() >= stop_at:
+                        break
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+    return stamps
+
+
+def bench_emulated(time_scale: float, concurrency: int, warmup_s: float, window_s: float,
+                   prompt_tokens: int, max_tokens: int, plan_time_s: float) -> dict:
+    from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.solver.plan import plan
+
+    topo = load_topology(PAPER)
+    placement = plan(topo, time_limit_s=plan_time_s)
+    model = resolve_model(f"tiny-{topo.model.num_layers}")
+    max_seq_len = 64
+    cfg = ServeConfig(topo, placement, model, weights="random:0", max_seq_len=max_seq_len,
+                      emulation=EmulationSpec.for_topology(topo, time_scale),
+                      kv_tokens=concurrency * max_seq_len, queue_limit=100_000)
+    started = time.perf_counter()
+    with LocalDeployment(cfg, load_tokenizer(model)) as dep:
+        dep.wait_ready(timeout_s=1800)
+        ready_s = time.perf_counter() - started
+        t0 = time.perf_counter()
+        stamps = asyncio.run(closed_loop(dep.client_endpoint, concurrency, prompt_tokens, max_tokens,
+                                         (warmup_s + window_s) * time_scale))
+        stats = dep.coordinator.stats()
+    lo, hi = t0 + warmup_s * time_scale, t0 + (warmup_s + window_s) * time_scale
+    in_window = sum(lo <= s < hi for s in stamps)
+    measured = in_window / window_s  # tokens per emulated second
+    return {"max_flow_tokens_per_s": placement.objective_tokens_per_s, "measured_tokens_per_s": measured,
+            "fraction_of_max_flow": measured / placement.objective_tokens_per_s, "time_scale": time_scale,
+            "concurrency": concurrency, "window_emulated_s": window_s, "deploy_ready_s": ready_s,
+            "workers": len(placement.ranges), "prompt_tokens": prompt_tokens, "max_tokens": max_tokens,
+            "peak_queued": stats["peak_queued"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-small", action="store_true")
+    parser.add_argument("--skip-emulate", action="store_true")
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--time-scale", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=900)
+    parser.add_argument("--warmup", type=float, default=15.0, help="emulated seconds before the window")
+    parser.add_argument("--window", type=float, default=20.0, help="emulated seconds measured")
+    parser.add_argument("--plan-time", type=float, default=10.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if not args.skip_small:
+        r = bench_cpu_small(args.requests, args.max_tokens)
+        print(f"[cpu-small] placement {r['placement']}, {r['route_hops']:.1f} hops per round trip")
+        for label in ("local", "deployed"):
+            x = r[label]
+            print(f"[cpu-small] {label:8s}: 1 request TTFT {x['ttft_ms']:.1f} ms, TPOT {x['tpot_ms']:.2f} ms; "
+                  f"{r['requests']} concurrent: {x['batch_tokens_per_s']:.0f} tok/s, mean TTFT {x['batch_ttft_ms']:.1f} ms")
+        print(f"[cpu-small] pipeline overhead per hop: {r['overhead_per_hop_ms']:.2f} ms")
+    if not args.skip_emulate:
+        r = bench_emulated(args.time_scale, args.concurrency, args.warmup, args.window, 33, 10, args.plan_time)
+        print(f"[emulate] single-region-24-llama2-70b on tiny-80, {r['workers']} workers, time scale "
+              f"{r['time_scale']:g}, {r['concurrency']} requests in flight (prompt {r['prompt_tokens']}, "
+              f"output {r['max_tokens']}); ready after {r['deploy_ready_s']:.0f} s")
+        print(f"[emulate] decode {r['measured_tokens_per_s']:.1f} tok/s over {r['window_emulated_s']:g} emulated s "
+              f"= {100 * r['fraction_of_max_flow']:.1f}% of the max-flow {r['max_flow_tokens_per_s']:.1f} tok/s")
+
+
+if __name__ == "__main__":
+    main()

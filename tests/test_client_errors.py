@@ -1,0 +1,82 @@
+"""Client behaviour that needs no deployment: argument errors, timeouts, error mapping, and
+multiplexing many requests over one socket against a scripted coordinator socket."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import zmq
+
+from helix_jax.client import Client, error_from_message
+from helix_jax.errors import HelixError, OverloadedError, RequestError
+from helix_jax.runtime import wire
+
+
+def test_bad_argument_types_fail_before_sending() -> None:
+    with Client("tcp://127.0.0.1:9", timeout_s=1) as client:
+        with pytest.raises(RequestError, match="bad sampling argument"):
+            client.generate("hi", max_tokens="many")
+        with pytest.raises(RequestError, match="sequence of token ids"):
+            client.generate([1, "x"])
+
+
+def test_no_coordinator_times_out_with_a_clear_error() -> None:
+    with Client("tcp://127.0.0.1:9", timeout_s=0.5) as client:
+        with pytest.raises(HelixError, match="no reply within"):
+            client.generate("hi", max_tokens=2)
+
+
+def test_error_messages_map_to_error_types() -> None:
+    err = error_from_message(wire.make("error", request_id="a", error="OverloadedError", message="full"))
+    assert isinstance(err, OverloadedError) and str(err) == "full"
+    assert type(error_from_message(wire.make("error", request_id=None, error="Nope", message="?"))) is HelixError
+
+
+def _echo_server(router: zmq.Socket, stop: threading.Event) -> None:
+    """Answers each generate by streaming its prompt ids back as tokens."""
+    while not stop.is_set():
+        if not router.poll(50):
+            continue
+        identity, msg = wire.recv(router, routed=True)
+        if msg.kind != "generate":
+            continue
+        rid, ids = msg["request_id"], msg["prompt_ids"]
+        for i, tok in enumerate(ids):
+            wire.send(router, wire.make("token", request_id=rid, index=i, token_id=tok, text=chr(65 + tok % 26)),
+                      identity)
+        wire.send(router, wire.make("done", request_id=rid, ids=ids, text="", finish_reason="length",
+                                    prompt_tokens=len(ids), time_scale=2.0), identity)
+
+
+def test_many_threads_share_one_client_and_get_their_own_answers() -> None:
+    ctx = zmq.Context.instance()
+    router = wire.configure(ctx.socket(zmq.ROUTER))
+    endpoint = wire.bind_free_port(router)
+    stop = threading.Event()
+    server = threading.Thread(target=_echo_server, args=(router, stop), daemon=True)
+    server.start()
+    try:
+        with Client(endpoint, timeout_s=30) as client, ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda n: client.generate([n, n + 1, n + 2]), range(40)))
+            stream = client.stream([7, 8])
+            tokens = [t.token_id for t in stream]
+        for n, res in enumerate(results):
+            assert res.ids == (n, n + 1, n + 2)
+            assert len(res.timings.token_times_s) == 3
+            assert res.timings.time_scale == 2.0  # timings are reported in emulated seconds
+        assert tokens == [7, 8] and stream.result is not None and stream.result.ids == (7, 8)
+    finally:
+        stop.set()
+        server.join(5)
+        router.close(0)
+
+
+def test_close_is_idempotent_and_rejects_new_requests() -> None:
+    client = Client("tcp://127.0.0.1:9", timeout_s=1)
+    client.close()
+    client.close()
+    with pytest.raises(HelixError, match="closed"):
+        client.generate("hi")

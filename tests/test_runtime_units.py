@@ -1,0 +1,99 @@
+"""Runtime parts that need no processes: request validation, stop handling, emulated pacing."""
+
+from __future__ import annotations
+
+import pytest
+
+from helix_jax.errors import RequestError
+from helix_jax.model.tokenizer import ByteTokenizer
+from helix_jax.modelconfig import PRESETS
+from helix_jax.runtime import wire
+from helix_jax.runtime.emulation import ComputePacer, EmulationSpec, LayerLoad, LinkPacer
+from helix_jax.runtime.requests import parse_generate
+from helix_jax.topology import default_topology_path, load_topology, topology_from_dict
+
+TINY = PRESETS["tiny-8"]
+
+
+def _generate(**fields) -> wire.Message:
+    base = dict(request_id="c1", max_tokens=4, temperature=0.0, top_k=0, top_p=1.0, seed=0, prompt="hi")
+    base.update(fields)
+    return wire.make("generate", **{k: v for k, v in base.items() if v is not None})
+
+
+def test_parse_generate_encodes_text_with_bos() -> None:
+    req = parse_generate(_generate(), b"id", "r1", TINY, ByteTokenizer(), 64)
+    assert req.prompt_ids == (256, ord("h"), ord("i")) and req.max_tokens == 4 and req.request_id == "r1"
+
+
+@pytest.mark.parametrize("fields, needle", [
+    (dict(prompt=None), "exactly one of prompt"),
+    (dict(prompt=None, prompt_ids=[]), "prompt_ids is empty"),
+    (dict(prompt=None, prompt_ids=[1, -1]), "outside the vocabulary"),
+    (dict(prompt=None, prompt_ids=[1, True]), "outside the vocabulary"),
+    (dict(prompt="hi", prompt_ids=[1]), "exactly one of prompt"),
+    (dict(max_tokens=-3), "max_tokens must be positive"),
+    (dict(max_tokens=62), "prompt too long: 3 prompt tokens + max_tokens 62"),
+    (dict(top_k=-1), "top_k must be >= 0"),
+    (dict(top_p=1.5), "top_p must be in"),
+    (dict(seed=-1), "seed must be in"),
+    (dict(stop=["a"] * 9), "stop must be at most 8"),
+])
+def test_parse_generate_rejects_bad_requests(fields: dict, needle: str) -> None:
+    with pytest.raises(RequestError, match=None) as info:
+        parse_generate(_generate(**fields), b"id", "r1", TINY, ByteTokenizer(), 64)
+    assert needle in str(info.value)
+
+
+def test_stop_string_eos_and_length_end_a_request() -> None:
+    codec = ByteTokenizer()
+    req = parse_generate(_generate(stop=["lo"], max_tokens=10), b"id", "r1", TINY, codec, 64)
+    assert req.add_token(ord("h"), codec, 257) == ("h", None)
+    assert req.add_token(ord("e"), codec, 257) == ("e", None)
+    assert req.add_token(ord("l"), codec, 257) == ("l", None)
+    delta, reason = req.add_token(ord("o"), codec, 257)
+    assert reason == "stop" and req.text == "he"  # the stop string is cut from the text
+    eos = parse_generate(_generate(), b"id", "r2", TINY, codec, 64)
+    assert eos.add_token(257, codec, 257) == ("", "eos") and eos.output_ids == [257]
+    short = parse_generate(_generate(max_tokens=2), b"id", "r3", TINY, codec, 64)
+    assert short.add_token(65, codec, 257)[1] is None and short.add_token(66, codec, 257)[1] == "length"
+
+
+def _two_node_topology() -> object:
+    return topology_from_dict({
+        "model": "llama-2-70b", "nodes": [{"name": "a", "gpu": "A100-40GB"}, {"name": "b", "gpu": "T4"}],
+        "links": {"default": {"bandwidth": 1e6, "latency_ms": 10}}})
+
+
+def test_link_pacer_is_fifo_with_latency_and_bandwidth() -> None:
+    pacer = LinkPacer(_two_node_topology(), "a", time_scale=2.0)
+    act = 8192 * 2  # LLaMA-2-70B hidden state in bf16, bytes per token
+    busy = act * 10 / 1e6 * 2.0  # 10 tokens at 1 MB/s, twice slower
+    first = pacer.deliver_at("b", 10, now=100.0)
+    assert first == pytest.approx(100.0 + busy + 0.010 * 2.0)
+    second = pacer.deliver_at("b", 10, now=100.0)  # queued behind the first transfer
+    assert second == pytest.approx(100.0 + 2 * busy + 0.020)
+    to_coordinator = pacer.deliver_at("coordinator", 1, now=100.0)  # token ids: 4 bytes
+    assert to_coordinator == pytest.approx(100.0 + 4 / 1e6 * 2.0 + 0.020)
+
+
+def test_compute_pacer_sums_cost_model_layers_times_scale() -> None:
+    from helix_jax.costmodel import CostModel
+
+    topo = _two_node_topology()
+    pacer = ComputePacer(topo, "b", time_scale=3.0)
+    cost = CostModel(topo)
+    loads = [LayerLoad(0, 0, 0), LayerLoad(16, 4, 400), LayerLoad(0, 4, 400)]
+    expected = 3.0 * (cost.layer_step_seconds("T4", 16, 4, 400) + cost.layer_step_seconds("T4", 0, 4, 400))
+    assert pacer.step_seconds(loads) == pytest.approx(expected)
+    assert pacer.max_decode_batch(3) == cost.max_decode_batch("T4", 3)
+
+
+def test_emulation_spec_travels_and_rebuilds_the_topology() -> None:
+    import msgpack
+
+    topo = load_topology(default_topology_path())
+    raw = msgpack.unpackb(msgpack.packb(EmulationSpec.for_topology(topo, 4.0).to_wire()))
+    spec = EmulationSpec.from_wire(raw)
+    rebuilt = spec.topology()
+    assert rebuilt.node_names == topo.node_names and rebuilt.model == topo.model and spec.time_scale == 4.0
