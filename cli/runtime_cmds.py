@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from helix_jax.errors import ConfigError, RequestError
+from helix_jax.errors import CheckpointError, ConfigError, RequestError
 
 
 _DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
@@ -115,19 +115,37 @@ def generate(
     from helix_jax.model.tokenizer import load_tokenizer
 
     config, source, model_dir = _resolve(model, dtype)
-    tokenizer = load_tokenizer(config, model_dir)
-    ids = _parse_ids(prompt_ids) if prompt_ids is not None else tokenizer.encode(prompt)
+    if prompt_ids is not None:  # ids need no tokenizer; use one for the text if there is one
+        ids = _parse_ids(prompt_ids)
+        try:
+            tokenizer = load_tokenizer(config, model_dir)
+        except CheckpointError:
+            tokenizer = None
+    else:
+        tokenizer = load_tokenizer(config, model_dir)
+        ids = tokenizer.encode(prompt)
 
-    def show(token: int) -> None:
-        if stream and not as_json:
-            typer.echo(f"{token} " if prompt_ids is not None else tokenizer.decode([token]), nl=False)
+    produced: list[int] = []
+    printed = [""]
+
+    def show(token: int) -> None:  # stream: print the new suffix of the decoded text so far
+        produced.append(token)
+        if not stream or as_json:
+            return
+        if prompt_ids is not None:
+            typer.echo(f"{token} ", nl=False)
+            return
+        text_so_far = tokenizer.decode(produced)
+        if not text_so_far.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            typer.echo(text_so_far[len(printed[0]):], nl=False)
+            printed[0] = text_so_far
 
     out = generate_local(config, source, ids, max_tokens, sampling, on_token=show)
-    text = tokenizer.decode(out)
+    text = tokenizer.decode(out) if tokenizer is not None else None
     if as_json:
         typer.echo(json.dumps({"model": config.name, "prompt_ids": ids, "ids": out, "text": text}))
     elif stream:
-        typer.echo("")
+        typer.echo("" if prompt_ids is not None else text[len(printed[0]):])
     elif prompt_ids is not None:
         typer.echo(",".join(str(t) for t in out))
     else:

@@ -134,3 +134,22 @@ def test_corrupt_or_mismatched_checkpoints_raise_checkpoint_error(tmp_path, llam
         checkpoint_config(truncated)
     with pytest.raises(CheckpointError, match="unsupported architecture"):
         load_stage_weights(config, 0, 2, truncated)
+
+
+def test_cli_generate_from_checkpoint_directory(llama3_dir):
+    from typer.testing import CliRunner
+
+    from helix_jax.cli.main import app
+
+    directory, hf = llama3_dir
+    prompt = [1, 5, 17, 33]
+    result = CliRunner().invoke(app, ["generate", "--model", str(directory), "--prompt-ids",
+                                      ",".join(map(str, prompt)), "--max-tokens", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    with torch.no_grad():
+        expected = hf.generate(torch.tensor([prompt]), max_new_tokens=4, do_sample=False,
+                               eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    payload = json.loads(result.output)
+    assert payload["ids"] == expected and payload["text"] is None  # no tokenizer.json there
+    text = CliRunner().invoke(app, ["generate", "--model", str(directory), "--prompt", "hi"])
+    assert isinstance(text.exception, CheckpointError) and "tokenizer.json" in str(text.exception)

@@ -8,7 +8,7 @@ per step) / measured memory bandwidth, where the bandwidth comes from a large ar
 Decode is memory bound, so step time / floor says how close the runtime is to the machine.
 
   python -m helix_jax.model.bench_runtime                     # tiny-8 model + one LLaMA-2-7B layer
-  python -m helix_jax.model.bench_runtime --shape llama-2-70b --dtype bfloat16 --batches 1,8,32
+  python -m helix_jax.model.bench_runtime --shape llama-2-70b --dtype bfloat16 --layers 4 --batches 1,8,32
 """
 
 from __future__ import annotations
@@ -115,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="llama-2-7b", help="preset whose true-width layer is measured")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--layers", type=int, default=1, help="wide layers in the measured stage")
     parser.add_argument("--batches", default="1,2,4,8,16")
     parser.add_argument("--context-tokens", type=int, default=128)
     parser.add_argument("--steps", type=int, default=6)
@@ -124,7 +125,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=150)
     bandwidth = measure_bandwidth_bytes_per_s()
     device = jax.devices()[0]
     console.print(f"device: {device.device_kind} ({device.platform}); copy bandwidth "
@@ -134,8 +135,8 @@ def main() -> None:
     if not args.skip_tiny:
         tiny = PRESETS["tiny-8"]
         rows += bench_decode(tiny, 0, tiny.num_layers, [1, 2, 4, 8, 16, 32], 64, 20, bandwidth)
-    wide = PRESETS[args.shape].with_overrides(num_layers=3, dtype=args.dtype)
-    rows += bench_decode(wide, 1, 2, batches, args.context_tokens, args.steps, bandwidth)
+    wide = PRESETS[args.shape].with_overrides(num_layers=args.layers + 2, dtype=args.dtype)
+    rows += bench_decode(wide, 1, args.layers + 1, batches, args.context_tokens, args.steps, bandwidth)
     table = Table(title="decode steps of StageEngine")
     for column in ("model", "layers", "dtype", "batch", "context", "step ms", "ms/layer", "tokens/s",
                    "floor ms", "step/floor"):

@@ -73,7 +73,6 @@ def profile_device(config: ModelConfig, num_layers: int = 2, prefill_tokens: Seq
         raise ConfigError("profile needs layers > 0, repeats > 0 and context_tokens > 0")
     prefill_tokens, decode_batches = sorted(set(prefill_tokens)), sorted(set(decode_batches))
     shape = config.with_overrides(num_layers=num_layers + 2)  # a middle stage: no embedding, no head
-    _, free_before = device_memory_bytes()
     weights = random_stage_weights(shape, 1, num_layers + 1, seed=0)
     jax.block_until_ready(weights.state)
     total, free_after = device_memory_bytes()
@@ -131,7 +130,7 @@ def profile_device(config: ModelConfig, num_layers: int = 2, prefill_tokens: Seq
         "dtype": config.dtype,
         "layers_measured": num_layers,
         "memory_bytes_total": total,
-        "memory_bytes_free_for_kv_per_layer_held": kv_room if free_before > 0 else None,
+        "memory_bytes_free_for_kv_per_layer_held": kv_room,
         "weight_bytes_per_layer": config.weight_bytes_per_layer,
         "prefill": prefill_points,
         "decode": decode_points,
