@@ -21,13 +21,16 @@ lint:
 bench: bench-plan bench-runtime bench-serve bench-sim
 
 bench-plan:
-	$(BIN)/python -m helix_jax.bench.plan_bench
+	$(BIN)/python -m helix_jax.solver.bench_plan
 
 bench-runtime:
 	$(BIN)/python -m helix_jax.model.bench_runtime
 
 bench-sim:
 	$(BIN)/python -m helix_jax.cli.sim_bench
+
+bench-serve:
+	$(BIN)/python -m helix_jax.cli.serve_bench --time-scale 5 --warmup 30 --window 30 --concurrency 1500
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

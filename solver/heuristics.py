@@ -9,6 +9,9 @@ incumbent for the bisection) or, when the MILP has no time left, plan.py's fallb
 * `improve_coverage`: local search on (min coverage, number of layers at the minimum), moving
   one node at a time to its best (start, k) or out of the placement. Exact objective under
   partial inference with non-binding links, O(L) per move.
+* `raise_coverage`: deficit-driven local search with kicks, aiming at a target just above the
+  current minimum coverage and raising it whenever the shortfall reaches zero (numpy windows
+  make one node's best move O(k_max * L)).
 * `improve_flow`: local search on the true max-flow (networkx), for clusters whose links bind
   or without partial inference; slower, so it runs on a time budget.
 All randomness comes from `random.Random(seed)`: same seed, same answer.
@@ -190,3 +193,77 @@ def improve_flow(topology: Topology, cost_model: CostModel, ranges: Ranges, part
                     current, value, improved = trial, v, True
                     break
     return current, value
+
+
+def raise_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int, time_budget_s: float,
+                   seed: int = 0, step: float = 0.005, upper: float = float("inf"),
+                   max_kicks_without_gain: int = 1000) -> Ranges:
+    """Deficit-driven local search: aim at a target just above the current minimum coverage,
+    minimise the total shortfall sum_l max(0, T - cover_l) (heights clipped at T) by moving one
+    node at a time to its best position (or out), kick two random nodes when stuck, and raise T
+    each time the shortfall reaches zero. Returns the best placement seen."""
+    import numpy as np
+
+    rng = random.Random(seed)
+    names = sorted(tables)
+    caps = {n: np.array(tables[n]) for n in names}
+    best = dict(ranges)
+    best_value = min(coverage(best, tables, num_layers))
+    current = dict(best)
+    target = best_value * (1 + step) if best_value > 0 else 1.0
+    deadline = time.monotonic() + time_budget_s
+
+    def cover_of(placed: Ranges) -> np.ndarray:
+        return np.array(coverage(placed, tables, num_layers, target))
+
+    cover = cover_of(current)
+    stall = kicks_without_gain = 0
+    while (time.monotonic() < deadline and kicks_without_gain < max_kicks_without_gain
+           and best_value < upper * (1 - 1e-9)):
+        improved = False
+        order = names[:]
+        rng.shuffle(order)
+        for node in order:
+            base = cover.copy()
+            if node in current:
+                s, e = current[node]
+                base[s:e] -= min(caps[node][e - s - 1], target)
+            short_before = np.maximum(0.0, target - base)
+            best_move, best_gain = None, 1e-9
+            old_gain = 0.0
+            for k in range(1, min(len(caps[node]), num_layers) + 1):
+                h = min(caps[node][k - 1], target)
+                gain = short_before - np.maximum(0.0, target - base - h)  # per-layer shortfall removed
+                window = np.convolve(gain, np.ones(k), mode="valid")  # window[s] = sum over [s, s+k)
+                s = int(np.argmax(window))
+                if node in current and current[node][1] - current[node][0] == k:
+                    old_gain = window[current[node][0]]
+                if window[s] > best_gain:
+                    best_move, best_gain = (s, s + k), window[s]
+            if best_move is not None and best_gain > old_gain + 1e-9 and best_move != current.get(node):
+                current[node] = best_move
+                s, e = best_move
+                base[s:e] += min(caps[node][e - s - 1], target)
+                cover = base
+                improved = True
+        if float(np.min(cover)) >= target * (1 - 1e-12):
+            value = min(coverage(current, tables, num_layers))
+            if value > best_value:
+                best, best_value = dict(current), value
+                kicks_without_gain = 0
+            target = best_value * (1 + step)
+            cover = cover_of(current)
+            stall = 0
+            continue
+        if not improved:
+            stall += 1
+            kicks_without_gain += 1
+            for node in rng.sample(names, min(2, len(names))):  # kick
+                k = rng.randint(1, min(len(caps[node]), num_layers))
+                s = rng.randint(0, num_layers - k)
+                current[node] = (s, s + k)
+            cover = cover_of(current)
+            if stall > 200:
+                current, stall = dict(best), 0
+                cover = cover_of(current)
+    return best

@@ -4,8 +4,9 @@ Sits at the solver's front door: topology + cost model -> **plan** -> Placement 
 
 `plan(method="helix")` runs, within `time_limit_s`:
 1. feasibility check (InfeasibleError naming what is missing);
-2. start: greedy coverage + local search, and every baseline; the best true max-flow is the
-   incumbent the MILP has to beat (and the answer if the MILP finds nothing in time);
+2. start: greedy coverage, every baseline, then deficit-driven local search from the best of
+   them (partial inference); the best true max-flow is the incumbent the MILP has to beat
+   (and the answer if the MILP finds nothing better in time);
 3. the aggregated MILP (milp.py): LP fixpoint bound, then bisection with HiGHS, proving an
    upper bound on the true optimum;
 4. expansion of the counts to concrete nodes and the true max-flow (maxflow.py); if link
@@ -32,8 +33,8 @@ from helix_jax.solver.maxflow import max_flow, placement_with_flows
 log = logging.getLogger(__name__)
 
 METHODS = ("helix",) + BASELINES
-HEURISTIC_SHARE = 0.1  # of the time limit spent on the start (at most HEURISTIC_MAX_S)
-HEURISTIC_MAX_S = 3.0
+HEURISTIC_SHARE = 0.2  # of the time limit spent on the start (at most HEURISTIC_MAX_S)
+HEURISTIC_MAX_S = 15.0
 NUMERIC_GAP = 1e-5  # gaps below this are solver tolerance, reported as optimal
 
 
@@ -90,7 +91,7 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
     budget = min(HEURISTIC_MAX_S, HEURISTIC_SHARE * time_limit_s)
     greedy = heuristics.best_greedy(tables, L, upper)
     if greedy:
-        consider("greedy", heuristics.improve_coverage(greedy, tables, L, budget / 2, seed))
+        consider("greedy", heuristics.improve_coverage(greedy, tables, L, budget / 10, seed))
     for name in BASELINES:
         try:
             base = baseline_placement(topology, cost_model, name, partial_inference)
@@ -98,11 +99,23 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
         except InfeasibleError:
             continue
     start_label = max(candidates, key=lambda k: candidates[k][1]) if candidates else None
+    if start_label is not None and partial_inference:
+        remaining_s = budget - (time.monotonic() - t0)
+        if remaining_s > 0.05:
+            consider("local-search", heuristics.raise_coverage(candidates[start_label][0], tables, L,
+                                                               remaining_s, seed, upper=upper))
+            start_label = max(candidates, key=lambda k: candidates[k][1])
 
-    # 3. MILP on aggregated counts
+    # 3. MILP on aggregated counts. The link-blind model's LP bound caps every edge's flow, so
+    #    links at least that fast can never bind: zones are split only by slower links.
+    one_zone = [list(topology.node_names)]
+    blind = milp.PlacementModel(topology, cost_model, milp.make_groups(topology, cost_model, one_zone), 1,
+                                partial_inference, upper)
+    upper = milp.lp_fixpoint(blind, upper, t0 + 0.1 * time_limit_s + 1.0)
     zones = milp.find_zones(topology, cost_model, upper)
     groups = milp.make_groups(topology, cost_model, zones)
-    model = milp.PlacementModel(topology, cost_model, groups, len(zones), partial_inference, upper)
+    model = blind if len(zones) == 1 else milp.PlacementModel(topology, cost_model, groups, len(zones),
+                                                               partial_inference, upper)
     start_counts = None
     if start_label is not None:
         start_counts = milp.counts_from_ranges(model, candidates[start_label][0])
@@ -128,7 +141,7 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
         "candidates": {k: round(v, 6) for k, (_, v) in sorted(candidates.items())},
         "milp_model_value": outcome.model_value,
         "lp_bound": outcome.lp_bound,
-        "trivial_bound": upper,
+        "trivial_bound": milp.trivial_bound(topology, cost_model),
         "zones": len(zones),
         "bisection_steps": [list(s) for s in outcome.steps],
         "gap": (bound - best_value) / bound if bound > 0 else 0.0,

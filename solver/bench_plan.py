@@ -1,0 +1,113 @@
+"""Planner benchmark: every shipped topology x every method, and helix at several time limits.
+
+Run as `python -m helix_jax.solver.bench_plan` (`make bench-plan`). Prints, per topology and
+method, the throughput (true max-flow, decode tokens/s), the proven upper bound, the gap and the
+solve time; then helix's gap at each time limit; then helix against the best baseline and
+Petals. Figures, not assertions: speed depends on the machine (note its cores and load).
+
+Sits at the end of the planner's data flow: topology -> cost model -> plan(...) -> table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from helix_jax.costmodel import CostModel
+from helix_jax.topology import load_topology
+from helix_jax.solver.plan import METHODS, plan
+
+REPO_TOPOLOGIES = Path(__file__).resolve().parents[1] / "topologies"
+DEFAULT_TOPOLOGIES = ("cpu-small", "single-region-24-llama2-70b", "single-region-24-llama-30b",
+                      "three-region-24-llama2-70b", "geo-42-llama2-70b")
+
+
+def _row(topology_name: str, method: str, placement, time_limit_s: float | None, partial: bool) -> dict:
+    bound = placement.upper_bound_tokens_per_s
+    objective = placement.objective_tokens_per_s
+    return {
+        "topology": topology_name, "method": method, "partial_inference": partial,
+        "time_limit_s": time_limit_s, "tokens_per_s": objective, "upper_bound_tokens_per_s": bound,
+        "gap": (bound - objective) / bound if bound else None, "solve_seconds": placement.solve_seconds,
+        "status": placement.status, "nodes_used": len(placement.ranges),
+    }
+
+
+def run(topologies: list[str], time_limits: list[float], main_limit: float, no_partial: bool,
+        console: Console) -> list[dict]:
+    rows = []
+    for name in topologies:
+        path = Path(name) if name.endswith(".json") else REPO_TOPOLOGIES / f"{name}.json"
+        topo = load_topology(path)
+        cm = CostModel(topo)
+        for method in METHODS:
+            limit = main_limit if method == "helix" else None
+            t0 = time.monotonic()
+            placement = plan(topo, method=method, time_limit_s=limit or 60.0, cost_model=cm)
+            rows.append(_row(topo.name, method, placement, limit, True))
+            console.log(f"{topo.name:28s} {method:12s} {placement.objective_tokens_per_s:9.1f} tok/s "
+                        f"({time.monotonic() - t0:.1f} s)")
+        for limit in time_limits:
+            if limit == main_limit:
+                continue
+            placement = plan(topo, method="helix", time_limit_s=limit, cost_model=cm)
+            rows.append(_row(topo.name, "helix", placement, limit, True))
+            console.log(f"{topo.name:28s} helix@{limit:g}s   {placement.objective_tokens_per_s:9.1f} tok/s")
+        if no_partial:
+            placement = plan(topo, method="helix", time_limit_s=main_limit, partial_inference=False, cost_model=cm)
+            rows.append(_row(topo.name, "helix-no-partial", placement, main_limit, False))
+    return rows
+
+
+def print_tables(rows: list[dict], console: Console) -> None:
+    table = Table(title="placements (decode tokens/s, true max-flow)")
+    for col in ("topology", "method", "limit s", "tokens/s", "upper bound", "gap", "solve s", "status", "nodes"):
+        table.add_column(col, justify="left" if col in ("topology", "method", "status") else "right")
+    for r in rows:
+        table.add_row(r["topology"], r["method"], "-" if r["time_limit_s"] is None else f"{r['time_limit_s']:g}",
+                      f"{r['tokens_per_s']:.1f}",
+                      "-" if r["upper_bound_tokens_per_s"] is None else f"{r['upper_bound_tokens_per_s']:.1f}",
+                      "-" if r["gap"] is None else f"{100 * r['gap']:.2f}%", f"{r['solve_seconds']:.1f}",
+                      r["status"], str(r["nodes_used"]))
+    console.print(table)
+    summary = Table(title="helix (longest limit) against the baselines")
+    for col in ("topology", "helix", "best baseline", "x best", "petals", "x petals", "swarm", "x swarm"):
+        summary.add_column(col, justify="left" if col == "topology" else "right")
+    for topo in dict.fromkeys(r["topology"] for r in rows):
+        mine = [r for r in rows if r["topology"] == topo]
+        helix = max((r for r in mine if r["method"] == "helix"), key=lambda r: r["time_limit_s"])["tokens_per_s"]
+        base = {r["method"]: r["tokens_per_s"] for r in mine if r["method"] not in ("helix", "helix-no-partial")}
+        best = max(base.values())
+        summary.add_row(topo, f"{helix:.1f}", f"{best:.1f} ({max(base, key=base.get)})", f"{helix / best:.2f}",
+                        f"{base['petals']:.1f}", f"{helix / base['petals']:.2f}",
+                        f"{base['swarm']:.1f}", f"{helix / base['swarm']:.2f}")
+    console.print(summary)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--topologies", nargs="*", default=list(DEFAULT_TOPOLOGIES),
+                        help="names under topologies/ or paths to JSON files")
+    parser.add_argument("--time-limits", default="5,15,60", help="helix time limits in seconds, comma-separated")
+    parser.add_argument("--no-partial", action="store_true", help="also run helix without partial inference")
+    parser.add_argument("--json-out", type=Path, default=None, help="write all rows to this JSON file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    limits = sorted(float(x) for x in args.time_limits.split(","))
+    console = Console()
+    console.log(f"machine: {os.cpu_count()} CPU cores visible")
+    rows = run(args.topologies, limits, limits[-1], args.no_partial, console)
+    print_tables(rows, console)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
