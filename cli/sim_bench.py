@@ -58,6 +58,10 @@ def _markdown(report: BenchReport) -> str:
                      f"{m.decode_tokens_per_s:.1f} | {100 * res.flow_fraction:.0f}% | {ratio} | "
                      f"{m.requests_per_s:.2f} | {m.ttft.p50_ms / 1e3:.1f} / {m.ttft.p95_ms / 1e3:.1f} | "
                      f"{m.tpot.p50_ms:.0f} / {m.tpot.p95_ms:.0f} | {res.mean_in_flight:.0f} |")
+    bounds = ", ".join(f"{method} {p['kv_concurrency_bound_requests']:.0f}"
+                       for method, p in report.placements.items())
+    lines.append(f"\nKV concurrency bound (requests in flight, residence-weighted "
+                 f"{report.settings['resident_kv_tokens']:.0f} tokens each): {bounds}")
     return "\n".join(lines)
 
 

@@ -60,3 +60,16 @@ def test_bad_cases_are_rejected() -> None:
     with pytest.raises(ConfigError, match="no placement for method 'petals'"):
         run_simulated_bench(cost, placements(), [BenchCase("petals", "iwrr", None)], FixedLengths(5, 5),
                             SimConfig(duration_s=10, warmup_s=1))
+
+
+def test_kv_concurrency_bound_by_hand() -> None:
+    from helix_jax.bench.runner import kv_concurrency_bound, resident_kv_tokens
+
+    assert resident_kv_tokens(FixedLengths(100, 30)) == 130.0
+    cost = CostModel(load_topology(TOPOLOGY), WorkloadShape(100, 30))
+    budget_fast = cost.kv_budget_token_layers("fast", 2)
+    budget_slow = cost.kv_budget_token_layers("slow", 2)
+    # each layer is held by one fast and one slow node, each holding 2 layers
+    expected = budget_fast / (2 * 130) + budget_slow / (2 * 130)
+    assert kv_concurrency_bound(placements()["helix"], cost, 130.0) == pytest.approx(expected)
+    assert kv_concurrency_bound(placements()["sp"], cost, 130.0) == pytest.approx(budget_slow / 260)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import random
 from typing import Any, Callable, Mapping, Sequence
 
 from helix_jax.bench.workload import LengthSampler
@@ -91,7 +92,33 @@ class BenchReport:
         }
 
 
-def placement_summary(placement: Placement) -> dict[str, Any]:
+def resident_kv_tokens(lengths: LengthSampler, samples: int = 20_000, seed: int = 0) -> float:
+    """Reserved KV tokens of the average request *in flight*: a request holds prompt + output
+    for a time proportional to its output, so this is E[(P + O) O] / E[O] (1254 for the Azure
+    mix, against E[P + O] = 1003)."""
+    rng = random.Random(seed)
+    draws = [lengths.sample(rng) for _ in range(samples)]
+    return sum((p + o) * o for p, o in draws) / sum(o for _, o in draws)
+
+
+def kv_concurrency_bound(placement: Placement, cost_model: CostModel, resident_tokens: float) -> float:
+    """Requests the placement's KV can hold at once (a diagnostic, not a promise): at every layer,
+    the nodes holding it (and carrying flow) can hold budget / (layers held x resident tokens)
+    requests; the scarcest layer caps the cluster. By Little's law decode tokens/s is then at
+    most this / time per output token."""
+    carrying = {n for e in placement.flows if e.tokens_per_s > 0 for n in (e.src, e.dst)}
+    per_layer = [0.0] * placement.num_layers
+    for node, (start, end) in placement.ranges.items():
+        if node not in carrying:
+            continue
+        gpu = cost_model.topology.node(node).gpu
+        room = cost_model.kv_budget_token_layers(gpu, end - start) / ((end - start) * resident_tokens)
+        for layer in range(start, end):
+            per_layer[layer] += room
+    return min(per_layer)
+
+
+def placement_summary(placement: Placement, kv_bound_requests: float | None = None) -> dict[str, Any]:
     return {
         "method": placement.method,
         "status": placement.status,
@@ -100,6 +127,7 @@ def placement_summary(placement: Placement) -> dict[str, Any]:
         "solve_seconds": placement.solve_seconds,
         "partial_inference": placement.partial_inference,
         "nodes_used": len(placement.ranges),
+        "kv_concurrency_bound_requests": kv_bound_requests,
         "ranges": {n: list(r) for n, r in sorted(placement.ranges.items())},
     }
 
@@ -135,6 +163,10 @@ def run_simulated_bench(cost_model: CostModel, placements: Mapping[str, Placemen
         results.append((case, res))
     settings = config_dict(base)
     settings.pop("policy")
+    resident = resident_kv_tokens(lengths)
+    settings["resident_kv_tokens"] = resident
+    summaries = {m: placement_summary(p, kv_concurrency_bound(p, cost_model, resident))
+                 for m, p in placements.items()}
     return BenchReport(
         topology=cost_model.topology.name, mode=base.mode, workload=lengths.name, settings=settings,
-        placements={m: placement_summary(p) for m, p in placements.items()}, results=tuple(results))
+        placements=summaries, results=tuple(results))
