@@ -36,6 +36,32 @@ def _sample(logits, temperature=1.0, top_k=0, top_p=1.0, seeds=range(200)):
     return set(np.asarray(out).tolist())
 
 
+def test_sampling_paths_agree_row_by_row():
+    """A row samples the same token whether its batch takes the greedy, plain or filtered path."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.standard_normal((4, 50)).astype(np.float32) * 3)
+    seeds, positions = jnp.arange(4, dtype=jnp.uint32), jnp.arange(4, dtype=jnp.int32) + 9
+    temps = jnp.array([0.0, 0.7, 1.0, 1.3])
+    plain = sample_tokens(logits, temps, jnp.zeros(4, jnp.int32), jnp.ones(4), seeds, positions)
+    # adding a filtered row elsewhere switches the batch to the sorting path
+    mixed = sample_tokens(logits, temps, jnp.array([0, 0, 0, 5], jnp.int32), jnp.ones(4), seeds, positions)
+    assert np.asarray(plain)[:3].tolist() == np.asarray(mixed)[:3].tolist()
+    greedy = sample_tokens(logits, jnp.zeros(4), jnp.zeros(4, jnp.int32), jnp.ones(4), seeds, positions)
+    assert np.asarray(greedy).tolist() == np.argmax(np.asarray(logits), -1).tolist()
+    assert int(plain[0]) == int(greedy[0])
+
+
+def test_sampling_frequencies_follow_the_distribution():
+    n = 4000
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    rows = jnp.asarray(np.tile(np.log(probs).astype(np.float32), (n, 1)))
+    for top_p in (1.0, 0.99):  # plain path, then the sorting path
+        out = sample_tokens(rows, jnp.ones(n), jnp.zeros(n, jnp.int32), jnp.full((n,), top_p),
+                            jnp.arange(n, dtype=jnp.uint32), jnp.zeros(n, jnp.int32))
+        freq = np.bincount(np.asarray(out), minlength=4) / n
+        np.testing.assert_allclose(freq, probs, atol=0.03)
+
+
 def test_sampling_filters():
     logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
     assert _sample(logits, temperature=0.0) == {0}

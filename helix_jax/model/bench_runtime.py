@@ -2,7 +2,8 @@
 memory-bandwidth floor.
 
 For each model shape and decode batch bucket it prefills `batch` requests to a context,
-then times decode steps of the real engine (host bookkeeping, padding, transfers included)
+then times decode steps of the real engine (host bookkeeping, padding, transfers included;
+median over steps)
 and reports tokens/s, time per layer per step, and the floor: (weight bytes + KV bytes read
 per step) / measured memory bandwidth, where the bandwidth comes from a large array copy.
 Decode is memory bound, so step time / floor says how close the runtime is to the machine.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import time
 
 import jax
@@ -62,6 +64,7 @@ class DecodeRow:
     ms_per_layer: float
     tokens_per_s: float
     floor_ms: float
+    gflop_per_s: float  # matmul FLOPs of the layers (head excluded) per second achieved
 
     @property
     def vs_floor(self) -> float:
@@ -96,16 +99,20 @@ def bench_decode(config: ModelConfig, start: int, end: int, batches: list[int], 
                 n = min(engine.max_chunk_tokens, context_tokens - begin)
                 engine.step([StepInput(rid, start, begin, **payload(n))])
         engine.step([StepInput(rid, start, context_tokens, **payload(1)) for rid in ids])  # untimed
-        begin = time.perf_counter()
+        samples = []
         for i in range(1, steps):
-            engine.step([StepInput(rid, start, context_tokens + i, **payload(1)) for rid in ids])
-        step_s = (time.perf_counter() - begin) / (steps - 1)
+            items = [StepInput(rid, start, context_tokens + i, **payload(1)) for rid in ids]
+            begin = time.perf_counter()
+            engine.step(items)
+            samples.append(time.perf_counter() - begin)
+        step_s = statistics.median(samples)  # the machine is shared: the median resists noise
         for rid in ids:
             engine.release(rid)
         kv_read = batch * max_seq_len * config.kv_bytes_per_token_per_layer * layers  # attention window
         floor_s = (layers * config.weight_bytes_per_layer + head_bytes + kv_read) / bandwidth_bytes_per_s
+        flops = batch * layers * config.flops_per_token_per_layer
         rows.append(DecodeRow(config.name, layers, config.dtype, batch, context_tokens, step_s * 1e3,
-                              step_s * 1e3 / layers, batch / step_s, floor_s * 1e3))
+                              step_s * 1e3 / layers, batch / step_s, floor_s * 1e3, flops / step_s / 1e9))
     if engine.compile_count != len(batches) + 1:
         raise RuntimeError(f"steady-state decode recompiled ({engine.compile_count} programs)")
     return rows
@@ -118,7 +125,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=1, help="wide layers in the measured stage")
     parser.add_argument("--batches", default="1,2,4,8,16")
     parser.add_argument("--context-tokens", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--skip-tiny", action="store_true")
     parser.add_argument("--json", action="store_true", help="print rows as JSON lines too")
     args = parser.parse_args()
@@ -139,12 +146,12 @@ def main() -> None:
     rows += bench_decode(wide, 1, args.layers + 1, batches, args.context_tokens, args.steps, bandwidth)
     table = Table(title="decode steps of StageEngine")
     for column in ("model", "layers", "dtype", "batch", "context", "step ms", "ms/layer", "tokens/s",
-                   "floor ms", "step/floor"):
+                   "floor ms", "step/floor", "GFLOP/s"):
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(r.model, str(r.layers), r.dtype, str(r.batch), str(r.context_tokens),
                       f"{r.step_ms:.2f}", f"{r.ms_per_layer:.3f}", f"{r.tokens_per_s:.0f}",
-                      f"{r.floor_ms:.3f}", f"{r.vs_floor:.1f}x")
+                      f"{r.floor_ms:.3f}", f"{r.vs_floor:.1f}x", f"{r.gflop_per_s:.1f}")
     console.print(table)
     if args.json:
         for r in rows:

@@ -57,7 +57,8 @@ def _sample_row(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top
     in_top_k = rank < k
     probs = jax.nn.softmax(jnp.where(in_top_k, ranked, -jnp.inf))
     mass_before = jnp.cumsum(probs) - probs
-    keep = in_top_k & (mass_before < top_p)  # smallest prefix reaching top_p (rank 0 always kept)
+    # smallest prefix reaching top_p (rank 0 always kept; top_p 1 keeps all despite rounding)
+    keep = in_top_k & ((mass_before < top_p) | (top_p >= 1.0))
     threshold = ranked[jnp.sum(keep) - 1]
     masked = jnp.where(scaled >= threshold, scaled, -jnp.inf)
     sampled = jnp.argmax(masked + gumbel_noise(seed, position, vocab)).astype(jnp.int32)
@@ -85,5 +86,25 @@ def gumbel_noise(seed: jax.Array, position: jax.Array, vocab: int) -> jax.Array:
 
 def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,
                   seed: jax.Array, position: jax.Array) -> jax.Array:
-    """logits `[B, vocab]` float32 and per-row params `[B]` -> next token ids `[B]` int32."""
-    return jax.vmap(_sample_row)(logits, temperature, top_k, top_p, seed, position)
+    """logits `[B, vocab]` float32 and per-row params `[B]` -> next token ids `[B]` int32.
+
+    Three paths give identical tokens per row; a batch takes the cheapest that serves all its
+    rows: all greedy (argmax only), no top-k/top-p filter anywhere (Gumbel-max over the full
+    vocabulary), or the per-row sort of the filtered path.
+    """
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    vocab = logits.shape[-1]
+
+    def plain(_):
+        scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+        noise = jax.vmap(lambda s, p: gumbel_noise(s, p, vocab))(seed, position)
+        return jnp.where(temperature <= 0.0, greedy, jnp.argmax(scaled + noise, axis=-1).astype(jnp.int32))
+
+    def filtered(_):
+        return jax.vmap(_sample_row)(logits, temperature, top_k, top_p, seed, position)
+
+    sampling = temperature > 0.0
+    needs_filter = jnp.any(sampling & ((top_k > 0) | (top_p < 1.0)))
+    return jax.lax.cond(jnp.any(sampling),
+                        lambda _: jax.lax.cond(needs_filter, filtered, plain, None),
+                        lambda _: greedy, None)
