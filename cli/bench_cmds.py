@@ -40,7 +40,7 @@ def plan_methods(topology, cost_model, methods: list[str], time_limit_s: float, 
         if method == "helix" and helix_placement is not None:
             placements[method] = Placement.load(helix_placement)
             continue
-        from helix_jax.solver import plan  # heavy (cvxpy): imported only when planning
+        from helix_jax.solver.plan import plan  # heavy (cvxpy): imported only when planning
 
         with console.status(f"planning {method} ..."):
             placements[method] = plan(topology, method=method, time_limit_s=time_limit_s, seed=seed,
