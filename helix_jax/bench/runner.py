@@ -20,7 +20,7 @@ from helix_jax.errors import ConfigError
 from helix_jax.placement import Placement
 from helix_jax.scheduler import POLICIES
 from helix_jax.sim import SimConfig, SimResult, simulate
-from helix_jax.sim.engine import config_dict
+from helix_jax.sim.result import config_dict
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,8 @@
 """
 
 from helix_jax.sim.config import MODES, SimConfig
-from helix_jax.sim.engine import NodeStats, SimResult, Simulator, placement_max_flow, simulate
+from helix_jax.sim.engine import Simulator, simulate
+from helix_jax.sim.result import NodeStats, SimResult, config_dict, placement_max_flow
 
-__all__ = ["MODES", "NodeStats", "SimConfig", "SimResult", "Simulator", "placement_max_flow", "simulate"]
+__all__ = ["MODES", "NodeStats", "SimConfig", "SimResult", "Simulator", "config_dict", "placement_max_flow",
+           "simulate"]

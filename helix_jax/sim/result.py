@@ -1,0 +1,72 @@
+"""Simulation results: what one run reports (frozen), and its JSON form.
+
+Sits between the simulator engine and the bench report: engine -> **SimResult** -> report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from helix_jax.bench.metrics import RunMetrics
+from helix_jax.placement import Placement
+from helix_jax.sim.config import SimConfig
+from helix_jax.topology import COORDINATOR
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeStats:
+    name: str
+    layers: tuple[int, int]
+    steps: int
+    busy_fraction: float
+    mean_decode_batch: float
+    max_decode_seqs: int
+    kv_budget_token_layers: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SimResult:
+    method: str
+    policy: str
+    config: SimConfig
+    metrics: RunMetrics
+    max_flow_tokens_per_s: float
+    submitted: int
+    admitted: int
+    completed: int           # over the whole run
+    rejected_overloaded: int
+    rejected_too_large: int
+    queued_at_end: int
+    in_flight_at_end: int
+    peak_in_flight: int
+    mean_in_flight: float    # time average over the window (Little's law: ~ decode tok/s x TPOT)
+    events: int
+    wall_s: float
+    nodes: tuple[NodeStats, ...]
+
+    @property
+    def flow_fraction(self) -> float:
+        return self.metrics.decode_tokens_per_s / self.max_flow_tokens_per_s if self.max_flow_tokens_per_s else 0.0
+
+    def to_dict(self, with_samples: bool = False) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["metrics"] = self.metrics.to_dict(with_samples)
+        d["config"] = config_dict(self.config)
+        d["flow_fraction"] = self.flow_fraction
+        return d
+
+
+def config_dict(config: SimConfig) -> dict[str, Any]:
+    """The settings of a run for results.json (traces summarised by their length)."""
+    d = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("arrival_counts", "arrival_times_s")}
+    d["arrival_trace_intervals"] = len(config.arrival_counts or ())
+    d["arrival_times_given"] = len(config.arrival_times_s or ())
+    return d
+
+
+def placement_max_flow(placement: Placement) -> float:
+    """The placement's max-flow in tokens/s (its objective, or the flow out of the coordinator)."""
+    if placement.objective_tokens_per_s > 0:
+        return placement.objective_tokens_per_s
+    return sum(e.tokens_per_s for e in placement.out_flows(COORDINATOR))
