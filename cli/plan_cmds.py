@@ -77,6 +77,8 @@ def _print_placement(console: Console, topo: Topology, placement: Any) -> None:
         gap = (bound - placement.objective_tokens_per_s) / bound if bound > 0 else 0.0
         line += f", upper bound {bound:.1f} tokens/s, gap {100 * gap:.2f}%"
     line += f", status {placement.status}, solved in {placement.solve_seconds:.1f} s"
+    if "mean_hops" in placement.extra:
+        line += f", {placement.extra['mean_hops']:.1f} nodes per route on average"
     console.print(line)
 
 
@@ -86,14 +88,21 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
          gap: float = typer.Option(1e-3, "--gap", help="Relative optimality gap to stop at."),
          no_partial: bool = typer.Option(False, "--no-partial", help="Hand-offs only where ranges meet exactly."),
          seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same placement)."),
+         regions: str = typer.Option("auto", "--regions",
+                                     help="auto | windows (one block of layers per region) | free"),
          out: Path | None = typer.Option(None, "--out", help="Write the placement JSON here."),
          as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table.")) -> None:
     """Choose a layer range per node to maximise the cluster's max-flow of tokens."""
     from helix_jax.solver.plan import plan as run_plan
 
+    from helix_jax.errors import ConfigError
+
+    if regions not in ("auto", "windows", "free"):
+        raise ConfigError(f"--regions must be auto, windows or free, got {regions!r}")
     topo = load_topology(topology)
     placement = run_plan(topo, method=method, time_limit_s=time_limit, rel_gap=gap,
-                         partial_inference=not no_partial, seed=seed)
+                         partial_inference=not no_partial, seed=seed,
+                         region_windows=None if regions == "auto" else regions == "windows")
     if out is not None:
         placement.save(out)
     if as_json:

@@ -37,6 +37,7 @@ def _row(topology_name: str, method: str, placement, time_limit_s: float | None,
         "time_limit_s": time_limit_s, "tokens_per_s": objective, "upper_bound_tokens_per_s": bound,
         "gap": (bound - objective) / bound if bound else None, "solve_seconds": placement.solve_seconds,
         "status": placement.status, "nodes_used": len(placement.ranges),
+        "mean_hops": placement.extra.get("mean_hops"),
     }
 
 
@@ -68,14 +69,16 @@ def run(topologies: list[str], time_limits: list[float], main_limit: float, no_p
 
 def print_tables(rows: list[dict], console: Console) -> None:
     table = Table(title="placements (decode tokens/s, true max-flow)")
-    for col in ("topology", "method", "limit s", "tokens/s", "upper bound", "gap", "solve s", "status", "nodes"):
+    for col in ("topology", "method", "limit s", "tokens/s", "upper bound", "gap", "solve s", "status", "nodes",
+                "hops"):
         table.add_column(col, justify="left" if col in ("topology", "method", "status") else "right")
     for r in rows:
         table.add_row(r["topology"], r["method"], "-" if r["time_limit_s"] is None else f"{r['time_limit_s']:g}",
                       f"{r['tokens_per_s']:.1f}",
                       "-" if r["upper_bound_tokens_per_s"] is None else f"{r['upper_bound_tokens_per_s']:.1f}",
                       "-" if r["gap"] is None else f"{100 * r['gap']:.2f}%", f"{r['solve_seconds']:.1f}",
-                      r["status"], str(r["nodes_used"]))
+                      r["status"], str(r["nodes_used"]),
+                      "-" if r["mean_hops"] is None else f"{r['mean_hops']:.1f}")
     console.print(table)
     summary = Table(title="helix (longest limit) against the baselines")
     for col in ("topology", "helix", "best baseline", "x best", "petals", "x petals", "swarm", "x swarm"):

@@ -138,6 +138,9 @@ def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict
     result = max_flow(topology, cost_model, ranges, partial_inference, allowed_edges)
     flows = tuple(FlowEdge(s, d, f) for (s, d), f in sorted(result.edge_flows.items()))
     objective = sum(f.tokens_per_s for f in flows if f.src == COORDINATOR)
+    extra = dict(extra or {})
+    if objective > 0:  # every token visits sum(node flows) / F nodes on average
+        extra["mean_hops"] = round(sum(result.node_flows.values()) / objective, 4)
     upper = upper_bound_tokens_per_s
     if upper is not None and upper < objective:
         upper = objective  # numerical slack of the bound; never report a bound below the incumbent
@@ -152,7 +155,7 @@ def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict
         partial_inference=partial_inference,
         status=status,
         solve_seconds=solve_seconds,
-        extra=dict(extra or {}),
+        extra=extra,
     )
     validate_placement(placement, topology, cost_model)
     return placement

@@ -145,10 +145,12 @@ class PlacementModel:
     """The cvxpy model for one topology; the clipping target T is a Parameter."""
 
     def __init__(self, topology: Topology, cost_model: CostModel, groups: list[Group],
-                 num_zones: int, partial_inference: bool, prune_target: float = float("inf")) -> None:
+                 num_zones: int, partial_inference: bool, prune_target: float = float("inf"),
+                 num_layers: int | None = None) -> None:
         """`prune_target`: the largest clipping target this model will be solved at; rectangles
-        dominated at every target up to it are left out (`dominant_min_layers`)."""
-        self.L = L = topology.model.num_layers
+        dominated at every target up to it are left out (`dominant_min_layers`). `num_layers`:
+        cover only that many layers (a region's window) instead of the whole model."""
+        self.L = L = num_layers or topology.model.num_layers
         self.groups = groups
         self.prune_target = prune_target
         self.rects = rects = make_rects(groups, L, prune_target if partial_inference else float("inf"))

@@ -11,6 +11,9 @@ Sits at the solver's front door: topology + cost model -> **plan** -> Placement 
    upper bound on the true optimum;
 4. expansion of the counts to concrete nodes and the true max-flow (maxflow.py); if link
    limits the model does not see cost flow, a max-flow local search repairs the placement;
+   With slow links between regions (regions.py) the answer is instead the best placement that
+   gives each region one window of layers, so a token crosses regions only a few times; the
+   bound stays the region-blind one;
 5. the best placement found, validated, with `upper_bound_tokens_per_s` and `status`
    ("optimal" when within `rel_gap` of the bound).
 Other methods return the baseline placement (baselines.py).
@@ -26,7 +29,7 @@ from helix_jax.costmodel import CostModel
 from helix_jax.errors import ConfigError, InfeasibleError
 from helix_jax.placement import Placement
 from helix_jax.topology import Topology
-from helix_jax.solver import heuristics, milp
+from helix_jax.solver import heuristics, milp, regions
 from helix_jax.solver.baselines import BASELINES, baseline_placement
 from helix_jax.solver.maxflow import max_flow, placement_with_flows
 
@@ -57,8 +60,12 @@ def check_feasible(topology: Topology, cost_model: CostModel) -> None:
 
 
 def plan(topology: Topology, method: str = "helix", time_limit_s: float = 60.0, rel_gap: float = 1e-3,
-         partial_inference: bool = True, seed: int = 0, cost_model: CostModel | None = None) -> Placement:
-    """Choose layer ranges for `topology` by `method` (see the module docstring)."""
+         partial_inference: bool = True, seed: int = 0, cost_model: CostModel | None = None,
+         region_windows: bool | None = None) -> Placement:
+    """Choose layer ranges for `topology` by `method` (see the module docstring).
+
+    `region_windows`: confine each region to one block of layers (regions.py); None decides
+    by the links (every inter-region link slow) and needs partial inference."""
     if method not in METHODS:
         raise ConfigError(f"unknown placement method {method!r}; choose one of {', '.join(METHODS)}")
     if not time_limit_s > 0:
@@ -69,11 +76,13 @@ def plan(topology: Topology, method: str = "helix", time_limit_s: float = 60.0, 
     check_feasible(topology, cost_model)
     if method != "helix":
         return baseline_placement(topology, cost_model, method, partial_inference)
-    return _plan_helix(topology, cost_model, time_limit_s, rel_gap, partial_inference, seed)
+    if region_windows is None:
+        region_windows = partial_inference and regions.slow_regions(topology)
+    return _plan_helix(topology, cost_model, time_limit_s, rel_gap, partial_inference, seed, region_windows)
 
 
 def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, rel_gap: float,
-                partial_inference: bool, seed: int) -> Placement:
+                partial_inference: bool, seed: int, region_windows: bool) -> Placement:
     t0 = time.monotonic()
     deadline = t0 + time_limit_s
     L = topology.model.num_layers
@@ -119,6 +128,13 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
     start_counts = None
     if start_label is not None:
         start_counts = milp.counts_from_ranges(model, candidates[start_label][0])
+    window_plan = None
+    if region_windows:
+        if not partial_inference:
+            raise ConfigError("region windows need partial inference")
+        window_plan = regions.plan_windows(topology, cost_model, upper, 0.5 * (deadline - time.monotonic()), seed)
+        if window_plan is not None:
+            consider("region-windows", window_plan.ranges)
     remaining = max(0.5, deadline - time.monotonic())
     outcome = milp.solve_counts(model, upper, time_limit_s=0.9 * remaining, rel_gap=rel_gap, seed=seed,
                                 start_counts=start_counts)
@@ -131,7 +147,8 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
             repaired, _ = heuristics.improve_flow(topology, cost_model, ranges, partial_inference, repair_s, seed)
             consider("milp+repair", repaired)
 
-    best_label = max(candidates, key=lambda k: (candidates[k][1], k == "milp"))
+    eligible = ["region-windows"] if "region-windows" in candidates else list(candidates)
+    best_label = max(eligible, key=lambda k: (candidates[k][1], k == "milp"))
     best_ranges, best_value = candidates[best_label]
     bound = max(outcome.upper_bound, best_value)
     status = "optimal" if best_value >= bound * (1 - max(rel_gap, NUMERIC_GAP)) - 1e-9 else (
@@ -143,6 +160,7 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
         "lp_bound": outcome.lp_bound,
         "trivial_bound": milp.trivial_bound(topology, cost_model),
         "zones": len(zones),
+        **({"region_windows": {r: list(w) for r, w in window_plan.windows.items()}} if window_plan else {}),
         "bisection_steps": [list(s) for s in outcome.steps],
         "gap": (bound - best_value) / bound if bound > 0 else 0.0,
         "seed": seed,

@@ -1,0 +1,128 @@
+"""Region windows: each region of a geo-distributed cluster serves one contiguous block of layers.
+
+Sits inside the solver beside milp.py: topology (regions, slow links) -> **windows** -> ranges ->
+maxflow.py. plan.py uses it when every link between regions is slow (latency of at least
+`REGION_LATENCY_MS`). A max-flow-optimal placement that ignores regions may send each token
+across regions a dozen times (each crossing costs the link latency on every decode step);
+confining each region to a window of layers bounds the crossings per token by the number of
+regions, at a small cost in max-flow.
+
+For a target F, `max_window(region, F)` is the most leading layers the region's nodes can cover
+to height F (MILP: integer rectangle counts as in milp.py, binary u_l marking covered layers,
+u non-increasing, coverage_l >= F u_l, maximise sum u). Bisection on F finds the largest F whose
+windows add up to L. Regions are laid out with the coordinator's region first; a window longer
+than needed is trimmed and rectangles crossing its end are shortened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import defaultdict
+
+import cvxpy as cp
+import numpy as np
+
+from helix_jax.costmodel import CostModel
+from helix_jax.topology import Topology
+from helix_jax.solver.highs_run import solve
+from helix_jax.solver.milp import Group, Rect, expand_counts, make_groups, make_rects
+
+log = logging.getLogger(__name__)
+
+REGION_LATENCY_MS = 10.0  # every inter-region link at least this slow: use windows
+WINDOW_GAP = 5e-3  # bisection on F stops at this relative width
+
+
+def slow_regions(topology: Topology) -> bool:
+    """True when the cluster has several regions and every link between them is slow."""
+    region = {n.name: n.region or "default" for n in topology.nodes}
+    if len(set(region.values())) < 2:
+        return False
+    cross = [link.latency_ms for (a, b), link in topology.links.items()
+             if a in region and b in region and region[a] != region[b]]
+    return bool(cross) and min(cross) >= REGION_LATENCY_MS
+
+
+class RegionCover:
+    """The 'longest covered prefix at height F' MILP of one region (module docstring)."""
+
+    def __init__(self, topology: Topology, cost_model: CostModel, nodes: list[str]) -> None:
+        self.L = L = topology.model.num_layers
+        self.groups: list[Group] = make_groups(topology, cost_model, [nodes])
+        self.rects: list[Rect] = make_rects(self.groups, L)
+        num_r = len(self.rects)
+        covers = np.zeros((L, num_r))
+        for i, r in enumerate(self.rects):
+            covers[r.start:r.end, i] = 1.0
+        group_rows = np.zeros((len(self.groups), num_r))
+        for i, r in enumerate(self.rects):
+            group_rows[r.group, i] = 1.0
+        self.n = cp.Variable(num_r, integer=True,
+                             bounds=[np.zeros(num_r), np.array([len(self.groups[r.group].nodes) for r in self.rects])])
+        self.u = cp.Variable(L, boolean=True)
+        self.h = cp.Parameter(num_r, nonneg=True)
+        self.target = cp.Parameter(nonneg=True)
+        cons = [group_rows @ self.n <= np.array([len(g.nodes) for g in self.groups]),
+                covers @ cp.multiply(self.h, self.n) >= self.target * self.u,
+                self.u[1:] <= self.u[:-1]]
+        self.problem = cp.Problem(cp.Maximize(cp.sum(self.u)), cons)
+        self.capacities = np.array([r.capacity for r in self.rects])
+
+    def max_window(self, target: float, time_limit_s: float, seed: int) -> tuple[int, dict[Rect, int]]:
+        if not self.rects:
+            return 0, {}
+        self.h.value = np.minimum(self.capacities, target)
+        self.target.value = target
+        result = solve(self.problem, time_limit_s=time_limit_s, rel_gap=1e-6, seed=seed)
+        if result.objective is None:
+            return 0, {}
+        counts = {self.rects[i]: int(round(v)) for i, v in enumerate(result.value(self.n)) if round(v) > 0}
+        return int(round(result.objective)), counts
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowPlan:
+    ranges: dict[str, tuple[int, int]]
+    windows: dict[str, tuple[int, int]]  # region -> [start, end)
+    target_tokens_per_s: float
+
+
+def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_limit_s: float,
+                 seed: int = 0) -> WindowPlan | None:
+    """Largest F (and its placement) such that the regions' windows at height F tile [0, L)."""
+    deadline = time.monotonic() + time_limit_s
+    by_region: dict[str, list[str]] = defaultdict(list)
+    for node in topology.nodes:
+        by_region[node.region or "default"].append(node.name)
+    first = topology.coordinator.region or "default"
+    order = sorted(by_region, key=lambda r: (r != first, r))
+    covers = {r: RegionCover(topology, cost_model, by_region[r]) for r in order}
+    L = topology.model.num_layers
+    lo, hi, best = 0.0, upper, None
+    while hi - lo > WINDOW_GAP * hi and time.monotonic() < deadline:
+        target = 0.5 * (lo + hi) if best is not None or lo > 0 else 0.5 * hi
+        per_call = max(0.2, (deadline - time.monotonic()) / (4 * len(order)))
+        found = {r: covers[r].max_window(target, per_call, seed) for r in order}
+        if sum(w for w, _ in found.values()) >= L:
+            lo, best = target, found
+        else:
+            hi = target
+    if best is None:
+        return None
+    ranges: dict[str, tuple[int, int]] = {}
+    windows: dict[str, tuple[int, int]] = {}
+    offset = 0
+    for region in order:
+        width, counts = best[region]
+        width = min(width, L - offset)
+        if width <= 0:
+            continue
+        windows[region] = (offset, offset + width)
+        for node, (s, e) in expand_counts(covers[region].groups, counts).items():
+            if s < width:
+                ranges[node] = (offset + s, offset + min(e, width))
+        offset += width
+    log.info("region windows %s at %.1f tokens/s", windows, lo)
+    return WindowPlan(ranges, windows, lo)

@@ -1,0 +1,62 @@
+"""Region windows: with slow links between regions each region serves one block of layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helix_jax.costmodel import CostModel
+from helix_jax.placement import validate_placement
+from helix_jax.topology import load_topology, topology_from_dict
+from helix_jax.solver.plan import plan
+from helix_jax.solver.regions import plan_windows, slow_regions
+
+ROOT = Path(__file__).resolve().parents[1] / "topologies"
+
+
+def _two_regions(latency_ms: float):
+    return topology_from_dict({
+        "model": {"preset": "tiny", "num_layers": 8},
+        "gpu_types": {"big": {"max_layers": 4, "capacity_tokens_per_s": [100, 90, 80, 70]},
+                      "small": {"max_layers": 2, "capacity_tokens_per_s": [60, 45]}},
+        "coordinator": {"region": "east"},
+        "nodes": [{"name": "e", "gpu": "big", "region": "east", "count": 3},
+                  {"name": "w", "gpu": "small", "region": "west", "count": 4}],
+        "links": {"default": {"bandwidth": "10 MB/s", "latency_ms": latency_ms},
+                  "within_region": {"default": {"bandwidth": "1 GB/s", "latency_ms": 1}}},
+    })
+
+
+def test_slow_regions_are_detected() -> None:
+    assert slow_regions(_two_regions(50))
+    assert not slow_regions(_two_regions(2))
+    assert not slow_regions(load_topology(ROOT / "single-region-24-llama2-70b.json"))
+    assert slow_regions(load_topology(ROOT / "three-region-24-llama2-70b.json"))
+
+
+def test_windows_tile_the_layers_and_cross_regions_once() -> None:
+    topo = _two_regions(50)
+    cm = CostModel(topo)
+    placement = plan(topo, time_limit_s=10, cost_model=cm)
+    validate_placement(placement, topo, cm)
+    windows = placement.extra["region_windows"]
+    assert windows["east"][0] == 0 and windows["east"][1] == windows["west"][0] and windows["west"][1] == 8
+    region = {n.name: n.region for n in topo.nodes}
+    for node, (s, e) in placement.ranges.items():
+        lo, hi = windows[region[node]]
+        assert lo <= s < e <= hi
+    crossings = sum(f.tokens_per_s for f in placement.flows
+                    if "coordinator" not in (f.src, f.dst) and region[f.src] != region[f.dst])
+    assert crossings == pytest.approx(placement.objective_tokens_per_s)  # one crossing per token
+    free = plan(topo, time_limit_s=10, cost_model=cm, region_windows=False)
+    assert placement.objective_tokens_per_s <= free.upper_bound_tokens_per_s + 1e-6
+    assert placement.upper_bound_tokens_per_s >= placement.objective_tokens_per_s
+
+
+def test_window_target_is_reachable_by_each_region() -> None:
+    topo = _two_regions(50)
+    cm = CostModel(topo)
+    result = plan_windows(topo, cm, upper=200.0, time_limit_s=10)
+    assert result is not None and result.target_tokens_per_s > 0
+    assert sum(e - s for s, e in result.windows.values()) == 8
