@@ -64,3 +64,19 @@ def test_open_loop_live_bench_sends_at_the_rate(endpoint: str) -> None:
 def test_live_config_errors() -> None:
     with pytest.raises(ConfigError, match="online mode needs a positive rate"):
         LiveConfig(mode="online")
+
+
+def test_bench_cli_against_the_endpoint(endpoint: str, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from helix_jax.cli.main import app
+
+    out = tmp_path / "live"
+    result = CliRunner().invoke(app, ["bench", "--endpoint", endpoint, "--duration", "5", "--warmup", "1",
+                                      "--prompt-tokens", "8", "--output-tokens", "4", "--concurrency", "2",
+                                      "--out", str(out)], catch_exceptions=False, env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "decode tok/s" in result.output and "tiny-8" in result.output
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["completed"] >= 2 and run["metrics"]["decode_tokens_per_s"] > 0
+    assert (out / "latency_cdf.png").stat().st_size > 1000
