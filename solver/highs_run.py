@@ -1,7 +1,8 @@
 """Run a cvxpy problem on HiGHS through highspy, with what cvxpy's HIGHS interface lacks.
 
 The planner writes its MILPs in cvxpy (readable algebra); cvxpy canonicalises them into
-`min c'x s.t. A x <= b` (equality rows first) with column bounds and integrality (`get_problem_data(cp.HIGHS)`).
+`min c'x s.t. A x <= b` (equality rows first) with column bounds and integrality
+(`get_problem_data(cp.HIGHS)`).
 This module hands that data to highspy itself so it can (1) pass a start solution (a
 heuristic incumbent), (2) read the MIP dual bound (the proof of how good the incumbent is)
 and (3) set the time limit, gap, random seed and thread count. Nothing here knows about

@@ -25,9 +25,10 @@ Every constraint is a relaxation of the true node-level max-flow, so the model o
 MILP dual bound) is a valid upper bound on any placement's throughput. The incumbent is the
 true max-flow of the expanded placement, computed afterwards.
 
-Solution method: T0 = trivial bound; T <- LP(T) until it stops falling (each LP value is an
-upper bound since LP(T) >= z*(T) >= min(F*, T)); then one MILP at that T. If the MILP is
-solved with z < T, z is the model optimum (z*(T) < T implies z*(T) = F*).
+Solution method (`solve_counts`): T0 = trivial bound; T <- LP(T) until it stops falling (each
+LP value is an upper bound since LP(T) >= z*(T) >= min(F*, T)); then bisection on T between the
+incumbent and that bound, each step a HiGHS feasibility question "cover every layer to height T"
+(infeasible proves F* < T), with a maximisation from the incumbent when it runs out of time.
 """
 
 from __future__ import annotations
