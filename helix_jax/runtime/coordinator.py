@@ -150,8 +150,8 @@ class Coordinator:
                 wire.send(self._control, wire.make("shutdown"), identity)
             except zmq.ZMQError:
                 pass
-        time.sleep(0.05)  # let the shutdown frames leave before linger-0 close
-        for sock in (self._client, self._control, self._data, *self._push.values()):
+        self._control.close(linger=2000)  # the shutdown frames must leave; nothing else waits
+        for sock in (self._client, self._data, *self._push.values()):
             sock.close(linger=0)
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -212,8 +212,9 @@ class Coordinator:
         node = msg.get("node")
         if msg.kind == "register":
             if node not in self.config.placement.ranges:
-                raise ProtocolError(f"node {node!r} holds no layers in this placement "
-                                    f"(placed nodes: {', '.join(self.nodes)})")
+                reason = f"node {node!r} holds no layers in this placement (placed nodes: {', '.join(self.nodes)})"
+                wire.send(self._control, wire.make("failed", node=node, message=reason), identity)
+                raise ProtocolError(reason)
             if node in self._identities and self._identities[node] != identity:
                 wire.send(self._control, wire.make("failed", node=node, message=f"node {node!r} already joined"),
                           identity)

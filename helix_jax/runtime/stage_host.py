@@ -38,6 +38,7 @@ class StageHost:
         self.kv_budget_token_layers = kv_budget_token_layers
         self.max_decode_rows, self.max_prompt_tokens = max_decode_rows, max_prompt_tokens
         self._step_input, self._sampling = StepInput, SamplingParams
+        self.decode_rows_total = self.prompt_tokens_total = 0  # over all batches, for the exit log
 
     @classmethod
     def build(cls, assign: wire.Message, compute: ComputePacer | None) -> "StageHost":
@@ -55,7 +56,7 @@ class StageHost:
         max_prompt = max_seq_len
         if compute is not None:
             max_rows = min(max_rows, max(1, compute.max_decode_batch(end - start)))
-            max_prompt = max(1, compute.max_prompt_tokens_per_step())
+            max_prompt = max(1, compute.max_prompt_tokens_per_step(end - start, max_seq_len))
         if compute is None:
             prefill = tuple(b for b in (32, 128) if b < max_seq_len) + (max_seq_len,)
             decode = tuple(b for b in DECODE_BUCKETS if b < max_rows) + (max_rows,)
@@ -136,6 +137,8 @@ class StageHost:
             rows += item.num_tokens == 1
             prompt_tokens += item.num_tokens if item.num_tokens > 1 else 0
             batch.append(self._pop(waiting, rid))
+        self.decode_rows_total += rows
+        self.prompt_tokens_total += prompt_tokens
         return batch
 
     @staticmethod

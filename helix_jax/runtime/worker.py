@@ -95,6 +95,8 @@ class Worker:
         self._running = True
         self._stalled = False
         self.steps_run = 0
+        self.real_busy_s = self.emulated_busy_s = 0.0
+        self.overruns = 0
 
     # ------------------------------------------------------------------ 1-2: join
     def run(self) -> int:
@@ -109,6 +111,12 @@ class Worker:
                 wire.send(self._control, wire.make("failed", node=self.options.node, message=str(exc)))
                 return 1
             self._serve()
+            steps = max(1, self.steps_run)
+            assert self.host is not None
+            logger.info("worker %s served %d steps (mean %.1f decode rows, %.1f prompt tokens): compute %.1f s, "
+                        "emulated %.1f s, %d overruns", self.options.node, self.steps_run,
+                        self.host.decode_rows_total / steps, self.host.prompt_tokens_total / steps,
+                        self.real_busy_s, self.emulated_busy_s, self.overruns)
             return 0
         finally:
             time.sleep(0.05)
@@ -233,9 +241,12 @@ class Worker:
         self.steps_run += 1
         finished = time.perf_counter()
         self._busy_until = finished
+        self.real_busy_s += finished - started
         if self._compute is not None:
             emulated = self._compute.step_seconds(self.host.layer_loads(batch))
             self._busy_until = max(finished, started + emulated)
+            self.emulated_busy_s += emulated
+            self.overruns += finished - started > emulated  # this CPU was slower than the GPU x scale
         for pending, result in results:
             self._held.append(self._forward(pending.msg, result))
         self._release_held()
