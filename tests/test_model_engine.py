@@ -17,6 +17,7 @@ from helix_jax.modelconfig import PRESETS
 
 CFG = PRESETS["tiny"]  # 4 layers, width 64, GQA 4/2, fp32
 ATOL = 2e-4
+FAST_COMPILE = {"xla_backend_optimization_level": 0}  # halves XLA CPU compile time
 PROMPT = np.array([256, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114], np.int32)  # 11 tokens
 
 
@@ -40,6 +41,7 @@ def make_engine(start: int, end: int, layer_loop: str = "scan", config=CFG, **kw
     kw.setdefault("prefill_buckets", (8,))
     kw.setdefault("decode_buckets", (1,))
     kw.setdefault("prefill_batch_buckets", (1,))
+    kw.setdefault("compiler_options", FAST_COMPILE)
     weights = random_stage_weights(config, start, end, seed=0, layer_loop=layer_loop)
     return StageEngine(config, start, end, weights, return_logits=True, **kw)
 
@@ -245,3 +247,21 @@ def test_weights_must_match_the_stage():
         StageEngine(CFG, 0, 3, weights, max_slots=1, max_seq_len=8)
     with pytest.raises(ConfigError, match="layer range"):
         random_stage_weights(CFG, 2, 2)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16"])  # float16 runs the same code; kept out for time
+def test_half_precision_stages_agree(dtype):
+    """Two half-precision stages give the whole half-precision model's logits (rounding only)."""
+    config = CFG.with_overrides(dtype=dtype)
+    whole = make_engine(0, 4, config=config)
+    head, tail = make_engine(0, 2, config=config), make_engine(2, 4, config=config)
+    for engine in (whole, head, tail):
+        engine.add_request("r")
+        assert engine.cache.k.dtype == jnp.dtype(dtype)
+    (ref,) = whole.step([StepInput("r", 0, 0, token_ids=PROMPT[:8])])
+    (mid,) = head.step([StepInput("r", 0, 0, token_ids=PROMPT[:8])])
+    assert mid.hidden.dtype == np.dtype(jnp.dtype(dtype))
+    (out,) = tail.step([StepInput("r", 2, 0, hidden=mid.hidden)])
+    assert np.isfinite(out.logits).all()
+    np.testing.assert_allclose(out.logits, ref.logits, atol=5e-2)
+    assert out.next_token == ref.next_token

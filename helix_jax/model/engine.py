@@ -47,7 +47,7 @@ DEFAULT_DECODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 # The trace-time side effect credits the compile to the engine calling in this thread.
 # Weights travel as a flat list of arrays: flattening an nnx.State of an unrolled 40-layer stage
 # cost ~0.4 ms per call, a plain list a few microseconds.
-_PROGRAMS: dict[tuple[Any, Any, bool], Callable] = {}
+_PROGRAMS: dict[tuple, Callable] = {}
 _CALLER = threading.local()
 
 
@@ -68,11 +68,13 @@ def _traced_step(graphdef, treedef, return_logits: bool, weight_leaves: list, ca
     return ((tokens, logits) if return_logits else tokens), cache
 
 
-def _step_program(graphdef, treedef, return_logits: bool) -> Callable:
-    key = (graphdef, treedef, return_logits)
+def _step_program(graphdef, treedef, return_logits: bool, compiler_options: dict | None) -> Callable:
+    options = tuple(sorted((compiler_options or {}).items()))
+    key = (graphdef, treedef, return_logits, options)
     if key not in _PROGRAMS:
         _PROGRAMS[key] = jax.jit(functools.partial(_traced_step, graphdef, treedef, return_logits),
-                                 static_argnames=("context_len",), donate_argnames=("cache",))
+                                 static_argnames=("context_len",), donate_argnames=("cache",),
+                                 compiler_options=dict(options) or None)
     return _PROGRAMS[key]
 
 
@@ -99,7 +101,9 @@ class StageEngine:
     of 1-token work; prefill_buckets are token counts per chunk (the largest is the longest
     chunk accepted, `max_chunk_tokens`) and prefill_batch_buckets row counts of chunk calls;
     context_buckets are attention windows (default: max_seq_len only). return_logits: the last
-    stage also returns each item's last-position logits (tests, debugging).
+    stage also returns each item's last-position logits (tests, debugging). compiler_options:
+    XLA options for the step programs (e.g. {"xla_backend_optimization_level": 0} halves CPU
+    compile time in tests). Not thread-safe: one thread drives an engine.
     """
 
     def __init__(self, config: ModelConfig, start_layer: int, end_layer: int, weights: StageWeights,
@@ -107,7 +111,8 @@ class StageEngine:
                  prefill_buckets: Sequence[int] = DEFAULT_PREFILL_BUCKETS,
                  decode_buckets: Sequence[int] = DEFAULT_DECODE_BUCKETS,
                  prefill_batch_buckets: Sequence[int] = DEFAULT_PREFILL_BATCH_BUCKETS,
-                 context_buckets: Sequence[int] | None = None, return_logits: bool = False):
+                 context_buckets: Sequence[int] | None = None, return_logits: bool = False,
+                 compiler_options: dict[str, Any] | None = None):
         check_range(config, start_layer, end_layer)
         if (weights.config, weights.start_layer, weights.end_layer) != (config, start_layer, end_layer):
             raise ConfigError(f"weights hold layers [{weights.start_layer}, {weights.end_layer}) of "
@@ -134,7 +139,7 @@ class StageEngine:
         self._requests: dict[Hashable, _Request] = {}
         self._compile_count = 0
         self._weight_leaves, treedef = jax.tree.flatten(self._state)
-        self._program = _step_program(self._graphdef, treedef, return_logits)
+        self._program = _step_program(self._graphdef, treedef, return_logits, compiler_options)
 
     # ---- capacity -------------------------------------------------------------------------
     @property
