@@ -152,3 +152,20 @@ def test_cli_generate_from_checkpoint_directory(llama3_dir):
     assert payload["ids"] == expected and payload["text"] is None  # no tokenizer.json there
     text = CliRunner().invoke(app, ["generate", "--model", str(directory), "--prompt", "hi"])
     assert isinstance(text.exception, CheckpointError) and "tokenizer.json" in str(text.exception)
+
+
+def test_checkpoint_directory_wins_over_a_tiny_name(tmp_path, llama3_dir):
+    import shutil
+
+    from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.model.weights import default_weights_source
+    from helix_jax.modelconfig import is_tiny
+
+    directory = tmp_path / "tiny-llama"
+    shutil.copytree(llama3_dir[0], directory)
+    config = checkpoint_config(directory)
+    assert is_tiny(config)  # named after its directory
+    assert default_weights_source(config, str(directory)) == str(directory)
+    assert default_weights_source(config, str(directory / "config.json")) == str(directory)
+    with pytest.raises(CheckpointError, match="tokenizer.json"):
+        load_tokenizer(config, directory)

@@ -57,10 +57,11 @@ class HFTokenizer:
 
 
 def load_tokenizer(config: ModelConfig, model_dir: str | Path | None = None) -> Tokenizer:
-    """Byte tokenizer for tiny models; otherwise `model_dir/tokenizer.json` (CheckpointError if absent)."""
-    if is_tiny(config):
-        return ByteTokenizer()
+    """`model_dir/tokenizer.json` when a checkpoint directory is given, else the byte tokenizer of
+    the built-in tiny models; CheckpointError when neither applies."""
     if model_dir is None:
+        if is_tiny(config):
+            return ByteTokenizer()
         raise CheckpointError(f"model {config.name!r} needs a checkpoint directory with tokenizer.json")
     path = Path(model_dir)
     path = path / "tokenizer.json" if path.is_dir() else path.parent / "tokenizer.json"

@@ -111,10 +111,13 @@ def default_weights_source(config: ModelConfig, model_spec: str) -> str:
     itself; a preset of a real model needs its checkpoint directory."""
     from helix_jax.modelconfig import PRESETS, is_tiny
 
+    path = Path(model_spec)
+    if path.is_file():  # a config.json: its directory holds the weights
+        path = path.parent
+    if path.is_dir():  # checked first: a checkpoint directory may be named "tiny-..."
+        return str(path)
     if is_tiny(config):
         return "random:0"
-    if Path(model_spec).is_dir():
-        return model_spec
     if model_spec.strip().lower() in PRESETS:
         raise CheckpointError(f"model {model_spec!r} has no built-in weights; pass its Hugging Face "
                               "checkpoint directory as --model")
