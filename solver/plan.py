@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 METHODS = ("helix",) + BASELINES
 HEURISTIC_SHARE = 0.2  # of the time limit spent on the start (at most HEURISTIC_MAX_S)
 HEURISTIC_MAX_S = 15.0
+WINDOW_SHARE = 0.75  # of the remaining time for region windows (the rest tightens the bound)
 NUMERIC_GAP = 1e-5  # gaps below this are solver tolerance, reported as optimal
 
 
@@ -132,7 +133,8 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
     if region_windows:
         if not partial_inference:
             raise ConfigError("region windows need partial inference")
-        window_plan = regions.plan_windows(topology, cost_model, upper, 0.5 * (deadline - time.monotonic()), seed)
+        window_plan = regions.plan_windows(topology, cost_model, upper, WINDOW_SHARE * (deadline - time.monotonic()),
+                                           seed)
         if window_plan is not None:
             consider("region-windows", window_plan.ranges)
     remaining = max(0.5, deadline - time.monotonic())

@@ -9,7 +9,8 @@ regions, at a small cost in max-flow.
 
 For a target F, `max_window(region, F)` is the most leading layers the region's nodes can cover
 to height F (MILP: integer rectangle counts as in milp.py, binary u_l marking covered layers,
-u non-increasing, coverage_l >= F u_l, maximise sum u). Bisection on F finds the largest F whose
+u non-increasing, coverage_l >= F u_l, maximise sum u). Bisection on F, starting from windows in
+proportion to each region's capacity covered by the greedy sweep, finds the largest F whose
 windows add up to L. Regions are laid out with the coordinator's region first; a window longer
 than needed is trimmed and rectangles crossing its end are shortened.
 """
@@ -26,6 +27,7 @@ import numpy as np
 
 from helix_jax.costmodel import CostModel
 from helix_jax.topology import Topology
+from helix_jax.solver import heuristics
 from helix_jax.solver.highs_run import solve
 from helix_jax.solver.milp import Group, Rect, expand_counts, make_groups, make_rects
 
@@ -89,6 +91,50 @@ class WindowPlan:
     target_tokens_per_s: float
 
 
+def _layout(order: list[str], widths: dict[str, int], placements: dict[str, dict[str, tuple[int, int]]],
+            num_layers: int) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """Lay the regions' windows out in `order`; trim what runs past L, shorten ranges to fit."""
+    ranges: dict[str, tuple[int, int]] = {}
+    windows: dict[str, tuple[int, int]] = {}
+    offset = 0
+    for region in order:
+        width = min(widths[region], num_layers - offset)
+        if width <= 0:
+            continue
+        windows[region] = (offset, offset + width)
+        for node, (s, e) in placements[region].items():
+            if s < width:
+                ranges[node] = (offset + s, offset + min(e, width))
+        offset += width
+    return ranges, windows
+
+
+def greedy_windows(topology: Topology, cost_model: CostModel, order: list[str],
+                   by_region: dict[str, list[str]]) -> tuple[float, dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+    """Fallback: windows in proportion to each region's capacity, each covered by the greedy sweep."""
+    L = topology.model.num_layers
+    tables = heuristics.node_tables(topology, cost_model)
+    strength = {r: sum(max(k * c for k, c in enumerate(tables[n], 1)) for n in by_region[r] if n in tables)
+                for r in order}
+    room = {r: sum(len(tables[n]) for n in by_region[r] if n in tables) for r in order}
+    total = sum(strength.values()) or 1.0
+    widths = {r: min(room[r], max(1, round(L * strength[r] / total))) if room[r] else 0 for r in order}
+    while sum(widths.values()) < L and any(widths[r] < room[r] for r in order):  # fix rounding
+        r = max((r for r in order if widths[r] < room[r]), key=lambda r: strength[r] / max(widths[r], 1))
+        widths[r] += 1
+    while sum(widths.values()) > L:
+        r = min((r for r in order if widths[r] > 1), key=lambda r: strength[r] / widths[r])
+        widths[r] -= 1
+    placements = {}
+    for r in order:
+        own = {n: tables[n] for n in by_region[r] if n in tables}
+        upper = sum(max(k * c for k, c in enumerate(t, 1)) for t in own.values()) / max(widths[r], 1)
+        placements[r] = (heuristics.best_greedy(own, widths[r], upper) or {}) if widths[r] else {}
+    ranges, windows = _layout(order, widths, placements, L)
+    covered = heuristics.coverage(ranges, tables, L)
+    return min(covered), ranges, windows
+
+
 def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_limit_s: float,
                  seed: int = 0) -> WindowPlan | None:
     """Largest F (and its placement) such that the regions' windows at height F tile [0, L)."""
@@ -98,31 +144,23 @@ def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_l
         by_region[node.region or "default"].append(node.name)
     first = topology.coordinator.region or "default"
     order = sorted(by_region, key=lambda r: (r != first, r))
-    covers = {r: RegionCover(topology, cost_model, by_region[r]) for r in order}
     L = topology.model.num_layers
-    lo, hi, best = 0.0, upper, None
+    lo, ranges, windows = greedy_windows(topology, cost_model, order, by_region)
+    best = WindowPlan(ranges, windows, lo) if lo > 0 else None
+    covers = {r: RegionCover(topology, cost_model, by_region[r]) for r in order}
+    hi = upper
     while hi - lo > WINDOW_GAP * hi and time.monotonic() < deadline:
-        target = 0.5 * (lo + hi) if best is not None or lo > 0 else 0.5 * hi
-        per_call = max(0.2, (deadline - time.monotonic()) / (4 * len(order)))
+        target = 0.5 * (lo + hi)
+        per_call = max(0.2, (deadline - time.monotonic()) / (3 * len(order)))
         found = {r: covers[r].max_window(target, per_call, seed) for r in order}
         if sum(w for w, _ in found.values()) >= L:
-            lo, best = target, found
+            placements = {r: expand_counts(covers[r].groups, counts) for r, (_, counts) in found.items()}
+            ranges, windows = _layout(order, {r: w for r, (w, _) in found.items()}, placements, L)
+            lo, best = target, WindowPlan(ranges, windows, target)
         else:
             hi = target
-    if best is None:
-        return None
-    ranges: dict[str, tuple[int, int]] = {}
-    windows: dict[str, tuple[int, int]] = {}
-    offset = 0
-    for region in order:
-        width, counts = best[region]
-        width = min(width, L - offset)
-        if width <= 0:
-            continue
-        windows[region] = (offset, offset + width)
-        for node, (s, e) in expand_counts(covers[region].groups, counts).items():
-            if s < width:
-                ranges[node] = (offset + s, offset + min(e, width))
-        offset += width
-    log.info("region windows %s at %.1f tokens/s", windows, lo)
-    return WindowPlan(ranges, windows, lo)
+    if best is not None:
+        log.info("region windows %s at %.1f tokens/s", best.windows, best.target_tokens_per_s)
+    return best
+
+
