@@ -47,22 +47,22 @@ def make_engine(start: int, end: int, layer_loop: str = "scan", config=CFG, **kw
 
 
 def run_chain(engines, request_id, chunks, position):
-    """Send token chunks through a pipeline of engines; return the last stage's output."""
+    """Send token chunks through a pipeline of engines, each entered where the previous one ended
+    (partial inference where ranges overlap); return the last stage's output."""
     out = None
     for chunk_index, chunk in enumerate(chunks):
         last_chunk = chunk_index == len(chunks) - 1
-        payload = {"token_ids": np.asarray(chunk, np.int32)}
+        payload, entry = {"token_ids": np.asarray(chunk, np.int32)}, 0
         for engine in engines:
-            (out,) = engine.step([StepInput(request_id, engine.start_layer, position, sample=last_chunk,
-                                            **payload)])
-            payload = {"hidden": out.hidden}
+            (out,) = engine.step([StepInput(request_id, entry, position, sample=last_chunk, **payload)])
+            payload, entry = {"hidden": out.hidden}, engine.end_layer
         position += len(chunk)
     return out
 
 
 @pytest.mark.parametrize("splits, layer_loop", [
-    ([(0, 4)], "scan"), ([(0, 2), (2, 4)], "scan"), ([(0, 1), (1, 2), (2, 3), (3, 4)], "scan"),
-    ([(0, 1), (1, 4)], "unroll")])
+    ([(0, 4)], "scan"), ([(0, 3), (2, 4)], "scan"), ([(0, 1), (1, 2), (2, 3), (3, 4)], "scan"),
+    ([(0, 2), (1, 4)], "unroll")])  # overlapping ranges: the next stage runs only its rest
 def test_staged_cached_decode_equals_full_recompute(reference, splits, layer_loop):
     engines = [make_engine(s, e, layer_loop) for s, e in splits]
     for engine in engines:
@@ -213,6 +213,11 @@ def test_slots_capacity_and_release():
     with pytest.raises(RequestError, match="not held"):
         engine.release("zzz")
     assert slots_for_kv_budget(CFG, 2, engine.kv_cache_bytes, 32) == 2
+    weights = random_stage_weights(CFG, 1, 3)
+    sized = StageEngine.for_kv_budget(CFG, 1, 3, weights, 3 * engine.kv_cache_bytes // 2 + 1, 16)
+    assert sized.max_slots == 6 and sized.kv_capacity_token_layers == 6 * 16 * 2
+    with pytest.raises(ConfigError, match="holds no slot"):
+        StageEngine.for_kv_budget(CFG, 1, 3, weights, 100, 16)
 
 
 @pytest.mark.parametrize("bad, message", [

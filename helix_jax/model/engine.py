@@ -141,6 +141,18 @@ class StageEngine:
         self._weight_leaves, treedef = jax.tree.flatten(self._state)
         self._program = _step_program(self._graphdef, treedef, return_logits, compiler_options)
 
+    @classmethod
+    def for_kv_budget(cls, config: ModelConfig, start_layer: int, end_layer: int, weights: StageWeights,
+                      kv_budget_bytes: int, max_seq_len: int, **options: Any) -> "StageEngine":
+        """An engine with as many full-length slots as `kv_budget_bytes` of KV cache hold
+        (ConfigError when not even one fits); `options` are the constructor's bucket options."""
+        slots = slots_for_kv_budget(config, end_layer - start_layer, kv_budget_bytes, max_seq_len)
+        if slots == 0:
+            need = kv_cache_bytes(config, end_layer - start_layer, 1, max_seq_len)
+            raise ConfigError(f"a KV budget of {kv_budget_bytes} bytes holds no slot of {max_seq_len} "
+                              f"tokens for {end_layer - start_layer} layers (one needs {need} bytes)")
+        return cls(config, start_layer, end_layer, weights, slots, max_seq_len, **options)
+
     # ---- capacity -------------------------------------------------------------------------
     @property
     def num_layers(self) -> int:
