@@ -23,7 +23,7 @@ from helix_jax.runtime.emulation import ComputePacer, LayerLoad
 logger = logging.getLogger(__name__)
 
 DEFAULT_SLOTS = 32
-DECODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DECODE_BUCKETS = (1, 4, 16, 64, 256)  # few buckets: every one costs seconds of warm-up per worker
 
 
 class StageHost:
@@ -58,9 +58,9 @@ class StageHost:
             max_rows = min(max_rows, max(1, compute.max_decode_batch(end - start)))
             max_prompt = max(1, compute.max_prompt_tokens_per_step(end - start, max_seq_len))
         if compute is None:
-            prefill = tuple(b for b in (32, 128) if b < max_seq_len) + (max_seq_len,)
+            prefill = tuple(b for b in (64,) if b < max_seq_len) + (max_seq_len,)
             decode = tuple(b for b in DECODE_BUCKETS if b < max_rows) + (max_rows,)
-            prefill_rows = (1, 4) if slots >= 4 else (1,)
+            prefill_rows = (1,)
         else:  # emulated pacing hides padding cost: few buckets, short warm-up for many workers
             prefill, decode, prefill_rows = (max_seq_len,), tuple(sorted({max(1, max_rows // 4), max_rows})), (1,)
         engine = StageEngine(config, start, end, weights, max_slots=slots, max_seq_len=max_seq_len,
