@@ -133,12 +133,17 @@ def bench_emulated(time_scale: float, concurrency: int, warmup_s: float, window_
     from helix_jax.model.tokenizer import load_tokenizer
     from helix_jax.solver.plan import plan
 
+    from helix_jax.costmodel import CostModel
+
     topo = load_topology(PAPER)
     placement = plan(topo, time_limit_s=plan_time_s)
+    workload = CostModel(topo).workload  # residents per node as the capacity model assumes them
+    resident_tokens = getattr(workload, "resident_kv_tokens", workload.mean_prompt_tokens + workload.mean_output_tokens)
+    kv_scale = (prompt_tokens + max_tokens) / resident_tokens
     model = resolve_model(f"tiny-{topo.model.num_layers}")
     max_seq_len = 64
     cfg = ServeConfig(topo, placement, model, weights="random:0", max_seq_len=max_seq_len,
-                      emulation=EmulationSpec.for_topology(topo, time_scale),
+                      emulation=EmulationSpec.for_topology(topo, time_scale, kv_scale),
                       kv_tokens=concurrency * max_seq_len, queue_limit=100_000)
     started = time.perf_counter()
     with LocalDeployment(cfg, load_tokenizer(model)) as dep:
@@ -155,7 +160,7 @@ def bench_emulated(time_scale: float, concurrency: int, warmup_s: float, window_
             "fraction_of_max_flow": measured / placement.objective_tokens_per_s, "time_scale": time_scale,
             "concurrency": concurrency, "window_emulated_s": window_s, "deploy_ready_s": ready_s,
             "workers": len(placement.ranges), "prompt_tokens": prompt_tokens, "max_tokens": max_tokens,
-            "peak_queued": stats["peak_queued"]}
+            "peak_queued": stats["peak_queued"], "kv_scale": kv_scale}
 
 
 def main() -> None:
@@ -183,7 +188,7 @@ def main() -> None:
         r = bench_emulated(args.time_scale, args.concurrency, args.warmup, args.window, 33, 10, args.plan_time)
         print(f"[emulate] single-region-24-llama2-70b on tiny-80, {r['workers']} workers, time scale "
               f"{r['time_scale']:g}, {r['concurrency']} requests in flight (prompt {r['prompt_tokens']}, "
-              f"output {r['max_tokens']}); ready after {r['deploy_ready_s']:.0f} s")
+              f"output {r['max_tokens']}, KV budgets x{r['kv_scale']:.3f}); ready after {r['deploy_ready_s']:.0f} s")
         print(f"[emulate] decode {r['measured_tokens_per_s']:.1f} tok/s over {r['window_emulated_s']:g} emulated s "
               f"= {100 * r['fraction_of_max_flow']:.1f}% of the max-flow {r['max_flow_tokens_per_s']:.1f} tok/s")
 

@@ -31,20 +31,25 @@ class EmulationSpec:
     time_scale: float
     topology_raw: Mapping[str, Any]  # the topology file's JSON, rebuilt on the worker
     base_dir: str
+    # Multiplies the emulated KV budgets. A benchmark whose requests are shorter than the cost
+    # model's workload sets it to (its request tokens / the workload's resident KV tokens) so the
+    # ledger admits as many residents per node as the capacity model assumes.
+    kv_scale: float = 1.0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"time_scale": self.time_scale, "topology": dict(self.topology_raw), "base_dir": self.base_dir}
+        return {"time_scale": self.time_scale, "topology": dict(self.topology_raw), "base_dir": self.base_dir,
+                "kv_scale": self.kv_scale}
 
     @classmethod
     def from_wire(cls, raw: Mapping[str, Any]) -> "EmulationSpec":
-        return cls(float(raw["time_scale"]), raw["topology"], str(raw["base_dir"]))
+        return cls(float(raw["time_scale"]), raw["topology"], str(raw["base_dir"]), float(raw.get("kv_scale", 1.0)))
 
     @classmethod
-    def for_topology(cls, topology: Topology, time_scale: float) -> "EmulationSpec":
+    def for_topology(cls, topology: Topology, time_scale: float, kv_scale: float = 1.0) -> "EmulationSpec":
         if not topology.source_path:
             raise ValueError("emulation needs a topology loaded from a file")
         path = Path(topology.source_path)
-        return cls(time_scale, json.loads(path.read_text()), str(path.parent.resolve()))
+        return cls(time_scale, json.loads(path.read_text()), str(path.parent.resolve()), kv_scale)
 
     def topology(self) -> Topology:
         return topology_from_dict(dict(self.topology_raw), base_dir=Path(self.base_dir))
@@ -84,12 +89,12 @@ class LayerLoad:
 class ComputePacer:
     """Wall seconds one batch step would take on the node's GPU type, times `time_scale`."""
 
-    def __init__(self, topology: Topology, node: str, time_scale: float) -> None:
+    def __init__(self, topology: Topology, node: str, time_scale: float, kv_scale: float = 1.0) -> None:
         from helix_jax.costmodel import CostModel  # emulation only: keeps workers' import light
 
         self.cost = CostModel(topology)
         self.gpu = topology.node(node).gpu
-        self.time_scale = time_scale
+        self.time_scale, self.kv_scale = time_scale, kv_scale
 
     def step_seconds(self, loads: Sequence[LayerLoad]) -> float:
         total = 0.0
@@ -110,5 +115,5 @@ class ComputePacer:
         return min(self.cost.max_prompt_tokens_per_step(self.gpu), max(steady, longest_prompt))
 
     def kv_budget_token_layers(self, num_layers_held: int) -> int:
-        return self.cost.kv_budget_token_layers(self.gpu, num_layers_held)
+        return max(1, int(self.cost.kv_budget_token_layers(self.gpu, num_layers_held) * self.kv_scale))
 

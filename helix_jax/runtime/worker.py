@@ -148,7 +148,7 @@ class Worker:
         emulation = EmulationSpec.from_wire(assign["emulate"]) if assign.get("emulate") else None
         if emulation is not None:
             topology = emulation.topology()
-            self._compute = ComputePacer(topology, self.options.node, emulation.time_scale)
+            self._compute = ComputePacer(topology, self.options.node, emulation.time_scale, emulation.kv_scale)
             self._links = LinkPacer(topology, self.options.node, emulation.time_scale)
         self.host = StageHost.build(assign, self._compute)
         self._endpoints = {**assign["neighbours"], COORDINATOR: assign["coordinator_data"]}
