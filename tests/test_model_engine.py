@@ -254,19 +254,19 @@ def test_weights_must_match_the_stage():
         random_stage_weights(CFG, 2, 2)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16"])  # float16 runs the same code; kept out for time
-def test_half_precision_stages_agree(dtype):
-    """Two half-precision stages give the whole half-precision model's logits (rounding only)."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_stages_match_float32(reference, dtype):
+    """Two half-precision stages give the float32 model's logits up to rounding: random weights
+    are drawn in float32 and cast, so every dtype holds the same model."""
     config = CFG.with_overrides(dtype=dtype)
-    whole = make_engine(0, 4, config=config)
     head, tail = make_engine(0, 2, config=config), make_engine(2, 4, config=config)
-    for engine in (whole, head, tail):
+    for engine in (head, tail):
         engine.add_request("r")
         assert engine.cache.k.dtype == jnp.dtype(dtype)
-    (ref,) = whole.step([StepInput("r", 0, 0, token_ids=PROMPT[:8])])
     (mid,) = head.step([StepInput("r", 0, 0, token_ids=PROMPT[:8])])
     assert mid.hidden.dtype == np.dtype(jnp.dtype(dtype))
     (out,) = tail.step([StepInput("r", 2, 0, hidden=mid.hidden)])
+    expected = reference(PROMPT[:8])[-1]
     assert np.isfinite(out.logits).all()
-    np.testing.assert_allclose(out.logits, ref.logits, atol=5e-2)
-    assert out.next_token == ref.next_token
+    np.testing.assert_allclose(out.logits, expected, atol=0.15)
+    assert out.next_token == int(np.argmax(expected))

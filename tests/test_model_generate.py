@@ -21,6 +21,7 @@ from helix_jax.profiles import LatencyProfile
 
 CFG = PRESETS["tiny"]
 PROMPT = [256, 72, 101, 108, 108, 111]
+FAST = {"xla_backend_optimization_level": 0}  # halves XLA CPU compile time
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_sampling_depends_only_on_seed_and_position(weights):
     """A seeded request samples the same tokens alone or batched with other requests."""
     engine = StageEngine(CFG, 0, CFG.num_layers, weights, max_slots=3, max_seq_len=32,
                          prefill_buckets=(8,), decode_buckets=(3,), prefill_batch_buckets=(3,),
-                         compiler_options={"xla_backend_optimization_level": 0})
+                         compiler_options=FAST)
     hot = SamplingParams(temperature=1.5, seed=7)
 
     def run(others: int) -> list[int]:
@@ -106,25 +107,29 @@ def test_sampling_depends_only_on_seed_and_position(weights):
 
     alone, batched = run(0), run(2)
     assert alone == batched
-    local = generate_local(CFG, weights, PROMPT, 7, hot, stop_at_eos=False)
+    local = generate_local(CFG, weights, PROMPT, 7, hot, stop_at_eos=False, compiler_options=FAST)
     assert local == alone
     other_seed = generate_local(CFG, weights, PROMPT, 7, SamplingParams(temperature=1.5, seed=8),
-                                stop_at_eos=False)
+                                stop_at_eos=False, compiler_options=FAST)
     assert other_seed != alone
 
 
 def test_generate_local_chunking_limits_and_eos(weights):
-    full = generate_local(CFG, weights, PROMPT * 3, 6, stop_at_eos=False, chunk_tokens=64)
-    assert generate_local(CFG, weights, PROMPT * 3, 6, stop_at_eos=False, chunk_tokens=4) == full
+    full = generate_local(CFG, weights, PROMPT * 3, 6, stop_at_eos=False, chunk_tokens=64,
+                          compiler_options=FAST)
+    assert generate_local(CFG, weights, PROMPT * 3, 6, stop_at_eos=False, chunk_tokens=4,
+                          compiler_options=FAST) == full
     assert len(full) == 6
     greedy_top1 = generate_local(CFG, weights, PROMPT * 3, 6, SamplingParams(temperature=1.0, top_k=1),
-                                 stop_at_eos=False)
+                                 stop_at_eos=False, compiler_options=FAST)
     assert greedy_top1 == full
     eos = full[2]
     stop = full.index(eos) + 1
-    assert generate_local(CFG.with_overrides(eos_token_id=eos), "random:0", PROMPT * 3, 6) == full[:stop]
+    assert generate_local(CFG.with_overrides(eos_token_id=eos), "random:0", PROMPT * 3, 6,
+                          compiler_options=FAST) == full[:stop]
     streamed: list[int] = []
-    generate_local(CFG, weights, PROMPT, 3, on_token=streamed.append, stop_at_eos=False)
+    generate_local(CFG, weights, PROMPT, 3, on_token=streamed.append, stop_at_eos=False,
+                   compiler_options=FAST)
     assert len(streamed) == 3
     with pytest.raises(RequestError, match="max_position_embeddings"):
         generate_local(CFG, weights, PROMPT, CFG.max_position_embeddings)

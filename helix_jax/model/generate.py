@@ -28,12 +28,14 @@ _SEQ_ROUND = 64
 
 def generate_local(config: ModelConfig, weights_source: str | Path | StageWeights, prompt_ids: Sequence[int],
                    max_tokens: int, sampling: SamplingParams | None = None, *, chunk_tokens: int = 64,
-                   stop_at_eos: bool = True, on_token: Callable[[int], None] | None = None) -> list[int]:
+                   stop_at_eos: bool = True, on_token: Callable[[int], None] | None = None,
+                   compiler_options: dict | None = None) -> list[int]:
     """Generate up to `max_tokens` ids after `prompt_ids` (returned without the prompt).
 
     Stops early after emitting EOS (included) when `stop_at_eos`. `on_token` is called with
     each id as soon as it is sampled (streaming). Prompts are prefilled in chunks of
-    `chunk_tokens`, exactly as a worker would receive them.
+    `chunk_tokens`, exactly as a worker would receive them. `compiler_options` go to the
+    engine (XLA options of its step programs).
     """
     prompt = [int(t) for t in prompt_ids]
     if not prompt:
@@ -49,7 +51,8 @@ def generate_local(config: ModelConfig, weights_source: str | Path | StageWeight
     max_seq_len = min(config.max_position_embeddings, -(-total // _SEQ_ROUND) * _SEQ_ROUND)
     chunk = min(chunk_tokens, max_seq_len)
     engine = StageEngine(config, 0, config.num_layers, weights, max_slots=1, max_seq_len=max_seq_len,
-                         prefill_buckets=(chunk,), decode_buckets=(1,), prefill_batch_buckets=(1,))
+                         prefill_buckets=(chunk,), decode_buckets=(1,), prefill_batch_buckets=(1,),
+                         compiler_options=compiler_options)
     engine.add_request("local", sampling or SamplingParams())
     out: list[int] = []
     token = None

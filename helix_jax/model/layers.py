@@ -74,8 +74,15 @@ class RMSNorm(nnx.Module):
         return self.weight[...] * x32.astype(x.dtype)
 
 
+def normal_init(stddev: float):
+    """Normal initializer drawn in float32 and then cast, so seeded random weights are the same
+    model in every dtype (drawing directly in bf16 would give different values)."""
+    draw = nnx.initializers.normal(stddev=stddev)
+    return lambda key, shape, dtype=jnp.float32: draw(key, shape, jnp.float32).astype(dtype)
+
+
 def _linear(n_in: int, n_out: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    init = nnx.initializers.normal(stddev=1.0 / math.sqrt(n_in))
+    init = normal_init(1.0 / math.sqrt(n_in))
     return nnx.Linear(n_in, n_out, use_bias=False, dtype=dtype, param_dtype=dtype,
                       kernel_init=init, rngs=rngs)
 

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from helix_jax.model.layers import DecoderLayer, LayerKV, RMSNorm, jnp_dtype, rope_cos_sin, rope_inv_freq
+from helix_jax.model.layers import (DecoderLayer, LayerKV, RMSNorm, jnp_dtype, normal_init, rope_cos_sin,
+                                    rope_inv_freq)
 from helix_jax.errors import ConfigError
 from helix_jax.modelconfig import ModelConfig
 
@@ -75,14 +76,13 @@ class StageModel(nnx.Module):
                                     for i in range(end_layer - start_layer)])
         needs_table = self.is_first or (self.is_last and config.tie_word_embeddings)
         self.embed = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=dtype,
-                               embedding_init=nnx.initializers.normal(stddev=1.0),
+                               embedding_init=normal_init(1.0),
                                rngs=nnx.Rngs(params=embed_key)) if needs_table else None
         self.final_norm = (RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
                            if self.is_last else None)
         self.lm_head = (nnx.Linear(config.hidden_size, config.vocab_size, use_bias=False, dtype=dtype,
                                    param_dtype=dtype, rngs=nnx.Rngs(params=head_key),
-                                   kernel_init=nnx.initializers.normal(
-                                       stddev=2.0 / config.hidden_size ** 0.5))
+                                   kernel_init=normal_init(2.0 / config.hidden_size ** 0.5))
                         if self.is_last and not config.tie_word_embeddings else None)
 
     @property
