@@ -22,24 +22,34 @@ Three sources, in order of precedence for a GPU type:
    * weights may use at most `WEIGHT_MEMORY_FRACTION` of usable memory -> `max_layers`;
    * `ACTIVATION_MEMORY_FRACTION` of usable memory is kept for activations (prefill chunks);
    * the rest is KV cache: `kv_budget_token_layers = KV bytes / kv bytes per token per layer`;
-   * decode batch: a request's KV stays on every node of its route for its whole life, but a
-     decode token visits the node once per round trip through ~L/k stages like it, so only
-     `k / L` of the resident sequences (counted at the average context
-     `mean_prompt + mean_output / 2`) can share one batch: `B = kv_budget / (ctx * L)`;
+   * resident requests: the KV ledger reserves prompt + output for a request's whole life on
+     every node of its route, and long answers stay longest, so a node holding k layers keeps
+     `R = kv_budget / (k * resident_kv_tokens)` requests (`WorkloadShape.resident_kv_tokens`,
+     E[(p + o) o] / E[o], 1273 tokens on the Azure conversation trace);
+   * own-pace batch: a decode token visits the node once per round trip through ~L/k stages
+     like it, so `B = R * k / L` sequences share one step at the node's own pace;
    * one layer on a mixed batch of p prompt tokens and d decode sequences:
      `LAYER_OVERHEAD_SECONDS + prefill(p) + decode(d)` where prefill is compute-bound
      (`p * flops / (tflops * PREFILL_FLOPS_EFFICIENCY)`) and decode is the roofline
      `max(bytes / (bandwidth * MEMORY_BANDWIDTH_EFFICIENCY), flops / (tflops * DECODE_FLOPS_EFFICIENCY))`
      with bytes = weights of the layer + KV read + activations;
-   * c(type, k) = B / (k * step(B * r, B)) with r = mean_prompt / mean_output.
+   * c(type, k) = R / round trip (Little's law), with round trip =
+     `HOP_WAIT_FACTOR * L * max(step(B * r, B), reference_layer_seconds)`: each layer of the
+     route costs ~1.5 steps (half a step waiting for the batch in progress, then its own), and a
+     fast GPU's residents cycle no faster than the layers they also cross on slower nodes
+     (`reference_layer_seconds`: the cluster's mean per-layer step over its layer slots);
+     r = mean_prompt / mean_output prompt tokens ride along with each decode token (prefill is
+     chunked, so decode steps never wait behind a whole prompt).
    The efficiency factors are calibrated so that LLaMA-2-70B on the paper's 24-GPU cluster
    plans to a few hundred tokens/s, the order the prototype served on real GPUs (223 tok/s);
    replace them by measuring (`helix-jax profile`) wherever real hardware is at hand.
 
-Consistency promise (the simulator relies on it): `capacity_tokens_per_s(t, k)` equals, within
-a few percent, `B / (k * layer_step_seconds(t, round(B * r), B, B * ctx))` with
-`B = max_decode_batch(t, k)`. Multi-GPU nodes (num_gpus > 1) already carry summed memory,
-bandwidth and FLOPs in the catalog; the reserve is per GPU.
+Consistency promise (the simulator relies on it): `capacity_tokens_per_s(t, k)` times the
+round trip above equals the requests resident on the node (tests/test_costmodel.py), and the
+simulator, which chunks prefill to `max_prompt_tokens_per_step`, reaches ~98% of the Helix
+placement's max-flow on the 24-GPU cluster (BENCHMARKS.md). `max_decode_batch` is the resident
+count: every resident sequence may share one step. Multi-GPU nodes (num_gpus > 1) already carry
+summed memory, bandwidth and FLOPs in the catalog; the reserve is per GPU.
 
 Links carry one activation vector per token (`activation_bytes_per_token`); links to or from
 the coordinator carry token ids (`COORDINATOR_BYTES_PER_TOKEN`). Prompt activations are not
@@ -64,8 +74,10 @@ ACTIVATION_MEMORY_FRACTION = 0.1  # of usable memory: activations and prefill wo
 MEMORY_BANDWIDTH_EFFICIENCY = 0.4  # share of sheet bandwidth decode kernels reach
 DECODE_FLOPS_EFFICIENCY = 0.2  # share of sheet FLOPs on small decode GEMMs
 PREFILL_FLOPS_EFFICIENCY = 0.2  # share of sheet FLOPs on prefill chunks
+REFERENCE_PACE_WEIGHT = 1.0  # 0 ignores the cluster's pace (each node cycles at its own)
+HOP_WAIT_FACTOR = 1.5  # steps per hop a decode token spends: ~half a step waiting, then its own
 LAYER_OVERHEAD_SECONDS = 5e-4  # per layer per step: launches, sync, host bookkeeping
-MAX_PROMPT_TOKENS_CAP = 4096  # prefill chunk limit even when memory allows more
+MAX_PROMPT_TOKENS_CAP = 128  # prefill chunk limit even when memory allows more
 ACTIVATION_BYTES_FACTOR = 6  # live activation bytes per prompt token ~ 6 x intermediate x dtype
 COORDINATOR_BYTES_PER_TOKEN = 4  # int32 token ids
 TABLE_REFERENCE_BATCH = 128  # decode batch at the best k*c(k) of an explicit table
@@ -79,6 +91,10 @@ class WorkloadShape:
 
     mean_prompt_tokens: float = 763.0
     mean_output_tokens: float = 232.0
+    # E[o^2] / E[o]^2 of output lengths: long answers stay resident longer, so the KV a resident
+    # request holds (reserved up front as prompt + output) is residence-weighted. 2.2 is the
+    # Azure conversation trace's figure (1273 resident tokens against 995 mean tokens).
+    output_length_second_moment_ratio: float = 2.2
 
     def __post_init__(self) -> None:
         if not (self.mean_prompt_tokens >= 0 and self.mean_output_tokens > 0):
@@ -92,6 +108,13 @@ class WorkloadShape:
     @property
     def average_context_tokens(self) -> float:
         return self.mean_prompt_tokens + self.mean_output_tokens / 2
+
+    @property
+    def resident_kv_tokens(self) -> float:
+        """KV tokens per layer a resident request holds, averaged over time: the KV ledger
+        reserves prompt + output for the request's whole life, and a request's life is
+        proportional to its output length, so E[(p + o) o] / E[o]."""
+        return self.mean_prompt_tokens + self.mean_output_tokens * self.output_length_second_moment_ratio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,9 +195,18 @@ class CostModel:
         if gpu.capacity_tokens_per_s is not None:
             self._check_k(gpu_type, num_layers_held)
             return self._table_fit(gpu_type).batches[num_layers_held - 1]
+        # every resident request may share one step (tokens travel in clumps along a route)
+        return max(1, int(self.resident_requests(gpu_type, num_layers_held)))
+
+    def resident_requests(self, gpu_type: str, num_layers_held: int) -> float:
+        """Requests whose KV fits on a node at once (residence-weighted reservation)."""
         budget = self.kv_budget_token_layers(gpu_type, num_layers_held)
-        per_seq = self.workload.average_context_tokens * self.model.num_layers
-        return max(1, int(budget // per_seq))
+        return budget / (num_layers_held * self.workload.resident_kv_tokens)
+
+    def _own_pace_batch(self, gpu_type: str, num_layers_held: int) -> float:
+        # a resident request visits this node once per round trip through ~L/k stages like it,
+        # so k/L of the residents share one batch
+        return self.resident_requests(gpu_type, num_layers_held) * num_layers_held / self.model.num_layers
 
     def max_prompt_tokens_per_step(self, gpu_type: str) -> int:
         gpu = self._gpu(gpu_type)
@@ -240,8 +272,30 @@ class CostModel:
 
     @functools.lru_cache(maxsize=None)
     def _derived_capacity(self, gpu_type: str, num_layers: int) -> float:
-        batch = self.max_decode_batch(gpu_type, num_layers)
-        return batch / (num_layers * self._batch_step_seconds(gpu_type, batch))
+        # Little's law: residents / round trip. A round trip runs all L layers, each hop costing
+        # HOP_WAIT_FACTOR steps (half a step waiting for the batch in progress, then its own),
+        # at this node's own pace or the cluster's reference pace, whichever is slower.
+        batch = max(1, int(self._own_pace_batch(gpu_type, num_layers)))
+        own_layer_s = self._batch_step_seconds(gpu_type, batch)
+        round_trip_s = HOP_WAIT_FACTOR * self.model.num_layers * max(own_layer_s, REFERENCE_PACE_WEIGHT * self.reference_layer_seconds)
+        return self.resident_requests(gpu_type, num_layers) / round_trip_s
+
+    @functools.cached_property
+    def reference_layer_seconds(self) -> float:
+        """The cluster's typical per-layer decode step: routes mix node types, so a resident
+        request cycles at the pace of the layers it crosses. Mean over the nodes' layer slots
+        (each node type at its own-pace batch while holding its maximum), roofline and profile
+        types only (explicit tables already state what a node achieves)."""
+        total_s, slots = 0.0, 0
+        for node in self.topology.nodes:
+            gpu = self._gpu(node.gpu)
+            top = self.max_layers(node.gpu)
+            if gpu.capacity_tokens_per_s is not None or top == 0:
+                continue
+            batch = max(1, int(self._own_pace_batch(node.gpu, top)))
+            total_s += top * self._batch_step_seconds(node.gpu, batch)
+            slots += top
+        return total_s / slots if slots else 0.0
 
     def capacity_table(self, gpu_type: str) -> list[float]:
         return [self.capacity_tokens_per_s(gpu_type, k) for k in range(1, self.max_layers(gpu_type) + 1)]

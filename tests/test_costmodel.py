@@ -50,12 +50,23 @@ def test_stronger_gpus_serve_more() -> None:
 
 
 def _promise_error(cm: CostModel, gpu: str, k: int) -> float:
+    """Relative gap between c(gpu, k) and what the consistency promise derives from step times."""
+    from helix_jax.costmodel import HOP_WAIT_FACTOR
+
     w = cm.workload
-    batch = cm.max_decode_batch(gpu, k)
-    step = cm.layer_step_seconds(gpu, round(batch * w.prompt_per_output), batch,
-                                 round(batch * w.average_context_tokens))
-    simulated = batch / (k * step)
-    return abs(simulated - cm.capacity_tokens_per_s(gpu, k)) / cm.capacity_tokens_per_s(gpu, k)
+    if cm.topology.gpu_types[gpu].capacity_tokens_per_s is not None:
+        batch = cm.max_decode_batch(gpu, k)  # explicit table: a node cycles at its own step
+        step = cm.layer_step_seconds(gpu, round(batch * w.prompt_per_output), batch,
+                                     round(batch * w.average_context_tokens))
+        expected = batch / (k * step)
+    else:  # Little's law: residents / round trip
+        layers = cm.model.num_layers
+        residents = cm.kv_budget_token_layers(gpu, k) / (k * w.resident_kv_tokens)
+        batch = max(1, int(residents * k / layers))
+        own = cm.layer_step_seconds(gpu, round(batch * w.prompt_per_output), batch,
+                                    round(batch * w.average_context_tokens))
+        expected = residents / (HOP_WAIT_FACTOR * layers * max(own, cm.reference_layer_seconds))
+    return abs(expected - cm.capacity_tokens_per_s(gpu, k)) / cm.capacity_tokens_per_s(gpu, k)
 
 
 def test_consistency_promise_roofline() -> None:
@@ -63,6 +74,20 @@ def test_consistency_promise_roofline() -> None:
     for gpu in ("A100-40GB", "L4", "T4"):
         for k in range(1, cm.max_layers(gpu) + 1):
             assert _promise_error(cm, gpu, k) < 0.03, (gpu, k)
+            residents = cm.kv_budget_token_layers(gpu, k) / (k * cm.workload.resident_kv_tokens)
+            assert cm.max_decode_batch(gpu, k) == int(residents)
+
+
+def test_fast_gpus_cycle_at_the_clusters_pace() -> None:
+    alone = _llama70b(["A100-40GB"])
+    mixed = _llama70b(["A100-40GB", "T4", "T4", "T4"])
+    assert mixed.reference_layer_seconds > alone.reference_layer_seconds
+    assert mixed.capacity_tokens_per_s("A100-40GB", 4) < alone.capacity_tokens_per_s("A100-40GB", 4)
+
+
+def test_resident_kv_is_residence_weighted() -> None:
+    w = WorkloadShape()
+    assert w.resident_kv_tokens > w.mean_prompt_tokens + w.mean_output_tokens > w.average_context_tokens
 
 
 @pytest.mark.parametrize("name", ["table-only", "two-pipelines"])

@@ -83,8 +83,13 @@ def test_batch_respects_prompt_and_decode_bounds() -> None:
         decoding.generated = 1
         reqs.append(decoding)
     node.waiting.extend(reqs)
-    node.form_batch()  # first prompt goes alone even though 150 > 100; two of three decodes
+    node.form_batch()  # prefill is chunked: 100 of r0's 150 tokens; two of three decodes
     assert [r.rid for r in node.batch] == ["r0", "d0", "d1"]
-    node.finish_batch()
-    node.form_batch()  # 60 + 30 fit, 20 would exceed 100
-    assert [r.rid for r in node.batch] == ["r1", "r2", "d2"]
+    moved_on = node.finish_batch()
+    assert [r.rid for r in moved_on] == ["d0", "d1"]  # r0 stays for its last chunk
+    node.form_batch()  # r0's last 50 tokens, then 50 of r1's 60
+    assert [r.rid for r in node.batch] == ["r0", "r1", "d2"]
+    assert [r.chunk for r in node.batch[:2]] == [50, 50]
+    moved_on = node.finish_batch()
+    assert [r.rid for r in moved_on] == ["r0", "d2"]
+    assert node.kv_entries == 2 * (150 + 50) + 2 * 3

@@ -23,7 +23,7 @@ class SimRequest:
     """A request in flight: where it is on its route and what it has produced."""
 
     __slots__ = ("rid", "prompt_tokens", "output_tokens", "generated", "route", "hop_index",
-                 "arrival_s", "first_token_s", "node_enter_s")
+                 "arrival_s", "first_token_s", "node_enter_s", "prefilled", "chunk")
 
     def __init__(self, rid: str, prompt_tokens: int, output_tokens: int, route, arrival_s: float):
         self.rid = rid
@@ -35,6 +35,8 @@ class SimRequest:
         self.arrival_s = arrival_s
         self.first_token_s = 0.0
         self.node_enter_s = 0.0
+        self.prefilled = 0  # prompt tokens already run at the current hop (chunked prefill)
+        self.chunk = 0  # prompt tokens this request runs in the step in progress
 
     @property
     def context_tokens(self) -> int:
@@ -63,7 +65,11 @@ class SimNode:
         self.prompt_tokens_total = 0
 
     def form_batch(self) -> float:
-        """Take a batch from the waiting line; returns the step's duration in seconds."""
+        """Take a batch from the waiting line; returns the step's duration in seconds.
+
+        Prompts are prefilled in chunks: a step runs at most `max_prompt_tokens` prompt tokens,
+        so decode tokens never wait behind a whole long prompt (chunked prefill, as the runtime
+        does); a prompt whose chunks are not all done stays at the head of the line."""
         decode: list[SimRequest] = []
         prefill: list[SimRequest] = []
         prompt_tokens = 0
@@ -73,9 +79,10 @@ class SimNode:
                 if len(decode) < self.max_decode_seqs:
                     decode.append(req)
                     continue
-            elif not prefill or prompt_tokens + req.prompt_tokens <= self.max_prompt_tokens:
-                prefill.append(req)  # the first prompt always goes, however long
-                prompt_tokens += req.prompt_tokens
+            elif prompt_tokens < self.max_prompt_tokens:
+                req.chunk = min(req.prompt_tokens - req.prefilled, self.max_prompt_tokens - prompt_tokens)
+                prefill.append(req)
+                prompt_tokens += req.chunk
                 continue
             kept.append(req)
         self.waiting = kept
@@ -100,7 +107,7 @@ class SimNode:
                 g[1] += 1
                 g[2] += req.prompt_tokens + req.generated
             else:
-                g[0] += req.prompt_tokens
+                g[0] += req.chunk
         entries = sorted(groups)
         total = 0.0
         prompt = decode = context = 0
@@ -114,12 +121,26 @@ class SimNode:
         return total
 
     def finish_batch(self) -> list[SimRequest]:
-        """End the step: write the batch's KV; returns the batch (in batch order)."""
+        """End the step: write the batch's KV; returns the requests that move on (in batch
+        order). A prompt with chunks left goes back to the head of the waiting line."""
         batch, self.batch, self.busy = self.batch, [], False
+        done, unfinished = [], []
         for req in batch:
             layers = req.route[req.hop_index].num_layers
-            self.kv_entries += layers * (1 if req.generated else req.prompt_tokens)
-        return batch
+            if req.generated:
+                self.kv_entries += layers
+                done.append(req)
+                continue
+            self.kv_entries += layers * req.chunk
+            req.prefilled += req.chunk
+            req.chunk = 0
+            if req.prefilled < req.prompt_tokens:
+                unfinished.append(req)
+            else:
+                req.prefilled = 0  # the next hop starts its own prefill
+                done.append(req)
+        self.waiting.extendleft(reversed(unfinished))
+        return done
 
 
 class SimLink:

@@ -162,6 +162,10 @@ class Simulator:
 
     def _step_done(self, node: SimNode, now: float) -> None:
         batch = node.finish_batch()
+        if not batch:  # only prompt chunks ran: nothing moves on yet
+            if node.waiting:
+                self._start_step(node, now)
+            return
         if node.kv_entries > self.scheduler.ledger.used(node.name):
             raise RuntimeError(f"simulated KV on {node.name} ({node.kv_entries} token-layers) exceeds "
                                f"its reservation ({self.scheduler.ledger.used(node.name)})")
