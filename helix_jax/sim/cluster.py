@@ -4,8 +4,9 @@ Owns the execution model of HELIX.md section 6 for one node and one link (the en
 engine.py moves requests between them):
 
 * `SimNode`: requests wait in arrival order; when idle the node forms one batch mixing
-  prefill and decode work, bounded by `max_prompt_tokens` prompt tokens (a single longer
-  prompt runs alone rather than never), `max_decode_seqs` decode sequences, and the KV room
+  prefill and decode work, bounded by `max_prompt_tokens` prompt tokens (longer prompts are
+  prefilled in chunks over several steps, as the runtime does, and move on to the next hop
+  once whole), `max_decode_seqs` decode sequences, and the KV room
   the scheduler reserved at admission. The step runs the node's layers in order; a request
   that entered at layer x (partial inference) joins at layer x, so the step costs
   `sum over layer segments of layers x layer_step_seconds(active prompt tokens, active decode
