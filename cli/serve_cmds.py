@@ -141,9 +141,10 @@ def worker(coordinator: str = typer.Option(..., help="Coordinator control endpoi
 
 def demo(requests: int = typer.Option(4, help="Requests to send through the deployment."),
          max_tokens: int = typer.Option(16, help="Tokens to generate per request."),
-         paper_plan_time: float = typer.Option(10.0, help="Planner time limit for the 24-node cluster.")) -> None:
+         paper_plan_time: float = typer.Option(10.0, help="Planner time limit for the 24-node cluster."),
+         sim_seconds: float = typer.Option(600.0, help="Simulated seconds of the benchmark table (0: skip).")) -> None:
     """Plan and deploy the shipped small CPU cluster, send a few requests, print answers and
-    timings, plan the paper's 24-node cluster, and exit."""
+    timings, plan the paper's 24-node cluster, simulate helix against the baselines there, and exit."""
     from concurrent.futures import ThreadPoolExecutor
 
     from helix_jax.client import Client
@@ -174,6 +175,15 @@ def demo(requests: int = typer.Option(4, help="Requests to send through the depl
         paper = load_topology(PAPER_TOPOLOGY)
         print_placement(plan(paper, time_limit_s=paper_plan_time), paper,
                         f"4. planner on {paper.name} ({paper.model.name}, {len(paper.nodes)} nodes)")
+        if sim_seconds > 0:
+            from helix_jax.bench.workload import length_sampler
+            from helix_jax.cli.bench_cmds import _simulated
+
+            console.print(f"5. benchmark: {sim_seconds:g} simulated seconds of {paper.name}, offline, "
+                          "Azure-conversation-like requests")
+            _simulated(console, PAPER_TOPOLOGY, ["helix", "swarm", "petals", "sp"], ["iwrr"], "offline",
+                       None, sim_seconds, min(120.0, sim_seconds / 5), length_sampler(), None, 0,
+                       paper_plan_time, None, float("inf"), float("inf"), None)
     console.print(f"demo done in {time.perf_counter() - started:.1f} s")
 
 
