@@ -20,7 +20,15 @@ def test_llama2_70b_sizes_match_public_figures() -> None:
 def test_every_preset_is_consistent() -> None:
     for name, cfg in PRESETS.items():
         assert cfg.name == name
-        assert cfg.dim_per_head * cfg.num_heads >= cfg.hidden_size // 2
+        assert cfg.num_heads % cfg.num_kv_heads == 0
+        assert cfg.dim_per_head * cfg.num_heads == cfg.hidden_size
+
+
+def test_llama2_7b_layer_parameters_by_hand() -> None:
+    cfg = preset("llama-2-7b")
+    # q, k, v, o projections (4 x 4096^2), gate/up/down (3 x 4096 x 11008), two RMSNorm weights
+    assert cfg.params_per_layer == 4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096
+    assert cfg.flops_per_token_per_layer == 2 * (4 * 4096**2 + 3 * 4096 * 11008)
 
 
 def test_hf_config_roundtrip(tmp_path) -> None:
