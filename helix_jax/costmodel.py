@@ -74,7 +74,6 @@ ACTIVATION_MEMORY_FRACTION = 0.1  # of usable memory: activations and prefill wo
 MEMORY_BANDWIDTH_EFFICIENCY = 0.4  # share of sheet bandwidth decode kernels reach
 DECODE_FLOPS_EFFICIENCY = 0.2  # share of sheet FLOPs on small decode GEMMs
 PREFILL_FLOPS_EFFICIENCY = 0.2  # share of sheet FLOPs on prefill chunks
-REFERENCE_PACE_WEIGHT = 1.0  # 0 ignores the cluster's pace (each node cycles at its own)
 HOP_WAIT_FACTOR = 1.5  # steps per hop a decode token spends: ~half a step waiting, then its own
 LAYER_OVERHEAD_SECONDS = 5e-4  # per layer per step: launches, sync, host bookkeeping
 MAX_PROMPT_TOKENS_CAP = 128  # prefill chunk limit even when memory allows more
@@ -203,10 +202,12 @@ class CostModel:
         budget = self.kv_budget_token_layers(gpu_type, num_layers_held)
         return budget / (num_layers_held * self.workload.resident_kv_tokens)
 
-    def _own_pace_batch(self, gpu_type: str, num_layers_held: int) -> float:
-        # a resident request visits this node once per round trip through ~L/k stages like it,
-        # so k/L of the residents share one batch
-        return self.resident_requests(gpu_type, num_layers_held) * num_layers_held / self.model.num_layers
+    def _own_pace_layer_seconds(self, gpu_type: str, num_layers_held: int) -> float:
+        """One layer step at the node's own pace: a resident request visits this node once per
+        round trip through ~L/k stages like it, so k/L of the residents share one batch."""
+        residents = self.resident_requests(gpu_type, num_layers_held)
+        batch = max(1, int(residents * num_layers_held / self.model.num_layers))
+        return self._batch_step_seconds(gpu_type, batch)
 
     def max_prompt_tokens_per_step(self, gpu_type: str) -> int:
         gpu = self._gpu(gpu_type)
@@ -275,9 +276,8 @@ class CostModel:
         # Little's law: residents / round trip. A round trip runs all L layers, each hop costing
         # HOP_WAIT_FACTOR steps (half a step waiting for the batch in progress, then its own),
         # at this node's own pace or the cluster's reference pace, whichever is slower.
-        batch = max(1, int(self._own_pace_batch(gpu_type, num_layers)))
-        own_layer_s = self._batch_step_seconds(gpu_type, batch)
-        round_trip_s = HOP_WAIT_FACTOR * self.model.num_layers * max(own_layer_s, REFERENCE_PACE_WEIGHT * self.reference_layer_seconds)
+        own_layer_s = self._own_pace_layer_seconds(gpu_type, num_layers)
+        round_trip_s = HOP_WAIT_FACTOR * self.model.num_layers * max(own_layer_s, self.reference_layer_seconds)
         return self.resident_requests(gpu_type, num_layers) / round_trip_s
 
     @functools.cached_property
@@ -292,8 +292,7 @@ class CostModel:
             top = self.max_layers(node.gpu)
             if gpu.capacity_tokens_per_s is not None or top == 0:
                 continue
-            batch = max(1, int(self._own_pace_batch(node.gpu, top)))
-            total_s += top * self._batch_step_seconds(node.gpu, batch)
+            total_s += top * self._own_pace_layer_seconds(node.gpu, top)
             slots += top
         return total_s / slots if slots else 0.0
 

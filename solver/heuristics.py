@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Iterator
 
 from helix_jax.costmodel import CostModel
 from helix_jax.topology import Topology
@@ -110,6 +111,15 @@ def best_greedy(tables: dict[str, list[float]], num_layers: int, upper: float, i
     return best
 
 
+def _shuffled_rounds(names: list[str], rng: random.Random, deadline: float) -> Iterator[list[str]]:
+    """Node orders for the rounds of a first-improvement local search: a fresh shuffle of
+    `names` per round while time is left (the caller stops when a round improves nothing)."""
+    while time.monotonic() < deadline:
+        order = list(names)
+        rng.shuffle(order)
+        yield order
+
+
 def improve_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int,
                      time_budget_s: float, seed: int = 0) -> Ranges:
     """First-improvement local search on (min coverage, -#layers at the minimum)."""
@@ -123,11 +133,8 @@ def improve_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers:
         return (round(low, 9), -sum(1 for c in cov if c <= low + 1e-9))
 
     best_score = score(cover)
-    improved = True
-    while improved and time.monotonic() < deadline:
+    for nodes in _shuffled_rounds(sorted(tables), rng, deadline):
         improved = False
-        nodes = sorted(tables)
-        rng.shuffle(nodes)
         for node in nodes:
             old = current.get(node)
             base = list(cover)
@@ -156,6 +163,8 @@ def improve_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers:
                     break
             if time.monotonic() > deadline:
                 break
+        if not improved:
+            break
     return current
 
 
@@ -168,15 +177,11 @@ def improve_flow(topology: Topology, cost_model: CostModel, ranges: Ranges, part
     current = dict(ranges)
     value = max_flow(topology, cost_model, current, partial_inference).value_tokens_per_s
     deadline = time.monotonic() + time_budget_s
-    improved = True
-    while improved and time.monotonic() < deadline:
+    for nodes in _shuffled_rounds(sorted(tables), rng, deadline):
         improved = False
-        nodes = sorted(tables)
-        rng.shuffle(nodes)
         for node in nodes:
             if time.monotonic() > deadline:
                 break
-            options = []
             if node in current:
                 s, e = current[node]
                 options = [(s + ds, e + de) for ds, de in ((-1, -1), (1, 1), (0, 1), (0, -1), (-1, 0), (1, 0))]
@@ -192,6 +197,8 @@ def improve_flow(topology: Topology, cost_model: CostModel, ranges: Ranges, part
                 if v > value * (1 + 1e-9):
                     current, value, improved = trial, v, True
                     break
+        if not improved:
+            break
     return current, value
 
 
