@@ -93,3 +93,36 @@ def test_batch_respects_prompt_and_decode_bounds() -> None:
     moved_on = node.finish_batch()
     assert [r.rid for r in moved_on] == ["r0", "d2"]
     assert node.kv_entries == 2 * (150 + 50) + 2 * 3
+
+
+def test_kv_is_checked_after_a_step_that_only_ran_prompt_chunks() -> None:
+    """A prompt longer than one step's chunk writes KV before anything moves on; the check
+    against the scheduler's reservation must already hold then (here nothing was reserved)."""
+    from helix_jax.sim.engine import Simulator
+
+    cost = CostModel(one_node_topology())
+    placement = Placement("one-node", 4, {"n": (0, 4)}, (FlowEdge(C, "n", 340), FlowEdge("n", C, 340)))
+    sim = Simulator(placement, cost, FixedLengths(10, 2), SimConfig(duration_s=10.0, warmup_s=0.0))
+    node = sim.nodes["n"]
+    unreserved = SimRequest("stray", 3 * node.max_prompt_tokens, 2, (Hop("n", 0, 4),), 0.0)
+    node.waiting.append(unreserved)
+    node.form_batch()
+    assert unreserved.chunk == node.max_prompt_tokens
+    with pytest.raises(RuntimeError, match="exceeds its reservation"):
+        sim._step_done(node, 1.0)
+
+
+def test_long_prompt_is_prefilled_in_chunks_and_completes() -> None:
+    topo = one_node_topology()
+    cost = CostModel(topo)
+    placement = Placement("one-node", 4, {"n": (0, 4)}, (FlowEdge(C, "n", 340), FlowEdge("n", C, 340)))
+    chunk = cost.max_prompt_tokens_per_step("g")
+    prompt = 2 * chunk + 7
+    config = SimConfig(mode="online", duration_s=1000.0, warmup_s=0.0, arrival_times_s=(0.0,))
+    res = simulate(placement, cost, FixedLengths(prompt, 2), config)
+    assert res.completed == 1 and res.in_flight_at_end == 0
+    assert res.nodes[0].steps == 3 + 1  # three prefill chunks, one decode step
+    latency_s = LATENCY_MS / 1e3
+    ids_s = lambda tokens: latency_s + tokens * 4 / BANDWIDTH_BYTES_PER_S  # noqa: E731
+    prefill_s = 4 * (2 * cost.layer_step_seconds("g", chunk, 0, 0) + cost.layer_step_seconds("g", 7, 0, 0))
+    assert res.metrics.ttft.mean_ms == pytest.approx(1000 * (ids_s(prompt) + prefill_s + ids_s(1)), rel=1e-9)

@@ -162,13 +162,14 @@ class Simulator:
 
     def _step_done(self, node: SimNode, now: float) -> None:
         batch = node.finish_batch()
+        reserved = self.scheduler.ledger.used(node.name)
+        if node.kv_entries > reserved:  # checked after every step, prompt-chunk-only ones too
+            raise RuntimeError(f"simulated KV on {node.name} ({node.kv_entries} token-layers) exceeds "
+                               f"its reservation ({reserved})")
         if not batch:  # only prompt chunks ran: nothing moves on yet
             if node.waiting:
                 self._start_step(node, now)
             return
-        if node.kv_entries > self.scheduler.ledger.used(node.name):
-            raise RuntimeError(f"simulated KV on {node.name} ({node.kv_entries} token-layers) exceeds "
-                               f"its reservation ({self.scheduler.ledger.used(node.name)})")
         if self._observe_latency:
             waited = sum(now - r.node_enter_s for r in batch) / len(batch)
             self.scheduler.on_hop_latency(node.name, waited)
