@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from helix_jax.errors import RequestError
@@ -26,6 +27,22 @@ def test_parse_generate_encodes_text_with_bos() -> None:
     assert req.prompt_ids == (256, ord("h"), ord("i")) and req.max_tokens == 4 and req.request_id == "r1"
 
 
+def test_parse_generate_keeps_sampling_and_builds_wire_forms_once() -> None:
+    from helix_jax.model import SamplingParams
+    from helix_jax.placement import Hop
+
+    req = parse_generate(_generate(temperature=0.7, top_k=5, top_p=0.9, seed=11), b"id", "r1", TINY,
+                         ByteTokenizer(), 64)
+    assert req.sampling == SamplingParams(0.7, 5, 0.9, 11)
+    assert req.sampling_wire == {"temperature": 0.7, "top_k": 5, "top_p": 0.9, "seed": 11}
+    req.set_route((Hop("a", 0, 4), Hop("b", 4, 8)))
+    assert req.route_wire == [["a", 0, 4], ["b", 4, 8]]
+    step = wire.decode(wire.encode(wire.make("step", [np.zeros(1, np.int32)],
+                                             request_id="r1", route=req.route_wire, hop=0, position=0,
+                                             index=0, sampling=req.sampling_wire)))
+    assert step["route"] == [["a", 0, 4], ["b", 4, 8]] and step["sampling"]["top_k"] == 5
+
+
 @pytest.mark.parametrize("fields, needle", [
     (dict(prompt=None), "exactly one of prompt"),
     (dict(prompt=None, prompt_ids=[]), "prompt_ids is empty"),
@@ -34,9 +51,12 @@ def test_parse_generate_encodes_text_with_bos() -> None:
     (dict(prompt="hi", prompt_ids=[1]), "exactly one of prompt"),
     (dict(max_tokens=-3), "max_tokens must be positive"),
     (dict(max_tokens=62), "prompt too long: 3 prompt tokens + max_tokens 62"),
-    (dict(top_k=-1), "top_k must be >= 0"),
+    (dict(temperature=-0.5), "temperature must be in [0, 100]"),
+    (dict(temperature=101.0), "temperature must be in [0, 100]"),
+    (dict(top_k=-1), "top_k must be an integer >= 0"),
     (dict(top_p=1.5), "top_p must be in"),
-    (dict(seed=-1), "seed must be in"),
+    (dict(seed=-1), "seed must be an integer in [0, 2**32)"),
+    (dict(seed=2 ** 32), "seed must be an integer in [0, 2**32)"),
     (dict(stop=["a"] * 9), "stop must be at most 8"),
 ])
 def test_parse_generate_rejects_bad_requests(fields: dict, needle: str) -> None:

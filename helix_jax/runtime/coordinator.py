@@ -298,7 +298,7 @@ class Coordinator:
         assert self.scheduler is not None
         for adm in self.scheduler.admit_ready():
             req = self._live[adm.request_id]
-            req.route = adm.route
+            req.set_route(adm.route)
             for hop in adm.route:
                 used = self.scheduler.ledger.used(hop.node)
                 self.peak_kv_used[hop.node] = max(self.peak_kv_used[hop.node], used)
@@ -306,8 +306,8 @@ class Coordinator:
             self._send_step(req, ids, position=0, index=0)
 
     def _send_step(self, req: LiveRequest, ids: np.ndarray, position: int, index: int) -> None:
-        msg = wire.make("step", [ids], request_id=req.request_id, route=req.route_wire(), hop=0,
-                        position=position, index=index, sampling=req.sampling.to_wire())
+        msg = wire.make("step", [ids], request_id=req.request_id, route=req.route_wire, hop=0,
+                        position=position, index=index, sampling=req.sampling_wire)
         self._send_data(req.route[0].node, msg, len(ids))
 
     def _on_data(self, msg: wire.Message) -> None:
@@ -342,5 +342,5 @@ class Coordinator:
             wire.send(self._client, wire.make(
                 "done", request_id=req.client_request_id, ids=list(req.output_ids), text=req.text,
                 finish_reason=reason, prompt_tokens=len(req.prompt_ids), time_scale=self.config.time_scale,
-                server_ttft_s=ttft / self.config.time_scale, route=req.route_wire()), req.identity)
+                server_ttft_s=ttft / self.config.time_scale, route=req.route_wire), req.identity)
         self._admit()

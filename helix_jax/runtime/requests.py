@@ -12,28 +12,19 @@ import time
 from typing import Any, Protocol, Sequence
 
 from helix_jax.errors import RequestError
+from helix_jax.model.sampling import SamplingParams
 from helix_jax.modelconfig import ModelConfig
 from helix_jax.placement import Hop
 from helix_jax.runtime import wire
 
 MAX_STOP_STRINGS = 8
+MAX_TEMPERATURE = 100.0  # the deployment's cap on top of SamplingParams' own checks
 
 
 class TextCodec(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-    temperature: float
-    top_k: int
-    top_p: float
-    seed: int
-
-    def to_wire(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -45,17 +36,23 @@ class LiveRequest:
     client_request_id: str
     prompt_ids: tuple[int, ...]
     max_tokens: int
-    sampling: Sampling
+    sampling: SamplingParams
     stop: tuple[str, ...]
     submitted_at: float = dataclasses.field(default_factory=time.perf_counter)
     route: tuple[Hop, ...] | None = None
     output_ids: list[int] = dataclasses.field(default_factory=list)
     text: str = ""
     first_token_at: float | None = None
+    # wire forms, built once (every decode step's message carries both)
+    route_wire: list[list[Any]] = dataclasses.field(default_factory=list)
+    sampling_wire: dict[str, Any] = dataclasses.field(init=False)
 
-    def route_wire(self) -> list[list[Any]]:
-        assert self.route is not None
-        return [[h.node, h.start_layer, h.end_layer] for h in self.route]
+    def __post_init__(self) -> None:
+        self.sampling_wire = dataclasses.asdict(self.sampling)
+
+    def set_route(self, route: tuple[Hop, ...]) -> None:
+        self.route = route
+        self.route_wire = [[h.node, h.start_layer, h.end_layer] for h in route]
 
     def add_token(self, token_id: int, codec: TextCodec, eos_token_id: int | None) -> tuple[str, str | None]:
         """Append a sampled token; returns (new text, finish reason or None)."""
@@ -100,17 +97,12 @@ def parse_generate(msg: wire.Message, identity: bytes, request_id: str, model: M
     if len(ids) + max_tokens > max_seq_len:
         raise RequestError(f"prompt too long: {len(ids)} prompt tokens + max_tokens {max_tokens} "
                            f"exceed the deployment's maximum sequence length {max_seq_len}")
-    temperature, top_k, top_p, seed = msg["temperature"], msg["top_k"], msg["top_p"], msg["seed"]
-    if not 0.0 <= temperature <= 100.0:
-        raise RequestError(f"temperature must be in [0, 100], got {temperature}")
-    if top_k < 0:
-        raise RequestError(f"top_k must be >= 0, got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise RequestError(f"top_p must be in (0, 1], got {top_p}")
-    if not 0 <= seed < 2 ** 32:
-        raise RequestError(f"seed must be in [0, 2**32), got {seed}")
+    temperature = msg["temperature"]
+    if not 0.0 <= temperature <= MAX_TEMPERATURE:
+        raise RequestError(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {temperature}")
+    sampling = SamplingParams(float(temperature), msg["top_k"], float(msg["top_p"]), msg["seed"])  # RequestError
     stop = msg.get("stop") or []
     if len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop):
         raise RequestError(f"stop must be at most {MAX_STOP_STRINGS} non-empty strings, got {stop!r}")
     return LiveRequest(request_id, identity, msg["request_id"], tuple(ids), max_tokens,
-                       Sampling(float(temperature), top_k, float(top_p), seed), tuple(stop))
+                       sampling, tuple(stop))
