@@ -40,7 +40,6 @@ class SimConfig:
     min_edge_share: float = 0.05
     slo_ttft_ms: float = math.inf
     slo_tpot_ms: float = math.inf
-    cap_decode_batch: bool = True  # bound decode seqs per step by the cost model's max batch
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

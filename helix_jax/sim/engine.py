@@ -59,8 +59,8 @@ class Simulator:
             gpu = topo.node(name).gpu
             held = end - start
             budgets[name] = cost_model.kv_budget_token_layers(gpu, held)
-            max_decode = cost_model.max_decode_batch(gpu, held) if config.cap_decode_batch else 1 << 30
-            self.nodes[name] = SimNode(name, end, cost_model.max_prompt_tokens_per_step(gpu), max_decode,
+            self.nodes[name] = SimNode(name, end, cost_model.max_prompt_tokens_per_step(gpu),
+                                       cost_model.max_decode_batch(gpu, held),
                                        functools.partial(cost_model.layer_step_seconds, gpu))
         self.budgets = budgets
         self.scheduler = Scheduler(placement, budgets, policy=config.policy, queue_limit=config.queue_limit,
@@ -284,7 +284,7 @@ class Simulator:
             name=n.name, layers=self.placement.ranges[n.name], steps=n.steps,
             busy_fraction=min(1.0, n.busy_s / duration),
             mean_decode_batch=n.decode_seqs_total / n.steps if n.steps else 0.0,
-            max_decode_seqs=min(n.max_decode_seqs, 1 << 30), kv_budget_token_layers=self.budgets[n.name],
+            max_decode_seqs=n.max_decode_seqs, kv_budget_token_layers=self.budgets[n.name],
         ) for n in self.nodes.values())
         return SimResult(
             method=self.placement.method, policy=self.config.policy, config=self.config,
