@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from helix_jax.errors import PlacementError
+from helix_jax.jsonfile import read_json_file
 from helix_jax.topology import COORDINATOR
 
 
@@ -157,14 +158,7 @@ class Placement:
 
     @classmethod
     def load(cls, path: str | Path) -> "Placement":
-        p = Path(path)
-        if not p.is_file():
-            raise PlacementError(f"placement file {str(p)!r} does not exist")
-        try:
-            raw = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise PlacementError(f"{p.name} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-        return cls.from_dict(raw)
+        return cls.from_dict(read_json_file(path, "placement", PlacementError))
 
 
 # ----------------------------------------------------------------------------- validation

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from helix_jax.errors import ConfigError
+from helix_jax.jsonfile import read_json_file
 
 PROFILE_FORMAT = "helix-jax-profile/1"
 
@@ -148,11 +149,5 @@ class LatencyProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> "LatencyProfile":
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"profile file {str(p)!r} does not exist")
-        try:
-            raw = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{p.name} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-        return cls.from_dict(raw, source=p.name)
+        raw = read_json_file(path, "profile", ConfigError)
+        return cls.from_dict(raw, source=Path(path).name)

@@ -26,7 +26,6 @@ File format (all fields but `model` and `nodes` optional)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Any, Union
@@ -34,6 +33,7 @@ from typing import Any, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from helix_jax.errors import ConfigError, TopologyError
+from helix_jax.jsonfile import read_json_file
 from helix_jax.modelconfig import ModelConfig, resolve_model
 
 COORDINATOR = "coordinator"
@@ -422,12 +422,7 @@ def topology_from_dict(raw: Any, source: str | None = None, base_dir: Path | Non
 def load_topology(path: str | Path) -> Topology:
     """Read and validate a topology JSON file."""
     p = Path(path)
-    if not p.is_file():
-        raise TopologyError(f"topology file {str(p)!r} does not exist")
-    try:
-        raw = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise TopologyError(f"{p.name} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    raw = read_json_file(p, "topology", TopologyError)
     return topology_from_dict(raw, source=str(p), base_dir=p.parent)
 
 

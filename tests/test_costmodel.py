@@ -182,6 +182,17 @@ def test_bad_profiles_are_named(change: dict, message: str) -> None:
         LatencyProfile.load("/nonexistent/profile.json")
 
 
+def test_unreadable_profile_files_are_named(tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text('{"format": "helix-jax-profile/1", "prefill": [')
+    with pytest.raises(ConfigError, match=r"truncated.json is not valid JSON: .* line 1 column"):
+        LatencyProfile.load(truncated)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b'{"device": "\xff"}')
+    with pytest.raises(ConfigError, match="profile file .*binary.json.* cannot be read"):
+        LatencyProfile.load(binary)
+
+
 def test_cost_model_reads_a_profile(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text(json.dumps(_profile_dict()))
     topo = topology_from_dict({"model": "tiny", "gpu_types": {"Box": {"profile": "p.json"}},

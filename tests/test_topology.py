@@ -19,7 +19,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def _write(tmp_path: Path, doc) -> Path:
     path = tmp_path / "topo.json"
-    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    if isinstance(doc, bytes):
+        path.write_bytes(doc)
+    else:
+        path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
     return path
 
 
@@ -33,6 +36,7 @@ BAD = {
     "no-composition-holds-the-model": ({"model": "llama-2-70b", "nodes": [{"name": "t", "gpu": "T4", "count": 2}]},
                                        "at most 8 of the 80 layers"),
     "malformed-json": ('{"model": "tiny", "nodes": [', "not valid JSON"),
+    "not-utf8": (b'{"model": "tiny\xff"}', "cannot be read"),
 }
 
 
