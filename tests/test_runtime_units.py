@@ -9,7 +9,7 @@ from helix_jax.errors import RequestError
 from helix_jax.model.tokenizer import ByteTokenizer
 from helix_jax.modelconfig import PRESETS
 from helix_jax.runtime import wire
-from helix_jax.runtime.emulation import ComputePacer, EmulationSpec, LayerLoad, LinkPacer
+from helix_jax.runtime.emulation import ComputePacer, DelayedSends, EmulationSpec, LayerLoad, LinkPacer
 from helix_jax.runtime.requests import parse_generate
 from helix_jax.topology import default_topology_path, load_topology, topology_from_dict
 
@@ -117,3 +117,17 @@ def test_emulation_spec_travels_and_rebuilds_the_topology() -> None:
     spec = EmulationSpec.from_wire(raw)
     rebuilt = spec.topology()
     assert rebuilt.node_names == topo.node_names and rebuilt.model == topo.model and spec.time_scale == 4.0
+
+
+def test_delayed_sends_fire_in_due_order_and_fifo_among_equals() -> None:
+    sends = DelayedSends()
+    assert not sends and sends.next_due is None
+    sends.push(2.0, "b", "late")
+    sends.push(1.0, "a", "first")
+    sends.push(1.0, "c", "second")
+    assert sends.next_due == 1.0
+    out: list[tuple[str, str]] = []
+    sends.fire(1.5, lambda dst, msg: out.append((dst, msg)))
+    assert out == [("a", "first"), ("c", "second")] and sends.next_due == 2.0
+    sends.fire(2.0, lambda dst, msg: out.append((dst, msg)))
+    assert out[-1] == ("b", "late") and not sends

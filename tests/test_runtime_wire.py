@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import msgpack
 import numpy as np
 import pytest
 import zmq
 
-from helix_jax.errors import ProtocolError
+from helix_jax.errors import ProtocolError, RequestError
 from helix_jax.runtime import wire
 
 
@@ -104,3 +106,29 @@ def test_make_checks_types_at_the_sender() -> None:
         wire.make("generate", request_id="a", max_tokens=3, temperature=float("nan"), top_k=0, top_p=1.0, seed=0)
     with pytest.raises(ProtocolError, match="cannot travel"):
         wire.encode(_step(np.ones((2, 2), np.complex64)))
+
+
+def test_drain_rejects_garbage_and_handler_errors_and_keeps_serving() -> None:
+    ctx = zmq.Context.instance()
+    pull = wire.configure(ctx.socket(zmq.PULL))
+    push = wire.configure(ctx.socket(zmq.PUSH))
+    try:
+        push.connect(wire.bind_free_port(pull))
+        push.send_multipart([b"\xc1 not msgpack"])
+        wire.send(push, wire.make("free", request_id="bad"))
+        wire.send(push, wire.make("free", request_id="good"))
+        assert pull.poll(5000)
+        time.sleep(0.2)  # let all three arrive
+        handled, rejected = [], []
+
+        def handler(_identity: object, msg: wire.Message) -> None:
+            if msg["request_id"] == "bad":
+                raise RequestError("no such request")
+            handled.append(msg["request_id"])
+
+        wire.drain(pull, handler, on_reject=lambda _i, m, e: rejected.append((m and m["request_id"], type(e))))
+        assert handled == ["good"]
+        assert rejected == [(None, ProtocolError), ("bad", RequestError)]
+    finally:
+        push.close(0)
+        pull.close(0)

@@ -29,7 +29,6 @@ The loop, one thread, one zmq.Poller (timers only under --emulate):
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import itertools
 import logging
 import os
@@ -44,7 +43,7 @@ from helix_jax.errors import HelixError, ProtocolError
 from helix_jax.modelconfig import ModelConfig
 from helix_jax.placement import Placement
 from helix_jax.runtime import wire
-from helix_jax.runtime.emulation import EmulationSpec, LinkPacer
+from helix_jax.runtime.emulation import DelayedSends, EmulationSpec, LinkPacer
 from helix_jax.runtime.requests import LiveRequest, TextCodec, parse_generate
 from helix_jax.scheduler import RequestSpec, Scheduler
 from helix_jax.topology import COORDINATOR, Topology
@@ -104,8 +103,7 @@ class Coordinator:
         self._live: dict[str, LiveRequest] = {}
         self._by_client: dict[tuple[bytes, str], str] = {}
         self._ids = itertools.count()
-        self._timers: list[tuple[float, int, str, wire.Message]] = []
-        self._timer_seq = itertools.count()
+        self._timers = DelayedSends()
         self._pacer = (LinkPacer(config.emulation.topology(), COORDINATOR, config.time_scale)
                        if config.emulation else None)
         self.peak_kv_used: dict[str, int] = {n: 0 for n in self.nodes}
@@ -122,19 +120,18 @@ class Coordinator:
         poller.register(self._wake_r, zmq.POLLIN)
         try:
             while not self._stopping:
-                timeout_ms = None
-                if self._timers:
-                    timeout_ms = max(0.0, (self._timers[0][0] - time.perf_counter()) * 1000.0)
+                due = self._timers.next_due
+                timeout_ms = None if due is None else max(0.0, (due - time.perf_counter()) * 1000.0)
                 events = dict(poller.poll(timeout_ms))
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
                 if self._control in events:
-                    self._drain(self._control, True, self._on_control)
+                    wire.drain(self._control, self._on_control, routed=True)
                 if self._data in events:
-                    self._drain(self._data, False, lambda _i, m: self._on_data(m))
+                    wire.drain(self._data, lambda _i, m: self._on_data(m))
                 if self._client in events:
-                    self._drain(self._client, True, self._on_client)
-                self._fire_timers()
+                    wire.drain(self._client, self._on_client, routed=True, on_reject=self._reject_client)
+                self._timers.fire(time.perf_counter(), self._push_now)
         finally:
             self._close()
 
@@ -169,24 +166,9 @@ class Coordinator:
         return dict(self._data_endpoints)
 
     # ---------------------------------------------------------------- socket plumbing
-    def _drain(self, sock: zmq.Socket, routed: bool, handler: Any) -> None:
-        for _ in range(10_000):  # bounded so one flood cannot starve the other sockets
-            try:
-                identity, msg = wire.recv(sock, routed)
-            except zmq.Again:
-                return
-            except ProtocolError as exc:
-                identity = getattr(exc, "identity", None)
-                logger.warning("rejected a malformed message: %s", exc)
-                if sock is self._client and identity is not None:
-                    self._reply_error(identity, None, exc)
-                continue
-            try:
-                handler(identity, msg)
-            except HelixError as exc:  # a bad message of a known kind: reject, keep serving
-                logger.warning("rejected %s: %s", msg.kind, exc)
-                if sock is self._client and identity is not None:
-                    self._reply_error(identity, msg.get("request_id"), exc)
+    def _reject_client(self, identity: bytes | None, msg: wire.Message | None, exc: HelixError) -> None:
+        if identity is not None:
+            self._reply_error(identity, msg.get("request_id") if msg is not None else None, exc)
 
     def _reply_error(self, identity: bytes, client_rid: str | None, exc: HelixError) -> None:
         self.rejected += 1
@@ -195,16 +177,12 @@ class Coordinator:
 
     def _send_data(self, node: str, msg: wire.Message, num_tokens: int = 1) -> None:
         if self._pacer is None:
-            wire.send(self._push[node], msg)
-            return
-        due = self._pacer.deliver_at(node, num_tokens, time.perf_counter())
-        heapq.heappush(self._timers, (due, next(self._timer_seq), node, msg))
+            self._push_now(node, msg)
+        else:
+            self._timers.push(self._pacer.deliver_at(node, num_tokens, time.perf_counter()), node, msg)
 
-    def _fire_timers(self) -> None:
-        now = time.perf_counter()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, node, msg = heapq.heappop(self._timers)
-            wire.send(self._push[node], msg)
+    def _push_now(self, node: str, msg: wire.Message) -> None:
+        wire.send(self._push[node], msg)
 
     # ---------------------------------------------------------------- 1-2: join and warm-up
     def _on_control(self, identity: bytes | None, msg: wire.Message) -> None:

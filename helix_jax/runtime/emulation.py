@@ -14,10 +14,12 @@ starts at `max(t, link_free)`, holds the link for `b / bandwidth` and arrives `l
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from helix_jax.topology import COORDINATOR, Topology, topology_from_dict
 
@@ -117,3 +119,26 @@ class ComputePacer:
     def kv_budget_token_layers(self, num_layers_held: int) -> int:
         return max(1, int(self.cost.kv_budget_token_layers(self.gpu, num_layers_held) * self.kv_scale))
 
+
+class DelayedSends:
+    """Messages held until their emulated delivery time; earliest first, FIFO among equals."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, str, Any]] = []
+        self._seq = itertools.count()
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+    @property
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def push(self, due: float, dst: str, msg: Any) -> None:
+        heapq.heappush(self._heap, (due, next(self._seq), dst, msg))
+
+    def fire(self, now: float, send: Callable[[str, Any], None]) -> None:
+        """`send(dst, msg)` every message due by `now`."""
+        while self._heap and self._heap[0][0] <= now:
+            _, _, dst, msg = heapq.heappop(self._heap)
+            send(dst, msg)

@@ -22,13 +22,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import msgpack
 import numpy as np
 import zmq
 
-from helix_jax.errors import ProtocolError
+from helix_jax.errors import HelixError, ProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,10 @@ def _names(types: tuple[type, ...]) -> str:
 
 
 def encode(msg: Message) -> list[Any]:
-    """Frames of `msg`: the msgpack header, then each array's buffer (no copy)."""
-    _check_fields(msg.kind, msg.fields, len(msg.arrays))
+    """Frames of `msg`: the msgpack header, then each array's buffer (no copy).
+
+    The fields are not checked again: `make` checked them at the sender (and `decode` at the
+    receiver checks everything that arrives)."""
     arrays = [np.ascontiguousarray(a) for a in msg.arrays]
     meta = []
     for a in arrays:
@@ -243,6 +245,34 @@ def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK) -> tu
     except ProtocolError as exc:
         exc.identity = identity  # type: ignore[attr-defined]
         raise
+
+
+DRAIN_LIMIT = 10_000  # messages handled per socket per poll, so one flood cannot starve the others
+
+
+def drain(sock: zmq.Socket, handler: Callable[[bytes | None, Message], None], routed: bool = False,
+          on_reject: Callable[[bytes | None, Message | None, HelixError], None] | None = None) -> None:
+    """Handle every waiting message of `sock` (up to DRAIN_LIMIT) with `handler(identity, msg)`.
+
+    A malformed message, or one whose handler raises HelixError, is logged, reported to
+    `on_reject(identity, msg or None, error)` and dropped; the loop goes on with the next one.
+    """
+    for _ in range(DRAIN_LIMIT):
+        try:
+            identity, msg = recv(sock, routed)
+        except zmq.Again:
+            return
+        except ProtocolError as exc:
+            logger.warning("rejected a malformed message: %s", exc)
+            if on_reject is not None:
+                on_reject(getattr(exc, "identity", None), None, exc)
+            continue
+        try:
+            handler(identity, msg)
+        except HelixError as exc:  # a bad message of a known kind: reject it, keep serving
+            logger.warning("rejected %s: %s", msg.kind, exc)
+            if on_reject is not None:
+                on_reject(identity, msg, exc)
 
 
 def configure(sock: zmq.Socket) -> zmq.Socket:

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import heapq
-import itertools
 import logging
 import os
 import socket
@@ -41,9 +39,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from helix_jax.errors import HelixError, ProtocolError, RequestError
+from helix_jax.errors import ProtocolError, RequestError
 from helix_jax.runtime import wire
-from helix_jax.runtime.emulation import ComputePacer, EmulationSpec, LayerLoad, LinkPacer
+from helix_jax.runtime.emulation import ComputePacer, DelayedSends, EmulationSpec, LinkPacer
 from helix_jax.runtime.stage_host import StageHost
 from helix_jax.topology import COORDINATOR
 
@@ -86,8 +84,7 @@ class Worker:
         self.host: StageHost | None = None
         self._waiting: collections.OrderedDict[str, collections.deque[_Pending]] = collections.OrderedDict()
         self._freed: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._timers: list[tuple[float, int, str, wire.Message]] = []
-        self._seq = itertools.count()
+        self._timers = DelayedSends()
         self._busy_until = 0.0
         self._held: list[tuple[str, wire.Message, int]] = []  # results waiting for _busy_until
         self._compute: ComputePacer | None = None
@@ -173,38 +170,23 @@ class Worker:
         poller.register(self._data, zmq.POLLIN)
         while self._running:
             now = time.perf_counter()
-            wake = [t for t in (self._timers[0][0] if self._timers else None,
-                                self._busy_until if self._held else None) if t is not None]
+            wake = [t for t in (self._timers.next_due, self._busy_until if self._held else None) if t is not None]
             has_work = bool(self._waiting) and not self._held and not self._stalled
             timeout_ms = 0 if has_work else (max(0.0, (min(wake) - now) * 1000) if wake else 1000)
             events = dict(poller.poll(timeout_ms))
             if events:
                 self._stalled = False  # new messages may unblock waiting steps
             if self._control in events:
-                self._drain(self._control, self._on_control)
+                wire.drain(self._control, lambda _i, m: self._on_control(m))
             if self._data in events:
-                self._drain(self._data, self._on_data)
+                wire.drain(self._data, lambda _i, m: self._on_data(m))
             self._release_held()
-            self._fire_timers()
+            self._timers.fire(time.perf_counter(), self._push_now)
             if self._waiting and not self._held:
                 self._run_batch()
             if not events and not self._parent_alive():
                 logger.warning("parent process gone: worker %s exits", self.options.node)
                 return
-
-    def _drain(self, sock: zmq.Socket, handler: Any) -> None:
-        for _ in range(10_000):
-            try:
-                _, msg = wire.recv(sock)
-            except zmq.Again:
-                return
-            except ProtocolError as exc:
-                logger.warning("worker %s dropped a malformed message: %s", self.options.node, exc)
-                continue
-            try:
-                handler(msg)
-            except HelixError as exc:
-                logger.warning("worker %s rejected %s: %s", self.options.node, msg.kind, exc)
 
     def _on_control(self, msg: wire.Message) -> None:
         if msg.kind == "shutdown":
@@ -271,16 +253,12 @@ class Worker:
                                msg["request_id"])
                 continue
             if self._links is None:
-                wire.send(self._push[dst], msg)
+                self._push_now(dst, msg)
             else:
-                due = self._links.deliver_at(dst, num_tokens, self._busy_until)
-                heapq.heappush(self._timers, (due, next(self._seq), dst, msg))
+                self._timers.push(self._links.deliver_at(dst, num_tokens, self._busy_until), dst, msg)
 
-    def _fire_timers(self) -> None:
-        now = time.perf_counter()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, dst, msg = heapq.heappop(self._timers)
-            wire.send(self._push[dst], msg)
+    def _push_now(self, dst: str, msg: wire.Message) -> None:
+        wire.send(self._push[dst], msg)
 
 
 def run_worker(options: WorkerOptions) -> int:
