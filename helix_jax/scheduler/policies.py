@@ -96,35 +96,36 @@ class RandomPolicy(RoutePolicy):
         return shuffled
 
 
-class ShortestQueuePolicy(RoutePolicy):
+class _ObservedPolicy(RoutePolicy):
+    """Base of the observation-driven baselines: candidates in order of their last observed
+    score (unobserved nodes count as 0, so they come first), then fewest requests in flight."""
+
+    def __init__(self, graph: RouteGraph, in_flight_per_node: Mapping[str, int], seed: int = 0):
+        super().__init__(graph, in_flight_per_node, seed)
+        self.observed: dict[str, float] = {}  # node -> score; what it means is the subclass's
+
+    def order(self, src: str, candidates: Sequence[str], work: float) -> list[str]:
+        observed, busy = self.observed, self.in_flight_per_node
+        return sorted(candidates, key=lambda d: (observed.get(d, 0), busy.get(d, 0)))
+
+
+class ShortestQueuePolicy(_ObservedPolicy):
+    """`observed`: each node's waiting-line depth, as last reported."""
+
     name = "shortest-queue"
 
-    def __init__(self, graph: RouteGraph, in_flight_per_node: Mapping[str, int], seed: int = 0):
-        super().__init__(graph, in_flight_per_node, seed)
-        self.queue_depth: dict[str, int] = {}
-
-    def order(self, src: str, candidates: Sequence[str], work: float) -> list[str]:
-        depth, busy = self.queue_depth, self.in_flight_per_node
-        return sorted(candidates, key=lambda d: (depth.get(d, 0), busy.get(d, 0)))
-
     def on_node_queue(self, node: str, depth: int) -> None:
-        self.queue_depth[node] = depth
+        self.observed[node] = depth
 
 
-class SwarmPolicy(RoutePolicy):
+class SwarmPolicy(_ObservedPolicy):
+    """`observed`: a moving average of each node's hop latency, seconds."""
+
     name = "swarm"
 
-    def __init__(self, graph: RouteGraph, in_flight_per_node: Mapping[str, int], seed: int = 0):
-        super().__init__(graph, in_flight_per_node, seed)
-        self.latency_ema_s: dict[str, float] = {}
-
-    def order(self, src: str, candidates: Sequence[str], work: float) -> list[str]:
-        ema, busy = self.latency_ema_s, self.in_flight_per_node
-        return sorted(candidates, key=lambda d: (ema.get(d, 0.0), busy.get(d, 0)))
-
     def on_hop_latency(self, node: str, seconds: float) -> None:
-        old = self.latency_ema_s.get(node)
-        self.latency_ema_s[node] = seconds if old is None else (
+        old = self.observed.get(node)
+        self.observed[node] = seconds if old is None else (
             SWARM_EMA_WEIGHT * seconds + (1.0 - SWARM_EMA_WEIGHT) * old)
 
 
