@@ -117,7 +117,7 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
 def _looks_like_placement(path: Path) -> bool:
     try:
         raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # unreadable, not UTF-8 or not JSON: load_topology names it
         return False
     return isinstance(raw, dict) and isinstance(raw.get("nodes"), dict)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 
 from helix_jax.costmodel import CostModel
@@ -198,6 +199,8 @@ class Explanation:
 def explain(topology: Topology, placement: Placement, cost_model: CostModel | None = None,
             boost: float = 0.1) -> Explanation:
     """Which nodes and links saturate (a minimum cut) and what +`boost` on each would gain."""
+    if not (math.isfinite(boost) and boost > 0):
+        raise ConfigError(f"boost must be a positive number (0.1 = +10%), got {boost}")
     cost_model = cost_model or CostModel(topology)
     ranges, partial = placement.ranges, placement.partial_inference
     base = max_flow(topology, cost_model, ranges, partial)

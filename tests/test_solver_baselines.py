@@ -77,6 +77,9 @@ def test_explain_names_the_saturated_elements() -> None:
     assert len(link) == 1 and link[0].gain_tokens_per_s == pytest.approx(5.0)
     assert result.gain_all_cut_tokens_per_s == pytest.approx(5.0)
     assert max_flow(topo, cm, placement.ranges).value_tokens_per_s == pytest.approx(50.0)
+    for bad in (-2.0, 0.0, float("nan")):
+        with pytest.raises(ConfigError, match=f"boost must be a positive number .* got {bad}"):
+            explain(topo, placement, cm, boost=bad)
 
 
 def test_infeasible_and_bad_options_are_named() -> None:

@@ -63,6 +63,9 @@ def test_missing_file_and_bad_placement(tmp_path: Path) -> None:
     assert result.returncode != 0 and "no node holds layer(s) [2, 3]" in result.stderr
     result = _cli("explain", str(bad_placement))
     assert result.returncode != 0 and "--topology" in result.stderr
+    not_utf8 = _write(tmp_path, b'{"nodes": {"\xff": 1}}')
+    result = _cli("explain", str(not_utf8))
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "cannot be read" in result.stderr
 
 
 def test_plan_json_prints_exactly_one_object(tmp_path: Path) -> None:
