@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, Iterator, Sequence
 
 from helix_jax.bench.metrics import MetricsCollector, RunMetrics
-from helix_jax.bench.workload import LengthSampler, poisson_arrivals, shaped_arrivals
+from helix_jax.bench.workload import LengthSampler, seeded_arrivals
 from helix_jax.errors import ConfigError, HelixError, OverloadedError
 from helix_jax.modelconfig import PRESETS
 
@@ -134,11 +134,8 @@ class _LiveRun:
         self.completed += 1
 
     def _arrivals(self) -> Iterator[float]:
-        rng = random.Random(self.config.seed + 7919)
-        if self.config.arrival_counts:
-            return shaped_arrivals(self.config.arrival_counts, self.config.arrival_interval_s,
-                                   self.config.rate_per_s, rng)
-        return poisson_arrivals(self.config.rate_per_s, rng)
+        return seeded_arrivals(self.config.rate_per_s, self.config.arrival_counts,
+                               self.config.arrival_interval_s, self.config.seed)
 
     async def run(self, progress: Callable[[float], None] | None) -> None:
         self.start_wall = time.perf_counter()

@@ -8,7 +8,8 @@ Owns the request streams fed into the scheduler (placement -> scheduler <- **wor
   run time and sampled with replacement);
 * arrivals: `poisson_arrivals` (open loop at a rate) and `shaped_arrivals` (a non-homogeneous
   Poisson process whose intensity follows a trace's per-interval counts, scaled to a rate;
-  CSV column `requests_in_3s`).
+  CSV column `requests_in_3s`); `seeded_arrivals` picks one of them for a run (simulator and
+  live bench alike).
 
 Everything is driven by an explicit seed: same seed, same requests.
 """
@@ -183,6 +184,19 @@ def shaped_arrivals(counts: Sequence[int], interval_s: float, rate_per_s: float,
             yield t
         t = end  # memorylessness: restart the clock at the next interval
         i += 1
+
+
+ARRIVAL_SEED_OFFSET = 7919  # arrivals draw from their own stream, apart from the lengths
+
+
+def seeded_arrivals(rate_per_s: float | None, counts: Sequence[int] | None, interval_s: float,
+                    seed: int) -> Iterator[float]:
+    """The open-loop arrival process the simulator and the live bench share: `shaped_arrivals`
+    when a trace's `counts` are given, else `poisson_arrivals`, seeded from `seed`."""
+    rng = random.Random(seed + ARRIVAL_SEED_OFFSET)
+    if counts:
+        return shaped_arrivals(counts, interval_s, rate_per_s, rng)
+    return poisson_arrivals(rate_per_s, rng)
 
 
 def load_arrival_counts(path: str | Path, column: str = "requests_in_3s") -> list[int]:

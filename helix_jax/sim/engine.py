@@ -32,7 +32,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from helix_jax.bench.metrics import MetricsCollector
-from helix_jax.bench.workload import LengthSampler, poisson_arrivals, shaped_arrivals
+from helix_jax.bench.workload import LengthSampler, seeded_arrivals
 from helix_jax.costmodel import CostModel
 from helix_jax.errors import OverloadedError, RequestError
 from helix_jax.placement import Placement
@@ -234,13 +234,10 @@ class Simulator:
 
     # ---- the loop ----
     def _arrivals(self) -> Iterator[float]:
-        rng = random.Random(self.config.seed + 7919)
         if self.config.arrival_times_s is not None:
             return iter(self.config.arrival_times_s)
-        if self.config.arrival_counts:
-            return shaped_arrivals(self.config.arrival_counts, self.config.arrival_interval_s,
-                                   self.config.rate_per_s, rng)
-        return poisson_arrivals(self.config.rate_per_s, rng)
+        return seeded_arrivals(self.config.rate_per_s, self.config.arrival_counts,
+                               self.config.arrival_interval_s, self.config.seed)
 
     def run(self, progress: Callable[[float], None] | None = None) -> SimResult:
         wall_start = time.perf_counter()
