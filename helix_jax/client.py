@@ -92,20 +92,44 @@ def generate_message(request_id: str, prompt: str | Sequence[int], max_tokens: i
     return wire.make("generate", **fields)
 
 
+def _connect_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    """The one DEALER socket a client multiplexes all its requests over."""
+    sock = wire.configure(ctx.socket(zmq.DEALER))
+    sock.connect(endpoint)
+    return sock
+
+
+def _request_ids() -> Iterator[str]:
+    """Request ids unique to this client (the coordinator keys requests by socket and id)."""
+    prefix = uuid.uuid4().hex[:8]
+    return (f"{prefix}-{n}" for n in itertools.count())
+
+
 class _Collector:
-    """Turns a request's token/done messages into a GenerateResult."""
+    """Turns a request's token/done/error messages into StreamTokens and a GenerateResult."""
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self.sent_at = time.perf_counter()
         self.arrivals: list[float] = []
+        self.result: GenerateResult | None = None
+
+    def handle(self, msg: wire.Message) -> StreamToken | None:
+        """A `token` gives its StreamToken; `done` sets `.result`; `error` raises its HelixError."""
+        if msg.kind == "token":
+            return self.on_token(msg)
+        if msg.kind == "done":
+            self.result = self.result_of(msg)
+        elif msg.kind == "error":
+            raise error_from_message(msg)
+        return None
 
     def on_token(self, msg: wire.Message) -> StreamToken:
         wall = time.perf_counter() - self.sent_at
         self.arrivals.append(wall)
         return StreamToken(msg["index"], msg["token_id"], msg["text"], wall)
 
-    def result(self, msg: wire.Message) -> GenerateResult:
+    def result_of(self, msg: wire.Message) -> GenerateResult:
         total = time.perf_counter() - self.sent_at
         scale = float(msg["time_scale"]) or 1.0
         arrivals = self.arrivals
@@ -144,13 +168,12 @@ class TokenStream:
                     msg = self._events.get(timeout=self._timeout_s)
                 except queue.Empty:
                     raise HelixError(f"request {rid} got no reply within {self._timeout_s:.0f} s") from None
-                if msg.kind == "token":
-                    yield self._collector.on_token(msg)
-                elif msg.kind == "done":
-                    self.result = self._collector.result(msg)
+                token = self._collector.handle(msg)
+                if token is not None:
+                    yield token
+                elif self._collector.result is not None:
+                    self.result = self._collector.result
                     return
-                elif msg.kind == "error":
-                    raise error_from_message(msg)
         finally:
             self._client._close_request(rid, cancel=self.result is None)
 
@@ -160,16 +183,13 @@ class Client:
 
     def __init__(self, endpoint: str, timeout_s: float = 300.0) -> None:
         self.endpoint, self.timeout_s = endpoint, timeout_s
-        self._ctx = zmq.Context.instance()
-        self._sock = wire.configure(self._ctx.socket(zmq.DEALER))
-        self._sock.connect(endpoint)
+        self._sock = _connect_dealer(zmq.Context.instance(), endpoint)
         self._outbox: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         self._pending: dict[str, queue.SimpleQueue[wire.Message]] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self._ids = itertools.count()
-        self._prefix = uuid.uuid4().hex[:8]
+        self._ids = _request_ids()
         self._thread = threading.Thread(target=self._io_loop, name="helix-client-io", daemon=True)
         self._thread.start()
 
@@ -188,12 +208,12 @@ class Client:
                top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                stop: Sequence[str] | None = None) -> TokenStream:
         """Tokens as they arrive; the final GenerateResult is `stream.result` afterwards."""
-        msg = generate_message(self._new_id(), prompt, max_tokens, temperature, top_k, top_p, seed, stop)
+        msg = generate_message(next(self._ids), prompt, max_tokens, temperature, top_k, top_p, seed, stop)
         return TokenStream(self, msg, self.timeout_s)
 
     def info(self) -> dict[str, Any]:
         """Model name, layers, vocabulary size, time scale and node list of the deployment."""
-        rid = self._new_id()
+        rid = next(self._ids)
         events = self._open(wire.make("info", request_id=rid))
         try:
             msg = events.get(timeout=self.timeout_s)
@@ -222,9 +242,6 @@ class Client:
         self.close()
 
     # ---- plumbing
-    def _new_id(self) -> str:
-        return f"{self._prefix}-{next(self._ids)}"
-
     def _open(self, msg: wire.Message) -> queue.SimpleQueue[wire.Message]:
         events: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
         with self._lock:
@@ -286,13 +303,10 @@ class AsyncClient:
 
     def __init__(self, endpoint: str, timeout_s: float = 300.0) -> None:
         self.endpoint, self.timeout_s = endpoint, timeout_s
-        self._ctx = zmq.asyncio.Context.instance()
-        self._sock = wire.configure(self._ctx.socket(zmq.DEALER))
-        self._sock.connect(endpoint)
+        self._sock = _connect_dealer(zmq.asyncio.Context.instance(), endpoint)
         self._pending: dict[str, asyncio.Queue[wire.Message]] = {}
         self._reader: asyncio.Task[None] | None = None
-        self._ids = itertools.count()
-        self._prefix = uuid.uuid4().hex[:8]
+        self._ids = _request_ids()
 
     async def generate(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
                        top_k: int = 0, top_p: float = 1.0, seed: int = 0,
@@ -309,13 +323,13 @@ class AsyncClient:
 
     async def _run(self, prompt: Any, max_tokens: int, temperature: float, top_k: int, top_p: float,
                    seed: int, stop: Sequence[str] | None, out: list[GenerateResult]) -> AsyncIterator[StreamToken]:
-        rid = f"{self._prefix}-{next(self._ids)}"
+        rid = next(self._ids)
         msg = generate_message(rid, prompt, max_tokens, temperature, top_k, top_p, seed, stop)
         self._ensure_reader()
         events: asyncio.Queue[wire.Message] = asyncio.Queue()
         self._pending[rid] = events
         collector = _Collector(rid)
-        finished = False
+        finished = False  # done or error: nothing to cancel
         try:
             await self._sock.send_multipart(wire.encode(msg), copy=False)
             while True:
@@ -323,15 +337,13 @@ class AsyncClient:
                     reply = await asyncio.wait_for(events.get(), self.timeout_s)
                 except asyncio.TimeoutError:
                     raise HelixError(f"request {rid} got no reply within {self.timeout_s:.0f} s") from None
-                if reply.kind == "token":
-                    yield collector.on_token(reply)
-                elif reply.kind == "done":
-                    out.append(collector.result(reply))
-                    finished = True
+                finished = reply.kind in ("done", "error")
+                token = collector.handle(reply)
+                if token is not None:
+                    yield token
+                elif collector.result is not None:
+                    out.append(collector.result)
                     return
-                elif reply.kind == "error":
-                    finished = True
-                    raise error_from_message(reply)
         finally:
             self._pending.pop(rid, None)
             if not finished:
