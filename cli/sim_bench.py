@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import resource
 import subprocess
 import sys
@@ -46,14 +47,13 @@ PUBLISHED_OFFLINE = {  # HELIX.md section 7: Helix / Swarm / separate pipelines,
 
 
 def _markdown(report: BenchReport) -> str:
-    ref = report.result("helix", "iwrr", next(iter({c.rate_per_s for c, _ in report.results})))
     lines = ["| method | scheduler | max-flow tok/s | decode tok/s | of max-flow | helix x | req/s | "
              "TTFT p50 / p95 s | TPOT p50 / p95 ms | mean in flight |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for case, res in report.results:
         m = res.metrics
-        ratio = "-" if case.method == "helix" or not m.decode_tokens_per_s else \
-            f"{ref.metrics.decode_tokens_per_s / m.decode_tokens_per_s:.2f}x"
+        helix_x = report.helix_ratio(case, res)
+        ratio = "-" if helix_x is None or math.isinf(helix_x) else f"{helix_x:.2f}x"
         lines.append(f"| {case.method} | {case.policy} | {res.max_flow_tokens_per_s:.1f} | "
                      f"{m.decode_tokens_per_s:.1f} | {100 * res.flow_fraction:.0f}% | {ratio} | "
                      f"{m.requests_per_s:.2f} | {m.ttft.p50_ms / 1e3:.1f} / {m.ttft.p95_ms / 1e3:.1f} | "

@@ -45,7 +45,11 @@ def test_ratios_compare_helix_iwrr_with_every_baseline_case(tmp_path: Path) -> N
     assert set(ratios) == {("sp", "iwrr"), ("sp", "random")}
     assert ratios[("sp", "iwrr")] == pytest.approx(helix / report.result("sp", "iwrr").metrics.decode_tokens_per_s)
     assert ratios[("sp", "iwrr")] > 1.5  # the fast pipeline is worth 2.5x the slow one
-    assert results_table(report).row_count == 4
+    table = results_table(report)
+    assert table.row_count == 4
+    helix_x = list(table.columns[-1].cells)
+    assert helix_x[:2] == ["-", "-"]  # Helix's own rows
+    assert helix_x[2:] == [f"{ratios[('sp', p)]:.2f}x" for p in ("iwrr", "random")]
     data = json.loads(write_results(report, tmp_path).read_text())
     assert [r["method"] for r in data["results"]] == ["helix", "helix", "sp", "sp"]
     assert data["placements"]["sp"]["nodes_used"] == 2 and len(data["ratios"]) == 2

@@ -36,21 +36,16 @@ def results_table(report: BenchReport) -> Table:
         "TTFT mean/p50/p95/p99 ms", "TPOT mean/p50/p95/p99 ms", "helix x"]
     for c in columns:
         table.add_column(c, justify="left" if c in ("method", "scheduler") else "right")
-    ref = {}
-    for case, res in report.results:
-        if case.method == "helix" and case.policy == "iwrr":
-            ref[case.rate_per_s] = res.metrics.decode_tokens_per_s
     for case, res in report.results:
         m = res.metrics
-        helix = ref.get(case.rate_per_s)
-        ratio = (helix / m.decode_tokens_per_s if helix is not None and m.decode_tokens_per_s > 0 else None)
+        ratio = report.helix_ratio(case, res)
         row = [case.method, case.policy] + ([_num(case.rate_per_s, 2)] if online else []) + [
             _num(m.decode_tokens_per_s), _num(m.total_tokens_per_s), _num(m.requests_per_s, 2),
             _num(m.goodput_requests_per_s, 2), _num(res.max_flow_tokens_per_s),
             f"{100 * res.flow_fraction:.0f}%",
             "/".join(_num(v, 0) for v in (m.ttft.mean_ms, m.ttft.p50_ms, m.ttft.p95_ms, m.ttft.p99_ms)),
             "/".join(_num(v, 0) for v in (m.tpot.mean_ms, m.tpot.p50_ms, m.tpot.p95_ms, m.tpot.p99_ms)),
-            "-" if ratio is None or case.method == "helix" else f"{ratio:.2f}x",
+            "-" if ratio is None or math.isinf(ratio) else f"{ratio:.2f}x",
         ]
         table.add_row(*row)
     return table

@@ -65,18 +65,24 @@ class BenchReport:
                 return res
         return None
 
+    def helix_ratio(self, case: BenchCase, res: SimResult) -> float | None:
+        """Helix (IWRR) decode tok/s over `res`'s at the same rate: None for Helix's own cases or
+        without a Helix reference case; inf when `res` decoded nothing."""
+        if case.method == HELIX:
+            return None
+        ref = self.result(HELIX, REFERENCE_POLICY, case.rate_per_s)
+        if ref is None:
+            return None
+        base = res.metrics.decode_tokens_per_s
+        return ref.metrics.decode_tokens_per_s / base if base > 0 else math.inf
+
     def ratios(self) -> list[Ratio]:
         """Helix with IWRR against every other method's cases (same rate)."""
         out = []
         for case, res in self.results:
-            if case.method == HELIX:
-                continue
-            ref = self.result(HELIX, REFERENCE_POLICY, case.rate_per_s)
-            if ref is None:
-                continue
-            base = res.metrics.decode_tokens_per_s
-            out.append(Ratio(case.method, case.policy, case.rate_per_s,
-                             ref.metrics.decode_tokens_per_s / base if base > 0 else math.inf))
+            ratio = self.helix_ratio(case, res)
+            if ratio is not None:
+                out.append(Ratio(case.method, case.policy, case.rate_per_s, ratio))
         return out
 
     def to_dict(self, with_samples: bool = False) -> dict[str, Any]:
