@@ -311,6 +311,12 @@ class CostModel:
     def link_tokens_per_s(self, src: str, dst: str) -> float:
         return self.topology.link(src, dst).bandwidth_bytes_per_s / self._bytes_per_token(src, dst)
 
+    def nic_tokens_per_s(self, node: str) -> float | None:
+        """Activation vectors/s the node's NIC passes each way (node-to-node traffic only;
+        token ids to and from the coordinator bypass it), or None where the catalog sets no NIC."""
+        nic = self.topology.gpu_of(node).nic_bandwidth_bytes_per_s
+        return None if nic is None else nic / self.model.activation_bytes_per_token
+
     def transfer_seconds(self, src: str, dst: str, num_tokens: int) -> float:
         link = self.topology.link(src, dst)
         return link.latency_ms / 1e3 + num_tokens * self._bytes_per_token(src, dst) / link.bandwidth_bytes_per_s

@@ -242,7 +242,6 @@ def validate_placement(placement: Placement, topology: Any, cost_model: Any = No
         if COORDINATOR not in (edge.src, edge.dst):
             nic_out[edge.src] += edge.tokens_per_s
             nic_in[edge.dst] += edge.tokens_per_s
-    act_bytes = topology.model.activation_bytes_per_token
     for node, (start, end) in placement.ranges.items():
         if abs(inflow[node] - outflow[node]) > _ABS_TOL + _REL_TOL * max(inflow[node], outflow[node]) * 10:
             raise PlacementError(f"flow is not conserved at node {node!r}: {inflow[node]:.6f} tokens/s in, "
@@ -251,10 +250,10 @@ def validate_placement(placement: Placement, topology: Any, cost_model: Any = No
         if _over(inflow[node], capacity):
             raise PlacementError(f"node {node!r} carries {inflow[node]:.3f} tokens/s over its capacity "
                                  f"{capacity:.3f} tokens/s holding {end - start} layers")
-        nic = topology.gpu_of(node).nic_bandwidth_bytes_per_s
-        if nic is not None and _over(max(nic_in[node], nic_out[node]), nic / act_bytes):
+        nic_cap = cost_model.nic_tokens_per_s(node)
+        if nic_cap is not None and _over(max(nic_in[node], nic_out[node]), nic_cap):
             raise PlacementError(f"node {node!r} moves {max(nic_in[node], nic_out[node]):.3f} tokens/s "
-                                 f"through a NIC of {nic / act_bytes:.3f} tokens/s")
+                                 f"through a NIC of {nic_cap:.3f} tokens/s")
     if abs(source_total - sink_total) > _ABS_TOL + 10 * _REL_TOL * source_total:
         raise PlacementError(f"{source_total:.6f} tokens/s leave the coordinator but {sink_total:.6f} return")
     if placement.flows and abs(placement.objective_tokens_per_s - source_total) > 1e-3 + 1e-6 * source_total:

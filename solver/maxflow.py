@@ -56,7 +56,6 @@ def build_flow_graph(topology: Topology, cost_model: CostModel, ranges: dict[str
     num_layers = topology.model.num_layers
     allowed = set(allowed_edges) if allowed_edges is not None else None
     scale = capacity_scale or {}
-    act_bytes = topology.model.activation_bytes_per_token
     graph = nx.DiGraph()
     graph.add_node(SOURCE)
     graph.add_node(SINK)
@@ -69,11 +68,11 @@ def build_flow_graph(topology: Topology, cost_model: CostModel, ranges: dict[str
         start, end = ranges[node]
         arc(f"{node}.in", f"{node}.out", cost_model.node_capacity_tokens_per_s(node, end - start),
             "compute", node)
-        nic = topology.gpu_of(node).nic_bandwidth_bytes_per_s
-        if nic is not None:
+        nic_tokens_per_s = cost_model.nic_tokens_per_s(node)
+        if nic_tokens_per_s is not None:
             recv[node], send[node] = f"{node}.recv", f"{node}.send"
-            arc(recv[node], f"{node}.in", nic / act_bytes, "nic_in", node)
-            arc(f"{node}.out", send[node], nic / act_bytes, "nic_out", node)
+            arc(recv[node], f"{node}.in", nic_tokens_per_s, "nic_in", node)
+            arc(f"{node}.out", send[node], nic_tokens_per_s, "nic_out", node)
         else:
             recv[node], send[node] = f"{node}.in", f"{node}.out"
         if start == 0:

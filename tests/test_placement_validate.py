@@ -9,7 +9,7 @@ import pytest
 
 from helix_jax.errors import PlacementError
 from helix_jax.placement import FlowEdge, Placement, validate_placement
-from helix_jax.topology import load_topology
+from helix_jax.topology import load_topology, topology_from_dict
 
 FIXTURES = Path(__file__).resolve().parents[1] / "topologies" / "fixtures"
 
@@ -63,3 +63,31 @@ def test_link_capacity_is_checked() -> None:
     ok = dataclasses.replace(placement, flows=tuple(FlowEdge(e.src, e.dst, 50) for e in flows),
                              objective_tokens_per_s=50)
     validate_placement(ok, topo)
+
+
+def test_nic_capacity_is_checked() -> None:
+    # tiny model: 256 activation bytes per token; b's 2560 B/s NIC passes 10 tokens/s each way
+    topo = topology_from_dict({
+        "model": "tiny",
+        "gpu_types": {"g": {"max_layers": 2, "capacity_tokens_per_s": [100, 100]},
+                      "n": {"max_layers": 4, "capacity_tokens_per_s": [100, 100, 100, 100],
+                            "nic_bandwidth": 2560}},
+        "nodes": [{"name": "a", "gpu": "g"}, {"name": "b", "gpu": "n"}]})
+    flows = (FlowEdge("coordinator", "a", 12), FlowEdge("a", "b", 12), FlowEdge("b", "coordinator", 12))
+    placement = Placement(topo.name, 4, {"a": (0, 2), "b": (2, 4)}, flows, objective_tokens_per_s=12)
+    with pytest.raises(PlacementError, match="node 'b' moves 12.000 tokens/s through a NIC of 10.000"):
+        validate_placement(placement, topo)
+    validate_placement(dataclasses.replace(placement, flows=tuple(FlowEdge(e.src, e.dst, 10) for e in flows),
+                                           objective_tokens_per_s=10), topo)
+    # token ids to and from the coordinator bypass the NIC
+    alone = Placement(topo.name, 4, {"b": (0, 4)}, (FlowEdge("coordinator", "b", 90),
+                                                   FlowEdge("b", "coordinator", 90)), objective_tokens_per_s=90)
+    validate_placement(alone, topo)
+
+
+def test_flows_must_end_at_placed_nodes() -> None:
+    placement, topo = _two_pipelines()
+    stray = _with(placement, ranges={k: v for k, v in placement.ranges.items() if not k.startswith("s-")},
+                  flows=placement.flows, objective_tokens_per_s=140.0)
+    with pytest.raises(PlacementError, match="'s-0' holds no layers in this placement"):
+        validate_placement(stray, topo)

@@ -58,12 +58,15 @@ def test_nic_limits_node_to_node_traffic() -> None:
     topo = topology_from_dict({
         "model": "tiny",
         "gpu_types": {"g": {"max_layers": 2, "capacity_tokens_per_s": [100, 100]},
-                      "n": {"max_layers": 2, "capacity_tokens_per_s": [100, 100], "nic_bandwidth": 2560}},
+                      "n": {"max_layers": 4, "capacity_tokens_per_s": [100, 100, 100, 100],
+                            "nic_bandwidth": 2560}},
         "nodes": [{"name": "a", "gpu": "g"}, {"name": "b", "gpu": "n"}]})
     cm = CostModel(topo)
+    assert cm.nic_tokens_per_s("b") == pytest.approx(10.0) and cm.nic_tokens_per_s("a") is None
     assert max_flow(topo, cm, {"a": (0, 2), "b": (2, 4)}).value_tokens_per_s == pytest.approx(10.0)
-    # coordinator traffic (token ids) bypasses the NIC: b alone holding everything is not limited
     assert max_flow(topo, cm, {"b": (0, 2), "a": (2, 4)}).value_tokens_per_s == pytest.approx(10.0)
+    # coordinator traffic (token ids) bypasses the NIC: b alone holding everything is not limited
+    assert max_flow(topo, cm, {"b": (0, 4)}).value_tokens_per_s == pytest.approx(100.0)
 
 
 def test_placement_with_flows_is_valid_and_serialisable(tmp_path) -> None:
