@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import time
 
 import jax
@@ -26,6 +25,7 @@ import numpy as np
 
 from helix_jax.model.batching import StepInput
 from helix_jax.model.engine import StageEngine
+from helix_jax.model.profiler import median_seconds, prefill_requests
 from helix_jax.model.weights import random_stage_weights
 from helix_jax.modelconfig import PRESETS, ModelConfig
 
@@ -93,19 +93,13 @@ def bench_decode(config: ModelConfig, start: int, end: int, batches: list[int], 
     head_bytes = weights.weight_bytes - layers * config.weight_bytes_per_layer  # embedding / LM head
     for batch in batches:
         ids = [f"r{i}" for i in range(batch)]
-        for rid in ids:
-            engine.add_request(rid)
-            for begin in range(0, context_tokens, engine.max_chunk_tokens):
-                n = min(engine.max_chunk_tokens, context_tokens - begin)
-                engine.step([StepInput(rid, start, begin, **payload(n))])
-        engine.step([StepInput(rid, start, context_tokens, **payload(1)) for rid in ids])  # untimed
-        samples = []
-        for i in range(1, steps):
-            items = [StepInput(rid, start, context_tokens + i, **payload(1)) for rid in ids]
-            begin = time.perf_counter()
-            engine.step(items)
-            samples.append(time.perf_counter() - begin)
-        step_s = statistics.median(samples)  # the machine is shared: the median resists noise
+        prefill_requests(engine, ids, start, context_tokens, payload)
+        one = payload(1)
+
+        def run_decode() -> None:
+            engine.step([StepInput(rid, start, engine.tokens_cached(rid), **one) for rid in ids])
+
+        step_s = median_seconds(run_decode, steps - 1)  # one untimed step, then steps - 1 timed
         for rid in ids:
             engine.release(rid)
         kv_read = batch * max_seq_len * config.kv_bytes_per_token_per_layer * layers  # attention window

@@ -49,8 +49,9 @@ def device_memory_bytes() -> tuple[float, float]:
     return total, free
 
 
-def _timed(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall seconds of `fn` over `repeats` runs (after one untimed run)."""
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall seconds of `fn` over `repeats` runs (after one untimed run). The machine
+    may be shared: the median resists noise. Also used by helix_jax.model.bench_runtime."""
     fn()
     samples = []
     for _ in range(repeats):
@@ -58,6 +59,19 @@ def _timed(fn: Callable[[], Any], repeats: int) -> float:
         fn()
         samples.append(time.perf_counter() - begin)
     return statistics.median(samples)
+
+
+def prefill_requests(engine: StageEngine, request_ids: Sequence[str], run_start_layer: int,
+                     context_tokens: int, payload: Callable[[int], dict[str, np.ndarray]]) -> None:
+    """Add each of `request_ids` to `engine` and prefill `context_tokens` tokens of it in chunks
+    of at most `engine.max_chunk_tokens`; `payload(n)` is the StepInput data of an n-token chunk
+    ({"token_ids": ...} or {"hidden": ...}). Sets up the decode measurements here and in
+    helix_jax.model.bench_runtime."""
+    for rid in request_ids:
+        engine.add_request(rid)
+        for begin in range(0, context_tokens, engine.max_chunk_tokens):
+            n = min(engine.max_chunk_tokens, context_tokens - begin)
+            engine.step([StepInput(rid, run_start_layer, begin, **payload(n))])
 
 
 def profile_device(config: ModelConfig, num_layers: int = 2, prefill_tokens: Sequence[int] = (16, 64, 256),
@@ -96,24 +110,20 @@ def profile_device(config: ModelConfig, num_layers: int = 2, prefill_tokens: Seq
             engine.step([StepInput("p", 1, 0, hidden=chunk)])
             engine.release("p")
 
-        seconds = _timed(run_prefill, repeats)
+        seconds = median_seconds(run_prefill, repeats)
         prefill_points.append({"tokens": tokens, "seconds_per_layer": seconds / num_layers})
         if progress:
             progress(f"prefill {tokens} tokens")
     decode_points = []
     for batch in decode_batches:
         ids = [f"d{i}" for i in range(batch)]
-        for rid in ids:
-            engine.add_request(rid)
-            for begin in range(0, context_tokens, engine.max_chunk_tokens):
-                n = min(engine.max_chunk_tokens, context_tokens - begin)
-                engine.step([StepInput(rid, 1, begin, hidden=hidden(n))])
+        prefill_requests(engine, ids, 1, context_tokens, lambda n: {"hidden": hidden(n)})
         one = hidden(1)
 
         def run_decode() -> None:
             engine.step([StepInput(rid, 1, engine.tokens_cached(rid), hidden=one) for rid in ids])
 
-        seconds = _timed(run_decode, repeats)
+        seconds = median_seconds(run_decode, repeats)
         for rid in ids:
             engine.release(rid)
         decode_points.append({"batch": batch, "context_tokens": context_tokens,
