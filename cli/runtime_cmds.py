@@ -14,10 +14,7 @@ from typing import Optional
 import typer
 
 from helix_jax.errors import CheckpointError, ConfigError, RequestError
-
-
-_DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-           "fp16": "float16", "float16": "float16"}
+from helix_jax.modelconfig import _DTYPE_ALIASES as _DTYPES  # stdlib-only module: stays light
 
 
 def _dtype(text: str) -> str:
@@ -26,18 +23,23 @@ def _dtype(text: str) -> str:
     return _DTYPES[text.lower()]
 
 
-def _resolve(model: Optional[str], dtype: Optional[str]):
-    """(ModelConfig, weights source, model directory or None) for a --model option."""
+def _model_config(model: Optional[str], dtype: Optional[str]):
+    """The ModelConfig of a --model option (default: the default topology's model) with the
+    --dtype override; dimensions only, no weights."""
     from helix_jax.modelconfig import resolve_model
 
     if model is None:
         from helix_jax.topology import default_topology_path, load_topology  # pydantic: lazily
 
-        config, spec = load_topology(default_topology_path()).model, None
+        config = load_topology(default_topology_path()).model
     else:
-        config, spec = resolve_model(model), model
-    if dtype:
-        config = config.with_overrides(dtype=_dtype(dtype))
+        config = resolve_model(model)
+    return config.with_overrides(dtype=_dtype(dtype)) if dtype else config
+
+
+def _resolve(model: Optional[str], dtype: Optional[str]):
+    """(ModelConfig, weights source, model directory or None) for a --model option."""
+    config, spec = _model_config(model, dtype), model
     from helix_jax.model.weights import default_weights_source
 
     source = default_weights_source(config, spec or config.name)
@@ -45,13 +47,14 @@ def _resolve(model: Optional[str], dtype: Optional[str]):
     return config, source, model_dir
 
 
-def _parse_ids(text: str) -> list[int]:
+def _parse_ids(text: str, option: str = "--prompt-ids") -> list[int]:
+    """Comma-separated integers given to `option`; RequestError naming the option and text."""
     try:
         ids = [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise RequestError(f"--prompt-ids must be comma-separated integers, got {text!r}") from None
+        raise RequestError(f"{option} must be comma-separated integers, got {text!r}") from None
     if not ids:
-        raise RequestError("--prompt-ids is empty")
+        raise RequestError(f"{option} is empty")
     return ids
 
 
@@ -168,18 +171,11 @@ def profile(
     from rich.progress import Progress
 
     from helix_jax.model.profiler import profile_device
-    from helix_jax.modelconfig import resolve_model
     from helix_jax.profiles import LatencyProfile
 
-    if model is None:
-        from helix_jax.topology import default_topology_path, load_topology
-
-        config = load_topology(default_topology_path()).model
-    else:
-        config = resolve_model(model)  # dimensions only: profiling uses random weights
-    if dtype:
-        config = config.with_overrides(dtype=_dtype(dtype))
-    prefill, decode = _parse_ids(prefill_tokens), _parse_ids(decode_batches)
+    config = _model_config(model, dtype)  # dimensions only: profiling uses random weights
+    prefill = _parse_ids(prefill_tokens, "--prefill-tokens")
+    decode = _parse_ids(decode_batches, "--decode-batches")
     console = Console(stderr=True)
     with Progress(console=console, transient=False) as progress:
         task = progress.add_task(f"profiling {config.name} ({layers} layers)", total=len(prefill) + len(decode))

@@ -77,10 +77,12 @@ def test_sampling_filters():
     assert _sample(logits, top_k=3, top_p=0.9) == {0, 1, 2}
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(top_k=-2), dict(top_p=0.0),
-                                 dict(top_p=1.5), dict(seed=-1)])
+@pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_k=-2),
+                                 dict(top_k=1.5), dict(top_p=0.0), dict(top_p=1.5), dict(seed=-1),
+                                 dict(seed=2 ** 32)])
 def test_bad_sampling_params(bad):
-    with pytest.raises(RequestError):
+    (field, value), = bad.items()
+    with pytest.raises(RequestError, match=f"sampling {field} .*{value!r}"):
         SamplingParams(**bad)
 
 
@@ -128,9 +130,9 @@ def test_generate_local_chunking_limits_and_eos(weights):
     assert generate_local(CFG.with_overrides(eos_token_id=eos), "random:0", PROMPT * 3, 6,
                           compiler_options=FAST) == full[:stop]
     streamed: list[int] = []
-    generate_local(CFG, weights, PROMPT, 3, on_token=streamed.append, stop_at_eos=False,
-                   compiler_options=FAST)
-    assert len(streamed) == 3
+    returned = generate_local(CFG, weights, PROMPT, 3, on_token=streamed.append, stop_at_eos=False,
+                              compiler_options=FAST)
+    assert len(streamed) == 3 and streamed == returned
     with pytest.raises(RequestError, match="max_position_embeddings"):
         generate_local(CFG, weights, PROMPT, CFG.max_position_embeddings)
     with pytest.raises(RequestError):
@@ -174,6 +176,8 @@ def test_cli_generate_matches_generate_local():
     assert isinstance(local_and_remote.exception, ConfigError)
     no_weights = runner.invoke(app, ["generate", "--model", "llama-2-7b", "--prompt", "a"])
     assert isinstance(no_weights.exception, CheckpointError)
+    bad_dtype = runner.invoke(app, ["generate", "--dtype", "int8", "--prompt", "a"])
+    assert isinstance(bad_dtype.exception, ConfigError) and "'int8'" in str(bad_dtype.exception)
 
 
 def test_cli_profile_writes_a_loadable_profile(tmp_path):
@@ -187,3 +191,5 @@ def test_cli_profile_writes_a_loadable_profile(tmp_path):
     assert profile.layers_measured == 1 and profile.weight_bytes_per_layer == CFG.weight_bytes_per_layer
     assert all(s > 0 for _, s in profile.prefill) and profile.decode_seconds_per_layer(2) > 0
     assert json.loads(out.read_text())["model"]["hidden_size"] == CFG.hidden_size
+    bad = CliRunner().invoke(app, ["profile", "--model", "tiny", "--decode-batches", "1,x"])
+    assert isinstance(bad.exception, RequestError) and "--decode-batches" in str(bad.exception)
