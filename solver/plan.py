@@ -74,6 +74,8 @@ def plan(topology: Topology, method: str = "helix", time_limit_s: float = 60.0, 
         raise ConfigError(f"time limit must be positive, got {time_limit_s}")
     if not 0 <= rel_gap < 1:
         raise ConfigError(f"gap must be in [0, 1), got {rel_gap}")
+    if region_windows and not partial_inference:
+        raise ConfigError("region windows need partial inference")
     cost_model = cost_model or CostModel(topology)
     check_feasible(topology, cost_model)
     if method != "helix":
@@ -88,7 +90,8 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
     t0 = time.monotonic()
     deadline = t0 + time_limit_s
     L = topology.model.num_layers
-    upper = milp.trivial_bound(topology, cost_model)
+    trivial_bound = milp.trivial_bound(topology, cost_model)
+    upper = trivial_bound
 
     # 2. start: heuristics and baselines
     candidates: dict[str, tuple[dict[str, tuple[int, int]], float]] = {}
@@ -132,8 +135,6 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
         start_counts = milp.counts_from_ranges(model, candidates[start_label][0])
     window_plan = None
     if region_windows:
-        if not partial_inference:
-            raise ConfigError("region windows need partial inference")
         window_plan = regions.plan_windows(topology, cost_model, upper, WINDOW_SHARE * (deadline - time.monotonic()),
                                            seed)
         if window_plan is not None:
@@ -161,7 +162,7 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
         "candidates": {k: round(v, 6) for k, (_, v) in sorted(candidates.items())},
         "milp_model_value": outcome.model_value,
         "lp_bound": outcome.lp_bound,
-        "trivial_bound": milp.trivial_bound(topology, cost_model),
+        "trivial_bound": trivial_bound,
         "zones": len(zones),
         **({"region_windows": {r: list(w) for r, w in window_plan.windows.items()}} if window_plan else {}),
         "bisection_steps": [list(s) for s in outcome.steps],

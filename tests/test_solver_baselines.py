@@ -97,3 +97,5 @@ def test_infeasible_and_bad_options_are_named() -> None:
         plan(topo, method="magic")
     with pytest.raises(ConfigError, match="time limit"):
         plan(topo, time_limit_s=0)
+    with pytest.raises(ConfigError, match="region windows need partial inference"):
+        plan(topo, partial_inference=False, region_windows=True)
