@@ -82,3 +82,9 @@ def test_shaped_arrivals_follow_interval_counts(tmp_path: Path) -> None:
     f = tmp_path / "arrivals.csv"
     f.write_text("requests_in_3s\n1\n3\n")
     assert load_arrival_counts(f) == [1, 3]
+
+
+def test_shaped_arrivals_reject_a_non_positive_interval() -> None:
+    for interval_s in (0.0, -3.0):  # would loop forever without yielding
+        with pytest.raises(ConfigError, match=f"arrival interval must be positive, got {interval_s}"):
+            next(shaped_arrivals([1, 2], interval_s, 1.0, random.Random(0)))

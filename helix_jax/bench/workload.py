@@ -167,6 +167,8 @@ def shaped_arrivals(counts: Sequence[int], interval_s: float, rate_per_s: float,
     (the trace is repeated when it runs out): a trace's burstiness at a chosen mean rate."""
     if not rate_per_s > 0:
         raise ConfigError(f"arrival rate must be positive, got {rate_per_s!r} requests/s")
+    if not interval_s > 0:
+        raise ConfigError(f"arrival interval must be positive, got {interval_s!r} s")
     total = sum(counts)
     if not counts or total <= 0:
         raise ConfigError("an arrivals trace needs at least one interval with a positive count")
