@@ -9,7 +9,8 @@ from helix_jax.errors import RequestError
 from helix_jax.model.tokenizer import ByteTokenizer
 from helix_jax.modelconfig import PRESETS
 from helix_jax.runtime import wire
-from helix_jax.runtime.emulation import ComputePacer, DelayedSends, EmulationSpec, LayerLoad, LinkPacer
+from helix_jax.runtime.emulation import (ComputePacer, DelayedSends, EmulationSpec, LayerLoad, LinkPacer,
+                                         layer_loads)
 from helix_jax.runtime.requests import parse_generate
 from helix_jax.topology import default_topology_path, load_topology, topology_from_dict
 
@@ -131,3 +132,19 @@ def test_delayed_sends_fire_in_due_order_and_fifo_among_equals() -> None:
     assert out == [("a", "first"), ("c", "second")] and sends.next_due == 2.0
     sends.fire(2.0, lambda dst, msg: out.append((dst, msg)))
     assert out[-1] == ("b", "late") and not sends
+
+
+def test_layer_loads_count_each_item_from_its_start_layer() -> None:
+    from helix_jax.model import StepInput
+
+    items = [StepInput("p", 2, 0, token_ids=np.zeros(5, np.int32)),  # prompt chunk from the stage start
+             StepInput("d1", 4, 9, hidden=np.zeros((1, 8), np.float32)),  # decode entering at layer 4
+             StepInput("d2", 6, 19, hidden=np.zeros((1, 8), np.float32))]  # decode entering at layer 6
+    loads = layer_loads(items, 2, 8)
+    assert loads == [LayerLoad(5, 0, 0), LayerLoad(5, 0, 0), LayerLoad(5, 1, 10), LayerLoad(5, 1, 10),
+                     LayerLoad(5, 2, 30), LayerLoad(5, 2, 30)]
+    brute = [LayerLoad(sum(i.num_tokens for i in items if i.run_start_layer <= layer and i.num_tokens > 1),
+                       sum(1 for i in items if i.run_start_layer <= layer and i.num_tokens == 1),
+                       sum(i.position + 1 for i in items if i.run_start_layer <= layer and i.num_tokens == 1))
+             for layer in range(2, 8)]
+    assert loads == brute and layer_loads([], 2, 8) == [LayerLoad(0, 0, 0)] * 6

@@ -88,6 +88,31 @@ class LayerLoad:
     decode_context_tokens: int
 
 
+def layer_loads(items: Sequence[Any], start_layer: int, end_layer: int) -> list[LayerLoad]:
+    """Per layer of `[start_layer, end_layer)`: the LayerLoad of a batch of StepInputs.
+
+    An item loads every layer from its `run_start_layer` on: one pass over the items marks
+    where each starts, a running sum over the layers does the rest (O(items + layers)).
+    """
+    num_layers = end_layer - start_layer
+    prompt, decode, context = [0] * num_layers, [0] * num_layers, [0] * num_layers
+    for item in items:
+        first = max(item.run_start_layer - start_layer, 0)
+        if first >= num_layers:
+            continue
+        n = item.num_tokens
+        if n > 1:
+            prompt[first] += n
+        else:
+            decode[first] += 1
+            context[first] += item.position + 1
+    loads, p, d, c = [], 0, 0, 0
+    for layer in range(num_layers):
+        p, d, c = p + prompt[layer], d + decode[layer], c + context[layer]
+        loads.append(LayerLoad(p, d, c))
+    return loads
+
+
 class ComputePacer:
     """Wall seconds one batch step would take on the node's GPU type, times `time_scale`."""
 

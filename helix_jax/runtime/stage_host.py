@@ -18,7 +18,7 @@ import numpy as np
 from helix_jax.errors import HelixError, ProtocolError
 from helix_jax.modelconfig import resolve_model
 from helix_jax.runtime import wire
-from helix_jax.runtime.emulation import ComputePacer, LayerLoad
+from helix_jax.runtime.emulation import ComputePacer, LayerLoad, layer_loads
 
 logger = logging.getLogger(__name__)
 
@@ -172,17 +172,4 @@ class StageHost:
 
     def layer_loads(self, batch: list[Any]) -> list[LayerLoad]:
         """Per held layer: prompt tokens, decode rows and their context, for emulated pacing."""
-        loads = []
-        for layer in range(self.start_layer, self.end_layer):
-            prompt = decode = context = 0
-            for pending in batch:
-                item = pending.item[0]
-                if item.run_start_layer <= layer:
-                    if item.num_tokens > 1:
-                        prompt += item.num_tokens
-                    else:
-                        decode += 1
-                        context += item.position + 1
-            loads.append(LayerLoad(prompt, decode, context))
-        return loads
-
+        return layer_loads([pending.item[0] for pending in batch], self.start_layer, self.end_layer)
