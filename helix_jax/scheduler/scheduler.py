@@ -82,10 +82,6 @@ class Scheduler:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    @property
-    def policy_name(self) -> str:
-        return self.policy.name
-
     def node_in_flight(self, node: str) -> int:
         return self._node_in_flight.get(node, 0)
 
