@@ -3,14 +3,14 @@ multiplexing many requests over one socket against a scripted coordinator socket
 
 from __future__ import annotations
 
+import asyncio
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import zmq
 
-from helix_jax.client import Client, error_from_message
+from helix_jax.client import AsyncClient, Client, error_from_message
 from helix_jax.errors import HelixError, OverloadedError, RequestError
 from helix_jax.runtime import wire
 
@@ -44,6 +44,10 @@ def _echo_server(router: zmq.Socket, stop: threading.Event) -> None:
         if msg.kind != "generate":
             continue
         rid, ids = msg["request_id"], msg["prompt_ids"]
+        if ids and ids[0] < 0:  # scripted rejection: the coordinator's error reply
+            wire.send(router, wire.make("error", request_id=rid, error="RequestError", message=f"bad id {ids[0]}"),
+                      identity)
+            continue
         for i, tok in enumerate(ids):
             wire.send(router, wire.make("token", request_id=rid, index=i, token_id=tok, text=chr(65 + tok % 26)),
                       identity)
@@ -68,6 +72,37 @@ def test_many_threads_share_one_client_and_get_their_own_answers() -> None:
             assert len(res.timings.token_times_s) == 3
             assert res.timings.time_scale == 2.0  # timings are reported in emulated seconds
         assert tokens == [7, 8] and stream.result is not None and stream.result.ids == (7, 8)
+    finally:
+        stop.set()
+        server.join(5)
+        router.close(0)
+
+
+def test_error_replies_raise_and_async_client_multiplexes_too() -> None:
+    ctx = zmq.Context.instance()
+    router = wire.configure(ctx.socket(zmq.ROUTER))
+    endpoint = wire.bind_free_port(router)
+    stop = threading.Event()
+    server = threading.Thread(target=_echo_server, args=(router, stop), daemon=True)
+    server.start()
+
+    async def run_async() -> tuple[list, list[int]]:
+        async with AsyncClient(endpoint, timeout_s=30) as ac:
+            with pytest.raises(RequestError, match="bad id -3"):
+                await ac.generate([-3, 1])
+            results = await asyncio.gather(*(ac.generate([n, n + 1]) for n in range(10)))
+            tokens = [t.token_id async for t in ac.stream([4, 5, 6])]
+            return results, tokens
+
+    try:
+        with Client(endpoint, timeout_s=30) as client:
+            with pytest.raises(RequestError, match="bad id -3"):
+                client.generate([-3, 1])
+            assert client.generate([9]).ids == (9,)  # the client still serves after an error
+        results, tokens = asyncio.run(run_async())
+        assert [r.ids for r in results] == [(n, n + 1) for n in range(10)]
+        assert all(r.timings.time_scale == 2.0 and len(r.timings.token_times_s) == 2 for r in results)
+        assert tokens == [4, 5, 6]
     finally:
         stop.set()
         server.join(5)
