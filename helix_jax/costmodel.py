@@ -61,6 +61,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 
 from helix_jax.errors import ConfigError, TopologyError
 from helix_jax.modelconfig import ModelConfig
@@ -82,6 +83,12 @@ COORDINATOR_BYTES_PER_TOKEN = 4  # int32 token ids
 TABLE_REFERENCE_BATCH = 128  # decode batch at the best k*c(k) of an explicit table
 TABLE_PER_TOKEN_SHARE = 0.25  # per-token share of a table type's step time at that batch
 TABLE_MAX_PROMPT_TOKENS = 2048  # prefill chunk limit of a table-only type
+
+
+def best_layer_rate(table: Sequence[float]) -> float:
+    """max_k k * c(k) of a capacity table: the token-layers/s a node reaches at its best k
+    (a node's strength; 0.0 for a node that holds no layer)."""
+    return max((k * c for k, c in enumerate(table, start=1)), default=0.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 
-from helix_jax.costmodel import CostModel
+from helix_jax.costmodel import CostModel, best_layer_rate
 from helix_jax.errors import InfeasibleError
 from helix_jax.placement import Placement
 from helix_jax.topology import Topology
@@ -35,7 +35,7 @@ def _usable_nodes(topology: Topology, cost_model: CostModel) -> list[tuple[str, 
     for node in topology.nodes:
         top = cost_model.max_layers(node.gpu)
         if top >= 1:
-            strength = max(k * c for k, c in enumerate(cost_model.capacity_table(node.gpu), 1))
+            strength = best_layer_rate(cost_model.capacity_table(node.gpu))
             out.append((strength, node.name, node.gpu, top))
     out.sort(key=lambda x: (-x[0], x[1]))
     return [(name, gpu, top) for _, name, gpu, top in out]

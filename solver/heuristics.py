@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Iterator
 
-from helix_jax.costmodel import CostModel
+from helix_jax.costmodel import CostModel, best_layer_rate
 from helix_jax.topology import Topology
 from helix_jax.solver.maxflow import max_flow
 
@@ -60,7 +60,7 @@ def greedy_cover(tables: dict[str, list[float]], num_layers: int, target: float,
     ranges: Ranges = dict(fixed or {})
     deficit = [max(0.0, target - c) for c in coverage(ranges, tables, num_layers, target)]
     unused = sorted((n for n in tables if n not in ranges),
-                    key=lambda n: -max(k * c for k, c in enumerate(tables[n], 1)))
+                    key=lambda n: -best_layer_rate(tables[n]))
     layer = 0
     eps = 1e-9 * max(1.0, target)
     while layer < num_layers:

@@ -42,7 +42,7 @@ import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 
-from helix_jax.costmodel import CostModel
+from helix_jax.costmodel import CostModel, best_layer_rate
 from helix_jax.topology import COORDINATOR, Topology
 from helix_jax.solver.highs_run import solve
 
@@ -77,8 +77,7 @@ def trivial_bound(topology: Topology, cost_model: CostModel) -> float:
     """sum over nodes of max_k k*c(type, k), divided by L: no placement can exceed it."""
     total = 0.0
     for node in topology.nodes:
-        table = cost_model.capacity_table(node.gpu)
-        total += max((k * c for k, c in enumerate(table, start=1)), default=0.0)
+        total += best_layer_rate(cost_model.capacity_table(node.gpu))
     return total / topology.model.num_layers
 
 

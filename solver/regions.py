@@ -25,7 +25,7 @@ from collections import defaultdict
 import cvxpy as cp
 import numpy as np
 
-from helix_jax.costmodel import CostModel
+from helix_jax.costmodel import CostModel, best_layer_rate
 from helix_jax.topology import Topology
 from helix_jax.solver import heuristics
 from helix_jax.solver.highs_run import solve
@@ -114,7 +114,7 @@ def greedy_windows(topology: Topology, cost_model: CostModel, order: list[str],
     """Fallback: windows in proportion to each region's capacity, each covered by the greedy sweep."""
     L = topology.model.num_layers
     tables = heuristics.node_tables(topology, cost_model)
-    strength = {r: sum(max(k * c for k, c in enumerate(tables[n], 1)) for n in by_region[r] if n in tables)
+    strength = {r: sum(best_layer_rate(tables[n]) for n in by_region[r] if n in tables)
                 for r in order}
     room = {r: sum(len(tables[n]) for n in by_region[r] if n in tables) for r in order}
     total = sum(strength.values()) or 1.0
@@ -128,7 +128,7 @@ def greedy_windows(topology: Topology, cost_model: CostModel, order: list[str],
     placements = {}
     for r in order:
         own = {n: tables[n] for n in by_region[r] if n in tables}
-        upper = sum(max(k * c for k, c in enumerate(t, 1)) for t in own.values()) / max(widths[r], 1)
+        upper = sum(best_layer_rate(t) for t in own.values()) / max(widths[r], 1)
         placements[r] = (heuristics.best_greedy(own, widths[r], upper) or {}) if widths[r] else {}
     ranges, windows = _layout(order, widths, placements, L)
     covered = heuristics.coverage(ranges, tables, L)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helix_jax.costmodel import CostModel, WorkloadShape
+from helix_jax.costmodel import CostModel, WorkloadShape, best_layer_rate
 from helix_jax.errors import ConfigError, TopologyError
 from helix_jax.profiles import LatencyProfile
 from helix_jax.topology import load_topology, topology_from_dict
@@ -41,6 +41,12 @@ def test_layer_rate_falls_as_more_layers_are_held(gpu: str) -> None:
     assert rates[-1] < rates[0]  # strictly falls over the whole range
     budgets = [cm.kv_budget_token_layers(gpu, k) for k in range(1, len(table) + 1)]
     assert all(b2 < b1 for b1, b2 in zip(budgets, budgets[1:]))
+
+
+def test_best_layer_rate_is_the_strongest_k() -> None:
+    assert best_layer_rate([100.0, 60.0, 30.0]) == 120.0  # k=2: 2 x 60 token-layers/s
+    assert best_layer_rate([50.0]) == 50.0
+    assert best_layer_rate([]) == 0.0
 
 
 def test_stronger_gpus_serve_more() -> None:
