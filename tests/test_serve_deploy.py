@@ -94,6 +94,11 @@ def test_twenty_concurrent_greedy_requests_match_local_generate(client: Client, 
         assert res.prompt_tokens == len(_ids(prompt))
         assert res.timings.ttft_s > 0 and len(res.timings.token_times_s) == len(res.ids)
         routes.add(res.route)
+    ranges = cpu_small_placement().ranges
+    for route in routes:  # each hop runs the tail of its node's range; hops chain layers 0..8
+        assert route[0][1] == 0 and route[-1][2] == 8, route
+        assert all(a[2] == b[1] for a, b in zip(route, route[1:])), route
+        assert all(ranges[n][0] <= s < e == ranges[n][1] for n, s, e in route), route
     assert any(len(r) == 3 for r in routes) or len(routes) > 1  # flow-weighted routing spreads
 
 
