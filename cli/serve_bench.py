@@ -130,16 +130,14 @@ async def closed_loop(endpoint: str, concurrency: int, prompt_tokens: int, max_t
 
 def bench_emulated(time_scale: float, concurrency: int, warmup_s: float, window_s: float,
                    prompt_tokens: int, max_tokens: int, plan_time_s: float) -> dict:
+    from helix_jax.costmodel import CostModel
     from helix_jax.model.tokenizer import load_tokenizer
     from helix_jax.solver.plan import plan
 
-    from helix_jax.costmodel import CostModel
-
     topo = load_topology(PAPER)
     placement = plan(topo, time_limit_s=plan_time_s)
-    workload = CostModel(topo).workload  # residents per node as the capacity model assumes them
-    resident_tokens = getattr(workload, "resident_kv_tokens", workload.mean_prompt_tokens + workload.mean_output_tokens)
-    kv_scale = (prompt_tokens + max_tokens) / resident_tokens
+    # residents per node as the capacity model assumes them
+    kv_scale = (prompt_tokens + max_tokens) / CostModel(topo).workload.resident_kv_tokens
     model = resolve_model(f"tiny-{topo.model.num_layers}")
     max_seq_len = 64
     cfg = ServeConfig(topo, placement, model, weights="random:0", max_seq_len=max_seq_len,
