@@ -45,10 +45,15 @@ def validate(topology: Path = typer.Argument(..., help="Topology JSON file."),
     console.print("valid")
 
 
+def _gap(placement: Any) -> float | None:
+    """Relative gap to the placement's upper bound; None without a bound (or with a zero one)."""
+    bound = placement.upper_bound_tokens_per_s
+    return (bound - placement.objective_tokens_per_s) / bound if bound else None
+
+
 def _placement_json(placement: Any) -> dict[str, Any]:
     out = placement.to_dict()
-    bound = placement.upper_bound_tokens_per_s
-    out["gap"] = ((bound - placement.objective_tokens_per_s) / bound) if bound else None
+    out["gap"] = _gap(placement)
     return out
 
 
@@ -74,8 +79,7 @@ def _print_placement(console: Console, topo: Topology, placement: Any) -> None:
     bound = placement.upper_bound_tokens_per_s
     line = f"throughput [bold]{placement.objective_tokens_per_s:.1f}[/] tokens/s"
     if bound is not None:
-        gap = (bound - placement.objective_tokens_per_s) / bound if bound > 0 else 0.0
-        line += f", upper bound {bound:.1f} tokens/s, gap {100 * gap:.2f}%"
+        line += f", upper bound {bound:.1f} tokens/s, gap {100 * (_gap(placement) or 0.0):.2f}%"
     line += f", status {placement.status}, solved in {placement.solve_seconds:.1f} s"
     if "mean_hops" in placement.extra:
         line += f", {placement.extra['mean_hops']:.1f} nodes per route on average"

@@ -78,6 +78,8 @@ def test_plan_json_prints_exactly_one_object(tmp_path: Path) -> None:
                 "nodes", "flows"):
         assert key in doc
     assert doc["objective_tokens_per_s"] == pytest.approx(140.0)
+    bound = doc["upper_bound_tokens_per_s"]
+    assert doc["gap"] == pytest.approx((bound - 140.0) / bound, abs=1e-9)
     assert all({"from", "to", "tokens_per_s"} <= set(f) for f in doc["flows"])
     assert json.loads(out.read_text())["nodes"] == doc["nodes"]
     check = _cli("validate", str(ROOT / "topologies" / "fixtures" / "two-pipelines.json"), "--placement", str(out))
