@@ -9,11 +9,12 @@ builds its layers from the same object. Imports nothing heavier than the stdlib.
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 from pathlib import Path
 from typing import Any, Mapping
 
 from helix_jax.errors import ConfigError
+from helix_jax.jsonfile import read_json_file
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _DTYPE_ALIASES = {
@@ -80,7 +81,7 @@ class ModelConfig:
     def bytes_per_param(self) -> int:
         return DTYPE_BYTES[self.dtype]
 
-    @property
+    @functools.cached_property  # read on every simulated step (cost model); the config is frozen
     def params_per_layer(self) -> int:
         h, d = self.hidden_size, self.dim_per_head
         attn = h * self.num_heads * d + 2 * h * self.num_kv_heads * d + self.num_heads * d * h
@@ -177,12 +178,9 @@ def from_hf_config(source: str | Path | Mapping[str, Any], name: str | None = No
         path = Path(source)
         if path.is_dir():
             path = path / "config.json"
-        if not path.is_file():
-            raise ConfigError(f"model config file {str(path)!r} does not exist")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"model config {str(path)!r} is not valid JSON: {exc}") from None
+        raw = read_json_file(path, "model config", ConfigError)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"model config {str(path)!r} must be a JSON object, got {type(raw).__name__}")
         label = name or path.parent.name or "hf-model"
     model_type = raw.get("model_type", "llama")
     archs = raw.get("architectures") or ["LlamaForCausalLM"]

@@ -62,3 +62,15 @@ def test_unsupported_architecture(tmp_path) -> None:
                                                       "model_type": "gpt2"}))
     with pytest.raises(ConfigError, match="unsupported architecture"):
         from_hf_config(tmp_path / "config.json")
+
+
+def test_unreadable_or_malformed_config_files(tmp_path) -> None:
+    (tmp_path / "config.json").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        from_hf_config(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        from_hf_config(tmp_path)
+    (tmp_path / "config.json").write_text("{oops")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        from_hf_config(tmp_path)
