@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from helix_jax.errors import CheckpointError, ConfigError, RequestError
-from helix_jax.modelconfig import _DTYPE_ALIASES as _DTYPES  # stdlib-only module: stays light
+from helix_jax.modelconfig import DTYPE_ALIASES as _DTYPES  # stdlib-only module: stays light
 
 
 def _dtype(text: str) -> str:

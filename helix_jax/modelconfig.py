@@ -17,7 +17,7 @@ from helix_jax.errors import ConfigError
 from helix_jax.jsonfile import read_json_file
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-_DTYPE_ALIASES = {
+DTYPE_ALIASES = {
     "fp32": "float32", "f32": "float32", "float32": "float32",
     "bf16": "bfloat16", "bfloat16": "bfloat16",
     "fp16": "float16", "f16": "float16", "float16": "float16", "half": "float16",
@@ -205,7 +205,7 @@ def from_hf_config(source: str | Path | Mapping[str, Any], name: str | None = No
                 low_freq_factor=float(rs.get("low_freq_factor", 1.0)),
                 high_freq_factor=float(rs.get("high_freq_factor", 4.0)),
                 original_max_position_embeddings=int(rs.get("original_max_position_embeddings", 8192)))
-        dtype = _DTYPE_ALIASES.get(str(raw.get("torch_dtype", raw.get("dtype", "bfloat16"))), "bfloat16")
+        dtype = DTYPE_ALIASES.get(str(raw.get("torch_dtype", raw.get("dtype", "bfloat16"))), "bfloat16")
         eos = raw.get("eos_token_id", 2)
         if isinstance(eos, list):
             eos = eos[0] if eos else None
@@ -269,7 +269,7 @@ def resolve_model(spec: str | Mapping[str, Any], base_dir: Path | None = None) -
         if key not in _EXPLICIT_FIELDS:
             raise ConfigError(f"model has an unknown field {key!r}")
         if key == "dtype":
-            value = _DTYPE_ALIASES.get(str(value).lower(), str(value))
+            value = DTYPE_ALIASES.get(str(value).lower(), str(value))
         if key == "rope_scaling" and isinstance(value, Mapping):
             value = RopeScaling(**value)
         clean[key] = value
