@@ -34,7 +34,9 @@ Three sources, in order of precedence for a GPU type:
      `max(bytes / (bandwidth * MEMORY_BANDWIDTH_EFFICIENCY), flops / (tflops * DECODE_FLOPS_EFFICIENCY))`
      with bytes = weights of the layer + KV read + activations;
    * c(type, k) = R / round trip (Little's law), with round trip =
-     `HOP_WAIT_FACTOR * L * max(step(B * r, B), reference_layer_seconds)`: each layer of the
+     `HOP_WAIT_FACTOR * L * max(step(B * r, B), reference_layer_seconds) + route_link_seconds`
+     (the last term: link latencies of a route, and queueing behind prompt chunks on
+     inter-region links); each layer of the
      route costs ~1.5 steps (half a step waiting for the batch in progress, then its own), and a
      fast GPU's residents cycle no faster than the layers they also cross on slower nodes
      (`reference_layer_seconds`: the cluster's mean per-layer step over its layer slots);
@@ -52,8 +54,11 @@ count: every resident sequence may share one step. Multi-GPU nodes (num_gpus > 1
 summed memory, bandwidth and FLOPs in the catalog; the reserve is per GPU.
 
 Links carry one activation vector per token (`activation_bytes_per_token`); links to or from
-the coordinator carry token ids (`COORDINATOR_BYTES_PER_TOKEN`). Prompt activations are not
-counted in link capacities (the paper's convention).
+the coordinator carry token ids (`COORDINATOR_BYTES_PER_TOKEN`). Link and NIC capacities are in
+decode tokens/s like everything else, so they count the prompt traffic too: every decode token
+brings `mean_prompt / mean_output` prompt vectors over each node-to-node hop (3.3 on the Azure
+trace; the paper's convention of counting decode vectors alone overstates a 12.5 MB/s
+inter-region link 4.3x, and FIFO links then queue every decode token behind prompt chunks).
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ LAYER_OVERHEAD_SECONDS = 5e-4  # per layer per step: launches, sync, host bookke
 MAX_PROMPT_TOKENS_CAP = 128  # prefill chunk limit even when memory allows more
 ACTIVATION_BYTES_FACTOR = 6  # live activation bytes per prompt token ~ 6 x intermediate x dtype
 COORDINATOR_BYTES_PER_TOKEN = 4  # int32 token ids
+LINK_PLANNING_UTILIZATION = 0.5  # busiest share of a slow (inter-region) link a plan may use
 TABLE_REFERENCE_BATCH = 128  # decode batch at the best k*c(k) of an explicit table
 TABLE_PER_TOKEN_SHARE = 0.25  # per-token share of a table type's step time at that batch
 TABLE_MAX_PROMPT_TOKENS = 2048  # prefill chunk limit of a table-only type
@@ -284,8 +290,44 @@ class CostModel:
         # HOP_WAIT_FACTOR steps (half a step waiting for the batch in progress, then its own),
         # at this node's own pace or the cluster's reference pace, whichever is slower.
         own_layer_s = self._own_pace_layer_seconds(gpu_type, num_layers)
-        round_trip_s = HOP_WAIT_FACTOR * self.model.num_layers * max(own_layer_s, self.reference_layer_seconds)
+        round_trip_s = (HOP_WAIT_FACTOR * self.model.num_layers * max(own_layer_s, self.reference_layer_seconds)
+                        + self.route_link_seconds)
         return self.resident_requests(gpu_type, num_layers) / round_trip_s
+
+    @functools.cached_property
+    def route_link_seconds(self) -> float:
+        """Time a decode token spends on links per round trip (a cluster-wide estimate, like
+        `reference_layer_seconds`): ~`L / mean max_layers` hops at the mean link latency between
+        nodes of one region, plus, when nodes sit in several regions, the crossings of a plan
+        that visits each region once (region windows) at the mean latency between regions: the
+        activation crossings also wait behind prompt chunks on a FIFO link planned to
+        `LINK_PLANNING_UTILIZATION` (M/D/1: rho / (2 (1 - rho)) chunk wire times), the token
+        ids back to (and, if it has no nodes, into) the coordinator's region pay latency only."""
+        nodes = self.topology.nodes
+        region = {n.name: n.region or "default" for n in nodes}
+        tops = [self.max_layers(n.gpu) for n in nodes]
+        mean_top = sum(tops) / len(tops) if tops else 0
+        if mean_top <= 0:
+            return 0.0
+        within, between = [], []
+        for a in nodes:
+            for b in nodes:
+                if a.name != b.name:
+                    (within if region[a.name] == region[b.name] else between).append(self.topology.link(a.name, b.name))
+        hops = self.model.num_layers / mean_top
+        total = hops * (sum(link.latency_ms for link in within) / len(within) / 1e3 if within else 0.0)
+        node_regions = set(region.values())
+        coordinator_region = self.topology.coordinator.region or "default"
+        if between and len(node_regions | {coordinator_region}) > 1:
+            rho = LINK_PLANNING_UTILIZATION
+            chunk_bytes = MAX_PROMPT_TOKENS_CAP * self.model.activation_bytes_per_token
+            latency_s = sum(link.latency_ms for link in between) / len(between) / 1e3
+            queue_s = sum(rho / (2 * (1 - rho)) * chunk_bytes / link.bandwidth_bytes_per_s
+                          for link in between) / len(between)
+            # activations cross between node regions; token ids go back (and in) latency-only
+            id_crossings = 1 + (coordinator_region not in node_regions)
+            total += (len(node_regions) - 1) * (latency_s + queue_s) + id_crossings * latency_s
+        return total
 
     @functools.cached_property
     def reference_layer_seconds(self) -> float:
@@ -310,23 +352,37 @@ class CostModel:
         return self.capacity_tokens_per_s(self.topology.node(node).gpu, num_layers)
 
     # ---- links ----
-    def _bytes_per_token(self, src: str, dst: str) -> float:
+    def bytes_per_vector(self, src: str, dst: str) -> float:
+        """Bytes one token occupies on the link src -> dst: an activation vector between nodes,
+        a token id to or from the coordinator."""
         if COORDINATOR in (src, dst):
             return float(COORDINATOR_BYTES_PER_TOKEN)
         return float(self.model.activation_bytes_per_token)
 
+    def _vectors_per_decode_token(self, src: str, dst: str) -> float:
+        """Tokens a link carries per decode token of the workload: each decode token's own vector
+        plus `prompt_per_output` prompt vectors (prefill crosses the same hops), except on the
+        way back to the coordinator, which gets one sampled-position vector per step."""
+        return 1.0 if dst == COORDINATOR else 1.0 + self.workload.prompt_per_output
+
     def link_tokens_per_s(self, src: str, dst: str) -> float:
-        return self.topology.link(src, dst).bandwidth_bytes_per_s / self._bytes_per_token(src, dst)
+        """Decode tokens/s the link src -> dst carries, prompt traffic included."""
+        link = self.topology.link(src, dst)
+        return link.bandwidth_bytes_per_s / (self.bytes_per_vector(src, dst) * self._vectors_per_decode_token(src, dst))
 
     def nic_tokens_per_s(self, node: str) -> float | None:
-        """Activation vectors/s the node's NIC passes each way (node-to-node traffic only;
-        token ids to and from the coordinator bypass it), or None where the catalog sets no NIC."""
+        """Decode tokens/s the node's NIC passes each way, prompt activations included
+        (node-to-node traffic only; token ids to and from the coordinator bypass it), or None
+        where the catalog sets no NIC."""
         nic = self.topology.gpu_of(node).nic_bandwidth_bytes_per_s
-        return None if nic is None else nic / self.model.activation_bytes_per_token
+        if nic is None:
+            return None
+        return nic / (self.model.activation_bytes_per_token * (1.0 + self.workload.prompt_per_output))
 
     def transfer_seconds(self, src: str, dst: str, num_tokens: int) -> float:
+        """Latency + wire time of one message of `num_tokens` vectors (prompt or decode)."""
         link = self.topology.link(src, dst)
-        return link.latency_ms / 1e3 + num_tokens * self._bytes_per_token(src, dst) / link.bandwidth_bytes_per_s
+        return link.latency_ms / 1e3 + num_tokens * self.bytes_per_vector(src, dst) / link.bandwidth_bytes_per_s
 
     # ---- explicit tables ----
     @functools.lru_cache(maxsize=None)

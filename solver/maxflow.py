@@ -26,6 +26,7 @@ import networkx as nx
 from helix_jax.costmodel import CostModel
 from helix_jax.errors import PlacementError
 from helix_jax.placement import FlowEdge, Placement, validate_placement
+from helix_jax.solver.highs_run import swallow_banner
 from helix_jax.topology import COORDINATOR, Topology
 
 SOURCE, SINK = "S", "T"
@@ -97,21 +98,78 @@ def _endpoint(vertex: str) -> str:
     return vertex.rsplit(".", 1)[0]
 
 
+def balanced_flow(graph: nx.DiGraph, value: float) -> dict[str, dict[str, float]] | None:
+    """A maximum flow of `value` that spreads load: minimise sum over compute arcs of
+    (flow / capacity)^2, so parallel nodes holding the same layers share the flow instead of
+    one carrying it all (max-flow algorithms return an arbitrary optimum, often a lopsided
+    one). Each node's KV holds flow x round trip requests, so this spreads KV pressure too.
+    A convex QP (cvxpy: Clarabel, HiGHS as fallback); None if neither solves it."""
+    import cvxpy as cp
+    import numpy as np
+
+    arcs = list(graph.edges)
+    index = {arc: i for i, arc in enumerate(arcs)}
+    cap = np.array([graph[u][v]["capacity"] for u, v in arcs], dtype=float)
+    f = cp.Variable(len(arcs), nonneg=True)
+    cons = [f <= cap]
+    for vertex in graph.nodes:
+        if vertex in (SOURCE, SINK):
+            continue
+        ins = [index[(u, vertex)] for u in graph.predecessors(vertex)]
+        outs = [index[(vertex, w)] for w in graph.successors(vertex)]
+        if ins or outs:
+            cons.append(cp.sum(f[ins]) == cp.sum(f[outs]) if ins and outs else cp.sum(f[ins + outs]) == 0)
+    cons.append(cp.sum(f[[index[(SOURCE, w)] for w in graph.successors(SOURCE)]]) == value)
+    compute = [i for i, (u, v) in enumerate(arcs) if graph[u][v]["kind"] == "compute" and cap[i] > 0]
+    objective = cp.sum_squares(cp.multiply(f[compute], 1.0 / cap[compute]))
+    problem = cp.Problem(cp.Minimize(objective), cons)
+    swallow_banner()
+    for solver, options in (("CLARABEL", {}), ("HIGHS", {"output_flag": False})):
+        try:
+            problem.solve(solver=solver, **options)
+        except (cp.error.SolverError, ValueError):
+            continue
+        if problem.status == cp.OPTIMAL and f.value is not None:
+            values = np.clip(f.value, 0.0, cap)
+            out: dict[str, dict[str, float]] = {u: {} for u in graph.nodes}
+            for (u, v), x in zip(arcs, values):
+                out[u][v] = float(x) if x > FLOW_EPS else 0.0
+            return out
+    return None
+
+
 def max_flow(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[int, int]],
              partial_inference: bool = True,
              allowed_edges: Iterable[tuple[str, str]] | None = None,
-             capacity_scale: dict[tuple[str, str], float] | None = None) -> MaxFlowResult:
-    """Max-flow of `ranges` (node -> [start, end)); zero when the ranges cannot form a route."""
+             capacity_scale: dict[tuple[str, str], float] | None = None,
+             balance: bool = False) -> MaxFlowResult:
+    """Max-flow of `ranges` (node -> [start, end)); zero when the ranges cannot form a route.
+    `balance`: return the load-spreading maximum flow of `balanced_flow` (the value is the same;
+    placements carry these flows, since the scheduler's round robin follows them)."""
     graph = build_flow_graph(topology, cost_model, ranges, partial_inference, allowed_edges, capacity_scale)
     value, flow = nx.maximum_flow(graph, SOURCE, SINK, flow_func=nx.algorithms.flow.preflow_push)
-    edge_flows: dict[tuple[str, str], float] = {}
     for u, targets in flow.items():
         for v, f in targets.items():
             graph[u][v]["flow"] = f
+    # residual reachability from S gives the source side of a minimum cut
+    cut_side = _source_side(graph)
+    if balance and value > FLOW_EPS:
+        spread = balanced_flow(graph, value)
+        if spread is not None:
+            flow = spread
+            for u, targets in flow.items():
+                for v, f in targets.items():
+                    graph[u][v]["flow"] = f
+    edge_flows: dict[tuple[str, str], float] = {}
+    for u, targets in flow.items():
+        for v, f in targets.items():
             if graph[u][v]["kind"] == "link" and f > FLOW_EPS:
                 edge_flows[(_endpoint(u), _endpoint(v))] = f
     node_flows = {n: flow[f"{n}.in"][f"{n}.out"] for n in ranges}
-    # residual reachability from S gives the source side of a minimum cut
+    return MaxFlowResult(float(value), edge_flows, node_flows, graph, cut_side)
+
+
+def _source_side(graph: nx.DiGraph) -> frozenset[str]:
     seen, stack = {SOURCE}, [SOURCE]
     while stack:
         u = stack.pop()
@@ -123,7 +181,7 @@ def max_flow(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[
             if v not in seen and graph[v][u]["flow"] > FLOW_EPS * 10:
                 seen.add(v)
                 stack.append(v)
-    return MaxFlowResult(float(value), edge_flows, node_flows, graph, frozenset(seen))
+    return frozenset(seen)
 
 
 def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[int, int]],
@@ -134,7 +192,7 @@ def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict
     """A validated Placement of `ranges` carrying its true max-flow."""
     if not ranges:
         raise PlacementError("a placement needs at least one node holding layers")
-    result = max_flow(topology, cost_model, ranges, partial_inference, allowed_edges)
+    result = max_flow(topology, cost_model, ranges, partial_inference, allowed_edges, balance=True)
     flows = tuple(FlowEdge(s, d, f) for (s, d), f in sorted(result.edge_flows.items()))
     objective = sum(f.tokens_per_s for f in flows if f.src == COORDINATOR)
     extra = dict(extra or {})

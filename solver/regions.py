@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections import defaultdict
 
 import cvxpy as cp
 import numpy as np
 
-from helix_jax.costmodel import CostModel, best_layer_rate
+from helix_jax.costmodel import LINK_PLANNING_UTILIZATION, CostModel, best_layer_rate
 from helix_jax.topology import Topology
 from helix_jax.solver import heuristics
 from helix_jax.solver.highs_run import solve
@@ -50,7 +51,11 @@ def slow_regions(topology: Topology) -> bool:
 class RegionCover:
     """The 'longest covered prefix at height F' MILP of one region (module docstring)."""
 
-    def __init__(self, topology: Topology, cost_model: CostModel, nodes: list[str]) -> None:
+    def __init__(self, topology: Topology, cost_model: CostModel, nodes: list[str],
+                 enters: bool = False, leaves: bool = False) -> None:
+        """`enters`: tokens arrive from another region at the window's first layer; `leaves`:
+        they leave for another region after its last layer. Both ask for `crossing_nodes`
+        distinct nodes there (set per target in `max_window`)."""
         self.L = L = topology.model.num_layers
         self.groups: list[Group] = make_groups(topology, cost_model, [nodes])
         self.rects: list[Rect] = make_rects(self.groups, L)
@@ -66,17 +71,25 @@ class RegionCover:
         self.u = cp.Variable(L, boolean=True)
         self.h = cp.Parameter(num_r, nonneg=True)
         self.target = cp.Parameter(nonneg=True)
+        self.crossing_nodes = cp.Parameter(nonneg=True)
         cons = [group_rows @ self.n <= np.array([len(g.nodes) for g in self.groups]),
                 covers @ cp.multiply(self.h, self.n) >= self.target * self.u,
                 self.u[1:] <= self.u[:-1]]
+        if enters:  # nodes holding the window's first layer receive the cross-region hand-offs
+            cons.append(covers[0] @ self.n >= self.crossing_nodes * self.u[0])
+        if leaves:  # nodes holding its last layer (u_l - u_{l+1} = 1 there) send them
+            last = cp.hstack([self.u[:-1] - self.u[1:], self.u[-1:]])
+            cons.append(covers @ self.n >= self.crossing_nodes * last)
         self.problem = cp.Problem(cp.Maximize(cp.sum(self.u)), cons)
         self.capacities = np.array([r.capacity for r in self.rects])
 
-    def max_window(self, target: float, time_limit_s: float, seed: int) -> tuple[int, dict[Rect, int]]:
+    def max_window(self, target: float, time_limit_s: float, seed: int,
+                   crossing_nodes: int = 1) -> tuple[int, dict[Rect, int]]:
         if not self.rects:
             return 0, {}
         self.h.value = np.minimum(self.capacities, target)
         self.target.value = target
+        self.crossing_nodes.value = crossing_nodes
         result = solve(self.problem, time_limit_s=time_limit_s, rel_gap=1e-6, seed=seed)
         if result.objective is None:
             return 0, {}
@@ -135,6 +148,29 @@ def greedy_windows(topology: Topology, cost_model: CostModel, order: list[str],
     return min(covered), ranges, windows
 
 
+def crossing_pair_capacity(topology: Topology, cost_model: CostModel,
+                           by_region: dict[str, list[str]]) -> float:
+    """Decode tokens/s of the slowest link between two nodes of different regions (prompt
+    traffic included, see CostModel.link_tokens_per_s); inf with a single region."""
+    slowest = math.inf
+    for ra, nodes_a in by_region.items():
+        for rb, nodes_b in by_region.items():
+            if ra != rb:
+                slowest = min([slowest] + [cost_model.link_tokens_per_s(a, b) for a in nodes_a for b in nodes_b])
+    return slowest
+
+
+def crossing_nodes(target: float, pair_tokens_per_s: float) -> int:
+    """Nodes needed on each side of a region boundary: m senders x m receivers give m^2 links,
+    which must carry `target` at no more than LINK_PLANNING_UTILIZATION of their capacity (a FIFO
+    link busier than that queues every decode token behind prompt chunks)."""
+    if not math.isfinite(pair_tokens_per_s):
+        return 1
+    if pair_tokens_per_s <= 0:
+        return 0  # nothing crosses; the windows cannot be joined and max-flow will say so
+    return max(1, math.ceil(math.sqrt(target / (LINK_PLANNING_UTILIZATION * pair_tokens_per_s)) - 1e-9))
+
+
 def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_limit_s: float,
                  seed: int = 0) -> WindowPlan | None:
     """Largest F (and its placement) such that the regions' windows at height F tile [0, L)."""
@@ -147,12 +183,15 @@ def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_l
     L = topology.model.num_layers
     lo, ranges, windows = greedy_windows(topology, cost_model, order, by_region)
     best = WindowPlan(ranges, windows, lo) if lo > 0 else None
-    covers = {r: RegionCover(topology, cost_model, by_region[r]) for r in order}
+    covers = {r: RegionCover(topology, cost_model, by_region[r], enters=i > 0, leaves=i < len(order) - 1)
+              for i, r in enumerate(order)}
+    pair_tokens_per_s = crossing_pair_capacity(topology, cost_model, by_region)
     hi = upper
     while hi - lo > WINDOW_GAP * hi and time.monotonic() < deadline:
         target = 0.5 * (lo + hi)
         per_call = max(0.2, (deadline - time.monotonic()) / (3 * len(order)))
-        found = {r: covers[r].max_window(target, per_call, seed) for r in order}
+        crossing = crossing_nodes(target, pair_tokens_per_s)
+        found = {r: covers[r].max_window(target, per_call, seed, crossing) for r in order}
         if sum(w for w, _ in found.values()) >= L:
             placements = {r: expand_counts(covers[r].groups, counts) for r, (_, counts) in found.items()}
             ranges, windows = _layout(order, {r: w for r, (w, _) in found.items()}, placements, L)

@@ -131,9 +131,15 @@ def test_step_time_grows_with_work() -> None:
 def test_links_and_transfers() -> None:
     topo = load_topology(TOPOLOGIES / "fixtures" / "link-bound.json")
     cm = CostModel(topo)
-    assert cm.link_tokens_per_s("a", "b") == pytest.approx(50.0)  # 12800 B/s / 256 B per token
-    assert cm.link_tokens_per_s("b", "a") == pytest.approx(50.0)
-    assert cm.link_tokens_per_s("coordinator", "a") == pytest.approx(1e9 / 4)
+    # 12800 B/s / 256 B per vector = 50 vectors/s; each decode token brings 763/232 prompt vectors
+    per_decode = 1 + 763 / 232
+    assert cm.link_tokens_per_s("a", "b") == pytest.approx(50.0 / per_decode)
+    assert cm.link_tokens_per_s("b", "a") == pytest.approx(50.0 / per_decode)
+    assert cm.link_tokens_per_s("coordinator", "a") == pytest.approx(1e9 / 4 / per_decode)  # prompt ids too
+    assert cm.link_tokens_per_s("a", "coordinator") == pytest.approx(1e9 / 4)  # one id back per step
+    decode_only = CostModel(topo, WorkloadShape(0, 10))
+    assert decode_only.link_tokens_per_s("a", "b") == pytest.approx(50.0)
+    assert cm.bytes_per_vector("a", "b") == 256 and cm.bytes_per_vector("coordinator", "a") == 4
     assert cm.transfer_seconds("a", "b", 10) == pytest.approx(0.005 + 10 * 256 / 12800)
     assert cm.node_capacity_tokens_per_s("a", 2) == 1000.0
 
@@ -209,3 +215,23 @@ def test_cost_model_reads_a_profile(tmp_path: Path) -> None:
     for k in range(1, 4):
         assert _promise_error(cm, "Box", k) < 0.03
     assert cm.capacity_tokens_per_s("Box", 1) > cm.capacity_tokens_per_s("Box", 3)
+
+
+def test_route_link_seconds_counts_hops_and_region_crossings() -> None:
+    def topo(between: dict | None):
+        links = {"default": {"bandwidth": "1 GB/s", "latency_ms": 2}}
+        nodes = [{"name": "a", "gpu": "g", "region": "r1", "count": 2}]
+        if between is not None:
+            links["between_regions"] = [{"regions": ["r1", "r2"], **between}]
+            nodes.append({"name": "b", "gpu": "g", "region": "r2", "count": 2})
+        return topology_from_dict({
+            "model": {"preset": "tiny", "num_layers": 8},
+            "gpu_types": {"g": {"max_layers": 2, "capacity_tokens_per_s": [100, 100]}},
+            "coordinator": {"region": "r1"}, "nodes": nodes, "links": links})
+
+    one = CostModel(topo(None))
+    assert one.route_link_seconds == pytest.approx(8 / 2 * 0.002)  # L / max_layers hops at 2 ms
+    two = CostModel(topo({"bandwidth": 128 * 256 * 10, "latency_ms": 50}))  # a 128-token chunk: 0.1 s
+    # hops within a region at 2 ms; one activation crossing r1 -> r2 (50 ms + M/D/1 wait at 50%:
+    # 0.5 chunk = 50 ms); token ids back to the coordinator's region: 50 ms
+    assert two.route_link_seconds == pytest.approx(4 * 0.002 + (0.05 + 0.05) + 0.05)

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import PlacementError
 from helix_jax.placement import FlowEdge, Placement, validate_placement
 from helix_jax.topology import load_topology, topology_from_dict
 
 FIXTURES = Path(__file__).resolve().parents[1] / "topologies" / "fixtures"
+DECODE_ONLY = WorkloadShape(0, 100)  # no prompt traffic: a link's tokens/s = bandwidth / vector bytes
 
 
 def _two_pipelines() -> tuple[Placement, object]:
@@ -58,11 +60,14 @@ def test_link_capacity_is_checked() -> None:
     topo = load_topology(FIXTURES / "link-bound.json")
     flows = (FlowEdge("coordinator", "a", 60), FlowEdge("a", "b", 60), FlowEdge("b", "coordinator", 60))
     placement = Placement("link-bound", 4, {"a": (0, 2), "b": (2, 4)}, flows, objective_tokens_per_s=60)
+    cm = CostModel(topo, DECODE_ONLY)
     with pytest.raises(PlacementError, match="over a link of 50.000"):
-        validate_placement(placement, topo)
+        validate_placement(placement, topo, cm)
     ok = dataclasses.replace(placement, flows=tuple(FlowEdge(e.src, e.dst, 50) for e in flows),
                              objective_tokens_per_s=50)
-    validate_placement(ok, topo)
+    validate_placement(ok, topo, cm)
+    with pytest.raises(PlacementError, match="over a link of 11.6"):  # prompt vectors count too
+        validate_placement(ok, topo)
 
 
 def test_nic_capacity_is_checked() -> None:
@@ -75,10 +80,11 @@ def test_nic_capacity_is_checked() -> None:
         "nodes": [{"name": "a", "gpu": "g"}, {"name": "b", "gpu": "n"}]})
     flows = (FlowEdge("coordinator", "a", 12), FlowEdge("a", "b", 12), FlowEdge("b", "coordinator", 12))
     placement = Placement(topo.name, 4, {"a": (0, 2), "b": (2, 4)}, flows, objective_tokens_per_s=12)
+    cm = CostModel(topo, DECODE_ONLY)
     with pytest.raises(PlacementError, match="node 'b' moves 12.000 tokens/s through a NIC of 10.000"):
-        validate_placement(placement, topo)
+        validate_placement(placement, topo, cm)
     validate_placement(dataclasses.replace(placement, flows=tuple(FlowEdge(e.src, e.dst, 10) for e in flows),
-                                           objective_tokens_per_s=10), topo)
+                                           objective_tokens_per_s=10), topo, cm)
     # token ids to and from the coordinator bypass the NIC
     alone = Placement(topo.name, 4, {"b": (0, 4)}, (FlowEdge("coordinator", "b", 90),
                                                    FlowEdge("b", "coordinator", 90)), objective_tokens_per_s=90)

@@ -45,15 +45,17 @@ def test_two_pipelines_reach_most_of_the_max_flow_in_proportion() -> None:
 
 def test_link_bound_cluster_is_limited_by_its_link() -> None:
     """a [0,2) -> b [2,4) over 12,800 B/s; tiny activations are 64 x 4 B = 256 B/token, so the
-    link carries 50 tokens/s. Each request sends 10 prompt tokens once and 39 decode tokens
-    over it (the 40th output token is never fed back): decode throughput <= 50 x 40 / 49."""
+    link carries 50 vectors/s. Each request sends 10 prompt tokens once and 39 decode tokens
+    over it (the 40th output token is never fed back): decode throughput <= 50 x 40 / 49.
+    The cost model prices the link at 50 / (1 + 10/40) = 40 decode tokens/s (prompts included)."""
     topo = load_topology(fixture_path("link-bound.json"))
     cost = CostModel(topo, WorkloadShape(10, 40))
-    assert cost.link_tokens_per_s("a", "b") == pytest.approx(50.0)
+    assert cost.link_tokens_per_s("a", "b") == pytest.approx(40.0)
     placement = Placement("link-bound", 4, {"a": (0, 2), "b": (2, 4)},
-                          (FlowEdge(C, "a", 50), FlowEdge("a", "b", 50), FlowEdge("b", C, 50)),
-                          objective_tokens_per_s=50.0)
+                          (FlowEdge(C, "a", 40), FlowEdge("a", "b", 40), FlowEdge("b", C, 40)),
+                          objective_tokens_per_s=40.0)
     res = simulate(placement, cost, FixedLengths(10, 40), SimConfig(duration_s=600, warmup_s=100))
     link_limit = 50 * 40 / 49
     assert res.metrics.decode_tokens_per_s == pytest.approx(link_limit, rel=0.05)
+    assert res.metrics.decode_tokens_per_s == pytest.approx(placement.objective_tokens_per_s, rel=0.05)
     assert all(n.busy_fraction < 0.5 for n in res.nodes)  # compute (1000 tok/s) is not the limit

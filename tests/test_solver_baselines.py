@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helix_jax.costmodel import CostModel
+from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import ConfigError, InfeasibleError
 from helix_jax.placement import validate_placement
 from helix_jax.topology import load_topology, topology_from_dict
@@ -69,7 +69,7 @@ def test_helix_is_never_below_the_baselines_on_the_paper_cluster() -> None:
 
 def test_explain_names_the_saturated_elements() -> None:
     topo = load_topology(ROOT / "fixtures" / "link-bound.json")
-    cm = CostModel(topo)
+    cm = CostModel(topo, WorkloadShape(0, 100))  # decode traffic only: the link carries 50 tokens/s
     placement = plan(topo, time_limit_s=5, cost_model=cm)
     result = explain(topo, placement, cm, boost=0.1)
     assert result.throughput_tokens_per_s == pytest.approx(50.0)

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from helix_jax.costmodel import CostModel
+from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import PlacementError
 from helix_jax.placement import validate_placement
 from helix_jax.topology import load_topology, topology_from_dict
 from helix_jax.solver.maxflow import max_flow, placement_with_flows
 
 FIXTURES = Path(__file__).resolve().parents[1] / "topologies" / "fixtures"
+DECODE_ONLY = WorkloadShape(0, 100)  # no prompt traffic: a link's tokens/s = bandwidth / vector bytes
 
 
 def _load(name: str):
@@ -47,10 +48,14 @@ def test_partial_inference_lets_overlapping_ranges_hand_off() -> None:
 
 
 def test_link_limits_count() -> None:
-    topo, cm = _load("link-bound")
+    topo, _ = _load("link-bound")
+    cm = CostModel(topo, DECODE_ONLY)
     result = max_flow(topo, cm, {"a": (0, 2), "b": (2, 4)})
     assert result.value_tokens_per_s == pytest.approx(50.0)
     assert result.edge_flows == pytest.approx({("coordinator", "a"): 50, ("a", "b"): 50, ("b", "coordinator"): 50})
+    # with the Azure workload every decode token also sends 763/232 prompt vectors over the link
+    azure = max_flow(topo, CostModel(topo), {"a": (0, 2), "b": (2, 4)})
+    assert azure.value_tokens_per_s == pytest.approx(50.0 / (1 + 763 / 232))
 
 
 def test_nic_limits_node_to_node_traffic() -> None:
@@ -61,8 +66,9 @@ def test_nic_limits_node_to_node_traffic() -> None:
                       "n": {"max_layers": 4, "capacity_tokens_per_s": [100, 100, 100, 100],
                             "nic_bandwidth": 2560}},
         "nodes": [{"name": "a", "gpu": "g"}, {"name": "b", "gpu": "n"}]})
-    cm = CostModel(topo)
+    cm = CostModel(topo, DECODE_ONLY)
     assert cm.nic_tokens_per_s("b") == pytest.approx(10.0) and cm.nic_tokens_per_s("a") is None
+    assert CostModel(topo, WorkloadShape(300, 100)).nic_tokens_per_s("b") == pytest.approx(2.5)  # + 3 prompt vectors
     assert max_flow(topo, cm, {"a": (0, 2), "b": (2, 4)}).value_tokens_per_s == pytest.approx(10.0)
     assert max_flow(topo, cm, {"b": (0, 2), "a": (2, 4)}).value_tokens_per_s == pytest.approx(10.0)
     # coordinator traffic (token ids) bypasses the NIC: b alone holding everything is not limited
@@ -90,3 +96,24 @@ def test_restricted_edges_keep_pipelines_apart() -> None:
     assert max_flow(topo, cm, ranges, allowed_edges={("f-0", "s-1"), ("s-0", "f-1")}).value_tokens_per_s == \
         pytest.approx(80.0)
     assert max_flow(topo, cm, ranges).value_tokens_per_s == pytest.approx(140.0)
+
+
+def test_balanced_flow_shares_parallel_nodes() -> None:
+    """a and b both hold [0, 2) and feed c, which caps the flow at 100: any split of 100 over a and
+    b is a maximum flow; the placement's flows split it evenly (the scheduler follows them, and
+    a node carrying all of it would also hold all of its KV)."""
+    topo = topology_from_dict({
+        "model": {"preset": "tiny", "num_layers": 4},
+        "gpu_types": {"g": {"max_layers": 2, "capacity_tokens_per_s": [100, 100]}},
+        "nodes": [{"name": "a", "gpu": "g"}, {"name": "b", "gpu": "g"}, {"name": "c", "gpu": "g"}]})
+    cm = CostModel(topo)
+    ranges = {"a": (0, 2), "b": (0, 2), "c": (2, 4)}
+    assert max_flow(topo, cm, ranges).value_tokens_per_s == pytest.approx(100.0)
+    spread = max_flow(topo, cm, ranges, balance=True)
+    assert spread.value_tokens_per_s == pytest.approx(100.0)
+    assert spread.node_flows == pytest.approx({"a": 50.0, "b": 50.0, "c": 100.0}, rel=1e-4)
+    placement = placement_with_flows(topo, cm, ranges, "test")
+    validate_placement(placement, topo, cm)
+    assert {(f.src, f.dst): f.tokens_per_s for f in placement.flows} == pytest.approx(
+        {("coordinator", "a"): 50, ("coordinator", "b"): 50, ("a", "c"): 50, ("b", "c"): 50,
+         ("c", "coordinator"): 100}, rel=1e-4)

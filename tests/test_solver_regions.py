@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from helix_jax.costmodel import CostModel
 from helix_jax.placement import validate_placement
 from helix_jax.topology import load_topology, topology_from_dict
 from helix_jax.solver.plan import plan
-from helix_jax.solver.regions import plan_windows, slow_regions
+from helix_jax.solver.regions import crossing_nodes, plan_windows, slow_regions
 
 ROOT = Path(__file__).resolve().parents[1] / "topologies"
 
@@ -60,3 +61,36 @@ def test_window_target_is_reachable_by_each_region() -> None:
     result = plan_windows(topo, cm, upper=200.0, time_limit_s=10)
     assert result is not None and result.target_tokens_per_s > 0
     assert sum(e - s for s, e in result.windows.values()) == 8
+
+
+def test_crossing_nodes_keep_inter_region_links_half_busy() -> None:
+    assert crossing_nodes(100.0, math.inf) == 1  # one region: nothing to spread
+    assert crossing_nodes(40.0, 100.0) == 1  # one pair at 40% of its capacity
+    assert crossing_nodes(60.0, 100.0) == 2  # 60% on one pair is too busy: 2 x 2 pairs
+    assert crossing_nodes(450.0, 100.0) == 3  # 9 pairs at 50%
+
+
+def test_slow_crossings_are_spread_over_several_node_pairs() -> None:
+    """A 40 kB/s link between regions carries 40e3 / (256 B x (1 + 763/232)) = 36 decode tokens/s
+    (prompt activations count): the plan must hand off between several senders and receivers."""
+    topo = topology_from_dict({
+        "model": {"preset": "tiny", "num_layers": 8},
+        "gpu_types": {"big": {"max_layers": 4, "capacity_tokens_per_s": [100, 90, 80, 70]},
+                      "small": {"max_layers": 2, "capacity_tokens_per_s": [60, 45]}},
+        "coordinator": {"region": "east"},
+        "nodes": [{"name": "e", "gpu": "big", "region": "east", "count": 4},
+                  {"name": "w", "gpu": "small", "region": "west", "count": 8}],
+        "links": {"default": {"bandwidth": "40 kB/s", "latency_ms": 50},
+                  "within_region": {"default": {"bandwidth": "1 GB/s", "latency_ms": 1}}},
+    })
+    cm = CostModel(topo)
+    pair = cm.link_tokens_per_s("e-0", "w-0")
+    assert pair == pytest.approx(40e3 / (256 * (1 + 763 / 232)))
+    placement = plan(topo, time_limit_s=10, cost_model=cm)
+    validate_placement(placement, topo, cm)
+    region = {n.name: n.region for n in topo.nodes}
+    cross = [f for f in placement.flows if "coordinator" not in (f.src, f.dst) and region[f.src] != region[f.dst]]
+    need = crossing_nodes(placement.objective_tokens_per_s, pair)
+    assert need >= 2
+    assert len({f.src for f in cross}) >= need and len({f.dst for f in cross}) >= need
+    assert placement.objective_tokens_per_s > pair  # more than one link's worth crosses

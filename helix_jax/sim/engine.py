@@ -90,7 +90,7 @@ class Simulator:
         link = self._links.get((src, dst))
         if link is None:
             spec = self.cost.topology.link(src, dst)
-            bytes_per_token = spec.bandwidth_bytes_per_s / self.cost.link_tokens_per_s(src, dst)
+            bytes_per_token = self.cost.bytes_per_vector(src, dst)
             link = self._links[(src, dst)] = SimLink(spec.latency_ms / 1e3, spec.bandwidth_bytes_per_s,
                                                      bytes_per_token)
         return link
