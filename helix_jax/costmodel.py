@@ -49,9 +49,14 @@ Three sources, in order of precedence for a GPU type:
 Consistency promise (the simulator relies on it): `capacity_tokens_per_s(t, k)` times the
 round trip above equals the requests resident on the node (tests/test_costmodel.py), and the
 simulator, which chunks prefill to `max_prompt_tokens_per_step`, reaches ~98% of the Helix
-placement's max-flow on the 24-GPU cluster (BENCHMARKS.md). `max_decode_batch` is the resident
-count: every resident sequence may share one step. Multi-GPU nodes (num_gpus > 1) already carry
-summed memory, bandwidth and FLOPs in the catalog; the reserve is per GPU.
+placement's max-flow on the 24-GPU cluster (BENCHMARKS.md) when every resident may share one
+step. `max_decode_batch` caps a step at `PIPELINE_MICROBATCH_FACTOR` own-pace batches
+(`3 R k / L`, at most R): without a cap a route's residents clump into one convoy that visits the
+stages one at a time (each node busy ~1/hops of the time); split into micro-batches they
+pipeline, and the simulator then runs ~30% above the max-flow on long routes (the capacity
+formula above stays as calibrated, so it is conservative there; BENCHMARKS.md). Multi-GPU nodes
+(num_gpus > 1) already carry summed memory, bandwidth and FLOPs in the catalog; the reserve is
+per GPU.
 
 Links carry one activation vector per token (`activation_bytes_per_token`); links to or from
 the coordinator carry token ids (`COORDINATOR_BYTES_PER_TOKEN`). Link and NIC capacities are in
@@ -81,6 +86,7 @@ MEMORY_BANDWIDTH_EFFICIENCY = 0.4  # share of sheet bandwidth decode kernels rea
 DECODE_FLOPS_EFFICIENCY = 0.2  # share of sheet FLOPs on small decode GEMMs
 PREFILL_FLOPS_EFFICIENCY = 0.2  # share of sheet FLOPs on prefill chunks
 HOP_WAIT_FACTOR = 1.5  # steps per hop a decode token spends: ~half a step waiting, then its own
+PIPELINE_MICROBATCH_FACTOR = 3  # decode batch cap per step, in own-pace batches (R k / L)
 LAYER_OVERHEAD_SECONDS = 5e-4  # per layer per step: launches, sync, host bookkeeping
 MAX_PROMPT_TOKENS_CAP = 128  # prefill chunk limit even when memory allows more
 ACTIVATION_BYTES_FACTOR = 6  # live activation bytes per prompt token ~ 6 x intermediate x dtype
@@ -207,8 +213,12 @@ class CostModel:
         if gpu.capacity_tokens_per_s is not None:
             self._check_k(gpu_type, num_layers_held)
             return self._table_fit(gpu_type).batches[num_layers_held - 1]
-        # every resident request may share one step (tokens travel in clumps along a route)
-        return max(1, int(self.resident_requests(gpu_type, num_layers_held)))
+        # micro-batches: a step takes at most PIPELINE_MICROBATCH_FACTOR x the own-pace share
+        # (R k / L) of the residents, so they cross the route as several micro-batches that keep
+        # every stage busy instead of one convoy that leaves the other stages idle
+        residents = self.resident_requests(gpu_type, num_layers_held)
+        share = PIPELINE_MICROBATCH_FACTOR * residents * num_layers_held / self.model.num_layers
+        return max(1, int(min(residents, share)))
 
     def resident_requests(self, gpu_type: str, num_layers_held: int) -> float:
         """Requests whose KV fits on a node at once (residence-weighted reservation)."""

@@ -42,18 +42,6 @@ def _new_highs() -> highspy.Highs:
     return h
 
 
-def swallow_banner() -> None:
-    """Make sure HiGHS has printed its once-per-process banner (to /dev/null) before a solve that
-    builds its own Highs object (cvxpy's HIGHS interface)."""
-    global _BANNER_DONE
-    if not _BANNER_DONE:
-        _new_highs()
-        _BANNER_DONE = True
-
-
-_BANNER_DONE = False
-
-
 @dataclasses.dataclass(frozen=True)
 class HighsResult:
     status: str  # optimal | time_limit | infeasible | error | ...

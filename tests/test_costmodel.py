@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helix_jax.costmodel import CostModel, WorkloadShape, best_layer_rate
+from helix_jax.costmodel import PIPELINE_MICROBATCH_FACTOR, CostModel, WorkloadShape, best_layer_rate
 from helix_jax.errors import ConfigError, TopologyError
 from helix_jax.profiles import LatencyProfile
 from helix_jax.topology import load_topology, topology_from_dict
@@ -81,7 +81,9 @@ def test_consistency_promise_roofline() -> None:
         for k in range(1, cm.max_layers(gpu) + 1):
             assert _promise_error(cm, gpu, k) < 0.03, (gpu, k)
             residents = cm.kv_budget_token_layers(gpu, k) / (k * cm.workload.resident_kv_tokens)
-            assert cm.max_decode_batch(gpu, k) == int(residents)
+            micro_batch = PIPELINE_MICROBATCH_FACTOR * residents * k / cm.model.num_layers
+            assert cm.max_decode_batch(gpu, k) == max(1, int(min(residents, micro_batch)))
+            assert cm.max_decode_batch(gpu, k) < residents  # 80 layers: the cap splits the residents
 
 
 def test_fast_gpus_cycle_at_the_clusters_pace() -> None:
