@@ -14,7 +14,9 @@ Three sources, in order of precedence for a GPU type:
    model `step(p, d) = a + d * b_decode + p * b_prefill` per type, and the decode batch of a
    node holding k layers is chosen so that `B_k / (k * step(B_k * r, B_k)) = c(k)`, which keeps
    the consistency promise below. The per-token share of the step at the best k*c(k) is
-   `TABLE_PER_TOKEN_SHARE`, its batch `TABLE_REFERENCE_BATCH`; the context is ignored.
+   `TABLE_PER_TOKEN_SHARE`, its batch `TABLE_REFERENCE_BATCH`; the context is ignored. The KV
+   budget holds the `B_k L / k` requests that cycle through the node at that pace, each
+   reserving the workload's residence-weighted `resident_kv_tokens` on each of the k layers.
 2. **Measured profile** (`GpuType.profile_path`, see profiles.py): per-layer prefill and decode
    times are interpolated from the measurements; memory figures come from the profile.
 3. **Roofline** (default), from the spec sheet in the topology's GPU catalog:
@@ -197,7 +199,7 @@ class CostModel:
         gpu = self._gpu(gpu_type)
         if gpu.capacity_tokens_per_s is not None:
             batch = self._table_fit(gpu_type).batches[num_layers_held - 1]
-            return int(math.ceil(batch * self.model.num_layers * self.workload.average_context_tokens))
+            return int(math.ceil(batch * self.model.num_layers * self.workload.resident_kv_tokens))
         profile = self._profile(gpu)
         if profile is not None and profile.memory_bytes_free_for_kv_per_layer_held is not None:
             # measured KV room while holding `layers_measured` layers; each layer more costs its weights
