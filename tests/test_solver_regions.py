@@ -16,15 +16,16 @@ from helix_jax.solver.regions import crossing_nodes, plan_windows, slow_regions
 ROOT = Path(__file__).resolve().parents[1] / "topologies"
 
 
-def _two_regions(latency_ms: float):
+def _two_regions(latency_ms: float, bandwidth: str = "10 MB/s", east: int = 3, west: int = 4):
+    """`east` big nodes with the coordinator, `west` small ones, joined by `bandwidth`."""
     return topology_from_dict({
         "model": {"preset": "tiny", "num_layers": 8},
         "gpu_types": {"big": {"max_layers": 4, "capacity_tokens_per_s": [100, 90, 80, 70]},
                       "small": {"max_layers": 2, "capacity_tokens_per_s": [60, 45]}},
         "coordinator": {"region": "east"},
-        "nodes": [{"name": "e", "gpu": "big", "region": "east", "count": 3},
-                  {"name": "w", "gpu": "small", "region": "west", "count": 4}],
-        "links": {"default": {"bandwidth": "10 MB/s", "latency_ms": latency_ms},
+        "nodes": [{"name": "e", "gpu": "big", "region": "east", "count": east},
+                  {"name": "w", "gpu": "small", "region": "west", "count": west}],
+        "links": {"default": {"bandwidth": bandwidth, "latency_ms": latency_ms},
                   "within_region": {"default": {"bandwidth": "1 GB/s", "latency_ms": 1}}},
     })
 
@@ -73,16 +74,7 @@ def test_crossing_nodes_keep_inter_region_links_half_busy() -> None:
 def test_slow_crossings_are_spread_over_several_node_pairs() -> None:
     """A 40 kB/s link between regions carries 40e3 / (256 B x (1 + 763/232)) = 36 decode tokens/s
     (prompt activations count): the plan must hand off between several senders and receivers."""
-    topo = topology_from_dict({
-        "model": {"preset": "tiny", "num_layers": 8},
-        "gpu_types": {"big": {"max_layers": 4, "capacity_tokens_per_s": [100, 90, 80, 70]},
-                      "small": {"max_layers": 2, "capacity_tokens_per_s": [60, 45]}},
-        "coordinator": {"region": "east"},
-        "nodes": [{"name": "e", "gpu": "big", "region": "east", "count": 4},
-                  {"name": "w", "gpu": "small", "region": "west", "count": 8}],
-        "links": {"default": {"bandwidth": "40 kB/s", "latency_ms": 50},
-                  "within_region": {"default": {"bandwidth": "1 GB/s", "latency_ms": 1}}},
-    })
+    topo = _two_regions(50, bandwidth="40 kB/s", east=4, west=8)
     cm = CostModel(topo)
     pair = cm.link_tokens_per_s("e-0", "w-0")
     assert pair == pytest.approx(40e3 / (256 * (1 + 763 / 232)))
