@@ -59,3 +59,29 @@ def test_link_bound_cluster_is_limited_by_its_link() -> None:
     assert res.metrics.decode_tokens_per_s == pytest.approx(link_limit, rel=0.05)
     assert res.metrics.decode_tokens_per_s == pytest.approx(placement.objective_tokens_per_s, rel=0.05)
     assert all(n.busy_fraction < 0.5 for n in res.nodes)  # compute (1000 tok/s) is not the limit
+
+
+def test_decode_micro_batches_beat_one_convoy() -> None:
+    """On the 24-GPU LLaMA-2-70B cluster the planner's route is a 24-hop chain. If every resident
+    may join one step, the residents clump into a convoy that keeps one stage busy at a time; the
+    cost model's cap (PIPELINE_MICROBATCH_FACTOR own-pace batches per step) splits them into
+    micro-batches that pipeline, which the simulator must show as clearly more throughput."""
+    from helix_jax.bench.workload import AzureConversationLengths
+    from helix_jax.solver.plan import plan
+
+    topo = load_topology(Path(__file__).resolve().parents[1] / "topologies" / "single-region-24-llama2-70b.json")
+
+    class OneConvoy(CostModel):
+        def max_decode_batch(self, gpu_type: str, num_layers_held: int) -> int:
+            return max(1, int(self.resident_requests(gpu_type, num_layers_held)))
+
+    capped = CostModel(topo)
+    placement = plan(topo, time_limit_s=20, cost_model=capped)
+    config = SimConfig(duration_s=400, warmup_s=200)
+    micro = simulate(placement, capped, AzureConversationLengths(), config)
+    convoy = simulate(placement, OneConvoy(topo), AzureConversationLengths(), config)
+    for node in micro.nodes:  # no step ran more decode rows than the node's cap
+        assert node.max_decode_seqs <= capped.max_decode_batch(topo.node(node.name).gpu,
+                                                               node.layers[1] - node.layers[0])
+    assert max(n.max_decode_seqs for n in convoy.nodes) > max(n.max_decode_seqs for n in micro.nodes)
+    assert micro.metrics.decode_tokens_per_s > 1.2 * convoy.metrics.decode_tokens_per_s
