@@ -371,7 +371,7 @@ class CostModel:
             return float(COORDINATOR_BYTES_PER_TOKEN)
         return float(self.model.activation_bytes_per_token)
 
-    def _vectors_per_decode_token(self, src: str, dst: str) -> float:
+    def _vectors_per_decode_token(self, dst: str) -> float:
         """Tokens a link carries per decode token of the workload: each decode token's own vector
         plus `prompt_per_output` prompt vectors (prefill crosses the same hops), except on the
         way back to the coordinator, which gets one sampled-position vector per step."""
@@ -380,7 +380,7 @@ class CostModel:
     def link_tokens_per_s(self, src: str, dst: str) -> float:
         """Decode tokens/s the link src -> dst carries, prompt traffic included."""
         link = self.topology.link(src, dst)
-        return link.bandwidth_bytes_per_s / (self.bytes_per_vector(src, dst) * self._vectors_per_decode_token(src, dst))
+        return link.bandwidth_bytes_per_s / (self.bytes_per_vector(src, dst) * self._vectors_per_decode_token(dst))
 
     def nic_tokens_per_s(self, node: str) -> float | None:
         """Decode tokens/s the node's NIC passes each way, prompt activations included

@@ -159,8 +159,8 @@ def homogeneous_ranges(topology: Topology, cost_model: CostModel) -> dict[str, t
 
 
 def baseline_placement(topology: Topology, cost_model: CostModel, method: str,
-                       partial_inference: bool = True) -> Placement:
-    """A validated baseline Placement with its true max-flow."""
+                       partial_inference: bool = True, balance: bool = True) -> Placement:
+    """A validated baseline Placement with its true max-flow (`balance`: see placement_with_flows)."""
     t0 = time.monotonic()
     allowed = None
     if method == "swarm":
@@ -177,4 +177,4 @@ def baseline_placement(topology: Topology, cost_model: CostModel, method: str,
         raise ValueError(f"unknown baseline {method!r}")
     return placement_with_flows(topology, cost_model, ranges, method, partial_inference,
                                 status="baseline", solve_seconds=time.monotonic() - t0,
-                                allowed_edges=allowed)
+                                allowed_edges=allowed, balance=balance)

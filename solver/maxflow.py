@@ -200,11 +200,13 @@ def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict
                          method: str, partial_inference: bool = True, *, status: str = "feasible",
                          upper_bound_tokens_per_s: float | None = None, solve_seconds: float = 0.0,
                          extra: dict | None = None,
-                         allowed_edges: Iterable[tuple[str, str]] | None = None) -> Placement:
-    """A validated Placement of `ranges` carrying its true max-flow."""
+                         allowed_edges: Iterable[tuple[str, str]] | None = None,
+                         balance: bool = True) -> Placement:
+    """A validated Placement of `ranges` carrying its true max-flow (the load-spreading one of
+    `balanced_flow` unless `balance` is False: callers that only read the ranges and the value)."""
     if not ranges:
         raise PlacementError("a placement needs at least one node holding layers")
-    result = max_flow(topology, cost_model, ranges, partial_inference, allowed_edges, balance=True)
+    result = max_flow(topology, cost_model, ranges, partial_inference, allowed_edges, balance=balance)
     flows = tuple(FlowEdge(s, d, f) for (s, d), f in sorted(result.edge_flows.items()))
     objective = sum(f.tokens_per_s for f in flows if f.src == COORDINATOR)
     extra = dict(extra or {})

@@ -108,7 +108,7 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
         consider("greedy", heuristics.improve_coverage(greedy, tables, L, budget / 10, seed))
     for name in BASELINES:
         try:
-            base = baseline_placement(topology, cost_model, name, partial_inference)
+            base = baseline_placement(topology, cost_model, name, partial_inference, balance=False)
             consider(name, base.ranges)
         except InfeasibleError:
             continue

@@ -55,36 +55,37 @@ def _echo_server(router: zmq.Socket, stop: threading.Event) -> None:
                                     prompt_tokens=len(ids), time_scale=2.0), identity)
 
 
-def test_many_threads_share_one_client_and_get_their_own_answers() -> None:
-    ctx = zmq.Context.instance()
-    router = wire.configure(ctx.socket(zmq.ROUTER))
+@pytest.fixture
+def echo_endpoint():
+    """The endpoint of a scripted coordinator socket (`_echo_server`) running in a thread."""
+    router = wire.configure(zmq.Context.instance().socket(zmq.ROUTER))
     endpoint = wire.bind_free_port(router)
     stop = threading.Event()
     server = threading.Thread(target=_echo_server, args=(router, stop), daemon=True)
     server.start()
     try:
-        with Client(endpoint, timeout_s=30) as client, ThreadPoolExecutor(16) as pool:
-            results = list(pool.map(lambda n: client.generate([n, n + 1, n + 2]), range(40)))
-            stream = client.stream([7, 8])
-            tokens = [t.token_id for t in stream]
-        for n, res in enumerate(results):
-            assert res.ids == (n, n + 1, n + 2)
-            assert len(res.timings.token_times_s) == 3
-            assert res.timings.time_scale == 2.0  # timings are reported in emulated seconds
-        assert tokens == [7, 8] and stream.result is not None and stream.result.ids == (7, 8)
+        yield endpoint
     finally:
         stop.set()
         server.join(5)
         router.close(0)
 
 
-def test_error_replies_raise_and_async_client_multiplexes_too() -> None:
-    ctx = zmq.Context.instance()
-    router = wire.configure(ctx.socket(zmq.ROUTER))
-    endpoint = wire.bind_free_port(router)
-    stop = threading.Event()
-    server = threading.Thread(target=_echo_server, args=(router, stop), daemon=True)
-    server.start()
+def test_many_threads_share_one_client_and_get_their_own_answers(echo_endpoint) -> None:
+    endpoint = echo_endpoint
+    with Client(endpoint, timeout_s=30) as client, ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda n: client.generate([n, n + 1, n + 2]), range(40)))
+        stream = client.stream([7, 8])
+        tokens = [t.token_id for t in stream]
+    for n, res in enumerate(results):
+        assert res.ids == (n, n + 1, n + 2)
+        assert len(res.timings.token_times_s) == 3
+        assert res.timings.time_scale == 2.0  # timings are reported in emulated seconds
+    assert tokens == [7, 8] and stream.result is not None and stream.result.ids == (7, 8)
+
+
+def test_error_replies_raise_and_async_client_multiplexes_too(echo_endpoint) -> None:
+    endpoint = echo_endpoint
 
     async def run_async() -> tuple[list, list[int]]:
         async with AsyncClient(endpoint, timeout_s=30) as ac:
@@ -94,19 +95,14 @@ def test_error_replies_raise_and_async_client_multiplexes_too() -> None:
             tokens = [t.token_id async for t in ac.stream([4, 5, 6])]
             return results, tokens
 
-    try:
-        with Client(endpoint, timeout_s=30) as client:
-            with pytest.raises(RequestError, match="bad id -3"):
-                client.generate([-3, 1])
-            assert client.generate([9]).ids == (9,)  # the client still serves after an error
-        results, tokens = asyncio.run(run_async())
-        assert [r.ids for r in results] == [(n, n + 1) for n in range(10)]
-        assert all(r.timings.time_scale == 2.0 and len(r.timings.token_times_s) == 2 for r in results)
-        assert tokens == [4, 5, 6]
-    finally:
-        stop.set()
-        server.join(5)
-        router.close(0)
+    with Client(endpoint, timeout_s=30) as client:
+        with pytest.raises(RequestError, match="bad id -3"):
+            client.generate([-3, 1])
+        assert client.generate([9]).ids == (9,)  # the client still serves after an error
+    results, tokens = asyncio.run(run_async())
+    assert [r.ids for r in results] == [(n, n + 1) for n in range(10)]
+    assert all(r.timings.time_scale == 2.0 and len(r.timings.token_times_s) == 2 for r in results)
+    assert tokens == [4, 5, 6]
 
 
 def test_close_is_idempotent_and_rejects_new_requests() -> None:

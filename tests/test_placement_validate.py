@@ -10,7 +10,7 @@ import pytest
 from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import PlacementError
 from helix_jax.placement import FlowEdge, Placement, validate_placement
-from helix_jax.topology import load_topology, topology_from_dict
+from helix_jax.topology import load_topology
 
 FIXTURES = Path(__file__).resolve().parents[1] / "topologies" / "fixtures"
 DECODE_ONLY = WorkloadShape(0, 100)  # no prompt traffic: a link's tokens/s = bandwidth / vector bytes
@@ -70,14 +70,9 @@ def test_link_capacity_is_checked() -> None:
         validate_placement(ok, topo)
 
 
-def test_nic_capacity_is_checked() -> None:
+def test_nic_capacity_is_checked(nic_pair) -> None:
     # tiny model: 256 activation bytes per token; b's 2560 B/s NIC passes 10 tokens/s each way
-    topo = topology_from_dict({
-        "model": "tiny",
-        "gpu_types": {"g": {"max_layers": 2, "capacity_tokens_per_s": [100, 100]},
-                      "n": {"max_layers": 4, "capacity_tokens_per_s": [100, 100, 100, 100],
-                            "nic_bandwidth": 2560}},
-        "nodes": [{"name": "a", "gpu": "g"}, {"name": "b", "gpu": "n"}]})
+    topo = nic_pair
     flows = (FlowEdge("coordinator", "a", 12), FlowEdge("a", "b", 12), FlowEdge("b", "coordinator", 12))
     placement = Placement(topo.name, 4, {"a": (0, 2), "b": (2, 4)}, flows, objective_tokens_per_s=12)
     cm = CostModel(topo, DECODE_ONLY)

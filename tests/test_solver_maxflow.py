@@ -58,14 +58,9 @@ def test_link_limits_count() -> None:
     assert azure.value_tokens_per_s == pytest.approx(50.0 / (1 + 763 / 232))
 
 
-def test_nic_limits_node_to_node_traffic() -> None:
+def test_nic_limits_node_to_node_traffic(nic_pair) -> None:
     # tiny model: 256 activation bytes per token; a 2560 B/s NIC passes 10 tokens/s
-    topo = topology_from_dict({
-        "model": "tiny",
-        "gpu_types": {"g": {"max_layers": 2, "capacity_tokens_per_s": [100, 100]},
-                      "n": {"max_layers": 4, "capacity_tokens_per_s": [100, 100, 100, 100],
-                            "nic_bandwidth": 2560}},
-        "nodes": [{"name": "a", "gpu": "g"}, {"name": "b", "gpu": "n"}]})
+    topo = nic_pair
     cm = CostModel(topo, DECODE_ONLY)
     assert cm.nic_tokens_per_s("b") == pytest.approx(10.0) and cm.nic_tokens_per_s("a") is None
     assert CostModel(topo, WorkloadShape(300, 100)).nic_tokens_per_s("b") == pytest.approx(2.5)  # + 3 prompt vectors
