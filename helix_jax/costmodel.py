@@ -35,13 +35,18 @@ Three sources, in order of precedence for a GPU type:
      (`p * flops / (tflops * PREFILL_FLOPS_EFFICIENCY)`) and decode is the roofline
      `max(bytes / (bandwidth * MEMORY_BANDWIDTH_EFFICIENCY), flops / (tflops * DECODE_FLOPS_EFFICIENCY))`
      with bytes = weights of the layer + KV read + activations;
-   * c(type, k) = R / round trip (Little's law), with round trip =
-     `HOP_WAIT_FACTOR * L * max(step(B * r, B), reference_layer_seconds) + route_link_seconds`
-     (the last term: link latencies of a route, and queueing behind prompt chunks on
-     inter-region links); each layer of the
-     route costs ~1.5 steps (half a step waiting for the batch in progress, then its own), and a
-     fast GPU's residents cycle no faster than the layers they also cross on slower nodes
-     (`reference_layer_seconds`: the cluster's mean per-layer step over its layer slots);
+   * c(type, k) = R / round trip (Little's law). The round trip is the route's, not the node's:
+     `HOP_WAIT_FACTOR * (k * own_step + (L - k) * reference_layer_seconds) + route_link_seconds`,
+     i.e. the node's own k layers at its own-pace step `own_step = step(B * r, B)` and the other
+     L - k layers of the route at the cluster's reference pace (`reference_layer_seconds`: the
+     mean per-layer step over the cluster's layer slots); the last term is the link latencies
+     of a route and queueing behind prompt chunks on inter-region links. Each layer of the
+     route costs ~1.5 steps (half a step waiting for the batch in progress, then its own). So a
+     fast GPU holding many layers shortens its routes, and a slow GPU holding many slows them:
+     the planner sees that a chain of A100 + L4 + T4 cycles at the sum of its layers' paces
+     (pricing every layer of the route at the node's own pace, or at the slower of own and
+     reference pace, made slow nodes look as if the whole route ran at their speed and cost
+     the planner 10-30% of the throughput its placements reach in simulation);
      r = mean_prompt / mean_output prompt tokens ride along with each decode token (prefill is
      chunked, so decode steps never wait behind a whole prompt).
    The efficiency factors are calibrated so that LLaMA-2-70B on the paper's 24-GPU cluster
@@ -298,13 +303,18 @@ class CostModel:
 
     @functools.lru_cache(maxsize=None)
     def _derived_capacity(self, gpu_type: str, num_layers: int) -> float:
-        # Little's law: residents / round trip. A round trip runs all L layers, each hop costing
-        # HOP_WAIT_FACTOR steps (half a step waiting for the batch in progress, then its own),
-        # at this node's own pace or the cluster's reference pace, whichever is slower.
-        own_layer_s = self._own_pace_layer_seconds(gpu_type, num_layers)
-        round_trip_s = (HOP_WAIT_FACTOR * self.model.num_layers * max(own_layer_s, self.reference_layer_seconds)
-                        + self.route_link_seconds)
-        return self.resident_requests(gpu_type, num_layers) / round_trip_s
+        # Little's law: residents / round trip of the routes through this node.
+        return self.resident_requests(gpu_type, num_layers) / self.round_trip_seconds(gpu_type, num_layers)
+
+    def round_trip_seconds(self, gpu_type: str, num_layers_held: int) -> float:
+        """A decode token's round trip on a route through a node of this type holding k layers:
+        all L layers, each costing HOP_WAIT_FACTOR steps (half a step waiting for the batch in
+        progress, then its own), the node's k at its own pace and the other L - k at the
+        cluster's reference pace, plus the route's link time."""
+        own_layer_s = self._own_pace_layer_seconds(gpu_type, num_layers_held)
+        other_layers = self.model.num_layers - num_layers_held
+        return (HOP_WAIT_FACTOR * (num_layers_held * own_layer_s + other_layers * self.reference_layer_seconds)
+                + self.route_link_seconds)
 
     @functools.cached_property
     def route_link_seconds(self) -> float:

@@ -71,7 +71,8 @@ def _promise_error(cm: CostModel, gpu: str, k: int) -> float:
         batch = max(1, int(residents * k / layers))
         own = cm.layer_step_seconds(gpu, round(batch * w.prompt_per_output), batch,
                                     round(batch * w.average_context_tokens))
-        expected = residents / (HOP_WAIT_FACTOR * layers * max(own, cm.reference_layer_seconds))
+        round_trip = HOP_WAIT_FACTOR * (k * own + (layers - k) * cm.reference_layer_seconds)
+        expected = residents / round_trip
     return abs(expected - cm.capacity_tokens_per_s(gpu, k)) / cm.capacity_tokens_per_s(gpu, k)
 
 
@@ -91,6 +92,25 @@ def test_fast_gpus_cycle_at_the_clusters_pace() -> None:
     mixed = _llama70b(["A100-40GB", "T4", "T4", "T4"])
     assert mixed.reference_layer_seconds > alone.reference_layer_seconds
     assert mixed.capacity_tokens_per_s("A100-40GB", 4) < alone.capacity_tokens_per_s("A100-40GB", 4)
+
+
+def test_round_trip_prices_own_layers_at_own_pace_and_the_rest_at_the_clusters() -> None:
+    """A route through a node runs the node's k layers at its own pace and the other L - k at the
+    cluster's reference pace: fast layers held shorten the route, slow ones lengthen it."""
+    from helix_jax.costmodel import HOP_WAIT_FACTOR
+
+    cm = _llama70b(["A100-40GB", "L4", "T4"])
+    ref = cm.reference_layer_seconds
+    for gpu in ("A100-40GB", "T4"):
+        own = cm._own_pace_layer_seconds(gpu, 4)
+        assert cm.round_trip_seconds(gpu, 4) == pytest.approx(
+            HOP_WAIT_FACTOR * (4 * own + 76 * ref) + cm.route_link_seconds)
+    assert cm._own_pace_layer_seconds("A100-40GB", 11) < ref < cm._own_pace_layer_seconds("T4", 4)
+    assert cm.round_trip_seconds("A100-40GB", 11) < cm.round_trip_seconds("A100-40GB", 1)
+    assert cm.round_trip_seconds("T4", 4) > cm.round_trip_seconds("T4", 1)
+    # a slow node no longer prices the whole route at its own pace
+    slow_everywhere = HOP_WAIT_FACTOR * 80 * cm._own_pace_layer_seconds("T4", 4) + cm.route_link_seconds
+    assert cm.capacity_tokens_per_s("T4", 4) > cm.resident_requests("T4", 4) / slow_everywhere
 
 
 def test_resident_kv_is_residence_weighted() -> None:

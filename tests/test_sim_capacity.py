@@ -62,12 +62,13 @@ def test_link_bound_cluster_is_limited_by_its_link() -> None:
 
 
 def test_decode_micro_batches_beat_one_convoy() -> None:
-    """On the 24-GPU LLaMA-2-70B cluster the planner's route is a 24-hop chain. If every resident
-    may join one step, the residents clump into a convoy that keeps one stage busy at a time; the
-    cost model's cap (PIPELINE_MICROBATCH_FACTOR own-pace batches per step) splits them into
-    micro-batches that pipeline, which the simulator must show as clearly more throughput."""
+    """A 24-hop chain over the 24-GPU LLaMA-2-70B cluster (each node holds its layers once). If
+    every resident may join one step, the residents clump into a convoy that keeps one stage busy
+    at a time; the cost model's cap (PIPELINE_MICROBATCH_FACTOR own-pace batches per step) splits
+    them into micro-batches that pipeline, which the simulator must show as clearly more
+    throughput."""
     from helix_jax.bench.workload import AzureConversationLengths
-    from helix_jax.solver.plan import plan
+    from helix_jax.solver.maxflow import placement_with_flows
 
     topo = load_topology(Path(__file__).resolve().parents[1] / "topologies" / "single-region-24-llama2-70b.json")
 
@@ -76,7 +77,14 @@ def test_decode_micro_batches_beat_one_convoy() -> None:
             return max(1, int(self.resident_requests(gpu_type, num_layers_held)))
 
     capped = CostModel(topo)
-    placement = plan(topo, time_limit_s=20, cost_model=capped)
+    held = {"A100-40GB": 8, "L4": 3, "T4": 2}  # 4 x 8 + 8 x 3 + 12 x 2 = 80 layers
+    ranges, layer = {}, 0
+    for node in topo.nodes:
+        ranges[node.name] = (layer, layer + held[node.gpu])
+        layer += held[node.gpu]
+    assert layer == topo.model.num_layers
+    placement = placement_with_flows(topo, capped, ranges, "chain")
+    assert placement.extra["mean_hops"] == 24
     config = SimConfig(duration_s=400, warmup_s=200)
     micro = simulate(placement, capped, AzureConversationLengths(), config)
     convoy = simulate(placement, OneConvoy(topo), AzureConversationLengths(), config)
