@@ -43,7 +43,7 @@ def placement_for(topology: Topology, placement_path: Path | None, time_limit_s:
 
 def serve_config(topology_path: Path | None, placement_path: Path | None, model: str | None, emulate: bool,
                  time_scale: float, host: str, port: int, kv_tokens: int | None, max_seq_len: int,
-                 plan_time_s: float) -> tuple[Any, Any]:
+                 plan_time_s: float, heartbeat_timeout_s: float = 10.0) -> tuple[Any, Any]:
     """(ServeConfig, tokenizer) of a deployment, planning it if needed."""
     from helix_jax.model.tokenizer import load_tokenizer
     from helix_jax.model.weights import default_weights_source
@@ -54,6 +54,8 @@ def serve_config(topology_path: Path | None, placement_path: Path | None, model:
     topology = load_topology(topology_path or default_topology_path())
     if not time_scale > 0:
         raise ConfigError(f"--time-scale must be positive, got {time_scale}")
+    if not heartbeat_timeout_s > 0:
+        raise ConfigError(f"--heartbeat-timeout must be positive, got {heartbeat_timeout_s}")
     spec = model or topology.model.name
     config = resolve_model(spec) if model else topology.model
     if config.num_layers != topology.model.num_layers:
@@ -67,7 +69,8 @@ def serve_config(topology_path: Path | None, placement_path: Path | None, model:
     emulation = EmulationSpec.for_topology(topology, time_scale) if emulate else None
     cfg = ServeConfig(topology, placement, config, weights=weights, host=host, client_port=port,
                       emulation=emulation, kv_tokens=kv_tokens,
-                      max_seq_len=min(max_seq_len, config.max_position_embeddings))
+                      max_seq_len=min(max_seq_len, config.max_position_embeddings),
+                      heartbeat_timeout_s=heartbeat_timeout_s)
     return cfg, load_tokenizer(config, None if is_tiny(config) else spec)
 
 
@@ -102,12 +105,14 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
            kv_tokens: int = typer.Option(None, help="KV cache tokens per worker (default: 32 sequences)."),
            max_seq_len: int = typer.Option(512, help="Longest prompt + output, in tokens."),
            plan_time: float = typer.Option(10.0, help="Planner time limit in seconds."),
+           heartbeat_timeout: float = typer.Option(10.0, help="Seconds of silence after which a worker is "
+                                                             "taken out of service and its requests move on."),
            log_dir: Path = typer.Option(None, help="Where worker logs go (default: a temp dir).")) -> None:
     """Plan, start the coordinator and the local workers, and serve until Ctrl-C."""
     from helix_jax.runtime.deploy import LocalDeployment
 
     cfg, codec = serve_config(topology, placement, model, emulate, time_scale, host, port, kv_tokens,
-                              max_seq_len, plan_time)
+                              max_seq_len, plan_time, heartbeat_timeout)
     print_placement(cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
     with LocalDeployment(cfg, codec, log_dir) as dep:
         for line in dep.remote_commands():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from helix_jax.topology import Topology, topology_from_dict
+from helix_jax.placement import FlowEdge, Placement
+from helix_jax.topology import Topology, default_topology_path, load_topology, topology_from_dict
 
 
 @pytest.fixture
@@ -17,3 +18,34 @@ def nic_pair() -> Topology:
                       "n": {"max_layers": 4, "capacity_tokens_per_s": [100, 100, 100, 100],
                             "nic_bandwidth": 2560}},
         "nodes": [{"name": "a", "gpu": "g"}, {"name": "b", "gpu": "n"}]})
+
+
+@pytest.fixture(scope="session")
+def cpu_small_placement() -> Placement:
+    """The deployment tests' placement of the shipped small CPU topology: cpu-2 [0,4) and cpu-0
+    [0,6) enter, cpu-1 [4,8) is the only exit; cpu-2 -> cpu-0 runs only [4,6)."""
+    flows = (FlowEdge("coordinator", "cpu-0", 100), FlowEdge("coordinator", "cpu-2", 100),
+             FlowEdge("cpu-2", "cpu-1", 60), FlowEdge("cpu-2", "cpu-0", 40), FlowEdge("cpu-0", "cpu-1", 140),
+             FlowEdge("cpu-1", "coordinator", 200))
+    return Placement("cpu-small", 8, {"cpu-0": (0, 6), "cpu-1": (4, 8), "cpu-2": (0, 4)}, flows)
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """generate_local on the deployments' seeded weights ("random:0"), memoised per (prompt
+    ids, sampling): `reference(ids, max_tokens, sampling=None) -> list[int]`."""
+    from helix_jax.model import random_stage_weights
+    from helix_jax.model.generate import generate_local
+
+    config = load_topology(default_topology_path()).model
+    weights = random_stage_weights(config, 0, config.num_layers, 0)
+    memo: dict = {}
+
+    def ref(ids: list[int], max_tokens: int, sampling=None) -> list[int]:
+        # greedy and seeded sampling are both prefix-consistent: one long run serves every length
+        key = (tuple(ids), sampling)
+        if key not in memo or len(memo[key][1]) < max_tokens and memo[key][0] < max_tokens:
+            n = max(max_tokens, 12)
+            memo[key] = (n, generate_local(config, weights, ids, n, sampling))
+        return memo[key][1][:max_tokens]
+    return ref

@@ -18,10 +18,9 @@ import zmq
 
 from helix_jax.client import AsyncClient, Client
 from helix_jax.errors import OverloadedError, RequestError
-from helix_jax.model import SamplingParams, random_stage_weights
-from helix_jax.model.generate import generate_local
+from helix_jax.model import SamplingParams
 from helix_jax.model.tokenizer import load_tokenizer
-from helix_jax.placement import FlowEdge, Placement
+from helix_jax.placement import Placement
 from helix_jax.runtime import wire
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment
@@ -33,18 +32,11 @@ QUEUE_LIMIT = 40
 PROMPTS = ["Hello, helix!", "max-flow", "A100 + T4 + L4", "x"]
 
 
-def cpu_small_placement() -> Placement:
-    """cpu-2 [0,4) and cpu-0 [0,6) enter, cpu-1 [4,8) leaves; cpu-2 -> cpu-0 runs only [4,6)."""
-    flows = (FlowEdge("coordinator", "cpu-0", 100), FlowEdge("coordinator", "cpu-2", 100),
-             FlowEdge("cpu-2", "cpu-1", 60), FlowEdge("cpu-2", "cpu-0", 40), FlowEdge("cpu-0", "cpu-1", 140),
-             FlowEdge("cpu-1", "coordinator", 200))
-    return Placement("cpu-small", 8, {"cpu-0": (0, 6), "cpu-1": (4, 8), "cpu-2": (0, 4)}, flows)
-
-
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory):
+def deployment(tmp_path_factory: pytest.TempPathFactory, cpu_small_placement: Placement):
+    """cpu_small_placement (tests/conftest.py) served by three worker processes."""
     topo = load_topology(default_topology_path())
-    cfg = ServeConfig(topo, cpu_small_placement(), topo.model, weights="random:0", max_seq_len=MAX_SEQ_LEN,
+    cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=MAX_SEQ_LEN,
                       kv_tokens=KV_TOKENS, queue_limit=QUEUE_LIMIT)
     dep = LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=tmp_path_factory.mktemp("workers"))
     with dep:
@@ -58,28 +50,12 @@ def client(deployment: LocalDeployment):
         yield c
 
 
-@pytest.fixture(scope="module")
-def reference():
-    """generate_local on the same seeded weights, memoised per (prompt ids, max_tokens, sampling)."""
-    config = load_topology(default_topology_path()).model
-    weights = random_stage_weights(config, 0, config.num_layers, 0)
-    memo: dict = {}
-
-    def ref(ids: list[int], max_tokens: int, sampling: SamplingParams | None = None) -> list[int]:
-        # greedy and seeded sampling are both prefix-consistent: one long run serves every length
-        key = (tuple(ids), sampling)
-        if key not in memo or len(memo[key][1]) < max_tokens and memo[key][0] < max_tokens:
-            n = max(max_tokens, 12)
-            memo[key] = (n, generate_local(config, weights, ids, n, sampling))
-        return memo[key][1][:max_tokens]
-    return ref
-
-
 def _ids(text: str) -> list[int]:
     return load_tokenizer(load_topology(default_topology_path()).model).encode(text)
 
 
-def test_twenty_concurrent_greedy_requests_match_local_generate(client: Client, reference) -> None:
+def test_twenty_concurrent_greedy_requests_match_local_generate(client: Client, reference,
+                                                               cpu_small_placement: Placement) -> None:
     jobs = [(PROMPTS[i % 4], 6 + (i % 3) * 3, i % 2 == 0) for i in range(20)]
 
     def one(job):
@@ -94,7 +70,7 @@ def test_twenty_concurrent_greedy_requests_match_local_generate(client: Client, 
         assert res.prompt_tokens == len(_ids(prompt))
         assert res.timings.ttft_s > 0 and len(res.timings.token_times_s) == len(res.ids)
         routes.add(res.route)
-    ranges = cpu_small_placement().ranges
+    ranges = cpu_small_placement.ranges
     for route in routes:  # each hop runs the tail of its node's range; hops chain layers 0..8
         assert route[0][1] == 0 and route[-1][2] == 8, route
         assert all(a[2] == b[1] for a, b in zip(route, route[1:])), route
@@ -123,7 +99,8 @@ def test_async_client_runs_requests_concurrently(deployment: LocalDeployment, re
     assert tokens == reference(_ids(PROMPTS[1]), 4)
 
 
-def test_burst_beyond_kv_waits_in_queue_then_completes(deployment: LocalDeployment, client: Client) -> None:
+def test_burst_beyond_kv_waits_in_queue_then_completes(deployment: LocalDeployment, client: Client,
+                                                       cpu_small_placement: Placement) -> None:
     coordinator = deployment.coordinator
     with ThreadPoolExecutor(30) as pool:
         results = list(pool.map(lambda i: client.generate([65 + i % 20] * 10, max_tokens=30), range(30)))
@@ -132,13 +109,13 @@ def test_burst_beyond_kv_waits_in_queue_then_completes(deployment: LocalDeployme
     assert stats["peak_queued"] > 0  # the burst did not fit at once
     for node, budget in stats["budgets"].items():
         assert 0 < stats["peak_kv_used"][node] <= budget
-    assert budgets_match_workers(stats["budgets"])
+    assert budgets_match_workers(stats["budgets"], cpu_small_placement)
     assert stats["in_flight"] == 0 and stats["queued"] == 0
 
 
-def budgets_match_workers(budgets: dict[str, int]) -> bool:
+def budgets_match_workers(budgets: dict[str, int], placement: Placement) -> bool:
     """Each budget is the worker's real KV: slots x max_seq_len x layers held."""
-    ranges = cpu_small_placement().ranges
+    ranges = placement.ranges
     return all(budgets[n] == KV_TOKENS * (e - s) for n, (s, e) in ranges.items())
 
 

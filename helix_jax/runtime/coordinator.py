@@ -24,10 +24,20 @@ The loop, one thread, one zmq.Poller (timers only under --emulate):
    hop, `scheduler.finish` releases the KV and step 3 admits whoever waits.
 5. Anything malformed on any socket is logged and dropped (a client gets an `error`); a
    `cancel` ends its request like step 4. `stop()` sends `shutdown` to every worker.
+6. Failures: a serving worker sends `heartbeat` every `wire.HEARTBEAT_INTERVAL_S`. A node is
+   taken out of service for good when it reports `failed`, when nothing is heard from it for
+   `heartbeat_timeout_s`, or when the deployment sees its process exit (`report_node_down`).
+   Every request routed through it is resumed on a surviving route, first in the queue: its
+   KV on the surviving hops is freed, and under a fresh internal id its prompt plus the tokens
+   already streamed are prefilled again, so the client's stream continues where it stopped
+   (sampling depends only on seed and position, so the tokens are the ones an undisturbed run
+   gives). A request that no surviving route can hold, queued or in flight, gets one `error`
+   naming the nodes out of service, and so does every later request.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
@@ -39,7 +49,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from helix_jax.errors import HelixError, ProtocolError
+from helix_jax.errors import HelixError, ProtocolError, RequestError
 from helix_jax.modelconfig import ModelConfig
 from helix_jax.placement import Placement
 from helix_jax.runtime import wire
@@ -69,6 +79,7 @@ class ServeConfig:
     queue_limit: int = 1000
     policy: str = "iwrr"
     seed: int = 0
+    heartbeat_timeout_s: float = 10.0  # silence after which a serving worker is taken out of service
 
     @property
     def time_scale(self) -> float:
@@ -110,6 +121,10 @@ class Coordinator:
         self.completed = 0
         self.rejected = 0
         self.peak_queued = 0
+        self.resumed = 0  # requests moved to a new route after a node failure
+        self.down_nodes: dict[str, str] = {}  # node -> why it is out of service
+        self._last_heard: dict[str, float] = {}
+        self._reported: collections.deque[tuple[str, str]] = collections.deque()  # from other threads
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> None:
@@ -121,10 +136,16 @@ class Coordinator:
         try:
             while not self._stopping:
                 due = self._timers.next_due
+                if self.scheduler is not None:  # look for silent workers twice per heartbeat
+                    check = time.perf_counter() + wire.HEARTBEAT_INTERVAL_S / 2
+                    due = check if due is None else min(due, check)
                 timeout_ms = None if due is None else max(0.0, (due - time.perf_counter()) * 1000.0)
                 events = dict(poller.poll(timeout_ms))
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
+                while self._reported:
+                    self._node_down(*self._reported.popleft())
+                self._check_heartbeats()
                 if self._control in events:
                     wire.drain(self._control, self._on_control, routed=True)
                 if self._data in events:
@@ -140,6 +161,13 @@ class Coordinator:
         if not self._stopping:
             self._stopping = True
             os.write(self._wake_w, b"s")
+
+    def report_node_down(self, node: str, reason: str) -> None:
+        """Take a node out of service from another thread (the deployment saw its process
+        exit); thread-safe, acted on by the loop (step 6)."""
+        if not self._stopping:
+            self._reported.append((node, reason))
+            os.write(self._wake_w, b"d")
 
     def _close(self) -> None:
         for identity in self._identities.values():
@@ -157,6 +185,7 @@ class Coordinator:
         sched = self.scheduler
         return {"budgets": dict(self._budgets), "peak_kv_used": dict(self.peak_kv_used),
                 "completed": self.completed, "rejected": self.rejected, "peak_queued": self.peak_queued,
+                "resumed": self.resumed, "down_nodes": dict(self.down_nodes),
                 "queued": sched.queue_length if sched else len(self._early),
                 "in_flight": sched.in_flight if sched else 0}
 
@@ -182,12 +211,20 @@ class Coordinator:
             self._timers.push(self._pacer.deliver_at(node, num_tokens, time.perf_counter()), node, msg)
 
     def _push_now(self, node: str, msg: wire.Message) -> None:
-        wire.send(self._push[node], msg)
+        sock = self._push.get(node)
+        if sock is not None:  # None: the node went out of service since the send was paced
+            wire.send(sock, msg)
 
     # ---------------------------------------------------------------- 1-2: join and warm-up
     def _on_control(self, identity: bytes | None, msg: wire.Message) -> None:
         assert identity is not None
         node = msg.get("node")
+        if node in self._identities and self._identities[node] == identity:
+            self._last_heard[node] = time.perf_counter()
+        if msg.kind == "heartbeat":
+            if self._identities.get(node) != identity:
+                raise ProtocolError(f"heartbeat from an unknown worker {node!r}")
+            return
         if msg.kind == "register":
             if node not in self.config.placement.ranges:
                 reason = f"node {node!r} holds no layers in this placement (placed nodes: {', '.join(self.nodes)})"
@@ -213,6 +250,9 @@ class Coordinator:
             if len(self._budgets) == len(self.nodes) and self.scheduler is None:
                 self._start_serving()
         elif msg.kind == "failed" and self._identities.get(node) == identity:
+            if self.scheduler is not None:  # serving: the others carry on without it
+                self._node_down(node, f"worker reported failure: {msg['message']}")
+                return
             self.failure = f"worker {node} failed: {msg['message']}"
             logger.error(self.failure)
             self.ready_event.set()
@@ -235,6 +275,8 @@ class Coordinator:
         cfg = self.config
         self.scheduler = Scheduler(cfg.placement, self._budgets, policy=cfg.policy,
                                    queue_limit=cfg.queue_limit, seed=cfg.seed)
+        now = time.perf_counter()
+        self._last_heard = {node: now for node in self.nodes}
         self.ready_event.set()
         early, self._early = self._early, []
         for identity, msg in early:
@@ -280,8 +322,9 @@ class Coordinator:
             for hop in adm.route:
                 used = self.scheduler.ledger.used(hop.node)
                 self.peak_kv_used[hop.node] = max(self.peak_kv_used[hop.node], used)
-            ids = np.asarray(req.prompt_ids, dtype=np.int32)
-            self._send_step(req, ids, position=0, index=0)
+            # a resumed request prefills its prompt and every token already streamed
+            ids = np.asarray([*req.prompt_ids, *req.output_ids], dtype=np.int32)
+            self._send_step(req, ids, position=0, index=len(req.output_ids))
 
     def _send_step(self, req: LiveRequest, ids: np.ndarray, position: int, index: int) -> None:
         msg = wire.make("step", [ids], request_id=req.request_id, route=req.route_wire, hop=0,
@@ -310,9 +353,7 @@ class Coordinator:
         assert self.scheduler is not None
         self._live.pop(req.request_id, None)
         self._by_client.pop((req.identity, req.client_request_id), None)
-        if req.route is not None:
-            for hop in req.route:
-                self._send_data(hop.node, wire.make("free", request_id=req.request_id), 0)
+        self._free_hops(req)
         self.scheduler.finish(req.request_id)
         if notify:
             self.completed += 1
@@ -322,3 +363,56 @@ class Coordinator:
                 finish_reason=reason, prompt_tokens=len(req.prompt_ids), time_scale=self.config.time_scale,
                 server_ttft_s=ttft / self.config.time_scale, route=req.route_wire), req.identity)
         self._admit()
+
+    # ---------------------------------------------------------------- 6: failures
+    def _check_heartbeats(self) -> None:
+        if self.scheduler is None:
+            return
+        now = time.perf_counter()
+        limit = self.config.heartbeat_timeout_s
+        for node, heard in list(self._last_heard.items()):
+            if node not in self.down_nodes and now - heard > limit:
+                self._node_down(node, f"no heartbeat for {now - heard:.1f} s (limit {limit:g} s)")
+
+    def _node_down(self, node: str, reason: str) -> None:
+        """Step 6: take `node` out of service and resume (or fail) the requests it carried."""
+        if self.scheduler is None or node in self.down_nodes or node not in self.config.placement.ranges:
+            return
+        self.down_nodes[node] = reason
+        logger.error("node %s is out of service: %s", node, reason)
+        push = self._push.pop(node, None)
+        if push is not None:
+            push.close(linger=0)
+        released = self.scheduler.fail_node(node)
+        for spec in reversed(released):  # resumed at the head of the queue, in admission order
+            req = self._live.pop(spec.request_id)
+            self._free_hops(req)
+            req.route, req.route_wire = None, []
+            req.request_id = f"r{next(self._ids)}"
+            self._live[req.request_id] = req
+            self._by_client[(req.identity, req.client_request_id)] = req.request_id
+            resume = RequestSpec(req.request_id, len(req.prompt_ids) + len(req.output_ids),
+                                 req.max_tokens - len(req.output_ids))
+            try:
+                self.scheduler.submit(resume, front=True)
+                self.resumed += 1
+            except HelixError as exc:
+                self._fail(req, RequestError(f"node {node} went out of service ({reason}) and no surviving "
+                                             f"route can hold this request: {exc}"))
+        for spec, why in self.scheduler.drop_unroutable():
+            self._fail(self._live[spec.request_id], RequestError(
+                f"node {node} went out of service ({reason}) and no surviving route can hold this "
+                f"request: {why}"))
+        self._admit()
+
+    def _free_hops(self, req: LiveRequest) -> None:
+        """Release a request's KV slot on every live hop of its route."""
+        for hop in req.route or ():
+            if hop.node in self._push:
+                self._send_data(hop.node, wire.make("free", request_id=req.request_id), 0)
+
+    def _fail(self, req: LiveRequest, exc: HelixError) -> None:
+        """End a request with an `error` to its client (its KV is already released)."""
+        self._live.pop(req.request_id, None)
+        self._by_client.pop((req.identity, req.client_request_id), None)
+        self._reply_error(req.identity, req.client_request_id, exc)

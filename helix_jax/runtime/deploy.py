@@ -8,6 +8,9 @@ to run on other hosts, and waits until every worker has compiled its buckets. `c
 (also on exceptions and Ctrl-C via the context manager) shuts the workers down over the
 control socket, waits for them, kills stragglers and closes every socket: no orphans.
 Workers also exit by themselves when this process dies (they watch their parent pid).
+Once serving, a watcher thread reports a local worker whose process exits to the
+coordinator (`report_node_down`), which moves its requests to surviving routes at once
+instead of waiting for the heartbeat timeout.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ class LocalDeployment:
         self._thread: threading.Thread | None = None
         self.workers: list[WorkerProcess] = []
         self.remote_nodes: list[str] = []
+        self._closing = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     # ---- endpoints
     @property
@@ -119,9 +124,27 @@ class LocalDeployment:
                 raise HelixError(f"workers not ready after {timeout_s:.0f} s (logs in {self.log_dir})")
         if self.coordinator.failure:
             raise HelixError(self.coordinator.failure)
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_workers, name="helix-worker-watch", daemon=True)
+            self._watcher.start()
+
+    def _watch_workers(self, period_s: float = 0.2) -> None:
+        """Tell the coordinator about every local worker process that exits while serving."""
+        seen: set[str] = set()
+        while not self._closing.wait(period_s):
+            for w in self.workers:
+                code = w.process.poll()
+                if code is not None and w.node not in seen and self.coordinator is not None:
+                    seen.add(w.node)
+                    self.coordinator.report_node_down(
+                        w.node, f"worker process exited with code {code} (log: {w.log_path})")
 
     def close(self, timeout_s: float = 20.0) -> None:
         """Shut down workers and coordinator; kill anything that does not exit in time."""
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+            self._watcher = None
         if self.coordinator is not None and self._thread is not None:
             self.coordinator.stop()
             self._thread.join(timeout=10)

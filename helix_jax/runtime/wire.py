@@ -33,6 +33,7 @@ from helix_jax.errors import HelixError, ProtocolError
 logger = logging.getLogger(__name__)
 
 WIRE_VERSION = 1
+HEARTBEAT_INTERVAL_S = 1.0  # a serving worker's `heartbeat` period (wall clock)
 MAX_HEADER_BYTES = 1 << 20
 MAX_ARRAYS = 8
 MAX_ARRAY_DIMS = 4
@@ -88,6 +89,7 @@ SCHEMAS: dict[str, Schema] = {
                   "max_batch": (int, type(None)), "seed": int}),
     "ready": _s({"node": str, "kv_capacity_token_layers": int, "warmup_s": _NUM}),
     "failed": _s({"node": str, "message": str}),
+    "heartbeat": _s({"node": str}),
     "shutdown": _s({}),
     # data plane (PUSH -> PULL): activations hop to hop, sampled tokens back, KV release
     "step": _s({"request_id": str, "route": list, "hop": int, "position": int, "index": int,

@@ -24,6 +24,8 @@ The loop, one thread, one zmq.Poller:
    waits its emulated link time (FIFO per link); meanwhile step 3 keeps receiving.
 6. `free` releases the request's slot; `shutdown` (or the death of the parent process)
    ends the loop and closes every socket.
+7. While serving, a `heartbeat` goes to the coordinator every `wire.HEARTBEAT_INTERVAL_S`;
+   a worker that falls silent is taken out of service and its requests move to other routes.
 """
 
 from __future__ import annotations
@@ -168,9 +170,14 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self._control, zmq.POLLIN)
         poller.register(self._data, zmq.POLLIN)
+        next_heartbeat = time.perf_counter()
         while self._running:
             now = time.perf_counter()
+            if now >= next_heartbeat:
+                wire.send(self._control, wire.make("heartbeat", node=self.options.node))
+                next_heartbeat = now + wire.HEARTBEAT_INTERVAL_S
             wake = [t for t in (self._timers.next_due, self._busy_until if self._held else None) if t is not None]
+            wake.append(next_heartbeat)
             has_work = bool(self._waiting) and not self._held and not self._stalled
             timeout_ms = 0 if has_work else (max(0.0, (min(wake) - now) * 1000) if wake else 1000)
             events = dict(poller.poll(timeout_ms))

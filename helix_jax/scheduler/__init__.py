@@ -22,6 +22,10 @@ Public API::
     sched.on_hop_latency(node, seconds)                # observations for policy="swarm"
     sched.on_node_queue(node, depth)                   # observations for policy="shortest-queue"
     sched.finish(request_id) -> bool                   # release KV; cancels a queued request too
+    sched.submit(spec, front=True)                     # resume an accepted request first (no limit)
+    sched.fail_node(node) -> tuple[RequestSpec, ...]   # node out of service: its requests released
+    sched.drop_unroutable() -> [(RequestSpec, reason)] # queued requests no live route can hold
+    sched.down_nodes -> tuple[str, ...]
     sched.queue_length, sched.in_flight, sched.max_request_tokens
     sched.ledger.used(node) / free(node) / budget(node) / reservation(request_id)
     sched.admission(request_id) -> Admission; sched.node_in_flight(node) -> int

@@ -14,6 +14,10 @@ Owns admission for both the live coordinator and the simulator (they drive the s
    adds each decode token's load to its edges (IWRR), `on_hop_latency` / `on_node_queue`
    feed the Swarm-style and shortest-queue policies.
 4. `finish(request_id)` releases the KV (also cancels a request still in the queue).
+5. `fail_node(node)` takes a node out of service for good (its worker died or went silent):
+   the requests routed through it are released and handed back (the coordinator resumes them
+   on new routes with `submit(spec, front=True)`), later routes avoid the node, and
+   `drop_unroutable()` hands back queued requests that no surviving route can hold.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class Scheduler:
         self._in_flight: dict[str, _InFlight] = {}
         self._releases = 0  # bumped on every release: a blocked head is retried only after one
         self._blocked: tuple[str, int] | None = None
+        self._down: set[str] = set()
 
     # ---- state ----
     @property
@@ -81,6 +86,11 @@ class Scheduler:
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    @property
+    def down_nodes(self) -> tuple[str, ...]:
+        """Nodes taken out of service by `fail_node`, sorted."""
+        return tuple(sorted(self._down))
 
     def node_in_flight(self, node: str) -> int:
         return self._node_in_flight.get(node, 0)
@@ -92,18 +102,29 @@ class Scheduler:
             raise RequestError(f"request {request_id!r} is not in flight") from None
 
     # ---- 1. submit ----
-    def submit(self, spec: RequestSpec) -> None:
+    def submit(self, spec: RequestSpec, front: bool = False) -> None:
+        """Queue a request at the tail, or with `front` at the head, past the queue limit (a
+        request already accepted and resumed after a node failure must not be refused)."""
         if spec.request_id in self._queued_ids or spec.request_id in self._in_flight:
             raise RequestError(f"request id {spec.request_id!r} is already queued or in flight")
         if spec.kv_tokens > self.max_request_tokens:
-            raise RequestError(
-                f"request {spec.request_id!r} needs {spec.kv_tokens} tokens of KV (prompt "
-                f"{spec.prompt_tokens} + output {spec.max_output_tokens}) but the largest any route "
-                f"can hold is {self.max_request_tokens}")
-        if len(self._queue) >= self.queue_limit:
+            raise RequestError(self._too_big(spec))
+        if not front and len(self._queue) >= self.queue_limit:
             raise OverloadedError(f"request queue is full ({self.queue_limit} waiting); retry later")
-        self._queue.append(spec)
+        if front:
+            self._queue.appendleft(spec)
+            self._blocked = None
+        else:
+            self._queue.append(spec)
         self._queued_ids.add(spec.request_id)
+
+    def _too_big(self, spec: RequestSpec) -> str:
+        why = (f"request {spec.request_id!r} needs {spec.kv_tokens} tokens of KV (prompt "
+               f"{spec.prompt_tokens} + output {spec.max_output_tokens}) but the largest any route "
+               f"can hold is {self.max_request_tokens}")
+        if self._down:
+            why += f" with node(s) {', '.join(sorted(self._down))} out of service"
+        return why
 
     # ---- 2. admit ----
     def admit_ready(self) -> list[Admission]:
@@ -124,6 +145,7 @@ class Scheduler:
     def _find_route(self, spec: RequestSpec) -> tuple[Hop, ...] | None:
         tokens, num_layers = spec.kv_tokens, self.placement.num_layers
         ranges, graph, ledger, policy = self.placement.ranges, self.graph, self.ledger, self.policy
+        down = self._down
         work = float(spec.prompt_tokens)
         dead: set[tuple[str, int]] = set()
         path: list[Hop] = []
@@ -135,7 +157,7 @@ class Scheduler:
                         return True
                     continue
                 key = (dst, layer)
-                if key in dead:
+                if key in dead or dst in down:
                     continue
                 end = ranges[dst][1]
                 if ledger.can_reserve(dst, tokens * (end - layer)):
@@ -190,3 +212,37 @@ class Scheduler:
             self._blocked = None
             return True
         return False
+
+    # ---- 5. node failures ----
+    def fail_node(self, node: str) -> tuple[RequestSpec, ...]:
+        """Take `node` out of service for good: release every request routed through it and
+        return their specs in admission order (their KV on the surviving hops is freed too);
+        routes found from now on avoid the node. Idempotent (a second call returns ())."""
+        if node not in self.placement.ranges:
+            raise ConfigError(f"node {node!r} holds no layers in this placement")
+        if node in self._down:
+            return ()
+        self._down.add(node)
+        hit = [rid for rid, entry in self._in_flight.items()
+               if any(hop.node == node for hop in entry.admission.route)]
+        specs = tuple(self._in_flight[rid].admission.spec for rid in hit)
+        for rid in hit:
+            self.finish(rid)
+        budgets = {n: 0 if n in self._down else self.ledger.budget(n) for n in self.placement.ranges}
+        self.max_request_tokens = self.graph.max_route_tokens(budgets)
+        self._blocked = None
+        log.warning("node %s out of service: %d request(s) released, largest request a route can "
+                    "still hold: %d tokens", node, len(specs), self.max_request_tokens)
+        return specs
+
+    def drop_unroutable(self) -> list[tuple[RequestSpec, str]]:
+        """Remove the queued requests that no surviving route can hold (after `fail_node`);
+        returns each with the reason, in queue order."""
+        dropped = [(spec, self._too_big(spec)) for spec in self._queue
+                   if spec.kv_tokens > self.max_request_tokens]
+        for spec, _ in dropped:
+            self._queue.remove(spec)
+            self._queued_ids.discard(spec.request_id)
+        if dropped:
+            self._blocked = None
+        return dropped

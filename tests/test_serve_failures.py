@@ -1,0 +1,118 @@
+"""Worker failures in a real deployment (coordinator thread + 3 worker processes over ZeroMQ,
+the shipped small CPU topology, tests/conftest.py's placement: cpu-0 and cpu-2 enter, cpu-1
+is the only exit).
+
+1. A worker that falls silent (SIGSTOP) is taken out of service after the heartbeat timeout;
+   the requests routed through it resume on the surviving route and finish with exactly the
+   tokens an undisturbed run gives; the revived worker (SIGCONT) changes nothing.
+2. The exit worker's process dies (SIGKILL): the deployment sees the exit, the requests in
+   flight get one clear error each, and so does every later request.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from helix_jax.client import Client
+from helix_jax.errors import RequestError
+from helix_jax.model import SamplingParams
+from helix_jax.model.tokenizer import load_tokenizer
+from helix_jax.placement import Placement
+from helix_jax.runtime.coordinator import ServeConfig
+from helix_jax.runtime.deploy import LocalDeployment
+from helix_jax.topology import default_topology_path, load_topology
+
+HEARTBEAT_TIMEOUT_S = 3.0
+PROMPTS = ["Hello, helix!", "max-flow", "A100 + T4 + L4", "x", "failover", "resume me"]
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory, cpu_small_placement: Placement):
+    topo = load_topology(default_topology_path())
+    cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=128,
+                      kv_tokens=16 * 128, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S)
+    dep = LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=tmp_path_factory.mktemp("workers"))
+    with dep:
+        dep.wait_ready(timeout_s=400)
+        yield dep
+
+
+def _pid(dep: LocalDeployment, node: str) -> int:
+    return next(w.process.pid for w in dep.workers if w.node == node)
+
+
+def _ids(text: str) -> list[int]:
+    return load_tokenizer(load_topology(default_topology_path()).model).encode(text)
+
+
+def _run_all(endpoint: str, jobs: list[tuple[str, int, SamplingParams | None]]) -> list:
+    def one(job):
+        prompt, max_tokens, sampling = job
+        extra = {} if sampling is None else dict(temperature=sampling.temperature, top_k=sampling.top_k,
+                                                 top_p=sampling.top_p, seed=sampling.seed)
+        with Client(endpoint, timeout_s=120) as client:
+            try:
+                return client.generate(prompt, max_tokens=max_tokens, **extra)
+            except RequestError as exc:
+                return exc
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(one, jobs))
+
+
+def test_silent_worker_is_replaced_and_its_requests_resume_exactly(deployment: LocalDeployment,
+                                                                   reference) -> None:
+    coord = deployment.coordinator
+    assert coord is not None
+    sampling = SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=11)
+    jobs = [(p, 12, sampling if i % 2 else None) for i, p in enumerate(PROMPTS)]
+    os.kill(_pid(deployment, "cpu-2"), signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        results = _run_all(deployment.client_endpoint, jobs)
+        waited = time.monotonic() - started
+    finally:
+        os.kill(_pid(deployment, "cpu-2"), signal.SIGCONT)
+    stats = coord.stats()
+    assert list(stats["down_nodes"]) == ["cpu-2"] and "no heartbeat" in stats["down_nodes"]["cpu-2"]
+    assert stats["resumed"] >= 1  # the round robin had sent some requests through cpu-2
+    assert waited >= HEARTBEAT_TIMEOUT_S - 1.0  # they waited for the timeout, then moved on
+    for (prompt, max_tokens, params), res in zip(jobs, results):
+        assert not isinstance(res, Exception), res
+        assert list(res.ids) == reference(_ids(prompt), max_tokens, params), prompt
+        assert [hop[0] for hop in res.route] == ["cpu-0", "cpu-1"]
+    # the revived worker stays out of service and its stale output is ignored
+    time.sleep(1.5)
+    again = _run_all(deployment.client_endpoint, [(p, 6, None) for p in PROMPTS[:3]])
+    for prompt, res in zip(PROMPTS, again):
+        assert list(res.ids) == reference(_ids(prompt), 6)
+        assert "cpu-2" not in [hop[0] for hop in res.route]
+    assert coord.stats()["in_flight"] == 0 and coord.scheduler.ledger.used("cpu-0") == 0
+
+
+def test_losing_the_only_exit_fails_requests_with_one_clear_error(deployment: LocalDeployment) -> None:
+    coord = deployment.coordinator
+    assert coord is not None
+    exit_pid = _pid(deployment, "cpu-1")
+    os.kill(exit_pid, signal.SIGSTOP)  # requests pile up in cpu-1 ...
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(_run_all, deployment.client_endpoint, [(p, 8, None)]) for p in PROMPTS[:3]]
+        deadline = time.monotonic() + 5
+        while coord.stats()["in_flight"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert coord.stats()["in_flight"] == 3
+        os.kill(exit_pid, signal.SIGKILL)  # ... and then its process dies
+        results = [f.result()[0] for f in futures]
+    reason = coord.stats()["down_nodes"]["cpu-1"]
+    assert "exited with code -9" in reason
+    for res in results:
+        assert isinstance(res, RequestError), res
+        assert "cpu-1" in str(res) and "out of service" in str(res)
+    late = _run_all(deployment.client_endpoint, [("too late", 4, None)])[0]
+    assert isinstance(late, RequestError) and "out of service" in str(late)
+    assert coord.stats()["in_flight"] == 0 and coord.stats()["queued"] == 0
