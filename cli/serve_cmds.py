@@ -147,7 +147,8 @@ def worker(coordinator: str = typer.Option(..., help="Coordinator control endpoi
 def demo(requests: int = typer.Option(4, help="Requests to send through the deployment."),
          max_tokens: int = typer.Option(16, help="Tokens to generate per request."),
          paper_plan_time: float = typer.Option(10.0, help="Planner time limit for the 24-node cluster."),
-         sim_seconds: float = typer.Option(600.0, help="Simulated seconds of the benchmark table (0: skip).")) -> None:
+         sim_seconds: float = typer.Option(1200.0, help="Simulated seconds of the benchmark table, the first "
+                                                            "half warm-up (0: skip).")) -> None:
     """Plan and deploy the shipped small CPU cluster, send a few requests, print answers and
     timings, plan the paper's 24-node cluster, simulate helix against the baselines there, and exit."""
     from concurrent.futures import ThreadPoolExecutor
@@ -187,7 +188,7 @@ def demo(requests: int = typer.Option(4, help="Requests to send through the depl
             console.print(f"5. benchmark: {sim_seconds:g} simulated seconds of {paper.name}, offline, "
                           "Azure-conversation-like requests")
             _simulated(console, PAPER_TOPOLOGY, ["helix", "swarm", "petals", "sp"], ["iwrr"], "offline",
-                       None, sim_seconds, min(120.0, sim_seconds / 5), length_sampler(), None, 0,
+                       None, sim_seconds, sim_seconds / 2, length_sampler(), None, 0,
                        paper_plan_time, None, float("inf"), float("inf"), None)
     console.print(f"demo done in {time.perf_counter() - started:.1f} s")
 

@@ -60,8 +60,9 @@ placement's max-flow on the 24-GPU cluster (BENCHMARKS.md) when every resident m
 step. `max_decode_batch` caps a step at `PIPELINE_MICROBATCH_FACTOR` own-pace batches
 (`3 R k / L`, at most R): without a cap a route's residents clump into one convoy that visits the
 stages one at a time (each node busy ~1/hops of the time); split into micro-batches they
-pipeline, and the simulator then runs ~30% above the max-flow on long routes (the capacity
-formula above stays as calibrated, so it is conservative there; BENCHMARKS.md). Multi-GPU nodes
+pipeline. With the route-aware round trip the simulator runs the Helix placements of the three
+paper clusters at 95-111% of their max-flow, and short, A100-heavy baseline pipelines at up to
+~140% (the other L - k layers are priced at the cluster's mean pace; BENCHMARKS.md). Multi-GPU nodes
 (num_gpus > 1) already carry summed memory, bandwidth and FLOPs in the catalog; the reserve is
 per GPU.
 
