@@ -31,7 +31,7 @@ The loop, one thread, one zmq.Poller (timers only under --emulate):
    KV on the surviving hops is freed, and under a fresh internal id its prompt plus the tokens
    already streamed are prefilled again, so the client's stream continues where it stopped
    (sampling depends only on seed and position, so the tokens are the ones an undisturbed run
-   gives). A request that no surviving route can hold, queued or in flight, gets one `error`
+   gives, up to rounding differences between a prefill and a decode step). A request that no surviving route can hold, queued or in flight, gets one `error`
    naming the nodes out of service, and so does every later request.
 """
 
