@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from helix_jax.client import Client
-from helix_jax.errors import RequestError
+from helix_jax.errors import ConfigError, RequestError
 from helix_jax.model import SamplingParams
 from helix_jax.model.tokenizer import load_tokenizer
 from helix_jax.placement import Placement
@@ -27,7 +27,7 @@ from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment
 from helix_jax.topology import default_topology_path, load_topology
 
-HEARTBEAT_TIMEOUT_S = 3.0
+HEARTBEAT_TIMEOUT_S = 5.0
 PROMPTS = ["Hello, helix!", "max-flow", "A100 + T4 + L4", "x", "failover", "resume me"]
 
 
@@ -116,3 +116,10 @@ def test_losing_the_only_exit_fails_requests_with_one_clear_error(deployment: Lo
     late = _run_all(deployment.client_endpoint, [("too late", 4, None)])[0]
     assert isinstance(late, RequestError) and "out of service" in str(late)
     assert coord.stats()["in_flight"] == 0 and coord.stats()["queued"] == 0
+
+
+def test_heartbeat_timeout_must_be_positive() -> None:
+    from helix_jax.cli.serve_cmds import serve_config
+
+    with pytest.raises(ConfigError, match="--heartbeat-timeout must be positive"):
+        serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, None, 128, 1.0, heartbeat_timeout_s=0.0)
