@@ -72,3 +72,25 @@ def test_failing_one_entry_keeps_the_queue_moving_on_the_other() -> None:
     assert sched.admit_ready()[0].nodes == ("b", "c")
     with pytest.raises(ConfigError):
         sched.fail_node("nope")
+
+
+def test_reflow_spreads_new_requests_by_the_survivors_flows() -> None:
+    flows = [(C, "a", 50), (C, "b", 40), (C, "d", 10), ("a", "c", 50), ("b", "c", 40), ("d", "c", 10),
+             ("c", C, 100)]
+    ranges = {"a": (0, 2), "b": (0, 2), "c": (2, 4), "d": (0, 2)}
+    placement = Placement("t", 4, ranges, tuple(FlowEdge(s, d, f) for s, d, f in flows))
+    sched = Scheduler(placement, {n: 1_000_000 for n in ranges})
+    sched.fail_node("a")
+    with pytest.raises(ConfigError, match="out of service"):
+        sched.reflow(placement)  # the old flows still pass through a
+    with pytest.raises(ConfigError, match="same layer ranges"):
+        sched.reflow(Placement("t", 4, {"b": (0, 2), "c": (2, 4), "d": (0, 2)}, placement.flows[1:]))
+    survivors = [(C, "b", 30), (C, "d", 10), ("b", "c", 30), ("d", "c", 10), ("c", C, 40)]
+    sched.reflow(Placement("t", 4, ranges, tuple(FlowEdge(s, d, f) for s, d, f in survivors)))
+    entries = []
+    for i in range(40):
+        sched.submit(RequestSpec(f"r{i}", 1, 1))
+        entries += [adm.nodes[0] for adm in sched.admit_ready()]
+    assert entries.count("b") == 30 and entries.count("d") == 10  # 3:1 as the new flows say
+    sched.on_decode_token("r0")
+    sched.ledger.check()

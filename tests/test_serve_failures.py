@@ -2,9 +2,10 @@
 the shipped small CPU topology, tests/conftest.py's placement: cpu-0 and cpu-2 enter, cpu-1
 is the only exit).
 
-1. A worker that falls silent (SIGSTOP) is taken out of service after the heartbeat timeout;
-   the requests routed through it resume on the surviving route and finish with exactly the
-   tokens an undisturbed run gives; the revived worker (SIGCONT) changes nothing.
+1. A worker that falls silent (SIGSTOP) is taken out of service after the heartbeat timeout,
+   the flows are recomputed over the survivors, and the requests routed through it resume on
+   the surviving route and finish with exactly the tokens an undisturbed run gives; the
+   revived worker (SIGCONT) changes nothing.
 2. The exit worker's process dies (SIGKILL): the deployment sees the exit, the requests in
    flight get one clear error each, and so does every later request.
 """
@@ -81,6 +82,11 @@ def test_silent_worker_is_replaced_and_its_requests_resume_exactly(deployment: L
     stats = coord.stats()
     assert list(stats["down_nodes"]) == ["cpu-2"] and "no heartbeat" in stats["down_nodes"]["cpu-2"]
     assert stats["resumed"] >= 1  # the round robin had sent some requests through cpu-2
+    # flows recomputed over cpu-0 -> cpu-1: nothing enters or leaves cpu-2 any more
+    graph = coord.scheduler.graph
+    assert stats["flow_tokens_per_s"] > 0 and graph.weight("coordinator", "cpu-0") == pytest.approx(
+        stats["flow_tokens_per_s"])
+    assert graph.weight("coordinator", "cpu-2") == 0 and graph.weight("cpu-2", "cpu-1") == 0
     assert waited >= HEARTBEAT_TIMEOUT_S - 1.0  # they waited for the timeout, then moved on
     for (prompt, max_tokens, params), res in zip(jobs, results):
         assert not isinstance(res, Exception), res
@@ -109,6 +115,7 @@ def test_losing_the_only_exit_fails_requests_with_one_clear_error(deployment: Lo
         os.kill(exit_pid, signal.SIGKILL)  # ... and then its process dies
         results = [f.result()[0] for f in futures]
     reason = coord.stats()["down_nodes"]["cpu-1"]
+    assert coord.stats()["flow_tokens_per_s"] == 0  # no route is left
     assert "exited with code -9" in reason
     for res in results:
         assert isinstance(res, RequestError), res

@@ -27,7 +27,9 @@ The loop, one thread, one zmq.Poller (timers only under --emulate):
 6. Failures: a serving worker sends `heartbeat` every `wire.HEARTBEAT_INTERVAL_S`. A node is
    taken out of service for good when it reports `failed`, when nothing is heard from it for
    `heartbeat_timeout_s`, or when the deployment sees its process exit (`report_node_down`).
-   Every request routed through it is resumed on a surviving route, first in the queue: its
+   The flows are recomputed over the nodes still in service (same layer ranges: their max-flow,
+   so new requests spread by what the survivors can carry), and every request routed through
+   it is resumed on a surviving route, first in the queue: its
    KV on the surviving hops is freed, and under a fresh internal id its prompt plus the tokens
    already streamed are prefilled again, so the client's stream continues where it stopped
    (sampling depends only on seed and position, so the tokens are the ones an undisturbed run
@@ -51,7 +53,7 @@ import zmq
 
 from helix_jax.errors import HelixError, ProtocolError, RequestError
 from helix_jax.modelconfig import ModelConfig
-from helix_jax.placement import Placement
+from helix_jax.placement import FlowEdge, Placement
 from helix_jax.runtime import wire
 from helix_jax.runtime.emulation import DelayedSends, EmulationSpec, LinkPacer
 from helix_jax.runtime.requests import LiveRequest, TextCodec, parse_generate
@@ -122,6 +124,7 @@ class Coordinator:
         self.rejected = 0
         self.peak_queued = 0
         self.resumed = 0  # requests moved to a new route after a node failure
+        self.flow_tokens_per_s = config.placement.objective_tokens_per_s  # of the nodes in service
         self.down_nodes: dict[str, str] = {}  # node -> why it is out of service
         self._last_heard: dict[str, float] = {}
         self._reported: collections.deque[tuple[str, str]] = collections.deque()  # from other threads
@@ -186,6 +189,7 @@ class Coordinator:
         return {"budgets": dict(self._budgets), "peak_kv_used": dict(self.peak_kv_used),
                 "completed": self.completed, "rejected": self.rejected, "peak_queued": self.peak_queued,
                 "resumed": self.resumed, "down_nodes": dict(self.down_nodes),
+                "flow_tokens_per_s": self.flow_tokens_per_s,
                 "queued": sched.queue_length if sched else len(self._early),
                 "in_flight": sched.in_flight if sched else 0}
 
@@ -384,6 +388,7 @@ class Coordinator:
         if push is not None:
             push.close(linger=0)
         released = self.scheduler.fail_node(node)
+        self._reflow()
         for spec in reversed(released):  # resumed at the head of the queue, in admission order
             req = self._live.pop(spec.request_id)
             self._free_hops(req)
@@ -404,6 +409,31 @@ class Coordinator:
                 f"node {node} went out of service ({reason}) and no surviving route can hold this "
                 f"request: {why}"))
         self._admit()
+
+    def _reflow(self) -> None:
+        """Point the scheduler at the max-flow of the nodes still in service (same ranges)."""
+        from helix_jax.costmodel import CostModel
+        from helix_jax.solver.maxflow import max_flow
+
+        cfg, old = self.config, self.config.placement
+        survivors = {n: r for n, r in old.ranges.items() if n not in self.down_nodes}
+        # separate pipelines stay separate: only the hand-offs the placement already used
+        allowed = {(f.src, f.dst) for f in old.flows} if old.method == "sp" else None
+        try:
+            result = max_flow(cfg.topology, CostModel(cfg.topology), survivors, old.partial_inference,
+                              allowed, balance=True)
+        except HelixError as exc:
+            logger.error("could not recompute flows without %s: %s", ", ".join(self.down_nodes), exc)
+            return
+        self.flow_tokens_per_s = result.value_tokens_per_s
+        if result.value_tokens_per_s <= 0:
+            return  # no route is left; the scheduler already refuses everything
+        flows = tuple(FlowEdge(s, d, f) for (s, d), f in sorted(result.edge_flows.items()))
+        assert self.scheduler is not None
+        self.scheduler.reflow(dataclasses.replace(old, flows=flows,
+                                                  objective_tokens_per_s=result.value_tokens_per_s))
+        logger.warning("flows recomputed without %s: max-flow %.1f tokens/s (was %.1f)",
+                       ", ".join(self.down_nodes), result.value_tokens_per_s, old.objective_tokens_per_s)
 
     def _free_hops(self, req: LiveRequest) -> None:
         """Release a request's KV slot on every live hop of its route."""

@@ -79,8 +79,10 @@ class IwrrPolicy(RoutePolicy):
             self.load[edge] += work * self._inv_weight[edge]
 
     def on_decode(self, edges: Sequence[tuple[str, str]], tokens: int) -> None:
+        inv = self._inv_weight
         for edge in edges:
-            self.load[edge] += tokens * self._inv_weight[edge]
+            if edge in inv:  # a route admitted before a reflow may use edges the new flows lack
+                self.load[edge] += tokens * inv[edge]
 
 
 class RandomPolicy(RoutePolicy):

@@ -25,6 +25,7 @@ class RouteGraph:
             raise PlacementError(f"min_edge_share must be in [0, 1), got {min_edge_share!r}")
         self.placement = placement
         self.num_layers = placement.num_layers
+        self.min_edge_share = min_edge_share
         self._weight: dict[tuple[str, str], float] = {}
         for edge in placement.flows:
             if edge.tokens_per_s <= 0:

@@ -17,7 +17,9 @@ Owns admission for both the live coordinator and the simulator (they drive the s
 5. `fail_node(node)` takes a node out of service for good (its worker died or went silent):
    the requests routed through it are released and handed back (the coordinator resumes them
    on new routes with `submit(spec, front=True)`), later routes avoid the node, and
-   `drop_unroutable()` hands back queued requests that no surviving route can hold.
+   `drop_unroutable()` hands back queued requests that no surviving route can hold, and
+   `reflow(placement)` makes new requests follow the survivors' max-flow (same layer ranges,
+   recomputed flows) instead of the old flow's shares.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Scheduler:
         self.queue_limit = queue_limit
         self._node_in_flight: dict[str, int] = {node: 0 for node in placement.ranges}
         self.policy: RoutePolicy = cls(self.graph, self._node_in_flight, seed)
+        self._seed = seed
         self._queue: collections.deque[RequestSpec] = collections.deque()
         self._queued_ids: set[str] = set()
         self._in_flight: dict[str, _InFlight] = {}
@@ -228,12 +231,32 @@ class Scheduler:
         specs = tuple(self._in_flight[rid].admission.spec for rid in hit)
         for rid in hit:
             self.finish(rid)
-        budgets = {n: 0 if n in self._down else self.ledger.budget(n) for n in self.placement.ranges}
-        self.max_request_tokens = self.graph.max_route_tokens(budgets)
+        self.max_request_tokens = self.graph.max_route_tokens(self._live_budgets())
         self._blocked = None
         log.warning("node %s out of service: %d request(s) released, largest request a route can "
                     "still hold: %d tokens", node, len(specs), self.max_request_tokens)
         return specs
+
+    def _live_budgets(self) -> dict[str, int]:
+        return {n: 0 if n in self._down else self.ledger.budget(n) for n in self.placement.ranges}
+
+    def reflow(self, placement: Placement) -> None:
+        """Route new requests along `placement`'s flows from now on: the same layer ranges with
+        new flows (after a failure, the max-flow of the nodes still in service). Requests in
+        flight keep their routes and KV; the round robin starts afresh on the new weights."""
+        if placement.ranges != self.placement.ranges:
+            raise ConfigError("reflow needs the same layer ranges; only the flows may change")
+        if any(edge.tokens_per_s > 0 and (edge.src in self._down or edge.dst in self._down)
+               for edge in placement.flows):
+            raise ConfigError(f"new flows pass through node(s) out of service: {', '.join(sorted(self._down))}")
+        self.placement = placement
+        self.graph = RouteGraph(placement, self.graph.min_edge_share, flow_edges_only=self.policy.flow_edges_only)
+        if self.policy.flow_edges_only:  # weights changed: the round robin starts afresh
+            self.policy = type(self.policy)(self.graph, self._node_in_flight, self._seed)
+        else:  # observation-driven policies keep what they observed
+            self.policy.graph = self.graph
+        self.max_request_tokens = self.graph.max_route_tokens(self._live_budgets())
+        self._blocked = None
 
     def drop_unroutable(self) -> list[tuple[RequestSpec, str]]:
         """Remove the queued requests that no surviving route can hold (after `fail_node`);
