@@ -94,3 +94,22 @@ def test_reflow_spreads_new_requests_by_the_survivors_flows() -> None:
     assert entries.count("b") == 30 and entries.count("d") == 10  # 3:1 as the new flows say
     sched.on_decode_token("r0")
     sched.ledger.check()
+
+
+def test_restored_node_takes_requests_again_with_its_new_budget() -> None:
+    sched = Scheduler(two_paths(), {"a": 10_000, "b": 10_000, "c": 10_000})
+    with pytest.raises(ConfigError, match="not out of service"):
+        sched.restore_node("a", 100)
+    sched.submit(RequestSpec("r0", 10, 10))
+    sched.admit_ready()
+    sched.fail_node("c")
+    assert sched.max_request_tokens == 0
+    with pytest.raises(ConfigError, match="non-negative integer"):
+        sched.restore_node("c", -1)
+    sched.restore_node("c", 80)  # a smaller replacement: 40 tokens x 2 layers
+    assert sched.down_nodes == () and sched.ledger.budget("c") == 80 and sched.max_request_tokens == 40
+    sched.submit(RequestSpec("r1", 30, 10))
+    assert [a.nodes[-1] for a in sched.admit_ready()] == ["c"]
+    with pytest.raises(ConfigError, match="still holds"):
+        sched.ledger.set_budget("c", 10)
+    sched.ledger.check()

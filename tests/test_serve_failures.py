@@ -6,14 +6,19 @@ is the only exit).
    the flows are recomputed over the survivors, and the requests routed through it resume on
    the surviving route and finish with exactly the tokens an undisturbed run gives; the
    revived worker (SIGCONT) changes nothing.
-2. The exit worker's process dies (SIGKILL): the deployment sees the exit, the requests in
+2. The old worker is told to shut down; a fresh worker for the node rejoins, and requests
+   flow through it again.
+3. The exit worker's process dies (SIGKILL): the deployment sees the exit, the requests in
    flight get one clear error each, and so does every later request.
+4. A fresh exit worker rejoins; its upstream neighbours reconnect to it (`peer`) and the
+   deployment serves again.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,7 +30,7 @@ from helix_jax.model import SamplingParams
 from helix_jax.model.tokenizer import load_tokenizer
 from helix_jax.placement import Placement
 from helix_jax.runtime.coordinator import ServeConfig
-from helix_jax.runtime.deploy import LocalDeployment
+from helix_jax.runtime.deploy import LocalDeployment, WorkerProcess, worker_command
 from helix_jax.topology import default_topology_path, load_topology
 
 HEARTBEAT_TIMEOUT_S = 5.0
@@ -44,7 +49,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, cpu_small_placement: Pl
 
 
 def _pid(dep: LocalDeployment, node: str) -> int:
-    return next(w.process.pid for w in dep.workers if w.node == node)
+    """The node's newest worker process."""
+    return [w.process.pid for w in dep.workers if w.node == node][-1]
 
 
 def _ids(text: str) -> list[int]:
@@ -101,6 +107,44 @@ def test_silent_worker_is_replaced_and_its_requests_resume_exactly(deployment: L
     assert coord.stats()["in_flight"] == 0 and coord.scheduler.ledger.used("cpu-0") == 0
 
 
+def _start_replacement(dep: LocalDeployment, node: str, log_dir) -> tuple[subprocess.Popen, object]:
+    """A fresh `helix-jax worker` for `node`, as an operator would start it; close() stops it."""
+    assert dep.coordinator is not None
+    log_path = log_dir / f"{node}-replacement.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(worker_command(dep.coordinator.control_endpoint, node, os.getpid()),
+                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    dep.workers.append(WorkerProcess(node, proc, log_path))
+    return proc, log_path
+
+
+def _wait_rejoined(dep: LocalDeployment, node: str, proc: subprocess.Popen, log_path) -> None:
+    assert dep.coordinator is not None
+    deadline = time.monotonic() + 300
+    while node in dep.coordinator.stats()["down_nodes"] and time.monotonic() < deadline:
+        assert proc.poll() is None, log_path.read_text()
+        time.sleep(0.2)
+    assert node not in dep.coordinator.stats()["down_nodes"]
+
+
+def test_old_worker_is_sent_away_and_a_fresh_one_rejoins(deployment: LocalDeployment, reference,
+                                                          tmp_path) -> None:
+    coord = deployment.coordinator
+    assert coord is not None
+    old = next(w.process for w in deployment.workers if w.node == "cpu-2")
+    assert old.wait(timeout=30) == 0  # its heartbeats after SIGCONT were answered with shutdown
+    proc, log_path = _start_replacement(deployment, "cpu-2", tmp_path)
+    _wait_rejoined(deployment, "cpu-2", proc, log_path)
+    stats = coord.stats()
+    assert stats["down_nodes"] == {} and stats["rejoined"] == 1
+    assert coord.scheduler.graph.weight("coordinator", "cpu-2") > 0  # flows include it again
+    results = _run_all(deployment.client_endpoint, [(p, 6, None) for p in PROMPTS])
+    for prompt, res in zip(PROMPTS, results):
+        assert list(res.ids) == reference(_ids(prompt), 6)
+    assert any(res.route[0][0] == "cpu-2" for res in results)
+
+
 def test_losing_the_only_exit_fails_requests_with_one_clear_error(deployment: LocalDeployment) -> None:
     coord = deployment.coordinator
     assert coord is not None
@@ -130,3 +174,18 @@ def test_heartbeat_timeout_must_be_positive() -> None:
 
     with pytest.raises(ConfigError, match="--heartbeat-timeout must be positive"):
         serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, None, 128, 1.0, heartbeat_timeout_s=0.0)
+
+
+def test_a_fresh_exit_worker_brings_the_deployment_back(deployment: LocalDeployment, reference,
+                                                        tmp_path) -> None:
+    coord = deployment.coordinator
+    assert coord is not None
+    proc, log_path = _start_replacement(deployment, "cpu-1", tmp_path)
+    _wait_rejoined(deployment, "cpu-1", proc, log_path)
+    assert coord.stats()["rejoined"] == 2 and coord.stats()["flow_tokens_per_s"] > 0
+    # both entries hand off to the new cpu-1 at its new data endpoint
+    results = _run_all(deployment.client_endpoint, [(p, 6, None) for p in PROMPTS])
+    for prompt, res in zip(PROMPTS, results):
+        assert list(res.ids) == reference(_ids(prompt), 6)
+        assert res.route[-1][0] == "cpu-1"
+    assert {res.route[0][0] for res in results} == {"cpu-0", "cpu-2"}

@@ -25,7 +25,7 @@ The loop, one thread, one zmq.Poller (timers only under --emulate):
 5. Anything malformed on any socket is logged and dropped (a client gets an `error`); a
    `cancel` ends its request like step 4. `stop()` sends `shutdown` to every worker.
 6. Failures: a serving worker sends `heartbeat` every `wire.HEARTBEAT_INTERVAL_S`. A node is
-   taken out of service for good when it reports `failed`, when nothing is heard from it for
+   taken out of service when it reports `failed`, when nothing is heard from it for
    `heartbeat_timeout_s`, or when the deployment sees its process exit (`report_node_down`).
    The flows are recomputed over the nodes still in service (same layer ranges: their max-flow,
    so new requests spread by what the survivors can carry), and every request routed through
@@ -34,7 +34,11 @@ The loop, one thread, one zmq.Poller (timers only under --emulate):
    already streamed are prefilled again, so the client's stream continues where it stopped
    (sampling depends only on seed and position, so the tokens are the ones an undisturbed run
    gives, up to rounding differences between a prefill and a decode step). A request that no surviving route can hold, queued or in flight, gets one `error`
-   naming the nodes out of service, and so does every later request.
+   naming the nodes out of service, and so does every later request. A worker of a node out
+   of service that speaks again (say, resumed after a pause) is told `shutdown`; a fresh
+   worker that registers for it rejoins: it gets `assign`, its neighbours get `peer` (its new
+   data endpoint), and once it is `ready` the node is back in service and the flows are
+   recomputed with it.
 """
 
 from __future__ import annotations
@@ -126,6 +130,8 @@ class Coordinator:
         self.resumed = 0  # requests moved to a new route after a node failure
         self.flow_tokens_per_s = config.placement.objective_tokens_per_s  # of the nodes in service
         self.down_nodes: dict[str, str] = {}  # node -> why it is out of service
+        self._rejoining: set[str] = set()  # down nodes whose fresh worker is warming up
+        self.rejoined = 0
         self._last_heard: dict[str, float] = {}
         self._reported: collections.deque[tuple[str, str]] = collections.deque()  # from other threads
 
@@ -188,7 +194,7 @@ class Coordinator:
         sched = self.scheduler
         return {"budgets": dict(self._budgets), "peak_kv_used": dict(self.peak_kv_used),
                 "completed": self.completed, "rejected": self.rejected, "peak_queued": self.peak_queued,
-                "resumed": self.resumed, "down_nodes": dict(self.down_nodes),
+                "resumed": self.resumed, "down_nodes": dict(self.down_nodes), "rejoined": self.rejoined,
                 "flow_tokens_per_s": self.flow_tokens_per_s,
                 "queued": sched.queue_length if sched else len(self._early),
                 "in_flight": sched.in_flight if sched else 0}
@@ -226,25 +232,39 @@ class Coordinator:
         if node in self._identities and self._identities[node] == identity:
             self._last_heard[node] = time.perf_counter()
         if msg.kind == "heartbeat":
-            if self._identities.get(node) != identity:
+            if node not in self._identities:
                 raise ProtocolError(f"heartbeat from an unknown worker {node!r}")
+            if self._identities[node] != identity or (node in self.down_nodes and node not in self._rejoining):
+                # a worker we gave up on (or replaced since) woke up: its requests live elsewhere
+                wire.send(self._control, wire.make("shutdown"), identity)
             return
         if msg.kind == "register":
             if node not in self.config.placement.ranges:
                 reason = f"node {node!r} holds no layers in this placement (placed nodes: {', '.join(self.nodes)})"
                 wire.send(self._control, wire.make("failed", node=node, message=reason), identity)
                 raise ProtocolError(reason)
-            if node in self._identities and self._identities[node] != identity:
+            rejoin = node in self.down_nodes and node not in self._rejoining
+            if node in self._identities and self._identities[node] != identity and not rejoin:
                 wire.send(self._control, wire.make("failed", node=node, message=f"node {node!r} already joined"),
                           identity)
                 return
+            old = self._push.pop(node, None)
+            if old is not None:
+                old.close(linger=0)
             self._identities[node] = identity
             self._data_endpoints[node] = msg["data_endpoint"]
             push = wire.configure(self._ctx.socket(zmq.PUSH))
             push.connect(msg["data_endpoint"])
             self._push[node] = push
             logger.info("worker %s registered (pid %s on %s)", node, msg["pid"], msg["host"])
-            if len(self._identities) == len(self.nodes):
+            if rejoin:
+                self._rejoining.add(node)
+                self._assign(node)
+                for peer in self.nodes:  # whoever hands off to it must reconnect
+                    if peer != node and peer in self._push and self.config.placement.can_hand_off(peer, node):
+                        wire.send(self._control, wire.make("peer", node=node, data_endpoint=msg["data_endpoint"]),
+                                  self._identities[peer])
+            elif len(self._identities) == len(self.nodes):
                 self._assign_all()
         elif msg.kind == "ready" and self._identities.get(node) == identity:
             self._budgets[node] = msg["kv_capacity_token_layers"]
@@ -253,8 +273,11 @@ class Coordinator:
                         msg["kv_capacity_token_layers"], msg["warmup_s"])
             if len(self._budgets) == len(self.nodes) and self.scheduler is None:
                 self._start_serving()
+            elif node in self._rejoining:
+                self._rejoin(node)
         elif msg.kind == "failed" and self._identities.get(node) == identity:
             if self.scheduler is not None:  # serving: the others carry on without it
+                self._rejoining.discard(node)  # a replacement that failed to load may be retried
                 self._node_down(node, f"worker reported failure: {msg['message']}")
                 return
             self.failure = f"worker {node} failed: {msg['message']}"
@@ -264,16 +287,19 @@ class Coordinator:
             raise ProtocolError(f"unexpected {msg.kind!r} on the control socket")
 
     def _assign_all(self) -> None:
-        cfg = self.config
         for node in self.nodes:
-            start, end = cfg.placement.ranges[node]
-            neighbours = {n: self._data_endpoints[n] for n in self.nodes
-                          if n != node and cfg.placement.can_hand_off(node, n)}
-            wire.send(self._control, wire.make(
-                "assign", node=node, start_layer=start, end_layer=end, model=cfg.model.to_dict(),
-                neighbours=neighbours, coordinator_data=self.data_endpoint, weights=cfg.weights,
-                emulate=cfg.emulation.to_wire() if cfg.emulation else None, kv_tokens=cfg.kv_tokens,
-                max_batch=cfg.max_batch, max_seq_len=cfg.max_seq_len, seed=cfg.seed), self._identities[node])
+            self._assign(node)
+
+    def _assign(self, node: str) -> None:
+        cfg = self.config
+        start, end = cfg.placement.ranges[node]
+        neighbours = {n: self._data_endpoints[n] for n in self.nodes
+                      if n != node and cfg.placement.can_hand_off(node, n)}
+        wire.send(self._control, wire.make(
+            "assign", node=node, start_layer=start, end_layer=end, model=cfg.model.to_dict(),
+            neighbours=neighbours, coordinator_data=self.data_endpoint, weights=cfg.weights,
+            emulate=cfg.emulation.to_wire() if cfg.emulation else None, kv_tokens=cfg.kv_tokens,
+            max_batch=cfg.max_batch, max_seq_len=cfg.max_seq_len, seed=cfg.seed), self._identities[node])
 
     def _start_serving(self) -> None:
         cfg = self.config
@@ -408,6 +434,18 @@ class Coordinator:
             self._fail(self._live[spec.request_id], RequestError(
                 f"node {node} went out of service ({reason}) and no surviving route can hold this "
                 f"request: {why}"))
+        self._admit()
+
+    def _rejoin(self, node: str) -> None:
+        """A fresh worker of a node out of service is warm: back in service, flows recomputed."""
+        assert self.scheduler is not None
+        self._rejoining.discard(node)
+        self.scheduler.restore_node(node, self._budgets[node])
+        del self.down_nodes[node]
+        self._last_heard[node] = time.perf_counter()
+        self.rejoined += 1
+        logger.warning("node %s is back in service", node)
+        self._reflow()
         self._admit()
 
     def _reflow(self) -> None:

@@ -130,12 +130,12 @@ class LocalDeployment:
 
     def _watch_workers(self, period_s: float = 0.2) -> None:
         """Tell the coordinator about every local worker process that exits while serving."""
-        seen: set[str] = set()
+        seen: set[int] = set()  # pids already reported (a node's replacement is a new process)
         while not self._closing.wait(period_s):
-            for w in self.workers:
+            for w in list(self.workers):
                 code = w.process.poll()
-                if code is not None and w.node not in seen and self.coordinator is not None:
-                    seen.add(w.node)
+                if code is not None and w.process.pid not in seen and self.coordinator is not None:
+                    seen.add(w.process.pid)
                     self.coordinator.report_node_down(
                         w.node, f"worker process exited with code {code} (log: {w.log_path})")
 

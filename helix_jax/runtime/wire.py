@@ -90,6 +90,7 @@ SCHEMAS: dict[str, Schema] = {
     "ready": _s({"node": str, "kv_capacity_token_layers": int, "warmup_s": _NUM}),
     "failed": _s({"node": str, "message": str}),
     "heartbeat": _s({"node": str}),
+    "peer": _s({"node": str, "data_endpoint": str}),  # a rejoined neighbour's new data endpoint
     "shutdown": _s({}),
     # data plane (PUSH -> PULL): activations hop to hop, sampled tokens back, KV release
     "step": _s({"request_id": str, "route": list, "hop": int, "position": int, "index": int,

@@ -26,6 +26,7 @@ The loop, one thread, one zmq.Poller:
    ends the loop and closes every socket.
 7. While serving, a `heartbeat` goes to the coordinator every `wire.HEARTBEAT_INTERVAL_S`;
    a worker that falls silent is taken out of service and its requests move to other routes.
+   `peer` names a neighbour's new data endpoint (a replacement worker rejoined).
 """
 
 from __future__ import annotations
@@ -198,6 +199,12 @@ class Worker:
     def _on_control(self, msg: wire.Message) -> None:
         if msg.kind == "shutdown":
             self._running = False
+        elif msg.kind == "peer" and msg["node"] in self._push:  # a neighbour rejoined elsewhere
+            self._push.pop(msg["node"]).close(linger=0)
+            push = wire.configure(self._ctx.socket(zmq.PUSH))
+            push.connect(msg["data_endpoint"])
+            self._push[msg["node"]] = push
+            logger.info("worker %s: neighbour %s now at %s", self.options.node, msg["node"], msg["data_endpoint"])
         else:
             raise ProtocolError(f"unexpected {msg.kind!r} on the control socket")
 

@@ -26,6 +26,7 @@ Public API::
     sched.fail_node(node) -> tuple[RequestSpec, ...]   # node out of service: its requests released
     sched.drop_unroutable() -> [(RequestSpec, reason)] # queued requests no live route can hold
     sched.reflow(placement)                            # same ranges, new flows (survivors' max-flow)
+    sched.restore_node(node, kv_budget)                # a replacement worker joined; reflow next
     sched.down_nodes -> tuple[str, ...]
     sched.queue_length, sched.in_flight, sched.max_request_tokens
     sched.ledger.used(node) / free(node) / budget(node) / reservation(request_id)

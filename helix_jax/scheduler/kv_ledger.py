@@ -77,6 +77,15 @@ class KVLedger:
             self._used[node] += amount
         self._held[request_id] = need
 
+    def set_budget(self, node: str, budget_token_layers: int) -> None:
+        """Change a node's budget (a replacement worker); only while it holds nothing."""
+        if self.used(node):
+            raise ConfigError(f"node {node!r} still holds {self._used[node]} KV token-layers")
+        if isinstance(budget_token_layers, bool) or not isinstance(budget_token_layers, int) or budget_token_layers < 0:
+            raise ConfigError(f"KV budget of node {node!r} must be a non-negative integer of token-layers, "
+                              f"got {budget_token_layers!r}")
+        self._budget[node] = budget_token_layers
+
     def release(self, request_id: str) -> int:
         """Give back everything the request holds; returns the entries freed (0 if none)."""
         need = self._held.pop(request_id, ())

@@ -14,12 +14,13 @@ Owns admission for both the live coordinator and the simulator (they drive the s
    adds each decode token's load to its edges (IWRR), `on_hop_latency` / `on_node_queue`
    feed the Swarm-style and shortest-queue policies.
 4. `finish(request_id)` releases the KV (also cancels a request still in the queue).
-5. `fail_node(node)` takes a node out of service for good (its worker died or went silent):
+5. `fail_node(node)` takes a node out of service (its worker died or went silent):
    the requests routed through it are released and handed back (the coordinator resumes them
    on new routes with `submit(spec, front=True)`), later routes avoid the node, and
    `drop_unroutable()` hands back queued requests that no surviving route can hold, and
    `reflow(placement)` makes new requests follow the survivors' max-flow (same layer ranges,
-   recomputed flows) instead of the old flow's shares.
+   recomputed flows) instead of the old flow's shares; `restore_node` brings a node back
+   (a replacement worker joined).
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ class Scheduler:
 
     # ---- 5. node failures ----
     def fail_node(self, node: str) -> tuple[RequestSpec, ...]:
-        """Take `node` out of service for good: release every request routed through it and
+        """Take `node` out of service: release every request routed through it and
         return their specs in admission order (their KV on the surviving hops is freed too);
         routes found from now on avoid the node. Idempotent (a second call returns ())."""
         if node not in self.placement.ranges:
@@ -236,6 +237,16 @@ class Scheduler:
         log.warning("node %s out of service: %d request(s) released, largest request a route can "
                     "still hold: %d tokens", node, len(specs), self.max_request_tokens)
         return specs
+
+    def restore_node(self, node: str, kv_budget_token_layers: int) -> None:
+        """Put a node taken out by `fail_node` back in service (a replacement worker with this
+        KV budget); call `reflow` next so that flows reach it again."""
+        if node not in self._down:
+            raise ConfigError(f"node {node!r} is not out of service")
+        self.ledger.set_budget(node, kv_budget_token_layers)
+        self._down.discard(node)
+        self.max_request_tokens = self.graph.max_route_tokens(self._live_budgets())
+        self._blocked = None
 
     def _live_budgets(self) -> dict[str, int]:
         return {n: 0 if n in self._down else self.ledger.budget(n) for n in self.placement.ranges}
