@@ -4,12 +4,17 @@
    batch through the deployment, against the same model run in one process by one
    StageEngine (same weights, same buckets). Reports decode tokens/s, TTFT, TPOT, and the
    pipeline overhead per hop in ms ((TPOT deployed - TPOT local) / hops per round trip).
-2. `--emulate` on the paper's 24-node one-region LLaMA-2-70B cluster: 24 worker processes
+2. Failover on the small CPU topology: concurrent long requests, one worker process killed
+   (SIGKILL) while they stream. Reports whether every request finished, how many were resumed
+   on another route, the longest pause any client saw between two tokens, and the deployment's
+   decode tokens/s before and after the kill.
+3. `--emulate` on the paper's 24-node one-region LLaMA-2-70B cluster: 24 worker processes
    compute tiny-80 while pacing every step and transfer to A100/L4/T4 speed x time scale. A
    closed loop keeps the cluster full; decode tokens/s over a window after warm-up (scaled
    back by the time scale) is compared with the placement's max-flow.
 
-Run: `python -m helix_jax.cli.serve_bench [--skip-emulate] [--time-scale 5] [--concurrency 900]`.
+Run: `python -m helix_jax.cli.serve_bench [--skip-small] [--skip-failover] [--skip-emulate]
+[--time-scale 5] [--concurrency 900]`.
 The planner lives in solver/, so this script sits in the CLI layer.
 """
 
@@ -110,6 +115,51 @@ def bench_cpu_small(requests: int, max_tokens: int) -> dict:
     }
 
 
+def bench_failover(requests: int, max_tokens: int, kill_after_s: float) -> dict:
+    """cpu-small, planned: `requests` concurrent greedy requests of `max_tokens`; the worker that
+    starts the multi-hop route is killed `kill_after_s` after they are sent."""
+    import os
+    import signal
+
+    from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.solver.plan import plan
+
+    topo = load_topology(default_topology_path())
+    rng = random.Random(2)
+    prompts = [[256] + [rng.randrange(256) for _ in range(15)] for _ in range(requests)]
+    max_seq_len = 16 + max_tokens
+    placement = plan(topo, time_limit_s=10)
+    first_hops = [n for n, (s, _) in placement.ranges.items() if s == 0]
+    victim = next((n for n in first_hops if placement.ranges[n][1] < topo.model.num_layers), first_hops[0])
+    cfg = ServeConfig(topo, placement, topo.model, weights="random:0", max_seq_len=max_seq_len,
+                      kv_tokens=requests * max_seq_len)
+    with LocalDeployment(cfg, load_tokenizer(topo.model)) as dep:
+        dep.wait_ready()
+        with Client(dep.client_endpoint, timeout_s=600) as client:
+            client.generate(prompts[0], max_tokens=4)  # first requests touch cold paths
+            pid = next(w.process.pid for w in dep.workers if w.node == victim)
+            sent = time.perf_counter()
+            with ThreadPoolExecutor(requests) as pool:
+                futures = [pool.submit(client.generate, p, max_tokens=max_tokens) for p in prompts]
+                time.sleep(kill_after_s)
+                os.kill(pid, signal.SIGKILL)
+                killed = time.perf_counter() - sent
+                results = [f.result() for f in futures]
+        stats = dep.coordinator.stats()
+    stamps = sorted(t for r in results for t in r.timings.token_times_s)
+    before = sum(1 for t in stamps if t < killed)
+    after = [t for t in stamps if t >= killed]
+    gaps = [b - a for r in results for a, b in zip(r.timings.token_times_s, r.timings.token_times_s[1:])]
+    return {"placement": {n: list(r) for n, r in placement.ranges.items()}, "killed": victim,
+            "kill_at_s": killed, "requests": requests, "max_tokens": max_tokens,
+            "completed": sum(len(r.ids) == max_tokens or r.finish_reason == "eos" for r in results),
+            "resumed": stats["resumed"], "down_nodes": stats["down_nodes"],
+            "longest_pause_ms": max(gaps) * 1e3, "median_gap_ms": statistics.median(gaps) * 1e3,
+            "tokens_per_s_before": before / killed,
+            "tokens_per_s_after": len(after) / (after[-1] - killed) if len(after) > 1 else 0.0,
+            "flow_before": placement.objective_tokens_per_s, "flow_after": stats["flow_tokens_per_s"]}
+
+
 async def closed_loop(endpoint: str, concurrency: int, prompt_tokens: int, max_tokens: int,
                       duration_s: float) -> list[float]:
     """Keep `concurrency` requests in flight for `duration_s`; wall time of every token."""
@@ -165,6 +215,7 @@ def bench_emulated(time_scale: float, concurrency: int, warmup_s: float, window_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-small", action="store_true")
+    parser.add_argument("--skip-failover", action="store_true")
     parser.add_argument("--skip-emulate", action="store_true")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -183,6 +234,14 @@ def main() -> None:
             print(f"[cpu-small] {label:8s}: 1 request TTFT {x['ttft_ms']:.1f} ms, TPOT {x['tpot_ms']:.2f} ms; "
                   f"{r['requests']} concurrent: {x['batch_tokens_per_s']:.0f} tok/s, mean TTFT {x['batch_ttft_ms']:.1f} ms")
         print(f"[cpu-small] pipeline overhead per hop: {r['overhead_per_hop_ms']:.2f} ms")
+    if not args.skip_failover:
+        r = bench_failover(16, 200, 0.5)
+        print(f"[failover] cpu-small {r['placement']}: {r['requests']} requests of {r['max_tokens']} tokens, "
+              f"worker {r['killed']} killed {r['kill_at_s']:.2f} s after they were sent")
+        print(f"[failover] {r['completed']}/{r['requests']} finished, {r['resumed']} resumed on another route; "
+              f"longest pause between two tokens {r['longest_pause_ms']:.0f} ms (median gap "
+              f"{r['median_gap_ms']:.1f} ms); decode {r['tokens_per_s_before']:.0f} tok/s before, "
+              f"{r['tokens_per_s_after']:.0f} after; max-flow {r['flow_before']:.0f} -> {r['flow_after']:.0f} tok/s")
     if not args.skip_emulate:
         r = bench_emulated(args.time_scale, args.concurrency, args.warmup, args.window, 33, 10, args.plan_time)
         print(f"[emulate] single-region-24-llama2-70b on tiny-80, {r['workers']} workers, time scale "
