@@ -414,7 +414,7 @@ class Coordinator:
         if push is not None:
             push.close(linger=0)
         released = self.scheduler.fail_node(node)
-        self._reflow()
+        self._reflow(set(self.down_nodes))
         for spec in reversed(released):  # resumed at the head of the queue, in admission order
             req = self._live.pop(spec.request_id)
             self._free_hops(req)
@@ -441,27 +441,27 @@ class Coordinator:
         assert self.scheduler is not None
         self._rejoining.discard(node)
         self.scheduler.restore_node(node, self._budgets[node])
-        del self.down_nodes[node]
+        self._reflow(set(self.down_nodes) - {node})
         self._last_heard[node] = time.perf_counter()
         self.rejoined += 1
+        del self.down_nodes[node]  # last: stats() readers see the node back with its flows
         logger.warning("node %s is back in service", node)
-        self._reflow()
         self._admit()
 
-    def _reflow(self) -> None:
-        """Point the scheduler at the max-flow of the nodes still in service (same ranges)."""
+    def _reflow(self, down: set[str]) -> None:
+        """Point the scheduler at the max-flow of the nodes not in `down` (same ranges)."""
         from helix_jax.costmodel import CostModel
         from helix_jax.solver.maxflow import max_flow
 
         cfg, old = self.config, self.config.placement
-        survivors = {n: r for n, r in old.ranges.items() if n not in self.down_nodes}
+        survivors = {n: r for n, r in old.ranges.items() if n not in down}
         # separate pipelines stay separate: only the hand-offs the placement already used
         allowed = {(f.src, f.dst) for f in old.flows} if old.method == "sp" else None
         try:
             result = max_flow(cfg.topology, CostModel(cfg.topology), survivors, old.partial_inference,
                               allowed, balance=True)
         except HelixError as exc:
-            logger.error("could not recompute flows without %s: %s", ", ".join(self.down_nodes), exc)
+            logger.error("could not recompute flows without %s: %s", ", ".join(sorted(down)), exc)
             return
         self.flow_tokens_per_s = result.value_tokens_per_s
         if result.value_tokens_per_s <= 0:
@@ -471,7 +471,7 @@ class Coordinator:
         self.scheduler.reflow(dataclasses.replace(old, flows=flows,
                                                   objective_tokens_per_s=result.value_tokens_per_s))
         logger.warning("flows recomputed without %s: max-flow %.1f tokens/s (was %.1f)",
-                       ", ".join(self.down_nodes), result.value_tokens_per_s, old.objective_tokens_per_s)
+                       ", ".join(sorted(down)) or "no node", result.value_tokens_per_s, old.objective_tokens_per_s)
 
     def _free_hops(self, req: LiveRequest) -> None:
         """Release a request's KV slot on every live hop of its route."""
