@@ -107,6 +107,8 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
            plan_time: float = typer.Option(10.0, help="Planner time limit in seconds."),
            heartbeat_timeout: float = typer.Option(10.0, help="Seconds of silence after which a worker is "
                                                              "taken out of service and its requests move on."),
+           restart_workers: int = typer.Option(3, help="Restarts of a crashed local worker per node "
+                                                       "(0: none); the replacement rejoins once warm."),
            log_dir: Path = typer.Option(None, help="Where worker logs go (default: a temp dir).")) -> None:
     """Plan, start the coordinator and the local workers, and serve until Ctrl-C."""
     from helix_jax.runtime.deploy import LocalDeployment
@@ -114,7 +116,10 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
     cfg, codec = serve_config(topology, placement, model, emulate, time_scale, host, port, kv_tokens,
                               max_seq_len, plan_time, heartbeat_timeout)
     print_placement(cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
-    with LocalDeployment(cfg, codec, log_dir) as dep:
+    if restart_workers < 0:
+        raise ConfigError(f"--restart-workers must be >= 0, got {restart_workers}")
+    with LocalDeployment(cfg, codec, log_dir, restart_workers=restart_workers > 0,
+                         max_restarts=restart_workers) as dep:
         for line in dep.remote_commands():
             console.print(f"run on its host: [bold]{line}[/]")
         with console.status(f"warming up {len(dep.workers)} local worker(s) (logs in {dep.log_dir})"):

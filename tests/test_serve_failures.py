@@ -12,6 +12,7 @@ is the only exit).
    flight get one clear error each, and so does every later request.
 4. A fresh exit worker rejoins; its upstream neighbours reconnect to it (`peer`) and the
    deployment serves again.
+5. With `restart_workers`, the deployment itself restarts a crashed worker (within its budget).
 """
 
 from __future__ import annotations
@@ -189,3 +190,30 @@ def test_a_fresh_exit_worker_brings_the_deployment_back(deployment: LocalDeploym
         assert list(res.ids) == reference(_ids(prompt), 6)
         assert res.route[-1][0] == "cpu-1"
     assert {res.route[0][0] for res in results} == {"cpu-0", "cpu-2"}
+
+
+def test_deployment_restarts_a_crashed_worker(tmp_path, cpu_small_placement: Placement, reference) -> None:
+    topo = load_topology(default_topology_path())
+    cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=128,
+                      kv_tokens=16 * 128, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S)
+    with LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=tmp_path, restart_workers=True,
+                         max_restarts=1) as dep:
+        dep.wait_ready(timeout_s=400)
+        coord = dep.coordinator
+        assert coord is not None
+        os.kill(_pid(dep, "cpu-2"), signal.SIGKILL)
+        deadline = time.monotonic() + 300
+        while coord.stats()["rejoined"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert coord.stats()["rejoined"] == 1 and coord.stats()["down_nodes"] == {}
+        assert dep.restarts == {"cpu-2": 1} and (tmp_path / "cpu-2.restart1.log").exists()
+        results = _run_all(dep.client_endpoint, [(p, 6, None) for p in PROMPTS])
+        for prompt, res in zip(PROMPTS, results):
+            assert list(res.ids) == reference(_ids(prompt), 6)
+        assert any(res.route[0][0] == "cpu-2" for res in results)
+        os.kill(_pid(dep, "cpu-2"), signal.SIGKILL)  # the restart budget (1) is spent: stays down
+        deadline = time.monotonic() + 10
+        while "cpu-2" not in coord.stats()["down_nodes"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert "cpu-2" in coord.stats()["down_nodes"] and len([w for w in dep.workers if w.node == "cpu-2"]) == 2

@@ -10,7 +10,8 @@ control socket, waits for them, kills stragglers and closes every socket: no orp
 Workers also exit by themselves when this process dies (they watch their parent pid).
 Once serving, a watcher thread reports a local worker whose process exits to the
 coordinator (`report_node_down`), which moves its requests to surviving routes at once
-instead of waiting for the heartbeat timeout.
+instead of waiting for the heartbeat timeout; with `restart_workers` it also starts a
+replacement worker (at most `max_restarts` per node), which rejoins once warm.
 """
 
 from __future__ import annotations
@@ -67,8 +68,11 @@ class LocalDeployment:
     """A running deployment; use as a context manager (or call `start()` / `close()`)."""
 
     def __init__(self, config: ServeConfig, codec: Any, log_dir: str | Path | None = None,
-                 worker_env: dict[str, str] | None = None) -> None:
+                 worker_env: dict[str, str] | None = None, restart_workers: bool = False,
+                 max_restarts: int = 3) -> None:
         self.config, self.codec = config, codec
+        self.restart_workers, self.max_restarts = restart_workers, max_restarts
+        self.restarts: dict[str, int] = {}
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="helix-deploy-"))
         self.worker_env = worker_env or {}
         self.coordinator: Coordinator | None = None
@@ -96,20 +100,24 @@ class LocalDeployment:
         self.coordinator = Coordinator(cfg, self.codec)
         self._thread = threading.Thread(target=self.coordinator.run, name="helix-coordinator", daemon=True)
         self._thread.start()
-        env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"), **self.worker_env}
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for node in sorted(cfg.placement.ranges):
             if not is_local_host(cfg.topology.node(node).host):
                 self.remote_nodes.append(node)
                 continue
-            log_path = self.log_dir / f"{node}.log"
-            with open(log_path, "wb") as log_file:
-                proc = subprocess.Popen(worker_command(self.coordinator.control_endpoint, node, os.getpid()),
-                                        stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                        env=env)
-            self.workers.append(WorkerProcess(node, proc, log_path))
+            self._spawn(node, self.log_dir / f"{node}.log")
         logger.info("started %d local worker(s); logs in %s", len(self.workers), self.log_dir)
         return self
+
+    def _spawn(self, node: str, log_path: Path) -> WorkerProcess:
+        assert self.coordinator is not None
+        env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"), **self.worker_env}
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(worker_command(self.coordinator.control_endpoint, node, os.getpid()),
+                                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        worker = WorkerProcess(node, proc, log_path)
+        self.workers.append(worker)
+        return worker
 
     def wait_ready(self, timeout_s: float = 600.0) -> None:
         """Block until every worker is warm; HelixError (with the worker's log tail) on failure."""
@@ -138,6 +146,12 @@ class LocalDeployment:
                     seen.add(w.process.pid)
                     self.coordinator.report_node_down(
                         w.node, f"worker process exited with code {code} (log: {w.log_path})")
+                    done = self.restarts.get(w.node, 0)
+                    if self.restart_workers and done < self.max_restarts and not self._closing.is_set():
+                        self.restarts[w.node] = done + 1
+                        logger.warning("restarting the worker of %s (restart %d of at most %d)", w.node,
+                                       done + 1, self.max_restarts)
+                        self._spawn(w.node, self.log_dir / f"{w.node}.restart{done + 1}.log")
 
     def close(self, timeout_s: float = 20.0) -> None:
         """Shut down workers and coordinator; kill anything that does not exit in time."""
