@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import random
 import statistics
@@ -122,6 +123,7 @@ def bench_failover(requests: int, max_tokens: int, kill_after_s: float) -> dict:
     import signal
 
     from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.solver.maxflow import survivor_flows
     from helix_jax.solver.plan import plan
 
     topo = load_topology(default_topology_path())
@@ -132,7 +134,8 @@ def bench_failover(requests: int, max_tokens: int, kill_after_s: float) -> dict:
     first_hops = [n for n, (s, _) in placement.ranges.items() if s == 0]
     victim = next((n for n in first_hops if placement.ranges[n][1] < topo.model.num_layers), first_hops[0])
     cfg = ServeConfig(topo, placement, topo.model, weights="random:0", max_seq_len=max_seq_len,
-                      kv_tokens=requests * max_seq_len)
+                      kv_tokens=requests * max_seq_len,
+                      flow_planner=functools.partial(survivor_flows, topo, placement))
     with LocalDeployment(cfg, load_tokenizer(topo.model)) as dep:
         dep.wait_ready()
         with Client(dep.client_endpoint, timeout_s=600) as client:

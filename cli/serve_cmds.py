@@ -4,6 +4,7 @@ everything else is `helix_jax.runtime` (deploy.py, coordinator.py, worker.py).""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -50,6 +51,7 @@ def serve_config(topology_path: Path | None, placement_path: Path | None, model:
     from helix_jax.modelconfig import is_tiny, resolve_model
     from helix_jax.runtime.coordinator import ServeConfig
     from helix_jax.runtime.emulation import EmulationSpec
+    from helix_jax.solver.maxflow import survivor_flows
 
     topology = load_topology(topology_path or default_topology_path())
     if not time_scale > 0:
@@ -70,7 +72,8 @@ def serve_config(topology_path: Path | None, placement_path: Path | None, model:
     cfg = ServeConfig(topology, placement, config, weights=weights, host=host, client_port=port,
                       emulation=emulation, kv_tokens=kv_tokens,
                       max_seq_len=min(max_seq_len, config.max_position_embeddings),
-                      heartbeat_timeout_s=heartbeat_timeout_s)
+                      heartbeat_timeout_s=heartbeat_timeout_s,
+                      flow_planner=functools.partial(survivor_flows, topology, placement))
     return cfg, load_tokenizer(config, None if is_tiny(config) else spec)
 
 

@@ -230,3 +230,17 @@ def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict
     )
     validate_placement(placement, topology, cost_model)
     return placement
+
+
+def survivor_flows(topology: Topology, placement: Placement, down: Iterable[str]) -> Placement:
+    """`placement` with the load-spreading max-flow of its nodes not in `down` (the runtime's
+    re-plan after a node failure or rejoin). The ranges stay the original's, down nodes
+    included (they carry no flow), so the scheduler keeps its layer map; separate pipelines
+    (method "sp") keep only the hand-offs they already used."""
+    out = set(down)
+    survivors = {n: r for n, r in placement.ranges.items() if n not in out}
+    allowed = {(f.src, f.dst) for f in placement.flows} if placement.method == "sp" else None
+    result = max_flow(topology, CostModel(topology), survivors, placement.partial_inference, allowed,
+                      balance=True)
+    flows = tuple(FlowEdge(s, d, f) for (s, d), f in sorted(result.edge_flows.items()))
+    return dataclasses.replace(placement, flows=flows, objective_tokens_per_s=result.value_tokens_per_s)

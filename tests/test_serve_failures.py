@@ -17,6 +17,7 @@ is the only exit).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from helix_jax.model.tokenizer import load_tokenizer
 from helix_jax.placement import Placement
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment, WorkerProcess, worker_command
+from helix_jax.solver.maxflow import survivor_flows
 from helix_jax.topology import default_topology_path, load_topology
 
 HEARTBEAT_TIMEOUT_S = 5.0
@@ -42,7 +44,8 @@ PROMPTS = ["Hello, helix!", "max-flow", "A100 + T4 + L4", "x", "failover", "resu
 def deployment(tmp_path_factory: pytest.TempPathFactory, cpu_small_placement: Placement):
     topo = load_topology(default_topology_path())
     cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=128,
-                      kv_tokens=16 * 128, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S)
+                      kv_tokens=16 * 128, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+                      flow_planner=functools.partial(survivor_flows, topo, cpu_small_placement))
     dep = LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=tmp_path_factory.mktemp("workers"))
     with dep:
         dep.wait_ready(timeout_s=400)
@@ -195,7 +198,8 @@ def test_a_fresh_exit_worker_brings_the_deployment_back(deployment: LocalDeploym
 def test_deployment_restarts_a_crashed_worker(tmp_path, cpu_small_placement: Placement, reference) -> None:
     topo = load_topology(default_topology_path())
     cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=128,
-                      kv_tokens=16 * 128, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S)
+                      kv_tokens=16 * 128, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+                      flow_planner=functools.partial(survivor_flows, topo, cpu_small_placement))
     with LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=tmp_path, restart_workers=True,
                          max_restarts=1) as dep:
         dep.wait_ready(timeout_s=400)

@@ -112,3 +112,30 @@ def test_balanced_flow_shares_parallel_nodes() -> None:
     assert {(f.src, f.dst): f.tokens_per_s for f in placement.flows} == pytest.approx(
         {("coordinator", "a"): 50, ("coordinator", "b"): 50, ("a", "c"): 50, ("b", "c"): 50,
          ("c", "coordinator"): 100}, rel=1e-4)
+
+
+def test_survivor_flows_replan_around_lost_nodes() -> None:
+    import dataclasses
+
+    from helix_jax.runtime.coordinator import pruned_flows
+    from helix_jax.solver.maxflow import survivor_flows
+
+    topo, cm = _load("two-pipelines")
+    ranges = {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)}
+    full = placement_with_flows(topo, cm, ranges, "helix")
+    assert full.objective_tokens_per_s == pytest.approx(140.0)
+    # f-1 lost: both first halves can only hand off to s-1 (40 tok/s); ranges are kept whole
+    after = survivor_flows(topo, full, {"f-1"})
+    assert after.ranges == full.ranges and after.objective_tokens_per_s == pytest.approx(40.0)
+    assert all("f-1" not in (f.src, f.dst) for f in after.flows)
+    assert survivor_flows(topo, full, set()).objective_tokens_per_s == pytest.approx(140.0)
+    # separate pipelines stay separate: losing s-1 leaves the f pipeline alone, never s-0 -> f-1
+    sp = dataclasses.replace(full, method="sp", flows=tuple(
+        f for f in full.flows if {f.src, f.dst} not in ({"f-0", "s-1"}, {"s-0", "f-1"})))
+    after_sp = survivor_flows(topo, sp, {"s-1"})
+    assert after_sp.objective_tokens_per_s == pytest.approx(100.0)
+    assert all(f.src != "s-0" for f in after_sp.flows)
+    # the solver-free fallback only drops the edges that touch the lost node
+    pruned = pruned_flows(full, frozenset({"f-1"}))
+    assert all("f-1" not in (f.src, f.dst) for f in pruned.flows)
+    assert {(f.src, f.dst) for f in pruned.flows} <= {(f.src, f.dst) for f in full.flows}

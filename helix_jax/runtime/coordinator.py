@@ -27,10 +27,10 @@ The loop, one thread, one zmq.Poller (timers only under --emulate):
 6. Failures: a serving worker sends `heartbeat` every `wire.HEARTBEAT_INTERVAL_S`. A node is
    taken out of service when it reports `failed`, when nothing is heard from it for
    `heartbeat_timeout_s`, or when the deployment sees its process exit (`report_node_down`).
-   The flows are recomputed over the nodes still in service (same layer ranges: their max-flow,
-   so new requests spread by what the survivors can carry), and every request routed through
-   it is resumed on a surviving route, first in the queue: its
-   KV on the surviving hops is freed, and under a fresh internal id its prompt plus the tokens
+   The flows are recomputed over the nodes still in service (`flow_planner`: same layer
+   ranges, their max-flow, so new requests spread by what the survivors can carry), and every
+   request routed through it is resumed on a surviving route, first in the queue: its KV on
+   the surviving hops is freed, and under a fresh internal id its prompt plus the tokens
    already streamed are prefilled again, so the client's stream continues where it stopped
    (sampling depends only on seed and position, so the tokens are the ones an undisturbed run
    gives, up to rounding differences between a prefill and a decode step). A request that no surviving route can hold, queued or in flight, gets one `error`
@@ -45,19 +45,20 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import zmq
 
 from helix_jax.errors import HelixError, ProtocolError, RequestError
 from helix_jax.modelconfig import ModelConfig
-from helix_jax.placement import FlowEdge, Placement
+from helix_jax.placement import Placement
 from helix_jax.runtime import wire
 from helix_jax.runtime.emulation import DelayedSends, EmulationSpec, LinkPacer
 from helix_jax.runtime.requests import LiveRequest, TextCodec, parse_generate
@@ -65,6 +66,14 @@ from helix_jax.scheduler import RequestSpec, Scheduler
 from helix_jax.topology import COORDINATOR, Topology
 
 logger = logging.getLogger(__name__)
+
+
+def pruned_flows(placement: Placement, down: frozenset[str]) -> Placement:
+    """The fallback re-plan without a solver: `placement` minus every flow edge that touches a
+    node in `down` (objective: what still leaves the coordinator)."""
+    flows = tuple(f for f in placement.flows if f.src not in down and f.dst not in down)
+    value = sum(f.tokens_per_s for f in flows if f.src == COORDINATOR)
+    return dataclasses.replace(placement, flows=flows, objective_tokens_per_s=value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +95,9 @@ class ServeConfig:
     policy: str = "iwrr"
     seed: int = 0
     heartbeat_timeout_s: float = 10.0  # silence after which a serving worker is taken out of service
+    # nodes out of service -> the placement with flows that avoid them (same ranges); deploy passes
+    # helix_jax.solver.maxflow.survivor_flows (the survivors' max-flow). None: `pruned_flows`.
+    flow_planner: Callable[[frozenset[str]], Placement] | None = None
 
     @property
     def time_scale(self) -> float:
@@ -449,29 +461,24 @@ class Coordinator:
         self._admit()
 
     def _reflow(self, down: set[str]) -> None:
-        """Point the scheduler at the max-flow of the nodes not in `down` (same ranges)."""
-        from helix_jax.costmodel import CostModel
-        from helix_jax.solver.maxflow import max_flow
-
-        cfg, old = self.config, self.config.placement
-        survivors = {n: r for n, r in old.ranges.items() if n not in down}
-        # separate pipelines stay separate: only the hand-offs the placement already used
-        allowed = {(f.src, f.dst) for f in old.flows} if old.method == "sp" else None
+        """Point the scheduler at flows that avoid the nodes in `down` (same ranges): the
+        config's `flow_planner` (the survivors' max-flow), or else the old flows minus every
+        edge that touches a node in `down`."""
+        old = self.config.placement
         try:
-            result = max_flow(cfg.topology, CostModel(cfg.topology), survivors, old.partial_inference,
-                              allowed, balance=True)
+            planner = self.config.flow_planner or functools.partial(pruned_flows, old)
+            new = planner(frozenset(down))
+            value = new.objective_tokens_per_s
+            self.flow_tokens_per_s = value
+            if value <= 0:
+                return  # no route is left; the scheduler already refuses everything
+            assert self.scheduler is not None
+            self.scheduler.reflow(new)
         except HelixError as exc:
             logger.error("could not recompute flows without %s: %s", ", ".join(sorted(down)), exc)
             return
-        self.flow_tokens_per_s = result.value_tokens_per_s
-        if result.value_tokens_per_s <= 0:
-            return  # no route is left; the scheduler already refuses everything
-        flows = tuple(FlowEdge(s, d, f) for (s, d), f in sorted(result.edge_flows.items()))
-        assert self.scheduler is not None
-        self.scheduler.reflow(dataclasses.replace(old, flows=flows,
-                                                  objective_tokens_per_s=result.value_tokens_per_s))
-        logger.warning("flows recomputed without %s: max-flow %.1f tokens/s (was %.1f)",
-                       ", ".join(sorted(down)) or "no node", result.value_tokens_per_s, old.objective_tokens_per_s)
+        logger.warning("flows recomputed without %s: %.1f tokens/s (placement: %.1f)",
+                       ", ".join(sorted(down)) or "no node", value, old.objective_tokens_per_s)
 
     def _free_hops(self, req: LiveRequest) -> None:
         """Release a request's KV slot on every live hop of its route."""
