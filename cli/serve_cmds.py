@@ -116,11 +116,11 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
     """Plan, start the coordinator and the local workers, and serve until Ctrl-C."""
     from helix_jax.runtime.deploy import LocalDeployment
 
+    if restart_workers < 0:  # checked before planning and deploying anything
+        raise ConfigError(f"--restart-workers must be >= 0, got {restart_workers}")
     cfg, codec = serve_config(topology, placement, model, emulate, time_scale, host, port, kv_tokens,
                               max_seq_len, plan_time, heartbeat_timeout)
     print_placement(cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
-    if restart_workers < 0:
-        raise ConfigError(f"--restart-workers must be >= 0, got {restart_workers}")
     with LocalDeployment(cfg, codec, log_dir, restart_workers=restart_workers > 0,
                          max_restarts=restart_workers) as dep:
         for line in dep.remote_commands():

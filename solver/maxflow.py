@@ -44,6 +44,10 @@ class MaxFlowResult:
     graph: nx.DiGraph  # the split graph with "capacity" and "flow" on each arc
     cut_source_side: frozenset[str]  # split-graph vertices reachable from S in the residual
 
+    def flow_edges(self) -> tuple[FlowEdge, ...]:
+        """The flow as a Placement's edge list, sorted by (src, dst)."""
+        return tuple(FlowEdge(s, d, f) for (s, d), f in sorted(self.edge_flows.items()))
+
 
 def _hand_off(src_end: int, dst_range: tuple[int, int], partial_inference: bool) -> bool:
     start, end = dst_range
@@ -207,7 +211,7 @@ def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict
     if not ranges:
         raise PlacementError("a placement needs at least one node holding layers")
     result = max_flow(topology, cost_model, ranges, partial_inference, allowed_edges, balance=balance)
-    flows = tuple(FlowEdge(s, d, f) for (s, d), f in sorted(result.edge_flows.items()))
+    flows = result.flow_edges()
     objective = sum(f.tokens_per_s for f in flows if f.src == COORDINATOR)
     extra = dict(extra or {})
     if objective > 0:  # every token visits sum(node flows) / F nodes on average
@@ -242,5 +246,5 @@ def survivor_flows(topology: Topology, placement: Placement, down: Iterable[str]
     allowed = {(f.src, f.dst) for f in placement.flows} if placement.method == "sp" else None
     result = max_flow(topology, CostModel(topology), survivors, placement.partial_inference, allowed,
                       balance=True)
-    flows = tuple(FlowEdge(s, d, f) for (s, d), f in sorted(result.edge_flows.items()))
-    return dataclasses.replace(placement, flows=flows, objective_tokens_per_s=result.value_tokens_per_s)
+    return dataclasses.replace(placement, flows=result.flow_edges(),
+                               objective_tokens_per_s=result.value_tokens_per_s)

@@ -58,3 +58,11 @@ def test_bad_options_print_one_line_and_exit_2() -> None:
     proc = subprocess.run(cmd[:6] + ["--schedulers", "fifo"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert proc.returncode == 2 and "unknown scheduler 'fifo'" in proc.stderr
+
+
+def test_deploy_rejects_a_negative_restart_budget_before_starting_anything() -> None:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "helix_jax.cli.main", "deploy", "--restart-workers", "-1"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --restart-workers must be >= 0, got -1"

@@ -33,8 +33,9 @@ The loop, one thread, one zmq.Poller (timers only under --emulate):
    the surviving hops is freed, and under a fresh internal id its prompt plus the tokens
    already streamed are prefilled again, so the client's stream continues where it stopped
    (sampling depends only on seed and position, so the tokens are the ones an undisturbed run
-   gives, up to rounding differences between a prefill and a decode step). A request that no surviving route can hold, queued or in flight, gets one `error`
-   naming the nodes out of service, and so does every later request. A worker of a node out
+   gives, up to rounding differences between a prefill and a decode step). A request that no
+   surviving route can hold, queued or in flight, gets one `error` naming the nodes out of
+   service, and so does every later request. A worker of a node out
    of service that speaks again (say, resumed after a pause) is told `shutdown`; a fresh
    worker that registers for it rejoins: it gets `assign`, its neighbours get `peer` (its new
    data endpoint), and once it is `ready` the node is back in service and the flows are
@@ -145,6 +146,7 @@ class Coordinator:
         self._rejoining: set[str] = set()  # down nodes whose fresh worker is warming up
         self.rejoined = 0
         self._last_heard: dict[str, float] = {}
+        self._next_heartbeat_check = 0.0
         self._reported: collections.deque[tuple[str, str]] = collections.deque()  # from other threads
 
     # ---------------------------------------------------------------- lifecycle
@@ -408,9 +410,10 @@ class Coordinator:
 
     # ---------------------------------------------------------------- 6: failures
     def _check_heartbeats(self) -> None:
-        if self.scheduler is None:
-            return
         now = time.perf_counter()
+        if self.scheduler is None or now < self._next_heartbeat_check:
+            return  # the loop wakes per message batch; twice per heartbeat period is enough
+        self._next_heartbeat_check = now + wire.HEARTBEAT_INTERVAL_S / 2
         limit = self.config.heartbeat_timeout_s
         for node, heard in list(self._last_heard.items()):
             if node not in self.down_nodes and now - heard > limit:

@@ -79,10 +79,11 @@ class IwrrPolicy(RoutePolicy):
             self.load[edge] += work * self._inv_weight[edge]
 
     def on_decode(self, edges: Sequence[tuple[str, str]], tokens: int) -> None:
-        inv = self._inv_weight
+        inv, load = self._inv_weight, self.load
         for edge in edges:
-            if edge in inv:  # a route admitted before a reflow may use edges the new flows lack
-                self.load[edge] += tokens * inv[edge]
+            weight = inv.get(edge)  # None: a route admitted before a reflow, on an edge now unused
+            if weight is not None:
+                load[edge] += tokens * weight
 
 
 class RandomPolicy(RoutePolicy):

@@ -14,13 +14,13 @@ Owns admission for both the live coordinator and the simulator (they drive the s
    adds each decode token's load to its edges (IWRR), `on_hop_latency` / `on_node_queue`
    feed the Swarm-style and shortest-queue policies.
 4. `finish(request_id)` releases the KV (also cancels a request still in the queue).
-5. `fail_node(node)` takes a node out of service (its worker died or went silent):
-   the requests routed through it are released and handed back (the coordinator resumes them
-   on new routes with `submit(spec, front=True)`), later routes avoid the node, and
-   `drop_unroutable()` hands back queued requests that no surviving route can hold, and
+5. `fail_node(node)` takes a node out of service (its worker died or went silent): the
+   requests routed through it are released and handed back (the coordinator resumes them on
+   new routes with `submit(spec, front=True)`) and later routes avoid the node.
+   `drop_unroutable()` hands back queued requests that no surviving route can hold;
    `reflow(placement)` makes new requests follow the survivors' max-flow (same layer ranges,
-   recomputed flows) instead of the old flow's shares; `restore_node` brings a node back
-   (a replacement worker joined).
+   recomputed flows) instead of the old flow's shares; `restore_node` brings a node back (a
+   replacement worker joined).
 """
 
 from __future__ import annotations
