@@ -21,7 +21,9 @@ Three sources, in order of precedence for a GPU type:
    times are interpolated from the measurements; memory figures come from the profile.
 3. **Roofline** (default), from the spec sheet in the topology's GPU catalog:
    * usable memory = memory - `MEMORY_RESERVE_BYTES_PER_GPU` per GPU (context, allocator);
-   * weights may use at most `WEIGHT_MEMORY_FRACTION` of usable memory -> `max_layers`;
+   * weights may use at most `WEIGHT_MEMORY_FRACTION` of usable memory -> `max_layers`, the
+     planner's cap; `memory_max_layers` is the physical limit (weights beside KV room for one
+     full-context request per layer), which only the separate-pipelines baseline reaches;
    * `ACTIVATION_MEMORY_FRACTION` of usable memory is kept for activations (prefill chunks);
    * the rest is KV cache: `kv_budget_token_layers = KV bytes / kv bytes per token per layer`;
    * resident requests: the KV ledger reserves prompt + output for a request's whole life on
@@ -61,8 +63,8 @@ step. `max_decode_batch` caps a step at `PIPELINE_MICROBATCH_FACTOR` own-pace ba
 (`3 R k / L`, at most R): without a cap a route's residents clump into one convoy that visits the
 stages one at a time (each node busy ~1/hops of the time); split into micro-batches they
 pipeline. With the route-aware round trip the simulator runs the Helix placements of the three
-paper clusters at 95-111% of their max-flow, and short, A100-heavy baseline pipelines at up to
-~140% (the other L - k layers are priced at the cluster's mean pace; BENCHMARKS.md). Multi-GPU nodes
+paper clusters at 95-111% of their max-flow, and single-type baseline pipelines at up to ~155%
+(the other L - k layers are priced at the cluster's mean pace; BENCHMARKS.md). Multi-GPU nodes
 (num_gpus > 1) already carry summed memory, bandwidth and FLOPs in the catalog; the reserve is
 per GPU.
 
@@ -194,8 +196,26 @@ class CostModel:
         fits = int(WEIGHT_MEMORY_FRACTION * self._usable_bytes(gpu) // self._weight_bytes(gpu))
         return max(0, min(fits, self.model.num_layers))
 
-    def _check_k(self, gpu_type: str, num_layers: int) -> None:
+    def memory_max_layers(self, gpu_type: str) -> int:
+        """The most layers a node of this type can physically hold: their weights fit beside the
+        activation reserve with KV room left for one request of the model's full context
+        (`max_position_embeddings`) on each of them. `max_layers` is the planner's cap (weights in
+        at most about half of memory, HELIX.md section 2); this is the hard limit that a plain
+        pipeline engine filling memory with weights reaches (the separate-pipelines baseline,
+        where every GPU type holds the whole model by itself). Explicit tables and `max_layers`
+        overrides state both limits at once."""
+        gpu = self._gpu(gpu_type)
         top = self.max_layers(gpu_type)
+        if gpu.max_layers is not None or gpu.capacity_tokens_per_s is not None:
+            return top
+        floor = self.model.max_position_embeddings * self.model.kv_bytes_per_token_per_layer
+        k = top
+        while k < self.model.num_layers and self._kv_bytes(gpu, k + 1) >= (k + 1) * floor:
+            k += 1
+        return k
+
+    def _check_k(self, gpu_type: str, num_layers: int) -> None:
+        top = self.memory_max_layers(gpu_type)
         if not 1 <= num_layers <= top:
             raise ConfigError(f"GPU type {gpu_type!r} holds 1..{top} layers of {self.model.name}, "
                               f"asked about {num_layers}")
@@ -206,15 +226,17 @@ class CostModel:
         if gpu.capacity_tokens_per_s is not None:
             batch = self._table_fit(gpu_type).batches[num_layers_held - 1]
             return int(math.ceil(batch * self.model.num_layers * self.workload.resident_kv_tokens))
+        return max(0, int(self._kv_bytes(gpu, num_layers_held) // self.model.kv_bytes_per_token_per_layer))
+
+    def _kv_bytes(self, gpu: GpuType, num_layers_held: int) -> float:
+        """KV cache bytes left on a node of a roofline or profiled type holding k layers."""
         profile = self._profile(gpu)
         if profile is not None and profile.memory_bytes_free_for_kv_per_layer_held is not None:
             # measured KV room while holding `layers_measured` layers; each layer more costs its weights
-            kv_bytes = (profile.memory_bytes_free_for_kv_per_layer_held
-                        + (profile.layers_measured - num_layers_held) * profile.weight_bytes_per_layer)
-        else:
-            usable = self._usable_bytes(gpu)
-            kv_bytes = usable * (1 - ACTIVATION_MEMORY_FRACTION) - num_layers_held * self._weight_bytes(gpu)
-        return max(0, int(kv_bytes // self.model.kv_bytes_per_token_per_layer))
+            return (profile.memory_bytes_free_for_kv_per_layer_held
+                    + (profile.layers_measured - num_layers_held) * profile.weight_bytes_per_layer)
+        usable = self._usable_bytes(gpu)
+        return usable * (1 - ACTIVATION_MEMORY_FRACTION) - num_layers_held * self._weight_bytes(gpu)
 
     def max_decode_batch(self, gpu_type: str, num_layers_held: int) -> int:
         gpu = self._gpu(gpu_type)

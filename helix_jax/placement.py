@@ -175,7 +175,8 @@ def _over(value: float, limit: float) -> bool:
 def validate_placement(placement: Placement, topology: Any, cost_model: Any = None) -> None:
     """Raise PlacementError naming the first problem of `placement` on `topology`.
 
-    Checks: ranges inside [0, L) and non-empty, at most `max_layers` of the node's type, every
+    Checks: ranges inside [0, L) and non-empty, at most the layers that fit in the node's memory
+    (`memory_max_layers`; the planner itself stays within the tighter `max_layers`), every
     layer held by some node, flow edges between known endpoints obeying the hand-off rules,
     non-negative flows, conservation at every node, compute capacity c(type, k) per node, link
     capacity per edge, NIC capacity per node (node-to-node traffic), and the objective equal to
@@ -197,9 +198,10 @@ def validate_placement(placement: Placement, topology: Any, cost_model: Any = No
             raise PlacementError(f"node {node!r} holds [{start}, {end}), not a non-empty range "
                                  f"inside [0, {num_layers})")
         gpu = topology.node(node).gpu
-        top = cost_model.max_layers(gpu)
+        top = cost_model.memory_max_layers(gpu)
         if end - start > top:
-            raise PlacementError(f"node {node!r} ({gpu}) holds {end - start} layers; at most {top} fit")
+            raise PlacementError(f"node {node!r} ({gpu}) holds {end - start} layers; at most {top} fit "
+                                 f"in its memory")
         for layer in range(start, end):
             covered[layer] = True
     if not all(covered):

@@ -8,10 +8,18 @@ Every baseline returns a validated Placement carrying its true max-flow.
   stage with the least total throughput so far.
 * petals: nodes, strongest first, take their maximum number of layers at the window whose
   current coverage is weakest (lowest minimum, then lowest sum, then leftmost).
-* sp (separate pipelines): as many single-type pipelines as each type fills, each with the
-  fewest nodes that hold the model; leftovers of all types, strongest first, form mixed
-  pipelines. Layers are split as evenly as max_layers allow; pipelines are served
-  independently (no hand-off between pipelines), so their throughputs add.
+* sp (separate pipelines, HELIX.md section 5): one pipeline per GPU type made of all its
+  nodes, the way a plain pipeline-parallel engine serves one replica per GPU type. Such an
+  engine fills memory with weights, so a node may hold up to `memory_max_layers` (weights
+  beside KV room for one full-context request), not the planner's half-memory `max_layers`.
+  Types whose nodes together cannot hold the model pool into one mixed pipeline, strongest
+  first (unused if even the pool cannot). Layers are split as evenly as memory allows; the
+  nodes of a pipeline are ordered by region (the coordinator's first), so it crosses each slow
+  link at most once; pipelines are served independently (no hand-off between them), so their
+  throughputs add.
+  (This is the baseline of the paper's prototype: on the 24-GPU cluster an A100 pipeline of
+  4 x 20 layers, an L4 pipeline of 8 x 10 and a T4 pipeline of 12 x 6-7; on the 42-GPU one
+  the V100s, which cannot hold the model alone, pool with the single T4s.)
 * homogeneous: nodes in type order (strongest type first) each take their maximum number of
   layers, filling one pipeline after another; the last node of a pipeline takes the rest.
 """
@@ -106,33 +114,34 @@ def _split_evenly(num_layers: int, caps: list[int]) -> list[int]:
 
 
 def sp_pipelines(topology: Topology, cost_model: CostModel) -> list[list[tuple[str, int, int]]]:
-    """Pipelines as lists of (node, start, end)."""
+    """Pipelines as lists of (node, start, end): one per GPU type, plus one of the pooled types
+    that cannot hold the model alone (see the module docstring)."""
     L = topology.model.num_layers
-    nodes = _usable_nodes(topology, cost_model)
-    by_gpu: dict[str, list[tuple[str, str, int]]] = {}
-    for n in nodes:
-        by_gpu.setdefault(n[1], []).append(n)
-    pipelines, leftovers = [], []
-    for gpu in dict.fromkeys(n[1] for n in nodes):  # strongest type first
-        members = by_gpu[gpu]
-        size = -(-L // members[0][2])
-        while len(members) >= size:
-            pipelines.append(members[:size])
-            members = members[size:]
-        leftovers.extend(members)
-    current: list[tuple[str, str, int]] = []
-    for n in leftovers:
-        current.append(n)
-        if sum(top for _, _, top in current) >= L:
-            pipelines.append(current)
-            current = []
-    if not pipelines:
+    strength = {name: i for i, (name, _, _) in enumerate(_usable_nodes(topology, cost_model))}
+    region = {n.name: n.region or "" for n in topology.nodes}
+    home = topology.coordinator.region or ""  # a pipeline starts in the coordinator's region
+    by_gpu: dict[str, list[tuple[str, int]]] = {}
+    for node in sorted(topology.nodes, key=lambda n: strength.get(n.name, len(strength))):
+        top = cost_model.memory_max_layers(node.gpu)
+        if top >= 1:
+            by_gpu.setdefault(node.gpu, []).append((node.name, top))
+    groups, pooled = [], []
+    for members in by_gpu.values():  # strongest type first
+        if sum(top for _, top in members) >= L:
+            groups.append(members)
+        else:
+            pooled.extend(members)
+    if pooled and sum(top for _, top in pooled) >= L:
+        groups.append(pooled)
+    if not groups:
         raise InfeasibleError("sp: the nodes cannot form even one pipeline holding the whole model")
     out = []
-    for members in pipelines:
-        counts = _split_evenly(L, [top for _, _, top in members])
+    for members in groups:
+        members = sorted(members, key=lambda m: (region[m[0]] != home, region[m[0]],
+                                                 strength.get(m[0], len(strength))))
+        counts = _split_evenly(L, [top for _, top in members])
         layer, stages = 0, []
-        for (name, _, _), k in zip(members, counts):
+        for (name, _), k in zip(members, counts):
             if k > 0:
                 stages.append((name, layer, layer + k))
                 layer += k

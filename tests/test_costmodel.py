@@ -30,6 +30,34 @@ def test_max_layers_of_llama2_70b_match_the_paper_scale() -> None:
     assert cm.max_layers("A100-80GB") > cm.max_layers("A100-40GB")
 
 
+def test_memory_limit_leaves_room_for_one_full_context_request() -> None:
+    cm = _llama70b(["A100-40GB", "L4", "T4", "T4x4"])
+    model = cm.model
+    # what a plain pipeline engine fits: 4 A100-40GB x 20, 8 L4 x 10, 12 T4 x 6-7 layers (the
+    # paper prototype's separate pipelines on its 24-GPU cluster), beyond the planner's cap
+    assert {g: cm.memory_max_layers(g) for g in ("A100-40GB", "L4", "T4")} == {"A100-40GB": 20, "L4": 11, "T4": 7}
+    full_context = model.max_position_embeddings
+    for gpu in ("A100-40GB", "L4", "T4", "T4x4"):
+        top = cm.memory_max_layers(gpu)
+        assert top > cm.max_layers(gpu)
+        assert cm.kv_budget_token_layers(gpu, top) >= top * full_context
+        # one layer more would leave less than one full-context request of KV per layer
+        usable = cm.topology.gpu_types[gpu].memory_bytes - 1.5e9 * cm.topology.gpu_types[gpu].num_gpus
+        kv_after = 0.9 * usable - (top + 1) * model.weight_bytes_per_layer
+        assert kv_after < (top + 1) * full_context * model.kv_bytes_per_token_per_layer
+        assert cm.capacity_tokens_per_s(gpu, top) > 0  # beyond the table, still a figure
+        assert len(cm.capacity_table(gpu)) == cm.max_layers(gpu)  # the planner keeps its cap
+
+
+def test_memory_limit_of_an_explicit_table_is_its_length() -> None:
+    topo = load_topology(TOPOLOGIES / "fixtures" / "table-only.json")
+    cm = CostModel(topo)
+    tables = [g for g, t in topo.gpu_types.items() if t.capacity_tokens_per_s is not None]
+    assert tables
+    for gpu in tables:
+        assert cm.memory_max_layers(gpu) == cm.max_layers(gpu) == len(topo.gpu_types[gpu].capacity_tokens_per_s)
+
+
 @pytest.mark.parametrize("gpu", ["A100-40GB", "L4", "T4", "V100", "L4x2"])
 def test_layer_rate_falls_as_more_layers_are_held(gpu: str) -> None:
     cm = _llama70b([gpu])
@@ -170,8 +198,8 @@ def test_bad_questions_raise_clear_errors() -> None:
     cm = _llama70b(["T4"])
     with pytest.raises(TopologyError, match="unknown GPU type 'H900'"):
         cm.max_layers("H900")
-    with pytest.raises(ConfigError, match="holds 1..4 layers"):
-        cm.capacity_tokens_per_s("T4", 5)
+    with pytest.raises(ConfigError, match="holds 1..7 layers"):  # the memory limit, not the planner's 4
+        cm.capacity_tokens_per_s("T4", 8)
     with pytest.raises(ConfigError):
         WorkloadShape(mean_prompt_tokens=100, mean_output_tokens=0)
 

@@ -92,3 +92,18 @@ def test_flows_must_end_at_placed_nodes() -> None:
                   flows=placement.flows, objective_tokens_per_s=140.0)
     with pytest.raises(PlacementError, match="'s-0' holds no layers in this placement"):
         validate_placement(stray, topo)
+
+
+def test_a_node_may_hold_what_fits_in_its_memory_and_no_more() -> None:
+    topo = load_topology(FIXTURES.parent / "single-region-24-llama2-70b.json")
+    cm = CostModel(topo)
+    assert (cm.max_layers("A100-40GB"), cm.memory_max_layers("A100-40GB")) == (11, 20)
+    a100s = [n.name for n in topo.nodes if n.gpu == "A100-40GB"]
+
+    def pipeline(per_node: int) -> Placement:
+        ranges = {name: (i * per_node, min(80, (i + 1) * per_node)) for i, name in enumerate(a100s)}
+        return Placement("a100s", 80, ranges, (), objective_tokens_per_s=0.0)
+
+    validate_placement(pipeline(20), topo, cm)  # over the planner's cap, inside memory
+    with pytest.raises(PlacementError, match=r"holds 21 layers; at most 20 fit in its memory"):
+        validate_placement(pipeline(21), topo, cm)

@@ -55,6 +55,45 @@ def test_sp_pipelines_are_served_independently() -> None:
     assert pairs == {("f-0", "f-1"), ("s-0", "s-1")}
 
 
+def _layers(pipeline) -> dict[str, int]:
+    return {node: end - start for node, start, end in pipeline}
+
+
+def test_sp_is_one_pipeline_per_gpu_type_of_all_its_nodes() -> None:
+    topo = load_topology(ROOT / "single-region-24-llama2-70b.json")
+    cm = CostModel(topo)
+    pipelines = sp_pipelines(topo, cm)
+    # the paper prototype's layout: A100 4 x 20, L4 8 x 10, T4 12 x 6-7 (beyond the planner's cap)
+    assert [sorted(_layers(p).values()) for p in pipelines] == [[20] * 4, [10] * 8, [6] * 4 + [7] * 8]
+    for stages in pipelines:
+        assert len({topo.node(n).gpu for n, _, _ in stages}) == 1
+        assert [s for _, s, _ in stages] == [0] + [e for _, _, e in stages[:-1]] and stages[-1][2] == 80
+    placement = baseline_placement(topo, cm, "sp")
+    validate_placement(placement, topo, cm)
+    assert len(placement.ranges) == 24
+
+
+def test_sp_pools_the_types_that_cannot_hold_the_model_alone() -> None:
+    topo = load_topology(ROOT / "geo-42-llama2-70b.json")
+    cm = CostModel(topo)
+    pipelines = sp_pipelines(topo, cm)
+    types = [sorted({topo.node(n).gpu for n, _, _ in p}) for p in pipelines]
+    # 6 V100 (7 layers each at most) and 10 T4 (7 each) hold 42 and 70 of 80 layers: pooled
+    assert ["T4", "V100"] in types and len(pipelines) == 6
+    pooled = pipelines[types.index(["T4", "V100"])]
+    assert sorted(_layers(pooled).values()) == [5] * 16
+    assert sum(len(p) for p in pipelines) == 42
+
+
+def test_sp_crosses_each_region_boundary_once() -> None:
+    topo = load_topology(ROOT / "three-region-24-llama2-70b.json")
+    cm = CostModel(topo)
+    for stages in sp_pipelines(topo, cm):
+        regions = [topo.node(n).region for n, _, _ in stages]
+        crossings = sum(a != b for a, b in zip(regions, regions[1:]))
+        assert crossings == len(set(regions)) - 1
+
+
 def test_helix_is_never_below_the_baselines_on_the_paper_cluster() -> None:
     topo = load_topology(ROOT / "single-region-24-llama2-70b.json")
     cm = CostModel(topo)
