@@ -109,7 +109,7 @@ def _progress(console: Console) -> Progress:
 
 def _simulated(console, topology_path, methods, schedulers, mode, rate_values, duration_s, warmup_s,
                lengths, counts, seed, time_limit_s, placement, slo_ttft_ms, slo_tpot_ms, out) -> None:
-    from helix_jax.bench.report import results_table, write_results
+    from helix_jax.bench.report import COMPACT_BELOW_COLUMNS, results_table, write_results
     from helix_jax.bench.runner import bench_cases, run_simulated_bench
     from helix_jax.costmodel import CostModel
     from helix_jax.sim import SimConfig
@@ -135,7 +135,7 @@ def _simulated(console, topology_path, methods, schedulers, mode, rate_values, d
             bar.update(task, completed=state["index"] * duration_s + sim_s)
 
         report = run_simulated_bench(cost, placements, cases, lengths, base, on_case, progress)
-    console.print(results_table(report))
+    console.print(results_table(report, compact=console.width < COMPACT_BELOW_COLUMNS))
     for r in report.ratios():
         at = "" if r.rate_per_s is None else f" at {r.rate_per_s:g} req/s"
         console.print(f"helix/iwrr vs {r.baseline}/{r.policy}{at}: [bold]{r.ratio:.2f}x[/] decode throughput")

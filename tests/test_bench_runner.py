@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helix_jax.bench.plots import write_plots
-from helix_jax.bench.report import results_table, write_results
+from helix_jax.bench.report import _seconds, results_table, write_results
 from helix_jax.bench.runner import BenchCase, bench_cases, run_simulated_bench
 from helix_jax.bench.workload import FixedLengths
 from helix_jax.costmodel import CostModel, WorkloadShape
@@ -50,6 +50,12 @@ def test_ratios_compare_helix_iwrr_with_every_baseline_case(tmp_path: Path) -> N
     helix_x = list(table.columns[-1].cells)
     assert helix_x[:2] == ["-", "-"]  # Helix's own rows
     assert helix_x[2:] == [f"{ratios[('sp', p)]:.2f}x" for p in ("iwrr", "random")]
+    compact = results_table(report, compact=True)  # what an 80-column console gets
+    assert compact.row_count == 4 and len(compact.columns) < len(table.columns)
+    assert list(compact.columns[-1].cells) == helix_x
+    tpot = report.result("sp", "iwrr").metrics.tpot
+    assert list(compact.columns[-2].cells)[2] == f"{tpot.p50_ms / 1e3:,.2f}/{tpot.p95_ms / 1e3:,.2f}"
+    assert [_seconds(ms) for ms in (850.0, 32_345.0, 872_123.0)] == ["0.85", "32.3", "872"]
     data = json.loads(write_results(report, tmp_path).read_text())
     assert [r["method"] for r in data["results"]] == ["helix", "helix", "sp", "sp"]
     assert data["placements"]["sp"]["nodes_used"] == 2 and len(data["ratios"]) == 2

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from helix_jax.bench.live import LiveResult
@@ -26,27 +27,56 @@ def _num(x: float, digits: int = 1) -> str:
     return f"{x:,.{digits}f}"
 
 
-def results_table(report: BenchReport) -> Table:
+COMPACT_BELOW_COLUMNS = 150  # narrower consoles get the compact table
+
+
+def _seconds(ms: float) -> str:
+    """Milliseconds as seconds in at most ~5 characters: 0.85, 32.3, 872."""
+    if ms is None or (isinstance(ms, float) and math.isnan(ms)):
+        return "-"
+    return _num(ms / 1e3, 0 if ms >= 100e3 else 1 if ms >= 10e3 else 2)
+
+
+def results_table(report: BenchReport, compact: bool = False) -> Table:
+    """One row per method x scheduler (x rate). `compact` keeps what fits 80 columns: decode
+    tokens/s, requests/s, max-flow and the share of it, TTFT and TPOT p50/p95 in seconds, and the
+    ratio; the full table adds total tokens/s, goodput and mean/p99 latencies (results.json
+    always has everything)."""
     title = (f"{report.topology}: {report.mode}, workload {report.workload}, "
              f"{report.settings['duration_s']:g} s (warm-up {report.settings['warmup_s']:g} s)")
-    table = Table(title=title, show_lines=False)
     online = report.mode == "online"
-    columns = ["method", "scheduler"] + (["rate/s"] if online else []) + [
-        "decode tok/s", "total tok/s", "req/s", "goodput req/s", "max-flow", "of flow",
-        "TTFT mean/p50/p95/p99 ms", "TPOT mean/p50/p95/p99 ms", "helix x"]
+    table = (Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                   caption="tok/s: decode; flow: share of max-flow; TTFT, TPOT: p50/p95 s")
+             if compact else Table(title=title, show_lines=False))
+    if compact:
+        columns = ["method", "sched"] + (["rate/s"] if online else []) + [
+            "tok/s", "req/s", "max-flow", "flow", "TTFT", "TPOT", "helix x"]
+    else:
+        columns = ["method", "scheduler"] + (["rate/s"] if online else []) + [
+            "decode tok/s", "total tok/s", "req/s", "goodput req/s", "max-flow", "of flow",
+            "TTFT mean/p50/p95/p99 ms", "TPOT mean/p50/p95/p99 ms", "helix x"]
     for c in columns:
-        table.add_column(c, justify="left" if c in ("method", "scheduler") else "right")
+        table.add_column(c, justify="left" if c in ("method", "scheduler", "sched") else "right")
     for case, res in report.results:
         m = res.metrics
         ratio = report.helix_ratio(case, res)
-        row = [case.method, case.policy] + ([_num(case.rate_per_s, 2)] if online else []) + [
-            _num(m.decode_tokens_per_s), _num(m.total_tokens_per_s), _num(m.requests_per_s, 2),
-            _num(m.goodput_requests_per_s, 2), _num(res.max_flow_tokens_per_s),
-            f"{100 * res.flow_fraction:.0f}%",
-            "/".join(_num(v, 0) for v in (m.ttft.mean_ms, m.ttft.p50_ms, m.ttft.p95_ms, m.ttft.p99_ms)),
-            "/".join(_num(v, 0) for v in (m.tpot.mean_ms, m.tpot.p50_ms, m.tpot.p95_ms, m.tpot.p99_ms)),
-            "-" if ratio is None or math.isinf(ratio) else f"{ratio:.2f}x",
-        ]
+        ratio_cell = "-" if ratio is None or math.isinf(ratio) else f"{ratio:.2f}x"
+        head = [case.method, case.policy] + ([_num(case.rate_per_s, 2)] if online else [])
+        if compact:
+            row = head + [
+                _num(m.decode_tokens_per_s), _num(m.requests_per_s, 2), _num(res.max_flow_tokens_per_s),
+                f"{100 * res.flow_fraction:.0f}%",
+                "/".join(_seconds(v) for v in (m.ttft.p50_ms, m.ttft.p95_ms)),
+                "/".join(_num(v / 1e3, 2) for v in (m.tpot.p50_ms, m.tpot.p95_ms)),
+                ratio_cell]
+        else:
+            row = head + [
+                _num(m.decode_tokens_per_s), _num(m.total_tokens_per_s), _num(m.requests_per_s, 2),
+                _num(m.goodput_requests_per_s, 2), _num(res.max_flow_tokens_per_s),
+                f"{100 * res.flow_fraction:.0f}%",
+                "/".join(_num(v, 0) for v in (m.ttft.mean_ms, m.ttft.p50_ms, m.ttft.p95_ms, m.ttft.p99_ms)),
+                "/".join(_num(v, 0) for v in (m.tpot.mean_ms, m.tpot.p50_ms, m.tpot.p95_ms, m.tpot.p99_ms)),
+                ratio_cell]
         table.add_row(*row)
     return table
 
