@@ -56,9 +56,18 @@ def check_feasible(topology: Topology, cost_model: CostModel) -> None:
             f"({model.weight_bytes_per_layer / 1e9:.2f} GB of weights per layer): {detail}")
     total = sum(n * top for n, top in per_type.values())
     if total < model.num_layers:
+        hard = sum(cost_model.memory_max_layers(node.gpu) for node in topology.nodes)
+        beyond = (f"; filling memory past that cap (--method sp) would fit {hard}"
+                  if hard >= model.num_layers else "")
         raise InfeasibleError(
-            f"the cluster holds at most {total} of the {model.num_layers} layers of {model.name}: "
-            f"{detail}; add nodes or use a smaller model")
+            f"the cluster holds at most {total} of the {model.num_layers} layers of {model.name} "
+            f"with weights in half of each GPU's memory: {detail}; add nodes or use a smaller "
+            f"model{beyond}")
+
+
+def within_cap(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[int, int]]) -> bool:
+    """Whether every node holds at most the planner's `max_layers` (the MILP's search space)."""
+    return all(e - s <= cost_model.max_layers(topology.node(n).gpu) for n, (s, e) in ranges.items())
 
 
 def plan(topology: Topology, method: str = "helix", time_limit_s: float = 60.0, rel_gap: float = 1e-3,
@@ -77,7 +86,8 @@ def plan(topology: Topology, method: str = "helix", time_limit_s: float = 60.0, 
     if region_windows and not partial_inference:
         raise ConfigError("region windows need partial inference")
     cost_model = cost_model or CostModel(topology)
-    check_feasible(topology, cost_model)
+    if method != "sp":  # sp fills memory past max_layers and names its own infeasibility
+        check_feasible(topology, cost_model)
     if method != "helix":
         return baseline_placement(topology, cost_model, method, partial_inference)
     if region_windows is None:
@@ -106,12 +116,17 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
     greedy = heuristics.best_greedy(tables, L, upper)
     if greedy:
         consider("greedy", heuristics.improve_coverage(greedy, tables, L, budget / 10, seed))
+    past_cap: dict[str, tuple[dict[str, tuple[int, int]], float]] = {}
     for name in BASELINES:
         try:
             base = baseline_placement(topology, cost_model, name, partial_inference, balance=False)
-            consider(name, base.ranges)
         except InfeasibleError:
             continue
+        if within_cap(topology, cost_model, base.ranges):
+            consider(name, base.ranges)
+        else:  # sp fills memory past max_layers: no start for the MILP, still a final candidate
+            past_cap[name] = (base.ranges, max_flow(topology, cost_model, base.ranges,
+                                                    partial_inference).value_tokens_per_s)
     start_label = max(candidates, key=lambda k: candidates[k][1]) if candidates else None
     if start_label is not None and partial_inference:
         remaining_s = budget - (time.monotonic() - t0)
@@ -151,12 +166,15 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
             repaired, _ = heuristics.improve_flow(topology, cost_model, ranges, partial_inference, repair_s, seed)
             consider("milp+repair", repaired)
 
+    candidates.update(past_cap)
     eligible = ["region-windows"] if "region-windows" in candidates else list(candidates)
     best_label = max(eligible, key=lambda k: (candidates[k][1], k == "milp"))
     best_ranges, best_value = candidates[best_label]
     bound = max(outcome.upper_bound, best_value)
     status = "optimal" if best_value >= bound * (1 - max(rel_gap, NUMERIC_GAP)) - 1e-9 else (
         "time_limit" if milp_status in ("time_limit", "no_solution") else "feasible")
+    if best_label in past_cap and best_value > outcome.upper_bound:
+        status = "feasible"  # the bound covers placements within max_layers only
     extra = {
         "source": best_label,
         "candidates": {k: round(v, 6) for k, (_, v) in sorted(candidates.items())},
@@ -215,8 +233,11 @@ def explain(topology: Topology, placement: Placement, cost_model: CostModel | No
                               boosted.value_tokens_per_s - base.value_tokens_per_s))
     everything = max_flow(topology, cost_model, ranges, partial,
                           capacity_scale={arc: 1 + boost for arc in arcs})
-    tables = heuristics.node_tables(topology, cost_model)
-    cover = heuristics.coverage(ranges, tables, topology.model.num_layers)
+    cover = [0.0] * topology.model.num_layers
+    for node, (start, end) in ranges.items():  # any k that fits in memory, not only the planner's
+        height = cost_model.node_capacity_tokens_per_s(node, end - start)
+        for layer in range(start, end):
+            cover[layer] += height
     low = min(cover)
     cut.sort(key=lambda c: (-c.gain_tokens_per_s, c.kind, c.name))
     return Explanation(

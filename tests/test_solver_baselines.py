@@ -94,6 +94,30 @@ def test_sp_crosses_each_region_boundary_once() -> None:
         assert crossings == len(set(regions)) - 1
 
 
+def test_planner_and_explain_take_placements_past_the_planner_cap() -> None:
+    topo = load_topology(ROOT / "single-region-24-llama2-70b.json")
+    cm = CostModel(topo)
+    sp = baseline_placement(topo, cm, "sp")
+    result = explain(topo, sp, cm)
+    for node, (s, e) in sp.ranges.items():  # per-layer capacity counts each node at its own k
+        assert cm.capacity_tokens_per_s(topo.node(node).gpu, e - s) > 0
+    a100_layers = result.layer_capacity_tokens_per_s[0]
+    expected = sum(cm.node_capacity_tokens_per_s(n, e - s) for n, (s, e) in sp.ranges.items() if s == 0)
+    assert a100_layers == pytest.approx(expected)
+    helix = plan(topo, time_limit_s=5, cost_model=cm)  # sp is a final candidate, never a MILP start
+    assert "sp" in helix.extra["candidates"] and helix.extra["source"] != "sp"
+    assert helix.objective_tokens_per_s > helix.extra["candidates"]["sp"]
+
+
+def test_a_cluster_that_only_fits_past_the_cap_names_the_way_out() -> None:
+    four = topology_from_dict({"model": "llama-2-70b", "nodes": [{"name": "t", "gpu": "T4x4", "count": 4}]})
+    with pytest.raises(InfeasibleError, match=r"at most 64 of the 80 layers .*\(--method sp\) would fit 120"):
+        plan(four)
+    sp = plan(four, method="sp")
+    assert sorted(e - s for s, e in sp.ranges.values()) == [20, 20, 20, 20]
+    assert sp.objective_tokens_per_s > 0
+
+
 def test_helix_is_never_below_the_baselines_on_the_paper_cluster() -> None:
     topo = load_topology(ROOT / "single-region-24-llama2-70b.json")
     cm = CostModel(topo)
