@@ -196,6 +196,7 @@ class CostModel:
         fits = int(WEIGHT_MEMORY_FRACTION * self._usable_bytes(gpu) // self._weight_bytes(gpu))
         return max(0, min(fits, self.model.num_layers))
 
+    @functools.lru_cache(maxsize=None)
     def memory_max_layers(self, gpu_type: str) -> int:
         """The most layers a node of this type can physically hold: their weights fit beside the
         activation reserve with KV room left for one request of the model's full context

@@ -35,6 +35,7 @@ from helix_jax.topology import Topology
 from helix_jax.solver.maxflow import placement_with_flows
 
 BASELINES = ("swarm", "petals", "sp", "homogeneous")
+FILLS_MEMORY = ("sp",)  # methods whose nodes may hold up to memory_max_layers, past max_layers
 
 
 def _usable_nodes(topology: Topology, cost_model: CostModel) -> list[tuple[str, str, int]]:

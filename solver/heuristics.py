@@ -43,14 +43,21 @@ def node_tables(topology: Topology, cost_model: CostModel) -> dict[str, list[flo
     return tables
 
 
-def coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int,
-             clip: float = float("inf")) -> list[float]:
+def stacked(ranges: Ranges, heights: dict[str, float], num_layers: int) -> list[float]:
+    """Per layer, the summed height of the nodes holding it."""
     cover = [0.0] * num_layers
     for node, (s, e) in ranges.items():
-        height = min(tables[node][e - s - 1], clip)
+        height = heights[node]
         for layer in range(s, e):
             cover[layer] += height
     return cover
+
+
+def coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int,
+             clip: float = float("inf")) -> list[float]:
+    """Per layer, the summed capacity c(type, k) (clipped at `clip`) of the nodes holding it."""
+    return stacked(ranges, {node: min(tables[node][e - s - 1], clip) for node, (s, e) in ranges.items()},
+                   num_layers)
 
 
 def greedy_cover(tables: dict[str, list[float]], num_layers: int, target: float,

@@ -31,7 +31,7 @@ from helix_jax.errors import ConfigError, InfeasibleError
 from helix_jax.placement import Placement
 from helix_jax.topology import Topology
 from helix_jax.solver import heuristics, milp, regions
-from helix_jax.solver.baselines import BASELINES, baseline_placement
+from helix_jax.solver.baselines import BASELINES, FILLS_MEMORY, baseline_placement
 from helix_jax.solver.maxflow import max_flow, placement_with_flows
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,14 @@ WINDOW_SHARE = 0.75  # of the remaining time for region windows (the rest tighte
 NUMERIC_GAP = 1e-5  # gaps below this are solver tolerance, reported as optimal
 
 
-def check_feasible(topology: Topology, cost_model: CostModel) -> None:
-    """Raise InfeasibleError when no composition of the nodes can hold every layer once."""
+def check_feasible(topology: Topology, cost_model: CostModel, fill_memory: bool = False) -> None:
+    """Raise InfeasibleError when no composition of the nodes can hold every layer once, each
+    node within `max_layers` (or, with `fill_memory`, within `memory_max_layers`: sp)."""
     model = topology.model
+    limit = cost_model.memory_max_layers if fill_memory else cost_model.max_layers
     per_type = {}
     for node in topology.nodes:
-        per_type.setdefault(node.gpu, [0, cost_model.max_layers(node.gpu)])[0] += 1
+        per_type.setdefault(node.gpu, [0, limit(node.gpu)])[0] += 1
     detail = ", ".join(f"{n} x {gpu} (max {top} layers each)" for gpu, (n, top) in sorted(per_type.items()))
     if all(top == 0 for _, top in per_type.values()):
         raise InfeasibleError(
@@ -58,11 +60,11 @@ def check_feasible(topology: Topology, cost_model: CostModel) -> None:
     if total < model.num_layers:
         hard = sum(cost_model.memory_max_layers(node.gpu) for node in topology.nodes)
         beyond = (f"; filling memory past that cap (--method sp) would fit {hard}"
-                  if hard >= model.num_layers else "")
+                  if not fill_memory and hard >= model.num_layers else "")
+        where = "with memory filled with weights" if fill_memory else "with weights in half of each GPU's memory"
         raise InfeasibleError(
             f"the cluster holds at most {total} of the {model.num_layers} layers of {model.name} "
-            f"with weights in half of each GPU's memory: {detail}; add nodes or use a smaller "
-            f"model{beyond}")
+            f"{where}: {detail}; add nodes or use a smaller model{beyond}")
 
 
 def within_cap(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[int, int]]) -> bool:
@@ -86,8 +88,7 @@ def plan(topology: Topology, method: str = "helix", time_limit_s: float = 60.0, 
     if region_windows and not partial_inference:
         raise ConfigError("region windows need partial inference")
     cost_model = cost_model or CostModel(topology)
-    if method != "sp":  # sp fills memory past max_layers and names its own infeasibility
-        check_feasible(topology, cost_model)
+    check_feasible(topology, cost_model, fill_memory=method in FILLS_MEMORY)
     if method != "helix":
         return baseline_placement(topology, cost_model, method, partial_inference)
     if region_windows is None:
@@ -106,27 +107,27 @@ def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, 
     # 2. start: heuristics and baselines
     candidates: dict[str, tuple[dict[str, tuple[int, int]], float]] = {}
 
+    past_cap: dict[str, tuple[dict[str, tuple[int, int]], float]] = {}
+
     def consider(label: str, ranges: dict[str, tuple[int, int]] | None) -> None:
+        """Record a candidate; one past max_layers (sp fills memory) cannot start the MILP or
+        the local search, so it waits in `past_cap` for the final comparison."""
         if ranges:
             value = max_flow(topology, cost_model, ranges, partial_inference).value_tokens_per_s
-            candidates[label] = (ranges, value)
+            store = candidates if within_cap(topology, cost_model, ranges) else past_cap
+            store[label] = (ranges, value)
 
     tables = heuristics.node_tables(topology, cost_model)
     budget = min(HEURISTIC_MAX_S, HEURISTIC_SHARE * time_limit_s)
     greedy = heuristics.best_greedy(tables, L, upper)
     if greedy:
         consider("greedy", heuristics.improve_coverage(greedy, tables, L, budget / 10, seed))
-    past_cap: dict[str, tuple[dict[str, tuple[int, int]], float]] = {}
     for name in BASELINES:
         try:
             base = baseline_placement(topology, cost_model, name, partial_inference, balance=False)
+            consider(name, base.ranges)
         except InfeasibleError:
             continue
-        if within_cap(topology, cost_model, base.ranges):
-            consider(name, base.ranges)
-        else:  # sp fills memory past max_layers: no start for the MILP, still a final candidate
-            past_cap[name] = (base.ranges, max_flow(topology, cost_model, base.ranges,
-                                                    partial_inference).value_tokens_per_s)
     start_label = max(candidates, key=lambda k: candidates[k][1]) if candidates else None
     if start_label is not None and partial_inference:
         remaining_s = budget - (time.monotonic() - t0)
@@ -233,11 +234,9 @@ def explain(topology: Topology, placement: Placement, cost_model: CostModel | No
                               boosted.value_tokens_per_s - base.value_tokens_per_s))
     everything = max_flow(topology, cost_model, ranges, partial,
                           capacity_scale={arc: 1 + boost for arc in arcs})
-    cover = [0.0] * topology.model.num_layers
-    for node, (start, end) in ranges.items():  # any k that fits in memory, not only the planner's
-        height = cost_model.node_capacity_tokens_per_s(node, end - start)
-        for layer in range(start, end):
-            cover[layer] += height
+    heights = {node: cost_model.node_capacity_tokens_per_s(node, end - start)  # any k that fits
+               for node, (start, end) in ranges.items()}
+    cover = heuristics.stacked(ranges, heights, topology.model.num_layers)
     low = min(cover)
     cut.sort(key=lambda c: (-c.gain_tokens_per_s, c.kind, c.name))
     return Explanation(

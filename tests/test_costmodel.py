@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from helix_jax.costmodel import PIPELINE_MICROBATCH_FACTOR, CostModel, WorkloadShape, best_layer_rate
+from helix_jax.costmodel import (ACTIVATION_MEMORY_FRACTION, MEMORY_RESERVE_BYTES_PER_GPU,
+                                  PIPELINE_MICROBATCH_FACTOR, CostModel, WorkloadShape, best_layer_rate)
 from helix_jax.errors import ConfigError, TopologyError
 from helix_jax.profiles import LatencyProfile
 from helix_jax.topology import load_topology, topology_from_dict
@@ -42,8 +43,9 @@ def test_memory_limit_leaves_room_for_one_full_context_request() -> None:
         assert top > cm.max_layers(gpu)
         assert cm.kv_budget_token_layers(gpu, top) >= top * full_context
         # one layer more would leave less than one full-context request of KV per layer
-        usable = cm.topology.gpu_types[gpu].memory_bytes - 1.5e9 * cm.topology.gpu_types[gpu].num_gpus
-        kv_after = 0.9 * usable - (top + 1) * model.weight_bytes_per_layer
+        spec = cm.topology.gpu_types[gpu]
+        usable = spec.memory_bytes - MEMORY_RESERVE_BYTES_PER_GPU * spec.num_gpus
+        kv_after = (1 - ACTIVATION_MEMORY_FRACTION) * usable - (top + 1) * model.weight_bytes_per_layer
         assert kv_after < (top + 1) * full_context * model.kv_bytes_per_token_per_layer
         assert cm.capacity_tokens_per_s(gpu, top) > 0  # beyond the table, still a figure
         assert len(cm.capacity_table(gpu)) == cm.max_layers(gpu)  # the planner keeps its cap

@@ -116,6 +116,10 @@ def test_a_cluster_that_only_fits_past_the_cap_names_the_way_out() -> None:
     sp = plan(four, method="sp")
     assert sorted(e - s for s, e in sp.ranges.values()) == [20, 20, 20, 20]
     assert sp.objective_tokens_per_s > 0
+    one = topology_from_dict({"model": "llama-2-70b", "nodes": [{"name": "t", "gpu": "T4x4", "count": 1}]})
+    with pytest.raises(InfeasibleError, match=r"at most 30 of the 80 layers .* with memory filled with weights: "
+                                              r"1 x T4x4 \(max 30 layers each\); add nodes or use a smaller model$"):
+        plan(one, method="sp")
 
 
 def test_helix_is_never_below_the_baselines_on_the_paper_cluster() -> None:

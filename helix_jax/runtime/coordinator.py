@@ -430,6 +430,11 @@ class Coordinator:
             push.close(linger=0)
         released = self.scheduler.fail_node(node)
         self._reflow(set(self.down_nodes))
+
+        def unroutable(why: object) -> RequestError:
+            return RequestError(f"node {node} went out of service ({reason}) and no surviving route "
+                                f"can hold this request: {why}")
+
         for spec in reversed(released):  # resumed at the head of the queue, in admission order
             req = self._live.pop(spec.request_id)
             self._free_hops(req)
@@ -443,12 +448,9 @@ class Coordinator:
                 self.scheduler.submit(resume, front=True)
                 self.resumed += 1
             except HelixError as exc:
-                self._fail(req, RequestError(f"node {node} went out of service ({reason}) and no surviving "
-                                             f"route can hold this request: {exc}"))
+                self._fail(req, unroutable(exc))
         for spec, why in self.scheduler.drop_unroutable():
-            self._fail(self._live[spec.request_id], RequestError(
-                f"node {node} went out of service ({reason}) and no surviving route can hold this "
-                f"request: {why}"))
+            self._fail(self._live[spec.request_id], unroutable(why))
         self._admit()
 
     def _rejoin(self, node: str) -> None:

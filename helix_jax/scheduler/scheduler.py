@@ -232,8 +232,7 @@ class Scheduler:
         specs = tuple(self._in_flight[rid].admission.spec for rid in hit)
         for rid in hit:
             self.finish(rid)
-        self.max_request_tokens = self.graph.max_route_tokens(self._live_budgets())
-        self._blocked = None
+        self._routes_changed()
         log.warning("node %s out of service: %d request(s) released, largest request a route can "
                     "still hold: %d tokens", node, len(specs), self.max_request_tokens)
         return specs
@@ -245,11 +244,14 @@ class Scheduler:
             raise ConfigError(f"node {node!r} is not out of service")
         self.ledger.set_budget(node, kv_budget_token_layers)
         self._down.discard(node)
-        self.max_request_tokens = self.graph.max_route_tokens(self._live_budgets())
-        self._blocked = None
+        self._routes_changed()
 
-    def _live_budgets(self) -> dict[str, int]:
-        return {n: 0 if n in self._down else self.ledger.budget(n) for n in self.placement.ranges}
+    def _routes_changed(self) -> None:
+        """After a node left or rejoined or the flows changed: the largest request a live route
+        can hold, and a blocked queue head may fit now."""
+        live = {n: 0 if n in self._down else self.ledger.budget(n) for n in self.placement.ranges}
+        self.max_request_tokens = self.graph.max_route_tokens(live)
+        self._blocked = None
 
     def reflow(self, placement: Placement) -> None:
         """Route new requests along `placement`'s flows from now on: the same layer ranges with
@@ -266,8 +268,7 @@ class Scheduler:
             self.policy = type(self.policy)(self.graph, self._node_in_flight, self._seed)
         else:  # observation-driven policies keep what they observed
             self.policy.graph = self.graph
-        self.max_request_tokens = self.graph.max_route_tokens(self._live_budgets())
-        self._blocked = None
+        self._routes_changed()
 
     def drop_unroutable(self) -> list[tuple[RequestSpec, str]]:
         """Remove the queued requests that no surviving route can hold (after `fail_node`);
