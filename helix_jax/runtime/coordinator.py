@@ -35,11 +35,10 @@ The loop, one thread, one zmq.Poller (timers only under --emulate):
    (sampling depends only on seed and position, so the tokens are the ones an undisturbed run
    gives, up to rounding differences between a prefill and a decode step). A request that no
    surviving route can hold, queued or in flight, gets one `error` naming the nodes out of
-   service, and so does every later request. A worker of a node out
-   of service that speaks again (say, resumed after a pause) is told `shutdown`; a fresh
-   worker that registers for it rejoins: it gets `assign`, its neighbours get `peer` (its new
-   data endpoint), and once it is `ready` the node is back in service and the flows are
-   recomputed with it.
+   service, and so does every later request. A worker of a node out of service that speaks
+   again (say, resumed after a pause) is told `shutdown`; a fresh worker that registers for it
+   rejoins: it gets `assign`, its neighbours get `peer` (its new data endpoint), and once it is
+   `ready` the node is back in service and the flows are recomputed with it.
 """
 
 from __future__ import annotations
