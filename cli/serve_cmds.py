@@ -157,8 +157,7 @@ def demo(requests: int = typer.Option(4, help="Requests to send through the depl
          paper_plan_time: float = typer.Option(10.0, help="Planner time limit for the 24-node cluster."),
          sim_seconds: float = typer.Option(1200.0, help="Simulated seconds of the benchmark table, the first "
                                                             "half warm-up (0: skip).")) -> None:
-    """Plan and deploy the shipped small CPU cluster, send a few requests, print answers and
-    timings, plan the paper's 24-node cluster, simulate helix against the baselines there, and exit."""
+    """Deploy the shipped CPU cluster, answer requests, then plan and simulate a 24-GPU cluster."""
     from concurrent.futures import ThreadPoolExecutor
 
     from helix_jax.client import Client
