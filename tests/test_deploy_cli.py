@@ -7,6 +7,7 @@ ZeroMQ); the test talks to it through the endpoint it prints, like `helix-jax ge
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -27,47 +28,93 @@ CLI = [sys.executable, "-m", "helix_jax.cli.main", "deploy"]
 ENV = dict(os.environ, COLUMNS="250", JAX_PLATFORMS="cpu")
 
 
-def _lines(stream, sink: queue.Queue) -> None:
-    for line in stream:
-        sink.put(line)
-    sink.put(None)
+class Deploy:
+    """`helix-jax deploy ARGS` in a child process, its output read line by line."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=ENV)
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, pattern: str, timeout_s: float = 240) -> str:
+        """The first group of `pattern` in the next printed line that matches it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            assert line is not None, "deploy exited early:\n" + "".join(self.seen)
+            self.seen.append(line)
+            if found := re.search(pattern, line):
+                return found.group(1)
+
+    def interrupt(self) -> str:
+        """Ctrl-C; asserts a clean exit and returns what it printed after the last wait_for."""
+        self.proc.send_signal(signal.SIGINT)
+        assert self.proc.wait(timeout=60) == 0
+        rest = []
+        while (line := self.lines.get(timeout=10)) is not None:
+            rest.append(line)
+        return "".join(rest)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:
-    proc = subprocess.Popen(CLI + [str(ROOT / "topologies" / "cpu-small.json"), "--plan-time", "5",
-                                   "--log-dir", str(tmp_path / "logs")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
-    seen: list[str] = []
+    dep = Deploy([str(ROOT / "topologies" / "cpu-small.json"), "--plan-time", "5",
+                  "--log-dir", str(tmp_path / "logs")])
     try:
-        endpoint, deadline = None, time.monotonic() + 240
-        while endpoint is None:
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert line is not None, "deploy exited early:\n" + "".join(seen)
-            seen.append(line)
-            found = re.search(r"client endpoint (tcp://\S+)", line)
-            endpoint = found.group(1) if found else None
-        printed = "".join(seen)
+        endpoint = dep.wait_for(r"client endpoint (tcp://\S+)")
+        printed = "".join(dep.seen)
         assert "placement of cpu-small" in printed and "max-flow 420.0 tokens/s" in printed
         with Client(endpoint) as client:
             results = [client.generate(prompt, max_tokens=6) for prompt in ("Hello", "Max-flow", "GPUs")]
         for res in results:
             assert len(res.ids) == 6 and res.finish_reason == "length"
             assert res.route[0][1] == 0 and res.route[-1][2] == 8  # every answer crossed all 8 layers
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        rest = dep.interrupt()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    rest = []
-    while (line := lines.get(timeout=10)) is not None:
-        rest.append(line)
-    assert "shutting down" in "".join(rest) and "".join(rest).rstrip().endswith("stopped")
+        dep.kill()
+    assert "shutting down" in rest and rest.rstrip().endswith("stopped")
     with pytest.raises(HelixError, match="got no reply within 2 s"):  # nobody serves the endpoint now
         with Client(endpoint, timeout_s=2) as client:
             client.generate("Hello", max_tokens=2)
+
+
+def test_a_node_on_another_host_joins_by_the_printed_worker_command(tmp_path: Path) -> None:
+    """cpu-2 sits on another host: deploy starts only cpu-0 and cpu-1, prints the command for
+    cpu-2 and waits; running that command (here, on this machine) completes the deployment."""
+    topology = json.loads((ROOT / "topologies" / "cpu-small.json").read_text())
+    topology["nodes"][2]["host"] = "gpu-box.invalid"
+    path = tmp_path / "two-hosts.json"
+    path.write_text(json.dumps(topology))
+    dep = Deploy([str(path), "--plan-time", "5", "--log-dir", str(tmp_path / "logs")])
+    remote = None
+    try:
+        command = dep.wait_for(r"run on its host: (helix-jax worker --coordinator tcp://\S+ --node cpu-2)$")
+        args = command.split()[1:]  # as the user would type it, through this interpreter
+        remote = subprocess.Popen([sys.executable, "-m", "helix_jax.cli.main", *args], env=ENV,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        endpoint = dep.wait_for(r"client endpoint (tcp://\S+)")
+        with Client(endpoint) as client:
+            routes = {res.route for res in (client.generate(f"request {i}", max_tokens=3) for i in range(8))}
+        # the 2-hop route carries 160 of the 420 tokens/s: weighted round robin sends some of 8 there
+        assert (("cpu-1", 0, 4), ("cpu-2", 4, 8)) in routes and (("cpu-0", 0, 8),) in routes
+        rest = dep.interrupt()
+        assert remote.wait(timeout=60) == 0  # the remote worker was told to shut down, and did
+    finally:
+        dep.kill()
+        if remote is not None and remote.poll() is None:
+            remote.kill()
+    assert rest.rstrip().endswith("stopped")
 
 
 @pytest.mark.parametrize("args, needle", [
