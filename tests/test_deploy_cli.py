@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from helix_jax.client import Client
+from helix_jax.costmodel import CostModel
 from helix_jax.errors import HelixError
+from helix_jax.topology import COORDINATOR, load_topology
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "helix_jax.cli.main", "deploy"]
@@ -115,6 +117,40 @@ def test_a_node_on_another_host_joins_by_the_printed_worker_command(tmp_path: Pa
         if remote is not None and remote.poll() is None:
             remote.kill()
     assert rest.rstrip().endswith("stopped")
+
+
+def test_emulated_deployment_keeps_the_cost_models_time(tmp_path: Path) -> None:
+    """--emulate: workers compute tiny-8 but release each step when a T4 would have finished its
+    4 layers of LLaMA-2-70B, and each transfer when its 2 ms link would have delivered it. The
+    latencies a client sees (reported in emulated seconds) must be the cost model's arithmetic."""
+    path = ROOT / "topologies" / "fixtures" / "t4-pair-70b-slice.json"
+    scale = 4.0  # emulated time runs 4x slower than the wall clock: this CPU is never the bottleneck
+    dep = Deploy([str(path), "--emulate", "--model", "tiny-8", "--time-scale", str(scale),
+                  "--log-dir", str(tmp_path / "logs")])
+    try:
+        endpoint = dep.wait_for(r"client endpoint (tcp://\S+)")
+        with Client(endpoint) as client:
+            # prompts of 41 and 121 tokens: emulated prefill (95 and 265 ms of wall time per worker
+            # at this scale) outlasts this CPU's prefill, padded to --max-seq-len under --emulate
+            results = [client.generate(prompt, max_tokens=4) for prompt in ("x" * 40, "x" * 120)]
+        dep.interrupt()
+    finally:
+        dep.kill()
+    for node in ("t4-0", "t4-1"):  # the premise: no step took this CPU longer than the T4 it emulates
+        assert re.search(r"served \d+ steps .* 0 overruns", (tmp_path / "logs" / f"{node}.log").read_text())
+    topology = load_topology(path)
+    cm = CostModel(topology)
+    route = (("t4-0", 0, 4), ("t4-1", 4, 8))
+    for res in results:
+        assert res.route == route and res.timings.time_scale == scale
+        p = res.prompt_tokens
+        ttft = (8 * cm.layer_step_seconds("T4", p, 0) + cm.transfer_seconds(COORDINATOR, "t4-0", p)
+                + cm.transfer_seconds("t4-0", "t4-1", p) + cm.transfer_seconds("t4-1", COORDINATOR, 1))
+        tpot = (8 * cm.layer_step_seconds("T4", 0, 1, p + 2) + cm.transfer_seconds(COORDINATOR, "t4-0", 1)
+                + cm.transfer_seconds("t4-0", "t4-1", 1) + cm.transfer_seconds("t4-1", COORDINATOR, 1))
+        # 47 / 132 ms of T4 prefill, ~117 ms per decode token; a few ms of real work may add on top
+        assert ttft <= res.timings.ttft_s <= 1.1 * ttft + 0.002, (p, res.timings.ttft_s, ttft)
+        assert tpot <= res.timings.tpot_s <= 1.05 * tpot + 0.002, (p, res.timings.tpot_s, tpot)
 
 
 @pytest.mark.parametrize("args, needle", [
