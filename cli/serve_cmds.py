@@ -26,10 +26,11 @@ PAPER_TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "single
 
 
 def placement_for(topology: Topology, placement_path: Path | None, time_limit_s: float) -> Any:
-    """A Placement with flows: loaded from a file (flows recomputed) or planned now."""
+    """A Placement with flows: loaded from a file (flows recomputed; a separate-pipelines file keeps
+    its pipelines apart) or planned now."""
     from helix_jax.costmodel import CostModel
     from helix_jax.placement import Placement
-    from helix_jax.solver.maxflow import placement_with_flows
+    from helix_jax.solver.maxflow import kept_hand_offs, placement_with_flows
     from helix_jax.solver.plan import plan
 
     if placement_path is None:
@@ -39,7 +40,7 @@ def placement_for(topology: Topology, placement_path: Path | None, time_limit_s:
         raise ConfigError(f"placement {placement_path} covers {loaded.num_layers} layers, the topology's "
                           f"model has {topology.model.num_layers}")
     return placement_with_flows(topology, CostModel(topology), dict(loaded.ranges), loaded.method,
-                                loaded.partial_inference)
+                                loaded.partial_inference, allowed_edges=kept_hand_offs(loaded))
 
 
 def serve_config(topology_path: Path | None, placement_path: Path | None, model: str | None, emulate: bool,

@@ -236,15 +236,20 @@ def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict
     return placement
 
 
+def kept_hand_offs(placement: Placement) -> set[tuple[str, str]] | None:
+    """The edges a max-flow recomputed for `placement`'s ranges may use: separate pipelines
+    (method "sp") only the hand-offs they already use, so they stay separate; others any (None)."""
+    return {(f.src, f.dst) for f in placement.flows} if placement.method == "sp" else None
+
+
 def survivor_flows(topology: Topology, placement: Placement, down: Iterable[str]) -> Placement:
     """`placement` with the load-spreading max-flow of its nodes not in `down` (the runtime's
     re-plan after a node failure or rejoin). The ranges stay the original's, down nodes
     included (they carry no flow), so the scheduler keeps its layer map; separate pipelines
-    (method "sp") keep only the hand-offs they already used."""
+    stay separate (`kept_hand_offs`)."""
     out = set(down)
     survivors = {n: r for n, r in placement.ranges.items() if n not in out}
-    allowed = {(f.src, f.dst) for f in placement.flows} if placement.method == "sp" else None
-    result = max_flow(topology, CostModel(topology), survivors, placement.partial_inference, allowed,
-                      balance=True)
+    result = max_flow(topology, CostModel(topology), survivors, placement.partial_inference,
+                      kept_hand_offs(placement), balance=True)
     return dataclasses.replace(placement, flows=result.flow_edges(),
                                objective_tokens_per_s=result.value_tokens_per_s)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from helix_jax.costmodel import CostModel, WorkloadShape
-from helix_jax.errors import PlacementError
-from helix_jax.placement import validate_placement
-from helix_jax.topology import load_topology, topology_from_dict
+from helix_jax.errors import ConfigError, PlacementError
+from helix_jax.placement import FlowEdge, validate_placement
+from helix_jax.topology import COORDINATOR, load_topology, topology_from_dict
 from helix_jax.solver.maxflow import max_flow, placement_with_flows
 
-FIXTURES = Path(__file__).resolve().parents[1] / "topologies" / "fixtures"
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "topologies" / "fixtures"
 DECODE_ONLY = WorkloadShape(0, 100)  # no prompt traffic: a link's tokens/s = bandwidth / vector bytes
 
 
@@ -115,8 +117,6 @@ def test_balanced_flow_shares_parallel_nodes() -> None:
 
 
 def test_survivor_flows_replan_around_lost_nodes() -> None:
-    import dataclasses
-
     from helix_jax.runtime.coordinator import pruned_flows
     from helix_jax.solver.maxflow import survivor_flows
 
@@ -139,3 +139,34 @@ def test_survivor_flows_replan_around_lost_nodes() -> None:
     pruned = pruned_flows(full, frozenset({"f-1"}))
     assert all("f-1" not in (f.src, f.dst) for f in pruned.flows)
     assert {(f.src, f.dst) for f in pruned.flows} <= {(f.src, f.dst) for f in full.flows}
+
+
+def test_a_saved_placement_is_served_with_recomputed_flows_and_sp_stays_separate(tmp_path) -> None:
+    """deploy --placement FILE recomputes the flows for this topology; separate pipelines keep
+    only their own hand-offs (on the 24-GPU cluster the open max-flow would hand A100 stages on
+    to L4s and back, mixing the A100, L4 and T4 pipelines)."""
+    from helix_jax.cli.serve_cmds import placement_for
+    from helix_jax.solver.baselines import baseline_placement
+    from helix_jax.topology import load_topology
+
+    topo = load_topology(ROOT / "topologies" / "single-region-24-llama2-70b.json")
+    cm = CostModel(topo)
+    sp = baseline_placement(topo, cm, "sp")
+    sp.save(tmp_path / "sp.json")
+    served = placement_for(topo, tmp_path / "sp.json", 10)
+    edges = {(f.src, f.dst) for f in sp.flows}
+    assert served.method == "sp" and served.ranges == sp.ranges
+    assert {(f.src, f.dst) for f in served.flows} == edges
+    assert served.objective_tokens_per_s == pytest.approx(sp.objective_tokens_per_s, rel=1e-6)
+    open_flow = placement_with_flows(topo, cm, dict(sp.ranges), "helix", allowed_edges=None)
+    assert {(f.src, f.dst) for f in open_flow.flows} - edges  # what the rule prevents
+    # a helix file is re-flowed over every edge, and a file of another model is refused
+    two, cm2 = _load("two-pipelines")
+    ranges = {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)}
+    one_edge = dataclasses.replace(placement_with_flows(two, cm2, ranges, "helix"),
+                                   flows=(FlowEdge(COORDINATOR, "f-0", 1.0), FlowEdge("f-0", "f-1", 1.0),
+                                          FlowEdge("f-1", COORDINATOR, 1.0)))
+    one_edge.save(tmp_path / "helix.json")
+    assert placement_for(two, tmp_path / "helix.json", 10).objective_tokens_per_s == pytest.approx(140.0)
+    with pytest.raises(ConfigError, match="covers 4 layers, the topology's model has 80"):
+        placement_for(topo, tmp_path / "helix.json", 10)
