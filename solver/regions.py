@@ -30,6 +30,7 @@ from helix_jax.costmodel import LINK_PLANNING_UTILIZATION, CostModel, best_layer
 from helix_jax.topology import Topology
 from helix_jax.solver import heuristics
 from helix_jax.solver.highs_run import solve
+from helix_jax.solver.maxflow import max_flow
 from helix_jax.solver.milp import Group, Rect, expand_counts, make_groups, make_rects
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,8 @@ def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_l
     order = sorted(by_region, key=lambda r: (r != first, r))
     L = topology.model.num_layers
     lo, ranges, windows = greedy_windows(topology, cost_model, order, by_region)
+    if lo > 0:  # the greedy sweep is blind to links: its windows may join over too few node pairs
+        lo = min(lo, max_flow(topology, cost_model, ranges, True, balance=False).value_tokens_per_s)
     best = WindowPlan(ranges, windows, lo) if lo > 0 else None
     covers = {r: RegionCover(topology, cost_model, by_region[r], enters=i > 0, leaves=i < len(order) - 1)
               for i, r in enumerate(order)}

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from helix_jax.costmodel import CostModel
+from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.placement import validate_placement
 from helix_jax.topology import load_topology, topology_from_dict
+from helix_jax.solver.maxflow import max_flow
 from helix_jax.solver.plan import plan
 from helix_jax.solver.regions import crossing_nodes, plan_windows, slow_regions
 
@@ -86,3 +87,19 @@ def test_slow_crossings_are_spread_over_several_node_pairs() -> None:
     assert need >= 2
     assert len({f.src for f in cross}) >= need and len({f.dst for f in cross}) >= need
     assert placement.objective_tokens_per_s > pair  # more than one link's worth crosses
+
+
+def test_windows_for_a_prompt_heavy_workload_are_judged_by_their_links() -> None:
+    """With 100 prompt tokens per output token a 40 kB/s pair carries 1.5 decode tokens/s. The
+    greedy windows (the bisection's starting point) ignore links and join the regions over few
+    pairs; the bisection must start from their true max-flow, not their link-blind coverage,
+    or it never tries the targets that several crossing pairs can carry."""
+    topo = _two_regions(50, bandwidth="40 kB/s", east=4, west=8)
+    cm = CostModel(topo, WorkloadShape(2000.0, 20.0, 1.0))
+    pair = cm.link_tokens_per_s("e-0", "w-0")
+    assert pair == pytest.approx(40e3 / (256 * 101))
+    result = plan_windows(topo, cm, upper=400.0, time_limit_s=10)
+    assert result is not None
+    flow = max_flow(topo, cm, result.ranges, True).value_tokens_per_s
+    assert result.target_tokens_per_s <= flow + 1e-6  # the promise: the target is carried
+    assert flow > 4 * pair  # several sender x receiver pairs share the crossing
