@@ -32,13 +32,14 @@ def _split(text: str, what: str) -> list[str]:
 
 def plan_methods(topology, cost_model, methods: list[str], time_limit_s: float, seed: int,
                  helix_placement: Path | None, console: Console) -> dict:
-    """Placements for every method: the solver's, or a saved file for helix."""
-    from helix_jax.placement import Placement
+    """Placements for every method: the solver's, or a saved file for helix (its flows
+    recomputed for this topology and the bench's workload, like deploy's)."""
+    from helix_jax.cli.serve_cmds import placement_for
 
     placements = {}
     for method in methods:
         if method == "helix" and helix_placement is not None:
-            placements[method] = Placement.load(helix_placement)
+            placements[method] = placement_for(topology, helix_placement, time_limit_s, cost_model.workload)
             continue
         from helix_jax.solver.plan import plan  # heavy (cvxpy): imported only when planning
 
@@ -116,12 +117,13 @@ def _simulated(console, topology_path, methods, schedulers, mode, rate_values, d
     from helix_jax.topology import load_topology
 
     topo = load_topology(topology_path)
-    cost = CostModel(topo)
+    cost = CostModel(topo, lengths.shape)  # plan for the workload that is simulated
     base = SimConfig(mode=mode, duration_s=duration_s, warmup_s=warmup_s,
                      rate_per_s=rate_values[0] if rate_values else None, arrival_counts=counts, seed=seed,
                      slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms)
     cases = bench_cases(methods, schedulers, rate_values)
-    console.print(f"[bold]{topo.name}[/]: placements for {', '.join(methods)}")
+    console.print(f"[bold]{topo.name}[/]: placements for {', '.join(methods)}, planned for {lengths.name} "
+                  f"({cost.workload.describe()})")
     placements = plan_methods(topo, cost, methods, time_limit_s, seed, placement, console)
     with _progress(console) as bar:
         task = bar.add_task("simulating", total=len(cases) * duration_s)

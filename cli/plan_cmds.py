@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import PlacementError, TopologyError
 from helix_jax.topology import Topology, load_topology
 
@@ -58,9 +59,7 @@ def _placement_json(placement: Any) -> dict[str, Any]:
 
 
 def _print_placement(console: Console, topo: Topology, placement: Any) -> None:
-    from helix_jax.costmodel import CostModel
-
-    cost_model = CostModel(topo)
+    cost_model = CostModel(topo, WorkloadShape.recorded_in(placement))
     table = Table(title=f"{placement.method} placement of {topo.model.name} on {topo.name}")
     for col in ("node", "type", "region", "layers", "k", "flow tok/s", "capacity tok/s", "util"):
         table.add_column(col, justify="right" if col in ("k", "flow tok/s", "capacity tok/s", "util") else "left")
@@ -94,9 +93,16 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
          seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same placement)."),
          regions: str = typer.Option("auto", "--regions",
                                      help="auto | windows (one block of layers per region) | free"),
+         trace: Path | None = typer.Option(None, "--trace",
+                                           help="Plan for this CSV's lengths (input_tokens,output_tokens)."),
+         prompt_tokens: int | None = typer.Option(None, "--prompt-tokens",
+                                                  help="Plan for fixed lengths (with --output-tokens)."),
+         output_tokens: int | None = typer.Option(None, "--output-tokens",
+                                                  help="Plan for fixed lengths (with --prompt-tokens)."),
          out: Path | None = typer.Option(None, "--out", help="Write the placement JSON here."),
          as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table.")) -> None:
     """Choose a layer range per node to maximise the cluster's max-flow of tokens."""
+    from helix_jax.bench.workload import length_sampler
     from helix_jax.solver.plan import plan as run_plan
 
     from helix_jax.errors import ConfigError
@@ -104,8 +110,9 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
     if regions not in ("auto", "windows", "free"):
         raise ConfigError(f"--regions must be auto, windows or free, got {regions!r}")
     topo = load_topology(topology)
+    workload = length_sampler(trace, prompt_tokens, output_tokens)
     placement = run_plan(topo, method=method, time_limit_s=time_limit, rel_gap=gap,
-                         partial_inference=not no_partial, seed=seed,
+                         partial_inference=not no_partial, seed=seed, cost_model=CostModel(topo, workload.shape),
                          region_windows=None if regions == "auto" else regions == "windows")
     if out is not None:
         placement.save(out)
@@ -114,6 +121,7 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
         return
     console = Console()
     _print_placement(console, topo, placement)
+    console.print(f"tokens/s of the {workload.name} workload: {WorkloadShape.recorded_in(placement).describe()}")
     if out is not None:
         console.print(f"placement written to {out}")
 
@@ -146,7 +154,7 @@ def explain(source: Path = typer.Argument(..., help="A placement JSON (with --to
     else:
         topo = load_topology(source)
         placement = run_plan(topo, time_limit_s=time_limit)
-    result = run_explain(topo, placement, boost=boost)
+    result = run_explain(topo, placement, CostModel(topo, WorkloadShape.recorded_in(placement)), boost=boost)
     if as_json:
         sys.stdout.write(json.dumps({
             "throughput_tokens_per_s": result.throughput_tokens_per_s,

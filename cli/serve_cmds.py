@@ -25,21 +25,24 @@ DEMO_PROMPTS = ("The cluster serves", "Max-flow placement", "Heterogeneous GPUs"
 PAPER_TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "single-region-24-llama2-70b.json"
 
 
-def placement_for(topology: Topology, placement_path: Path | None, time_limit_s: float) -> Any:
+def placement_for(topology: Topology, placement_path: Path | None, time_limit_s: float,
+                  workload: Any = None) -> Any:
     """A Placement with flows: loaded from a file (flows recomputed; a separate-pipelines file keeps
-    its pipelines apart) or planned now."""
-    from helix_jax.costmodel import CostModel
+    its pipelines apart) or planned now. Capacities are priced for `workload` (a WorkloadShape),
+    by default the one the file was planned for (the default shape when planning now)."""
+    from helix_jax.costmodel import CostModel, WorkloadShape
     from helix_jax.placement import Placement
     from helix_jax.solver.maxflow import kept_hand_offs, placement_with_flows
     from helix_jax.solver.plan import plan
 
     if placement_path is None:
-        return plan(topology, time_limit_s=time_limit_s)
+        return plan(topology, time_limit_s=time_limit_s, cost_model=CostModel(topology, workload))
     loaded = Placement.load(placement_path)
     if loaded.num_layers != topology.model.num_layers:
         raise ConfigError(f"placement {placement_path} covers {loaded.num_layers} layers, the topology's "
                           f"model has {topology.model.num_layers}")
-    return placement_with_flows(topology, CostModel(topology), dict(loaded.ranges), loaded.method,
+    cost_model = CostModel(topology, workload or WorkloadShape.recorded_in(loaded))
+    return placement_with_flows(topology, cost_model, dict(loaded.ranges), loaded.method,
                                 loaded.partial_inference, allowed_edges=kept_hand_offs(loaded))
 
 

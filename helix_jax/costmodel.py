@@ -82,6 +82,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from helix_jax.errors import ConfigError, TopologyError
 from helix_jax.modelconfig import ModelConfig
@@ -127,6 +128,35 @@ class WorkloadShape:
     def __post_init__(self) -> None:
         if not (self.mean_prompt_tokens >= 0 and self.mean_output_tokens > 0):
             raise ConfigError(f"workload needs mean_prompt_tokens >= 0 and mean_output_tokens > 0, got {self}")
+        if not self.output_length_second_moment_ratio >= 1:  # E[o^2] >= E[o]^2 for any lengths
+            raise ConfigError(f"workload needs output_length_second_moment_ratio >= 1, got {self}")
+
+    def to_dict(self) -> dict[str, float]:
+        return {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "WorkloadShape":
+        """A shape from `to_dict`'s output; the default shape for None (placement files written
+        before shapes were recorded)."""
+        if raw is None:
+            return cls()
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(raw, dict) or set(raw) - names:
+            raise ConfigError(f"a workload shape is an object with the fields {', '.join(sorted(names))}, "
+                              f"got {raw!r}")
+        try:
+            return cls(**{k: float(v) for k, v in raw.items()})
+        except (TypeError, ValueError):
+            raise ConfigError(f"a workload shape needs numbers, got {raw!r}") from None
+
+    @classmethod
+    def recorded_in(cls, placement: Any) -> "WorkloadShape":
+        """The shape a Placement was planned for (the planner records it as extra["workload"])."""
+        return cls.from_dict(placement.extra.get("workload"))
+
+    def describe(self) -> str:
+        return (f"mean prompt {self.mean_prompt_tokens:.0f} tokens, mean output {self.mean_output_tokens:.1f} "
+                f"tokens, E(o^2)/E(o)^2 {self.output_length_second_moment_ratio:.2f}")
 
     @property
     def prompt_per_output(self) -> float:

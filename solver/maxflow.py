@@ -25,7 +25,7 @@ from typing import Iterable
 
 import networkx as nx
 
-from helix_jax.costmodel import CostModel
+from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import PlacementError
 from helix_jax.placement import FlowEdge, Placement, validate_placement
 from helix_jax.topology import COORDINATOR, Topology
@@ -214,6 +214,7 @@ def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict
     flows = result.flow_edges()
     objective = sum(f.tokens_per_s for f in flows if f.src == COORDINATOR)
     extra = dict(extra or {})
+    extra["workload"] = cost_model.workload.to_dict()  # what "tokens/s" assumes (WorkloadShape)
     if objective > 0:  # every token visits sum(node flows) / F nodes on average
         extra["mean_hops"] = round(sum(result.node_flows.values()) / objective, 4)
     upper = upper_bound_tokens_per_s
@@ -246,10 +247,12 @@ def survivor_flows(topology: Topology, placement: Placement, down: Iterable[str]
     """`placement` with the load-spreading max-flow of its nodes not in `down` (the runtime's
     re-plan after a node failure or rejoin). The ranges stay the original's, down nodes
     included (they carry no flow), so the scheduler keeps its layer map; separate pipelines
-    stay separate (`kept_hand_offs`)."""
+    stay separate (`kept_hand_offs`); capacities are priced for the workload the placement was
+    planned for."""
     out = set(down)
     survivors = {n: r for n, r in placement.ranges.items() if n not in out}
-    result = max_flow(topology, CostModel(topology), survivors, placement.partial_inference,
+    cost_model = CostModel(topology, WorkloadShape.recorded_in(placement))
+    result = max_flow(topology, cost_model, survivors, placement.partial_inference,
                       kept_hand_offs(placement), balance=True)
     return dataclasses.replace(placement, flows=result.flow_edges(),
                                objective_tokens_per_s=result.value_tokens_per_s)

@@ -10,6 +10,7 @@ import pytest
 
 from helix_jax.bench.workload import (AzureConversationLengths, FixedLengths, TraceLengths, length_sampler,
                                       load_arrival_counts, poisson_arrivals, shaped_arrivals)
+from helix_jax.costmodel import WorkloadShape
 from helix_jax.errors import ConfigError
 
 
@@ -56,6 +57,20 @@ def test_trace_file_is_sampled_and_validated(tmp_path: Path) -> None:
         TraceLengths.load(tmp_path / "missing.csv")
     with pytest.raises(ConfigError, match="both --prompt-tokens and --output-tokens"):
         length_sampler(prompt_tokens=5)
+
+
+def test_each_workload_knows_the_shape_the_planner_prices(tmp_path: Path) -> None:
+    """The cost model's WorkloadShape of a trace is its own moments: rows (100, 10) and (300, 30)
+    give mean prompt 200, mean output 20 and E[o^2] / E[o]^2 = ((100 + 900) / 2) / 400 = 1.25."""
+    path = tmp_path / "lengths.csv"
+    path.write_text("input_tokens,output_tokens\n100,10\n300,30\n")
+    shape = TraceLengths.load(path).shape
+    assert (shape.mean_prompt_tokens, shape.mean_output_tokens) == (200.0, 20.0)
+    assert shape.output_length_second_moment_ratio == pytest.approx(1.25)
+    assert shape.resident_kv_tokens == pytest.approx(200 + 20 * 1.25)  # E[(p + o) o] / E[o] = 225
+    fixed = FixedLengths(50, 7).shape
+    assert (fixed.mean_prompt_tokens, fixed.mean_output_tokens, fixed.output_length_second_moment_ratio) == (50, 7, 1)
+    assert AzureConversationLengths().shape == WorkloadShape()  # the default is the Azure trace's
 
 
 def test_poisson_arrivals_have_the_rate() -> None:

@@ -148,6 +148,28 @@ def test_resident_kv_is_residence_weighted() -> None:
     assert w.resident_kv_tokens > w.mean_prompt_tokens + w.mean_output_tokens > w.average_context_tokens
 
 
+def test_workload_shape_round_trips_through_json_and_rejects_bad_fields() -> None:
+    shape = WorkloadShape(1379.0, 27.5, 5.0)
+    assert WorkloadShape.from_dict(json.loads(json.dumps(shape.to_dict()))) == shape
+    assert WorkloadShape.from_dict(None) == WorkloadShape()  # a placement file that records none
+    with pytest.raises(ConfigError, match="with the fields mean_output_tokens, mean_prompt_tokens"):
+        WorkloadShape.from_dict({"mean_prompt": 5})
+    with pytest.raises(ConfigError, match="needs numbers"):
+        WorkloadShape.from_dict({"mean_prompt_tokens": "many"})
+    with pytest.raises(ConfigError, match="output_length_second_moment_ratio >= 1"):
+        WorkloadShape(100.0, 10.0, 0.5)
+
+
+def test_a_prompt_heavy_workload_lowers_decode_capacity() -> None:
+    """Tokens/s are decode tokens of the workload: each pays for its share of prefill, so the
+    code trace's shape (1379 prompt tokens per 27.5 output) leaves far fewer than the default."""
+    topo = load_topology(TOPOLOGIES / "single-region-24-llama2-70b.json")
+    chat, code = CostModel(topo), CostModel(topo, WorkloadShape(1379.0, 27.5, 5.0))
+    for gpu in ("A100-40GB", "L4", "T4"):
+        assert code.capacity_tokens_per_s(gpu, 2) < 0.5 * chat.capacity_tokens_per_s(gpu, 2)
+    assert code.link_tokens_per_s("a100-0", "l4-0") < chat.link_tokens_per_s("a100-0", "l4-0") / 10
+
+
 @pytest.mark.parametrize("name", ["table-only", "two-pipelines"])
 def test_explicit_tables_win_and_keep_the_promise(name: str) -> None:
     topo = load_topology(TOPOLOGIES / "fixtures" / f"{name}.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,36 @@ def test_a_saved_placement_is_served_with_recomputed_flows_and_sp_stays_separate
     assert placement_for(two, tmp_path / "helix.json", 10).objective_tokens_per_s == pytest.approx(140.0)
     with pytest.raises(ConfigError, match="covers 4 layers, the topology's model has 80"):
         placement_for(topo, tmp_path / "helix.json", 10)
+
+
+def test_a_placement_is_planned_served_and_replanned_for_its_own_workload(tmp_path) -> None:
+    """`plan --trace/--prompt-tokens` prices capacities for that workload and records its shape in
+    the file; deploy (placement_for), failure re-plans (survivor_flows) and explain read it back,
+    so the flows they recompute are the planned ones, not the default chat workload's."""
+    from typer.testing import CliRunner
+
+    from helix_jax.cli.main import app
+    from helix_jax.cli.serve_cmds import placement_for
+    from helix_jax.placement import Placement
+    from helix_jax.solver.maxflow import survivor_flows
+
+    path = ROOT / "topologies" / "single-region-24-llama2-70b.json"
+    out = tmp_path / "p.json"
+    result = CliRunner().invoke(app, ["plan", str(path), "--prompt-tokens", "2000", "--output-tokens", "20",
+                                      "--time-limit", "8", "--out", str(out)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "fixed workload: mean prompt 2000 tokens, mean output 20.0 tokens" in result.output
+    saved = Placement.load(out)
+    assert saved.extra["workload"] == {"mean_prompt_tokens": 2000.0, "mean_output_tokens": 20.0,
+                                       "output_length_second_moment_ratio": 1.0}
+    topo = load_topology(path)
+    chat = placement_with_flows(topo, CostModel(topo), dict(saved.ranges), "helix")
+    assert chat.objective_tokens_per_s > 3 * saved.objective_tokens_per_s  # 100 prompt tokens per output
+    served = placement_for(topo, out, 10)
+    assert served.objective_tokens_per_s == pytest.approx(saved.objective_tokens_per_s, rel=1e-6)
+    assert survivor_flows(topo, saved, ()).objective_tokens_per_s == pytest.approx(saved.objective_tokens_per_s,
+                                                                                   rel=1e-6)
+    why = CliRunner().invoke(app, ["explain", str(out), "--topology", str(path), "--json"])
+    assert why.exit_code == 0, why.output
+    assert json.loads(why.output)["throughput_tokens_per_s"] == pytest.approx(saved.objective_tokens_per_s,
+                                                                                rel=1e-6)

@@ -171,6 +171,7 @@ def run_simulated_bench(cost_model: CostModel, placements: Mapping[str, Placemen
     settings.pop("policy")
     resident = resident_kv_tokens(lengths)
     settings["resident_kv_tokens"] = resident
+    settings["workload_shape"] = cost_model.workload.to_dict()  # what the max-flow figures assume
     summaries = {m: placement_summary(p, kv_concurrency_bound(p, cost_model, resident))
                  for m, p in placements.items()}
     return BenchReport(

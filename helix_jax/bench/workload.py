@@ -5,7 +5,9 @@ Owns the request streams fed into the scheduler (placement -> scheduler <- **wor
 * lengths: `AzureConversationLengths` (built-in, seeded, fitted to the Azure conversation
   trace statistics of HELIX.md section 8), `FixedLengths`, `TraceLengths` (a CSV with
   `input_tokens,output_tokens` columns, e.g. ../shared/data/azure_conv_lengths.csv, read at
-  run time and sampled with replacement);
+  run time and sampled with replacement); each knows its `shape` (mean prompt and output
+  lengths, spread of outputs), which the cost model prices capacities by, so the planner plans
+  for the workload a bench runs;
 * arrivals: `poisson_arrivals` (open loop at a rate) and `shaped_arrivals` (a non-homogeneous
   Poisson process whose intensity follows a trace's per-interval counts, scaled to a rate;
   CSV column `requests_in_3s`); `seeded_arrivals` picks one of them for a run (simulator and
@@ -23,6 +25,7 @@ import random
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
+from helix_jax.costmodel import WorkloadShape
 from helix_jax.errors import ConfigError
 
 MAX_PROMPT_TOKENS = 2048  # the Azure trace's clipping
@@ -38,6 +41,11 @@ class LengthSampler(Protocol):
 
     @property
     def mean_lengths(self) -> tuple[float, float]:
+        ...
+
+    @property
+    def shape(self) -> WorkloadShape:
+        """What the cost model (and so the planner) assumes of these requests."""
         ...
 
 
@@ -89,6 +97,10 @@ class AzureConversationLengths:
     def mean_lengths(self) -> tuple[float, float]:
         return 763.0, 232.0
 
+    @property
+    def shape(self) -> WorkloadShape:
+        return WorkloadShape()  # the cost model's default: the trace statistics fitted here
+
 
 @dataclasses.dataclass(frozen=True)
 class FixedLengths:
@@ -108,6 +120,10 @@ class FixedLengths:
     def mean_lengths(self) -> tuple[float, float]:
         return float(self.prompt_tokens), float(self.output_tokens)
 
+    @property
+    def shape(self) -> WorkloadShape:
+        return WorkloadShape(float(self.prompt_tokens), float(self.output_tokens), 1.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class TraceLengths:
@@ -124,6 +140,13 @@ class TraceLengths:
     @property
     def mean_lengths(self) -> tuple[float, float]:
         return sum(self.prompts) / len(self.prompts), sum(self.outputs) / len(self.outputs)
+
+    @property
+    def shape(self) -> WorkloadShape:
+        """The trace's own moments (the code trace: prompts 1379, outputs 27.5, ratio 5.0)."""
+        mean_prompt, mean_output = self.mean_lengths
+        second = sum(o * o for o in self.outputs) / len(self.outputs)
+        return WorkloadShape(mean_prompt, mean_output, max(1.0, second / mean_output ** 2))
 
     @classmethod
     def load(cls, path: str | Path) -> "TraceLengths":
