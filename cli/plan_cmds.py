@@ -121,7 +121,7 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
         return
     console = Console()
     _print_placement(console, topo, placement)
-    console.print(f"tokens/s of the {workload.name} workload: {WorkloadShape.recorded_in(placement).describe()}")
+    console.print(f"tokens/s of the {workload.name} workload: {workload.shape.describe()}")
     if out is not None:
         console.print(f"placement written to {out}")
 

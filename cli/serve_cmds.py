@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -20,13 +20,16 @@ from rich.table import Table
 from helix_jax.errors import ConfigError
 from helix_jax.topology import Topology, default_topology_path, load_topology
 
+if TYPE_CHECKING:
+    from helix_jax.costmodel import WorkloadShape
+
 console = Console()
 DEMO_PROMPTS = ("The cluster serves", "Max-flow placement", "Heterogeneous GPUs", "Hello, helix!")
 PAPER_TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "single-region-24-llama2-70b.json"
 
 
 def placement_for(topology: Topology, placement_path: Path | None, time_limit_s: float,
-                  workload: Any = None) -> Any:
+                  workload: WorkloadShape | None = None) -> Any:
     """A Placement with flows: loaded from a file (flows recomputed; a separate-pipelines file keeps
     its pipelines apart) or planned now. Capacities are priced for `workload` (a WorkloadShape),
     by default the one the file was planned for (the default shape when planning now)."""

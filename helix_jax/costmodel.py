@@ -84,7 +84,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from helix_jax.errors import ConfigError, TopologyError
+from helix_jax.errors import ConfigError, PlacementError, TopologyError
 from helix_jax.modelconfig import ModelConfig
 from helix_jax.profiles import LatencyProfile
 from helix_jax.topology import COORDINATOR, GpuType, Topology
@@ -152,7 +152,10 @@ class WorkloadShape:
     @classmethod
     def recorded_in(cls, placement: Any) -> "WorkloadShape":
         """The shape a Placement was planned for (the planner records it as extra["workload"])."""
-        return cls.from_dict(placement.extra.get("workload"))
+        try:
+            return cls.from_dict(placement.extra.get("workload"))
+        except ConfigError as exc:
+            raise PlacementError(f"placement's extra.workload is malformed: {exc}") from None
 
     def describe(self) -> str:
         return (f"mean prompt {self.mean_prompt_tokens:.0f} tokens, mean output {self.mean_output_tokens:.1f} "

@@ -148,7 +148,6 @@ def test_a_saved_placement_is_served_with_recomputed_flows_and_sp_stays_separate
     to L4s and back, mixing the A100, L4 and T4 pipelines)."""
     from helix_jax.cli.serve_cmds import placement_for
     from helix_jax.solver.baselines import baseline_placement
-    from helix_jax.topology import load_topology
 
     topo = load_topology(ROOT / "topologies" / "single-region-24-llama2-70b.json")
     cm = CostModel(topo)

@@ -93,3 +93,22 @@ def test_plan_table_for_a_baseline() -> None:
     result = _cli("plan", str(ROOT / "topologies" / "cpu-small.json"), "--method", "petals")
     assert result.returncode == 0, result.stderr
     assert "cpu-0" in result.stdout and "throughput" in result.stdout
+
+
+def test_bad_workload_options_and_a_bad_recorded_workload_give_one_clear_error(tmp_path: Path) -> None:
+    """plan's --trace/--prompt-tokens and a placement file's extra.workload: one line, exit 2."""
+    topo = ROOT / "topologies" / "fixtures" / "two-pipelines.json"
+    missing = _cli("plan", str(topo), "--trace", str(tmp_path / "none.csv"))
+    assert missing.returncode == 2 and missing.stderr.strip() == f"error: trace file '{tmp_path / 'none.csv'}' does not exist"
+    half = _cli("plan", str(topo), "--prompt-tokens", "100")
+    assert half.returncode == 2
+    assert half.stderr.strip() == "error: fixed lengths need both --prompt-tokens and --output-tokens"
+    out = tmp_path / "p.json"
+    assert _cli("plan", str(topo), "--time-limit", "5", "--out", str(out)).returncode == 0
+    doc = json.loads(out.read_text())
+    doc["extra"]["workload"] = {"mean_prompt_tokens": "lots"}
+    out.write_text(json.dumps(doc))
+    bad = _cli("explain", str(out), "--topology", str(topo))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == ("error: placement's extra.workload is malformed: a workload shape needs numbers, "
+                                  "got {'mean_prompt_tokens': 'lots'}")
