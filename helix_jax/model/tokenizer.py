@@ -8,19 +8,37 @@ Sits at the edges of the data flow: the coordinator encodes prompts and decodes 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from helix_jax.errors import CheckpointError
 from helix_jax.modelconfig import TINY_BOS, TINY_EOS, TINY_PAD, ModelConfig, is_tiny
 
 
 class Tokenizer(Protocol):
+    """What the coordinator, the HTTP front end and `generate` need of a tokenizer.
+
+    `stop_token_ids`: ids that end generation (EOS and the chat template's end-of-turn token).
+    `render_chat`: the chat template applied to OpenAI-style messages ({"role", "content"}),
+    as Hugging Face's `apply_chat_template(..., tokenize=False)` renders it; `encode_chat` is
+    its ids, tokenized as HF does (no extra BOS: the template writes its own specials).
+    Raises RequestError for a malformed conversation (unknown role, non-string content).
+    """
+
     bos_token_id: int | None
     eos_token_id: int | None
+    stop_token_ids: frozenset[int]
 
-    def encode(self, text: str, add_bos: bool = True) -> list[int]: ...
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Ids of `text`; add_bos None follows the tokenizer's own setting."""
+        ...
 
-    def decode(self, ids: Sequence[int]) -> str: ...
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`, special tokens skipped."""
+        ...
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str: ...
+
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]: ...
 
 
 class ByteTokenizer:
