@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from helix_jax.errors import CheckpointError
 
@@ -192,7 +192,7 @@ def _sentencepiece(tokens: list[str], types: list[int], metadata: Mapping[str, A
                     ranked.append((-scores[i], i, vocab[left], left, right))
         ranked.sort()
         pairs = [(left, right) for *_, left, right in ranked]
-    byte_fallback = all(f"<0x{b:02X}>" in vocab for b in range(256))
+    byte_fallback = BYTE in types or "<0x00>" in vocab  # <0xNN> pieces spell unknown bytes
     unk = tokens[unk_id] if unk_id is not None else None
     try:
         bpe = models.BPE(vocab, pairs, unk_token=unk, fuse_unk=True, byte_fallback=byte_fallback)
@@ -266,12 +266,3 @@ def _flag(metadata: Mapping[str, Any], key: str, where: str, default: bool) -> b
         raise CheckpointError(f"{where}: {key} must be a boolean, got {value!r}")
     return value
 
-
-def token_ids(vocab: GGUFVocab, texts: Sequence[str]) -> dict[str, int]:
-    """Ids of those of `texts` that are whole tokens of the vocabulary."""
-    found = {}
-    for text in texts:
-        token_id = vocab.tokenizer.token_to_id(text)
-        if token_id is not None:
-            found[text] = token_id
-    return found
