@@ -143,15 +143,9 @@ def _byte_level(tokens: list[str], merges: list[str], split: str | None, add_pre
                 where: str) -> Any:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    pairs = []
-    for m in merges:
-        left, sep, right = m.partition(" ")
-        if not sep or not left or not right:
-            raise CheckpointError(f"{where}: tokenizer.ggml.merges entry {m!r} is not 'left right'")
-        pairs.append((left, right))
     vocab = {t: i for i, t in enumerate(tokens)}
     try:
-        bpe = models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False)
+        bpe = models.BPE(vocab, _merge_pairs(merges, where), fuse_unk=False, byte_fallback=False)
     except Exception as exc:  # a merge naming a token outside the vocabulary
         raise CheckpointError(f"{where}: tokenizer.ggml.merges does not fit tokenizer.ggml.tokens: {exc}") from None
     tokenizer = Tokenizer(bpe)
@@ -179,7 +173,7 @@ def _sentencepiece(tokens: list[str], types: list[int], metadata: Mapping[str, A
     scores = _float_list(metadata, "tokenizer.ggml.scores", where, len(tokens))
     vocab = {t: i for i, t in enumerate(tokens)}
     if "tokenizer.ggml.merges" in metadata:
-        pairs = [tuple(m.split(" ", 1)) for m in _string_list(metadata, "tokenizer.ggml.merges", where)]
+        pairs = _merge_pairs(_string_list(metadata, "tokenizer.ggml.merges", where), where)
     else:
         mergeable = {t for t, kind in zip(tokens, types) if kind in (NORMAL, USER_DEFINED, UNUSED)}
         ranked = []
@@ -206,6 +200,16 @@ def _sentencepiece(tokens: list[str], types: list[int], metadata: Mapping[str, A
         decoding.append(decoders.Strip(" ", 1, 0))
     tokenizer.decoder = decoders.Sequence(decoding)
     return tokenizer
+
+
+def _merge_pairs(merges: list[str], where: str) -> list[tuple[str, str]]:
+    pairs = []
+    for m in merges:
+        left, sep, right = m.partition(" ")
+        if not sep or not left or not right:
+            raise CheckpointError(f"{where}: tokenizer.ggml.merges entry {m!r} is not 'left right'")
+        pairs.append((left, right))
+    return pairs
 
 
 def _add_tokens(tokenizer: Any, tokens: list[str], specials: set[int], user_defined: list[int]) -> None:
