@@ -38,13 +38,23 @@ def _model_config(model: Optional[str], dtype: Optional[str]):
 
 
 def _resolve(model: Optional[str], dtype: Optional[str]):
-    """(ModelConfig, weights source, model directory or None) for a --model option."""
+    """(ModelConfig, weights source, tokenizer source or None) for a --model option: the
+    tokenizer source is the .gguf file or checkpoint directory, None for random weights."""
     config, spec = _model_config(model, dtype), model
     from helix_jax.model.weights import default_weights_source
 
     source = default_weights_source(config, spec or config.name)
     model_dir = None if source.startswith("random:") else Path(source)
     return config, source, model_dir
+
+
+def _prompt_ids(tokenizer, prompt: str, chat: bool, system: Optional[str]) -> list[int]:
+    """The prompt's ids: raw text (the tokenizer's own BOS setting), or with --chat one user
+    message (after an optional system message) rendered by the model's chat template."""
+    if not chat:
+        return tokenizer.encode(prompt)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return tokenizer.encode_chat(messages, add_generation_prompt=True)
 
 
 def _parse_ids(text: str, option: str = "--prompt-ids") -> list[int]:
@@ -60,11 +70,17 @@ def _parse_ids(text: str, option: str = "--prompt-ids") -> list[int]:
 
 def _generate_remote(endpoint: str, **request) -> dict:
     """Send the request to a live deployment at `endpoint` (helix_jax.client.Client); with
-    stream=True print each token's text as it arrives. `model` is the deployment's business."""
+    stream=True print each token's text as it arrives. `model` is the deployment's business,
+    except with --chat: its tokenizer renders the chat template here and ids are sent."""
     from helix_jax.client import Client
 
     sampling = request["sampling"]
     prompt = request["prompt"] if request["prompt"] is not None else _parse_ids(request["prompt_ids"])
+    if request["chat"]:
+        from helix_jax.model.tokenizer import load_tokenizer
+
+        config, _, source = _resolve(request["model"], None)
+        prompt = _prompt_ids(load_tokenizer(config, source), request["prompt"], True, request["system"])
     kwargs = dict(max_tokens=request["max_tokens"], temperature=sampling.temperature, top_k=sampling.top_k,
                   top_p=sampling.top_p, seed=sampling.seed)
     with Client(endpoint, timeout_s=10.0) as client:
@@ -84,9 +100,14 @@ def _generate_remote(endpoint: str, **request) -> dict:
 
 
 def generate(
-    model: Optional[str] = typer.Option(None, help="Preset name or checkpoint directory "
-                                        "(default: the default topology's model)."),
-    prompt: Optional[str] = typer.Option(None, help="Prompt text (tokenized with BOS)."),
+    model: Optional[str] = typer.Option(None, help="Model name (helix-jax models list), .gguf file, "
+                                        "preset or checkpoint directory (default: the default "
+                                        "topology's model)."),
+    prompt: Optional[str] = typer.Option(None, help="Prompt text (BOS as the tokenizer adds it)."),
+    chat: bool = typer.Option(False, "--chat", help="Send --prompt as a user message through the "
+                              "model's chat template."),
+    system: Optional[str] = typer.Option(None, help="System message for --chat (default: the "
+                                         "template's own)."),
     prompt_ids: Optional[str] = typer.Option(None, help="Prompt as token ids, e.g. 256,72,105."),
     max_tokens: int = typer.Option(32, help="Tokens to generate at most."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
@@ -105,12 +126,14 @@ def generate(
         raise RequestError("give exactly one of --prompt and --prompt-ids")
     if local and endpoint:
         raise ConfigError("--local and --endpoint exclude each other")
+    if chat and prompt is None:
+        raise RequestError("--chat needs --prompt (text), not --prompt-ids")
     from helix_jax.model.sampling import SamplingParams
 
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if endpoint:
         result = _generate_remote(endpoint, model=model, prompt=prompt, prompt_ids=prompt_ids,
-                                  max_tokens=max_tokens, sampling=sampling, stream=stream and not as_json)
+                                  chat=chat, system=system, max_tokens=max_tokens, sampling=sampling, stream=stream and not as_json)
         if as_json or not stream:
             typer.echo(json.dumps(result) if as_json else result.get("text", ""))
         return
@@ -126,7 +149,7 @@ def generate(
             tokenizer = None
     else:
         tokenizer = load_tokenizer(config, model_dir)
-        ids = tokenizer.encode(prompt)
+        ids = _prompt_ids(tokenizer, prompt, chat, system)
 
     produced: list[int] = []
     printed = [""]
@@ -143,7 +166,8 @@ def generate(
             typer.echo(text_so_far[len(printed[0]):], nl=False)
             printed[0] = text_so_far
 
-    out = generate_local(config, source, ids, max_tokens, sampling, on_token=show)
+    stops = tokenizer.stop_token_ids if tokenizer is not None else None
+    out = generate_local(config, source, ids, max_tokens, sampling, on_token=show, stop_token_ids=stops)
     text = tokenizer.decode(out) if tokenizer is not None else None
     if as_json:
         typer.echo(json.dumps({"model": config.name, "prompt_ids": ids, "ids": out, "text": text}))
@@ -156,8 +180,8 @@ def generate(
 
 
 def profile(
-    model: Optional[str] = typer.Option(None, help="Preset name or checkpoint directory "
-                                        "(default: the default topology's model)."),
+    model: Optional[str] = typer.Option(None, help="Model name, .gguf file, preset or checkpoint "
+                                        "directory (default: the default topology's model)."),
     layers: int = typer.Option(2, help="Layers of the model's true width to run (K)."),
     dtype: Optional[str] = typer.Option(None, help="Override the model dtype (fp32, bf16, fp16)."),
     out: Path = typer.Option(Path("profile.json"), help="Profile file to write."),

@@ -17,14 +17,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from helix_jax.errors import ConfigError
+from helix_jax.errors import CheckpointError, ConfigError
 from helix_jax.topology import Topology, default_topology_path, load_topology
 
 if TYPE_CHECKING:
     from helix_jax.costmodel import WorkloadShape
 
 console = Console()
-DEMO_PROMPTS = ("The cluster serves", "Max-flow placement", "Heterogeneous GPUs", "Hello, helix!")
+DEMO_QUESTIONS = ("What is the capital of France?", "What color is the sky on a clear day?",
+                  "What do bees make?", "How many days are in a week?")
 PAPER_TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "single-region-24-llama2-70b.json"
 
 
@@ -70,10 +71,11 @@ def serve_config(topology_path: Path | None, placement_path: Path | None, model:
     if config.num_layers != topology.model.num_layers:
         raise ConfigError(f"--model {spec} has {config.num_layers} layers but the topology's model "
                           f"{topology.model.name} has {topology.model.num_layers}")
-    if not is_tiny(config) and not Path(spec).is_dir():
-        raise ConfigError(f"model {spec!r} has no built-in weights: pass its Hugging Face checkpoint "
-                          f"directory as --model, or emulate it: --emulate --model tiny-{config.num_layers}")
-    weights = default_weights_source(config, spec)
+    try:
+        weights = default_weights_source(config, spec)  # a cached model's file, a .gguf, a directory
+    except CheckpointError as exc:
+        raise ConfigError(f"{exc}; or emulate the cluster with random weights: --emulate --model "
+                          f"tiny-{config.num_layers}") from None
     placement = placement_for(topology, placement_path, plan_time_s)
     emulation = EmulationSpec.for_topology(topology, time_scale) if emulate else None
     cfg = ServeConfig(topology, placement, config, weights=weights, host=host, client_port=port,
@@ -81,7 +83,7 @@ def serve_config(topology_path: Path | None, placement_path: Path | None, model:
                       max_seq_len=min(max_seq_len, config.max_position_embeddings),
                       heartbeat_timeout_s=heartbeat_timeout_s,
                       flow_planner=functools.partial(survivor_flows, topology, placement))
-    return cfg, load_tokenizer(config, None if is_tiny(config) else spec)
+    return cfg, load_tokenizer(config, None if weights.startswith("random:") else weights)
 
 
 def print_placement(placement: Any, topology: Topology, title: str) -> None:
@@ -159,33 +161,36 @@ def worker(coordinator: str = typer.Option(..., help="Coordinator control endpoi
     raise typer.Exit(code)
 
 
-def demo(requests: int = typer.Option(4, help="Requests to send through the deployment."),
-         max_tokens: int = typer.Option(16, help="Tokens to generate per request."),
+def demo(requests: int = typer.Option(4, help="Questions to send through the deployment at once."),
+         max_tokens: int = typer.Option(48, help="Tokens to generate per answer at most."),
+         topology: Path = typer.Option(None, help="Cluster to deploy (default: the shipped CPU cluster "
+                                                  "serving SmolLM2-135M-Instruct)."),
          paper_plan_time: float = typer.Option(10.0, help="Planner time limit for the 24-node cluster."),
          sim_seconds: float = typer.Option(1200.0, help="Simulated seconds of the benchmark table, the first "
                                                             "half warm-up (0: skip).")) -> None:
-    """Deploy the shipped CPU cluster, answer requests, then plan and simulate a 24-GPU cluster."""
+    """Deploy the shipped CPU cluster, answer questions, then plan and simulate a 24-GPU cluster."""
     from concurrent.futures import ThreadPoolExecutor
 
     from helix_jax.client import Client
     from helix_jax.runtime.deploy import LocalDeployment
 
     started = time.perf_counter()
-    cfg, codec = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, None, 256, 10.0)
+    cfg, codec = serve_config(topology, None, None, False, 1.0, "127.0.0.1", 0, None, 256, 10.0)
     print_placement(cfg.placement, cfg.topology, f"1. placement of {cfg.topology.name} ({cfg.model.name})")
     with LocalDeployment(cfg, codec) as dep:
         with console.status(f"2. deploying: {len(dep.workers)} worker processes load and compile"):
             dep.wait_ready()
         console.print(f"2. deployed in {time.perf_counter() - started:.1f} s; endpoint {dep.client_endpoint}")
-        prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(requests)]
+        questions = [DEMO_QUESTIONS[i % len(DEMO_QUESTIONS)] for i in range(requests)]
+        prompts = [codec.encode_chat([{"role": "user", "content": q}]) for q in questions]
         with Client(dep.client_endpoint) as client, ThreadPoolExecutor(max(1, requests)) as pool:
             results = list(pool.map(lambda p: client.generate(p, max_tokens=max_tokens), prompts))
-        table = Table(title=f"3. {requests} concurrent requests (tiny model, random weights: the text is noise)")
-        for col in ("prompt", "route (node[layers])", "answer (repr)", "TTFT ms", "TPOT ms"):
+        table = Table(title=f"3. {requests} concurrent questions to {cfg.model.name} (chat template, greedy)")
+        for col in ("question", "answer", "route (node[layers])", "TTFT ms", "TPOT ms"):
             table.add_column(col)
-        for prompt, res in zip(prompts, results):
+        for question, res in zip(questions, results):
             route = " > ".join(f"{n}[{s}:{e})" for n, s, e in res.route)
-            table.add_row(prompt, route, repr(res.text)[:32],
+            table.add_row(question, res.text.strip(), route,
                           f"{res.timings.ttft_s * 1e3:.1f}", f"{res.timings.tpot_s * 1e3:.2f}")
         console.print(table)
     console.print("   deployment shut down cleanly")

@@ -427,7 +427,12 @@ def load_topology(path: str | Path) -> Topology:
 
 
 def default_topology_path() -> Path:
-    """The embedded small CPU topology (tiny model, 3 workers): `deploy`'s default."""
+    """The embedded small CPU topology (SmolLM2-135M-Instruct, 3 workers): `deploy`'s default."""
     return Path(__file__).parent / "data" / "cpu-small.json"
+
+
+def tiny_topology_path() -> Path:
+    """The embedded tiny CPU topology (tiny-8 with random weights, 3 workers): fast tests, --emulate."""
+    return Path(__file__).parent / "data" / "cpu-tiny.json"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from helix_jax.placement import FlowEdge, Placement
-from helix_jax.topology import Topology, default_topology_path, load_topology, topology_from_dict
+from helix_jax.topology import Topology, tiny_topology_path, load_topology, topology_from_dict
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def reference():
     from helix_jax.model import random_stage_weights
     from helix_jax.model.generate import generate_local
 
-    config = load_topology(default_topology_path()).model
+    config = load_topology(tiny_topology_path()).model
     weights = random_stage_weights(config, 0, config.num_layers, 0)
     memo: dict = {}
 

@@ -15,7 +15,7 @@ from helix_jax.model.tokenizer import load_tokenizer
 from helix_jax.placement import FlowEdge, Placement
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment
-from helix_jax.topology import default_topology_path, load_topology
+from helix_jax.topology import tiny_topology_path, load_topology
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def placement() -> Placement:
 
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory):
-    topo = load_topology(default_topology_path())
+    topo = load_topology(tiny_topology_path())
     cfg = ServeConfig(topo, placement(), topo.model, weights="random:0", max_seq_len=64, kv_tokens=256,
                       queue_limit=50)
     with LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=tmp_path_factory.mktemp("w")) as dep:

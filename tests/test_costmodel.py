@@ -185,7 +185,7 @@ def test_explicit_tables_win_and_keep_the_promise(name: str) -> None:
 
 
 def test_cpu_small_tables_keep_the_promise() -> None:
-    cm = CostModel(load_topology(TOPOLOGIES / "cpu-small.json"))
+    cm = CostModel(load_topology(TOPOLOGIES / "cpu-tiny.json"))
     for gpu in ("CPU-big", "CPU-small"):
         for k in range(1, cm.max_layers(gpu) + 1):
             assert _promise_error(cm, gpu, k) < 0.05, (gpu, k)

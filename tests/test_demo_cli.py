@@ -20,7 +20,7 @@ def test_demo_deploys_answers_plans_and_compares() -> None:
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     # 1-3: the shipped CPU cluster is planned, deployed, and answers every request over a real route
-    assert "1. placement of cpu-small" in out and "max-flow 420.0 tokens/s" in out
+    assert "1. placement of cpu-tiny" in out and "max-flow 420.0 tokens/s" in out
     rows = re.findall(r"│ ([\w,!\- ]+?) +│ ((?:cpu-\d\[\d:\d\)(?: > )?)+) +│ .+? │ +([\d.]+) +│ +([\d.]+) +│", out)
     assert len(rows) == 3, out
     for _, route, ttft_ms, tpot_ms in rows:

@@ -71,12 +71,12 @@ class Deploy:
 
 
 def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:
-    dep = Deploy([str(ROOT / "topologies" / "cpu-small.json"), "--plan-time", "5",
+    dep = Deploy([str(ROOT / "topologies" / "cpu-tiny.json"), "--plan-time", "5",
                   "--log-dir", str(tmp_path / "logs")])
     try:
         endpoint = dep.wait_for(r"client endpoint (tcp://\S+)")
         printed = "".join(dep.seen)
-        assert "placement of cpu-small" in printed and "max-flow 420.0 tokens/s" in printed
+        assert "placement of cpu-tiny" in printed and "max-flow 420.0 tokens/s" in printed
         with Client(endpoint) as client:
             results = [client.generate(prompt, max_tokens=6) for prompt in ("Hello", "Max-flow", "GPUs")]
         for res in results:
@@ -94,7 +94,7 @@ def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:
 def test_a_node_on_another_host_joins_by_the_printed_worker_command(tmp_path: Path) -> None:
     """cpu-2 sits on another host: deploy starts only cpu-0 and cpu-1, prints the command for
     cpu-2 and waits; running that command (here, on this machine) completes the deployment."""
-    topology = json.loads((ROOT / "topologies" / "cpu-small.json").read_text())
+    topology = json.loads((ROOT / "topologies" / "cpu-tiny.json").read_text())
     topology["nodes"][2]["host"] = "gpu-box.invalid"
     path = tmp_path / "two-hosts.json"
     path.write_text(json.dumps(topology))
@@ -155,9 +155,9 @@ def test_emulated_deployment_keeps_the_cost_models_time(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, needle", [
     (["topologies/single-region-24-llama2-70b.json"], "model 'llama-2-70b' has no built-in weights"),
-    (["topologies/cpu-small.json", "--model", "tiny-80"], "--model tiny-80 has 80 layers but the topology's model"),
-    (["topologies/cpu-small.json", "--model", "tiny-4"], "model 'tiny-4' is neither a known preset"),
-    (["topologies/cpu-small.json", "--heartbeat-timeout", "0"], "--heartbeat-timeout must be positive"),
+    (["topologies/cpu-tiny.json", "--model", "tiny-80"], "--model tiny-80 has 80 layers but the topology's model"),
+    (["topologies/cpu-tiny.json", "--model", "tiny-4"], "model 'tiny-4' is neither a known preset"),
+    (["topologies/cpu-tiny.json", "--heartbeat-timeout", "0"], "--heartbeat-timeout must be positive"),
     (["topologies/no-such-cluster.json"], "does not exist"),
 ])
 def test_bad_deploy_arguments_get_one_clear_error(args: list[str], needle: str) -> None:

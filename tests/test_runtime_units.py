@@ -12,7 +12,7 @@ from helix_jax.runtime import wire
 from helix_jax.runtime.emulation import (ComputePacer, DelayedSends, EmulationSpec, LayerLoad, LinkPacer,
                                          layer_loads)
 from helix_jax.runtime.requests import parse_generate
-from helix_jax.topology import default_topology_path, load_topology, topology_from_dict
+from helix_jax.topology import tiny_topology_path, load_topology, topology_from_dict
 
 TINY = PRESETS["tiny-8"]
 
@@ -69,15 +69,15 @@ def test_parse_generate_rejects_bad_requests(fields: dict, needle: str) -> None:
 def test_stop_string_eos_and_length_end_a_request() -> None:
     codec = ByteTokenizer()
     req = parse_generate(_generate(stop=["lo"], max_tokens=10), b"id", "r1", TINY, codec, 64)
-    assert req.add_token(ord("h"), codec, 257) == ("h", None)
-    assert req.add_token(ord("e"), codec, 257) == ("e", None)
-    assert req.add_token(ord("l"), codec, 257) == ("l", None)
-    delta, reason = req.add_token(ord("o"), codec, 257)
+    assert req.add_token(ord("h"), codec, frozenset({257})) == ("h", None)
+    assert req.add_token(ord("e"), codec, frozenset({257})) == ("e", None)
+    assert req.add_token(ord("l"), codec, frozenset({257})) == ("l", None)
+    delta, reason = req.add_token(ord("o"), codec, frozenset({257}))
     assert reason == "stop" and req.text == "he"  # the stop string is cut from the text
     eos = parse_generate(_generate(), b"id", "r2", TINY, codec, 64)
-    assert eos.add_token(257, codec, 257) == ("", "eos") and eos.output_ids == [257]
+    assert eos.add_token(257, codec, frozenset({257})) == ("", "eos") and eos.output_ids == [257]
     short = parse_generate(_generate(max_tokens=2), b"id", "r3", TINY, codec, 64)
-    assert short.add_token(65, codec, 257)[1] is None and short.add_token(66, codec, 257)[1] == "length"
+    assert short.add_token(65, codec, frozenset({257}))[1] is None and short.add_token(66, codec, frozenset({257}))[1] == "length"
 
 
 def _two_node_topology() -> object:
@@ -113,7 +113,7 @@ def test_compute_pacer_sums_cost_model_layers_times_scale() -> None:
 def test_emulation_spec_travels_and_rebuilds_the_topology() -> None:
     import msgpack
 
-    topo = load_topology(default_topology_path())
+    topo = load_topology(tiny_topology_path())
     raw = msgpack.unpackb(msgpack.packb(EmulationSpec.for_topology(topo, 4.0).to_wire()))
     spec = EmulationSpec.from_wire(raw)
     rebuilt = spec.topology()

@@ -24,7 +24,7 @@ from helix_jax.placement import Placement
 from helix_jax.runtime import wire
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment
-from helix_jax.topology import default_topology_path, load_topology
+from helix_jax.topology import tiny_topology_path, load_topology
 
 MAX_SEQ_LEN = 128
 KV_TOKENS = 2 * MAX_SEQ_LEN  # two sequences per worker: bursts must queue
@@ -35,7 +35,7 @@ PROMPTS = ["Hello, helix!", "max-flow", "A100 + T4 + L4", "x"]
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory, cpu_small_placement: Placement):
     """cpu_small_placement (tests/conftest.py) served by three worker processes."""
-    topo = load_topology(default_topology_path())
+    topo = load_topology(tiny_topology_path())
     cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=MAX_SEQ_LEN,
                       kv_tokens=KV_TOKENS, queue_limit=QUEUE_LIMIT)
     dep = LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=tmp_path_factory.mktemp("workers"))
@@ -51,7 +51,7 @@ def client(deployment: LocalDeployment):
 
 
 def _ids(text: str) -> list[int]:
-    return load_tokenizer(load_topology(default_topology_path()).model).encode(text)
+    return load_tokenizer(load_topology(tiny_topology_path()).model).encode(text)
 
 
 def test_twenty_concurrent_greedy_requests_match_local_generate(client: Client, reference,

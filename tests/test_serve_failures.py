@@ -34,7 +34,7 @@ from helix_jax.placement import Placement
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment, WorkerProcess, worker_command
 from helix_jax.solver.maxflow import survivor_flows
-from helix_jax.topology import default_topology_path, load_topology
+from helix_jax.topology import tiny_topology_path, load_topology
 
 HEARTBEAT_TIMEOUT_S = 5.0
 PROMPTS = ["Hello, helix!", "max-flow", "A100 + T4 + L4", "x", "failover", "resume me"]
@@ -42,7 +42,7 @@ PROMPTS = ["Hello, helix!", "max-flow", "A100 + T4 + L4", "x", "failover", "resu
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory, cpu_small_placement: Placement):
-    topo = load_topology(default_topology_path())
+    topo = load_topology(tiny_topology_path())
     cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=128,
                       kv_tokens=16 * 128, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
                       flow_planner=functools.partial(survivor_flows, topo, cpu_small_placement))
@@ -58,7 +58,7 @@ def _pid(dep: LocalDeployment, node: str) -> int:
 
 
 def _ids(text: str) -> list[int]:
-    return load_tokenizer(load_topology(default_topology_path()).model).encode(text)
+    return load_tokenizer(load_topology(tiny_topology_path()).model).encode(text)
 
 
 def _run_all(endpoint: str, jobs: list[tuple[str, int, SamplingParams | None]]) -> list:
@@ -196,7 +196,7 @@ def test_a_fresh_exit_worker_brings_the_deployment_back(deployment: LocalDeploym
 
 
 def test_deployment_restarts_a_crashed_worker(tmp_path, cpu_small_placement: Placement, reference) -> None:
-    topo = load_topology(default_topology_path())
+    topo = load_topology(tiny_topology_path())
     cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=128,
                       kv_tokens=16 * 128, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
                       flow_planner=functools.partial(survivor_flows, topo, cpu_small_placement))

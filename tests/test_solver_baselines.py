@@ -15,7 +15,7 @@ from helix_jax.solver.maxflow import max_flow
 from helix_jax.solver.plan import explain, plan
 
 ROOT = Path(__file__).resolve().parents[1] / "topologies"
-SMALL = ["cpu-small.json", "fixtures/two-pipelines.json", "fixtures/table-only.json", "fixtures/link-bound.json"]
+SMALL = ["cpu-tiny.json", "fixtures/two-pipelines.json", "fixtures/table-only.json", "fixtures/link-bound.json"]
 
 
 @pytest.mark.parametrize("method", BASELINES)

@@ -90,7 +90,7 @@ def test_plan_json_prints_exactly_one_object(tmp_path: Path) -> None:
 
 
 def test_plan_table_for_a_baseline() -> None:
-    result = _cli("plan", str(ROOT / "topologies" / "cpu-small.json"), "--method", "petals")
+    result = _cli("plan", str(ROOT / "topologies" / "cpu-tiny.json"), "--method", "petals")
     assert result.returncode == 0, result.stderr
     assert "cpu-0" in result.stdout and "throughput" in result.stdout
 

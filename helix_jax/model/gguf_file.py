@@ -161,8 +161,8 @@ def gguf_config(source: str | Path | GGUFFile, name: str | None = None, dtype: s
             vocab_size=int(vocab) if vocab is not None else 0,
             dtype=dtype,
             head_dim=None if head_dim == hidden // heads else head_dim,
-            rope_theta=float(gguf.field(key("rope.freq_base"), 10000.0)),
-            rms_norm_eps=float(gguf.field(key("attention.layer_norm_rms_epsilon"), 1e-5)),
+            rope_theta=_f32(gguf.field(key("rope.freq_base"), 10000.0)),
+            rms_norm_eps=_f32(gguf.field(key("attention.layer_norm_rms_epsilon"), 1e-5)),
             tie_word_embeddings="output.weight" not in gguf.tensors,
             max_position_embeddings=int(gguf.field(key("context_length"), 4096)),
             bos_token_id=_optional_int(gguf.field("tokenizer.ggml.bos_token_id", None)),
@@ -170,6 +170,11 @@ def gguf_config(source: str | Path | GGUFFile, name: str | None = None, dtype: s
         )
     except ConfigError as exc:
         raise CheckpointError(f"GGUF file {str(gguf.path)!r}: {exc}") from None
+
+
+def _f32(value: Any) -> float:
+    """A float32 metadata value as the decimal it was written from (1e-05, not 9.99999974e-06)."""
+    return float(str(np.float32(value)))
 
 
 def _optional_int(value: Any) -> int | None:

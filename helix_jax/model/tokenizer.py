@@ -191,7 +191,7 @@ class GGUFTokenizer(_Library):
 
 
 def load_tokenizer(config: ModelConfig, source: str | Path | None = None) -> Tokenizer:
-    """The tokenizer of `source`: a `.gguf` file's own; `source/tokenizer.json` for a checkpoint
+    """The tokenizer of `source`: a `.gguf` file's own (a model name: its cached file's); `source/tokenizer.json` for a checkpoint
     directory (or the directory of a file in it); the byte tokenizer of the built-in tiny models
     when `source` is None. CheckpointError when none applies."""
     if source is None:
@@ -199,7 +199,9 @@ def load_tokenizer(config: ModelConfig, source: str | Path | None = None) -> Tok
             return ByteTokenizer()
         raise CheckpointError(f"model {config.name!r} needs a checkpoint directory with tokenizer.json "
                               f"or a .gguf file")
-    path = Path(source)
+    from helix_jax.models import is_model_name, model_file
+
+    path = model_file(source) if is_model_name(str(source)) else Path(source)
     if path.suffix.lower() == ".gguf":
         return GGUFTokenizer(path)
     path = path / "tokenizer.json" if path.is_dir() else path.parent / "tokenizer.json"

@@ -86,7 +86,8 @@ def load_stage_weights(config: ModelConfig, start_layer: int, end_layer: int,
                        source: str | Path, layer_loop: str = "auto") -> StageWeights:
     """Weights of layers `[start, end)` from `source`.
 
-    source: "random:<seed>" (built-in seeded weights of the model's true shape), a GGUF file
+    source: "random:<seed>" (built-in seeded weights of the model's true shape), a model name
+    of the cache (helix_jax/models.py), a GGUF file
     (`*.gguf`, dequantized per tensor into the config's dtype) or a Hugging Face LLaMA
     checkpoint directory (config.json + model.safetensors or sharded with
     model.safetensors.index.json); only the tensors of the stage's layers are read. A bad
@@ -101,6 +102,10 @@ def load_stage_weights(config: ModelConfig, start_layer: int, end_layer: int,
             raise ConfigError(f"weights source {text!r}: expected 'random:<integer seed>'") from None
         return random_stage_weights(config, start_layer, end_layer, seed, layer_loop)
     from helix_jax.model.checkpoint import load_checkpoint_state, load_gguf_state
+    from helix_jax.models import is_model_name, model_file
+
+    if is_model_name(text):  # a named model: its file in this host's model cache
+        text = str(model_file(text))
 
     graphdef, abstract = abstract_stage(config, start_layer, end_layer, layer_loop)
     load = load_gguf_state if text.endswith(".gguf") else load_checkpoint_state
@@ -115,7 +120,10 @@ def default_weights_source(config: ModelConfig, model_spec: str) -> str:
     from helix_jax.models import is_model_name, model_file
     from helix_jax.modelconfig import PRESETS, is_tiny
 
-    if is_model_name(model_spec) or model_spec.endswith(".gguf"):
+    if is_model_name(model_spec):  # kept as the name: each host resolves its own cache
+        model_file(model_spec)  # present here, or CheckpointError naming `models pull`
+        return model_spec.strip().lower()
+    if model_spec.endswith(".gguf"):
         return str(model_file(model_spec))
     path = Path(model_spec)
     if path.is_file():  # a config.json: its directory holds the weights

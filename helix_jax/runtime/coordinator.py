@@ -61,7 +61,7 @@ from helix_jax.modelconfig import ModelConfig
 from helix_jax.placement import Placement
 from helix_jax.runtime import wire
 from helix_jax.runtime.emulation import DelayedSends, EmulationSpec, LinkPacer
-from helix_jax.runtime.requests import LiveRequest, TextCodec, parse_generate
+from helix_jax.runtime.requests import LiveRequest, TextCodec, parse_generate, stop_ids_of
 from helix_jax.scheduler import RequestSpec, Scheduler
 from helix_jax.topology import COORDINATOR, Topology
 
@@ -109,6 +109,7 @@ class Coordinator:
 
     def __init__(self, config: ServeConfig, codec: TextCodec) -> None:
         self.config, self.codec = config, codec
+        self.stop_ids = stop_ids_of(codec, config.model)
         self.nodes = tuple(sorted(config.placement.ranges))
         self._ctx = zmq.Context.instance()
         host = config.host
@@ -380,7 +381,7 @@ class Coordinator:
         req = self._live.get(msg["request_id"])
         if req is None or msg["index"] != len(req.output_ids):
             return  # cancelled meanwhile, or a stray duplicate
-        delta, reason = req.add_token(msg["token_id"], self.codec, self.config.model.eos_token_id)
+        delta, reason = req.add_token(msg["token_id"], self.codec, self.stop_ids)
         wire.send(self._client, wire.make("token", request_id=req.client_request_id,
                                           index=len(req.output_ids) - 1, token_id=msg["token_id"],
                                           text=delta), req.identity)

@@ -27,6 +27,15 @@ class TextCodec(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+def stop_ids_of(codec: Any, model: ModelConfig) -> frozenset[int]:
+    """Token ids that end a request: the tokenizer's stop ids (EOS and the chat template's
+    end-of-turn), else the model's EOS."""
+    ids = getattr(codec, "stop_token_ids", None)
+    if ids:
+        return frozenset(int(i) for i in ids)
+    return frozenset() if model.eos_token_id is None else frozenset({model.eos_token_id})
+
+
 @dataclasses.dataclass
 class LiveRequest:
     """A request from admission to its last token (mutable: the coordinator's own record)."""
@@ -54,12 +63,13 @@ class LiveRequest:
         self.route = route
         self.route_wire = [[h.node, h.start_layer, h.end_layer] for h in route]
 
-    def add_token(self, token_id: int, codec: TextCodec, eos_token_id: int | None) -> tuple[str, str | None]:
-        """Append a sampled token; returns (new text, finish reason or None)."""
+    def add_token(self, token_id: int, codec: TextCodec, stop_ids: frozenset[int]) -> tuple[str, str | None]:
+        """Append a sampled token; returns (new text, finish reason or None). A stop id (EOS,
+        end-of-turn) ends the request with reason "eos" and adds no text."""
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
-        self.output_ids.append(token_id)  # EOS included, as generate_local does
-        if eos_token_id is not None and token_id == eos_token_id:
+        self.output_ids.append(token_id)  # the stop id included, as generate_local does
+        if token_id in stop_ids:
             return "", "eos"
         full = codec.decode(self.output_ids)
         delta = full[len(self.text):] if full.startswith(self.text) else full

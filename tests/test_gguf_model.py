@@ -1,0 +1,122 @@
+"""The real default model (SmolLM2-135M-Instruct, GGUF) against Hugging Face transformers loading
+the same file (dequantized, fp32), a reference no one here wrote: greedy continuations token for
+token, last-position logits, and stages that read only their own layers.
+
+Needs the cached model (`make install` or `helix-jax models pull smollm2-135m`) and the test
+extras (transformers, gguf, torch); skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helix_jax.errors import CheckpointError
+from helix_jax.models import model_file
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+try:
+    MODEL_PATH = model_file("smollm2-135m")
+except CheckpointError as exc:  # not cached: say how to get it
+    pytest.skip(str(exc), allow_module_level=True)
+
+RAW_PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a small village,"]
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You answer in one short sentence."},
+     {"role": "user", "content": "Why is the sky blue?"}],
+]
+NEW_TOKENS = 32
+LOGIT_TOL = 2e-3  # absolute, on fp32 logits of magnitude ~10-30 (measured: ~6e-5)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """(transformers model, transformers tokenizer) of the same .gguf."""
+    kwargs = dict(gguf_file=MODEL_PATH.name)
+    tok = transformers.AutoTokenizer.from_pretrained(str(MODEL_PATH.parent), **kwargs)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(MODEL_PATH.parent), dtype=torch.float32,
+                                                              **kwargs).eval()
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def ours():
+    from helix_jax.model.generate import LocalModel
+    from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.modelconfig import resolve_model
+
+    config = resolve_model("smollm2-135m")
+    return LocalModel(config, "smollm2-135m", max_seq_len=192), load_tokenizer(config, "smollm2-135m")
+
+
+def _prompts(tok) -> list[list[int]]:
+    chats = [list(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+             for c in CHATS]
+    return [tok.encode(p, add_special_tokens=False) for p in RAW_PROMPTS] + chats
+
+
+def test_config_from_metadata_equals_the_preset() -> None:
+    from helix_jax.model.gguf_file import gguf_config
+    from helix_jax.modelconfig import preset
+
+    assert gguf_config(MODEL_PATH, name="smollm2-135m") == preset("smollm2-135m")
+
+
+def test_greedy_continuations_equal_transformers_token_for_token(reference, ours) -> None:
+    import copy
+
+    model, tok = reference
+    local, tokenizer = ours
+    greedy = copy.deepcopy(model.generation_config)  # all NEW_TOKENS, past EOS too ([]: no stop id)
+    greedy.eos_token_id, greedy.max_new_tokens, greedy.do_sample = [], NEW_TOKENS, False
+    for ids in _prompts(tok):
+        with torch.no_grad():
+            # an explicit mask: else transformers masks the prompt's <|im_end|>, whose id is also the pad id
+            x = torch.tensor([ids])
+            ref = model.generate(x, attention_mask=torch.ones_like(x), generation_config=greedy)[0, len(ids):].tolist()
+        assert len(ref) == NEW_TOKENS
+        got = local.generate(ids, NEW_TOKENS, stop_at_eos=False)
+        assert got == ref, (tok.decode(ids), tok.decode(got), tok.decode(ref))
+    answer = local.generate(_prompts(tok)[3], NEW_TOKENS, stop_token_ids=tokenizer.stop_token_ids)
+    assert tokenizer.decode(answer) == "The capital of France is Paris."
+
+
+def test_last_position_logits_agree(reference, ours) -> None:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from helix_jax.model.stage import forward_full
+
+    model, tok = reference
+    local, _ = ours
+    graphdef = local.weights.graphdef
+    full = jax.jit(lambda state, ids: forward_full(nnx.merge(graphdef, state), ids))
+    prompts = _prompts(tok)
+    width = max(len(ids) for ids in prompts)  # one program: causal, so padding after a row is inert
+    padded = jnp.asarray([ids + [0] * (width - len(ids)) for ids in prompts], jnp.int32)
+    all_logits = np.asarray(full(local.weights.state, padded))
+    for row, ids in enumerate(prompts):
+        logits = all_logits[row, len(ids) - 1]
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0, -1].numpy()
+        assert np.abs(logits - ref).max() < LOGIT_TOL
+
+
+@pytest.mark.parametrize("start,end,outer", [(0, 10, {"token_embd.weight"}), (10, 20, set()),
+                                             (20, 30, {"output_norm.weight", "token_embd.weight"})])
+def test_a_stage_dequantizes_only_its_own_layers(start, end, outer) -> None:
+    from helix_jax.model import checkpoint
+    from helix_jax.model.weights import load_stage_weights
+    from helix_jax.modelconfig import preset
+
+    weights = load_stage_weights(preset("smollm2-135m"), start, end, str(MODEL_PATH), layer_loop="scan")
+    kinds = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "attn_norm", "ffn_norm")
+    want = {f"blk.{layer}.{kind}.weight" for layer in range(start, end) for kind in kinds} | outer
+    assert set(checkpoint.LAST_GGUF_READS) == want and len(checkpoint.LAST_GGUF_READS) == len(want)
+    params = (end - start) * preset("smollm2-135m").params_per_layer
+    table = 49152 * 576 + (576 if end == 30 else 0) if outer else 0
+    assert weights.weight_bytes == 4 * (params + table)  # nothing of the other 20 layers is held
