@@ -160,14 +160,14 @@ def test_tokenizers(tmp_path):
 
 def test_cli_generate_matches_generate_local():
     runner = CliRunner()
-    result = runner.invoke(app, ["generate", "--prompt-ids", "256,72,105", "--max-tokens", "5",
-                                 "--local", "--json"])
+    result = runner.invoke(app, ["generate", "--model", "tiny-8", "--prompt-ids", "256,72,105",
+                                 "--max-tokens", "5", "--local", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     cfg8 = PRESETS["tiny-8"]
     assert payload["model"] == "tiny-8"
     assert payload["ids"] == generate_local(cfg8, "random:0", [256, 72, 105], 5)
-    text = runner.invoke(app, ["generate", "--prompt", "Hi", "--max-tokens", "4",
+    text = runner.invoke(app, ["generate", "--model", "tiny-8", "--prompt", "Hi", "--max-tokens", "4",
                                "--temperature", "0.7", "--seed", "3"])
     assert text.exit_code == 0, text.output
     both = runner.invoke(app, ["generate", "--prompt", "a", "--prompt-ids", "1"])
