@@ -144,6 +144,11 @@ PRESETS: dict[str, ModelConfig] = {
                                 rope_theta=500000.0, rope_scaling=RopeScaling(),
                                 max_position_embeddings=131072,
                                 bos_token_id=128000, eos_token_id=128001),
+    # SmolLM2-135M-Instruct: the default real model (GGUF from the model cache; helix_jax/models.py).
+    # Its dimensions are known here so that planning needs no file; loading checks them.
+    "smollm2-135m": ModelConfig("smollm2-135m", 30, 576, 9, 3, 1536, 49152, "float32",
+                                rope_theta=100000.0, tie_word_embeddings=True,
+                                max_position_embeddings=8192, bos_token_id=1, eos_token_id=2),
     # Built-in tiny models: seeded random weights, byte-level tokenizer, no files needed.
     "tiny": ModelConfig("tiny", 4, 64, 4, 2, 128, TINY_VOCAB, "float32",
                         max_position_embeddings=1024, bos_token_id=TINY_BOS,
@@ -242,20 +247,29 @@ _EXPLICIT_ALIASES = {"layers": "num_layers", "hidden": "hidden_size", "heads": "
 def resolve_model(spec: str | Mapping[str, Any], base_dir: Path | None = None) -> ModelConfig:
     """Turn the `model` field of a topology (or a CLI `--model`) into a ModelConfig.
 
-    Accepts a preset name, a path to a HF `config.json` or checkpoint directory, or a dict of
+    Accepts a preset name (the named real models of helix_jax/models.py are presets too), a
+    .gguf file, a path to a HF `config.json` or checkpoint directory, or a dict of
     explicit dimensions (optionally `{"preset": name, ...overrides}` or `{"hf_config": path}`).
     """
     if isinstance(spec, str):
         key = spec.strip().lower()
         if key in PRESETS:
             return PRESETS[key]
-        path = Path(spec)
+        path = Path(spec).expanduser()
         if base_dir is not None and not path.is_absolute():
             path = base_dir / path
+        if path.suffix == ".gguf":
+            from helix_jax.errors import CheckpointError
+            from helix_jax.model.gguf_file import gguf_config
+
+            try:
+                return gguf_config(path)
+            except CheckpointError as exc:
+                raise ConfigError(str(exc)) from None
         if path.exists():
             return from_hf_config(path)
         raise ConfigError(
-            f"model {spec!r} is neither a known preset ({', '.join(sorted(PRESETS))}) "
+            f"model {spec!r} is neither a known preset ({', '.join(sorted(PRESETS))}), a .gguf file "
             "nor an existing config.json or checkpoint directory")
     if not isinstance(spec, Mapping):
         raise ConfigError(f"model must be a preset name, a path or an object, got {spec!r}")

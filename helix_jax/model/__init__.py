@@ -5,17 +5,32 @@ Public API (implementation in the private-by-convention modules of this package)
   StageWeights, load_stage_weights, random_stage_weights - weights of a layer range
   generate_local, load_tokenizer                          - whole-model generation on one device
   slots_for_kv_budget                                     - KV sizing from a memory budget
-Imports jax and flax only (no pydantic, cvxpy or zmq), so it runs on bare GPU machines.
+The names are resolved lazily (PEP 562), so importing a jax-free module of this package
+(tokenizer, chat_template, gguf_file, sampling) from the coordinator, the client or the HTTP
+front end does not import jax or flax. Nothing here imports pydantic, cvxpy or zmq, so the
+runtime runs on bare GPU machines.
 """
 
-from helix_jax.model.batching import StepInput, StepOutput
-from helix_jax.model.engine import StageEngine, slots_for_kv_budget
-from helix_jax.model.sampling import SamplingParams
-from helix_jax.model.stage import KVCache, StageModel, forward_full
-from helix_jax.model.weights import StageWeights, load_stage_weights, random_stage_weights
+from __future__ import annotations
 
-__all__ = [
-    "KVCache", "SamplingParams", "StageEngine", "StageModel", "StageWeights", "StepInput",
-    "StepOutput", "forward_full", "load_stage_weights", "random_stage_weights",
-    "slots_for_kv_budget",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "KVCache": "stage", "StageModel": "stage", "forward_full": "stage",
+    "StepInput": "batching", "StepOutput": "batching",
+    "StageEngine": "engine", "slots_for_kv_budget": "engine",
+    "SamplingParams": "sampling",
+    "StageWeights": "weights", "load_stage_weights": "weights", "random_stage_weights": "weights",
+    "generate_local": "generate", "load_tokenizer": "tokenizer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'helix_jax.model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"helix_jax.model.{module}"), name)
+    globals()[name] = value
+    return value

@@ -1,10 +1,11 @@
-"""Hugging Face LLaMA safetensors checkpoints -> the nnx.State of one stage.
+"""Checkpoints -> the nnx.State of one stage: Hugging Face LLaMA safetensors directories and GGUF files.
 
 Owns: locating tensors in `model.safetensors` or a sharded `model.safetensors.index.json`,
 reading ONLY the tensors of the layers a stage holds (one `safe_open` per tensor read),
 checking names and shapes against the stage's abstract state, and mapping HF names onto our
 module paths (HF stores `[out, in]` matrices; our kernels are `[in, out]`). Everything
 wrong with a checkpoint becomes one `CheckpointError` naming the file and tensor.
+GGUF files are read through `gguf_file.GGUFFile` (same HF names, dequantized per tensor).
 Sits in the runtime step of the data flow, called by `weights.load_stage_weights`.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -99,45 +100,79 @@ def _hf_name(path: tuple[str, ...], layer: int | None) -> tuple[str, bool]:
     raise CheckpointError(f"internal: no checkpoint name for parameter {'.'.join(path)}")
 
 
-def _fetch(index: TensorIndex, name: str, transpose: bool, shape: tuple[int, ...]) -> np.ndarray:
-    array = index.read(name)
+def _fetch(read: Callable[[str], np.ndarray], name: str, transpose: bool, shape: tuple[int, ...]) -> np.ndarray:
+    array = read(name)
     if transpose:
         array = array.T
     if tuple(array.shape) != tuple(shape):
+        got = tuple(reversed(array.shape)) if transpose else tuple(array.shape)
         want = tuple(reversed(shape)) if transpose else tuple(shape)
-        raise CheckpointError(f"tensor {name!r} has shape {tuple(index.read(name).shape)}, "
-                              f"the model config expects {want}")
+        raise CheckpointError(f"tensor {name!r} has shape {got}, the model config expects {want}")
     return array
+
+
+def check_dimensions(label: str, file_config: ModelConfig, config: ModelConfig) -> None:
+    """CheckpointError when a checkpoint's dimensions differ from the model config's."""
+    for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size",
+                  "vocab_size", "tie_word_embeddings"):
+        if getattr(file_config, field) != getattr(config, field):
+            raise CheckpointError(f"checkpoint {label!r} has {field}={getattr(file_config, field)}, "
+                                  f"the model config says {getattr(config, field)}")
+
+
+def fill_stage_state(read: Callable[[str], np.ndarray], label: str, config: ModelConfig, start_layer: int,
+                     end_layer: int, abstract_state: Any) -> Any:
+    """Fill `abstract_state` (an nnx.State of ShapeDtypeStructs) with the tensors `read` returns
+    by Hugging Face name (`[out, in]` float arrays), only those of layers [start, end)."""
+    dtype = jnp.dtype(config.dtype)
+    filled = []
+    for key, variable in nnx.to_flat_state(abstract_state):
+        path = tuple(str(p) for p in key)  # names only: the state keeps its own keys (int layer
+        # indices of an unrolled stage: as strings, "10" would sort before "2" and scramble layers)
+        shape = tuple(variable.get_value().shape)
+        if path[0] == "layers" and path[1].isdigit():  # unrolled: one layer's tensor
+            host = _fetch(read, *_hf_name(path, start_layer + int(path[1])), shape)
+        elif path[0] == "layers":  # stacked: [num_layers, ...]
+            per_layer = [_fetch(read, *_hf_name(path, layer), shape[1:])
+                         for layer in range(start_layer, end_layer)]
+            host = np.stack(per_layer)
+        else:
+            host = _fetch(read, *_hf_name(path, None), shape)
+        if not np.all(np.isfinite(host.astype(np.float32))):
+            raise CheckpointError(f"checkpoint {label!r}: parameter {'.'.join(path)} "
+                                  "holds NaN or infinite values")
+        value = jax.device_put(host.astype(dtype))
+        filled.append((key, variable.replace(value=value)))
+    log.info("loaded layers [%d, %d) from %s", start_layer, end_layer, label)
+    return nnx.from_flat_state(filled)
 
 
 def load_checkpoint_state(directory: Path, config: ModelConfig, start_layer: int, end_layer: int,
                           abstract_state: Any) -> Any:
-    """Fill `abstract_state` (an nnx.State of ShapeDtypeStructs) from the checkpoint."""
+    """Fill `abstract_state` from a Hugging Face safetensors checkpoint directory."""
     file_config = checkpoint_config(directory)
     index = TensorIndex(directory)
-    for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size",
-                  "vocab_size"):
-        if getattr(file_config, field) != getattr(config, field):
-            raise CheckpointError(f"checkpoint {str(directory)!r} has {field}="
-                                  f"{getattr(file_config, field)}, the model config says "
-                                  f"{getattr(config, field)}")
-    dtype = jnp.dtype(config.dtype)
-    filled = []
-    for path, variable in nnx.to_flat_state(abstract_state):
-        path = tuple(str(p) for p in path)
-        shape = tuple(variable.get_value().shape)
-        if path[0] == "layers" and path[1].isdigit():  # unrolled: one layer's tensor
-            host = _fetch(index, *_hf_name(path, start_layer + int(path[1])), shape)
-        elif path[0] == "layers":  # stacked: [num_layers, ...]
-            per_layer = [_fetch(index, *_hf_name(path, layer), shape[1:])
-                         for layer in range(start_layer, end_layer)]
-            host = np.stack(per_layer)
-        else:
-            host = _fetch(index, *_hf_name(path, None), shape)
-        if not np.all(np.isfinite(host.astype(np.float32))):
-            raise CheckpointError(f"checkpoint {str(directory)!r}: parameter {'.'.join(path)} "
-                                  "holds NaN or infinite values")
-        value = jax.device_put(host.astype(dtype))
-        filled.append((path, variable.replace(value=value)))
-    log.info("loaded layers [%d, %d) from %s", start_layer, end_layer, directory)
-    return nnx.from_flat_state(filled)
+    check_dimensions(str(directory), file_config, config)
+    return fill_stage_state(index.read, str(directory), config, start_layer, end_layer, abstract_state)
+
+
+def load_gguf_state(path: Path, config: ModelConfig, start_layer: int, end_layer: int,
+                    abstract_state: Any) -> Any:
+    """Fill `abstract_state` from a GGUF file, dequantizing only the stage's own tensors."""
+    from helix_jax.model.gguf_file import GGUFFile, gguf_config
+
+    gguf = GGUFFile(path)
+    check_dimensions(str(path), gguf_config(gguf), config)
+
+    def read(name: str) -> np.ndarray:
+        heads = (config.num_heads if ".q_proj." in name else
+                 config.num_kv_heads if ".k_proj." in name else None)
+        return gguf.read(name, heads)
+
+    state = fill_stage_state(read, str(path), config, start_layer, end_layer, abstract_state)
+    LAST_GGUF_READS[:] = gguf.reads
+    return state
+
+
+# GGUF tensors dequantized by the latest load_gguf_state (tests check a stage read only its own).
+LAST_GGUF_READS: list[str] = []

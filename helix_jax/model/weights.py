@@ -86,8 +86,9 @@ def load_stage_weights(config: ModelConfig, start_layer: int, end_layer: int,
                        source: str | Path, layer_loop: str = "auto") -> StageWeights:
     """Weights of layers `[start, end)` from `source`.
 
-    source: "random:<seed>" (built-in seeded weights of the model's true shape) or a Hugging
-    Face LLaMA checkpoint directory (config.json + model.safetensors or sharded with
+    source: "random:<seed>" (built-in seeded weights of the model's true shape), a GGUF file
+    (`*.gguf`, dequantized per tensor into the config's dtype) or a Hugging Face LLaMA
+    checkpoint directory (config.json + model.safetensors or sharded with
     model.safetensors.index.json); only the tensors of the stage's layers are read. A bad
     checkpoint raises one CheckpointError naming the file, tensor or field. layer_loop: "scan"
     (stacked weights), "unroll" (one module per layer) or "auto" (by layer width; stage.py).
@@ -99,18 +100,23 @@ def load_stage_weights(config: ModelConfig, start_layer: int, end_layer: int,
         except ValueError:
             raise ConfigError(f"weights source {text!r}: expected 'random:<integer seed>'") from None
         return random_stage_weights(config, start_layer, end_layer, seed, layer_loop)
-    from helix_jax.model.checkpoint import load_checkpoint_state
+    from helix_jax.model.checkpoint import load_checkpoint_state, load_gguf_state
 
     graphdef, abstract = abstract_stage(config, start_layer, end_layer, layer_loop)
-    state = load_checkpoint_state(Path(text), config, start_layer, end_layer, abstract)
+    load = load_gguf_state if text.endswith(".gguf") else load_checkpoint_state
+    state = load(Path(text), config, start_layer, end_layer, abstract)
     return StageWeights(config, start_layer, end_layer, graphdef, state)
 
 
 def default_weights_source(config: ModelConfig, model_spec: str) -> str:
-    """The weights a `--model` spec implies: built-in tiny models are "random:0", a directory is
-    itself; a preset of a real model needs its checkpoint directory."""
+    """The weights a `--model` spec implies: built-in tiny models are "random:0", a directory or
+    .gguf file is itself, a named model is its file in the model cache (CheckpointError naming
+    `helix-jax models pull` when absent); a preset of a real model needs its checkpoint."""
+    from helix_jax.models import is_model_name, model_file
     from helix_jax.modelconfig import PRESETS, is_tiny
 
+    if is_model_name(model_spec) or model_spec.endswith(".gguf"):
+        return str(model_file(model_spec))
     path = Path(model_spec)
     if path.is_file():  # a config.json: its directory holds the weights
         path = path.parent
