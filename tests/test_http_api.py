@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import threading
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import httpx
 import openai
@@ -23,7 +23,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helix_jax.client import Client
-from helix_jax.errors import RequestError
 from helix_jax.http import Backend, HttpServer, bind_socket, create_app
 from helix_jax.model.tokenizer import ByteTokenizer
 from helix_jax.modelconfig import TINY_EOS
@@ -39,28 +38,7 @@ MODEL = "tiny-8"
 PROMPTS = ["Hello, helix!", "max-flow", "A100 + T4 + L4", "x"]
 
 
-class ChatByteTokenizer(ByteTokenizer):
-    """Temporary test-only fallback: a ChatML template on the byte tokenizer, until main's
-    default template for ByteTokenizer lands (then the real one is used, see `tokenizer`)."""
-
-    stop_token_ids = frozenset({TINY_EOS})
-
-    def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
-        for m in messages:
-            if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-                raise RequestError(f"bad message {m!r}")
-        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
-
-    def encode_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-        return self.encode(self.render_chat(messages, add_generation_prompt), add_bos=False)
-
-
-def _tokenizer() -> Any:
-    return ByteTokenizer() if hasattr(ByteTokenizer, "encode_chat") else ChatByteTokenizer()
-
-
-TOK = _tokenizer()
+TOK = ByteTokenizer()  # with its built-in ChatML template
 
 
 @pytest.fixture(scope="module")
