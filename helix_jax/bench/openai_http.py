@@ -4,7 +4,8 @@ llama.cpp, TGI): the same `generate` / `info` shape as `helix_jax.client.AsyncCl
 Sits where the ZeroMQ client sits in the live bench's data flow (workload -> **client** ->
 server -> metrics): each request is one streamed `POST /v1/completions` with the prompt as
 token ids and `stream_options.include_usage`, so every token's arrival is timed as it comes
-(TTFT, TPOT) and the server's own usage gives the token counts. Over HTTP the token ids of
+(TTFT, TPOT, from the first chunk to the one that ends the sequence) and the server's own
+usage gives the token counts. Over HTTP the token ids of
 the answer are not known: `GenerateResult.ids` holds one placeholder per completion token.
 """
 
@@ -66,9 +67,9 @@ class OpenAIHttpClient:
                 if "error" in event:
                     raise HelixError(f"stream error: {event['error'].get('message')}")
                 for choice in event.get("choices") or ():
-                    if choice.get("text"):
+                    if choice.get("text") or choice.get("finish_reason"):
                         arrivals.append(time.perf_counter() - sent)
-                        text.append(choice["text"])
+                        text.append(choice.get("text") or "")
                     finish = choice.get("finish_reason") or finish
                 use = event.get("usage") or use
         total = time.perf_counter() - sent
@@ -76,7 +77,11 @@ class OpenAIHttpClient:
         scale = self.time_scale
         ttft = arrivals[0] if arrivals else total
         tpot = (arrivals[-1] - arrivals[0]) / (tokens - 1) if tokens > 1 and arrivals else 0.0
-        timings = Timings(ttft / scale, tpot / scale, total / scale, tuple(a / scale for a in arrivals), scale)
+        # a chunk may carry several tokens (text held back mid-character or mid-stop-string): the
+        # tokens not seen one by one are counted at the last chunk, which ends the sequence
+        times = (arrivals[:tokens - 1] + arrivals[-1:]) if len(arrivals) >= tokens else (
+            arrivals + arrivals[-1:] * (tokens - len(arrivals)))
+        timings = Timings(ttft / scale, tpot / scale, total / scale, tuple(a / scale for a in times), scale)
         return GenerateResult("", "".join(text), (0,) * tokens, int(use.get("prompt_tokens") or len(prompt)),
                               finish, timings)
 
