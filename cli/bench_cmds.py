@@ -5,7 +5,9 @@
   prints one table plus Helix's ratio to each baseline, and with `--out DIR` writes
   results.json and PNG plots.
 * `helix-jax bench --endpoint tcp://HOST:PORT ...` runs the same workload against a deployment
-  through `helix_jax.client.AsyncClient` and reports the same metrics.
+  through `helix_jax.client.AsyncClient` and reports the same metrics; `--endpoint
+  http://HOST:PORT` measures any OpenAI-compatible server the same way (streamed
+  /v1/completions; the key from HELIX_API_KEY or OPENAI_API_KEY).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def plan_methods(topology, cost_model, methods: list[str], time_limit_s: float, 
 def bench(
     topology: Optional[Path] = typer.Argument(None, help="Topology JSON (with --simulate)."),
     simulate: bool = typer.Option(False, "--simulate", help="Plan and simulate every method."),
-    endpoint: Optional[str] = typer.Option(None, help="Bench a live deployment (its client endpoint)."),
+    endpoint: Optional[str] = typer.Option(None, help="Bench a live deployment: tcp://HOST:PORT (ZeroMQ) or "
+                                                 "http://HOST:PORT (any OpenAI-compatible server)."),
     methods: str = typer.Option(DEFAULT_METHODS, help="Placement methods to compare (comma-separated)."),
     schedulers: str = typer.Option("iwrr", help="Schedulers: iwrr, random, shortest-queue, swarm."),
     mode: str = typer.Option("offline", help="offline (closed loop) or online (open loop arrivals)."),

@@ -28,9 +28,9 @@ def _root() -> None:
 
 def _register_commands() -> None:
     # Each module defines `register(app)`; imports of jax/cvxpy stay inside the commands.
-    from helix_jax.cli import bench_cmds, models_cmds, plan_cmds, runtime_cmds, serve_cmds
+    from helix_jax.cli import bench_cmds, http_cmds, models_cmds, plan_cmds, runtime_cmds, serve_cmds
 
-    for module in (plan_cmds, runtime_cmds, serve_cmds, bench_cmds, models_cmds):
+    for module in (plan_cmds, runtime_cmds, serve_cmds, http_cmds, bench_cmds, models_cmds):
         module.register(app)
 
 

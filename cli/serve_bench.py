@@ -13,8 +13,14 @@
    closed loop keeps the cluster full; decode tokens/s over a window after warm-up (scaled
    back by the time scale) is compared with the placement's max-flow.
 
+4. HTTP API on the small CPU topology: the same deployment measured by `helix_jax.bench.live`
+   (same workload, same metrics) through the ZeroMQ client and through its OpenAI-compatible
+   front end (streamed /v1/completions): the p50 TPOT of one stream at a time on each path and
+   their difference (the API's per-token overhead), then decode tokens/s at 64 concurrent
+   streams on each path.
+
 Run: `python -m helix_jax.cli.serve_bench [--skip-small] [--skip-failover] [--skip-emulate]
-[--time-scale 5] [--concurrency 900]`.
+[--skip-http] [--time-scale 5] [--concurrency 900]`.
 The planner lives in solver/, so this script sits in the CLI layer.
 """
 
@@ -215,11 +221,49 @@ def bench_emulated(time_scale: float, concurrency: int, warmup_s: float, window_
             "peak_queued": stats["peak_queued"], "kv_scale": kv_scale}
 
 
+def bench_http(duration_s: float, warmup_s: float, streams: int, prompt_tokens: int, max_tokens: int) -> dict:
+    """cpu-small, planned: `helix_jax.bench.live` through the ZeroMQ client and through the HTTP
+    front end of the same deployment, one stream at a time and `streams` at once."""
+    from helix_jax.bench.live import LiveConfig, run_live_bench
+    from helix_jax.bench.workload import length_sampler
+    from helix_jax.http import Backend, HttpServer, bind_socket, create_app
+    from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.solver.plan import plan
+
+    topo = load_topology(default_topology_path())
+    max_seq_len = prompt_tokens + max_tokens
+    placement = plan(topo, time_limit_s=10)
+    cfg = ServeConfig(topo, placement, topo.model, weights="random:0", max_seq_len=max_seq_len,
+                      kv_tokens=streams * max_seq_len)
+    lengths = length_sampler(None, prompt_tokens, max_tokens)
+    out: dict = {"streams": streams, "prompt_tokens": prompt_tokens, "max_tokens": max_tokens,
+                 "duration_s": duration_s}
+    tokenizer = load_tokenizer(topo.model)
+    with LocalDeployment(cfg, tokenizer) as dep:
+        dep.wait_ready()
+        app = create_app(Backend(dep.client_endpoint, tokenizer))
+        with HttpServer(app, bind_socket("127.0.0.1", 0)) as front:
+            with Client(dep.client_endpoint) as client:  # first requests touch cold paths
+                client.generate([256] * prompt_tokens, max_tokens=max_tokens)
+            endpoints = {"zmq": dep.client_endpoint, "http": front.url}
+            for concurrency in (1, streams):
+                for path, endpoint in endpoints.items():
+                    config = LiveConfig(duration_s=duration_s, warmup_s=warmup_s, concurrency=concurrency, seed=3)
+                    m = run_live_bench(endpoint, lengths, config).metrics
+                    out[f"{path}_c{concurrency}"] = {"tpot_p50_ms": m.tpot.p50_ms, "ttft_p50_ms": m.ttft.p50_ms,
+                                                     "decode_tokens_per_s": m.decode_tokens_per_s,
+                                                     "completed": m.completed}
+    out["tpot_overhead_p50_ms"] = out["http_c1"]["tpot_p50_ms"] - out["zmq_c1"]["tpot_p50_ms"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-small", action="store_true")
     parser.add_argument("--skip-failover", action="store_true")
     parser.add_argument("--skip-emulate", action="store_true")
+    parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--http-seconds", type=float, default=20.0, help="seconds per HTTP-vs-ZeroMQ run")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--time-scale", type=float, default=5.0)
@@ -245,6 +289,14 @@ def main() -> None:
               f"longest pause between two tokens {r['longest_pause_ms']:.0f} ms (median gap "
               f"{r['median_gap_ms']:.1f} ms); decode {r['tokens_per_s_before']:.0f} tok/s before, "
               f"{r['tokens_per_s_after']:.0f} after; max-flow {r['flow_before']:.0f} -> {r['flow_after']:.0f} tok/s")
+    if not args.skip_http:
+        r = bench_http(args.http_seconds, min(5.0, args.http_seconds / 4), 64, 16, 32)
+        for c in (1, r["streams"]):
+            z, h = r[f"zmq_c{c}"], r[f"http_c{c}"]
+            print(f"[http] cpu-small, {c} stream(s), prompt {r['prompt_tokens']}, output {r['max_tokens']}: "
+                  f"ZeroMQ TPOT p50 {z['tpot_p50_ms']:.2f} ms, {z['decode_tokens_per_s']:.0f} tok/s; "
+                  f"HTTP TPOT p50 {h['tpot_p50_ms']:.2f} ms, {h['decode_tokens_per_s']:.0f} tok/s")
+        print(f"[http] per-token overhead of the API (p50 TPOT, HTTP - ZeroMQ): {r['tpot_overhead_p50_ms']:.3f} ms")
     if not args.skip_emulate:
         r = bench_emulated(args.time_scale, args.concurrency, args.warmup, args.window, 33, 10, args.plan_time)
         print(f"[emulate] single-region-24-llama2-70b on tiny-80, {r['workers']} workers, time scale "

@@ -121,12 +121,26 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
                                                              "taken out of service and its requests move on."),
            restart_workers: int = typer.Option(3, help="Restarts of a crashed local worker per node "
                                                        "(0: none); the replacement rejoins once warm."),
-           log_dir: Path = typer.Option(None, help="Where worker logs go (default: a temp dir).")) -> None:
-    """Plan, start the coordinator and the local workers, and serve until Ctrl-C."""
+           log_dir: Path = typer.Option(None, help="Where worker logs go (default: a temp dir)."),
+           http_port: int = typer.Option(8000, help="Port of the OpenAI-compatible HTTP API (0: a free port)."),
+           http_host: str = typer.Option("127.0.0.1", help="Address the HTTP API listens on."),
+           no_http: bool = typer.Option(False, "--no-http", help="Serve the ZeroMQ client socket only."),
+           api_key: str = typer.Option(None, envvar="HELIX_API_KEY",
+                                       help="Require 'Authorization: Bearer KEY' on /v1 (env HELIX_API_KEY)."),
+           shutdown_timeout: float = typer.Option(30.0, help="On SIGTERM/Ctrl-C: seconds HTTP requests in "
+                                                             "flight may finish before they are cancelled.")) -> None:
+    """Plan, start the coordinator, the local workers and the HTTP API, and serve until Ctrl-C."""
+    from helix_jax.cli.http_cmds import check_http_options, drain_http, start_http
     from helix_jax.runtime.deploy import LocalDeployment
 
     if restart_workers < 0:  # checked before planning and deploying anything
         raise ConfigError(f"--restart-workers must be >= 0, got {restart_workers}")
+    sock = None
+    if not no_http:  # bound first: a busy port fails before anything starts
+        from helix_jax.http.server import bind_socket
+
+        check_http_options(http_port, shutdown_timeout)
+        sock = bind_socket(http_host, http_port)
     cfg, codec = serve_config(topology, placement, model, emulate, time_scale, host, port, kv_tokens,
                               max_seq_len, plan_time, heartbeat_timeout)
     print_placement(cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
@@ -138,7 +152,10 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
             dep.wait_ready()
         console.print(f"serving {cfg.model.name}: client endpoint [bold]{dep.client_endpoint}[/]  (Ctrl-C stops)")
         console.print(f"try: helix-jax generate --endpoint {dep.client_endpoint} --prompt 'Hello' --stream")
+        front = start_http(dep.client_endpoint, codec, sock, api_key) if sock is not None else None
         _wait_for_signal()
+        if front is not None:
+            drain_http(front, shutdown_timeout)
         console.print("shutting down")
     console.print("stopped")
 

@@ -61,6 +61,7 @@ class GenerateResult:
     finish_reason: str  # "length" | "eos" | "stop"
     timings: Timings
     route: tuple[tuple[str, int, int], ...] = ()  # (node, start_layer, end_layer) per hop
+    queue_s: float = 0.0  # waiting in the coordinator's queue, submit -> admission (deployment clock)
 
 
 _ERROR_TYPES = {name: getattr(errors, name) for name in dir(errors)
@@ -139,7 +140,8 @@ class _Collector:
                           tuple(a / scale for a in arrivals), scale)
         route = tuple((str(h[0]), int(h[1]), int(h[2])) for h in msg.get("route") or ())
         return GenerateResult(self.request_id, msg["text"], tuple(int(i) for i in msg["ids"]),
-                              msg["prompt_tokens"], msg["finish_reason"], timings, route)
+                              msg["prompt_tokens"], msg["finish_reason"], timings, route,
+                              float(msg.get("queue_s") or 0.0))
 
 
 class TokenStream:
@@ -212,9 +214,16 @@ class Client:
         return TokenStream(self, msg, self.timeout_s)
 
     def info(self) -> dict[str, Any]:
-        """Model name, layers, vocabulary size, time scale and node list of the deployment."""
+        """Model name, layers, vocabulary size, time scale, node list and max_seq_len of the deployment."""
+        return self._query("info")
+
+    def stats(self) -> dict[str, Any]:
+        """The coordinator's `serving_stats()`: load, per-node KV and health, readiness."""
+        return self._query("stats")["stats"]
+
+    def _query(self, kind: str) -> dict[str, Any]:
         rid = next(self._ids)
-        events = self._open(wire.make("info", request_id=rid))
+        events = self._open(wire.make(kind, request_id=rid))
         try:
             msg = events.get(timeout=self.timeout_s)
         except queue.Empty:
@@ -298,6 +307,27 @@ class Client:
                 logger.warning("coordinator error: %s", msg["message"])
 
 
+class AsyncTokenStream:
+    """Async iterator of StreamToken; `.result` holds the GenerateResult once exhausted and
+    `aclose()` cancels the request (its KV is freed at once) if it has not finished."""
+
+    def __init__(self, tokens: AsyncIterator[StreamToken], out: list[GenerateResult]) -> None:
+        self._tokens, self._out = tokens, out
+
+    def __aiter__(self) -> "AsyncTokenStream":
+        return self
+
+    async def __anext__(self) -> StreamToken:
+        return await self._tokens.__anext__()
+
+    @property
+    def result(self) -> GenerateResult | None:
+        return self._out[0] if self._out else None
+
+    async def aclose(self) -> None:
+        await self._tokens.aclose()  # type: ignore[attr-defined]
+
+
 class AsyncClient:
     """asyncio client (zmq.asyncio); same API as Client, with `await` / `async for`."""
 
@@ -318,8 +348,34 @@ class AsyncClient:
 
     def stream(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-               stop: Sequence[str] | None = None) -> AsyncIterator[StreamToken]:
-        return self._run(prompt, max_tokens, temperature, top_k, top_p, seed, stop, [])
+               stop: Sequence[str] | None = None) -> AsyncTokenStream:
+        out: list[GenerateResult] = []
+        return AsyncTokenStream(self._run(prompt, max_tokens, temperature, top_k, top_p, seed, stop, out), out)
+
+    async def info(self) -> dict[str, Any]:
+        """Same as `Client.info`."""
+        return await self._query("info")
+
+    async def stats(self) -> dict[str, Any]:
+        """Same as `Client.stats`."""
+        return (await self._query("stats"))["stats"]
+
+    async def _query(self, kind: str) -> dict[str, Any]:
+        rid = next(self._ids)
+        self._ensure_reader()
+        events: asyncio.Queue[wire.Message] = asyncio.Queue()
+        self._pending[rid] = events
+        try:
+            await self._sock.send_multipart(wire.encode(wire.make(kind, request_id=rid)))
+            try:
+                msg = await asyncio.wait_for(events.get(), self.timeout_s)
+            except asyncio.TimeoutError:
+                raise HelixError(f"no reply from {self.endpoint} within {self.timeout_s:.0f} s") from None
+        finally:
+            self._pending.pop(rid, None)
+        if msg.kind == "error":
+            raise error_from_message(msg)
+        return {k: v for k, v in msg.fields.items() if k != "request_id"}
 
     async def _run(self, prompt: Any, max_tokens: int, temperature: float, top_k: int, top_p: float,
                    seed: int, stop: Sequence[str] | None, out: list[GenerateResult]) -> AsyncIterator[StreamToken]:

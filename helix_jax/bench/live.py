@@ -1,7 +1,9 @@
 """Live benchmark: the simulator's workload and metrics against a running deployment.
 
 Sits beside the simulator at the end of the data flow (runtime -> client -> **live bench** ->
-metrics). It drives `helix_jax.client.AsyncClient`:
+metrics). It drives `helix_jax.client.AsyncClient` for a `tcp://` endpoint, or
+`helix_jax.bench.openai_http.OpenAIHttpClient` (streamed /v1/completions) for an `http://`
+one, so any OpenAI-compatible server is measured with the same workload and metrics:
 
 1. Ask the deployment for its model (`info()`: vocabulary size, context limit, time scale).
 2. Draw request lengths from the same `LengthSampler` as the simulator; prompts are random
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import random
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -88,7 +91,8 @@ class _LiveRun:
         self.time_scale = float(info.get("time_scale", 1.0) or 1.0)
         self.vocab_size = int(info.get("vocab_size", 256))
         preset = PRESETS.get(str(info.get("model", "")))
-        limit = config.max_context_tokens or (preset.max_position_embeddings if preset else None)
+        limit = (config.max_context_tokens or info.get("max_seq_len")
+                 or (preset.max_position_embeddings if preset else None))
         self.max_context = int(limit) if limit else DEFAULT_MAX_CONTEXT_TOKENS
         self.metrics = MetricsCollector(config.warmup_s, config.duration_s, config.slo_ttft_ms,
                                         config.slo_tpot_ms, config.seed)
@@ -176,9 +180,15 @@ async def run_live_bench_async(endpoint: str, lengths: LengthSampler, config: Li
     from helix_jax.client import AsyncClient
 
     wall_start = time.perf_counter()
-    client = AsyncClient(endpoint)
+    http = endpoint.startswith(("http://", "https://"))
+    if http:
+        from helix_jax.bench.openai_http import OpenAIHttpClient
+
+        client: Any = OpenAIHttpClient(endpoint, os.environ.get("HELIX_API_KEY") or os.environ.get("OPENAI_API_KEY"))
+    else:
+        client = AsyncClient(endpoint)
     try:
-        info = await asyncio.to_thread(_sync_info, endpoint)
+        info = await client.info() if http else await asyncio.to_thread(_sync_info, endpoint)
         run = _LiveRun(client, lengths, config, info)
         await run.run(progress)
     finally:

@@ -1,7 +1,8 @@
 """The coordinator: source and sink of every request's flow (placement -> scheduler -> runtime).
 
 Sockets (all bound to free ports unless told otherwise; linger 0):
-* client ROUTER: `generate` / `cancel` / `info` in; `token` / `done` / `error` out.
+* client ROUTER: `generate` / `cancel` / `info` / `stats` in; `token` / `done` / `error` /
+  `info_reply` / `stats_reply` (`serving_stats()`: load, per-node KV and health, readiness) out.
 * control ROUTER: workers' `register` / `ready` / `failed` in; `assign` / `shutdown` out.
 * data PULL: last stages' `sampled` tokens in. One PUSH per worker carries `step` (token ids
   for the route's first hop) and `free` (release a finished request's KV) out.
@@ -148,6 +149,7 @@ class Coordinator:
         self._last_heard: dict[str, float] = {}
         self._next_heartbeat_check = 0.0
         self._reported: collections.deque[tuple[str, str]] = collections.deque()  # from other threads
+        self.step_s: dict[str, float] = {}  # node -> mean batch time of its last heartbeat period
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> None:
@@ -213,6 +215,42 @@ class Coordinator:
                 "queued": sched.queue_length if sched else len(self._early),
                 "in_flight": sched.in_flight if sched else 0}
 
+    def serving_stats(self) -> dict[str, Any]:
+        """`stats()` plus what an operator watches (the `stats` request's reply): requests
+        running / waiting, per node KV token-layers used and budget, planned flow, in service
+        (0/1) and mean step time (seconds on the deployment's clock, None before any step),
+        the max-flow of the nodes in service, and readiness (every layer covered by a node in
+        service) with the reason when not ready."""
+        sched, cfg = self.scheduler, self.config
+        flows = sched.placement if sched else cfg.placement
+        nodes = {}
+        for node in self.nodes:
+            step = self.step_s.get(node)
+            nodes[node] = {"kv_used_token_layers": sched.ledger.used(node) if sched else 0,
+                           "kv_budget_token_layers": self._budgets.get(node, 0),
+                           "flow_tokens_per_s": 0.0 if node in self.down_nodes else flows.node_flow(node),
+                           "in_service": int(sched is not None and node not in self.down_nodes),
+                           "step_s": None if step is None else step / cfg.time_scale}
+        ready, reason = self._readiness()
+        return {**self.stats(), "running": sched.in_flight if sched else 0,
+                "waiting": sched.queue_length if sched else len(self._early), "nodes": nodes,
+                "max_flow_tokens_per_s": self.flow_tokens_per_s, "ready": ready, "reason": reason,
+                "model": cfg.model.name, "max_seq_len": cfg.max_seq_len, "time_scale": cfg.time_scale}
+
+    def _readiness(self) -> tuple[bool, str | None]:
+        if self.failure:
+            return False, self.failure
+        if self.scheduler is None:
+            return False, f"warming up: {len(self._budgets)} of {len(self.nodes)} workers ready"
+        uncovered = [layer for layer in range(self.config.placement.num_layers)
+                     if not any(s <= layer < e for n, (s, e) in self.config.placement.ranges.items()
+                                if n not in self.down_nodes)]
+        if uncovered:
+            down = "; ".join(f"{n}: {why}" for n, why in sorted(self.down_nodes.items()))
+            return False, (f"layers {uncovered[0]}-{uncovered[-1]} have no node in service "
+                           f"(out of service: {down})")
+        return True, None
+
     @property
     def worker_data_endpoints(self) -> dict[str, str]:
         """node -> the data endpoint its worker registered."""
@@ -245,6 +283,8 @@ class Coordinator:
         node = msg.get("node")
         if node in self._identities and self._identities[node] == identity:
             self._last_heard[node] = time.perf_counter()
+            if msg.get("mean_step_s") is not None:
+                self.step_s[node] = float(msg["mean_step_s"])
         if msg.kind == "heartbeat":
             if node not in self._identities:
                 raise ProtocolError(f"heartbeat from an unknown worker {node!r}")
@@ -336,7 +376,11 @@ class Coordinator:
             wire.send(self._client, wire.make(
                 "info_reply", request_id=msg["request_id"], model=self.config.model.name,
                 num_layers=self.config.model.num_layers, vocab_size=self.config.model.vocab_size,
-                time_scale=self.config.time_scale, nodes=list(self.nodes)), identity)
+                time_scale=self.config.time_scale, nodes=list(self.nodes),
+                max_seq_len=self.config.max_seq_len), identity)
+        elif msg.kind == "stats":
+            wire.send(self._client, wire.make("stats_reply", request_id=msg["request_id"],
+                                              stats=self.serving_stats()), identity)
         elif msg.kind == "cancel":
             rid = self._by_client.get((identity, msg["request_id"]))
             if rid is not None:
@@ -363,6 +407,8 @@ class Coordinator:
         for adm in self.scheduler.admit_ready():
             req = self._live[adm.request_id]
             req.set_route(adm.route)
+            if req.admitted_at is None:
+                req.admitted_at = time.perf_counter()
             for hop in adm.route:
                 used = self.scheduler.ledger.used(hop.node)
                 self.peak_kv_used[hop.node] = max(self.peak_kv_used[hop.node], used)
@@ -402,10 +448,12 @@ class Coordinator:
         if notify:
             self.completed += 1
             ttft = (req.first_token_at - req.submitted_at) if req.first_token_at else 0.0
+            queued = ((req.admitted_at or req.submitted_at) - req.submitted_at) / self.config.time_scale
             wire.send(self._client, wire.make(
                 "done", request_id=req.client_request_id, ids=list(req.output_ids), text=req.text,
                 finish_reason=reason, prompt_tokens=len(req.prompt_ids), time_scale=self.config.time_scale,
-                server_ttft_s=ttft / self.config.time_scale, route=req.route_wire), req.identity)
+                server_ttft_s=ttft / self.config.time_scale, queue_s=queued, route=req.route_wire),
+                req.identity)
         self._admit()
 
     # ---------------------------------------------------------------- 6: failures

@@ -52,6 +52,7 @@ class LiveRequest:
     output_ids: list[int] = dataclasses.field(default_factory=list)
     text: str = ""
     first_token_at: float | None = None
+    admitted_at: float | None = None  # first admission (a resumed request keeps it)
     # wire forms, built once (every decode step's message carries both)
     route_wire: list[list[Any]] = dataclasses.field(default_factory=list)
     sampling_wire: dict[str, Any] = dataclasses.field(init=False)

@@ -76,10 +76,13 @@ SCHEMAS: dict[str, Schema] = {
     "cancel": _s({"request_id": str}),
     "info": _s({"request_id": str}),
     "info_reply": _s({"request_id": str, "model": str, "num_layers": int, "vocab_size": int,
-                      "time_scale": _NUM, "nodes": list}),
+                      "time_scale": _NUM, "nodes": list}, {"max_seq_len": int}),
+    "stats": _s({"request_id": str}),  # load, per-node KV/flow/health, readiness (Coordinator.serving_stats)
+    "stats_reply": _s({"request_id": str, "stats": dict}),
     "token": _s({"request_id": str, "index": int, "token_id": int, "text": str}),
     "done": _s({"request_id": str, "ids": list, "text": str, "finish_reason": str,
-                "prompt_tokens": int, "time_scale": _NUM}, {"server_ttft_s": _NUM, "route": list}),
+                "prompt_tokens": int, "time_scale": _NUM},
+               {"server_ttft_s": _NUM, "queue_s": _NUM, "route": list}),
     "error": _s({"request_id": _OPT_STR, "error": str, "message": str}),
     # worker <-> coordinator control (worker DEALER, coordinator ROUTER)
     "register": _s({"node": str, "data_endpoint": str, "pid": int, "host": str}),
@@ -89,7 +92,7 @@ SCHEMAS: dict[str, Schema] = {
                   "max_batch": (int, type(None)), "seed": int}),
     "ready": _s({"node": str, "kv_capacity_token_layers": int, "warmup_s": _NUM}),
     "failed": _s({"node": str, "message": str}),
-    "heartbeat": _s({"node": str}),
+    "heartbeat": _s({"node": str}, {"mean_step_s": _NUM}),  # mean batch time since the last one
     "peer": _s({"node": str, "data_endpoint": str}),  # a rejoined neighbour's new data endpoint
     "shutdown": _s({}),
     # data plane (PUSH -> PULL): activations hop to hop, sampled tokens back, KV release

@@ -97,6 +97,7 @@ class Worker:
         self.steps_run = 0
         self.real_busy_s = self.emulated_busy_s = 0.0
         self.overruns = 0
+        self._reported_steps, self._reported_busy_s = 0, 0.0  # at the last heartbeat
 
     # ------------------------------------------------------------------ 1-2: join
     def run(self) -> int:
@@ -175,7 +176,7 @@ class Worker:
         while self._running:
             now = time.perf_counter()
             if now >= next_heartbeat:
-                wire.send(self._control, wire.make("heartbeat", node=self.options.node))
+                wire.send(self._control, wire.make("heartbeat", node=self.options.node, **self._step_report()))
                 next_heartbeat = now + wire.HEARTBEAT_INTERVAL_S
             wake = [t for t in (self._timers.next_due, self._busy_until if self._held else None) if t is not None]
             wake.append(next_heartbeat)
@@ -195,6 +196,14 @@ class Worker:
             if not events and not self._parent_alive():
                 logger.warning("parent process gone: worker %s exits", self.options.node)
                 return
+
+    def _step_report(self) -> dict[str, float]:
+        """`mean_step_s` of the batches run since the last heartbeat (emulated time when paced)."""
+        steps = self.steps_run - self._reported_steps
+        busy = max(self.real_busy_s, self.emulated_busy_s)
+        report = {"mean_step_s": (busy - self._reported_busy_s) / steps} if steps else {}
+        self._reported_steps, self._reported_busy_s = self.steps_run, busy
+        return report
 
     def _on_control(self, msg: wire.Message) -> None:
         if msg.kind == "shutdown":
