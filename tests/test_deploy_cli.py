@@ -34,7 +34,7 @@ class Deploy:
     """`helix-jax deploy ARGS` in a child process, its output read line by line."""
 
     def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(CLI + args + ["--http-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=ENV)
         self.lines: queue.Queue = queue.Queue()
         self.seen: list[str] = []
@@ -161,7 +161,7 @@ def test_emulated_deployment_keeps_the_cost_models_time(tmp_path: Path) -> None:
     (["topologies/no-such-cluster.json"], "does not exist"),
 ])
 def test_bad_deploy_arguments_get_one_clear_error(args: list[str], needle: str) -> None:
-    proc = subprocess.run(CLI + args, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120)
+    proc = subprocess.run(CLI + args + ["--http-port", "0"], cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     error = proc.stderr.strip()
     assert error.startswith("error: ") and needle in error and "\n" not in error, error

@@ -29,7 +29,7 @@ from helix_jax.modelconfig import TINY_EOS
 from helix_jax.placement import Placement
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment
-from helix_jax.topology import default_topology_path, load_topology
+from helix_jax.topology import tiny_topology_path, load_topology
 
 MAX_SEQ_LEN = 128
 QUEUE_LIMIT = 40
@@ -43,7 +43,7 @@ TOK = ByteTokenizer()  # with its built-in ChatML template
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory, cpu_small_placement: Placement):
-    topo = load_topology(default_topology_path())
+    topo = load_topology(tiny_topology_path())
     cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=MAX_SEQ_LEN,
                       kv_tokens=4 * MAX_SEQ_LEN, queue_limit=QUEUE_LIMIT,
                       heartbeat_timeout_s=600.0)  # test_queue_full pauses the workers

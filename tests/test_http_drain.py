@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import openai
+from helix_jax.topology import tiny_topology_path
 
 ENV = dict(os.environ, COLUMNS="250", JAX_PLATFORMS="cpu")
 
@@ -32,7 +33,8 @@ def _children(pid: int) -> list[int]:
 
 
 def test_sigterm_lets_requests_in_flight_finish_refuses_new_ones_and_exits() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "helix_jax.cli.main", "deploy", "--model", "tiny-8",
+    proc = subprocess.Popen([sys.executable, "-m", "helix_jax.cli.main", "deploy",
+                             str(tiny_topology_path()),
                              "--http-port", "0", "--max-seq-len", "128", "--heartbeat-timeout", "600",
                              "--restart-workers", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
