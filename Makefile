@@ -6,13 +6,20 @@ export JAX_PLATFORMS ?= cpu
 
 .PHONY: install test lint demo bench bench-plan bench-runtime bench-serve bench-sim clean
 
+# What serving needs (no torch), then the default model into the model cache (sha256-checked).
 install:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	$(BIN)/helix-jax models pull smollm2-135m
+
+# The test extras (torch CPU from local disk first, so nothing pulls a CUDA build), once per venv.
+$(VENV)/.test-extras: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	touch $@
 
-test:
+test: $(VENV)/.test-extras
 	$(BIN)/python -m pytest -m "not benchmark" tests
 
 lint:

@@ -76,8 +76,11 @@ class GGUFFile:
             raise CheckpointError(f"GGUF file {str(self.path)!r} does not exist")
         try:
             self._reader = GGUFReader(str(self.path), "r")
-        except Exception as exc:  # ValueError for a bad magic/version, others for a cut-off header
-            reason = "not a GGUF file (bad magic)" if "magic" in str(exc).lower() else exc
+        except Exception as exc:  # ValueError for a bad magic/version, others for a cut-off file
+            text = str(exc).lower()
+            reason = ("not a GGUF file (bad magic)" if "magic" in text else
+                      f"the file is truncated ({exc})" if "reshape" in text or isinstance(exc, (IndexError, EOFError))
+                      else exc)
             raise CheckpointError(f"cannot read GGUF file {str(self.path)!r}: {reason}") from None
         self.tensors = {t.name: t for t in self._reader.tensors}
         size = os.path.getsize(self.path)
