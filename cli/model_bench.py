@@ -1,0 +1,165 @@
+"""Real-model benchmark (part of `make bench-runtime`): SmolLM2-135M-Instruct on this CPU.
+
+1. Local decode: helix-jax (one StageEngine holding all 30 layers) against Hugging Face
+   transformers (PyTorch, the same GGUF dequantized, the same dtype, same machine, same run):
+   decode tokens/s at batch 1, 8 and 32 after a 128-token context, and TTFT of a 512-token
+   prompt; the ratio helix / transformers.
+2. The shipped 3-worker deployment at 16 and 64 concurrent streams against the local engine
+   decoding the same number of sequences at once, and each worker's peak RSS (VmHWM).
+
+  python -m helix_jax.cli.model_bench [--batches 1,8,32] [--streams 16,64] [--skip-deploy] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+MODEL = "smollm2-135m"
+CONTEXT, STEPS, TTFT_PROMPT = 128, 16, 512
+
+
+def _prompt(n: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [int(t) for t in rng.integers(100, 40000, size=n)]
+
+
+def helix_local(batches: list[int]) -> dict:
+    """Decode tok/s per batch and TTFT of a 512-token prompt for our engine."""
+    from helix_jax.model import SamplingParams, StageEngine, StepInput, load_stage_weights
+    from helix_jax.modelconfig import preset
+
+    config = preset(MODEL)
+    weights = load_stage_weights(config, 0, config.num_layers, MODEL)
+    out: dict = {"decode_tok_s": {}}
+    for batch in batches:
+        engine = StageEngine(config, 0, config.num_layers, weights, max_slots=batch, max_seq_len=CONTEXT + 64,
+                             prefill_buckets=(CONTEXT,), decode_buckets=(batch,), prefill_batch_buckets=(1,))
+        for i in range(batch):
+            engine.add_request(i, SamplingParams())
+            engine.step([StepInput(i, 0, 0, token_ids=np.asarray(_prompt(CONTEXT, i), np.int32))])
+        times = []
+        for step in range(STEPS + 2):
+            items = [StepInput(i, 0, CONTEXT + step, token_ids=np.asarray([5], np.int32)) for i in range(batch)]
+            begin = time.perf_counter()
+            engine.step(items)
+            times.append(time.perf_counter() - begin)
+        out["decode_tok_s"][batch] = batch / statistics.median(times[2:])
+    engine = StageEngine(config, 0, config.num_layers, weights, max_slots=1, max_seq_len=TTFT_PROMPT + 64,
+                         prefill_buckets=(TTFT_PROMPT,), decode_buckets=(1,), prefill_batch_buckets=(1,))
+    ttfts = []
+    for run in range(4):
+        engine.add_request("p", SamplingParams())
+        begin = time.perf_counter()
+        engine.step([StepInput("p", 0, 0, token_ids=np.asarray(_prompt(TTFT_PROMPT, 99), np.int32), sample=True)])
+        ttfts.append(time.perf_counter() - begin)
+        engine.release("p")
+    out["ttft_512_ms"] = statistics.median(ttfts[1:]) * 1e3
+    return out
+
+
+def transformers_local(batches: list[int]) -> dict:
+    """The same measurements with transformers' LlamaForCausalLM and its KV cache."""
+    import torch
+    import transformers
+
+    from helix_jax.models import model_file
+
+    path = model_file(MODEL)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                              dtype=torch.float32).eval()
+    out: dict = {"decode_tok_s": {}, "threads": torch.get_num_threads()}
+    with torch.inference_mode():
+        for batch in batches:
+            ids = torch.tensor([_prompt(CONTEXT, i) for i in range(batch)])
+            past = model(ids, use_cache=True).past_key_values
+            token = torch.full((batch, 1), 5)
+            times = []
+            for _ in range(STEPS + 2):
+                begin = time.perf_counter()
+                past = model(token, past_key_values=past, use_cache=True).past_key_values
+                times.append(time.perf_counter() - begin)
+            out["decode_tok_s"][batch] = batch / statistics.median(times[2:])
+        prompt = torch.tensor([_prompt(TTFT_PROMPT, 99)])
+        ttfts = []
+        for _ in range(4):
+            begin = time.perf_counter()
+            model(prompt, use_cache=True)
+            ttfts.append(time.perf_counter() - begin)
+        out["ttft_512_ms"] = statistics.median(ttfts[1:]) * 1e3
+    return out
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def deployment(streams: list[int], max_tokens: int = 32) -> dict:
+    """The shipped default deployment: decode tok/s at each number of concurrent streams."""
+    from helix_jax.cli.serve_cmds import serve_config
+    from helix_jax.client import Client
+    from helix_jax.runtime.deploy import LocalDeployment
+
+    most = max(streams)
+    cfg, tokenizer = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, most * 256, 256, 10.0)
+    prompts = [_prompt(64, 1000 + i) for i in range(most)]
+    out: dict = {"placement": {n: list(r) for n, r in cfg.placement.ranges.items()}, "streams": {}}
+    with LocalDeployment(cfg, tokenizer) as dep:
+        dep.wait_ready(timeout_s=900)
+        with Client(dep.client_endpoint, timeout_s=900) as client:
+            client.generate(prompts[0], max_tokens=4)
+            for n in streams:
+                begin = time.perf_counter()
+                with ThreadPoolExecutor(n) as pool:
+                    results = list(pool.map(lambda p: client.generate(p, max_tokens=max_tokens), prompts[:n]))
+                wall = time.perf_counter() - begin
+                out["streams"][n] = {"tok_s": sum(len(r.ids) for r in results) / wall,
+                                     "tpot_ms": statistics.median(r.timings.tpot_s for r in results) * 1e3,
+                                     "ttft_ms": statistics.median(r.timings.ttft_s for r in results) * 1e3}
+        out["peak_rss_mb"] = {w.node: _vm_hwm_mb(w.process.pid) for w in dep.workers}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--streams", default="16,64")
+    parser.add_argument("--skip-deploy", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    ours, theirs = helix_local(batches), transformers_local(batches)
+    result = {"helix": ours, "transformers": theirs}
+    print(f"[smollm2-135m local, float32, {theirs['threads']} torch threads] decode tok/s after {CONTEXT} tokens:")
+    for b in batches:
+        h, t = ours["decode_tok_s"][b], theirs["decode_tok_s"][b]
+        print(f"  batch {b:3d}: helix-jax {h:8.1f}  transformers {t:8.1f}  ratio {h / t:.2f}x")
+    print(f"  TTFT of a {TTFT_PROMPT}-token prompt: helix-jax {ours['ttft_512_ms']:.1f} ms, transformers "
+          f"{theirs['ttft_512_ms']:.1f} ms, ratio {theirs['ttft_512_ms'] / ours['ttft_512_ms']:.2f}x faster")
+    if not args.skip_deploy:
+        streams = [int(s) for s in args.streams.split(",")]
+        dep = deployment(streams)
+        result["deployment"] = dep
+        local_batch = helix_local(streams)["decode_tok_s"]
+        result["local_at_streams"] = local_batch
+        print(f"[smollm2-135m deployed on 3 CPU workers {dep['placement']}]")
+        for n in streams:
+            row = dep["streams"][n]
+            print(f"  {n:3d} streams: {row['tok_s']:7.1f} tok/s (TPOT p50 {row['tpot_ms']:.1f} ms, TTFT p50 "
+                  f"{row['ttft_ms']:.0f} ms) = {row['tok_s'] / local_batch[n]:.0%} of local batch-{n} decode "
+                  f"{local_batch[n]:.1f} tok/s")
+        print("  peak RSS per worker: " + ", ".join(f"{n} {mb:.0f} MB" for n, mb in dep["peak_rss_mb"].items()))
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
