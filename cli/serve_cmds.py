@@ -207,7 +207,7 @@ def demo(requests: int = typer.Option(4, help="Questions to send through the dep
             table.add_column(col)
         for question, res in zip(questions, results):
             route = " > ".join(f"{n}[{s}:{e})" for n, s, e in res.route)
-            table.add_row(question, res.text.strip(), route,
+            table.add_row(question, " ".join(res.text.split()), route,
                           f"{res.timings.ttft_s * 1e3:.1f}", f"{res.timings.tpot_s * 1e3:.2f}")
         console.print(table)
     console.print("   deployment shut down cleanly")

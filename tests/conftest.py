@@ -49,3 +49,21 @@ def reference():
             memo[key] = (n, generate_local(config, weights, ids, n, sampling))
         return memo[key][1][:max_tokens]
     return ref
+
+
+@pytest.fixture(scope="session")
+def smollm2_local():
+    """(LocalModel, tokenizer) of the cached SmolLM2-135M-Instruct, compiled once per session
+    (tests/test_gguf_model.py and tests/test_real_deploy.py share it); skips when not cached."""
+    from helix_jax.errors import CheckpointError
+    from helix_jax.model.generate import LocalModel
+    from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.modelconfig import preset
+    from helix_jax.models import model_file
+
+    try:
+        model_file("smollm2-135m")
+    except CheckpointError as exc:
+        pytest.skip(str(exc))
+    config = preset("smollm2-135m")
+    return LocalModel(config, "smollm2-135m", max_seq_len=256), load_tokenizer(config, "smollm2-135m")

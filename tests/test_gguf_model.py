@@ -43,13 +43,8 @@ def reference():
 
 
 @pytest.fixture(scope="module")
-def ours():
-    from helix_jax.model.generate import LocalModel
-    from helix_jax.model.tokenizer import load_tokenizer
-    from helix_jax.modelconfig import resolve_model
-
-    config = resolve_model("smollm2-135m")
-    return LocalModel(config, "smollm2-135m", max_seq_len=192), load_tokenizer(config, "smollm2-135m")
+def ours(smollm2_local):
+    return smollm2_local
 
 
 def _prompts(tok) -> list[list[int]]:

@@ -40,12 +40,9 @@ def deployment(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local(deployment):
+def local(smollm2_local):
     """Greedy answers of the whole model in this process, one prompt at a time."""
-    from helix_jax.model.generate import LocalModel
-
-    dep, tokenizer = deployment
-    model = LocalModel(dep.config.model, "smollm2-135m", max_seq_len=256)
+    model, tokenizer = smollm2_local
     prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) for q in QUESTIONS]
     return prompts, [model.generate(p, MAX_TOKENS, stop_token_ids=tokenizer.stop_token_ids) for p in prompts]
 
