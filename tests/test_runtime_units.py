@@ -148,3 +148,15 @@ def test_layer_loads_count_each_item_from_its_start_layer() -> None:
                        sum(i.position + 1 for i in items if i.run_start_layer <= layer and i.num_tokens == 1))
              for layer in range(2, 8)]
     assert loads == brute and layer_loads([], 2, 8) == [LayerLoad(0, 0, 0)] * 6
+
+
+def test_the_coordinator_client_and_front_end_import_no_jax() -> None:
+    """They run on hosts and in processes without an accelerator stack: only workers need jax."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import helix_jax.runtime.coordinator, helix_jax.runtime.deploy, helix_jax.client, "
+            "helix_jax.http.app, helix_jax.model.tokenizer, helix_jax.model.sampling_params; "
+            "print(sorted(m for m in ('jax', 'flax') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

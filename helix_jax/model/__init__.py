@@ -20,7 +20,7 @@ _EXPORTS = {
     "KVCache": "stage", "StageModel": "stage", "forward_full": "stage",
     "StepInput": "batching", "StepOutput": "batching",
     "StageEngine": "engine", "slots_for_kv_budget": "engine",
-    "SamplingParams": "sampling",
+    "SamplingParams": "sampling_params",
     "StageWeights": "weights", "load_stage_weights": "weights", "random_stage_weights": "weights",
     "generate_local": "generate", "load_tokenizer": "tokenizer",
 }

@@ -1,6 +1,6 @@
 """Next-token sampling on the last stage: greedy, temperature, top-k, top-p, per-request seed.
 
-Owns: `SamplingParams` (frozen, validated) and `sample_tokens` (traced inside the last
+Owns: `sample_tokens` (`SamplingParams`, validated, lives in the jax-free sampling_params) (traced inside the last
 stage's jitted step). Sits at the end of the runtime step of the data flow.
 
 Determinism: sampling is Gumbel-max with noise from a counter-based integer hash of
@@ -13,36 +13,12 @@ added ~0.6 s of XLA compile time to every last-stage bucket on CPU.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
-from helix_jax.errors import RequestError
+from helix_jax.model.sampling_params import SamplingParams
 
-
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    """temperature 0 = greedy; top_k 0 = no limit; top_p 1.0 = no nucleus cut."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not (self.temperature >= 0.0) or self.temperature != self.temperature:
-            raise RequestError(f"sampling temperature must be >= 0, got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise RequestError(f"sampling top_k must be an integer >= 0, got {self.top_k!r}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise RequestError(f"sampling top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.seed, int) or not (0 <= self.seed < 2 ** 32):
-            raise RequestError(f"sampling seed must be an integer in [0, 2**32), got {self.seed!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
+__all__ = ["SamplingParams", "sample_tokens"]
 
 
 def _sample_row(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,

@@ -12,7 +12,7 @@ import time
 from typing import Any, Protocol, Sequence
 
 from helix_jax.errors import RequestError
-from helix_jax.model.sampling import SamplingParams
+from helix_jax.model.sampling_params import SamplingParams
 from helix_jax.modelconfig import ModelConfig
 from helix_jax.placement import Hop
 from helix_jax.runtime import wire
