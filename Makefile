@@ -22,8 +22,9 @@ $(VENV)/.test-extras: pyproject.toml
 test: $(VENV)/.test-extras
 	$(BIN)/python -m pytest -m "not benchmark" tests
 
-lint:
-	$(BIN)/python -m compileall -q helix_jax solver cli tests
+lint: $(VENV)/.test-extras
+	$(BIN)/ruff check helix_jax solver cli tests
+	$(BIN)/mypy
 
 bench: bench-plan bench-runtime bench-serve bench-sim
 
@@ -32,6 +33,7 @@ bench-plan:
 
 bench-runtime:
 	$(BIN)/python -m helix_jax.model.bench_runtime
+	$(BIN)/python -m helix_jax.cli.model_bench
 
 bench-sim:
 	$(BIN)/python -m helix_jax.cli.sim_bench
