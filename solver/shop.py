@@ -1,9 +1,11 @@
 """Which GPUs to rent: the cheapest mix of a pool that reaches a max-flow, or the most for a budget.
 
-Owns: the shopping MILP over a *pool* (a topology whose node entries give `count`, the nodes
-one can rent, and `price_per_hour`), its bounds, and the mix's own placement. Sits beside
+Owns: the search for the best mix of a *pool* (a topology whose node entries give `count`, the
+nodes one can rent, and `price_per_hour`) over pace intervals, its bounds, and the mix's own
+placement. Sits beside
 plan.py at the solver's front door: pool -> **shop** -> mix + Placement -> (rent) -> serve.
-shop_report.py adds the single-type comparison and the Pareto frontier.
+shop_model.py holds the MILP at one pace; shop_report.py adds the single-type comparison and
+the Pareto frontier.
 
 Model: the rectangles of milp.py, grouped by (GPU type, zone, price); the integer counts
 n[group, start, k] are bounded by what the group offers, so the nodes rented from a group are
@@ -36,167 +38,20 @@ import dataclasses
 import math
 import time
 
-import cvxpy as cp
-import numpy as np
-
 from helix_jax.costmodel import CostModel, WorkloadShape
-from helix_jax.errors import ConfigError, InfeasibleError, TopologyError
+from helix_jax.errors import ConfigError, InfeasibleError
 from helix_jax.placement import Placement
-from helix_jax.topology import COORDINATOR, Topology
+from helix_jax.topology import Topology
 from helix_jax.solver import milp
-from helix_jax.solver.highs_run import solve
 from helix_jax.solver.maxflow import max_flow, placement_with_flows
+from helix_jax.solver.shop_model import (REL_TOL, PaceGrid, ShopModel, check_pool, cost_of, mix_of,
+                                         sub_topology)
 
-PACE_INTERVALS = 4  # pace intervals between the fastest and the slowest type's own step
 PACE_ROUNDS = 4  # re-solves of a sure answer at its own pace
 SHOP_GAP = 1e-3  # stop refining pace intervals when the bound is this close
 MIN_PACE_WIDTH_S = 1e-5  # narrowest pace interval worth halving
-REL_TOL = 1e-6
 
-
-class PacedCostModel(CostModel):
-    """A cost model of `topology` with the cluster-level pace and route link time fixed."""
-
-    def __init__(self, topology: Topology, workload: WorkloadShape, reference_layer_seconds: float,
-                 route_link_seconds: float) -> None:
-        super().__init__(topology, workload)
-        self._reference_s, self._route_s = reference_layer_seconds, route_link_seconds
-
-    @property
-    def reference_layer_seconds(self) -> float:  # type: ignore[override]
-        return self._reference_s
-
-    @property
-    def route_link_seconds(self) -> float:  # type: ignore[override]
-        return self._route_s
-
-
-def sub_topology(topology: Topology, names: list[str] | set[str], name: str | None = None) -> Topology:
-    """`topology` restricted to the nodes `names` (a mix rented from a pool)."""
-    keep = set(names)
-    nodes = tuple(n for n in topology.nodes if n.name in keep)
-    links = {k: v for k, v in topology.links.items() if all(e in keep or e == COORDINATOR for e in k)}
-    types = {g: t for g, t in topology.gpu_types.items() if any(n.gpu == g for n in nodes)}
-    return dataclasses.replace(topology, name=name or topology.name, nodes=nodes, links=links, gpu_types=types)
-
-
-def check_pool(pool: Topology) -> None:
-    """Every node of a pool needs a price."""
-    for node in pool.nodes:
-        if node.price_per_hour is None:
-            raise TopologyError(f"node {node.name!r} has no price_per_hour; a pool for --shop needs a price "
-                                "on every node entry")
-
-
-def mix_of(topology: Topology, names) -> dict[str, int]:
-    """GPU type -> nodes of that type among `names`."""
-    mix: dict[str, int] = {}
-    for name in sorted(names):
-        gpu = topology.node(name).gpu
-        mix[gpu] = mix.get(gpu, 0) + 1
-    return dict(sorted(mix.items()))
-
-
-def cost_of(topology: Topology, names) -> float:
-    return float(sum(topology.node(n).price_per_hour or 0.0 for n in names))
-
-
-@dataclasses.dataclass(frozen=True)
-class Pace:
-    """One pace interval's capacities and rows (module docstring)."""
-
-    cost_model: CostModel
-    upper_s: float | None  # the mix's pace is at most this (None: no row)
-    lower_s: float | None  # ... and at least this
-
-
-class ShopModel:
-    """The MILP of one pace: milp.PlacementModel over price groups, plus cost and pace rows."""
-
-    def __init__(self, pool: Topology, pace: Pace, zones: list[list[str]], partial_inference: bool,
-                 prune_target: float) -> None:
-        cm = pace.cost_model
-        self.pool, self.cost_model = pool, cm
-        groups, prices, slots = [], [], []
-        for z, zone in enumerate(zones):
-            by_key: dict[tuple[str, float], list[str]] = {}
-            for name in zone:
-                node = pool.node(name)
-                by_key.setdefault((node.gpu, float(node.price_per_hour or 0.0)), []).append(name)
-            for (gpu, price), names in by_key.items():
-                table = tuple(cm.capacity_table(gpu))
-                if table:
-                    groups.append(milp.Group(gpu, z, tuple(names), table))
-                    prices.append(price)
-                    slots.append(cm.reference_slots(gpu))
-        self.groups = groups
-        self.model = milp.PlacementModel(pool, cm, groups, len(zones), partial_inference, prune_target)
-        rects = self.model.rects
-        rows = np.zeros((len(groups), len(rects)))
-        for i, r in enumerate(rects):
-            rows[r.group, i] = 1.0
-        rented = rows @ self.model.n  # [groups]
-        self.cost = np.array(prices) @ rented
-        self.pace_rows = []
-        top = np.array([float(s[0]) for s in slots])
-        step = np.array([s[1] for s in slots])
-        if pace.upper_s is not None:
-            self.pace_rows.append((top * (step - pace.upper_s)) @ rented <= 0)
-        if pace.lower_s is not None:
-            self.pace_rows.append((top * (step - pace.lower_s)) @ rented >= 0)
-        self.budget = cp.Parameter(nonneg=True)
-        self.min_cost = cp.Problem(cp.Minimize(self.cost), [*self.model.problem.constraints, *self.pace_rows])
-
-    def cheapest(self, target: float, time_limit_s: float, seed: int) -> tuple[float | None, float, dict]:
-        """(least cost found or None, proven lower bound on the cost (inf: infeasible), counts)."""
-        self.model.set_target(target, require=target)
-        result = solve(self.min_cost, time_limit_s=time_limit_s, rel_gap=REL_TOL, seed=seed)
-        if result.status == "infeasible":
-            return None, math.inf, {}
-        bound = result.bound if result.bound is not None else 0.0
-        if result.objective is None:
-            return None, bound, {}
-        return float(result.objective), min(bound, result.objective), self.model.counts_of(result.value(self.model.n))
-
-    def most_flow(self, budget: float, time_limit_s: float, seed: int) -> milp.MilpOutcome:
-        """milp.solve_counts with the cost row: the most coverage within `budget` per hour."""
-        extra = [*self.pace_rows] + ([self.cost <= budget] if math.isfinite(budget) else [])
-        self.model.problem = cp.Problem(self.model.problem.objective, [*self.model.problem.constraints, *extra])
-        self.model._pinned = None
-        upper = milp.trivial_bound(self.pool, self.cost_model)
-        return milp.solve_counts(self.model, upper, time_limit_s=time_limit_s, rel_gap=1e-4, seed=seed)
-
-    def rented(self, counts: dict) -> dict[str, tuple[int, int]]:
-        return milp.expand_counts(self.groups, counts)
-
-
-class PaceGrid:
-    """The pace range of a pool and the (sure, bound) Paces of its intervals (module docstring)."""
-
-    def __init__(self, pool: Topology, workload: WorkloadShape) -> None:
-        self.pool, self.workload = pool, workload
-        cm = CostModel(pool, workload)
-        steps = sorted({cm.reference_slots(g)[1] for g in pool.gpu_types if cm.reference_slots(g)[0] > 0})
-        self.steps = steps or [0.0]
-        routes = [cm.route_link_seconds] + [
-            CostModel(sub_topology(pool, [n.name for n in pool.nodes if n.gpu == g]), workload).route_link_seconds
-            for g in sorted({n.gpu for n in pool.nodes})]
-        self.route_hi, self.route_lo = max(routes), min(routes)
-        self.exact = len(self.steps) == 1  # the pace cannot vary: one interval, sure = bound
-
-    def sure(self, upper_s: float) -> Pace:
-        return Pace(PacedCostModel(self.pool, self.workload, upper_s, self.route_hi),
-                    None if self.exact else upper_s, None)
-
-    def bound(self, lower_s: float, upper_s: float) -> Pace:
-        return Pace(PacedCostModel(self.pool, self.workload, lower_s, self.route_lo),
-                    None if self.exact else upper_s, None if self.exact else lower_s)
-
-    def initial(self) -> list[tuple[float, float]]:
-        if self.exact:
-            return [(self.steps[0], self.steps[0])]
-        grid = np.linspace(self.steps[0], self.steps[-1], PACE_INTERVALS + 1)
-        return list(zip(grid[:-1], grid[1:]))
+__all__ = ["ShopResult", "cheapest_mix", "most_flow_mix", "shop", "check_pool", "cost_of", "mix_of", "sub_topology"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,53 +81,72 @@ def _own_flow(pool: Topology, workload: WorkloadShape, ranges: dict, partial: bo
 def cheapest_mix(pool: Topology, target: float, workload: WorkloadShape, partial: bool = True,
                  time_limit_s: float = 60.0, seed: int = 0) -> tuple[dict | None, float, float]:
     """(ranges of the cheapest mix found reaching `target` at its own pace, or None; its cost;
-    the proven least cost of any mix reaching it, inf when none can). Intervals whose bound is
-    below the incumbent are halved until the gap closes or time runs out."""
+    the proven least cost of any mix reaching it, inf when none can).
+
+    1. incumbent: the sure model at the slowest pace (every mix allowed), then re-solved at the
+       incumbent's own pace, from it, while that lowers the cost;
+    2. per pace interval, the bound model searches only mixes cheaper than the incumbent: if
+       there are none the interval is closed, else its bound stays open and the sure model of the
+       interval may improve the incumbent;
+    3. the open interval with the weakest bound is halved until the gap closes or time runs out."""
     deadline = time.monotonic() + time_limit_s
     cm = CostModel(pool, workload)
     zones = milp.find_zones(pool, cm, milp.trivial_bound(pool, cm))
     grid = PaceGrid(pool, workload)
     best: dict | None = None
+    best_counts: dict = {}
     best_cost = math.inf
     open_: list[tuple[float, float, float]] = []  # (bound, lo, hi)
 
-    def left() -> float:
-        return max(0.5, min(time_limit_s / 8, deadline - time.monotonic()))
+    def left(share: float = 0.125) -> float:
+        return max(0.5, min(share * time_limit_s, deadline - time.monotonic()))
 
-    def consider(shop: ShopModel, counts: dict, cost: float) -> None:
-        nonlocal best, best_cost
+    def consider(shop: ShopModel, counts: dict, cost: float | None) -> bool:
+        nonlocal best, best_cost, best_counts
+        if cost is None or cost >= best_cost * (1 - REL_TOL):
+            return False
         ranges = shop.rented(counts)
-        if cost < best_cost * (1 - REL_TOL) and _own_flow(pool, workload, ranges, partial) >= target * (1 - 1e-6):
-            best, best_cost = ranges, cost  # (a link the model does not see could bind: checked)
+        if _own_flow(pool, workload, ranges, partial) < target * (1 - 1e-6):
+            return False  # a link the model does not see binds
+        best, best_cost, best_counts = ranges, cost, counts
+        return True
 
-    def examine(lo: float, hi: float) -> None:
-        _, low, _ = ShopModel(pool, grid.bound(lo, hi), zones, partial, target).cheapest(target, left(), seed)
-        if low < best_cost * (1 - SHOP_GAP):
-            shop = ShopModel(pool, grid.sure(hi), zones, partial, target)
-            cost, _, counts = shop.cheapest(target, left(), seed)
-            if cost is not None:
-                consider(shop, counts, cost)
+    def gap_open(low: float) -> bool:
+        return low < best_cost * (1 - gap)
+
+    gap = REL_TOL if grid.exact else SHOP_GAP  # an exact model is solved to optimality
+    shop = ShopModel(pool, grid.sure(grid.steps[-1]), zones, partial, target)
+    cost, _, counts = shop.cheapest(target, left(0.2), seed, rel_gap=gap)
+    consider(shop, counts, cost)
+    for _ in range(PACE_ROUNDS if best is not None and not grid.exact else 0):  # 1. re-price at own pace
+        pace = CostModel(sub_topology(pool, best), workload).reference_layer_seconds
+        shop = ShopModel(pool, grid.sure(pace), zones, partial, target)
+        cost, _, counts = shop.cheapest(target, left(), seed, cutoff=best_cost * (1 - gap),
+                                        start=best_counts, rel_gap=gap)
+        if not consider(shop, counts, cost):
+            break
+
+    def examine(lo: float, hi: float) -> None:  # 2.
+        cutoff = best_cost * (1 - gap)
+        _, low, _ = ShopModel(pool, grid.bound(lo, hi), zones, partial, target).cheapest(
+            target, left(), seed, cutoff=cutoff, rel_gap=gap)
+        if gap_open(low):
+            sure = ShopModel(pool, grid.sure(hi), zones, partial, target)
+            cost, _, counts = sure.cheapest(target, left(), seed, cutoff=cutoff, rel_gap=gap)
+            consider(sure, counts, cost)
         if math.isfinite(low):
-            open_.append((low, lo, hi))
+            open_.append((min(low, best_cost), lo, hi))
 
     for lo, hi in grid.initial():
         examine(lo, hi)
-    for _ in range(PACE_ROUNDS if best is not None and not grid.exact else 0):  # re-price at its own pace
-        pace = CostModel(sub_topology(pool, best), workload).reference_layer_seconds
-        shop = ShopModel(pool, grid.sure(pace), zones, partial, target)
-        cost, _, counts = shop.cheapest(target, left(), seed)
-        if cost is None or cost >= best_cost * (1 - REL_TOL):
-            break
-        consider(shop, counts, cost)
-    while open_ and time.monotonic() < deadline - 1.0:
+    while open_ and time.monotonic() < deadline - 1.0:  # 3.
         open_.sort()
         low, lo, hi = open_[0]
-        if low >= best_cost * (1 - SHOP_GAP) or hi - lo <= MIN_PACE_WIDTH_S:
+        if not gap_open(low) or hi - lo <= MIN_PACE_WIDTH_S:
             break
         open_.pop(0)
-        mid = 0.5 * (lo + hi)
-        examine(lo, mid)
-        examine(mid, hi)
+        examine(lo, 0.5 * (lo + hi))
+        examine(0.5 * (lo + hi), hi)
     lower = min([best_cost] + [low for low, _, _ in open_])
     return best, best_cost, lower
 

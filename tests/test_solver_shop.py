@@ -78,7 +78,7 @@ def test_least_cost_for_a_target_is_the_enumerated_optimum(name: str, enumerated
         optimum = min(cost for cost, flow in table if flow >= target * (1 - 1e-9))
         result = shop(pool, target_tokens_per_s=target, time_limit_s=10)
         assert result.cost_per_hour == pytest.approx(optimum), (name, target)
-        assert result.cost_lower_bound_per_hour == pytest.approx(optimum)  # proven
+        assert result.cost_lower_bound_per_hour == pytest.approx(optimum, rel=1e-5)  # proven
         assert result.placement.objective_tokens_per_s >= target * (1 - 1e-6)
         assert sum(result.mix.values()) == len(result.placement.ranges)
         validate_placement(result.placement, result.topology)
