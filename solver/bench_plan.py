@@ -29,7 +29,7 @@ from helix_jax.solver.plan import METHODS, plan
 
 REPO_TOPOLOGIES = Path(__file__).resolve().parents[1] / "topologies"
 DEFAULT_TOPOLOGIES = ("cpu-small", "single-region-24-llama2-70b", "single-region-24-llama-30b",
-                      "three-region-24-llama2-70b", "geo-42-llama2-70b")
+                      "three-region-24-llama2-70b", "three-region-24-tables-llama2-70b", "geo-42-llama2-70b")
 
 
 def _row(topology_name: str, method: str, placement, time_limit_s: float | None, partial: bool) -> dict:
