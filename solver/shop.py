@@ -108,7 +108,7 @@ def cheapest_mix(pool: Topology, target: float, workload: WorkloadShape, partial
         ranges = shop.rented(counts)
         if _own_flow(pool, workload, ranges, partial) < target * (1 - 1e-6):
             return False  # a link the model does not see binds
-        best, best_cost, best_counts = ranges, cost, counts
+        best, best_cost, best_counts = ranges, round(cost_of(pool, ranges), 9), counts
         return True
 
     def gap_open(low: float) -> bool:
@@ -220,7 +220,7 @@ def shop(pool: Topology, *, target_tokens_per_s: float | None = None, budget_per
             cheapest = min(n.price_per_hour or 0.0 for n in pool.nodes)
             raise InfeasibleError(f"no mix of {pool.name} within {budget_per_hour:g} per hour serves the model "
                                   f"(the cheapest node costs {cheapest:g} per hour)")
-        cost, lower = cost_of(pool, ranges), None
+        cost, lower = round(cost_of(pool, ranges), 9), None
     names = sorted(ranges)
     mix_topology = sub_topology(pool, names, f"{pool.name}-mix")
     cm = CostModel(mix_topology, workload)
