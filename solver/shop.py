@@ -83,8 +83,8 @@ def cheapest_mix(pool: Topology, target: float, workload: WorkloadShape, partial
     """(ranges of the cheapest mix found reaching `target` at its own pace, or None; its cost;
     the proven least cost of any mix reaching it, inf when none can).
 
-    1. incumbent: the sure model at the slowest pace (every mix allowed), then re-solved at the
-       incumbent's own pace, from it, while that lowers the cost;
+    1. incumbent: the sure model at the pool's own pace (mixes at most that slow), then re-solved
+       at the incumbent's own pace, from it, while that lowers the cost;
     2. per pace interval, the bound model searches only mixes cheaper than the incumbent: if
        there are none the interval is closed, else its bound stays open and the sure model of the
        interval may improve the incumbent;
@@ -98,7 +98,7 @@ def cheapest_mix(pool: Topology, target: float, workload: WorkloadShape, partial
     best_cost = math.inf
     open_: list[tuple[float, float, float]] = []  # (bound, lo, hi)
 
-    def left(share: float = 0.125) -> float:
+    def left(share: float = 0.06) -> float:
         return max(0.5, min(share * time_limit_s, deadline - time.monotonic()))
 
     def consider(shop: ShopModel, counts: dict, cost: float | None) -> bool:
@@ -115,8 +115,10 @@ def cheapest_mix(pool: Topology, target: float, workload: WorkloadShape, partial
         return low < best_cost * (1 - gap)
 
     gap = REL_TOL if grid.exact else SHOP_GAP  # an exact model is solved to optimality
-    shop = ShopModel(pool, grid.sure(grid.steps[-1]), zones, partial, target)
-    cost, _, counts = shop.cheapest(target, left(0.2), seed, rel_gap=gap)
+    # the pool's own pace is a middle one: its sure model solves fast and starts near the answer
+    shop = ShopModel(pool, grid.sure(min(grid.steps[-1], max(grid.steps[0], cm.reference_layer_seconds))),
+                     zones, partial, target)
+    cost, _, counts = shop.cheapest(target, left(0.1), seed, rel_gap=gap)
     consider(shop, counts, cost)
     for _ in range(PACE_ROUNDS if best is not None and not grid.exact else 0):  # 1. re-price at own pace
         pace = CostModel(sub_topology(pool, best), workload).reference_layer_seconds
