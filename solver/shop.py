@@ -94,7 +94,6 @@ def cheapest_mix(pool: Topology, target: float, workload: WorkloadShape, partial
     zones = milp.find_zones(pool, cm, milp.trivial_bound(pool, cm))
     grid = PaceGrid(pool, workload)
     best: dict | None = None
-    best_counts: dict = {}
     best_cost = math.inf
     open_: list[tuple[float, float, float]] = []  # (bound, lo, hi)
 
@@ -102,13 +101,13 @@ def cheapest_mix(pool: Topology, target: float, workload: WorkloadShape, partial
         return max(0.5, min(share * time_limit_s, deadline - time.monotonic()))
 
     def consider(shop: ShopModel, counts: dict, cost: float | None) -> bool:
-        nonlocal best, best_cost, best_counts
+        nonlocal best, best_cost
         if cost is None or cost >= best_cost * (1 - REL_TOL):
             return False
         ranges = shop.rented(counts)
         if _own_flow(pool, workload, ranges, partial) < target * (1 - 1e-6):
             return False  # a link the model does not see binds
-        best, best_cost, best_counts = ranges, round(cost_of(pool, ranges), 9), counts
+        best, best_cost = ranges, round(cost_of(pool, ranges), 9)
         return True
 
     def gap_open(low: float) -> bool:
@@ -124,7 +123,7 @@ def cheapest_mix(pool: Topology, target: float, workload: WorkloadShape, partial
         pace = CostModel(sub_topology(pool, best), workload).reference_layer_seconds
         shop = ShopModel(pool, grid.sure(pace), zones, partial, target)
         cost, _, counts = shop.cheapest(target, left(), seed, cutoff=best_cost * (1 - gap),
-                                        start=best_counts, rel_gap=gap)
+                                        start=best, rel_gap=gap)
         if not consider(shop, counts, cost):
             break
 
@@ -212,8 +211,9 @@ def shop(pool: Topology, *, target_tokens_per_s: float | None = None, budget_per
         ranges, cost, lower = cheapest_mix(pool, target_tokens_per_s, workload, partial_inference, share, seed)
         if ranges is None:
             _, reach, reach_bound = most_flow_mix(pool, math.inf, workload, partial_inference, share, seed)
+            proven = "no mix of" if math.isinf(lower) else "within the time limit no mix was found in"
             raise InfeasibleError(
-                f"no mix of {pool.name} reaches {target_tokens_per_s:g} tokens/s; the largest reachable "
+                f"{proven} {pool.name} reaches {target_tokens_per_s:g} tokens/s; the largest reachable "
                 f"max-flow is {reach:.1f} tokens/s (renting everything worth renting; proven bound "
                 f"{reach_bound:.1f})")
     else:
@@ -235,8 +235,12 @@ def shop(pool: Topology, *, target_tokens_per_s: float | None = None, budget_per
     upper = mix_bound if target_tokens_per_s is not None else max(bound, placement.objective_tokens_per_s)
     extra = {**placement.extra, "shop": {"mix": mix_of(pool, names), "cost_per_hour": cost,
                                          "mix_upper_bound_tokens_per_s": mix_bound}}
+    if target_tokens_per_s is not None:  # proven: no cheaper mix / no more max-flow within budget
+        proven = cost - lower <= SHOP_GAP * cost + 1e-9
+    else:
+        proven = placement.objective_tokens_per_s >= upper * (1 - SHOP_GAP)
     placement = dataclasses.replace(placement, method="helix-shop", upper_bound_tokens_per_s=upper, extra=extra,
-                                    solve_seconds=time.monotonic() - t0)
+                                    status="optimal" if proven else "feasible", solve_seconds=time.monotonic() - t0)
     return ShopResult("target" if target_tokens_per_s is not None else "budget", target_tokens_per_s,
                       budget_per_hour, mix_of(pool, names), cost, lower, placement, upper, mix_topology,
                       time.monotonic() - t0)

@@ -119,13 +119,14 @@ class ShopModel:
                                                             self.cost <= self.cutoff])
 
     def cheapest(self, target: float, time_limit_s: float, seed: int, cutoff: float = math.inf,
-                 start: dict | None = None, rel_gap: float = REL_TOL) -> tuple[float | None, float, dict]:
+                 start: dict[str, tuple[int, int]] | None = None, rel_gap: float = REL_TOL) -> tuple[float | None, float, dict]:
         """(least cost found or None, proven lower bound on the least cost, counts). Only mixes
         cheaper than `cutoff` are searched (a bound of `cutoff`: none is; inf: no mix at all);
-        `start`: counts of a mix known to reach the target here."""
+        `start`: ranges of a mix known to reach the target here (of any pace's model: a range
+        this model prunes as dominated maps to its dominator)."""
         self.model.set_target(target, require=target)
         self.cutoff.value = cutoff if math.isfinite(cutoff) else NO_CUTOFF
-        warm = self.model.evaluate(start, target)[1] if start else None
+        warm = self.model.evaluate(milp.counts_from_ranges(self.model, start), target)[1] if start else None
         self.model.set_target(target, require=target)
         result = solve(self.min_cost, time_limit_s=time_limit_s, rel_gap=rel_gap, seed=seed, start=warm)
         if result.status == "infeasible":

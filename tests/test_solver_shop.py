@@ -79,6 +79,7 @@ def test_least_cost_for_a_target_is_the_enumerated_optimum(name: str, enumerated
         result = shop(pool, target_tokens_per_s=target, time_limit_s=10)
         assert result.cost_per_hour == pytest.approx(optimum), (name, target)
         assert result.cost_lower_bound_per_hour == pytest.approx(optimum, rel=1e-5)  # proven
+        assert result.placement.status == "optimal"
         assert result.placement.objective_tokens_per_s >= target * (1 - 1e-6)
         assert sum(result.mix.values()) == len(result.placement.ranges)
         validate_placement(result.placement, result.topology)
@@ -94,6 +95,7 @@ def test_most_flow_for_a_budget_is_the_enumerated_optimum(name: str, enumerated)
         assert result.placement.objective_tokens_per_s == pytest.approx(optimum, rel=1e-6), (name, budget)
         assert result.upper_bound_tokens_per_s == pytest.approx(optimum, rel=1e-4)
         assert result.cost_per_hour <= budget + 1e-9
+        assert result.placement.status == "optimal"
 
 
 def test_unreachable_target_names_the_largest_reachable_max_flow(enumerated) -> None:
