@@ -62,8 +62,9 @@ def run_shop(pool_path: Path, topo: Topology, *, target: float | None, budget: f
     single = report.cheapest_single_type(options)
     if targets is None:
         _, largest, _ = most_flow_mix(topo, math.inf, workload, partial, 0.2 * time_limit_s, seed)
-        targets = sorted(set(report.default_targets(largest, frontier_points)) | {round(reach, 1)})
-    rows = report.frontier(topo, targets, workload, partial, time_limit_s, seed) if targets else []
+        targets = sorted(set(report.default_targets(max(largest, reach), frontier_points)) | {round(reach, 1)})
+    answer = report.MixPoint(reach, result.mix, result.cost_per_hour, 0.0, reach)
+    rows = report.frontier(topo, targets, workload, partial, time_limit_s, seed, known=[answer]) if targets else []
     if frontier_png is None and rows and not as_json:
         frontier_png = Path(f"{topo.name}-frontier.png")
     if frontier_png is not None and rows:

@@ -67,22 +67,33 @@ def cheapest_single_type(options: dict[str, MixPoint]) -> MixPoint | None:
 
 
 def default_targets(largest_tokens_per_s: float, points: int) -> list[float]:
-    """`points` evenly spaced targets up to the largest reachable max-flow, rounded to 3 digits."""
+    """`points` evenly spaced targets up to the largest reachable max-flow, rounded to 3 digits
+    (none when nothing is reachable)."""
     step = largest_tokens_per_s / points
-    return [float(f"{step * (i + 1):.3g}") for i in range(points)]
+    return sorted({float(f"{step * (i + 1):.3g}") for i in range(points)} - {0.0}) if step > 0 else []
 
 
 def frontier(pool: Topology, targets: list[float], workload: WorkloadShape, partial: bool = True,
-             time_limit_s: float = 60.0, seed: int = 0) -> list[tuple[MixPoint, MixPoint | None]]:
-    """(cheapest mix, cheapest single-type cluster) per target; time split evenly."""
+             time_limit_s: float = 60.0, seed: int = 0,
+             known: list[MixPoint] = ()) -> list[tuple[MixPoint, MixPoint | None]]:
+    """(cheapest mix, cheapest single-type cluster) per target; time split evenly. Least cost is
+    non-decreasing in the target, so each point takes the cheapest mix found for any target (or
+    in `known`, e.g. the shop's own answer) that reaches it, and the largest lower bound of the
+    targets up to it."""
     check_pool(pool)
+    targets = sorted(targets)
     per_target = time_limit_s / max(1, len(targets))
-    rows = []
-    for target in targets:
-        best = cheapest_point(pool, target, workload, partial, 0.75 * per_target, seed)
-        single = cheapest_single_type(single_type_options(pool, target, workload, partial,
-                                                          0.25 * per_target, seed))
-        rows.append((best, single))
+    found = [cheapest_point(pool, t, workload, partial, 0.75 * per_target, seed) for t in targets]
+    singles = [cheapest_single_type(single_type_options(pool, t, workload, partial, 0.25 * per_target, seed))
+               for t in targets]
+    mixes = [p for p in [*found, *known] if p.cost_per_hour is not None]
+    rows, lower = [], 0.0
+    for target, point, single in zip(targets, found, singles):
+        lower = max(lower, point.cost_lower_bound_per_hour)
+        reaching = [p for p in mixes if p.tokens_per_s >= target * (1 - 1e-9)]
+        best = min(reaching, key=lambda p: p.cost_per_hour) if reaching else None
+        rows.append((MixPoint(target, best.mix if best else None, best.cost_per_hour if best else None, lower,
+                              best.tokens_per_s if best else None), single))
     return rows
 
 

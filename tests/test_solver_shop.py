@@ -187,3 +187,20 @@ def test_shipped_pool_prices_every_node() -> None:
     pool = load_topology(ROOT / "topologies" / "shop-llama2-70b.json")
     assert {n.gpu for n in pool.nodes} == {"A100-40GB", "L4", "T4", "V100"}
     assert all(n.price_per_hour and n.price_per_hour > 0 for n in pool.nodes)
+
+
+def test_frontier_is_the_enumerated_least_cost_per_target(enumerated) -> None:
+    from helix_jax.solver.shop_report import frontier
+
+    pool, table = enumerated["two-types"]
+    targets = [30.0, 50.0, 100.0, 140.0, 150.0]
+    rows = frontier(pool, targets, WorkloadShape(), time_limit_s=20)
+    assert [p.target_tokens_per_s for p, _ in rows] == targets
+    for (point, _), target in zip(rows, targets):
+        reaching = [cost for cost, flow in table if flow >= target * (1 - 1e-9)]
+        if reaching:
+            assert point.cost_per_hour == pytest.approx(min(reaching))
+            assert point.cost_lower_bound_per_hour == pytest.approx(min(reaching), rel=1e-5)
+            assert point.tokens_per_s >= target * (1 - 1e-6)
+        else:  # 150 is out of reach (140 is the whole pool's max-flow)
+            assert point.cost_per_hour is None and math.isinf(point.cost_lower_bound_per_hour)
