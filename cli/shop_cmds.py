@@ -7,6 +7,7 @@ the data flow: pool file -> topology -> shop -> **this** (stdout, --out files, P
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -54,17 +55,29 @@ def run_shop(pool_path: Path, topo: Topology, *, target: float | None, budget: f
     if frontier_points < 1:
         raise ConfigError(f"--frontier-points must be at least 1, got {frontier_points}")
     targets = parse_targets(frontier_text)
+    rows: list = []
+    start = None
+    if target is not None:  # the frontier first: its mix reaching the target starts the shop
+        if targets is None:
+            _, largest, _ = most_flow_mix(topo, math.inf, workload, partial, 0.2 * time_limit_s, seed)
+            targets = report.default_targets(largest, frontier_points)
+        targets = sorted(set(targets) | {target})
+        rows = report.frontier(topo, targets, workload, partial, time_limit_s, seed)
+        start = next((p.ranges for p, _ in rows if p.target_tokens_per_s == target), None)
     result = shop(topo, target_tokens_per_s=target, budget_per_hour=budget, workload=workload,
-                  partial_inference=partial, time_limit_s=time_limit_s, seed=seed)
+                  partial_inference=partial, time_limit_s=time_limit_s, seed=seed, start=start)
     reach = result.placement.objective_tokens_per_s
+    answer = report.MixPoint(reach, result.mix, result.cost_per_hour, 0.0, reach, dict(result.placement.ranges))
+    if target is None and targets != []:
+        if targets is None:
+            _, largest, _ = most_flow_mix(topo, math.inf, workload, partial, 0.2 * time_limit_s, seed)
+            targets = sorted(set(report.default_targets(max(largest, reach), frontier_points)) | {round(reach, 1)})
+        rows = report.frontier(topo, targets, workload, partial, time_limit_s, seed, known=[answer])
+    else:  # the shop's answer, searched from the frontier's, may beat the points it reaches
+        rows = [(_cheaper(p, answer), s) for p, s in rows]
     compare_at = target if target is not None else reach  # what a single type must reach
     options = report.single_type_options(topo, compare_at, workload, partial, 0.2 * time_limit_s, seed)
     single = report.cheapest_single_type(options)
-    if targets is None:
-        _, largest, _ = most_flow_mix(topo, math.inf, workload, partial, 0.2 * time_limit_s, seed)
-        targets = sorted(set(report.default_targets(max(largest, reach), frontier_points)) | {round(reach, 1)})
-    answer = report.MixPoint(reach, result.mix, result.cost_per_hour, 0.0, reach)
-    rows = report.frontier(topo, targets, workload, partial, time_limit_s, seed, known=[answer]) if targets else []
     if frontier_png is None and rows and not as_json:
         frontier_png = Path(f"{topo.name}-frontier.png")
     if frontier_png is not None and rows:
@@ -79,6 +92,16 @@ def run_shop(pool_path: Path, topo: Topology, *, target: float | None, budget: f
         sys.stdout.write(json.dumps(_as_dict(result, single, options, rows)) + "\n")
         return
     _print(Console(), topo, result, single, rows, frontier_png, out, out_topology)
+
+
+def _cheaper(point: Any, mix: Any) -> Any:
+    """`point` of the frontier, or `mix` in its place when `mix` reaches its target for less."""
+    if mix.tokens_per_s < point.target_tokens_per_s * (1 - 1e-9):
+        return point
+    if point.cost_per_hour is not None and point.cost_per_hour <= mix.cost_per_hour:
+        return point
+    return dataclasses.replace(point, mix=mix.mix, cost_per_hour=mix.cost_per_hour, tokens_per_s=mix.tokens_per_s,
+                               ranges=mix.ranges)
 
 
 def _as_dict(result: Any, single: Any, options: dict, rows: list) -> dict[str, Any]:

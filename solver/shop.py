@@ -79,7 +79,8 @@ def _own_flow(pool: Topology, workload: WorkloadShape, ranges: dict, partial: bo
 
 
 def cheapest_mix(pool: Topology, target: float, workload: WorkloadShape, partial: bool = True,
-                 time_limit_s: float = 60.0, seed: int = 0) -> tuple[dict | None, float, float]:
+                 time_limit_s: float = 60.0, seed: int = 0,
+                 start: dict[str, tuple[int, int]] | None = None) -> tuple[dict | None, float, float]:
     """(ranges of the cheapest mix found reaching `target` at its own pace, or None; its cost;
     the proven least cost of any mix reaching it, inf when none can).
 
@@ -113,6 +114,8 @@ def cheapest_mix(pool: Topology, target: float, workload: WorkloadShape, partial
     def gap_open(low: float) -> bool:
         return low < best_cost * (1 - gap)
 
+    if start and _own_flow(pool, workload, start, partial) >= target * (1 - 1e-6):  # a known mix
+        best, best_cost = dict(start), round(cost_of(pool, start), 9)
     gap = REL_TOL if grid.exact else SHOP_GAP  # an exact model is solved to optimality
     # the pool's own pace is a middle one: its sure model solves fast and starts near the answer
     shop = ShopModel(pool, grid.sure(min(grid.steps[-1], max(grid.steps[0], cm.reference_layer_seconds))),
@@ -193,9 +196,10 @@ def most_flow_mix(pool: Topology, budget: float, workload: WorkloadShape, partia
 
 def shop(pool: Topology, *, target_tokens_per_s: float | None = None, budget_per_hour: float | None = None,
          workload: WorkloadShape | None = None, partial_inference: bool = True, time_limit_s: float = 60.0,
-         seed: int = 0) -> ShopResult:
+         seed: int = 0, start: dict[str, tuple[int, int]] | None = None) -> ShopResult:
     """The cheapest mix reaching the target, or the most max-flow within the budget, and its
-    placement (the mix re-planned by plan.plan at its own pace when that finds more)."""
+    placement (the mix re-planned by plan.plan at its own pace when that finds more). `start`:
+    ranges of a mix known to reach the target (the incumbent to beat)."""
     from helix_jax.solver.plan import plan
 
     t0 = time.monotonic()
@@ -208,7 +212,8 @@ def shop(pool: Topology, *, target_tokens_per_s: float | None = None, budget_per
     workload = workload or WorkloadShape()
     share = 0.7 * time_limit_s
     if target_tokens_per_s is not None:
-        ranges, cost, lower = cheapest_mix(pool, target_tokens_per_s, workload, partial_inference, share, seed)
+        ranges, cost, lower = cheapest_mix(pool, target_tokens_per_s, workload, partial_inference, share, seed,
+                                           start)
         if ranges is None:
             _, reach, reach_bound = most_flow_mix(pool, math.inf, workload, partial_inference, share, seed)
             proven = "no mix of" if math.isinf(lower) else "within the time limit no mix was found in"

@@ -26,6 +26,7 @@ class MixPoint:
     cost_per_hour: float | None
     cost_lower_bound_per_hour: float  # inf: proven out of reach
     tokens_per_s: float | None  # the mix's true max-flow at its own pace
+    ranges: dict[str, tuple[int, int]] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def tokens_per_dollar(self) -> float | None:
@@ -46,7 +47,7 @@ def cheapest_point(pool: Topology, target: float, workload: WorkloadShape, parti
     ranges, cost, lower = cheapest_mix(pool, target, workload, partial, time_limit_s, seed)
     if ranges is None:
         return MixPoint(target, None, None, lower, None)
-    return MixPoint(target, mix_of(pool, ranges), cost, lower, _own_flow(pool, workload, ranges, partial))
+    return MixPoint(target, mix_of(pool, ranges), cost, lower, _own_flow(pool, workload, ranges, partial), ranges)
 
 
 def single_type_options(pool: Topology, target: float, workload: WorkloadShape, partial: bool = True,
@@ -93,7 +94,7 @@ def frontier(pool: Topology, targets: list[float], workload: WorkloadShape, part
         reaching = [p for p in mixes if p.tokens_per_s >= target * (1 - 1e-9)]
         best = min(reaching, key=lambda p: p.cost_per_hour) if reaching else None
         rows.append((MixPoint(target, best.mix if best else None, best.cost_per_hour if best else None, lower,
-                              best.tokens_per_s if best else None), single))
+                              best.tokens_per_s if best else None, best.ranges if best else None), single))
     return rows
 
 
