@@ -100,8 +100,22 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
          output_tokens: int | None = typer.Option(None, "--output-tokens",
                                                   help="Plan for fixed lengths (with --prompt-tokens)."),
          out: Path | None = typer.Option(None, "--out", help="Write the placement JSON here."),
-         as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table.")) -> None:
-    """Choose a layer range per node to maximise the cluster's max-flow of tokens."""
+         as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+         shop: bool = typer.Option(False, "--shop", help="TOPOLOGY is a pool (count = available, "
+                                   "price_per_hour): choose which GPUs to rent."),
+         target_tokens_per_s: float | None = typer.Option(None, "--target-tokens-per-s",
+                                                          help="--shop: least cost per hour reaching this max-flow."),
+         budget_per_hour: float | None = typer.Option(None, "--budget-per-hour",
+                                                      help="--shop: most max-flow within this cost per hour."),
+         frontier: str = typer.Option("auto", "--frontier", help="--shop: Pareto frontier targets: auto | none | "
+                                      "comma-separated tokens/s."),
+         frontier_points: int = typer.Option(5, "--frontier-points", help="--shop: targets of --frontier auto."),
+         frontier_png: Path | None = typer.Option(None, "--frontier-png", help="--shop: write the frontier plot "
+                                                  "here (default POOLNAME-frontier.png without --json)."),
+         out_topology: Path | None = typer.Option(None, "--out-topology",
+                                                  help="--shop: write a topology file of the chosen mix here.")) -> None:
+    """Choose a layer range per node to maximise the cluster's max-flow of tokens (or, with
+    --shop, which GPUs of a pool to rent)."""
     from helix_jax.bench.workload import length_sampler
     from helix_jax.solver.plan import plan as run_plan
 
@@ -109,8 +123,20 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
 
     if regions not in ("auto", "windows", "free"):
         raise ConfigError(f"--regions must be auto, windows or free, got {regions!r}")
+    if not shop and (target_tokens_per_s is not None or budget_per_hour is not None or out_topology is not None):
+        raise ConfigError("--target-tokens-per-s, --budget-per-hour and --out-topology need --shop")
     topo = load_topology(topology)
     workload = length_sampler(trace, prompt_tokens, output_tokens)
+    if shop:
+        from helix_jax.cli.shop_cmds import run_shop
+
+        if method != "helix":
+            raise ConfigError(f"--shop plans with the helix method, got --method {method}")
+        run_shop(topology, topo, target=target_tokens_per_s, budget=budget_per_hour, frontier_text=frontier,
+                 frontier_points=frontier_points, frontier_png=frontier_png, time_limit_s=time_limit, seed=seed,
+                 partial=not no_partial, workload=workload.shape, out=out, out_topology=out_topology,
+                 as_json=as_json)
+        return
     placement = run_plan(topo, method=method, time_limit_s=time_limit, rel_gap=gap,
                          partial_inference=not no_partial, seed=seed, cost_model=CostModel(topo, workload.shape),
                          region_windows=None if regions == "auto" else regions == "windows")

@@ -416,13 +416,20 @@ class CostModel:
         types only (explicit tables already state what a node achieves)."""
         total_s, slots = 0.0, 0
         for node in self.topology.nodes:
-            gpu = self._gpu(node.gpu)
-            top = self.max_layers(node.gpu)
-            if gpu.capacity_tokens_per_s is not None or top == 0:
-                continue
-            total_s += top * self._own_pace_layer_seconds(node.gpu, top)
+            top, seconds = self.reference_slots(node.gpu)
+            total_s += top * seconds
             slots += top
         return total_s / slots if slots else 0.0
+
+    def reference_slots(self, gpu_type: str) -> tuple[int, float]:
+        """(layer slots, seconds per layer step) one node of this type adds to
+        `reference_layer_seconds`: its max_layers at its own pace while holding them; (0, 0.0)
+        for explicit tables and types that hold no layer."""
+        gpu = self._gpu(gpu_type)
+        top = self.max_layers(gpu_type)
+        if gpu.capacity_tokens_per_s is not None or top == 0:
+            return 0, 0.0
+        return top, self._own_pace_layer_seconds(gpu_type, top)
 
     def capacity_table(self, gpu_type: str) -> list[float]:
         return [self.capacity_tokens_per_s(gpu_type, k) for k in range(1, self.max_layers(gpu_type) + 1)]

@@ -12,7 +12,8 @@ File format (all fields but `model` and `nodes` optional)::
       "gpu_types": {"MyGPU": {"memory_gb": 24, "memory_bandwidth": "300 GB/s", "tflops": 121,
                               "max_layers": 6, "capacity_tokens_per_s": [...], "profile": "p.json"}},
       "coordinator": {"region": "r1", "host": "127.0.0.1"},
-      "nodes": [{"name": "a100-0", "gpu": "A100-40GB", "region": "r1", "host": "10.0.0.2"}],
+      "nodes": [{"name": "a100-0", "gpu": "A100-40GB", "region": "r1", "host": "10.0.0.2"},
+                {"name": "t4", "gpu": "T4", "region": "r1", "count": 8, "price_per_hour": 0.35}],
       "links": {
         "default": {"bandwidth": "1 GB/s", "latency_ms": 1},
         "within_region": {"default": {...}, "r1": {...}},
@@ -21,6 +22,10 @@ File format (all fields but `model` and `nodes` optional)::
                    "one_way": false}]
       }
     }
+
+`count` expands an entry to `name-0 .. name-{count-1}`. `price_per_hour` (per GPU node, in any
+currency, >= 0) is read only by `plan --shop`, where a file is a *pool* of GPUs one can rent:
+`count` is how many are available and the shop chooses how many to take (solver/shop.py).
 """
 
 from __future__ import annotations
@@ -116,6 +121,7 @@ class Node:
     gpu: str
     region: str | None = None
     host: str | None = None
+    price_per_hour: float | None = None  # rent of this node (pools for `plan --shop`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,6 +255,7 @@ class NodeSpec(_Strict):
     region: str | None = None
     host: str | None = None
     count: int = Field(default=1, ge=1)  # "count": 4 expands to name-0 .. name-3
+    price_per_hour: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class CoordinatorSpec(_Strict):
@@ -396,7 +403,7 @@ def topology_from_dict(raw: Any, source: str | None = None, base_dir: Path | Non
             raise TopologyError(f"nodes[{i}] ({ns.name!r}): unknown GPU type {ns.gpu!r}; "
                                 f"known types: {', '.join(sorted(types))}")
         names = [ns.name] if ns.count == 1 else [f"{ns.name}-{j}" for j in range(ns.count)]
-        nodes.extend(Node(nm, ns.gpu, ns.region, ns.host) for nm in names)
+        nodes.extend(Node(nm, ns.gpu, ns.region, ns.host, ns.price_per_hour) for nm in names)
     seen: set[str] = set()
     for n in nodes:
         if n.name == COORDINATOR:

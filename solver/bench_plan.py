@@ -3,7 +3,10 @@
 Run as `python -m helix_jax.solver.bench_plan` (`make bench-plan`). Prints, per topology and
 method, the throughput (true max-flow, decode tokens/s), the proven upper bound, the gap and the
 solve time; then helix's gap at each time limit; then helix against the best baseline and
-Petals. Figures, not assertions: speed depends on the machine (note its cores and load).
+Petals; then the shop (issue 20): for each target max-flow of LLaMA-2-70B, the least cost
+per hour of a mix from `topologies/shop-llama2-70b.json`, its proven lower bound and the
+cheapest single-type cluster. Figures, not assertions: speed depends on the machine (note its
+cores and load).
 
 Sits at the end of the planner's data flow: topology -> cost model -> plan(...) -> table.
 """
@@ -26,7 +29,7 @@ from helix_jax.solver.plan import METHODS, plan
 
 REPO_TOPOLOGIES = Path(__file__).resolve().parents[1] / "topologies"
 DEFAULT_TOPOLOGIES = ("cpu-small", "single-region-24-llama2-70b", "single-region-24-llama-30b",
-                      "three-region-24-llama2-70b", "geo-42-llama2-70b")
+                      "three-region-24-llama2-70b", "three-region-24-tables-llama2-70b", "geo-42-llama2-70b")
 
 
 def _row(topology_name: str, method: str, placement, time_limit_s: float | None, partial: bool) -> dict:
@@ -94,20 +97,57 @@ def print_tables(rows: list[dict], console: Console) -> None:
     console.print(summary)
 
 
+def run_shop(targets: list[float], time_limit_s: float, console: Console) -> list[dict]:
+    """Shop rows: least cost per hour for each target (solver/shop_report.py)."""
+    from helix_jax.costmodel import WorkloadShape
+    from helix_jax.solver.shop_report import frontier
+
+    pool = load_topology(REPO_TOPOLOGIES / "shop-llama2-70b.json")
+    rows = []
+    for target in targets:
+        t0 = time.monotonic()
+        (best, single), = frontier(pool, [target], WorkloadShape(), time_limit_s=time_limit_s)
+        rows.append({"target_tokens_per_s": target, **best.to_dict(), "seconds": time.monotonic() - t0,
+                     "cheapest_single_type": single.to_dict() if single else None})
+        console.log(f"shop {target:g} tok/s: {best.mix} at {best.cost_per_hour} per hour "
+                    f"(bound {best.cost_lower_bound_per_hour:.2f}, {time.monotonic() - t0:.1f} s)")
+    table = Table(title="shop: least cost per hour of LLaMA-2-70B max-flow (shop-llama2-70b pool)")
+    for col in ("target tok/s", "mix", "cost/h", "lower bound", "gap", "tok/s", "tokens per $", "single type",
+                "single cost/h", "s"):
+        table.add_column(col, justify="left" if col in ("mix", "single type") else "right")
+    for r in rows:
+        single, cost, low = r["cheapest_single_type"], r["cost_per_hour"], r["cost_lower_bound_per_hour"]
+        table.add_row(f"{r['target_tokens_per_s']:g}", str(r["mix"]), "-" if cost is None else f"{cost:.2f}",
+                      "-" if low is None else f"{low:.2f}",
+                      "-" if cost is None or low is None else f"{100 * (cost - low) / cost:.1f}%",
+                      "-" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}",
+                      "-" if r["tokens_per_dollar"] is None else f"{r['tokens_per_dollar']:,.0f}",
+                      str(single["mix"]) if single else "-",
+                      f"{single['cost_per_hour']:.2f}" if single else "-", f"{r['seconds']:.0f}")
+    console.print(table)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topologies", nargs="*", default=list(DEFAULT_TOPOLOGIES),
                         help="names under topologies/ or paths to JSON files")
     parser.add_argument("--time-limits", default="5,15,60", help="helix time limits in seconds, comma-separated")
     parser.add_argument("--no-partial", action="store_true", help="also run helix without partial inference")
+    parser.add_argument("--shop-targets", default="100,250,500,750,1000",
+                        help="shop targets in tokens/s, comma-separated, or none")
+    parser.add_argument("--shop-time-limit", type=float, default=40.0, help="seconds per shop target")
     parser.add_argument("--json-out", type=Path, default=None, help="write all rows to this JSON file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     limits = sorted(float(x) for x in args.time_limits.split(","))
     console = Console()
     console.log(f"machine: {os.cpu_count()} CPU cores visible")
-    rows = run(args.topologies, limits, limits[-1], args.no_partial, console)
-    print_tables(rows, console)
+    rows = run(args.topologies, limits, limits[-1], args.no_partial, console) if args.topologies else []
+    if rows:
+        print_tables(rows, console)
+    if args.shop_targets != "none":
+        rows += run_shop([float(x) for x in args.shop_targets.split(",")], args.shop_time_limit, console)
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=2) + "\n")
 

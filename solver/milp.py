@@ -18,7 +18,9 @@ LP relaxation tight (one-layer rectangles no longer look huge).
   the links whose capacity reaches the trivial bound T0, which can never bind). With more than
   one zone the layer flow is tracked per zone, a[zone, l], and moves between zones only at
   boundaries where some node of the sending zone ends, bounded by the link capacity times the
-  number of node pairs (counted linearly on either side) and by the nodes' heights.
+  number of node pairs (counted linearly on either side) and by the nodes' heights, and in
+  total over all boundaries by the summed capacity of the links from one zone to the other
+  (the zone-to-zone cut: each crossing uses one of those links).
   Coordinator links bound the flow entering at layer 0 and leaving at L the same way.
 
 Every constraint is a relaxation of the true node-level max-flow, so the model optimum (and the
@@ -209,6 +211,8 @@ class PlacementModel:
 
         pairs = [(p, q) for p in range(num_zones) for q in range(num_zones) if p != q]
         cap = {(p, q): best_link(zone_nodes[p], zone_nodes[q]) for p, q in pairs}
+        total = {(p, q): sum(cost_model.link_tokens_per_s(a, b) for a in zone_nodes[p] for b in zone_nodes[q])
+                 for p, q in pairs}
         t = cp.Variable((len(pairs), L + 1), bounds=[0, None])  # t[pair, b], boundaries 1..L-1 used
         self.extra_vars.append(t)
         cons = [t[:, 0] == 0, t[:, L] == 0]
@@ -246,6 +250,8 @@ class PlacementModel:
             send = (ends @ zone_rect[p])[1:L] @ n
             recv = ((accepts if self.partial_inference else starts) @ zone_rect[q])[1:L] @ n
             cons += [t[i, 1:L] <= cap[p, q] * size[q] * send, t[i, 1:L] <= cap[p, q] * size[p] * recv]
+            # zone-to-zone cut: every crossing from p to q, at any boundary, uses a link p -> q
+            cons.append(cp.sum(t[i, 1:L]) <= total[p, q])
         return cons
 
     # ---- solving ----

@@ -118,3 +118,31 @@ def test_same_seed_same_placement() -> None:
     first = plan(topo, time_limit_s=10, seed=3)
     second = plan(topo, time_limit_s=10, seed=3)
     assert first.ranges == second.ranges and first.flows == second.flows
+
+
+def test_zone_to_zone_cut_bounds_the_crossings() -> None:
+    """Region a (the coordinator's; one-layer nodes) must hand every token to region b and take it
+    back: one 10 tok/s link a-0 -> b-0 and one b-0 -> a-1, every other cross link 1 B/s. Per
+    boundary the zone model allows best link x node pairs (20); the zone-to-zone cut, the summed
+    capacity of the links from a to b, caps all crossings at ~10, the enumerated optimum."""
+    from helix_jax.costmodel import WorkloadShape
+
+    fast = {"bandwidth": 2560, "one_way": True}  # 10 tiny-model vectors/s
+    topo = topology_from_dict({
+        "model": {"preset": "tiny", "num_layers": 4},
+        "gpu_types": {"one": {"max_layers": 1, "capacity_tokens_per_s": [100]},
+                      "two": {"max_layers": 2, "capacity_tokens_per_s": [100, 80]}},
+        "coordinator": {"region": "a"},
+        "nodes": [{"name": "a", "gpu": "one", "region": "a", "count": 2},
+                  {"name": "b", "gpu": "two", "region": "b", "count": 2}],
+        "links": {"default": {"bandwidth": 1, "latency_ms": 50},
+                  "within_region": {"default": {"bandwidth": "1 GB/s", "latency_ms": 1}},
+                  "pairs": [{"from": "coordinator", "to": n, "bandwidth": "1 GB/s"} for n in ("a-0", "a-1")]
+                  + [{"from": "a-0", "to": "b-0", **fast}, {"from": "b-0", "to": "a-1", **fast}]}})
+    cm = CostModel(topo, WorkloadShape(0, 100))
+    optimum = brute_force(topo, cm, True)
+    assert optimum == pytest.approx(10.0, abs=0.01)
+    placement = plan(topo, time_limit_s=10, cost_model=cm, region_windows=False)
+    assert placement.extra["zones"] == 2
+    assert placement.objective_tokens_per_s == pytest.approx(optimum)
+    assert optimum * (1 - 1e-9) <= placement.upper_bound_tokens_per_s <= 1.01 * optimum  # 20 without the cut

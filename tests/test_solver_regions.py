@@ -103,3 +103,29 @@ def test_windows_for_a_prompt_heavy_workload_are_judged_by_their_links() -> None
     flow = max_flow(topo, cm, result.ranges, True).value_tokens_per_s
     assert result.target_tokens_per_s <= flow + 1e-6  # the promise: the target is carried
     assert flow > 4 * pair  # several sender x receiver pairs share the crossing
+
+
+def test_crossing_options_are_the_undominated_pair_counts() -> None:
+    from helix_jax.solver.regions import crossing_options
+
+    assert crossing_options(100.0, math.inf) == [(1, 1)]
+    assert crossing_options(40.0, 100.0) == [(1, 1)]  # one pair at 40%
+    assert crossing_options(60.0, 100.0) == [(1, 2), (2, 1)]  # 2 pairs at 30%; 2 x 2 is dominated
+    assert crossing_options(257.0, 178.0) == [(1, 3), (2, 2), (3, 1)]  # 3 pairs of 89 at 50%
+
+
+def test_window_boundary_pairs_carry_the_target_at_half_capacity() -> None:
+    """Whatever crossing shape the windows pick (2 x 2, 1 x 2 or 2 x 1 here), the senders ending at
+    the boundary times the receivers starting there carry the target at <= 50% of each pair."""
+    topo = _two_regions(50, bandwidth="40 kB/s", east=2, west=6)
+    cm = CostModel(topo, WorkloadShape(0.0, 100.0, 1.0))  # no prompt traffic: 156 tok/s per pair
+    result = plan_windows(topo, cm, upper=300.0, time_limit_s=10)
+    assert result is not None
+    flow = max_flow(topo, cm, result.ranges, True).value_tokens_per_s
+    assert result.target_tokens_per_s <= flow + 1e-6
+    region = {n.name: n.region for n in topo.nodes}
+    east_end = result.windows["east"][1]
+    senders = [n for n, (s, e) in result.ranges.items() if region[n] == "east" and e == east_end]
+    receivers = [n for n, (s, e) in result.ranges.items() if region[n] == "west" and s == east_end]
+    pair = cm.link_tokens_per_s("e-0", "w-0")
+    assert len(senders) * len(receivers) * 0.5 * pair >= result.target_tokens_per_s - 1e-6
