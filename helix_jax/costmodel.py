@@ -388,7 +388,8 @@ class CostModel:
         mean_top = sum(tops) / len(tops) if tops else 0
         if mean_top <= 0:
             return 0.0
-        within, between = [], []
+        within: list[Any] = []  # Links
+        between: list[Any] = []
         for a in nodes:
             for b in nodes:
                 if a.name != b.name:

@@ -301,7 +301,7 @@ def _build_gpu_types(spec: TopologySpec, base_dir: Path) -> dict[str, GpuType]:
             raise TopologyError(
                 f"gpu_types.{name}: a new GPU type needs memory_gb, memory_bandwidth and tflops, "
                 "or a measured table (max_layers + capacity_tokens_per_s), or a profile")
-        table = tuple(t.capacity_tokens_per_s) if has_table else None
+        table = tuple(t.capacity_tokens_per_s) if has_table and t.capacity_tokens_per_s is not None else None
         max_layers = t.max_layers
         if table is not None:
             if max_layers is None:

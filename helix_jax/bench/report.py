@@ -19,7 +19,7 @@ from helix_jax.bench.live import LiveResult
 from helix_jax.bench.runner import BenchReport
 
 
-def _num(x: float, digits: int = 1) -> str:
+def _num(x: float | None, digits: int = 1) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     if math.isinf(x):

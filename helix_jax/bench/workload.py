@@ -33,7 +33,8 @@ MAX_OUTPUT_TOKENS = 1000
 
 
 class LengthSampler(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def sample(self, rng: random.Random) -> tuple[int, int]:
         """(prompt_tokens, output_tokens), both >= 1."""
@@ -174,9 +175,9 @@ def length_sampler(trace: str | Path | None = None, prompt_tokens: int | None = 
 # ----------------------------------------------------------------------------- arrivals
 
 
-def poisson_arrivals(rate_per_s: float, rng: random.Random, start_s: float = 0.0) -> Iterator[float]:
+def poisson_arrivals(rate_per_s: float | None, rng: random.Random, start_s: float = 0.0) -> Iterator[float]:
     """Endless arrival times of a Poisson process with `rate_per_s` requests per second."""
-    if not rate_per_s > 0:
+    if rate_per_s is None or not rate_per_s > 0:
         raise ConfigError(f"arrival rate must be positive, got {rate_per_s!r} requests/s")
     t = start_s
     while True:
@@ -184,11 +185,11 @@ def poisson_arrivals(rate_per_s: float, rng: random.Random, start_s: float = 0.0
         yield t
 
 
-def shaped_arrivals(counts: Sequence[int], interval_s: float, rate_per_s: float,
+def shaped_arrivals(counts: Sequence[int], interval_s: float, rate_per_s: float | None,
                     rng: random.Random) -> Iterator[float]:
     """Endless arrival times whose intensity in interval i is `rate * counts[i] / mean(counts)`
     (the trace is repeated when it runs out): a trace's burstiness at a chosen mean rate."""
-    if not rate_per_s > 0:
+    if rate_per_s is None or not rate_per_s > 0:
         raise ConfigError(f"arrival rate must be positive, got {rate_per_s!r} requests/s")
     if not interval_s > 0:
         raise ConfigError(f"arrival interval must be positive, got {interval_s!r} s")

@@ -246,6 +246,7 @@ async def collect(run: Run, texts: list[sse.TextAssembler]) -> list[str]:
         index, kind, value = await run.events.get()
         if kind == "error":
             raise value
+        assert index is not None  # only a run-wide error has no sequence
         if kind == "token":
             texts[index].add(value)
         else:
@@ -256,7 +257,8 @@ async def collect(run: Run, texts: list[sse.TextAssembler]) -> list[str]:
 
 async def first_events(run: Run) -> list[tuple[int | None, str, Any]]:
     """Events until every sequence has one, so that an early error is an HTTP status."""
-    events, seen = [], set()
+    events: list[tuple[int | None, str, Any]] = []
+    seen: set[int | None] = set()
     while len(seen) < len(run.seqs):
         event = await run.events.get()
         if event[1] == "error":
@@ -279,6 +281,7 @@ async def stream_body(run: Run, first: list[tuple[int | None, str, Any]], texts:
                 yield sse.sse(value.body())
                 yield sse.SSE_DONE
                 return
+            assert index is not None  # only a run-wide error has no sequence
             out = b""
             if chat and index not in started:
                 out += sse.chunk(rid, True, model, created, index, "", role=True)

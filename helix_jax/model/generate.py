@@ -65,6 +65,7 @@ class LocalModel:
             last = begin + chunk >= len(prompt)
             (result,) = engine.step([StepInput("local", 0, begin, token_ids=piece, sample=last)])
             token = result.next_token
+        assert token is not None  # the last chunk samples
         position = len(prompt)
         while True:
             out.append(token)
@@ -73,6 +74,7 @@ class LocalModel:
             if len(out) >= max_tokens or (stop_at_eos and token in stops):
                 break
             (result,) = engine.step([StepInput("local", 0, position, token_ids=np.asarray([token], np.int32))])
+            assert result.next_token is not None  # a whole-model stage samples every decode row
             token, position = result.next_token, position + 1
         engine.release("local")
         log.info("generated %d tokens (%d programs compiled)", len(out), engine.compile_count)

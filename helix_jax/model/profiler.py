@@ -62,7 +62,7 @@ def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def prefill_requests(engine: StageEngine, request_ids: Sequence[str], run_start_layer: int,
-                     context_tokens: int, payload: Callable[[int], dict[str, np.ndarray]]) -> None:
+                     context_tokens: int, payload: Callable[[int], dict[str, Any]]) -> None:
     """Add each of `request_ids` to `engine` and prefill `context_tokens` tokens of it in chunks
     of at most `engine.max_chunk_tokens`; `payload(n)` is the StepInput data of an n-token chunk
     ({"token_ids": ...} or {"hidden": ...}). Sets up the decode measurements here and in

@@ -83,7 +83,9 @@ class ByteTokenizer(_Chat):
     """UTF-8 bytes as ids 0..255; special ids (BOS/EOS/PAD and unused ones) decode to nothing.
     Chat: `CHATML_TEMPLATE` with its markers spelled as bytes, BOS first, EOS ends a turn."""
 
-    bos_token_id, eos_token_id, pad_token_id = TINY_BOS, TINY_EOS, TINY_PAD
+    bos_token_id: int | None = TINY_BOS
+    eos_token_id: int | None = TINY_EOS
+    pad_token_id: int | None = TINY_PAD
 
     def __init__(self) -> None:
         self._specials = {"bos_token": "", "eos_token": ""}

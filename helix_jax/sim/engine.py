@@ -242,7 +242,7 @@ class Simulator:
     def run(self, progress: Callable[[float], None] | None = None) -> SimResult:
         wall_start = time.perf_counter()
         end = self.config.duration_s
-        arrivals = None
+        arrivals: Iterator[float] | None = None
         if self.config.mode == "online":
             arrivals = self._arrivals()
             first = next(arrivals, None)
@@ -264,6 +264,7 @@ class Simulator:
             else:
                 if self._submit(now):
                     self._admit(now)
+                assert arrivals is not None  # arrivals exist only online
                 upcoming = next(arrivals, None)
                 if upcoming is not None:
                     self._push(upcoming, _ARRIVAL)
