@@ -167,22 +167,32 @@ class StageEngine:
         """Slots not held by any request (paged: requests that may still be added)."""
         return len(self._free_slots)
 
+    @property
+    def pages_available(self) -> int:
+        """Pages neither allocated nor promised (paged); contiguous: a number never reached."""
+        return self.pool.pages_available if self.pool is not None else 1 << 62
+
+    def page_cost(self, item: StepInput, reserve_tokens: int = 0) -> int:
+        """Pages running `item` would take from the pool: for a held request its growth beyond
+        what it holds or was promised; for a new one the larger of its reservation and the
+        item's pages (0 when contiguous)."""
+        if self.pool is None:
+            return 0
+        first, end = item.run_start_layer - self.start_layer, item.position + item.num_tokens
+        if item.request_id in self._requests:
+            return self.pool.growth(item.request_id, first, end)
+        return max(self.pool.reservation_pages(reserve_tokens, first), self.pool.reservation_pages(end, first))
+
     def can_add(self, reserve_tokens: int = 0, run_start_layer: int | None = None) -> bool:
         """Whether `add_request` with these arguments would succeed now (slot and pages)."""
-        if not self._free_slots:
-            return False
-        if self.pool is None:
-            return True
+        if not self._free_slots or self.pool is None:
+            return bool(self._free_slots)
         first = (self.start_layer if run_start_layer is None else run_start_layer) - self.start_layer
         return self.pool.reservation_pages(reserve_tokens, first) <= self.pool.pages_available
 
     def can_run(self, item: StepInput) -> bool:
-        """Whether the pages `item` needs can be had now (always True when contiguous)."""
-        return self.pool is None or self._growth(item) <= self.pool.pages_available
-
-    def _growth(self, item: StepInput) -> int:
-        first = item.run_start_layer - self.start_layer
-        return self.pool.growth(item.request_id, first, item.position + item.num_tokens)
+        """Whether the pages a held request's `item` needs can be had now."""
+        return self.page_cost(item) <= self.pages_available
 
     @property
     def max_chunk_tokens(self) -> int:
@@ -287,7 +297,7 @@ class StageEngine:
         check_step(items, self._requests, self.start_layer, self.end_layer, self.config, self.max_chunk_tokens,
                    self.max_seq_len)
         if self.pool is not None:  # take every page the step writes, or none (nothing computed)
-            need = sum(self._growth(item) for item in items)
+            need = sum(self.page_cost(item) for item in items)
             if need > self.pool.pages_available:
                 raise OverloadedError(f"stage [{self.start_layer}, {self.end_layer}): the step needs {need} "
                                       f"more pages, {self.pool.pages_available} are available")
