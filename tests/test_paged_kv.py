@@ -180,3 +180,18 @@ def test_paged_no_recompilation_in_steady_state():
         engine.pool.check()
         assert engine.pool.pages_in_use <= engine.pool.total_pages
     assert engine.compile_count == compiled
+
+
+def test_real_default_model_paged_equals_contiguous(smollm2_local):
+    """SmolLM2-135M-Instruct: the session's LocalModel against one with the other layout
+    (same weights), greedy, token for token over a two-chunk prompt and 24 new tokens."""
+    from helix_jax.model.generate import LocalModel
+
+    local, tokenizer = smollm2_local
+    other_layout = "contiguous" if local.engine.kv_layout == "paged" else "paged"
+    other = LocalModel(local.config, local.weights, max_seq_len=local.max_seq_len, kv_layout=other_layout)
+    assert other.engine.kv_layout != local.engine.kv_layout
+    prompt = tokenizer.encode("Paint mixing, a short lesson for children. " * 8 + "The three primary colors are")
+    assert len(prompt) > local.chunk  # two prefill chunks, then decode
+    expected = local.generate(prompt, 24, stop_at_eos=False)
+    assert other.generate(prompt, 24, stop_at_eos=False) == expected
