@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install test lint demo bench bench-plan bench-runtime bench-serve bench-sim clean
+.PHONY: install test lint demo bench bench-plan bench-runtime bench-serve bench-sim bench-paged clean
 
 # What serving needs (no torch), then the default model into the model cache (sha256-checked).
 install:
@@ -34,6 +34,9 @@ bench-plan:
 bench-runtime:
 	$(BIN)/python -m helix_jax.model.bench_runtime
 	$(BIN)/python -m helix_jax.cli.model_bench
+
+bench-paged:
+	$(BIN)/python -m helix_jax.model.bench_paged
 
 bench-sim:
 	$(BIN)/python -m helix_jax.cli.sim_bench

@@ -52,7 +52,8 @@ def placement_for(topology: Topology, placement_path: Path | None, time_limit_s:
 
 def serve_config(topology_path: Path | None, placement_path: Path | None, model: str | None, emulate: bool,
                  time_scale: float, host: str, port: int, kv_tokens: int | None, max_seq_len: int,
-                 plan_time_s: float, heartbeat_timeout_s: float = 10.0) -> tuple[Any, Any]:
+                 plan_time_s: float, heartbeat_timeout_s: float = 10.0,
+                 kv_layout: str | None = None) -> tuple[Any, Any]:
     """(ServeConfig, tokenizer) of a deployment, planning it if needed."""
     from helix_jax.model.tokenizer import load_tokenizer
     from helix_jax.model.weights import default_weights_source
@@ -64,6 +65,8 @@ def serve_config(topology_path: Path | None, placement_path: Path | None, model:
     topology = load_topology(topology_path or default_topology_path())
     if not time_scale > 0:
         raise ConfigError(f"--time-scale must be positive, got {time_scale}")
+    if kv_layout not in (None, "paged", "contiguous"):
+        raise ConfigError(f"--kv-layout must be 'paged' or 'contiguous', got {kv_layout!r}")
     if not heartbeat_timeout_s > 0:
         raise ConfigError(f"--heartbeat-timeout must be positive, got {heartbeat_timeout_s}")
     spec = model or topology.model.name
@@ -79,7 +82,7 @@ def serve_config(topology_path: Path | None, placement_path: Path | None, model:
     placement = placement_for(topology, placement_path, plan_time_s)
     emulation = EmulationSpec.for_topology(topology, time_scale) if emulate else None
     cfg = ServeConfig(topology, placement, config, weights=weights, host=host, client_port=port,
-                      emulation=emulation, kv_tokens=kv_tokens,
+                      emulation=emulation, kv_tokens=kv_tokens, kv_layout=kv_layout,
                       max_seq_len=min(max_seq_len, config.max_position_embeddings),
                       heartbeat_timeout_s=heartbeat_timeout_s,
                       flow_planner=functools.partial(survivor_flows, topology, placement))
@@ -114,7 +117,9 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
            time_scale: float = typer.Option(1.0, help="With --emulate: run everything N times slower."),
            port: int = typer.Option(0, help="Client port (0: a free port)."),
            host: str = typer.Option("127.0.0.1", help="Address the coordinator binds and advertises."),
-           kv_tokens: int = typer.Option(None, help="KV cache tokens per worker (default: 32 sequences)."),
+           kv_tokens: int = typer.Option(None, help="KV cache tokens per worker (default: 32 sequences); "
+                                                    "paged, they hold as many requests as their lengths allow."),
+           kv_layout: str = typer.Option(None, help="KV cache layout: paged (default) or contiguous slots."),
            max_seq_len: int = typer.Option(512, help="Longest prompt + output, in tokens."),
            plan_time: float = typer.Option(10.0, help="Planner time limit in seconds."),
            heartbeat_timeout: float = typer.Option(10.0, help="Seconds of silence after which a worker is "
@@ -142,7 +147,7 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
         check_http_options(http_port, shutdown_timeout)
         sock = bind_socket(http_host, http_port)
     cfg, codec = serve_config(topology, placement, model, emulate, time_scale, host, port, kv_tokens,
-                              max_seq_len, plan_time, heartbeat_timeout)
+                              max_seq_len, plan_time, heartbeat_timeout, kv_layout)
     print_placement(cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
     with LocalDeployment(cfg, codec, log_dir, restart_workers=restart_workers > 0,
                          max_restarts=restart_workers) as dep:

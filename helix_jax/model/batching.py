@@ -149,3 +149,30 @@ def check_item(item: StepInput, start_layer: int, end_layer: int, hidden_size: i
                                f"got {list(shape)}")
     if item.position < 0:
         raise RequestError(f"request {rid!r}: position must be >= 0, got {item.position}")
+
+
+def check_step(items: list[StepInput], requests: dict, start_layer: int, end_layer: int, config,
+               max_chunk_tokens: int, max_seq_len: int) -> None:
+    """Raise RequestError unless every item is well formed and continues its held request
+    (`requests`: id -> object with run_start_layer and next_position); nothing is changed."""
+    seen: set[Hashable] = set()
+    for item in items:
+        request = requests.get(item.request_id)
+        if request is None:
+            raise RequestError(f"request {item.request_id!r} is not held by this stage (call add_request)")
+        if item.request_id in seen:
+            raise RequestError(f"request {item.request_id!r} appears twice in one step")
+        seen.add(item.request_id)
+        check_item(item, start_layer, end_layer, config.hidden_size, config.vocab_size)
+        if request.run_start_layer not in (None, item.run_start_layer):
+            raise RequestError(f"request {item.request_id!r} entered at layer "
+                               f"{request.run_start_layer}, not {item.run_start_layer}")
+        if item.position != request.next_position:
+            raise RequestError(f"request {item.request_id!r}: position {item.position} given, "
+                               f"{request.next_position} tokens are cached")
+        if item.num_tokens > max_chunk_tokens:
+            raise RequestError(f"request {item.request_id!r}: chunk of {item.num_tokens} tokens "
+                               f"exceeds max_chunk_tokens {max_chunk_tokens}")
+        if item.position + item.num_tokens > max_seq_len:
+            raise RequestError(f"request {item.request_id!r}: {item.position + item.num_tokens} "
+                               f"tokens exceed max_seq_len {max_seq_len}")

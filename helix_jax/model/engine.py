@@ -1,37 +1,39 @@
 """StageEngine: the compute half of a worker, for one layer range on one device.
 
-Owns the stage's weights (traced arguments), its KV cache (an explicit, donated pytree),
-slot bookkeeping for the requests it holds, and the jitted, bucketed step. Sits in the
+Owns the stage's weights (traced arguments), its KV cache (an explicit, donated pytree:
+contiguous slots or a paged pool, `kv_layout`), slot and page bookkeeping for the requests it
+holds, and the bucketed step (programs in step_program.py). Sits in the
 runtime step of the data flow: the worker loop (helix_jax.runtime) receives StepInputs from
 the previous hop, calls `step`, and forwards the StepOutputs.
 
 One `step(items)`:
-  1. checks every item (known request, its fixed entry layer, next position, shapes);
+  1. checks every item (known request, its fixed entry layer, next position, shapes) and,
+     paged, takes the pages its new tokens need (all or none);
   2. splits items into decode-shaped work (1 token) and prefill chunks (> 1 token);
   3. pads each group to a (rows, tokens, context) bucket compiled at `warmup()`;
   4. runs the jitted stage forward (partial inference via per-row entry layers), which
-     writes the new tokens' KV into the request's slot and, on the last stage, samples;
+     writes the new tokens' KV into the request's slot or pages and, on the last stage, samples;
   5. returns one StepOutput per item, in input order.
 A steady mix of requests never recompiles: `compile_count` counts traces and tests pin it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import threading
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Hashable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from helix_jax.errors import ConfigError, OverloadedError, RequestError
-from helix_jax.model.batching import (PaddedBatch, StepInput, StepOutput, check_item, normalize_buckets,
+from helix_jax.model.engine_capacity import KVCapacity
+from helix_jax.model.batching import (PaddedBatch, StepInput, StepOutput, check_step, normalize_buckets,
                                       pad_batch, pick_bucket)
-from helix_jax.model.sampling import SamplingParams, sample_tokens
-from helix_jax.model.stage import KVCache, StageModel, init_kv_cache, kv_cache_bytes
+from helix_jax.model.paged_cache import PagePool, page_table_array, pages_for
+from helix_jax.model.sampling import SamplingParams
+from helix_jax.model.stage import KVCache, init_kv_cache, kv_cache_bytes
+from helix_jax.model.step_program import CALLER, slots_for_kv_budget, step_program
 from helix_jax.model.weights import StageWeights, check_range
 from helix_jax.modelconfig import ModelConfig
 
@@ -40,48 +42,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFILL_BUCKETS = (16, 64, 256)
 DEFAULT_PREFILL_BATCH_BUCKETS = (1, 4)
 DEFAULT_DECODE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-
-
-# Jitted step programs are shared by every engine of the same stage structure (graphdef: config,
-# layer range, layer loop), so a process that builds several identical engines compiles once.
-# The trace-time side effect credits the compile to the engine calling in this thread.
-# Weights travel as a flat list of arrays: flattening an nnx.State of an unrolled 40-layer stage
-# cost ~0.4 ms per call, a plain list a few microseconds.
-_PROGRAMS: dict[tuple, Callable] = {}
-_CALLER = threading.local()
-
-
-def _traced_step(graphdef, treedef, return_logits: bool, weight_leaves: list, cache: KVCache, token_ids,
-                 hidden, run_start, positions, num_tokens, slots, temperature, top_k, top_p, seed, *,
-                 context_len: int):
-    engine = getattr(_CALLER, "engine", None)
-    if engine is not None:
-        engine._compile_count += 1  # runs only while tracing: one increment per compiled bucket
-    model: StageModel = nnx.merge(graphdef, jax.tree.unflatten(treedef, weight_leaves))
-    x, cache = model(token_ids if model.is_first else None, hidden, run_start, positions,
-                     num_tokens, slots, cache, context_len)
-    if not model.is_last:
-        return x, cache
-    last = x[jnp.arange(x.shape[0]), jnp.maximum(num_tokens - 1, 0)]  # [B, hidden]
-    logits = model.logits(last)  # [B, vocab] float32
-    tokens = sample_tokens(logits, temperature, top_k, top_p, seed, positions + num_tokens)
-    return ((tokens, logits) if return_logits else tokens), cache
-
-
-def _step_program(graphdef, treedef, return_logits: bool, compiler_options: dict | None) -> Callable:
-    options = tuple(sorted((compiler_options or {}).items()))
-    key = (graphdef, treedef, return_logits, options)
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = jax.jit(functools.partial(_traced_step, graphdef, treedef, return_logits),
-                                 static_argnames=("context_len",), donate_argnames=("cache",),
-                                 compiler_options=dict(options) or None)
-    return _PROGRAMS[key]
-
-
-def slots_for_kv_budget(config: ModelConfig, num_layers: int, kv_budget_bytes: int, max_seq_len: int) -> int:
-    """How many full-length request slots a KV memory budget holds for `num_layers` layers."""
-    per_slot = kv_cache_bytes(config, num_layers, 1, max_seq_len)
-    return max(0, int(kv_budget_bytes) // per_slot)
+KV_LAYOUTS = ("contiguous", "paged")
+DEFAULT_KV_LAYOUT = "paged"
+DEFAULT_PAGE_SIZE = 16
 
 
 class _Request:
@@ -93,11 +56,14 @@ class _Request:
         self.next_position = 0
 
 
-class StageEngine:
+class StageEngine(KVCapacity):
     """Runs layers [start_layer, end_layer) of `config` with continuous batching.
 
-    max_slots x max_seq_len is the KV cache: a request occupies one slot from `add_request`
-    to `release` and may hold up to max_seq_len tokens. Buckets: decode_buckets are row counts
+    kv_layout "contiguous": max_slots x max_seq_len is the KV cache, a request occupies one
+    slot from `add_request` to `release` and may hold up to max_seq_len tokens. kv_layout
+    "paged" (paged_cache.py): a pool of `num_pages` pages of `page_size` tokens per layer
+    (default: as many tokens as the contiguous cache), allocated as tokens arrive and freed by
+    `release`; max_slots then only caps the requests held at once. Buckets: decode_buckets are row counts
     of 1-token work; prefill_buckets are token counts per chunk (the largest is the longest
     chunk accepted, `max_chunk_tokens`) and prefill_batch_buckets row counts of chunk calls;
     context_buckets are attention windows (default: max_seq_len only). return_logits: the last
@@ -112,7 +78,8 @@ class StageEngine:
                  decode_buckets: Sequence[int] = DEFAULT_DECODE_BUCKETS,
                  prefill_batch_buckets: Sequence[int] = DEFAULT_PREFILL_BATCH_BUCKETS,
                  context_buckets: Sequence[int] | None = None, return_logits: bool = False,
-                 compiler_options: dict[str, Any] | None = None):
+                 compiler_options: dict[str, Any] | None = None, kv_layout: str = DEFAULT_KV_LAYOUT,
+                 page_size: int = DEFAULT_PAGE_SIZE, num_pages: int | None = None):
         check_range(config, start_layer, end_layer)
         if (weights.config, weights.start_layer, weights.end_layer) != (config, start_layer, end_layer):
             raise ConfigError(f"weights hold layers [{weights.start_layer}, {weights.end_layer}) of "
@@ -132,14 +99,25 @@ class StageEngine:
                                                  max_seq_len)
         if self.context_buckets[-1] < max_seq_len:
             self.context_buckets += (max_seq_len,)
+        if kv_layout not in KV_LAYOUTS:
+            raise ConfigError(f"kv_layout must be one of {', '.join(KV_LAYOUTS)}, got {kv_layout!r}")
+        self.kv_layout = kv_layout
+        self.page_size = page_size if kv_layout == "paged" else 0
+        self.pool: PagePool | None = None
+        if self.page_size:  # windows are whole pages: a bucket of P pages reads P x page_size
+            pages = num_pages if num_pages is not None else max_slots * pages_for(max_seq_len, page_size)
+            self.pool = PagePool(end_layer - start_layer, pages, page_size)
+            self.context_buckets = tuple(sorted({pages_for(c, page_size) * page_size
+                                                 for c in self.context_buckets}))
         self._graphdef, self._state = weights.graphdef, weights.state
         self._hidden_dtype = np.dtype(jnp.dtype(config.dtype))
-        self.cache: KVCache = init_kv_cache(config, self.num_layers, max_slots, max_seq_len)
+        self.cache: KVCache = (init_kv_cache(config, self.num_layers, max_slots, max_seq_len) if self.pool is None
+                               else init_kv_cache(config, self.num_layers, self.pool.pages_per_layer, page_size))
         self._free_slots = list(range(max_slots - 1, -1, -1))
         self._requests: dict[Hashable, _Request] = {}
         self._compile_count = 0
         self._weight_leaves, treedef = jax.tree.flatten(self._state)
-        self._program = _step_program(self._graphdef, treedef, return_logits, compiler_options)
+        self._program = step_program(self._graphdef, treedef, return_logits, self.page_size, compiler_options)
 
     @classmethod
     def for_kv_budget(cls, config: ModelConfig, start_layer: int, end_layer: int, weights: StageWeights,
@@ -157,20 +135,6 @@ class StageEngine:
     @property
     def num_layers(self) -> int:
         return self.end_layer - self.start_layer
-
-    @property
-    def kv_capacity_token_layers(self) -> int:
-        """KV entries (tokens x layers) this stage can hold: max_slots * max_seq_len * layers."""
-        return self.max_slots * self.max_seq_len * self.num_layers
-
-    @property
-    def kv_cache_bytes(self) -> int:
-        return kv_cache_bytes(self.config, self.num_layers, self.max_slots, self.max_seq_len)
-
-    @property
-    def free_slots(self) -> int:
-        """Slots not held by any request (new requests admissible now)."""
-        return len(self._free_slots)
 
     @property
     def max_chunk_tokens(self) -> int:
@@ -191,24 +155,37 @@ class StageEngine:
         return self._get(request_id).next_position
 
     # ---- request lifetime -----------------------------------------------------------------
-    def add_request(self, request_id: Hashable, sampling: SamplingParams | None = None) -> int:
-        """Reserve a KV slot for a new request and return it. Raises OverloadedError when all
-        slots are held, RequestError when the id is already present."""
+    def add_request(self, request_id: Hashable, sampling: SamplingParams | None = None, *,
+                    reserve_tokens: int = 0, run_start_layer: int | None = None) -> int:
+        """Take a slot for a new request and return it. Paged: also promise it the pages of
+        `reserve_tokens` tokens (prompt + max_tokens; 0: pages are only taken as tokens arrive)
+        on the layers from `run_start_layer` (default: the stage's first). Raises
+        OverloadedError when no slot or not enough pages are free (nothing changes),
+        RequestError when the id is already present."""
         if request_id in self._requests:
             raise RequestError(f"request {request_id!r} is already held by this stage")
         if not self._free_slots:
             raise OverloadedError(f"stage [{self.start_layer}, {self.end_layer}) has no free KV slot "
                                   f"({self.max_slots} held)")
+        if self.pool is not None:
+            first = (self.start_layer if run_start_layer is None else run_start_layer) - self.start_layer
+            if not 0 <= first < self.num_layers:
+                raise RequestError(f"request {request_id!r}: run_start_layer {run_start_layer} is outside "
+                                   f"this stage's layers [{self.start_layer}, {self.end_layer})")
+            self.pool.open(request_id, reserve_tokens, first)
         request = _Request(self._free_slots.pop(), sampling or SamplingParams())
         self._requests[request_id] = request
         return request.slot
 
     def release(self, request_id: Hashable) -> None:
-        """Free the request's slot (its cached KV becomes garbage). Unknown ids: RequestError."""
+        """Free the request's slot, or its pages and unused reservation (its cached KV becomes
+        garbage). Unknown ids: RequestError."""
         request = self._requests.pop(request_id, None)
         if request is None:
             raise RequestError(f"request {request_id!r} is not held by this stage")
         self._free_slots.append(request.slot)
+        if self.pool is not None:
+            self.pool.close(request_id)
 
     def _get(self, request_id: Hashable) -> _Request:
         request = self._requests.get(request_id)
@@ -218,14 +195,18 @@ class StageEngine:
 
     # ---- compute --------------------------------------------------------------------------
     def _run(self, batch: PaddedBatch, context_len: int):
-        _CALLER.engine = self
+        kv_index = batch.slots
+        if self.pool is not None:
+            kv_index = page_table_array(self.pool, [i.request_id for i in batch.items], len(batch.slots),
+                                        context_len // self.page_size)
+        CALLER.engine = self
         try:
             out, self.cache = self._program(
                 self._weight_leaves, self.cache, batch.token_ids, batch.hidden, batch.run_start,
-                batch.positions, batch.num_tokens, batch.slots, batch.temperature, batch.top_k,
+                batch.positions, batch.num_tokens, kv_index, batch.temperature, batch.top_k,
                 batch.top_p, batch.seed, context_len=context_len)
         finally:
-            _CALLER.engine = None
+            CALLER.engine = None
         return jax.tree.map(np.asarray, out)
 
     def _pad(self, items: list[StepInput], rows: int, tokens: int) -> PaddedBatch:
@@ -252,28 +233,19 @@ class StageEngine:
         distinct held requests). Returns one StepOutput per item, in order. Raises
         RequestError (nothing is computed) for an unknown request, a repeated request, a
         changed entry layer, a position other than `tokens_cached`, a chunk longer than
-        `max_chunk_tokens`, or a sequence past max_seq_len."""
+        `max_chunk_tokens`, or a sequence past max_seq_len; OverloadedError (nothing computed)
+        when the page pool cannot hold the step's new tokens (see `can_run`)."""
         items = list(items)
-        seen: set[Hashable] = set()
-        for item in items:
-            request = self._get(item.request_id)
-            if item.request_id in seen:
-                raise RequestError(f"request {item.request_id!r} appears twice in one step")
-            seen.add(item.request_id)
-            check_item(item, self.start_layer, self.end_layer, self.config.hidden_size,
-                       self.config.vocab_size)
-            if request.run_start_layer not in (None, item.run_start_layer):
-                raise RequestError(f"request {item.request_id!r} entered at layer "
-                                   f"{request.run_start_layer}, not {item.run_start_layer}")
-            if item.position != request.next_position:
-                raise RequestError(f"request {item.request_id!r}: position {item.position} given, "
-                                   f"{request.next_position} tokens are cached")
-            if item.num_tokens > self.max_chunk_tokens:
-                raise RequestError(f"request {item.request_id!r}: chunk of {item.num_tokens} tokens "
-                                   f"exceeds max_chunk_tokens {self.max_chunk_tokens}")
-            if item.position + item.num_tokens > self.max_seq_len:
-                raise RequestError(f"request {item.request_id!r}: {item.position + item.num_tokens} "
-                                   f"tokens exceed max_seq_len {self.max_seq_len}")
+        check_step(items, self._requests, self.start_layer, self.end_layer, self.config, self.max_chunk_tokens,
+                   self.max_seq_len)
+        if self.pool is not None:  # take every page the step writes, or none (nothing computed)
+            need = sum(self.page_cost(item) for item in items)
+            if need > self.pool.pages_available:
+                raise OverloadedError(f"stage [{self.start_layer}, {self.end_layer}): the step needs {need} "
+                                      f"more pages, {self.pool.pages_available} are available")
+            for item in items:
+                self.pool.grow(item.request_id, item.run_start_layer - self.start_layer,
+                               item.position + item.num_tokens)
         results: dict[int, StepOutput] = {}
         order = sorted(range(len(items)), key=lambda i: items[i].num_tokens)
         decode = [i for i in order if items[i].num_tokens == 1]

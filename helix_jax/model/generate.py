@@ -27,11 +27,12 @@ _SEQ_ROUND = 64
 
 
 class LocalModel:
-    """The whole model on this device: one StageEngine (one slot) reused across prompts, so
-    its step programs compile once. `generate` is what `generate_local` does for one call."""
+    """The whole model on this device: one StageEngine (one request at a time; `kv_layout`
+    "paged" or "contiguous", default the engine's) reused across prompts, so its step
+    programs compile once. `generate` is what `generate_local` does for one call."""
 
     def __init__(self, config: ModelConfig, weights_source: str | Path | StageWeights, max_seq_len: int,
-                 chunk_tokens: int = 64, compiler_options: dict | None = None):
+                 chunk_tokens: int = 64, compiler_options: dict | None = None, kv_layout: str | None = None):
         self.config = config
         self.max_seq_len = min(config.max_position_embeddings, -(-max_seq_len // _SEQ_ROUND) * _SEQ_ROUND)
         self.weights = (weights_source if isinstance(weights_source, StageWeights)
@@ -40,7 +41,8 @@ class LocalModel:
         self.engine = StageEngine(config, 0, config.num_layers, self.weights, max_slots=1,
                                   max_seq_len=self.max_seq_len, prefill_buckets=(self.chunk,),
                                   decode_buckets=(1,), prefill_batch_buckets=(1,),
-                                  compiler_options=compiler_options)
+                                  compiler_options=compiler_options,
+                                  **({} if kv_layout is None else {"kv_layout": kv_layout}))
 
     def generate(self, prompt_ids: Sequence[int], max_tokens: int, sampling: SamplingParams | None = None, *,
                  stop_at_eos: bool = True, on_token: Callable[[int], None] | None = None,

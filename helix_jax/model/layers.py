@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from helix_jax.model.paged_cache import paged_write_read
 from helix_jax.modelconfig import ModelConfig
 
 _NEG_INF = -1e30  # finite, so fully masked padding rows never produce NaN
@@ -111,14 +112,8 @@ class Attention(nnx.Module):
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        layer = kv.layer_index
-        k_cache = kv.k_cache.at[layer, kv.write_slot, kv.write_pos].set(
-            k.astype(kv.k_cache.dtype), mode="drop")
-        v_cache = kv.v_cache.at[layer, kv.write_slot, kv.write_pos].set(
-            v.astype(kv.v_cache.dtype), mode="drop")
-        ctx = kv.context_len
-        keys = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False)[kv.read_slot, :ctx]
-        values = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False)[kv.read_slot, :ctx]
+        k_cache, v_cache, keys, values = kv.write_read(k, v)
+        ctx = keys.shape[1]
         # keys/values [B, ctx, kv_heads, head_dim]; queries grouped per kv head.
         groups = self.num_heads // self.num_kv_heads
         qg = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
@@ -148,16 +143,37 @@ class MLP(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class LayerKV:
-    """Per-call view of the stage's KV cache for one layer (built inside the traced step)."""
+    """Per-call view of the stage's KV cache for one layer (built inside the traced step).
 
-    k_cache: jax.Array  # [layers, slots, max_seq, kv_heads, head_dim]
+    Contiguous layout (page_size 0): caches `[layers, slots, max_seq, kv_heads, head_dim]`,
+    `index` the row's slot `[B]`. Paged layout: flat page pools `[pages, page_size, kv_heads,
+    head_dim]` (paged_cache.py), `index` the rows' page tables `[B, layers, P]`.
+    """
+
+    k_cache: jax.Array
     v_cache: jax.Array
     layer_index: jax.Array  # scalar: index of this layer inside the stage
-    write_slot: jax.Array  # [B, T] scatter target slot (any value where write_pos is dropped)
-    write_pos: jax.Array  # [B, T] scatter target position; >= max_seq means "do not write"
-    read_slot: jax.Array  # [B] slot of each row
+    write_mask: jax.Array  # [B, T] tokens whose K/V this layer writes (valid and run)
+    index: jax.Array  # [B] slot of each row, or [B, layers, P] page tables
     query_pos: jax.Array  # [B, T] absolute position of each query token
-    context_len: int  # static: cached positions attention may read
+    context_len: int  # static: cached positions attention may read (contiguous layout)
+    page_size: int = 0  # static: 0 = contiguous slots
+
+    def write_read(self, k: jax.Array, v: jax.Array):
+        """Write this step's k, v `[B, T, kv_heads, head_dim]` (masked tokens are dropped) and
+        return (k_cache, v_cache, keys, values) with keys/values `[B, ctx, kv_heads, head_dim]`."""
+        if self.page_size:
+            return paged_write_read(self.k_cache, self.v_cache, self.index, self.layer_index,
+                                    self.write_mask, self.query_pos, k, v, self.page_size)
+        layer, max_seq = self.layer_index, self.k_cache.shape[2]
+        write_slot = jnp.broadcast_to(self.index[:, None], self.query_pos.shape)
+        write_pos = jnp.where(self.write_mask, self.query_pos, max_seq)  # past the end: dropped
+        k_cache = self.k_cache.at[layer, write_slot, write_pos].set(k.astype(self.k_cache.dtype), mode="drop")
+        v_cache = self.v_cache.at[layer, write_slot, write_pos].set(v.astype(self.v_cache.dtype), mode="drop")
+        ctx = self.context_len
+        keys = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False)[self.index, :ctx]
+        values = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False)[self.index, :ctx]
+        return k_cache, v_cache, keys, values
 
 
 class DecoderLayer(nnx.Module):

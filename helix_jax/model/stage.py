@@ -31,7 +31,9 @@ from helix_jax.modelconfig import ModelConfig
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer of a stage, per slot: `[layers, slots, max_seq, kv_heads, head_dim]`."""
+    """Keys and values of every layer of a stage: per slot `[layers, slots, max_seq, kv_heads,
+    head_dim]` (contiguous) or a page pool `[layers, pages, page_size, kv_heads, head_dim]`
+    (paged; the same shape with pages for slots and page_size for max_seq)."""
 
     k: jax.Array
     v: jax.Array
@@ -90,17 +92,18 @@ class StageModel(nnx.Module):
         return self.end_layer - self.start_layer
 
     def __call__(self, token_ids: jax.Array | None, hidden: jax.Array, run_start: jax.Array,
-                 positions: jax.Array, num_tokens: jax.Array, slots: jax.Array, cache: KVCache,
-                 context_len: int) -> tuple[jax.Array, KVCache]:
+                 positions: jax.Array, num_tokens: jax.Array, kv_index: jax.Array, cache: KVCache,
+                 context_len: int, page_size: int = 0) -> tuple[jax.Array, KVCache]:
         """Run the stage's layers on a padded batch and update the cache.
 
         token_ids `[B, T]` (first stage only, used by rows with run_start == 0), hidden
-        `[B, T, hidden]` (rows entering after layer 0), run_start/positions/num_tokens/slots
-        `[B]`: first layer to run, position of the row's first token, valid tokens in the row
-        (0 for padding rows), cache slot. Returns hidden `[B, T, hidden]` after `end_layer - 1`.
+        `[B, T, hidden]` (rows entering after layer 0), run_start/positions/num_tokens `[B]`:
+        first layer to run, position of the row's first token, valid tokens in the row (0 for
+        padding rows). kv_index: the rows' cache slots `[B]` (contiguous cache, page_size 0) or
+        their page tables `[B, layers, P]` (paged cache of `page_size`-token pages, whose
+        attention window is P x page_size). Returns hidden `[B, T, hidden]` after `end_layer - 1`.
         """
-        batch, tokens = hidden.shape[0], hidden.shape[1]
-        max_seq = cache.k.shape[2]
+        tokens = hidden.shape[1]
         token_index = jnp.arange(tokens, dtype=jnp.int32)[None, :]
         query_pos = positions[:, None] + token_index  # [B, T]
         valid = token_index < num_tokens[:, None]  # [B, T]
@@ -108,20 +111,25 @@ class StageModel(nnx.Module):
         if self.is_first and token_ids is not None:
             x = jnp.where((run_start == 0)[:, None, None], self.embed(token_ids), hidden)
         cos, sin = rope_cos_sin(rope_inv_freq(self.config), query_pos)
-        write_slot = jnp.broadcast_to(slots[:, None], (batch, tokens))
 
         def apply(layer: DecoderLayer, index, x, k_cache, v_cache):
             run = run_start <= self.start_layer + index  # [B]: rows that run this layer
-            write_pos = jnp.where(valid & run[:, None], query_pos, max_seq)
-            kv = LayerKV(k_cache, v_cache, index, write_slot, write_pos, slots, query_pos, context_len)
+            kv = LayerKV(k_cache, v_cache, index, valid & run[:, None], kv_index, query_pos, context_len,
+                         page_size)
             y, k_cache, v_cache = layer(x, cos, sin, kv)
             return jnp.where(run[:, None, None], y, x), k_cache, v_cache
 
         k, v = cache.k, cache.v
+        if page_size:  # one flat pool of pages: any page may serve any layer (paged_cache.py)
+            k, v = (a.reshape((-1,) + a.shape[2:]) for a in (k, v))
+
+        def done(x, k, v):
+            return x, KVCache(k.reshape(cache.k.shape), v.reshape(cache.v.shape))
+
         if self.layer_loop == "unroll":
             for index, layer in enumerate(self.layers):
                 x, k, v = apply(layer, index, x, k, v)
-            return x, KVCache(k, v)
+            return done(x, k, v)
         layer_graph, layer_state = nnx.split(self.layers)
 
         def one_layer(carry, xs):
@@ -130,7 +138,7 @@ class StageModel(nnx.Module):
 
         indices = jnp.arange(self.num_layers, dtype=jnp.int32)
         (x, k, v), _ = jax.lax.scan(one_layer, (x, k, v), (layer_state, indices))
-        return x, KVCache(k, v)
+        return done(x, k, v)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Final norm + LM head (last stage only): `[..., hidden]` -> float32 `[..., vocab]`."""

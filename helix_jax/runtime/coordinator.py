@@ -14,8 +14,10 @@ The loop, one thread, one zmq.Poller (timers only under --emulate):
    `assign`: its layer range, the model and weights source, its neighbours' data endpoints,
    the coordinator's data endpoint and the emulation spec.
 2. Warm-up: workers load, compile their buckets and answer `ready` with their real KV
-   capacity in token-layers. With all ready, the Scheduler is built with those budgets
-   (`ready_event` is set); client requests that arrived earlier wait until then.
+   capacity in token-layers (and their KV page size). With all ready, the Scheduler is built
+   with those budgets, its ledger rounding reservations to each node's pages exactly as the
+   node's page pool allocates (`ready_event` is set); client requests that arrived earlier
+   wait until then. A request's first step carries its reservation (`kv_tokens`).
 3. Admission: a `generate` is validated (`RequestError` back at once if malformed), submitted
    to the scheduler (`OverloadedError` back if the queue is full) and, whenever
    `admit_ready()` returns it, its prompt goes to the first hop of its route as a `step`.
@@ -90,6 +92,7 @@ class ServeConfig:
     control_port: int = 0
     emulation: EmulationSpec | None = None
     kv_tokens: int | None = None  # per-worker KV cache size in tokens (None: worker default)
+    kv_layout: str | None = None  # "paged" | "contiguous" (None: the engine's default)
     max_batch: int | None = None  # per-worker decode batch cap (None: worker default)
     max_seq_len: int = 512
     queue_limit: int = 1000
@@ -128,6 +131,7 @@ class Coordinator:
         self._data_endpoints: dict[str, str] = {}
         self._push: dict[str, zmq.Socket] = {}
         self._budgets: dict[str, int] = {}
+        self._page_tokens: dict[str, int] = {}  # node -> KV page size its worker reported
         self.warmup_s: dict[str, float] = {}
         self.scheduler: Scheduler | None = None
         self._early: list[tuple[bytes, wire.Message]] = []
@@ -322,6 +326,8 @@ class Coordinator:
                 self._assign_all()
         elif msg.kind == "ready" and self._identities.get(node) == identity:
             self._budgets[node] = msg["kv_capacity_token_layers"]
+            if msg.get("kv_page_tokens"):
+                self._page_tokens[node] = msg["kv_page_tokens"]
             self.warmup_s[node] = float(msg["warmup_s"])
             logger.info("worker %s ready: KV %d token-layers, warm-up %.1f s", node,
                         msg["kv_capacity_token_layers"], msg["warmup_s"])
@@ -353,12 +359,23 @@ class Coordinator:
             "assign", node=node, start_layer=start, end_layer=end, model=cfg.model.to_dict(),
             neighbours=neighbours, coordinator_data=self.data_endpoint, weights=cfg.weights,
             emulate=cfg.emulation.to_wire() if cfg.emulation else None, kv_tokens=cfg.kv_tokens,
-            max_batch=cfg.max_batch, max_seq_len=cfg.max_seq_len, seed=cfg.seed), self._identities[node])
+            max_batch=cfg.max_batch, max_seq_len=cfg.max_seq_len, seed=cfg.seed, kv_layout=cfg.kv_layout,
+            prompt_tokens_per_step=self._prompt_budget(node)), self._identities[node])
+
+    def _prompt_budget(self, node: str) -> int | None:
+        """The node's prompt tokens per step: the cost model's, which the simulator uses."""
+        from helix_jax.costmodel import CostModel
+
+        try:
+            return CostModel(self.config.topology).max_prompt_tokens_per_step(self.config.topology.node(node).gpu)
+        except HelixError as exc:
+            logger.warning("no prompt budget for %s (%s): whole prompts per step", node, exc)
+            return None
 
     def _start_serving(self) -> None:
         cfg = self.config
         self.scheduler = Scheduler(cfg.placement, self._budgets, policy=cfg.policy,
-                                   queue_limit=cfg.queue_limit, seed=cfg.seed)
+                                   queue_limit=cfg.queue_limit, seed=cfg.seed, kv_page_tokens=self._page_tokens)
         now = time.perf_counter()
         self._last_heard = {node: now for node in self.nodes}
         self.ready_event.set()
@@ -414,11 +431,11 @@ class Coordinator:
                 self.peak_kv_used[hop.node] = max(self.peak_kv_used[hop.node], used)
             # a resumed request prefills its prompt and every token already streamed
             ids = np.asarray([*req.prompt_ids, *req.output_ids], dtype=np.int32)
-            self._send_step(req, ids, position=0, index=len(req.output_ids))
+            self._send_step(req, ids, position=0, index=len(req.output_ids), kv_tokens=adm.spec.kv_tokens)
 
-    def _send_step(self, req: LiveRequest, ids: np.ndarray, position: int, index: int) -> None:
+    def _send_step(self, req: LiveRequest, ids: np.ndarray, position: int, index: int, **extra: Any) -> None:
         msg = wire.make("step", [ids], request_id=req.request_id, route=req.route_wire, hop=0,
-                        position=position, index=index, sampling=req.sampling_wire)
+                        position=position, index=index, sampling=req.sampling_wire, **extra)
         self._send_data(req.route[0].node, msg, len(ids))
 
     def _on_data(self, msg: wire.Message) -> None:

@@ -17,7 +17,6 @@ import dataclasses
 import heapq
 import itertools
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -133,13 +132,6 @@ class ComputePacer:
 
     def max_decode_batch(self, num_layers_held: int) -> int:
         return self.cost.max_decode_batch(self.gpu, num_layers_held)
-
-    def max_prompt_tokens_per_step(self, num_layers_held: int, longest_prompt: int) -> int:
-        """Prefill budget of one step: about the cost model's steady mix (prompt tokens per decode
-        token x decode batch, with 50% slack) so that prompt bursts do not stall decode rows;
-        never below one whole prompt, never above the GPU's activation-memory limit."""
-        steady = math.ceil(1.5 * self.cost.workload.prompt_per_output * self.max_decode_batch(num_layers_held))
-        return min(self.cost.max_prompt_tokens_per_step(self.gpu), max(steady, longest_prompt))
 
     def kv_budget_token_layers(self, num_layers_held: int) -> int:
         return max(1, int(self.cost.kv_budget_token_layers(self.gpu, num_layers_held) * self.kv_scale))

@@ -1,15 +1,23 @@
 """The worker's bridge to the model runtime: wire `step` messages <-> StageEngine items.
 
 Sits inside a worker (runtime step of the data flow): builds the StageEngine of the assigned
-layer range, checks that each incoming step really belongs here (route, hop, layer sub-range,
-array dtype and shape), forms continuous batches (one item per request, slots permitting,
-capped by the emulated GPU's batch limits), and runs them so that one bad item cannot spoil
-the others. jax is imported only here, so the coordinator and client stay light.
+layer range (paged or contiguous KV), checks that each incoming step really belongs here
+(route, hop, layer sub-range, array dtype and shape), forms continuous batches (one item per
+request, slots and pages permitting, capped by the emulated GPU's batch limits), and runs
+them so that one bad item cannot spoil the others. jax is imported only here, so the
+coordinator and client stay light.
+
+Chunked prefill: a step carries a whole prompt (or a chunk of it); a batch takes at most
+`max_prompt_tokens` prompt tokens (the cost model's per-step budget, the simulator's), so a
+longer prompt runs as chunks over successive batches beside the decode rows. Each chunk is
+forwarded as its own `step` (`last` false until the chunk that ends the prompt; only that
+one samples on the last stage); the next hop chunks again to its own budget.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from typing import Any
 
@@ -22,7 +30,7 @@ from helix_jax.runtime.emulation import ComputePacer, LayerLoad, layer_loads
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SLOTS = 32
+DEFAULT_SLOTS = 32  # contiguous slots, or the default KV budget in max_seq_len-long requests
 DECODE_BUCKETS = (1, 4, 16, 64, 256)  # few buckets: every one costs seconds of warm-up per worker
 
 
@@ -44,27 +52,34 @@ class StageHost:
     def build(cls, assign: wire.Message, compute: ComputePacer | None) -> "StageHost":
         """Load weights, build and warm up the engine described by an `assign` message."""
         from helix_jax.model import StageEngine, load_stage_weights
+        from helix_jax.model.engine import DEFAULT_KV_LAYOUT, DEFAULT_PAGE_SIZE
+        from helix_jax.model.paged_cache import pages_for
 
         config = resolve_model(dict(assign["model"]))
         start, end = assign["start_layer"], assign["end_layer"]
         max_seq_len = min(assign["max_seq_len"], config.max_position_embeddings)
         source = assign.get("weights") or f"random:{assign.get('seed', 0)}"
         weights = load_stage_weights(config, start, end, source)
-        kv_tokens = assign.get("kv_tokens")
-        slots = max(1, kv_tokens // max_seq_len) if kv_tokens else DEFAULT_SLOTS
+        kv_tokens = assign.get("kv_tokens") or DEFAULT_SLOTS * max_seq_len
+        slots = max(1, kv_tokens // max_seq_len)
         max_rows = assign.get("max_batch") or slots
-        max_prompt = max_seq_len
+        max_prompt = min(max_seq_len, assign.get("prompt_tokens_per_step") or max_seq_len)
+        layout = assign.get("kv_layout") or DEFAULT_KV_LAYOUT
+        paging: dict[str, Any] = {}
+        if layout == "paged":  # kv_tokens tokens of pages per layer; as many requests as fit
+            pages = max(pages_for(max_seq_len, DEFAULT_PAGE_SIZE), kv_tokens // DEFAULT_PAGE_SIZE)
+            paging = dict(kv_layout="paged", page_size=DEFAULT_PAGE_SIZE, num_pages=pages)
+            slots = max(slots, pages)
         if compute is not None:
             max_rows = min(max_rows, max(1, compute.max_decode_batch(end - start)))
-            max_prompt = max(1, compute.max_prompt_tokens_per_step(end - start, max_seq_len))
         if compute is None:
-            prefill = tuple(b for b in (64,) if b < max_seq_len) + (max_seq_len,)
+            prefill = tuple(b for b in (64,) if b < max_prompt) + (max_prompt,)
             decode = tuple(b for b in DECODE_BUCKETS if b < max_rows) + (max_rows,)
-            prefill_rows = (1,)
         else:  # emulated pacing hides padding cost: few buckets, short warm-up for many workers
-            prefill, decode, prefill_rows = (max_seq_len,), tuple(sorted({max(1, max_rows // 4), max_rows})), (1,)
+            prefill, decode = (max_prompt,), tuple(sorted({max(1, max_rows // 4), max_rows}))
         engine = StageEngine(config, start, end, weights, max_slots=slots, max_seq_len=max_seq_len,
-                             prefill_buckets=prefill, decode_buckets=decode, prefill_batch_buckets=prefill_rows)
+                             prefill_buckets=prefill, decode_buckets=decode, prefill_batch_buckets=(1,),
+                             **paging)
         engine.warmup()
         budget = engine.kv_capacity_token_layers
         if compute is not None:  # the scheduler must see the emulated GPU's KV, not this CPU's
@@ -98,26 +113,29 @@ class StageHost:
                 raise ProtocolError(f"hidden states must be float [n, {self.engine.config.hidden_size}], "
                                     f"got {data.dtype}{list(data.shape)}")
             item = dict(hidden=data)
-        if not 1 <= data.shape[0] <= self.engine.max_chunk_tokens:
-            raise ProtocolError(f"step carries {data.shape[0]} tokens; 1..{self.engine.max_chunk_tokens} allowed")
+        if not 1 <= data.shape[0] <= self.engine.max_seq_len:
+            raise ProtocolError(f"step carries {data.shape[0]} tokens; 1..{self.engine.max_seq_len} allowed")
         sampling = msg["sampling"]
         try:
             params = self._sampling(float(sampling["temperature"]), int(sampling["top_k"]),
                                     float(sampling["top_p"]), int(sampling["seed"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"step sampling is malformed: {exc}") from None
-        step = self._step_input(msg["request_id"], entry[1], msg["position"], **item)
-        return step, params
+        step = self._step_input(msg["request_id"], entry[1], msg["position"], sample=bool(msg.get("last", True)),
+                                **item)
+        return step, params, int(msg.get("kv_tokens") or 0)
 
     # ---------------------------------------------------------------- batching
     def pick_batch(self, waiting: "collections.OrderedDict[str, collections.deque]") -> list[Any]:
-        """Pop one ready step per request, oldest first, within slot and batch limits."""
+        """Pop one ready step per request, oldest first, within slot, page and batch limits;
+        a prompt past the step's prompt budget contributes its next chunk (the rest waits)."""
         batch: list[Any] = []
         rows = prompt_tokens = 0
+        pages = self.engine.pages_available
         for rid in list(waiting):
             queue = waiting[rid]
             pending = queue[0]
-            (item, params) = pending.item
+            (item, params, reserve) = pending.item
             held = self.engine.has_request(rid)
             cached = self.engine.tokens_cached(rid) if held else 0
             if item.position < cached or (not held and item.position != 0):
@@ -128,18 +146,45 @@ class StageHost:
                 continue  # an earlier step of this request has not arrived yet
             if item.num_tokens == 1 and rows >= self.max_decode_rows:
                 continue
-            if item.num_tokens > 1 and prompt_tokens and prompt_tokens + item.num_tokens > self.max_prompt_tokens:
-                continue
+            take = item.num_tokens
+            if take > 1:
+                take = min(take, self.max_prompt_tokens - prompt_tokens, self.engine.max_chunk_tokens)
+                if take < 1 or (take == 1 and rows >= self.max_decode_rows):
+                    continue  # this step's prompt budget is spent
+                if take < item.num_tokens:
+                    pending = self._split(queue, take)
+                    item = pending.item[0]
+            cost = self.engine.page_cost(item, reserve)
+            if cost > pages or (not held and not self.engine.free_slots):
+                continue  # waits for pages; the scheduler's KV ledger bounds how long
             if not held:
-                if self.engine.free_slots == 0:
-                    continue  # waits for a slot; the scheduler's KV ledger bounds how long
-                self.engine.add_request(rid, params)
+                self.engine.add_request(rid, params, reserve_tokens=reserve, run_start_layer=item.run_start_layer)
+            pages -= cost
             rows += item.num_tokens == 1
             prompt_tokens += item.num_tokens if item.num_tokens > 1 else 0
             batch.append(self._pop(waiting, rid))
         self.decode_rows_total += rows
         self.prompt_tokens_total += prompt_tokens
         return batch
+
+    def _split(self, queue: "collections.deque", take: int) -> Any:
+        """Cut the first `take` tokens off the step at the head of `queue` as a chunk that does
+        not end the prompt; the rest stays queued (at its new position). Returns the chunk."""
+        pending = queue.popleft()
+        item, params, reserve = pending.item
+        data = item.token_ids if item.token_ids is not None else item.hidden
+        key = "token_ids" if item.token_ids is not None else "hidden"
+        parts = []
+        for begin, end, sample in ((0, take, False), (take, item.num_tokens, item.sample)):
+            piece = data[begin:end]
+            step = self._step_input(item.request_id, item.run_start_layer, item.position + begin, sample=sample,
+                                    **{key: piece})
+            msg = dataclasses.replace(pending.msg, arrays=(piece,), fields={
+                **pending.msg.fields, "position": item.position + begin, "last": sample})
+            parts.append(dataclasses.replace(pending, item=(step, params, reserve), msg=msg, num_tokens=end - begin))
+        queue.appendleft(parts[1])
+        queue.appendleft(parts[0])
+        return parts[0]
 
     @staticmethod
     def _pop(waiting: "collections.OrderedDict[str, collections.deque]", rid: str) -> Any:

@@ -89,15 +89,20 @@ SCHEMAS: dict[str, Schema] = {
     "assign": _s({"node": str, "start_layer": int, "end_layer": int, "model": dict,
                   "neighbours": dict, "coordinator_data": str, "max_seq_len": int},
                  {"weights": _OPT_STR, "emulate": (dict, type(None)), "kv_tokens": (int, type(None)),
-                  "max_batch": (int, type(None)), "seed": int}),
-    "ready": _s({"node": str, "kv_capacity_token_layers": int, "warmup_s": _NUM}),
+                  "max_batch": (int, type(None)), "seed": int, "kv_layout": _OPT_STR,
+                  "prompt_tokens_per_step": (int, type(None))}),
+    # kv_page_tokens: the worker's KV page size; the ledger rounds its reservations to it
+    "ready": _s({"node": str, "kv_capacity_token_layers": int, "warmup_s": _NUM},
+                {"kv_page_tokens": (int, type(None))}),
     "failed": _s({"node": str, "message": str}),
     "heartbeat": _s({"node": str}, {"mean_step_s": _NUM}),  # mean batch time since the last one
     "peer": _s({"node": str, "data_endpoint": str}),  # a rejoined neighbour's new data endpoint
     "shutdown": _s({}),
     # data plane (PUSH -> PULL): activations hop to hop, sampled tokens back, KV release
+    # kv_tokens: the request's KV reservation (prompt + max_tokens); last: false on a prompt
+    # chunk that does not end the prompt (nothing is sampled for it)
     "step": _s({"request_id": str, "route": list, "hop": int, "position": int, "index": int,
-                "sampling": dict}, arrays=1),
+                "sampling": dict}, {"kv_tokens": int, "last": bool}, arrays=1),
     "sampled": _s({"request_id": str, "index": int, "token_id": int, "node": str}),
     "free": _s({"request_id": str}),
 }

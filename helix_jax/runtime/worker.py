@@ -13,8 +13,9 @@ The loop, one thread, one zmq.Poller:
    send `ready` with the real KV capacity in token-layers (the emulated GPU's budget under
    --emulate).
 3. Receive: every `step` names its route and hop; the hop gives the layer sub-range this node
-   runs (partial inference). A request's first step takes a KV slot (or waits for one);
-   malformed steps are logged and dropped.
+   runs (partial inference). A request's first step takes a KV slot or its reserved pages
+   (or waits for them); malformed steps are logged and dropped. A prompt longer than the
+   node's per-step prompt budget runs in chunks over successive batches (stage_host.py).
 4. Batch: when not busy, all waiting steps (one per request, capped by --emulate's batch
    limits) run as one engine step: prompt chunks and decode tokens together. A step the
    engine rejects is retried item by item so one bad item cannot hurt the others.
@@ -160,7 +161,7 @@ class Worker:
         warmup_s = time.perf_counter() - started
         wire.send(self._control, wire.make("ready", node=self.options.node,
                                            kv_capacity_token_layers=self.host.kv_budget_token_layers,
-                                           warmup_s=warmup_s))
+                                           kv_page_tokens=self.host.engine.kv_page_tokens, warmup_s=warmup_s))
         logger.info("worker %s ready in %.1f s: layers [%d, %d)", self.options.node, warmup_s,
                     self.host.start_layer, self.host.end_layer)
 
@@ -253,17 +254,22 @@ class Worker:
             self.emulated_busy_s += emulated
             self.overruns += finished - started > emulated  # this CPU was slower than the GPU x scale
         for pending, result in results:
-            self._held.append(self._forward(pending.msg, result))
+            out = self._forward(pending.msg, result)
+            if out is not None:
+                self._held.append(out)
         self._release_held()
 
-    def _forward(self, msg: wire.Message, result: Any) -> tuple[str, wire.Message, int]:
+    def _forward(self, msg: wire.Message, result: Any) -> tuple[str, wire.Message, int] | None:
         route, hop = msg["route"], msg["hop"]
         if hop + 1 == len(route):
+            if result.next_token is None:
+                return None  # a prompt chunk that does not end the prompt: nothing sampled
             return COORDINATOR, wire.make("sampled", request_id=msg["request_id"], index=msg["index"],
                                           token_id=int(result.next_token), node=self.options.node), 1
         hidden = np.ascontiguousarray(result.hidden)  # [tokens, hidden]
         out = wire.make("step", [hidden], request_id=msg["request_id"], route=route, hop=hop + 1,
-                        position=msg["position"], index=msg["index"], sampling=msg["sampling"])
+                        position=msg["position"], index=msg["index"], sampling=msg["sampling"],
+                        **{k: msg[k] for k in ("kv_tokens", "last") if k in msg.fields})
         return str(route[hop + 1][0]), out, hidden.shape[0]
 
     def _release_held(self) -> None:

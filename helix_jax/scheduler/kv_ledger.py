@@ -3,6 +3,9 @@
 Owns the bookkeeping behind KV admission (HELIX.md section 4): admitting a request reserves
 `tokens * layers_run_here` on every node of its route; finishing (or cancelling) it releases
 exactly that. Reservations are all-or-nothing, so a node's use can never exceed its budget.
+A node with a paged KV cache reports its page size (`page_tokens`): its reservations round
+the tokens up to whole pages, `ceil(tokens / page) * page * layers`, exactly as the worker's
+page pool allocates (helix_jax.model.paged_cache), so admission and allocation agree.
 The simulator and the live coordinator share this class; neither touches the counts directly.
 """
 
@@ -18,12 +21,18 @@ class KVLedger:
     """Budgets and reservations in token-layer entries (one entry = one token's K and V for
     one layer)."""
 
-    def __init__(self, budgets_token_layers: Mapping[str, int]):
+    def __init__(self, budgets_token_layers: Mapping[str, int], page_tokens: Mapping[str, int] | None = None):
         for node, budget in budgets_token_layers.items():
             if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
                 raise ConfigError(f"KV budget of node {node!r} must be a non-negative integer "
                                   f"of token-layers, got {budget!r}")
         self._budget: dict[str, int] = dict(budgets_token_layers)
+        self._page: dict[str, int] = {node: 1 for node in self._budget}
+        for node, page in (page_tokens or {}).items():
+            if node in self._page:
+                if isinstance(page, bool) or not isinstance(page, int) or page < 1:
+                    raise ConfigError(f"KV page size of node {node!r} must be a positive integer, got {page!r}")
+                self._page[node] = page
         self._used: dict[str, int] = {node: 0 for node in self._budget}
         self._held: dict[str, tuple[tuple[str, int], ...]] = {}  # request -> ((node, entries), ...)
 
@@ -55,14 +64,22 @@ class KVLedger:
     def nodes(self) -> tuple[str, ...]:
         return tuple(self._budget)
 
-    @staticmethod
-    def entries_for(route: Iterable[Hop], tokens: int) -> tuple[tuple[str, int], ...]:
+    def page_tokens(self, node: str) -> int:
+        """Reservation granularity of `node` in tokens (1: token-granular)."""
+        return self._page.get(node, 1)
+
+    def entries(self, node: str, tokens: int, num_layers: int) -> int:
+        """Token-layers `tokens` tokens on `num_layers` layers of `node` take (page-rounded)."""
+        page = self._page.get(node, 1)
+        return -(-tokens // page) * page * num_layers
+
+    def entries_for(self, route: Iterable[Hop], tokens: int) -> tuple[tuple[str, int], ...]:
         """What a route of hops needs for `tokens` tokens: only the layers each hop runs."""
-        return tuple((hop.node, tokens * hop.num_layers) for hop in route)
+        return tuple((hop.node, self.entries(hop.node, tokens, hop.num_layers)) for hop in route)
 
     # ---- changes ----
     def reserve(self, request_id: str, route: Iterable[Hop], tokens: int) -> None:
-        """Reserve `tokens * hop.num_layers` on every hop's node, or nothing at all.
+        """Reserve `entries(node, tokens, hop.num_layers)` on every hop's node, or nothing at all.
 
         Raises RequestError if the request already holds a reservation or any node lacks room.
         """

@@ -65,9 +65,10 @@ class RouteGraph:
     def endpoints(self) -> tuple[str, ...]:
         return tuple(self._succ)
 
-    def max_route_tokens(self, budgets_token_layers: Mapping[str, int]) -> int:
+    def max_route_tokens(self, budgets_token_layers: Mapping[str, int], page_tokens=None) -> int:
         """The largest request (prompt + output tokens) that some route could hold on an empty
-        cluster: max over routes of min over hops of budget // layers run there."""
+        cluster: max over routes of min over hops of budget // layers run there, in whole pages
+        where `page_tokens(node)` (tokens per KV page) says so."""
         memo: dict[tuple[str, int], int] = {}
 
         def best(node: str, entry_layer: int) -> int:
@@ -76,6 +77,8 @@ class RouteGraph:
                 memo[key] = -1  # guards against a cycle (cannot happen with valid ranges)
                 end = self.placement.ranges[node][1]
                 here = budgets_token_layers.get(node, 0) // max(1, end - entry_layer)
+                if page_tokens is not None:
+                    here -= here % page_tokens(node)
                 onward = self._onward(node, end, best)
                 memo[key] = min(here, onward)
             return memo[key]

@@ -7,7 +7,7 @@ Owns admission for both the live coordinator and the simulator (they drive the s
 2. `admit_ready()` pops requests from the head while a route with KV room exists. A route is
    found by a depth-first walk from the coordinator: at each endpoint the policy orders the
    candidate next hops; a hop whose node lacks room for `(prompt + max_output) x layers it
-   runs` is skipped, and a branch that dead-ends is backtracked (dead (node, entry layer)
+   runs` (rounded up to the node's KV pages) is skipped, and a branch that dead-ends is backtracked (dead (node, entry layer)
    states are remembered, so one search costs at most one visit per state). The head waits
    (strict FIFO, nothing is dropped) until some request finishes and frees KV.
 3. The admitted route is fixed: the prompt and every decode step walk it. `on_decode_token`
@@ -56,7 +56,7 @@ class Scheduler:
 
     def __init__(self, placement: Placement, kv_budgets_token_layers: Mapping[str, int] | None = None,
                  policy: str = "iwrr", queue_limit: int = 10_000, min_edge_share: float = 0.05,
-                 seed: int = 0):
+                 seed: int = 0, kv_page_tokens: Mapping[str, int] | None = None):
         if isinstance(queue_limit, bool) or not isinstance(queue_limit, int) or queue_limit < 1:
             raise ConfigError(f"queue_limit must be a positive integer, got {queue_limit!r}")
         cls = policy_class(policy)
@@ -69,8 +69,8 @@ class Scheduler:
             if missing:
                 raise ConfigError(f"no KV budget given for node(s) {', '.join(missing)}")
             budgets = {node: kv_budgets_token_layers[node] for node in placement.ranges}
-        self.ledger = KVLedger(budgets)
-        self.max_request_tokens = self.graph.max_route_tokens(budgets)
+        self.ledger = KVLedger(budgets, kv_page_tokens)
+        self.max_request_tokens = self.graph.max_route_tokens(budgets, self.ledger.page_tokens)
         self.queue_limit = queue_limit
         self._node_in_flight: dict[str, int] = {node: 0 for node in placement.ranges}
         self.policy: RoutePolicy = cls(self.graph, self._node_in_flight, seed)
@@ -164,7 +164,7 @@ class Scheduler:
                 if key in dead or dst in down:
                     continue
                 end = ranges[dst][1]
-                if ledger.can_reserve(dst, tokens * (end - layer)):
+                if ledger.can_reserve(dst, ledger.entries(dst, tokens, end - layer)):
                     path.append(Hop(dst, layer, end))
                     if walk(dst, end):
                         return True
@@ -250,7 +250,7 @@ class Scheduler:
         """After a node left or rejoined or the flows changed: the largest request a live route
         can hold, and a blocked queue head may fit now."""
         live = {n: 0 if n in self._down else self.ledger.budget(n) for n in self.placement.ranges}
-        self.max_request_tokens = self.graph.max_route_tokens(live)
+        self.max_request_tokens = self.graph.max_route_tokens(live, self.ledger.page_tokens)
         self._blocked = None
 
     def reflow(self, placement: Placement) -> None:
