@@ -101,10 +101,17 @@ def print_placement(placement: Any, topology: Topology, title: str) -> None:
                   f"{placement.status}{f', bound {bound:.1f}' if bound else ''}, {placement.solve_seconds:.1f} s)")
 
 
-def _wait_for_signal() -> None:
+def _stop_on_signal() -> threading.Event:
+    """An event SIGINT and SIGTERM set from now on (installed before "serving" is printed, so
+    a Ctrl-C that follows that line always gets the clean shutdown)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _wait_for_signal(stop: threading.Event | None = None) -> None:
+    stop = stop or _stop_on_signal()
     while not stop.wait(1.0):
         pass
 
@@ -155,10 +162,11 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
             console.print(f"run on its host: [bold]{line}[/]")
         with console.status(f"warming up {len(dep.workers)} local worker(s) (logs in {dep.log_dir})"):
             dep.wait_ready()
+        stop = _stop_on_signal()
+        front = start_http(dep.client_endpoint, codec, sock, api_key) if sock is not None else None
         console.print(f"serving {cfg.model.name}: client endpoint [bold]{dep.client_endpoint}[/]  (Ctrl-C stops)")
         console.print(f"try: helix-jax generate --endpoint {dep.client_endpoint} --prompt 'Hello' --stream")
-        front = start_http(dep.client_endpoint, codec, sock, api_key) if sock is not None else None
-        _wait_for_signal()
+        _wait_for_signal(stop)
         if front is not None:
             drain_http(front, shutdown_timeout)
         console.print("shutting down")
