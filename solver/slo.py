@@ -95,6 +95,46 @@ def _concrete(topology, cm, ranges, limits, clip, deadline):
     return result.value, routes, levels, ranges
 
 
+def _spine(topology: Topology, cm: CostModel) -> dict[str, tuple[int, int]]:
+    """A constructive candidate: the fastest GPU type's nodes in one chain from layer 0 (each at
+    its max_layers), every other type tiling the remaining layers with its max_layers, its nodes
+    dealt round robin over the tiles (parallel copies share a tile's flow)."""
+    L = topology.model.num_layers
+    by_gpu: dict[str, list[str]] = {}
+    for node in topology.nodes:
+        if cm.max_layers(node.gpu) > 0:
+            by_gpu.setdefault(node.gpu, []).append(node.name)
+    pace = {g: slo_model.layer_step_at_load(cm, g, cm.max_layers(g), 1.0) for g in by_gpu}
+    order = sorted(by_gpu, key=lambda g: (pace[g], g))
+    ranges, layer = {}, 0
+    fast = order[0]
+    k = cm.max_layers(fast)
+    for name in by_gpu[fast]:
+        if layer >= L:
+            break
+        ranges[name] = (min(layer, L - k), min(L, layer + k))
+        layer = ranges[name][1]
+    for gpu in order[1:] if layer < L else []:
+        k = cm.max_layers(gpu)
+        tiles = [(max(0, min(p, L - k)), min(L, p + k)) for p in range(layer, L, k)]
+        for j, name in enumerate(by_gpu[gpu]):
+            ranges[name] = tiles[j % len(tiles)]
+    return ranges
+
+
+def _rounded(items, sizes, counts) -> list[int]:
+    """LP counts rounded within each group's size: floors first, then the largest remainders."""
+    out = [int(c + 1e-6) for c in counts]
+    left = list(sizes)
+    for i, c in enumerate(out):
+        left[items[i].group] -= c
+    for i in sorted(range(len(items)), key=lambda i: -(counts[i] - out[i])):
+        if counts[i] - out[i] > 1e-3 and left[items[i].group] > 0:
+            out[i] += 1
+            left[items[i].group] -= 1
+    return out
+
+
 def plan_slo(topology: Topology, limits: Limits, time_limit_s: float = 60.0, seed: int = 0,
              cost_model: CostModel | None = None) -> Placement:
     """Maximise max-flow subject to every flow path meeting `limits` (module docstring)."""
@@ -119,17 +159,20 @@ def plan_slo(topology: Topology, limits: Limits, time_limit_s: float = 60.0, see
         clip = result.bound
     search = PathSearch(items, sizes, L, limits, bound=False)
     clip = min(upper, slo_bound)
-    search.generate(clip, t0 + 0.65 * time_limit_s)
+    relaxed = search.generate(clip, t0 + 0.55 * time_limit_s)
     candidates = {}
-    counts = search.integer_counts(clip, 0.15 * time_limit_s)
-    if counts:
+    tries = {"slo-lp-rounded": _rounded(items, sizes, relaxed.counts),
+             "slo-milp": search.integer_counts(clip, 0.1 * time_limit_s)}
+    for name, counts in tries.items():
         ranges, free_nodes = {}, {g: list(nodes) for g, (_, nodes) in enumerate(groups)}
-        for it, c in sorted(zip(items, counts), key=lambda z: (z[0].group, z[0].start)):
-            for _ in range(c):
-                ranges[free_nodes[it.group].pop(0)] = (it.start, it.end)
+        for it, c in sorted(zip(items, counts or []), key=lambda z: (z[0].group, -z[0].level, z[0].start)):
+            for _ in range(min(c, len(free_nodes[it.group]))):
+                ranges.setdefault(free_nodes[it.group].pop(0), (it.start, it.end))
         if ranges:
-            candidates["slo-milp"] = _concrete(topology, cm, ranges, limits, clip,
-                                               max(time.monotonic() + 2.0, t0 + 0.85 * time_limit_s))
+            candidates[name] = _concrete(topology, cm, ranges, limits, clip,
+                                         max(time.monotonic() + 2.0, t0 + 0.8 * time_limit_s))
+    candidates["fast-spine"] = _concrete(topology, cm, _spine(topology, cm), limits, clip,
+                                         max(time.monotonic() + 2.0, t0 + 0.9 * time_limit_s))
     candidates["unconstrained"] = _concrete(topology, cm, dict(free.ranges), limits, clip,
                                             max(time.monotonic() + 2.0, deadline))
     label = max(candidates, key=lambda k: candidates[k][0])

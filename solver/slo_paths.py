@@ -125,7 +125,7 @@ class PathSearch:
         """(LP value, item duals, x) over the current columns; `fixed` pins the counts."""
         P, n_items = len(self.columns), len(self.items)
         if P == 0:
-            return 0.0, np.zeros(n_items), np.zeros(n_items)
+            return 0.0, np.zeros(n_items), np.zeros(n_items)  # x: no paths, every count zero
         a, b, c = self._matrices(clip)
         bounds = [(0, None)] * P + ([(v, v) for v in fixed] if fixed is not None else [(0, None)] * n_items)
         res = linprog(c, A_ub=a, b_ub=b, bounds=bounds, method="highs")
@@ -150,9 +150,9 @@ class PathSearch:
         return self._result(value, x, bound, converged)
 
     def _result(self, value: float, x: np.ndarray, bound: float, converged: bool) -> PathResult:
-        P = len(self.columns)
+        P = len(x) - len(self.items)  # columns of the last LP (more may have been added since)
         flows = {self.columns[p]: float(x[p]) for p in range(P) if x[p] > 1e-9}
-        counts = list(x[P:]) if len(x) > P else [0.0] * len(self.items)
+        counts = [float(v) for v in x[P:]]
         return PathResult(value, flows, counts, bound, converged)
 
     def integer_counts(self, clip: float, time_limit_s: float) -> list[int] | None:
