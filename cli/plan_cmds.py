@@ -147,7 +147,8 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
         if method != "helix":
             raise ConfigError(f"--slo-tpot-ms / --max-hops plan with the helix method, got --method {method}")
         limits = Limits(None if slo_tpot_ms is None else slo_tpot_ms / 1e3, max_hops)
-        placement = plan_slo(topo, limits, time_limit_s=time_limit, seed=seed, cost_model=CostModel(topo, workload.shape))
+        placement = plan_slo(topo, limits, time_limit_s=time_limit, seed=seed,
+                             cost_model=CostModel(topo, workload.shape))
     else:
         placement = run_plan(topo, method=method, time_limit_s=time_limit, rel_gap=gap,
                          partial_inference=not no_partial, seed=seed, cost_model=CostModel(topo, workload.shape),
@@ -161,8 +162,9 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
     _print_placement(console, topo, placement)
     if "slo" in placement.extra:
         slo = placement.extra["slo"]
-        console.print(f"SLO {slo['tpot_ms'] or '-'} ms / {slo['max_hops'] or '-'} hops: {len(placement.extra['routes'])} "
-                      f"routes, longest round trip {slo['max_round_trip_ms']:.0f} ms, most hops {slo['max_route_hops']}; "
+        console.print(f"SLO {slo['tpot_ms'] or '-'} ms / {slo['max_hops'] or '-'} hops: "
+                      f"{len(placement.extra['routes'])} routes, longest round trip {slo['max_round_trip_ms']:.0f} ms, "
+                      f"most hops {slo['max_route_hops']}; "
                       f"unconstrained max-flow {slo['unconstrained_tokens_per_s']:.1f} tokens/s")
     console.print(f"tokens/s of the {workload.name} workload: {workload.shape.describe()}")
     if out is not None:

@@ -34,8 +34,8 @@ def placement_routes(placement: Placement) -> list[tuple[tuple[Hop, ...], float]
             raise PlacementError(f"placement's extra.routes entry is malformed: {entry!r}") from None
         layer = 0
         for hop in hops:
-            if hop.node not in placement.ranges or hop.start_layer != layer or \
-                    not placement.ranges[hop.node][0] <= hop.start_layer < hop.end_layer == placement.ranges[hop.node][1]:
+            held = placement.ranges.get(hop.node)
+            if held is None or hop.start_layer != layer or not held[0] <= hop.start_layer < hop.end_layer == held[1]:
                 raise PlacementError(f"route {[h.node for h in hops]} does not fit the placement's layer ranges")
             layer = hop.end_layer
         if layer != placement.num_layers or flow <= 0:
