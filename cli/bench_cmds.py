@@ -78,6 +78,8 @@ def bench(
     concurrency: int = typer.Option(8, help="Live offline mode: requests kept in flight."),
     max_context: Optional[int] = typer.Option(None, help="Live: cap prompt+output tokens."),
     out: Optional[Path] = typer.Option(None, help="Write results.json and PNG plots here."),
+    slo_sweep: Optional[str] = typer.Option(None, help="With --simulate: plan at each round-trip SLO (ms, "
+                                                       "comma-separated), simulate each, table and PNG."),
 ) -> None:
     """Compare placements and schedulers in simulation, or measure a live deployment."""
     from helix_jax.bench.live import rates_list
@@ -96,6 +98,10 @@ def bench(
     if simulate:
         if topology is None:
             raise ConfigError("--simulate needs a TOPOLOGY file")
+        if slo_sweep is not None:
+            _sweep(console, topology, slo_sweep, mode, rate_values, duration, warmup, lengths, counts, seed, time_limit,
+                   out)
+            return
         _simulated(console, topology, _split(methods, "methods"), _split(schedulers, "schedulers"), mode,
                    rate_values, duration if duration is not None else 600.0,
                    warmup if warmup is not None else 120.0, lengths, counts, seed, time_limit, placement,
@@ -104,6 +110,21 @@ def bench(
         _live(console, endpoint, mode, rate_values, duration if duration is not None else 60.0,
               warmup if warmup is not None else 10.0, lengths, counts, seed, concurrency, max_context,
               slo_ttft_ms, slo_tpot_ms, out)
+
+
+def _sweep(console, topology_path, text, mode, rate_values, duration, warmup, lengths, counts, seed, time_limit,
+           out) -> None:
+    from helix_jax.cli.slo_sweep import parse_limits, run_sweep
+    from helix_jax.costmodel import CostModel
+    from helix_jax.sim import SimConfig
+    from helix_jax.topology import load_topology
+
+    limits_ms = parse_limits(text)
+    topo = load_topology(topology_path)
+    base = SimConfig(mode=mode, duration_s=duration if duration is not None else 600.0,
+                     warmup_s=warmup if warmup is not None else 120.0,
+                     rate_per_s=rate_values[0] if rate_values else None, arrival_counts=counts, seed=seed)
+    run_sweep(console, topo, CostModel(topo, lengths.shape), lengths, base, limits_ms, time_limit, seed, out)
 
 
 def _progress(console: Console) -> Progress:

@@ -99,6 +99,9 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
                                                   help="Plan for fixed lengths (with --output-tokens)."),
          output_tokens: int | None = typer.Option(None, "--output-tokens",
                                                   help="Plan for fixed lengths (with --prompt-tokens)."),
+         slo_tpot_ms: float | None = typer.Option(None, "--slo-tpot-ms", help="Every flow path's round trip "
+                                                  "(step times at planned load + link latencies) within this."),
+         max_hops: int | None = typer.Option(None, "--max-hops", help="Every flow path within this many hops."),
          out: Path | None = typer.Option(None, "--out", help="Write the placement JSON here."),
          as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
          shop: bool = typer.Option(False, "--shop", help="TOPOLOGY is a pool (count = available, "
@@ -137,7 +140,17 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
                  partial=not no_partial, workload=workload.shape, out=out, out_topology=out_topology,
                  as_json=as_json)
         return
-    placement = run_plan(topo, method=method, time_limit_s=time_limit, rel_gap=gap,
+    if slo_tpot_ms is not None or max_hops is not None:
+        from helix_jax.solver.slo import plan_slo
+        from helix_jax.solver.slo_model import Limits
+
+        if method != "helix":
+            raise ConfigError(f"--slo-tpot-ms / --max-hops plan with the helix method, got --method {method}")
+        limits = Limits(None if slo_tpot_ms is None else slo_tpot_ms / 1e3, max_hops)
+        placement = plan_slo(topo, limits, time_limit_s=time_limit, seed=seed,
+                             cost_model=CostModel(topo, workload.shape))
+    else:
+        placement = run_plan(topo, method=method, time_limit_s=time_limit, rel_gap=gap,
                          partial_inference=not no_partial, seed=seed, cost_model=CostModel(topo, workload.shape),
                          region_windows=None if regions == "auto" else regions == "windows")
     if out is not None:
@@ -147,6 +160,12 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
         return
     console = Console()
     _print_placement(console, topo, placement)
+    if "slo" in placement.extra:
+        slo = placement.extra["slo"]
+        console.print(f"SLO {slo['tpot_ms'] or '-'} ms / {slo['max_hops'] or '-'} hops: "
+                      f"{len(placement.extra['routes'])} routes, longest round trip {slo['max_round_trip_ms']:.0f} ms, "
+                      f"most hops {slo['max_route_hops']}; "
+                      f"unconstrained max-flow {slo['unconstrained_tokens_per_s']:.1f} tokens/s")
     console.print(f"tokens/s of the {workload.name} workload: {workload.shape.describe()}")
     if out is not None:
         console.print(f"placement written to {out}")

@@ -46,6 +46,11 @@ def placement_for(topology: Topology, placement_path: Path | None, time_limit_s:
         raise ConfigError(f"placement {placement_path} covers {loaded.num_layers} layers, the topology's "
                           f"model has {topology.model.num_layers}")
     cost_model = CostModel(topology, workload or WorkloadShape.recorded_in(loaded))
+    if loaded.extra.get("routes"):  # an SLO placement: its flows are its routes' (solver/slo.py)
+        from helix_jax.placement import validate_placement
+
+        validate_placement(loaded, topology, CostModel(topology, WorkloadShape.recorded_in(loaded)))
+        return loaded
     return placement_with_flows(topology, cost_model, dict(loaded.ranges), loaded.method,
                                 loaded.partial_inference, allowed_edges=kept_hand_offs(loaded))
 

@@ -5,7 +5,8 @@ method, the throughput (true max-flow, decode tokens/s), the proven upper bound,
 solve time; then helix's gap at each time limit; then helix against the best baseline and
 Petals; then the shop (issue 20): for each target max-flow of LLaMA-2-70B, the least cost
 per hour of a mix from `topologies/shop-llama2-70b.json`, its proven lower bound and the
-cheapest single-type cluster. Figures, not assertions: speed depends on the machine (note its
+cheapest single-type cluster; then the latency SLO frontier of single-region-24 (`plan_slo` at
+each `--slo-limits` round trip). Figures, not assertions: speed depends on the machine (note its
 cores and load).
 
 Sits at the end of the planner's data flow: topology -> cost model -> plan(...) -> table.
@@ -128,6 +129,22 @@ def run_shop(targets: list[float], time_limit_s: float, console: Console) -> lis
     return rows
 
 
+def run_slo(limits_ms: list[float], time_limit_s: float, console: Console) -> list[dict]:
+    """SLO frontier rows (issue 20, part 2): single-region-24 planned at each round-trip limit."""
+    from helix_jax.solver.slo import plan_slo
+    from helix_jax.solver.slo_model import Limits
+
+    topo = load_topology(REPO_TOPOLOGIES / "single-region-24-llama2-70b.json")
+    rows = []
+    for ms in limits_ms:
+        p = plan_slo(topo, Limits(tpot_s=ms / 1e3), time_limit_s=time_limit_s, cost_model=CostModel(topo))
+        rows.append({**_row(topo.name, f"slo-{ms:g}ms", p, time_limit_s, True), "slo_tpot_ms": ms,
+                     "max_round_trip_ms": p.extra["slo"]["max_round_trip_ms"], "source": p.extra["source"]})
+        console.log(f"slo {ms:g} ms: {p.objective_tokens_per_s:.1f} tok/s (bound {p.upper_bound_tokens_per_s:.1f}, "
+                    f"longest round trip {p.extra['slo']['max_round_trip_ms']:.0f} ms, {p.solve_seconds:.0f} s)")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--topologies", nargs="*", default=list(DEFAULT_TOPOLOGIES),
@@ -137,6 +154,8 @@ def main() -> None:
     parser.add_argument("--shop-targets", default="100,250,500,750,1000",
                         help="shop targets in tokens/s, comma-separated, or none")
     parser.add_argument("--shop-time-limit", type=float, default=40.0, help="seconds per shop target")
+    parser.add_argument("--slo-limits", default="1300,1500,2000",
+                        help="SLO frontier of single-region-24: round-trip limits in ms, comma-separated, or none")
     parser.add_argument("--json-out", type=Path, default=None, help="write all rows to this JSON file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -148,6 +167,8 @@ def main() -> None:
         print_tables(rows, console)
     if args.shop_targets != "none":
         rows += run_shop([float(x) for x in args.shop_targets.split(",")], args.shop_time_limit, console)
+    if args.slo_limits != "none":
+        rows += run_slo([float(x) for x in args.slo_limits.split(",")], 60.0, console)
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -33,6 +33,7 @@ from helix_jax.errors import ConfigError, OverloadedError, RequestError
 from helix_jax.placement import Hop, Placement
 from helix_jax.topology import COORDINATOR
 
+from helix_jax.scheduler.fixed_routes import FixedRoutes, placement_routes
 from helix_jax.scheduler.kv_ledger import KVLedger
 from helix_jax.scheduler.policies import RoutePolicy, policy_class
 from helix_jax.scheduler.route_graph import RouteGraph
@@ -81,6 +82,8 @@ class Scheduler:
         self._releases = 0  # bumped on every release: a blocked head is retried only after one
         self._blocked: tuple[str, int] | None = None
         self._down: set[str] = set()
+        routes = placement_routes(placement) if cls.flow_edges_only else None
+        self._fixed = FixedRoutes(routes) if routes else None  # SLO placements: whole routes only
 
     # ---- state ----
     @property
@@ -153,6 +156,8 @@ class Scheduler:
         work = float(spec.prompt_tokens)
         dead: set[tuple[str, int]] = set()
         path: list[Hop] = []
+        if self._fixed is not None:
+            return self._fixed.find(work, lambda h: ledger.can_reserve(h.node, tokens * h.num_layers), down)
 
         def walk(src: str, layer: int) -> bool:
             for dst in policy.order(src, graph.successors(src), work):
@@ -181,6 +186,8 @@ class Scheduler:
         self.policy.on_admit(edges, float(spec.prompt_tokens))
         for hop in route:
             self._node_in_flight[hop.node] += 1
+        if self._fixed is not None:
+            self._fixed.add(route, float(spec.prompt_tokens))
         admission = Admission(spec.request_id, route, spec)
         self._in_flight[spec.request_id] = _InFlight(admission, edges)
         log.debug("admitted %s via %s", spec.request_id, [h.node for h in route])
@@ -192,6 +199,8 @@ class Scheduler:
         if entry is None:
             raise RequestError(f"request {request_id!r} is not in flight")
         self.policy.on_decode(entry.edges, tokens)
+        if self._fixed is not None:
+            self._fixed.add(entry.admission.route, float(tokens))
 
     def on_hop_latency(self, node: str, seconds: float) -> None:
         self.policy.on_hop_latency(node, seconds)

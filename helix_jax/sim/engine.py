@@ -58,7 +58,8 @@ class Simulator:
         for name, (start, end) in sorted(placement.ranges.items()):
             gpu = topo.node(name).gpu
             held = end - start
-            budgets[name] = cost_model.kv_budget_token_layers(gpu, held)
+            share = float(placement.extra.get("kv_fraction", {}).get(name, 1.0))  # SLO plans: planned load
+            budgets[name] = int(share * cost_model.kv_budget_token_layers(gpu, held))
             self.nodes[name] = SimNode(name, end, cost_model.max_prompt_tokens_per_step(gpu),
                                        cost_model.max_decode_batch(gpu, held),
                                        functools.partial(cost_model.layer_step_seconds, gpu))
