@@ -52,16 +52,23 @@ def placement_for(topology: Topology, placement_path: Path | None, time_limit_s:
 
 def serve_config(topology_path: Path | None, placement_path: Path | None, model: str | None, emulate: bool,
                  time_scale: float, host: str, port: int, kv_tokens: int | None, max_seq_len: int,
-                 plan_time_s: float, heartbeat_timeout_s: float = 10.0) -> tuple[Any, Any]:
-    """(ServeConfig, tokenizer) of a deployment, planning it if needed."""
+                 plan_time_s: float, heartbeat_timeout_s: float = 10.0, secure: bool = False) -> tuple[Any, Any]:
+    """(ServeConfig, tokenizer) of a deployment, planning it if needed; with `secure`, fresh
+    CURVE keys for it (else plain TCP, refused unless every endpoint is on loopback)."""
     from helix_jax.model.tokenizer import load_tokenizer
     from helix_jax.model.weights import default_weights_source
     from helix_jax.modelconfig import is_tiny, resolve_model
     from helix_jax.runtime.coordinator import ServeConfig
     from helix_jax.runtime.emulation import EmulationSpec
+    from helix_jax.runtime.deploy import is_local_host
+    from helix_jax.runtime.security import DeploymentKeys, check_insecure
     from helix_jax.solver.maxflow import survivor_flows
 
     topology = load_topology(topology_path or default_topology_path())
+    if not secure:  # before planning: one clear error, nothing started
+        # local workers bind 127.0.0.1; a node on another host needs a non-loopback endpoint
+        check_insecure({"--host": host, **{f"node {n.name}": n.host for n in topology.nodes
+                                           if not is_local_host(n.host)}})
     if not time_scale > 0:
         raise ConfigError(f"--time-scale must be positive, got {time_scale}")
     if not heartbeat_timeout_s > 0:
@@ -77,12 +84,13 @@ def serve_config(topology_path: Path | None, placement_path: Path | None, model:
         raise ConfigError(f"{exc}; or emulate the cluster with random weights: --emulate --model "
                           f"tiny-{config.num_layers}") from None
     placement = placement_for(topology, placement_path, plan_time_s)
+    keys = DeploymentKeys.generate(placement.ranges) if secure else None
     emulation = EmulationSpec.for_topology(topology, time_scale) if emulate else None
     cfg = ServeConfig(topology, placement, config, weights=weights, host=host, client_port=port,
                       emulation=emulation, kv_tokens=kv_tokens,
                       max_seq_len=min(max_seq_len, config.max_position_embeddings),
                       heartbeat_timeout_s=heartbeat_timeout_s,
-                      flow_planner=functools.partial(survivor_flows, topology, placement))
+                      flow_planner=functools.partial(survivor_flows, topology, placement), keys=keys)
     return cfg, load_tokenizer(config, None if weights.startswith("random:") else weights)
 
 
@@ -121,7 +129,11 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
                                                              "taken out of service and its requests move on."),
            restart_workers: int = typer.Option(3, help="Restarts of a crashed local worker per node "
                                                        "(0: none); the replacement rejoins once warm."),
-           log_dir: Path = typer.Option(None, help="Where worker logs go (default: a temp dir)."),
+           log_dir: Path = typer.Option(None, help="Where worker logs go (default: STATE_DIR/logs)."),
+           state_dir: Path = typer.Option(None, help="Holds connection.json, deployment.json and the workers' "
+                                                     "keys (default: ~/.cache/helix-jax/deployments/NAME)."),
+           insecure: bool = typer.Option(False, "--insecure", help="Turn CURVE off (plain TCP): allowed only "
+                                                                   "when every endpoint is on loopback."),
            http_port: int = typer.Option(8000, help="Port of the OpenAI-compatible HTTP API (0: a free port)."),
            http_host: str = typer.Option("127.0.0.1", help="Address the HTTP API listens on."),
            no_http: bool = typer.Option(False, "--no-http", help="Serve the ZeroMQ client socket only."),
@@ -142,17 +154,21 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
         check_http_options(http_port, shutdown_timeout)
         sock = bind_socket(http_host, http_port)
     cfg, codec = serve_config(topology, placement, model, emulate, time_scale, host, port, kv_tokens,
-                              max_seq_len, plan_time, heartbeat_timeout)
+                              max_seq_len, plan_time, heartbeat_timeout, secure=not insecure)
     print_placement(cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
-    with LocalDeployment(cfg, codec, log_dir, restart_workers=restart_workers > 0,
-                         max_restarts=restart_workers) as dep:
+    state = Path(state_dir or Path.home() / ".cache" / "helix-jax" / "deployments" / cfg.topology.name)
+    with LocalDeployment(cfg, codec, log_dir or state / "logs", restart_workers=restart_workers > 0,
+                         max_restarts=restart_workers, state_dir=state) as dep:
         for line in dep.remote_commands():
             console.print(f"run on its host: [bold]{line}[/]")
         with console.status(f"warming up {len(dep.workers)} local worker(s) (logs in {dep.log_dir})"):
             dep.wait_ready()
         console.print(f"serving {cfg.model.name}: client endpoint [bold]{dep.client_endpoint}[/]  (Ctrl-C stops)")
-        console.print(f"try: helix-jax generate --endpoint {dep.client_endpoint} --prompt 'Hello' --stream")
-        front = start_http(dep.client_endpoint, codec, sock, api_key) if sock is not None else None
+        console.print(f"connection file: {dep.connection_file}", soft_wrap=True)
+        console.print(f"try: helix-jax generate --connection {dep.connection_file} --prompt 'Hello' --stream",
+                      soft_wrap=True)
+        client_keys = cfg.keys.client() if cfg.keys is not None else None
+        front = start_http(dep.client_endpoint, codec, sock, api_key, keys=client_keys) if sock is not None else None
         _wait_for_signal()
         if front is not None:
             drain_http(front, shutdown_timeout)
@@ -164,6 +180,8 @@ def worker(coordinator: str = typer.Option(..., help="Coordinator control endpoi
            node: str = typer.Option(..., help="Node name in the topology."),
            bind_host: str = typer.Option("127.0.0.1", help="Address the data socket binds (0.0.0.0 for remote peers)."),
            advertise_host: str = typer.Option(None, help="Address other nodes use to reach this one."),
+           keys: Path = typer.Option(None, help="The node's CURVE keys file (written by deploy, mode 0600); "
+                                                "without it the worker speaks plain TCP, on loopback only."),
            parent_pid: int = typer.Option(None, hidden=True, help="Exit when this process dies.")) -> None:
     """Join a deployment: register, load and warm up the assigned layers, then serve."""
     logging.getLogger().setLevel(os.environ.get("HELIX_LOG", "INFO").upper())
@@ -172,9 +190,11 @@ def worker(coordinator: str = typer.Option(..., help="Coordinator control endpoi
     if cache != "off":
         os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    from helix_jax.runtime.security import WorkerKeys
     from helix_jax.runtime.worker import WorkerOptions, run_worker
 
-    code = run_worker(WorkerOptions(coordinator, node, bind_host, advertise_host, parent_pid))
+    worker_keys = WorkerKeys.read(keys) if keys is not None else None
+    code = run_worker(WorkerOptions(coordinator, node, bind_host, advertise_host, parent_pid, worker_keys))
     raise typer.Exit(code)
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from helix_jax.errors import HelixError
 from helix_jax.runtime.coordinator import Coordinator, ServeConfig
+from helix_jax.runtime.security import write_connection_file
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,11 @@ def is_local_host(host: str | None) -> bool:
         return False
 
 
-def worker_command(control_endpoint: str, node: str, parent_pid: int | None = None) -> list[str]:
+def worker_command(control_endpoint: str, node: str, parent_pid: int | None = None,
+                   keys_file: Path | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "helix_jax.cli.main", "worker", "--coordinator", control_endpoint, "--node", node]
+    if keys_file is not None:
+        cmd += ["--keys", str(keys_file)]
     if parent_pid is not None:
         cmd += ["--parent-pid", str(parent_pid)]
     return cmd
@@ -69,11 +73,12 @@ class LocalDeployment:
 
     def __init__(self, config: ServeConfig, codec: Any, log_dir: str | Path | None = None,
                  worker_env: dict[str, str] | None = None, restart_workers: bool = False,
-                 max_restarts: int = 3) -> None:
+                 max_restarts: int = 3, state_dir: str | Path | None = None) -> None:
         self.config, self.codec = config, codec
         self.restart_workers, self.max_restarts = restart_workers, max_restarts
         self.restarts: dict[str, int] = {}
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="helix-deploy-"))
+        self.state_dir = Path(state_dir) if state_dir is not None else self.log_dir  # keys, connection.json
         self.worker_env = worker_env or {}
         self.coordinator: Coordinator | None = None
         self._thread: threading.Thread | None = None
@@ -92,7 +97,19 @@ class LocalDeployment:
         """`helix-jax worker ...` lines to run on the other hosts."""
         assert self.coordinator is not None
         endpoint = self.coordinator.control_endpoint
-        return [f"helix-jax worker --coordinator {endpoint} --node {node}" for node in self.remote_nodes]
+        return [" ".join(["helix-jax", *worker_command(endpoint, node, None, self.keys_file(node))[3:]])
+                for node in self.remote_nodes]
+
+    def keys_file(self, node: str) -> Path | None:
+        """The node's private keys file (mode 0600; written by `start()`), None without CURVE."""
+        if self.config.keys is None:
+            return None
+        return self.state_dir / "keys" / f"{node}.json"
+
+    @property
+    def connection_file(self) -> Path:
+        """connection.json (mode 0600): client endpoint and, with CURVE, the server key and a client keypair."""
+        return self.state_dir / "connection.json"
 
     # ---- lifecycle
     def start(self) -> "LocalDeployment":
@@ -101,6 +118,11 @@ class LocalDeployment:
         self._thread = threading.Thread(target=self.coordinator.run, name="helix-coordinator", daemon=True)
         self._thread.start()
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        write_connection_file(self.connection_file, self.coordinator.client_endpoint,
+                              cfg.keys.client() if cfg.keys is not None else None)
+        if cfg.keys is not None:
+            for node in cfg.placement.ranges:
+                cfg.keys.worker(node).write(self.keys_file(node))
         for node in sorted(cfg.placement.ranges):
             if not is_local_host(cfg.topology.node(node).host):
                 self.remote_nodes.append(node)
@@ -113,7 +135,8 @@ class LocalDeployment:
         assert self.coordinator is not None
         env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"), **self.worker_env}
         with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(worker_command(self.coordinator.control_endpoint, node, os.getpid()),
+            proc = subprocess.Popen(worker_command(self.coordinator.control_endpoint, node, os.getpid(),
+                                                   self.keys_file(node)),
                                     stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         worker = WorkerProcess(node, proc, log_path)
         self.workers.append(worker)

@@ -89,7 +89,8 @@ SCHEMAS: dict[str, Schema] = {
     "assign": _s({"node": str, "start_layer": int, "end_layer": int, "model": dict,
                   "neighbours": dict, "coordinator_data": str, "max_seq_len": int},
                  {"weights": _OPT_STR, "emulate": (dict, type(None)), "kv_tokens": (int, type(None)),
-                  "max_batch": (int, type(None)), "seed": int}),
+                  "max_batch": (int, type(None)), "seed": int,
+                  "upstream": list}),  # CURVE on: the nodes that may hand off to this one
     "ready": _s({"node": str, "kv_capacity_token_layers": int, "warmup_s": _NUM}),
     "failed": _s({"node": str, "message": str}),
     "heartbeat": _s({"node": str}, {"mean_step_s": _NUM}),  # mean batch time since the last one
@@ -110,6 +111,7 @@ class Message:
     kind: str
     fields: Mapping[str, Any]
     arrays: tuple[np.ndarray, ...] = ()
+    sender: str | None = None  # the peer's CURVE public key (z85) on a secured socket; else None
 
     def __getitem__(self, name: str) -> Any:
         return self.fields[name]
@@ -173,7 +175,7 @@ def encode(msg: Message) -> list[Any]:
     return [header, *(a.reshape(-1).view(np.uint8) for a in arrays)]
 
 
-def decode(frames: Sequence[Any]) -> Message:
+def decode(frames: Sequence[Any], sender: str | None = None) -> Message:
     """Parse frames (bytes, memoryviews or zmq.Frame) into a validated Message."""
     if not frames:
         raise ProtocolError("empty message")
@@ -198,7 +200,7 @@ def decode(frames: Sequence[Any]) -> Message:
         raise ProtocolError(f"{kind}: header lists {len(meta)} array(s) but {len(frames) - 1} frame(s) follow")
     _check_fields(kind, fields, len(meta))
     arrays = tuple(_array(kind, entry, frames[i + 1]) for i, entry in enumerate(meta))
-    return Message(kind, fields, arrays)
+    return Message(kind, fields, arrays, sender)
 
 
 def _buffer(frame: Any) -> memoryview:
@@ -232,9 +234,11 @@ def send(sock: zmq.Socket, msg: Message, identity: bytes | None = None) -> None:
     sock.send_multipart(frames, copy=False)
 
 
-def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK) -> tuple[bytes | None, Message]:
+def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK,
+         secure: bool = False) -> tuple[bytes | None, Message]:
     """Receive one message (by default without blocking: zmq.Again when none is waiting);
-    with `routed` the first frame is the peer identity.
+    with `routed` the first frame is the peer identity; with `secure` (a CURVE server socket)
+    `Message.sender` is the public key the ZAP handler admitted the peer with.
 
     Raises ProtocolError (the identity, when known, is in `.identity`) for a bad message;
     the message has already been consumed, so the caller just logs and continues.
@@ -246,8 +250,14 @@ def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK) -> tu
     if routed:
         identity = bytes(frames[0].buffer)
         frames = frames[1:]
+    sender = None
+    if secure:
+        try:
+            sender = frames[-1].get("User-Id")
+        except zmq.ZMQError:  # no ZAP user id: not a CURVE peer (cannot happen on a CURVE server)
+            sender = None
     try:
-        return identity, decode(frames)
+        return identity, decode(frames, sender)
     except ProtocolError as exc:
         exc.identity = identity  # type: ignore[attr-defined]
         raise
@@ -257,7 +267,8 @@ DRAIN_LIMIT = 10_000  # messages handled per socket per poll, so one flood canno
 
 
 def drain(sock: zmq.Socket, handler: Callable[[bytes | None, Message], None], routed: bool = False,
-          on_reject: Callable[[bytes | None, Message | None, HelixError], None] | None = None) -> None:
+          on_reject: Callable[[bytes | None, Message | None, HelixError], None] | None = None,
+          secure: bool = False) -> None:
     """Handle every waiting message of `sock` (up to DRAIN_LIMIT) with `handler(identity, msg)`.
 
     A malformed message, or one whose handler raises HelixError, is logged, reported to
@@ -265,7 +276,7 @@ def drain(sock: zmq.Socket, handler: Callable[[bytes | None, Message], None], ro
     """
     for _ in range(DRAIN_LIMIT):
         try:
-            identity, msg = recv(sock, routed)
+            identity, msg = recv(sock, routed, secure=secure)
         except zmq.Again:
             return
         except ProtocolError as exc:

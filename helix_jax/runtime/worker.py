@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from helix_jax.errors import ProtocolError, RequestError
-from helix_jax.runtime import wire
+from helix_jax.errors import ConfigError, ProtocolError, RequestError
+from helix_jax.runtime import security, wire
 from helix_jax.runtime.emulation import ComputePacer, DelayedSends, EmulationSpec, LinkPacer
 from helix_jax.runtime.stage_host import StageHost
 from helix_jax.topology import COORDINATOR
@@ -61,6 +61,7 @@ class WorkerOptions:
     bind_host: str = "127.0.0.1"  # address the data socket binds ("0.0.0.0" for remote peers)
     advertise_host: str | None = None  # address peers use to reach it (default: bind_host)
     parent_pid: int | None = None  # exit when this process dies (deploy's children)
+    keys: security.WorkerKeys | None = None  # CURVE keys (--keys FILE); None: plain TCP, loopback only
 
 
 @dataclasses.dataclass
@@ -75,10 +76,29 @@ class Worker:
 
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
-        self._ctx = zmq.Context.instance()
+        keys = self.keys = options.keys
+        self._ctx = zmq.Context()  # its own: its ZAP handler serves this worker's data socket only
+        self._auth: security.Authenticator | None = None
         self._control = wire.configure(self._ctx.socket(zmq.DEALER))
-        self._control.connect(options.coordinator)
         self._data = wire.configure(self._ctx.socket(zmq.PULL))
+        self._public_keys: dict[str, str] = {}  # node (or COORDINATOR) -> public key, from the keys file
+        self._upstream: set[str] = {COORDINATOR}  # who may send `step` here (from `assign`)
+        if keys is None:
+            security.check_insecure({"the coordinator": security.host_of(options.coordinator),
+                                     "--bind-host": options.bind_host, "--advertise-host": options.advertise_host},
+                                    "a worker without --keys (plain TCP)")
+        else:
+            if keys.node != options.node:
+                raise ConfigError(f"the keys file is for node {keys.node!r}, not {options.node!r}")
+            self._public_keys = {**keys.peers, COORDINATOR: keys.coordinator_public}
+            self._auth = security.Authenticator(self._ctx)  # the deployment's keys; `_on_data` checks who
+            self._auth.allow(security.DATA, self._public_keys.values())
+            security.curve_client(self._control, keys.own, keys.coordinator_public)
+            security.curve_server(self._data, keys.own, security.DATA)
+        # a refused key shows up as a failed handshake, not as a message: watch for it while joining
+        self._monitor = self._control.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                                         | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        self._control.connect(options.coordinator)
         endpoint = wire.bind_free_port(self._data, options.bind_host, 0)
         port = endpoint.rsplit(":", 1)[1]
         self.data_endpoint = f"tcp://{options.advertise_host or options.bind_host}:{port}"
@@ -121,15 +141,38 @@ class Worker:
             return 0
         finally:
             time.sleep(0.05)
+            self._stop_monitor()
             for sock in (self._control, self._data, *self._push.values()):
                 sock.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
+            self._ctx.term()
+
+    def _stop_monitor(self) -> None:
+        if not self._monitor.closed:
+            self._control.disable_monitor()
+            self._monitor.close(linger=0)
 
     def _join(self) -> wire.Message | None:
+        try:
+            return self._await_assign()
+        finally:
+            self._stop_monitor()  # joined (or gave up): handshakes no longer matter
+
+    def _await_assign(self) -> wire.Message | None:
         wire.send(self._control, wire.make("register", node=self.options.node, data_endpoint=self.data_endpoint,
                                            pid=os.getpid(), host=socket.gethostname()))
         deadline = time.monotonic() + JOIN_TIMEOUT_S
+        poller = zmq.Poller()
+        poller.register(self._control, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         while time.monotonic() < deadline and self._parent_alive():
-            if not self._control.poll(1000):
+            events = dict(poller.poll(1000))
+            if self._monitor in events:
+                logger.error("coordinator %s refused the CURVE handshake of node %s: wrong keys file, or the "
+                             "deployment was restarted with new keys", self.options.coordinator, self.options.node)
+                return None
+            if self._control not in events:
                 continue
             try:
                 _, msg = wire.recv(self._control)
@@ -153,16 +196,33 @@ class Worker:
             self._links = LinkPacer(topology, self.options.node, emulation.time_scale)
         self.host = StageHost.build(assign, self._compute)
         self._endpoints = {**assign["neighbours"], COORDINATOR: assign["coordinator_data"]}
+        self._upstream.update(str(n) for n in assign.get("upstream") or ())
         for name, endpoint in self._endpoints.items():
-            push = wire.configure(self._ctx.socket(zmq.PUSH))
-            push.connect(endpoint)
-            self._push[name] = push
+            self._push[name] = self._connect_push(name, endpoint)
         warmup_s = time.perf_counter() - started
         wire.send(self._control, wire.make("ready", node=self.options.node,
                                            kv_capacity_token_layers=self.host.kv_budget_token_layers,
                                            warmup_s=warmup_s))
         logger.info("worker %s ready in %.1f s: layers [%d, %d)", self.options.node, warmup_s,
                     self.host.start_layer, self.host.end_layer)
+
+    def _connect_push(self, name: str, endpoint: str) -> zmq.Socket:
+        push = wire.configure(self._ctx.socket(zmq.PUSH))
+        if self.keys is not None:
+            if name not in self._public_keys:
+                raise ProtocolError(f"the keys file has no public key for {name!r}")
+            security.curve_client(push, self.keys.own, self._public_keys[name])
+        push.connect(endpoint)
+        return push
+
+    def _sender_node(self, msg: wire.Message) -> str | None:
+        """The node (or COORDINATOR) whose key signed `msg`; None when CURVE is off."""
+        if self.keys is None:
+            return None
+        for name, key in self._public_keys.items():
+            if key == msg.sender:
+                return name
+        return f"unknown key {str(msg.sender)[:8]}"
 
     def _parent_alive(self) -> bool:
         return self.options.parent_pid is None or os.getppid() == self.options.parent_pid
@@ -188,7 +248,7 @@ class Worker:
             if self._control in events:
                 wire.drain(self._control, lambda _i, m: self._on_control(m))
             if self._data in events:
-                wire.drain(self._data, lambda _i, m: self._on_data(m))
+                wire.drain(self._data, lambda _i, m: self._on_data(m), secure=self.keys is not None)
             self._release_held()
             self._timers.fire(time.perf_counter(), self._push_now)
             if self._waiting and not self._held:
@@ -210,16 +270,17 @@ class Worker:
             self._running = False
         elif msg.kind == "peer" and msg["node"] in self._push:  # a neighbour rejoined elsewhere
             self._push.pop(msg["node"]).close(linger=0)
-            push = wire.configure(self._ctx.socket(zmq.PUSH))
-            push.connect(msg["data_endpoint"])
-            self._push[msg["node"]] = push
+            self._push[msg["node"]] = self._connect_push(msg["node"], msg["data_endpoint"])
             logger.info("worker %s: neighbour %s now at %s", self.options.node, msg["node"], msg["data_endpoint"])
         else:
             raise ProtocolError(f"unexpected {msg.kind!r} on the control socket")
 
     def _on_data(self, msg: wire.Message) -> None:
         assert self.host is not None
+        sender = self._sender_node(msg)
         if msg.kind == "free":
+            if sender not in (None, COORDINATOR):
+                raise ProtocolError(f"free of {msg['request_id']} from {sender}, not the coordinator: dropped")
             rid = msg["request_id"]
             self._waiting.pop(rid, None)
             self.host.release(rid)
@@ -231,6 +292,15 @@ class Worker:
             raise ProtocolError(f"unexpected {msg.kind!r} on the data socket")
         if msg["request_id"] in self._freed:
             return
+        if sender is not None:  # hop 0 comes from the coordinator, hop h from the route's hop h-1
+            hop, route = msg["hop"], msg["route"]
+            expected = COORDINATOR if hop == 0 else (route[hop - 1][0] if 0 < hop <= len(route)
+                                                     and isinstance(route[hop - 1], list) and route[hop - 1] else None)
+            if sender not in self._upstream:
+                raise ProtocolError(f"step {hop} of {msg['request_id']} from {sender}, which does not hand off "
+                                    f"to {self.options.node}: dropped")
+            if sender != expected:
+                raise ProtocolError(f"step {hop} of {msg['request_id']} from {sender}, expected {expected}: dropped")
         item = self.host.step_input(msg, self.options.node)  # ProtocolError/RequestError if bad
         self._waiting.setdefault(msg["request_id"], collections.deque()).append(
             _Pending(item, msg, item[0].num_tokens))
