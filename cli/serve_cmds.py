@@ -1,5 +1,6 @@
-"""Serving commands: `deploy` (plan + coordinator + local workers), `worker` (join from another
-host) and `demo` (the README's first command). The planner is called here, in the CLI layer;
+"""Serving commands: the deploy configuration (validate, plan: `serve_config`; the `deploy`
+command itself is cli/deploy_cmd.py), `worker` (join from another host) and `demo` (the
+README's first command). The planner is called here, in the CLI layer;
 everything else is `helix_jax.runtime` (deploy.py, coordinator.py, worker.py)."""
 
 from __future__ import annotations
@@ -55,14 +56,18 @@ def serve_config(topology_path: Path | None, placement_path: Path | None, model:
                  plan_time_s: float, heartbeat_timeout_s: float = 10.0, secure: bool = False) -> tuple[Any, Any]:
     """(ServeConfig, tokenizer) of a deployment, planning it if needed; with `secure`, fresh
     CURVE keys for it (else plain TCP, refused unless every endpoint is on loopback)."""
-    from helix_jax.model.tokenizer import load_tokenizer
+    checked = validate_deploy(topology_path, model, time_scale, host, heartbeat_timeout_s, secure)
+    return planned_config(checked, placement_path, emulate, time_scale, host, port, kv_tokens, max_seq_len,
+                          plan_time_s, heartbeat_timeout_s, secure)
+
+
+def validate_deploy(topology_path: Path | None, model: str | None, time_scale: float, host: str,
+                    heartbeat_timeout_s: float, secure: bool) -> tuple[Any, Any, str]:
+    """The deploy workflow's first step: (topology, model config, weights source), or ConfigError."""
     from helix_jax.model.weights import default_weights_source
-    from helix_jax.modelconfig import is_tiny, resolve_model
-    from helix_jax.runtime.coordinator import ServeConfig
-    from helix_jax.runtime.emulation import EmulationSpec
+    from helix_jax.modelconfig import resolve_model
     from helix_jax.runtime.deploy import is_local_host
-    from helix_jax.runtime.security import DeploymentKeys, check_insecure
-    from helix_jax.solver.maxflow import survivor_flows
+    from helix_jax.runtime.security import check_insecure
 
     topology = load_topology(topology_path or default_topology_path())
     if not secure:  # before planning: one clear error, nothing started
@@ -83,6 +88,20 @@ def serve_config(topology_path: Path | None, placement_path: Path | None, model:
     except CheckpointError as exc:
         raise ConfigError(f"{exc}; or emulate the cluster with random weights: --emulate --model "
                           f"tiny-{config.num_layers}") from None
+    return topology, config, weights
+
+
+def planned_config(checked: tuple[Any, Any, str], placement_path: Path | None, emulate: bool, time_scale: float,
+                   host: str, port: int, kv_tokens: int | None, max_seq_len: int, plan_time_s: float,
+                   heartbeat_timeout_s: float, secure: bool) -> tuple[Any, Any]:
+    """The plan step: the placement (planned or loaded), keys, (ServeConfig, tokenizer)."""
+    from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.runtime.coordinator import ServeConfig
+    from helix_jax.runtime.emulation import EmulationSpec
+    from helix_jax.runtime.security import DeploymentKeys
+    from helix_jax.solver.maxflow import survivor_flows
+
+    topology, config, weights = checked
     placement = placement_for(topology, placement_path, plan_time_s)
     keys = DeploymentKeys.generate(placement.ranges) if secure else None
     emulation = EmulationSpec.for_topology(topology, time_scale) if emulate else None
@@ -104,76 +123,6 @@ def print_placement(placement: Any, topology: Topology, title: str) -> None:
     bound = placement.upper_bound_tokens_per_s
     console.print(f"max-flow {placement.objective_tokens_per_s:.1f} tokens/s ({placement.method}, "
                   f"{placement.status}{f', bound {bound:.1f}' if bound else ''}, {placement.solve_seconds:.1f} s)")
-
-
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
-
-
-def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: the shipped small CPU cluster)."),
-           placement: Path = typer.Option(None, help="Placement JSON to serve (default: plan now)."),
-           model: str = typer.Option(None, help="Model the workers compute: preset or checkpoint dir "
-                                                "(default: the topology's model)."),
-           emulate: bool = typer.Option(False, help="Pace steps and links to the topology's GPUs and model."),
-           time_scale: float = typer.Option(1.0, help="With --emulate: run everything N times slower."),
-           port: int = typer.Option(0, help="Client port (0: a free port)."),
-           host: str = typer.Option("127.0.0.1", help="Address the coordinator binds and advertises."),
-           kv_tokens: int = typer.Option(None, help="KV cache tokens per worker (default: 32 sequences)."),
-           max_seq_len: int = typer.Option(512, help="Longest prompt + output, in tokens."),
-           plan_time: float = typer.Option(10.0, help="Planner time limit in seconds."),
-           heartbeat_timeout: float = typer.Option(10.0, help="Seconds of silence after which a worker is "
-                                                             "taken out of service and its requests move on."),
-           restart_workers: int = typer.Option(3, help="Restarts of a crashed local worker per node "
-                                                       "(0: none); the replacement rejoins once warm."),
-           log_dir: Path = typer.Option(None, help="Where worker logs go (default: STATE_DIR/logs)."),
-           state_dir: Path = typer.Option(None, help="Holds connection.json, deployment.json and the workers' "
-                                                     "keys (default: ~/.cache/helix-jax/deployments/NAME)."),
-           insecure: bool = typer.Option(False, "--insecure", help="Turn CURVE off (plain TCP): allowed only "
-                                                                   "when every endpoint is on loopback."),
-           http_port: int = typer.Option(8000, help="Port of the OpenAI-compatible HTTP API (0: a free port)."),
-           http_host: str = typer.Option("127.0.0.1", help="Address the HTTP API listens on."),
-           no_http: bool = typer.Option(False, "--no-http", help="Serve the ZeroMQ client socket only."),
-           api_key: str = typer.Option(None, envvar="HELIX_API_KEY",
-                                       help="Require 'Authorization: Bearer KEY' on /v1 (env HELIX_API_KEY)."),
-           shutdown_timeout: float = typer.Option(30.0, help="On SIGTERM/Ctrl-C: seconds HTTP requests in "
-                                                             "flight may finish before they are cancelled.")) -> None:
-    """Plan, start the coordinator, the local workers and the HTTP API, and serve until Ctrl-C."""
-    from helix_jax.cli.http_cmds import check_http_options, drain_http, start_http
-    from helix_jax.runtime.deploy import LocalDeployment
-
-    if restart_workers < 0:  # checked before planning and deploying anything
-        raise ConfigError(f"--restart-workers must be >= 0, got {restart_workers}")
-    sock = None
-    if not no_http:  # bound first: a busy port fails before anything starts
-        from helix_jax.http.server import bind_socket
-
-        check_http_options(http_port, shutdown_timeout)
-        sock = bind_socket(http_host, http_port)
-    cfg, codec = serve_config(topology, placement, model, emulate, time_scale, host, port, kv_tokens,
-                              max_seq_len, plan_time, heartbeat_timeout, secure=not insecure)
-    print_placement(cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
-    state = Path(state_dir or Path.home() / ".cache" / "helix-jax" / "deployments" / cfg.topology.name)
-    with LocalDeployment(cfg, codec, log_dir or state / "logs", restart_workers=restart_workers > 0,
-                         max_restarts=restart_workers, state_dir=state) as dep:
-        for line in dep.remote_commands():
-            console.print(f"run on its host: [bold]{line}[/]")
-        with console.status(f"warming up {len(dep.workers)} local worker(s) (logs in {dep.log_dir})"):
-            dep.wait_ready()
-        console.print(f"serving {cfg.model.name}: client endpoint [bold]{dep.client_endpoint}[/]  (Ctrl-C stops)")
-        console.print(f"connection file: {dep.connection_file}", soft_wrap=True)
-        console.print(f"try: helix-jax generate --connection {dep.connection_file} --prompt 'Hello' --stream",
-                      soft_wrap=True)
-        client_keys = cfg.keys.client() if cfg.keys is not None else None
-        front = start_http(dep.client_endpoint, codec, sock, api_key, keys=client_keys) if sock is not None else None
-        _wait_for_signal()
-        if front is not None:
-            drain_http(front, shutdown_timeout)
-        console.print("shutting down")
-    console.print("stopped")
 
 
 def worker(coordinator: str = typer.Option(..., help="Coordinator control endpoint, tcp://HOST:PORT."),
@@ -250,6 +199,8 @@ def demo(requests: int = typer.Option(4, help="Questions to send through the dep
 
 
 def register(app: typer.Typer) -> None:
+    from helix_jax.cli.deploy_cmd import deploy
+
     app.command()(deploy)
     app.command()(worker)
     app.command()(demo)

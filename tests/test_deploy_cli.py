@@ -75,6 +75,7 @@ def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:
     dep = Deploy([str(ROOT / "topologies" / "cpu-tiny.json"), "--plan-time", "5",
                   "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state")])
     try:
+        url = dep.wait_for(r"HTTP API: (http://\S+)/v1")
         endpoint = dep.wait_for(r"client endpoint (tcp://\S+)")
         connection = dep.wait_for(r"connection file: (\S+)")
         assert connection == str(tmp_path / "state" / "connection.json")
@@ -86,7 +87,6 @@ def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:
             assert len(res.ids) == 6 and res.finish_reason == "length"
             assert res.route[0][1] == 0 and res.route[-1][2] == 8  # every answer crossed all 8 layers
         # the in-process HTTP front end reaches the CURVE coordinator with the client keypair
-        url = dep.wait_for(r"HTTP API: (http://\S+)/v1")
         reply = httpx.post(f"{url}/v1/completions", json={"model": "tiny-8", "prompt": [256, 72, 105],
                                                           "max_tokens": 4, "temperature": 0}, timeout=120)
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 4, reply.text

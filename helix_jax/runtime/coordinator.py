@@ -131,13 +131,23 @@ class Coordinator:
                 self._auth.allow(domain, (k.public for k in keys.nodes.values()))
                 security.curve_server(sock, keys.coordinator, domain)
             security.curve_server(self._client, keys.coordinator, security.CLIENT)
-        self.client_endpoint = wire.bind_free_port(self._client, host, config.client_port)
-        self.control_endpoint = wire.bind_free_port(self._control, host, config.control_port)
-        self.data_endpoint = wire.bind_free_port(self._data, host, 0)
+        try:
+            self.client_endpoint = wire.bind_free_port(self._client, host, config.client_port)
+            self.control_endpoint = wire.bind_free_port(self._control, host, config.control_port)
+            self.data_endpoint = wire.bind_free_port(self._data, host, 0)
+        except zmq.ZMQError:  # e.g. a port in use: release everything before the caller reports it
+            for sock in (self._client, self._control, self._data):
+                sock.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
+            self._ctx.term()
+            raise
         self._wake_r, self._wake_w = os.pipe()
         self._stopping = False
         self.ready_event = threading.Event()
         self.failure: str | None = None
+        self.failed_node: tuple[str, str, str] | None = None  # (node, phase, message) of a start-up failure
+        self.phases: dict[str, tuple[str, float]] = {}  # node -> (registered|load|compile|ready, since)
         self._identities: dict[str, bytes] = {}  # node -> control identity
         self._data_endpoints: dict[str, str] = {}
         self._push: dict[str, zmq.Socket] = {}
@@ -334,6 +344,7 @@ class Coordinator:
             push.connect(msg["data_endpoint"])
             self._push[node] = push
             logger.info("worker %s registered (pid %s on %s)", node, msg["pid"], msg["host"])
+            self.phases[node] = ("registered", time.monotonic())
             if rejoin:
                 self._rejoining.add(node)
                 self._assign(node)
@@ -343,7 +354,10 @@ class Coordinator:
                                   self._identities[peer])
             elif len(self._identities) == len(self.nodes):
                 self._assign_all()
+        elif msg.kind == "progress" and self._identities.get(node) == identity:
+            self.phases[node] = (msg["phase"], time.monotonic())
         elif msg.kind == "ready" and self._identities.get(node) == identity:
+            self.phases[node] = ("ready", time.monotonic())
             self._budgets[node] = msg["kv_capacity_token_layers"]
             self.warmup_s[node] = float(msg["warmup_s"])
             logger.info("worker %s ready: KV %d token-layers, warm-up %.1f s", node,
@@ -357,8 +371,9 @@ class Coordinator:
                 self._rejoining.discard(node)  # a replacement that failed to load may be retried
                 self._node_down(node, f"worker reported failure: {msg['message']}")
                 return
+            self.failed_node = (node, msg.get("phase") or "load", msg["message"])
             self.failure = f"worker {node} failed: {msg['message']}"
-            logger.error(self.failure)
+            logger.info(self.failure)  # the deployment reports it (one message naming step and node)
             self.ready_event.set()
         else:
             raise ProtocolError(f"unexpected {msg.kind!r} on the control socket")

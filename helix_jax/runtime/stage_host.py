@@ -41,8 +41,10 @@ class StageHost:
         self.decode_rows_total = self.prompt_tokens_total = 0  # over all batches, for the exit log
 
     @classmethod
-    def build(cls, assign: wire.Message, compute: ComputePacer | None) -> "StageHost":
-        """Load weights, build and warm up the engine described by an `assign` message."""
+    def build(cls, assign: wire.Message, compute: ComputePacer | None,
+              on_compile: Any = None) -> "StageHost":
+        """Load weights, build and warm up the engine described by an `assign` message;
+        `on_compile()` is called between loading the weights and compiling the buckets."""
         from helix_jax.model import StageEngine, load_stage_weights
 
         config = resolve_model(dict(assign["model"]))
@@ -65,6 +67,8 @@ class StageHost:
             prefill, decode, prefill_rows = (max_seq_len,), tuple(sorted({max(1, max_rows // 4), max_rows})), (1,)
         engine = StageEngine(config, start, end, weights, max_slots=slots, max_seq_len=max_seq_len,
                              prefill_buckets=prefill, decode_buckets=decode, prefill_batch_buckets=prefill_rows)
+        if on_compile is not None:
+            on_compile()
         engine.warmup()
         budget = engine.kv_capacity_token_layers
         if compute is not None:  # the scheduler must see the emulated GPU's KV, not this CPU's

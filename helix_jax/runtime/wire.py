@@ -92,7 +92,8 @@ SCHEMAS: dict[str, Schema] = {
                   "max_batch": (int, type(None)), "seed": int,
                   "upstream": list}),  # CURVE on: the nodes that may hand off to this one
     "ready": _s({"node": str, "kv_capacity_token_layers": int, "warmup_s": _NUM}),
-    "failed": _s({"node": str, "message": str}),
+    "failed": _s({"node": str, "message": str}, {"phase": str}),  # phase: where it failed (load, compile)
+    "progress": _s({"node": str, "phase": str}),  # warm-up phase started: "load" (weights), "compile"
     "heartbeat": _s({"node": str}, {"mean_step_s": _NUM}),  # mean batch time since the last one
     "peer": _s({"node": str, "data_endpoint": str}),  # a rejoined neighbour's new data endpoint
     "shutdown": _s({}),

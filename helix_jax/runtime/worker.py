@@ -113,6 +113,7 @@ class Worker:
         self._compute: ComputePacer | None = None
         self._links: LinkPacer | None = None
         self._running = True
+        self._phase = "load"  # the warm-up phase in progress (reported to the coordinator)
         self._stalled = False
         self.steps_run = 0
         self.real_busy_s = self.emulated_busy_s = 0.0
@@ -128,8 +129,9 @@ class Worker:
             try:
                 self._warm_up(assign)
             except Exception as exc:  # report any load failure to the coordinator, then exit
-                logger.exception("worker %s failed to load", self.options.node)
-                wire.send(self._control, wire.make("failed", node=self.options.node, message=str(exc)))
+                logger.exception("worker %s failed to %s", self.options.node, self._phase)
+                wire.send(self._control, wire.make("failed", node=self.options.node, phase=self._phase,
+                                                   message=f"{type(exc).__name__}: {exc}"))
                 return 1
             self._serve()
             steps = max(1, self.steps_run)
@@ -194,7 +196,8 @@ class Worker:
             topology = emulation.topology()
             self._compute = ComputePacer(topology, self.options.node, emulation.time_scale, emulation.kv_scale)
             self._links = LinkPacer(topology, self.options.node, emulation.time_scale)
-        self.host = StageHost.build(assign, self._compute)
+        self._report_phase("load")
+        self.host = StageHost.build(assign, self._compute, lambda: self._report_phase("compile"))
         self._endpoints = {**assign["neighbours"], COORDINATOR: assign["coordinator_data"]}
         self._upstream.update(str(n) for n in assign.get("upstream") or ())
         for name, endpoint in self._endpoints.items():
@@ -205,6 +208,10 @@ class Worker:
                                            warmup_s=warmup_s))
         logger.info("worker %s ready in %.1f s: layers [%d, %d)", self.options.node, warmup_s,
                     self.host.start_layer, self.host.end_layer)
+
+    def _report_phase(self, phase: str) -> None:
+        self._phase = phase
+        wire.send(self._control, wire.make("progress", node=self.options.node, phase=phase))
 
     def _connect_push(self, name: str, endpoint: str) -> zmq.Socket:
         push = wire.configure(self._ctx.socket(zmq.PUSH))
