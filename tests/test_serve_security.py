@@ -191,7 +191,7 @@ def test_insecure_on_a_non_loopback_host_is_refused(tmp_path: Path, cpu_small_pl
                                "--http-port", "0", "--state-dir", str(tmp_path / "state")],
                               cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120)
         error = proc.stderr.strip()
-        assert proc.returncode == 2 and error.startswith("error: --insecure turns CURVE off"), error
+        assert proc.returncode == 2 and error.startswith("error: validate: --insecure turns CURVE off"), error
         assert needle in error and "\n" not in error, error
     assert not (tmp_path / "state").exists()  # refused before anything was written or started
     from helix_jax.runtime.coordinator import Coordinator

@@ -217,6 +217,30 @@ class Authenticator:
         self._auth.stop()
 
 
+# ---------------------------------------------------------------------------- beyond the handshake
+
+
+def check_data_sender(msg: Any, sender: str, upstream: set[str], node: str) -> None:
+    """A worker's data socket: `free` only from the coordinator; a `step` of hop 0 only from the
+    coordinator, of hop h only from the route's hop h-1, itself one of `upstream` (the nodes
+    that may hand off to `node`, and the coordinator). ProtocolError (logged, dropped) else."""
+    from helix_jax.errors import ProtocolError
+    from helix_jax.topology import COORDINATOR
+
+    rid = msg.get("request_id")
+    if msg.kind == "free" and sender != COORDINATOR:
+        raise ProtocolError(f"free of {rid} from {sender}, not the coordinator: dropped")
+    if msg.kind != "step":
+        return
+    hop, route = msg["hop"], msg["route"]
+    previous = route[hop - 1] if 0 < hop <= len(route) else None
+    expected = COORDINATOR if hop == 0 else (previous[0] if isinstance(previous, list) and previous else None)
+    if sender not in upstream:
+        raise ProtocolError(f"step {hop} of {rid} from {sender}, which does not hand off to {node}: dropped")
+    if sender != expected:
+        raise ProtocolError(f"step {hop} of {rid} from {sender}, expected {expected}: dropped")
+
+
 # ---------------------------------------------------------------------------- --insecure
 
 

@@ -43,10 +43,8 @@ _OPT_STR = (str, type(None))
 
 
 def _dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes  # ships with jax; only needed when bf16 activations travel
-
-        return np.dtype(ml_dtypes.bfloat16)
+    if name == "bfloat16":  # ml_dtypes ships with jax; only needed when bf16 activations travel
+        return np.dtype(__import__("ml_dtypes").bfloat16)
     return np.dtype(name)
 
 
@@ -237,8 +235,8 @@ def send(sock: zmq.Socket, msg: Message, identity: bytes | None = None) -> None:
 
 def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK,
          secure: bool = False) -> tuple[bytes | None, Message]:
-    """Receive one message (by default without blocking: zmq.Again when none is waiting);
-    with `routed` the first frame is the peer identity; with `secure` (a CURVE server socket)
+    """Receive one message (by default without blocking: zmq.Again when none is waiting); with
+    `routed` the first frame is the peer identity; with `secure` (a CURVE server socket)
     `Message.sender` is the public key the ZAP handler admitted the peer with.
 
     Raises ProtocolError (the identity, when known, is in `.identity`) for a bad message;
@@ -252,11 +250,8 @@ def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK,
         identity = bytes(frames[0].buffer)
         frames = frames[1:]
     sender = None
-    if secure:
-        try:
-            sender = frames[-1].get("User-Id")
-        except zmq.ZMQError:  # no ZAP user id: not a CURVE peer (cannot happen on a CURVE server)
-            sender = None
+    if secure:  # the ZAP user id (always set on a CURVE server socket)
+        sender = frames[-1].get("User-Id")
     try:
         return identity, decode(frames, sender)
     except ProtocolError as exc:

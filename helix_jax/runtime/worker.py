@@ -222,14 +222,10 @@ class Worker:
         push.connect(endpoint)
         return push
 
-    def _sender_node(self, msg: wire.Message) -> str | None:
-        """The node (or COORDINATOR) whose key signed `msg`; None when CURVE is off."""
-        if self.keys is None:
-            return None
-        for name, key in self._public_keys.items():
-            if key == msg.sender:
-                return name
-        return f"unknown key {str(msg.sender)[:8]}"
+    def _sender_node(self, msg: wire.Message) -> str:
+        """The node (or COORDINATOR) whose key signed `msg` (CURVE on)."""
+        return next((name for name, key in self._public_keys.items() if key == msg.sender),
+                    f"unknown key {str(msg.sender)[:8]}")
 
     def _parent_alive(self) -> bool:
         return self.options.parent_pid is None or os.getppid() == self.options.parent_pid
@@ -284,10 +280,9 @@ class Worker:
 
     def _on_data(self, msg: wire.Message) -> None:
         assert self.host is not None
-        sender = self._sender_node(msg)
+        if self.keys is not None:  # CURVE on: who signed it must be allowed to send it
+            security.check_data_sender(msg, self._sender_node(msg), self._upstream, self.options.node)
         if msg.kind == "free":
-            if sender not in (None, COORDINATOR):
-                raise ProtocolError(f"free of {msg['request_id']} from {sender}, not the coordinator: dropped")
             rid = msg["request_id"]
             self._waiting.pop(rid, None)
             self.host.release(rid)
@@ -299,15 +294,6 @@ class Worker:
             raise ProtocolError(f"unexpected {msg.kind!r} on the data socket")
         if msg["request_id"] in self._freed:
             return
-        if sender is not None:  # hop 0 comes from the coordinator, hop h from the route's hop h-1
-            hop, route = msg["hop"], msg["route"]
-            expected = COORDINATOR if hop == 0 else (route[hop - 1][0] if 0 < hop <= len(route)
-                                                     and isinstance(route[hop - 1], list) and route[hop - 1] else None)
-            if sender not in self._upstream:
-                raise ProtocolError(f"step {hop} of {msg['request_id']} from {sender}, which does not hand off "
-                                    f"to {self.options.node}: dropped")
-            if sender != expected:
-                raise ProtocolError(f"step {hop} of {msg['request_id']} from {sender}, expected {expected}: dropped")
         item = self.host.step_input(msg, self.options.node)  # ProtocolError/RequestError if bad
         self._waiting.setdefault(msg["request_id"], collections.deque()).append(
             _Pending(item, msg, item[0].num_tokens))
