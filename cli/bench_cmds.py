@@ -59,6 +59,8 @@ def bench(
     simulate: bool = typer.Option(False, "--simulate", help="Plan and simulate every method."),
     endpoint: Optional[str] = typer.Option(None, help="Bench a live deployment: tcp://HOST:PORT (ZeroMQ) or "
                                                  "http://HOST:PORT (any OpenAI-compatible server)."),
+    connection: Optional[Path] = typer.Option(None, help="Bench the deployment of this connection.json "
+                                                     "(endpoint and CURVE keys; printed by deploy)."),
     methods: str = typer.Option(DEFAULT_METHODS, help="Placement methods to compare (comma-separated)."),
     schedulers: str = typer.Option("iwrr", help="Schedulers: iwrr, random, shortest-queue, swarm."),
     mode: str = typer.Option("offline", help="offline (closed loop) or online (open loop arrivals)."),
@@ -86,8 +88,15 @@ def bench(
     from helix_jax.bench.workload import length_sampler, load_arrival_counts
 
     console = Console()
+    keys = None
+    if connection is not None:
+        from helix_jax.runtime.security import read_connection_file
+
+        if endpoint is not None:
+            raise ConfigError("--connection and --endpoint exclude each other (the file names the endpoint)")
+        endpoint, keys = read_connection_file(connection)
     if simulate == (endpoint is not None):
-        raise ConfigError("choose exactly one of --simulate (with a TOPOLOGY) or --endpoint")
+        raise ConfigError("choose exactly one of --simulate (with a TOPOLOGY) or --endpoint / --connection")
     rate_values = rates_list(rates, rate)
     if mode == "online" and not rate_values:
         raise ConfigError("online mode needs --rate or --rates")
@@ -109,7 +118,7 @@ def bench(
     else:
         _live(console, endpoint, mode, rate_values, duration if duration is not None else 60.0,
               warmup if warmup is not None else 10.0, lengths, counts, seed, concurrency, max_context,
-              slo_ttft_ms, slo_tpot_ms, out)
+              slo_ttft_ms, slo_tpot_ms, out, keys)
 
 
 def _sweep(console, topology_path, text, mode, rate_values, duration, warmup, lengths, counts, seed, time_limit,
@@ -174,7 +183,7 @@ def _simulated(console, topology_path, methods, schedulers, mode, rate_values, d
 
 
 def _live(console, endpoint, mode, rate_values, duration_s, warmup_s, lengths, counts, seed, concurrency,
-          max_context, slo_ttft_ms, slo_tpot_ms, out) -> None:
+          max_context, slo_ttft_ms, slo_tpot_ms, out, keys=None) -> None:
     from helix_jax.bench.live import LiveConfig, run_live_bench
     from helix_jax.bench.report import live_table, write_results
 
@@ -185,7 +194,7 @@ def _live(console, endpoint, mode, rate_values, duration_s, warmup_s, lengths, c
                             max_context_tokens=max_context, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms)
         with _progress(console) as bar:
             task = bar.add_task(f"benchmarking {endpoint}", total=duration_s)
-            result = run_live_bench(endpoint, lengths, config, lambda t: bar.update(task, completed=t))
+            result = run_live_bench(endpoint, lengths, config, lambda t: bar.update(task, completed=t), keys)
         console.print(live_table(result))
         results.append(result)
     if out is not None:

@@ -26,11 +26,12 @@ def check_http_options(http_port: int, shutdown_timeout: float) -> None:
 
 
 def start_http(endpoint: str, tokenizer: Any, sock: Any, api_key: str | None,
-               served_model: str | None = None) -> Any:
-    """The front end on `sock` (from `helix_jax.http.bind_socket`), started; prints its URL."""
+               served_model: str | None = None, keys: Any = None) -> Any:
+    """The front end on `sock` (from `helix_jax.http.bind_socket`), started; prints its URL.
+    `keys`: the ClientKeys of a CURVE deployment (deploy hands over its client keypair)."""
     from helix_jax.http.server import serve_front_end
 
-    front = serve_front_end(endpoint, tokenizer, sock, api_key or None, served_model)
+    front = serve_front_end(endpoint, tokenizer, sock, api_key or None, served_model, keys)
     console.print(f"HTTP API: {front.url}/v1", soft_wrap=True)
     console.print(f"  (OpenAI-compatible{', API key required' if api_key else ''}; "
                   f"{front.url}/metrics, /health, /ready)", soft_wrap=True)
@@ -45,11 +46,17 @@ def drain_http(front: Any, shutdown_timeout: float) -> None:
     front.stop()
 
 
-def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
+def stop_on_signal() -> threading.Event:
+    """An event that SIGINT and SIGTERM set from now on (instead of raising KeyboardInterrupt)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    stop = stop_on_signal()
     while not stop.wait(1.0):
         pass
 

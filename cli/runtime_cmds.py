@@ -68,7 +68,7 @@ def _parse_ids(text: str, option: str = "--prompt-ids") -> list[int]:
     return ids
 
 
-def _generate_remote(endpoint: str, **request) -> dict:
+def _generate_remote(endpoint: str, keys=None, **request) -> dict:
     """Send the request to a live deployment at `endpoint` (helix_jax.client.Client); with
     stream=True print each token's text as it arrives. `model` is the deployment's business,
     except with --chat: its tokenizer renders the chat template here and ids are sent."""
@@ -83,7 +83,7 @@ def _generate_remote(endpoint: str, **request) -> dict:
         prompt = _prompt_ids(load_tokenizer(config, source), request["prompt"], True, request["system"])
     kwargs = dict(max_tokens=request["max_tokens"], temperature=sampling.temperature, top_k=sampling.top_k,
                   top_p=sampling.top_p, seed=sampling.seed)
-    with Client(endpoint, timeout_s=10.0) as client:
+    with Client(endpoint, timeout_s=10.0, keys=keys) as client:
         info = client.info()  # fails in 10 s with a clear error when nothing listens there
         client.timeout_s = 600.0
         if request["stream"]:
@@ -118,21 +118,30 @@ def generate(
     local: bool = typer.Option(False, "--local", help="Run the whole model in this process "
                                "(the default when no --endpoint is given)."),
     endpoint: Optional[str] = typer.Option(None, help="Send to a live deployment instead."),
+    connection: Optional[Path] = typer.Option(None, help="Send to the deployment of this connection.json "
+                                              "(endpoint and CURVE keys; printed by deploy)."),
     stream: bool = typer.Option(False, "--stream", help="Print tokens as they are produced."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {ids, text, ...}."),
 ) -> None:
     """Generate a continuation of a prompt."""
     if (prompt is None) == (prompt_ids is None):
         raise RequestError("give exactly one of --prompt and --prompt-ids")
+    keys = None
+    if connection is not None:
+        from helix_jax.runtime.security import read_connection_file
+
+        if endpoint:
+            raise ConfigError("--connection and --endpoint exclude each other (the file names the endpoint)")
+        endpoint, keys = read_connection_file(connection)
     if local and endpoint:
-        raise ConfigError("--local and --endpoint exclude each other")
+        raise ConfigError("--local and --endpoint/--connection exclude each other")
     if chat and prompt is None:
         raise RequestError("--chat needs --prompt (text), not --prompt-ids")
     from helix_jax.model.sampling import SamplingParams
 
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if endpoint:
-        result = _generate_remote(endpoint, model=model, prompt=prompt, prompt_ids=prompt_ids,
+        result = _generate_remote(endpoint, keys, model=model, prompt=prompt, prompt_ids=prompt_ids,
                                   chat=chat, system=system, max_tokens=max_tokens, sampling=sampling, stream=stream and not as_json)
         if as_json or not stream:
             typer.echo(json.dumps(result) if as_json else result.get("text", ""))

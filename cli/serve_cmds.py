@@ -1,5 +1,6 @@
-"""Serving commands: `deploy` (plan + coordinator + local workers), `worker` (join from another
-host) and `demo` (the README's first command). The planner is called here, in the CLI layer;
+"""Serving commands: the deploy configuration (validate, plan: `serve_config`; the `deploy`
+command itself is cli/deploy_cmd.py), `worker` (join from another host) and `demo` (the
+README's first command). The planner is called here, in the CLI layer;
 everything else is `helix_jax.runtime` (deploy.py, coordinator.py, worker.py)."""
 
 from __future__ import annotations
@@ -57,17 +58,29 @@ def placement_for(topology: Topology, placement_path: Path | None, time_limit_s:
 
 def serve_config(topology_path: Path | None, placement_path: Path | None, model: str | None, emulate: bool,
                  time_scale: float, host: str, port: int, kv_tokens: int | None, max_seq_len: int,
-                 plan_time_s: float, heartbeat_timeout_s: float = 10.0,
-                 kv_layout: str | None = None) -> tuple[Any, Any]:
-    """(ServeConfig, tokenizer) of a deployment, planning it if needed."""
-    from helix_jax.model.tokenizer import load_tokenizer
+                 plan_time_s: float, heartbeat_timeout_s: float = 10.0, kv_layout: str | None = None,
+                 secure: bool = False) -> tuple[Any, Any]:
+    """(ServeConfig, tokenizer) of a deployment, planning it if needed; with `secure`, fresh
+    CURVE keys for it (else plain TCP, refused unless every endpoint is on loopback)."""
+    checked = validate_deploy(topology_path, model, time_scale, host, heartbeat_timeout_s, secure, kv_layout)
+    return planned_config(checked, placement_path, emulate, time_scale, host, port, kv_tokens, max_seq_len,
+                          plan_time_s, heartbeat_timeout_s, secure, kv_layout)
+
+
+def validate_deploy(topology_path: Path | None, model: str | None, time_scale: float, host: str,
+                    heartbeat_timeout_s: float, secure: bool,
+                    kv_layout: str | None = None) -> tuple[Any, Any, str]:
+    """The deploy workflow's first step: (topology, model config, weights source), or ConfigError."""
     from helix_jax.model.weights import default_weights_source
-    from helix_jax.modelconfig import is_tiny, resolve_model
-    from helix_jax.runtime.coordinator import ServeConfig
-    from helix_jax.runtime.emulation import EmulationSpec
-    from helix_jax.solver.maxflow import survivor_flows
+    from helix_jax.modelconfig import resolve_model
+    from helix_jax.runtime.deploy import is_local_host
+    from helix_jax.runtime.security import check_insecure
 
     topology = load_topology(topology_path or default_topology_path())
+    if not secure:  # before planning: one clear error, nothing started
+        # local workers bind 127.0.0.1; a node on another host needs a non-loopback endpoint
+        check_insecure({"--host": host, **{f"node {n.name}": n.host for n in topology.nodes
+                                           if not is_local_host(n.host)}})
     if not time_scale > 0:
         raise ConfigError(f"--time-scale must be positive, got {time_scale}")
     if kv_layout not in (None, "paged", "contiguous"):
@@ -84,13 +97,28 @@ def serve_config(topology_path: Path | None, placement_path: Path | None, model:
     except CheckpointError as exc:
         raise ConfigError(f"{exc}; or emulate the cluster with random weights: --emulate --model "
                           f"tiny-{config.num_layers}") from None
+    return topology, config, weights
+
+
+def planned_config(checked: tuple[Any, Any, str], placement_path: Path | None, emulate: bool, time_scale: float,
+                   host: str, port: int, kv_tokens: int | None, max_seq_len: int, plan_time_s: float,
+                   heartbeat_timeout_s: float, secure: bool, kv_layout: str | None = None) -> tuple[Any, Any]:
+    """The plan step: the placement (planned or loaded), keys, (ServeConfig, tokenizer)."""
+    from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.runtime.coordinator import ServeConfig
+    from helix_jax.runtime.emulation import EmulationSpec
+    from helix_jax.runtime.security import DeploymentKeys
+    from helix_jax.solver.maxflow import survivor_flows
+
+    topology, config, weights = checked
     placement = placement_for(topology, placement_path, plan_time_s)
+    keys = DeploymentKeys.generate(placement.ranges) if secure else None
     emulation = EmulationSpec.for_topology(topology, time_scale) if emulate else None
     cfg = ServeConfig(topology, placement, config, weights=weights, host=host, client_port=port,
                       emulation=emulation, kv_tokens=kv_tokens, kv_layout=kv_layout,
                       max_seq_len=min(max_seq_len, config.max_position_embeddings),
                       heartbeat_timeout_s=heartbeat_timeout_s,
-                      flow_planner=functools.partial(survivor_flows, topology, placement))
+                      flow_planner=functools.partial(survivor_flows, topology, placement), keys=keys)
     return cfg, load_tokenizer(config, None if weights.startswith("random:") else weights)
 
 
@@ -106,82 +134,12 @@ def print_placement(placement: Any, topology: Topology, title: str) -> None:
                   f"{placement.status}{f', bound {bound:.1f}' if bound else ''}, {placement.solve_seconds:.1f} s)")
 
 
-def _stop_on_signal() -> threading.Event:
-    """An event SIGINT and SIGTERM set from now on (installed before "serving" is printed, so
-    a Ctrl-C that follows that line always gets the clean shutdown)."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
-
-
-def _wait_for_signal(stop: threading.Event | None = None) -> None:
-    stop = stop or _stop_on_signal()
-    while not stop.wait(1.0):
-        pass
-
-
-def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: the shipped small CPU cluster)."),
-           placement: Path = typer.Option(None, help="Placement JSON to serve (default: plan now)."),
-           model: str = typer.Option(None, help="Model the workers compute: preset or checkpoint dir "
-                                                "(default: the topology's model)."),
-           emulate: bool = typer.Option(False, help="Pace steps and links to the topology's GPUs and model."),
-           time_scale: float = typer.Option(1.0, help="With --emulate: run everything N times slower."),
-           port: int = typer.Option(0, help="Client port (0: a free port)."),
-           host: str = typer.Option("127.0.0.1", help="Address the coordinator binds and advertises."),
-           kv_tokens: int = typer.Option(None, help="KV cache tokens per worker (default: 32 sequences); "
-                                                    "paged, they hold as many requests as their lengths allow."),
-           kv_layout: str = typer.Option(None, help="KV cache layout: paged (default) or contiguous slots."),
-           max_seq_len: int = typer.Option(512, help="Longest prompt + output, in tokens."),
-           plan_time: float = typer.Option(10.0, help="Planner time limit in seconds."),
-           heartbeat_timeout: float = typer.Option(10.0, help="Seconds of silence after which a worker is "
-                                                             "taken out of service and its requests move on."),
-           restart_workers: int = typer.Option(3, help="Restarts of a crashed local worker per node "
-                                                       "(0: none); the replacement rejoins once warm."),
-           log_dir: Path = typer.Option(None, help="Where worker logs go (default: a temp dir)."),
-           http_port: int = typer.Option(8000, help="Port of the OpenAI-compatible HTTP API (0: a free port)."),
-           http_host: str = typer.Option("127.0.0.1", help="Address the HTTP API listens on."),
-           no_http: bool = typer.Option(False, "--no-http", help="Serve the ZeroMQ client socket only."),
-           api_key: str = typer.Option(None, envvar="HELIX_API_KEY",
-                                       help="Require 'Authorization: Bearer KEY' on /v1 (env HELIX_API_KEY)."),
-           shutdown_timeout: float = typer.Option(30.0, help="On SIGTERM/Ctrl-C: seconds HTTP requests in "
-                                                             "flight may finish before they are cancelled.")) -> None:
-    """Plan, start the coordinator, the local workers and the HTTP API, and serve until Ctrl-C."""
-    from helix_jax.cli.http_cmds import check_http_options, drain_http, start_http
-    from helix_jax.runtime.deploy import LocalDeployment
-
-    if restart_workers < 0:  # checked before planning and deploying anything
-        raise ConfigError(f"--restart-workers must be >= 0, got {restart_workers}")
-    sock = None
-    if not no_http:  # bound first: a busy port fails before anything starts
-        from helix_jax.http.server import bind_socket
-
-        check_http_options(http_port, shutdown_timeout)
-        sock = bind_socket(http_host, http_port)
-    cfg, codec = serve_config(topology, placement, model, emulate, time_scale, host, port, kv_tokens,
-                              max_seq_len, plan_time, heartbeat_timeout, kv_layout)
-    print_placement(cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
-    with LocalDeployment(cfg, codec, log_dir, restart_workers=restart_workers > 0,
-                         max_restarts=restart_workers) as dep:
-        for line in dep.remote_commands():
-            console.print(f"run on its host: [bold]{line}[/]")
-        with console.status(f"warming up {len(dep.workers)} local worker(s) (logs in {dep.log_dir})"):
-            dep.wait_ready()
-        stop = _stop_on_signal()
-        front = start_http(dep.client_endpoint, codec, sock, api_key) if sock is not None else None
-        console.print(f"serving {cfg.model.name}: client endpoint [bold]{dep.client_endpoint}[/]  (Ctrl-C stops)")
-        console.print(f"try: helix-jax generate --endpoint {dep.client_endpoint} --prompt 'Hello' --stream")
-        _wait_for_signal(stop)
-        if front is not None:
-            drain_http(front, shutdown_timeout)
-        console.print("shutting down")
-    console.print("stopped")
-
-
 def worker(coordinator: str = typer.Option(..., help="Coordinator control endpoint, tcp://HOST:PORT."),
            node: str = typer.Option(..., help="Node name in the topology."),
            bind_host: str = typer.Option("127.0.0.1", help="Address the data socket binds (0.0.0.0 for remote peers)."),
            advertise_host: str = typer.Option(None, help="Address other nodes use to reach this one."),
+           keys: Path = typer.Option(None, help="The node's CURVE keys file (written by deploy, mode 0600); "
+                                                "without it the worker speaks plain TCP, on loopback only."),
            parent_pid: int = typer.Option(None, hidden=True, help="Exit when this process dies.")) -> None:
     """Join a deployment: register, load and warm up the assigned layers, then serve."""
     logging.getLogger().setLevel(os.environ.get("HELIX_LOG", "INFO").upper())
@@ -190,9 +148,11 @@ def worker(coordinator: str = typer.Option(..., help="Coordinator control endpoi
     if cache != "off":
         os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    from helix_jax.runtime.security import WorkerKeys
     from helix_jax.runtime.worker import WorkerOptions, run_worker
 
-    code = run_worker(WorkerOptions(coordinator, node, bind_host, advertise_host, parent_pid))
+    worker_keys = WorkerKeys.read(keys) if keys is not None else None
+    code = run_worker(WorkerOptions(coordinator, node, bind_host, advertise_host, parent_pid, worker_keys))
     raise typer.Exit(code)
 
 
@@ -248,6 +208,8 @@ def demo(requests: int = typer.Option(4, help="Questions to send through the dep
 
 
 def register(app: typer.Typer) -> None:
+    from helix_jax.cli.deploy_cmd import deploy
+
     app.command()(deploy)
     app.command()(worker)
     app.command()(demo)

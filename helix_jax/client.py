@@ -5,7 +5,9 @@ One ZeroMQ DEALER socket carries every request; each request has its own id, so 
 of requests may be in flight at once from one client. The socket is owned by one background
 I/O thread; caller threads hand it outgoing messages through a queue plus a wake-up pipe, so
 `Client` is thread-safe: call `generate`/`stream` from as many threads as you like.
-`AsyncClient` is the asyncio twin (zmq.asyncio, one reader task).
+`AsyncClient` is the asyncio twin (zmq.asyncio, one reader task). A deployment with CURVE on
+(the default of `helix-jax deploy`) admits only the client keys of its connection file:
+`Client.from_connection_file(PATH)` (or `keys=`) connects with them.
 
 Timings are measured here, on arrival of each token. When the deployment runs with
 `--emulate --time-scale N`, every figure in `Timings` is divided by N (the coordinator reports
@@ -30,7 +32,7 @@ import zmq.asyncio
 
 from helix_jax import errors
 from helix_jax.errors import HelixError, ProtocolError, RequestError
-from helix_jax.runtime import wire
+from helix_jax.runtime import security, wire
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +95,11 @@ def generate_message(request_id: str, prompt: str | Sequence[int], max_tokens: i
     return wire.make("generate", **fields)
 
 
-def _connect_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-    """The one DEALER socket a client multiplexes all its requests over."""
+def _connect_dealer(ctx: zmq.Context, endpoint: str, keys: security.ClientKeys | None) -> zmq.Socket:
+    """The one DEALER socket a client multiplexes all its requests over (a CURVE client with keys)."""
     sock = wire.configure(ctx.socket(zmq.DEALER))
+    if keys is not None:
+        security.curve_client(sock, keys.own, keys.server_public)
     sock.connect(endpoint)
     return sock
 
@@ -183,9 +187,9 @@ class TokenStream:
 class Client:
     """Thread-safe synchronous client. Use as a context manager or call `close()`."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 300.0) -> None:
-        self.endpoint, self.timeout_s = endpoint, timeout_s
-        self._sock = _connect_dealer(zmq.Context.instance(), endpoint)
+    def __init__(self, endpoint: str, timeout_s: float = 300.0, keys: security.ClientKeys | None = None) -> None:
+        self.endpoint, self.timeout_s, self.keys = endpoint, timeout_s, keys
+        self._sock = _connect_dealer(zmq.Context.instance(), endpoint, keys)
         self._outbox: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         self._pending: dict[str, queue.SimpleQueue[wire.Message]] = {}
@@ -194,6 +198,12 @@ class Client:
         self._ids = _request_ids()
         self._thread = threading.Thread(target=self._io_loop, name="helix-client-io", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def from_connection_file(cls, path: str | os.PathLike[str], timeout_s: float = 300.0) -> "Client":
+        """A client of the deployment described by `connection.json` (endpoint and keys)."""
+        endpoint, keys = security.read_connection_file(path)
+        return cls(endpoint, timeout_s, keys)
 
     # ---- public API
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
@@ -331,12 +341,18 @@ class AsyncTokenStream:
 class AsyncClient:
     """asyncio client (zmq.asyncio); same API as Client, with `await` / `async for`."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 300.0) -> None:
-        self.endpoint, self.timeout_s = endpoint, timeout_s
-        self._sock = _connect_dealer(zmq.asyncio.Context.instance(), endpoint)
+    def __init__(self, endpoint: str, timeout_s: float = 300.0, keys: security.ClientKeys | None = None) -> None:
+        self.endpoint, self.timeout_s, self.keys = endpoint, timeout_s, keys
+        self._sock = _connect_dealer(zmq.asyncio.Context.instance(), endpoint, keys)
         self._pending: dict[str, asyncio.Queue[wire.Message]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._ids = _request_ids()
+
+    @classmethod
+    def from_connection_file(cls, path: str | os.PathLike[str], timeout_s: float = 300.0) -> "AsyncClient":
+        """Same as `Client.from_connection_file`."""
+        endpoint, keys = security.read_connection_file(path)
+        return cls(endpoint, timeout_s, keys)
 
     async def generate(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
                        top_k: int = 0, top_p: float = 1.0, seed: int = 0,

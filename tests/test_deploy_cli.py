@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from helix_jax.client import Client
@@ -72,22 +73,29 @@ class Deploy:
 
 def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:
     dep = Deploy([str(ROOT / "topologies" / "cpu-tiny.json"), "--plan-time", "5",
-                  "--log-dir", str(tmp_path / "logs")])
+                  "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state")])
     try:
+        url = dep.wait_for(r"HTTP API: (http://\S+)/v1")
         endpoint = dep.wait_for(r"client endpoint (tcp://\S+)")
+        connection = dep.wait_for(r"connection file: (\S+)")
+        assert connection == str(tmp_path / "state" / "connection.json")
         printed = "".join(dep.seen)
         assert "placement of cpu-tiny" in printed and "max-flow 420.0 tokens/s" in printed
-        with Client(endpoint) as client:
+        with Client.from_connection_file(connection) as client:
             results = [client.generate(prompt, max_tokens=6) for prompt in ("Hello", "Max-flow", "GPUs")]
         for res in results:
             assert len(res.ids) == 6 and res.finish_reason == "length"
             assert res.route[0][1] == 0 and res.route[-1][2] == 8  # every answer crossed all 8 layers
+        # the in-process HTTP front end reaches the CURVE coordinator with the client keypair
+        reply = httpx.post(f"{url}/v1/completions", json={"model": "tiny-8", "prompt": [256, 72, 105],
+                                                          "max_tokens": 4, "temperature": 0}, timeout=120)
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 4, reply.text
         rest = dep.interrupt()
     finally:
         dep.kill()
     assert "shutting down" in rest and rest.rstrip().endswith("stopped")
     with pytest.raises(HelixError, match="got no reply within 2 s"):  # nobody serves the endpoint now
-        with Client(endpoint, timeout_s=2) as client:
+        with Client.from_connection_file(connection, timeout_s=2) as client:
             client.generate("Hello", max_tokens=2)
 
 
@@ -98,15 +106,18 @@ def test_a_node_on_another_host_joins_by_the_printed_worker_command(tmp_path: Pa
     topology["nodes"][2]["host"] = "gpu-box.invalid"
     path = tmp_path / "two-hosts.json"
     path.write_text(json.dumps(topology))
-    dep = Deploy([str(path), "--plan-time", "5", "--log-dir", str(tmp_path / "logs")])
+    dep = Deploy([str(path), "--plan-time", "5", "--log-dir", str(tmp_path / "logs"),
+                  "--state-dir", str(tmp_path / "state")])
     remote = None
     try:
-        command = dep.wait_for(r"run on its host: (helix-jax worker --coordinator tcp://\S+ --node cpu-2)$")
+        command = dep.wait_for(r"run on its host: (helix-jax worker --coordinator tcp://\S+ --node cpu-2 "
+                               r"--keys \S+)$")
+        assert command.endswith(str(tmp_path / "state" / "keys" / "cpu-2.json"))
         args = command.split()[1:]  # as the user would type it, through this interpreter
         remote = subprocess.Popen([sys.executable, "-m", "helix_jax.cli.main", *args], env=ENV,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        endpoint = dep.wait_for(r"client endpoint (tcp://\S+)")
-        with Client(endpoint) as client:
+        connection = dep.wait_for(r"connection file: (\S+)")
+        with Client.from_connection_file(connection) as client:
             routes = {res.route for res in (client.generate(f"request {i}", max_tokens=3) for i in range(8))}
         # the 2-hop route carries 160 of the 420 tokens/s: weighted round robin sends some of 8 there
         assert (("cpu-1", 0, 4), ("cpu-2", 4, 8)) in routes and (("cpu-0", 0, 8),) in routes
@@ -126,10 +137,10 @@ def test_emulated_deployment_keeps_the_cost_models_time(tmp_path: Path) -> None:
     path = ROOT / "topologies" / "fixtures" / "t4-pair-70b-slice.json"
     scale = 4.0  # emulated time runs 4x slower than the wall clock: this CPU is never the bottleneck
     dep = Deploy([str(path), "--emulate", "--model", "tiny-8", "--time-scale", str(scale),
-                  "--log-dir", str(tmp_path / "logs")])
+                  "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state")])
     try:
-        endpoint = dep.wait_for(r"client endpoint (tcp://\S+)")
-        with Client(endpoint) as client:
+        connection = dep.wait_for(r"connection file: (\S+)")
+        with Client.from_connection_file(connection) as client:
             # prompts of 41 and 121 tokens: emulated prefill (95 and 265 ms of wall time per worker
             # at this scale) outlasts this CPU's prefill, padded to --max-seq-len under --emulate
             results = [client.generate(prompt, max_tokens=4) for prompt in ("x" * 40, "x" * 120)]

@@ -176,7 +176,7 @@ class _LiveRun:
 
 
 async def run_live_bench_async(endpoint: str, lengths: LengthSampler, config: LiveConfig,
-                               progress: Callable[[float], None] | None = None) -> LiveResult:
+                               progress: Callable[[float], None] | None = None, keys: Any = None) -> LiveResult:
     from helix_jax.client import AsyncClient
 
     wall_start = time.perf_counter()
@@ -186,9 +186,9 @@ async def run_live_bench_async(endpoint: str, lengths: LengthSampler, config: Li
 
         client: Any = OpenAIHttpClient(endpoint, os.environ.get("HELIX_API_KEY") or os.environ.get("OPENAI_API_KEY"))
     else:
-        client = AsyncClient(endpoint)
+        client = AsyncClient(endpoint, keys=keys)
     try:
-        info = await client.info() if http else await asyncio.to_thread(_sync_info, endpoint)
+        info = await client.info() if http else await asyncio.to_thread(_sync_info, endpoint, keys)
         run = _LiveRun(client, lengths, config, info)
         await run.run(progress)
     finally:
@@ -197,17 +197,18 @@ async def run_live_bench_async(endpoint: str, lengths: LengthSampler, config: Li
                       run.failed, run.cancelled, time.perf_counter() - wall_start)
 
 
-def _sync_info(endpoint: str) -> dict[str, Any]:
+def _sync_info(endpoint: str, keys: Any = None) -> dict[str, Any]:
     from helix_jax.client import Client
 
-    with Client(endpoint, timeout_s=30.0) as client:
+    with Client(endpoint, timeout_s=30.0, keys=keys) as client:
         return client.info()
 
 
 def run_live_bench(endpoint: str, lengths: LengthSampler, config: LiveConfig,
-                   progress: Callable[[float], None] | None = None) -> LiveResult:
-    """Blocking wrapper of `run_live_bench_async` (see the module docstring)."""
-    return asyncio.run(run_live_bench_async(endpoint, lengths, config, progress))
+                   progress: Callable[[float], None] | None = None, keys: Any = None) -> LiveResult:
+    """Blocking wrapper of `run_live_bench_async` (see the module docstring); `keys`: the
+    ClientKeys of a CURVE deployment (from its connection file)."""
+    return asyncio.run(run_live_bench_async(endpoint, lengths, config, progress, keys))
 
 
 def rates_list(text: str | None, single: float | None) -> Sequence[float] | None:

@@ -98,8 +98,9 @@ class Backend:
     """Shared by every route of one app; `start()` and `close()` run in the app's event loop."""
 
     def __init__(self, endpoint: str, tokenizer: Any, served_model: str | None = None,
-                 request_timeout_s: float = 3600.0) -> None:
+                 request_timeout_s: float = 3600.0, keys: Any = None) -> None:
         self.endpoint, self.tokenizer, self.served_model = endpoint, tokenizer, served_model
+        self.keys = keys  # security.ClientKeys of a CURVE deployment (None: plain TCP)
         self.request_timeout_s = request_timeout_s
         self.metrics = Metrics()
         eos = getattr(tokenizer, "eos_token_id", None)
@@ -118,8 +119,8 @@ class Backend:
         self._idle: asyncio.Event | None = None
 
     async def start(self) -> None:
-        self.client = AsyncClient(self.endpoint, timeout_s=self.request_timeout_s)
-        self._stats_client = AsyncClient(self.endpoint, timeout_s=10.0)
+        self.client = AsyncClient(self.endpoint, timeout_s=self.request_timeout_s, keys=self.keys)
+        self._stats_client = AsyncClient(self.endpoint, timeout_s=10.0, keys=self.keys)
         info = await self._stats_client.info()
         self.model = self.served_model or info["model"]
         self.max_seq_len = int(info.get("max_seq_len") or 0)

@@ -108,10 +108,10 @@ class HttpServer:
 
 
 def serve_front_end(endpoint: str, tokenizer: Any, sock: socket.socket, api_key: str | None = None,
-                    served_model: str | None = None) -> HttpServer:
-    """An OpenAI-compatible front end of the deployment at `endpoint`, started."""
+                    served_model: str | None = None, keys: Any = None) -> HttpServer:
+    """An OpenAI-compatible front end of the deployment at `endpoint` (CURVE client `keys`), started."""
     from helix_jax.http.app import create_app
     from helix_jax.http.backend import Backend
 
-    app = create_app(Backend(endpoint, tokenizer, served_model), api_key=api_key)
+    app = create_app(Backend(endpoint, tokenizer, served_model, keys=keys), api_key=api_key)
     return HttpServer(app, sock).start()

@@ -62,7 +62,7 @@ import zmq
 from helix_jax.errors import HelixError, ProtocolError, RequestError
 from helix_jax.modelconfig import ModelConfig
 from helix_jax.placement import Placement
-from helix_jax.runtime import wire
+from helix_jax.runtime import security, wire
 from helix_jax.runtime.emulation import DelayedSends, EmulationSpec, LinkPacer
 from helix_jax.runtime.requests import LiveRequest, TextCodec, parse_generate, stop_ids_of
 from helix_jax.scheduler import RequestSpec, Scheduler
@@ -102,6 +102,9 @@ class ServeConfig:
     # nodes out of service -> the placement with flows that avoid them (same ranges); deploy passes
     # helix_jax.solver.maxflow.survivor_flows (the survivors' max-flow). None: `pruned_flows`.
     flow_planner: Callable[[frozenset[str]], Placement] | None = None
+    # CURVE keys of the deployment (deploy generates them); None: plain TCP, which is allowed
+    # only when `host` is loopback (tests and local experiments)
+    keys: security.DeploymentKeys | None = None
 
     @property
     def time_scale(self) -> float:
@@ -112,21 +115,42 @@ class Coordinator:
     """Owns the sockets and the request table; `run()` is the loop of the module docstring."""
 
     def __init__(self, config: ServeConfig, codec: TextCodec) -> None:
+        if config.keys is None:
+            security.check_insecure({"the coordinator": config.host}, "a deployment without keys (plain TCP)")
         self.config, self.codec = config, codec
         self.stop_ids = stop_ids_of(codec, config.model)
         self.nodes = tuple(sorted(config.placement.ranges))
-        self._ctx = zmq.Context.instance()
+        self._ctx = zmq.Context()  # its own: its ZAP handler must not serve other sockets
         host = config.host
+        self.keys = keys = config.keys
+        self._auth: security.Authenticator | None = None
         self._client = wire.configure(self._ctx.socket(zmq.ROUTER))
         self._control = wire.configure(self._ctx.socket(zmq.ROUTER))
         self._data = wire.configure(self._ctx.socket(zmq.PULL))
-        self.client_endpoint = wire.bind_free_port(self._client, host, config.client_port)
-        self.control_endpoint = wire.bind_free_port(self._control, host, config.control_port)
-        self.data_endpoint = wire.bind_free_port(self._data, host, 0)
+        if keys is not None:
+            self._auth = security.Authenticator(self._ctx)
+            self._auth.allow(security.CLIENT, (k.public for k in keys.clients))
+            for domain, sock in ((security.CONTROL, self._control), (security.DATA, self._data)):
+                self._auth.allow(domain, (k.public for k in keys.nodes.values()))
+                security.curve_server(sock, keys.coordinator, domain)
+            security.curve_server(self._client, keys.coordinator, security.CLIENT)
+        try:
+            self.client_endpoint = wire.bind_free_port(self._client, host, config.client_port)
+            self.control_endpoint = wire.bind_free_port(self._control, host, config.control_port)
+            self.data_endpoint = wire.bind_free_port(self._data, host, 0)
+        except zmq.ZMQError:  # e.g. a port in use: release everything before the caller reports it
+            for sock in (self._client, self._control, self._data):
+                sock.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
+            self._ctx.term()
+            raise
         self._wake_r, self._wake_w = os.pipe()
         self._stopping = False
         self.ready_event = threading.Event()
         self.failure: str | None = None
+        self.failed_node: tuple[str, str, str] | None = None  # (node, phase, message) of a start-up failure
+        self.phases: dict[str, tuple[str, float]] = {}  # node -> (registered|load|compile|ready, since)
         self._identities: dict[str, bytes] = {}  # node -> control identity
         self._data_endpoints: dict[str, str] = {}
         self._push: dict[str, zmq.Socket] = {}
@@ -175,10 +199,11 @@ class Coordinator:
                 while self._reported:
                     self._node_down(*self._reported.popleft())
                 self._check_heartbeats()
+                secure = self.keys is not None
                 if self._control in events:
-                    wire.drain(self._control, self._on_control, routed=True)
+                    wire.drain(self._control, self._on_control, routed=True, secure=secure)
                 if self._data in events:
-                    wire.drain(self._data, lambda _i, m: self._on_data(m))
+                    wire.drain(self._data, lambda _i, m: self._on_data(m), secure=secure)
                 if self._client in events:
                     wire.drain(self._client, self._on_client, routed=True, on_reject=self._reject_client)
                 self._timers.fire(time.perf_counter(), self._push_now)
@@ -209,6 +234,9 @@ class Coordinator:
             sock.close(linger=0)
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
 
     def stats(self) -> dict[str, Any]:
         sched = self.scheduler
@@ -285,6 +313,9 @@ class Coordinator:
     def _on_control(self, identity: bytes | None, msg: wire.Message) -> None:
         assert identity is not None
         node = msg.get("node")
+        if self.keys is not None and msg.kind != "shutdown" and self.keys.node_of(msg.sender) != node:
+            raise ProtocolError(f"{msg.kind} for node {node!r} signed by the key of "
+                                f"{self.keys.node_of(msg.sender)!r}: dropped")
         if node in self._identities and self._identities[node] == identity:
             self._last_heard[node] = time.perf_counter()
             if msg.get("mean_step_s") is not None:
@@ -312,9 +343,12 @@ class Coordinator:
             self._identities[node] = identity
             self._data_endpoints[node] = msg["data_endpoint"]
             push = wire.configure(self._ctx.socket(zmq.PUSH))
+            if self.keys is not None:
+                security.curve_client(push, self.keys.coordinator, self.keys.nodes[node].public)
             push.connect(msg["data_endpoint"])
             self._push[node] = push
             logger.info("worker %s registered (pid %s on %s)", node, msg["pid"], msg["host"])
+            self.phases[node] = ("registered", time.monotonic())
             if rejoin:
                 self._rejoining.add(node)
                 self._assign(node)
@@ -324,7 +358,10 @@ class Coordinator:
                                   self._identities[peer])
             elif len(self._identities) == len(self.nodes):
                 self._assign_all()
+        elif msg.kind == "progress" and self._identities.get(node) == identity:
+            self.phases[node] = (msg["phase"], time.monotonic())
         elif msg.kind == "ready" and self._identities.get(node) == identity:
+            self.phases[node] = ("ready", time.monotonic())
             self._budgets[node] = msg["kv_capacity_token_layers"]
             if msg.get("kv_page_tokens"):
                 self._page_tokens[node] = msg["kv_page_tokens"]
@@ -340,8 +377,9 @@ class Coordinator:
                 self._rejoining.discard(node)  # a replacement that failed to load may be retried
                 self._node_down(node, f"worker reported failure: {msg['message']}")
                 return
+            self.failed_node = (node, msg.get("phase") or "load", msg["message"])
             self.failure = f"worker {node} failed: {msg['message']}"
-            logger.error(self.failure)
+            logger.info(self.failure)  # the deployment reports it (one message naming step and node)
             self.ready_event.set()
         else:
             raise ProtocolError(f"unexpected {msg.kind!r} on the control socket")
@@ -355,12 +393,15 @@ class Coordinator:
         start, end = cfg.placement.ranges[node]
         neighbours = {n: self._data_endpoints[n] for n in self.nodes
                       if n != node and cfg.placement.can_hand_off(node, n)}
+        secured = {}
+        if self.keys is not None:  # whom to encrypt to, and whom to admit on the data socket
+            secured = dict(upstream=[n for n in self.nodes if n != node and cfg.placement.can_hand_off(n, node)])
         wire.send(self._control, wire.make(
             "assign", node=node, start_layer=start, end_layer=end, model=cfg.model.to_dict(),
             neighbours=neighbours, coordinator_data=self.data_endpoint, weights=cfg.weights,
             emulate=cfg.emulation.to_wire() if cfg.emulation else None, kv_tokens=cfg.kv_tokens,
             max_batch=cfg.max_batch, max_seq_len=cfg.max_seq_len, seed=cfg.seed, kv_layout=cfg.kv_layout,
-            prompt_tokens_per_step=self._prompt_budget(node)), self._identities[node])
+            prompt_tokens_per_step=self._prompt_budget(node), **secured), self._identities[node])
 
     def _prompt_budget(self, node: str) -> int | None:
         """The node's prompt tokens per step: the cost model's, which the simulator uses."""
@@ -444,6 +485,11 @@ class Coordinator:
         req = self._live.get(msg["request_id"])
         if req is None or msg["index"] != len(req.output_ids):
             return  # cancelled meanwhile, or a stray duplicate
+        last = req.route[-1].node if req.route else None
+        if msg["node"] != last or (self.keys is not None and self.keys.node_of(msg.sender) != last):
+            who = self.keys.node_of(msg.sender) if self.keys is not None else msg["node"]
+            raise ProtocolError(f"sampled token of {msg['request_id']} from {who!r}, not from its last hop "
+                                f"{last!r}: dropped")
         delta, reason = req.add_token(msg["token_id"], self.codec, self.stop_ids)
         wire.send(self._client, wire.make("token", request_id=req.client_request_id,
                                           index=len(req.output_ids) - 1, token_id=msg["token_id"],

@@ -28,8 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from helix_jax.errors import HelixError
 from helix_jax.runtime.coordinator import Coordinator, ServeConfig
+from helix_jax.runtime.security import write_connection_file
+from helix_jax.runtime.workflow import StepFailed, current_step, failed_step, progress_of, write_deployment_json
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +54,11 @@ def is_local_host(host: str | None) -> bool:
         return False
 
 
-def worker_command(control_endpoint: str, node: str, parent_pid: int | None = None) -> list[str]:
+def worker_command(control_endpoint: str, node: str, parent_pid: int | None = None,
+                   keys_file: Path | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "helix_jax.cli.main", "worker", "--coordinator", control_endpoint, "--node", node]
+    if keys_file is not None:
+        cmd += ["--keys", str(keys_file)]
     if parent_pid is not None:
         cmd += ["--parent-pid", str(parent_pid)]
     return cmd
@@ -69,11 +76,12 @@ class LocalDeployment:
 
     def __init__(self, config: ServeConfig, codec: Any, log_dir: str | Path | None = None,
                  worker_env: dict[str, str] | None = None, restart_workers: bool = False,
-                 max_restarts: int = 3) -> None:
+                 max_restarts: int = 3, state_dir: str | Path | None = None) -> None:
         self.config, self.codec = config, codec
         self.restart_workers, self.max_restarts = restart_workers, max_restarts
         self.restarts: dict[str, int] = {}
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="helix-deploy-"))
+        self.state_dir = Path(state_dir) if state_dir is not None else self.log_dir  # keys, connection.json
         self.worker_env = worker_env or {}
         self.coordinator: Coordinator | None = None
         self._thread: threading.Thread | None = None
@@ -92,49 +100,124 @@ class LocalDeployment:
         """`helix-jax worker ...` lines to run on the other hosts."""
         assert self.coordinator is not None
         endpoint = self.coordinator.control_endpoint
-        return [f"helix-jax worker --coordinator {endpoint} --node {node}" for node in self.remote_nodes]
+        return [" ".join(["helix-jax", *worker_command(endpoint, node, None, self.keys_file(node))[3:]])
+                for node in self.remote_nodes]
+
+    def keys_file(self, node: str) -> Path | None:
+        """The node's private keys file (mode 0600; written by `start()`), None without CURVE."""
+        if self.config.keys is None:
+            return None
+        return self.state_dir / "keys" / f"{node}.json"
+
+    @property
+    def connection_file(self) -> Path:
+        """connection.json (mode 0600): client endpoint and, with CURVE, the server key and a client keypair."""
+        return self.state_dir / "connection.json"
 
     # ---- lifecycle
     def start(self) -> "LocalDeployment":
         cfg = self.config
-        self.coordinator = Coordinator(cfg, self.codec)
+        try:
+            self.coordinator = Coordinator(cfg, self.codec)
+        except zmq.ZMQError as exc:
+            port = f"client port {cfg.client_port}" if cfg.client_port else "a free port"
+            raise StepFailed("launch", f"cannot bind {port}: {zmq.strerror(exc.errno)}", "coordinator", cfg.host) from None
         self._thread = threading.Thread(target=self.coordinator.run, name="helix-coordinator", daemon=True)
         self._thread.start()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        for node in sorted(cfg.placement.ranges):
-            if not is_local_host(cfg.topology.node(node).host):
+        write_connection_file(self.connection_file, self.coordinator.client_endpoint,
+                              cfg.keys.client() if cfg.keys is not None else None)
+        if cfg.keys is not None:
+            for node in cfg.placement.ranges:
+                cfg.keys.worker(node).write(self.keys_file(node))
+        self._launch_workers()
+        self.write_state("starting")
+        return self
+
+    def _launch_workers(self) -> None:
+        """A local process per node on this machine; the others are listed by `remote_commands`."""
+        for node in sorted(self.config.placement.ranges):
+            if not is_local_host(self.config.topology.node(node).host):
                 self.remote_nodes.append(node)
                 continue
             self._spawn(node, self.log_dir / f"{node}.log")
         logger.info("started %d local worker(s); logs in %s", len(self.workers), self.log_dir)
-        return self
+
+    def host_of(self, node: str) -> str:
+        return self.config.topology.node(node).host or "127.0.0.1"
+
+    @property
+    def deployment_file(self) -> Path:
+        return self.state_dir / "deployment.json"
+
+    def node_records(self) -> dict[str, dict[str, Any]]:
+        """deployment.json's per-node entries: host, how it was launched, pid, log path."""
+        records: dict[str, dict[str, Any]] = {n: {"host": self.host_of(n), "launcher": "manual",
+                                                  "layers": list(self.config.placement.ranges[n])}
+                                              for n in self.remote_nodes}
+        for w in self.workers:  # the newest process of each node wins
+            records[w.node] = {"host": self.host_of(w.node), "launcher": "process", "pid": w.process.pid,
+                               "log": str(w.log_path), "layers": list(self.config.placement.ranges[w.node])}
+        return records
+
+    def write_state(self, status: str) -> Path:
+        """Write deployment.json (placement, endpoints, nodes, connection file) to the state dir."""
+        assert self.coordinator is not None
+        c = self.coordinator
+        return write_deployment_json(self.deployment_file, {
+            "name": self.config.topology.name, "status": status, "model": self.config.model.name,
+            "transport": "curve" if self.config.keys is not None else "insecure",
+            "endpoints": {"client": c.client_endpoint, "control": c.control_endpoint, "data": c.data_endpoint},
+            "connection_file": str(self.connection_file), "log_dir": str(self.log_dir),
+            "placement": {n: list(r) for n, r in self.config.placement.ranges.items()},
+            "nodes": self.node_records()})
 
     def _spawn(self, node: str, log_path: Path) -> WorkerProcess:
         assert self.coordinator is not None
         env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"), **self.worker_env}
         with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(worker_command(self.coordinator.control_endpoint, node, os.getpid()),
+            proc = subprocess.Popen(worker_command(self.coordinator.control_endpoint, node, os.getpid(),
+                                                   self.keys_file(node)),
                                     stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         worker = WorkerProcess(node, proc, log_path)
         self.workers.append(worker)
         return worker
 
-    def wait_ready(self, timeout_s: float = 600.0) -> None:
-        """Block until every worker is warm; HelixError (with the worker's log tail) on failure."""
-        assert self.coordinator is not None
-        deadline = time.monotonic() + timeout_s
-        while not self.coordinator.ready_event.wait(0.5):
-            for w in self.workers:
-                if w.process.poll() is not None:
-                    raise HelixError(f"worker {w.node} exited with code {w.process.returncode} during "
-                                     f"start-up:\n{self._tail(w.log_path)}")
-            if time.monotonic() > deadline:
-                raise HelixError(f"workers not ready after {timeout_s:.0f} s (logs in {self.log_dir})")
-        if self.coordinator.failure:
-            raise HelixError(self.coordinator.failure)
+    def wait_ready(self, timeout_s: float = 600.0, on_progress: Any = None) -> None:
+        """Block until every worker is warm; `on_progress(list of StepProgress)` every 0.25 s.
+        On failure StepFailed names the step, the node, its host and the cause."""
+        coord = self.coordinator
+        assert coord is not None
+        nodes, started = sorted(self.config.placement.ranges), time.monotonic()
+        while not coord.ready_event.wait(0.25):
+            if on_progress is not None:
+                on_progress(progress_of(coord.phases, nodes, started))
+            for node, code, log in self._exited():
+                if coord.ready_event.wait(1.0) and coord.failed_node:
+                    break  # it reported why before exiting: that is the better message
+                phase = coord.phases.get(node, (None, 0.0))[0]
+                raise StepFailed(failed_step(phase), f"worker exited with code {code} (log {log}): "
+                                 f"{self._tail(log, 1) or 'no output'}", node, self.host_of(node))
+            if time.monotonic() > started + timeout_s:
+                slow = current_step(progress_of(coord.phases, nodes, started))
+                node = slow.slowest[0] if slow and slow.slowest else None
+                raise StepFailed(slow.step if slow else "ready", f"not done after {timeout_s:.0f} s "
+                                 f"(logs in {self.log_dir})", node, self.host_of(node) if node else None)
+        if on_progress is not None:
+            on_progress(progress_of(coord.phases, nodes, started))
+        if coord.failed_node:
+            node, phase, message = coord.failed_node
+            raise StepFailed(failed_step(phase), message, node, self.host_of(node))
+        if coord.failure:
+            raise HelixError(coord.failure)
+        self.write_state("serving")
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch_workers, name="helix-worker-watch", daemon=True)
             self._watcher.start()
+
+    def _exited(self) -> list[tuple[str, int, Path]]:
+        """(node, exit code, log path) of every worker process that has exited."""
+        return [(w.node, w.process.returncode, w.log_path) for w in self.workers if w.process.poll() is not None]
 
     def _watch_workers(self, period_s: float = 0.2) -> None:
         """Tell the coordinator about every local worker process that exits while serving."""
@@ -154,7 +237,11 @@ class LocalDeployment:
                         self._spawn(w.node, self.log_dir / f"{w.node}.restart{done + 1}.log")
 
     def close(self, timeout_s: float = 20.0) -> None:
-        """Shut down workers and coordinator; kill anything that does not exit in time."""
+        """Shut down workers and coordinator; kill anything that does not exit in time (at once
+        when start-up failed or was interrupted: a loading worker hears no shutdown)."""
+        serving = self.coordinator is not None and self.coordinator.scheduler is not None
+        if not serving:
+            timeout_s = min(timeout_s, 1.0)
         self._closing.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
@@ -168,7 +255,7 @@ class LocalDeployment:
             try:
                 w.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                logger.warning("worker %s did not exit; terminating it", w.node)
+                (logger.warning if serving else logger.info)("worker %s did not exit; terminating it", w.node)
                 w.process.terminate()
                 try:
                     w.process.wait(timeout=5)

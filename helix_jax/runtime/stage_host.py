@@ -49,8 +49,10 @@ class StageHost:
         self.decode_rows_total = self.prompt_tokens_total = 0  # over all batches, for the exit log
 
     @classmethod
-    def build(cls, assign: wire.Message, compute: ComputePacer | None) -> "StageHost":
-        """Load weights, build and warm up the engine described by an `assign` message."""
+    def build(cls, assign: wire.Message, compute: ComputePacer | None,
+              on_compile: Any = None) -> "StageHost":
+        """Load weights, build and warm up the engine described by an `assign` message;
+        `on_compile()` is called between loading the weights and compiling the buckets."""
         from helix_jax.model import StageEngine, load_stage_weights
         from helix_jax.model.engine import DEFAULT_KV_LAYOUT, DEFAULT_PAGE_SIZE
         from helix_jax.model.paged_cache import pages_for
@@ -80,6 +82,8 @@ class StageHost:
         engine = StageEngine(config, start, end, weights, max_slots=slots, max_seq_len=max_seq_len,
                              prefill_buckets=prefill, decode_buckets=decode, prefill_batch_buckets=(1,),
                              **paging)
+        if on_compile is not None:
+            on_compile()
         engine.warmup()
         budget = engine.kv_capacity_token_layers
         if compute is not None:  # the scheduler must see the emulated GPU's KV, not this CPU's

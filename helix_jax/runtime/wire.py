@@ -43,10 +43,8 @@ _OPT_STR = (str, type(None))
 
 
 def _dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes  # ships with jax; only needed when bf16 activations travel
-
-        return np.dtype(ml_dtypes.bfloat16)
+    if name == "bfloat16":  # ml_dtypes ships with jax; only needed when bf16 activations travel
+        return np.dtype(__import__("ml_dtypes").bfloat16)
     return np.dtype(name)
 
 
@@ -90,11 +88,13 @@ SCHEMAS: dict[str, Schema] = {
                   "neighbours": dict, "coordinator_data": str, "max_seq_len": int},
                  {"weights": _OPT_STR, "emulate": (dict, type(None)), "kv_tokens": (int, type(None)),
                   "max_batch": (int, type(None)), "seed": int, "kv_layout": _OPT_STR,
-                  "prompt_tokens_per_step": (int, type(None))}),
+                  "prompt_tokens_per_step": (int, type(None)),
+                  "upstream": list}),  # CURVE on: the nodes that may hand off to this one
     # kv_page_tokens: the worker's KV page size; the ledger rounds its reservations to it
     "ready": _s({"node": str, "kv_capacity_token_layers": int, "warmup_s": _NUM},
                 {"kv_page_tokens": (int, type(None))}),
-    "failed": _s({"node": str, "message": str}),
+    "failed": _s({"node": str, "message": str}, {"phase": str}),  # phase: where it failed (load, compile)
+    "progress": _s({"node": str, "phase": str}),  # warm-up phase started: "load" (weights), "compile"
     "heartbeat": _s({"node": str}, {"mean_step_s": _NUM}),  # mean batch time since the last one
     "peer": _s({"node": str, "data_endpoint": str}),  # a rejoined neighbour's new data endpoint
     "shutdown": _s({}),
@@ -115,6 +115,7 @@ class Message:
     kind: str
     fields: Mapping[str, Any]
     arrays: tuple[np.ndarray, ...] = ()
+    sender: str | None = None  # the peer's CURVE public key (z85) on a secured socket; else None
 
     def __getitem__(self, name: str) -> Any:
         return self.fields[name]
@@ -178,7 +179,7 @@ def encode(msg: Message) -> list[Any]:
     return [header, *(a.reshape(-1).view(np.uint8) for a in arrays)]
 
 
-def decode(frames: Sequence[Any]) -> Message:
+def decode(frames: Sequence[Any], sender: str | None = None) -> Message:
     """Parse frames (bytes, memoryviews or zmq.Frame) into a validated Message."""
     if not frames:
         raise ProtocolError("empty message")
@@ -203,7 +204,7 @@ def decode(frames: Sequence[Any]) -> Message:
         raise ProtocolError(f"{kind}: header lists {len(meta)} array(s) but {len(frames) - 1} frame(s) follow")
     _check_fields(kind, fields, len(meta))
     arrays = tuple(_array(kind, entry, frames[i + 1]) for i, entry in enumerate(meta))
-    return Message(kind, fields, arrays)
+    return Message(kind, fields, arrays, sender)
 
 
 def _buffer(frame: Any) -> memoryview:
@@ -237,9 +238,11 @@ def send(sock: zmq.Socket, msg: Message, identity: bytes | None = None) -> None:
     sock.send_multipart(frames, copy=False)
 
 
-def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK) -> tuple[bytes | None, Message]:
-    """Receive one message (by default without blocking: zmq.Again when none is waiting);
-    with `routed` the first frame is the peer identity.
+def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK,
+         secure: bool = False) -> tuple[bytes | None, Message]:
+    """Receive one message (by default without blocking: zmq.Again when none is waiting); with
+    `routed` the first frame is the peer identity; with `secure` (a CURVE server socket)
+    `Message.sender` is the public key the ZAP handler admitted the peer with.
 
     Raises ProtocolError (the identity, when known, is in `.identity`) for a bad message;
     the message has already been consumed, so the caller just logs and continues.
@@ -251,8 +254,11 @@ def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK) -> tu
     if routed:
         identity = bytes(frames[0].buffer)
         frames = frames[1:]
+    sender = None
+    if secure:  # the ZAP user id (always set on a CURVE server socket)
+        sender = frames[-1].get("User-Id")
     try:
-        return identity, decode(frames)
+        return identity, decode(frames, sender)
     except ProtocolError as exc:
         exc.identity = identity  # type: ignore[attr-defined]
         raise
@@ -262,7 +268,8 @@ DRAIN_LIMIT = 10_000  # messages handled per socket per poll, so one flood canno
 
 
 def drain(sock: zmq.Socket, handler: Callable[[bytes | None, Message], None], routed: bool = False,
-          on_reject: Callable[[bytes | None, Message | None, HelixError], None] | None = None) -> None:
+          on_reject: Callable[[bytes | None, Message | None, HelixError], None] | None = None,
+          secure: bool = False) -> None:
     """Handle every waiting message of `sock` (up to DRAIN_LIMIT) with `handler(identity, msg)`.
 
     A malformed message, or one whose handler raises HelixError, is logged, reported to
@@ -270,7 +277,7 @@ def drain(sock: zmq.Socket, handler: Callable[[bytes | None, Message], None], ro
     """
     for _ in range(DRAIN_LIMIT):
         try:
-            identity, msg = recv(sock, routed)
+            identity, msg = recv(sock, routed, secure=secure)
         except zmq.Again:
             return
         except ProtocolError as exc:

@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from helix_jax.errors import ProtocolError, RequestError
-from helix_jax.runtime import wire
+from helix_jax.errors import ConfigError, ProtocolError, RequestError
+from helix_jax.runtime import security, wire
 from helix_jax.runtime.emulation import ComputePacer, DelayedSends, EmulationSpec, LinkPacer
 from helix_jax.runtime.stage_host import StageHost
 from helix_jax.topology import COORDINATOR
@@ -62,6 +62,7 @@ class WorkerOptions:
     bind_host: str = "127.0.0.1"  # address the data socket binds ("0.0.0.0" for remote peers)
     advertise_host: str | None = None  # address peers use to reach it (default: bind_host)
     parent_pid: int | None = None  # exit when this process dies (deploy's children)
+    keys: security.WorkerKeys | None = None  # CURVE keys (--keys FILE); None: plain TCP, loopback only
 
 
 @dataclasses.dataclass
@@ -76,10 +77,29 @@ class Worker:
 
     def __init__(self, options: WorkerOptions) -> None:
         self.options = options
-        self._ctx = zmq.Context.instance()
+        keys = self.keys = options.keys
+        self._ctx = zmq.Context()  # its own: its ZAP handler serves this worker's data socket only
+        self._auth: security.Authenticator | None = None
         self._control = wire.configure(self._ctx.socket(zmq.DEALER))
-        self._control.connect(options.coordinator)
         self._data = wire.configure(self._ctx.socket(zmq.PULL))
+        self._public_keys: dict[str, str] = {}  # node (or COORDINATOR) -> public key, from the keys file
+        self._upstream: set[str] = {COORDINATOR}  # who may send `step` here (from `assign`)
+        if keys is None:
+            security.check_insecure({"the coordinator": security.host_of(options.coordinator),
+                                     "--bind-host": options.bind_host, "--advertise-host": options.advertise_host},
+                                    "a worker without --keys (plain TCP)")
+        else:
+            if keys.node != options.node:
+                raise ConfigError(f"the keys file is for node {keys.node!r}, not {options.node!r}")
+            self._public_keys = {**keys.peers, COORDINATOR: keys.coordinator_public}
+            self._auth = security.Authenticator(self._ctx)  # the deployment's keys; `_on_data` checks who
+            self._auth.allow(security.DATA, self._public_keys.values())
+            security.curve_client(self._control, keys.own, keys.coordinator_public)
+            security.curve_server(self._data, keys.own, security.DATA)
+        # a refused key shows up as a failed handshake, not as a message: watch for it while joining
+        self._monitor = self._control.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                                         | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        self._control.connect(options.coordinator)
         endpoint = wire.bind_free_port(self._data, options.bind_host, 0)
         port = endpoint.rsplit(":", 1)[1]
         self.data_endpoint = f"tcp://{options.advertise_host or options.bind_host}:{port}"
@@ -94,6 +114,7 @@ class Worker:
         self._compute: ComputePacer | None = None
         self._links: LinkPacer | None = None
         self._running = True
+        self._phase = "load"  # the warm-up phase in progress (reported to the coordinator)
         self._stalled = False
         self.steps_run = 0
         self.real_busy_s = self.emulated_busy_s = 0.0
@@ -109,8 +130,9 @@ class Worker:
             try:
                 self._warm_up(assign)
             except Exception as exc:  # report any load failure to the coordinator, then exit
-                logger.exception("worker %s failed to load", self.options.node)
-                wire.send(self._control, wire.make("failed", node=self.options.node, message=str(exc)))
+                logger.exception("worker %s failed to %s", self.options.node, self._phase)
+                wire.send(self._control, wire.make("failed", node=self.options.node, phase=self._phase,
+                                                   message=f"{type(exc).__name__}: {exc}"))
                 return 1
             self._serve()
             steps = max(1, self.steps_run)
@@ -122,15 +144,38 @@ class Worker:
             return 0
         finally:
             time.sleep(0.05)
+            self._stop_monitor()
             for sock in (self._control, self._data, *self._push.values()):
                 sock.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
+            self._ctx.term()
+
+    def _stop_monitor(self) -> None:
+        if not self._monitor.closed:
+            self._control.disable_monitor()
+            self._monitor.close(linger=0)
 
     def _join(self) -> wire.Message | None:
+        try:
+            return self._await_assign()
+        finally:
+            self._stop_monitor()  # joined (or gave up): handshakes no longer matter
+
+    def _await_assign(self) -> wire.Message | None:
         wire.send(self._control, wire.make("register", node=self.options.node, data_endpoint=self.data_endpoint,
                                            pid=os.getpid(), host=socket.gethostname()))
         deadline = time.monotonic() + JOIN_TIMEOUT_S
+        poller = zmq.Poller()
+        poller.register(self._control, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         while time.monotonic() < deadline and self._parent_alive():
-            if not self._control.poll(1000):
+            events = dict(poller.poll(1000))
+            if self._monitor in events:
+                logger.error("coordinator %s refused the CURVE handshake of node %s: wrong keys file, or the "
+                             "deployment was restarted with new keys", self.options.coordinator, self.options.node)
+                return None
+            if self._control not in events:
                 continue
             try:
                 _, msg = wire.recv(self._control)
@@ -152,18 +197,36 @@ class Worker:
             topology = emulation.topology()
             self._compute = ComputePacer(topology, self.options.node, emulation.time_scale, emulation.kv_scale)
             self._links = LinkPacer(topology, self.options.node, emulation.time_scale)
-        self.host = StageHost.build(assign, self._compute)
+        self._report_phase("load")
+        self.host = StageHost.build(assign, self._compute, lambda: self._report_phase("compile"))
         self._endpoints = {**assign["neighbours"], COORDINATOR: assign["coordinator_data"]}
+        self._upstream.update(str(n) for n in assign.get("upstream") or ())
         for name, endpoint in self._endpoints.items():
-            push = wire.configure(self._ctx.socket(zmq.PUSH))
-            push.connect(endpoint)
-            self._push[name] = push
+            self._push[name] = self._connect_push(name, endpoint)
         warmup_s = time.perf_counter() - started
         wire.send(self._control, wire.make("ready", node=self.options.node,
                                            kv_capacity_token_layers=self.host.kv_budget_token_layers,
                                            kv_page_tokens=self.host.engine.kv_page_tokens, warmup_s=warmup_s))
         logger.info("worker %s ready in %.1f s: layers [%d, %d)", self.options.node, warmup_s,
                     self.host.start_layer, self.host.end_layer)
+
+    def _report_phase(self, phase: str) -> None:
+        self._phase = phase
+        wire.send(self._control, wire.make("progress", node=self.options.node, phase=phase))
+
+    def _connect_push(self, name: str, endpoint: str) -> zmq.Socket:
+        push = wire.configure(self._ctx.socket(zmq.PUSH))
+        if self.keys is not None:
+            if name not in self._public_keys:
+                raise ProtocolError(f"the keys file has no public key for {name!r}")
+            security.curve_client(push, self.keys.own, self._public_keys[name])
+        push.connect(endpoint)
+        return push
+
+    def _sender_node(self, msg: wire.Message) -> str:
+        """The node (or COORDINATOR) whose key signed `msg` (CURVE on)."""
+        return next((name for name, key in self._public_keys.items() if key == msg.sender),
+                    f"unknown key {str(msg.sender)[:8]}")
 
     def _parent_alive(self) -> bool:
         return self.options.parent_pid is None or os.getppid() == self.options.parent_pid
@@ -189,7 +252,7 @@ class Worker:
             if self._control in events:
                 wire.drain(self._control, lambda _i, m: self._on_control(m))
             if self._data in events:
-                wire.drain(self._data, lambda _i, m: self._on_data(m))
+                wire.drain(self._data, lambda _i, m: self._on_data(m), secure=self.keys is not None)
             self._release_held()
             self._timers.fire(time.perf_counter(), self._push_now)
             if self._waiting and not self._held:
@@ -211,15 +274,15 @@ class Worker:
             self._running = False
         elif msg.kind == "peer" and msg["node"] in self._push:  # a neighbour rejoined elsewhere
             self._push.pop(msg["node"]).close(linger=0)
-            push = wire.configure(self._ctx.socket(zmq.PUSH))
-            push.connect(msg["data_endpoint"])
-            self._push[msg["node"]] = push
+            self._push[msg["node"]] = self._connect_push(msg["node"], msg["data_endpoint"])
             logger.info("worker %s: neighbour %s now at %s", self.options.node, msg["node"], msg["data_endpoint"])
         else:
             raise ProtocolError(f"unexpected {msg.kind!r} on the control socket")
 
     def _on_data(self, msg: wire.Message) -> None:
         assert self.host is not None
+        if self.keys is not None:  # CURVE on: who signed it must be allowed to send it
+            security.check_data_sender(msg, self._sender_node(msg), self._upstream, self.options.node)
         if msg.kind == "free":
             rid = msg["request_id"]
             self._waiting.pop(rid, None)
