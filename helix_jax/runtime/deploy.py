@@ -175,6 +175,11 @@ class LocalDeployment:
     def _spawn(self, node: str, log_path: Path) -> WorkerProcess:
         assert self.coordinator is not None
         env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"), **self.worker_env}
+        local = sum(is_local_host(self.config.topology.node(n).host) for n in self.config.placement.ranges)
+        if env["JAX_PLATFORMS"] == "cpu" and local > 1 and "XLA_FLAGS" not in env:
+            # several workers share this CPU: one compute thread each instead of a spinning
+            # pool per process (measured: 24.5 -> 37.7 tok/s for SmolLM2 on 3 workers, 2 cores)
+            env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false"
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(worker_command(self.coordinator.control_endpoint, node, os.getpid(),
                                                    self.keys_file(node)),
