@@ -56,7 +56,7 @@ def test_bad_options_print_one_line_and_exit_2() -> None:
            "--endpoint", "tcp://127.0.0.1:1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: choose exactly one of --simulate (with a TOPOLOGY) or --endpoint"
+    assert proc.stderr.strip() == "error: choose exactly one of --simulate (with a TOPOLOGY) or --endpoint / --connection"
     proc = subprocess.run(cmd[:6] + ["--mode", "online"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: online mode needs --rate or --rates"
     proc = subprocess.run(cmd[:6] + ["--schedulers", "fifo"], capture_output=True, text=True, env=env,
@@ -69,4 +69,4 @@ def test_deploy_rejects_a_negative_restart_budget_before_starting_anything() -> 
     proc = subprocess.run([sys.executable, "-m", "helix_jax.cli.main", "deploy", "--restart-workers", "-1"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: --restart-workers must be >= 0, got -1"
+    assert proc.stderr.strip() == "error: validate: --restart-workers must be >= 0, got -1"
