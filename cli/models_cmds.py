@@ -21,7 +21,8 @@ models_app = typer.Typer(help="The model cache: fetch and list real checkpoints.
 def pull(name: str = typer.Argument(..., help="Model name, e.g. smollm2-135m."),
          force: bool = typer.Option(False, "--force", help="Fetch again even if cached.")) -> None:
     """Fetch a known model into the cache (sha256-checked)."""
-    from helix_jax.models import cache_dir, pull as pull_model
+    from helix_jax.models import cache_dir
+    from helix_jax.models import pull as pull_model
 
     with console.status(f"fetching {name} into {cache_dir()}"):
         path = pull_model(name, force=force)

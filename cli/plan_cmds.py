@@ -120,9 +120,8 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
     """Choose a layer range per node to maximise the cluster's max-flow of tokens (or, with
     --shop, which GPUs of a pool to rent)."""
     from helix_jax.bench.workload import length_sampler
-    from helix_jax.solver.plan import plan as run_plan
-
     from helix_jax.errors import ConfigError
+    from helix_jax.solver.plan import plan as run_plan
 
     if regions not in ("auto", "windows", "free"):
         raise ConfigError(f"--regions must be auto, windows or free, got {regions!r}")
@@ -186,7 +185,8 @@ def explain(source: Path = typer.Argument(..., help="A placement JSON (with --to
             as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table.")) -> None:
     """Show what limits a placement's throughput: the min cut and what more capacity would gain."""
     from helix_jax.placement import Placement, validate_placement
-    from helix_jax.solver.plan import explain as run_explain, plan as run_plan
+    from helix_jax.solver.plan import explain as run_explain
+    from helix_jax.solver.plan import plan as run_plan
 
     if not source.is_file():
         raise TopologyError(f"file {str(source)!r} does not exist")

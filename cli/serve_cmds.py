@@ -8,8 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

@@ -31,8 +31,8 @@ import time
 from helix_jax.costmodel import CostModel, best_layer_rate
 from helix_jax.errors import InfeasibleError
 from helix_jax.placement import Placement
-from helix_jax.topology import Topology
 from helix_jax.solver.maxflow import placement_with_flows
+from helix_jax.topology import Topology
 
 BASELINES = ("swarm", "petals", "sp", "homogeneous")
 FILLS_MEMORY = ("sp",)  # methods whose nodes may hold up to memory_max_layers, past max_layers

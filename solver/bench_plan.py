@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from helix_jax.costmodel import CostModel
-from helix_jax.topology import load_topology
 from helix_jax.solver.plan import METHODS, plan
+from helix_jax.topology import load_topology
 
 REPO_TOPOLOGIES = Path(__file__).resolve().parents[1] / "topologies"
 DEFAULT_TOPOLOGIES = ("cpu-small", "single-region-24-llama2-70b", "single-region-24-llama-30b",

@@ -25,8 +25,8 @@ import time
 from collections.abc import Iterator
 
 from helix_jax.costmodel import CostModel, best_layer_rate
-from helix_jax.topology import Topology
 from helix_jax.solver.maxflow import max_flow
+from helix_jax.topology import Topology
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from helix_jax.costmodel import CostModel, best_layer_rate
-from helix_jax.topology import COORDINATOR, Topology
 from helix_jax.solver.highs_run import solve
+from helix_jax.topology import COORDINATOR, Topology
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ import time
 from helix_jax.costmodel import CostModel
 from helix_jax.errors import ConfigError, InfeasibleError
 from helix_jax.placement import Placement
-from helix_jax.topology import Topology
 from helix_jax.solver import heuristics, milp, regions
 from helix_jax.solver.baselines import BASELINES, FILLS_MEMORY, baseline_placement
 from helix_jax.solver.maxflow import max_flow, placement_with_flows
+from helix_jax.topology import Topology
 
 log = logging.getLogger(__name__)
 

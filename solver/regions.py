@@ -28,11 +28,11 @@ import cvxpy as cp
 import numpy as np
 
 from helix_jax.costmodel import LINK_PLANNING_UTILIZATION, CostModel, best_layer_rate
-from helix_jax.topology import Topology
 from helix_jax.solver import heuristics
 from helix_jax.solver.highs_run import solve
 from helix_jax.solver.maxflow import max_flow
 from helix_jax.solver.milp import Group, Rect, expand_counts, make_groups, make_rects
+from helix_jax.topology import Topology
 
 log = logging.getLogger(__name__)
 

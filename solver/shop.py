@@ -41,11 +41,10 @@ import time
 from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import ConfigError, InfeasibleError
 from helix_jax.placement import Placement
-from helix_jax.topology import Topology
 from helix_jax.solver import milp
 from helix_jax.solver.maxflow import max_flow, placement_with_flows
-from helix_jax.solver.shop_model import (REL_TOL, PaceGrid, ShopModel, check_pool, cost_of, mix_of,
-                                         sub_topology)
+from helix_jax.solver.shop_model import REL_TOL, PaceGrid, ShopModel, check_pool, cost_of, mix_of, sub_topology
+from helix_jax.topology import Topology
 
 PACE_ROUNDS = 4  # re-solves of a sure answer at its own pace
 SHOP_GAP = 1e-3  # stop refining pace intervals when the bound is this close

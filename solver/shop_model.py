@@ -17,9 +17,9 @@ import numpy as np
 
 from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import TopologyError
-from helix_jax.topology import COORDINATOR, Topology
 from helix_jax.solver import milp
 from helix_jax.solver.highs_run import solve
+from helix_jax.topology import COORDINATOR, Topology
 
 PACE_INTERVALS = 4  # pace intervals between the fastest and the slowest type's own step
 REL_TOL = 1e-6

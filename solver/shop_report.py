@@ -13,8 +13,8 @@ import math
 from pathlib import Path
 
 from helix_jax.costmodel import WorkloadShape
-from helix_jax.topology import Topology
 from helix_jax.solver.shop import _own_flow, cheapest_mix, check_pool, cost_of, mix_of, sub_topology
+from helix_jax.topology import Topology
 
 
 @dataclasses.dataclass(frozen=True)

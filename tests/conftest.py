@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from helix_jax.placement import FlowEdge, Placement
-from helix_jax.topology import Topology, tiny_topology_path, load_topology, topology_from_dict
+from helix_jax.topology import Topology, load_topology, tiny_topology_path, topology_from_dict
 
 
 @pytest.fixture

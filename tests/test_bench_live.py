@@ -15,7 +15,7 @@ from helix_jax.model.tokenizer import load_tokenizer
 from helix_jax.placement import FlowEdge, Placement
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment
-from helix_jax.topology import tiny_topology_path, load_topology
+from helix_jax.topology import load_topology, tiny_topology_path
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from helix_jax.bench.workload import (AzureConversationLengths, FixedLengths, TraceLengths, length_sampler,
-                                      load_arrival_counts, poisson_arrivals, shaped_arrivals)
+from helix_jax.bench.workload import (
+    AzureConversationLengths,
+    FixedLengths,
+    TraceLengths,
+    length_sampler,
+    load_arrival_counts,
+    poisson_arrivals,
+    shaped_arrivals,
+)
 from helix_jax.costmodel import WorkloadShape
 from helix_jax.errors import ConfigError
 

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from helix_jax.costmodel import (ACTIVATION_MEMORY_FRACTION, MEMORY_RESERVE_BYTES_PER_GPU,
-                                  PIPELINE_MICROBATCH_FACTOR, CostModel, WorkloadShape, best_layer_rate)
+from helix_jax.costmodel import (
+    ACTIVATION_MEMORY_FRACTION,
+    MEMORY_RESERVE_BYTES_PER_GPU,
+    PIPELINE_MICROBATCH_FACTOR,
+    CostModel,
+    WorkloadShape,
+    best_layer_rate,
+)
 from helix_jax.errors import ConfigError, TopologyError
 from helix_jax.profiles import LatencyProfile
 from helix_jax.topology import load_topology, topology_from_dict

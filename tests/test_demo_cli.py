@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

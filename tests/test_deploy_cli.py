@@ -76,7 +76,7 @@ def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:
                   "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state")])
     try:
         url = dep.wait_for(r"HTTP API: (http://\S+)/v1")
-        endpoint = dep.wait_for(r"client endpoint (tcp://\S+)")
+        dep.wait_for(r"client endpoint (tcp://\S+)")
         connection = dep.wait_for(r"connection file: (\S+)")
         assert connection == str(tmp_path / "state" / "connection.json")
         printed = "".join(dep.seen)

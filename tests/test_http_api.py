@@ -29,7 +29,7 @@ from helix_jax.modelconfig import TINY_EOS
 from helix_jax.placement import Placement
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment
-from helix_jax.topology import tiny_topology_path, load_topology
+from helix_jax.topology import load_topology, tiny_topology_path
 
 MAX_SEQ_LEN = 128
 QUEUE_LIMIT = 40

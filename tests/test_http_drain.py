@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import openai
+
 from helix_jax.topology import tiny_topology_path
 
 ENV = dict(os.environ, COLUMNS="250", JAX_PLATFORMS="cpu")

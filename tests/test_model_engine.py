@@ -11,8 +11,14 @@ import pytest
 from flax import nnx
 
 from helix_jax.errors import ConfigError, OverloadedError, RequestError
-from helix_jax.model import (SamplingParams, StageEngine, StepInput, forward_full, random_stage_weights,
-                             slots_for_kv_budget)
+from helix_jax.model import (
+    SamplingParams,
+    StageEngine,
+    StepInput,
+    forward_full,
+    random_stage_weights,
+    slots_for_kv_budget,
+)
 from helix_jax.modelconfig import PRESETS
 
 CFG = PRESETS["tiny"]  # 4 layers, width 64, GQA 4/2, fp32

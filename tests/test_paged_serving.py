@@ -9,7 +9,8 @@ import collections
 import types
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helix_jax.model import SamplingParams, StageEngine, StepInput, random_stage_weights
 from helix_jax.modelconfig import PRESETS

@@ -32,7 +32,8 @@ def deployment(tmp_path_factory):
     from helix_jax.cli.serve_cmds import serve_config
     from helix_jax.runtime.deploy import LocalDeployment
 
-    cfg, tokenizer = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, None, 256, 10.0)
+    # KV for the 16 concurrent requests the tests send: decode buckets up to 16 rows, no more to compile
+    cfg, tokenizer = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, 16 * 256, 256, 10.0)
     assert cfg.model.name == "smollm2-135m" and len(cfg.placement.ranges) == 3
     with LocalDeployment(cfg, tokenizer, log_dir=tmp_path_factory.mktemp("workers")) as dep:
         dep.wait_ready(timeout_s=600)

@@ -9,10 +9,9 @@ from helix_jax.errors import RequestError
 from helix_jax.model.tokenizer import ByteTokenizer
 from helix_jax.modelconfig import PRESETS
 from helix_jax.runtime import wire
-from helix_jax.runtime.emulation import (ComputePacer, DelayedSends, EmulationSpec, LayerLoad, LinkPacer,
-                                         layer_loads)
+from helix_jax.runtime.emulation import ComputePacer, DelayedSends, EmulationSpec, LayerLoad, LinkPacer, layer_loads
 from helix_jax.runtime.requests import parse_generate
-from helix_jax.topology import tiny_topology_path, load_topology, topology_from_dict
+from helix_jax.topology import load_topology, tiny_topology_path, topology_from_dict
 
 TINY = PRESETS["tiny-8"]
 

@@ -24,7 +24,7 @@ from helix_jax.placement import Placement
 from helix_jax.runtime import wire
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment
-from helix_jax.topology import tiny_topology_path, load_topology
+from helix_jax.topology import load_topology, tiny_topology_path
 
 MAX_SEQ_LEN = 128
 KV_TOKENS = 2 * MAX_SEQ_LEN  # two sequences per worker: bursts must queue

@@ -34,7 +34,7 @@ from helix_jax.placement import Placement
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment, WorkerProcess, worker_command
 from helix_jax.solver.maxflow import survivor_flows
-from helix_jax.topology import tiny_topology_path, load_topology
+from helix_jax.topology import load_topology, tiny_topology_path
 
 HEARTBEAT_TIMEOUT_S = 5.0
 PROMPTS = ["Hello, helix!", "max-flow", "A100 + T4 + L4", "x", "failover", "resume me"]

@@ -9,11 +9,11 @@ import pytest
 
 from helix_jax.costmodel import CostModel
 from helix_jax.placement import validate_placement
-from helix_jax.topology import Topology, topology_from_dict
 from helix_jax.solver import milp
 from helix_jax.solver.heuristics import coverage, node_tables
 from helix_jax.solver.maxflow import max_flow
 from helix_jax.solver.plan import plan
+from helix_jax.topology import Topology, topology_from_dict
 
 
 def brute_force(topo: Topology, cm: CostModel, partial_inference: bool) -> float:
@@ -102,6 +102,7 @@ def test_zones_follow_slow_links() -> None:
     # the link-bound fixture: two nodes joined only by a slow link (50 vectors/s, 50 / (1 + 763/232)
     # decode tokens/s with their prompts) are two zones, and the zone model's bound is the link
     from pathlib import Path
+
     from helix_jax.topology import load_topology
     topo = load_topology(Path(__file__).resolve().parents[1] / "topologies" / "fixtures" / "link-bound.json")
     cm = CostModel(topo)

@@ -27,9 +27,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from helix_jax.errors import ConfigError, OverloadedError, RequestError
+from helix_jax.model.batching import (
+    PaddedBatch,
+    StepInput,
+    StepOutput,
+    check_step,
+    normalize_buckets,
+    pad_batch,
+    pick_bucket,
+)
 from helix_jax.model.engine_capacity import KVCapacity
-from helix_jax.model.batching import (PaddedBatch, StepInput, StepOutput, check_step, normalize_buckets,
-                                      pad_batch, pick_bucket)
 from helix_jax.model.paged_cache import PagePool, page_table_array, pages_for
 from helix_jax.model.sampling import SamplingParams
 from helix_jax.model.stage import KVCache, init_kv_cache, kv_cache_bytes

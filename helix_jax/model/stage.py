@@ -24,9 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from helix_jax.model.layers import (DecoderLayer, LayerKV, RMSNorm, jnp_dtype, normal_init, rope_cos_sin,
-                                    rope_inv_freq)
 from helix_jax.errors import ConfigError
+from helix_jax.model.layers import DecoderLayer, LayerKV, RMSNorm, jnp_dtype, normal_init, rope_cos_sin, rope_inv_freq
 from helix_jax.modelconfig import ModelConfig
 
 

@@ -117,8 +117,8 @@ def default_weights_source(config: ModelConfig, model_spec: str) -> str:
     """The weights a `--model` spec implies: built-in tiny models are "random:0", a directory or
     .gguf file is itself, a named model is its file in the model cache (CheckpointError naming
     `helix-jax models pull` when absent); a preset of a real model needs its checkpoint."""
-    from helix_jax.models import is_model_name, model_file
     from helix_jax.modelconfig import PRESETS, is_tiny
+    from helix_jax.models import is_model_name, model_file
 
     if is_model_name(model_spec):  # kept as the name: each host resolves its own cache
         model_file(model_spec)  # present here, or CheckpointError naming `models pull`

@@ -61,7 +61,9 @@ class Schema:
 
 
 def _s(required: dict[str, Any], optional: dict[str, Any] | None = None, arrays: int = 0) -> Schema:
-    norm = lambda d: {k: (v if isinstance(v, tuple) else (v,)) for k, v in (d or {}).items()}
+    def norm(d: dict[str, Any] | None) -> dict[str, tuple[type, ...]]:
+        return {k: (v if isinstance(v, tuple) else (v,)) for k, v in (d or {}).items()}
+
     return Schema(norm(required), norm(optional), arrays)
 
 

@@ -23,7 +23,6 @@ import random
 from typing import Mapping, Sequence
 
 from helix_jax.errors import ConfigError
-
 from helix_jax.scheduler.route_graph import RouteGraph
 
 POLICIES = ("iwrr", "random", "shortest-queue", "swarm")

@@ -31,13 +31,12 @@ from typing import Mapping
 
 from helix_jax.errors import ConfigError, OverloadedError, RequestError
 from helix_jax.placement import Hop, Placement
-from helix_jax.topology import COORDINATOR
-
 from helix_jax.scheduler.fixed_routes import FixedRoutes, placement_routes
 from helix_jax.scheduler.kv_ledger import KVLedger
 from helix_jax.scheduler.policies import RoutePolicy, policy_class
 from helix_jax.scheduler.route_graph import RouteGraph
 from helix_jax.scheduler.types import Admission, RequestSpec
+from helix_jax.topology import COORDINATOR
 
 log = logging.getLogger(__name__)
 

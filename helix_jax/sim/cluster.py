@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 from typing import Callable
 
+
 class SimRequest:
     """A request in flight: where it is on its route and what it has produced."""
 
