@@ -10,6 +10,8 @@ which asks before it adds a request or batches a step, and the engine, which all
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from helix_jax.model.batching import StepInput
@@ -17,6 +19,20 @@ from helix_jax.model.batching import StepInput
 
 class KVCapacity:
     """Mixin of StageEngine: KV capacity and page queries (contiguous or paged layout)."""
+
+    # provided by StageEngine (declared for the type checker; no values here)
+    pool: Any
+    page_size: int
+    max_slots: int
+    max_seq_len: int
+    _requests: dict[Any, Any]
+    _free_slots: list[int]
+    cache: Any
+    start_layer: int
+
+    if TYPE_CHECKING:
+        @property
+        def num_layers(self) -> int: ...
 
     @property
     def kv_capacity_token_layers(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 
@@ -38,11 +38,11 @@ class LocalModel:
         self.weights = (weights_source if isinstance(weights_source, StageWeights)
                         else load_stage_weights(config, 0, config.num_layers, weights_source))
         self.chunk = min(chunk_tokens, self.max_seq_len)
+        layout: dict[str, Any] = {} if kv_layout is None else {"kv_layout": kv_layout}
         self.engine = StageEngine(config, 0, config.num_layers, self.weights, max_slots=1,
                                   max_seq_len=self.max_seq_len, prefill_buckets=(self.chunk,),
                                   decode_buckets=(1,), prefill_batch_buckets=(1,),
-                                  compiler_options=compiler_options,
-                                  **({} if kv_layout is None else {"kv_layout": kv_layout}))
+                                  compiler_options=compiler_options, **layout)
 
     def generate(self, prompt_ids: Sequence[int], max_tokens: int, sampling: SamplingParams | None = None, *,
                  stop_at_eos: bool = True, on_token: Callable[[int], None] | None = None,
