@@ -42,6 +42,7 @@ bench-sim:
 	$(BIN)/python -m helix_jax.cli.sim_bench
 
 bench-serve:
+	$(BIN)/python -m helix_jax.cli.curve_bench
 	$(BIN)/python -m helix_jax.cli.serve_bench --time-scale 5 --warmup 30 --window 30 --concurrency 1500
 
 clean:
