@@ -43,7 +43,7 @@ from helix_jax.modelconfig import resolve_model
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment
 from helix_jax.runtime.emulation import EmulationSpec
-from helix_jax.topology import default_topology_path, load_topology
+from helix_jax.topology import load_topology, tiny_topology_path
 
 PAPER = Path(__file__).resolve().parent.parent / "topologies" / "single-region-24-llama2-70b.json"
 
@@ -87,21 +87,27 @@ def local_baseline(config, prompts: list[list[int]], max_tokens: int, max_seq_le
             "batch_tokens_per_s": total / wall, "batch_ttft_ms": statistics.mean(ttfts) * 1e3}
 
 
-def bench_cpu_small(requests: int, max_tokens: int) -> dict:
+def bench_cpu_small(requests: int, max_tokens: int, secure: bool = False, local: bool = True) -> dict:
+    """cpu-tiny, planned: one request at a time and `requests` at once through the deployment
+    (with CURVE keys when `secure`), against the whole model in this process (when `local`)."""
     from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.runtime.security import DeploymentKeys
     from helix_jax.solver.plan import plan
 
-    topo = load_topology(default_topology_path())
+    topo = load_topology(tiny_topology_path())
     rng = random.Random(0)
     prompts = [[256] + [rng.randrange(256) for _ in range(15)] for _ in range(requests)]
     max_seq_len = 64
-    local = local_baseline(topo.model, prompts, max_tokens, max_seq_len)
+    baseline = local_baseline(topo.model, prompts, max_tokens, max_seq_len) if local else None
     placement = plan(topo, time_limit_s=10)
+    keys = DeploymentKeys.generate(placement.ranges) if secure else None
     cfg = ServeConfig(topo, placement, topo.model, weights="random:0", max_seq_len=max_seq_len,
-                      kv_tokens=requests * max_seq_len)
+                      kv_tokens=requests * max_seq_len, keys=keys)
+    began = time.perf_counter()
     with LocalDeployment(cfg, load_tokenizer(topo.model)) as dep:
         dep.wait_ready()
-        with Client(dep.client_endpoint) as client:
+        ready_s = time.perf_counter() - began
+        with Client(dep.client_endpoint, keys=keys.client() if keys is not None else None) as client:
             for _ in range(2):  # first requests touch cold paths
                 client.generate(prompts[0], max_tokens=max_tokens)
             singles = [client.generate(prompts[0], max_tokens=max_tokens) for _ in range(5)]
@@ -113,17 +119,17 @@ def bench_cpu_small(requests: int, max_tokens: int) -> dict:
     tpot = statistics.median(r.timings.tpot_s for r in singles) * 1e3
     return {
         "placement": {n: list(r) for n, r in placement.ranges.items()}, "route_hops": hops,
-        "local": local,
+        "local": baseline, "ready_s": ready_s,
         "deployed": {"ttft_ms": statistics.median(r.timings.ttft_s for r in singles) * 1e3, "tpot_ms": tpot,
                      "batch_tokens_per_s": sum(len(r.ids) for r in batch) / wall,
                      "batch_ttft_ms": statistics.mean(r.timings.ttft_s for r in batch) * 1e3},
-        "overhead_per_hop_ms": (tpot - local["tpot_ms"]) / hops,
+        "overhead_per_hop_ms": (tpot - baseline["tpot_ms"]) / hops if baseline else None,
         "requests": requests, "max_tokens": max_tokens,
     }
 
 
 def bench_failover(requests: int, max_tokens: int, kill_after_s: float) -> dict:
-    """cpu-small, planned: `requests` concurrent greedy requests of `max_tokens`; the worker that
+    """cpu-tiny, planned: `requests` concurrent greedy requests of `max_tokens`; the worker that
     starts the multi-hop route is killed `kill_after_s` after they are sent."""
     import os
     import signal
@@ -132,7 +138,7 @@ def bench_failover(requests: int, max_tokens: int, kill_after_s: float) -> dict:
     from helix_jax.solver.maxflow import survivor_flows
     from helix_jax.solver.plan import plan
 
-    topo = load_topology(default_topology_path())
+    topo = load_topology(tiny_topology_path())
     rng = random.Random(2)
     prompts = [[256] + [rng.randrange(256) for _ in range(15)] for _ in range(requests)]
     max_seq_len = 16 + max_tokens
@@ -222,7 +228,7 @@ def bench_emulated(time_scale: float, concurrency: int, warmup_s: float, window_
 
 
 def bench_http(duration_s: float, warmup_s: float, streams: int, prompt_tokens: int, max_tokens: int) -> dict:
-    """cpu-small, planned: `helix_jax.bench.live` through the ZeroMQ client and through the HTTP
+    """cpu-tiny, planned: `helix_jax.bench.live` through the ZeroMQ client and through the HTTP
     front end of the same deployment, one stream at a time and `streams` at once."""
     from helix_jax.bench.live import LiveConfig, run_live_bench
     from helix_jax.bench.workload import length_sampler
@@ -230,7 +236,7 @@ def bench_http(duration_s: float, warmup_s: float, streams: int, prompt_tokens: 
     from helix_jax.model.tokenizer import load_tokenizer
     from helix_jax.solver.plan import plan
 
-    topo = load_topology(default_topology_path())
+    topo = load_topology(tiny_topology_path())
     max_seq_len = prompt_tokens + max_tokens
     placement = plan(topo, time_limit_s=10)
     cfg = ServeConfig(topo, placement, topo.model, weights="random:0", max_seq_len=max_seq_len,
@@ -275,15 +281,15 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if not args.skip_small:
         r = bench_cpu_small(args.requests, args.max_tokens)
-        print(f"[cpu-small] placement {r['placement']}, {r['route_hops']:.1f} hops per round trip")
+        print(f"[cpu-tiny] placement {r['placement']}, {r['route_hops']:.1f} hops per round trip")
         for label in ("local", "deployed"):
             x = r[label]
-            print(f"[cpu-small] {label:8s}: 1 request TTFT {x['ttft_ms']:.1f} ms, TPOT {x['tpot_ms']:.2f} ms; "
+            print(f"[cpu-tiny] {label:8s}: 1 request TTFT {x['ttft_ms']:.1f} ms, TPOT {x['tpot_ms']:.2f} ms; "
                   f"{r['requests']} concurrent: {x['batch_tokens_per_s']:.0f} tok/s, mean TTFT {x['batch_ttft_ms']:.1f} ms")
-        print(f"[cpu-small] pipeline overhead per hop: {r['overhead_per_hop_ms']:.2f} ms")
+        print(f"[cpu-tiny] pipeline overhead per hop: {r['overhead_per_hop_ms']:.2f} ms")
     if not args.skip_failover:
         r = bench_failover(16, 200, 0.5)
-        print(f"[failover] cpu-small {r['placement']}: {r['requests']} requests of {r['max_tokens']} tokens, "
+        print(f"[failover] cpu-tiny {r['placement']}: {r['requests']} requests of {r['max_tokens']} tokens, "
               f"worker {r['killed']} killed {r['kill_at_s']:.2f} s after they were sent")
         print(f"[failover] {r['completed']}/{r['requests']} finished, {r['resumed']} resumed on another route; "
               f"longest pause between two tokens {r['longest_pause_ms']:.0f} ms (median gap "
@@ -293,7 +299,7 @@ def main() -> None:
         r = bench_http(args.http_seconds, min(5.0, args.http_seconds / 4), 64, 16, 32)
         for c in (1, r["streams"]):
             z, h = r[f"zmq_c{c}"], r[f"http_c{c}"]
-            print(f"[http] cpu-small, {c} stream(s), prompt {r['prompt_tokens']}, output {r['max_tokens']}: "
+            print(f"[http] cpu-tiny, {c} stream(s), prompt {r['prompt_tokens']}, output {r['max_tokens']}: "
                   f"ZeroMQ TPOT p50 {z['tpot_p50_ms']:.2f} ms, {z['decode_tokens_per_s']:.0f} tok/s; "
                   f"HTTP TPOT p50 {h['tpot_p50_ms']:.2f} ms, {h['decode_tokens_per_s']:.0f} tok/s")
         print(f"[http] per-token overhead of the API (p50 TPOT, HTTP - ZeroMQ): {r['tpot_overhead_p50_ms']:.3f} ms")

@@ -104,14 +104,13 @@ def test_last_position_logits_agree(reference, ours) -> None:
 @pytest.mark.parametrize("start,end,outer", [(0, 10, {"token_embd.weight"}), (10, 20, set()),
                                              (20, 30, {"output_norm.weight", "token_embd.weight"})])
 def test_a_stage_dequantizes_only_its_own_layers(start, end, outer) -> None:
-    from helix_jax.model import checkpoint
     from helix_jax.model.weights import load_stage_weights
     from helix_jax.modelconfig import preset
 
     weights = load_stage_weights(preset("smollm2-135m"), start, end, str(MODEL_PATH), layer_loop="scan")
     kinds = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "attn_norm", "ffn_norm")
     want = {f"blk.{layer}.{kind}.weight" for layer in range(start, end) for kind in kinds} | outer
-    assert set(checkpoint.LAST_GGUF_READS) == want and len(checkpoint.LAST_GGUF_READS) == len(want)
+    assert set(weights.tensors_read) == want and len(weights.tensors_read) == len(want)
     params = (end - start) * preset("smollm2-135m").params_per_layer
     table = 49152 * 576 + (576 if end == 30 else 0) if outer else 0
     assert weights.weight_bytes == 4 * (params + table)  # nothing of the other 20 layers is held

@@ -157,8 +157,9 @@ def load_checkpoint_state(directory: Path, config: ModelConfig, start_layer: int
 
 
 def load_gguf_state(path: Path, config: ModelConfig, start_layer: int, end_layer: int,
-                    abstract_state: Any) -> Any:
-    """Fill `abstract_state` from a GGUF file, dequantizing only the stage's own tensors."""
+                    abstract_state: Any) -> tuple[Any, tuple[str, ...]]:
+    """Fill `abstract_state` from a GGUF file, dequantizing only the stage's own tensors;
+    returns the state and the GGUF names it dequantized, in order."""
     from helix_jax.model.gguf_file import GGUFFile, gguf_config
 
     gguf = GGUFFile(path)
@@ -170,9 +171,4 @@ def load_gguf_state(path: Path, config: ModelConfig, start_layer: int, end_layer
         return gguf.read(name, heads)
 
     state = fill_stage_state(read, str(path), config, start_layer, end_layer, abstract_state)
-    LAST_GGUF_READS[:] = gguf.reads
-    return state
-
-
-# GGUF tensors dequantized by the latest load_gguf_state (tests check a stage read only its own).
-LAST_GGUF_READS: list[str] = []
+    return state, tuple(gguf.reads)

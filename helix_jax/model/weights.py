@@ -39,6 +39,7 @@ class StageWeights:
     end_layer: int
     graphdef: Any  # nnx.GraphDef of the StageModel
     state: Any  # nnx.State: the weight arrays (traced arguments of the jitted step)
+    tensors_read: tuple[str, ...] = ()  # GGUF tensors dequantized to build it (GGUF sources only)
 
     def model(self) -> StageModel:
         """A live StageModel sharing these arrays (for direct, unjitted use)."""
@@ -108,8 +109,10 @@ def load_stage_weights(config: ModelConfig, start_layer: int, end_layer: int,
         text = str(model_file(text))
 
     graphdef, abstract = abstract_stage(config, start_layer, end_layer, layer_loop)
-    load = load_gguf_state if text.endswith(".gguf") else load_checkpoint_state
-    state = load(Path(text), config, start_layer, end_layer, abstract)
+    if text.endswith(".gguf"):
+        state, read = load_gguf_state(Path(text), config, start_layer, end_layer, abstract)
+        return StageWeights(config, start_layer, end_layer, graphdef, state, read)
+    state = load_checkpoint_state(Path(text), config, start_layer, end_layer, abstract)
     return StageWeights(config, start_layer, end_layer, graphdef, state)
 
 
