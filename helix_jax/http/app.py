@@ -118,13 +118,19 @@ def create_app(backend: Backend, api_key: str | None = None, max_body_bytes: int
         check_model(model)
         return model_card()
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
+    async def admitted(request: Request, schema: Any) -> tuple[float, Any]:
+        """(arrival time, parsed body) of a generation request that may be served now: the key,
+        the body, the model and the deployment's state checked, in that order."""
         received = time.perf_counter()
         authorize(request)
-        req = parse_body(await read_body(request, max_body_bytes), CompletionRequest)
+        req = parse_body(await read_body(request, max_body_bytes), schema)
         check_model(req.model)
         await backend.ensure_serving()
+        return received, req
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        received, req = await admitted(request, CompletionRequest)
         prompts = []
         for p in req.prompt:
             ids = backend.tokenizer.encode(p) if isinstance(p, str) else p
@@ -137,11 +143,7 @@ def create_app(backend: Backend, api_key: str | None = None, max_body_bytes: int
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        received = time.perf_counter()
-        authorize(request)
-        req = parse_body(await read_body(request, max_body_bytes), ChatCompletionRequest)
-        check_model(req.model)
-        await backend.ensure_serving()
+        received, req = await admitted(request, ChatCompletionRequest)
         try:
             ids = backend.tokenizer.encode_chat([m.as_template_input() for m in req.messages])
         except RequestError as exc:
