@@ -5,7 +5,6 @@ no stall (16 decoding requests step every batch while a long prompt prefills).""
 
 from __future__ import annotations
 
-import collections
 import types
 
 import numpy as np
@@ -17,7 +16,7 @@ from helix_jax.modelconfig import PRESETS
 from helix_jax.placement import FlowEdge, Placement
 from helix_jax.runtime import wire
 from helix_jax.runtime.stage_host import StageHost
-from helix_jax.runtime.worker import Worker, _Pending
+from helix_jax.runtime.worker import Worker
 from helix_jax.scheduler import RequestSpec, Scheduler
 
 CFG = PRESETS["tiny"]  # 4 layers
@@ -102,13 +101,10 @@ def test_ledger_and_page_pool_agree(sequence):
 # ---------------------------------------------------------------- chunked prefill
 def step_msg(rid, data, position, route, hop=0, kv_tokens=None, index=0):
     extra = {} if kv_tokens is None else {"kv_tokens": kv_tokens}
+    if position == 0:  # sampling travels with a request's first step only
+        extra["sampling"] = SAMPLING
     return wire.make("step", [data], request_id=rid, route=route, hop=hop, position=position, index=index,
-                     sampling=SAMPLING, **extra)
-
-
-def enqueue(host, waiting, msg, node):
-    item = host.step_input(msg, node)
-    waiting.setdefault(msg["request_id"], collections.deque()).append(_Pending(item, msg, item[0].num_tokens))
+                     **extra)
 
 
 def forward(node, msg, result):
@@ -122,12 +118,11 @@ def test_chunked_prefill_through_two_hosts_equals_one_shot():
              "b": StageHost(paged_engine(2, 4, prefill_buckets=(8,)), "b", 0, 32, 8)}
     route = [["a", 0, 3], ["b", 3, 4]]
     prompt = np.random.default_rng(3).integers(0, 256, 40).astype(np.int32)
-    waiting = {n: collections.OrderedDict() for n in hosts}
-    enqueue(hosts["a"], waiting["a"], step_msg("r", prompt, 0, route, kv_tokens=44), "a")
+    hosts["a"].enqueue(step_msg("r", prompt, 0, route, kv_tokens=44))
     sampled, batches = [], {"a": 0, "b": 0}
-    while any(waiting.values()):
+    while any(host.waiting for host in hosts.values()):
         for node, host in hosts.items():
-            batch = host.pick_batch(waiting[node])
+            batch = host.pick_batch()
             if not batch:
                 continue
             batches[node] += 1
@@ -139,7 +134,7 @@ def test_chunked_prefill_through_two_hosts_equals_one_shot():
                 if dst == "coordinator":
                     sampled.append(msg["token_id"])
                 else:
-                    enqueue(hosts[dst], waiting[dst], msg, dst)
+                    hosts[dst].enqueue(msg)
     assert batches == {"a": 3, "b": 5} and len(sampled) == 1
     whole = paged_engine(0, 4, prefill_buckets=(64,), max_seq_len=64)
     whole.add_request("r")
@@ -151,25 +146,22 @@ def test_chunked_prefill_through_two_hosts_equals_one_shot():
 def test_no_stall_sixteen_decodes_step_while_a_long_prompt_prefills():
     host = StageHost(paged_engine(), "n", 0, 32, 16)
     route = [["n", 0, 4]]
-    waiting: collections.OrderedDict = collections.OrderedDict()
     rng = np.random.default_rng(0)
     position = {}
     for i in range(16):
-        enqueue(host, waiting, step_msg(f"d{i}", rng.integers(0, 256, 5).astype(np.int32), 0, route,
-                                        kv_tokens=60), "n")
+        host.enqueue(step_msg(f"d{i}", rng.integers(0, 256, 5).astype(np.int32), 0, route, kv_tokens=60))
         position[f"d{i}"] = 5
-    while waiting:  # 80 prompt tokens at 16 per batch
-        host.run(host.pick_batch(waiting))
+    while host.waiting:  # 80 prompt tokens at 16 per batch
+        host.run(host.pick_batch())
     assert all(host.engine.tokens_cached(rid) == 5 for rid in position)
     tokens = {f"d{i}": 0 for i in range(16)}
-    enqueue(host, waiting, step_msg("long", rng.integers(0, 256, 100).astype(np.int32), 0, route,
-                                    kv_tokens=104), "n")
+    host.enqueue(step_msg("long", rng.integers(0, 256, 100).astype(np.int32), 0, route, kv_tokens=104))
     steps = 0
     long_sampled = None
     while long_sampled is None:
         for rid in tokens:  # every decoding request has its next token waiting
-            enqueue(host, waiting, step_msg(rid, np.asarray([1], np.int32), position[rid], route), "n")
-        batch = host.pick_batch(waiting)
+            host.enqueue(step_msg(rid, np.asarray([1], np.int32), position[rid], route))
+        batch = host.pick_batch()
         steps += 1
         decode = [p for p in batch if p.item[0].num_tokens == 1]
         prompt = [p for p in batch if p.item[0].request_id == "long"]

@@ -37,7 +37,7 @@ from helix_jax.model.batching import (
     pick_bucket,
 )
 from helix_jax.model.engine_capacity import KVCapacity
-from helix_jax.model.paged_cache import PagePool, page_table_array, pages_for
+from helix_jax.model.page_pool import PagePool, page_table_array, pages_for
 from helix_jax.model.sampling import SamplingParams
 from helix_jax.model.stage import KVCache, init_kv_cache, kv_cache_bytes
 from helix_jax.model.step_program import CALLER, slots_for_kv_budget, step_program

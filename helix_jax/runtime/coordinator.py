@@ -475,8 +475,10 @@ class Coordinator:
             self._send_step(req, ids, position=0, index=len(req.output_ids), kv_tokens=adm.spec.kv_tokens)
 
     def _send_step(self, req: LiveRequest, ids: np.ndarray, position: int, index: int, **extra: Any) -> None:
+        if position == 0:  # checked once at admission (parse_generate); each hop keeps it with the request
+            extra["sampling"] = req.sampling_wire
         msg = wire.make("step", [ids], request_id=req.request_id, route=req.route_wire, hop=0,
-                        position=position, index=index, sampling=req.sampling_wire, **extra)
+                        position=position, index=index, **extra)
         self._send_data(req.route[0].node, msg, len(ids))
 
     def _on_data(self, msg: wire.Message) -> None:

@@ -4,8 +4,9 @@ Sits inside a worker (runtime step of the data flow): builds the StageEngine of 
 layer range (paged or contiguous KV), checks that each incoming step really belongs here
 (route, hop, layer sub-range, array dtype and shape), forms continuous batches (one item per
 request, slots and pages permitting, capped by the emulated GPU's batch limits), and runs
-them so that one bad item cannot spoil the others. jax is imported only here, so the
-coordinator and client stay light.
+them so that one bad item cannot spoil the others. It owns the worker's waiting queue. The
+runner comes from a `RunnerFactory` (runner.py): jax is imported only by the default one, so
+the coordinator, the client and tests on `helix_jax.testing` fakes stay light.
 
 Chunked prefill: a step carries a whole prompt (or a chunk of it); a batch takes at most
 `max_prompt_tokens` prompt tokens (the cost model's per-step budget, the simulator's), so a
@@ -24,70 +25,57 @@ from typing import Any
 import numpy as np
 
 from helix_jax.errors import HelixError, ProtocolError
+from helix_jax.model.batching import StepInput
+from helix_jax.model.page_pool import pages_for
+from helix_jax.model.sampling_params import SamplingParams
 from helix_jax.modelconfig import resolve_model
 from helix_jax.runtime import wire
 from helix_jax.runtime.emulation import ComputePacer, LayerLoad, layer_loads
+from helix_jax.runtime.runner import RunnerFactory, RunnerSpec, StageRunner, engine_runner
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SLOTS = 32  # contiguous slots, or the default KV budget in max_seq_len-long requests
 DECODE_BUCKETS = (1, 4, 16, 64, 256)  # few buckets: every one costs seconds of warm-up per worker
+PAGE_SIZE = 16  # tokens per KV page (the engine's default)
+
+
+@dataclasses.dataclass
+class Pending:
+    """One queued step: (StepInput, SamplingParams or None, KV reservation), its message, tokens."""
+
+    item: tuple[StepInput, SamplingParams | None, int]
+    msg: wire.Message
+    num_tokens: int
 
 
 class StageHost:
     """A StageEngine plus the checks and batching policy of the worker loop."""
 
-    def __init__(self, engine: Any, node: str, kv_budget_token_layers: int, max_decode_rows: int,
+    def __init__(self, engine: StageRunner, node: str, kv_budget_token_layers: int, max_decode_rows: int,
                  max_prompt_tokens: int) -> None:
-        from helix_jax.model import SamplingParams, StepInput
-
         self.engine, self.node = engine, node
         self.start_layer, self.end_layer = engine.start_layer, engine.end_layer
         self.kv_budget_token_layers = kv_budget_token_layers
         self.max_decode_rows, self.max_prompt_tokens = max_decode_rows, max_prompt_tokens
-        self._step_input, self._sampling = StepInput, SamplingParams
+        # request id -> its steps in arrival order; the one queue of the worker (worker.py only
+        # adds to it through `enqueue` and `forget`)
+        self.waiting: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
         self.decode_rows_total = self.prompt_tokens_total = 0  # over all batches, for the exit log
 
     @classmethod
-    def build(cls, assign: wire.Message, compute: ComputePacer | None,
-              on_compile: Any = None) -> "StageHost":
-        """Load weights, build and warm up the engine described by an `assign` message;
-        `on_compile()` is called between loading the weights and compiling the buckets."""
-        from helix_jax.model import StageEngine, load_stage_weights
-        from helix_jax.model.engine import DEFAULT_KV_LAYOUT, DEFAULT_PAGE_SIZE
-        from helix_jax.model.paged_cache import pages_for
-
-        config = resolve_model(dict(assign["model"]))
-        start, end = assign["start_layer"], assign["end_layer"]
-        max_seq_len = min(assign["max_seq_len"], config.max_position_embeddings)
-        source = assign.get("weights") or f"random:{assign.get('seed', 0)}"
-        weights = load_stage_weights(config, start, end, source)
-        kv_tokens = assign.get("kv_tokens") or DEFAULT_SLOTS * max_seq_len
-        slots = max(1, kv_tokens // max_seq_len)
-        max_rows = assign.get("max_batch") or slots
-        max_prompt = min(max_seq_len, assign.get("prompt_tokens_per_step") or max_seq_len)
-        layout = assign.get("kv_layout") or DEFAULT_KV_LAYOUT
-        paging: dict[str, Any] = {}
-        if layout == "paged":  # kv_tokens tokens of pages per layer; as many requests as fit
-            pages = max(pages_for(max_seq_len, DEFAULT_PAGE_SIZE), kv_tokens // DEFAULT_PAGE_SIZE)
-            paging = dict(kv_layout="paged", page_size=DEFAULT_PAGE_SIZE, num_pages=pages)
-            slots = max(slots, pages)
-        if compute is not None:
-            max_rows = min(max_rows, max(1, compute.max_decode_batch(end - start)))
-        if compute is None:
-            prefill = tuple(b for b in (64,) if b < max_prompt) + (max_prompt,)
-            decode = tuple(b for b in DECODE_BUCKETS if b < max_rows) + (max_rows,)
-        else:  # emulated pacing hides padding cost: few buckets, short warm-up for many workers
-            prefill, decode = (max_prompt,), tuple(sorted({max(1, max_rows // 4), max_rows}))
-        engine = StageEngine(config, start, end, weights, max_slots=slots, max_seq_len=max_seq_len,
-                             prefill_buckets=prefill, decode_buckets=decode, prefill_batch_buckets=(1,),
-                             **paging)
+    def build(cls, assign: wire.Message, compute: ComputePacer | None, on_compile: Any = None,
+              runner_factory: RunnerFactory = engine_runner) -> "StageHost":
+        """Build the runner an `assign` message describes (`runner_factory`, StageEngine by
+        default) and warm it up; `on_compile()` is called between building and warm-up."""
+        spec, max_rows, max_prompt = runner_spec(assign, compute)
+        engine = runner_factory(spec)
         if on_compile is not None:
             on_compile()
         engine.warmup()
         budget = engine.kv_capacity_token_layers
         if compute is not None:  # the scheduler must see the emulated GPU's KV, not this CPU's
-            budget = compute.kv_budget_token_layers(end - start)
+            budget = compute.kv_budget_token_layers(spec.end_layer - spec.start_layer)
         return cls(engine, assign["node"], budget, max_rows, max_prompt)
 
     # ---------------------------------------------------------------- step messages
@@ -119,23 +107,38 @@ class StageHost:
             item = dict(hidden=data)
         if not 1 <= data.shape[0] <= self.engine.max_seq_len:
             raise ProtocolError(f"step carries {data.shape[0]} tokens; 1..{self.engine.max_seq_len} allowed")
-        sampling = msg["sampling"]
-        try:
-            params = self._sampling(float(sampling["temperature"]), int(sampling["top_k"]),
-                                    float(sampling["top_p"]), int(sampling["seed"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"step sampling is malformed: {exc}") from None
-        step = self._step_input(msg["request_id"], entry[1], msg["position"], sample=bool(msg.get("last", True)),
-                                **item)
+        params = None  # sampling travels once per hop, with a request's first step (position 0)
+        if "sampling" in msg.fields:
+            sampling = msg["sampling"]
+            try:
+                params = SamplingParams(float(sampling["temperature"]), int(sampling["top_k"]),
+                                        float(sampling["top_p"]), int(sampling["seed"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ProtocolError(f"step sampling is malformed: {exc}") from None
+        elif msg["position"] == 0:
+            raise ProtocolError(f"the first step of {msg['request_id']} carries no sampling parameters")
+        step = StepInput(msg["request_id"], entry[1], msg["position"], sample=bool(msg.get("last", True)), **item)
         return step, params, int(msg.get("kv_tokens") or 0)
 
+    def enqueue(self, msg: wire.Message) -> None:
+        """Check a `step` addressed to this node (ProtocolError/RequestError if bad) and queue it
+        behind the earlier steps of its request."""
+        item = self.step_input(msg, self.node)
+        self.waiting.setdefault(msg["request_id"], collections.deque()).append(Pending(item, msg, item[0].num_tokens))
+
+    def forget(self, request_id: str) -> None:
+        """A `free`: drop the request's queued steps and release its KV (if held)."""
+        self.waiting.pop(request_id, None)
+        self.release(request_id)
+
     # ---------------------------------------------------------------- batching
-    def pick_batch(self, waiting: "collections.OrderedDict[str, collections.deque]") -> list[Any]:
+    def pick_batch(self) -> list["Pending"]:
         """Pop one ready step per request, oldest first, within slot, page and batch limits;
         a prompt past the step's prompt budget contributes its next chunk (the rest waits)."""
         batch: list[Any] = []
         rows = prompt_tokens = 0
         pages = self.engine.pages_available
+        waiting = self.waiting
         for rid in list(waiting):
             queue = waiting[rid]
             pending = queue[0]
@@ -181,8 +184,8 @@ class StageHost:
         parts = []
         for begin, end, sample in ((0, take, False), (take, item.num_tokens, item.sample)):
             piece = data[begin:end]
-            step = self._step_input(item.request_id, item.run_start_layer, item.position + begin, sample=sample,
-                                    **{key: piece})
+            step = StepInput(item.request_id, item.run_start_layer, item.position + begin, sample=sample,
+                             **{key: piece})
             msg = dataclasses.replace(pending.msg, arrays=(piece,), fields={
                 **pending.msg.fields, "position": item.position + begin, "last": sample})
             parts.append(dataclasses.replace(pending, item=(step, params, reserve), msg=msg, num_tokens=end - begin))
@@ -222,3 +225,30 @@ class StageHost:
     def layer_loads(self, batch: list[Any]) -> list[LayerLoad]:
         """Per held layer: prompt tokens, decode rows and their context, for emulated pacing."""
         return layer_loads([pending.item[0] for pending in batch], self.start_layer, self.end_layer)
+
+
+def runner_spec(assign: wire.Message, compute: ComputePacer | None) -> tuple[RunnerSpec, int, int]:
+    """(RunnerSpec, decode rows per batch, prompt tokens per batch) of an `assign` message."""
+    config = resolve_model(dict(assign["model"]))
+    start, end = assign["start_layer"], assign["end_layer"]
+    max_seq_len = min(assign["max_seq_len"], config.max_position_embeddings)
+    kv_tokens = assign.get("kv_tokens") or DEFAULT_SLOTS * max_seq_len
+    slots = max(1, kv_tokens // max_seq_len)
+    max_rows = assign.get("max_batch") or slots
+    max_prompt = min(max_seq_len, assign.get("prompt_tokens_per_step") or max_seq_len)
+    layout = assign.get("kv_layout") or "paged"
+    pages = None
+    if layout == "paged":  # kv_tokens tokens of pages per layer; as many requests as fit
+        pages = max(pages_for(max_seq_len, PAGE_SIZE), kv_tokens // PAGE_SIZE)
+        slots = max(slots, pages)
+    if compute is not None:
+        max_rows = min(max_rows, max(1, compute.max_decode_batch(end - start)))
+    if compute is None:
+        prefill = tuple(b for b in (64,) if b < max_prompt) + (max_prompt,)
+        decode = tuple(b for b in DECODE_BUCKETS if b < max_rows) + (max_rows,)
+    else:  # emulated pacing hides padding cost: few buckets, short warm-up for many workers
+        prefill, decode = (max_prompt,), tuple(sorted({max(1, max_rows // 4), max_rows}))
+    spec = RunnerSpec(config, start, end, assign.get("weights") or f"random:{assign.get('seed', 0)}",
+                      max_slots=slots, max_seq_len=max_seq_len, prefill_buckets=prefill, decode_buckets=decode,
+                      kv_layout=layout, page_size=PAGE_SIZE, num_pages=pages)
+    return spec, max_rows, max_prompt

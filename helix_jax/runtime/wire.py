@@ -103,8 +103,8 @@ SCHEMAS: dict[str, Schema] = {
     # data plane (PUSH -> PULL): activations hop to hop, sampled tokens back, KV release
     # kv_tokens: the request's KV reservation (prompt + max_tokens); last: false on a prompt
     # chunk that does not end the prompt (nothing is sampled for it)
-    "step": _s({"request_id": str, "route": list, "hop": int, "position": int, "index": int,
-                "sampling": dict}, {"kv_tokens": int, "last": bool}, arrays=1),
+    "step": _s({"request_id": str, "route": list, "hop": int, "position": int, "index": int},
+               {"kv_tokens": int, "last": bool, "sampling": dict}, arrays=1),  # sampling: first step only
     "sampled": _s({"request_id": str, "index": int, "token_id": int, "node": str}),
     "free": _s({"request_id": str}),
 }

@@ -46,6 +46,7 @@ import zmq
 from helix_jax.errors import ConfigError, ProtocolError, RequestError
 from helix_jax.runtime import security, wire
 from helix_jax.runtime.emulation import ComputePacer, DelayedSends, EmulationSpec, LinkPacer
+from helix_jax.runtime.runner import RunnerFactory, engine_runner
 from helix_jax.runtime.stage_host import StageHost
 from helix_jax.topology import COORDINATOR
 
@@ -65,18 +66,12 @@ class WorkerOptions:
     keys: security.WorkerKeys | None = None  # CURVE keys (--keys FILE); None: plain TCP, loopback only
 
 
-@dataclasses.dataclass
-class _Pending:
-    item: Any  # (helix_jax.model.StepInput, SamplingParams)
-    msg: wire.Message
-    num_tokens: int
-
-
 class Worker:
     """State of one worker process; `run()` is the loop of the module docstring."""
 
-    def __init__(self, options: WorkerOptions) -> None:
+    def __init__(self, options: WorkerOptions, runner_factory: RunnerFactory = engine_runner) -> None:
         self.options = options
+        self._runner_factory = runner_factory  # builds what runs the layers (runner.py)
         keys = self.keys = options.keys
         self._ctx = zmq.Context()  # its own: its ZAP handler serves this worker's data socket only
         self._auth: security.Authenticator | None = None
@@ -106,7 +101,6 @@ class Worker:
         self._push: dict[str, zmq.Socket] = {}
         self._endpoints: dict[str, str] = {}
         self.host: StageHost | None = None
-        self._waiting: collections.OrderedDict[str, collections.deque[_Pending]] = collections.OrderedDict()
         self._freed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._timers = DelayedSends()
         self._busy_until = 0.0
@@ -150,6 +144,11 @@ class Worker:
             if self._auth is not None:
                 self._auth.stop()
             self._ctx.term()
+
+    def stop(self) -> None:
+        """End the serve loop at its next wake-up (at most a heartbeat period), silently: the
+        coordinator learns it the way it learns of a dead process (thread-safe)."""
+        self._running = False
 
     def _stop_monitor(self) -> None:
         if not self._monitor.closed:
@@ -198,7 +197,8 @@ class Worker:
             self._compute = ComputePacer(topology, self.options.node, emulation.time_scale, emulation.kv_scale)
             self._links = LinkPacer(topology, self.options.node, emulation.time_scale)
         self._report_phase("load")
-        self.host = StageHost.build(assign, self._compute, lambda: self._report_phase("compile"))
+        self.host = StageHost.build(assign, self._compute, lambda: self._report_phase("compile"),
+                                    self._runner_factory)
         self._endpoints = {**assign["neighbours"], COORDINATOR: assign["coordinator_data"]}
         self._upstream.update(str(n) for n in assign.get("upstream") or ())
         for name, endpoint in self._endpoints.items():
@@ -244,7 +244,8 @@ class Worker:
                 next_heartbeat = now + wire.HEARTBEAT_INTERVAL_S
             wake = [t for t in (self._timers.next_due, self._busy_until if self._held else None) if t is not None]
             wake.append(next_heartbeat)
-            has_work = bool(self._waiting) and not self._held and not self._stalled
+            assert self.host is not None
+            has_work = bool(self.host.waiting) and not self._held and not self._stalled
             timeout_ms = 0 if has_work else (max(0.0, (min(wake) - now) * 1000) if wake else 1000)
             events = dict(poller.poll(timeout_ms))
             if events:
@@ -255,7 +256,7 @@ class Worker:
                 wire.drain(self._data, lambda _i, m: self._on_data(m), secure=self.keys is not None)
             self._release_held()
             self._timers.fire(time.perf_counter(), self._push_now)
-            if self._waiting and not self._held:
+            if self.host.waiting and not self._held:
                 self._run_batch()
             if not events and not self._parent_alive():
                 logger.warning("parent process gone: worker %s exits", self.options.node)
@@ -285,8 +286,7 @@ class Worker:
             security.check_data_sender(msg, self._sender_node(msg), self._upstream, self.options.node)
         if msg.kind == "free":
             rid = msg["request_id"]
-            self._waiting.pop(rid, None)
-            self.host.release(rid)
+            self.host.forget(rid)
             self._freed[rid] = None
             if len(self._freed) > FREED_MEMORY:
                 self._freed.popitem(last=False)
@@ -295,13 +295,11 @@ class Worker:
             raise ProtocolError(f"unexpected {msg.kind!r} on the data socket")
         if msg["request_id"] in self._freed:
             return
-        item = self.host.step_input(msg, self.options.node)  # ProtocolError/RequestError if bad
-        self._waiting.setdefault(msg["request_id"], collections.deque()).append(
-            _Pending(item, msg, item[0].num_tokens))
+        self.host.enqueue(msg)  # ProtocolError/RequestError if bad
 
     def _run_batch(self) -> None:
         assert self.host is not None
-        batch = self.host.pick_batch(self._waiting)
+        batch = self.host.pick_batch()
         if not batch:
             self._stalled = True  # every waiting step needs a slot or an earlier step first
             return
@@ -330,9 +328,11 @@ class Worker:
             return COORDINATOR, wire.make("sampled", request_id=msg["request_id"], index=msg["index"],
                                           token_id=int(result.next_token), node=self.options.node), 1
         hidden = np.ascontiguousarray(result.hidden)  # [tokens, hidden]
+        extra = {k: msg[k] for k in ("kv_tokens", "last") if k in msg.fields}
+        if msg["position"] == 0:  # the request's first step on the next hop: it takes the sampling once
+            extra["sampling"] = msg["sampling"]
         out = wire.make("step", [hidden], request_id=msg["request_id"], route=route, hop=hop + 1,
-                        position=msg["position"], index=msg["index"], sampling=msg["sampling"],
-                        **{k: msg[k] for k in ("kv_tokens", "last") if k in msg.fields})
+                        position=msg["position"], index=msg["index"], **extra)
         return str(route[hop + 1][0]), out, hidden.shape[0]
 
     def _release_held(self) -> None:

@@ -1,0 +1,195 @@
+"""FakeRunner: a StageRunner (runtime/runner.py) whose outputs can be worked out by hand.
+
+Sits where a StageEngine would, inside a worker (tests and `helix_jax.testing.InProcessCluster`):
+the worker, its batching, the wire, the coordinator and the scheduler around it are the real
+ones; only the layers are replaced, by numpy arithmetic that costs nothing to run.
+
+The arithmetic:
+* a hidden state has `hidden_size` columns; column 0 carries the token id and column 1 the
+  number of layers that ran on it so far. A stage entered at layer s (token ids when s == 0)
+  checks that exactly s layers ran before it, then adds its own `end - s`;
+* the "KV cache" of a request on a stage is the sum of the token ids it holds;
+* the last stage samples `next_token(sum, position, sampling)`: (sum of every token id of the
+  request up to and including this step's + the position of the step's last token + the seed
+  when temperature > 0) mod vocab, so `fake_generation` gives a whole stream in advance.
+The slot and page accounting is the engine's own (KVCapacity over a PagePool), so admission
+and the KV ledger are exercised as they are in production.
+
+Test controls (thread-safe): `freeze()` blocks the next step until `thaw()` (a hung GPU: the
+worker stops heartbeating); `fail_next(exc)` makes the next step raise `exc`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Hashable, Sequence
+
+import numpy as np
+
+from helix_jax.errors import OverloadedError, RequestError
+from helix_jax.model.batching import StepInput, StepOutput, check_step
+from helix_jax.model.engine_capacity import KVCapacity
+from helix_jax.model.page_pool import PagePool, pages_for
+from helix_jax.model.sampling_params import SamplingParams
+from helix_jax.runtime.runner import RunnerSpec
+
+
+def next_token(token_sum: int, position: int, sampling: SamplingParams, vocab_size: int) -> int:
+    """The fake's sampled token after a request's tokens summing to `token_sum`, the last at `position`."""
+    seed = sampling.seed if sampling.temperature > 0 else 0
+    return (token_sum + position + seed) % vocab_size
+
+
+def fake_generation(prompt: Sequence[int], max_tokens: int, vocab_size: int, sampling: SamplingParams | None = None,
+                    stop_ids: frozenset[int] = frozenset()) -> list[int]:
+    """The tokens a deployment of FakeRunners streams for `prompt` (stopping after a stop id)."""
+    sampling = sampling or SamplingParams()
+    total, position, out = sum(int(t) for t in prompt), len(prompt) - 1, []
+    while len(out) < max_tokens:
+        token = next_token(total, position, sampling, vocab_size)
+        out.append(token)
+        if token in stop_ids:
+            break
+        total, position = total + token, position + 1
+    return out
+
+
+class _Held:
+    __slots__ = ("slot", "sampling", "run_start_layer", "next_position", "token_sum")
+
+    def __init__(self, slot: int, sampling: SamplingParams):
+        self.slot, self.sampling = slot, sampling
+        self.run_start_layer: int | None = None
+        self.next_position = 0
+        self.token_sum = 0
+
+
+class FakeRunner(KVCapacity):
+    """The engine contract with hand-checkable arithmetic (module docstring)."""
+
+    def __init__(self, spec: RunnerSpec) -> None:
+        self.spec = spec
+        self.config, self.start_layer, self.end_layer = spec.config, spec.start_layer, spec.end_layer
+        self.max_slots, self.max_seq_len = spec.max_slots, spec.max_seq_len
+        self.is_last = spec.end_layer == spec.config.num_layers
+        self.page_size = spec.page_size if spec.kv_layout == "paged" else 0
+        self.pool: PagePool | None = None
+        if self.page_size:
+            pages = spec.num_pages or spec.max_slots * pages_for(spec.max_seq_len, spec.page_size)
+            self.pool = PagePool(self.num_layers, pages, self.page_size)
+        self.cache = None
+        self._requests: dict[Hashable, _Held] = {}
+        self._free_slots = list(range(spec.max_slots - 1, -1, -1))
+        self._thawed = threading.Event()
+        self._thawed.set()
+        self._fail: Exception | None = None
+        self.steps = 0  # batches run
+        self.warmed_up = False
+
+    # ---- test controls --------------------------------------------------------------------
+    def freeze(self) -> None:
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
+    def fail_next(self, exc: Exception) -> None:
+        self._fail = exc
+
+    # ---- the contract ---------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.end_layer - self.start_layer
+
+    @property
+    def max_chunk_tokens(self) -> int:
+        return self.spec.prefill_buckets[-1]
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return 0
+
+    def _get(self, request_id: Hashable) -> _Held:
+        held = self._requests.get(request_id)
+        if held is None:
+            raise RequestError(f"request {request_id!r} is not held by this stage (call add_request)")
+        return held
+
+    def has_request(self, request_id: Hashable) -> bool:
+        return request_id in self._requests
+
+    def tokens_cached(self, request_id: Hashable) -> int:
+        return self._get(request_id).next_position
+
+    def add_request(self, request_id: Hashable, sampling: SamplingParams | None = None, *,
+                    reserve_tokens: int = 0, run_start_layer: int | None = None) -> int:
+        if request_id in self._requests:
+            raise RequestError(f"request {request_id!r} is already held by this stage")
+        if not self._free_slots:
+            raise OverloadedError(f"stage [{self.start_layer}, {self.end_layer}) has no free KV slot")
+        if self.pool is not None:
+            first = (self.start_layer if run_start_layer is None else run_start_layer) - self.start_layer
+            if not 0 <= first < self.num_layers:
+                raise RequestError(f"request {request_id!r}: run_start_layer {run_start_layer} is outside "
+                                   f"this stage's layers [{self.start_layer}, {self.end_layer})")
+            self.pool.open(request_id, reserve_tokens, first)
+        held = _Held(self._free_slots.pop(), sampling or SamplingParams())
+        self._requests[request_id] = held
+        return held.slot
+
+    def release(self, request_id: Hashable) -> None:
+        held = self._requests.pop(request_id, None)
+        if held is None:
+            raise RequestError(f"request {request_id!r} is not held by this stage")
+        self._free_slots.append(held.slot)
+        if self.pool is not None:
+            self.pool.close(request_id)
+
+    def warmup(self) -> int:
+        self.warmed_up = True
+        return 0
+
+    def step(self, items: Sequence[StepInput]) -> list[StepOutput]:
+        self._thawed.wait()
+        if self._fail is not None:
+            exc, self._fail = self._fail, None
+            raise exc
+        items = list(items)
+        check_step(items, self._requests, self.start_layer, self.end_layer, self.config, self.max_chunk_tokens,
+                   self.max_seq_len)
+        ids = [self._token_ids(item) for item in items]  # RequestError before anything changes
+        if self.pool is not None:
+            need = sum(self.page_cost(item) for item in items)
+            if need > self.pool.pages_available:
+                raise OverloadedError(f"stage [{self.start_layer}, {self.end_layer}): the step needs {need} "
+                                      f"more pages, {self.pool.pages_available} are available")
+            for item in items:
+                self.pool.grow(item.request_id, item.run_start_layer - self.start_layer,
+                               item.position + item.num_tokens)
+        self.steps += 1
+        return [self._run(item, tokens) for item, tokens in zip(items, ids)]
+
+    # ---- arithmetic -----------------------------------------------------------------------
+    def _token_ids(self, item: StepInput) -> np.ndarray:
+        if item.token_ids is not None:
+            return np.asarray(item.token_ids, np.int64)
+        hidden = np.asarray(item.hidden, np.float64)
+        ran = hidden[:, 1]
+        if not np.all(ran == item.run_start_layer):
+            raise RequestError(f"request {item.request_id!r}: hidden states ran {sorted(set(ran.tolist()))} "
+                               f"layers before layer {item.run_start_layer}")
+        return hidden[:, 0].astype(np.int64)
+
+    def _run(self, item: StepInput, tokens: np.ndarray) -> StepOutput:
+        held = self._requests[item.request_id]
+        held.run_start_layer = item.run_start_layer
+        held.next_position += item.num_tokens
+        held.token_sum += int(tokens.sum())
+        if self.is_last:
+            token = (next_token(held.token_sum, item.position + item.num_tokens - 1, held.sampling,
+                                self.config.vocab_size) if item.sample else None)
+            return StepOutput(item.request_id, next_token=token)
+        hidden = np.zeros((item.num_tokens, self.config.hidden_size), np.float32)
+        hidden[:, 0] = tokens
+        hidden[:, 1] = self.end_layer
+        return StepOutput(item.request_id, hidden=hidden)
