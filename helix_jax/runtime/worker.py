@@ -350,7 +350,8 @@ class Worker:
                 self._timers.push(self._links.deliver_at(dst, num_tokens, self._busy_until), dst, msg)
 
     def _push_now(self, dst: str, msg: wire.Message) -> None:
-        wire.send(self._push[dst], msg)
+        if self._running:  # after stop() nothing leaves, as after a kill
+            wire.send(self._push[dst], msg)
 
 
 def run_worker(options: WorkerOptions) -> int:

@@ -99,7 +99,8 @@ class InProcessCluster:
             why = f"died: {type(exc).__name__}: {exc}"
             raise
         finally:
-            if not self._closing.is_set() and self.coordinator is not None:
+            newest = self.worker(entry.node) is entry  # an old worker sent away says nothing of its successor
+            if newest and not self._closing.is_set() and self.coordinator is not None:
                 self.coordinator.report_node_down(entry.node, f"worker thread {why}")
 
     def wait_ready(self, timeout_s: float = 60.0) -> "InProcessCluster":
@@ -140,9 +141,13 @@ class InProcessCluster:
         return [w for w in self.workers if w.node == node][-1]
 
     def kill(self, node: str) -> None:
-        """The node's worker stops without a word; its thread's end is reported as a process exit."""
+        """The node's worker stops without a word (nothing it computes from now on is sent); its
+        thread's end is reported as a process exit."""
         entry = self.worker(node)
         entry.worker.stop()
+        thaw = getattr(self._runners.get(node), "thaw", None)
+        if thaw is not None:  # a frozen batch finishes, and its results are dropped
+            thaw()
         entry.thread.join(timeout=30)
 
     def wait_until(self, predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
