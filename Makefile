@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install test lint demo bench bench-plan bench-runtime bench-serve bench-sim bench-paged clean
+.PHONY: install test lint demo bench bench-plan bench-runtime bench-serve bench-sim bench-paged bench-timing clean
 
 # What serving needs (no torch), then the default model into the model cache (sha256-checked).
 install:
@@ -26,7 +26,11 @@ lint: $(VENV)/.test-extras
 	$(BIN)/ruff check helix_jax solver cli tests
 	$(BIN)/mypy
 
-bench: bench-plan bench-runtime bench-serve bench-sim
+bench: bench-plan bench-runtime bench-serve bench-sim bench-timing
+
+# Checks against the wall clock (emulated latencies = the cost model's arithmetic), kept out of `make test`.
+bench-timing: $(VENV)/.test-extras
+	$(BIN)/python -m pytest -m benchmark tests -v
 
 bench-plan:
 	$(BIN)/python -m helix_jax.solver.bench_plan

@@ -130,6 +130,7 @@ def test_a_node_on_another_host_joins_by_the_printed_worker_command(tmp_path: Pa
     assert rest.rstrip().endswith("stopped")
 
 
+@pytest.mark.benchmark  # wall-clock latencies: `make bench-timing`, not the default test run
 def test_emulated_deployment_keeps_the_cost_models_time(tmp_path: Path) -> None:
     """--emulate: workers compute tiny-8 but release each step when a T4 would have finished its
     4 layers of LLaMA-2-70B, and each transfer when its 2 ms link would have delivered it. The

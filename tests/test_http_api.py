@@ -1,18 +1,18 @@
 """The OpenAI-compatible HTTP front end against a live deployment, through the official
 `openai` client (sync and async), httpx for raw bodies, and prometheus_client's parser.
 
-One deployment (coordinator thread + 3 worker processes, tiny-8 on the shipped small CPU
-topology) and one front end on 127.0.0.1, port 0, serve the whole module. Expected texts come
-from `generate_local` on the same seeded weights (tests/conftest.py `reference`). Nothing
-here waits on the clock: every wait is on an event or a bounded poll of the coordinator.
+One deployment (helix_jax.testing.InProcessCluster: the real coordinator, workers and wire
+as threads, FakeRunners for the layers of tiny-8, on the shipped small CPU topology) and one
+front end on 127.0.0.1, port 0, serve the whole module. Expected texts come from
+`fake_generation` (the module's `reference`). Nothing here waits on the clock: every wait is
+on an event or a bounded poll of the coordinator. The real model behind the same front end:
+tests/test_real_deploy.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import socket
 import threading
 from typing import Any
@@ -28,7 +28,7 @@ from helix_jax.model.tokenizer import ByteTokenizer
 from helix_jax.modelconfig import TINY_EOS
 from helix_jax.placement import Placement
 from helix_jax.runtime.coordinator import ServeConfig
-from helix_jax.runtime.deploy import LocalDeployment
+from helix_jax.testing import InProcessCluster, fake_generation
 from helix_jax.topology import load_topology, tiny_topology_path
 
 MAX_SEQ_LEN = 128
@@ -42,29 +42,35 @@ TOK = ByteTokenizer()  # with its built-in ChatML template
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory, cpu_small_placement: Placement):
+def deployment(cpu_small_placement: Placement):
     topo = load_topology(tiny_topology_path())
     cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=MAX_SEQ_LEN,
                       kv_tokens=4 * MAX_SEQ_LEN, queue_limit=QUEUE_LIMIT,
-                      heartbeat_timeout_s=600.0)  # test_queue_full pauses the workers
-    with LocalDeployment(cfg, TOK, log_dir=tmp_path_factory.mktemp("workers")) as dep:
-        dep.wait_ready(timeout_s=400)
-        yield dep
+                      heartbeat_timeout_s=600.0)  # test_queue_full freezes the workers
+    with InProcessCluster(cfg, TOK) as cluster:
+        yield cluster.wait_ready()
 
 
-def start_front_end(dep: LocalDeployment, api_key: str | None = API_KEY) -> HttpServer:
+@pytest.fixture(scope="module")
+def reference():
+    """The deployment's greedy tokens (overrides conftest's real-model `reference`)."""
+    vocab = load_topology(tiny_topology_path()).model.vocab_size
+    return lambda ids, max_tokens, sampling=None: fake_generation(ids, max_tokens, vocab, sampling)
+
+
+def start_front_end(dep: InProcessCluster, api_key: str | None = API_KEY) -> HttpServer:
     app = create_app(Backend(dep.client_endpoint, TOK), api_key=api_key)
     return HttpServer(app, bind_socket("127.0.0.1", 0)).start()
 
 
 @pytest.fixture(scope="module")
-def server(deployment: LocalDeployment):
+def server(deployment: InProcessCluster):
     with start_front_end(deployment) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def zmq_client(deployment: LocalDeployment):
+def zmq_client(deployment: InProcessCluster):
     with Client(deployment.client_endpoint, timeout_s=180) as c:
         yield c
 
@@ -173,7 +179,7 @@ def test_prompt_lists_and_n(oai: openai.OpenAI, reference) -> None:
 
 
 def test_stop_strings_and_max_tokens_give_the_finish_reason(oai: openai.OpenAI, reference) -> None:
-    prompt, stop = "max-flow", "7z77"  # its greedy text starts "77z7z77z7z": "7" and "7z" come first
+    prompt, stop = "max-flow", "?\x7f"  # its fake greedy text: "s\ufffd\ufffd\ufffd?\x7f...": "?" alone comes first
     full, _, reason = expected(reference, TOK.encode(prompt), 24)
     assert stop in full and reason == "length"
     cut = full[:full.index(stop)]
@@ -234,11 +240,12 @@ def test_auth_model_and_chat_errors(server: HttpServer, oai: openai.OpenAI) -> N
     assert _error(info.value)["code"] == "context_length_exceeded"
 
 
-def test_queue_full_is_a_429_with_retry_after(deployment: LocalDeployment, oai: openai.OpenAI,
+def test_queue_full_is_a_429_with_retry_after(deployment: InProcessCluster, oai: openai.OpenAI,
                                               zmq_client: Client, reference) -> None:
-    """Workers paused (SIGSTOP): nothing finishes, so once the queue is full it stays full."""
-    for w in deployment.workers:
-        os.kill(w.process.pid, signal.SIGSTOP)
+    """Workers frozen (a hung batch): nothing finishes, so once the queue is full it stays full."""
+    nodes = sorted(deployment.config.placement.ranges)
+    for node in nodes:
+        deployment.runner(node).freeze()
     streams = []
     try:
         streams = [zmq_client.stream([70, 71, 72], max_tokens=100) for _ in range(3 * QUEUE_LIMIT)]
@@ -252,8 +259,8 @@ def test_queue_full_is_a_429_with_retry_after(deployment: LocalDeployment, oai: 
     finally:
         for stream in streams:
             stream.cancel()
-        for w in deployment.workers:
-            os.kill(w.process.pid, signal.SIGCONT)
+        for node in nodes:
+            deployment.runner(node).thaw()
     wait_idle(zmq_client)
     res = oai.completions.create(model=MODEL, prompt="x", max_tokens=4, temperature=0)
     assert res.choices[0].text == expected(reference, TOK.encode("x"), 4)[0]
@@ -307,7 +314,10 @@ def test_malformed_bodies_are_400s_and_harm_no_other_request(server: HttpServer,
 
 
 def test_metrics_count_the_requests_sent(server: HttpServer, oai: openai.OpenAI, reference,
-                                         cpu_small_placement: Placement) -> None:
+                                         cpu_small_placement: Placement, deployment: InProcessCluster) -> None:
+    coord = deployment.coordinator
+    assert coord is not None  # every node has reported a step time (its first heartbeat after a batch)
+    deployment.wait_until(lambda: all(coord.step_s.get(n) for n in cpu_small_placement.ranges), "step times")
     before = metrics(server)
     lengths = [(p, 3 + i) for i, p in enumerate(PROMPTS)]
     results = [oai.completions.create(model=MODEL, prompt=p, max_tokens=n, temperature=0) for p, n in lengths]
@@ -343,8 +353,12 @@ def test_metrics_count_the_requests_sent(server: HttpServer, oai: openai.OpenAI,
     assert after[("helix_node_planned_flow_tokens_per_s", (("node", "cpu-1"),))] == 200
 
 
-def test_client_disconnect_cancels_and_frees_kv(server: HttpServer, zmq_client: Client) -> None:
+def test_client_disconnect_cancels_and_frees_kv(server: HttpServer, zmq_client: Client,
+                                                deployment: InProcessCluster) -> None:
+    """The exit stage freezes after a few batches, so neither request can finish before its
+    client has gone; then it thaws, and both end as cancelled."""
     before = metrics(server)
+    deployment.runner("cpu-1").freeze_after(3)
     body = {"model": MODEL, "prompt": "y", "max_tokens": 120, "temperature": 0, "stream": True}
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=120,
                       headers={"Authorization": f"Bearer {API_KEY}"}) as r:
@@ -355,19 +369,24 @@ def test_client_disconnect_cancels_and_frees_kv(server: HttpServer, zmq_client: 
                      b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: "
                      + str(len(raw)).encode() + b"\r\n\r\n" + raw)
     key = ("helix_requests_finished_total", (("finish_reason", "cancelled"),))
-    for _ in range(2000):
-        if metrics(server).get(key, 0) - before.get(key, 0) == 2:
-            break
+    try:
+        for _ in range(2000):
+            if metrics(server).get(key, 0) - before.get(key, 0) == 2:
+                break
+    finally:
+        deployment.runner("cpu-1").thaw()
     assert metrics(server)[key] - before.get(key, 0) == 2
     stats = wait_idle(zmq_client)
     assert stats["running"] == 0 and server.app.state.backend.in_flight == 0
 
 
-def test_drain_of_a_second_front_end_cancels_with_a_clear_error(deployment: LocalDeployment,
+def test_drain_of_a_second_front_end_cancels_with_a_clear_error(deployment: InProcessCluster,
                                                                  zmq_client: Client) -> None:
     """Two front ends share the deployment; draining one with timeout 0 ends its streams with
-    our error, refuses new requests and /ready with 503, and leaves nothing running."""
+    our error, refuses new requests and /ready with 503, and leaves nothing running. The exit
+    stage freezes once both streams have their first token, so both are in flight at the drain."""
     second = start_front_end(deployment, api_key=None)
+    deployment.runner("cpu-1").freeze_after(requests_sampled=2)
     try:
         client = openai.OpenAI(base_url=f"{second.url}/v1", api_key="unused", max_retries=0, timeout=120)
         streams = [client.completions.create(model=MODEL, prompt="z", max_tokens=120, temperature=0, stream=True)
@@ -386,5 +405,6 @@ def test_drain_of_a_second_front_end_cancels_with_a_clear_error(deployment: Loca
         ready = httpx.get(f"{second.url}/ready")
         assert ready.status_code == 503 and "shutting down" in ready.json()["error"]["message"]
     finally:
+        deployment.runner("cpu-1").thaw()
         second.stop()
     wait_idle(zmq_client)

@@ -16,7 +16,8 @@ The slot and page accounting is the engine's own (KVCapacity over a PagePool), s
 and the KV ledger are exercised as they are in production.
 
 Test controls (thread-safe): `freeze()` blocks the next step until `thaw()` (a hung GPU: the
-worker stops heartbeating); `fail_next(exc)` makes the next step raise `exc`.
+worker stops heartbeating); `freeze_after(...)` freezes after some more batches or sampled requests; `fail_next(exc)`
+makes the next step raise `exc`.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ class FakeRunner(KVCapacity):
         self._thawed = threading.Event()
         self._thawed.set()
         self._fail: Exception | None = None
+        self._freeze_in: int | None = None
+        self._sampled_goal: int | None = None
+        self._sampled_since = set()
         self.steps = 0  # batches run
         self.warmed_up = False
 
@@ -92,6 +96,13 @@ class FakeRunner(KVCapacity):
 
     def thaw(self) -> None:
         self._thawed.set()
+
+    def freeze_after(self, batches: int | None = None, requests_sampled: int | None = None) -> None:
+        """Freeze (as `freeze()`) before the next batch once `batches` more batches have run, or
+        once `requests_sampled` distinct requests have sampled a token here from now on."""
+        self._freeze_in = batches
+        self._sampled_goal = requests_sampled
+        self._sampled_since: set[Hashable] = set()
 
     def fail_next(self, exc: Exception) -> None:
         self._fail = exc
@@ -167,7 +178,21 @@ class FakeRunner(KVCapacity):
                 self.pool.grow(item.request_id, item.run_start_layer - self.start_layer,
                                item.position + item.num_tokens)
         self.steps += 1
-        return [self._run(item, tokens) for item, tokens in zip(items, ids)]
+        outputs = [self._run(item, tokens) for item, tokens in zip(items, ids)]
+        self._maybe_freeze(outputs)
+        return outputs
+
+    def _maybe_freeze(self, outputs: list[StepOutput]) -> None:
+        if self._freeze_in is not None:
+            self._freeze_in -= 1
+            if self._freeze_in <= 0:
+                self._freeze_in = None
+                self.freeze()
+        if self._sampled_goal is not None:
+            self._sampled_since.update(o.request_id for o in outputs if o.next_token is not None)
+            if len(self._sampled_since) >= self._sampled_goal:
+                self._sampled_goal = None
+                self.freeze()
 
     # ---- arithmetic -----------------------------------------------------------------------
     def _token_ids(self, item: StepInput) -> np.ndarray:
