@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_run import run_cli
 from typer.testing import CliRunner
 
 from helix_jax.cli.main import app
@@ -51,22 +49,17 @@ def test_simulated_rate_sweep_writes_table_json_and_plots(tmp_path: Path) -> Non
 
 
 def test_bad_options_print_one_line_and_exit_2() -> None:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, "-m", "helix_jax.cli.main", "bench", str(TOPOLOGY), "--simulate",
-           "--endpoint", "tcp://127.0.0.1:1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    cmd = ["bench", str(TOPOLOGY), "--simulate", "--endpoint", "tcp://127.0.0.1:1"]
+    proc = run_cli(*cmd)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: choose exactly one of --simulate (with a TOPOLOGY) or --endpoint / --connection"
-    proc = subprocess.run(cmd[:6] + ["--mode", "online"], capture_output=True, text=True, env=env, timeout=120)
+    proc = run_cli(*cmd[:3], "--mode", "online")
     assert proc.returncode == 2 and proc.stderr.strip() == "error: online mode needs --rate or --rates"
-    proc = subprocess.run(cmd[:6] + ["--schedulers", "fifo"], capture_output=True, text=True, env=env,
-                          timeout=120)
+    proc = run_cli(*cmd[:3], "--schedulers", "fifo")
     assert proc.returncode == 2 and "unknown scheduler 'fifo'" in proc.stderr
 
 
 def test_deploy_rejects_a_negative_restart_budget_before_starting_anything() -> None:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-m", "helix_jax.cli.main", "deploy", "--restart-workers", "-1"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = run_cli("deploy", "--restart-workers", "-1")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: validate: --restart-workers must be >= 0, got -1"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cli_run import run_cli
 
 from helix_jax.client import Client
 from helix_jax.costmodel import CostModel
@@ -173,7 +174,7 @@ def test_emulated_deployment_keeps_the_cost_models_time(tmp_path: Path) -> None:
     (["topologies/no-such-cluster.json"], "does not exist"),
 ])
 def test_bad_deploy_arguments_get_one_clear_error(args: list[str], needle: str) -> None:
-    proc = subprocess.run(CLI + args + ["--http-port", "0"], cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120)
+    proc = run_cli("deploy", *[str(ROOT / a) if a.startswith("topologies/") else a for a in args], "--http-port", "0")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     error = proc.stderr.strip()
     assert error.startswith("error: ") and needle in error and "\n" not in error, error

@@ -14,6 +14,8 @@ import sys
 import threading
 from pathlib import Path
 
+from cli_run import run_cli
+
 from helix_jax.topology import default_topology_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +36,7 @@ def test_dry_run_validates_plans_and_prints_what_would_launch_where(tmp_path: Pa
     topology["nodes"][2]["host"] = "10.0.0.7"
     path = tmp_path / "two-hosts.json"
     path.write_text(json.dumps(topology))
-    proc = subprocess.run(CLI + [str(path), "--dry-run", "--plan-time", "5", "--state-dir", str(tmp_path / "state")],
-                          cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120)
+    proc = run_cli("deploy", str(path), "--dry-run", "--plan-time", "5", "--state-dir", str(tmp_path / "state"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert re.search(r"✓ validate topology .*\n.*3 nodes, model tiny-8", out), out
@@ -44,8 +45,7 @@ def test_dry_run_validates_plans_and_prints_what_would_launch_where(tmp_path: Pa
     assert re.search(r"cpu-2 .* 10\.0\.0\.7 .* manual: helix-jax worker --keys FILE", out), out
     assert "transport CURVE" in out and out.rstrip().endswith("dry run: nothing was started")
     assert "launch workers" not in out and not (tmp_path / "state").exists()
-    ray = subprocess.run(CLI + [str(path), "--dry-run", "--plan-time", "5", "--ray", "auto"], cwd=ROOT,
-                         capture_output=True, text=True, env=ENV, timeout=120)
+    ray = run_cli("deploy", str(path), "--dry-run", "--plan-time", "5", "--ray", "auto")
     assert ray.returncode == 0 and "Ray actor on the Ray node labelled helix-jax/host=10.0.0.7" in ray.stdout
 
 

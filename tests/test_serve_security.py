@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from cli_run import run_cli
 
 from helix_jax.client import AsyncClient, Client
 from helix_jax.errors import ConfigError
@@ -187,9 +188,8 @@ def test_insecure_on_a_non_loopback_host_is_refused(tmp_path: Path, cpu_small_pl
     cases = [(["topologies/cpu-tiny.json", "--host", "10.0.0.9"], "not on loopback: --host (10.0.0.9)"),
              ([str(other)], "not on loopback: node cpu-2 (10.0.0.7)")]
     for args, needle in cases:
-        proc = subprocess.run([sys.executable, "-m", "helix_jax.cli.main", "deploy", *args, "--insecure",
-                               "--http-port", "0", "--state-dir", str(tmp_path / "state")],
-                              cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120)
+        args = [str(ROOT / a) if a.startswith("topologies/") else a for a in args]
+        proc = run_cli("deploy", *args, "--insecure", "--http-port", "0", "--state-dir", str(tmp_path / "state"))
         error = proc.stderr.strip()
         assert proc.returncode == 2 and error.startswith("error: validate: --insecure turns CURVE off"), error
         assert needle in error and "\n" not in error, error
