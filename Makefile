@@ -19,7 +19,8 @@ $(VENV)/.test-extras: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-test: $(VENV)/.test-extras
+# The lint (ruff, mypy) first: CI runs exactly this target.
+test: lint
 	$(BIN)/python -m pytest -m "not benchmark" tests
 
 lint: $(VENV)/.test-extras

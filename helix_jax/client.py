@@ -25,6 +25,7 @@ import queue
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Sequence
 
 import zmq
@@ -200,7 +201,7 @@ class Client:
         self._thread.start()
 
     @classmethod
-    def from_connection_file(cls, path: str | os.PathLike[str], timeout_s: float = 300.0) -> "Client":
+    def from_connection_file(cls, path: str | Path, timeout_s: float = 300.0) -> "Client":
         """A client of the deployment described by `connection.json` (endpoint and keys)."""
         endpoint, keys = security.read_connection_file(path)
         return cls(endpoint, timeout_s, keys)
@@ -343,13 +344,13 @@ class AsyncClient:
 
     def __init__(self, endpoint: str, timeout_s: float = 300.0, keys: security.ClientKeys | None = None) -> None:
         self.endpoint, self.timeout_s, self.keys = endpoint, timeout_s, keys
-        self._sock = _connect_dealer(zmq.asyncio.Context.instance(), endpoint, keys)
+        self._sock: Any = _connect_dealer(zmq.asyncio.Context.instance(), endpoint, keys)  # a zmq.asyncio socket: awaitable sends
         self._pending: dict[str, asyncio.Queue[wire.Message]] = {}
         self._reader: asyncio.Task[None] | None = None
         self._ids = _request_ids()
 
     @classmethod
-    def from_connection_file(cls, path: str | os.PathLike[str], timeout_s: float = 300.0) -> "AsyncClient":
+    def from_connection_file(cls, path: str | Path, timeout_s: float = 300.0) -> "AsyncClient":
         """Same as `Client.from_connection_file`."""
         endpoint, keys = security.read_connection_file(path)
         return cls(endpoint, timeout_s, keys)

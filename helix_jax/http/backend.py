@@ -52,6 +52,7 @@ class Run:
 
     async def _pump(self, index: int, p: SeqParams) -> None:
         b = self.backend
+        assert b.client is not None, "the backend is not started"
         stream = b.client.stream(list(p.prompt_ids), max_tokens=p.max_tokens, temperature=p.temperature,
                                  top_k=p.top_k, top_p=p.top_p, seed=p.seed, stop=list(p.stop) or None)
         first = last = None
@@ -145,7 +146,7 @@ class Backend:
         except HelixError as exc:
             self.ready, self.reason = False, f"the coordinator at {self.endpoint} does not answer: {exc}"
             raise unavailable(self.reason, "not_ready") from None
-        self.ready, self.reason = bool(stats["ready"]), stats.get("reason")
+        self.ready, self.reason = bool(stats["ready"]), str(stats.get("reason") or "")
         return stats
 
     async def ensure_serving(self) -> None:

@@ -18,7 +18,7 @@ skip the layer keep their hidden state bit for bit and write nothing.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +69,7 @@ class StageModel(nnx.Module):
         self.config, self.start_layer, self.end_layer = config, start_layer, end_layer
         self.is_first, self.is_last = start_layer == 0, end_layer == config.num_layers
         self.layer_loop = choose_layer_loop(config, layer_loop)
+        self.layers: Any  # scan: one DecoderLayer whose Params lead with [num_layers]; unroll: nnx.List
         if self.layer_loop == "scan":  # every Param gets a leading [num_layers] axis
             self.layers = nnx.vmap(lambda key: DecoderLayer(config, nnx.Rngs(params=key)),
                                    in_axes=0, out_axes=0)(layer_keys)
@@ -76,12 +77,12 @@ class StageModel(nnx.Module):
             self.layers = nnx.List([DecoderLayer(config, nnx.Rngs(params=layer_keys[i]))
                                     for i in range(end_layer - start_layer)])
         needs_table = self.is_first or (self.is_last and config.tie_word_embeddings)
-        self.embed = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=dtype,
+        self.embed: Any = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=dtype,
                                embedding_init=normal_init(1.0),
                                rngs=nnx.Rngs(params=embed_key)) if needs_table else None
-        self.final_norm = (RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.final_norm: Any = (RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
                            if self.is_last else None)
-        self.lm_head = (nnx.Linear(config.hidden_size, config.vocab_size, use_bias=False, dtype=dtype,
+        self.lm_head: Any = (nnx.Linear(config.hidden_size, config.vocab_size, use_bias=False, dtype=dtype,
                                    param_dtype=dtype, rngs=nnx.Rngs(params=head_key),
                                    kernel_init=normal_init(2.0 / config.hidden_size ** 0.5))
                         if self.is_last and not config.tie_word_embeddings else None)

@@ -51,6 +51,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -192,7 +193,7 @@ class Coordinator:
                 if self.scheduler is not None:  # look for silent workers twice per heartbeat
                     check = time.perf_counter() + wire.HEARTBEAT_INTERVAL_S / 2
                     due = check if due is None else min(due, check)
-                timeout_ms = None if due is None else max(0.0, (due - time.perf_counter()) * 1000.0)
+                timeout_ms = None if due is None else math.ceil(max(0.0, (due - time.perf_counter()) * 1000.0))
                 events = dict(poller.poll(timeout_ms))
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
@@ -393,7 +394,7 @@ class Coordinator:
         start, end = cfg.placement.ranges[node]
         neighbours = {n: self._data_endpoints[n] for n in self.nodes
                       if n != node and cfg.placement.can_hand_off(node, n)}
-        secured = {}
+        secured: dict[str, Any] = {}
         if self.keys is not None:  # whom to encrypt to, and whom to admit on the data socket
             secured = dict(upstream=[n for n in self.nodes if n != node and cfg.placement.can_hand_off(n, node)])
         wire.send(self._control, wire.make(
@@ -479,6 +480,7 @@ class Coordinator:
             extra["sampling"] = req.sampling_wire
         msg = wire.make("step", [ids], request_id=req.request_id, route=req.route_wire, hop=0,
                         position=position, index=index, **extra)
+        assert req.route is not None
         self._send_data(req.route[0].node, msg, len(ids))
 
     def _on_data(self, msg: wire.Message) -> None:

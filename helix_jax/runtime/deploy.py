@@ -121,7 +121,7 @@ class LocalDeployment:
             self.coordinator = Coordinator(cfg, self.codec)
         except zmq.ZMQError as exc:
             port = f"client port {cfg.client_port}" if cfg.client_port else "a free port"
-            raise StepFailed("launch", f"cannot bind {port}: {zmq.strerror(exc.errno)}", "coordinator", cfg.host) from None
+            raise StepFailed("launch", f"cannot bind {port}: {zmq.strerror(exc.errno or 0)}", "coordinator", cfg.host) from None
         self._thread = threading.Thread(target=self.coordinator.run, name="helix-coordinator", daemon=True)
         self._thread.start()
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,9 @@ class LocalDeployment:
                               cfg.keys.client() if cfg.keys is not None else None)
         if cfg.keys is not None:
             for node in cfg.placement.ranges:
-                cfg.keys.worker(node).write(self.keys_file(node))
+                path = self.keys_file(node)
+                assert path is not None
+                cfg.keys.worker(node).write(path)
         self._launch_workers()
         self.write_state("starting")
         return self
@@ -205,9 +207,9 @@ class LocalDeployment:
                                  f"{self._tail(log, 1) or 'no output'}", node, self.host_of(node))
             if time.monotonic() > started + timeout_s:
                 slow = current_step(progress_of(coord.phases, nodes, started))
-                node = slow.slowest[0] if slow and slow.slowest else None
+                slowest = slow.slowest[0] if slow and slow.slowest else None
                 raise StepFailed(slow.step if slow else "ready", f"not done after {timeout_s:.0f} s "
-                                 f"(logs in {self.log_dir})", node, self.host_of(node) if node else None)
+                                 f"(logs in {self.log_dir})", slowest, self.host_of(slowest) if slowest else None)
         if on_progress is not None:
             on_progress(progress_of(coord.phases, nodes, started))
         if coord.failed_node:

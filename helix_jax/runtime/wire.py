@@ -258,7 +258,8 @@ def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK,
         frames = frames[1:]
     sender = None
     if secure:  # the ZAP user id (always set on a CURVE server socket)
-        sender = frames[-1].get("User-Id")
+        user = frames[-1].get("User-Id")
+        sender = user if isinstance(user, str) else None
     try:
         return identity, decode(frames, sender)
     except ProtocolError as exc:
@@ -306,4 +307,6 @@ def configure(sock: zmq.Socket) -> zmq.Socket:
 def bind_free_port(sock: zmq.Socket, host: str = "127.0.0.1", port: int = 0) -> str:
     """Bind to `host:port` (port 0: a free port chosen by the OS); return the endpoint."""
     sock.bind(f"tcp://{host}:{port}")
-    return sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+    endpoint = sock.getsockopt(zmq.LAST_ENDPOINT)
+    assert isinstance(endpoint, bytes)
+    return endpoint.decode()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import os
 import socket
 import time
@@ -240,13 +241,14 @@ class Worker:
         while self._running:
             now = time.perf_counter()
             if now >= next_heartbeat:
-                wire.send(self._control, wire.make("heartbeat", node=self.options.node, **self._step_report()))
+                report: dict[str, Any] = self._step_report()
+                wire.send(self._control, wire.make("heartbeat", node=self.options.node, **report))
                 next_heartbeat = now + wire.HEARTBEAT_INTERVAL_S
             wake = [t for t in (self._timers.next_due, self._busy_until if self._held else None) if t is not None]
             wake.append(next_heartbeat)
             assert self.host is not None
             has_work = bool(self.host.waiting) and not self._held and not self._stalled
-            timeout_ms = 0 if has_work else (max(0.0, (min(wake) - now) * 1000) if wake else 1000)
+            timeout_ms = 0 if has_work else math.ceil(max(0.0, (min(wake) - now) * 1000))
             events = dict(poller.poll(timeout_ms))
             if events:
                 self._stalled = False  # new messages may unblock waiting steps

@@ -45,7 +45,8 @@ def fake_generation(prompt: Sequence[int], max_tokens: int, vocab_size: int, sam
                     stop_ids: frozenset[int] = frozenset()) -> list[int]:
     """The tokens a deployment of FakeRunners streams for `prompt` (stopping after a stop id)."""
     sampling = sampling or SamplingParams()
-    total, position, out = sum(int(t) for t in prompt), len(prompt) - 1, []
+    total, position = sum(int(t) for t in prompt), len(prompt) - 1
+    out: list[int] = []
     while len(out) < max_tokens:
         token = next_token(total, position, sampling, vocab_size)
         out.append(token)
@@ -86,7 +87,7 @@ class FakeRunner(KVCapacity):
         self._fail: Exception | None = None
         self._freeze_in: int | None = None
         self._sampled_goal: int | None = None
-        self._sampled_since = set()
+        self._sampled_since: set[Hashable] = set()
         self.steps = 0  # batches run
         self.warmed_up = False
 
@@ -102,7 +103,7 @@ class FakeRunner(KVCapacity):
         once `requests_sampled` distinct requests have sampled a token here from now on."""
         self._freeze_in = batches
         self._sampled_goal = requests_sampled
-        self._sampled_since: set[Hashable] = set()
+        self._sampled_since = set()
 
     def fail_next(self, exc: Exception) -> None:
         self._fail = exc
