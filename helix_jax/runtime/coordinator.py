@@ -9,7 +9,8 @@ Sockets (all bound to free ports unless told otherwise; linger 0):
 
 The loop, one thread, one zmq.Poller (timers only under --emulate):
 
-1. Join: each worker registers its node name and data endpoint. A node not in the placement,
+1. Join (coordinator_control.py, one handler per message kind): each worker registers
+   its node name and data endpoint. A node not in the placement,
    or registered twice, is told `failed`. Once every placed node has registered, each gets
    `assign`: its layer range, the model and weights source, its neighbours' data endpoints,
    the coordinator's data endpoint and the emulation spec.
@@ -27,7 +28,7 @@ The loop, one thread, one zmq.Poller (timers only under --emulate):
    hop, `scheduler.finish` releases the KV and step 3 admits whoever waits.
 5. Anything malformed on any socket is logged and dropped (a client gets an `error`); a
    `cancel` ends its request like step 4. `stop()` sends `shutdown` to every worker.
-6. Failures: a serving worker sends `heartbeat` every `wire.HEARTBEAT_INTERVAL_S`. A node is
+6. Failures (failover.py): a serving worker sends `heartbeat` every `wire.HEARTBEAT_INTERVAL_S`. A node is
    taken out of service when it reports `failed`, when nothing is heard from it for
    `heartbeat_timeout_s`, or when the deployment sees its process exit (`report_node_down`).
    The flows are recomputed over the nodes still in service (`flow_planner`: same layer
@@ -47,12 +48,11 @@ The loop, one thread, one zmq.Poller (timers only under --emulate):
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
-import itertools
 import logging
 import math
 import os
+import secrets
 import threading
 import time
 from typing import Any, Callable
@@ -60,56 +60,19 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from helix_jax.errors import HelixError, ProtocolError, RequestError
-from helix_jax.modelconfig import ModelConfig
-from helix_jax.placement import Placement
-from helix_jax.runtime import security, wire
-from helix_jax.runtime.emulation import DelayedSends, EmulationSpec, LinkPacer
+from helix_jax.errors import HelixError, ProtocolError
+from helix_jax.runtime import coordinator_control as control
+from helix_jax.runtime import failover, security, wire
+from helix_jax.runtime.emulation import DelayedSends, LinkPacer
+from helix_jax.runtime.failover import pruned_flows
 from helix_jax.runtime.requests import LiveRequest, TextCodec, parse_generate, stop_ids_of
+from helix_jax.runtime.serve_config import ServeConfig
 from helix_jax.scheduler import RequestSpec, Scheduler
-from helix_jax.topology import COORDINATOR, Topology
+from helix_jax.topology import COORDINATOR
 
 logger = logging.getLogger(__name__)
 
-
-def pruned_flows(placement: Placement, down: frozenset[str]) -> Placement:
-    """The fallback re-plan without a solver: `placement` minus every flow edge that touches a
-    node in `down` (objective: what still leaves the coordinator)."""
-    flows = tuple(f for f in placement.flows if f.src not in down and f.dst not in down)
-    value = sum(f.tokens_per_s for f in flows if f.src == COORDINATOR)
-    return dataclasses.replace(placement, flows=flows, objective_tokens_per_s=value)
-
-
-@dataclasses.dataclass(frozen=True)
-class ServeConfig:
-    """Everything a deployment is made of; the deploy command builds one."""
-
-    topology: Topology
-    placement: Placement
-    model: ModelConfig  # the model the workers compute (topology.model or a --model stand-in)
-    weights: str | None = None  # checkpoint directory; None: seeded random weights (tiny models)
-    host: str = "127.0.0.1"  # address the coordinator binds and advertises
-    client_port: int = 0  # 0: a free port
-    control_port: int = 0
-    emulation: EmulationSpec | None = None
-    kv_tokens: int | None = None  # per-worker KV cache size in tokens (None: worker default)
-    kv_layout: str | None = None  # "paged" | "contiguous" (None: the engine's default)
-    max_batch: int | None = None  # per-worker decode batch cap (None: worker default)
-    max_seq_len: int = 512
-    queue_limit: int = 1000
-    policy: str = "iwrr"
-    seed: int = 0
-    heartbeat_timeout_s: float = 10.0  # silence after which a serving worker is taken out of service
-    # nodes out of service -> the placement with flows that avoid them (same ranges); deploy passes
-    # helix_jax.solver.maxflow.survivor_flows (the survivors' max-flow). None: `pruned_flows`.
-    flow_planner: Callable[[frozenset[str]], Placement] | None = None
-    # CURVE keys of the deployment (deploy generates them); None: plain TCP, which is allowed
-    # only when `host` is loopback (tests and local experiments)
-    keys: security.DeploymentKeys | None = None
-
-    @property
-    def time_scale(self) -> float:
-        return self.emulation.time_scale if self.emulation else 1.0
+__all__ = ["Coordinator", "ServeConfig", "pruned_flows"]  # ServeConfig and pruned_flows live in serve_config.py, failover.py
 
 
 class Coordinator:
@@ -162,7 +125,6 @@ class Coordinator:
         self._early: list[tuple[bytes, wire.Message]] = []
         self._live: dict[str, LiveRequest] = {}
         self._by_client: dict[tuple[bytes, str], str] = {}
-        self._ids = itertools.count()
         self._timers = DelayedSends()
         self._pacer = (LinkPacer(config.emulation.topology(), COORDINATOR, config.time_scale)
                        if config.emulation else None)
@@ -198,11 +160,11 @@ class Coordinator:
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
                 while self._reported:
-                    self._node_down(*self._reported.popleft())
-                self._check_heartbeats()
+                    failover.node_down(self, *self._reported.popleft())
+                failover.check_heartbeats(self)
                 secure = self.keys is not None
                 if self._control in events:
-                    wire.drain(self._control, self._on_control, routed=True, secure=secure)
+                    wire.drain(self._control, functools.partial(control.on_control, self), routed=True, secure=secure)
                 if self._data in events:
                     wire.drain(self._data, lambda _i, m: self._on_data(m), secure=secure)
                 if self._client in events:
@@ -310,156 +272,49 @@ class Coordinator:
         if sock is not None:  # None: the node went out of service since the send was paced
             wire.send(sock, msg)
 
-    # ---------------------------------------------------------------- 1-2: join and warm-up
-    def _on_control(self, identity: bytes | None, msg: wire.Message) -> None:
-        assert identity is not None
-        node = msg.get("node")
-        if self.keys is not None and msg.kind != "shutdown" and self.keys.node_of(msg.sender) != node:
-            raise ProtocolError(f"{msg.kind} for node {node!r} signed by the key of "
-                                f"{self.keys.node_of(msg.sender)!r}: dropped")
-        if node in self._identities and self._identities[node] == identity:
-            self._last_heard[node] = time.perf_counter()
-            if msg.get("mean_step_s") is not None:
-                self.step_s[node] = float(msg["mean_step_s"])
-        if msg.kind == "heartbeat":
-            if node not in self._identities:
-                raise ProtocolError(f"heartbeat from an unknown worker {node!r}")
-            if self._identities[node] != identity or (node in self.down_nodes and node not in self._rejoining):
-                # a worker we gave up on (or replaced since) woke up: its requests live elsewhere
-                wire.send(self._control, wire.make("shutdown"), identity)
-            return
-        if msg.kind == "register":
-            if node not in self.config.placement.ranges:
-                reason = f"node {node!r} holds no layers in this placement (placed nodes: {', '.join(self.nodes)})"
-                wire.send(self._control, wire.make("failed", node=node, message=reason), identity)
-                raise ProtocolError(reason)
-            rejoin = node in self.down_nodes and node not in self._rejoining
-            if node in self._identities and self._identities[node] != identity and not rejoin:
-                wire.send(self._control, wire.make("failed", node=node, message=f"node {node!r} already joined"),
-                          identity)
-                return
-            old = self._push.pop(node, None)
-            if old is not None:
-                old.close(linger=0)
-            self._identities[node] = identity
-            self._data_endpoints[node] = msg["data_endpoint"]
-            push = wire.configure(self._ctx.socket(zmq.PUSH))
-            if self.keys is not None:
-                security.curve_client(push, self.keys.coordinator, self.keys.nodes[node].public)
-            push.connect(msg["data_endpoint"])
-            self._push[node] = push
-            logger.info("worker %s registered (pid %s on %s)", node, msg["pid"], msg["host"])
-            self.phases[node] = ("registered", time.monotonic())
-            if rejoin:
-                self._rejoining.add(node)
-                self._assign(node)
-                for peer in self.nodes:  # whoever hands off to it must reconnect
-                    if peer != node and peer in self._push and self.config.placement.can_hand_off(peer, node):
-                        wire.send(self._control, wire.make("peer", node=node, data_endpoint=msg["data_endpoint"]),
-                                  self._identities[peer])
-            elif len(self._identities) == len(self.nodes):
-                self._assign_all()
-        elif msg.kind == "progress" and self._identities.get(node) == identity:
-            self.phases[node] = (msg["phase"], time.monotonic())
-        elif msg.kind == "ready" and self._identities.get(node) == identity:
-            self.phases[node] = ("ready", time.monotonic())
-            self._budgets[node] = msg["kv_capacity_token_layers"]
-            if msg.get("kv_page_tokens"):
-                self._page_tokens[node] = msg["kv_page_tokens"]
-            self.warmup_s[node] = float(msg["warmup_s"])
-            logger.info("worker %s ready: KV %d token-layers, warm-up %.1f s", node,
-                        msg["kv_capacity_token_layers"], msg["warmup_s"])
-            if len(self._budgets) == len(self.nodes) and self.scheduler is None:
-                self._start_serving()
-            elif node in self._rejoining:
-                self._rejoin(node)
-        elif msg.kind == "failed" and self._identities.get(node) == identity:
-            if self.scheduler is not None:  # serving: the others carry on without it
-                self._rejoining.discard(node)  # a replacement that failed to load may be retried
-                self._node_down(node, f"worker reported failure: {msg['message']}")
-                return
-            self.failed_node = (node, msg.get("phase") or "load", msg["message"])
-            self.failure = f"worker {node} failed: {msg['message']}"
-            logger.info(self.failure)  # the deployment reports it (one message naming step and node)
-            self.ready_event.set()
-        else:
-            raise ProtocolError(f"unexpected {msg.kind!r} on the control socket")
-
-    def _assign_all(self) -> None:
-        for node in self.nodes:
-            self._assign(node)
-
-    def _assign(self, node: str) -> None:
-        cfg = self.config
-        start, end = cfg.placement.ranges[node]
-        neighbours = {n: self._data_endpoints[n] for n in self.nodes
-                      if n != node and cfg.placement.can_hand_off(node, n)}
-        secured: dict[str, Any] = {}
-        if self.keys is not None:  # whom to encrypt to, and whom to admit on the data socket
-            secured = dict(upstream=[n for n in self.nodes if n != node and cfg.placement.can_hand_off(n, node)])
-        wire.send(self._control, wire.make(
-            "assign", node=node, start_layer=start, end_layer=end, model=cfg.model.to_dict(),
-            neighbours=neighbours, coordinator_data=self.data_endpoint, weights=cfg.weights,
-            emulate=cfg.emulation.to_wire() if cfg.emulation else None, kv_tokens=cfg.kv_tokens,
-            max_batch=cfg.max_batch, max_seq_len=cfg.max_seq_len, seed=cfg.seed, kv_layout=cfg.kv_layout,
-            prompt_tokens_per_step=self._prompt_budget(node), **secured), self._identities[node])
-
-    def _prompt_budget(self, node: str) -> int | None:
-        """The node's prompt tokens per step: the cost model's, which the simulator uses."""
-        from helix_jax.costmodel import CostModel
-
-        try:
-            return CostModel(self.config.topology).max_prompt_tokens_per_step(self.config.topology.node(node).gpu)
-        except HelixError as exc:
-            logger.warning("no prompt budget for %s (%s): whole prompts per step", node, exc)
-            return None
-
-    def _start_serving(self) -> None:
-        cfg = self.config
-        self.scheduler = Scheduler(cfg.placement, self._budgets, policy=cfg.policy,
-                                   queue_limit=cfg.queue_limit, seed=cfg.seed, kv_page_tokens=self._page_tokens)
-        now = time.perf_counter()
-        self._last_heard = {node: now for node in self.nodes}
-        self.ready_event.set()
-        early, self._early = self._early, []
-        for identity, msg in early:
-            try:
-                self._on_client(identity, msg)
-            except HelixError as exc:
-                self._reply_error(identity, msg.get("request_id"), exc)
-
-    # ---------------------------------------------------------------- 3-4: requests
+    # ---------------------------------------------------------------- 3-4: requests (one handler per kind)
     def _on_client(self, identity: bytes | None, msg: wire.Message) -> None:
         assert identity is not None
-        if msg.kind == "info":
-            wire.send(self._client, wire.make(
-                "info_reply", request_id=msg["request_id"], model=self.config.model.name,
-                num_layers=self.config.model.num_layers, vocab_size=self.config.model.vocab_size,
-                time_scale=self.config.time_scale, nodes=list(self.nodes),
-                max_seq_len=self.config.max_seq_len), identity)
-        elif msg.kind == "stats":
-            wire.send(self._client, wire.make("stats_reply", request_id=msg["request_id"],
-                                              stats=self.serving_stats()), identity)
-        elif msg.kind == "cancel":
-            rid = self._by_client.get((identity, msg["request_id"]))
-            if rid is not None:
-                self._finish(self._live[rid], "cancelled", notify=False)
-        elif msg.kind == "generate":
-            if self.scheduler is None:
-                self._early.append((identity, msg))
-                return
-            key = (identity, msg["request_id"])
-            if key in self._by_client:
-                raise ProtocolError(f"request id {msg['request_id']!r} is already in flight")
-            req = parse_generate(msg, identity, f"r{next(self._ids)}", self.config.model, self.codec,
-                                 self.config.max_seq_len)
-            self.scheduler.submit(RequestSpec(req.request_id, len(req.prompt_ids), req.max_tokens))
-            self._live[req.request_id] = req
-            self._by_client[key] = req.request_id
-            self._admit()
-            self.peak_queued = max(self.peak_queued, self.scheduler.queue_length)
-        else:
+        handler = CLIENT_HANDLERS.get(msg.kind)
+        if handler is None:
             raise ProtocolError(f"unexpected {msg.kind!r} on the client socket")
+        handler(self, identity, msg)
+
+    def _on_info(self, identity: bytes, msg: wire.Message) -> None:
+        wire.send(self._client, wire.make(
+            "info_reply", request_id=msg["request_id"], model=self.config.model.name,
+            num_layers=self.config.model.num_layers, vocab_size=self.config.model.vocab_size,
+            time_scale=self.config.time_scale, nodes=list(self.nodes),
+            max_seq_len=self.config.max_seq_len), identity)
+
+    def _on_stats(self, identity: bytes, msg: wire.Message) -> None:
+        wire.send(self._client, wire.make("stats_reply", request_id=msg["request_id"],
+                                          stats=self.serving_stats()), identity)
+
+    def _on_cancel(self, identity: bytes, msg: wire.Message) -> None:
+        rid = self._by_client.get((identity, msg["request_id"]))
+        if rid is not None:
+            self._finish(self._live[rid], "cancelled", notify=False)
+
+    def _on_generate(self, identity: bytes, msg: wire.Message) -> None:
+        if self.scheduler is None:
+            self._early.append((identity, msg))
+            return
+        key = (identity, msg["request_id"])
+        if key in self._by_client:
+            raise ProtocolError(f"request id {msg['request_id']!r} is already in flight")
+        req = parse_generate(msg, identity, self._new_request_id(), self.config.model, self.codec,
+                             self.config.max_seq_len)
+        self.scheduler.submit(RequestSpec(req.request_id, len(req.prompt_ids), req.max_tokens))
+        self._live[req.request_id] = req
+        self._by_client[key] = req.request_id
+        self._admit()
+        self.peak_queued = max(self.peak_queued, self.scheduler.queue_length)
+
+    @staticmethod
+    def _new_request_id() -> str:
+        """An internal request id: random, so no peer can guess another client's (issue 19)."""
+        return "r" + secrets.token_hex(8)
 
     def _admit(self) -> None:
         assert self.scheduler is not None
@@ -523,83 +378,6 @@ class Coordinator:
                 req.identity)
         self._admit()
 
-    # ---------------------------------------------------------------- 6: failures
-    def _check_heartbeats(self) -> None:
-        now = time.perf_counter()
-        if self.scheduler is None or now < self._next_heartbeat_check:
-            return  # the loop wakes per message batch; twice per heartbeat period is enough
-        self._next_heartbeat_check = now + wire.HEARTBEAT_INTERVAL_S / 2
-        limit = self.config.heartbeat_timeout_s
-        for node, heard in list(self._last_heard.items()):
-            if node not in self.down_nodes and now - heard > limit:
-                self._node_down(node, f"no heartbeat for {now - heard:.1f} s (limit {limit:g} s)")
-
-    def _node_down(self, node: str, reason: str) -> None:
-        """Step 6: take `node` out of service and resume (or fail) the requests it carried."""
-        if self.scheduler is None or node in self.down_nodes or node not in self.config.placement.ranges:
-            return
-        self.down_nodes[node] = reason
-        logger.error("node %s is out of service: %s", node, reason)
-        push = self._push.pop(node, None)
-        if push is not None:
-            push.close(linger=0)
-        released = self.scheduler.fail_node(node)
-        self._reflow(set(self.down_nodes))
-
-        def unroutable(why: object) -> RequestError:
-            return RequestError(f"node {node} went out of service ({reason}) and no surviving route "
-                                f"can hold this request: {why}")
-
-        for spec in reversed(released):  # resumed at the head of the queue, in admission order
-            req = self._live.pop(spec.request_id)
-            self._free_hops(req)
-            req.route, req.route_wire = None, []
-            req.request_id = f"r{next(self._ids)}"
-            self._live[req.request_id] = req
-            self._by_client[(req.identity, req.client_request_id)] = req.request_id
-            resume = RequestSpec(req.request_id, len(req.prompt_ids) + len(req.output_ids),
-                                 req.max_tokens - len(req.output_ids))
-            try:
-                self.scheduler.submit(resume, front=True)
-                self.resumed += 1
-            except HelixError as exc:
-                self._fail(req, unroutable(exc))
-        for spec, why in self.scheduler.drop_unroutable():
-            self._fail(self._live[spec.request_id], unroutable(why))
-        self._admit()
-
-    def _rejoin(self, node: str) -> None:
-        """A fresh worker of a node out of service is warm: back in service, flows recomputed."""
-        assert self.scheduler is not None
-        self._rejoining.discard(node)
-        self.scheduler.restore_node(node, self._budgets[node])
-        self._reflow(set(self.down_nodes) - {node})
-        self._last_heard[node] = time.perf_counter()
-        self.rejoined += 1
-        del self.down_nodes[node]  # last: stats() readers see the node back with its flows
-        logger.warning("node %s is back in service", node)
-        self._admit()
-
-    def _reflow(self, down: set[str]) -> None:
-        """Point the scheduler at flows that avoid the nodes in `down` (same ranges): the
-        config's `flow_planner` (the survivors' max-flow), or else the old flows minus every
-        edge that touches a node in `down`."""
-        old = self.config.placement
-        try:
-            planner = self.config.flow_planner or functools.partial(pruned_flows, old)
-            new = planner(frozenset(down))
-            value = new.objective_tokens_per_s
-            self.flow_tokens_per_s = value
-            if value <= 0:
-                return  # no route is left; the scheduler already refuses everything
-            assert self.scheduler is not None
-            self.scheduler.reflow(new)
-        except HelixError as exc:
-            logger.error("could not recompute flows without %s: %s", ", ".join(sorted(down)), exc)
-            return
-        logger.warning("flows recomputed without %s: %.1f tokens/s (placement: %.1f)",
-                       ", ".join(sorted(down)) or "no node", value, old.objective_tokens_per_s)
-
     def _free_hops(self, req: LiveRequest) -> None:
         """Release a request's KV slot on every live hop of its route."""
         for hop in req.route or ():
@@ -611,3 +389,11 @@ class Coordinator:
         self._live.pop(req.request_id, None)
         self._by_client.pop((req.identity, req.client_request_id), None)
         self._reply_error(req.identity, req.client_request_id, exc)
+
+
+CLIENT_HANDLERS: dict[str, Callable[[Coordinator, bytes, wire.Message], None]] = {
+    "info": Coordinator._on_info,
+    "stats": Coordinator._on_stats,
+    "cancel": Coordinator._on_cancel,
+    "generate": Coordinator._on_generate,
+}

@@ -1,0 +1,48 @@
+"""ServeConfig: everything a deployment is made of (topology, placement, model, ports, limits, keys).
+
+Built by the deploy command (cli/serve_cmds.py), the benchmarks and the tests; read by the
+coordinator (runtime/coordinator.py) and LocalDeployment. Data only: no sockets, no jax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from helix_jax.modelconfig import ModelConfig
+from helix_jax.placement import Placement
+from helix_jax.runtime import security
+from helix_jax.runtime.emulation import EmulationSpec
+from helix_jax.topology import Topology
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """Everything a deployment is made of; the deploy command builds one."""
+
+    topology: Topology
+    placement: Placement
+    model: ModelConfig  # the model the workers compute (topology.model or a --model stand-in)
+    weights: str | None = None  # checkpoint directory; None: seeded random weights (tiny models)
+    host: str = "127.0.0.1"  # address the coordinator binds and advertises
+    client_port: int = 0  # 0: a free port
+    control_port: int = 0
+    emulation: EmulationSpec | None = None
+    kv_tokens: int | None = None  # per-worker KV cache size in tokens (None: worker default)
+    kv_layout: str | None = None  # "paged" | "contiguous" (None: the engine's default)
+    max_batch: int | None = None  # per-worker decode batch cap (None: worker default)
+    max_seq_len: int = 512
+    queue_limit: int = 1000
+    policy: str = "iwrr"
+    seed: int = 0
+    heartbeat_timeout_s: float = 10.0  # silence after which a serving worker is taken out of service
+    # nodes out of service -> the placement with flows that avoid them (same ranges); deploy passes
+    # helix_jax.solver.maxflow.survivor_flows (the survivors' max-flow). None: `pruned_flows`.
+    flow_planner: Callable[[frozenset[str]], Placement] | None = None
+    # CURVE keys of the deployment (deploy generates them); None: plain TCP, which is allowed
+    # only when `host` is loopback (tests and local experiments)
+    keys: security.DeploymentKeys | None = None
+
+    @property
+    def time_scale(self) -> float:
+        return self.emulation.time_scale if self.emulation else 1.0
