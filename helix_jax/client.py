@@ -93,7 +93,30 @@ def generate_message(request_id: str, prompt: str | Sequence[int], max_tokens: i
             fields["prompt_ids"] = [int(t) for t in prompt]
         except (TypeError, ValueError):
             raise RequestError(f"prompt must be a string or a sequence of token ids, got {prompt!r}") from None
+    check_generate_values(fields)
     return wire.make("generate", **fields)
+
+
+INT32_MAX = 2 ** 31 - 1
+
+
+def check_generate_values(fields: dict[str, Any]) -> None:
+    """What the wire cannot carry, refused before it is sent (RequestError naming the field):
+    integers past int32 (the runtime's token and count type; seeds past uint32), and text that
+    is not valid Unicode (a lone surrogate). The coordinator checks the rest against the model."""
+    for name in ("max_tokens", "top_k"):
+        if not -INT32_MAX <= fields[name] <= INT32_MAX:
+            raise RequestError(f"{name} {fields[name]} is out of range (at most {INT32_MAX})")
+    if not 0 <= fields["seed"] < 2 ** 32:
+        raise RequestError(f"seed must be in [0, 2**32), got {fields['seed']}")
+    ids = fields.get("prompt_ids") or []
+    if any(not 0 <= t <= INT32_MAX for t in ids):
+        raise RequestError(f"prompt token id {next(t for t in ids if not 0 <= t <= INT32_MAX)} is out of range")
+    for text in [fields.get("prompt") or "", *(fields.get("stop") or [])]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RequestError(f"prompt or stop string is not valid Unicode: {exc.reason} at {exc.start}") from None
 
 
 def _connect_dealer(ctx: zmq.Context, endpoint: str, keys: security.ClientKeys | None) -> zmq.Socket:

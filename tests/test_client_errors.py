@@ -44,7 +44,7 @@ def _echo_server(router: zmq.Socket, stop: threading.Event) -> None:
         if msg.kind != "generate":
             continue
         rid, ids = msg["request_id"], msg["prompt_ids"]
-        if ids and ids[0] < 0:  # scripted rejection: the coordinator's error reply
+        if ids and ids[0] >= 1000:  # scripted rejection: the coordinator's error reply
             wire.send(router, wire.make("error", request_id=rid, error="RequestError", message=f"bad id {ids[0]}"),
                       identity)
             continue
@@ -89,14 +89,16 @@ def test_error_replies_raise_and_async_client_multiplexes_too(echo_endpoint) -> 
 
     async def run_async() -> tuple[list, list[int]]:
         async with AsyncClient(endpoint, timeout_s=30) as ac:
-            with pytest.raises(RequestError, match="bad id -3"):
-                await ac.generate([-3, 1])
+            with pytest.raises(RequestError, match="bad id 1003"):
+                await ac.generate([1003, 1])
             results = await asyncio.gather(*(ac.generate([n, n + 1]) for n in range(10)))
             tokens = [t.token_id async for t in ac.stream([4, 5, 6])]
             return results, tokens
 
     with Client(endpoint, timeout_s=30) as client:
-        with pytest.raises(RequestError, match="bad id -3"):
+        with pytest.raises(RequestError, match="bad id 1003"):
+            client.generate([1003, 1])
+        with pytest.raises(RequestError, match="prompt token id -3 is out of range"):  # refused before sending
             client.generate([-3, 1])
         assert client.generate([9]).ids == (9,)  # the client still serves after an error
     results, tokens = asyncio.run(run_async())

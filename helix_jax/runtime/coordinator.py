@@ -60,7 +60,7 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from helix_jax.errors import HelixError, ProtocolError
+from helix_jax.errors import HelixError, ProtocolError, RequestError
 from helix_jax.runtime import coordinator_control as control
 from helix_jax.runtime import failover, security, wire
 from helix_jax.runtime.emulation import DelayedSends, LinkPacer
@@ -131,6 +131,7 @@ class Coordinator:
         self.peak_kv_used: dict[str, int] = {n: 0 for n in self.nodes}
         self.completed = 0
         self.rejected = 0
+        self.dropped = 0  # data-socket messages refused
         self.peak_queued = 0
         self.resumed = 0  # requests moved to a new route after a node failure
         self.flow_tokens_per_s = config.placement.objective_tokens_per_s  # of the nodes in service
@@ -166,7 +167,7 @@ class Coordinator:
                 if self._control in events:
                     wire.drain(self._control, functools.partial(control.on_control, self), routed=True, secure=secure)
                 if self._data in events:
-                    wire.drain(self._data, lambda _i, m: self._on_data(m), secure=secure)
+                    wire.drain(self._data, lambda _i, m: self._on_data(m), secure=secure, on_reject=self._dropped)
                 if self._client in events:
                     wire.drain(self._client, self._on_client, routed=True, on_reject=self._reject_client)
                 self._timers.fire(time.perf_counter(), self._push_now)
@@ -256,6 +257,9 @@ class Coordinator:
         if identity is not None:
             self._reply_error(identity, msg.get("request_id") if msg is not None else None, exc)
 
+    def _dropped(self, _identity: bytes | None, _msg: wire.Message | None, _exc: HelixError) -> None:
+        self.dropped += 1  # a data message refused (malformed, forged or out of range); logged by wire.drain
+
     def _reply_error(self, identity: bytes, client_rid: str | None, exc: HelixError) -> None:
         self.rejected += 1
         wire.send(self._client, wire.make("error", request_id=client_rid if isinstance(client_rid, str) else None,
@@ -339,6 +343,9 @@ class Coordinator:
         self._send_data(req.route[0].node, msg, len(ids))
 
     def _on_data(self, msg: wire.Message) -> None:
+        if msg.kind == "abort":
+            self._on_abort(msg)
+            return
         if msg.kind != "sampled":
             raise ProtocolError(f"unexpected {msg.kind!r} on the coordinator's data socket")
         req = self._live.get(msg["request_id"])
@@ -349,6 +356,9 @@ class Coordinator:
             who = self.keys.node_of(msg.sender) if self.keys is not None else msg["node"]
             raise ProtocolError(f"sampled token of {msg['request_id']} from {who!r}, not from its last hop "
                                 f"{last!r}: dropped")
+        if not 0 <= msg["token_id"] < self.config.model.vocab_size:
+            raise ProtocolError(f"sampled token id {msg['token_id']} of {msg['request_id']} is outside the "
+                                f"vocabulary [0, {self.config.model.vocab_size}): dropped")
         delta, reason = req.add_token(msg["token_id"], self.codec, self.stop_ids)
         wire.send(self._client, wire.make("token", request_id=req.client_request_id,
                                           index=len(req.output_ids) - 1, token_id=msg["token_id"],
@@ -360,6 +370,22 @@ class Coordinator:
         self.scheduler.on_decode_token(req.request_id)
         position = len(req.prompt_ids) + len(req.output_ids) - 1
         self._send_step(req, np.asarray([msg["token_id"]], dtype=np.int32), position, len(req.output_ids))
+
+    def _on_abort(self, msg: wire.Message) -> None:
+        """A hop of the request's route could not run it (its batch raised): the request fails
+        with that reason and is not replayed elsewhere (it may be what broke the batch)."""
+        req = self._live.get(msg["request_id"])
+        if req is None:
+            return
+        hops = [h.node for h in req.route or ()]
+        sender = self.keys.node_of(msg.sender) if self.keys is not None else msg["node"]
+        if msg["node"] not in hops or sender != msg["node"]:
+            raise ProtocolError(f"abort of {msg['request_id']} from {sender!r}, not a hop of its route: dropped")
+        assert self.scheduler is not None
+        self._free_hops(req)
+        self.scheduler.finish(req.request_id)
+        self._fail(req, RequestError(f"node {msg['node']} could not run this request: {msg['message']}"))
+        self._admit()
 
     def _finish(self, req: LiveRequest, reason: str, notify: bool) -> None:
         assert self.scheduler is not None

@@ -112,6 +112,8 @@ def parse_generate(msg: wire.Message, identity: bytes, request_id: str, model: M
     if not 0.0 <= temperature <= MAX_TEMPERATURE:
         raise RequestError(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {temperature}")
     sampling = SamplingParams(float(temperature), msg["top_k"], float(msg["top_p"]), msg["seed"])  # RequestError
+    if sampling.top_k > model.vocab_size:
+        raise RequestError(f"top_k must be at most the vocabulary size {model.vocab_size}, got {sampling.top_k}")
     stop = msg.get("stop") or []
     if len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop):
         raise RequestError(f"stop must be at most {MAX_STOP_STRINGS} non-empty strings, got {stop!r}")

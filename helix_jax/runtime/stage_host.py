@@ -61,6 +61,7 @@ class StageHost:
         # request id -> its steps in arrival order; the one queue of the worker (worker.py only
         # adds to it through `enqueue` and `forget`)
         self.waiting: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
+        self.failed: dict[str, str] = {}  # request id -> why running it raised (reported by the worker)
         self.decode_rows_total = self.prompt_tokens_total = 0  # over all batches, for the exit log
 
     @classmethod
@@ -202,12 +203,17 @@ class StageHost:
         return pending
 
     def run(self, batch: list[Any]) -> list[tuple[Any, Any]]:
-        """Run one engine step; if the engine rejects it, retry item by item."""
+        """Run one engine step; if it is rejected or fails, retry item by item. An item that
+        fails on its own for a reason other than a HelixError (a bug, a value no check foresaw)
+        is released and listed in `self.failed` (request id -> reason) for the worker to
+        report; the worker itself goes on."""
         items = [p.item[0] for p in batch]
         try:
             return list(zip(batch, self.engine.step(items)))
         except HelixError as exc:
             logger.warning("node %s: batch rejected (%s); retrying item by item", self.node, exc)
+        except Exception:
+            logger.exception("node %s: a batch of %d failed; retrying item by item", self.node, len(items))
         results = []
         for pending, item in zip(batch, items):
             try:
@@ -216,6 +222,10 @@ class StageHost:
                 logger.warning("node %s dropped %s: %s", self.node, item.request_id, exc)
                 if self.engine.has_request(item.request_id) and self.engine.tokens_cached(item.request_id) == 0:
                     self.engine.release(item.request_id)
+            except Exception as exc:
+                logger.exception("node %s: request %s failed", self.node, item.request_id)
+                self.failed[str(item.request_id)] = f"{type(exc).__name__}: {exc}"
+                self.forget(str(item.request_id))
         return results
 
     def release(self, request_id: str) -> None:

@@ -107,6 +107,7 @@ SCHEMAS: dict[str, Schema] = {
                {"kv_tokens": int, "last": bool, "sampling": dict}, arrays=1),  # sampling: first step only
     "sampled": _s({"request_id": str, "index": int, "token_id": int, "node": str}),
     "free": _s({"request_id": str}),
+    "abort": _s({"request_id": str, "node": str, "message": str}),  # worker -> coordinator: this request failed here
 }
 
 
@@ -294,6 +295,10 @@ def drain(sock: zmq.Socket, handler: Callable[[bytes | None, Message], None], ro
             logger.warning("rejected %s: %s", msg.kind, exc)
             if on_reject is not None:
                 on_reject(identity, msg, exc)
+        except Exception as exc:  # a value no check foresaw: still only this message is lost
+            logger.exception("rejected %s: its handler failed", msg.kind)
+            if on_reject is not None:
+                on_reject(identity, msg, ProtocolError(f"{msg.kind} could not be handled: {type(exc).__name__}: {exc}"))
 
 
 def configure(sock: zmq.Socket) -> zmq.Socket:

@@ -320,6 +320,9 @@ class Worker:
             out = self._forward(pending.msg, result)
             if out is not None:
                 self._held.append(out)
+        for rid, why in self.host.failed.items():  # the coordinator fails them (no blind replay)
+            self._held.append((COORDINATOR, wire.make("abort", request_id=rid, node=self.options.node, message=why), 0))
+        self.host.failed.clear()
         self._release_held()
 
     def _forward(self, msg: wire.Message, result: Any) -> tuple[str, wire.Message, int] | None:

@@ -84,7 +84,7 @@ class FakeRunner(KVCapacity):
         self._free_slots = list(range(spec.max_slots - 1, -1, -1))
         self._thawed = threading.Event()
         self._thawed.set()
-        self._fail: Exception | None = None
+        self._fail: list[Exception] = []
         self._freeze_in: int | None = None
         self._sampled_goal: int | None = None
         self._sampled_since: set[Hashable] = set()
@@ -105,8 +105,9 @@ class FakeRunner(KVCapacity):
         self._sampled_goal = requests_sampled
         self._sampled_since = set()
 
-    def fail_next(self, exc: Exception) -> None:
-        self._fail = exc
+    def fail_next(self, exc: Exception, times: int = 1) -> None:
+        """The next `times` step calls raise `exc` (the worker retries a failed batch item by item)."""
+        self._fail.extend([exc] * times)
 
     # ---- the contract ---------------------------------------------------------------------
     @property
@@ -163,9 +164,8 @@ class FakeRunner(KVCapacity):
 
     def step(self, items: Sequence[StepInput]) -> list[StepOutput]:
         self._thawed.wait()
-        if self._fail is not None:
-            exc, self._fail = self._fail, None
-            raise exc
+        if self._fail:
+            raise self._fail.pop(0)
         items = list(items)
         check_step(items, self._requests, self.start_layer, self.end_layer, self.config, self.max_chunk_tokens,
                    self.max_seq_len)

@@ -1,0 +1,125 @@
+"""Hostile and broken input against a live deployment (issue 19's findings), exact and
+event-driven on the in-process cluster (real coordinator, workers, wire, scheduler; FakeRunners):
+each case reproduces what once crashed or hijacked a deployment and asserts the safe outcome,
+then checks that an ordinary request still gets exactly its tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zmq
+
+from helix_jax.client import Client
+from helix_jax.errors import RequestError
+from helix_jax.model.tokenizer import load_tokenizer
+from helix_jax.placement import Placement
+from helix_jax.runtime import wire
+from helix_jax.runtime.coordinator import ServeConfig
+from helix_jax.testing import InProcessCluster, fake_generation
+from helix_jax.topology import load_topology, tiny_topology_path
+
+TOPOLOGY = load_topology(tiny_topology_path())
+VOCAB = TOPOLOGY.model.vocab_size
+
+
+@pytest.fixture(scope="module")
+def cluster(cpu_small_placement: Placement):
+    cfg = ServeConfig(TOPOLOGY, cpu_small_placement, TOPOLOGY.model, max_seq_len=128, kv_tokens=8 * 128,
+                      heartbeat_timeout_s=120)
+    with InProcessCluster(cfg, load_tokenizer(TOPOLOGY.model)) as c:
+        yield c.wait_ready()
+
+
+@pytest.fixture(scope="module")
+def client(cluster: InProcessCluster):
+    with Client(cluster.client_endpoint, timeout_s=30) as c:
+        yield c
+
+
+def still_serving(cluster: InProcessCluster, client: Client) -> None:
+    assert cluster.coordinator is not None
+    ids = [256, 72, 105]
+    assert list(client.generate(ids, max_tokens=6).ids) == fake_generation(ids, 6, VOCAB,
+                                                                           stop_ids=cluster.coordinator.stop_ids)
+    assert all(w.thread.is_alive() for w in cluster.workers if w is cluster.worker(w.node))
+
+
+def test_a_huge_top_k_is_refused_at_admission(cluster: InProcessCluster, client: Client) -> None:
+    """Finding 1: top_k=2**40 passed admission and overflowed int32 in every worker it reached."""
+    with pytest.raises(RequestError, match=f"top_k must be at most the vocabulary size {VOCAB}"):
+        client.generate([256, 72, 105], max_tokens=4, top_k=VOCAB + 1, temperature=1.0)
+    still_serving(cluster, client)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(top_k=2 ** 40), "top_k 1099511627776 is out of range"),
+    (dict(max_tokens=2 ** 64), "max_tokens 18446744073709551616 is out of range"),
+    (dict(seed=-1), "seed must be in"),
+    (dict(prompt=[256, 2 ** 70]), "prompt token id 1180591620717411303424 is out of range"),
+    (dict(prompt="a\ud800b"), "not valid Unicode"),
+    (dict(stop=["\udc00"]), "not valid Unicode"),
+])
+def test_the_client_refuses_what_the_wire_cannot_carry(cluster: InProcessCluster, client: Client, kwargs,
+                                                       needle) -> None:
+    """Finding 6: such values killed the Client's I/O thread and hung every call on it."""
+    prompt = kwargs.pop("prompt", "hi")
+    with pytest.raises(RequestError, match=needle):
+        client.generate(prompt, **{"max_tokens": 4, **kwargs})
+    still_serving(cluster, client)  # the same Client still works
+
+
+def test_a_token_id_past_int32_from_a_peer_is_dropped(cluster: InProcessCluster, client: Client) -> None:
+    """Finding 2: a `sampled` with token_id=2**31 killed the coordinator's thread."""
+    coord = cluster.coordinator
+    assert coord is not None
+    runner = cluster.runner("cpu-1")
+    runner.freeze()  # a request sits at its exit hop while the forgeries arrive
+    stream = client.stream([256, 65], max_tokens=5)
+    cluster.wait_until(lambda: coord.stats()["in_flight"] == 1, "the request in flight")
+    rid = next(iter(coord._live))
+    before = coord.dropped
+    push = wire.configure(zmq.Context.instance().socket(zmq.PUSH))
+    push.connect(coord.data_endpoint)
+    for token in (2 ** 31, 2 ** 62, -1, VOCAB):
+        push.send_multipart(wire.encode(wire.make("sampled", request_id=rid, index=0, token_id=token, node="cpu-1")))
+    push.send_multipart(wire.encode(wire.make("sampled", request_id=rid, index=0, token_id=7, node="cpu-0")))
+    push.close(linger=2000)
+    cluster.wait_until(lambda: coord.dropped == before + 5, "all five forgeries refused")
+    runner.thaw()
+    assert [t.token_id for t in stream] == fake_generation([256, 65], 5, VOCAB, stop_ids=coord.stop_ids)
+    still_serving(cluster, client)
+
+
+def test_a_batch_that_raises_fails_its_requests_and_the_worker_goes_on(cluster: InProcessCluster,
+                                                                       client: Client) -> None:
+    """A bug in a batch (here OverflowError from the runner) used to kill the worker; now the
+    request it hit fails with the reason, is not replayed elsewhere, and the worker serves on."""
+    coord = cluster.coordinator
+    assert coord is not None
+    resumed = coord.stats()["resumed"]
+    cluster.runner("cpu-1").fail_next(OverflowError("Python int too large to convert to C int"))
+    cluster.runner("cpu-1").fail_next(OverflowError("Python int too large to convert to C int"))
+    with pytest.raises(RequestError, match="node cpu-1 could not run this request: OverflowError: Python int too large"):
+        client.generate([256, 66], max_tokens=5)
+    assert coord.stats()["resumed"] == resumed and coord.stats()["down_nodes"] == {}
+    assert cluster.worker("cpu-1").thread.is_alive()
+    still_serving(cluster, client)
+    assert coord.stats()["in_flight"] == 0 and all(coord.scheduler.ledger.used(n) == 0 for n in coord.nodes)
+
+
+def test_garbage_fields_on_the_coordinators_data_socket_are_harmless(cluster: InProcessCluster,
+                                                                     client: Client) -> None:
+    coord = cluster.coordinator
+    assert coord is not None
+    before = coord.dropped
+    push = wire.configure(zmq.Context.instance().socket(zmq.PUSH))
+    push.connect(coord.data_endpoint)
+    for msg in (wire.make("abort", request_id="r-nobody", node="cpu-1", message="x"),
+                wire.make("step", [np.zeros(2, np.int32)], request_id="x", route=[], hop=0, position=0, index=0),
+                wire.make("free", request_id="x")):
+        push.send_multipart(wire.encode(msg))
+    push.close(linger=2000)
+    # the step and the free are refused; an abort of a request nobody holds changes nothing
+    cluster.wait_until(lambda: coord.dropped == before + 2, "the step and the free refused")
+    still_serving(cluster, client)
