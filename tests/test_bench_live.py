@@ -1,5 +1,7 @@
-"""Live bench against a real local deployment (coordinator + 3 worker processes, tiny-8 model on
-CPU, ZeroMQ): the same workload and metrics code as the simulator, measured on the wall clock."""
+"""Live bench against a live deployment (helix_jax.testing.InProcessCluster: the real coordinator,
+workers, ZeroMQ and scheduler, FakeRunners for tiny-8's layers): the same workload and metrics
+code as the simulator, measured on the wall clock. What is checked is the accounting (sent,
+completed, tokens, the results file and table), not how fast this machine is."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from helix_jax.errors import ConfigError
 from helix_jax.model.tokenizer import load_tokenizer
 from helix_jax.placement import FlowEdge, Placement
 from helix_jax.runtime.coordinator import ServeConfig
-from helix_jax.runtime.deploy import LocalDeployment
+from helix_jax.testing import InProcessCluster
 from helix_jax.topology import load_topology, tiny_topology_path
 
 pytestmark = pytest.mark.slow
@@ -27,24 +29,23 @@ def placement() -> Placement:
 
 
 @pytest.fixture(scope="module")
-def endpoint(tmp_path_factory: pytest.TempPathFactory):
+def endpoint():
     topo = load_topology(tiny_topology_path())
     cfg = ServeConfig(topo, placement(), topo.model, weights="random:0", max_seq_len=64, kv_tokens=256,
                       queue_limit=50)
-    with LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=tmp_path_factory.mktemp("w")) as dep:
-        dep.wait_ready(timeout_s=400)
-        yield dep.client_endpoint
+    with InProcessCluster(cfg, load_tokenizer(topo.model)) as cluster:
+        yield cluster.wait_ready().client_endpoint
 
 
 def test_closed_loop_live_bench_measures_the_deployment(endpoint: str, tmp_path) -> None:
-    config = LiveConfig(mode="offline", duration_s=8.0, warmup_s=1.0, concurrency=3, seed=1, drain_s=60.0)
+    config = LiveConfig(mode="offline", duration_s=2.0, warmup_s=0.5, concurrency=3, seed=1, drain_s=60.0)
     seen = []
     result = run_live_bench(endpoint, FixedLengths(12, 6), config, progress=seen.append)
     m = result.metrics
     assert result.deployment["model"] == "tiny-8" and result.failed == 0
     assert result.completed >= 3 and m.completed >= 1
     assert m.decode_tokens_per_s > 0 and m.ttft.count >= 1 and m.tpot.count >= 1
-    assert 0 < m.ttft.p50_ms < 8000 and 0 < m.tpot.p50_ms < m.ttft.p99_ms + 8000
+    assert 0 < m.ttft.p50_ms <= m.ttft.p99_ms and 0 < m.tpot.p50_ms <= m.tpot.p99_ms
     # every completed request produced exactly its 6 tokens: window tokens <= 6 per request sent
     assert m.output_tokens <= 6 * result.sent
     assert seen and seen[-1] == config.duration_s
@@ -54,9 +55,9 @@ def test_closed_loop_live_bench_measures_the_deployment(endpoint: str, tmp_path)
 
 
 def test_open_loop_live_bench_sends_at_the_rate(endpoint: str) -> None:
-    config = LiveConfig(mode="online", rate_per_s=2.0, duration_s=6.0, warmup_s=0.5, seed=2)
+    config = LiveConfig(mode="online", rate_per_s=8.0, duration_s=1.5, warmup_s=0.25, seed=2)
     result = run_live_bench(endpoint, FixedLengths(8, 4), config)
-    assert 3 <= result.sent <= 30  # Poisson(12)
+    assert 3 <= result.sent <= 30  # Poisson(12), seeded
     assert result.completed + result.rejected_overloaded + result.cancelled == result.sent
     assert result.metrics.decode_tokens_per_s > 0
 
@@ -72,7 +73,7 @@ def test_bench_cli_against_the_endpoint(endpoint: str, tmp_path) -> None:
     from helix_jax.cli.main import app
 
     out = tmp_path / "live"
-    result = CliRunner().invoke(app, ["bench", "--endpoint", endpoint, "--duration", "5", "--warmup", "1",
+    result = CliRunner().invoke(app, ["bench", "--endpoint", endpoint, "--duration", "1.5", "--warmup", "0.5",
                                       "--prompt-tokens", "8", "--output-tokens", "4", "--concurrency", "2",
                                       "--out", str(out)], catch_exceptions=False, env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
