@@ -104,8 +104,10 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
            plan_time: float = typer.Option(10.0, help="Planner time limit in seconds."),
            heartbeat_timeout: float = typer.Option(10.0, help="Seconds of silence after which a worker is "
                                                              "taken out of service and its requests move on."),
-           restart_workers: int = typer.Option(3, help="Restarts of a crashed worker per node (0: none); "
-                                                       "the replacement rejoins once warm."),
+           restart_workers: int = typer.Option(3, help="Restarts of a crashed worker per node within "
+                                                       "--restart-window (0: none); the replacement rejoins once warm."),
+           restart_window: float = typer.Option(600.0, help="Seconds after which a restart no longer counts "
+                                                            "against --restart-workers (the budget refills)."),
            log_dir: Path = typer.Option(None, help="Where worker logs go (default: STATE_DIR/logs)."),
            state_dir: Path = typer.Option(None, help="Holds deployment.json, connection.json and the workers' "
                                                      "keys (default: ~/.cache/helix-jax/deployments/NAME)."),
@@ -150,8 +152,10 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
         return
     signal.signal(signal.SIGTERM, _interrupt)  # until serving: SIGTERM tears down like Ctrl-C
     state = Path(state_dir or Path.home() / ".cache" / "helix-jax" / "deployments" / name).expanduser()
-    kwargs = dict(log_dir=log_dir or state / "logs", restart_workers=restart_workers > 0,
-                  max_restarts=restart_workers, state_dir=state)
+    kwargs: dict[str, Any] = dict(log_dir=log_dir or state / "logs", restart_workers=restart_workers > 0,
+                                  max_restarts=restart_workers, state_dir=state)
+    if not ray:
+        kwargs["restart_window_s"] = restart_window
     if ray:
         from helix_jax.runtime.ray_launch import RayDeployment
 

@@ -123,3 +123,33 @@ def test_garbage_fields_on_the_coordinators_data_socket_are_harmless(cluster: In
     # the step and the free are refused; an abort of a request nobody holds changes nothing
     cluster.wait_until(lambda: coord.dropped == before + 2, "the step and the free refused")
     still_serving(cluster, client)
+
+
+def test_a_duplicate_in_flight_id_is_refused_without_touching_the_first_stream(cluster: InProcessCluster) -> None:
+    """Finding 7: the duplicate's error carried the same id, so the first stream's reader saw it."""
+    coord = cluster.coordinator
+    assert coord is not None
+    cluster.runner("cpu-1").freeze()
+    dealer = wire.configure(zmq.Context.instance().socket(zmq.DEALER))
+    dealer.connect(cluster.client_endpoint)
+    try:
+        generate = wire.make("generate", request_id="same", prompt_ids=[256, 70], max_tokens=3, temperature=0.0,
+                             top_k=0, top_p=1.0, seed=0)
+        dealer.send_multipart(wire.encode(generate))
+        cluster.wait_until(lambda: coord.stats()["in_flight"] == 1, "the first request in flight")
+        dealer.send_multipart(wire.encode(generate))
+        assert dealer.poll(30_000)
+        _, reply = wire.recv(dealer)
+        assert reply.kind == "error" and reply.get("request_id") is None and "already in flight" in reply["message"]
+    finally:
+        cluster.runner("cpu-1").thaw()
+    tokens = []
+    while True:  # the first stream, whole and untouched
+        assert dealer.poll(30_000)
+        _, msg = wire.recv(dealer)
+        assert msg["request_id"] == "same" and msg.kind in ("token", "done"), msg
+        if msg.kind == "done":
+            break
+        tokens.append(msg["token_id"])
+    dealer.close(0)
+    assert tokens == fake_generation([256, 70], 3, VOCAB, stop_ids=coord.stop_ids)

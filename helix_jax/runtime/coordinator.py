@@ -305,8 +305,10 @@ class Coordinator:
             self._early.append((identity, msg))
             return
         key = (identity, msg["request_id"])
-        if key in self._by_client:
-            raise ProtocolError(f"request id {msg['request_id']!r} is already in flight")
+        if key in self._by_client:  # answered without the id: the first stream's reader must not see it
+            self._reply_error(identity, None, ProtocolError(f"request id {msg['request_id']!r} is already in flight "
+                                                            f"on this connection: the duplicate was dropped"))
+            return
         req = parse_generate(msg, identity, self._new_request_id(), self.config.model, self.codec,
                              self.config.max_seq_len)
         self.scheduler.submit(RequestSpec(req.request_id, len(req.prompt_ids), req.max_tokens))

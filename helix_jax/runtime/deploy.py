@@ -11,7 +11,8 @@ Workers also exit by themselves when this process dies (they watch their parent 
 Once serving, a watcher thread reports a local worker whose process exits to the
 coordinator (`report_node_down`), which moves its requests to surviving routes at once
 instead of waiting for the heartbeat timeout; with `restart_workers` it also starts a
-replacement worker (at most `max_restarts` per node), which rejoins once warm.
+replacement worker (at most `max_restarts` per node within `restart_window_s`, restarts.py),
+which rejoins once warm.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import zmq
 
 from helix_jax.errors import HelixError
 from helix_jax.runtime.coordinator import Coordinator, ServeConfig
+from helix_jax.runtime.restarts import RestartBudget
 from helix_jax.runtime.security import write_connection_file
 from helix_jax.runtime.workflow import StepFailed, current_step, failed_step, progress_of, write_deployment_json
 
@@ -76,10 +78,12 @@ class LocalDeployment:
 
     def __init__(self, config: ServeConfig, codec: Any, log_dir: str | Path | None = None,
                  worker_env: dict[str, str] | None = None, restart_workers: bool = False,
-                 max_restarts: int = 3, state_dir: str | Path | None = None) -> None:
+                 max_restarts: int = 3, state_dir: str | Path | None = None,
+                 restart_window_s: float = 600.0) -> None:
         self.config, self.codec = config, codec
         self.restart_workers, self.max_restarts = restart_workers, max_restarts
-        self.restarts: dict[str, int] = {}
+        self.budget = RestartBudget(max_restarts, restart_window_s)
+        self.restarts: dict[str, int] = {}  # restarts taken per node (all time)
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="helix-deploy-"))
         self.state_dir = Path(state_dir) if state_dir is not None else self.log_dir  # keys, connection.json
         self.worker_env = worker_env or {}
@@ -236,12 +240,11 @@ class LocalDeployment:
                     seen.add(w.process.pid)
                     self.coordinator.report_node_down(
                         w.node, f"worker process exited with code {code} (log: {w.log_path})")
-                    done = self.restarts.get(w.node, 0)
-                    if self.restart_workers and done < self.max_restarts and not self._closing.is_set():
-                        self.restarts[w.node] = done + 1
-                        logger.warning("restarting the worker of %s (restart %d of at most %d)", w.node,
-                                       done + 1, self.max_restarts)
-                        self._spawn(w.node, self.log_dir / f"{w.node}.restart{done + 1}.log")
+                    if self.restart_workers and not self._closing.is_set() and self.budget.take(w.node):
+                        done = self.restarts[w.node] = self.budget.total[w.node]
+                        logger.warning("restarting the worker of %s (restart %d; %d more allowed within %.0f s)",
+                                       w.node, done, self.budget.left(w.node), self.budget.window_s)
+                        self._spawn(w.node, self.log_dir / f"{w.node}.restart{done}.log")
 
     def close(self, timeout_s: float = 20.0) -> None:
         """Shut down workers and coordinator; kill anything that does not exit in time (at once
