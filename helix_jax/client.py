@@ -94,7 +94,12 @@ def generate_message(request_id: str, prompt: str | Sequence[int], max_tokens: i
         except (TypeError, ValueError):
             raise RequestError(f"prompt must be a string or a sequence of token ids, got {prompt!r}") from None
     check_generate_values(fields)
-    return wire.make("generate", **fields)
+    msg = wire.make("generate", **fields)
+    size = len(wire.encode(msg)[0])
+    if size > wire.MAX_HEADER_BYTES:
+        raise RequestError(f"request too large: {size} bytes encoded, at most {wire.MAX_HEADER_BYTES} "
+                           f"(a prompt of about {wire.MAX_HEADER_BYTES // 4} tokens)")
+    return msg
 
 
 INT32_MAX = 2 ** 31 - 1
@@ -126,6 +131,10 @@ def _connect_dealer(ctx: zmq.Context, endpoint: str, keys: security.ClientKeys |
         security.curve_client(sock, keys.own, keys.server_public)
     sock.connect(endpoint)
     return sock
+
+
+PING_INTERVAL_S = 2.0
+LOST_AFTER_S = 10.0
 
 
 def _request_ids() -> Iterator[str]:
@@ -211,8 +220,15 @@ class TokenStream:
 class Client:
     """Thread-safe synchronous client. Use as a context manager or call `close()`."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 300.0, keys: security.ClientKeys | None = None) -> None:
+    def __init__(self, endpoint: str, timeout_s: float = 300.0, keys: security.ClientKeys | None = None,
+                 ping_interval_s: float = PING_INTERVAL_S, lost_after_s: float = LOST_AFTER_S) -> None:
         self.endpoint, self.timeout_s, self.keys = endpoint, timeout_s, keys
+        # while requests wait, an `info` ping every ping_interval_s; no reply to one within
+        # lost_after_s: the coordinator is lost, and every waiting call raises at once
+        self.ping_interval_s, self.lost_after_s = ping_interval_s, lost_after_s
+        self._ping: tuple[str, float] | None = None  # (id, sent at) of the ping awaiting its reply
+        self._last_ping = time.monotonic()
+        self._dead: str | None = None  # why the I/O thread stopped serving (then every call fails)
         self._sock = _connect_dealer(zmq.Context.instance(), endpoint, keys)
         self._outbox: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -290,6 +306,8 @@ class Client:
         with self._lock:
             if self._closed:
                 raise HelixError("client is closed")
+            if self._dead is not None:
+                raise HelixError(self._dead)
             self._pending[msg["request_id"]] = events
         self._outbox.put(msg)
         os.write(self._wake_w, b"m")
@@ -308,21 +326,48 @@ class Client:
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         try:
-            while True:
-                events = dict(poller.poll())
-                if self._wake_r in events:
-                    os.read(self._wake_r, 4096)
-                    if self._closed:
-                        return
-                    while True:
-                        try:
-                            wire.send(self._sock, self._outbox.get_nowait())
-                        except queue.Empty:
-                            break
-                if self._sock in events:
-                    self._drain()
+            self._serve_io(poller)
+        except Exception as exc:  # never leave callers waiting on a dead thread
+            logger.exception("the client's I/O thread failed")
+            self._fail_all(f"the client's I/O thread failed: {type(exc).__name__}: {exc}")
         finally:
             self._sock.close(linger=0)
+
+    def _fail_all(self, reason: str) -> None:
+        """Every waiting call raises HelixError(reason); so does every later one."""
+        with self._lock:
+            self._dead = reason
+            pending, self._pending = self._pending, {}
+        for rid, events in pending.items():
+            events.put(wire.make("error", request_id=rid, error="HelixError", message=reason))
+
+    def _check_coordinator(self) -> None:
+        """The ping of the class docstring: send one while requests wait; no answer in time: lost."""
+        now = time.monotonic()
+        if self._ping is not None and now - self._ping[1] > self.lost_after_s:
+            self._fail_all(f"lost the coordinator at {self.endpoint}: no reply to a ping within "
+                           f"{self.lost_after_s:g} s")
+            self._ping = None
+        elif self._ping is None and self._pending and now - self._last_ping >= self.ping_interval_s:
+            rid = f"ping-{uuid.uuid4().hex[:8]}"
+            self._ping, self._last_ping = (rid, now), now
+            wire.send(self._sock, wire.make("info", request_id=rid))
+
+    def _serve_io(self, poller: zmq.Poller) -> None:
+        while True:
+            events = dict(poller.poll(int(self.ping_interval_s * 1000)))
+            self._check_coordinator()
+            if self._wake_r in events:
+                os.read(self._wake_r, 4096)
+                if self._closed:
+                    return
+                while True:
+                    try:
+                        wire.send(self._sock, self._outbox.get_nowait())
+                    except queue.Empty:
+                        break
+            if self._sock in events:
+                self._drain()
 
     def _drain(self) -> None:
         while True:
@@ -332,6 +377,9 @@ class Client:
                 return
             except ProtocolError as exc:
                 logger.warning("dropped a malformed reply: %s", exc)
+                continue
+            if self._ping is not None and msg.get("request_id") == self._ping[0]:
+                self._ping = None  # the coordinator answers
                 continue
             with self._lock:
                 events = self._pending.get(msg.get("request_id") or "")

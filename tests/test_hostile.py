@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from helix_jax.client import Client
-from helix_jax.errors import RequestError
+from helix_jax.errors import HelixError, RequestError
 from helix_jax.model.tokenizer import load_tokenizer
 from helix_jax.placement import Placement
 from helix_jax.runtime import wire
@@ -153,3 +153,40 @@ def test_a_duplicate_in_flight_id_is_refused_without_touching_the_first_stream(c
         tokens.append(msg["token_id"])
     dealer.close(0)
     assert tokens == fake_generation([256, 70], 3, VOCAB, stop_ids=coord.stop_ids)
+
+
+def test_clients_fail_fast_when_the_coordinator_stops_or_is_lost(cpu_small_placement: Placement) -> None:
+    """Finding 6: when the coordinator died or deploy was interrupted, streams got nothing until
+    their timeout. Now a stopping coordinator tells every in-flight client, and a client whose
+    coordinator stops answering its pings fails every waiting call at once."""
+    cfg = ServeConfig(TOPOLOGY, cpu_small_placement, TOPOLOGY.model, max_seq_len=128, heartbeat_timeout_s=120)
+    cluster = InProcessCluster(cfg, load_tokenizer(TOPOLOGY.model)).start().wait_ready()
+    try:
+        cluster.runner("cpu-1").freeze()
+        with Client(cluster.client_endpoint, timeout_s=300) as client:
+            streams = [client.stream([256, 70 + i], max_tokens=5) for i in range(3)]
+            cluster.wait_until(lambda: cluster.coordinator.stats()["in_flight"] == 3, "3 requests in flight")
+            cluster.coordinator.stop()
+            for stream in streams:
+                with pytest.raises(HelixError, match="the deployment is shutting down"):
+                    list(stream)
+    finally:
+        cluster.close()
+    # a coordinator that accepts but never answers: the ping finds out
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", timeout_s=300, ping_interval_s=0.1, lost_after_s=0.5) as client:
+            with pytest.raises(HelixError, match="lost the coordinator at .* no reply to a ping within 0.5 s"):
+                client.generate([256, 70], max_tokens=3)
+            with pytest.raises(HelixError, match="lost the coordinator"):  # and every later call
+                client.generate([256, 71], max_tokens=3)
+    finally:
+        router.close(0)
+
+
+def test_a_prompt_too_large_for_the_wire_is_refused_by_the_client(client: Client, cluster: InProcessCluster) -> None:
+    """Finding 6: a 2 MB prompt got an error with request_id None that never reached the caller."""
+    with pytest.raises(RequestError, match="request too large: .* bytes encoded"):
+        client.generate("x" * (2 << 20), max_tokens=2)
+    still_serving(cluster, client)

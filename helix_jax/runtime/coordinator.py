@@ -188,6 +188,11 @@ class Coordinator:
             os.write(self._wake_w, b"d")
 
     def _close(self) -> None:
+        gone = HelixError("the deployment is shutting down: this request was not finished")
+        for req in list(self._live.values()):  # nobody waits for their timeout (issue 19)
+            self._reply_error(req.identity, req.client_request_id, gone)
+        for identity, msg in self._early:
+            self._reply_error(identity, msg.get("request_id"), gone)
         for identity in self._identities.values():
             try:
                 wire.send(self._control, wire.make("shutdown"), identity)
