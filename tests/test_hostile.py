@@ -190,3 +190,61 @@ def test_a_prompt_too_large_for_the_wire_is_refused_by_the_client(client: Client
     with pytest.raises(RequestError, match="request too large: .* bytes encoded"):
         client.generate("x" * (2 << 20), max_tokens=2)
     still_serving(cluster, client)
+
+
+def test_one_clients_flood_gets_overloaded_while_another_still_gets_in(cpu_small_placement: Placement) -> None:
+    """Finding 7: 1200 requests from one socket filled the whole queue for everyone."""
+    cfg = ServeConfig(TOPOLOGY, cpu_small_placement, TOPOLOGY.model, max_seq_len=128, kv_tokens=2 * 128,
+                      queue_limit=8, client_queue_limit=4, heartbeat_timeout_s=120)
+    from helix_jax.errors import OverloadedError
+
+    with InProcessCluster(cfg, load_tokenizer(TOPOLOGY.model)) as cluster:
+        coord = cluster.wait_ready().coordinator
+        assert coord is not None
+        for node in ("cpu-0", "cpu-2"):
+            cluster.runner(node).freeze()
+        try:
+            with Client(cluster.client_endpoint, timeout_s=60) as flood, \
+                    Client(cluster.client_endpoint, timeout_s=60) as other:
+                streams = [flood.stream([256, 70], max_tokens=100) for _ in range(20)]
+                cluster.wait_until(lambda: coord.stats()["in_flight"] + coord.stats()["queued"] + coord.rejected >= 20,
+                                   "the flood handled")
+                running = coord.stats()["in_flight"]
+                assert coord.stats()["queued"] == 4 and coord.rejected == 20 - running - 4
+                for stream in streams[running + 4:]:
+                    with pytest.raises(OverloadedError, match="already has 4 requests waiting"):
+                        next(iter(stream))
+                mine = [other.stream([256, 71], max_tokens=3) for _ in range(3)]
+                cluster.wait_until(lambda: coord.stats()["queued"] == 7, "the other client's requests queued")
+                for node in ("cpu-0", "cpu-2"):
+                    cluster.runner(node).thaw()
+                for stream in mine:
+                    assert [t.token_id for t in stream] == fake_generation([256, 71], 3, VOCAB, stop_ids=coord.stop_ids)
+                for stream in streams[:running + 4]:
+                    stream.cancel()
+        finally:
+            for node in ("cpu-0", "cpu-2"):
+                cluster.runner(node).thaw()
+
+
+def test_kv_taken_by_a_forged_step_is_reclaimed_when_its_lease_ends() -> None:
+    """Finding 5: forged steps for made-up ids each held a KV slot forever; now a request that
+    gets no step for the lease is released, and its pages return to the pool (exact clock)."""
+    from helix_jax.runtime.runner import RunnerSpec
+    from helix_jax.runtime.stage_host import StageHost
+    from helix_jax.testing import FakeRunner
+
+    spec = RunnerSpec(TOPOLOGY.model, 0, 8, "random:0", max_slots=4, max_seq_len=64, prefill_buckets=(16,),
+                      decode_buckets=(4,), num_pages=16)
+    host = StageHost(FakeRunner(spec), "n", 0, 4, 16)
+    free_pages = host.engine.pages_available
+    forged = wire.make("step", [np.asarray([1, 2, 3], np.int32)], request_id="forged", route=[["n", 0, 8]], hop=0,
+                       position=0, index=0, sampling={"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0},
+                       kv_tokens=64)
+    host.enqueue(forged)
+    host.run(host.pick_batch())
+    assert host.engine.has_request("forged") and host.engine.pages_available < free_pages
+    seen = host.last_step["forged"]
+    assert host.expire(seen + 300.0, 300.0) == []  # within its lease
+    assert host.expire(seen + 300.5, 300.0) == ["forged"]
+    assert not host.engine.has_request("forged") and host.engine.pages_available == free_pages

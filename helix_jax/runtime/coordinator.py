@@ -60,7 +60,7 @@ from typing import Any, Callable
 import numpy as np
 import zmq
 
-from helix_jax.errors import HelixError, ProtocolError, RequestError
+from helix_jax.errors import HelixError, OverloadedError, ProtocolError, RequestError
 from helix_jax.runtime import coordinator_control as control
 from helix_jax.runtime import failover, security, wire
 from helix_jax.runtime.emulation import DelayedSends, LinkPacer
@@ -125,6 +125,7 @@ class Coordinator:
         self._early: list[tuple[bytes, wire.Message]] = []
         self._live: dict[str, LiveRequest] = {}
         self._by_client: dict[tuple[bytes, str], str] = {}
+        self._waiting_by_client: dict[bytes, int] = {}  # client identity -> its requests never admitted yet
         self._timers = DelayedSends()
         self._pacer = (LinkPacer(config.emulation.topology(), COORDINATOR, config.time_scale)
                        if config.emulation else None)
@@ -310,6 +311,10 @@ class Coordinator:
             self._early.append((identity, msg))
             return
         key = (identity, msg["request_id"])
+        share = self.config.client_queue_limit or max(1, self.config.queue_limit * 3 // 4)
+        if self._waiting_by_client.get(identity, 0) >= share:
+            raise OverloadedError(f"this connection already has {share} requests waiting, its share of the "
+                                  f"queue ({self.config.queue_limit}); retry later")
         if key in self._by_client:  # answered without the id: the first stream's reader must not see it
             self._reply_error(identity, None, ProtocolError(f"request id {msg['request_id']!r} is already in flight "
                                                             f"on this connection: the duplicate was dropped"))
@@ -319,6 +324,7 @@ class Coordinator:
         self.scheduler.submit(RequestSpec(req.request_id, len(req.prompt_ids), req.max_tokens))
         self._live[req.request_id] = req
         self._by_client[key] = req.request_id
+        self._waiting_by_client[identity] = self._waiting_by_client.get(identity, 0) + 1
         self._admit()
         self.peak_queued = max(self.peak_queued, self.scheduler.queue_length)
 
@@ -334,6 +340,7 @@ class Coordinator:
             req.set_route(adm.route)
             if req.admitted_at is None:
                 req.admitted_at = time.perf_counter()
+                self._dequeued(req)
             for hop in adm.route:
                 used = self.scheduler.ledger.used(hop.node)
                 self.peak_kv_used[hop.node] = max(self.peak_kv_used[hop.node], used)
@@ -394,8 +401,18 @@ class Coordinator:
         self._fail(req, RequestError(f"node {msg['node']} could not run this request: {msg['message']}"))
         self._admit()
 
+    def _dequeued(self, req: LiveRequest) -> None:
+        """`req` leaves the queue for the first time (admitted, or ended while waiting)."""
+        left = self._waiting_by_client.get(req.identity, 0) - 1
+        if left > 0:
+            self._waiting_by_client[req.identity] = left
+        else:
+            self._waiting_by_client.pop(req.identity, None)
+
     def _finish(self, req: LiveRequest, reason: str, notify: bool) -> None:
         assert self.scheduler is not None
+        if req.admitted_at is None:
+            self._dequeued(req)
         self._live.pop(req.request_id, None)
         self._by_client.pop((req.identity, req.client_request_id), None)
         self._free_hops(req)
@@ -419,6 +436,8 @@ class Coordinator:
 
     def _fail(self, req: LiveRequest, exc: HelixError) -> None:
         """End a request with an `error` to its client (its KV is already released)."""
+        if req.admitted_at is None and self._live.get(req.request_id) is req:
+            self._dequeued(req)
         self._live.pop(req.request_id, None)
         self._by_client.pop((req.identity, req.client_request_id), None)
         self._reply_error(req.identity, req.client_request_id, exc)

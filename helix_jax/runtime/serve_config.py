@@ -33,6 +33,9 @@ class ServeConfig:
     max_batch: int | None = None  # per-worker decode batch cap (None: worker default)
     max_seq_len: int = 512
     queue_limit: int = 1000
+    # requests one client connection may have waiting at once (None: 3/4 of queue_limit), so one
+    # client's flood gets OverloadedError while the others still get in
+    client_queue_limit: int | None = None
     policy: str = "iwrr"
     seed: int = 0
     heartbeat_timeout_s: float = 10.0  # silence after which a serving worker is taken out of service

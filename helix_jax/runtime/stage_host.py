@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,7 @@ class StageHost:
         # adds to it through `enqueue` and `forget`)
         self.waiting: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
         self.failed: dict[str, str] = {}  # request id -> why running it raised (reported by the worker)
+        self.last_step: dict[str, float] = {}  # request id -> when its latest step arrived (the KV lease)
         self.decode_rows_total = self.prompt_tokens_total = 0  # over all batches, for the exit log
 
     @classmethod
@@ -125,12 +127,24 @@ class StageHost:
         """Check a `step` addressed to this node (ProtocolError/RequestError if bad) and queue it
         behind the earlier steps of its request."""
         item = self.step_input(msg, self.node)
+        self.last_step[msg["request_id"]] = time.monotonic()
         self.waiting.setdefault(msg["request_id"], collections.deque()).append(Pending(item, msg, item[0].num_tokens))
 
     def forget(self, request_id: str) -> None:
         """A `free`: drop the request's queued steps and release its KV (if held)."""
         self.waiting.pop(request_id, None)
+        self.last_step.pop(request_id, None)
         self.release(request_id)
+
+    def expire(self, now: float, lease_s: float) -> list[str]:
+        """Release every request whose latest step arrived more than `lease_s` before `now`:
+        KV that no live route still uses (a forged step, a `free` that never came) is reclaimed."""
+        stale = [rid for rid, seen in self.last_step.items() if now - seen > lease_s]
+        for rid in stale:
+            logger.warning("node %s: request %s sent no step for %.0f s; its KV is reclaimed", self.node, rid,
+                           now - self.last_step[rid])
+            self.forget(rid)
+        return stale
 
     # ---------------------------------------------------------------- batching
     def pick_batch(self) -> list["Pending"]:

@@ -54,6 +54,7 @@ from helix_jax.topology import COORDINATOR
 logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 900.0
+KV_LEASE_S = 300.0  # a request held here that gets no step for this long is released (stage_host.expire)
 FREED_MEMORY = 100_000  # ids of freed requests remembered, to drop their late steps
 
 
@@ -241,6 +242,8 @@ class Worker:
         while self._running:
             now = time.perf_counter()
             if now >= next_heartbeat:
+                assert self.host is not None
+                self.host.expire(time.monotonic(), KV_LEASE_S)
                 report: dict[str, Any] = self._step_report()
                 wire.send(self._control, wire.make("heartbeat", node=self.options.node, **report))
                 next_heartbeat = now + wire.HEARTBEAT_INTERVAL_S
