@@ -206,7 +206,7 @@ def bench_emulated(time_scale: float, concurrency: int, warmup_s: float, window_
     model = resolve_model(f"tiny-{topo.model.num_layers}")
     max_seq_len = 64
     cfg = ServeConfig(topo, placement, model, weights="random:0", max_seq_len=max_seq_len,
-                      emulation=EmulationSpec.for_topology(topo, time_scale, kv_scale),
+                      emulation=EmulationSpec.for_topology(topo, time_scale, kv_scale, placement.workload),
                       kv_tokens=concurrency * max_seq_len, queue_limit=100_000,
                       heartbeat_timeout_s=120.0)  # 24 workers share this machine's cores
     started = time.perf_counter()

@@ -111,7 +111,8 @@ def planned_config(checked: tuple[Any, Any, str], placement_path: Path | None, e
     topology, config, weights = checked
     placement = placement_for(topology, placement_path, plan_time_s)
     keys = DeploymentKeys.generate(placement.ranges) if secure else None
-    emulation = EmulationSpec.for_topology(topology, time_scale) if emulate else None
+    emulation = (EmulationSpec.for_topology(topology, time_scale, workload=placement.workload)
+                 if emulate else None)
     cfg = ServeConfig(topology, placement, config, weights=weights, host=host, client_port=port,
                       emulation=emulation, kv_tokens=kv_tokens, kv_layout=kv_layout,
                       max_seq_len=min(max_seq_len, config.max_position_embeddings),

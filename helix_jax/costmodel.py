@@ -84,10 +84,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from helix_jax.errors import ConfigError, PlacementError, TopologyError
+from helix_jax.errors import ConfigError, TopologyError
 from helix_jax.modelconfig import ModelConfig
 from helix_jax.profiles import LatencyProfile
 from helix_jax.topology import COORDINATOR, GpuType, Topology
+from helix_jax.workload_shape import WorkloadShape  # noqa: F401 (re-exported)
 
 # ----------------------------------------------------------------------------- constants
 MEMORY_RESERVE_BYTES_PER_GPU = 1.5e9  # CUDA context, framework, allocator fragmentation
@@ -112,70 +113,6 @@ def best_layer_rate(table: Sequence[float]) -> float:
     """max_k k * c(k) of a capacity table: the token-layers/s a node reaches at its best k
     (a node's strength; 0.0 for a node that holds no layer)."""
     return max((k * c for k, c in enumerate(table, start=1)), default=0.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkloadShape:
-    """What "tokens/s" assumes about requests (Azure conversation trace means)."""
-
-    mean_prompt_tokens: float = 763.0
-    mean_output_tokens: float = 232.0
-    # E[o^2] / E[o]^2 of output lengths: long answers stay resident longer, so the KV a resident
-    # request holds (reserved up front as prompt + output) is residence-weighted. 2.2 is the
-    # Azure conversation trace's figure (1273 resident tokens against 995 mean tokens).
-    output_length_second_moment_ratio: float = 2.2
-
-    def __post_init__(self) -> None:
-        if not (self.mean_prompt_tokens >= 0 and self.mean_output_tokens > 0):
-            raise ConfigError(f"workload needs mean_prompt_tokens >= 0 and mean_output_tokens > 0, got {self}")
-        if not self.output_length_second_moment_ratio >= 1:  # E[o^2] >= E[o]^2 for any lengths
-            raise ConfigError(f"workload needs output_length_second_moment_ratio >= 1, got {self}")
-
-    def to_dict(self) -> dict[str, float]:
-        return {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, raw: Any) -> "WorkloadShape":
-        """A shape from `to_dict`'s output; the default shape for None (placement files written
-        before shapes were recorded)."""
-        if raw is None:
-            return cls()
-        names = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(raw, dict) or set(raw) - names:
-            raise ConfigError(f"a workload shape is an object with the fields {', '.join(sorted(names))}, "
-                              f"got {raw!r}")
-        try:
-            return cls(**{k: float(v) for k, v in raw.items()})
-        except (TypeError, ValueError):
-            raise ConfigError(f"a workload shape needs numbers, got {raw!r}") from None
-
-    @classmethod
-    def recorded_in(cls, placement: Any) -> "WorkloadShape":
-        """The shape a Placement was planned for (the planner records it as extra["workload"])."""
-        try:
-            return cls.from_dict(placement.extra.get("workload"))
-        except ConfigError as exc:
-            raise PlacementError(f"placement's extra.workload is malformed: {exc}") from None
-
-    def describe(self) -> str:
-        return (f"mean prompt {self.mean_prompt_tokens:.0f} tokens, mean output {self.mean_output_tokens:.1f} "
-                f"tokens, E(o^2)/E(o)^2 {self.output_length_second_moment_ratio:.2f}")
-
-    @property
-    def prompt_per_output(self) -> float:
-        """Prompt tokens of prefill each decode token pays for."""
-        return self.mean_prompt_tokens / self.mean_output_tokens
-
-    @property
-    def average_context_tokens(self) -> float:
-        return self.mean_prompt_tokens + self.mean_output_tokens / 2
-
-    @property
-    def resident_kv_tokens(self) -> float:
-        """KV tokens per layer a resident request holds, averaged over time: the KV ledger
-        reserves prompt + output for the request's whole life, and a request's life is
-        proportional to its output length, so E[(p + o) o] / E[o]."""
-        return self.mean_prompt_tokens + self.mean_output_tokens * self.output_length_second_moment_ratio
 
 
 @dataclasses.dataclass(frozen=True)

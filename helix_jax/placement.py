@@ -17,9 +17,10 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from helix_jax.errors import PlacementError
+from helix_jax.errors import HelixError, PlacementError
 from helix_jax.jsonfile import read_json_file
 from helix_jax.topology import COORDINATOR
+from helix_jax.workload_shape import WorkloadShape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Placement:
     status: str = "unknown"  # optimal | feasible | time_limit | heuristic | baseline
     solve_seconds: float = 0.0
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    workload: WorkloadShape | None = None  # the request shape its capacities assume (None: not recorded)
 
     def __hash__(self) -> int:
         return hash((self.topology_name, tuple(sorted(self.ranges.items())), self.flows))
@@ -122,6 +124,7 @@ class Placement:
             "solve_seconds": self.solve_seconds,
             "nodes": {n: {"start_layer": s, "end_layer": e} for n, (s, e) in sorted(self.ranges.items())},
             "flows": [{"from": f.src, "to": f.dst, "tokens_per_s": f.tokens_per_s} for f in self.flows],
+            **({"workload": self.workload.to_dict()} if self.workload is not None else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -129,6 +132,14 @@ class Placement:
     def from_dict(cls, raw: Any) -> "Placement":
         if not isinstance(raw, dict):
             raise PlacementError(f"a placement must be a JSON object, got {type(raw).__name__}")
+        if not isinstance(raw.get("extra", {}), dict):
+            raise PlacementError(f"placement's extra must be an object, got {raw['extra']!r}")
+        extra = dict(raw.get("extra", {}))
+        shape = raw.get("workload", extra.pop("workload", None))  # files before the field: extra.workload
+        try:
+            workload = None if shape is None else WorkloadShape.from_dict(shape)
+        except HelixError as exc:
+            raise PlacementError(f"placement's workload is malformed: {exc}") from None
         try:
             nodes = raw["nodes"]
             ranges = {str(n): (int(v["start_layer"]), int(v["end_layer"])) for n, v in nodes.items()}
@@ -146,7 +157,8 @@ class Placement:
                 partial_inference=bool(raw.get("partial_inference", True)),
                 status=str(raw.get("status", "unknown")),
                 solve_seconds=float(raw.get("solve_seconds", 0.0)),
-                extra=dict(raw.get("extra", {})),
+                extra=extra,
+                workload=workload,
             )
         except KeyError as exc:
             raise PlacementError(f"placement is missing the field {exc.args[0]!r}") from None

@@ -214,7 +214,6 @@ def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict
     flows = result.flow_edges()
     objective = sum(f.tokens_per_s for f in flows if f.src == COORDINATOR)
     extra = dict(extra or {})
-    extra["workload"] = cost_model.workload.to_dict()  # what "tokens/s" assumes (WorkloadShape)
     if objective > 0:  # every token visits sum(node flows) / F nodes on average
         extra["mean_hops"] = round(sum(result.node_flows.values()) / objective, 4)
     upper = upper_bound_tokens_per_s
@@ -232,6 +231,7 @@ def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict
         status=status,
         solve_seconds=solve_seconds,
         extra=extra,
+        workload=cost_model.workload,  # what "tokens/s" assumes
     )
     validate_placement(placement, topology, cost_model)
     return placement

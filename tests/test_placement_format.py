@@ -47,3 +47,17 @@ def test_malformed_placement_names_the_field(tmp_path) -> None:
     f.write_text("{not json")
     with pytest.raises(PlacementError, match="not valid JSON"):
         Placement.load(f)
+
+
+def test_the_workload_shape_is_a_typed_field_and_old_files_still_load() -> None:
+    from helix_jax.placement import Placement
+    from helix_jax.workload_shape import WorkloadShape
+
+    shape = WorkloadShape(100.0, 20.0, 1.5)
+    doc = Placement("t", 2, {"a": (0, 2)}, workload=shape).to_dict()
+    assert doc["workload"] == shape.to_dict() and "extra" not in doc
+    assert Placement.from_dict(doc).workload == shape
+    legacy = {**doc, "extra": {"workload": doc.pop("workload"), "mean_hops": 1.0}}
+    back = Placement.from_dict(legacy)
+    assert back.workload == shape and back.extra == {"mean_hops": 1.0}
+    assert WorkloadShape.recorded_in(Placement("t", 2, {"a": (0, 2)})) == WorkloadShape()

@@ -190,7 +190,7 @@ def test_a_placement_is_planned_served_and_replanned_for_its_own_workload(tmp_pa
     assert result.exit_code == 0, result.output
     assert "fixed workload: mean prompt 2000 tokens, mean output 20.0 tokens" in result.output
     saved = Placement.load(out)
-    assert saved.extra["workload"] == {"mean_prompt_tokens": 2000.0, "mean_output_tokens": 20.0,
+    assert saved.workload.to_dict() == {"mean_prompt_tokens": 2000.0, "mean_output_tokens": 20.0,
                                        "output_length_second_moment_ratio": 1.0}
     topo = load_topology(path)
     chat = placement_with_flows(topo, CostModel(topo), dict(saved.ranges), "helix")

@@ -105,9 +105,9 @@ def test_bad_workload_options_and_a_bad_recorded_workload_give_one_clear_error(t
     out = tmp_path / "p.json"
     assert _cli("plan", str(topo), "--time-limit", "5", "--out", str(out)).returncode == 0
     doc = json.loads(out.read_text())
-    doc["extra"]["workload"] = {"mean_prompt_tokens": "lots"}
+    doc["workload"] = {"mean_prompt_tokens": "lots"}
     out.write_text(json.dumps(doc))
     bad = _cli("explain", str(out), "--topology", str(topo))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip() == ("error: placement's extra.workload is malformed: a workload shape needs numbers, "
+    assert bad.stderr.strip() == ("error: placement's workload is malformed: a workload shape needs numbers, "
                                   "got {'mean_prompt_tokens': 'lots'}")

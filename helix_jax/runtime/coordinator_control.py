@@ -150,9 +150,11 @@ def assign(coord: Coordinator, node: str) -> None:
 def prompt_budget(coord: Coordinator, node: str) -> int | None:
     """The node's prompt tokens per step: the cost model's, which the simulator uses."""
     from helix_jax.costmodel import CostModel
+    from helix_jax.workload_shape import WorkloadShape
 
     try:
-        return CostModel(coord.config.topology).max_prompt_tokens_per_step(coord.config.topology.node(node).gpu)
+        cost = CostModel(coord.config.topology, WorkloadShape.recorded_in(coord.config.placement))
+        return cost.max_prompt_tokens_per_step(coord.config.topology.node(node).gpu)
     except HelixError as exc:
         logger.warning("no prompt budget for %s (%s): whole prompts per step", node, exc)
         return None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from helix_jax.topology import COORDINATOR, Topology, topology_from_dict
+from helix_jax.workload_shape import WorkloadShape
 
 TOKEN_ID_BYTES = 4  # coordinator links carry token ids only
 
@@ -36,21 +37,30 @@ class EmulationSpec:
     # model's workload sets it to (its request tokens / the workload's resident KV tokens) so the
     # ledger admits as many residents per node as the capacity model assumes.
     kv_scale: float = 1.0
+    # the request shape the placement was planned for (Placement.workload): the step times and
+    # KV budgets the workers emulate are the cost model's for this shape, as the planner's were
+    workload: Mapping[str, float] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {"time_scale": self.time_scale, "topology": dict(self.topology_raw), "base_dir": self.base_dir,
-                "kv_scale": self.kv_scale}
+                "kv_scale": self.kv_scale, "workload": dict(self.workload) if self.workload else None}
 
     @classmethod
     def from_wire(cls, raw: Mapping[str, Any]) -> "EmulationSpec":
-        return cls(float(raw["time_scale"]), raw["topology"], str(raw["base_dir"]), float(raw.get("kv_scale", 1.0)))
+        return cls(float(raw["time_scale"]), raw["topology"], str(raw["base_dir"]), float(raw.get("kv_scale", 1.0)),
+                   raw.get("workload"))
 
     @classmethod
-    def for_topology(cls, topology: Topology, time_scale: float, kv_scale: float = 1.0) -> "EmulationSpec":
+    def for_topology(cls, topology: Topology, time_scale: float, kv_scale: float = 1.0,
+                     workload: WorkloadShape | None = None) -> "EmulationSpec":
         if not topology.source_path:
             raise ValueError("emulation needs a topology loaded from a file")
         path = Path(topology.source_path)
-        return cls(time_scale, json.loads(path.read_text()), str(path.parent.resolve()), kv_scale)
+        return cls(time_scale, json.loads(path.read_text()), str(path.parent.resolve()), kv_scale,
+                   workload.to_dict() if workload is not None else None)
+
+    def workload_shape(self) -> WorkloadShape:
+        return WorkloadShape.from_dict(dict(self.workload) if self.workload else None)
 
     def topology(self) -> Topology:
         return topology_from_dict(dict(self.topology_raw), base_dir=Path(self.base_dir))
@@ -115,10 +125,11 @@ def layer_loads(items: Sequence[Any], start_layer: int, end_layer: int) -> list[
 class ComputePacer:
     """Wall seconds one batch step would take on the node's GPU type, times `time_scale`."""
 
-    def __init__(self, topology: Topology, node: str, time_scale: float, kv_scale: float = 1.0) -> None:
+    def __init__(self, topology: Topology, node: str, time_scale: float, kv_scale: float = 1.0,
+                 workload: WorkloadShape | None = None) -> None:
         from helix_jax.costmodel import CostModel  # emulation only: keeps workers' import light
 
-        self.cost = CostModel(topology)
+        self.cost = CostModel(topology, workload)
         self.gpu = topology.node(node).gpu
         self.time_scale, self.kv_scale = time_scale, kv_scale
 

@@ -196,7 +196,8 @@ class Worker:
         emulation = EmulationSpec.from_wire(assign["emulate"]) if assign.get("emulate") else None
         if emulation is not None:
             topology = emulation.topology()
-            self._compute = ComputePacer(topology, self.options.node, emulation.time_scale, emulation.kv_scale)
+            self._compute = ComputePacer(topology, self.options.node, emulation.time_scale, emulation.kv_scale,
+                                         emulation.workload_shape())
             self._links = LinkPacer(topology, self.options.node, emulation.time_scale)
         self._report_phase("load")
         self.host = StageHost.build(assign, self._compute, lambda: self._report_phase("compile"),
