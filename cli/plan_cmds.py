@@ -37,7 +37,8 @@ def validate(topology: Path = typer.Argument(..., help="Topology JSON file."),
     console = Console()
     console.print(_summary(topo))
     if placement is not None:
-        from helix_jax.placement import Placement, validate_placement
+        from helix_jax.placement import Placement
+        from helix_jax.solver.validate import validate_placement
 
         plan_ = Placement.load(placement)
         validate_placement(plan_, topo)
@@ -184,9 +185,10 @@ def explain(source: Path = typer.Argument(..., help="A placement JSON (with --to
             boost: float = typer.Option(0.1, "--boost", help="Capacity added to each cut element (0.1 = +10%)."),
             as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table.")) -> None:
     """Show what limits a placement's throughput: the min cut and what more capacity would gain."""
-    from helix_jax.placement import Placement, validate_placement
+    from helix_jax.placement import Placement
     from helix_jax.solver.plan import explain as run_explain
     from helix_jax.solver.plan import plan as run_plan
+    from helix_jax.solver.validate import validate_placement
 
     if not source.is_file():
         raise TopologyError(f"file {str(source)!r} does not exist")

@@ -46,7 +46,7 @@ def placement_for(topology: Topology, placement_path: Path | None, time_limit_s:
                           f"model has {topology.model.num_layers}")
     cost_model = CostModel(topology, workload or WorkloadShape.recorded_in(loaded))
     if loaded.extra.get("routes"):  # an SLO placement: its flows are its routes' (solver/slo.py)
-        from helix_jax.placement import validate_placement
+        from helix_jax.solver.validate import validate_placement
 
         validate_placement(loaded, topology, CostModel(topology, WorkloadShape.recorded_in(loaded)))
         return loaded

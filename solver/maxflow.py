@@ -27,7 +27,8 @@ import networkx as nx
 
 from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import PlacementError
-from helix_jax.placement import FlowEdge, Placement, validate_placement
+from helix_jax.placement import FlowEdge, Placement
+from helix_jax.solver.validate import validate_placement
 from helix_jax.topology import COORDINATOR, Topology
 
 log = logging.getLogger(__name__)

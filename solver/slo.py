@@ -25,10 +25,11 @@ import time
 
 from helix_jax.costmodel import CostModel
 from helix_jax.errors import ConfigError, InfeasibleError
-from helix_jax.placement import FlowEdge, Placement, validate_placement
+from helix_jax.placement import FlowEdge, Placement
 from helix_jax.solver import slo_model
 from helix_jax.solver.slo_model import Limits
 from helix_jax.solver.slo_paths import PathSearch
+from helix_jax.solver.validate import validate_placement
 from helix_jax.topology import COORDINATOR, Topology
 
 FIXPOINT_ROUNDS = 4

@@ -9,7 +9,8 @@ import pytest
 
 from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import PlacementError
-from helix_jax.placement import FlowEdge, Placement, validate_placement
+from helix_jax.placement import FlowEdge, Placement
+from helix_jax.solver.validate import validate_placement
 from helix_jax.topology import load_topology
 
 FIXTURES = Path(__file__).resolve().parents[1] / "topologies" / "fixtures"

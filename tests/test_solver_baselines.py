@@ -8,10 +8,10 @@ import pytest
 
 from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import ConfigError, InfeasibleError
-from helix_jax.placement import validate_placement
 from helix_jax.solver.baselines import BASELINES, baseline_placement, sp_pipelines, swarm_ranges
 from helix_jax.solver.maxflow import max_flow
 from helix_jax.solver.plan import explain, plan
+from helix_jax.solver.validate import validate_placement
 from helix_jax.topology import load_topology, topology_from_dict
 
 ROOT = Path(__file__).resolve().parents[1] / "topologies"

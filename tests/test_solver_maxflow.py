@@ -10,8 +10,9 @@ import pytest
 
 from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import ConfigError, PlacementError
-from helix_jax.placement import FlowEdge, validate_placement
+from helix_jax.placement import FlowEdge
 from helix_jax.solver.maxflow import max_flow, placement_with_flows
+from helix_jax.solver.validate import validate_placement
 from helix_jax.topology import COORDINATOR, load_topology, topology_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,11 +8,11 @@ import itertools
 import pytest
 
 from helix_jax.costmodel import CostModel
-from helix_jax.placement import validate_placement
 from helix_jax.solver import milp
 from helix_jax.solver.heuristics import coverage, node_tables
 from helix_jax.solver.maxflow import max_flow
 from helix_jax.solver.plan import plan
+from helix_jax.solver.validate import validate_placement
 from helix_jax.topology import Topology, topology_from_dict
 
 

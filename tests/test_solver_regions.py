@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from helix_jax.costmodel import CostModel, WorkloadShape
-from helix_jax.placement import validate_placement
 from helix_jax.solver.maxflow import max_flow
 from helix_jax.solver.plan import plan
 from helix_jax.solver.regions import crossing_nodes, plan_windows, slow_regions
+from helix_jax.solver.validate import validate_placement
 from helix_jax.topology import load_topology, topology_from_dict
 
 ROOT = Path(__file__).resolve().parents[1] / "topologies"

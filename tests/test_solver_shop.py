@@ -15,11 +15,12 @@ from typer.testing import CliRunner
 from helix_jax.cli.main import app
 from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import ConfigError, InfeasibleError, TopologyError
-from helix_jax.placement import Placement, validate_placement
+from helix_jax.placement import Placement
 from helix_jax.solver.heuristics import coverage, node_tables
 from helix_jax.solver.maxflow import max_flow
 from helix_jax.solver.shop import shop, sub_topology
 from helix_jax.solver.shop_report import mix_topology_dict, single_type_options
+from helix_jax.solver.validate import validate_placement
 from helix_jax.topology import Topology, load_topology, topology_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,12 +7,12 @@ import pytest
 
 from helix_jax.costmodel import CostModel
 from helix_jax.errors import InfeasibleError
-from helix_jax.placement import validate_placement
 from helix_jax.scheduler import RequestSpec, Scheduler
 from helix_jax.solver import slo_model
 from helix_jax.solver.plan import plan
 from helix_jax.solver.slo import _fastest_route, plan_slo
 from helix_jax.solver.slo_model import Limits
+from helix_jax.solver.validate import validate_placement
 from helix_jax.topology import topology_from_dict
 
 
