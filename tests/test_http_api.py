@@ -45,7 +45,7 @@ TOK = ByteTokenizer()  # with its built-in ChatML template
 def deployment(cpu_small_placement: Placement):
     topo = load_topology(tiny_topology_path())
     cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=MAX_SEQ_LEN,
-                      kv_tokens=4 * MAX_SEQ_LEN, queue_limit=QUEUE_LIMIT,
+                      kv_tokens=4 * MAX_SEQ_LEN, queue_limit=QUEUE_LIMIT, client_queue_limit=QUEUE_LIMIT,
                       heartbeat_timeout_s=600.0)  # test_queue_full freezes the workers
     with InProcessCluster(cfg, TOK) as cluster:
         yield cluster.wait_ready()

@@ -41,7 +41,7 @@ TOKENIZER = load_tokenizer(TOPOLOGY.model)
 def deployment(cpu_small_placement: Placement):
     """cpu_small_placement (tests/conftest.py) served by three worker threads."""
     cfg = ServeConfig(TOPOLOGY, cpu_small_placement, TOPOLOGY.model, weights="random:0", max_seq_len=MAX_SEQ_LEN,
-                      kv_tokens=KV_TOKENS, queue_limit=QUEUE_LIMIT,
+                      kv_tokens=KV_TOKENS, queue_limit=QUEUE_LIMIT, client_queue_limit=QUEUE_LIMIT,  # one client fills it
                       heartbeat_timeout_s=120)  # frozen runners (a hung GPU) must not be timed out here
     with InProcessCluster(cfg, TOKENIZER) as cluster:
         yield cluster.wait_ready()

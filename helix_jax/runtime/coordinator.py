@@ -312,7 +312,7 @@ class Coordinator:
             return
         key = (identity, msg["request_id"])
         share = self.config.client_queue_limit or max(1, self.config.queue_limit * 3 // 4)
-        if self._waiting_by_client.get(identity, 0) >= share:
+        if share < self.config.queue_limit and self._waiting_by_client.get(identity, 0) >= share:
             raise OverloadedError(f"this connection already has {share} requests waiting, its share of the "
                                   f"queue ({self.config.queue_limit}); retry later")
         if key in self._by_client:  # answered without the id: the first stream's reader must not see it
