@@ -248,3 +248,27 @@ def test_kv_taken_by_a_forged_step_is_reclaimed_when_its_lease_ends() -> None:
     assert host.expire(seen + 300.0, 300.0) == []  # within its lease
     assert host.expire(seen + 300.5, 300.0) == ["forged"]
     assert not host.engine.has_request("forged") and host.engine.pages_available == free_pages
+
+
+def test_a_request_two_failed_nodes_carried_is_failed_not_replayed_again(cpu_small_placement: Placement) -> None:
+    """A request that may be what kills workers must not take the whole cluster down: after
+    the second node lost under it, it fails with the nodes named, and the others go on."""
+    cfg = ServeConfig(TOPOLOGY, cpu_small_placement, TOPOLOGY.model, max_seq_len=128, heartbeat_timeout_s=120)
+    with InProcessCluster(cfg, load_tokenizer(TOPOLOGY.model)) as cluster:
+        coord = cluster.wait_ready().coordinator
+        assert coord is not None
+        cluster.runner("cpu-1").freeze()  # the only exit: the request waits there, its route fixed
+        with Client(cluster.client_endpoint, timeout_s=60) as client:
+            stream = client.stream([256, 72], max_tokens=4)
+            cluster.wait_until(lambda: coord.stats()["in_flight"] == 1, "the request in flight")
+            first = next(iter(coord._live.values())).route[0].node
+            cluster.kill(first)
+            cluster.wait_until(lambda: coord.resumed == 1 and coord.stats()["in_flight"] == 1, "resumed once")
+            second = next(iter(coord._live.values())).route[0].node
+            assert second != first
+            cluster.kill(second)
+            with pytest.raises(RequestError, match=f"in flight on 2 nodes that went out of service .*{first}.*"
+                                                   f"{second}.*it is not retried again"):
+                list(stream)
+            assert coord.resumed == 1 and coord.stats()["in_flight"] == 0
+        cluster.runner("cpu-1").thaw()

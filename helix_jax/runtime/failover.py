@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("helix_jax.runtime.coordinator")
 
+MAX_FAILURES_PER_REQUEST = 2  # a request that two failing nodes carried is failed, not resumed a third time
+
 
 def pruned_flows(placement: Placement, down: frozenset[str]) -> Placement:
     """The fallback re-plan without a solver: `placement` minus every flow edge that touches a
@@ -75,6 +77,13 @@ def node_down(coord: Coordinator, node: str, reason: str) -> None:
     for spec in reversed(released):  # resumed at the head of the queue, in admission order
         req = coord._live.pop(spec.request_id)
         coord._free_hops(req)
+        req.failures.append(f"{node} ({reason})")
+        if len(req.failures) >= MAX_FAILURES_PER_REQUEST:  # it may be what kills them: no blind replay
+            coord._by_client.pop((req.identity, req.client_request_id), None)
+            coord._reply_error(req.identity, req.client_request_id, RequestError(
+                f"this request was in flight on {len(req.failures)} nodes that went out of service "
+                f"({'; '.join(req.failures)}); it is not retried again"))
+            continue
         req.route, req.route_wire = None, []
         req.request_id = coord._new_request_id()
         coord._live[req.request_id] = req

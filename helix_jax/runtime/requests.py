@@ -53,6 +53,7 @@ class LiveRequest:
     text: str = ""
     first_token_at: float | None = None
     admitted_at: float | None = None  # first admission (a resumed request keeps it)
+    failures: list[str] = dataclasses.field(default_factory=list)  # nodes lost under it: "node (why)"
     # wire forms, built once (every decode step's message carries both)
     route_wire: list[list[Any]] = dataclasses.field(default_factory=list)
     sampling_wire: dict[str, Any] = dataclasses.field(init=False)
