@@ -37,7 +37,7 @@ from helix_jax.solver.maxflow import survivor_flows
 from helix_jax.testing import InProcessCluster, fake_generation
 from helix_jax.topology import load_topology, tiny_topology_path
 
-HEARTBEAT_TIMEOUT_S = 2.0
+HEARTBEAT_TIMEOUT_S = 5.0  # the hung worker is found after this; the others heartbeat every 1 s, even on a loaded machine
 PROMPTS = ["Hello, helix!", "max-flow", "A100 + T4 + L4", "x", "failover", "resume me"]
 TOPOLOGY = load_topology(tiny_topology_path())
 TOKENIZER = load_tokenizer(TOPOLOGY.model)
