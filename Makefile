@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install test lint demo bench bench-plan bench-runtime bench-serve bench-sim bench-paged bench-timing bench-soak clean
+.PHONY: install test lint demo bench bench-plan bench-runtime bench-serve bench-sim bench-paged bench-timing bench-soak bench-long-prompt clean
 
 # What serving needs (no torch), then the default model into the model cache (sha256-checked).
 install:
@@ -32,6 +32,10 @@ bench: bench-plan bench-runtime bench-serve bench-sim bench-timing
 # Issue 19's reliability figure: 10 minutes of streaming load, poison requests and a SIGKILL/SIGSTOP every 30 s.
 bench-soak:
 	$(BIN)/python -m helix_jax.cli.soak_bench --out soak.json
+
+# Issue 18: decoders' TPOT p50/p99 before and while a 2000-token prompt prefills (chunked), default deployment.
+bench-long-prompt:
+	$(BIN)/python -m helix_jax.cli.long_prompt_bench --out long_prompt.json
 
 # Checks against the wall clock (emulated latencies = the cost model's arithmetic), kept out of `make test`.
 bench-timing: $(VENV)/.test-extras
