@@ -52,22 +52,22 @@ import functools
 import logging
 import math
 import os
-import secrets
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import zmq
 
-from helix_jax.errors import HelixError, OverloadedError, ProtocolError, RequestError
+from helix_jax.errors import HelixError
 from helix_jax.runtime import coordinator_control as control
+from helix_jax.runtime import coordinator_requests as requests
 from helix_jax.runtime import failover, security, wire
 from helix_jax.runtime.emulation import DelayedSends, LinkPacer
 from helix_jax.runtime.failover import pruned_flows
-from helix_jax.runtime.requests import LiveRequest, TextCodec, parse_generate, stop_ids_of
+from helix_jax.runtime.requests import LiveRequest, TextCodec, stop_ids_of
 from helix_jax.runtime.serve_config import ServeConfig
-from helix_jax.scheduler import RequestSpec, Scheduler
+from helix_jax.scheduler import Scheduler
 from helix_jax.topology import COORDINATOR
 
 logger = logging.getLogger(__name__)
@@ -168,9 +168,10 @@ class Coordinator:
                 if self._control in events:
                     wire.drain(self._control, functools.partial(control.on_control, self), routed=True, secure=secure)
                 if self._data in events:
-                    wire.drain(self._data, lambda _i, m: self._on_data(m), secure=secure, on_reject=self._dropped)
+                    wire.drain(self._data, lambda _i, m: requests.on_data(self, m), secure=secure, on_reject=self._dropped)
                 if self._client in events:
-                    wire.drain(self._client, self._on_client, routed=True, on_reject=self._reject_client)
+                    wire.drain(self._client, functools.partial(requests.on_client, self), routed=True,
+                               on_reject=self._reject_client)
                 self._timers.fire(time.perf_counter(), self._push_now)
         finally:
             self._close()
@@ -282,56 +283,10 @@ class Coordinator:
         if sock is not None:  # None: the node went out of service since the send was paced
             wire.send(sock, msg)
 
-    # ---------------------------------------------------------------- 3-4: requests (one handler per kind)
-    def _on_client(self, identity: bytes | None, msg: wire.Message) -> None:
-        assert identity is not None
-        handler = CLIENT_HANDLERS.get(msg.kind)
-        if handler is None:
-            raise ProtocolError(f"unexpected {msg.kind!r} on the client socket")
-        handler(self, identity, msg)
-
-    def _on_info(self, identity: bytes, msg: wire.Message) -> None:
-        wire.send(self._client, wire.make(
-            "info_reply", request_id=msg["request_id"], model=self.config.model.name,
-            num_layers=self.config.model.num_layers, vocab_size=self.config.model.vocab_size,
-            time_scale=self.config.time_scale, nodes=list(self.nodes),
-            max_seq_len=self.config.max_seq_len), identity)
-
-    def _on_stats(self, identity: bytes, msg: wire.Message) -> None:
-        wire.send(self._client, wire.make("stats_reply", request_id=msg["request_id"],
-                                          stats=self.serving_stats()), identity)
-
-    def _on_cancel(self, identity: bytes, msg: wire.Message) -> None:
-        rid = self._by_client.get((identity, msg["request_id"]))
-        if rid is not None:
-            self._finish(self._live[rid], "cancelled", notify=False)
-
-    def _on_generate(self, identity: bytes, msg: wire.Message) -> None:
-        if self.scheduler is None:
-            self._early.append((identity, msg))
-            return
-        key = (identity, msg["request_id"])
-        share = self.config.client_queue_limit or max(1, self.config.queue_limit * 3 // 4)
-        if share < self.config.queue_limit and self._waiting_by_client.get(identity, 0) >= share:
-            raise OverloadedError(f"this connection already has {share} requests waiting, its share of the "
-                                  f"queue ({self.config.queue_limit}); retry later")
-        if key in self._by_client:  # answered without the id: the first stream's reader must not see it
-            self._reply_error(identity, None, ProtocolError(f"request id {msg['request_id']!r} is already in flight "
-                                                            f"on this connection: the duplicate was dropped"))
-            return
-        req = parse_generate(msg, identity, self._new_request_id(), self.config.model, self.codec,
-                             self.config.max_seq_len)
-        self.scheduler.submit(RequestSpec(req.request_id, len(req.prompt_ids), req.max_tokens))
-        self._live[req.request_id] = req
-        self._by_client[key] = req.request_id
-        self._waiting_by_client[identity] = self._waiting_by_client.get(identity, 0) + 1
-        self._admit()
-        self.peak_queued = max(self.peak_queued, self.scheduler.queue_length)
-
     @staticmethod
     def _new_request_id() -> str:
         """An internal request id: random, so no peer can guess another client's (issue 19)."""
-        return "r" + secrets.token_hex(8)
+        return requests.new_request_id()
 
     def _admit(self) -> None:
         assert self.scheduler is not None
@@ -355,51 +310,6 @@ class Coordinator:
                         position=position, index=index, **extra)
         assert req.route is not None
         self._send_data(req.route[0].node, msg, len(ids))
-
-    def _on_data(self, msg: wire.Message) -> None:
-        if msg.kind == "abort":
-            self._on_abort(msg)
-            return
-        if msg.kind != "sampled":
-            raise ProtocolError(f"unexpected {msg.kind!r} on the coordinator's data socket")
-        req = self._live.get(msg["request_id"])
-        if req is None or msg["index"] != len(req.output_ids):
-            return  # cancelled meanwhile, or a stray duplicate
-        last = req.route[-1].node if req.route else None
-        if msg["node"] != last or (self.keys is not None and self.keys.node_of(msg.sender) != last):
-            who = self.keys.node_of(msg.sender) if self.keys is not None else msg["node"]
-            raise ProtocolError(f"sampled token of {msg['request_id']} from {who!r}, not from its last hop "
-                                f"{last!r}: dropped")
-        if not 0 <= msg["token_id"] < self.config.model.vocab_size:
-            raise ProtocolError(f"sampled token id {msg['token_id']} of {msg['request_id']} is outside the "
-                                f"vocabulary [0, {self.config.model.vocab_size}): dropped")
-        delta, reason = req.add_token(msg["token_id"], self.codec, self.stop_ids)
-        wire.send(self._client, wire.make("token", request_id=req.client_request_id,
-                                          index=len(req.output_ids) - 1, token_id=msg["token_id"],
-                                          text=delta), req.identity)
-        if reason is not None:
-            self._finish(req, reason, notify=True)
-            return
-        assert self.scheduler is not None
-        self.scheduler.on_decode_token(req.request_id)
-        position = len(req.prompt_ids) + len(req.output_ids) - 1
-        self._send_step(req, np.asarray([msg["token_id"]], dtype=np.int32), position, len(req.output_ids))
-
-    def _on_abort(self, msg: wire.Message) -> None:
-        """A hop of the request's route could not run it (its batch raised): the request fails
-        with that reason and is not replayed elsewhere (it may be what broke the batch)."""
-        req = self._live.get(msg["request_id"])
-        if req is None:
-            return
-        hops = [h.node for h in req.route or ()]
-        sender = self.keys.node_of(msg.sender) if self.keys is not None else msg["node"]
-        if msg["node"] not in hops or sender != msg["node"]:
-            raise ProtocolError(f"abort of {msg['request_id']} from {sender!r}, not a hop of its route: dropped")
-        assert self.scheduler is not None
-        self._free_hops(req)
-        self.scheduler.finish(req.request_id)
-        self._fail(req, RequestError(f"node {msg['node']} could not run this request: {msg['message']}"))
-        self._admit()
 
     def _dequeued(self, req: LiveRequest) -> None:
         """`req` leaves the queue for the first time (admitted, or ended while waiting)."""
@@ -441,11 +351,3 @@ class Coordinator:
         self._live.pop(req.request_id, None)
         self._by_client.pop((req.identity, req.client_request_id), None)
         self._reply_error(req.identity, req.client_request_id, exc)
-
-
-CLIENT_HANDLERS: dict[str, Callable[[Coordinator, bytes, wire.Message], None]] = {
-    "info": Coordinator._on_info,
-    "stats": Coordinator._on_stats,
-    "cancel": Coordinator._on_cancel,
-    "generate": Coordinator._on_generate,
-}

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import zmq
 
 from helix_jax.errors import HelixError, ProtocolError
+from helix_jax.runtime import coordinator_requests as requests
 from helix_jax.runtime import failover, security, wire
 from helix_jax.scheduler import Scheduler
 
@@ -170,7 +171,7 @@ def start_serving(coord: Coordinator) -> None:
     early, coord._early = coord._early, []
     for identity, msg in early:
         try:
-            coord._on_client(identity, msg)
+            requests.on_client(coord, identity, msg)
         except HelixError as exc:
             coord._reply_error(identity, msg.get("request_id"), exc)
 
