@@ -46,7 +46,9 @@ def main() -> None:
 
     max_seq_len = args.long_tokens + 64
     kv_tokens = args.streams * 256 + max_seq_len  # per worker: every decoder plus the long prompt
-    cfg, tokenizer = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, kv_tokens, max_seq_len, 10.0)
+    # a step over a 2k context takes seconds on a small CPU: heartbeats come between steps
+    cfg, tokenizer = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, kv_tokens, max_seq_len, 10.0,
+                                  heartbeat_timeout_s=120.0)
     rng = random.Random(0)
     long_prompt = [rng.randrange(200, 40000) for _ in range(args.long_tokens)]
     arrivals: list[list[float]] = [[] for _ in range(args.streams)]
