@@ -56,9 +56,9 @@ class Admitter:
                 prompt, output, arrival = self._queued.pop(adm.request_id)
                 # Offline, the queue is an artefact of the closed loop: latency starts at admission.
                 req = SimRequest(adm.request_id, prompt, output, adm.route, now if offline else arrival)
-                groups.setdefault(adm.route[0].node, [[], []])[0].append(req)
+                groups.setdefault(adm.route[0].node, [[], [], 0])[0].append(req)
             self.admitted += len(admitted)
             self.peak_in_flight = max(self.peak_in_flight, sched.in_flight)
-            self._send(now, COORDINATOR, groups, 0)
+            self._send(now, COORDINATOR, self._coordinator_out, 0, groups)
             if not offline:
                 return

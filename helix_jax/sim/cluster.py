@@ -20,14 +20,11 @@ engine.py moves requests between them; their waiting lines are in request.py):
 from __future__ import annotations
 
 import itertools
-import operator
 from typing import Callable
 
 from helix_jax.sim.request import SimRequest, WaitingLine
 
 __all__ = ["SimLink", "SimNode", "SimRequest", "WaitingLine"]
-
-_context_tokens = operator.attrgetter("context_tokens")
 
 
 class SimNode:
@@ -47,7 +44,8 @@ class SimNode:
         self.waiting = WaitingLine()
         self.batch_prefill: list[SimRequest] = []
         self.batch_decode: list[SimRequest] = []
-        self._batch_segments: list[tuple[int, list[SimRequest]]] = []  # decode part by message
+        self._batch_segments: list[tuple[int, list[SimRequest], int]] = []  # decode part by message
+        self.batch_context_tokens = 0  # of the decode requests in the step
         self._batch_entry: int | None = None  # the step's one entry layer (None: several)
         self._batch_prompt_tokens = 0
         self.busy = False
@@ -55,6 +53,7 @@ class SimNode:
         # engine bookkeeping: messages on their way here, and the wake-up scheduled while idle
         self.pending: list[tuple] = []  # heap of (arrival_s, seq, entry layer, prompt rows, decode rows)
         self.wake_key: tuple[float, int] | None = None
+        self.out_links: dict = {}  # destination -> (SimLink, its SimNode or None for the coordinator)
         # running totals for reports
         self.steps = 0
         self.busy_s = 0.0
@@ -73,11 +72,17 @@ class SimNode:
         so decode tokens never wait behind a whole long prompt (chunked prefill, as the runtime
         does); a prompt whose chunks are not all done stays at the head of the line."""
         line = self.waiting
-        segments = line.take_decode(self.max_decode_seqs)
-        if len(segments) == 1:
-            decode = segments[0][1]
+        if line.decode_count <= self.max_decode_seqs:  # all of them (`take_decode`'s first case, inlined)
+            segments = list(line.decode)
+            line.decode.clear()
+            line.decode_count = 0
         else:
-            decode = list(itertools.chain.from_iterable(reqs for _, reqs in segments))
+            segments = line.take_decode(self.max_decode_seqs)
+        if len(segments) == 1:
+            decode, context = segments[0][1], segments[0][2]
+        else:
+            decode = list(itertools.chain.from_iterable(reqs for _, reqs, _ in segments))
+            context = sum(c for _, _, c in segments)
         prefill: list[SimRequest] = []
         prompt_tokens = 0
         waiting_prefill = line.prefill
@@ -93,14 +98,14 @@ class SimNode:
         self.busy = True
         entry = self._single_entry
         if entry is None:
-            entries = {e for e, _ in segments}
+            entries = {e for e, _, _ in segments}
             entries.update([req.entry_layer for req in prefill])
             entry = entries.pop() if len(entries) == 1 else None
         self._batch_entry = entry
+        self.batch_context_tokens = context
         if entry is None:
             seconds = self._segmented_seconds(prefill, segments)
         else:
-            context = sum(map(_context_tokens, decode))
             seconds = (self.end_layer - entry) * self._layer_step_seconds(prompt_tokens, len(decode), context)
         self.steps += 1
         self.busy_s += seconds
@@ -108,15 +113,15 @@ class SimNode:
         self.prompt_tokens_total += prompt_tokens
         return seconds
 
-    def _segmented_seconds(self, prefill: list[SimRequest], segments: list[tuple[int, list[SimRequest]]]) -> float:
+    def _segmented_seconds(self, prefill: list[SimRequest], segments: list[tuple[int, list[SimRequest], int]]) -> float:
         """Requests entering at different layers: each layer segment runs those already in."""
         groups: dict[int, list[int]] = {}  # entry layer -> [prompt tokens, decode seqs, context]
         for req in prefill:
             groups.setdefault(req.entry_layer, [0, 0, 0])[0] += req.chunk
-        for entry, reqs in segments:
+        for entry, reqs, context_tokens in segments:
             g = groups.setdefault(entry, [0, 0, 0])
             g[1] += len(reqs)
-            g[2] += sum(map(_context_tokens, reqs))
+            g[2] += context_tokens
         entries = sorted(groups)
         total = 0.0
         prompt = seqs = context = 0
@@ -139,7 +144,7 @@ class SimNode:
         if entry is not None:  # every request ran the same layers
             self.kv_entries += (end - entry) * (len(decode) + self._batch_prompt_tokens)
         else:
-            kv = sum((end - e) * len(reqs) for e, reqs in self._batch_segments)
+            kv = sum((end - e) * len(reqs) for e, reqs, _ in self._batch_segments)
             self.kv_entries += kv + sum((end - req.entry_layer) * req.chunk for req in prefill)
         self._batch_segments = []
         if not prefill:

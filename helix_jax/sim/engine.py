@@ -55,8 +55,10 @@ log = logging.getLogger(__name__)
 
 _path = operator.attrgetter("path")
 _prompt_tokens = operator.attrgetter("prompt_tokens")
+_context_tokens = operator.attrgetter("context_tokens")
 
 STEP_DONE, WAKE, AT_COORDINATOR, ARRIVAL, AT_NODE = range(5)  # AT_NODE: reference.py only
+EVENT_KINDS = ("step_done", "wake", "at_coordinator", "arrival", "at_node")
 
 
 class Simulator(Admitter):
@@ -81,8 +83,8 @@ class Simulator(Admitter):
         self.metrics = MetricsCollector(config.warmup_s, config.duration_s, config.slo_ttft_ms,
                                         config.slo_tpot_ms, seed=config.seed)
         self._links: dict[tuple[str, str], SimLink] = {}
-        self._out_links: dict[str, dict[str, SimLink]] = {}  # src -> dst -> link (the hot path's)
-        self._kv_used = self.scheduler.ledger.used
+        self._coordinator_out: dict[str, tuple[SimLink, SimNode | None]] = {}  # as SimNode.out_links
+        self._kv_reserved = self.scheduler.ledger.used_view()
         self._length_rng = random.Random(config.seed)
         self._queued: dict[str, tuple[int, int, float]] = {}  # rid -> (prompt, output, arrival_s)
         self._heap: list[tuple] = []
@@ -95,6 +97,7 @@ class Simulator(Admitter):
         self.rejected_overloaded = self.rejected_too_large = 0
         self.peak_in_flight = 0
         self.events = 0
+        self.events_by_kind: dict[str, int] = {}
         self.stale_wakes = 0  # wake-ups superseded by an earlier one (not counted as events)
         self._in_flight_area = 0.0  # integral of requests in flight over the window
         self._in_flight_since = config.warmup_s
@@ -112,28 +115,36 @@ class Simulator(Admitter):
                                                      bytes_per_token)
         return link
 
-    def _send(self, now: float, src: str, groups: dict[str, list], entry_layer: int) -> None:
-        """groups: destination -> [prompt requests, decode requests]; one message each. A prompt
-        carries its prompt's activations to a node, one token id to the coordinator. Every
-        request sent enters its next node at `entry_layer` (the sender's end layer)."""
-        links = self._out_links.get(src)
-        if links is None:
-            links = self._out_links[src] = {}
-        for dst, (prefill, decode) in groups.items():
-            link = links.get(dst)
-            if link is None:
-                link = links[dst] = self._link(src, dst)
-            if dst == COORDINATOR:
-                arrive = link.send(now, len(prefill) + len(decode))
-                self._push(arrive, AT_COORDINATOR, prefill + decode if prefill else decode)
-            else:
-                tokens = len(decode) + sum(map(_prompt_tokens, prefill)) if prefill else len(decode)
-                self._deliver(self.nodes[dst], link.send(now, tokens), next(self._seq), entry_layer, prefill, decode)
+    def _out_link(self, out: dict, src: str, dst: str) -> tuple[SimLink, SimNode | None]:
+        """(link src -> dst, the destination node or None for the coordinator), kept in `out`."""
+        hop = out[dst] = (self._link(src, dst), None if dst == COORDINATOR else self.nodes[dst])
+        return hop
+
+    def _send(self, now: float, src: str, out: dict, entry_layer: int, groups: dict[str, list]) -> None:
+        """groups: destination -> [prompt requests, decode requests, their context tokens or
+        None]; one message each, over the links in `out` (src's, by destination)."""
+        for dst, (prefill, decode, context) in groups.items():
+            self._send_one(now, src, out, entry_layer, dst, prefill, decode, context)
+
+    def _send_one(self, now: float, src: str, out: dict, entry_layer: int, dst: str, prefill: list,
+                  decode: list, context: int | None) -> None:
+        """One message: prompts carry their prompt's activations to a node, one token id to the
+        coordinator; decode requests one vector each. Every request in it enters its next node
+        at `entry_layer` (the sender's end layer)."""
+        hop = out.get(dst)
+        link, dst_node = hop if hop is not None else self._out_link(out, src, dst)
+        if dst_node is None:
+            arrive = link.send(now, len(prefill) + len(decode))
+            heapq.heappush(self._heap, (arrive, next(self._seq), AT_COORDINATOR, prefill + decode if prefill else decode,
+                                        None))
+        else:
+            tokens = len(decode) + sum(map(_prompt_tokens, prefill)) if prefill else len(decode)
+            self._deliver(dst_node, link.send(now, tokens), next(self._seq), entry_layer, prefill, decode, context)
 
     def _deliver(self, node: SimNode, arrive: float, seq: int, entry_layer: int, prefill: list,
-                 decode: list) -> None:
+                 decode: list, context: int | None) -> None:
         """A message on its way to `node`: pending there; an idle node wakes at its earliest."""
-        heapq.heappush(node.pending, (arrive, seq, entry_layer, prefill, decode))
+        heapq.heappush(node.pending, (arrive, seq, entry_layer, prefill, decode, context))
         if not node.busy:
             key = (arrive, seq)
             if node.wake_key is None or key < node.wake_key:
@@ -144,11 +155,11 @@ class Simulator(Admitter):
         """Move the messages ordered before the event (now, seq) into the waiting line."""
         pending, line = node.pending, node.waiting
         while pending and (pending[0][0] < now or (pending[0][0] == now and pending[0][1] <= seq)):
-            arrive, _, entry_layer, prefill, decode = heapq.heappop(pending)
+            arrive, _, entry_layer, prefill, decode, context = heapq.heappop(pending)
             if self._observe_latency:
                 for req in itertools.chain(prefill, decode):
                     req.node_enter_s = arrive
-            line.add(entry_layer, prefill, decode)
+            line.add(entry_layer, prefill, decode, context)
 
     def _account_in_flight(self, now: float) -> None:
         """Call before the number in flight changes: integrates it over the window."""
@@ -169,35 +180,25 @@ class Simulator(Admitter):
         if pending and (pending[0][0] < now or (pending[0][0] == now and pending[0][1] < seq)):
             self._take_arrived(node, now, seq)
         prefill, decode = node.finish()
-        if node.kv_entries > self._kv_used(node.name):  # checked after every step, prompt-chunk-only ones too
+        if node.kv_entries > self._kv_reserved[node.name]:  # checked after every step, prompt-chunk-only ones too
             raise RuntimeError(f"simulated KV on {node.name} ({node.kv_entries} token-layers) exceeds "
-                               f"its reservation ({self._kv_used(node.name)})")
-        if prefill or decode:  # (a step of prompt chunks only moves nothing on)
-            if self._observe_latency:
-                waited = sum(now - r.node_enter_s for r in itertools.chain(prefill, decode))  # batch order
-                self.scheduler.on_hop_latency(node.name, waited / (len(prefill) + len(decode)))
-            groups: dict[str, list] = {}
-            for req in prefill:
-                dst = next(req.path)
-                g = groups.get(dst)
-                if g is None:
-                    groups[dst] = [[req], []]
-                else:
-                    g[0].append(req)
-            if decode:  # each request's next hop, one C-level pass (past the last: the coordinator)
-                dsts = list(map(next, map(_path, decode)))
-                if not groups and dsts.count(dsts[0]) == len(dsts):
-                    groups[dsts[0]] = [[], decode]  # the usual case: the whole batch goes one way
-                else:
-                    for req, dst in zip(decode, dsts):
-                        g = groups.get(dst)
-                        if g is None:
-                            groups[dst] = [[], [req]]
-                        else:
-                            g[1].append(req)
-            self._send(now, node.name, groups, node.end_layer)
+                               f"its reservation ({self._kv_reserved[node.name]})")
+        if self._observe_latency and (prefill or decode):
+            waited = sum(now - r.node_enter_s for r in itertools.chain(prefill, decode))  # batch order
+            self.scheduler.on_hop_latency(node.name, waited / (len(prefill) + len(decode)))
+        if decode:  # each request's next hop, one C-level pass (past the last: the coordinator)
+            dsts = list(map(next, map(_path, decode)))
+            if len(dsts) != len(decode):  # map() stops quietly where a path ran out
+                raise RuntimeError(f"a request on {node.name} has no hop left on its route")
+            if not prefill and dsts.count(dsts[0]) == len(dsts):  # the usual case: all go one way
+                self._send_one(now, node.name, node.out_links, node.end_layer, dsts[0], prefill, decode,
+                               node.batch_context_tokens)
+            else:
+                self._send(now, node.name, node.out_links, node.end_layer, _by_destination(prefill, decode, dsts))
+        elif prefill:
+            self._send(now, node.name, node.out_links, node.end_layer, _by_destination(prefill, (), ()))
         line = node.waiting
-        if line.decode or line.prefill:  # the next step at once (`_start_step`, inlined: the hot path)
+        if line.decode_count or line.prefill:  # the next step at once (`_start_step`, inlined: the hot path)
             if self._observe_queue:
                 self.scheduler.on_node_queue(node.name, len(line))
             node.wake_key = None
@@ -243,10 +244,11 @@ class Simulator(Admitter):
             first = req.route[0].node
             g = groups.get(first)
             if g is None:
-                groups[first] = [[], [req]]
+                groups[first] = [[], [req], req.context_tokens]
             else:
                 g[1].append(req)
-        self._send(now, COORDINATOR, groups, 0)
+                g[2] += req.context_tokens
+        self._send(now, COORDINATOR, self._coordinator_out, 0, groups)
         if finished:
             self._admit(now)
 
@@ -270,6 +272,7 @@ class Simulator(Admitter):
             self._admit(0.0)
         heap, pop = self._heap, heapq.heappop
         events = 0
+        counts = [0] * len(EVENT_KINDS)
         while heap and heap[0][0] < end:
             now, seq, kind, a, b = pop(heap)
             if kind == STEP_DONE:
@@ -288,10 +291,12 @@ class Simulator(Admitter):
                     self._push(upcoming, ARRIVAL)
             else:
                 self._at_node(a, b, now, seq)
+            counts[kind] += 1
             events += 1
             if progress is not None and not events & 0x3FFF:
                 progress(now)
         self.events = events
+        self.events_by_kind = dict(zip(EVENT_KINDS, counts))
         self._account_in_flight(end)
         if progress is not None:
             progress(end)
@@ -299,6 +304,30 @@ class Simulator(Admitter):
 
     def _at_node(self, node: SimNode, message: tuple, now: float, seq: int) -> None:
         raise NotImplementedError("messages to nodes are events only in the reference simulator")
+
+
+def _by_destination(prefill: list[SimRequest], decode: list[SimRequest], dsts: list[str]) -> dict[str, list]:
+    """Group a step's requests by their next destination, in order of first appearance (the
+    order their messages are sent in): dst -> [prompts, decode requests, the decode requests'
+    context tokens]; decode destinations `dsts` given, prompts' read. One C-level pass over
+    the decode requests per destination (a step feeds a few)."""
+    groups: dict[str, list] = {}
+    for req in prefill:
+        dst = next(req.path)
+        g = groups.get(dst)
+        if g is None:
+            groups[dst] = [[req], [], 0]
+        else:
+            g[0].append(req)
+    for dst in dict.fromkeys(dsts):
+        reqs = list(itertools.compress(decode, map(dst.__eq__, dsts)))
+        context = sum(map(_context_tokens, reqs))
+        g = groups.get(dst)
+        if g is None:
+            groups[dst] = [[], reqs, context]
+        else:
+            g[1], g[2] = reqs, context
+    return groups
 
 
 def simulate(placement: Placement, cost_model: CostModel, lengths: LengthSampler, config: SimConfig,

@@ -23,7 +23,7 @@ class ReferenceSimulator(Simulator):
     """`Simulator` with one event per message to a node (module docstring)."""
 
     def _deliver(self, node: SimNode, arrive: float, seq: int, entry_layer: int, prefill: list,
-                 decode: list) -> None:
+                 decode: list, context: int | None) -> None:
         heapq.heappush(self._heap, (arrive, seq, AT_NODE, node, prefill + decode))
 
     def _at_node(self, node: SimNode, reqs: list, now: float, seq: int) -> None:

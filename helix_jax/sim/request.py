@@ -16,9 +16,12 @@ Sits under the simulated cluster: scheduler admission -> **SimRequest** -> waiti
 from __future__ import annotations
 
 import collections
+import operator
 from typing import Iterable
 
 from helix_jax.topology import COORDINATOR
+
+_context_tokens = operator.attrgetter("context_tokens")
 
 
 class SimRequest:
@@ -65,23 +68,28 @@ class SimRequest:
 
 
 class WaitingLine:
-    """A node's waiting line: decode segments `(entry layer, requests)` and prompt requests,
-    each in arrival order (see the module docstring)."""
+    """A node's waiting line: decode segments `(entry layer, requests, their context tokens)`
+    and prompt requests, each in arrival order (see the module docstring). A segment's context
+    sum travels with its message, so a step need not visit its requests to price itself."""
 
     __slots__ = ("decode", "decode_count", "prefill")
 
     def __init__(self) -> None:
-        self.decode: collections.deque[tuple[int, list[SimRequest]]] = collections.deque()
+        self.decode: collections.deque[tuple[int, list[SimRequest], int]] = collections.deque()
         self.decode_count = 0
         self.prefill: collections.deque[SimRequest] = collections.deque()
 
-    def add(self, entry_layer: int, prefill: list[SimRequest], decode: list[SimRequest]) -> None:
-        """A message's requests, all entering at `entry_layer`: prompts, then decode requests."""
+    def add(self, entry_layer: int, prefill: list[SimRequest], decode: list[SimRequest],
+            context_tokens: int | None = None) -> None:
+        """A message's requests, all entering at `entry_layer`: prompts, then decode requests
+        (`context_tokens`: theirs summed, if the sender knows it)."""
         for req in prefill:
             req.entry_layer = entry_layer
         self.prefill.extend(prefill)
         if decode:
-            self.decode.append((entry_layer, decode))
+            if context_tokens is None:
+                context_tokens = sum(map(_context_tokens, decode))
+            self.decode.append((entry_layer, decode, context_tokens))
             self.decode_count += len(decode)
 
     def append(self, req: SimRequest) -> None:
@@ -96,7 +104,7 @@ class WaitingLine:
         for req in reqs:
             self.append(req)
 
-    def take_decode(self, cap: int) -> list[tuple[int, list[SimRequest]]]:
+    def take_decode(self, cap: int) -> list[tuple[int, list[SimRequest], int]]:
         """The first `cap` decode requests (all if fewer), as segments in arrival order."""
         segments = self.decode
         if self.decode_count <= cap:
@@ -106,14 +114,16 @@ class WaitingLine:
             return taken
         taken, need = [], cap
         while need:
-            entry, reqs = segments[0]
+            entry, reqs, context = segments[0]
             if len(reqs) <= need:
                 segments.popleft()
-                taken.append((entry, reqs))
+                taken.append((entry, reqs, context))
                 need -= len(reqs)
             else:
-                taken.append((entry, reqs[:need]))
-                segments[0] = (entry, reqs[need:])
+                head = reqs[:need]
+                head_context = sum(map(_context_tokens, head))
+                taken.append((entry, head, head_context))
+                segments[0] = (entry, reqs[need:], context - head_context)
                 need = 0
         self.decode_count -= cap
         return taken

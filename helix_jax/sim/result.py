@@ -45,6 +45,7 @@ class SimResult:
     events: int              # events processed: step ends, wake-ups of idle nodes, coordinator messages, arrivals
     wall_s: float
     nodes: tuple[NodeStats, ...]
+    events_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)  # engine.EVENT_KINDS
 
     @property
     def flow_fraction(self) -> float:
@@ -91,4 +92,4 @@ def build_result(sim: Any, wall_s: float) -> SimResult:
         queued_at_end=sim.scheduler.queue_length, in_flight_at_end=sim.scheduler.in_flight,
         peak_in_flight=sim.peak_in_flight,
         mean_in_flight=sim._in_flight_area / (duration - config.warmup_s),
-        events=sim.events, wall_s=wall_s, nodes=nodes)
+        events=sim.events, wall_s=wall_s, nodes=nodes, events_by_kind=dict(sim.events_by_kind))
