@@ -12,6 +12,11 @@ For each cluster it plans every method once, then simulates
 It prints markdown tables (the BENCHMARKS.md section is pasted from them), writes results.json
 per cluster and mode under `--out`, and measures the wall time and peak memory of the 600 s
 offline run of the 24-node cluster in a child process (so the solver's memory is not counted).
+
+Then (sim_scale.py, issue 21) the simulator's own cost: a before/after table (each cluster's Helix
+placement under the message-per-event reference engine and the per-step engine) and scale rows
+on synthetic clusters of `--scale-sizes` GPUs in `--scale-regions` regions. `--scale-only` skips
+the paper-cluster bench tables; `--no-scale` and `--no-compare` skip the new parts.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import argparse
 import json
 import logging
 import math
-import resource
 import subprocess
 import sys
 import time
@@ -28,10 +32,17 @@ from pathlib import Path
 
 from helix_jax.bench.report import write_results
 from helix_jax.bench.runner import BenchCase, BenchReport, run_simulated_bench
-from helix_jax.bench.workload import AzureConversationLengths, length_sampler, load_arrival_counts
+from helix_jax.bench.workload import length_sampler, load_arrival_counts
+from helix_jax.cli.sim_scale import (
+    ENGINES,
+    compare_markdown,
+    measure_one,
+    run_compare,
+    run_scale,
+    scale_markdown,
+)
 from helix_jax.costmodel import CostModel
-from helix_jax.placement import Placement
-from helix_jax.sim import SimConfig, simulate
+from helix_jax.sim import SimConfig
 from helix_jax.topology import load_topology
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,29 +76,6 @@ def _markdown(report: BenchReport) -> str:
     return "\n".join(lines)
 
 
-def _peak_rss_mib() -> float:
-    """This process image's peak resident memory (VmHWM; ru_maxrss would include the parent's
-    peak, which Linux keeps across fork + exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def measure_one(topology: Path, placement: Path, duration_s: float, warmup_s: float) -> dict:
-    """One offline run in this process; wall time and peak RSS (for the child process mode)."""
-    cost = CostModel(load_topology(topology))
-    start = time.perf_counter()
-    res = simulate(Placement.load(placement), cost, AzureConversationLengths(),
-                   SimConfig(duration_s=duration_s, warmup_s=warmup_s))
-    return {"wall_s": time.perf_counter() - start, "sim_wall_s": res.wall_s, "events": res.events,
-            "peak_rss_mib": _peak_rss_mib(),
-            "decode_tokens_per_s": res.metrics.decode_tokens_per_s, "simulated_s": duration_s}
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clusters", default=",".join(CLUSTERS))
@@ -99,21 +87,69 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arrivals", type=Path, default=None, help="requests_in_3s CSV to shape arrivals")
     ap.add_argument("--trace", type=Path, default=None, help="input_tokens,output_tokens CSV")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale-only", action="store_true", help="skip the paper-cluster bench tables")
+    ap.add_argument("--no-scale", action="store_true", help="skip the synthetic scale rows")
+    ap.add_argument("--no-compare", action="store_true", help="skip the reference vs per-step engine table")
+    ap.add_argument("--scale-sizes", default="50,200,1000", help="GPUs per synthetic cluster")
+    ap.add_argument("--scale-regions", default="1", help="regions per synthetic cluster, e.g. 1,4,10")
+    ap.add_argument("--scale-method", default="auto", help="placement of the scale rows (auto: helix up to "
+                    "200 GPUs, petals above)")
+    ap.add_argument("--scale-time-limit", type=float, default=60.0, help="planner seconds per scale helix plan")
+    ap.add_argument("--scale-duration", type=float, default=600.0)
+    ap.add_argument("--scale-warmup", type=float, default=200.0)
+    ap.add_argument("--scale-timeout", type=float, default=1800.0, help="wall seconds per scale run")
+    ap.add_argument("--reuse-placements", action="store_true", help="reuse placements already under --out")
+    ap.add_argument("--engine", choices=sorted(ENGINES), default="fast", help=argparse.SUPPRESS)
     ap.add_argument("--measure-one", nargs=2, metavar=("TOPOLOGY", "PLACEMENT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.measure_one:
         print(json.dumps(measure_one(Path(args.measure_one[0]), Path(args.measure_one[1]),
-                                     args.duration, args.warmup)))
+                                     args.duration, args.warmup, args.engine)))
         return
     logging.basicConfig(level=logging.WARNING)
+    args.out.mkdir(parents=True, exist_ok=True)
+    clusters = args.clusters.split(",")
+    if not args.scale_only:
+        paper_bench(args, clusters)
+    scale: dict = {}
+    if not args.no_compare:
+        placements = {name: helix_placement(name, args) for name in clusters}
+        scale["compare"] = run_compare(clusters, placements, REPO, args.duration, args.warmup, args.scale_timeout)
+        print(f"\n### Reference (one event per message) vs per-step engine, offline {args.duration:g} s, "
+              f"{args.warmup:g} s warm-up\n")
+        print(compare_markdown(scale["compare"]), flush=True)
+    if not args.no_scale:
+        scale["scale"] = run_scale([int(g) for g in args.scale_sizes.split(",")],
+                                   [int(r) for r in args.scale_regions.split(",")], args.scale_method,
+                                   args.scale_time_limit, args.scale_duration, args.scale_warmup, args.out / "scale",
+                                   args.reuse_placements, args.scale_timeout)
+        print(f"\n### Scale: offline {args.scale_duration:g} s, {args.scale_warmup:g} s warm-up\n")
+        print(scale_markdown(scale["scale"]), flush=True)
+    if scale:
+        (args.out / "scale.json").write_text(json.dumps(scale, indent=2) + "\n")
+
+
+def helix_placement(name: str, args: argparse.Namespace) -> Path:
+    """The cluster's Helix placement file under --out (planned now unless there and reused;
+    the paper bench saves one per cluster)."""
+    path = args.out / f"{name}-helix.json"
+    if not path.exists() or (args.scale_only and not args.reuse_placements):
+        from helix_jax.solver.plan import plan
+
+        topo = load_topology(REPO / "topologies" / f"{name}.json")
+        plan(topo, method="helix", time_limit_s=args.time_limit, seed=args.seed, cost_model=CostModel(topo)).save(path)
+    return path
+
+
+def paper_bench(args: argparse.Namespace, clusters: list[str]) -> None:
+    """The paper clusters' offline and online tables, and the 24-node run's cost (issue 5)."""
     from helix_jax.solver.plan import plan
 
     lengths = length_sampler(args.trace)
     counts = tuple(load_arrival_counts(args.arrivals)) if args.arrivals else None
     mean_output = lengths.mean_lengths[1]
-    args.out.mkdir(parents=True, exist_ok=True)
     summary = {}
-    for name in args.clusters.split(","):
+    for name in clusters:
         topo_path = REPO / "topologies" / f"{name}.json"
         topo = load_topology(topo_path)
         cost = CostModel(topo)

@@ -261,6 +261,36 @@ class CostModel:
         return (LAYER_OVERHEAD_SECONDS + self._roofline_prefill_s(gpu, prompt_tokens)
                 + self._roofline_decode_s(gpu, decode_seqs, decode_context_tokens))
 
+    def layer_step_function(self, gpu_type: str):
+        """`layer_step_seconds` of one GPU type as a callable `(prompt_tokens, decode_seqs,
+        context_tokens) -> seconds` for a hot loop (the simulator calls it once per step): the
+        same arithmetic in the same order, with the per-type constants computed once, so its
+        values are equal to the method's, not merely close. Counts are not checked."""
+        gpu = self._gpu(gpu_type)
+        if gpu.capacity_tokens_per_s is not None or self._profile(gpu) is not None:
+            return functools.partial(self.layer_step_seconds, gpu_type)
+        m = self.model
+        overhead = LAYER_OVERHEAD_SECONDS
+        prefill_flops = m.flops_per_token_per_layer + m.attention_flops_per_token_per_layer(
+            int(self.workload.mean_prompt_tokens / 2))
+        prefill_rate = gpu.tflops * 1e12 * PREFILL_FLOPS_EFFICIENCY
+        weights, kv_per_token, activation = (m.weight_bytes_per_layer, m.kv_bytes_per_token_per_layer,
+                                             m.activation_bytes_per_token)
+        flops_per_seq = m.flops_per_token_per_layer
+        bandwidth = gpu.memory_bandwidth_bytes_per_s * MEMORY_BANDWIDTH_EFFICIENCY
+        decode_rate = gpu.tflops * 1e12 * DECODE_FLOPS_EFFICIENCY
+        attention_per_key = m.attention_flops_per_token_per_layer(1)  # integer FLOPs, linear in the keys
+
+        def step_seconds(prompt_tokens: int, decode_seqs: int, context_tokens: int = 0) -> float:
+            if not decode_seqs:
+                return overhead + prompt_tokens * prefill_flops / prefill_rate if prompt_tokens else 0.0
+            prefill = prompt_tokens * prefill_flops / prefill_rate if prompt_tokens else 0.0
+            moved_s = (weights + context_tokens * kv_per_token + 2 * decode_seqs * activation) / bandwidth
+            compute_s = (decode_seqs * flops_per_seq + attention_per_key * context_tokens) / decode_rate
+            return overhead + prefill + (moved_s if moved_s > compute_s else compute_s)
+
+        return step_seconds
+
     def _roofline_prefill_s(self, gpu: GpuType, prompt_tokens: int) -> float:
         if prompt_tokens == 0:
             return 0.0

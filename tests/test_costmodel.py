@@ -208,6 +208,21 @@ def test_step_time_grows_with_work() -> None:
         cm.layer_step_seconds("L4", -1, 0)
 
 
+@pytest.mark.parametrize("topology", ["geo-42-llama2-70b", "three-region-24-tables-llama2-70b", "cpu-small",
+                                      "single-region-24-llama-30b"])
+def test_layer_step_function_equals_the_method(topology: str) -> None:
+    """The simulator's hoisted step time is the method's, bit for bit (rooflines and tables)."""
+    cm = CostModel(load_topology(TOPOLOGIES / f"{topology}.json"))
+    for gpu in sorted({node.gpu for node in cm.topology.nodes}):
+        step = cm.layer_step_function(gpu)
+        for prompt in (0, 1, 7, 128, 2048):
+            for seqs in (0, 1, 3, 64):
+                for context in (0, 1, 999, 123_457):
+                    if seqs or not context:
+                        assert step(prompt, seqs, context) == cm.layer_step_seconds(gpu, prompt, seqs, context), \
+                            (gpu, prompt, seqs, context)
+
+
 def test_links_and_transfers() -> None:
     topo = load_topology(TOPOLOGIES / "fixtures" / "link-bound.json")
     cm = CostModel(topo)

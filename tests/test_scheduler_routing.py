@@ -103,6 +103,26 @@ def test_decode_tokens_add_load_to_the_route() -> None:
     assert picks == [other] * 20
 
 
+def test_decode_load_follows_the_flows_in_force_after_a_reflow() -> None:
+    """Each edge's IWRR load is work / flow: 10 prompt + 3 decode tokens over flow 10 is 1.3. After
+    a reflow the loads start afresh on the new flows, and a request admitted before keeps adding
+    its decode tokens to its edges that the new flows still weigh (2 tokens / 20 = 0.1), not to
+    the one they dropped."""
+    ranges = {"a": (0, 2), "b": (0, 2)}
+    sched = Scheduler(placement_of(2, ranges, [(C, "a", 10), (C, "b", 10), ("a", C, 10), ("b", C, 10)]))
+    sched.submit(RequestSpec("r", 10, 50))
+    (adm,) = sched.admit_ready()
+    assert adm.nodes == ("a",)
+    sched.on_decode_token("r", 3)
+    assert sched.policy.load == {(C, "a"): 1.3, (C, "b"): 0.0, ("a", C): 1.3, ("b", C): 0.0}
+    sched.reflow(placement_of(2, ranges, [(C, "a", 20), (C, "b", 5), ("a", C, 20), ("b", C, 5)]))
+    sched.on_decode_token("r", 2)
+    assert sched.policy.load == {(C, "a"): 0.1, (C, "b"): 0.0, ("a", C): 0.1, ("b", C): 0.0}
+    sched.reflow(placement_of(2, ranges, [(C, "b", 5), ("b", C, 5)]))  # a carries no flow now
+    sched.on_decode_token("r", 2)
+    assert sched.policy.load == {(C, "b"): 0.0, ("b", C): 0.0}
+
+
 def test_partial_inference_hops_run_only_the_remaining_layers() -> None:
     p = placement_of(6, {"a": (0, 4), "b": (2, 6), "c": (0, 2)},
                      [(C, "a", 10), ("a", "b", 10), (C, "c", 10), ("c", "b", 10), ("b", C, 20)])

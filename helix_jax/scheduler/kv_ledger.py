@@ -11,6 +11,7 @@ The simulator and the live coordinator share this class; neither touches the cou
 
 from __future__ import annotations
 
+import types
 from typing import Iterable, Mapping
 
 from helix_jax.errors import ConfigError, RequestError
@@ -46,6 +47,11 @@ class KVLedger:
     def used(self, node: str) -> int:
         self.budget(node)
         return self._used[node]
+
+    def used_view(self) -> Mapping[str, int]:
+        """Token-layers reserved per node as a live read-only mapping (for a caller that checks
+        every step; `used(node)` also validates the name)."""
+        return types.MappingProxyType(self._used)
 
     def free(self, node: str) -> int:
         return self.budget(node) - self._used[node]

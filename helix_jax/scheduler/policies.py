@@ -20,7 +20,7 @@ policy never needs to know about memory.
 from __future__ import annotations
 
 import random
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from helix_jax.errors import ConfigError
 from helix_jax.scheduler.route_graph import RouteGraph
@@ -45,8 +45,15 @@ class RoutePolicy:
     def on_admit(self, edges: Sequence[tuple[str, str]], work: float) -> None:
         """A request was admitted along `edges` (coordinator -> ... -> coordinator)."""
 
-    def on_decode(self, edges: Sequence[tuple[str, str]], tokens: int) -> None:
-        """`tokens` decode tokens of an admitted request went along `edges`."""
+    def route_handle(self, edges: Sequence[tuple[str, str]]) -> Any:
+        """What `on_decode` is given for a route admitted along `edges`: resolved once at
+        admission (and again when a reflow replaces the policy), since a route's decode tokens
+        far outnumber its admissions. The edges themselves unless a policy keeps more."""
+        return edges
+
+    def on_decode(self, handle: Any, tokens: int) -> None:
+        """`tokens` decode tokens of an admitted request went along its route (`handle` is
+        `route_handle(edges)`)."""
 
     def on_hop_latency(self, node: str, seconds: float) -> None:
         pass
@@ -61,28 +68,43 @@ class IwrrPolicy(RoutePolicy):
 
     def __init__(self, graph: RouteGraph, in_flight_per_node: Mapping[str, int], seed: int = 0):
         super().__init__(graph, in_flight_per_node, seed)
-        self.load: dict[tuple[str, str], float] = {}
-        self._inv_weight: dict[tuple[str, str], float] = {}
+        # each edge's [load, 1 / weight] in one list (a cell), so that a route's handle can hold
+        # its cells and a decode token updates them without looking its edges up again
+        self._cells: dict[tuple[str, str], list[float]] = {}
         for src in graph.endpoints:
             for dst in graph.successors(src):
-                self.load[(src, dst)] = 0.0
-                self._inv_weight[(src, dst)] = 1.0 / graph.weight(src, dst)
+                self._cells[(src, dst)] = [0.0, 1.0 / graph.weight(src, dst)]
+
+    @property
+    def load(self) -> dict[tuple[str, str], float]:
+        """Each flow edge's load (work / weight so far)."""
+        return {edge: cell[0] for edge, cell in self._cells.items()}
 
     def order(self, src: str, candidates: Sequence[str], work: float) -> list[str]:
-        load, inv = self.load, self._inv_weight
+        cells = self._cells
+
+        def key(dst: str) -> float:
+            cell = cells[(src, dst)]
+            return cell[0] + work * cell[1]
+
         # Stable sort: ties go to the order of `candidates` (sorted names), deterministic.
-        return sorted(candidates, key=lambda dst: load[(src, dst)] + work * inv[(src, dst)])
+        return sorted(candidates, key=key)
 
     def on_admit(self, edges: Sequence[tuple[str, str]], work: float) -> None:
+        cells = self._cells
         for edge in edges:
-            self.load[edge] += work * self._inv_weight[edge]
+            cell = cells[edge]
+            cell[0] += work * cell[1]
 
-    def on_decode(self, edges: Sequence[tuple[str, str]], tokens: int) -> None:
-        inv, load = self._inv_weight, self.load
-        for edge in edges:
-            weight = inv.get(edge)  # None: a route admitted before a reflow, on an edge now unused
-            if weight is not None:
-                load[edge] += tokens * weight
+    def route_handle(self, edges: Sequence[tuple[str, str]]) -> tuple[list[float], ...]:
+        """The cells of the route's edges that carry flow now (a route admitted before a reflow
+        may use edges the new flows no longer weigh)."""
+        cells = self._cells
+        return tuple(cells[edge] for edge in edges if edge in cells)
+
+    def on_decode(self, handle: tuple[list[float], ...], tokens: int) -> None:
+        for cell in handle:
+            cell[0] += tokens * cell[1]
 
 
 class RandomPolicy(RoutePolicy):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Mapping
+from typing import Any, Mapping
 
 from helix_jax.errors import ConfigError, OverloadedError, RequestError
 from helix_jax.placement import Hop, Placement
@@ -44,11 +44,12 @@ UNLIMITED_KV_TOKEN_LAYERS = 1 << 62
 
 
 class _InFlight:
-    __slots__ = ("admission", "edges")
+    __slots__ = ("admission", "edges", "decode_handle")
 
-    def __init__(self, admission: Admission, edges: tuple[tuple[str, str], ...]):
+    def __init__(self, admission: Admission, edges: tuple[tuple[str, str], ...], decode_handle: Any):
         self.admission = admission
         self.edges = edges
+        self.decode_handle = decode_handle  # the policy's `route_handle(edges)`
 
 
 class Scheduler:
@@ -188,7 +189,7 @@ class Scheduler:
         if self._fixed is not None:
             self._fixed.add(route, float(spec.prompt_tokens))
         admission = Admission(spec.request_id, route, spec)
-        self._in_flight[spec.request_id] = _InFlight(admission, edges)
+        self._in_flight[spec.request_id] = _InFlight(admission, edges, self.policy.route_handle(edges))
         log.debug("admitted %s via %s", spec.request_id, [h.node for h in route])
         return admission
 
@@ -197,7 +198,7 @@ class Scheduler:
         entry = self._in_flight.get(request_id)
         if entry is None:
             raise RequestError(f"request {request_id!r} is not in flight")
-        self.policy.on_decode(entry.edges, tokens)
+        self.policy.on_decode(entry.decode_handle, tokens)
         if self._fixed is not None:
             self._fixed.add(entry.admission.route, float(tokens))
 
@@ -274,6 +275,8 @@ class Scheduler:
         self.graph = RouteGraph(placement, self.graph.min_edge_share, flow_edges_only=self.policy.flow_edges_only)
         if self.policy.flow_edges_only:  # weights changed: the round robin starts afresh
             self.policy = type(self.policy)(self.graph, self._node_in_flight, self._seed)
+            for entry in self._in_flight.values():
+                entry.decode_handle = self.policy.route_handle(entry.edges)
         else:  # observation-driven policies keep what they observed
             self.policy.graph = self.graph
         self._routes_changed()

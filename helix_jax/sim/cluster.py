@@ -1,7 +1,7 @@
 """Simulated nodes and links: continuous-batching steps and FIFO link transfers.
 
 Owns the execution model of HELIX.md section 6 for one node and one link (the engine in
-engine.py moves requests between them):
+engine.py moves requests between them; their waiting lines are in request.py):
 
 * `SimNode`: requests wait in arrival order; when idle the node forms one batch mixing
   prefill and decode work, bounded by `max_prompt_tokens` prompt tokens (longer prompts are
@@ -11,60 +11,59 @@ engine.py moves requests between them):
   that entered at layer x (partial inference) joins at layer x, so the step costs
   `sum over layer segments of layers x layer_step_seconds(active prompt tokens, active decode
   seqs, their context)`. Actual KV entries are tracked and checked against the reservation.
+  A step's bookkeeping is per message taken and per entry layer, plus C-level sums over its
+  requests: its cost grows with steps, not with the tokens in them.
 * `SimLink`: one transfer at a time in FIFO order; the link is busy for bytes / bandwidth and
   the message lands `latency` later (propagation overlaps the next transfer).
 """
 
 from __future__ import annotations
 
-import collections
+import itertools
 from typing import Callable
 
+from helix_jax.sim.request import SimRequest, WaitingLine
 
-class SimRequest:
-    """A request in flight: where it is on its route and what it has produced."""
-
-    __slots__ = ("rid", "prompt_tokens", "output_tokens", "generated", "route", "hop_index",
-                 "arrival_s", "first_token_s", "node_enter_s", "prefilled", "chunk")
-
-    def __init__(self, rid: str, prompt_tokens: int, output_tokens: int, route, arrival_s: float):
-        self.rid = rid
-        self.prompt_tokens = prompt_tokens
-        self.output_tokens = output_tokens
-        self.generated = 0
-        self.route = route  # tuple[Hop, ...]
-        self.hop_index = 0
-        self.arrival_s = arrival_s
-        self.first_token_s = 0.0
-        self.node_enter_s = 0.0
-        self.prefilled = 0  # prompt tokens already run at the current hop (chunked prefill)
-        self.chunk = 0  # prompt tokens this request runs in the step in progress
-
-    @property
-    def context_tokens(self) -> int:
-        """Tokens whose KV a decode step reads: the prompt and every fed-back output token."""
-        return self.prompt_tokens + self.generated
+__all__ = ["SimLink", "SimNode", "SimRequest", "WaitingLine"]
 
 
 class SimNode:
-    """One compute node: a waiting line, a batch in progress, KV use and running totals."""
+    """One compute node: a waiting line, a batch in progress, KV use and running totals.
+
+    `start_layer`, where known, lets a node holding one layer skip comparing entry layers
+    (every request runs exactly that layer there)."""
 
     def __init__(self, name: str, end_layer: int, max_prompt_tokens: int, max_decode_seqs: int,
-                 layer_step_seconds: Callable[[int, int, int], float]):
+                 layer_step_seconds: Callable[[int, int, int], float], start_layer: int | None = None):
         self.name = name
         self.end_layer = end_layer
         self.max_prompt_tokens = max_prompt_tokens
         self.max_decode_seqs = max_decode_seqs
         self._layer_step_seconds = layer_step_seconds
-        self.waiting: collections.deque[SimRequest] = collections.deque()
-        self.batch: list[SimRequest] = []
+        self._single_entry = start_layer if start_layer is not None and end_layer - start_layer == 1 else None
+        self.waiting = WaitingLine()
+        self.batch_prefill: list[SimRequest] = []
+        self.batch_decode: list[SimRequest] = []
+        self._batch_segments: list[tuple[int, list[SimRequest], int]] = []  # decode part by message
+        self.batch_context_tokens = 0  # of the decode requests in the step
+        self._batch_entry: int | None = None  # the step's one entry layer (None: several)
+        self._batch_prompt_tokens = 0
         self.busy = False
         self.kv_entries = 0  # token-layers actually written
+        # engine bookkeeping: messages on their way here, and the wake-up scheduled while idle
+        self.pending: list[tuple] = []  # heap of (arrival_s, seq, entry layer, prompt rows, decode rows)
+        self.wake_key: tuple[float, int] | None = None
+        self.out_links: dict = {}  # destination -> (SimLink, its SimNode or None for the coordinator)
         # running totals for reports
         self.steps = 0
         self.busy_s = 0.0
         self.decode_seqs_total = 0
         self.prompt_tokens_total = 0
+
+    @property
+    def batch(self) -> list[SimRequest]:
+        """The step in progress, prompt chunks first (the order requests move on in)."""
+        return self.batch_prefill + self.batch_decode
 
     def form_batch(self) -> float:
         """Take a batch from the waiting line; returns the step's duration in seconds.
@@ -72,77 +71,100 @@ class SimNode:
         Prompts are prefilled in chunks: a step runs at most `max_prompt_tokens` prompt tokens,
         so decode tokens never wait behind a whole long prompt (chunked prefill, as the runtime
         does); a prompt whose chunks are not all done stays at the head of the line."""
-        decode: list[SimRequest] = []
+        line = self.waiting
+        if line.decode_count <= self.max_decode_seqs:  # all of them (`take_decode`'s first case, inlined)
+            segments = list(line.decode)
+            line.decode.clear()
+            line.decode_count = 0
+        else:
+            segments = line.take_decode(self.max_decode_seqs)
+        if len(segments) == 1:
+            decode, context = segments[0][1], segments[0][2]
+        else:
+            decode = list(itertools.chain.from_iterable(reqs for _, reqs, _ in segments))
+            context = sum(c for _, _, c in segments)
         prefill: list[SimRequest] = []
         prompt_tokens = 0
-        kept: collections.deque[SimRequest] = collections.deque()
-        for req in self.waiting:
-            if req.generated:
-                if len(decode) < self.max_decode_seqs:
-                    decode.append(req)
-                    continue
-            elif prompt_tokens < self.max_prompt_tokens:
-                req.chunk = min(req.prompt_tokens - req.prefilled, self.max_prompt_tokens - prompt_tokens)
+        waiting_prefill = line.prefill
+        if waiting_prefill:
+            budget = self.max_prompt_tokens
+            while waiting_prefill and prompt_tokens < budget:
+                req = waiting_prefill.popleft()
+                req.chunk = min(req.prompt_tokens - req.prefilled, budget - prompt_tokens)
                 prefill.append(req)
                 prompt_tokens += req.chunk
-                continue
-            kept.append(req)
-        self.waiting = kept
-        self.batch = prefill + decode
+        self.batch_prefill, self.batch_decode, self._batch_segments = prefill, decode, segments
+        self._batch_prompt_tokens = prompt_tokens
         self.busy = True
-        seconds = self._step_seconds(self.batch)
+        entry = self._single_entry
+        if entry is None:
+            entries = {e for e, _, _ in segments}
+            entries.update([req.entry_layer for req in prefill])
+            entry = entries.pop() if len(entries) == 1 else None
+        self._batch_entry = entry
+        self.batch_context_tokens = context
+        if entry is None:
+            seconds = self._segmented_seconds(prefill, segments)
+        else:
+            seconds = (self.end_layer - entry) * self._layer_step_seconds(prompt_tokens, len(decode), context)
         self.steps += 1
         self.busy_s += seconds
         self.decode_seqs_total += len(decode)
         self.prompt_tokens_total += prompt_tokens
         return seconds
 
-    def _step_seconds(self, batch: list[SimRequest]) -> float:
-        # entry layer -> [prompt tokens, decode seqs, decode context tokens]
-        groups: dict[int, list[int]] = {}
-        for req in batch:
-            entry = req.route[req.hop_index].start_layer
-            g = groups.get(entry)
-            if g is None:
-                g = groups[entry] = [0, 0, 0]
-            if req.generated:
-                g[1] += 1
-                g[2] += req.prompt_tokens + req.generated
-            else:
-                g[0] += req.chunk
+    def _segmented_seconds(self, prefill: list[SimRequest], segments: list[tuple[int, list[SimRequest], int]]) -> float:
+        """Requests entering at different layers: each layer segment runs those already in."""
+        groups: dict[int, list[int]] = {}  # entry layer -> [prompt tokens, decode seqs, context]
+        for req in prefill:
+            groups.setdefault(req.entry_layer, [0, 0, 0])[0] += req.chunk
+        for entry, reqs, context_tokens in segments:
+            g = groups.setdefault(entry, [0, 0, 0])
+            g[1] += len(reqs)
+            g[2] += context_tokens
         entries = sorted(groups)
         total = 0.0
-        prompt = decode = context = 0
+        prompt = seqs = context = 0
         for i, entry in enumerate(entries):
             g = groups[entry]
             prompt += g[0]
-            decode += g[1]
+            seqs += g[1]
             context += g[2]
             upto = entries[i + 1] if i + 1 < len(entries) else self.end_layer
-            total += (upto - entry) * self._layer_step_seconds(prompt, decode, context)
+            total += (upto - entry) * self._layer_step_seconds(prompt, seqs, context)
         return total
 
-    def finish_batch(self) -> list[SimRequest]:
-        """End the step: write the batch's KV; returns the requests that move on (in batch
-        order). A prompt with chunks left goes back to the head of the waiting line."""
-        batch, self.batch, self.busy = self.batch, [], False
-        done, unfinished = [], []
-        for req in batch:
-            layers = req.route[req.hop_index].num_layers
-            if req.generated:
-                self.kv_entries += layers
-                done.append(req)
-                continue
-            self.kv_entries += layers * req.chunk
+    def finish(self) -> tuple[list[SimRequest], list[SimRequest]]:
+        """End the step: write the batch's KV; returns the prompts and the decode requests that
+        move on (each in batch order). A prompt with chunks left goes back to the head of the
+        waiting line (only the last chunk of a step can be partial)."""
+        prefill, decode, end = self.batch_prefill, self.batch_decode, self.end_layer
+        self.batch_prefill, self.batch_decode, self.busy = [], [], False
+        entry = self._batch_entry
+        if entry is not None:  # every request ran the same layers
+            self.kv_entries += (end - entry) * (len(decode) + self._batch_prompt_tokens)
+        else:
+            kv = sum((end - e) * len(reqs) for e, reqs, _ in self._batch_segments)
+            self.kv_entries += kv + sum((end - req.entry_layer) * req.chunk for req in prefill)
+        self._batch_segments = []
+        if not prefill:
+            return prefill, decode
+        for req in prefill:
             req.prefilled += req.chunk
             req.chunk = 0
-            if req.prefilled < req.prompt_tokens:
-                unfinished.append(req)
-            else:
-                req.prefilled = 0  # the next hop starts its own prefill
-                done.append(req)
-        self.waiting.extendleft(reversed(unfinished))
-        return done
+        done = prefill
+        last = prefill[-1]
+        if last.prefilled < last.prompt_tokens:
+            done = prefill[:-1]
+            self.waiting.prefill.appendleft(last)
+        for req in done:
+            req.prefilled = 0  # the next hop starts its own prefill
+        return done, decode
+
+    def finish_batch(self) -> list[SimRequest]:
+        """`finish`, as one list in batch order."""
+        prefill, decode = self.finish()
+        return prefill + decode
 
 
 class SimLink:

@@ -1,6 +1,7 @@
 """Simulation results: what one run reports (frozen), and its JSON form.
 
 Sits between the simulator engine and the bench report: engine -> **SimResult** -> report.
+`build_result` reads a finished run's counters off the engine.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ class SimResult:
     in_flight_at_end: int
     peak_in_flight: int
     mean_in_flight: float    # time average over the window (Little's law: ~ decode tok/s x TPOT)
-    events: int
+    events: int              # events processed: step ends, wake-ups of idle nodes, coordinator messages, arrivals
     wall_s: float
     nodes: tuple[NodeStats, ...]
+    events_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)  # engine.EVENT_KINDS
 
     @property
     def flow_fraction(self) -> float:
@@ -70,3 +72,24 @@ def placement_max_flow(placement: Placement) -> float:
     if placement.objective_tokens_per_s > 0:
         return placement.objective_tokens_per_s
     return sum(e.tokens_per_s for e in placement.out_flows(COORDINATOR))
+
+
+def build_result(sim: Any, wall_s: float) -> SimResult:
+    """The result of a finished `Simulator` run (`sim`) that took `wall_s` seconds."""
+    config, placement = sim.config, sim.placement
+    duration = config.duration_s
+    nodes = tuple(NodeStats(
+        name=n.name, layers=placement.ranges[n.name], steps=n.steps,
+        busy_fraction=min(1.0, n.busy_s / duration),
+        mean_decode_batch=n.decode_seqs_total / n.steps if n.steps else 0.0,
+        max_decode_seqs=n.max_decode_seqs, kv_budget_token_layers=sim.budgets[n.name],
+    ) for n in sim.nodes.values())
+    return SimResult(
+        method=placement.method, policy=config.policy, config=config,
+        metrics=sim.metrics.summary(), max_flow_tokens_per_s=placement_max_flow(placement),
+        submitted=sim.submitted, admitted=sim.admitted, completed=sim.completed,
+        rejected_overloaded=sim.rejected_overloaded, rejected_too_large=sim.rejected_too_large,
+        queued_at_end=sim.scheduler.queue_length, in_flight_at_end=sim.scheduler.in_flight,
+        peak_in_flight=sim.peak_in_flight,
+        mean_in_flight=sim._in_flight_area / (duration - config.warmup_s),
+        events=sim.events, wall_s=wall_s, nodes=nodes, events_by_kind=dict(sim.events_by_kind))
