@@ -14,6 +14,8 @@ Sits between the workload and the simulated cluster: length sampler -> **submit 
 
 from __future__ import annotations
 
+from typing import Any
+
 from helix_jax.errors import OverloadedError, RequestError
 from helix_jax.scheduler import RequestSpec
 from helix_jax.sim.cluster import SimRequest
@@ -22,6 +24,22 @@ from helix_jax.topology import COORDINATOR
 
 class Admitter:
     """Submission and admission for `Simulator` (see the module docstring)."""
+
+    # provided by Simulator (declared for the type checker; no values here)
+    lengths: Any
+    config: Any
+    scheduler: Any
+    submitted: int
+    admitted: int
+    rejected_overloaded: int
+    rejected_too_large: int
+    peak_in_flight: int
+    _length_rng: Any
+    _ids: Any
+    _queued: Any
+    _coordinator_out: Any
+    _account_in_flight: Any
+    _send: Any
 
     def _submit(self, now: float) -> bool:
         prompt, output = self.lengths.sample(self._length_rng)
