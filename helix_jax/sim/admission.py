@@ -17,10 +17,11 @@ from __future__ import annotations
 from helix_jax.errors import OverloadedError, RequestError
 from helix_jax.scheduler import RequestSpec
 from helix_jax.sim.cluster import SimRequest
+from helix_jax.sim.state import RunState
 from helix_jax.topology import COORDINATOR
 
 
-class Admitter:
+class Admitter(RunState):
     """Submission and admission for `Simulator` (see the module docstring)."""
 
     def _submit(self, now: float) -> bool:
