@@ -19,10 +19,11 @@ from typing import Any
 from helix_jax.errors import OverloadedError, RequestError
 from helix_jax.scheduler import RequestSpec
 from helix_jax.sim.cluster import SimRequest
+from helix_jax.sim.state import RunState
 from helix_jax.topology import COORDINATOR
 
 
-class Admitter:
+class Admitter(RunState):
     """Submission and admission for `Simulator` (see the module docstring)."""
 
     # provided by Simulator (declared for the type checker; no values here)

@@ -14,9 +14,11 @@ of `make bench-sim` hold the fast engine to that.
 from __future__ import annotations
 
 import heapq
+from typing import Any
 
 from helix_jax.sim.cluster import SimNode
-from helix_jax.sim.engine import AT_NODE, Simulator
+from helix_jax.sim.engine import Simulator
+from helix_jax.sim.stepping import AT_NODE
 
 
 class ReferenceSimulator(Simulator):
@@ -26,7 +28,7 @@ class ReferenceSimulator(Simulator):
                  decode: list, context: int | None) -> None:
         heapq.heappush(self._heap, (arrive, seq, AT_NODE, node, prefill + decode))
 
-    def _at_node(self, node: SimNode, reqs: list, now: float, seq: int) -> None:
+    def _at_node(self, node: SimNode, reqs: Any, now: float, seq: int) -> None:
         for req in reqs:  # one by one: each request's entry layer read off its own route
             req.node_enter_s = now
             node.waiting.append(req)

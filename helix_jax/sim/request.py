@@ -60,7 +60,7 @@ class SimRequest:
     @property
     def hop_index(self) -> int:
         """The route hop it is at (len(route) once past the last hop, on its way back)."""
-        return len(self.next_nodes) - self.path.__length_hint__()  # type: ignore[attr-defined]
+        return len(self.next_nodes) - operator.length_hint(self.path)
 
     @hop_index.setter
     def hop_index(self, index: int) -> None:
