@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import networkx as nx
 
@@ -29,6 +29,9 @@ from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import PlacementError
 from helix_jax.placement import FlowEdge, Placement, validate_placement
 from helix_jax.topology import COORDINATOR, Topology
+
+if TYPE_CHECKING:
+    from helix_jax.solver.classes import NodeClasses
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +131,9 @@ def balanced_flow(graph: nx.DiGraph, value: float) -> dict[str, dict[str, float]
             cons.append(cp.sum(f[ins]) == cp.sum(f[outs]) if ins and outs else cp.sum(f[ins + outs]) == 0)
     cons.append(cp.sum(f[[index[(SOURCE, w)] for w in graph.successors(SOURCE)]]) == value)
     compute = [i for i, (u, v) in enumerate(arcs) if graph[u][v]["kind"] == "compute" and cap[i] > 0]
-    objective = cp.sum_squares(cp.multiply(f[compute], 1.0 / cap[compute]))
+    # an arc standing for m identical nodes (classflow.py) counts m x (flow / capacity)^2
+    weight = np.array([float(graph[u][v].get("nodes", 1)) for u, v in (arcs[i] for i in compute)])
+    objective = cp.sum_squares(cp.multiply(f[compute], np.sqrt(weight) / cap[compute]))
     problem = cp.Problem(cp.Minimize(objective), cons)
     try:
         with warnings.catch_warnings():  # "may be inaccurate": checked below instead
@@ -205,12 +210,18 @@ def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict
                          upper_bound_tokens_per_s: float | None = None, solve_seconds: float = 0.0,
                          extra: dict | None = None,
                          allowed_edges: Iterable[tuple[str, str]] | None = None,
-                         balance: bool = True) -> Placement:
+                         balance: bool = True, classes: NodeClasses | None = None) -> Placement:
     """A validated Placement of `ranges` carrying its true max-flow (the load-spreading one of
-    `balanced_flow` unless `balance` is False: callers that only read the ranges and the value)."""
+    `balanced_flow` unless `balance` is False: callers that only read the ranges and the value).
+    With `classes` (and no `allowed_edges`) the flow is computed on blocks of interchangeable
+    nodes (classflow.py): the same flow, on a graph that grows with the blocks, not the nodes."""
     if not ranges:
         raise PlacementError("a placement needs at least one node holding layers")
-    result = max_flow(topology, cost_model, ranges, partial_inference, allowed_edges, balance=balance)
+    if classes is not None and allowed_edges is None:
+        from helix_jax.solver.classflow import class_max_flow
+        result = class_max_flow(topology, cost_model, classes, ranges, partial_inference, balance=balance)
+    else:
+        result = max_flow(topology, cost_model, ranges, partial_inference, allowed_edges, balance=balance)
     flows = result.flow_edges()
     objective = sum(f.tokens_per_s for f in flows if f.src == COORDINATOR)
     extra = dict(extra or {})

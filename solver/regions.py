@@ -18,20 +18,20 @@ than needed is trimmed and rectangles crossing its end are shortened.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import math
-import time
 from collections import defaultdict
 
-import cvxpy as cp
 import numpy as np
+import scipy.sparse as sp
 
 from helix_jax.costmodel import LINK_PLANNING_UTILIZATION, CostModel, best_layer_rate
 from helix_jax.solver import heuristics
-from helix_jax.solver.highs_run import solve
-from helix_jax.solver.maxflow import max_flow
-from helix_jax.solver.milp import Group, Rect, expand_counts, make_groups, make_rects
+from helix_jax.solver.classes import NodeClasses
+from helix_jax.solver.classflow import class_max_flow
+from helix_jax.solver.deadline import Deadline
+from helix_jax.solver.highs_run import LinearModel
+from helix_jax.solver.milp import Group, Rect, expand_counts, make_groups, make_rects, selectors
 from helix_jax.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -62,29 +62,26 @@ class RegionCover:
         self.groups: list[Group] = make_groups(topology, cost_model, [nodes])
         self.rects: list[Rect] = make_rects(self.groups, L)
         num_r = len(self.rects)
-        covers = np.zeros((L, num_r))
-        for i, r in enumerate(self.rects):
-            covers[r.start:r.end, i] = 1.0
-        group_rows = np.zeros((len(self.groups), num_r))
-        for i, r in enumerate(self.rects):
-            group_rows[r.group, i] = 1.0
-        self.n = cp.Variable(num_r, integer=True,
-                             bounds=[np.zeros(num_r), np.array([len(self.groups[r.group].nodes) for r in self.rects])])
-        self.u = cp.Variable(L, boolean=True)
-        self.h = cp.Parameter(num_r, nonneg=True)
-        self.target = cp.Parameter(nonneg=True)
-        self.receivers = cp.Parameter(nonneg=True)  # nodes taking the hand-offs in
-        self.senders = cp.Parameter(nonneg=True)  # nodes handing them on
-        cons = [group_rows @ self.n <= np.array([len(g.nodes) for g in self.groups]),
-                covers @ cp.multiply(self.h, self.n) >= self.target * self.u,
-                self.u[1:] <= self.u[:-1]]
-        if enters:  # nodes holding the window's first layer receive the cross-region hand-offs
-            cons.append(covers[0] @ self.n >= self.receivers * self.u[0])
-        if leaves:  # nodes holding its last layer (u_l - u_{l+1} = 1 there) send them
-            last = cp.hstack([self.u[:-1] - self.u[1:], self.u[-1:]])
-            cons.append(covers @ self.n >= self.senders * last)
-        self.problem = cp.Problem(cp.Maximize(cp.sum(self.u)), cons)
         self.capacities = np.array([r.capacity for r in self.rects])
+        self.h = self.capacities.copy()
+        self.params = {"target": 0.0, "receivers": 0.0, "senders": 0.0}
+        covers = selectors(self.rects, L).covers[:L]  # [L, R]
+        group_rows = sp.csr_matrix((np.ones(num_r), ([r.group for r in self.rects], np.arange(num_r))),
+                                   shape=(len(self.groups), num_r))
+        lp = self.lp = LinearModel()
+        self.n = lp.var(num_r, 0.0, np.array([float(len(self.groups[r.group].nodes)) for r in self.rects]),
+                        integer=True)
+        self.u = lp.var(L, 0.0, 1.0, integer=True)
+        eye = sp.identity(L, format="csr")
+        lp.rows([(self.n, group_rows)], upper=[float(len(g.nodes)) for g in self.groups])
+        lp.rows([(self.n, lambda: covers @ sp.diags(self.h)), (self.u, lambda: -self.params["target"] * eye)],
+                lower=0.0)
+        lp.rows([(self.u, eye[1:] - eye[:-1])], upper=0.0)  # u non-increasing
+        if enters:  # nodes holding the window's first layer receive the cross-region hand-offs
+            lp.rows([(self.n, covers[0:1]), (self.u, lambda: -self.params["receivers"] * eye[0:1])], lower=0.0)
+        if leaves:  # nodes holding its last layer (u_l - u_{l+1} = 1 there) send them
+            last = eye - sp.vstack([eye[1:], sp.csr_matrix((1, L))])
+            lp.rows([(self.n, covers), (self.u, lambda: -self.params["senders"] * last)], lower=0.0)
 
     def max_window(self, target: float, time_limit_s: float, seed: int, crossing_nodes: int = 1,
                    senders: int | None = None) -> tuple[int, dict[Rect, int]]:
@@ -92,11 +89,10 @@ class RegionCover:
         and `senders` (default: as many) at its last."""
         if not self.rects:
             return 0, {}
-        self.h.value = np.minimum(self.capacities, target)
-        self.target.value = target
-        self.receivers.value = crossing_nodes
-        self.senders.value = crossing_nodes if senders is None else senders
-        result = solve(self.problem, time_limit_s=time_limit_s, rel_gap=1e-6, seed=seed)
+        self.h[:] = np.minimum(self.capacities, target)
+        self.params.update(target=target, receivers=crossing_nodes,
+                           senders=crossing_nodes if senders is None else senders)
+        result = self.lp.solve({self.u: 1.0}, maximize=True, time_limit_s=time_limit_s, rel_gap=1e-6, seed=seed)
         if result.objective is None:
             return 0, {}
         counts = {self.rects[i]: int(round(v)) for i, v in enumerate(result.value(self.n)) if round(v) > 0}
@@ -154,16 +150,12 @@ def greedy_windows(topology: Topology, cost_model: CostModel, order: list[str],
     return min(covered), ranges, windows
 
 
-def crossing_pair_capacity(topology: Topology, cost_model: CostModel,
-                           by_region: dict[str, list[str]]) -> float:
+def crossing_pair_capacity(classes: NodeClasses) -> float:
     """Decode tokens/s of the slowest link between two nodes of different regions (prompt
     traffic included, see CostModel.link_tokens_per_s); inf with a single region."""
-    slowest = math.inf
-    for ra, nodes_a in by_region.items():
-        for rb, nodes_b in by_region.items():
-            if ra != rb:
-                slowest = min([slowest] + [cost_model.link_tokens_per_s(a, b) for a in nodes_a for b in nodes_b])
-    return slowest
+    region = [c.region or "default" for c in classes.classes]
+    return min((classes.link_tokens_per_s(a, b) for a in range(len(region)) for b in range(len(region))
+                if region[a] != region[b]), default=math.inf)
 
 
 def crossing_nodes(target: float, pair_tokens_per_s: float) -> int:
@@ -192,22 +184,42 @@ def crossing_options(target: float, pair_tokens_per_s: float) -> list[tuple[int,
 
 
 def _widest_tiling(order: list[str], found: dict, options: list[tuple[int, int]]):
-    """The crossing choice per boundary whose windows cover the most layers: (total, choice)."""
-    best = (-1, ())
-    for choice in itertools.product(options, repeat=len(order) - 1):
-        total = 0
-        for i, region in enumerate(order):
-            receivers = choice[i - 1][1] if i > 0 else 1
-            senders = choice[i][0] if i < len(order) - 1 else 1
-            total += found[region, receivers, senders][0]
-        best = max(best, (total, choice))
-    return best
+    """The crossing choice per boundary whose windows cover the most layers: (total, choice), the
+    lexicographically largest choice among the widest (a chain: dynamic programming over the
+    boundaries, O(regions x options^2))."""
+    last = len(order) - 1
+    if last == 0:
+        return found[order[0], 1, 1][0], ()
+
+    def width(i: int, before, after) -> int:  # region i between the choices at its two boundaries
+        return found[order[i], before[1] if before else 1, after[0] if after else 1][0]
+
+    # rest[i][c]: the most layers regions i+1.. cover when boundary i takes option c
+    rest: list[dict] = [dict() for _ in range(last)]
+    for c in options:
+        rest[last - 1][c] = width(last, c, None)
+    for i in range(last - 2, -1, -1):
+        for c in options:
+            rest[i][c] = max(width(i + 1, c, d) + rest[i + 1][d] for d in options)
+    choice: list[tuple[int, int]] = []
+    total = 0
+    for i in range(last):
+        before = choice[-1] if choice else None
+        score = {c: width(i, before, c) + rest[i][c] for c in options}
+        top = max(score.values())
+        pick = max(c for c in options if score[c] == top)
+        if i == 0:
+            total = top
+        choice.append(pick)
+    return total, tuple(choice)
 
 
-def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_limit_s: float,
-                 seed: int = 0) -> WindowPlan | None:
-    """Largest F (and its placement) such that the regions' windows at height F tile [0, L)."""
-    deadline = time.monotonic() + time_limit_s
+def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_limit_s: float | Deadline,
+                 seed: int = 0, classes: NodeClasses | None = None) -> WindowPlan | None:
+    """Largest F (and its placement) such that the regions' windows at height F tile [0, L).
+    `time_limit_s`: seconds, or a Deadline; the best windows found by then are returned."""
+    deadline = time_limit_s if isinstance(time_limit_s, Deadline) else Deadline(time_limit_s)
+    classes = classes or NodeClasses(topology, cost_model)
     by_region: dict[str, list[str]] = defaultdict(list)
     for node in topology.nodes:
         by_region[node.region or "default"].append(node.name)
@@ -216,25 +228,30 @@ def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_l
     L = topology.model.num_layers
     lo, ranges, windows = greedy_windows(topology, cost_model, order, by_region)
     if lo > 0:  # the greedy sweep is blind to links: its windows may join over too few node pairs
-        lo = min(lo, max_flow(topology, cost_model, ranges, True, balance=False).value_tokens_per_s)
+        lo = min(lo, class_max_flow(topology, cost_model, classes, ranges, True).value_tokens_per_s)
     best = WindowPlan(ranges, windows, lo) if lo > 0 else None
-    covers = {r: RegionCover(topology, cost_model, by_region[r], enters=i > 0, leaves=i < len(order) - 1)
-              for i, r in enumerate(order)}
-    pair_tokens_per_s = crossing_pair_capacity(topology, cost_model, by_region)
+    covers = _region_covers(topology, cost_model, order, by_region)
+    pair_tokens_per_s = crossing_pair_capacity(classes)
+    most = max(len(nodes) for nodes in by_region.values())  # no region has more crossing nodes
     hi = upper
-    while hi - lo > WINDOW_GAP * hi and time.monotonic() < deadline:
+    while hi - lo > WINDOW_GAP * hi and not deadline.expired():
         target = 0.5 * (lo + hi)
-        options = crossing_options(target, pair_tokens_per_s)
+        options = [o for o in crossing_options(target, pair_tokens_per_s) if max(o) <= most]
+        if not options:  # no region has the nodes to carry the target across a boundary
+            hi = target
+            continue
         receiving, sending = sorted({o[1] for o in options}), sorted({o[0] for o in options})
         needs = {(r, recv, send) for i, r in enumerate(order) for recv in ([1] if i == 0 else receiving)
                  for send in ([1] if i == len(order) - 1 else sending)}
-        per_call = max(0.2, (deadline - time.monotonic()) / (3 * max(len(needs), len(order))))
-        found = {key: covers[key[0]].max_window(target, per_call, seed, key[1], senders=key[2]) for key in needs}
+        distinct = {(covers[r][0], recv, send) for r, recv, send in needs}  # regions alike share answers
+        per_call = max(0.2, deadline.remaining_s() / (3 * max(len(distinct), 1)))
+        answers = {key: key[0].max_window(target, per_call, seed, key[1], senders=key[2]) for key in distinct}
+        found = {(r, recv, send): answers[covers[r][0], recv, send] for r, recv, send in needs}
         total, choice = _widest_tiling(order, found, options)
         if total >= L:
             picked = {r: found[r, choice[i - 1][1] if i > 0 else 1, choice[i][0] if i < len(order) - 1 else 1]
                       for i, r in enumerate(order)}
-            placements = {r: expand_counts(covers[r].groups, counts) for r, (_, counts) in picked.items()}
+            placements = {r: expand_counts(covers[r][1], counts) for r, (_, counts) in picked.items()}
             ranges, windows = _layout(order, {r: w for r, (w, _) in picked.items()}, placements, L)
             lo, best = target, WindowPlan(ranges, windows, target)
         else:
@@ -244,3 +261,17 @@ def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_l
     return best
 
 
+def _region_covers(topology: Topology, cost_model: CostModel, order: list[str],
+                   by_region: dict[str, list[str]]) -> dict[str, tuple[RegionCover, list[Group]]]:
+    """Per region, its window MILP (one per distinct (GPU mix, enters, leaves): regions alike
+    share it, and its counts) and the region's own groups to expand those counts onto."""
+    shared: dict[tuple, RegionCover] = {}
+    out = {}
+    for i, r in enumerate(order):
+        groups = make_groups(topology, cost_model, [by_region[r]])
+        enters, leaves = i > 0, i < len(order) - 1
+        key = (tuple((g.gpu, len(g.nodes)) for g in groups), enters, leaves)
+        if key not in shared:
+            shared[key] = RegionCover(topology, cost_model, by_region[r], enters=enters, leaves=leaves)
+        out[r] = (shared[key], groups)
+    return out
