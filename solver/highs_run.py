@@ -66,6 +66,7 @@ class HighsResult:
     bound: float | None  # best proven bound of the objective (upper for maximise)
     x: np.ndarray | None  # all columns at the incumbent
     seconds: float
+    row_duals: np.ndarray | None = None  # LP only: d objective / d row bound (model's sense)
 
     def value(self, var: Var) -> np.ndarray:
         return self.x[var.cols]
@@ -180,5 +181,8 @@ def _result(h: highspy.Highs, sign: float, mip: bool) -> HighsResult:
         bound = sign * dual if np.isfinite(dual) else None
     else:
         bound = objective if status == "optimal" else None
+    duals = None
+    if not mip and status == "optimal" and info.dual_solution_status == 2:
+        duals = sign * np.asarray(h.getSolution().row_dual)
     log.debug("highs %s in %.2fs: objective %s bound %s", status, h.getRunTime(), objective, bound)
-    return HighsResult(status, objective, bound, x, h.getRunTime())
+    return HighsResult(status, objective, bound, x, h.getRunTime(), duals)

@@ -35,7 +35,7 @@ import time
 from helix_jax.costmodel import CostModel
 from helix_jax.errors import ConfigError, InfeasibleError
 from helix_jax.placement import Placement
-from helix_jax.solver import bisection, heuristics, milp, regions, repair
+from helix_jax.solver import bisection, heuristics, milp, patterns, regions, repair
 from helix_jax.solver.baselines import BASELINES, FILLS_MEMORY, baseline_placement, baseline_ranges
 from helix_jax.solver.classes import NodeClasses
 from helix_jax.solver.classflow import class_max_flow
@@ -47,12 +47,13 @@ from helix_jax.topology import Topology
 log = logging.getLogger(__name__)
 
 METHODS = ("helix",) + BASELINES
-HEURISTIC_SHARE = 0.2  # of the time limit spent on the start (at most HEURISTIC_MAX_S)
-HEURISTIC_MAX_S = 15.0
+HEURISTIC_SHARE = 0.1  # of the time limit spent on the start (at most HEURISTIC_MAX_S)
+HEURISTIC_MAX_S = 6.0
 WINDOW_SHARE = 0.75  # of the remaining time for region windows (the rest tightens the bound)
 NUMERIC_GAP = 1e-5  # gaps below this are solver tolerance, reported as optimal
 BLIND_SHARE = 0.1  # of the time limit for the link-blind bound when links may bind
 FIXPOINT_SHARE = 0.15  # of the remaining time for the link-blind LP fix-point
+PATTERN_SHARE = 0.3  # of the remaining time for the pattern bound and stage placements (patterns.py)
 FINAL_SHARE, FINAL_MAX_S = 0.05, 3.0  # kept back for the final load-spreading max-flow
 
 
@@ -170,6 +171,12 @@ def _plan_helix(topology: Topology, cost_model: CostModel, deadline: Deadline, r
                                 1, partial_inference, upper, classes)
     if search.enter("lp-fixpoint"):
         upper = bisection.lp_fixpoint(blind, upper, search.share(FIXPOINT_SHARE))
+    if search.enter("patterns"):  # a bound that sees whole nodes, and placements made of stages
+        label = found.best_label()
+        reached = found.within[label][1] if label else 0.0
+        _, upper, stages = patterns.search(patterns.PatternPool(blind.groups, L), reached, upper,
+                                           search.share(PATTERN_SHARE), rel_gap, seed)
+        found.consider("stages", stages)
     zones = classes.zones(upper)
     outcomes = []
     if len(zones) > 1 and search.enter("link-blind-milp"):
