@@ -91,7 +91,8 @@ def solve_counts(model: PlacementModel, upper: float, *, time_limit_s: float | N
         if value > lo:
             lo, best_counts = value, counts
 
-    while (hi > reached * (1 + rel_gap) + 1e-9 and deadline.remaining_s() > MIN_STEP_S
+    # HiGHS honours its time limit in the MIP only after the root LP: a step needs room for it
+    while (hi > reached * (1 + rel_gap) + 1e-9 and deadline.remaining_s() > max(MIN_STEP_S, 2 * model.lp_seconds)
            and len(steps) < MAX_BISECTION_STEPS):
         if unresolved is not None:
             target = 0.5 * (unresolved + hi)
@@ -110,7 +111,7 @@ def solve_counts(model: PlacementModel, upper: float, *, time_limit_s: float | N
             accept(result)
             reached, unresolved = max(reached, lo, target), None
             continue
-        if deadline.remaining_s() <= MIN_STEP_S:
+        if deadline.remaining_s() <= max(MIN_STEP_S, 2 * model.lp_seconds):
             break
         # no answer: look for better incumbents below the target (and perhaps a bound)
         start = model.evaluate(best_counts, target)[1] if best_counts else None

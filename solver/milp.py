@@ -170,6 +170,7 @@ class PlacementModel:
         self.index = {(r.group, r.start, r.num_layers): i for i, r in enumerate(rects)}
         self.capacities = np.array([r.capacity for r in rects])
         self.h = self.capacities.copy()  # [R] heights clipped at the current target
+        self.lp_seconds = 0.0  # the longest LP solve so far: HiGHS's MIP cannot stop before its root LP
         num_r = len(rects)
         lp = self.lp = LinearModel()
         self.n = lp.var(num_r, 0.0, np.array([float(len(groups[r.group].nodes)) for r in rects]), integer=True)
@@ -209,8 +210,10 @@ class PlacementModel:
                              start=start, relax=relax)
 
     def lp_value(self, target: float, time_limit_s: float = 60.0) -> float:
+        """The LP relaxation's optimum at `target` (an upper bound), or `target` if cut short."""
         self.set_target(target)
         result = self.solve(time_limit_s, relax=True)
+        self.lp_seconds = max(self.lp_seconds, result.seconds)
         return result.objective if result.objective is not None and result.status == "optimal" else target
 
     def counts_vector(self, counts: dict[Rect, int]) -> np.ndarray:

@@ -12,7 +12,7 @@ so a layer's item (g, k) costs 1/k node of g. Hence the configuration LP (Gilmor
 `max sum_p y_p  s.t.  sum_p (sum_{(g,k) in p} 1/k) y_p <= |g|,  y >= 0`
 is at least L for every reachable F. Its columns come from column generation: given the duals
 pi >= 0 of the group rows, the cheapest pattern solves a covering knapsack
-`min sum_i a_i pi_g / k  s.t.  sum_i a_i h_i >= F` (HiGHS, exact). Whatever the pricing's
+`min sum_i a_i pi_g / k  s.t.  sum_i a_i h_i >= F, at most |g| items of g` (HiGHS, exact). Whatever the pricing's
 dual bound m proves, pi / m is dual-feasible, so `pi . |g| / m` bounds the LP (Farley's bound):
 when it is below L, F is proven out of reach, even if column generation stops early. Where the
 rectangle LP lets a layer be covered by 1.3 nodes, this bound knows it takes two: on the 200-GPU
@@ -50,6 +50,7 @@ class PatternPool:
     num_layers: int
     items: list[tuple[int, int, float]] = dataclasses.field(init=False)  # (group, k, c_g(k))
     patterns: list[np.ndarray] = dataclasses.field(default_factory=list)  # [items] multiplicities
+    layer_bounds: dict = dataclasses.field(default_factory=dict)  # target -> (layers bound, duals): window_stages
 
     def __post_init__(self) -> None:
         self.items = [(g, k, c) for g, group in enumerate(self.groups) for k, c in enumerate(group.capacities, 1)]
@@ -70,13 +71,20 @@ class PatternPool:
         return [p for p in self.patterns if p @ h >= target * (1 - 1e-9)]
 
 
-def _price(pool: PatternPool, target: float, duals: np.ndarray, deadline: Deadline) -> tuple[float, float, np.ndarray]:
-    """The cheapest pattern at `duals`: (its cost, a proven lower bound on the cheapest, pattern)."""
-    h = pool.heights(target)
+def _price(pool: PatternPool, target: float, duals: np.ndarray, deadline: Deadline,
+           min_items: int = 0, cap: float = math.inf) -> tuple[float, float, np.ndarray]:
+    """The cheapest pattern at `duals` (with at least `min_items` nodes, each counted at most `cap`
+    high): (its cost, a proven lower bound on the cheapest, the pattern)."""
+    h = np.minimum(pool.heights(target), cap)
     weight = duals[pool.item_group] / pool.item_k
     lm = LinearModel()
-    a = lm.var(len(pool.items), 0.0, np.ceil(target / h), integer=True)
+    a = lm.var(len(pool.items), 0.0, np.maximum(np.ceil(target / h), min_items), integer=True)
     lm.rows([(a, h.reshape(1, -1))], lower=target * (1 - 1e-9))
+    # a layer is covered by distinct nodes: at most |g| of group g (valid for the bound, too)
+    lm.rows([(a, sp.csr_matrix((np.ones(len(pool.items)), (pool.item_group, np.arange(len(pool.items)))),
+                               shape=(len(pool.groups), len(pool.items))))], upper=pool.sizes)
+    if min_items > 1:
+        lm.rows([(a, np.ones((1, len(pool.items))))], lower=float(min_items))
     result = lm.solve({a: weight}, maximize=False, time_limit_s=deadline.seconds(5.0), rel_gap=1e-9)
     if result.objective is None:
         return math.inf, (result.bound if result.bound is not None else 0.0), np.zeros(len(pool.items))
@@ -84,34 +92,52 @@ def _price(pool: PatternPool, target: float, duals: np.ndarray, deadline: Deadli
     return result.objective, max(0.0, low), np.round(result.value(a))
 
 
-def out_of_reach(pool: PatternPool, target: float, deadline: Deadline) -> bool | None:
-    """True when the configuration LP proves `target` out of reach; False when the LP covers all
-    L layers (no proof possible); None when the deadline stopped it first."""
+def _master(pool: PatternPool, target: float, deadline: Deadline) -> tuple[float, np.ndarray] | None:
+    """The configuration LP over the pool's patterns covering `target`: (layers, group duals)."""
     h = pool.heights(target)
     if not pool.covering(target):  # single-item patterns start the column generation
         for i in range(len(pool.items)):
             p = np.zeros(len(pool.items))
             p[i] = math.ceil(target / h[i])
             pool.patterns.append(p)
+    columns = pool.covering(target)
+    lm = LinearModel()
+    y = lm.var(len(columns))
+    rows = lm.rows([(y, sp.csr_matrix(np.column_stack([pool.usage(p) for p in columns])))], upper=pool.sizes)
+    master = lm.solve({y: 1.0}, maximize=True, time_limit_s=deadline.seconds(10.0), relax=True)
+    if master.objective is None or master.status != "optimal" or master.row_duals is None:
+        return None
+    return master.objective, np.maximum(0.0, master.row_duals[rows])
+
+
+def out_of_reach(pool: PatternPool, target: float, deadline: Deadline, layers: float | None = None) -> bool | None:
+    """True when the configuration LP proves that fewer than `layers` (default L) layers can be
+    covered to `target`; False when the LP covers them (no proof possible); None when the
+    deadline (or a numerical corner) stopped it first. Columns found stay in the pool."""
+    need = pool.num_layers if layers is None else layers
     while not deadline.expired() and len(pool.patterns) < MAX_COLUMNS + len(pool.items):
-        columns = pool.covering(target)
-        use = np.column_stack([pool.usage(p) for p in columns])  # [groups, P]
-        lm = LinearModel()
-        y = lm.var(len(columns))
-        rows = lm.rows([(y, sp.csr_matrix(use))], upper=pool.sizes)
-        master = lm.solve({y: 1.0}, maximize=True, time_limit_s=deadline.seconds(10.0), relax=True)
-        if master.objective is None or master.status != "optimal":
+        solved = _master(pool, target, deadline)
+        if solved is None:
             return None
-        if master.objective >= pool.num_layers * (1 - 1e-9):
+        value, duals = solved
+        if value >= need * (1 - 1e-9):
             return False
-        duals = np.maximum(0.0, master.row_duals[rows])
         cost, low, pattern = _price(pool, target, duals, deadline)
-        if low > 0 and float(duals @ pool.sizes) / low < pool.num_layers * (1 - 1e-7):
-            return True  # Farley: pi / low is dual-feasible, so the LP covers fewer than L layers
+        if low > 0 and float(duals @ pool.sizes) / low < need * (1 - 1e-7):
+            return True  # Farley: duals / low is dual-feasible, so the LP covers fewer layers
         if cost >= 1 - PRICING_TOL or not np.any(pattern):
-            return None  # LP optimum below L but not proven with margin (numerical corner)
+            return None  # LP optimum below `need` but not proven with margin (numerical corner)
         pool.patterns.append(pattern)
     return None
+
+
+def block_usage(pool: PatternPool, columns: list[np.ndarray], lengths: np.ndarray) -> np.ndarray:
+    """[groups, columns x lengths]: nodes a block of each pattern and length uses (ceil(b / k) per item)."""
+    use = np.zeros((len(pool.groups), len(columns) * len(lengths)))
+    for j, p in enumerate(columns):
+        for i in np.nonzero(p)[0]:
+            use[pool.item_group[i], j * len(lengths):(j + 1) * len(lengths)] += p[i] * np.ceil(lengths / pool.item_k[i])
+    return use
 
 
 def stage_placement(pool: PatternPool, target: float, deadline: Deadline,
@@ -122,37 +148,34 @@ def stage_placement(pool: PatternPool, target: float, deadline: Deadline,
     if not columns or deadline.expired():
         return None
     lengths = np.arange(1, L + 1)
-    use = np.zeros((len(pool.groups), len(columns) * L))
-    for j, p in enumerate(columns):
-        for i in np.nonzero(p)[0]:
-            use[pool.item_group[i], j * L:(j + 1) * L] += p[i] * np.ceil(lengths / pool.item_k[i])
     lm = LinearModel()
     x = lm.var(len(columns) * L, 0.0, float(L), integer=True)
     lm.rows([(x, np.tile(lengths, len(columns)).astype(float).reshape(1, -1))], float(L), float(L))
-    lm.rows([(x, sp.csr_matrix(use))], upper=pool.sizes)
+    lm.rows([(x, sp.csr_matrix(block_usage(pool, columns, lengths)))], upper=pool.sizes)
     result = lm.solve({x: np.zeros(len(columns) * L)}, maximize=False, time_limit_s=deadline.seconds(10.0),
                       rel_gap=1.0, seed=seed)
     if result.x is None:
         return None
-    return _lay_out(pool, columns, np.round(result.value(x)).astype(int))
+    counts = np.round(result.value(x)).astype(int)
+    blocks = [(columns[j], b + 1) for index in np.nonzero(counts)[0] for j, b in [divmod(int(index), L)]
+              for _ in range(counts[index])]
+    return lay_out(pool, [g.nodes for g in pool.groups], blocks)
 
 
-def _lay_out(pool: PatternPool, columns: list[np.ndarray], x: np.ndarray) -> dict[str, tuple[int, int]]:
-    """Blocks in pattern order; in each, every item's nodes end to end, the last one shorter."""
-    L = pool.num_layers
-    free = [list(g.nodes) for g in pool.groups]
+def lay_out(pool: PatternPool, nodes: list[tuple[str, ...]], blocks: list[tuple[np.ndarray, int]],
+            ) -> dict[str, tuple[int, int]]:
+    """Ranges of `blocks` (pattern, length) laid end to end from layer 0, on `nodes` per group: in
+    a block every item's nodes run end to end, the last one shorter."""
+    free = [list(reversed(group)) for group in nodes]
     ranges: dict[str, tuple[int, int]] = {}
     offset = 0
-    for index in np.nonzero(x)[0]:
-        j, b = divmod(int(index), L)
-        b += 1
-        for _ in range(x[index]):
-            for i in np.nonzero(columns[j])[0]:
-                g, k = pool.item_group[i], int(pool.item_k[i])
-                for _ in range(int(columns[j][i])):
-                    for start in range(offset, offset + b, k):
-                        ranges[free[g].pop()] = (start, min(start + k, offset + b))
-            offset += b
+    for pattern, b in blocks:
+        for i in np.nonzero(pattern)[0]:
+            g, k = pool.item_group[i], int(pool.item_k[i])
+            for _ in range(int(pattern[i])):
+                for start in range(offset, offset + b, k):
+                    ranges[free[g].pop()] = (start, min(start + k, offset + b))
+        offset += b
     return ranges
 
 

@@ -49,9 +49,10 @@ log = logging.getLogger(__name__)
 METHODS = ("helix",) + BASELINES
 HEURISTIC_SHARE = 0.1  # of the time limit spent on the start (at most HEURISTIC_MAX_S)
 HEURISTIC_MAX_S = 6.0
-WINDOW_SHARE = 0.75  # of the remaining time for region windows (the rest tightens the bound)
+WINDOW_SHARE = 0.6  # of the remaining time for region windows (the rest tightens the bound)
 NUMERIC_GAP = 1e-5  # gaps below this are solver tolerance, reported as optimal
 BLIND_SHARE = 0.1  # of the time limit for the link-blind bound when links may bind
+BLIND_MILP_GAP = 0.02  # the link-blind MILP runs only if stages and pattern bound are further apart
 FIXPOINT_SHARE = 0.15  # of the remaining time for the link-blind LP fix-point
 PATTERN_SHARE = 0.3  # of the remaining time for the pattern bound and stage placements (patterns.py)
 FINAL_SHARE, FINAL_MAX_S = 0.05, 3.0  # kept back for the final load-spreading max-flow
@@ -174,12 +175,15 @@ def _plan_helix(topology: Topology, cost_model: CostModel, deadline: Deadline, r
     if search.enter("patterns"):  # a bound that sees whole nodes, and placements made of stages
         label = found.best_label()
         reached = found.within[label][1] if label else 0.0
-        _, upper, stages = patterns.search(patterns.PatternPool(blind.groups, L), reached, upper,
-                                           search.share(PATTERN_SHARE), rel_gap, seed)
+        covered, upper, stages = patterns.search(patterns.PatternPool(blind.groups, L), reached, upper,
+                                                 search.share(PATTERN_SHARE), rel_gap, seed)
+        blind_gap = 1 - covered / upper if upper > 0 else 0.0
         found.consider("stages", stages)
+    else:
+        blind_gap = 1.0
     zones = classes.zones(upper)
     outcomes = []
-    if len(zones) > 1 and search.enter("link-blind-milp"):
+    if len(zones) > 1 and blind_gap > BLIND_MILP_GAP and search.enter("link-blind-milp"):
         # links only lower a placement's max-flow, so the link-blind optimum bounds it too
         blind_outcome = bisection.solve_counts(blind, upper, deadline=search.share(1.0, max_s=BLIND_SHARE * limit_s),
                                                rel_gap=rel_gap, seed=seed)
@@ -199,8 +203,9 @@ def _plan_helix(topology: Topology, cost_model: CostModel, deadline: Deadline, r
     label = found.best_label()
     if search.enter("bisection"):
         start_counts = milp.counts_from_ranges(model, found.within[label][0]) if label else None
+        # with windows only the bound is wanted from the zone model: all its time goes to the LP
         outcome = bisection.solve_counts(model, upper, deadline=search.share(0.9), rel_gap=rel_gap, seed=seed,
-                                         start_counts=start_counts)
+                                         start_counts=start_counts, fixpoint_share=1.0 if window_plan else 0.2)
         outcomes.append(outcome)
         if outcome.counts:
             _expand(found, model, outcome, search, seed)

@@ -7,12 +7,15 @@ across regions a dozen times (each crossing costs the link latency on every deco
 confining each region to a window of layers bounds the crossings per token by the number of
 regions, at a small cost in max-flow.
 
-For a target F, `max_window(region, F)` is the most leading layers the region's nodes can cover
-to height F (MILP: integer rectangle counts as in milp.py, binary u_l marking covered layers,
-u non-increasing, coverage_l >= F u_l, maximise sum u). Bisection on F, starting from windows in
-proportion to each region's capacity covered by the greedy sweep, finds the largest F whose
-windows add up to L. Regions are laid out with the coordinator's region first; a window longer
-than needed is trimmed and rectangles crossing its end are shortened.
+For a target F, each region's longest window is the most leading layers its nodes can cover to
+height F (region_cover.py: stage blocks, then the rectangle MILP started from them). Bisection
+on F, starting from windows in proportion to each region's capacity covered by the greedy
+sweep, finds the largest F whose windows add up to L, until the shared Deadline. Regions with
+the same GPU mix share one solver and its answers, so ten alike regions cost about one. A
+target is dropped at once when the regions' layer bounds (configuration LP, window_stages.py)
+add up to fewer than L. Regions are laid out with the coordinator's region first, each with a
+non-empty window; a window longer than needed is trimmed and rectangles crossing its end are
+shortened.
 """
 
 from __future__ import annotations
@@ -22,16 +25,15 @@ import logging
 import math
 from collections import defaultdict
 
-import numpy as np
-import scipy.sparse as sp
-
 from helix_jax.costmodel import LINK_PLANNING_UTILIZATION, CostModel, best_layer_rate
 from helix_jax.solver import heuristics
 from helix_jax.solver.classes import NodeClasses
 from helix_jax.solver.classflow import class_max_flow
 from helix_jax.solver.deadline import Deadline
-from helix_jax.solver.highs_run import LinearModel
-from helix_jax.solver.milp import Group, Rect, expand_counts, make_groups, make_rects, selectors
+from helix_jax.solver.milp import Group, make_groups
+from helix_jax.solver.patterns import PatternPool
+from helix_jax.solver.region_cover import RegionWindow
+from helix_jax.solver.window_stages import layer_bound
 from helix_jax.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -48,55 +50,6 @@ def slow_regions(topology: Topology) -> bool:
     cross = [link.latency_ms for (a, b), link in topology.links.items()
              if a in region and b in region and region[a] != region[b]]
     return bool(cross) and min(cross) >= REGION_LATENCY_MS
-
-
-class RegionCover:
-    """The 'longest covered prefix at height F' MILP of one region (module docstring)."""
-
-    def __init__(self, topology: Topology, cost_model: CostModel, nodes: list[str],
-                 enters: bool = False, leaves: bool = False) -> None:
-        """`enters`: tokens arrive from another region at the window's first layer; `leaves`:
-        they leave for another region after its last layer. Both ask for `crossing_nodes`
-        distinct nodes there (set per target in `max_window`)."""
-        self.L = L = topology.model.num_layers
-        self.groups: list[Group] = make_groups(topology, cost_model, [nodes])
-        self.rects: list[Rect] = make_rects(self.groups, L)
-        num_r = len(self.rects)
-        self.capacities = np.array([r.capacity for r in self.rects])
-        self.h = self.capacities.copy()
-        self.params = {"target": 0.0, "receivers": 0.0, "senders": 0.0}
-        covers = selectors(self.rects, L).covers[:L]  # [L, R]
-        group_rows = sp.csr_matrix((np.ones(num_r), ([r.group for r in self.rects], np.arange(num_r))),
-                                   shape=(len(self.groups), num_r))
-        lp = self.lp = LinearModel()
-        self.n = lp.var(num_r, 0.0, np.array([float(len(self.groups[r.group].nodes)) for r in self.rects]),
-                        integer=True)
-        self.u = lp.var(L, 0.0, 1.0, integer=True)
-        eye = sp.identity(L, format="csr")
-        lp.rows([(self.n, group_rows)], upper=[float(len(g.nodes)) for g in self.groups])
-        lp.rows([(self.n, lambda: covers @ sp.diags(self.h)), (self.u, lambda: -self.params["target"] * eye)],
-                lower=0.0)
-        lp.rows([(self.u, eye[1:] - eye[:-1])], upper=0.0)  # u non-increasing
-        if enters:  # nodes holding the window's first layer receive the cross-region hand-offs
-            lp.rows([(self.n, covers[0:1]), (self.u, lambda: -self.params["receivers"] * eye[0:1])], lower=0.0)
-        if leaves:  # nodes holding its last layer (u_l - u_{l+1} = 1 there) send them
-            last = eye - sp.vstack([eye[1:], sp.csr_matrix((1, L))])
-            lp.rows([(self.n, covers), (self.u, lambda: -self.params["senders"] * last)], lower=0.0)
-
-    def max_window(self, target: float, time_limit_s: float, seed: int, crossing_nodes: int = 1,
-                   senders: int | None = None) -> tuple[int, dict[Rect, int]]:
-        """Longest window at height `target` with `crossing_nodes` receivers at its first layer
-        and `senders` (default: as many) at its last."""
-        if not self.rects:
-            return 0, {}
-        self.h[:] = np.minimum(self.capacities, target)
-        self.params.update(target=target, receivers=crossing_nodes,
-                           senders=crossing_nodes if senders is None else senders)
-        result = self.lp.solve({self.u: 1.0}, maximize=True, time_limit_s=time_limit_s, rel_gap=1e-6, seed=seed)
-        if result.objective is None:
-            return 0, {}
-        counts = {self.rects[i]: int(round(v)) for i, v in enumerate(result.value(self.n)) if round(v) > 0}
-        return int(round(result.objective)), counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,10 +142,11 @@ def _widest_tiling(order: list[str], found: dict, options: list[tuple[int, int]]
     boundaries, O(regions x options^2))."""
     last = len(order) - 1
     if last == 0:
-        return found[order[0], 1, 1][0], ()
+        return found[order[0], None, None][0], ()
 
-    def width(i: int, before, after) -> int:  # region i between the choices at its two boundaries
-        return found[order[i], before[1] if before else 1, after[0] if after else 1][0]
+    def width(i: int, before, after) -> float:  # region i between the choices at its two boundaries
+        w = found[order[i], before, after][0]
+        return w if w > 0 else -math.inf  # an empty window would join its neighbours unchecked
 
     # rest[i][c]: the most layers regions i+1.. cover when boundary i takes option c
     rest: list[dict] = [dict() for _ in range(last)]
@@ -240,18 +194,24 @@ def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_l
         if not options:  # no region has the nodes to carry the target across a boundary
             hi = target
             continue
-        receiving, sending = sorted({o[1] for o in options}), sorted({o[0] for o in options})
-        needs = {(r, recv, send) for i, r in enumerate(order) for recv in ([1] if i == 0 else receiving)
-                 for send in ([1] if i == len(order) - 1 else sending)}
-        distinct = {(covers[r][0], recv, send) for r, recv, send in needs}  # regions alike share answers
-        per_call = max(0.2, deadline.remaining_s() / (3 * max(len(distinct), 1)))
-        answers = {key: key[0].max_window(target, per_call, seed, key[1], senders=key[2]) for key in distinct}
-        found = {(r, recv, send): answers[covers[r][0], recv, send] for r, recv, send in needs}
+        bounds = {r: layer_bound(covers[r][0].pool, target, deadline)[0] for r in order}
+        if sum(math.floor(min(L, b) + 1e-6) for b in bounds.values()) < L:
+            hi = target  # proven: the regions cannot cover L layers to the target, windows or not
+            continue
+        needs = {(r, before, after) for i, r in enumerate(order) for before in ([None] if i == 0 else options)
+                 for after in ([None] if i == len(order) - 1 else options)}
+        distinct = sorted({(covers[r][0], before, after) for r, before, after in needs},  # alike regions: one answer
+                          key=lambda k: (k[0].rank, k[1] or (0, 0), k[2] or (0, 0)))
+        answers = {}
+        for left, key in enumerate(distinct):
+            answers[key] = key[0].longest(target, key[1], key[2], pair_tokens_per_s,
+                                          deadline.share(1 / (len(distinct) - left)), seed)
+        found = {(r, before, after): answers[covers[r][0], before, after] for r, before, after in needs}
         total, choice = _widest_tiling(order, found, options)
         if total >= L:
-            picked = {r: found[r, choice[i - 1][1] if i > 0 else 1, choice[i][0] if i < len(order) - 1 else 1]
+            picked = {r: found[r, choice[i - 1] if i > 0 else None, choice[i] if i < len(order) - 1 else None]
                       for i, r in enumerate(order)}
-            placements = {r: expand_counts(covers[r][1], counts) for r, (_, counts) in picked.items()}
+            placements = {r: covers[r][0].ranges(answer, covers[r][1]) for r, (_, answer) in picked.items()}
             ranges, windows = _layout(order, {r: w for r, (w, _) in picked.items()}, placements, L)
             lo, best = target, WindowPlan(ranges, windows, target)
         else:
@@ -262,16 +222,23 @@ def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_l
 
 
 def _region_covers(topology: Topology, cost_model: CostModel, order: list[str],
-                   by_region: dict[str, list[str]]) -> dict[str, tuple[RegionCover, list[Group]]]:
-    """Per region, its window MILP (one per distinct (GPU mix, enters, leaves): regions alike
-    share it, and its counts) and the region's own groups to expand those counts onto."""
-    shared: dict[tuple, RegionCover] = {}
+                   by_region: dict[str, list[str]]) -> dict[str, tuple[RegionWindow, list[Group]]]:
+    """Per region, its window solvers (one per distinct (GPU mix, enters, leaves): regions alike
+    share them, their answers and one pattern pool per mix; mixes of the same GPU types share the
+    patterns, which makes each pool richer) and the region's own groups."""
+    shared: dict[tuple, RegionWindow] = {}
+    pools: dict[tuple, PatternPool] = {}
+    patterns_of: dict[tuple, list] = {}
     out = {}
     for i, r in enumerate(order):
         groups = make_groups(topology, cost_model, [by_region[r]])
-        enters, leaves = i > 0, i < len(order) - 1
-        key = (tuple((g.gpu, len(g.nodes)) for g in groups), enters, leaves)
+        mix = tuple((g.gpu, len(g.nodes)) for g in groups)
+        key = (mix, i > 0, i < len(order) - 1)
         if key not in shared:
-            shared[key] = RegionCover(topology, cost_model, by_region[r], enters=enters, leaves=leaves)
+            shared[key] = RegionWindow(topology, cost_model, by_region[r], key[1], key[2], pools.get(mix))
+            shared[key].rank = len(shared)  # a fixed order of work, whatever the hashing
+            pool = pools[mix] = shared[key].pool
+            kinds = tuple(g.gpu for g in groups)  # mixes of the same GPU types share their patterns
+            pool.patterns = patterns_of.setdefault(kinds, pool.patterns)
         out[r] = (shared[key], groups)
     return out
