@@ -24,7 +24,7 @@ class Deadline:
     """The end of the time limit, shared by a run's phases (module docstring).
 
     `on_enter(phase)` is called each time a phase starts (tests use it to move a fake clock);
-    `phases` lists the phases entered, in order, with the seconds elapsed at each."""
+    `phases` lists the phases that ran, in order, with the seconds elapsed at each."""
 
     def __init__(self, time_limit_s: float, clock: Clock = time.monotonic,
                  on_enter: Callable[[str], None] | None = None, parent: Deadline | None = None) -> None:
@@ -51,14 +51,21 @@ class Deadline:
         return self.clock() - self.start
 
     def enter(self, phase: str) -> bool:
-        """Record that `phase` starts; True if there is time left for it."""
+        """Start `phase` if time is left: record it and return True (False once the time is up;
+        a skipped phase is not recorded). `on_enter` may end the time at once (tests)."""
+        if self.expired():
+            return False
+        self.note(phase)
+        return not self.expired()
+
+    def note(self, phase: str) -> None:
+        """Record that `phase` runs, whether or not time is left (the answer's final step)."""
         root = self
         while root.parent is not None:
             root = root.parent
         root.phases.append((phase, round(root.elapsed_s(), 3)))
         if root.on_enter is not None:
             root.on_enter(phase)
-        return not self.expired()
 
     def share(self, fraction: float, max_s: float = math.inf, min_s: float = 0.0) -> Deadline:
         """A deadline for one phase: `fraction` of what is left (at least `min_s`, at most `max_s`

@@ -38,7 +38,7 @@ from helix_jax.solver.highs_run import LinearModel
 from helix_jax.solver.milp import Group
 
 PRICING_TOL = 1e-9  # reduced costs within this of zero end the column generation
-MAX_COLUMNS = 400
+MAX_COLUMNS = 2000  # priced columns per pool, a safety net (a run prices a few hundred)
 
 
 @dataclasses.dataclass
@@ -51,6 +51,8 @@ class PatternPool:
     items: list[tuple[int, int, float]] = dataclasses.field(init=False)  # (group, k, c_g(k))
     patterns: list[np.ndarray] = dataclasses.field(default_factory=list)  # [items] multiplicities
     layer_bounds: dict = dataclasses.field(default_factory=dict)  # target -> (layers bound, duals): window_stages
+    seeded: set = dataclasses.field(default_factory=set)  # targets whose single-item patterns are in
+    generated: int = 0  # columns priced so far (MAX_COLUMNS caps them)
 
     def __post_init__(self) -> None:
         self.items = [(g, k, c) for g, group in enumerate(self.groups) for k, c in enumerate(group.capacities, 1)]
@@ -65,6 +67,24 @@ class PatternPool:
     def usage(self, pattern: np.ndarray) -> np.ndarray:
         """Nodes of each group one layer of `pattern` uses (1/k per item)."""
         return np.bincount(self.item_group, weights=pattern / self.item_k, minlength=len(self.groups))
+
+    def add(self, pattern: np.ndarray) -> None:
+        """A column from the pricing knapsack."""
+        self.patterns.append(pattern)
+        self.generated += 1
+
+    def seed(self, target: float) -> None:
+        """Add the single-item patterns of `target` (each item stacked just high enough): they
+        start the column generation, and the stages need them sized for this target."""
+        if target in self.seeded:
+            return
+        self.seeded.add(target)
+        have = {p.tobytes() for p in self.patterns}
+        for i, h in enumerate(self.heights(target)):
+            p = np.zeros(len(self.items))
+            p[i] = math.ceil(target / h * (1 - 1e-12))
+            if p.tobytes() not in have:
+                self.patterns.append(p)
 
     def covering(self, target: float) -> list[np.ndarray]:
         h = self.heights(target)
@@ -94,12 +114,7 @@ def _price(pool: PatternPool, target: float, duals: np.ndarray, deadline: Deadli
 
 def _master(pool: PatternPool, target: float, deadline: Deadline) -> tuple[float, np.ndarray] | None:
     """The configuration LP over the pool's patterns covering `target`: (layers, group duals)."""
-    h = pool.heights(target)
-    if not pool.covering(target):  # single-item patterns start the column generation
-        for i in range(len(pool.items)):
-            p = np.zeros(len(pool.items))
-            p[i] = math.ceil(target / h[i])
-            pool.patterns.append(p)
+    pool.seed(target)
     columns = pool.covering(target)
     lm = LinearModel()
     y = lm.var(len(columns))
@@ -115,7 +130,7 @@ def out_of_reach(pool: PatternPool, target: float, deadline: Deadline, layers: f
     covered to `target`; False when the LP covers them (no proof possible); None when the
     deadline (or a numerical corner) stopped it first. Columns found stay in the pool."""
     need = pool.num_layers if layers is None else layers
-    while not deadline.expired() and len(pool.patterns) < MAX_COLUMNS + len(pool.items):
+    while not deadline.expired() and pool.generated < MAX_COLUMNS:
         solved = _master(pool, target, deadline)
         if solved is None:
             return None
@@ -127,7 +142,7 @@ def out_of_reach(pool: PatternPool, target: float, deadline: Deadline, layers: f
             return True  # Farley: duals / low is dual-feasible, so the LP covers fewer layers
         if cost >= 1 - PRICING_TOL or not np.any(pattern):
             return None  # LP optimum below `need` but not proven with margin (numerical corner)
-        pool.patterns.append(pattern)
+        pool.add(pattern)
     return None
 
 
@@ -144,6 +159,7 @@ def stage_placement(pool: PatternPool, target: float, deadline: Deadline,
                     seed: int = 0) -> dict[str, tuple[int, int]] | None:
     """A placement of stages covering every layer to `target` (module docstring), or None."""
     L = pool.num_layers
+    pool.seed(target)
     columns = pool.covering(target)
     if not columns or deadline.expired():
         return None

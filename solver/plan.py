@@ -136,7 +136,7 @@ class Candidates:
 def _start(found: Candidates, tables, L: int, upper: float, deadline: Deadline, seed: int) -> None:
     """Phase 2: greedy coverage (always, however little time is left), the baselines, then the
     deficit-driven local search from the best of them."""
-    deadline.enter("greedy")
+    deadline.note("greedy")  # runs however little time is left: the answer of last resort
     greedy = heuristics.best_greedy(tables, L, upper)
     if greedy:
         found.consider("greedy", heuristics.improve_coverage(greedy, tables, L, deadline.share(0.1), seed))
@@ -158,7 +158,7 @@ def _plan_helix(topology: Topology, cost_model: CostModel, deadline: Deadline, r
     t0 = time.monotonic()
     limit_s = deadline.remaining_s()
     search = deadline.before_end(min(FINAL_SHARE * limit_s, FINAL_MAX_S))
-    search.enter("classes")
+    search.note("classes")
     classes = NodeClasses(topology, cost_model)
     L = topology.model.num_layers
     trivial_bound = upper = milp.trivial_bound(topology, cost_model)
@@ -230,7 +230,7 @@ def _expand(found: Candidates, model: milp.PlacementModel, outcome: bisection.Mi
 def _finish(found: Candidates, classes: NodeClasses, upper: float, outcomes: list, trivial_bound: float,
             zones: list, window_plan, deadline: Deadline, search: Deadline, rel_gap: float, seed: int) -> Placement:
     """Phase 5: the best candidate, its bound and status, and the load-spreading flow."""
-    deadline.enter("final")
+    deadline.note("final")
     candidates = {**found.within, **found.past_cap}
     eligible = ["region-windows"] if "region-windows" in candidates else list(candidates)
     best_label = max(eligible, key=lambda k: (candidates[k][1], k == "milp"))

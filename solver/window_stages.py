@@ -38,7 +38,7 @@ def layer_bound(pool: PatternPool, target: float, deadline: Deadline) -> tuple[f
     if target in pool.layer_bounds:
         return pool.layer_bounds[target]
     bound, duals = math.inf, None
-    while not deadline.expired() and len(pool.patterns) < MAX_COLUMNS + len(pool.items):
+    while not deadline.expired() and pool.generated < MAX_COLUMNS:
         solved = _master(pool, target, deadline)
         if solved is None:
             break
@@ -49,7 +49,7 @@ def layer_bound(pool: PatternPool, target: float, deadline: Deadline) -> tuple[f
         if cost >= 1 - PRICING_TOL or not np.any(pattern):
             pool.layer_bounds[target] = (bound, duals)  # the LP optimum: final for this target
             break
-        pool.patterns.append(pattern)
+        pool.add(pattern)
     return bound, duals
 
 
