@@ -146,6 +146,28 @@ def out_of_reach(pool: PatternPool, target: float, deadline: Deadline, layers: f
     return None
 
 
+def layer_bound(pool: PatternPool, target: float, deadline: Deadline) -> tuple[float, np.ndarray | None]:
+    """Column generation to the configuration LP's optimum: (a proven bound on the layers the
+    pool covers to `target`, the last duals). Stopped early, the bound is Farley's. Remembered
+    per target in the pool (regions alike ask for it once)."""
+    if target in pool.layer_bounds:
+        return pool.layer_bounds[target]
+    bound, duals = math.inf, None
+    while not deadline.expired() and pool.generated < MAX_COLUMNS:
+        solved = _master(pool, target, deadline)
+        if solved is None:
+            break
+        _, duals = solved
+        cost, low, pattern = _price(pool, target, duals, deadline)
+        if low > 0:
+            bound = min(bound, float(duals @ pool.sizes) / low)
+        if cost >= 1 - PRICING_TOL or not np.any(pattern):
+            pool.layer_bounds[target] = (bound, duals)  # the LP optimum: final for this target
+            break
+        pool.add(pattern)
+    return bound, duals
+
+
 def block_usage(pool: PatternPool, columns: list[np.ndarray], lengths: np.ndarray) -> np.ndarray:
     """[groups, columns x lengths]: nodes a block of each pattern and length uses (ceil(b / k) per item)."""
     use = np.zeros((len(pool.groups), len(columns) * len(lengths)))
@@ -159,7 +181,7 @@ def stage_placement(pool: PatternPool, target: float, deadline: Deadline,
                     seed: int = 0) -> dict[str, tuple[int, int]] | None:
     """A placement of stages covering every layer to `target` (module docstring), or None."""
     L = pool.num_layers
-    pool.seed(target)
+    layer_bound(pool, target, deadline.share(0.5))  # the LP's own columns, a richer choice of stages
     columns = pool.covering(target)
     if not columns or deadline.expired():
         return None

@@ -26,31 +26,9 @@ import scipy.sparse as sp
 
 from helix_jax.solver.deadline import Deadline
 from helix_jax.solver.highs_run import LinearModel
-from helix_jax.solver.patterns import MAX_COLUMNS, PRICING_TOL, PatternPool, _master, _price, block_usage
+from helix_jax.solver.patterns import PatternPool, _price, block_usage, layer_bound
 
 Blocks = list[tuple[np.ndarray, int]]
-
-
-def layer_bound(pool: PatternPool, target: float, deadline: Deadline) -> tuple[float, np.ndarray | None]:
-    """Column generation to the configuration LP's optimum: (a proven bound on the layers the
-    pool covers to `target`, the last duals). Stopped early, the bound is Farley's. Remembered
-    per target in the pool (regions alike ask for it once)."""
-    if target in pool.layer_bounds:
-        return pool.layer_bounds[target]
-    bound, duals = math.inf, None
-    while not deadline.expired() and pool.generated < MAX_COLUMNS:
-        solved = _master(pool, target, deadline)
-        if solved is None:
-            break
-        _, duals = solved
-        cost, low, pattern = _price(pool, target, duals, deadline)
-        if low > 0:
-            bound = min(bound, float(duals @ pool.sizes) / low)
-        if cost >= 1 - PRICING_TOL or not np.any(pattern):
-            pool.layer_bounds[target] = (bound, duals)  # the LP optimum: final for this target
-            break
-        pool.add(pattern)
-    return bound, duals
 
 
 def stage_window(pool: PatternPool, target: float, deadline: Deadline, receivers: int = 0,
