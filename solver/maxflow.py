@@ -116,24 +116,28 @@ def balanced_flow(graph: nx.DiGraph, value: float) -> dict[str, dict[str, float]
     A convex QP (cvxpy, Clarabel); None if it fails (callers keep the max-flow algorithm's flow)."""
     import cvxpy as cp
     import numpy as np
+    import scipy.sparse as sp
 
     arcs = list(graph.edges)
-    index = {arc: i for i, arc in enumerate(arcs)}
     cap = np.array([graph[u][v]["capacity"] for u, v in arcs], dtype=float)
+    inner = {v: i for i, v in enumerate(x for x in graph.nodes if x not in (SOURCE, SINK))}
+    rows, cols, signs = [], [], []  # incidence [inner vertices, arcs]: +1 into a vertex, -1 out of it
+    for a, (u, v) in enumerate(arcs):
+        for vertex, sign in ((v, 1.0), (u, -1.0)):
+            if vertex in inner:
+                rows.append(inner[vertex])
+                cols.append(a)
+                signs.append(sign)
+    incidence = sp.csr_matrix((signs, (rows, cols)), shape=(len(inner), len(arcs)))
+    leaving = np.array([1.0 if u == SOURCE else 0.0 for u, _ in arcs])
     f = cp.Variable(len(arcs), nonneg=True)
-    cons = [f <= cap]
-    for vertex in graph.nodes:
-        if vertex in (SOURCE, SINK):
-            continue
-        ins = [index[(u, vertex)] for u in graph.predecessors(vertex)]
-        outs = [index[(vertex, w)] for w in graph.successors(vertex)]
-        if ins or outs:
-            cons.append(cp.sum(f[ins]) == cp.sum(f[outs]) if ins and outs else cp.sum(f[ins + outs]) == 0)
-    cons.append(cp.sum(f[[index[(SOURCE, w)] for w in graph.successors(SOURCE)]]) == value)
+    cons = [f <= cap, incidence @ f == 0, leaving @ f == value]  # conservation; the whole value
     compute = [i for i, (u, v) in enumerate(arcs) if graph[u][v]["kind"] == "compute" and cap[i] > 0]
     # an arc standing for m identical nodes (classflow.py) counts m x (flow / capacity)^2
-    weight = np.array([float(graph[u][v].get("nodes", 1)) for u, v in (arcs[i] for i in compute)])
-    objective = cp.sum_squares(cp.multiply(f[compute], np.sqrt(weight) / cap[compute]))
+    weight = np.array([np.sqrt(float(graph[u][v].get("nodes", 1))) / graph[u][v]["capacity"]
+                       for u, v in (arcs[i] for i in compute)])
+    scale = sp.csr_matrix((weight, (np.arange(len(compute)), compute)), shape=(len(compute), len(arcs)))
+    objective = cp.sum_squares(scale @ f)
     problem = cp.Problem(cp.Minimize(objective), cons)
     try:
         with warnings.catch_warnings():  # "may be inaccurate": checked below instead

@@ -156,6 +156,8 @@ def _start(found: Candidates, tables, L: int, upper: float, deadline: Deadline, 
 def _plan_helix(topology: Topology, cost_model: CostModel, deadline: Deadline, rel_gap: float,
                 partial_inference: bool, seed: int, region_windows: bool) -> Placement:
     t0 = time.monotonic()
+    import cvxpy  # noqa: F401  (the final load-spreading QP needs it: ~2 s, paid inside the limit, not after it)
+
     limit_s = deadline.remaining_s()
     search = deadline.before_end(min(FINAL_SHARE * limit_s, FINAL_MAX_S))
     search.note("classes")
