@@ -218,12 +218,13 @@ def lay_out(pool: PatternPool, nodes: list[tuple[str, ...]], blocks: list[tuple[
 
 
 def search(pool: PatternPool, lo: float, hi: float, deadline: Deadline, rel_gap: float,
-           seed: int = 0) -> tuple[float, float, dict[str, tuple[int, int]] | None]:
-    """Bisection for a bound (a target proven out of reach), then for a stage placement (the
-    highest target one reaches below the highest target the LP does not exclude): (target
-    reached, bound, ranges or None). `lo` must be reachable (or 0), `hi` a proven bound."""
+           seed: int = 0, stages: bool = True) -> tuple[float, float, dict[str, tuple[int, int]] | None]:
+    """Bisection for a bound (a target proven out of reach), then, with `stages`, for a stage
+    placement (the highest target one reaches below the highest target the LP does not
+    exclude): (target reached, bound, ranges or None). `lo` must be reachable (or 0), `hi` a
+    proven bound."""
     open_hi = lo  # highest target the LP does not exclude
-    bound_deadline = deadline.share(0.5)
+    bound_deadline = deadline.share(0.5) if stages else deadline
     while hi > open_hi * (1 + rel_gap) and not bound_deadline.expired():
         target = 0.5 * (open_hi + hi) if open_hi > 0 else 0.75 * hi
         verdict = out_of_reach(pool, target, bound_deadline)
@@ -231,7 +232,7 @@ def search(pool: PatternPool, lo: float, hi: float, deadline: Deadline, rel_gap:
             break
         hi, open_hi = (target, open_hi) if verdict else (hi, target)
     best_ranges, top = None, max(open_hi, lo)
-    while top > lo * (1 + rel_gap) and not deadline.expired():
+    while stages and top > lo * (1 + rel_gap) and not deadline.expired():
         target = 0.5 * (lo + top) if lo > 0 else 0.75 * top
         if target <= lo:
             break

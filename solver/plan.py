@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 METHODS = ("helix",) + BASELINES
 HEURISTIC_SHARE = 0.1  # of the time limit spent on the start (at most HEURISTIC_MAX_S)
 HEURISTIC_MAX_S = 6.0
-WINDOW_SHARE = 0.6  # of the remaining time for region windows (the rest tightens the bound)
+WINDOW_SHARE = 0.85  # of the time left after the zone LP for region windows (the rest: the zone MILP's bound)
+ZONE_LP_SHARE = 0.4  # of the remaining time for the zone model's LP bound when windows are planned
 NUMERIC_GAP = 1e-5  # gaps below this are solver tolerance, reported as optimal
 BLIND_SHARE = 0.1  # of the time limit for the link-blind bound when links may bind
 BLIND_MILP_GAP = 0.02  # the link-blind MILP runs only if stages and pattern bound are further apart
@@ -133,7 +134,20 @@ class Candidates:
         return max(self.within, key=lambda k: self.within[k][1]) if self.within else None
 
 
-def _start(found: Candidates, tables, L: int, upper: float, deadline: Deadline, seed: int) -> None:
+class Bound:
+    """The lowest proven upper bound so far, and which proof gave it."""
+
+    def __init__(self, trivial: float) -> None:
+        self.value = self.trivial = trivial
+        self.source = "trivial"
+
+    def tighten(self, value: float, source: str) -> None:
+        if value < self.value:
+            self.value, self.source = value, source
+
+
+def _start(found: Candidates, tables, L: int, upper: float, deadline: Deadline, seed: int,
+           local_search: bool = True) -> None:
     """Phase 2: greedy coverage (always, however little time is left), the baselines, then the
     deficit-driven local search from the best of them."""
     deadline.note("greedy")  # runs however little time is left: the answer of last resort
@@ -148,7 +162,7 @@ def _start(found: Candidates, tables, L: int, upper: float, deadline: Deadline, 
         except InfeasibleError:
             continue
     label = found.best_label()
-    if label is not None and found.partial and deadline.enter("local-search"):
+    if label is not None and found.partial and local_search and deadline.enter("local-search"):
         found.consider("local-search", heuristics.raise_coverage(found.within[label][0], tables, L, deadline, seed,
                                                                  upper=upper))
 
@@ -163,56 +177,62 @@ def _plan_helix(topology: Topology, cost_model: CostModel, deadline: Deadline, r
     search.note("classes")
     classes = NodeClasses(topology, cost_model)
     L = topology.model.num_layers
-    trivial_bound = upper = milp.trivial_bound(topology, cost_model)
+    bound = Bound(milp.trivial_bound(topology, cost_model))
     found = Candidates(topology, cost_model, classes, partial_inference)
     tables = heuristics.node_tables(topology, cost_model)
-    _start(found, tables, L, upper, search.share(HEURISTIC_SHARE, max_s=HEURISTIC_MAX_S), seed)
+    # with windows the answer comes from the window search, which makes its own start
+    _start(found, tables, L, bound.value, search.share(HEURISTIC_SHARE, max_s=HEURISTIC_MAX_S), seed,
+           local_search=not region_windows)
 
-    # 3. MILP on aggregated counts; the link-blind LP bound caps every edge's flow, so links that
-    #    reach it (or the smaller of their two nodes' best capacity) never bind (classes.zones)
+    # 3. bounds and MILP on aggregated counts; links that reach the smaller of their two nodes'
+    #    best capacity (or the flow bound) never bind (classes.zones)
     blind = milp.PlacementModel(topology, cost_model, milp.make_groups(topology, cost_model, [list(topology.node_names)]),
-                                1, partial_inference, upper, classes)
+                                1, partial_inference, bound.value, classes)
     if search.enter("lp-fixpoint"):
-        upper = bisection.lp_fixpoint(blind, upper, search.share(FIXPOINT_SHARE))
-    if search.enter("patterns"):  # a bound that sees whole nodes, and placements made of stages
+        bound.tighten(bisection.lp_fixpoint(blind, bound.value, search.share(FIXPOINT_SHARE)), "lp-fixpoint")
+    blind_gap = 1.0
+    if search.enter("patterns"):  # a bound that sees whole nodes, and (no windows) placements made of stages
         label = found.best_label()
-        reached = found.within[label][1] if label else 0.0
-        covered, upper, stages = patterns.search(patterns.PatternPool(blind.groups, L), reached, upper,
-                                                 search.share(PATTERN_SHARE), rel_gap, seed)
-        blind_gap = 1 - covered / upper if upper > 0 else 0.0
+        covered, upper, stages = patterns.search(patterns.PatternPool(blind.groups, L), found.within[label][1] if label
+                                                 else 0.0, bound.value, search.share(PATTERN_SHARE), rel_gap, seed,
+                                                 stages=not region_windows)
+        bound.tighten(upper, "patterns")
+        blind_gap = 1 - covered / upper if upper > 0 and stages else 1.0
         found.consider("stages", stages)
-    else:
-        blind_gap = 1.0
-    zones = classes.zones(upper)
+    zones = classes.zones(bound.value)
     outcomes = []
-    if len(zones) > 1 and blind_gap > BLIND_MILP_GAP and search.enter("link-blind-milp"):
+    if len(zones) > 1 and blind_gap > BLIND_MILP_GAP and not region_windows and search.enter("link-blind-milp"):
         # links only lower a placement's max-flow, so the link-blind optimum bounds it too
-        blind_outcome = bisection.solve_counts(blind, upper, deadline=search.share(1.0, max_s=BLIND_SHARE * limit_s),
+        blind_outcome = bisection.solve_counts(blind, bound.value, deadline=search.share(1.0, max_s=BLIND_SHARE * limit_s),
                                                rel_gap=rel_gap, seed=seed)
-        upper = min(upper, blind_outcome.upper_bound)
+        bound.tighten(blind_outcome.upper_bound, "link-blind-milp")
         outcomes.append(blind_outcome)
         if blind_outcome.counts:
             found.consider("link-blind", milp.expand_counts(blind.groups, blind_outcome.counts))
     model = blind
     if len(zones) > 1 and search.enter("zone-model"):
         model = milp.PlacementModel(topology, cost_model, milp.make_groups(topology, cost_model, zones), len(zones),
-                                    partial_inference, upper, classes)
+                                    partial_inference, bound.value, classes)
     window_plan = None
-    if region_windows and search.enter("region-windows"):
-        window_plan = regions.plan_windows(topology, cost_model, upper, search.share(WINDOW_SHARE), seed, classes)
-        if window_plan is not None:
-            found.consider("region-windows", window_plan.ranges)
+    if region_windows:
+        # the link-aware bound first (the zone LP; ~20 s for ten zones of 1000 GPUs), then the windows
+        if model is not blind and search.enter("zone-lp"):
+            bound.tighten(bisection.lp_fixpoint(model, bound.value, search.share(ZONE_LP_SHARE)), "zone-lp")
+        if search.enter("region-windows"):
+            window_plan = regions.plan_windows(topology, cost_model, bound.value, search.share(WINDOW_SHARE), seed,
+                                               classes)
+            if window_plan is not None:
+                found.consider("region-windows", window_plan.ranges)
     label = found.best_label()
     if search.enter("bisection"):
         start_counts = milp.counts_from_ranges(model, found.within[label][0]) if label else None
-        # with windows only the bound is wanted from the zone model: all its time goes to the LP
-        outcome = bisection.solve_counts(model, upper, deadline=search.share(0.9), rel_gap=rel_gap, seed=seed,
-                                         start_counts=start_counts, fixpoint_share=1.0 if window_plan else 0.2)
+        outcome = bisection.solve_counts(model, bound.value, deadline=search.share(0.9), rel_gap=rel_gap, seed=seed,
+                                         start_counts=start_counts, fixpoint_share=0.0 if region_windows else 0.2)
+        bound.tighten(outcome.upper_bound, "bisection")
         outcomes.append(outcome)
         if outcome.counts:
             _expand(found, model, outcome, search, seed)
-    placement = _finish(found, classes, upper, outcomes, trivial_bound, zones, window_plan, deadline, search, rel_gap,
-                        seed)
+    placement = _finish(found, classes, bound, outcomes, zones, window_plan, deadline, search, rel_gap, seed)
     return dataclasses.replace(placement, solve_seconds=time.monotonic() - t0)
 
 
@@ -229,28 +249,28 @@ def _expand(found: Candidates, model: milp.PlacementModel, outcome: bisection.Mi
         found.consider("milp+repair", repaired)
 
 
-def _finish(found: Candidates, classes: NodeClasses, upper: float, outcomes: list, trivial_bound: float,
-            zones: list, window_plan, deadline: Deadline, search: Deadline, rel_gap: float, seed: int) -> Placement:
+def _finish(found: Candidates, classes: NodeClasses, proven: Bound, outcomes: list, zones: list, window_plan,
+            deadline: Deadline, search: Deadline, rel_gap: float, seed: int) -> Placement:
     """Phase 5: the best candidate, its bound and status, and the load-spreading flow."""
     deadline.note("final")
     candidates = {**found.within, **found.past_cap}
     eligible = ["region-windows"] if "region-windows" in candidates else list(candidates)
     best_label = max(eligible, key=lambda k: (candidates[k][1], k == "milp"))
     best_ranges, best_value = candidates[best_label]
-    proven = min([upper] + [o.upper_bound for o in outcomes])
-    bound = max(proven, best_value)
+    bound = max(proven.value, best_value)
     cut_short = search.expired() or any(o.status in ("time_limit", "no_solution") for o in outcomes) or not outcomes
     status = "optimal" if best_value >= bound * (1 - max(rel_gap, NUMERIC_GAP)) - 1e-9 else (
         "time_limit" if cut_short else "feasible")
-    if best_label in found.past_cap and best_value > proven:
+    if best_label in found.past_cap and best_value > proven.value:
         status = "feasible"  # the bound covers placements within max_layers only
     main = outcomes[-1] if outcomes else None
     extra = {
         "source": best_label,
         "candidates": {k: round(v, 6) for k, (_, v) in sorted(candidates.items())},
         "milp_model_value": main.model_value if main else None,
-        "lp_bound": main.lp_bound if main else upper,
-        "trivial_bound": trivial_bound,
+        "lp_bound": main.lp_bound if main else proven.value,
+        "trivial_bound": proven.trivial,
+        "bound_source": proven.source,  # which proof gave the bound (docs/planner.md, "Scale")
         "zones": len(zones),
         "node_classes": len(classes),
         **({"region_windows": {r: list(w) for r, w in window_plan.windows.items()}} if window_plan else {}),
