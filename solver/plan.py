@@ -8,21 +8,21 @@ placement and the lowest proven bound found so far; a few seconds stay reserved 
 max-flow, so the wall time stays within the limit plus the solver's overshoot. Node classes
 (classes.py) are found first; everything after grows with classes, not with nodes.
 1. feasibility check (InfeasibleError naming what is missing);
-2. start: greedy coverage, every baseline, then deficit-driven local search from the best of
-   them (partial inference); the best true max-flow is the incumbent the MILP has to beat
-   (and the answer if the MILP finds nothing better in time);
-3. the aggregated MILP (milp.py): LP fixpoint bound, then bisection with HiGHS, proving an
-   upper bound on the true optimum; where links may bind (several zones), the link-blind MILP
-   is solved first too: links only lower max-flow, so its optimum is a link-aware bound as well,
-   and the smaller of the two bounds is reported;
-4. expansion of the counts to concrete nodes and the true max-flow (maxflow.py); if link
-   limits the model does not see cost flow, a max-flow local search repairs the placement;
-   With slow links between regions (regions.py) the answer is instead the best placement that
-   gives each region one window of layers, so a token crosses regions only a few times; the
-   bound is the link-aware one above (it holds for any placement, windows or not);
-5. the best placement found, validated, with `upper_bound_tokens_per_s` and `status`
-   ("optimal" when within `rel_gap` of the bound; "time_limit" when the deadline cut a phase
-   short); `extra["phases"]` lists the phases entered and when.
+2. start: greedy coverage (always), every baseline, then (no windows) deficit-driven local
+   search from the best of them; the best true max-flow is the incumbent to beat;
+3. bounds: the rectangle LP fix-point (milp.py, bisection.py), then the configuration LP of
+   layer patterns (patterns.py), which also gives placements made of stages; where links may
+   bind (several zones) and stages are > 2% from that bound, the link-blind MILP too: links
+   only lower max-flow, so every such bound holds with links, and the smallest is reported;
+4. without windows: bisection of the aggregated MILP with HiGHS from the best start, expansion
+   of the counts to nodes and the true max-flow on blocks of identical nodes (classflow.py);
+   where links the model did not see cost flow, repair.py swaps node classes and searches on
+   the true max-flow. With slow links between regions (regions.py) the zone model's LP bound
+   comes first, then the answer is the best placement giving each region one window of layers,
+   so a token crosses regions only a few times (the bound holds for any placement);
+5. the best placement found, validated, with `upper_bound_tokens_per_s`, `status` ("optimal"
+   when within `rel_gap` of the bound; "time_limit" when the deadline cut a phase short),
+   `extra["bound_source"]` and `extra["phases"]` (the phases that ran, and when).
 Other methods return the baseline placement (baselines.py).
 """
 
