@@ -31,6 +31,7 @@ currency, >= 0) is read only by `plan --shop`, where a file is a *pool* of GPUs 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 from typing import Any, Union
@@ -176,10 +177,14 @@ class Topology:
     def node_names(self) -> tuple[str, ...]:
         return tuple(n.name for n in self.nodes)
 
+    @functools.cached_property
+    def _node_by_name(self) -> dict[str, Node]:  # node() is called per node by the planner: O(1), not O(nodes)
+        return {n.name: n for n in self.nodes}
+
     def node(self, name: str) -> Node:
-        for n in self.nodes:
-            if n.name == name:
-                return n
+        found = self._node_by_name.get(name)
+        if found is not None:
+            return found
         if name == COORDINATOR:
             return self.coordinator
         raise TopologyError(f"unknown node {name!r}")

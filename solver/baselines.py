@@ -168,23 +168,30 @@ def homogeneous_ranges(topology: Topology, cost_model: CostModel) -> dict[str, t
     return ranges
 
 
+def baseline_ranges(topology: Topology, cost_model: CostModel, method: str) -> dict[str, tuple[int, int]]:
+    """The layer ranges of a baseline (sp: all its pipelines' stages)."""
+    if method == "swarm":
+        return swarm_ranges(topology, cost_model)
+    if method == "petals":
+        return petals_ranges(topology, cost_model)
+    if method == "homogeneous":
+        return homogeneous_ranges(topology, cost_model)
+    if method == "sp":
+        return {name: (s, e) for stages in sp_pipelines(topology, cost_model) for name, s, e in stages}
+    raise ValueError(f"unknown baseline {method!r}")
+
+
 def baseline_placement(topology: Topology, cost_model: CostModel, method: str,
                        partial_inference: bool = True, balance: bool = True) -> Placement:
     """A validated baseline Placement with its true max-flow (`balance`: see placement_with_flows)."""
     t0 = time.monotonic()
     allowed = None
-    if method == "swarm":
-        ranges = swarm_ranges(topology, cost_model)
-    elif method == "petals":
-        ranges = petals_ranges(topology, cost_model)
-    elif method == "homogeneous":
-        ranges = homogeneous_ranges(topology, cost_model)
-    elif method == "sp":
+    if method == "sp":
         pipelines = sp_pipelines(topology, cost_model)
         ranges = {name: (s, e) for stages in pipelines for name, s, e in stages}
         allowed = {(a[0], b[0]) for stages in pipelines for a, b in zip(stages, stages[1:])}
     else:
-        raise ValueError(f"unknown baseline {method!r}")
+        ranges = baseline_ranges(topology, cost_model, method)
     return placement_with_flows(topology, cost_model, ranges, method, partial_inference,
                                 status="baseline", solve_seconds=time.monotonic() - t0,
                                 allowed_edges=allowed, balance=balance)

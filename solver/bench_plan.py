@@ -6,8 +6,10 @@ solve time; then helix's gap at each time limit; then helix against the best bas
 Petals; then the shop (issue 20): for each target max-flow of LLaMA-2-70B, the least cost
 per hour of a mix from `topologies/shop-llama2-70b.json`, its proven lower bound and the
 cheapest single-type cluster; then the latency SLO frontier of single-region-24 (`plan_slo` at
-each `--slo-limits` round trip). Figures, not assertions: speed depends on the machine (note its
-cores and load).
+each `--slo-limits` round trip); then the scale rows (issue 21, solver/bench_scale.py): synthetic
+clusters of 50, 200 and 1000 GPUs in 1, 4 and 10 regions, each planned in its own child process
+(wall time, peak memory, throughput, bound, gap); `--scale-only` runs just those. Figures, not
+assertions: speed depends on the machine (note its cores and load).
 
 Sits at the end of the planner's data flow: topology -> cost model -> plan(...) -> table.
 """
@@ -156,8 +158,14 @@ def main() -> None:
     parser.add_argument("--shop-time-limit", type=float, default=40.0, help="seconds per shop target")
     parser.add_argument("--slo-limits", default="1300,1500,2000",
                         help="SLO frontier of single-region-24: round-trip limits in ms, comma-separated, or none")
+    parser.add_argument("--scale-gpus", default="50,200,1000", help="scale rows: GPUs, comma-separated, or none")
+    parser.add_argument("--scale-regions", default="1,4,10", help="scale rows: regions, comma-separated")
+    parser.add_argument("--scale-time-limit", type=float, default=60.0, help="seconds per scale row")
+    parser.add_argument("--scale-only", action="store_true", help="run only the scale rows")
     parser.add_argument("--json-out", type=Path, default=None, help="write all rows to this JSON file")
     args = parser.parse_args()
+    if args.scale_only:
+        args.topologies, args.shop_targets, args.slo_limits = [], "none", "none"
     logging.basicConfig(level=logging.WARNING)
     limits = sorted(float(x) for x in args.time_limits.split(","))
     console = Console()
@@ -169,6 +177,11 @@ def main() -> None:
         rows += run_shop([float(x) for x in args.shop_targets.split(",")], args.shop_time_limit, console)
     if args.slo_limits != "none":
         rows += run_slo([float(x) for x in args.slo_limits.split(",")], 60.0, console)
+    if args.scale_gpus != "none":
+        from helix_jax.solver.bench_scale import run_scale
+
+        rows += run_scale([int(x) for x in args.scale_gpus.split(",")], [int(x) for x in args.scale_regions.split(",")],
+                          args.scale_time_limit, console)
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -12,8 +12,9 @@ incumbent for the bisection) or, when the MILP has no time left, plan.py's fallb
 * `raise_coverage`: deficit-driven local search with kicks, aiming at a target just above the
   current minimum coverage and raising it whenever the shortfall reaches zero (numpy windows
   make one node's best move O(k_max * L)).
-* `improve_flow`: local search on the true max-flow (networkx), for clusters whose links bind
-  or without partial inference; slower, so it runs on a time budget.
+Greedy works on kinds of nodes (same capacity table), the searches on one node per (kind,
+range) in each round, so their cost grows with kinds and ranges, not with nodes; the searches
+stop at their Deadline (deadline.py). The searches on the true max-flow are in repair.py.
 All randomness comes from `random.Random(seed)`: same seed, same answer.
 """
 
@@ -21,11 +22,10 @@ from __future__ import annotations
 
 import logging
 import random
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from helix_jax.costmodel import CostModel, best_layer_rate
-from helix_jax.solver.maxflow import max_flow
+from helix_jax.solver.deadline import Deadline
 from helix_jax.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,12 @@ def greedy_cover(tables: dict[str, list[float]], num_layers: int, target: float,
     `fixed` ranges stay as they are; the sweep fills what they leave short."""
     ranges: Ranges = dict(fixed or {})
     deficit = [max(0.0, target - c) for c in coverage(ranges, tables, num_layers, target)]
-    unused = sorted((n for n in tables if n not in ranges),
-                    key=lambda n: -best_layer_rate(tables[n]))
+    unused = sorted((n for n in tables if n not in ranges), key=lambda n: -best_layer_rate(tables[n]))
+    kinds: dict[tuple[float, ...], list[str]] = {}  # identical nodes offer identical rectangles
+    for node in unused:
+        kinds.setdefault(tuple(tables[node]), []).append(node)
+    taken = dict.fromkeys(kinds, 0)  # nodes of each kind already placed (they go in order)
+    potential = {key: max(k * min(c, target) for k, c in enumerate(key, 1)) for key in kinds}
     layer = 0
     eps = 1e-9 * max(1.0, target)
     while layer < num_layers:
@@ -75,25 +79,21 @@ def greedy_cover(tables: dict[str, list[float]], num_layers: int, target: float,
             layer += 1
             continue
         best, best_score = None, -1.0
-        seen_tables: set[tuple[float, ...]] = set()
-        for node in unused:
-            key = tuple(tables[node])
-            if key in seen_tables:  # identical nodes offer identical rectangles
+        for key in kinds:
+            if taken[key] == len(kinds[key]):
                 continue
-            seen_tables.add(key)
-            potential = max(k * min(c, target) for k, c in enumerate(tables[node], 1))
-            for k in range(1, min(len(tables[node]), num_layers - layer) + 1):
-                height = min(tables[node][k - 1], target)
+            for k in range(1, min(len(key), num_layers - layer) + 1):
+                height = min(key[k - 1], target)
                 useful = sum(min(height, deficit[j]) for j in range(layer, layer + k))
-                score = useful / potential
+                score = useful / potential[key]
                 if score > best_score + 1e-12:
-                    best, best_score = (node, k), score
+                    best, best_score = (key, k), score
         if best is None:
             return None
-        node, k = best
-        unused.remove(node)
-        ranges[node] = (layer, layer + k)
-        height = min(tables[node][k - 1], target)
+        key, k = best
+        ranges[kinds[key][taken[key]]] = (layer, layer + k)
+        taken[key] += 1
+        height = min(key[k - 1], target)
         for j in range(layer, layer + k):
             deficit[j] = max(0.0, deficit[j] - height)
     return ranges
@@ -118,29 +118,32 @@ def best_greedy(tables: dict[str, list[float]], num_layers: int, upper: float, i
     return best
 
 
-def _shuffled_rounds(names: list[str], rng: random.Random, deadline: float) -> Iterator[list[str]]:
-    """Node orders for the rounds of a first-improvement local search: a fresh shuffle of
-    `names` per round while time is left (the caller stops when a round improves nothing)."""
-    while time.monotonic() < deadline:
+def shuffled_rounds(names: list[str], rng: random.Random, deadline: Deadline,
+                     kind_of: Callable[[str], object]) -> Iterator[list[str]]:
+    """Node orders for the rounds of a first-improvement local search while time is left (the
+    caller stops when a round improves nothing): a fresh shuffle of `names` per round, keeping
+    one node per `kind_of(node)`, since moving any one of identical nodes holding the same range
+    is the same move (the rounds grow with kinds x ranges, not with nodes)."""
+    while not deadline.expired():
         order = list(names)
         rng.shuffle(order)
-        yield order
+        seen: set = set()
+        yield [n for n in order if not (kind_of(n) in seen or seen.add(kind_of(n)))]
 
 
 def improve_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int,
-                     time_budget_s: float, seed: int = 0) -> Ranges:
+                     deadline: Deadline, seed: int = 0) -> Ranges:
     """First-improvement local search on (min coverage, -#layers at the minimum)."""
     rng = random.Random(seed)
     current = dict(ranges)
     cover = coverage(current, tables, num_layers)
-    deadline = time.monotonic() + time_budget_s
 
     def score(cov: list[float]) -> tuple[float, int]:
         low = min(cov)
         return (round(low, 9), -sum(1 for c in cov if c <= low + 1e-9))
 
     best_score = score(cover)
-    for nodes in _shuffled_rounds(sorted(tables), rng, deadline):
+    for nodes in shuffled_rounds(sorted(tables), rng, deadline, lambda n: (tuple(tables[n]), current.get(n))):
         improved = False
         for node in nodes:
             old = current.get(node)
@@ -168,48 +171,14 @@ def improve_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers:
                         current[node] = option
                     improved = True
                     break
-            if time.monotonic() > deadline:
+            if deadline.expired():
                 break
         if not improved:
             break
     return current
 
 
-def improve_flow(topology: Topology, cost_model: CostModel, ranges: Ranges, partial_inference: bool,
-                 time_budget_s: float, seed: int = 0) -> tuple[Ranges, float]:
-    """Local search on the true max-flow: move one node by one layer or resize it by one."""
-    rng = random.Random(seed)
-    tables = node_tables(topology, cost_model)
-    L = topology.model.num_layers
-    current = dict(ranges)
-    value = max_flow(topology, cost_model, current, partial_inference).value_tokens_per_s
-    deadline = time.monotonic() + time_budget_s
-    for nodes in _shuffled_rounds(sorted(tables), rng, deadline):
-        improved = False
-        for node in nodes:
-            if time.monotonic() > deadline:
-                break
-            if node in current:
-                s, e = current[node]
-                options = [(s + ds, e + de) for ds, de in ((-1, -1), (1, 1), (0, 1), (0, -1), (-1, 0), (1, 0))]
-            else:
-                options = [(s, s + len(tables[node])) for s in range(0, L - len(tables[node]) + 1)]
-            for s, e in options:
-                if not (0 <= s < e <= L and e - s <= len(tables[node])):
-                    continue
-                trial = {**current, node: (s, e)}
-                if min(coverage(trial, tables, L)) <= 0:
-                    continue
-                v = max_flow(topology, cost_model, trial, partial_inference).value_tokens_per_s
-                if v > value * (1 + 1e-9):
-                    current, value, improved = trial, v, True
-                    break
-        if not improved:
-            break
-    return current, value
-
-
-def raise_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int, time_budget_s: float,
+def raise_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int, deadline: Deadline,
                    seed: int = 0, step: float = 0.005, upper: float = float("inf"),
                    max_kicks_without_gain: int = 1000) -> Ranges:
     """Deficit-driven local search: aim at a target just above the current minimum coverage,
@@ -225,19 +194,23 @@ def raise_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: i
     best_value = min(coverage(best, tables, num_layers))
     current = dict(best)
     target = best_value * (1 + step) if best_value > 0 else 1.0
-    deadline = time.monotonic() + time_budget_s
 
     def cover_of(placed: Ranges) -> np.ndarray:
         return np.array(coverage(placed, tables, num_layers, target))
 
     cover = cover_of(current)
     stall = kicks_without_gain = 0
-    while (time.monotonic() < deadline and kicks_without_gain < max_kicks_without_gain
+    while (not deadline.expired() and kicks_without_gain < max_kicks_without_gain
            and best_value < upper * (1 - 1e-9)):
         improved = False
         order = names[:]
         rng.shuffle(order)
+        seen: set = set()  # one node per (table, range): identical nodes offer the same moves
         for node in order:
+            kind = (tuple(tables[node]), current.get(node))
+            if kind in seen:
+                continue
+            seen.add(kind)
             base = cover.copy()
             if node in current:
                 s, e = current[node]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import networkx as nx
 
@@ -30,6 +30,9 @@ from helix_jax.errors import PlacementError
 from helix_jax.placement import FlowEdge, Placement
 from helix_jax.solver.validate import validate_placement
 from helix_jax.topology import COORDINATOR, Topology
+
+if TYPE_CHECKING:
+    from helix_jax.solver.classes import NodeClasses
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +117,28 @@ def balanced_flow(graph: nx.DiGraph, value: float) -> dict[str, dict[str, float]
     A convex QP (cvxpy, Clarabel); None if it fails (callers keep the max-flow algorithm's flow)."""
     import cvxpy as cp
     import numpy as np
+    import scipy.sparse as sp
 
     arcs = list(graph.edges)
-    index = {arc: i for i, arc in enumerate(arcs)}
     cap = np.array([graph[u][v]["capacity"] for u, v in arcs], dtype=float)
+    inner = {v: i for i, v in enumerate(x for x in graph.nodes if x not in (SOURCE, SINK))}
+    rows, cols, signs = [], [], []  # incidence [inner vertices, arcs]: +1 into a vertex, -1 out of it
+    for a, (u, v) in enumerate(arcs):
+        for vertex, sign in ((v, 1.0), (u, -1.0)):
+            if vertex in inner:
+                rows.append(inner[vertex])
+                cols.append(a)
+                signs.append(sign)
+    incidence = sp.csr_matrix((signs, (rows, cols)), shape=(len(inner), len(arcs)))
+    leaving = np.array([1.0 if u == SOURCE else 0.0 for u, _ in arcs])
     f = cp.Variable(len(arcs), nonneg=True)
-    cons = [f <= cap]
-    for vertex in graph.nodes:
-        if vertex in (SOURCE, SINK):
-            continue
-        ins = [index[(u, vertex)] for u in graph.predecessors(vertex)]
-        outs = [index[(vertex, w)] for w in graph.successors(vertex)]
-        if ins or outs:
-            cons.append(cp.sum(f[ins]) == cp.sum(f[outs]) if ins and outs else cp.sum(f[ins + outs]) == 0)
-    cons.append(cp.sum(f[[index[(SOURCE, w)] for w in graph.successors(SOURCE)]]) == value)
+    cons = [f <= cap, incidence @ f == 0, leaving @ f == value]  # conservation; the whole value
     compute = [i for i, (u, v) in enumerate(arcs) if graph[u][v]["kind"] == "compute" and cap[i] > 0]
-    objective = cp.sum_squares(cp.multiply(f[compute], 1.0 / cap[compute]))
+    # an arc standing for m identical nodes (classflow.py) counts m x (flow / capacity)^2
+    weight = np.array([np.sqrt(float(graph[u][v].get("nodes", 1))) / graph[u][v]["capacity"]
+                       for u, v in (arcs[i] for i in compute)])
+    scale = sp.csr_matrix((weight, (np.arange(len(compute)), compute)), shape=(len(compute), len(arcs)))
+    objective = cp.sum_squares(scale @ f)
     problem = cp.Problem(cp.Minimize(objective), cons)
     try:
         with warnings.catch_warnings():  # "may be inaccurate": checked below instead
@@ -206,12 +215,18 @@ def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict
                          upper_bound_tokens_per_s: float | None = None, solve_seconds: float = 0.0,
                          extra: dict | None = None,
                          allowed_edges: Iterable[tuple[str, str]] | None = None,
-                         balance: bool = True) -> Placement:
+                         balance: bool = True, classes: NodeClasses | None = None) -> Placement:
     """A validated Placement of `ranges` carrying its true max-flow (the load-spreading one of
-    `balanced_flow` unless `balance` is False: callers that only read the ranges and the value)."""
+    `balanced_flow` unless `balance` is False: callers that only read the ranges and the value).
+    With `classes` (and no `allowed_edges`) the flow is computed on blocks of interchangeable
+    nodes (classflow.py): the same flow, on a graph that grows with the blocks, not the nodes."""
     if not ranges:
         raise PlacementError("a placement needs at least one node holding layers")
-    result = max_flow(topology, cost_model, ranges, partial_inference, allowed_edges, balance=balance)
+    if classes is not None and allowed_edges is None:
+        from helix_jax.solver.classflow import class_max_flow
+        result = class_max_flow(topology, cost_model, classes, ranges, partial_inference, balance=balance)
+    else:
+        result = max_flow(topology, cost_model, ranges, partial_inference, allowed_edges, balance=balance)
     flows = result.flow_edges()
     objective = sum(f.tokens_per_s for f in flows if f.src == COORDINATOR)
     extra = dict(extra or {})

@@ -27,32 +27,33 @@ Every constraint is a relaxation of the true node-level max-flow, so the model o
 MILP dual bound) is a valid upper bound on any placement's throughput. The incumbent is the
 true max-flow of the expanded placement, computed afterwards.
 
-Solution method (`solve_counts`): T0 = trivial bound; T <- LP(T) until it stops falling (each
-LP value is an upper bound since LP(T) >= z*(T) >= min(F*, T)); then bisection on T between the
-incumbent and that bound, each step a HiGHS feasibility question "cover every layer to height T"
-(infeasible proves F* < T), with a maximisation from the incumbent when it runs out of time.
+Solution method (`solve_counts`, bisection.py): T0 = trivial bound; T <- LP(T) until it stops
+falling (each LP value is an upper bound since LP(T) >= z*(T) >= min(F*, T)); then bisection on T
+between the incumbent and that bound, each step a HiGHS feasibility question "cover every layer
+to height T" (infeasible proves F* < T), with a maximisation from the incumbent when it runs out
+of time. The zone rows live in milp_zones.py.
+
+Size: groups x (rectangles per group) columns and O(zones^2 x L) rows, whatever the number of
+nodes (a group of 300 T4s is one integer per rectangle, at most 300). The model is assembled
+from sparse blocks (highs_run.LinearModel): a new target only rescales the coverage blocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections import defaultdict
 
-import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
 
 from helix_jax.costmodel import CostModel, best_layer_rate
-from helix_jax.solver.highs_run import solve
-from helix_jax.topology import COORDINATOR, Topology
+from helix_jax.solver.classes import NodeClasses
+from helix_jax.solver.highs_run import HighsResult, LinearModel
+from helix_jax.topology import Topology
 
 log = logging.getLogger(__name__)
 
-LP_FIXPOINT_REL_TOL = 1e-4  # stop the T <- LP(T) iteration when it falls less than this
-LP_FIXPOINT_MAX_ITER = 40
-MAX_BISECTION_STEPS = 100  # a safety net; each step at least halves the open interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,140 +132,89 @@ def make_rects(groups: list[Group], num_layers: int, prune_target: float = float
             for s in range(num_layers - k + 1)]
 
 
-@dataclasses.dataclass
-class MilpOutcome:
-    counts: dict[Rect, int]
-    model_value: float  # the model's z at the incumbent counts
-    upper_bound: float  # proven bound on the true optimum
-    status: str  # optimal | time_limit | no_solution
-    lp_bound: float
-    target: float
-    seconds: float
-    steps: list = dataclasses.field(default_factory=list)  # (target, status, seconds) per step
+@dataclasses.dataclass(frozen=True)
+class Selectors:
+    """0/1 matrices [L + 1 boundaries or layers, R rectangles]."""
+
+    covers: sp.csr_matrix  # row l: rectangles holding layer l (= may receive at boundary l, partial)
+    ends: sp.csr_matrix  # row b: rectangles ending at boundary b
+    starts: sp.csr_matrix  # row b: rectangles starting at b
+
+
+def selectors(rects: list[Rect], num_layers: int) -> Selectors:
+    def rows(spans) -> sp.csr_matrix:
+        lengths = np.array([b - a for a, b in spans], dtype=int)
+        ri = np.concatenate([np.arange(a, b) for a, b in spans]) if spans else np.zeros(0, dtype=int)
+        ci = np.repeat(np.arange(len(spans)), lengths)
+        return sp.csr_matrix((np.ones(len(ri)), (ri, ci)), shape=(num_layers + 1, len(spans)))
+
+    return Selectors(rows([(r.start, r.end) for r in rects]), rows([(r.end, r.end + 1) for r in rects]),
+                     rows([(r.start, r.start + 1) for r in rects]))
 
 
 class PlacementModel:
-    """The cvxpy model for one topology; the clipping target T is a Parameter."""
+    """The MILP for one topology (module docstring) on highs_run.LinearModel; the clipping target T
+    enters as the heights `h` of every coverage block and the bounds of z (`set_target`)."""
 
     def __init__(self, topology: Topology, cost_model: CostModel, groups: list[Group],
                  num_zones: int, partial_inference: bool, prune_target: float = float("inf"),
-                 num_layers: int | None = None) -> None:
+                 classes: NodeClasses | None = None) -> None:
         """`prune_target`: the largest clipping target this model will be solved at; rectangles
-        dominated at every target up to it are left out (`dominant_min_layers`). `num_layers`:
-        cover only that many layers (a region's window) instead of the whole model."""
-        self.L = L = num_layers or topology.model.num_layers
+        dominated at every target up to it are left out (`dominant_min_layers`). `classes`: the
+        topology's node classes (built here if not given; they size the zone links)."""
+        self.L = L = topology.model.num_layers
         self.groups = groups
         self.prune_target = prune_target
         self.rects = rects = make_rects(groups, L, prune_target if partial_inference else float("inf"))
         self.partial_inference = partial_inference
         self.index = {(r.group, r.start, r.num_layers): i for i, r in enumerate(rects)}
+        self.capacities = np.array([r.capacity for r in rects])
+        self.h = self.capacities.copy()  # [R] heights clipped at the current target
+        self.lp_seconds = 0.0  # the longest LP solve so far: HiGHS's MIP cannot stop before its root LP
         num_r = len(rects)
-        n_max = np.array([float(len(groups[r.group].nodes)) for r in rects])
-        self.n = cp.Variable(num_r, integer=True, bounds=[np.zeros(num_r), n_max])
-        self.z = cp.Variable(bounds=[0, None])
-        self.h = cp.Parameter(num_r, nonneg=True)
-        self.extra_vars: list[cp.Variable] = []
-        hn = cp.multiply(self.h, self.n)
-        zone_of = np.array([groups[r.group].zone for r in rects])
-
-        def rows(pred) -> sp.csr_matrix:  # [L or L+1 boundary, R] 0/1 selectors
-            data = [(b, i) for i, r in enumerate(rects) for b in pred(r)]
-            ri, ci = zip(*data) if data else ((), ())
-            return sp.csr_matrix((np.ones(len(ri)), (ri, ci)), shape=(L + 1, num_r))
-
-        covers = rows(lambda r: range(r.start, r.end))  # row l: rects holding layer l
-        ends = rows(lambda r: [r.end])  # row b: rects ending at boundary b
-        starts = rows(lambda r: [r.start])  # row b: rects starting at b
-        accepts = rows(lambda r: range(r.start, r.end))  # row b: may receive at b (partial)
-        group_rows = sp.csr_matrix((np.ones(num_r), (np.array([r.group for r in rects]), np.arange(num_r))),
+        lp = self.lp = LinearModel()
+        self.n = lp.var(num_r, 0.0, np.array([float(len(groups[r.group].nodes)) for r in rects]), integer=True)
+        self.z = lp.var(1)
+        self.objective = {self.z: 1.0}
+        self.sel = sel = selectors(rects, L)
+        group_rows = sp.csr_matrix((np.ones(num_r), ([r.group for r in rects], np.arange(num_r))),
                                    shape=(len(groups), num_r))
-        cons = [group_rows @ self.n <= np.array([len(g.nodes) for g in groups])]
-        zone_rect = [sp.diags((zone_of == zz).astype(float)) for zz in range(num_zones)]
-
-        if num_zones == 1:
-            if partial_inference:
-                cons.append(covers[:L] @ hn >= self.z)
-            else:
-                f = cp.Variable(num_r, bounds=[0, None])
-                self.extra_vars.append(f)
-                cons += [f <= hn, starts[0] @ f == self.z, ends[L] @ f == self.z,
-                         ends[1:L] @ f == starts[1:L] @ f]
+        lp.rows([(self.n, group_rows)], upper=[float(len(g.nodes)) for g in groups])
+        if num_zones > 1:
+            from helix_jax.solver.milp_zones import add_zone_rows
+            add_zone_rows(self, num_zones, classes or NodeClasses(topology, cost_model))
+        elif partial_inference:
+            lp.rows([(self.n, self.scaled(sel.covers[:L])), (self.z, -np.ones((L, 1)))], lower=0.0)
         else:
-            cons += self._zone_constraints(topology, cost_model, hn, num_zones, zone_rect,
-                                           covers, ends, starts, accepts)
-        self.z_upper = cp.Parameter(nonneg=True)
-        self.z_lower = cp.Parameter(nonneg=True)
-        cons += [self.z <= self.z_upper, self.z >= self.z_lower]
-        self.problem = cp.Problem(cp.Maximize(self.z), cons)
-        self._pinned: cp.Problem | None = None
+            f = lp.var(num_r)
+            eye = sp.identity(num_r, format="csr")
+            lp.rows([(f, eye), (self.n, self.scaled(-eye))], upper=0.0)
+            lp.rows([(f, sp.vstack([sel.starts[0:1], sel.ends[L:L + 1]])), (self.z, -np.ones((2, 1)))], 0.0, 0.0)
+            lp.rows([(f, sel.ends[1:L] - sel.starts[1:L])], 0.0, 0.0)
 
-    def _zone_constraints(self, topology, cost_model, hn, num_zones, zone_rect, covers, ends, starts,
-                          accepts) -> list:
-        L, groups, n = self.L, self.groups, self.n
-        zone_nodes = defaultdict(list)
-        for g in groups:
-            zone_nodes[g.zone].extend(g.nodes)
-        size = [len(zone_nodes[zz]) for zz in range(num_zones)]
-
-        def best_link(srcs, dsts) -> float:
-            return max((cost_model.link_tokens_per_s(a, b) for a in srcs for b in dsts if a != b), default=0.0)
-
-        pairs = [(p, q) for p in range(num_zones) for q in range(num_zones) if p != q]
-        cap = {(p, q): best_link(zone_nodes[p], zone_nodes[q]) for p, q in pairs}
-        total = {(p, q): sum(cost_model.link_tokens_per_s(a, b) for a in zone_nodes[p] for b in zone_nodes[q])
-                 for p, q in pairs}
-        t = cp.Variable((len(pairs), L + 1), bounds=[0, None])  # t[pair, b], boundaries 1..L-1 used
-        self.extra_vars.append(t)
-        cons = [t[:, 0] == 0, t[:, L] == 0]
-        if self.partial_inference:
-            a = cp.Variable((num_zones, L), bounds=[0, None])  # flow running layer l in zone
-            self.extra_vars.append(a)
-            cons.append(cp.sum(a, axis=0) == self.z)
-            for zz in range(num_zones):
-                cons.append(a[zz, :] <= (covers[:L] @ zone_rect[zz]) @ hn)
-        else:
-            f = cp.Variable(len(self.rects), bounds=[0, None])
-            self.extra_vars.append(f)
-            cons += [f <= hn, starts[0] @ f == self.z, ends[L] @ f == self.z]
-        for zz in range(num_zones):
-            out_idx = [i for i, pq in enumerate(pairs) if pq[0] == zz]
-            in_idx = [i for i, pq in enumerate(pairs) if pq[1] == zz]
-            t_out = cp.sum(t[out_idx, :], axis=0)  # [L+1]
-            t_in = cp.sum(t[in_idx, :], axis=0)
-            ends_z, starts_z, acc_z = (ends @ zone_rect[zz], starts @ zone_rect[zz], accepts @ zone_rect[zz])
-            if self.partial_inference:
-                cons.append(a[zz, 1:] == a[zz, :-1] + t_in[1:L] - t_out[1:L])
-                cons.append(t_out[1:L] <= ends_z[1:L] @ hn)
-                cons.append(t_in[1:L] <= acc_z[1:L] @ hn)
-                entry, leave = starts_z[0] @ n, ends_z[L] @ n
-                cons += [a[zz, 0] <= best_link([COORDINATOR], zone_nodes[zz]) * entry,
-                         a[zz, L - 1] <= best_link(zone_nodes[zz], [COORDINATOR]) * leave]
-            else:
-                # flow ending in zz at b leaves to zz itself or other zones; arriving starts there
-                cons.append(ends_z[1:L] @ f >= t_out[1:L])
-                cons.append(starts_z[1:L] @ f >= t_in[1:L])
-                cons.append(ends_z[1:L] @ f - t_out[1:L] == starts_z[1:L] @ f - t_in[1:L])
-                cons += [starts_z[0] @ f <= best_link([COORDINATOR], zone_nodes[zz]) * (starts_z[0] @ n),
-                         ends_z[L] @ f <= best_link(zone_nodes[zz], [COORDINATOR]) * (ends_z[L] @ n)]
-        for i, (p, q) in enumerate(pairs):
-            send = (ends @ zone_rect[p])[1:L] @ n
-            recv = ((accepts if self.partial_inference else starts) @ zone_rect[q])[1:L] @ n
-            cons += [t[i, 1:L] <= cap[p, q] * size[q] * send, t[i, 1:L] <= cap[p, q] * size[p] * recv]
-            # zone-to-zone cut: every crossing from p to q, at any boundary, uses a link p -> q
-            cons.append(cp.sum(t[i, 1:L]) <= total[p, q])
-        return cons
+    def scaled(self, selector: sp.csr_matrix):
+        """A block whose coefficients are `selector` times the current heights h (per column)."""
+        return lambda: selector @ sp.diags(self.h)
 
     # ---- solving ----
     def set_target(self, target: float, require: float = 0.0) -> None:
         """Clip heights at `target`, bound z <= target and demand z >= `require`."""
-        self.h.value = np.minimum(np.array([r.capacity for r in self.rects]), target)
-        self.z_upper.value = target
-        self.z_lower.value = min(require, target)
+        self.h[:] = np.minimum(self.capacities, target)
+        lo, hi = self.lp.bounds()
+        lo[self.z.cols], hi[self.z.cols] = min(require, target), target
 
-    def lp_value(self, target: float) -> float:
+    def solve(self, time_limit_s: float, rel_gap: float = 1e-4, seed: int = 0, start: np.ndarray | None = None,
+              relax: bool = False) -> HighsResult:
+        """Maximise z at the current target."""
+        return self.lp.solve(self.objective, maximize=True, time_limit_s=time_limit_s, rel_gap=rel_gap, seed=seed,
+                             start=start, relax=relax)
+
+    def lp_value(self, target: float, time_limit_s: float = 60.0) -> float:
+        """The LP relaxation's optimum at `target` (an upper bound), or `target` if cut short."""
         self.set_target(target)
-        result = solve(self.problem, time_limit_s=60, relax=True)
-        return result.objective if result.objective is not None else target
+        result = self.solve(time_limit_s, relax=True)
+        self.lp_seconds = max(self.lp_seconds, result.seconds)
+        return result.objective if result.objective is not None and result.status == "optimal" else target
 
     def counts_vector(self, counts: dict[Rect, int]) -> np.ndarray:
         x = np.zeros(len(self.rects))
@@ -275,109 +225,32 @@ class PlacementModel:
     def counts_of(self, n_value: np.ndarray) -> dict[Rect, int]:
         return {self.rects[i]: int(round(v)) for i, v in enumerate(n_value) if round(v) > 0}
 
-    def evaluate(self, counts: dict[Rect, int], target: float) -> tuple[float, dict[cp.Variable, np.ndarray] | None]:
+    def evaluate(self, counts: dict[Rect, int], target: float,
+                 time_limit_s: float = 30.0) -> tuple[float, np.ndarray | None]:
         """Model value z of fixed `counts` with heights clipped at `target` (an LP), and the full
-        variable assignment, usable as a MILP start at that target."""
-        if self._pinned is None:
-            self._pinned_counts = cp.Parameter(len(self.rects))
-            self._pinned = cp.Problem(self.problem.objective,
-                                      [*self.problem.constraints, self.n == self._pinned_counts])
+        column assignment, usable as a MILP start at that target."""
         self.set_target(target)
-        self._pinned_counts.value = self.counts_vector(counts)
-        result = solve(self._pinned, time_limit_s=30, relax=True)
+        lo, hi = self.lp.bounds()
+        saved = lo[self.n.cols].copy(), hi[self.n.cols].copy()
+        lo[self.n.cols] = hi[self.n.cols] = self.counts_vector(counts)
+        try:
+            result = self.solve(time_limit_s, relax=True)
+        finally:
+            lo[self.n.cols], hi[self.n.cols] = saved
         if result.objective is None:
             return 0.0, None
-        start = {v: result.value(v) for v in (self.n, self.z, *self.extra_vars)}
-        return float(result.objective), start
-
-
-def lp_fixpoint(model: PlacementModel, start_target: float, deadline: float) -> float:
-    """Iterate T <- LP(T) from a valid upper bound; every value is a valid upper bound."""
-    target = start_target
-    for _ in range(LP_FIXPOINT_MAX_ITER):
-        value = model.lp_value(target)
-        if value >= target * (1 - LP_FIXPOINT_REL_TOL) or time.monotonic() > deadline:
-            return min(value, target)
-        target = value
-    return target
-
-
-def solve_counts(model: PlacementModel, upper: float, *, time_limit_s: float, rel_gap: float, seed: int,
-                 start_counts: dict[Rect, int] | None = None) -> MilpOutcome:
-    """Bisection on the target F between the incumbent `lo` and a proven bound `hi`.
-
-    Each step asks HiGHS whether every layer can be covered to height F with heights clipped at
-    F (z = F): "infeasible" proves F* < F; a solution raises `lo`. When that question runs out
-    of time, a second try maximises z <= F from the incumbent: it raises `lo` to whatever it
-    finds, and its dual bound, when below F, lowers `hi`. After a step that proved nothing the
-    next target lies halfway up to `hi` (infeasibility is easier to prove further up).
-    """
-    t0 = time.monotonic()
-    deadline = t0 + time_limit_s
-    hi = lp_fixpoint(model, upper, t0 + 0.2 * time_limit_s)
-    lp_bound = hi
-    best_counts = dict(start_counts or {})
-    lo = model.evaluate(best_counts, upper)[0] if best_counts else 0.0
-    steps: list[tuple[float, str, float]] = []
-    unresolved: float | None = None  # a target whose step proved nothing
-    reached = lo  # highest target shown reachable (lo may trail it by solver tolerances)
-
-    def accept(result) -> None:
-        nonlocal lo, best_counts
-        counts = model.counts_of(result.value(model.n))
-        value = model.evaluate(counts, upper)[0]
-        if value > lo:
-            lo, best_counts = value, counts
-
-    while (hi > reached * (1 + rel_gap) + 1e-9 and time.monotonic() < deadline - 0.2
-           and len(steps) < MAX_BISECTION_STEPS):
-        if unresolved is not None:
-            target = 0.5 * (unresolved + hi)
-        else:
-            target = 0.5 * (reached + hi) if reached > 0 else 0.75 * hi
-        target = max(target, reached * (1 + 0.5 * rel_gap))
-        remaining = deadline - time.monotonic()
-        slice_s = max(0.2, 0.25 * remaining if remaining > 4 else remaining)
-        model.set_target(target, require=target)
-        result = solve(model.problem, time_limit_s=slice_s, rel_gap=1.0, seed=seed)
-        steps.append((round(target, 4), "feasibility:" + result.status, round(result.seconds, 2)))
-        if result.status == "infeasible":
-            hi, unresolved = target, None
-            continue
-        if result.objective is not None:
-            accept(result)
-            reached, unresolved = max(reached, lo, target), None
-            continue
-        # no answer: look for better incumbents below the target (and perhaps a bound)
-        start = model.evaluate(best_counts, target)[1] if best_counts else None
-        model.set_target(target)
-        slice_s = max(0.2, min(slice_s, deadline - time.monotonic()))
-        result = solve(model.problem, time_limit_s=slice_s, rel_gap=rel_gap, seed=seed, start=start)
-        steps.append((round(target, 4), "maximise:" + result.status, round(result.seconds, 2)))
-        if result.objective is not None:
-            accept(result)
-            reached = max(reached, lo)
-        if result.bound is not None and result.bound < target * (1 - 1e-7):
-            hi, unresolved = min(hi, max(result.bound, lo)), None
-        elif unresolved is not None and target >= hi * (1 - rel_gap):
-            break
-        else:
-            unresolved = target
-    log.info("milp bisection steps: %s", steps)
-    status = "optimal" if hi <= reached * (1 + rel_gap) + 1e-9 else "time_limit"
-    if not best_counts:
-        status = "no_solution"
-    return MilpOutcome(best_counts, lo, max(hi, lo), status, lp_bound, hi, time.monotonic() - t0, steps)
+        return float(result.objective), result.x
 
 
 def expand_counts(groups: list[Group], counts: dict[Rect, int]) -> dict[str, tuple[int, int]]:
     """Concrete ranges: the nodes of each group, in name order, take its rectangles by start."""
     ranges: dict[str, tuple[int, int]] = {}
-    free = {g: list(group.nodes) for g, group in enumerate(groups)}
+    used = [0] * len(groups)
     for rect in sorted(counts, key=lambda r: (r.group, r.start, r.num_layers)):
-        for _ in range(counts[rect]):
-            node = free[rect.group].pop(0)
+        nodes = groups[rect.group].nodes
+        for node in nodes[used[rect.group]:used[rect.group] + counts[rect]]:
             ranges[node] = (rect.start, rect.end)
+        used[rect.group] += counts[rect]
     return ranges
 
 
@@ -396,3 +269,11 @@ def counts_from_ranges(model: PlacementModel, ranges: dict[str, tuple[int, int]]
             s = min(s, num_layers - k)
         counts[by_key[(g, s, k)]] += 1
     return dict(counts)
+
+
+def __getattr__(name: str):
+    """The solving functions live in bisection.py (which imports this module)."""
+    if name in ("lp_fixpoint", "solve_counts", "MilpOutcome"):
+        from helix_jax.solver import bisection
+        return getattr(bisection, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,23 +1,28 @@
-"""Planner entry points: `plan` (topology -> Placement) and `explain` (why this throughput).
+"""Planner entry point: `plan` (topology -> Placement); `explain` (explain.py) is re-exported.
 
 Sits at the solver's front door: topology + cost model -> **plan** -> Placement -> scheduler.
 
-`plan(method="helix")` runs, within `time_limit_s`:
+`plan(method="helix")` runs every phase below under ONE Deadline (deadline.py): each phase
+starts only while time is left, takes its share of what is left, and hands on the best
+placement and the lowest proven bound found so far; a few seconds stay reserved for the final
+max-flow, so the wall time stays within the limit plus the solver's overshoot. Node classes
+(classes.py) are found first; everything after grows with classes, not with nodes.
 1. feasibility check (InfeasibleError naming what is missing);
-2. start: greedy coverage, every baseline, then deficit-driven local search from the best of
-   them (partial inference); the best true max-flow is the incumbent the MILP has to beat
-   (and the answer if the MILP finds nothing better in time);
-3. the aggregated MILP (milp.py): LP fixpoint bound, then bisection with HiGHS, proving an
-   upper bound on the true optimum; where links may bind (several zones), the link-blind MILP
-   is solved first too: links only lower max-flow, so its optimum is a link-aware bound as well,
-   and the smaller of the two bounds is reported;
-4. expansion of the counts to concrete nodes and the true max-flow (maxflow.py); if link
-   limits the model does not see cost flow, a max-flow local search repairs the placement;
-   With slow links between regions (regions.py) the answer is instead the best placement that
-   gives each region one window of layers, so a token crosses regions only a few times; the
-   bound is the link-aware one above (it holds for any placement, windows or not);
-5. the best placement found, validated, with `upper_bound_tokens_per_s` and `status`
-   ("optimal" when within `rel_gap` of the bound).
+2. start: greedy coverage (always), every baseline, then (no windows) deficit-driven local
+   search from the best of them; the best true max-flow is the incumbent to beat;
+3. bounds: the rectangle LP fix-point (milp.py, bisection.py), then the configuration LP of
+   layer patterns (patterns.py), which also gives placements made of stages; where links may
+   bind (several zones) and stages are > 2% from that bound, the link-blind MILP too: links
+   only lower max-flow, so every such bound holds with links, and the smallest is reported;
+4. without windows: bisection of the aggregated MILP with HiGHS from the best start, expansion
+   of the counts to nodes and the true max-flow on blocks of identical nodes (classflow.py);
+   where links the model did not see cost flow, repair.py swaps node classes and searches on
+   the true max-flow. With slow links between regions (regions.py) the zone model's LP bound
+   comes first, then the answer is the best placement giving each region one window of layers,
+   so a token crosses regions only a few times (the bound holds for any placement);
+5. the best placement found, validated, with `upper_bound_tokens_per_s`, `status` ("optimal"
+   when within `rel_gap` of the bound; "time_limit" when the deadline cut a phase short),
+   `extra["bound_source"]` and `extra["phases"]` (the phases that ran, and when).
 Other methods return the baseline placement (baselines.py).
 """
 
@@ -25,25 +30,33 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 
 from helix_jax.costmodel import CostModel
 from helix_jax.errors import ConfigError, InfeasibleError
 from helix_jax.placement import Placement
-from helix_jax.solver import heuristics, milp, regions
-from helix_jax.solver.baselines import BASELINES, FILLS_MEMORY, baseline_placement
-from helix_jax.solver.maxflow import max_flow, placement_with_flows
+from helix_jax.solver import bisection, heuristics, milp, patterns, regions, repair
+from helix_jax.solver.baselines import BASELINES, FILLS_MEMORY, baseline_placement, baseline_ranges
+from helix_jax.solver.classes import NodeClasses
+from helix_jax.solver.classflow import class_max_flow
+from helix_jax.solver.deadline import Deadline
+from helix_jax.solver.explain import CutElement, Explanation, explain  # noqa: F401  (re-exported)
+from helix_jax.solver.maxflow import placement_with_flows
 from helix_jax.topology import Topology
 
 log = logging.getLogger(__name__)
 
 METHODS = ("helix",) + BASELINES
-HEURISTIC_SHARE = 0.2  # of the time limit spent on the start (at most HEURISTIC_MAX_S)
-HEURISTIC_MAX_S = 15.0
-WINDOW_SHARE = 0.75  # of the remaining time for region windows (the rest tightens the bound)
+HEURISTIC_SHARE = 0.1  # of the time limit spent on the start (at most HEURISTIC_MAX_S)
+HEURISTIC_MAX_S = 6.0
+WINDOW_SHARE = 0.85  # of the time left after the zone LP for region windows (the rest: the zone MILP's bound)
+ZONE_LP_SHARE = 0.4  # of the remaining time for the zone model's LP bound when windows are planned
 NUMERIC_GAP = 1e-5  # gaps below this are solver tolerance, reported as optimal
 BLIND_SHARE = 0.1  # of the time limit for the link-blind bound when links may bind
+BLIND_MILP_GAP = 0.02  # the link-blind MILP runs only if stages and pattern bound are further apart
+FIXPOINT_SHARE = 0.15  # of the remaining time for the link-blind LP fix-point
+PATTERN_SHARE = 0.3  # of the remaining time for the pattern bound and stage placements (patterns.py)
+FINAL_SHARE, FINAL_MAX_S = 0.05, 3.0  # kept back for the final load-spreading max-flow
 
 
 def check_feasible(topology: Topology, cost_model: CostModel, fill_memory: bool = False) -> None:
@@ -77,11 +90,12 @@ def within_cap(topology: Topology, cost_model: CostModel, ranges: dict[str, tupl
 
 def plan(topology: Topology, method: str = "helix", time_limit_s: float = 60.0, rel_gap: float = 1e-3,
          partial_inference: bool = True, seed: int = 0, cost_model: CostModel | None = None,
-         region_windows: bool | None = None) -> Placement:
+         region_windows: bool | None = None, deadline: Deadline | None = None) -> Placement:
     """Choose layer ranges for `topology` by `method` (see the module docstring).
 
     `region_windows`: confine each region to one block of layers (regions.py); None decides
-    by the links (every inter-region link slow) and needs partial inference."""
+    by the links (every inter-region link slow) and needs partial inference. `deadline`: the
+    Deadline every phase shares (default: `time_limit_s` from now on the monotonic clock)."""
     if method not in METHODS:
         raise ConfigError(f"unknown placement method {method!r}; choose one of {', '.join(METHODS)}")
     if not time_limit_s > 0:
@@ -96,166 +110,174 @@ def plan(topology: Topology, method: str = "helix", time_limit_s: float = 60.0, 
         return baseline_placement(topology, cost_model, method, partial_inference)
     if region_windows is None:
         region_windows = partial_inference and regions.slow_regions(topology)
-    return _plan_helix(topology, cost_model, time_limit_s, rel_gap, partial_inference, seed, region_windows)
+    deadline = deadline or Deadline(time_limit_s)
+    return _plan_helix(topology, cost_model, deadline, rel_gap, partial_inference, seed, region_windows)
 
 
-def _plan_helix(topology: Topology, cost_model: CostModel, time_limit_s: float, rel_gap: float,
-                partial_inference: bool, seed: int, region_windows: bool) -> Placement:
-    t0 = time.monotonic()
-    deadline = t0 + time_limit_s
-    L = topology.model.num_layers
-    trivial_bound = milp.trivial_bound(topology, cost_model)
-    upper = trivial_bound
+class Candidates:
+    """Placements found so far with their true max-flow (on blocks of identical nodes). One past
+    max_layers (sp fills memory) cannot start the MILP or the local search, so it waits in
+    `past_cap` for the final comparison."""
 
-    # 2. start: heuristics and baselines
-    candidates: dict[str, tuple[dict[str, tuple[int, int]], float]] = {}
+    def __init__(self, topology: Topology, cost_model: CostModel, classes: NodeClasses, partial: bool) -> None:
+        self.topology, self.cost_model, self.classes, self.partial = topology, cost_model, classes, partial
+        self.within: dict[str, tuple[dict[str, tuple[int, int]], float]] = {}
+        self.past_cap: dict[str, tuple[dict[str, tuple[int, int]], float]] = {}
 
-    past_cap: dict[str, tuple[dict[str, tuple[int, int]], float]] = {}
-
-    def consider(label: str, ranges: dict[str, tuple[int, int]] | None) -> None:
-        """Record a candidate; one past max_layers (sp fills memory) cannot start the MILP or
-        the local search, so it waits in `past_cap` for the final comparison."""
+    def consider(self, label: str, ranges: dict[str, tuple[int, int]] | None) -> None:
         if ranges:
-            value = max_flow(topology, cost_model, ranges, partial_inference).value_tokens_per_s
-            store = candidates if within_cap(topology, cost_model, ranges) else past_cap
+            value = class_max_flow(self.topology, self.cost_model, self.classes, ranges, self.partial).value_tokens_per_s
+            store = self.within if within_cap(self.topology, self.cost_model, ranges) else self.past_cap
             store[label] = (ranges, value)
 
-    tables = heuristics.node_tables(topology, cost_model)
-    budget = min(HEURISTIC_MAX_S, HEURISTIC_SHARE * time_limit_s)
+    def best_label(self) -> str | None:
+        return max(self.within, key=lambda k: self.within[k][1]) if self.within else None
+
+
+class Bound:
+    """The lowest proven upper bound so far, and which proof gave it."""
+
+    def __init__(self, trivial: float) -> None:
+        self.value = self.trivial = trivial
+        self.source = "trivial"
+
+    def tighten(self, value: float, source: str) -> None:
+        if value < self.value:
+            self.value, self.source = value, source
+
+
+def _start(found: Candidates, tables, L: int, upper: float, deadline: Deadline, seed: int,
+           local_search: bool = True) -> None:
+    """Phase 2: greedy coverage (always, however little time is left), the baselines, then the
+    deficit-driven local search from the best of them."""
+    deadline.note("greedy")  # runs however little time is left: the answer of last resort
     greedy = heuristics.best_greedy(tables, L, upper)
     if greedy:
-        consider("greedy", heuristics.improve_coverage(greedy, tables, L, budget / 10, seed))
+        found.consider("greedy", heuristics.improve_coverage(greedy, tables, L, deadline.share(0.1), seed))
     for name in BASELINES:
+        if not deadline.enter(f"baseline:{name}"):
+            break
         try:
-            base = baseline_placement(topology, cost_model, name, partial_inference, balance=False)
-            consider(name, base.ranges)
+            found.consider(name, baseline_ranges(found.topology, found.cost_model, name))
         except InfeasibleError:
             continue
-    start_label = max(candidates, key=lambda k: candidates[k][1]) if candidates else None
-    if start_label is not None and partial_inference:
-        remaining_s = budget - (time.monotonic() - t0)
-        if remaining_s > 0.05:
-            consider("local-search", heuristics.raise_coverage(candidates[start_label][0], tables, L,
-                                                               remaining_s, seed, upper=upper))
-            start_label = max(candidates, key=lambda k: candidates[k][1])
+    label = found.best_label()
+    if label is not None and found.partial and local_search and deadline.enter("local-search"):
+        found.consider("local-search", heuristics.raise_coverage(found.within[label][0], tables, L, deadline, seed,
+                                                                 upper=upper))
 
-    # 3. MILP on aggregated counts. The link-blind model's LP bound caps every edge's flow, so
-    #    links at least that fast can never bind: zones are split only by slower links.
-    one_zone = [list(topology.node_names)]
-    blind = milp.PlacementModel(topology, cost_model, milp.make_groups(topology, cost_model, one_zone), 1,
-                                partial_inference, upper)
-    upper = milp.lp_fixpoint(blind, upper, t0 + 0.1 * time_limit_s + 1.0)
-    zones = milp.find_zones(topology, cost_model, upper)
-    if len(zones) > 1:
-        # links only lower a placement's max-flow, so the link-blind optimum bounds it too; that
-        # MILP proves fast where the zone model's bound stays loose (three regions: 276 vs 284)
-        blind_outcome = milp.solve_counts(blind, upper, time_limit_s=BLIND_SHARE * time_limit_s, rel_gap=rel_gap,
-                                          seed=seed)
-        upper = min(upper, blind_outcome.upper_bound)
+
+def _plan_helix(topology: Topology, cost_model: CostModel, deadline: Deadline, rel_gap: float,
+                partial_inference: bool, seed: int, region_windows: bool) -> Placement:
+    t0 = time.monotonic()
+    import cvxpy  # noqa: F401  (the final load-spreading QP needs it: ~2 s, paid inside the limit, not after it)
+
+    limit_s = deadline.remaining_s()
+    search = deadline.before_end(min(FINAL_SHARE * limit_s, FINAL_MAX_S))
+    search.note("classes")
+    classes = NodeClasses(topology, cost_model)
+    L = topology.model.num_layers
+    bound = Bound(milp.trivial_bound(topology, cost_model))
+    found = Candidates(topology, cost_model, classes, partial_inference)
+    tables = heuristics.node_tables(topology, cost_model)
+    # with windows the answer comes from the window search, which makes its own start
+    _start(found, tables, L, bound.value, search.share(HEURISTIC_SHARE, max_s=HEURISTIC_MAX_S), seed,
+           local_search=not region_windows)
+
+    # 3. bounds and MILP on aggregated counts; links that reach the smaller of their two nodes'
+    #    best capacity (or the flow bound) never bind (classes.zones)
+    blind = milp.PlacementModel(topology, cost_model, milp.make_groups(topology, cost_model, [list(topology.node_names)]),
+                                1, partial_inference, bound.value, classes)
+    if search.enter("lp-fixpoint"):
+        bound.tighten(bisection.lp_fixpoint(blind, bound.value, search.share(FIXPOINT_SHARE)), "lp-fixpoint")
+    blind_gap = 1.0
+    if search.enter("patterns"):  # a bound that sees whole nodes, and (no windows) placements made of stages
+        label = found.best_label()
+        covered, upper, stages = patterns.search(patterns.PatternPool(blind.groups, L), found.within[label][1] if label
+                                                 else 0.0, bound.value, search.share(PATTERN_SHARE), rel_gap, seed,
+                                                 stages=not region_windows)
+        bound.tighten(upper, "patterns")
+        blind_gap = 1 - covered / upper if upper > 0 and stages else 1.0
+        found.consider("stages", stages)
+    zones = classes.zones(bound.value)
+    outcomes = []
+    if len(zones) > 1 and blind_gap > BLIND_MILP_GAP and not region_windows and search.enter("link-blind-milp"):
+        # links only lower a placement's max-flow, so the link-blind optimum bounds it too
+        blind_outcome = bisection.solve_counts(blind, bound.value, deadline=search.share(1.0, max_s=BLIND_SHARE * limit_s),
+                                               rel_gap=rel_gap, seed=seed)
+        bound.tighten(blind_outcome.upper_bound, "link-blind-milp")
+        outcomes.append(blind_outcome)
         if blind_outcome.counts:
-            consider("link-blind", milp.expand_counts(blind.groups, blind_outcome.counts))
-    groups = milp.make_groups(topology, cost_model, zones)
-    model = blind if len(zones) == 1 else milp.PlacementModel(topology, cost_model, groups, len(zones),
-                                                               partial_inference, upper)
-    start_counts = None
-    if start_label is not None:
-        start_counts = milp.counts_from_ranges(model, candidates[start_label][0])
+            found.consider("link-blind", milp.expand_counts(blind.groups, blind_outcome.counts))
+    model = blind
+    if len(zones) > 1 and search.enter("zone-model"):
+        model = milp.PlacementModel(topology, cost_model, milp.make_groups(topology, cost_model, zones), len(zones),
+                                    partial_inference, bound.value, classes)
     window_plan = None
     if region_windows:
-        window_plan = regions.plan_windows(topology, cost_model, upper, WINDOW_SHARE * (deadline - time.monotonic()),
-                                           seed)
-        if window_plan is not None:
-            consider("region-windows", window_plan.ranges)
-    remaining = max(0.5, deadline - time.monotonic())
-    outcome = milp.solve_counts(model, upper, time_limit_s=0.9 * remaining, rel_gap=rel_gap, seed=seed,
-                                start_counts=start_counts)
-    milp_status = outcome.status
-    if outcome.counts:
-        ranges = milp.expand_counts(groups, outcome.counts)
-        consider("milp", ranges)
-        if candidates["milp"][1] < outcome.model_value * (1 - 1e-6):  # links the model did not see
-            repair_s = max(0.5, deadline - time.monotonic())
-            repaired, _ = heuristics.improve_flow(topology, cost_model, ranges, partial_inference, repair_s, seed)
-            consider("milp+repair", repaired)
+        # the link-aware bound first (the zone LP; ~20 s for ten zones of 1000 GPUs), then the windows
+        if model is not blind and search.enter("zone-lp"):
+            bound.tighten(bisection.lp_fixpoint(model, bound.value, search.share(ZONE_LP_SHARE)), "zone-lp")
+        if search.enter("region-windows"):
+            window_plan = regions.plan_windows(topology, cost_model, bound.value, search.share(WINDOW_SHARE), seed,
+                                               classes)
+            if window_plan is not None:
+                found.consider("region-windows", window_plan.ranges)
+    label = found.best_label()
+    if search.enter("bisection"):
+        start_counts = milp.counts_from_ranges(model, found.within[label][0]) if label else None
+        outcome = bisection.solve_counts(model, bound.value, deadline=search.share(0.9), rel_gap=rel_gap, seed=seed,
+                                         start_counts=start_counts, fixpoint_share=0.0 if region_windows else 0.2)
+        bound.tighten(outcome.upper_bound, "bisection")
+        outcomes.append(outcome)
+        if outcome.counts:
+            _expand(found, model, outcome, search, seed)
+    placement = _finish(found, classes, bound, outcomes, zones, window_plan, deadline, search, rel_gap, seed)
+    return dataclasses.replace(placement, solve_seconds=time.monotonic() - t0)
 
-    candidates.update(past_cap)
+
+def _expand(found: Candidates, model: milp.PlacementModel, outcome: bisection.MilpOutcome, deadline: Deadline,
+            seed: int) -> None:
+    """Phase 4: counts -> concrete nodes; where the true max-flow falls short of the model's value
+    (links the model did not see), swap node classes, then search on the true max-flow."""
+    ranges = milp.expand_counts(model.groups, outcome.counts)
+    found.consider("milp", ranges)
+    if found.within["milp"][1] < outcome.model_value * (1 - 1e-6) and deadline.enter("repair"):
+        args = (found.topology, found.cost_model, found.classes)
+        swapped, _ = repair.swap_classes(*args, ranges, found.partial, deadline.share(0.3))
+        repaired, _ = repair.improve_flow(*args, swapped, found.partial, deadline, seed)
+        found.consider("milp+repair", repaired)
+
+
+def _finish(found: Candidates, classes: NodeClasses, proven: Bound, outcomes: list, zones: list, window_plan,
+            deadline: Deadline, search: Deadline, rel_gap: float, seed: int) -> Placement:
+    """Phase 5: the best candidate, its bound and status, and the load-spreading flow."""
+    deadline.note("final")
+    candidates = {**found.within, **found.past_cap}
     eligible = ["region-windows"] if "region-windows" in candidates else list(candidates)
     best_label = max(eligible, key=lambda k: (candidates[k][1], k == "milp"))
     best_ranges, best_value = candidates[best_label]
-    bound = max(min(outcome.upper_bound, upper), best_value)
+    bound = max(proven.value, best_value)
+    cut_short = search.expired() or any(o.status in ("time_limit", "no_solution") for o in outcomes) or not outcomes
     status = "optimal" if best_value >= bound * (1 - max(rel_gap, NUMERIC_GAP)) - 1e-9 else (
-        "time_limit" if milp_status in ("time_limit", "no_solution") else "feasible")
-    if best_label in past_cap and best_value > outcome.upper_bound:
+        "time_limit" if cut_short else "feasible")
+    if best_label in found.past_cap and best_value > proven.value:
         status = "feasible"  # the bound covers placements within max_layers only
+    main = outcomes[-1] if outcomes else None
     extra = {
         "source": best_label,
         "candidates": {k: round(v, 6) for k, (_, v) in sorted(candidates.items())},
-        "milp_model_value": outcome.model_value,
-        "lp_bound": outcome.lp_bound,
-        "trivial_bound": trivial_bound,
+        "milp_model_value": main.model_value if main else None,
+        "lp_bound": main.lp_bound if main else proven.value,
+        "trivial_bound": proven.trivial,
+        "bound_source": proven.source,  # which proof gave the bound (docs/planner.md, "Scale")
         "zones": len(zones),
+        "node_classes": len(classes),
         **({"region_windows": {r: list(w) for r, w in window_plan.windows.items()}} if window_plan else {}),
-        "bisection_steps": [list(s) for s in outcome.steps],
+        "bisection_steps": [list(s) for s in main.steps] if main else [],
         "gap": (bound - best_value) / bound if bound > 0 else 0.0,
+        "phases": [list(p) for p in deadline.phases],
         "seed": seed,
     }
-    return placement_with_flows(topology, cost_model, best_ranges, "helix", partial_inference,
-                                status=status, upper_bound_tokens_per_s=bound,
-                                solve_seconds=time.monotonic() - t0, extra=extra)
-
-
-# ----------------------------------------------------------------------------- explain
-
-
-@dataclasses.dataclass(frozen=True)
-class CutElement:
-    kind: str  # compute | link | nic_in | nic_out
-    name: str  # node name, or "src->dst" for a link
-    capacity_tokens_per_s: float
-    flow_tokens_per_s: float
-    gain_tokens_per_s: float  # throughput gained by raising this element alone by `boost`
-
-
-@dataclasses.dataclass(frozen=True)
-class Explanation:
-    throughput_tokens_per_s: float
-    upper_bound_tokens_per_s: float | None
-    boost: float
-    cut: tuple[CutElement, ...]  # a minimum cut: what saturates
-    bottleneck_layers: tuple[int, ...]  # layers with the least total capacity
-    layer_capacity_tokens_per_s: tuple[float, ...]  # total capacity of the nodes holding each layer
-    gain_all_cut_tokens_per_s: float  # raising the whole cut by `boost`
-
-
-def explain(topology: Topology, placement: Placement, cost_model: CostModel | None = None,
-            boost: float = 0.1) -> Explanation:
-    """Which nodes and links saturate (a minimum cut) and what +`boost` on each would gain."""
-    if not (math.isfinite(boost) and boost > 0):
-        raise ConfigError(f"boost must be a positive number (0.1 = +10%), got {boost}")
-    cost_model = cost_model or CostModel(topology)
-    ranges, partial = placement.ranges, placement.partial_inference
-    base = max_flow(topology, cost_model, ranges, partial)
-    graph, side = base.graph, base.cut_source_side
-    arcs = [(u, v) for u, v in graph.edges if u in side and v not in side and graph[u][v]["capacity"] > 0]
-    cut = []
-    for u, v in arcs:
-        data = graph[u][v]
-        boosted = max_flow(topology, cost_model, ranges, partial, capacity_scale={(u, v): 1 + boost})
-        cut.append(CutElement(data["kind"], data["name"], data["capacity"], data.get("flow", 0.0),
-                              boosted.value_tokens_per_s - base.value_tokens_per_s))
-    everything = max_flow(topology, cost_model, ranges, partial,
-                          capacity_scale={arc: 1 + boost for arc in arcs})
-    heights = {node: cost_model.node_capacity_tokens_per_s(node, end - start)  # any k that fits
-               for node, (start, end) in ranges.items()}
-    cover = heuristics.stacked(ranges, heights, topology.model.num_layers)
-    low = min(cover)
-    cut.sort(key=lambda c: (-c.gain_tokens_per_s, c.kind, c.name))
-    return Explanation(
-        throughput_tokens_per_s=base.value_tokens_per_s,
-        upper_bound_tokens_per_s=placement.upper_bound_tokens_per_s,
-        boost=boost,
-        cut=tuple(cut),
-        bottleneck_layers=tuple(i for i, c in enumerate(cover) if c <= low * (1 + 1e-9)),
-        layer_capacity_tokens_per_s=tuple(cover),
-        gain_all_cut_tokens_per_s=everything.value_tokens_per_s - base.value_tokens_per_s,
-    )
+    return placement_with_flows(found.topology, found.cost_model, best_ranges, "helix", found.partial,
+                                status=status, upper_bound_tokens_per_s=bound, extra=extra, classes=classes)

@@ -7,31 +7,33 @@ across regions a dozen times (each crossing costs the link latency on every deco
 confining each region to a window of layers bounds the crossings per token by the number of
 regions, at a small cost in max-flow.
 
-For a target F, `max_window(region, F)` is the most leading layers the region's nodes can cover
-to height F (MILP: integer rectangle counts as in milp.py, binary u_l marking covered layers,
-u non-increasing, coverage_l >= F u_l, maximise sum u). Bisection on F, starting from windows in
-proportion to each region's capacity covered by the greedy sweep, finds the largest F whose
-windows add up to L. Regions are laid out with the coordinator's region first; a window longer
-than needed is trimmed and rectangles crossing its end are shortened.
+For a target F, each region's longest window is the most leading layers its nodes can cover to
+height F (region_cover.py: stage blocks, then the rectangle MILP started from them). Bisection
+on F, starting from windows in proportion to each region's capacity covered by the greedy
+sweep, finds the largest F whose windows add up to L, until the shared Deadline. Regions with
+the same GPU mix share one solver and its answers, so ten alike regions cost about one. A
+target is dropped at once when the regions' layer bounds (configuration LP, window_stages.py)
+add up to fewer than L. Regions are laid out with the coordinator's region first, each with a
+non-empty window; a window longer than needed is trimmed and rectangles crossing its end are
+shortened.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import math
-import time
 from collections import defaultdict
-
-import cvxpy as cp
-import numpy as np
 
 from helix_jax.costmodel import LINK_PLANNING_UTILIZATION, CostModel, best_layer_rate
 from helix_jax.solver import heuristics
-from helix_jax.solver.highs_run import solve
-from helix_jax.solver.maxflow import max_flow
-from helix_jax.solver.milp import Group, Rect, expand_counts, make_groups, make_rects
+from helix_jax.solver.classes import NodeClasses
+from helix_jax.solver.classflow import class_max_flow
+from helix_jax.solver.deadline import Deadline
+from helix_jax.solver.milp import Group, make_groups
+from helix_jax.solver.patterns import PatternPool
+from helix_jax.solver.region_cover import RegionWindow
+from helix_jax.solver.window_stages import layer_bound
 from helix_jax.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -48,59 +50,6 @@ def slow_regions(topology: Topology) -> bool:
     cross = [link.latency_ms for (a, b), link in topology.links.items()
              if a in region and b in region and region[a] != region[b]]
     return bool(cross) and min(cross) >= REGION_LATENCY_MS
-
-
-class RegionCover:
-    """The 'longest covered prefix at height F' MILP of one region (module docstring)."""
-
-    def __init__(self, topology: Topology, cost_model: CostModel, nodes: list[str],
-                 enters: bool = False, leaves: bool = False) -> None:
-        """`enters`: tokens arrive from another region at the window's first layer; `leaves`:
-        they leave for another region after its last layer. Both ask for `crossing_nodes`
-        distinct nodes there (set per target in `max_window`)."""
-        self.L = L = topology.model.num_layers
-        self.groups: list[Group] = make_groups(topology, cost_model, [nodes])
-        self.rects: list[Rect] = make_rects(self.groups, L)
-        num_r = len(self.rects)
-        covers = np.zeros((L, num_r))
-        for i, r in enumerate(self.rects):
-            covers[r.start:r.end, i] = 1.0
-        group_rows = np.zeros((len(self.groups), num_r))
-        for i, r in enumerate(self.rects):
-            group_rows[r.group, i] = 1.0
-        self.n = cp.Variable(num_r, integer=True,
-                             bounds=[np.zeros(num_r), np.array([len(self.groups[r.group].nodes) for r in self.rects])])
-        self.u = cp.Variable(L, boolean=True)
-        self.h = cp.Parameter(num_r, nonneg=True)
-        self.target = cp.Parameter(nonneg=True)
-        self.receivers = cp.Parameter(nonneg=True)  # nodes taking the hand-offs in
-        self.senders = cp.Parameter(nonneg=True)  # nodes handing them on
-        cons = [group_rows @ self.n <= np.array([len(g.nodes) for g in self.groups]),
-                covers @ cp.multiply(self.h, self.n) >= self.target * self.u,
-                self.u[1:] <= self.u[:-1]]
-        if enters:  # nodes holding the window's first layer receive the cross-region hand-offs
-            cons.append(covers[0] @ self.n >= self.receivers * self.u[0])
-        if leaves:  # nodes holding its last layer (u_l - u_{l+1} = 1 there) send them
-            last = cp.hstack([self.u[:-1] - self.u[1:], self.u[-1:]])
-            cons.append(covers @ self.n >= self.senders * last)
-        self.problem = cp.Problem(cp.Maximize(cp.sum(self.u)), cons)
-        self.capacities = np.array([r.capacity for r in self.rects])
-
-    def max_window(self, target: float, time_limit_s: float, seed: int, crossing_nodes: int = 1,
-                   senders: int | None = None) -> tuple[int, dict[Rect, int]]:
-        """Longest window at height `target` with `crossing_nodes` receivers at its first layer
-        and `senders` (default: as many) at its last."""
-        if not self.rects:
-            return 0, {}
-        self.h.value = np.minimum(self.capacities, target)
-        self.target.value = target
-        self.receivers.value = crossing_nodes
-        self.senders.value = crossing_nodes if senders is None else senders
-        result = solve(self.problem, time_limit_s=time_limit_s, rel_gap=1e-6, seed=seed)
-        if result.objective is None:
-            return 0, {}
-        counts = {self.rects[i]: int(round(v)) for i, v in enumerate(result.value(self.n)) if round(v) > 0}
-        return int(round(result.objective)), counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,16 +103,12 @@ def greedy_windows(topology: Topology, cost_model: CostModel, order: list[str],
     return min(covered), ranges, windows
 
 
-def crossing_pair_capacity(topology: Topology, cost_model: CostModel,
-                           by_region: dict[str, list[str]]) -> float:
+def crossing_pair_capacity(classes: NodeClasses) -> float:
     """Decode tokens/s of the slowest link between two nodes of different regions (prompt
     traffic included, see CostModel.link_tokens_per_s); inf with a single region."""
-    slowest = math.inf
-    for ra, nodes_a in by_region.items():
-        for rb, nodes_b in by_region.items():
-            if ra != rb:
-                slowest = min([slowest] + [cost_model.link_tokens_per_s(a, b) for a in nodes_a for b in nodes_b])
-    return slowest
+    region = [c.region or "default" for c in classes.classes]
+    return min((classes.link_tokens_per_s(a, b) for a in range(len(region)) for b in range(len(region))
+                if region[a] != region[b]), default=math.inf)
 
 
 def crossing_nodes(target: float, pair_tokens_per_s: float) -> int:
@@ -192,22 +137,43 @@ def crossing_options(target: float, pair_tokens_per_s: float) -> list[tuple[int,
 
 
 def _widest_tiling(order: list[str], found: dict, options: list[tuple[int, int]]):
-    """The crossing choice per boundary whose windows cover the most layers: (total, choice)."""
-    best = (-1, ())
-    for choice in itertools.product(options, repeat=len(order) - 1):
-        total = 0
-        for i, region in enumerate(order):
-            receivers = choice[i - 1][1] if i > 0 else 1
-            senders = choice[i][0] if i < len(order) - 1 else 1
-            total += found[region, receivers, senders][0]
-        best = max(best, (total, choice))
-    return best
+    """The crossing choice per boundary whose windows cover the most layers: (total, choice), the
+    lexicographically largest choice among the widest (a chain: dynamic programming over the
+    boundaries, O(regions x options^2))."""
+    last = len(order) - 1
+    if last == 0:
+        return found[order[0], None, None][0], ()
+
+    def width(i: int, before, after) -> float:  # region i between the choices at its two boundaries
+        w = found[order[i], before, after][0]
+        return w if w > 0 else -math.inf  # an empty window would join its neighbours unchecked
+
+    # rest[i][c]: the most layers regions i+1.. cover when boundary i takes option c
+    rest: list[dict] = [dict() for _ in range(last)]
+    for c in options:
+        rest[last - 1][c] = width(last, c, None)
+    for i in range(last - 2, -1, -1):
+        for c in options:
+            rest[i][c] = max(width(i + 1, c, d) + rest[i + 1][d] for d in options)
+    choice: list[tuple[int, int]] = []
+    total = 0
+    for i in range(last):
+        before = choice[-1] if choice else None
+        score = {c: width(i, before, c) + rest[i][c] for c in options}
+        top = max(score.values())
+        pick = max(c for c in options if score[c] == top)
+        if i == 0:
+            total = top
+        choice.append(pick)
+    return total, tuple(choice)
 
 
-def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_limit_s: float,
-                 seed: int = 0) -> WindowPlan | None:
-    """Largest F (and its placement) such that the regions' windows at height F tile [0, L)."""
-    deadline = time.monotonic() + time_limit_s
+def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_limit_s: float | Deadline,
+                 seed: int = 0, classes: NodeClasses | None = None) -> WindowPlan | None:
+    """Largest F (and its placement) such that the regions' windows at height F tile [0, L).
+    `time_limit_s`: seconds, or a Deadline; the best windows found by then are returned."""
+    deadline = time_limit_s if isinstance(time_limit_s, Deadline) else Deadline(time_limit_s)
+    classes = classes or NodeClasses(topology, cost_model)
     by_region: dict[str, list[str]] = defaultdict(list)
     for node in topology.nodes:
         by_region[node.region or "default"].append(node.name)
@@ -216,25 +182,36 @@ def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_l
     L = topology.model.num_layers
     lo, ranges, windows = greedy_windows(topology, cost_model, order, by_region)
     if lo > 0:  # the greedy sweep is blind to links: its windows may join over too few node pairs
-        lo = min(lo, max_flow(topology, cost_model, ranges, True, balance=False).value_tokens_per_s)
+        lo = min(lo, class_max_flow(topology, cost_model, classes, ranges, True).value_tokens_per_s)
     best = WindowPlan(ranges, windows, lo) if lo > 0 else None
-    covers = {r: RegionCover(topology, cost_model, by_region[r], enters=i > 0, leaves=i < len(order) - 1)
-              for i, r in enumerate(order)}
-    pair_tokens_per_s = crossing_pair_capacity(topology, cost_model, by_region)
+    covers = _region_covers(topology, cost_model, order, by_region)
+    pair_tokens_per_s = crossing_pair_capacity(classes)
+    most = max(len(nodes) for nodes in by_region.values())  # no region has more crossing nodes
     hi = upper
-    while hi - lo > WINDOW_GAP * hi and time.monotonic() < deadline:
+    while hi - lo > WINDOW_GAP * hi and not deadline.expired():
         target = 0.5 * (lo + hi)
-        options = crossing_options(target, pair_tokens_per_s)
-        receiving, sending = sorted({o[1] for o in options}), sorted({o[0] for o in options})
-        needs = {(r, recv, send) for i, r in enumerate(order) for recv in ([1] if i == 0 else receiving)
-                 for send in ([1] if i == len(order) - 1 else sending)}
-        per_call = max(0.2, (deadline - time.monotonic()) / (3 * max(len(needs), len(order))))
-        found = {key: covers[key[0]].max_window(target, per_call, seed, key[1], senders=key[2]) for key in needs}
+        options = [o for o in crossing_options(target, pair_tokens_per_s) if max(o) <= most]
+        if not options:  # no region has the nodes to carry the target across a boundary
+            hi = target
+            continue
+        bounds = {r: layer_bound(covers[r][0].pool, target, deadline)[0] for r in order}
+        if sum(math.floor(min(L, b) + 1e-6) for b in bounds.values()) < L:
+            hi = target  # proven: the regions cannot cover L layers to the target, windows or not
+            continue
+        needs = {(r, before, after) for i, r in enumerate(order) for before in ([None] if i == 0 else options)
+                 for after in ([None] if i == len(order) - 1 else options)}
+        distinct = sorted({(covers[r][0], before, after) for r, before, after in needs},  # alike regions: one answer
+                          key=lambda k: (k[0].rank, k[1] or (0, 0), k[2] or (0, 0)))
+        answers = {}
+        for left, key in enumerate(distinct):
+            answers[key] = key[0].longest(target, key[1], key[2], pair_tokens_per_s,
+                                          deadline.share(1 / (len(distinct) - left)), seed)
+        found = {(r, before, after): answers[covers[r][0], before, after] for r, before, after in needs}
         total, choice = _widest_tiling(order, found, options)
         if total >= L:
-            picked = {r: found[r, choice[i - 1][1] if i > 0 else 1, choice[i][0] if i < len(order) - 1 else 1]
+            picked = {r: found[r, choice[i - 1] if i > 0 else None, choice[i] if i < len(order) - 1 else None]
                       for i, r in enumerate(order)}
-            placements = {r: expand_counts(covers[r].groups, counts) for r, (_, counts) in picked.items()}
+            placements = {r: covers[r][0].ranges(answer, covers[r][1]) for r, (_, answer) in picked.items()}
             ranges, windows = _layout(order, {r: w for r, (w, _) in picked.items()}, placements, L)
             lo, best = target, WindowPlan(ranges, windows, target)
         else:
@@ -244,3 +221,24 @@ def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_l
     return best
 
 
+def _region_covers(topology: Topology, cost_model: CostModel, order: list[str],
+                   by_region: dict[str, list[str]]) -> dict[str, tuple[RegionWindow, list[Group]]]:
+    """Per region, its window solvers (one per distinct (GPU mix, enters, leaves): regions alike
+    share them, their answers and one pattern pool per mix; mixes of the same GPU types share the
+    patterns, which makes each pool richer) and the region's own groups."""
+    shared: dict[tuple, RegionWindow] = {}
+    pools: dict[tuple, PatternPool] = {}
+    patterns_of: dict[tuple, list] = {}
+    out = {}
+    for i, r in enumerate(order):
+        groups = make_groups(topology, cost_model, [by_region[r]])
+        mix = tuple((g.gpu, len(g.nodes)) for g in groups)
+        key = (mix, i > 0, i < len(order) - 1)
+        if key not in shared:
+            shared[key] = RegionWindow(topology, cost_model, by_region[r], key[1], key[2], pools.get(mix))
+            shared[key].rank = len(shared)  # a fixed order of work, whatever the hashing
+            pool = pools[mix] = shared[key].pool
+            kinds = tuple(g.gpu for g in groups)  # mixes of the same GPU types share their patterns
+            pool.patterns = patterns_of.setdefault(kinds, pool.patterns)
+        out[r] = (shared[key], groups)
+    return out

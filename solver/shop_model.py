@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import cvxpy as cp
 import numpy as np
+import scipy.sparse as sp
 
 from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import TopologyError
 from helix_jax.solver import milp
-from helix_jax.solver.highs_run import solve
 from helix_jax.topology import COORDINATOR, Topology
 
 PACE_INTERVALS = 4  # pace intervals between the fastest and the slowest type's own step
@@ -101,22 +100,17 @@ class ShopModel:
                     slots.append(cm.reference_slots(gpu))
         self.groups = groups
         self.model = milp.PlacementModel(pool, cm, groups, len(zones), partial_inference, prune_target)
-        rects = self.model.rects
-        rows = np.zeros((len(groups), len(rects)))
-        for i, r in enumerate(rects):
-            rows[r.group, i] = 1.0
-        rented = rows @ self.model.n  # [groups]
-        self.cost = np.array(prices) @ rented
-        self.pace_rows = []
+        rects, lp, n = self.model.rects, self.model.lp, self.model.n
+        rows = sp.csr_matrix((np.ones(len(rects)), ([r.group for r in rects], np.arange(len(rects)))),
+                             shape=(len(groups), len(rects)))  # rented = rows @ n, per group
+        self.cost = np.array(prices) @ rows  # [R] price of each rectangle's node
         top = np.array([float(s[0]) for s in slots])
         step = np.array([s[1] for s in slots])
         if pace.upper_s is not None:
-            self.pace_rows.append((top * (step - pace.upper_s)) @ rented <= 0)
+            lp.rows([(n, ((top * (step - pace.upper_s)) @ rows).reshape(1, -1))], upper=0.0)
         if pace.lower_s is not None:
-            self.pace_rows.append((top * (step - pace.lower_s)) @ rented >= 0)
-        self.cutoff = cp.Parameter(nonneg=True, value=NO_CUTOFF)
-        self.min_cost = cp.Problem(cp.Minimize(self.cost), [*self.model.problem.constraints, *self.pace_rows,
-                                                            self.cost <= self.cutoff])
+            lp.rows([(n, ((top * (step - pace.lower_s)) @ rows).reshape(1, -1))], lower=0.0)
+        self.cost_row = lp.rows([(n, self.cost.reshape(1, -1))], upper=NO_CUTOFF)
 
     def cheapest(self, target: float, time_limit_s: float, seed: int, cutoff: float = math.inf,
                  start: dict[str, tuple[int, int]] | None = None, rel_gap: float = REL_TOL) -> tuple[float | None, float, dict]:
@@ -124,11 +118,11 @@ class ShopModel:
         cheaper than `cutoff` are searched (a bound of `cutoff`: none is; inf: no mix at all);
         `start`: ranges of a mix known to reach the target here (of any pace's model: a range
         this model prunes as dominated maps to its dominator)."""
-        self.model.set_target(target, require=target)
-        self.cutoff.value = cutoff if math.isfinite(cutoff) else NO_CUTOFF
+        self.model.lp.set_row_bounds(self.cost_row, upper=cutoff if math.isfinite(cutoff) else NO_CUTOFF)
         warm = self.model.evaluate(milp.counts_from_ranges(self.model, start), target)[1] if start else None
         self.model.set_target(target, require=target)
-        result = solve(self.min_cost, time_limit_s=time_limit_s, rel_gap=rel_gap, seed=seed, start=warm)
+        result = self.model.lp.solve({self.model.n: self.cost}, maximize=False, time_limit_s=time_limit_s,
+                                     rel_gap=rel_gap, seed=seed, start=warm)
         if result.status == "infeasible":
             return None, cutoff, {}
         bound = result.bound if result.bound is not None else 0.0
@@ -138,9 +132,7 @@ class ShopModel:
 
     def most_flow(self, budget: float, time_limit_s: float, seed: int) -> milp.MilpOutcome:
         """milp.solve_counts with the cost row: the most coverage within `budget` per hour."""
-        extra = [*self.pace_rows] + ([self.cost <= budget] if math.isfinite(budget) else [])
-        self.model.problem = cp.Problem(self.model.problem.objective, [*self.model.problem.constraints, *extra])
-        self.model._pinned = None
+        self.model.lp.set_row_bounds(self.cost_row, upper=budget if math.isfinite(budget) else NO_CUTOFF)
         upper = milp.trivial_bound(self.pool, self.cost_model)
         return milp.solve_counts(self.model, upper, time_limit_s=time_limit_s, rel_gap=1e-4, seed=seed)
 
