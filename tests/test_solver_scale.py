@@ -8,7 +8,6 @@ import itertools
 import pytest
 
 from helix_jax.costmodel import CostModel
-from helix_jax.placement import validate_placement
 from helix_jax.solver import milp, patterns
 from helix_jax.solver.baselines import BASELINES, baseline_ranges
 from helix_jax.solver.classes import NodeClasses
@@ -17,6 +16,7 @@ from helix_jax.solver.deadline import Deadline, StepClock
 from helix_jax.solver.heuristics import coverage, node_tables
 from helix_jax.solver.maxflow import max_flow
 from helix_jax.solver.plan import NUMERIC_GAP, plan
+from helix_jax.solver.validate import validate_placement
 from helix_jax.topology import topology_from_dict
 
 TYPES = {"big": [100, 70, 45, 30], "mid": [60, 40, 25], "small": [35, 20]}
