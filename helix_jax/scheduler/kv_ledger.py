@@ -79,6 +79,13 @@ class KVLedger:
         page = self._page.get(node, 1)
         return -(-tokens // page) * page * num_layers
 
+    def fits(self, node: str, tokens: int, num_layers: int) -> bool:
+        """Whether `tokens` tokens on `num_layers` layers of `node` fit in its free room now:
+        `can_reserve(node, entries(node, tokens, num_layers))` in one call (a route search asks
+        this of every candidate hop)."""
+        page = self._page[node]
+        return -(-tokens // page) * page * num_layers <= self._budget[node] - self._used[node]
+
     def entries_for(self, route: Iterable[Hop], tokens: int) -> tuple[tuple[str, int], ...]:
         """What a route of hops needs for `tokens` tokens: only the layers each hop runs."""
         return tuple((hop.node, self.entries(hop.node, tokens, hop.num_layers)) for hop in route)

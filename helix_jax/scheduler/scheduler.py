@@ -155,9 +155,10 @@ class Scheduler:
         down = self._down
         work = float(spec.prompt_tokens)
         dead: set[tuple[str, int]] = set()
-        path: list[Hop] = []
+        path: list[tuple[str, int, int]] = []  # (node, entry layer, end layer); Hops once found
         if self._fixed is not None:
             return self._fixed.find(work, lambda h: ledger.can_reserve(h.node, tokens * h.num_layers), down)
+        fits = ledger.fits
 
         def walk(src: str, layer: int) -> bool:
             for dst in policy.order(src, graph.successors(src), work):
@@ -169,15 +170,15 @@ class Scheduler:
                 if key in dead or dst in down:
                     continue
                 end = ranges[dst][1]
-                if ledger.can_reserve(dst, ledger.entries(dst, tokens, end - layer)):
-                    path.append(Hop(dst, layer, end))
+                if fits(dst, tokens, end - layer):
+                    path.append((dst, layer, end))
                     if walk(dst, end):
                         return True
                     path.pop()
                 dead.add(key)
             return False
 
-        return tuple(path) if walk(COORDINATOR, 0) else None
+        return tuple(Hop(node, start, end) for node, start, end in path) if walk(COORDINATOR, 0) else None
 
     def _admit(self, spec: RequestSpec, route: tuple[Hop, ...]) -> Admission:
         self.ledger.reserve(spec.request_id, route, spec.kv_tokens)
