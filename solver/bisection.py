@@ -91,9 +91,14 @@ def solve_counts(model: PlacementModel, upper: float, *, time_limit_s: float | N
         if value > lo:
             lo, best_counts = value, counts
 
-    # HiGHS honours its time limit in the MIP only after the root LP: a step needs room for it
-    while (hi > reached * (1 + rel_gap) + 1e-9 and deadline.remaining_s() > max(MIN_STEP_S, 2 * model.lp_seconds)
-           and len(steps) < MAX_BISECTION_STEPS):
+    def room() -> bool:  # HiGHS may not stop a MIP before its root is done: a step needs room for that
+        return deadline.remaining_s() > max(MIN_STEP_S, 2 * model.lp_seconds, model.mip_floor_s)
+
+    def overran(result, slice_s: float) -> None:  # remember how long this model's MIP took to stop
+        if result.seconds > 1.2 * slice_s + 0.5:
+            model.mip_floor_s = max(model.mip_floor_s, result.seconds)
+
+    while hi > reached * (1 + rel_gap) + 1e-9 and room() and len(steps) < MAX_BISECTION_STEPS:
         if unresolved is not None:
             target = 0.5 * (unresolved + hi)
         else:
@@ -103,6 +108,7 @@ def solve_counts(model: PlacementModel, upper: float, *, time_limit_s: float | N
         slice_s = max(MIN_STEP_S, 0.25 * remaining if remaining > 4 else remaining)
         model.set_target(target, require=target)
         result = model.solve(slice_s, rel_gap=1.0, seed=seed)
+        overran(result, slice_s)
         steps.append((round(target, 4), "feasibility:" + result.status, round(result.seconds, 2)))
         if result.status == "infeasible":
             hi, unresolved = target, None
@@ -111,12 +117,14 @@ def solve_counts(model: PlacementModel, upper: float, *, time_limit_s: float | N
             accept(result)
             reached, unresolved = max(reached, lo, target), None
             continue
-        if deadline.remaining_s() <= max(MIN_STEP_S, 2 * model.lp_seconds):
+        if not room():
             break
         # no answer: look for better incumbents below the target (and perhaps a bound)
         start = model.evaluate(best_counts, target)[1] if best_counts else None
         model.set_target(target)
-        result = model.solve(min(slice_s, deadline.remaining_s()), rel_gap=rel_gap, seed=seed, start=start)
+        slice_s = min(slice_s, deadline.remaining_s())
+        result = model.solve(slice_s, rel_gap=rel_gap, seed=seed, start=start)
+        overran(result, slice_s)
         steps.append((round(target, 4), "maximise:" + result.status, round(result.seconds, 2)))
         if result.objective is not None:
             accept(result)

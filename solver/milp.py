@@ -171,6 +171,7 @@ class PlacementModel:
         self.capacities = np.array([r.capacity for r in rects])
         self.h = self.capacities.copy()  # [R] heights clipped at the current target
         self.lp_seconds = 0.0  # the longest LP solve so far: HiGHS's MIP cannot stop before its root LP
+        self.mip_floor_s = 0.0  # the longest MIP run past its time limit (bisection.py): the root can stall
         num_r = len(rects)
         lp = self.lp = LinearModel()
         self.n = lp.var(num_r, 0.0, np.array([float(len(groups[r.group].nodes)) for r in rects]), integer=True)

@@ -47,8 +47,8 @@ from helix_jax.topology import Topology
 log = logging.getLogger(__name__)
 
 METHODS = ("helix",) + BASELINES
-HEURISTIC_SHARE = 0.1  # of the time limit spent on the start (at most HEURISTIC_MAX_S)
-HEURISTIC_MAX_S = 6.0
+HEURISTIC_SHARE = 0.2  # of the time limit spent on the start (at most HEURISTIC_MAX_S)
+HEURISTIC_MAX_S = 15.0
 WINDOW_SHARE = 0.85  # of the time left after the zone LP for region windows (the rest: the zone MILP's bound)
 ZONE_LP_SHARE = 0.4  # of the remaining time for the zone model's LP bound when windows are planned
 NUMERIC_GAP = 1e-5  # gaps below this are solver tolerance, reported as optimal
