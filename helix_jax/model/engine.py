@@ -169,30 +169,14 @@ class StageEngine(KVCapacity):
         on the layers from `run_start_layer` (default: the stage's first). Raises
         OverloadedError when no slot or not enough pages are free (nothing changes),
         RequestError when the id is already present."""
-        if request_id in self._requests:
-            raise RequestError(f"request {request_id!r} is already held by this stage")
-        if not self._free_slots:
-            raise OverloadedError(f"stage [{self.start_layer}, {self.end_layer}) has no free KV slot "
-                                  f"({self.max_slots} held)")
-        if self.pool is not None:
-            first = (self.start_layer if run_start_layer is None else run_start_layer) - self.start_layer
-            if not 0 <= first < self.num_layers:
-                raise RequestError(f"request {request_id!r}: run_start_layer {run_start_layer} is outside "
-                                   f"this stage's layers [{self.start_layer}, {self.end_layer})")
-            self.pool.open(request_id, reserve_tokens, first)
-        request = _Request(self._free_slots.pop(), sampling or SamplingParams())
-        self._requests[request_id] = request
-        return request.slot
+        slot = self._hold(request_id, reserve_tokens, run_start_layer)
+        self._requests[request_id] = _Request(slot, sampling or SamplingParams())
+        return slot
 
     def release(self, request_id: Hashable) -> None:
         """Free the request's slot, or its pages and unused reservation (its cached KV becomes
         garbage). Unknown ids: RequestError."""
-        request = self._requests.pop(request_id, None)
-        if request is None:
-            raise RequestError(f"request {request_id!r} is not held by this stage")
-        self._free_slots.append(request.slot)
-        if self.pool is not None:
-            self.pool.close(request_id)
+        self._unhold(request_id)
 
     def _get(self, request_id: Hashable) -> _Request:
         request = self._requests.get(request_id)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from helix_jax.errors import OverloadedError, RequestError
 from helix_jax.model.batching import StepInput
 
 
@@ -81,6 +82,34 @@ class KVCapacity:
         if item.request_id in self._requests:
             return self.pool.growth(item.request_id, first, end)
         return max(self.pool.reservation_pages(reserve_tokens, first), self.pool.reservation_pages(end, first))
+
+    def _hold(self, request_id: Any, reserve_tokens: int, run_start_layer: int | None) -> int:
+        """`add_request`'s checks and bookkeeping: a free slot and (paged) the promised pages;
+        returns the slot (the caller records the request under `request_id`). OverloadedError
+        when no slot or not enough pages are free, RequestError for a held id; nothing changes."""
+        if request_id in self._requests:
+            raise RequestError(f"request {request_id!r} is already held by this stage")
+        end = self.start_layer + self.num_layers
+        if not self._free_slots:
+            raise OverloadedError(f"stage [{self.start_layer}, {end}) has no free KV slot ({self.max_slots} held)")
+        if self.pool is not None:
+            first = (self.start_layer if run_start_layer is None else run_start_layer) - self.start_layer
+            if not 0 <= first < self.num_layers:
+                raise RequestError(f"request {request_id!r}: run_start_layer {run_start_layer} is outside "
+                                   f"this stage's layers [{self.start_layer}, {end})")
+            self.pool.open(request_id, reserve_tokens, first)
+        return self._free_slots.pop()
+
+    def _unhold(self, request_id: Any) -> Any:
+        """`release`'s bookkeeping: the request's record, its slot and pages freed (RequestError
+        for an id not held)."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            raise RequestError(f"request {request_id!r} is not held by this stage")
+        self._free_slots.append(request.slot)
+        if self.pool is not None:
+            self.pool.close(request_id)
+        return request
 
     def can_add(self, reserve_tokens: int = 0, run_start_layer: int | None = None) -> bool:
         """Whether `add_request` with these arguments would succeed now (slot and pages)."""

@@ -136,27 +136,12 @@ class FakeRunner(KVCapacity):
 
     def add_request(self, request_id: Hashable, sampling: SamplingParams | None = None, *,
                     reserve_tokens: int = 0, run_start_layer: int | None = None) -> int:
-        if request_id in self._requests:
-            raise RequestError(f"request {request_id!r} is already held by this stage")
-        if not self._free_slots:
-            raise OverloadedError(f"stage [{self.start_layer}, {self.end_layer}) has no free KV slot")
-        if self.pool is not None:
-            first = (self.start_layer if run_start_layer is None else run_start_layer) - self.start_layer
-            if not 0 <= first < self.num_layers:
-                raise RequestError(f"request {request_id!r}: run_start_layer {run_start_layer} is outside "
-                                   f"this stage's layers [{self.start_layer}, {self.end_layer})")
-            self.pool.open(request_id, reserve_tokens, first)
-        held = _Held(self._free_slots.pop(), sampling or SamplingParams())
-        self._requests[request_id] = held
-        return held.slot
+        slot = self._hold(request_id, reserve_tokens, run_start_layer)
+        self._requests[request_id] = _Held(slot, sampling or SamplingParams())
+        return slot
 
     def release(self, request_id: Hashable) -> None:
-        held = self._requests.pop(request_id, None)
-        if held is None:
-            raise RequestError(f"request {request_id!r} is not held by this stage")
-        self._free_slots.append(held.slot)
-        if self.pool is not None:
-            self.pool.close(request_id)
+        self._unhold(request_id)
 
     def warmup(self) -> int:
         self.warmed_up = True
