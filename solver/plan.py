@@ -55,7 +55,8 @@ NUMERIC_GAP = 1e-5  # gaps below this are solver tolerance, reported as optimal
 BLIND_SHARE = 0.1  # of the time limit for the link-blind bound when links may bind
 BLIND_MILP_GAP = 0.02  # the link-blind MILP runs only if stages and pattern bound are further apart
 FIXPOINT_SHARE = 0.15  # of the remaining time for the link-blind LP fix-point
-PATTERN_SHARE = 0.3  # of the remaining time for the pattern bound and stage placements (patterns.py)
+PATTERN_SHARE = 0.5  # of the remaining time for the pattern bound and stage placements (patterns.py)
+PATTERN_BOUND_SHARE = 0.2  # ... for the pattern bound alone, when windows are the answer
 FINAL_SHARE, FINAL_MAX_S = 0.05, 3.0  # kept back for the final load-spreading max-flow
 
 
@@ -193,8 +194,9 @@ def _plan_helix(topology: Topology, cost_model: CostModel, deadline: Deadline, r
     blind_gap = 1.0
     if search.enter("patterns"):  # a bound that sees whole nodes, and (no windows) placements made of stages
         label = found.best_label()
+        share = PATTERN_BOUND_SHARE if region_windows else PATTERN_SHARE
         covered, upper, stages = patterns.search(patterns.PatternPool(blind.groups, L), found.within[label][1] if label
-                                                 else 0.0, bound.value, search.share(PATTERN_SHARE), rel_gap, seed,
+                                                 else 0.0, bound.value, search.share(share), rel_gap, seed,
                                                  stages=not region_windows)
         bound.tighten(upper, "patterns")
         blind_gap = 1 - covered / upper if upper > 0 and stages else 1.0
