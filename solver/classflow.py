@@ -24,7 +24,7 @@ import networkx as nx
 
 from helix_jax.costmodel import CostModel
 from helix_jax.solver.classes import NodeClasses
-from helix_jax.solver.maxflow import FLOW_EPS, SINK, SOURCE, MaxFlowResult, _hand_off, _source_side, balanced_flow
+from helix_jax.solver.maxflow import FLOW_EPS, SINK, SOURCE, MaxFlowResult, _hand_off, solve_flow
 from helix_jax.topology import COORDINATOR, Topology
 
 Block = tuple[int, int, int]  # (class, start, end)
@@ -89,17 +89,7 @@ def class_max_flow(topology: Topology, cost_model: CostModel, classes: NodeClass
     load-spreading flow; `graph` and `cut_source_side` are the block graph's."""
     blocks = blocks_of(classes, ranges)
     graph = build_block_graph(topology, cost_model, classes, blocks, partial_inference)
-    value, flow = nx.maximum_flow(graph, SOURCE, SINK, flow_func=nx.algorithms.flow.preflow_push)
-    for u, targets in flow.items():
-        for v, f in targets.items():
-            graph[u][v]["flow"] = f
-    cut_side = _source_side(graph)
-    if balance and value > FLOW_EPS:
-        spread = balanced_flow(graph, value)
-        if spread is not None:
-            for u, targets in spread.items():
-                for v, f in targets.items():
-                    graph[u][v]["flow"] = f
+    value, _, cut_side = solve_flow(graph, balance)
     return _expand(graph, blocks, float(value), cut_side)
 
 

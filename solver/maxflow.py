@@ -173,19 +173,7 @@ def max_flow(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[
     `balance`: return the load-spreading maximum flow of `balanced_flow` (the value is the same;
     placements carry these flows, since the scheduler's round robin follows them)."""
     graph = build_flow_graph(topology, cost_model, ranges, partial_inference, allowed_edges, capacity_scale)
-    value, flow = nx.maximum_flow(graph, SOURCE, SINK, flow_func=nx.algorithms.flow.preflow_push)
-    for u, targets in flow.items():
-        for v, f in targets.items():
-            graph[u][v]["flow"] = f
-    # residual reachability from S gives the source side of a minimum cut
-    cut_side = _source_side(graph)
-    if balance and value > FLOW_EPS:
-        spread = balanced_flow(graph, value)
-        if spread is not None:
-            flow = spread
-            for u, targets in flow.items():
-                for v, f in targets.items():
-                    graph[u][v]["flow"] = f
+    value, flow, cut_side = solve_flow(graph, balance)
     edge_flows: dict[tuple[str, str], float] = {}
     for u, targets in flow.items():
         for v, f in targets.items():
@@ -193,6 +181,24 @@ def max_flow(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[
                 edge_flows[(_endpoint(u), _endpoint(v))] = f
     node_flows = {n: flow[f"{n}.in"][f"{n}.out"] for n in ranges}
     return MaxFlowResult(float(value), edge_flows, node_flows, graph, cut_side)
+
+
+def solve_flow(graph: nx.DiGraph, balance: bool) -> tuple[float, dict[str, dict[str, float]], frozenset[str]]:
+    """(value, flow, source side of a minimum cut) of a flow graph; every edge's "flow" attribute
+    is set. `balance`: the flow is the load-spreading maximum flow of `balanced_flow` (same value)."""
+    value, flow = nx.maximum_flow(graph, SOURCE, SINK, flow_func=nx.algorithms.flow.preflow_push)
+    for u, targets in flow.items():
+        for v, f in targets.items():
+            graph[u][v]["flow"] = f
+    cut_side = _source_side(graph)  # residual reachability from S: the source side of a minimum cut
+    if balance and value > FLOW_EPS:
+        spread = balanced_flow(graph, value)
+        if spread is not None:
+            flow = spread
+            for u, targets in flow.items():
+                for v, f in targets.items():
+                    graph[u][v]["flow"] = f
+    return value, flow, cut_side
 
 
 def _source_side(graph: nx.DiGraph) -> frozenset[str]:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from helix_jax.errors import ConfigError, OverloadedError, RequestError
+from helix_jax.errors import ConfigError, OverloadedError
 from helix_jax.model.batching import (
     PaddedBatch,
     StepInput,
@@ -154,13 +154,6 @@ class StageEngine(KVCapacity):
         stage in this process is reused and not counted); flat in steady state after warmup()."""
         return self._compile_count
 
-    def has_request(self, request_id: Hashable) -> bool:
-        return request_id in self._requests
-
-    def tokens_cached(self, request_id: Hashable) -> int:
-        """Positions of `request_id` already in this stage's KV cache (its next position)."""
-        return self._get(request_id).next_position
-
     # ---- request lifetime -----------------------------------------------------------------
     def add_request(self, request_id: Hashable, sampling: SamplingParams | None = None, *,
                     reserve_tokens: int = 0, run_start_layer: int | None = None) -> int:
@@ -177,12 +170,6 @@ class StageEngine(KVCapacity):
         """Free the request's slot, or its pages and unused reservation (its cached KV becomes
         garbage). Unknown ids: RequestError."""
         self._unhold(request_id)
-
-    def _get(self, request_id: Hashable) -> _Request:
-        request = self._requests.get(request_id)
-        if request is None:
-            raise RequestError(f"request {request_id!r} is not held by this stage (call add_request)")
-        return request
 
     # ---- compute --------------------------------------------------------------------------
     def _run(self, batch: PaddedBatch, context_len: int):

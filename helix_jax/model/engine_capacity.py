@@ -83,6 +83,19 @@ class KVCapacity:
             return self.pool.growth(item.request_id, first, end)
         return max(self.pool.reservation_pages(reserve_tokens, first), self.pool.reservation_pages(end, first))
 
+    def _get(self, request_id: Any) -> Any:
+        request = self._requests.get(request_id)
+        if request is None:
+            raise RequestError(f"request {request_id!r} is not held by this stage (call add_request)")
+        return request
+
+    def has_request(self, request_id: Any) -> bool:
+        return request_id in self._requests
+
+    def tokens_cached(self, request_id: Any) -> int:
+        """Positions of `request_id` already in this stage's KV cache (its next position)."""
+        return int(self._get(request_id).next_position)
+
     def _hold(self, request_id: Any, reserve_tokens: int, run_start_layer: int | None) -> int:
         """`add_request`'s checks and bookkeeping: a free slot and (paged) the promised pages;
         returns the slot (the caller records the request under `request_id`). OverloadedError

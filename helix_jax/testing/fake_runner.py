@@ -122,18 +122,6 @@ class FakeRunner(KVCapacity):
     def kv_cache_bytes(self) -> int:
         return 0
 
-    def _get(self, request_id: Hashable) -> _Held:
-        held = self._requests.get(request_id)
-        if held is None:
-            raise RequestError(f"request {request_id!r} is not held by this stage (call add_request)")
-        return held
-
-    def has_request(self, request_id: Hashable) -> bool:
-        return request_id in self._requests
-
-    def tokens_cached(self, request_id: Hashable) -> int:
-        return self._get(request_id).next_position
-
     def add_request(self, request_id: Hashable, sampling: SamplingParams | None = None, *,
                     reserve_tokens: int = 0, run_start_layer: int | None = None) -> int:
         slot = self._hold(request_id, reserve_tokens, run_start_layer)
