@@ -37,7 +37,7 @@ from helix_jax.solver.deadline import Deadline
 from helix_jax.solver.highs_run import LinearModel
 from helix_jax.solver.milp import Group
 
-PRICING_TOL = 1e-9  # reduced costs within this of zero end the column generation
+PRICING_TOL = 1e-7  # reduced costs within this of zero end the column generation (the LP's own tolerance)
 MAX_COLUMNS = 2000  # priced columns per pool, a safety net (a run prices a few hundred)
 
 
@@ -53,6 +53,7 @@ class PatternPool:
     layer_bounds: dict = dataclasses.field(default_factory=dict)  # target -> (layers bound, duals): window_stages
     seeded: set = dataclasses.field(default_factory=set)  # targets whose single-item patterns are in
     generated: int = 0  # columns priced so far (MAX_COLUMNS caps them)
+    known: set = dataclasses.field(default_factory=set)  # the priced columns, as bytes
 
     def __post_init__(self) -> None:
         self.items = [(g, k, c) for g, group in enumerate(self.groups) for k, c in enumerate(group.capacities, 1)]
@@ -68,10 +69,16 @@ class PatternPool:
         """Nodes of each group one layer of `pattern` uses (1/k per item)."""
         return np.bincount(self.item_group, weights=pattern / self.item_k, minlength=len(self.groups))
 
-    def add(self, pattern: np.ndarray) -> None:
-        """A column from the pricing knapsack."""
+    def add(self, pattern: np.ndarray) -> bool:
+        """A column from the pricing knapsack; False if the pool has it already (the master LP's
+        tolerance then hides a reduced cost that is really zero: column generation is done)."""
+        key = pattern.tobytes()
+        if key in self.known:
+            return False
+        self.known.add(key)
         self.patterns.append(pattern)
         self.generated += 1
+        return True
 
     def seed(self, target: float) -> None:
         """Add the single-item patterns of `target` (each item stacked just high enough): they
@@ -79,11 +86,11 @@ class PatternPool:
         if target in self.seeded:
             return
         self.seeded.add(target)
-        have = {p.tobytes() for p in self.patterns}
         for i, h in enumerate(self.heights(target)):
             p = np.zeros(len(self.items))
             p[i] = math.ceil(target / h * (1 - 1e-12))
-            if p.tobytes() not in have:
+            if p.tobytes() not in self.known:
+                self.known.add(p.tobytes())
                 self.patterns.append(p)
 
     def covering(self, target: float) -> list[np.ndarray]:
@@ -140,9 +147,8 @@ def out_of_reach(pool: PatternPool, target: float, deadline: Deadline, layers: f
         cost, low, pattern = _price(pool, target, duals, deadline)
         if low > 0 and float(duals @ pool.sizes) / low < need * (1 - 1e-7):
             return True  # Farley: duals / low is dual-feasible, so the LP covers fewer layers
-        if cost >= 1 - PRICING_TOL or not np.any(pattern):
+        if cost >= 1 - PRICING_TOL or not np.any(pattern) or not pool.add(pattern):
             return None  # LP optimum below `need` but not proven with margin (numerical corner)
-        pool.add(pattern)
     return None
 
 
@@ -161,10 +167,9 @@ def layer_bound(pool: PatternPool, target: float, deadline: Deadline) -> tuple[f
         cost, low, pattern = _price(pool, target, duals, deadline)
         if low > 0:
             bound = min(bound, float(duals @ pool.sizes) / low)
-        if cost >= 1 - PRICING_TOL or not np.any(pattern):
+        if cost >= 1 - PRICING_TOL or not np.any(pattern) or not pool.add(pattern):
             pool.layer_bounds[target] = (bound, duals)  # the LP optimum: final for this target
             break
-        pool.add(pattern)
     return bound, duals
 
 

@@ -228,7 +228,7 @@ def _region_covers(topology: Topology, cost_model: CostModel, order: list[str],
     patterns, which makes each pool richer) and the region's own groups."""
     shared: dict[tuple, RegionWindow] = {}
     pools: dict[tuple, PatternPool] = {}
-    patterns_of: dict[tuple, list] = {}
+    patterns_of: dict[tuple, tuple[list, set]] = {}
     out = {}
     for i, r in enumerate(order):
         groups = make_groups(topology, cost_model, [by_region[r]])
@@ -239,6 +239,6 @@ def _region_covers(topology: Topology, cost_model: CostModel, order: list[str],
             shared[key].rank = len(shared)  # a fixed order of work, whatever the hashing
             pool = pools[mix] = shared[key].pool
             kinds = tuple(g.gpu for g in groups)  # mixes of the same GPU types share their patterns
-            pool.patterns = patterns_of.setdefault(kinds, pool.patterns)
+            pool.patterns, pool.known = patterns_of.setdefault(kinds, (pool.patterns, pool.known))
         out[r] = (shared[key], groups)
     return out

@@ -44,7 +44,7 @@ def stage_window(pool: PatternPool, target: float, deadline: Deadline, receivers
     for need, cap in ends:  # patterns with enough nodes, and heights their links carry, for a crossing
         cost, _, pattern = _price(pool, target, duals, deadline, min_items=need, cap=cap)
         if math.isfinite(cost) and np.any(pattern):
-            pool.patterns.append(pattern)
+            pool.add(pattern)
     columns = pool.covering(target)
     longest = int(min(pool.num_layers, math.floor(bound + 1e-6))) if math.isfinite(bound) else pool.num_layers
     if not columns or longest < 1 or deadline.expired():
