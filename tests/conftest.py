@@ -1,8 +1,24 @@
-"""Fixtures shared by several test files."""
+"""Fixtures shared by several test files.
+
+The run's XLA programs go to one fresh compile cache (helix_jax/model/compile_cache.py) that
+this process and every worker it starts share, so each step program compiles once per run and
+the user's own cache is neither read nor written; HELIX_COMPILE_CACHE set by the caller wins.
+"""
 
 from __future__ import annotations
 
-import pytest
+import atexit
+import os
+import shutil
+import tempfile
+
+if "HELIX_COMPILE_CACHE" not in os.environ:  # before anything imports jax or starts a worker
+    _cache = tempfile.mkdtemp(prefix="helix-xla-")
+    os.environ["HELIX_COMPILE_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # the tiny models' programs too
+
+import pytest  # noqa: E402
 
 from helix_jax.placement import FlowEdge, Placement
 from helix_jax.topology import Topology, load_topology, tiny_topology_path, topology_from_dict

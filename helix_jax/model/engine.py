@@ -36,6 +36,7 @@ from helix_jax.model.batching import (
     pad_batch,
     pick_bucket,
 )
+from helix_jax.model.compile_cache import enable_compile_cache
 from helix_jax.model.engine_capacity import KVCapacity
 from helix_jax.model.page_pool import PagePool, page_table_array, pages_for
 from helix_jax.model.sampling import SamplingParams
@@ -88,6 +89,7 @@ class StageEngine(KVCapacity):
                  compiler_options: dict[str, Any] | None = None, kv_layout: str = DEFAULT_KV_LAYOUT,
                  page_size: int = DEFAULT_PAGE_SIZE, num_pages: int | None = None):
         check_range(config, start_layer, end_layer)
+        enable_compile_cache()  # before this process's first compile
         if (weights.config, weights.start_layer, weights.end_layer) != (config, start_layer, end_layer):
             raise ConfigError(f"weights hold layers [{weights.start_layer}, {weights.end_layer}) of "
                               f"{weights.config.name!r}, the engine was asked for [{start_layer}, "
