@@ -19,9 +19,10 @@ $(VENV)/.test-extras: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# The lint (ruff, mypy) first: CI runs exactly this target.
+# The lint (ruff, mypy) first: CI runs exactly this target. Two xdist workers, one per core; each
+# test file runs whole on one of them, the heaviest first (tests/conftest.py).
 test: lint
-	$(BIN)/python -m pytest -m "not benchmark" tests
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not benchmark" tests
 
 lint: $(VENV)/.test-extras
 	$(BIN)/ruff check helix_jax solver cli tests
