@@ -231,10 +231,10 @@ def bench_http(duration_s: float, warmup_s: float, streams: int, prompt_tokens: 
     """cpu-tiny, planned: `helix_jax.bench.live` through the ZeroMQ client and through the HTTP
     front end of the same deployment, one stream at a time and `streams` at once."""
     from helix_jax.bench.live import LiveConfig, run_live_bench
-    from helix_jax.bench.workload import length_sampler
     from helix_jax.http import Backend, HttpServer, bind_socket, create_app
     from helix_jax.model.tokenizer import load_tokenizer
     from helix_jax.solver.plan import plan
+    from helix_jax.workload import length_sampler
 
     topo = load_topology(tiny_topology_path())
     max_seq_len = prompt_tokens + max_tokens

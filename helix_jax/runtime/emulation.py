@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from helix_jax.topology import COORDINATOR, Topology, topology_from_dict
-from helix_jax.workload_shape import WorkloadShape
+from helix_jax.workload import WorkloadShape
 
 TOKEN_ID_BYTES = 4  # coordinator links carry token ids only
 

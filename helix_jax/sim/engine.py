@@ -38,7 +38,6 @@ import time
 from typing import Any, Callable, Iterator
 
 from helix_jax.bench.metrics import MetricsCollector
-from helix_jax.bench.workload import LengthSampler, seeded_arrivals
 from helix_jax.costmodel import CostModel
 from helix_jax.placement import Placement
 from helix_jax.scheduler import Scheduler
@@ -48,6 +47,7 @@ from helix_jax.sim.config import SimConfig
 from helix_jax.sim.result import SimResult, build_result
 from helix_jax.sim.stepping import ARRIVAL, AT_COORDINATOR, EVENT_KINDS, STEP_DONE, WAKE, NodeStepper
 from helix_jax.topology import COORDINATOR
+from helix_jax.workload import LengthSampler, seeded_arrivals
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ import random
 from typing import Any, Mapping
 
 from helix_jax.bench.metrics import MetricsCollector
-from helix_jax.bench.workload import LengthSampler
 from helix_jax.costmodel import CostModel
 from helix_jax.placement import Placement
 from helix_jax.scheduler import Scheduler
 from helix_jax.sim.cluster import SimLink, SimNode
 from helix_jax.sim.config import SimConfig
+from helix_jax.workload import LengthSampler
 
 
 class RunState:
