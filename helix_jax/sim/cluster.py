@@ -5,15 +5,15 @@ requests between nodes over the cost model's FIFO links, `costmodel.links.FifoLi
 waiting lines are in request.py):
 
 * `SimNode`: requests wait in arrival order; when idle the node forms one batch mixing
-  prefill and decode work, bounded by `max_prompt_tokens` prompt tokens (longer prompts are
-  prefilled in chunks over several steps, as the runtime does, and move on to the next hop
-  once whole), `max_decode_seqs` decode sequences, and the KV room
-  the scheduler reserved at admission. The step runs the node's layers in order; a request
-  that entered at layer x (partial inference) joins at layer x, so the step costs
-  `sum over layer segments of layers x layer_step_seconds(active prompt tokens, active decode
-  seqs, their context)`, as the cost model's `step_seconds_by_entry_layer` computes it (the
-  prompt budget is the cost model's `max_prompt_tokens_per_step`). Actual KV entries are tracked and checked against the reservation.
-  A step's bookkeeping is per message taken and per entry layer, plus C-level sums over its
+  prefill and decode work, bounded by `max_prompt_tokens` prompt tokens (the cost model's
+  `max_prompt_tokens_per_step`; longer prompts are prefilled in chunks over several steps,
+  as the runtime does, and move on to the next hop once whole), `max_decode_seqs` decode
+  sequences, and the KV room the scheduler reserved at admission. The step runs the node's
+  layers in order; a request that entered at layer x (partial inference) joins at layer x,
+  so the step costs `sum over layer segments of layers x layer_step_seconds(active prompt
+  tokens, active decode seqs, their context)`, as the cost model's
+  `step_seconds_by_entry_layer` computes it. Actual KV entries are tracked and checked
+  against the reservation. A step's bookkeeping is per message taken and per entry layer, plus C-level sums over its
   requests: its cost grows with steps, not with the tokens in them.
 """
 
