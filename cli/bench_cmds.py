@@ -85,7 +85,7 @@ def bench(
 ) -> None:
     """Compare placements and schedulers in simulation, or measure a live deployment."""
     from helix_jax.bench.live import rates_list
-    from helix_jax.bench.workload import length_sampler, load_arrival_counts
+    from helix_jax.workload import length_sampler, load_arrival_counts
 
     console = Console()
     keys = None

@@ -120,9 +120,9 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
                                                   help="--shop: write a topology file of the chosen mix here.")) -> None:
     """Choose a layer range per node to maximise the cluster's max-flow of tokens (or, with
     --shop, which GPUs of a pool to rent)."""
-    from helix_jax.bench.workload import length_sampler
     from helix_jax.errors import ConfigError
     from helix_jax.solver.plan import plan as run_plan
+    from helix_jax.workload import length_sampler
 
     if regions not in ("auto", "windows", "free"):
         raise ConfigError(f"--regions must be auto, windows or free, got {regions!r}")

@@ -11,7 +11,7 @@
 3. `--emulate` on the paper's 24-node one-region LLaMA-2-70B cluster: 24 worker processes
    compute tiny-80 while pacing every step and transfer to A100/L4/T4 speed x time scale. A
    closed loop keeps the cluster full; decode tokens/s over a window after warm-up (scaled
-   back by the time scale) is compared with the placement's max-flow.
+   back by the time scale) is compared with the placement's max-flow (serve_bench_emulate.py).
 
 4. HTTP API on the small CPU topology: the same deployment measured by `helix_jax.bench.live`
    (same workload, same metrics) through the ZeroMQ client and through its OpenAI-compatible
@@ -27,25 +27,20 @@ The planner lives in solver/, so this script sits in the CLI layer.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import logging
 import random
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 
-from helix_jax.client import AsyncClient, Client
-from helix_jax.modelconfig import resolve_model
+from helix_jax.cli.serve_bench_emulate import bench_emulated
+from helix_jax.client import Client
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment
-from helix_jax.runtime.emulation import EmulationSpec
 from helix_jax.topology import load_topology, tiny_topology_path
-
-PAPER = Path(__file__).resolve().parent.parent / "topologies" / "single-region-24-llama2-70b.json"
 
 
 def local_baseline(config, prompts: list[list[int]], max_tokens: int, max_seq_len: int) -> dict:
@@ -175,66 +170,14 @@ def bench_failover(requests: int, max_tokens: int, kill_after_s: float) -> dict:
             "flow_before": placement.objective_tokens_per_s, "flow_after": stats["flow_tokens_per_s"]}
 
 
-async def closed_loop(endpoint: str, concurrency: int, prompt_tokens: int, max_tokens: int,
-                      duration_s: float) -> list[float]:
-    """Keep `concurrency` requests in flight for `duration_s`; wall time of every token."""
-    stamps: list[float] = []
-    stop_at = time.perf_counter() + duration_s
-    rng = random.Random(1)
-    async with AsyncClient(endpoint, timeout_s=3600) as client:
-        async def user() -> None:
-            while time.perf_counter() < stop_at:
-                prompt = [rng.randrange(256) for _ in range(prompt_tokens)]
-                async for _ in client.stream(prompt, max_tokens=max_tokens):
-                    stamps.append(time.perf_counter())
-                    if time.perf_counter() >= stop_at:
-                        break
-        await asyncio.gather(*(user() for _ in range(concurrency)))
-    return stamps
-
-
-def bench_emulated(time_scale: float, concurrency: int, warmup_s: float, window_s: float,
-                   prompt_tokens: int, max_tokens: int, plan_time_s: float) -> dict:
-    from helix_jax.costmodel import CostModel
-    from helix_jax.model.tokenizer import load_tokenizer
-    from helix_jax.solver.plan import plan
-
-    topo = load_topology(PAPER)
-    placement = plan(topo, time_limit_s=plan_time_s)
-    # residents per node as the capacity model assumes them
-    kv_scale = (prompt_tokens + max_tokens) / CostModel(topo).workload.resident_kv_tokens
-    model = resolve_model(f"tiny-{topo.model.num_layers}")
-    max_seq_len = 64
-    cfg = ServeConfig(topo, placement, model, weights="random:0", max_seq_len=max_seq_len,
-                      emulation=EmulationSpec.for_topology(topo, time_scale, kv_scale, placement.workload),
-                      kv_tokens=concurrency * max_seq_len, queue_limit=100_000,
-                      heartbeat_timeout_s=120.0)  # 24 workers share this machine's cores
-    started = time.perf_counter()
-    with LocalDeployment(cfg, load_tokenizer(model)) as dep:
-        dep.wait_ready(timeout_s=1800)
-        ready_s = time.perf_counter() - started
-        t0 = time.perf_counter()
-        stamps = asyncio.run(closed_loop(dep.client_endpoint, concurrency, prompt_tokens, max_tokens,
-                                         (warmup_s + window_s) * time_scale))
-        stats = dep.coordinator.stats()
-    lo, hi = t0 + warmup_s * time_scale, t0 + (warmup_s + window_s) * time_scale
-    in_window = sum(lo <= s < hi for s in stamps)
-    measured = in_window / window_s  # tokens per emulated second
-    return {"max_flow_tokens_per_s": placement.objective_tokens_per_s, "measured_tokens_per_s": measured,
-            "fraction_of_max_flow": measured / placement.objective_tokens_per_s, "time_scale": time_scale,
-            "concurrency": concurrency, "window_emulated_s": window_s, "deploy_ready_s": ready_s,
-            "workers": len(placement.ranges), "prompt_tokens": prompt_tokens, "max_tokens": max_tokens,
-            "peak_queued": stats["peak_queued"], "kv_scale": kv_scale}
-
-
 def bench_http(duration_s: float, warmup_s: float, streams: int, prompt_tokens: int, max_tokens: int) -> dict:
     """cpu-tiny, planned: `helix_jax.bench.live` through the ZeroMQ client and through the HTTP
     front end of the same deployment, one stream at a time and `streams` at once."""
     from helix_jax.bench.live import LiveConfig, run_live_bench
-    from helix_jax.bench.workload import length_sampler
     from helix_jax.http import Backend, HttpServer, bind_socket, create_app
     from helix_jax.model.tokenizer import load_tokenizer
     from helix_jax.solver.plan import plan
+    from helix_jax.workload import length_sampler
 
     topo = load_topology(tiny_topology_path())
     max_seq_len = prompt_tokens + max_tokens

@@ -195,8 +195,8 @@ def demo(requests: int = typer.Option(4, help="Questions to send through the dep
         print_placement(plan(paper, time_limit_s=paper_plan_time), paper,
                         f"4. planner on {paper.name} ({paper.model.name}, {len(paper.nodes)} nodes)")
         if sim_seconds > 0:
-            from helix_jax.bench.workload import length_sampler
             from helix_jax.cli.bench_cmds import _simulated
+            from helix_jax.workload import length_sampler
 
             console.print(f"5. benchmark: {sim_seconds:g} simulated seconds of {paper.name}, offline, "
                           "Azure-conversation-like requests")

@@ -32,7 +32,6 @@ from pathlib import Path
 
 from helix_jax.bench.report import write_results
 from helix_jax.bench.runner import BenchCase, BenchReport, run_simulated_bench
-from helix_jax.bench.workload import length_sampler, load_arrival_counts
 from helix_jax.cli.sim_scale import (
     ENGINES,
     compare_markdown,
@@ -44,6 +43,7 @@ from helix_jax.cli.sim_scale import (
 from helix_jax.costmodel import CostModel
 from helix_jax.sim import SimConfig
 from helix_jax.topology import load_topology
+from helix_jax.workload import length_sampler, load_arrival_counts
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTERS = ("single-region-24-llama2-70b", "three-region-24-llama2-70b", "geo-42-llama2-70b")

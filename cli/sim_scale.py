@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from helix_jax.bench.synthetic import synthetic_topology
-from helix_jax.bench.workload import AzureConversationLengths
 from helix_jax.costmodel import CostModel
 from helix_jax.placement import Placement
 from helix_jax.sim import SimConfig
 from helix_jax.sim.engine import Simulator
 from helix_jax.sim.reference import ReferenceSimulator
 from helix_jax.topology import load_topology
+from helix_jax.workload import AzureConversationLengths
 
 ENGINES = {"fast": Simulator, "reference": ReferenceSimulator}
 HELIX_MAX_GPUS = 200  # above this the helix planner needs more than this machine's 23 GiB today

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 from helix_jax.errors import HelixError, PlacementError
 from helix_jax.jsonfile import read_json_file
 from helix_jax.topology import COORDINATOR
-from helix_jax.workload_shape import WorkloadShape
+from helix_jax.workload.shape import WorkloadShape
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ import dataclasses
 import math
 
 from helix_jax.costmodel import HOP_WAIT_FACTOR, CostModel
+from helix_jax.costmodel.links import latency_seconds
 from helix_jax.topology import COORDINATOR, Topology
 
 LEVELS = (0.25, 0.5, 0.75, 1.0)  # planned load as a share of a node's capacity
@@ -64,16 +65,13 @@ class Item:
 def layer_step_at_load(cm: CostModel, gpu: str, k: int, level: float) -> float:
     """One layer step of a node of type `gpu` holding `k` layers, planned at `level` of its
     capacity: the own-pace batch scaled by `level` (at least one sequence)."""
-    w = cm.workload
-    batch = max(1, int(level * cm.resident_requests(gpu, k) * k / cm.model.num_layers))
-    return cm.layer_step_seconds(gpu, int(round(batch * w.prompt_per_output)), batch,
-                                 int(round(batch * w.average_context_tokens)))
+    return cm.batch_step_seconds(gpu, cm.own_pace_batch(gpu, k, level))
 
 
 def _latencies(topology: Topology, nodes: tuple[str, ...]) -> tuple[tuple[float, float], ...]:
-    into = [topology.link(a, b).latency_ms / 1e3 for b in nodes for a in topology.node_names if a != b]
-    first = [topology.link(COORDINATOR, b).latency_ms / 1e3 for b in nodes]
-    last = [topology.link(b, COORDINATOR).latency_ms / 1e3 for b in nodes]
+    into = [latency_seconds(topology.link(a, b)) for b in nodes for a in topology.node_names if a != b]
+    first = [latency_seconds(topology.link(COORDINATOR, b)) for b in nodes]
+    last = [latency_seconds(topology.link(b, COORDINATOR)) for b in nodes]
     into = into or [0.0]
     return (min(into), max(into)), (min(first), max(first)), (min(last), max(last))
 
@@ -131,9 +129,9 @@ def route_seconds(topology: Topology, cm: CostModel, hops: list[tuple[str, int, 
     for node, entry, end in hops:
         start, stop = ranges[node]
         step = layer_step_at_load(cm, topology.node(node).gpu, stop - start, levels[node])
-        total += HOP_WAIT_FACTOR * (end - entry) * step + topology.link(prev, node).latency_ms / 1e3
+        total += HOP_WAIT_FACTOR * (end - entry) * step + latency_seconds(topology.link(prev, node))
         prev = node
-    return total + topology.link(prev, COORDINATOR).latency_ms / 1e3
+    return total + latency_seconds(topology.link(prev, COORDINATOR))
 
 
 def time_units(seconds: float, limits: Limits, bound: bool) -> int:

@@ -1,7 +1,7 @@
 """validate_placement: the planner's check of every placement it returns (and of placement files).
 
 Sits next to the solver (placement -> **validate** -> scheduler): a Placement (helix_jax/placement.py,
-plain data) is checked against its topology and the cost model (helix_jax/costmodel.py, its
+plain data) is checked against its topology and the cost model (helix_jax/costmodel/, its
 capacities), so neither of those two modules imports the other. The CLI checks loaded placement
 files with it too.
 """

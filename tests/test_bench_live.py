@@ -11,13 +11,13 @@ import pytest
 
 from helix_jax.bench.live import LiveConfig, run_live_bench
 from helix_jax.bench.report import live_table, write_results
-from helix_jax.bench.workload import FixedLengths
 from helix_jax.errors import ConfigError
 from helix_jax.model.tokenizer import load_tokenizer
 from helix_jax.placement import FlowEdge, Placement
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.testing import InProcessCluster
 from helix_jax.topology import load_topology, tiny_topology_path
+from helix_jax.workload import FixedLengths
 
 pytestmark = pytest.mark.slow
 

@@ -10,12 +10,12 @@ import pytest
 from helix_jax.bench.plots import write_plots
 from helix_jax.bench.report import _seconds, results_table, write_results
 from helix_jax.bench.runner import BenchCase, bench_cases, run_simulated_bench
-from helix_jax.bench.workload import FixedLengths
 from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import ConfigError
 from helix_jax.placement import FlowEdge, Placement
 from helix_jax.sim import SimConfig
 from helix_jax.topology import load_topology
+from helix_jax.workload import FixedLengths
 
 C = "coordinator"
 TOPOLOGY = Path(__file__).resolve().parents[1] / "topologies" / "fixtures" / "two-pipelines.json"
@@ -73,7 +73,8 @@ def test_bad_cases_are_rejected() -> None:
 
 
 def test_kv_concurrency_bound_by_hand() -> None:
-    from helix_jax.bench.runner import kv_concurrency_bound, resident_kv_tokens
+    from helix_jax.bench.runner import kv_concurrency_bound
+    from helix_jax.workload import sampled_resident_kv_tokens as resident_kv_tokens
 
     assert resident_kv_tokens(FixedLengths(100, 30)) == 130.0
     cost = CostModel(load_topology(TOPOLOGY), WorkloadShape(100, 30))

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from helix_jax.bench.workload import (
+from helix_jax.costmodel import WorkloadShape
+from helix_jax.errors import ConfigError
+from helix_jax.workload import (
     AzureConversationLengths,
     FixedLengths,
     TraceLengths,
@@ -17,8 +19,6 @@ from helix_jax.bench.workload import (
     poisson_arrivals,
     shaped_arrivals,
 )
-from helix_jax.costmodel import WorkloadShape
-from helix_jax.errors import ConfigError
 
 
 def test_azure_generator_matches_the_published_statistics() -> None:

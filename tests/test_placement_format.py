@@ -51,7 +51,7 @@ def test_malformed_placement_names_the_field(tmp_path) -> None:
 
 def test_the_workload_shape_is_a_typed_field_and_old_files_still_load() -> None:
     from helix_jax.placement import Placement
-    from helix_jax.workload_shape import WorkloadShape
+    from helix_jax.workload import WorkloadShape
 
     shape = WorkloadShape(100.0, 20.0, 1.5)
     doc = Placement("t", 2, {"a": (0, 2)}, workload=shape).to_dict()

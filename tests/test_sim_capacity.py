@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from helix_jax.bench.workload import FixedLengths
 from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.placement import FlowEdge, Placement
 from helix_jax.sim import SimConfig, simulate
 from helix_jax.topology import load_topology
+from helix_jax.workload import FixedLengths
 
 C = "coordinator"
 FIXTURES = Path(__file__).resolve().parents[1] / "topologies" / "fixtures"
@@ -67,8 +67,8 @@ def test_decode_micro_batches_beat_one_convoy() -> None:
     at a time; the cost model's cap (PIPELINE_MICROBATCH_FACTOR own-pace batches per step) splits
     them into micro-batches that pipeline, which the simulator must show as clearly more
     throughput."""
-    from helix_jax.bench.workload import AzureConversationLengths
     from helix_jax.solver.maxflow import placement_with_flows
+    from helix_jax.workload import AzureConversationLengths
 
     topo = load_topology(Path(__file__).resolve().parents[1] / "topologies" / "single-region-24-llama2-70b.json")
 

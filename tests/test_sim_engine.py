@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from helix_jax.bench.workload import AzureConversationLengths, FixedLengths
 from helix_jax.costmodel import CostModel
 from helix_jax.placement import FlowEdge, Placement
 from helix_jax.sim import SimConfig
 from helix_jax.sim.engine import Simulator
 from helix_jax.sim.reference import ReferenceSimulator
 from helix_jax.topology import load_topology, topology_from_dict
+from helix_jax.workload import AzureConversationLengths, FixedLengths
 
 C = "coordinator"
 ROOT = Path(__file__).resolve().parents[1]

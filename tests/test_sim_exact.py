@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from helix_jax.bench.workload import FixedLengths
 from helix_jax.costmodel import CostModel
 from helix_jax.placement import FlowEdge, Hop, Placement
 from helix_jax.sim import SimConfig, simulate
 from helix_jax.sim.cluster import SimNode, SimRequest
 from helix_jax.topology import topology_from_dict
+from helix_jax.workload import FixedLengths
 
 C = "coordinator"
 BANDWIDTH_BYTES_PER_S = 1e6

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from helix_jax.bench.metrics import RESERVOIR_SIZE
-from helix_jax.bench.workload import AzureConversationLengths, FixedLengths
 from helix_jax.costmodel import CostModel, WorkloadShape
 from helix_jax.errors import ConfigError
 from helix_jax.placement import FlowEdge, Placement
@@ -16,6 +15,7 @@ from helix_jax.sim import SimConfig, simulate
 from helix_jax.sim.cluster import SimRequest
 from helix_jax.sim.engine import Simulator
 from helix_jax.topology import load_topology
+from helix_jax.workload import AzureConversationLengths, FixedLengths
 
 C = "coordinator"
 TOPOLOGY = Path(__file__).resolve().parents[1] / "topologies" / "fixtures" / "two-pipelines.json"

@@ -27,9 +27,9 @@ import time
 from typing import Any, Callable, Iterator, Sequence
 
 from helix_jax.bench.metrics import MetricsCollector, RunMetrics
-from helix_jax.bench.workload import LengthSampler, seeded_arrivals
 from helix_jax.errors import ConfigError, HelixError, OverloadedError
 from helix_jax.modelconfig import PRESETS
+from helix_jax.workload import LengthSampler, seeded_arrivals
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import random
 from typing import Any, Callable, Mapping, Sequence
 
-from helix_jax.bench.workload import LengthSampler
 from helix_jax.costmodel import CostModel
 from helix_jax.errors import ConfigError
 from helix_jax.placement import Placement
 from helix_jax.scheduler import POLICIES
 from helix_jax.sim import SimConfig, SimResult, simulate
 from helix_jax.sim.result import config_dict
+from helix_jax.workload import LengthSampler, sampled_resident_kv_tokens
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +97,6 @@ class BenchReport:
         }
 
 
-def resident_kv_tokens(lengths: LengthSampler, samples: int = 20_000, seed: int = 0) -> float:
-    """Reserved KV tokens of the average request *in flight*: a request holds prompt + output
-    for a time proportional to its output, so this is E[(P + O) O] / E[O] (1254 for the Azure
-    mix, against E[P + O] = 1003)."""
-    rng = random.Random(seed)
-    draws = [lengths.sample(rng) for _ in range(samples)]
-    return sum((p + o) * o for p, o in draws) / sum(o for _, o in draws)
-
-
 def kv_concurrency_bound(placement: Placement, cost_model: CostModel, resident_tokens: float) -> float:
     """Requests the placement's KV can hold at once (a diagnostic, not a promise): at every layer,
     the nodes holding it (and carrying flow) can hold budget / (layers held x resident tokens)
@@ -169,7 +159,7 @@ def run_simulated_bench(cost_model: CostModel, placements: Mapping[str, Placemen
         results.append((case, res))
     settings = config_dict(base)
     settings.pop("policy")
-    resident = resident_kv_tokens(lengths)
+    resident = sampled_resident_kv_tokens(lengths)
     settings["resident_kv_tokens"] = resident
     settings["workload_shape"] = cost_model.workload.to_dict()  # what the max-flow figures assume
     summaries = {m: placement_summary(p, kv_concurrency_bound(p, cost_model, resident))

@@ -14,8 +14,8 @@ import argparse
 import random
 import statistics
 
-from helix_jax.bench.workload import MAX_OUTPUT_TOKENS, MAX_PROMPT_TOKENS, AzureConversationLengths
 from helix_jax.model.paged_cache import PagePool, pages_for
+from helix_jax.workload import MAX_OUTPUT_TOKENS, MAX_PROMPT_TOKENS, AzureConversationLengths
 
 SEQ_ROUND = 1024
 

@@ -56,7 +56,6 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
 import zmq
 
 from helix_jax.errors import HelixError
@@ -287,67 +286,3 @@ class Coordinator:
     def _new_request_id() -> str:
         """An internal request id: random, so no peer can guess another client's (issue 19)."""
         return requests.new_request_id()
-
-    def _admit(self) -> None:
-        assert self.scheduler is not None
-        for adm in self.scheduler.admit_ready():
-            req = self._live[adm.request_id]
-            req.set_route(adm.route)
-            if req.admitted_at is None:
-                req.admitted_at = time.perf_counter()
-                self._dequeued(req)
-            for hop in adm.route:
-                used = self.scheduler.ledger.used(hop.node)
-                self.peak_kv_used[hop.node] = max(self.peak_kv_used[hop.node], used)
-            # a resumed request prefills its prompt and every token already streamed
-            ids = np.asarray([*req.prompt_ids, *req.output_ids], dtype=np.int32)
-            self._send_step(req, ids, position=0, index=len(req.output_ids), kv_tokens=adm.spec.kv_tokens)
-
-    def _send_step(self, req: LiveRequest, ids: np.ndarray, position: int, index: int, **extra: Any) -> None:
-        if position == 0:  # checked once at admission (parse_generate); each hop keeps it with the request
-            extra["sampling"] = req.sampling_wire
-        msg = wire.make("step", [ids], request_id=req.request_id, route=req.route_wire, hop=0,
-                        position=position, index=index, **extra)
-        assert req.route is not None
-        self._send_data(req.route[0].node, msg, len(ids))
-
-    def _dequeued(self, req: LiveRequest) -> None:
-        """`req` leaves the queue for the first time (admitted, or ended while waiting)."""
-        left = self._waiting_by_client.get(req.identity, 0) - 1
-        if left > 0:
-            self._waiting_by_client[req.identity] = left
-        else:
-            self._waiting_by_client.pop(req.identity, None)
-
-    def _finish(self, req: LiveRequest, reason: str, notify: bool) -> None:
-        assert self.scheduler is not None
-        if req.admitted_at is None:
-            self._dequeued(req)
-        self._live.pop(req.request_id, None)
-        self._by_client.pop((req.identity, req.client_request_id), None)
-        self._free_hops(req)
-        self.scheduler.finish(req.request_id)
-        if notify:
-            self.completed += 1
-            ttft = (req.first_token_at - req.submitted_at) if req.first_token_at else 0.0
-            queued = ((req.admitted_at or req.submitted_at) - req.submitted_at) / self.config.time_scale
-            wire.send(self._client, wire.make(
-                "done", request_id=req.client_request_id, ids=list(req.output_ids), text=req.text,
-                finish_reason=reason, prompt_tokens=len(req.prompt_ids), time_scale=self.config.time_scale,
-                server_ttft_s=ttft / self.config.time_scale, queue_s=queued, route=req.route_wire),
-                req.identity)
-        self._admit()
-
-    def _free_hops(self, req: LiveRequest) -> None:
-        """Release a request's KV slot on every live hop of its route."""
-        for hop in req.route or ():
-            if hop.node in self._push:
-                self._send_data(hop.node, wire.make("free", request_id=req.request_id), 0)
-
-    def _fail(self, req: LiveRequest, exc: HelixError) -> None:
-        """End a request with an `error` to its client (its KV is already released)."""
-        if req.admitted_at is None and self._live.get(req.request_id) is req:
-            self._dequeued(req)
-        self._live.pop(req.request_id, None)
-        self._by_client.pop((req.identity, req.client_request_id), None)
-        self._reply_error(req.identity, req.client_request_id, exc)

@@ -151,7 +151,7 @@ def assign(coord: Coordinator, node: str) -> None:
 def prompt_budget(coord: Coordinator, node: str) -> int | None:
     """The node's prompt tokens per step: the cost model's, which the simulator uses."""
     from helix_jax.costmodel import CostModel
-    from helix_jax.workload_shape import WorkloadShape
+    from helix_jax.workload import WorkloadShape
 
     try:
         cost = CostModel(coord.config.topology, WorkloadShape.recorded_in(coord.config.placement))

@@ -2,28 +2,32 @@
 
 Sits inside the runtime: workers pace each batch step and each activation transfer; the
 coordinator paces its own links. The topology's model (e.g. LLaMA-2-70B) and GPU types give
-the times via the cost model (`CostModel.layer_step_seconds`) and the topology's links, while
+the times via the cost model (`CostModel.layer_step_seconds`, summed over the layers as its
+`uniform_step_seconds` does) and the topology's links (the cost model's `FifoLink`), while
 the worker actually computes a narrow stand-in (e.g. `tiny-80`). Every emulated duration is
 multiplied by one uniform `time_scale` N, so this machine's CPU is not the bottleneck; the
 client divides measured figures by N again (the coordinator tells it N).
 
 A link carries one transfer at a time (FIFO): a message of `b` bytes that is ready at `t`
-starts at `max(t, link_free)`, holds the link for `b / bandwidth` and arrives `latency` later.
+starts at `max(t, link_free)`, holds the link for `b / bandwidth` and arrives `latency` later
+(costmodel/links.py owns that arithmetic; the simulator uses the same links).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import itertools
 import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from helix_jax.topology import COORDINATOR, Topology, topology_from_dict
-from helix_jax.workload_shape import WorkloadShape
-
-TOKEN_ID_BYTES = 4  # coordinator links carry token ids only
+from helix_jax.costmodel import CostModel
+from helix_jax.costmodel.links import FifoLink
+from helix_jax.costmodel.steps import entry_layer_segments, uniform_step_seconds
+from helix_jax.topology import Topology, topology_from_dict
+from helix_jax.workload import WorkloadShape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,21 +75,15 @@ class LinkPacer:
 
     def __init__(self, topology: Topology, src: str, time_scale: float) -> None:
         self.topology, self.src, self.time_scale = topology, src, time_scale
-        self.activation_bytes_per_token = topology.model.activation_bytes_per_token
-        self._link_free_at: dict[str, float] = {}
-
-    def payload_bytes(self, dst: str, num_tokens: int) -> int:
-        if COORDINATOR in (self.src, dst):
-            return TOKEN_ID_BYTES * num_tokens
-        return self.activation_bytes_per_token * num_tokens
+        self._links: dict[str, FifoLink] = {}
 
     def deliver_at(self, dst: str, num_tokens: int, now: float) -> float:
         """Wall time at which a message of `num_tokens` tokens ready `now` reaches `dst`."""
-        link = self.topology.link(self.src, dst)
-        busy_s = self.payload_bytes(dst, num_tokens) / link.bandwidth_bytes_per_s * self.time_scale
-        start = max(now, self._link_free_at.get(dst, 0.0))
-        self._link_free_at[dst] = start + busy_s
-        return start + busy_s + link.latency_ms / 1000.0 * self.time_scale
+        link = self._links.get(dst)
+        if link is None:
+            link = self._links[dst] = FifoLink.between(self.topology.link(self.src, dst), self.topology.model,
+                                                       self.src, dst, self.time_scale)
+        return link.send(now, num_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,25 +98,26 @@ class LayerLoad:
 def layer_loads(items: Sequence[Any], start_layer: int, end_layer: int) -> list[LayerLoad]:
     """Per layer of `[start_layer, end_layer)`: the LayerLoad of a batch of StepInputs.
 
-    An item loads every layer from its `run_start_layer` on: one pass over the items marks
-    where each starts, a running sum over the layers does the rest (O(items + layers)).
+    An item loads every layer from its `run_start_layer` on: one pass over the items groups
+    them by entry layer, the cost model's `entry_layer_segments` adds them up (O(items + layers)).
     """
-    num_layers = end_layer - start_layer
-    prompt, decode, context = [0] * num_layers, [0] * num_layers, [0] * num_layers
+    by_entry: dict[int, list[int]] = {}  # entry layer -> [prompt tokens, decode rows, their context]
     for item in items:
-        first = max(item.run_start_layer - start_layer, 0)
-        if first >= num_layers:
+        entry = max(item.run_start_layer, start_layer)
+        if entry >= end_layer:
             continue
+        load = by_entry.setdefault(entry, [0, 0, 0])
         n = item.num_tokens
         if n > 1:
-            prompt[first] += n
+            load[0] += n
         else:
-            decode[first] += 1
-            context[first] += item.position + 1
-    loads, p, d, c = [], 0, 0, 0
-    for layer in range(num_layers):
-        p, d, c = p + prompt[layer], d + decode[layer], c + context[layer]
-        loads.append(LayerLoad(p, d, c))
+            load[1] += 1
+            load[2] += item.position + 1
+    segments = entry_layer_segments(by_entry, end_layer)
+    first = segments[0][0] if segments else end_layer
+    loads = [LayerLoad(0, 0, 0)] * (first - start_layer)
+    for begin, upto, prompt, decode, context in segments:
+        loads += [LayerLoad(prompt, decode, context)] * (upto - begin)
     return loads
 
 
@@ -127,18 +126,17 @@ class ComputePacer:
 
     def __init__(self, topology: Topology, node: str, time_scale: float, kv_scale: float = 1.0,
                  workload: WorkloadShape | None = None) -> None:
-        from helix_jax.costmodel import CostModel  # emulation only: keeps workers' import light
-
         self.cost = CostModel(topology, workload)
         self.gpu = topology.node(node).gpu
+        self._layer_step_seconds = functools.partial(self.cost.layer_step_seconds, self.gpu)
         self.time_scale, self.kv_scale = time_scale, kv_scale
 
     def step_seconds(self, loads: Sequence[LayerLoad]) -> float:
         total = 0.0
         for load in loads:
             if load.prompt_tokens or load.decode_seqs:
-                total += self.cost.layer_step_seconds(self.gpu, load.prompt_tokens, load.decode_seqs,
-                                                      load.decode_context_tokens)
+                total += uniform_step_seconds(self._layer_step_seconds, 1, load.prompt_tokens, load.decode_seqs,
+                                              load.decode_context_tokens)
         return total * self.time_scale
 
     def max_decode_batch(self, num_layers_held: int) -> int:

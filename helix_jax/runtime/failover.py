@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from helix_jax.errors import HelixError, RequestError
 from helix_jax.placement import Placement
+from helix_jax.runtime import coordinator_requests as requests
 from helix_jax.runtime import wire
 from helix_jax.scheduler import RequestSpec
 from helix_jax.topology import COORDINATOR
@@ -76,7 +77,7 @@ def node_down(coord: Coordinator, node: str, reason: str) -> None:
 
     for spec in reversed(released):  # resumed at the head of the queue, in admission order
         req = coord._live.pop(spec.request_id)
-        coord._free_hops(req)
+        requests.free_hops(coord, req)
         req.failures.append(f"{node} ({reason})")
         if len(req.failures) >= MAX_FAILURES_PER_REQUEST:  # it may be what kills them: no blind replay
             coord._by_client.pop((req.identity, req.client_request_id), None)
@@ -94,10 +95,10 @@ def node_down(coord: Coordinator, node: str, reason: str) -> None:
             coord.scheduler.submit(resume, front=True)
             coord.resumed += 1
         except HelixError as exc:
-            coord._fail(req, unroutable(exc))
+            requests.fail(coord, req, unroutable(exc))
     for spec, why in coord.scheduler.drop_unroutable():
-        coord._fail(coord._live[spec.request_id], unroutable(why))
-    coord._admit()
+        requests.fail(coord, coord._live[spec.request_id], unroutable(why))
+    requests.admit(coord)
 
 
 def rejoin(coord: Coordinator, node: str) -> None:
@@ -110,7 +111,7 @@ def rejoin(coord: Coordinator, node: str) -> None:
     coord.rejoined += 1
     del coord.down_nodes[node]  # last: stats() readers see the node back with its flows
     logger.warning("node %s is back in service", node)
-    coord._admit()
+    requests.admit(coord)
 
 
 def reflow(coord: Coordinator, down: set[str]) -> None:

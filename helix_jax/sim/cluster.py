@@ -1,20 +1,20 @@
-"""Simulated nodes and links: continuous-batching steps and FIFO link transfers.
+"""Simulated nodes: continuous-batching steps.
 
-Owns the execution model of HELIX.md section 6 for one node and one link (the engine in
-engine.py moves requests between them; their waiting lines are in request.py):
+Owns the execution model of HELIX.md section 6 for one node (the engine in engine.py moves
+requests between nodes over the cost model's FIFO links, `costmodel.links.FifoLink`; their
+waiting lines are in request.py):
 
 * `SimNode`: requests wait in arrival order; when idle the node forms one batch mixing
-  prefill and decode work, bounded by `max_prompt_tokens` prompt tokens (longer prompts are
-  prefilled in chunks over several steps, as the runtime does, and move on to the next hop
-  once whole), `max_decode_seqs` decode sequences, and the KV room
-  the scheduler reserved at admission. The step runs the node's layers in order; a request
-  that entered at layer x (partial inference) joins at layer x, so the step costs
-  `sum over layer segments of layers x layer_step_seconds(active prompt tokens, active decode
-  seqs, their context)`. Actual KV entries are tracked and checked against the reservation.
-  A step's bookkeeping is per message taken and per entry layer, plus C-level sums over its
+  prefill and decode work, bounded by `max_prompt_tokens` prompt tokens (the cost model's
+  `max_prompt_tokens_per_step`; longer prompts are prefilled in chunks over several steps,
+  as the runtime does, and move on to the next hop once whole), `max_decode_seqs` decode
+  sequences, and the KV room the scheduler reserved at admission. The step runs the node's
+  layers in order; a request that entered at layer x (partial inference) joins at layer x,
+  so the step costs `sum over layer segments of layers x layer_step_seconds(active prompt
+  tokens, active decode seqs, their context)`, as the cost model's
+  `step_seconds_by_entry_layer` computes it. Actual KV entries are tracked and checked
+  against the reservation. A step's bookkeeping is per message taken and per entry layer, plus C-level sums over its
   requests: its cost grows with steps, not with the tokens in them.
-* `SimLink`: one transfer at a time in FIFO order; the link is busy for bytes / bandwidth and
-  the message lands `latency` later (propagation overlaps the next transfer).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from __future__ import annotations
 import itertools
 from typing import Callable
 
+from helix_jax.costmodel.steps import step_seconds_by_entry_layer, uniform_step_seconds
 from helix_jax.sim.request import SimRequest, WaitingLine
 
-__all__ = ["SimLink", "SimNode", "SimRequest", "WaitingLine"]
+__all__ = ["SimNode", "SimRequest", "WaitingLine"]
 
 
 class SimNode:
@@ -53,7 +54,7 @@ class SimNode:
         # engine bookkeeping: messages on their way here, and the wake-up scheduled while idle
         self.pending: list[tuple] = []  # heap of (arrival_s, seq, entry layer, prompt rows, decode rows)
         self.wake_key: tuple[float, int] | None = None
-        self.out_links: dict = {}  # destination -> (SimLink, its SimNode or None for the coordinator)
+        self.out_links: dict = {}  # destination -> (FifoLink, its SimNode or None for the coordinator)
         # running totals for reports
         self.steps = 0
         self.busy_s = 0.0
@@ -106,7 +107,8 @@ class SimNode:
         if entry is None:
             seconds = self._segmented_seconds(prefill, segments)
         else:
-            seconds = (self.end_layer - entry) * self._layer_step_seconds(prompt_tokens, len(decode), context)
+            seconds = uniform_step_seconds(self._layer_step_seconds, self.end_layer - entry, prompt_tokens,
+                                           len(decode), context)
         self.steps += 1
         self.busy_s += seconds
         self.decode_seqs_total += len(decode)
@@ -122,17 +124,7 @@ class SimNode:
             g = groups.setdefault(entry, [0, 0, 0])
             g[1] += len(reqs)
             g[2] += context_tokens
-        entries = sorted(groups)
-        total = 0.0
-        prompt = seqs = context = 0
-        for i, entry in enumerate(entries):
-            g = groups[entry]
-            prompt += g[0]
-            seqs += g[1]
-            context += g[2]
-            upto = entries[i + 1] if i + 1 < len(entries) else self.end_layer
-            total += (upto - entry) * self._layer_step_seconds(prompt, seqs, context)
-        return total
+        return step_seconds_by_entry_layer(self._layer_step_seconds, self.end_layer, groups)
 
     def finish(self) -> tuple[list[SimRequest], list[SimRequest]]:
         """End the step: write the batch's KV; returns the prompts and the decode requests that
@@ -166,25 +158,3 @@ class SimNode:
         prefill, decode = self.finish()
         return prefill + decode
 
-
-class SimLink:
-    """A directed link with one FIFO transfer at a time."""
-
-    __slots__ = ("latency_s", "bytes_per_s", "bytes_per_token", "free_at_s", "busy_s", "transfers")
-
-    def __init__(self, latency_s: float, bytes_per_s: float, bytes_per_token: float):
-        self.latency_s = latency_s
-        self.bytes_per_s = bytes_per_s
-        self.bytes_per_token = bytes_per_token
-        self.free_at_s = 0.0
-        self.busy_s = 0.0
-        self.transfers = 0
-
-    def send(self, now_s: float, num_tokens: int) -> float:
-        """Queue a message of `num_tokens` tokens at `now_s`; returns its arrival time."""
-        start = now_s if now_s > self.free_at_s else self.free_at_s
-        wire_s = num_tokens * self.bytes_per_token / self.bytes_per_s
-        self.free_at_s = start + wire_s
-        self.busy_s += wire_s
-        self.transfers += 1
-        return self.free_at_s + self.latency_s

@@ -38,16 +38,17 @@ import time
 from typing import Any, Callable, Iterator
 
 from helix_jax.bench.metrics import MetricsCollector
-from helix_jax.bench.workload import LengthSampler, seeded_arrivals
 from helix_jax.costmodel import CostModel
+from helix_jax.costmodel.links import FifoLink
 from helix_jax.placement import Placement
 from helix_jax.scheduler import Scheduler
 from helix_jax.sim.admission import Admitter
-from helix_jax.sim.cluster import SimLink, SimNode, SimRequest
+from helix_jax.sim.cluster import SimNode, SimRequest
 from helix_jax.sim.config import SimConfig
 from helix_jax.sim.result import SimResult, build_result
 from helix_jax.sim.stepping import ARRIVAL, AT_COORDINATOR, EVENT_KINDS, STEP_DONE, WAKE, NodeStepper
 from helix_jax.topology import COORDINATOR
+from helix_jax.workload import LengthSampler, seeded_arrivals
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,8 @@ class Simulator(Admitter, NodeStepper):
                                    min_edge_share=config.min_edge_share, seed=config.seed)
         self.metrics = MetricsCollector(config.warmup_s, config.duration_s, config.slo_ttft_ms,
                                         config.slo_tpot_ms, seed=config.seed)
-        self._links: dict[tuple[str, str], SimLink] = {}
-        self._coordinator_out: dict[str, tuple[SimLink, SimNode | None]] = {}  # as SimNode.out_links
+        self._links: dict[tuple[str, str], FifoLink] = {}
+        self._coordinator_out: dict[str, tuple[FifoLink, SimNode | None]] = {}  # as SimNode.out_links
         self._kv_reserved = self.scheduler.ledger.used_view()
         self._length_rng = random.Random(config.seed)
         self._queued: dict[str, tuple[int, int, float]] = {}  # rid -> (prompt, output, arrival_s)

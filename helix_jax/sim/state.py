@@ -12,12 +12,13 @@ import random
 from typing import Any, Mapping
 
 from helix_jax.bench.metrics import MetricsCollector
-from helix_jax.bench.workload import LengthSampler
 from helix_jax.costmodel import CostModel
+from helix_jax.costmodel.links import FifoLink
 from helix_jax.placement import Placement
 from helix_jax.scheduler import Scheduler
-from helix_jax.sim.cluster import SimLink, SimNode
+from helix_jax.sim.cluster import SimNode
 from helix_jax.sim.config import SimConfig
+from helix_jax.workload import LengthSampler
 
 
 class RunState:
@@ -31,8 +32,8 @@ class RunState:
     metrics: MetricsCollector
     nodes: dict[str, SimNode]
     budgets: dict[str, int]
-    _links: dict[tuple[str, str], SimLink]
-    _coordinator_out: dict[str, tuple[SimLink, SimNode | None]]  # as SimNode.out_links
+    _links: dict[tuple[str, str], FifoLink]
+    _coordinator_out: dict[str, tuple[FifoLink, SimNode | None]]  # as SimNode.out_links
     _kv_reserved: Mapping[str, int]  # the ledger's reservations per node, live
     _length_rng: random.Random
     _queued: dict[str, tuple[int, int, float]]  # rid -> (prompt, output, arrival_s)

@@ -18,7 +18,8 @@ import heapq
 import itertools
 import operator
 
-from helix_jax.sim.cluster import SimLink, SimNode, SimRequest
+from helix_jax.costmodel.links import FifoLink
+from helix_jax.sim.cluster import SimNode, SimRequest
 from helix_jax.sim.state import RunState
 from helix_jax.topology import COORDINATOR
 
@@ -34,16 +35,13 @@ _FEW_DESTINATIONS = 3  # up to this many, grouping a batch by destination is one
 class NodeStepper(RunState):
     """Messages, steps and next hops for `Simulator` (see the module docstring)."""
 
-    def _link(self, src: str, dst: str) -> SimLink:
+    def _link(self, src: str, dst: str) -> FifoLink:
         link = self._links.get((src, dst))
         if link is None:
-            spec = self.cost.topology.link(src, dst)
-            bytes_per_token = self.cost.bytes_per_vector(src, dst)
-            link = self._links[(src, dst)] = SimLink(spec.latency_ms / 1e3, spec.bandwidth_bytes_per_s,
-                                                     bytes_per_token)
+            link = self._links[(src, dst)] = self.cost.fifo_link(src, dst)
         return link
 
-    def _out_link(self, out: dict, src: str, dst: str) -> tuple[SimLink, SimNode | None]:
+    def _out_link(self, out: dict, src: str, dst: str) -> tuple[FifoLink, SimNode | None]:
         """(link src -> dst, the destination node or None for the coordinator), kept in `out`."""
         hop = out[dst] = (self._link(src, dst), None if dst == COORDINATOR else self.nodes[dst])
         return hop

@@ -1,18 +1,17 @@
-"""Workloads: request lengths and arrival times for the simulator and the live benchmark.
+"""Request lengths: the (prompt tokens, output tokens) of every request a run sends.
 
-Owns the request streams fed into the scheduler (placement -> scheduler <- **workload**):
+Owns the length samplers (workload -> cost model and planner, which price capacities by a
+sampler's `shape`; -> simulator and live bench, which draw requests from it):
 
-* lengths: `AzureConversationLengths` (built-in, seeded, fitted to the Azure conversation
-  trace statistics of HELIX.md section 8), `FixedLengths`, `TraceLengths` (a CSV with
+* `AzureConversationLengths` (built-in, seeded, fitted to the Azure conversation trace
+  statistics of HELIX.md section 8), `FixedLengths`, `TraceLengths` (a CSV with
   `input_tokens,output_tokens` columns, e.g. ../shared/data/azure_conv_lengths.csv, read at
   run time and sampled with replacement); each knows its `shape` (mean prompt and output
   lengths, spread of outputs), which the cost model prices capacities by, so the planner plans
   for the workload a bench runs;
-* arrivals: `poisson_arrivals` (open loop at a rate) and `shaped_arrivals` (a non-homogeneous
-  Poisson process whose intensity follows a trace's per-interval counts, scaled to a rate;
-  CSV column `requests_in_3s`); `seeded_arrivals` picks one of them for a run (simulator and
-  live bench alike).
+* `read_csv_rows` and the integer checks that trace files (here and arrivals.py) share.
 
+Touches only the workload shape (shape.py) and the errors: no cost model, no simulator.
 Everything is driven by an explicit seed: same seed, same requests.
 """
 
@@ -23,10 +22,10 @@ import dataclasses
 import math
 import random
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
 
-from helix_jax.costmodel import WorkloadShape
 from helix_jax.errors import ConfigError
+from helix_jax.workload.shape import WorkloadShape
 
 MAX_PROMPT_TOKENS = 2048  # the Azure trace's clipping
 MAX_OUTPUT_TOKENS = 1000
@@ -151,10 +150,10 @@ class TraceLengths:
 
     @classmethod
     def load(cls, path: str | Path) -> "TraceLengths":
-        rows = _read_csv(path, ("input_tokens", "output_tokens"))
+        rows = read_csv_rows(path, ("input_tokens", "output_tokens"))
         prompts, outputs = [], []
         for line, row in rows:
-            p, o = _positive_int(row["input_tokens"], path, line), _positive_int(row["output_tokens"], path, line)
+            p, o = positive_int(row["input_tokens"], path, line), positive_int(row["output_tokens"], path, line)
             prompts.append(p)
             outputs.append(o)
         return cls(tuple(prompts), tuple(outputs), name=Path(path).stem)
@@ -172,64 +171,7 @@ def length_sampler(trace: str | Path | None = None, prompt_tokens: int | None = 
     return AzureConversationLengths()
 
 
-# ----------------------------------------------------------------------------- arrivals
-
-
-def poisson_arrivals(rate_per_s: float | None, rng: random.Random, start_s: float = 0.0) -> Iterator[float]:
-    """Endless arrival times of a Poisson process with `rate_per_s` requests per second."""
-    if rate_per_s is None or not rate_per_s > 0:
-        raise ConfigError(f"arrival rate must be positive, got {rate_per_s!r} requests/s")
-    t = start_s
-    while True:
-        t += rng.expovariate(rate_per_s)
-        yield t
-
-
-def shaped_arrivals(counts: Sequence[int], interval_s: float, rate_per_s: float | None,
-                    rng: random.Random) -> Iterator[float]:
-    """Endless arrival times whose intensity in interval i is `rate * counts[i] / mean(counts)`
-    (the trace is repeated when it runs out): a trace's burstiness at a chosen mean rate."""
-    if rate_per_s is None or not rate_per_s > 0:
-        raise ConfigError(f"arrival rate must be positive, got {rate_per_s!r} requests/s")
-    if not interval_s > 0:
-        raise ConfigError(f"arrival interval must be positive, got {interval_s!r} s")
-    total = sum(counts)
-    if not counts or total <= 0:
-        raise ConfigError("an arrivals trace needs at least one interval with a positive count")
-    scale = rate_per_s * len(counts) / total
-    t, i = 0.0, 0
-    while True:
-        start = (i * interval_s)
-        intensity = counts[i % len(counts)] * scale
-        t = max(t, start)
-        end = start + interval_s
-        while intensity > 0:
-            t += rng.expovariate(intensity)
-            if t >= end:
-                break
-            yield t
-        t = end  # memorylessness: restart the clock at the next interval
-        i += 1
-
-
-ARRIVAL_SEED_OFFSET = 7919  # arrivals draw from their own stream, apart from the lengths
-
-
-def seeded_arrivals(rate_per_s: float | None, counts: Sequence[int] | None, interval_s: float,
-                    seed: int) -> Iterator[float]:
-    """The open-loop arrival process the simulator and the live bench share: `shaped_arrivals`
-    when a trace's `counts` are given, else `poisson_arrivals`, seeded from `seed`."""
-    rng = random.Random(seed + ARRIVAL_SEED_OFFSET)
-    if counts:
-        return shaped_arrivals(counts, interval_s, rate_per_s, rng)
-    return poisson_arrivals(rate_per_s, rng)
-
-
-def load_arrival_counts(path: str | Path, column: str = "requests_in_3s") -> list[int]:
-    return [_non_negative_int(row[column], path, line) for line, row in _read_csv(path, (column,))]
-
-
-def _read_csv(path: str | Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+def read_csv_rows(path: str | Path, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"trace file {str(p)!r} does not exist")
@@ -245,14 +187,14 @@ def _read_csv(path: str | Path, columns: tuple[str, ...]) -> list[tuple[int, dic
     return rows
 
 
-def _positive_int(value: str, path: str | Path, line: int) -> int:
-    n = _non_negative_int(value, path, line)
+def positive_int(value: str, path: str | Path, line: int) -> int:
+    n = non_negative_int(value, path, line)
     if n < 1:
         raise ConfigError(f"{Path(path).name} line {line}: token counts must be positive, got {value!r}")
     return n
 
 
-def _non_negative_int(value: str, path: str | Path, line: int) -> int:
+def non_negative_int(value: str, path: str | Path, line: int) -> int:
     try:
         n = int(value)
     except (TypeError, ValueError):
