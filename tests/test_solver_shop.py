@@ -18,7 +18,7 @@ from helix_jax.errors import ConfigError, InfeasibleError, TopologyError
 from helix_jax.placement import Placement
 from helix_jax.solver.heuristics import coverage, node_tables
 from helix_jax.solver.maxflow import max_flow
-from helix_jax.solver.shop import shop, sub_topology
+from helix_jax.solver.shop import SHOP_GAP, shop, sub_topology
 from helix_jax.solver.shop_report import mix_topology_dict, single_type_options
 from helix_jax.solver.validate import validate_placement
 from helix_jax.topology import Topology, load_topology, topology_from_dict
@@ -79,7 +79,7 @@ def test_least_cost_for_a_target_is_the_enumerated_optimum(name: str, enumerated
         optimum = min(cost for cost, flow in table if flow >= target * (1 - 1e-9))
         result = shop(pool, target_tokens_per_s=target, time_limit_s=10)
         assert result.cost_per_hour == pytest.approx(optimum), (name, target)
-        assert result.cost_lower_bound_per_hour == pytest.approx(optimum, rel=1e-5)  # proven
+        assert optimum * (1 - SHOP_GAP) <= result.cost_lower_bound_per_hour <= optimum + 1e-9  # proven, within SHOP_GAP
         assert result.placement.status == "optimal"
         assert result.placement.objective_tokens_per_s >= target * (1 - 1e-6)
         assert sum(result.mix.values()) == len(result.placement.ranges)
@@ -94,7 +94,9 @@ def test_most_flow_for_a_budget_is_the_enumerated_optimum(name: str, enumerated)
         optimum = max(flow for cost, flow in table if cost <= budget + 1e-9)
         result = shop(pool, budget_per_hour=budget, time_limit_s=10)
         assert result.placement.objective_tokens_per_s == pytest.approx(optimum, rel=1e-6), (name, budget)
-        assert result.upper_bound_tokens_per_s == pytest.approx(optimum, rel=1e-4)
+        # the promise is "optimal within SHOP_GAP": how far below it the refinement gets depends on
+        # how many pace intervals the time limit allowed (1.8e-4 seen under a load of 13 on 2 cores)
+        assert optimum - 1e-9 <= result.upper_bound_tokens_per_s <= optimum * (1 + SHOP_GAP)
         assert result.cost_per_hour <= budget + 1e-9
         assert result.placement.status == "optimal"
 
