@@ -51,11 +51,11 @@ def bench_emulated(time_scale: float, concurrency: int, warmup_s: float, window_
     from helix_jax.workload import FixedLengths
 
     topo = load_topology(PAPER)
-    placement = plan(topo, time_limit_s=plan_time_s)
-    # residents per node as the capacity model assumes them: this bench's requests hold their
-    # fixed prompt + output, the cost model's the workload's residence-weighted mean
-    request_kv_tokens = FixedLengths(prompt_tokens, max_tokens).shape.resident_kv_tokens
-    kv_scale = request_kv_tokens / CostModel(topo).workload.resident_kv_tokens
+    # planned for this bench's own requests (prompt + output tokens resident), so the capacity
+    # model's residents per node are the ones the paged KV budgets really hold: no scaling by hand
+    cost = CostModel(topo, FixedLengths(prompt_tokens, max_tokens).shape)
+    placement = plan(topo, time_limit_s=plan_time_s, cost_model=cost)
+    kv_scale = 1.0
     model = resolve_model(f"tiny-{topo.model.num_layers}")
     max_seq_len = 64
     cfg = ServeConfig(topo, placement, model, weights="random:0", max_seq_len=max_seq_len,
