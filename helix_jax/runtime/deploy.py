@@ -123,6 +123,8 @@ class LocalDeployment:
         cfg = self.config
         try:
             self.coordinator = Coordinator(cfg, self.codec)
+            if self.restart_workers:  # its stats show the restarts taken and left per node
+                self.coordinator.health.restart_budget = self.budget
         except zmq.ZMQError as exc:
             port = f"client port {cfg.client_port}" if cfg.client_port else "a free port"
             raise StepFailed("launch", f"cannot bind {port}: {zmq.strerror(exc.errno or 0)}", "coordinator", cfg.host) from None

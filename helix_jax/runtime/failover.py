@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from helix_jax.errors import HelixError, RequestError
 from helix_jax.placement import Placement
-from helix_jax.runtime import wire
+from helix_jax.runtime import health, wire
 from helix_jax.scheduler import RequestSpec
 from helix_jax.topology import COORDINATOR
 
@@ -52,6 +52,7 @@ def check_heartbeats(coord: Coordinator) -> None:
     if coord.scheduler is None or now < coord._next_heartbeat_check:
         return  # the loop wakes per message batch; twice per heartbeat period is enough
     coord._next_heartbeat_check = now + wire.HEARTBEAT_INTERVAL_S / 2
+    health.check_resumes(coord)
     limit = coord.config.heartbeat_timeout_s
     for node, heard in list(coord._last_heard.items()):
         if node not in coord.down_nodes and now - heard > limit:
@@ -79,6 +80,7 @@ def node_down(coord: Coordinator, node: str, reason: str) -> None:
         coord._free_hops(req)
         req.failures.append(f"{node} ({reason})")
         if len(req.failures) >= MAX_FAILURES_PER_REQUEST:  # it may be what kills them: no blind replay
+            coord.health.failed["repeated_failure"] += 1
             coord._by_client.pop((req.identity, req.client_request_id), None)
             coord._reply_error(req.identity, req.client_request_id, RequestError(
                 f"this request was in flight on {len(req.failures)} nodes that went out of service "
@@ -93,9 +95,12 @@ def node_down(coord: Coordinator, node: str, reason: str) -> None:
         try:
             coord.scheduler.submit(resume, front=True)
             coord.resumed += 1
+            health.start_resume_clock(coord, req)
         except HelixError as exc:
+            coord.health.failed["no_route"] += 1
             coord._fail(req, unroutable(exc))
     for spec, why in coord.scheduler.drop_unroutable():
+        coord.health.failed["no_route"] += 1
         coord._fail(coord._live[spec.request_id], unroutable(why))
     coord._admit()
 
@@ -108,6 +113,7 @@ def rejoin(coord: Coordinator, node: str) -> None:
     reflow(coord, set(coord.down_nodes) - {node})
     coord._last_heard[node] = time.perf_counter()
     coord.rejoined += 1
+    coord.health.rejoins[node] += 1
     del coord.down_nodes[node]  # last: stats() readers see the node back with its flows
     logger.warning("node %s is back in service", node)
     coord._admit()

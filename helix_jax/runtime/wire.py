@@ -97,7 +97,8 @@ SCHEMAS: dict[str, Schema] = {
                 {"kv_page_tokens": (int, type(None))}),
     "failed": _s({"node": str, "message": str}, {"phase": str}),  # phase: where it failed (load, compile)
     "progress": _s({"node": str, "phase": str}),  # warm-up phase started: "load" (weights), "compile"
-    "heartbeat": _s({"node": str}, {"mean_step_s": _NUM}),  # mean batch time since the last one
+    # mean batch time and messages dropped (reason -> count) since the last one
+    "heartbeat": _s({"node": str}, {"mean_step_s": _NUM, "dropped": dict}),
     "peer": _s({"node": str, "data_endpoint": str}),  # a rejoined neighbour's new data endpoint
     "shutdown": _s({}),
     # data plane (PUSH -> PULL): activations hop to hop, sampled tokens back, KV release
@@ -298,7 +299,8 @@ def drain(sock: zmq.Socket, handler: Callable[[bytes | None, Message], None], ro
         except Exception as exc:  # a value no check foresaw: still only this message is lost
             logger.exception("rejected %s: its handler failed", msg.kind)
             if on_reject is not None:
-                on_reject(identity, msg, ProtocolError(f"{msg.kind} could not be handled: {type(exc).__name__}: {exc}"))
+                on_reject(identity, msg, ProtocolError(f"{msg.kind} could not be handled: {type(exc).__name__}: {exc}",
+                                                       "handler_error"))
 
 
 def configure(sock: zmq.Socket) -> zmq.Socket:

@@ -47,6 +47,7 @@ import zmq
 from helix_jax.errors import ConfigError, ProtocolError, RequestError
 from helix_jax.runtime import security, wire
 from helix_jax.runtime.emulation import ComputePacer, DelayedSends, EmulationSpec, LinkPacer
+from helix_jax.runtime.health import DropCounter
 from helix_jax.runtime.runner import RunnerFactory, engine_runner
 from helix_jax.runtime.stage_host import StageHost
 from helix_jax.topology import COORDINATOR
@@ -116,6 +117,7 @@ class Worker:
         self.real_busy_s = self.emulated_busy_s = 0.0
         self.overruns = 0
         self._reported_steps, self._reported_busy_s = 0, 0.0  # at the last heartbeat
+        self.drops = DropCounter()  # messages dropped, by reason; each heartbeat reports the new ones
 
     # ------------------------------------------------------------------ 1-2: join
     def run(self) -> int:
@@ -246,6 +248,9 @@ class Worker:
                 assert self.host is not None
                 self.host.expire(time.monotonic(), KV_LEASE_S)
                 report: dict[str, Any] = self._step_report()
+                dropped = self.drops.take()
+                if dropped:
+                    report["dropped"] = dropped
                 wire.send(self._control, wire.make("heartbeat", node=self.options.node, **report))
                 next_heartbeat = now + wire.HEARTBEAT_INTERVAL_S
             wake = [t for t in (self._timers.next_due, self._busy_until if self._held else None) if t is not None]
@@ -257,9 +262,10 @@ class Worker:
             if events:
                 self._stalled = False  # new messages may unblock waiting steps
             if self._control in events:
-                wire.drain(self._control, lambda _i, m: self._on_control(m))
+                wire.drain(self._control, lambda _i, m: self._on_control(m), on_reject=self.drops)
             if self._data in events:
-                wire.drain(self._data, lambda _i, m: self._on_data(m), secure=self.keys is not None)
+                wire.drain(self._data, lambda _i, m: self._on_data(m), secure=self.keys is not None,
+                           on_reject=self.drops)
             self._release_held()
             self._timers.fire(time.perf_counter(), self._push_now)
             if self.host.waiting and not self._held:
