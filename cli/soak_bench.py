@@ -144,6 +144,7 @@ def main() -> None:
                   "faults": len(log), "kills": sum(f["signal"] == "SIGKILL" for f in log),
                   "stops": sum(f["signal"] == "SIGSTOP" for f in log), "restarts": dict(dep.restarts),
                   "ready_at_end": final["ready"], "reason_at_end": final.get("reason"),
+                  "health_at_end": final.get("health"),
                   "answer_after": after.text, "errors": tally.errors}
     print(json.dumps(result, indent=2))
     if args.out is not None:
