@@ -9,7 +9,9 @@ is resumed on a surviving route, first in the queue: its KV on the surviving hop
 and under a fresh internal id its prompt plus the tokens already streamed are prefilled
 again, so the client's stream continues where it stopped (sampling depends only on seed and
 position). A request that no surviving route can hold, queued or in flight, gets one `error`
-naming the nodes out of service, and so does every later request. A fresh worker that
+naming the nodes out of service, and so does every later request; one that a route could hold
+but none admits within `resume_grace_s` gets one naming the lost node (health.check_resumes,
+run with the heartbeat check), so no request waits for a restart. A fresh worker that
 registers for a node out of service rejoins (coordinator_control.py), and once it is `ready`
 the node is back in service and the flows are recomputed with it (`_rejoin`).
 
