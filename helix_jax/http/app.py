@@ -92,16 +92,17 @@ def create_app(backend: Backend, api_key: str | Sequence[str] | None = None, max
     @app.get("/ready")
     async def ready() -> JSONResponse:
         """200 or 503 (an error object), with the deployment's health beside it when known."""
-        health = {}
+        extra: dict[str, Any] = {}
         if not backend.draining:
             with contextlib.suppress(APIError):  # ensure_serving reports it
-                health = {"health": (await backend.stats())["health"]}
+                stats = await backend.stats()
+                extra = {"health": stats["health"]} if "health" in stats else {}
         try:
             await backend.ensure_serving()
         except APIError as err:
             metrics.observe_error(err.status, err.code)
-            return JSONResponse({**err.body(), **health}, status_code=err.status, headers=err.headers)
-        return JSONResponse({"status": "ready", "model": backend.model, **health})
+            return JSONResponse({**err.body(), **extra}, status_code=err.status, headers=err.headers)
+        return JSONResponse({"status": "ready", "model": backend.model, **extra})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
