@@ -14,6 +14,8 @@ LocalDeployment (helix_jax/runtime/deploy.py) or, with `--ray`, a RayDeployment
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import signal
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from helix_jax.cli.http_cmds import API_KEY_HELP, KEY_QUEUE_SHARE_HELP
 from helix_jax.errors import ConfigError, HelixError
 from helix_jax.runtime.workflow import STEP_TITLES, StepFailed, StepProgress
 
@@ -104,6 +107,9 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
            plan_time: float = typer.Option(10.0, help="Planner time limit in seconds."),
            heartbeat_timeout: float = typer.Option(10.0, help="Seconds of silence after which a worker is "
                                                              "taken out of service and its requests move on."),
+           resume_grace_s: float = typer.Option(3.0, "--resume-grace-s", help="Seconds a request moved off a "
+                                                "lost node may wait for a surviving route; then it fails with an "
+                                                "error naming the node (it never waits for a restart)."),
            restart_workers: int = typer.Option(3, help="Restarts of a crashed worker per node within "
                                                        "--restart-window (0: none); the replacement rejoins once warm."),
            restart_window: float = typer.Option(600.0, help="Seconds after which a restart no longer counts "
@@ -122,8 +128,8 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
            http_port: int = typer.Option(8000, help="Port of the OpenAI-compatible HTTP API (0: a free port)."),
            http_host: str = typer.Option("127.0.0.1", help="Address the HTTP API listens on."),
            no_http: bool = typer.Option(False, "--no-http", help="Serve the ZeroMQ client socket only."),
-           api_key: str = typer.Option(None, envvar="HELIX_API_KEY",
-                                       help="Require 'Authorization: Bearer KEY' on /v1 (env HELIX_API_KEY)."),
+           api_key: str = typer.Option(None, envvar="HELIX_API_KEY", help=API_KEY_HELP),
+           key_queue_share: int = typer.Option(None, help=KEY_QUEUE_SHARE_HELP),
            shutdown_timeout: float = typer.Option(30.0, help="On SIGTERM/Ctrl-C: seconds HTTP requests in "
                                                              "flight may finish before they are cancelled.")) -> None:
     """Plan, start the coordinator, the workers and the HTTP API, and serve until Ctrl-C / SIGTERM."""
@@ -135,17 +141,20 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
     with flow.step("validate"):
         if restart_workers < 0:
             raise ConfigError(f"--restart-workers must be >= 0, got {restart_workers}")
+        if not (resume_grace_s >= 0 and math.isfinite(resume_grace_s)):
+            raise ConfigError(f"--resume-grace-s must be >= 0 and finite, got {resume_grace_s}")
         checked = validate_deploy(topology, model, time_scale, host, heartbeat_timeout, not insecure, kv_layout)
         if not no_http and not dry_run:  # bound first: a busy port fails before anything starts
             from helix_jax.http.server import bind_socket
 
-            check_http_options(http_port, shutdown_timeout)
+            check_http_options(http_port, shutdown_timeout, api_key, key_queue_share)
             sock = bind_socket(http_host, http_port)
     name = checked[0].name
     console.print(f"  topology {name}: {len(checked[0].nodes)} nodes, model {checked[1].name}")
     with flow.step("plan"):
         cfg, codec = planned_config(checked, placement, emulate, time_scale, host, port, kv_tokens, max_seq_len,
                                     plan_time, heartbeat_timeout, not insecure, kv_layout)
+        cfg = dataclasses.replace(cfg, resume_grace_s=resume_grace_s)
     print_placement(cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
     if dry_run:
         print_launch_plan(cfg, ray)
@@ -180,7 +189,8 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
         with flow.step("serving"):
             client_keys = cfg.keys.client() if cfg.keys is not None else None
             if sock is not None:
-                front = start_http(dep.client_endpoint, codec, sock, api_key, keys=client_keys)
+                front = start_http(dep.client_endpoint, codec, sock, api_key, keys=client_keys,
+                                   key_queue_share=key_queue_share)
         console.print(f"serving {cfg.model.name}: client endpoint [bold]{dep.client_endpoint}[/]  (Ctrl-C stops)")
         console.print(f"connection file: {dep.connection_file}", soft_wrap=True)
         console.print(f"try: helix-jax generate --connection {dep.connection_file} --prompt 'Hello' --stream",

@@ -44,6 +44,8 @@ class Tally:
         self.errors: dict[str, int] = {}
         self.longest_stall_s = 0.0
         self.slowest_s = 0.0
+        self.slowest: dict[str, Any] = {}  # how the slowest request ended
+        self.over_10_s = 0  # requests that took longer than 10 s, whatever their end
 
     def add(self, key: str, error: str | None = None) -> None:
         with self.lock:
@@ -69,6 +71,7 @@ def user(endpoint_keys: tuple[str, Any], tally: Tally, stop: threading.Event, se
                 kwargs.update(extra)
             tally.add("sent")
             started = last = time.monotonic()
+            outcome = "completed"
             try:
                 for _ in client.stream(prompt, **kwargs):
                     now = time.monotonic()
@@ -79,10 +82,14 @@ def user(endpoint_keys: tuple[str, Any], tally: Tally, stop: threading.Event, se
             except HelixError as exc:
                 text = str(exc)
                 lost = "no reply within" in text
+                outcome = f"{type(exc).__name__}: {text[:160]}"
                 tally.add("lost" if lost else ("failed_poison" if poison else "failed_clear"),
                           f"{type(exc).__name__}: {text[:90]}")
+            took = time.monotonic() - started
             with tally.lock:
-                tally.slowest_s = max(tally.slowest_s, time.monotonic() - started)
+                tally.over_10_s += took > 10.0
+                if took > tally.slowest_s:
+                    tally.slowest_s, tally.slowest = took, {"outcome": outcome, "started": started}
 
 
 def faults(dep: Any, stop: threading.Event, every_s: float, stop_for_s: float, log: list, seed: int) -> None:
@@ -136,15 +143,30 @@ def main() -> None:
         stop.set()
         for t in (*users, chaos):
             t.join(timeout=300)
+        stopped = time.monotonic()
         with Client(dep.client_endpoint, timeout_s=30, keys=cfg.keys.client()) as probe:
-            final = probe.stats()
-            after = probe.generate("What is the capital of France?", max_tokens=8)
+            final = probe.stats()  # a worker the last fault hit may still be restarting: wait (bounded)
+            while not final["ready"] and time.monotonic() - stopped < 300:
+                time.sleep(1.0)
+                final = probe.stats()
+            ready_after_s = time.monotonic() - stopped
+            try:
+                after = probe.generate("What is the capital of France?", max_tokens=8).text
+            except HelixError as exc:
+                after = f"{type(exc).__name__}: {exc}"
+        began_at = tally.slowest.pop("started", 0.0)
+        faults_before = [f["t"] for f in log if f["t"] <= began_at]
+        slowest = {**tally.slowest, "faults_during": sum(began_at <= f["t"] <= began_at + tally.slowest_s for f in log),
+                   "started_after_last_fault_s": began_at - faults_before[-1] if faults_before else None}
         result = {"duration_s": args.duration_s, "ready_s": ready_s, "clients": args.clients, **tally.counts,
                   "longest_stall_s": tally.longest_stall_s, "slowest_request_s": tally.slowest_s,
+                  "slowest_request": slowest, "requests_over_10_s": tally.over_10_s,
+                  "ready_after_stop_s": ready_after_s,
                   "faults": len(log), "kills": sum(f["signal"] == "SIGKILL" for f in log),
                   "stops": sum(f["signal"] == "SIGSTOP" for f in log), "restarts": dict(dep.restarts),
                   "ready_at_end": final["ready"], "reason_at_end": final.get("reason"),
-                  "answer_after": after.text, "errors": tally.errors}
+                  "health_at_end": final.get("health"),
+                  "answer_after": after, "errors": tally.errors}
     print(json.dumps(result, indent=2))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2))

@@ -35,4 +35,11 @@ class OverloadedError(HelixError):
 
 
 class ProtocolError(HelixError):
-    """A wire message is malformed, of an unknown kind or of an unsupported version."""
+    """A wire message is malformed, of an unknown kind or of an unsupported version.
+
+    `reason` says why it was dropped, for the operator's counters (runtime/health.py):
+    "malformed" unless the raiser knows better ("forged", "out_of_range_token", ...)."""
+
+    def __init__(self, message: str = "", reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason

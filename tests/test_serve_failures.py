@@ -192,6 +192,9 @@ def test_deployment_restarts_a_crashed_worker(tmp_path, cpu_small_placement: Pla
             time.sleep(0.2)
         assert coord.stats()["rejoined"] == 1 and coord.stats()["down_nodes"] == {}
         assert dep.restarts == {"cpu-2": 1} and (tmp_path / "cpu-2.restart1.log").exists()
+        with Client(dep.client_endpoint, timeout_s=60) as probe:  # what /ready and /metrics show
+            health = probe.stats()["health"]
+        assert health["restarts"]["cpu-2"] == {"taken": 1, "left": 0} and health["rejoins"]["cpu-2"] == 1
         results = _run_all(dep.client_endpoint, [(p, 6, None) for p in PROMPTS])
         for prompt, res in zip(PROMPTS, results):
             assert list(res.ids) == reference(_ids(prompt), 6)  # the real (tiny, seeded) model's tokens

@@ -1,44 +1,48 @@
 """Routes of the OpenAI-compatible API (FastAPI).
 
 Owns: `create_app(backend, api_key, ...)`: `/v1/models`, `/v1/completions`,
-`/v1/chat/completions`, `/health`, `/ready`, `/metrics`, API-key checks, body limits, and the
-turning of a request into sequences (tokenize, context check, sampling defaults) and of
-their events into one answer or a stream. Sits at the front of the front end's data flow:
-HTTP -> **app** (schemas, tokenizer) -> backend -> coordinator; backend -> **app**
-(streaming) -> HTTP.
+`/v1/chat/completions`, `/health`, `/ready` (with the deployment's health), `/metrics`, the
+order of a request's checks (key, body, model, readiness, the key's share of the queue) and
+the turning of a request into sequences (tokenize, context check, sampling defaults). Sits at
+the front of the front end's data flow: HTTP -> **app** (tenants, schemas, tokenizer) ->
+backend -> coordinator; backend -> answers.py (one answer or a stream) -> HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import random
 import time
 import uuid
-from typing import Any, AsyncIterator, Awaitable, TypeVar
+from typing import Any, AsyncIterator, Sequence
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from helix_jax.errors import RequestError
 from helix_jax.http import streaming as sse
-from helix_jax.http.backend import Backend, Run, SeqParams
-from helix_jax.http.errors import APIError, bad_request, error_response, model_not_found, unauthorized
+from helix_jax.http.answers import ClientGone, RunStream, collect, first_events, read_body, stream_body, unless_disconnected
+from helix_jax.http.backend import Backend, SeqParams
+from helix_jax.http.errors import APIError, bad_request, error_response, model_not_found
 from helix_jax.http.schemas import ChatCompletionRequest, CompletionRequest, parse_body
+from helix_jax.http.tenants import Tenants
 
 MAX_BODY_BYTES = 4 << 20
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-T = TypeVar("T")
 
 
-class ClientGone(Exception):
-    """The HTTP client disconnected before the answer was ready."""
+def create_app(backend: Backend, api_key: str | Sequence[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+               key_queue_share: int | None = None) -> FastAPI:
+    """The app of `backend`. `api_key`: one key, several (a list, or commas), or None (no auth:
+    every request is one tenant); `key_queue_share`: sequences one key may have waiting
+    (None: half the coordinator's queue)."""
+    metrics = backend.metrics
+    backend.tenants = tenants = Tenants(api_key, key_queue_share,
+                                        on_refused=lambda tenant: metrics.key_refused.labels(tenant).inc())
 
-
-def create_app(backend: Backend, api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await backend.start()
@@ -50,7 +54,6 @@ def create_app(backend: Backend, api_key: str | None = None, max_body_bytes: int
 
     app = FastAPI(title="helix-jax OpenAI-compatible API", lifespan=lifespan)
     app.state.backend = backend
-    metrics = backend.metrics
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
@@ -74,12 +77,9 @@ def create_app(backend: Backend, api_key: str | None = None, max_body_bytes: int
         metrics.observe_error(err.status, None)
         return error_response(err)
 
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].strip().encode(), api_key.encode()):
-            raise unauthorized()
+    def authorize(request: Request) -> str:
+        """The request's tenant (its API key's name); 401 without a configured key."""
+        return tenants.identify(request.headers.get("authorization", ""))
 
     def check_model(model: str) -> None:
         if model != backend.model:
@@ -91,15 +91,24 @@ def create_app(backend: Backend, api_key: str | None = None, max_body_bytes: int
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
+        """200 or 503 (an error object), with the deployment's health beside it when known."""
+        extra: dict[str, Any] = {}
         if not backend.draining:
-            await backend.stats()
-        await backend.ensure_serving()
-        return JSONResponse({"status": "ready", "model": backend.model})
+            with contextlib.suppress(APIError):  # ensure_serving reports it
+                stats = await backend.stats()
+                extra = {"health": stats["health"]} if "health" in stats else {}
+        try:
+            await backend.ensure_serving()
+        except APIError as err:
+            metrics.observe_error(err.status, err.code)
+            return JSONResponse({**err.body(), **extra}, status_code=err.status, headers=err.headers)
+        return JSONResponse({"status": "ready", "model": backend.model, **extra})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         with contextlib.suppress(APIError):  # the front end's own metrics even if the coordinator is gone
             metrics.update_from_stats(await backend.stats())
+        metrics.update_tenants(tenants.waiting, tenants.names)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     def model_card() -> dict[str, Any]:
@@ -118,19 +127,20 @@ def create_app(backend: Backend, api_key: str | None = None, max_body_bytes: int
         check_model(model)
         return model_card()
 
-    async def admitted(request: Request, schema: Any) -> tuple[float, Any]:
-        """(arrival time, parsed body) of a generation request that may be served now: the key,
-        the body, the model and the deployment's state checked, in that order."""
+    async def admitted(request: Request, schema: Any) -> tuple[float, str, Any]:
+        """(arrival time, tenant, parsed body) of a generation request that may be served now:
+        the key, the body, the model and the deployment's state checked, in that order (the
+        key's share of the queue is checked once its sequences are known: `Backend.open`)."""
         received = time.perf_counter()
-        authorize(request)
+        tenant = authorize(request)
         req = parse_body(await read_body(request, max_body_bytes), schema)
         check_model(req.model)
         await backend.ensure_serving()
-        return received, req
+        return received, tenant, req
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        received, req = await admitted(request, CompletionRequest)
+        received, tenant, req = await admitted(request, CompletionRequest)
         prompts = []
         for p in req.prompt:
             ids = backend.tokenizer.encode(p) if isinstance(p, str) else p
@@ -139,21 +149,21 @@ def create_app(backend: Backend, api_key: str | None = None, max_body_bytes: int
                 raise bad_request(f"prompt token id {bad} is outside the vocabulary [0, {backend.vocab_size})",
                                   "prompt")
             prompts.append(ids)
-        return await respond(request, req, prompts, "prompt", False, received)
+        return await respond(request, req, prompts, "prompt", False, received, tenant)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        received, req = await admitted(request, ChatCompletionRequest)
+        received, tenant, req = await admitted(request, ChatCompletionRequest)
         try:
             ids = backend.tokenizer.encode_chat([m.as_template_input() for m in req.messages])
         except RequestError as exc:
             raise bad_request(str(exc), "messages") from None
-        return await respond(request, req, [ids], "messages", True, received)
+        return await respond(request, req, [ids], "messages", True, received, tenant)
 
     async def respond(request: Request, req: Any, prompts: list[list[int]], field: str, chat: bool,
-                      received: float) -> Response:
+                      received: float, tenant: str) -> Response:
         seqs = sequences(req, prompts, field, chat)
-        run = backend.open(seqs, received)
+        run = backend.open(seqs, received, tenant)  # 429 past the key's share of the queue
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         prompt_tokens = sum(len(p) for p in prompts)
         texts = [sse.TextAssembler(backend.tokenizer, s.stop) for s in seqs]
@@ -190,119 +200,3 @@ def create_app(backend: Backend, api_key: str | None = None, max_body_bytes: int
         return seqs
 
     return app
-
-
-class RunStream(StreamingResponse):
-    """The SSE response of a run; the run is closed (its sequences cancelled if still going)
-    however the response ends, even when the client leaves before the first byte."""
-
-    def __init__(self, run: Run, body: AsyncIterator[bytes]) -> None:
-        super().__init__(body, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.run = run
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.run.backend.close_run(self.run)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, or a 400 once it passes `limit` bytes (the rest is read and dropped, so the
-    client gets the answer rather than a reset connection)."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-    if size > limit:
-        raise bad_request(f"the request body has {size} bytes; the limit is {limit}", None, "body_too_large")
-    return b"".join(chunks)
-
-
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """`work`'s result, or ClientGone (work cancelled) if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-
-    async def gone() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(gone())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if not task.done() or task.cancelled():
-        raise ClientGone()
-    return task.result()
-
-
-async def collect(run: Run, texts: list[sse.TextAssembler]) -> list[str]:
-    """Every sequence to its end; finish reasons by choice. The first error is raised."""
-    reasons: dict[int, str] = {}
-    while len(reasons) < len(texts):
-        index, kind, value = await run.events.get()
-        if kind == "error":
-            raise value
-        assert index is not None  # only a run-wide error has no sequence
-        if kind == "token":
-            texts[index].add(value)
-        else:
-            texts[index].flush()
-            reasons[index] = value
-    return [reasons[i] for i in range(len(texts))]
-
-
-async def first_events(run: Run) -> list[tuple[int | None, str, Any]]:
-    """Events until every sequence has one, so that an early error is an HTTP status."""
-    events: list[tuple[int | None, str, Any]] = []
-    seen: set[int | None] = set()
-    while len(seen) < len(run.seqs):
-        event = await run.events.get()
-        if event[1] == "error":
-            raise event[2]
-        events.append(event)
-        seen.add(event[0])
-    return events
-
-
-async def stream_body(run: Run, first: list[tuple[int | None, str, Any]], texts: list[sse.TextAssembler],
-                      rid: str, chat: bool, include_usage: bool, prompt_tokens: int) -> AsyncIterator[bytes]:
-    """The SSE events of a stream; a client that goes away cancels this (and so the run)."""
-    backend, created = run.backend, int(time.time())
-    model, started, done = backend.model, set(), 0
-    try:
-        pending = list(first)
-        while done < len(texts):
-            index, kind, value = pending.pop(0) if pending else await run.events.get()
-            if kind == "error":
-                yield sse.sse(value.body())
-                yield sse.SSE_DONE
-                return
-            assert index is not None  # only a run-wide error has no sequence
-            out = b""
-            if chat and index not in started:
-                out += sse.chunk(rid, True, model, created, index, "", role=True)
-            started.add(index)
-            if kind == "token":
-                delta = texts[index].add(value)
-                if delta:
-                    out += sse.chunk(rid, chat, model, created, index, delta)
-            else:
-                tail = texts[index].flush()
-                if tail:
-                    out += sse.chunk(rid, chat, model, created, index, tail)
-                out += sse.chunk(rid, chat, model, created, index, None if chat else "", finish_reason=value)
-                done += 1
-            if out:
-                yield out
-        if include_usage:
-            yield sse.usage_chunk(rid, chat, model, created,
-                                  sse.usage(prompt_tokens, sum(len(t.ids) for t in texts)))
-        yield sse.SSE_DONE
-    finally:
-        backend.close_run(run)

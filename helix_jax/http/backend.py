@@ -23,6 +23,7 @@ from helix_jax.errors import HelixError
 from helix_jax.http.errors import APIError, from_helix, unavailable
 from helix_jax.http.metrics import Metrics
 from helix_jax.http.streaming import FINISH_REASONS
+from helix_jax.http.tenants import ANONYMOUS, Tenants
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +44,13 @@ class SeqParams:
 class Run:
     """The sequences of one HTTP request in flight. `events` yields (choice index, kind, value):
     ("token", token_id), ("done", OpenAI finish reason) or ("error", APIError); an abort puts
-    (None, "error", APIError)."""
+    (None, "error", APIError). Its sequences count as waiting for `tenant` until each has its
+    first token (or ends)."""
 
-    def __init__(self, backend: "Backend", seqs: Sequence[SeqParams], received_at: float) -> None:
-        self.backend, self.seqs, self.received_at = backend, tuple(seqs), received_at
+    def __init__(self, backend: "Backend", seqs: Sequence[SeqParams], received_at: float,
+                 tenant: str = ANONYMOUS) -> None:
+        self.backend, self.seqs, self.received_at, self.tenant = backend, tuple(seqs), received_at, tenant
+        self._waiting = set(range(len(self.seqs)))
         self.events: asyncio.Queue[tuple[int | None, str, Any]] = asyncio.Queue()
         self.pumps = [asyncio.create_task(self._pump(i, p)) for i, p in enumerate(self.seqs)]
 
@@ -61,6 +65,7 @@ class Run:
             async for tok in stream:
                 last = time.perf_counter()
                 first = first or last
+                self._started(index)
                 tokens += 1
                 self.events.put_nowait((index, "token", tok.token_id))
                 if tok.token_id in b.extra_stop_ids:  # the chat template's end of turn
@@ -76,6 +81,7 @@ class Run:
         except HelixError as exc:
             self.events.put_nowait((index, "error", from_helix(exc)))
         finally:
+            self._started(index)
             await stream.aclose()  # not finished: `cancel` to the coordinator, which frees its KV
             scale, end = b.time_scale, time.perf_counter()
             result = stream.result
@@ -84,6 +90,15 @@ class Run:
                 (end - self.received_at) / scale,
                 (last - first) / (tokens - 1) / scale if first is not None and last is not None and tokens > 1 else None,
                 result.queue_s if result is not None else None)
+
+    def _started(self, index: int) -> None:
+        if index in self._waiting:
+            self._waiting.discard(index)
+            self.backend.tenants.started(self.tenant)
+
+    def stop_waiting(self) -> None:
+        for index in list(self._waiting):
+            self._started(index)
 
     def abort(self, err: APIError) -> None:
         """End every sequence with `err` (the drain's timeout)."""
@@ -104,6 +119,7 @@ class Backend:
         self.keys = keys  # security.ClientKeys of a CURVE deployment (None: plain TCP)
         self.request_timeout_s = request_timeout_s
         self.metrics = Metrics()
+        self.tenants = Tenants()  # create_app installs the configured keys and share
         eos = getattr(tokenizer, "eos_token_id", None)
         stops = getattr(tokenizer, "stop_token_ids", None) or ({eos} if eos is not None else set())
         self.extra_stop_ids = frozenset(stops) - {eos}  # the coordinator stops at EOS itself
@@ -129,7 +145,7 @@ class Backend:
         self.time_scale = float(info.get("time_scale") or 1.0)
         self._idle = asyncio.Event()
         self._idle.set()
-        await self.stats()
+        self.tenants.set_queue_limit(int((await self.stats()).get("queue_limit") or 1000))
 
     async def close(self) -> None:
         for run in list(self._runs):
@@ -159,8 +175,10 @@ class Backend:
             if not self.ready:
                 raise unavailable(f"the deployment is not ready: {self.reason}", "not_ready")
 
-    def open(self, seqs: Sequence[SeqParams], received_at: float) -> Run:
-        run = Run(self, seqs, received_at)
+    def open(self, seqs: Sequence[SeqParams], received_at: float, tenant: str = ANONYMOUS) -> Run:
+        """Start a request's sequences for `tenant`: 429 if that passes its share of the queue."""
+        self.tenants.admit(tenant, len(seqs))
+        run = Run(self, seqs, received_at, tenant)
         self._runs.add(run)
         assert self._idle is not None
         self._idle.clear()
@@ -168,6 +186,7 @@ class Backend:
 
     def close_run(self, run: Run) -> None:
         run.cancel()
+        run.stop_waiting()  # a pump cancelled before it began never reports
         self._runs.discard(run)
         if not self._runs and self._idle is not None:
             self._idle.set()

@@ -108,10 +108,14 @@ class HttpServer:
 
 
 def serve_front_end(endpoint: str, tokenizer: Any, sock: socket.socket, api_key: str | None = None,
-                    served_model: str | None = None, keys: Any = None) -> HttpServer:
-    """An OpenAI-compatible front end of the deployment at `endpoint` (CURVE client `keys`), started."""
+                    served_model: str | None = None, keys: Any = None,
+                    key_queue_share: int | None = None) -> HttpServer:
+    """An OpenAI-compatible front end of the deployment at `endpoint` (CURVE client `keys`), started.
+    `api_key`: None, or one or more keys separated by commas; `key_queue_share`: sequences one key
+    may have waiting (None: half the coordinator's queue)."""
     from helix_jax.http.app import create_app
     from helix_jax.http.backend import Backend
 
-    app = create_app(Backend(endpoint, tokenizer, served_model, keys=keys), api_key=api_key)
+    app = create_app(Backend(endpoint, tokenizer, served_model, keys=keys), api_key=api_key,
+                     key_queue_share=key_queue_share)
     return HttpServer(app, sock).start()

@@ -64,6 +64,7 @@ from helix_jax.runtime import coordinator_requests as requests
 from helix_jax.runtime import failover, security, wire
 from helix_jax.runtime.emulation import DelayedSends, LinkPacer
 from helix_jax.runtime.failover import pruned_flows
+from helix_jax.runtime.health import COORDINATOR_NODE, ServingHealth, drop_reason
 from helix_jax.runtime.requests import LiveRequest, TextCodec, stop_ids_of
 from helix_jax.runtime.serve_config import ServeConfig
 from helix_jax.scheduler import Scheduler
@@ -131,7 +132,8 @@ class Coordinator:
         self.peak_kv_used: dict[str, int] = {n: 0 for n in self.nodes}
         self.completed = 0
         self.rejected = 0
-        self.dropped = 0  # data-socket messages refused
+        self.dropped = 0  # data and control messages refused
+        self.health = ServingHealth()  # drops by reason, containment failures, restarts (health.py)
         self.peak_queued = 0
         self.resumed = 0  # requests moved to a new route after a node failure
         self.flow_tokens_per_s = config.placement.objective_tokens_per_s  # of the nodes in service
@@ -165,7 +167,8 @@ class Coordinator:
                 failover.check_heartbeats(self)
                 secure = self.keys is not None
                 if self._control in events:
-                    wire.drain(self._control, functools.partial(control.on_control, self), routed=True, secure=secure)
+                    wire.drain(self._control, functools.partial(control.on_control, self), routed=True, secure=secure,
+                               on_reject=self._dropped)
                 if self._data in events:
                     wire.drain(self._data, lambda _i, m: requests.on_data(self, m), secure=secure, on_reject=self._dropped)
                 if self._client in events:
@@ -237,6 +240,7 @@ class Coordinator:
         return {**self.stats(), "running": sched.in_flight if sched else 0,
                 "waiting": sched.queue_length if sched else len(self._early), "nodes": nodes,
                 "max_flow_tokens_per_s": self.flow_tokens_per_s, "ready": ready, "reason": reason,
+                "health": self.health.snapshot(self.nodes, self.down_nodes), "queue_limit": cfg.queue_limit,
                 "model": cfg.model.name, "max_seq_len": cfg.max_seq_len, "time_scale": cfg.time_scale}
 
     def _readiness(self) -> tuple[bool, str | None]:
@@ -263,8 +267,9 @@ class Coordinator:
         if identity is not None:
             self._reply_error(identity, msg.get("request_id") if msg is not None else None, exc)
 
-    def _dropped(self, _identity: bytes | None, _msg: wire.Message | None, _exc: HelixError) -> None:
-        self.dropped += 1  # a data message refused (malformed, forged or out of range); logged by wire.drain
+    def _dropped(self, _identity: bytes | None, _msg: wire.Message | None, exc: HelixError) -> None:
+        self.dropped += 1  # a data or control message refused (malformed, forged, out of range); logged by wire.drain
+        self.health.count_drop(COORDINATOR_NODE, drop_reason(exc))
 
     def _reply_error(self, identity: bytes, client_rid: str | None, exc: HelixError) -> None:
         self.rejected += 1

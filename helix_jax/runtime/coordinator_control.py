@@ -38,11 +38,12 @@ def on_control(coord: Coordinator, identity: bytes | None, msg: wire.Message) ->
     node = msg.get("node")
     if coord.keys is not None and msg.kind != "shutdown" and coord.keys.node_of(msg.sender) != node:
         raise ProtocolError(f"{msg.kind} for node {node!r} signed by the key of "
-                            f"{coord.keys.node_of(msg.sender)!r}: dropped")
+                            f"{coord.keys.node_of(msg.sender)!r}: dropped", "forged")
     if node in coord._identities and coord._identities[node] == identity:
         coord._last_heard[node] = time.perf_counter()
         if msg.get("mean_step_s") is not None:
             coord.step_s[node] = float(msg["mean_step_s"])
+        coord.health.add_worker_drops(node, msg.get("dropped"))
     handler = CONTROL_HANDLERS.get(msg.kind)
     if handler is None:
         raise ProtocolError(f"unexpected {msg.kind!r} on the control socket")
@@ -51,7 +52,7 @@ def on_control(coord: Coordinator, identity: bytes | None, msg: wire.Message) ->
 
 def registered(coord: Coordinator, identity: bytes, node: str, msg: wire.Message) -> None:
     if coord._identities.get(node) != identity:
-        raise ProtocolError(f"{msg.kind} for node {node!r} from a worker that did not register it")
+        raise ProtocolError(f"{msg.kind} for node {node!r} from a worker that did not register it", "forged")
 
 
 def on_heartbeat(coord: Coordinator, identity: bytes, node: str, msg: wire.Message) -> None:

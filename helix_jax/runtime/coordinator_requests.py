@@ -101,10 +101,10 @@ def on_sampled(coord: Coordinator, msg: wire.Message) -> None:
     if msg["node"] != last or (coord.keys is not None and coord.keys.node_of(msg.sender) != last):
         who = coord.keys.node_of(msg.sender) if coord.keys is not None else msg["node"]
         raise ProtocolError(f"sampled token of {msg['request_id']} from {who!r}, not from its last hop "
-                            f"{last!r}: dropped")
+                            f"{last!r}: dropped", "forged")
     if not 0 <= msg["token_id"] < coord.config.model.vocab_size:
         raise ProtocolError(f"sampled token id {msg['token_id']} of {msg['request_id']} is outside the "
-                            f"vocabulary [0, {coord.config.model.vocab_size}): dropped")
+                            f"vocabulary [0, {coord.config.model.vocab_size}): dropped", "out_of_range_token")
     delta, reason = req.add_token(msg["token_id"], coord.codec, coord.stop_ids)
     wire.send(coord._client, wire.make("token", request_id=req.client_request_id,
                                       index=len(req.output_ids) - 1, token_id=msg["token_id"],
@@ -127,8 +127,10 @@ def on_abort(coord: Coordinator, msg: wire.Message) -> None:
     hops = [h.node for h in req.route or ()]
     sender = coord.keys.node_of(msg.sender) if coord.keys is not None else msg["node"]
     if msg["node"] not in hops or sender != msg["node"]:
-        raise ProtocolError(f"abort of {msg['request_id']} from {sender!r}, not a hop of its route: dropped")
+        raise ProtocolError(f"abort of {msg['request_id']} from {sender!r}, not a hop of its route: dropped",
+                            "forged")
     assert coord.scheduler is not None
+    coord.health.failed["abort"] += 1
     free_hops(coord, req)
     coord.scheduler.finish(req.request_id)
     fail(coord, req, RequestError(f"node {msg['node']} could not run this request: {msg['message']}"))

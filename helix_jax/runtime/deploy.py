@@ -76,6 +76,8 @@ class WorkerProcess:
 class LocalDeployment:
     """A running deployment; use as a context manager (or call `start()` / `close()`)."""
 
+    restarts_by_budget = True  # crashed workers are restarted here, within `budget` (restarts.py)
+
     def __init__(self, config: ServeConfig, codec: Any, log_dir: str | Path | None = None,
                  worker_env: dict[str, str] | None = None, restart_workers: bool = False,
                  max_restarts: int = 3, state_dir: str | Path | None = None,
@@ -123,6 +125,8 @@ class LocalDeployment:
         cfg = self.config
         try:
             self.coordinator = Coordinator(cfg, self.codec)
+            if self.restart_workers and self.restarts_by_budget:  # its stats show restarts taken and left
+                self.coordinator.health.restart_budget = self.budget
         except zmq.ZMQError as exc:
             port = f"client port {cfg.client_port}" if cfg.client_port else "a free port"
             raise StepFailed("launch", f"cannot bind {port}: {zmq.strerror(exc.errno or 0)}", "coordinator", cfg.host) from None

@@ -9,7 +9,9 @@ is resumed on a surviving route, first in the queue: its KV on the surviving hop
 and under a fresh internal id its prompt plus the tokens already streamed are prefilled
 again, so the client's stream continues where it stopped (sampling depends only on seed and
 position). A request that no surviving route can hold, queued or in flight, gets one `error`
-naming the nodes out of service, and so does every later request. A fresh worker that
+naming the nodes out of service, and so does every later request; one that a route could hold
+but none admits within `resume_grace_s` gets one naming the lost node (health.check_resumes,
+run with the heartbeat check), so no request waits for a restart. A fresh worker that
 registers for a node out of service rejoins (coordinator_control.py), and once it is `ready`
 the node is back in service and the flows are recomputed with it (`_rejoin`).
 
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING
 from helix_jax.errors import HelixError, RequestError
 from helix_jax.placement import Placement
 from helix_jax.runtime import coordinator_requests as requests
-from helix_jax.runtime import wire
+from helix_jax.runtime import health, wire
 from helix_jax.scheduler import RequestSpec
 from helix_jax.topology import COORDINATOR
 
@@ -53,6 +55,7 @@ def check_heartbeats(coord: Coordinator) -> None:
     if coord.scheduler is None or now < coord._next_heartbeat_check:
         return  # the loop wakes per message batch; twice per heartbeat period is enough
     coord._next_heartbeat_check = now + wire.HEARTBEAT_INTERVAL_S / 2
+    health.check_resumes(coord)
     limit = coord.config.heartbeat_timeout_s
     for node, heard in list(coord._last_heard.items()):
         if node not in coord.down_nodes and now - heard > limit:
@@ -80,6 +83,7 @@ def node_down(coord: Coordinator, node: str, reason: str) -> None:
         requests.free_hops(coord, req)
         req.failures.append(f"{node} ({reason})")
         if len(req.failures) >= MAX_FAILURES_PER_REQUEST:  # it may be what kills them: no blind replay
+            coord.health.failed["repeated_failure"] += 1
             coord._by_client.pop((req.identity, req.client_request_id), None)
             coord._reply_error(req.identity, req.client_request_id, RequestError(
                 f"this request was in flight on {len(req.failures)} nodes that went out of service "
@@ -94,9 +98,12 @@ def node_down(coord: Coordinator, node: str, reason: str) -> None:
         try:
             coord.scheduler.submit(resume, front=True)
             coord.resumed += 1
+            health.start_resume_clock(coord, req)
         except HelixError as exc:
+            coord.health.failed["no_route"] += 1
             requests.fail(coord, req, unroutable(exc))
     for spec, why in coord.scheduler.drop_unroutable():
+        coord.health.failed["no_route"] += 1
         requests.fail(coord, coord._live[spec.request_id], unroutable(why))
     requests.admit(coord)
 
@@ -109,6 +116,7 @@ def rejoin(coord: Coordinator, node: str) -> None:
     reflow(coord, set(coord.down_nodes) - {node})
     coord._last_heard[node] = time.perf_counter()
     coord.rejoined += 1
+    coord.health.rejoins[node] += 1
     del coord.down_nodes[node]  # last: stats() readers see the node back with its flows
     logger.warning("node %s is back in service", node)
     requests.admit(coord)

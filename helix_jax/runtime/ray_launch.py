@@ -105,6 +105,8 @@ class WorkerActor:
 class RayDeployment(LocalDeployment):
     """A LocalDeployment whose workers are Ray actors pinned to the Ray nodes of their hosts."""
 
+    restarts_by_budget = False  # Ray restarts the actors (max_restarts); no RestartBudget to show
+
     def __init__(self, *args: Any, ray_address: str = "auto", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ray_address = ray_address

@@ -229,16 +229,17 @@ def check_data_sender(msg: Any, sender: str, upstream: set[str], node: str) -> N
 
     rid = msg.get("request_id")
     if msg.kind == "free" and sender != COORDINATOR:
-        raise ProtocolError(f"free of {rid} from {sender}, not the coordinator: dropped")
+        raise ProtocolError(f"free of {rid} from {sender}, not the coordinator: dropped", "forged")
     if msg.kind != "step":
         return
     hop, route = msg["hop"], msg["route"]
     previous = route[hop - 1] if 0 < hop <= len(route) else None
     expected = COORDINATOR if hop == 0 else (previous[0] if isinstance(previous, list) and previous else None)
     if sender not in upstream:
-        raise ProtocolError(f"step {hop} of {rid} from {sender}, which does not hand off to {node}: dropped")
+        raise ProtocolError(f"step {hop} of {rid} from {sender}, which does not hand off to {node}: dropped",
+                            "forged")
     if sender != expected:
-        raise ProtocolError(f"step {hop} of {rid} from {sender}, expected {expected}: dropped")
+        raise ProtocolError(f"step {hop} of {rid} from {sender}, expected {expected}: dropped", "forged")
 
 
 # ---------------------------------------------------------------------------- --insecure

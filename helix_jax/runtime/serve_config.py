@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from helix_jax.errors import ConfigError
 from helix_jax.modelconfig import ModelConfig
 from helix_jax.placement import Placement
 from helix_jax.runtime import security
@@ -39,12 +40,19 @@ class ServeConfig:
     policy: str = "iwrr"
     seed: int = 0
     heartbeat_timeout_s: float = 10.0  # silence after which a serving worker is taken out of service
+    # a request moved off a lost route that no surviving route admits within this many seconds
+    # fails with an error naming the lost node(s) (it never waits for a restart)
+    resume_grace_s: float = 3.0
     # nodes out of service -> the placement with flows that avoid them (same ranges); deploy passes
     # helix_jax.solver.maxflow.survivor_flows (the survivors' max-flow). None: `pruned_flows`.
     flow_planner: Callable[[frozenset[str]], Placement] | None = None
     # CURVE keys of the deployment (deploy generates them); None: plain TCP, which is allowed
     # only when `host` is loopback (tests and local experiments)
     keys: security.DeploymentKeys | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.resume_grace_s < float("inf"):
+            raise ConfigError(f"--resume-grace-s must be >= 0 and finite, got {self.resume_grace_s}")
 
     @property
     def time_scale(self) -> float:

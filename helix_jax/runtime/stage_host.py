@@ -106,7 +106,10 @@ class StageHost:
         else:
             if data.ndim != 2 or data.shape[1] != self.engine.config.hidden_size or data.dtype.kind != "f":
                 raise ProtocolError(f"hidden states must be float [n, {self.engine.config.hidden_size}], "
-                                    f"got {data.dtype}{list(data.shape)}")
+                                    f"got {data.dtype}{list(data.shape)}", "bad_hidden_state")
+            if not np.isfinite(data).all():
+                raise ProtocolError(f"hidden states of {msg['request_id']} hold NaN or infinite values",
+                                    "bad_hidden_state")
             item = dict(hidden=data)
         if not 1 <= data.shape[0] <= self.engine.max_seq_len:
             raise ProtocolError(f"step carries {data.shape[0]} tokens; 1..{self.engine.max_seq_len} allowed")

@@ -237,7 +237,8 @@ def drain(sock: zmq.Socket, handler: Callable[[bytes | None, Message], None], ro
         except Exception as exc:  # a value no check foresaw: still only this message is lost
             logger.exception("rejected %s: its handler failed", msg.kind)
             if on_reject is not None:
-                on_reject(identity, msg, ProtocolError(f"{msg.kind} could not be handled: {type(exc).__name__}: {exc}"))
+                on_reject(identity, msg, ProtocolError(f"{msg.kind} could not be handled: {type(exc).__name__}: {exc}",
+                                                       "handler_error"))
 
 
 def configure(sock: zmq.Socket) -> zmq.Socket:

@@ -60,7 +60,8 @@ SCHEMAS: dict[str, Schema] = {
                 {"kv_page_tokens": (int, type(None))}),
     "failed": _s({"node": str, "message": str}, {"phase": str}),  # phase: where it failed (load, compile)
     "progress": _s({"node": str, "phase": str}),  # warm-up phase started: "load" (weights), "compile"
-    "heartbeat": _s({"node": str}, {"mean_step_s": _NUM}),  # mean batch time since the last one
+    # mean batch time and messages dropped (reason -> count) since the last one
+    "heartbeat": _s({"node": str}, {"mean_step_s": _NUM, "dropped": dict}),
     "peer": _s({"node": str, "data_endpoint": str}),  # a rejoined neighbour's new data endpoint
     "shutdown": _s({}),
     # data plane (PUSH -> PULL): activations hop to hop, sampled tokens back, KV release

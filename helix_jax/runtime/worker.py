@@ -98,6 +98,9 @@ class Worker(WorkerJoin):
                 assert self.host is not None
                 self.host.expire(time.monotonic(), KV_LEASE_S)
                 report: dict[str, Any] = self._step_report()
+                dropped = self.drops.take()
+                if dropped:
+                    report["dropped"] = dropped
                 wire.send(self._control, wire.make("heartbeat", node=self.options.node, **report))
                 next_heartbeat = now + wire.HEARTBEAT_INTERVAL_S
             wake = [t for t in (self._timers.next_due, self._busy_until if self._held else None) if t is not None]
@@ -109,9 +112,10 @@ class Worker(WorkerJoin):
             if events:
                 self._stalled = False  # new messages may unblock waiting steps
             if self._control in events:
-                wire.drain(self._control, lambda _i, m: self._on_control(m))
+                wire.drain(self._control, lambda _i, m: self._on_control(m), on_reject=self.drops)
             if self._data in events:
-                wire.drain(self._data, lambda _i, m: self._on_data(m), secure=self.keys is not None)
+                wire.drain(self._data, lambda _i, m: self._on_data(m), secure=self.keys is not None,
+                           on_reject=self.drops)
             self._release_held()
             self._timers.fire(time.perf_counter(), self._push_now)
             if self.host.waiting and not self._held:

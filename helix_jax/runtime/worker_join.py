@@ -21,6 +21,7 @@ import zmq
 from helix_jax.errors import ConfigError, ProtocolError
 from helix_jax.runtime import security, wire
 from helix_jax.runtime.emulation import ComputePacer, DelayedSends, EmulationSpec, LinkPacer
+from helix_jax.runtime.health import DropCounter
 from helix_jax.runtime.runner import RunnerFactory, engine_runner
 from helix_jax.runtime.stage_host import StageHost
 from helix_jax.topology import COORDINATOR
@@ -88,6 +89,7 @@ class WorkerJoin:
         self.real_busy_s = self.emulated_busy_s = 0.0
         self.overruns = 0
         self._reported_steps, self._reported_busy_s = 0, 0.0  # at the last heartbeat
+        self.drops = DropCounter()  # messages dropped, by reason; each heartbeat reports the new ones
 
     # ------------------------------------------------------------------ 1-2: join
     def _close(self) -> None:
