@@ -67,3 +67,20 @@ def smollm2_local():
         pytest.skip(str(exc))
     config = preset("smollm2-135m")
     return LocalModel(config, "smollm2-135m", max_seq_len=256), load_tokenizer(config, "smollm2-135m")
+
+
+SMOLLM2_QUESTIONS = ("What is the capital of France?", "What color is the sky on a clear day?", "What do bees make?",
+                     "How many days are in a week?", "Name a fruit that is yellow.", "What is water made of?",
+                     "Who wrote Romeo and Juliet?", "What is the opposite of hot?")
+SMOLLM2_MAX_TOKENS = 16
+
+
+@pytest.fixture(scope="session")
+def smollm2_answers(smollm2_local):
+    """(questions, chat-templated prompt ids, greedy answer ids of at most 16 tokens) of the whole
+    SmolLM2 in this process, one prompt at a time: what every deployment of it must return
+    (tests/test_real_deploy.py, tests/test_ray_deploy.py)."""
+    model, tokenizer = smollm2_local
+    prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) for q in SMOLLM2_QUESTIONS]
+    answers = [model.generate(p, SMOLLM2_MAX_TOKENS, stop_token_ids=tokenizer.stop_token_ids) for p in prompts]
+    return SMOLLM2_QUESTIONS, prompts, answers
