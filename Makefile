@@ -57,6 +57,7 @@ bench-sim:
 
 bench-serve:
 	$(BIN)/python -m helix_jax.cli.curve_bench
+	$(BIN)/python -m helix_jax.cli.ready_bench
 	$(BIN)/python -m helix_jax.cli.serve_bench --time-scale 5 --warmup 30 --window 30 --concurrency 1500
 
 clean:

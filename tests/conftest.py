@@ -85,10 +85,27 @@ def smollm2_local():
     return LocalModel(config, "smollm2-135m", max_seq_len=256), load_tokenizer(config, "smollm2-135m")
 
 
+SMOLLM2_QUESTIONS = ("What is the capital of France?", "What color is the sky on a clear day?", "What do bees make?",
+                     "How many days are in a week?", "Name a fruit that is yellow.", "What is water made of?",
+                     "Who wrote Romeo and Juliet?", "What is the opposite of hot?")
+SMOLLM2_MAX_TOKENS = 16
+
+
+@pytest.fixture(scope="session")
+def smollm2_answers(smollm2_local):
+    """(questions, chat-templated prompt ids, greedy answer ids of at most 16 tokens) of the whole
+    SmolLM2 in this process, one prompt at a time: what every deployment of it must return
+    (tests/test_real_deploy.py, tests/test_ray_deploy.py)."""
+    model, tokenizer = smollm2_local
+    prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) for q in SMOLLM2_QUESTIONS]
+    answers = [model.generate(p, SMOLLM2_MAX_TOKENS, stop_token_ids=tokenizer.stop_token_ids) for p in prompts]
+    return SMOLLM2_QUESTIONS, prompts, answers
+
+
 # Files that start worker processes, Ray or the real model: under `pytest -n 2` (make test) each
 # file runs whole on one xdist worker (its module fixtures built once), these first so that no
 # long file starts last; the two real-model files share a group and so the compiled SmolLM2.
-HEAVY_FILES = ("test_real_deploy.py", "test_gguf_model.py", "test_serve_security.py", "test_ray_deploy.py",
+HEAVY_FILES = ("test_real_deploy.py", "test_gguf_model.py", "test_ray_deploy.py", "test_serve_security.py",
                "test_deploy_cli.py", "test_serve_failures.py", "test_http_drain.py", "test_demo_cli.py",
                "test_deploy_workflow.py", "test_compile_cache.py", "test_paged_kv.py", "test_model_engine.py")
 SHARED_GROUPS = {"test_gguf_model.py": "test_real_deploy.py"}

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from cli_run import run_cli
+from cli_run import Deploy, run_cli
 
 from helix_jax.client import Client
 from helix_jax.costmodel import CostModel
@@ -28,48 +24,7 @@ from helix_jax.errors import HelixError
 from helix_jax.topology import COORDINATOR, load_topology
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "helix_jax.cli.main", "deploy"]
 ENV = dict(os.environ, COLUMNS="250", JAX_PLATFORMS="cpu")
-
-
-class Deploy:
-    """`helix-jax deploy ARGS` in a child process, its output read line by line."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen(CLI + args + ["--http-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=ENV)
-        self.lines: queue.Queue = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for(self, pattern: str, timeout_s: float = 240) -> str:
-        """The first group of `pattern` in the next printed line that matches it."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            assert line is not None, "deploy exited early:\n" + "".join(self.seen)
-            self.seen.append(line)
-            if found := re.search(pattern, line):
-                return found.group(1)
-
-    def interrupt(self) -> str:
-        """Ctrl-C; asserts a clean exit and returns what it printed after the last wait_for."""
-        self.proc.send_signal(signal.SIGINT)
-        assert self.proc.wait(timeout=60) == 0
-        rest = []
-        while (line := self.lines.get(timeout=10)) is not None:
-            rest.append(line)
-        return "".join(rest)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:

@@ -21,10 +21,7 @@ try:
 except CheckpointError as exc:
     pytest.skip(str(exc), allow_module_level=True)
 
-QUESTIONS = ["What is the capital of France?", "What color is the sky on a clear day?", "What do bees make?",
-             "How many days are in a week?", "Name a fruit that is yellow.", "What is water made of?",
-             "Who wrote Romeo and Juliet?", "What is the opposite of hot?"]
-MAX_TOKENS = 16
+MAX_TOKENS = 16  # the answers of conftest.smollm2_answers
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +38,17 @@ def deployment(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local(smollm2_local):
+def local(smollm2_answers):
     """Greedy answers of the whole model in this process, one prompt at a time."""
-    model, tokenizer = smollm2_local
-    prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) for q in QUESTIONS]
-    return prompts, [model.generate(p, MAX_TOKENS, stop_token_ids=tokenizer.stop_token_ids) for p in prompts]
+    questions, prompts, answers = smollm2_answers
+    return questions, prompts, answers
 
 
 def test_16_concurrent_requests_equal_the_local_model_token_for_token(deployment, local) -> None:
     from helix_jax.client import Client
 
     dep, tokenizer = deployment
-    prompts, expected = local
+    _, prompts, expected = local
     with Client(dep.client_endpoint, timeout_s=600) as client, ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda p: client.generate(p, max_tokens=MAX_TOKENS), prompts * 2))
     for res, want in zip(results, expected * 2):
@@ -65,18 +61,18 @@ def test_the_openai_client_gets_the_same_answers(deployment, local) -> None:
     from helix_jax.http import Backend, HttpServer, bind_socket, create_app
 
     dep, tokenizer = deployment
-    prompts, expected = local
+    questions, prompts, expected = local
     with HttpServer(create_app(Backend(dep.client_endpoint, tokenizer)), bind_socket("127.0.0.1", 0)).start() as srv:
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=600)
         assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
         chat = client.chat.completions.create(
-            model="smollm2-135m", messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=MAX_TOKENS,
+            model="smollm2-135m", messages=[{"role": "user", "content": questions[0]}], max_tokens=MAX_TOKENS,
             temperature=0)
         assert chat.choices[0].message.content == tokenizer.decode(expected[0])
         assert "Paris" in chat.choices[0].message.content and chat.choices[0].finish_reason == "stop"
         assert chat.usage.prompt_tokens == len(prompts[0]) and chat.usage.completion_tokens == len(expected[0])
         stream = client.chat.completions.create(
-            model="smollm2-135m", messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=MAX_TOKENS,
+            model="smollm2-135m", messages=[{"role": "user", "content": questions[0]}], max_tokens=MAX_TOKENS,
             temperature=0, stream=True, stream_options={"include_usage": True})
         chunks = list(stream)
         assert chunks[0].choices[0].delta.role == "assistant"

@@ -5,8 +5,9 @@ Owns: `RayDeployment` (a LocalDeployment whose workers are Ray actors), `match_r
 Ray node has labels; a clear launch error listing the Ray nodes seen otherwise) and
 `WorkerActor`, a small actor pinned to its Ray node (NodeAffinitySchedulingStrategy, soft=False;
 `num_gpus` for GPU nodes) that runs `helix-jax worker` as its child process (which exits when the
-actor dies), writes the node's keys (handed over in the launch call) to a 0600 file on its
-node, and keeps the worker's log among that Ray node's log files.
+actor dies; started by `start()`, which the deployment calls once the coordinator knows that the
+node's previous worker is gone), writes the node's keys (handed over in the launch call) to a
+0600 file on its node, and keeps the worker's log among that Ray node's log files.
 
 Sits where LocalDeployment starts processes (top of the runtime): the coordinator still runs
 in the deploy process; a watcher thread per actor turns the death of an actor (or of its worker
@@ -23,10 +24,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from helix_jax.runtime.deploy import LocalDeployment
+from helix_jax.runtime.deploy import SHARED_CPU_XLA_FLAGS, LocalDeployment
 from helix_jax.runtime.security import is_loopback
 from helix_jax.runtime.workflow import StepFailed
 
@@ -82,20 +84,29 @@ class WorkerActor:
             write_private_json(keys_file, keys)
             WorkerKeys.read(keys_file)  # fail here, visibly, on a malformed hand-over
         bind = advertise if is_loopback(advertise) else "0.0.0.0"
-        cmd = worker_command(coordinator, node, os.getpid(), keys_file)
-        cmd[0] = sys.executable
-        cmd += ["--bind-host", bind, "--advertise-host", advertise]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
-                                              **env})
+        self.cmd = worker_command(coordinator, node, os.getpid(), keys_file)
+        self.cmd[0] = sys.executable
+        self.cmd += ["--bind-host", bind, "--advertise-host", advertise]
+        self.env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"), **env}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> dict[str, Any]:
+        """Start the worker (once per actor life) and return `info()`. Not in `__init__`: Ray
+        re-runs that as soon as it restarts the actor, and the fresh worker must not register
+        before the coordinator has taken the node out of service (it would be refused)."""
+        if self.proc is None:
+            with open(self.log_path, "wb") as log:
+                self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=subprocess.STDOUT, env=self.env)
+        return self.info()
 
     def info(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "actor_id": self.actor_id, "pid": self.proc.pid,
+        return {"node_id": self.node_id, "actor_id": self.actor_id, "pid": self.proc.pid if self.proc else None,
                 "actor_pid": os.getpid(), "log": str(self.log_path)}
 
     def wait(self) -> int:
         """Block until the worker exits; an unplanned exit kills this actor so Ray restarts it."""
+        assert self.proc is not None, "wait() before start()"
         code = self.proc.wait()
         if code != 0:
             os._exit(1)
@@ -130,8 +141,12 @@ class RayDeployment(LocalDeployment):
         self.ray_nodes = match_ray_nodes(hosts, ray.nodes())
         actor_cls = ray.remote(WorkerActor)
         assert self.coordinator is not None
+        per_machine = Counter(n["NodeManagerAddress"] for n in self.ray_nodes.values())
         for node, ray_node in self.ray_nodes.items():
             gpu = not cfg.topology.node(node).gpu.lower().startswith("cpu")
+            env = dict(self.worker_env)
+            if not gpu and per_machine[ray_node["NodeManagerAddress"]] > 1:
+                env.setdefault("XLA_FLAGS", SHARED_CPU_XLA_FLAGS)  # CPU workers sharing a machine, as local ones
             keys = None
             if cfg.keys is not None:
                 w = cfg.keys.worker(node)
@@ -141,9 +156,9 @@ class RayDeployment(LocalDeployment):
                 name=f"{ACTOR_PREFIX}{cfg.topology.name}-{node}", num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
                 max_restarts=self.max_restarts if self.restart_workers else 0, max_task_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(ray_node["NodeID"], soft=False),
-            ).remote(node, self.coordinator.control_endpoint, keys, ray_node["NodeManagerAddress"], self.worker_env)
+            ).remote(node, self.coordinator.control_endpoint, keys, ray_node["NodeManagerAddress"], env)
         for node, actor in self.actors.items():
-            self.actor_info[node] = ray.get(actor.info.remote(), timeout=300)
+            self.actor_info[node] = ray.get(actor.start.remote(), timeout=300)
             thread = threading.Thread(target=self._watch_actor, args=(node, actor), daemon=True,
                                       name=f"helix-ray-watch-{node}")
             thread.start()
@@ -170,11 +185,29 @@ class RayDeployment(LocalDeployment):
                 if not self.restart_workers or deaths > self.max_restarts:
                     return
                 self.restarts[node] = deaths
-                try:
-                    self.actor_info[node] = ray.get(actor.info.remote(), timeout=600)
-                except Exception:
-                    return  # not restartable (its Ray node is gone)
+                while self.coordinator is not None and node not in self.coordinator.down_nodes:
+                    if self._closing.wait(0.01):  # until the coordinator's loop has acted on the report
+                        return
+                info = self._start_restarted(actor)  # its fresh worker registers as the node's replacement
+                if info is None:
+                    return
+                self.actor_info[node] = info
                 self.write_state("serving")
+
+    def _start_restarted(self, actor: Any) -> dict[str, Any] | None:
+        """`start()` of the actor Ray is restarting, asked again while Ray reports it unavailable
+        (still restarting); None once it is dead for good (its Ray node gone) or on close."""
+        import ray
+        from ray.exceptions import ActorUnavailableError
+
+        while not self._closing.is_set():
+            try:
+                return ray.get(actor.start.remote(), timeout=600)
+            except ActorUnavailableError:
+                self._closing.wait(0.1)
+            except Exception:  # ActorDiedError, GetTimeoutError: not restartable
+                return None
+        return None
 
     def _exited(self) -> list[tuple[str, int, Path]]:
         return [(node, 1, Path(self.actor_info.get(node, {}).get("log", "?"))) for node, _ in self._dead]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from typing import Any, Callable
 
 from helix_jax.errors import HelixError
@@ -29,6 +28,7 @@ from helix_jax.runtime.coordinator import Coordinator, ServeConfig
 from helix_jax.runtime.runner import RunnerFactory, RunnerSpec, StageRunner
 from helix_jax.runtime.worker import Worker, WorkerOptions
 from helix_jax.testing.fake_runner import FakeRunner
+from helix_jax.testing.waiting import wait_until
 
 
 @dataclasses.dataclass
@@ -153,8 +153,4 @@ class InProcessCluster:
     def wait_until(self, predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
         """Return once `predicate()` holds (checked every 10 ms); AssertionError naming `what` if
         it does not within `timeout_s` (a hang, not a slow machine)."""
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-            time.sleep(0.01)
+        wait_until(predicate, what, timeout_s)
