@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -62,6 +63,13 @@ class Flow:
                     self.finished(p.step, f"{p.done}/{p.total} nodes", time.monotonic() - began)
             status.update(" · ".join(p.line() for p in progress if p.step not in self._done) or "ready")
         return update
+
+
+def deployments_root() -> Path:
+    """Where deployments keep their state by name: $HELIX_DEPLOYMENTS, else
+    ~/.cache/helix-jax/deployments (beside the model cache)."""
+    env = os.environ.get("HELIX_DEPLOYMENTS")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "helix-jax" / "deployments"
 
 
 def _interrupt(*_: Any) -> None:
@@ -116,7 +124,8 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
                                                             "against --restart-workers (the budget refills)."),
            log_dir: Path = typer.Option(None, help="Where worker logs go (default: STATE_DIR/logs)."),
            state_dir: Path = typer.Option(None, help="Holds deployment.json, connection.json and the workers' "
-                                                     "keys (default: ~/.cache/helix-jax/deployments/NAME)."),
+                                                     "keys (default: ~/.cache/helix-jax/deployments/NAME; "
+                                                     "HELIX_DEPLOYMENTS=DIR moves the root)."),
            insecure: bool = typer.Option(False, "--insecure", help="Turn CURVE off (plain TCP): allowed only "
                                                                    "when every endpoint is on loopback."),
            dry_run: bool = typer.Option(False, "--dry-run", help="Validate and plan, print what would be "
@@ -160,7 +169,7 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
         print_launch_plan(cfg, ray)
         return
     signal.signal(signal.SIGTERM, _interrupt)  # until serving: SIGTERM tears down like Ctrl-C
-    state = Path(state_dir or Path.home() / ".cache" / "helix-jax" / "deployments" / name).expanduser()
+    state = Path(state_dir or deployments_root() / name).expanduser()
     kwargs: dict[str, Any] = dict(log_dir=log_dir or state / "logs", restart_workers=restart_workers > 0,
                                   max_restarts=restart_workers, state_dir=state)
     if not ray:

@@ -18,6 +18,11 @@ if "HELIX_COMPILE_CACHE" not in os.environ:  # before anything imports jax or st
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # the tiny models' programs too
 
+# deployments started without --state-dir keep their keys here, one directory per process (so
+# the two xdist workers never share one), not under the user's ~/.cache
+os.environ["HELIX_DEPLOYMENTS"] = tempfile.mkdtemp(prefix="helix-deployments-")
+atexit.register(shutil.rmtree, os.environ["HELIX_DEPLOYMENTS"], ignore_errors=True)
+
 import pytest  # noqa: E402
 
 from helix_jax.placement import FlowEdge, Placement
