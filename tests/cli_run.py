@@ -26,12 +26,21 @@ from unittest import mock
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """Exit code, stdout and stderr of `helix-jax ARGS` (250 columns wide, as the tests' children were)."""
+    from rich.console import Console
+
     from helix_jax.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     code: int | str | None = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-            mock.patch.object(sys, "argv", ["helix-jax", *args]), mock.patch.dict(os.environ, {"COLUMNS": "250"}):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        stack.enter_context(mock.patch.object(sys, "argv", ["helix-jax", *args]))
+        stack.enter_context(mock.patch.dict(os.environ, {"COLUMNS": "250"}))
+        for module in [m for name, m in sys.modules.items() if name.startswith("helix_jax.cli")]:
+            console = getattr(module, "console", None)  # a command module's console: its width was fixed
+            if isinstance(console, Console):           # when it was made, whatever COLUMNS was then
+                stack.enter_context(mock.patch.object(console, "_width", 250))
         try:
             main()
         except SystemExit as exc:
