@@ -116,7 +116,10 @@ class NodeStepper(RunState):
             else:
                 self._send(now, node.name, node.out_links, node.end_layer, _by_destination(prefill, decode, dsts))
         elif prefill:
-            self._send(now, node.name, node.out_links, node.end_layer, _by_destination(prefill, [], []))
+            if len(prefill) == 1:  # one prompt done here (`_by_destination`'s one group, inlined)
+                self._send_one(now, node.name, node.out_links, node.end_layer, next(prefill[0].path), prefill, [], 0)
+            else:
+                self._send(now, node.name, node.out_links, node.end_layer, _by_destination(prefill, [], []))
         line = node.waiting
         if line.decode_count or line.prefill:  # the next step at once (`_start_step`, inlined: the hot path)
             if self._observe_queue:
