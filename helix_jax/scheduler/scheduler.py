@@ -179,7 +179,9 @@ class Scheduler:
                 dead.add(key)
             return False
 
-        if not walk(COORDINATOR, 0):
+        found = walk(COORDINATOR, 0)
+        dead.clear()  # `walk` refers to itself: the cycle would keep the search's state until a collection
+        if not found:
             return None
         hops = self._hops  # Hops are frozen: one object per (node, entry layer, end layer), reused
         route = []
@@ -188,6 +190,7 @@ class Scheduler:
             if hop is None:
                 hop = hops[key] = Hop(*key)
             route.append(hop)
+        path.clear()
         return tuple(route)
 
     def _admit(self, spec: RequestSpec, route: tuple[Hop, ...]) -> Admission:
