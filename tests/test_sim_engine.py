@@ -136,3 +136,33 @@ def test_fast_engine_equals_the_reference_on_the_24_node_cluster(policy: str) ->
                                    AzureConversationLengths())
     assert fast.metrics.decode_tokens_per_s > 0
     assert fast.events < 0.8 * reference.events
+
+
+# Results of the engine at commit 994e6ca, before the step path's shortcuts (a step of one prompt
+# chunk, a finished prompt sent without grouping, reused Hops): both engines share that path, so
+# their equality alone would not notice a shortcut that changed what both do.
+RECORDED = {  # case -> (completed, admitted, node steps, decode tok/s, TTFT mean ms, TPOT mean ms, mean in flight)
+    "mesh-iwrr-offline": (4, 482, 440, 25.94, 244743.29277508287, 8904.029756765309, 480.73806251865994),
+    "mesh-swarm-online": (4, 230, 648, 21.006666666666668, 11007.429429623337, 6609.489396852563, 143.9791226661686),
+    "24-petals-iwrr": (46, 417, 38743, 95.45714285714286, 129209.57287888498, 1534.8604435751276, 384.6101678878874),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RECORDED))
+def test_results_equal_those_recorded_before_the_step_shortcuts(case: str) -> None:
+    if case.startswith("mesh"):
+        cost, placement = mesh()
+        policy, mode = case.split("-")[1:]
+        config = SimConfig(mode=mode, duration_s=400.0, warmup_s=100.0, policy=policy, seed=2,
+                           rate_per_s=0.5 if mode == "online" else None)
+    else:
+        from helix_jax.solver.plan import plan
+
+        topo = load_topology(ROOT / "topologies" / "single-region-24-llama2-70b.json")
+        cost = CostModel(topo)
+        placement = plan(topo, method="petals", cost_model=cost)
+        config = SimConfig(duration_s=200.0, warmup_s=60.0, policy="iwrr")
+    res = Simulator(placement, cost, AzureConversationLengths(), config).run()
+    m = res.metrics
+    assert (res.completed, res.admitted, sum(n.steps for n in res.nodes), m.decode_tokens_per_s, m.ttft.mean_ms,
+            m.tpot.mean_ms, res.mean_in_flight) == RECORDED[case]

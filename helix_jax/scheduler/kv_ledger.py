@@ -98,14 +98,21 @@ class KVLedger:
         """
         if request_id in self._held:
             raise RequestError(f"request {request_id!r} already holds a KV reservation")
-        need = self.entries_for(route, tokens)
-        for node, amount in need:
-            if not self.can_reserve(node, amount):
+        budget, used, page = self._budget, self._used, self._page
+        need = []
+        for hop in route:  # `entries_for` and `can_reserve`, inlined: admission runs this per hop
+            node = hop.node
+            if node not in budget:
+                self.budget(node)  # raises the unknown node's ConfigError
+            size = page.get(node, 1)
+            amount = -(-tokens // size) * size * (hop.end_layer - hop.start_layer)
+            if amount > budget[node] - used[node]:
                 raise RequestError(f"request {request_id!r} needs {amount} KV token-layers on "
                                    f"{node!r}, which has {self.free(node)} free")
+            need.append((node, amount))
         for node, amount in need:
-            self._used[node] += amount
-        self._held[request_id] = need
+            used[node] += amount
+        self._held[request_id] = tuple(need)
 
     def set_budget(self, node: str, budget_token_layers: int) -> None:
         """Change a node's budget (a replacement worker); only while it holds nothing."""
@@ -119,9 +126,11 @@ class KVLedger:
     def release(self, request_id: str) -> int:
         """Give back everything the request holds; returns the entries freed (0 if none)."""
         need = self._held.pop(request_id, ())
+        used, freed = self._used, 0
         for node, amount in need:
-            self._used[node] -= amount
-        return sum(amount for _, amount in need)
+            used[node] -= amount
+            freed += amount
+        return freed
 
     def check(self) -> None:
         """Raise if the books do not balance (a guard for tests and the simulator)."""

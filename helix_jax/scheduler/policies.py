@@ -81,6 +81,8 @@ class IwrrPolicy(RoutePolicy):
         return {edge: cell[0] for edge, cell in self._cells.items()}
 
     def order(self, src: str, candidates: Sequence[str], work: float) -> list[str]:
+        if len(candidates) < 2:
+            return list(candidates)
         cells = self._cells
 
         def key(dst: str) -> float:

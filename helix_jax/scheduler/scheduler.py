@@ -82,6 +82,7 @@ class Scheduler:
         self._releases = 0  # bumped on every release: a blocked head is retried only after one
         self._blocked: tuple[str, int] | None = None
         self._down: set[str] = set()
+        self._hops: dict[tuple[str, int, int], Hop] = {}  # every Hop a route search has made
         routes = placement_routes(placement) if cls.flow_edges_only else None
         self._fixed = FixedRoutes(routes) if routes else None  # SLO placements: whole routes only
 
@@ -178,7 +179,19 @@ class Scheduler:
                 dead.add(key)
             return False
 
-        return tuple(Hop(node, start, end) for node, start, end in path) if walk(COORDINATOR, 0) else None
+        found = walk(COORDINATOR, 0)
+        dead.clear()  # `walk` refers to itself: the cycle would keep the search's state until a collection
+        if not found:
+            return None
+        hops = self._hops  # Hops are frozen: one object per (node, entry layer, end layer), reused
+        route = []
+        for key in path:
+            hop = hops.get(key)
+            if hop is None:
+                hop = hops[key] = Hop(*key)
+            route.append(hop)
+        path.clear()
+        return tuple(route)
 
     def _admit(self, spec: RequestSpec, route: tuple[Hop, ...]) -> Admission:
         self.ledger.reserve(spec.request_id, route, spec.kv_tokens)

@@ -34,6 +34,11 @@ class SimNode:
     `start_layer`, where known, lets a node holding one layer skip comparing entry layers
     (every request runs exactly that layer there)."""
 
+    __slots__ = ("name", "end_layer", "max_prompt_tokens", "max_decode_seqs", "_layer_step_seconds", "_single_entry",
+                 "waiting", "batch_prefill", "batch_decode", "_batch_segments", "batch_context_tokens", "_batch_entry",
+                 "_batch_prompt_tokens", "busy", "kv_entries", "pending", "wake_key", "out_links", "steps", "busy_s",
+                 "decode_seqs_total", "prompt_tokens_total")
+
     def __init__(self, name: str, end_layer: int, max_prompt_tokens: int, max_decode_seqs: int,
                  layer_step_seconds: Callable[[int, int, int], float], start_layer: int | None = None):
         self.name = name
@@ -73,35 +78,54 @@ class SimNode:
         so decode tokens never wait behind a whole long prompt (chunked prefill, as the runtime
         does); a prompt whose chunks are not all done stays at the head of the line."""
         line = self.waiting
-        if line.decode_count <= self.max_decode_seqs:  # all of them (`take_decode`'s first case, inlined)
-            segments = list(line.decode)
-            line.decode.clear()
-            line.decode_count = 0
+        count = line.decode_count
+        if not count:  # prompt chunks only (most steps while long prompts move through)
+            segments: list[tuple[int, list[SimRequest], int]] = []
+            decode: list[SimRequest] = []
+            context = 0
         else:
-            segments = line.take_decode(self.max_decode_seqs)
-        if len(segments) == 1:
-            decode, context = segments[0][1], segments[0][2]
-        else:
-            decode = list(itertools.chain.from_iterable(reqs for _, reqs, _ in segments))
-            context = sum(c for _, _, c in segments)
+            if count <= self.max_decode_seqs:  # all of them (`take_decode`'s first case, inlined)
+                segments = list(line.decode)
+                line.decode.clear()
+                line.decode_count = 0
+            else:
+                segments = line.take_decode(self.max_decode_seqs)
+            if len(segments) == 1:
+                _, decode, context = segments[0]
+            else:
+                decode = list(itertools.chain.from_iterable(reqs for _, reqs, _ in segments))
+                context = sum(c for _, _, c in segments)
         prefill: list[SimRequest] = []
         prompt_tokens = 0
         waiting_prefill = line.prefill
         if waiting_prefill:
             budget = self.max_prompt_tokens
-            while waiting_prefill and prompt_tokens < budget:
-                req = waiting_prefill.popleft()
-                req.chunk = min(req.prompt_tokens - req.prefilled, budget - prompt_tokens)
+            req = waiting_prefill.popleft()
+            left = req.prompt_tokens - req.prefilled
+            if left >= budget:  # the head prompt alone fills the step (the loop below, first pass)
+                req.chunk = prompt_tokens = budget
                 prefill.append(req)
-                prompt_tokens += req.chunk
+            else:
+                req.chunk = prompt_tokens = left
+                prefill.append(req)
+                while waiting_prefill and prompt_tokens < budget:
+                    req = waiting_prefill.popleft()
+                    req.chunk = min(req.prompt_tokens - req.prefilled, budget - prompt_tokens)
+                    prefill.append(req)
+                    prompt_tokens += req.chunk
         self.batch_prefill, self.batch_decode, self._batch_segments = prefill, decode, segments
         self._batch_prompt_tokens = prompt_tokens
         self.busy = True
         entry = self._single_entry
         if entry is None:
-            entries = {e for e, _, _ in segments}
-            entries.update([req.entry_layer for req in prefill])
-            entry = entries.pop() if len(entries) == 1 else None
+            if not segments and len(prefill) == 1:
+                entry = prefill[0].entry_layer
+            elif not prefill and len(segments) == 1:
+                entry = segments[0][0]
+            else:
+                entries = {e for e, _, _ in segments}
+                entries.update([req.entry_layer for req in prefill])
+                entry = entries.pop() if len(entries) == 1 else None
         self._batch_entry = entry
         self.batch_context_tokens = context
         if entry is None:
@@ -140,6 +164,15 @@ class SimNode:
             self.kv_entries += kv + sum((end - req.entry_layer) * req.chunk for req in prefill)
         self._batch_segments = []
         if not prefill:
+            return prefill, decode
+        if len(prefill) == 1:  # the usual case: one prompt chunk (the loop below, unrolled)
+            req = prefill[0]
+            req.prefilled += req.chunk
+            req.chunk = 0
+            if req.prefilled < req.prompt_tokens:
+                self.waiting.prefill.appendleft(req)
+                return [], decode
+            req.prefilled = 0
             return prefill, decode
         for req in prefill:
             req.prefilled += req.chunk

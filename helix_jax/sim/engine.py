@@ -114,14 +114,16 @@ class Simulator(Admitter, NodeStepper):
         groups: dict[str, list] = {}
         finished = False
         for req in reqs:
-            req.generated += 1
-            if req.generated == 1:
+            generated = req._generated + 1  # `req.generated += 1`, without the property's two calls
+            req._generated = generated
+            req.context_tokens = req.prompt_tokens + generated
+            if generated == 1:
                 req.first_token_s = now
                 metrics.on_first_token(now, now - req.arrival_s, req.prompt_tokens)
-            if req.generated >= req.output_tokens:
+            if generated >= req.output_tokens:
                 metrics.on_complete(now, req.first_token_s - req.arrival_s, req.first_token_s,
                                     req.output_tokens)
-                kv_tokens = req.prompt_tokens + req.generated - 1
+                kv_tokens = req.prompt_tokens + generated - 1
                 for hop in req.route:
                     self.nodes[hop.node].kv_entries -= kv_tokens * hop.num_layers
                 self._account_in_flight(now)

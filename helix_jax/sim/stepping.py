@@ -108,13 +108,27 @@ class NodeStepper(RunState):
             dsts = list(map(next, map(_path, decode)))
             if len(dsts) != len(decode):  # map() stops quietly where a path ran out
                 raise RuntimeError(f"a request on {node.name} has no hop left on its route")
-            if not prefill and dsts.count(dsts[0]) == len(dsts):  # the usual case: all go one way
+            if dsts.count(dsts[0]) != len(dsts):
+                self._send(now, node.name, node.out_links, node.end_layer, _by_destination(prefill, decode, dsts))
+            elif not prefill:  # the usual case: all go one way
                 self._send_one(now, node.name, node.out_links, node.end_layer, dsts[0], prefill, decode,
                                node.batch_context_tokens)
+            elif len(prefill) == 1:  # one prompt done and the decode rows one way: `_by_destination`'s groups
+                prompt_dst = next(prefill[0].path)
+                if prompt_dst == dsts[0]:
+                    self._send_one(now, node.name, node.out_links, node.end_layer, prompt_dst, prefill, decode,
+                                   node.batch_context_tokens)
+                else:
+                    self._send_one(now, node.name, node.out_links, node.end_layer, prompt_dst, prefill, [], 0)
+                    self._send_one(now, node.name, node.out_links, node.end_layer, dsts[0], [], decode,
+                                   node.batch_context_tokens)
             else:
                 self._send(now, node.name, node.out_links, node.end_layer, _by_destination(prefill, decode, dsts))
         elif prefill:
-            self._send(now, node.name, node.out_links, node.end_layer, _by_destination(prefill, [], []))
+            if len(prefill) == 1:  # one prompt done here (`_by_destination`'s one group, inlined)
+                self._send_one(now, node.name, node.out_links, node.end_layer, next(prefill[0].path), prefill, [], 0)
+            else:
+                self._send(now, node.name, node.out_links, node.end_layer, _by_destination(prefill, [], []))
         line = node.waiting
         if line.decode_count or line.prefill:  # the next step at once (`_start_step`, inlined: the hot path)
             if self._observe_queue:
