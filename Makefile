@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install test lint demo bench bench-plan bench-runtime bench-serve bench-sim bench-paged bench-timing bench-soak bench-long-prompt clean
+.PHONY: install test lint format demo bench bench-plan bench-runtime bench-serve bench-sim bench-paged bench-timing bench-soak bench-long-prompt clean
 
 # What serving needs (no torch), then the default model into the model cache (sha256-checked).
 install:
@@ -19,14 +19,20 @@ $(VENV)/.test-extras: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# The lint (ruff, mypy) first: CI runs exactly this target. Two xdist workers, one per core; each
+# The lint (ruff check, ruff format, mypy) first: CI runs exactly this target. Two xdist workers, one per core; each
 # test file runs whole on one of them, the heaviest first (tests/conftest.py).
 test: lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not benchmark" tests
 
 lint: $(VENV)/.test-extras
 	$(BIN)/ruff check helix_jax solver cli tests
+	$(BIN)/ruff format --check helix_jax solver cli tests
 	$(BIN)/mypy
+
+# Rewrite the tree in the house format (what `make lint` checks).
+format:
+	$(BIN)/ruff format helix_jax solver cli tests
+	$(BIN)/ruff check --fix helix_jax solver cli tests
 
 bench: bench-plan bench-runtime bench-serve bench-sim bench-timing
 

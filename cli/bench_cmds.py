@@ -32,8 +32,9 @@ def _split(text: str, what: str) -> list[str]:
     return items
 
 
-def plan_methods(topology, cost_model, methods: list[str], time_limit_s: float, seed: int,
-                 helix_placement: Path | None, console: Console) -> dict:
+def plan_methods(
+    topology, cost_model, methods: list[str], time_limit_s: float, seed: int, helix_placement: Path | None, console: Console
+) -> dict:
     """Placements for every method: the solver's, or a saved file for helix (its flows
     recomputed for this topology and the bench's workload, like deploy's)."""
     from helix_jax.cli.serve_cmds import placement_for
@@ -46,21 +47,23 @@ def plan_methods(topology, cost_model, methods: list[str], time_limit_s: float, 
         from helix_jax.solver.plan import plan  # heavy (cvxpy): imported only when planning
 
         with console.status(f"planning {method} ..."):
-            placements[method] = plan(topology, method=method, time_limit_s=time_limit_s, seed=seed,
-                                      cost_model=cost_model)
+            placements[method] = plan(topology, method=method, time_limit_s=time_limit_s, seed=seed, cost_model=cost_model)
         p = placements[method]
-        console.print(f"  {method}: max-flow {p.objective_tokens_per_s:,.1f} tok/s "
-                      f"({p.status}, {p.solve_seconds:.1f} s, {len(p.ranges)} nodes)")
+        console.print(
+            f"  {method}: max-flow {p.objective_tokens_per_s:,.1f} tok/s ({p.status}, {p.solve_seconds:.1f} s, {len(p.ranges)} nodes)"
+        )
     return placements
 
 
 def bench(
     topology: Optional[Path] = typer.Argument(None, help="Topology JSON (with --simulate)."),
     simulate: bool = typer.Option(False, "--simulate", help="Plan and simulate every method."),
-    endpoint: Optional[str] = typer.Option(None, help="Bench a live deployment: tcp://HOST:PORT (ZeroMQ) or "
-                                                 "http://HOST:PORT (any OpenAI-compatible server)."),
-    connection: Optional[Path] = typer.Option(None, help="Bench the deployment of this connection.json "
-                                                     "(endpoint and CURVE keys; printed by deploy)."),
+    endpoint: Optional[str] = typer.Option(
+        None, help="Bench a live deployment: tcp://HOST:PORT (ZeroMQ) or http://HOST:PORT (any OpenAI-compatible server)."
+    ),
+    connection: Optional[Path] = typer.Option(
+        None, help="Bench the deployment of this connection.json (endpoint and CURVE keys; printed by deploy)."
+    ),
     methods: str = typer.Option(DEFAULT_METHODS, help="Placement methods to compare (comma-separated)."),
     schedulers: str = typer.Option("iwrr", help="Schedulers: iwrr, random, shortest-queue, swarm."),
     mode: str = typer.Option("offline", help="offline (closed loop) or online (open loop arrivals)."),
@@ -80,8 +83,9 @@ def bench(
     concurrency: int = typer.Option(8, help="Live offline mode: requests kept in flight."),
     max_context: Optional[int] = typer.Option(None, help="Live: cap prompt+output tokens."),
     out: Optional[Path] = typer.Option(None, help="Write results.json and PNG plots here."),
-    slo_sweep: Optional[str] = typer.Option(None, help="With --simulate: plan at each round-trip SLO (ms, "
-                                                       "comma-separated), simulate each, table and PNG."),
+    slo_sweep: Optional[str] = typer.Option(
+        None, help="With --simulate: plan at each round-trip SLO (ms, comma-separated), simulate each, table and PNG."
+    ),
 ) -> None:
     """Compare placements and schedulers in simulation, or measure a live deployment."""
     from helix_jax.bench.live import rates_list
@@ -108,21 +112,47 @@ def bench(
         if topology is None:
             raise ConfigError("--simulate needs a TOPOLOGY file")
         if slo_sweep is not None:
-            _sweep(console, topology, slo_sweep, mode, rate_values, duration, warmup, lengths, counts, seed, time_limit,
-                   out)
+            _sweep(console, topology, slo_sweep, mode, rate_values, duration, warmup, lengths, counts, seed, time_limit, out)
             return
-        _simulated(console, topology, _split(methods, "methods"), _split(schedulers, "schedulers"), mode,
-                   rate_values, duration if duration is not None else 600.0,
-                   warmup if warmup is not None else 120.0, lengths, counts, seed, time_limit, placement,
-                   slo_ttft_ms, slo_tpot_ms, out)
+        _simulated(
+            console,
+            topology,
+            _split(methods, "methods"),
+            _split(schedulers, "schedulers"),
+            mode,
+            rate_values,
+            duration if duration is not None else 600.0,
+            warmup if warmup is not None else 120.0,
+            lengths,
+            counts,
+            seed,
+            time_limit,
+            placement,
+            slo_ttft_ms,
+            slo_tpot_ms,
+            out,
+        )
     else:
-        _live(console, endpoint, mode, rate_values, duration if duration is not None else 60.0,
-              warmup if warmup is not None else 10.0, lengths, counts, seed, concurrency, max_context,
-              slo_ttft_ms, slo_tpot_ms, out, keys)
+        _live(
+            console,
+            endpoint,
+            mode,
+            rate_values,
+            duration if duration is not None else 60.0,
+            warmup if warmup is not None else 10.0,
+            lengths,
+            counts,
+            seed,
+            concurrency,
+            max_context,
+            slo_ttft_ms,
+            slo_tpot_ms,
+            out,
+            keys,
+        )
 
 
-def _sweep(console, topology_path, text, mode, rate_values, duration, warmup, lengths, counts, seed, time_limit,
-           out) -> None:
+def _sweep(console, topology_path, text, mode, rate_values, duration, warmup, lengths, counts, seed, time_limit, out) -> None:
     from helix_jax.cli.slo_sweep import parse_limits, run_sweep
     from helix_jax.costmodel import CostModel
     from helix_jax.sim import SimConfig
@@ -130,19 +160,46 @@ def _sweep(console, topology_path, text, mode, rate_values, duration, warmup, le
 
     limits_ms = parse_limits(text)
     topo = load_topology(topology_path)
-    base = SimConfig(mode=mode, duration_s=duration if duration is not None else 600.0,
-                     warmup_s=warmup if warmup is not None else 120.0,
-                     rate_per_s=rate_values[0] if rate_values else None, arrival_counts=counts, seed=seed)
+    base = SimConfig(
+        mode=mode,
+        duration_s=duration if duration is not None else 600.0,
+        warmup_s=warmup if warmup is not None else 120.0,
+        rate_per_s=rate_values[0] if rate_values else None,
+        arrival_counts=counts,
+        seed=seed,
+    )
     run_sweep(console, topo, CostModel(topo, lengths.shape), lengths, base, limits_ms, time_limit, seed, out)
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                    TimeElapsedColumn(), console=console, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
-def _simulated(console, topology_path, methods, schedulers, mode, rate_values, duration_s, warmup_s,
-               lengths, counts, seed, time_limit_s, placement, slo_ttft_ms, slo_tpot_ms, out) -> None:
+def _simulated(
+    console,
+    topology_path,
+    methods,
+    schedulers,
+    mode,
+    rate_values,
+    duration_s,
+    warmup_s,
+    lengths,
+    counts,
+    seed,
+    time_limit_s,
+    placement,
+    slo_ttft_ms,
+    slo_tpot_ms,
+    out,
+) -> None:
     from helix_jax.bench.report import COMPACT_BELOW_COLUMNS, results_table, write_results
     from helix_jax.bench.runner import bench_cases, run_simulated_bench
     from helix_jax.costmodel import CostModel
@@ -151,12 +208,18 @@ def _simulated(console, topology_path, methods, schedulers, mode, rate_values, d
 
     topo = load_topology(topology_path)
     cost = CostModel(topo, lengths.shape)  # plan for the workload that is simulated
-    base = SimConfig(mode=mode, duration_s=duration_s, warmup_s=warmup_s,
-                     rate_per_s=rate_values[0] if rate_values else None, arrival_counts=counts, seed=seed,
-                     slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms)
+    base = SimConfig(
+        mode=mode,
+        duration_s=duration_s,
+        warmup_s=warmup_s,
+        rate_per_s=rate_values[0] if rate_values else None,
+        arrival_counts=counts,
+        seed=seed,
+        slo_ttft_ms=slo_ttft_ms,
+        slo_tpot_ms=slo_tpot_ms,
+    )
     cases = bench_cases(methods, schedulers, rate_values)
-    console.print(f"[bold]{topo.name}[/]: placements for {', '.join(methods)}, planned for {lengths.name} "
-                  f"({cost.workload.describe()})")
+    console.print(f"[bold]{topo.name}[/]: placements for {', '.join(methods)}, planned for {lengths.name} ({cost.workload.describe()})")
     placements = plan_methods(topo, cost, methods, time_limit_s, seed, placement, console)
     with _progress(console) as bar:
         task = bar.add_task("simulating", total=len(cases) * duration_s)
@@ -182,16 +245,40 @@ def _simulated(console, topology_path, methods, schedulers, mode, rate_values, d
         console.print(f"wrote {path} and {', '.join(p.name for p in plots)}")
 
 
-def _live(console, endpoint, mode, rate_values, duration_s, warmup_s, lengths, counts, seed, concurrency,
-          max_context, slo_ttft_ms, slo_tpot_ms, out, keys=None) -> None:
+def _live(
+    console,
+    endpoint,
+    mode,
+    rate_values,
+    duration_s,
+    warmup_s,
+    lengths,
+    counts,
+    seed,
+    concurrency,
+    max_context,
+    slo_ttft_ms,
+    slo_tpot_ms,
+    out,
+    keys=None,
+) -> None:
     from helix_jax.bench.live import LiveConfig, run_live_bench
     from helix_jax.bench.report import live_table, write_results
 
     results = []
-    for rate_value in (rate_values or [None]):
-        config = LiveConfig(mode=mode, duration_s=duration_s, warmup_s=warmup_s, rate_per_s=rate_value,
-                            arrival_counts=counts, concurrency=concurrency, seed=seed,
-                            max_context_tokens=max_context, slo_ttft_ms=slo_ttft_ms, slo_tpot_ms=slo_tpot_ms)
+    for rate_value in rate_values or [None]:
+        config = LiveConfig(
+            mode=mode,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            rate_per_s=rate_value,
+            arrival_counts=counts,
+            concurrency=concurrency,
+            seed=seed,
+            max_context_tokens=max_context,
+            slo_ttft_ms=slo_ttft_ms,
+            slo_tpot_ms=slo_tpot_ms,
+        )
         with _progress(console) as bar:
             task = bar.add_task(f"benchmarking {endpoint}", total=duration_s)
             result = run_live_bench(endpoint, lengths, config, lambda t: bar.update(task, completed=t), keys)
@@ -200,11 +287,9 @@ def _live(console, endpoint, mode, rate_values, duration_s, warmup_s, lengths, c
     if out is not None:
         from helix_jax.bench.plots import latency_cdf
 
-        path = write_results({"endpoint": endpoint, "workload": lengths.name,
-                              "runs": [r.to_dict() for r in results]}, out)
+        path = write_results({"endpoint": endpoint, "workload": lengths.name, "runs": [r.to_dict() for r in results]}, out)
         label = lambda r: f"{r.config.mode}" + (f" @{r.config.rate_per_s:g}/s" if r.config.rate_per_s else "")  # noqa: E731
-        plot = latency_cdf([(label(r), r.metrics) for r in results], f"{endpoint}: latency CDFs",
-                           Path(out) / "latency_cdf.png")
+        plot = latency_cdf([(label(r), r.metrics) for r in results], f"{endpoint}: latency CDFs", Path(out) / "latency_cdf.png")
         console.print(f"wrote {path} and {plot.name}")
 
 

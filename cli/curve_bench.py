@@ -62,9 +62,11 @@ def measure(client: Any, prompts: list[list[int]], max_tokens: int, singles: int
     with ThreadPoolExecutor(len(prompts)) as pool:
         batch = list(pool.map(lambda p: client.generate(p, max_tokens=max_tokens), prompts))
     wall = time.perf_counter() - began
-    return {"tpot_ms": statistics.median(r.timings.tpot_s for r in single) * 1e3,
-            "hops": statistics.mean(len(r.route) + 1 for r in single),  # coordinator -> hops -> coordinator
-            "tokens_per_s": sum(len(r.ids) for r in batch) / wall}
+    return {
+        "tpot_ms": statistics.median(r.timings.tpot_s for r in single) * 1e3,
+        "hops": statistics.mean(len(r.route) + 1 for r in single),  # coordinator -> hops -> coordinator
+        "tokens_per_s": sum(len(r.ids) for r in batch) / wall,
+    }
 
 
 def bench_default(rounds: int, streams: int, max_tokens: int, singles: int) -> dict:
@@ -74,13 +76,21 @@ def bench_default(rounds: int, streams: int, max_tokens: int, singles: int) -> d
 
     prompts = _prompts(streams, 16)
     max_seq_len = 16 + max_tokens
-    out: dict = {"model": MODEL, "streams": streams, "max_tokens": max_tokens, "singles": singles,
-                 "local_tpot_ms": local_tpot_ms(prompts[0], max_tokens), "ready_s": {}, "rounds": []}
+    out: dict = {
+        "model": MODEL,
+        "streams": streams,
+        "max_tokens": max_tokens,
+        "singles": singles,
+        "local_tpot_ms": local_tpot_ms(prompts[0], max_tokens),
+        "ready_s": {},
+        "rounds": [],
+    }
     with contextlib.ExitStack() as stack:
         clients = {}
         for transport in ("plain", "curve"):
-            cfg, codec = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, streams * max_seq_len,
-                                      max_seq_len, 10.0, secure=transport == "curve")
+            cfg, codec = serve_config(
+                None, None, None, False, 1.0, "127.0.0.1", 0, streams * max_seq_len, max_seq_len, 10.0, secure=transport == "curve"
+            )
             out["placement"] = {n: list(r) for n, r in cfg.placement.ranges.items()}
             began = time.perf_counter()
             dep = stack.enter_context(LocalDeployment(cfg, codec))
@@ -96,17 +106,21 @@ def bench_default(rounds: int, streams: int, max_tokens: int, singles: int) -> d
                 row[transport] = measure(clients[transport], prompts, max_tokens, singles)
             row["load_1min_end"] = os.getloadavg()[0]
             out["rounds"].append(row)
-            print(f"  round {r + 1}: load {row['load_1min']:.2f}-{row['load_1min_end']:.2f}; " + "; ".join(
-                f"{t} TPOT {row[t]['tpot_ms']:.1f} ms, {row[t]['tokens_per_s']:.1f} tok/s" for t in order), flush=True)
-    med = {t: {k: statistics.median(row[t][k] for row in out["rounds"]) for k in ("tpot_ms", "tokens_per_s", "hops")}
-           for t in ("plain", "curve")}
+            print(
+                f"  round {r + 1}: load {row['load_1min']:.2f}-{row['load_1min_end']:.2f}; "
+                + "; ".join(f"{t} TPOT {row[t]['tpot_ms']:.1f} ms, {row[t]['tokens_per_s']:.1f} tok/s" for t in order),
+                flush=True,
+            )
+    med = {
+        t: {k: statistics.median(row[t][k] for row in out["rounds"]) for k in ("tpot_ms", "tokens_per_s", "hops")}
+        for t in ("plain", "curve")
+    }
     hops = med["curve"]["hops"]
     out["median"] = med
     out["curve_ms_per_hop"] = (med["curve"]["tpot_ms"] - med["plain"]["tpot_ms"]) / hops
     out["pipeline_ms_per_hop"] = (med["plain"]["tpot_ms"] - out["local_tpot_ms"]) / hops
     out["curve_throughput_cost"] = 1 - med["curve"]["tokens_per_s"] / med["plain"]["tokens_per_s"]
-    out["curve_throughput_cost_per_round"] = [1 - row["curve"]["tokens_per_s"] / row["plain"]["tokens_per_s"]
-                                              for row in out["rounds"]]
+    out["curve_throughput_cost_per_round"] = [1 - row["curve"]["tokens_per_s"] / row["plain"]["tokens_per_s"] for row in out["rounds"]]
     return out
 
 
@@ -117,8 +131,10 @@ def bench_tiny(streams: int, max_tokens: int) -> None:
     print(f"[curve] cpu-tiny, {on['route_hops']:.1f} hops per round trip, {streams} streams of {max_tokens} tokens")
     for label, r in (("plain TCP", off), ("CURVE", on)):
         d = r["deployed"]
-        print(f"  {label:9s}: ready in {r['ready_s']:.1f} s, 1-request TPOT {d['tpot_ms']:.2f} ms, "
-              f"{streams} streams {d['batch_tokens_per_s']:.1f} tok/s")
+        print(
+            f"  {label:9s}: ready in {r['ready_s']:.1f} s, 1-request TPOT {d['tpot_ms']:.2f} ms, "
+            f"{streams} streams {d['batch_tokens_per_s']:.1f} tok/s"
+        )
     cost_ms = (on["deployed"]["tpot_ms"] - off["deployed"]["tpot_ms"]) / on["route_hops"]
     share = 1 - on["deployed"]["batch_tokens_per_s"] / off["deployed"]["batch_tokens_per_s"]
     print(f"  CURVE costs {cost_ms:.3f} ms per hop and {share:.1%} of {streams}-stream throughput (target < 10%)")
@@ -140,16 +156,22 @@ def main() -> None:
     print(f"[curve] {MODEL}, default deployment, plain TCP and CURVE side by side, {args.rounds} rounds", flush=True)
     r = bench_default(args.rounds, args.streams, args.max_tokens, args.singles)
     med = r["median"]
-    print(f"[curve] placement {r['placement']}, {med['curve']['hops']:.1f} hops per round trip; deploy-to-ready "
-          f"plain {r['ready_s']['plain']:.1f} s, CURVE {r['ready_s']['curve']:.1f} s")
+    print(
+        f"[curve] placement {r['placement']}, {med['curve']['hops']:.1f} hops per round trip; deploy-to-ready "
+        f"plain {r['ready_s']['plain']:.1f} s, CURVE {r['ready_s']['curve']:.1f} s"
+    )
     for t, label in (("plain", "plain TCP"), ("curve", "CURVE")):
-        print(f"  {label:9s} medians: 1-request TPOT {med[t]['tpot_ms']:.1f} ms, {r['streams']} streams "
-              f"{med[t]['tokens_per_s']:.1f} tok/s")
-    print(f"  whole model in this process: TPOT {r['local_tpot_ms']:.1f} ms; pipeline overhead "
-          f"{r['pipeline_ms_per_hop']:.2f} ms per hop (plain TCP)")
-    print(f"  CURVE costs {r['curve_ms_per_hop']:.3f} ms per hop and {r['curve_throughput_cost']:.1%} of "
-          f"{r['streams']}-stream throughput (median of rounds; per round: "
-          + ", ".join(f"{c:.1%}" for c in r["curve_throughput_cost_per_round"]) + "; target < 10%)")
+        print(f"  {label:9s} medians: 1-request TPOT {med[t]['tpot_ms']:.1f} ms, {r['streams']} streams {med[t]['tokens_per_s']:.1f} tok/s")
+    print(
+        f"  whole model in this process: TPOT {r['local_tpot_ms']:.1f} ms; pipeline overhead "
+        f"{r['pipeline_ms_per_hop']:.2f} ms per hop (plain TCP)"
+    )
+    print(
+        f"  CURVE costs {r['curve_ms_per_hop']:.3f} ms per hop and {r['curve_throughput_cost']:.1%} of "
+        f"{r['streams']}-stream throughput (median of rounds; per round: "
+        + ", ".join(f"{c:.1%}" for c in r["curve_throughput_cost_per_round"])
+        + "; target < 10%)"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(r, f, indent=2)

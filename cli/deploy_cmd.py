@@ -57,11 +57,13 @@ class Flow:
 
     def on_progress(self, status: Any, began: float) -> Any:
         """The callback of `wait_ready`: a line per step once all nodes passed it, a live status."""
+
         def update(progress: list[StepProgress]) -> None:
             for p in progress:
                 if p.done == p.total and p.step not in self._done:
                     self.finished(p.step, f"{p.done}/{p.total} nodes", time.monotonic() - began)
             status.update(" · ".join(p.line() for p in progress if p.step not in self._done) or "ready")
+
         return update
 
 
@@ -100,47 +102,61 @@ def print_launch_plan(cfg: Any, ray_address: str | None) -> None:
     console.print("dry run: nothing was started")
 
 
-def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: the shipped small CPU cluster)."),
-           placement: Path = typer.Option(None, help="Placement JSON to serve (default: plan now)."),
-           model: str = typer.Option(None, help="Model the workers compute: preset or checkpoint dir "
-                                                "(default: the topology's model)."),
-           emulate: bool = typer.Option(False, help="Pace steps and links to the topology's GPUs and model."),
-           time_scale: float = typer.Option(1.0, help="With --emulate: run everything N times slower."),
-           port: int = typer.Option(0, help="Client port (0: a free port)."),
-           host: str = typer.Option("127.0.0.1", help="Address the coordinator binds and advertises."),
-           kv_tokens: int = typer.Option(None, help="KV cache tokens per worker (default: 32 sequences); "
-                                                    "paged, they hold as many requests as their lengths allow."),
-           kv_layout: str = typer.Option(None, help="KV cache layout: paged (default) or contiguous slots."),
-           max_seq_len: int = typer.Option(512, help="Longest prompt + output, in tokens."),
-           plan_time: float = typer.Option(10.0, help="Planner time limit in seconds."),
-           heartbeat_timeout: float = typer.Option(10.0, help="Seconds of silence after which a worker is "
-                                                             "taken out of service and its requests move on."),
-           resume_grace_s: float = typer.Option(3.0, "--resume-grace-s", help="Seconds a request moved off a "
-                                                "lost node may wait for a surviving route; then it fails with an "
-                                                "error naming the node (it never waits for a restart)."),
-           restart_workers: int = typer.Option(3, help="Restarts of a crashed worker per node within "
-                                                       "--restart-window (0: none); the replacement rejoins once warm."),
-           restart_window: float = typer.Option(600.0, help="Seconds after which a restart no longer counts "
-                                                            "against --restart-workers (the budget refills)."),
-           log_dir: Path = typer.Option(None, help="Where worker logs go (default: STATE_DIR/logs)."),
-           state_dir: Path = typer.Option(None, help="Holds deployment.json, connection.json and the workers' "
-                                                     "keys (default: ~/.cache/helix-jax/deployments/NAME; "
-                                                     "HELIX_DEPLOYMENTS=DIR moves the root)."),
-           insecure: bool = typer.Option(False, "--insecure", help="Turn CURVE off (plain TCP): allowed only "
-                                                                   "when every endpoint is on loopback."),
-           dry_run: bool = typer.Option(False, "--dry-run", help="Validate and plan, print what would be "
-                                                                 "launched where, start nothing."),
-           ray: str = typer.Option(None, "--ray", envvar="HELIX_RAY_ADDRESS",
-                                   help="Launch the workers as Ray actors on this cluster: auto, host:port or "
-                                        "ray://... (env HELIX_RAY_ADDRESS)."),
-           ready_timeout: float = typer.Option(900.0, help="Seconds the workers may take to load and compile."),
-           http_port: int = typer.Option(8000, help="Port of the OpenAI-compatible HTTP API (0: a free port)."),
-           http_host: str = typer.Option("127.0.0.1", help="Address the HTTP API listens on."),
-           no_http: bool = typer.Option(False, "--no-http", help="Serve the ZeroMQ client socket only."),
-           api_key: str = typer.Option(None, envvar="HELIX_API_KEY", help=API_KEY_HELP),
-           key_queue_share: int = typer.Option(None, help=KEY_QUEUE_SHARE_HELP),
-           shutdown_timeout: float = typer.Option(30.0, help="On SIGTERM/Ctrl-C: seconds HTTP requests in "
-                                                             "flight may finish before they are cancelled.")) -> None:
+def deploy(
+    topology: Path = typer.Argument(None, help="Topology JSON (default: the shipped small CPU cluster)."),
+    placement: Path = typer.Option(None, help="Placement JSON to serve (default: plan now)."),
+    model: str = typer.Option(None, help="Model the workers compute: preset or checkpoint dir (default: the topology's model)."),
+    emulate: bool = typer.Option(False, help="Pace steps and links to the topology's GPUs and model."),
+    time_scale: float = typer.Option(1.0, help="With --emulate: run everything N times slower."),
+    port: int = typer.Option(0, help="Client port (0: a free port)."),
+    host: str = typer.Option("127.0.0.1", help="Address the coordinator binds and advertises."),
+    kv_tokens: int = typer.Option(
+        None, help="KV cache tokens per worker (default: 32 sequences); paged, they hold as many requests as their lengths allow."
+    ),
+    kv_layout: str = typer.Option(None, help="KV cache layout: paged (default) or contiguous slots."),
+    max_seq_len: int = typer.Option(512, help="Longest prompt + output, in tokens."),
+    plan_time: float = typer.Option(10.0, help="Planner time limit in seconds."),
+    heartbeat_timeout: float = typer.Option(
+        10.0, help="Seconds of silence after which a worker is taken out of service and its requests move on."
+    ),
+    resume_grace_s: float = typer.Option(
+        3.0,
+        "--resume-grace-s",
+        help="Seconds a request moved off a "
+        "lost node may wait for a surviving route; then it fails with an "
+        "error naming the node (it never waits for a restart).",
+    ),
+    restart_workers: int = typer.Option(
+        3, help="Restarts of a crashed worker per node within --restart-window (0: none); the replacement rejoins once warm."
+    ),
+    restart_window: float = typer.Option(
+        600.0, help="Seconds after which a restart no longer counts against --restart-workers (the budget refills)."
+    ),
+    log_dir: Path = typer.Option(None, help="Where worker logs go (default: STATE_DIR/logs)."),
+    state_dir: Path = typer.Option(
+        None,
+        help="Holds deployment.json, connection.json and the workers' "
+        "keys (default: ~/.cache/helix-jax/deployments/NAME; "
+        "HELIX_DEPLOYMENTS=DIR moves the root).",
+    ),
+    insecure: bool = typer.Option(False, "--insecure", help="Turn CURVE off (plain TCP): allowed only when every endpoint is on loopback."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and plan, print what would be launched where, start nothing."),
+    ray: str = typer.Option(
+        None,
+        "--ray",
+        envvar="HELIX_RAY_ADDRESS",
+        help="Launch the workers as Ray actors on this cluster: auto, host:port or ray://... (env HELIX_RAY_ADDRESS).",
+    ),
+    ready_timeout: float = typer.Option(900.0, help="Seconds the workers may take to load and compile."),
+    http_port: int = typer.Option(8000, help="Port of the OpenAI-compatible HTTP API (0: a free port)."),
+    http_host: str = typer.Option("127.0.0.1", help="Address the HTTP API listens on."),
+    no_http: bool = typer.Option(False, "--no-http", help="Serve the ZeroMQ client socket only."),
+    api_key: str = typer.Option(None, envvar="HELIX_API_KEY", help=API_KEY_HELP),
+    key_queue_share: int = typer.Option(None, help=KEY_QUEUE_SHARE_HELP),
+    shutdown_timeout: float = typer.Option(
+        30.0, help="On SIGTERM/Ctrl-C: seconds HTTP requests in flight may finish before they are cancelled."
+    ),
+) -> None:
     """Plan, start the coordinator, the workers and the HTTP API, and serve until Ctrl-C / SIGTERM."""
     from helix_jax.cli.http_cmds import check_http_options, drain_http, start_http, stop_on_signal
     from helix_jax.cli.serve_cmds import planned_config, print_placement, validate_deploy
@@ -161,8 +177,20 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
     name = checked[0].name
     console.print(f"  topology {name}: {len(checked[0].nodes)} nodes, model {checked[1].name}")
     with flow.step("plan"):
-        cfg, codec = planned_config(checked, placement, emulate, time_scale, host, port, kv_tokens, max_seq_len,
-                                    plan_time, heartbeat_timeout, not insecure, kv_layout)
+        cfg, codec = planned_config(
+            checked,
+            placement,
+            emulate,
+            time_scale,
+            host,
+            port,
+            kv_tokens,
+            max_seq_len,
+            plan_time,
+            heartbeat_timeout,
+            not insecure,
+            kv_layout,
+        )
         cfg = dataclasses.replace(cfg, resume_grace_s=resume_grace_s)
     print_placement(cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
     if dry_run:
@@ -170,8 +198,9 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
         return
     signal.signal(signal.SIGTERM, _interrupt)  # until serving: SIGTERM tears down like Ctrl-C
     state = Path(state_dir or deployments_root() / name).expanduser()
-    kwargs: dict[str, Any] = dict(log_dir=log_dir or state / "logs", restart_workers=restart_workers > 0,
-                                  max_restarts=restart_workers, state_dir=state)
+    kwargs: dict[str, Any] = dict(
+        log_dir=log_dir or state / "logs", restart_workers=restart_workers > 0, max_restarts=restart_workers, state_dir=state
+    )
     if not ray:
         kwargs["restart_window_s"] = restart_window
     if ray:
@@ -192,18 +221,15 @@ def deploy(topology: Path = typer.Argument(None, help="Topology JSON (default: t
         began = time.monotonic()
         with console.status("launching workers") as status:
             dep.wait_ready(ready_timeout, flow.on_progress(status, began))
-        flow.finished("ready", f"max-flow {cfg.placement.objective_tokens_per_s:.1f} tokens/s",
-                      time.monotonic() - began)
+        flow.finished("ready", f"max-flow {cfg.placement.objective_tokens_per_s:.1f} tokens/s", time.monotonic() - began)
         stop = stop_on_signal()  # before "serving" is printed: a Ctrl-C after it always shuts down cleanly
         with flow.step("serving"):
             client_keys = cfg.keys.client() if cfg.keys is not None else None
             if sock is not None:
-                front = start_http(dep.client_endpoint, codec, sock, api_key, keys=client_keys,
-                                   key_queue_share=key_queue_share)
+                front = start_http(dep.client_endpoint, codec, sock, api_key, keys=client_keys, key_queue_share=key_queue_share)
         console.print(f"serving {cfg.model.name}: client endpoint [bold]{dep.client_endpoint}[/]  (Ctrl-C stops)")
         console.print(f"connection file: {dep.connection_file}", soft_wrap=True)
-        console.print(f"try: helix-jax generate --connection {dep.connection_file} --prompt 'Hello' --stream",
-                      soft_wrap=True)
+        console.print(f"try: helix-jax generate --connection {dep.connection_file} --prompt 'Hello' --stream", soft_wrap=True)
         while not stop.wait(1.0):
             pass
         if front is not None:

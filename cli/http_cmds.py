@@ -18,14 +18,17 @@ from helix_jax.errors import ConfigError
 console = Console()
 
 
-API_KEY_HELP = ("Require 'Authorization: Bearer KEY' on /v1; several keys separated by commas, each with "
-                "its own share of the queue (env HELIX_API_KEY).")
-KEY_QUEUE_SHARE_HELP = ("Sequences one API key (or, without keys, all requests together) may have waiting "
-                        "before it gets 429 (default: half of the coordinator's queue).")
+API_KEY_HELP = (
+    "Require 'Authorization: Bearer KEY' on /v1; several keys separated by commas, each with "
+    "its own share of the queue (env HELIX_API_KEY)."
+)
+KEY_QUEUE_SHARE_HELP = (
+    "Sequences one API key (or, without keys, all requests together) may have waiting "
+    "before it gets 429 (default: half of the coordinator's queue)."
+)
 
 
-def check_http_options(http_port: int, shutdown_timeout: float, api_key: str | None = None,
-                       key_queue_share: int | None = None) -> None:
+def check_http_options(http_port: int, shutdown_timeout: float, api_key: str | None = None, key_queue_share: int | None = None) -> None:
     from helix_jax.http.tenants import Tenants
 
     if not 0 <= http_port <= 65535:
@@ -35,16 +38,22 @@ def check_http_options(http_port: int, shutdown_timeout: float, api_key: str | N
     Tenants(api_key, key_queue_share)  # a bad key list or share is one error before anything starts
 
 
-def start_http(endpoint: str, tokenizer: Any, sock: Any, api_key: str | None,
-               served_model: str | None = None, keys: Any = None, key_queue_share: int | None = None) -> Any:
+def start_http(
+    endpoint: str,
+    tokenizer: Any,
+    sock: Any,
+    api_key: str | None,
+    served_model: str | None = None,
+    keys: Any = None,
+    key_queue_share: int | None = None,
+) -> Any:
     """The front end on `sock` (from `helix_jax.http.bind_socket`), started; prints its URL.
     `keys`: the ClientKeys of a CURVE deployment (deploy hands over its client keypair)."""
     from helix_jax.http.server import serve_front_end
 
     front = serve_front_end(endpoint, tokenizer, sock, api_key or None, served_model, keys, key_queue_share)
     console.print(f"HTTP API: {front.url}/v1", soft_wrap=True)
-    console.print(f"  (OpenAI-compatible{', API key required' if api_key else ''}; "
-                  f"{front.url}/metrics, /health, /ready)", soft_wrap=True)
+    console.print(f"  (OpenAI-compatible{', API key required' if api_key else ''}; {front.url}/metrics, /health, /ready)", soft_wrap=True)
     return front
 
 
@@ -71,16 +80,18 @@ def wait_for_signal() -> None:
         pass
 
 
-def serve_http(endpoint: str = typer.Option(..., help="The deployment's client endpoint, tcp://HOST:PORT."),
-               model: str = typer.Option(None, help="Model the deployment serves (preset, checkpoint dir or "
-                                                    ".gguf), for its tokenizer (default: the deployment's)."),
-               http_host: str = typer.Option("127.0.0.1", help="Address the HTTP API listens on."),
-               http_port: int = typer.Option(8000, help="Port of the HTTP API (0: a free port)."),
-               api_key: str = typer.Option(None, envvar="HELIX_API_KEY", help=API_KEY_HELP),
-               key_queue_share: int = typer.Option(None, help=KEY_QUEUE_SHARE_HELP),
-               served_model_name: str = typer.Option(None, help="Model id clients send (default: the deployment's)."),
-               shutdown_timeout: float = typer.Option(30.0, help="On SIGTERM: seconds requests in flight may "
-                                                                 "finish before they are cancelled.")) -> None:
+def serve_http(
+    endpoint: str = typer.Option(..., help="The deployment's client endpoint, tcp://HOST:PORT."),
+    model: str = typer.Option(
+        None, help="Model the deployment serves (preset, checkpoint dir or .gguf), for its tokenizer (default: the deployment's)."
+    ),
+    http_host: str = typer.Option("127.0.0.1", help="Address the HTTP API listens on."),
+    http_port: int = typer.Option(8000, help="Port of the HTTP API (0: a free port)."),
+    api_key: str = typer.Option(None, envvar="HELIX_API_KEY", help=API_KEY_HELP),
+    key_queue_share: int = typer.Option(None, help=KEY_QUEUE_SHARE_HELP),
+    served_model_name: str = typer.Option(None, help="Model id clients send (default: the deployment's)."),
+    shutdown_timeout: float = typer.Option(30.0, help="On SIGTERM: seconds requests in flight may finish before they are cancelled."),
+) -> None:
     """Serve the OpenAI-compatible HTTP API for a running deployment (several may share one)."""
     from helix_jax.client import Client
     from helix_jax.http.server import bind_socket
@@ -93,8 +104,7 @@ def serve_http(endpoint: str = typer.Option(..., help="The deployment's client e
             model = str(client.info()["model"])
     config = resolve_model(model)
     tokenizer = load_tokenizer(config, None if is_tiny(config) and not os.path.exists(model) else model)
-    front = start_http(endpoint, tokenizer, bind_socket(http_host, http_port), api_key, served_model_name,
-                       key_queue_share=key_queue_share)
+    front = start_http(endpoint, tokenizer, bind_socket(http_host, http_port), api_key, served_model_name, key_queue_share=key_queue_share)
     wait_for_signal()
     drain_http(front, shutdown_timeout)
     console.print("stopped")

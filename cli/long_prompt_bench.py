@@ -47,8 +47,7 @@ def main() -> None:
     max_seq_len = args.long_tokens + 64
     kv_tokens = args.streams * 256 + max_seq_len  # per worker: every decoder plus the long prompt
     # a step over a 2k context takes seconds on a small CPU: heartbeats come between steps
-    cfg, tokenizer = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, kv_tokens, max_seq_len, 10.0,
-                                  heartbeat_timeout_s=120.0)
+    cfg, tokenizer = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, kv_tokens, max_seq_len, 10.0, heartbeat_timeout_s=120.0)
     rng = random.Random(0)
     long_prompt = [rng.randrange(200, 40000) for _ in range(args.long_tokens)]
     arrivals: list[list[float]] = [[] for _ in range(args.streams)]
@@ -62,8 +61,9 @@ def main() -> None:
             client.generate(long_prompt[:300], max_tokens=1)  # compiles the chunk shapes once
 
             def decoder(i: int) -> None:
-                for _ in client.stream(f"Tell me a long story about GPU number {i}.", max_tokens=args.decode_tokens,
-                                       temperature=0.7, seed=i):
+                for _ in client.stream(
+                    f"Tell me a long story about GPU number {i}.", max_tokens=args.decode_tokens, temperature=0.7, seed=i
+                ):
                     arrivals[i].append(time.monotonic())
                     if i == 0 and len(arrivals[0]) == args.warmup_tokens:
                         long_sent.set()
@@ -90,12 +90,16 @@ def main() -> None:
                 during.append(b - a)  # a gap that overlaps the prefill counts against it
     budgets = {n: s.get("step_s") for n, s in stats.get("nodes", {}).items()}
     out = {
-        "streams": args.streams, "long_prompt_tokens": args.long_tokens,
-        "tpot_before_ms": {"p50": 1e3 * statistics.median(before), "p99": 1e3 * percentile(before, 0.99),
-                           "n": len(before)},
-        "tpot_during_ms": {"p50": 1e3 * statistics.median(during) if during else None,
-                           "p99": 1e3 * percentile(during, 0.99) if during else None, "n": len(during)},
-        "long_prompt_ttft_s": marks["first_token"] - marks["sent"], "long_prompt_server_ttft_s": result.timings.ttft_s,
+        "streams": args.streams,
+        "long_prompt_tokens": args.long_tokens,
+        "tpot_before_ms": {"p50": 1e3 * statistics.median(before), "p99": 1e3 * percentile(before, 0.99), "n": len(before)},
+        "tpot_during_ms": {
+            "p50": 1e3 * statistics.median(during) if during else None,
+            "p99": 1e3 * percentile(during, 0.99) if during else None,
+            "n": len(during),
+        },
+        "long_prompt_ttft_s": marks["first_token"] - marks["sent"],
+        "long_prompt_server_ttft_s": result.timings.ttft_s,
         "node_step_s": budgets,
     }
     print(json.dumps(out, indent=2))

@@ -38,8 +38,7 @@ _register_commands()
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("HELIX_LOG", "WARNING").upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=os.environ.get("HELIX_LOG", "WARNING").upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         app()
     except HelixError as exc:

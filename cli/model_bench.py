@@ -38,8 +38,17 @@ def helix_local(batches: list[int]) -> dict:
     weights = load_stage_weights(config, 0, config.num_layers, MODEL)
     out: dict = {"decode_tok_s": {}}
     for batch in batches:
-        engine = StageEngine(config, 0, config.num_layers, weights, max_slots=batch, max_seq_len=CONTEXT + 64,
-                             prefill_buckets=(CONTEXT,), decode_buckets=(batch,), prefill_batch_buckets=(1,))
+        engine = StageEngine(
+            config,
+            0,
+            config.num_layers,
+            weights,
+            max_slots=batch,
+            max_seq_len=CONTEXT + 64,
+            prefill_buckets=(CONTEXT,),
+            decode_buckets=(batch,),
+            prefill_batch_buckets=(1,),
+        )
         for i in range(batch):
             engine.add_request(i, SamplingParams())
             engine.step([StepInput(i, 0, 0, token_ids=np.asarray(_prompt(CONTEXT, i), np.int32))])
@@ -50,8 +59,17 @@ def helix_local(batches: list[int]) -> dict:
             engine.step(items)
             times.append(time.perf_counter() - begin)
         out["decode_tok_s"][batch] = batch / statistics.median(times[2:])
-    engine = StageEngine(config, 0, config.num_layers, weights, max_slots=1, max_seq_len=TTFT_PROMPT + 64,
-                         prefill_buckets=(TTFT_PROMPT,), decode_buckets=(1,), prefill_batch_buckets=(1,))
+    engine = StageEngine(
+        config,
+        0,
+        config.num_layers,
+        weights,
+        max_slots=1,
+        max_seq_len=TTFT_PROMPT + 64,
+        prefill_buckets=(TTFT_PROMPT,),
+        decode_buckets=(1,),
+        prefill_batch_buckets=(1,),
+    )
     ttfts = []
     for run in range(4):
         engine.add_request("p", SamplingParams())
@@ -72,8 +90,7 @@ def transformers_local(batches: list[int]) -> dict:
     from helix_jax.models import model_file
 
     path = model_file(MODEL)
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                              dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     config = model.generation_config
     config.eos_token_id, config.do_sample = [], False  # run every step, as ours does
 
@@ -122,9 +139,11 @@ def deployment(streams: list[int], max_tokens: int = 32) -> dict:
                 with ThreadPoolExecutor(n) as pool:
                     results = list(pool.map(lambda p: client.generate(p, max_tokens=max_tokens), prompts[:n]))
                 wall = time.perf_counter() - begin
-                out["streams"][n] = {"tok_s": sum(len(r.ids) for r in results) / wall,
-                                     "tpot_ms": statistics.median(r.timings.tpot_s for r in results) * 1e3,
-                                     "ttft_ms": statistics.median(r.timings.ttft_s for r in results) * 1e3}
+                out["streams"][n] = {
+                    "tok_s": sum(len(r.ids) for r in results) / wall,
+                    "tpot_ms": statistics.median(r.timings.tpot_s for r in results) * 1e3,
+                    "ttft_ms": statistics.median(r.timings.ttft_s for r in results) * 1e3,
+                }
         out["peak_rss_mb"] = {w.node: _vm_hwm_mb(w.process.pid) for w in dep.workers}
     return out
 
@@ -143,8 +162,10 @@ def main() -> None:
     for b in batches:
         h, t = ours["decode_tok_s"][b], theirs["decode_tok_s"][b]
         print(f"  batch {b:3d}: helix-jax {h:8.1f}  transformers {t:8.1f}  ratio {h / t:.2f}x")
-    print(f"  TTFT of a {TTFT_PROMPT}-token prompt: helix-jax {ours['ttft_512_ms']:.1f} ms, transformers "
-          f"{theirs['ttft_512_ms']:.1f} ms, ratio {theirs['ttft_512_ms'] / ours['ttft_512_ms']:.2f}x faster")
+    print(
+        f"  TTFT of a {TTFT_PROMPT}-token prompt: helix-jax {ours['ttft_512_ms']:.1f} ms, transformers "
+        f"{theirs['ttft_512_ms']:.1f} ms, ratio {theirs['ttft_512_ms'] / ours['ttft_512_ms']:.2f}x faster"
+    )
     if not args.skip_deploy:
         streams = [int(s) for s in args.streams.split(",")]
         dep = deployment(streams)
@@ -154,9 +175,11 @@ def main() -> None:
         print(f"[smollm2-135m deployed on 3 CPU workers {dep['placement']}]")
         for n in streams:
             row = dep["streams"][n]
-            print(f"  {n:3d} streams: {row['tok_s']:7.1f} tok/s (TPOT p50 {row['tpot_ms']:.1f} ms, TTFT p50 "
-                  f"{row['ttft_ms']:.0f} ms) = {row['tok_s'] / local_batch[n]:.0%} of local batch-{n} decode "
-                  f"{local_batch[n]:.1f} tok/s")
+            print(
+                f"  {n:3d} streams: {row['tok_s']:7.1f} tok/s (TPOT p50 {row['tpot_ms']:.1f} ms, TTFT p50 "
+                f"{row['ttft_ms']:.0f} ms) = {row['tok_s'] / local_batch[n]:.0%} of local batch-{n} decode "
+                f"{local_batch[n]:.1f} tok/s"
+            )
         print("  peak RSS per worker: " + ", ".join(f"{n} {mb:.0f} MB" for n, mb in dep["peak_rss_mb"].items()))
     if args.json:
         print(json.dumps(result))

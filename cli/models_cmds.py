@@ -18,8 +18,10 @@ models_app = typer.Typer(help="The model cache: fetch and list real checkpoints.
 
 
 @models_app.command("pull")
-def pull(name: str = typer.Argument(..., help="Model name, e.g. smollm2-135m."),
-         force: bool = typer.Option(False, "--force", help="Fetch again even if cached.")) -> None:
+def pull(
+    name: str = typer.Argument(..., help="Model name, e.g. smollm2-135m."),
+    force: bool = typer.Option(False, "--force", help="Fetch again even if cached."),
+) -> None:
     """Fetch a known model into the cache (sha256-checked)."""
     from helix_jax.models import cache_dir
     from helix_jax.models import pull as pull_model
@@ -43,8 +45,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON rows.")
         table.add_column(col)
     for row in rows:
         size = f"{row['bytes'] / 1e6:.1f} MB" if row["bytes"] else "-"
-        table.add_row(str(row["name"]), "yes" if row["present"] else "no (helix-jax models pull)",
-                      size, str(row["description"]))
+        table.add_row(str(row["name"]), "yes" if row["present"] else "no (helix-jax models pull)", size, str(row["description"]))
     console.print(table)
 
 

@@ -25,13 +25,17 @@ def _summary(topo: Topology) -> str:
     kinds: dict[str, int] = {}
     for n in topo.nodes:
         kinds[n.gpu] = kinds.get(n.gpu, 0) + 1
-    return (f"[bold]{topo.name}[/]: {len(topo.nodes)} nodes "
-            f"({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
-            f"regions {', '.join(topo.regions)}, model {topo.model.name} ({topo.model.num_layers} layers)")
+    return (
+        f"[bold]{topo.name}[/]: {len(topo.nodes)} nodes "
+        f"({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
+        f"regions {', '.join(topo.regions)}, model {topo.model.name} ({topo.model.num_layers} layers)"
+    )
 
 
-def validate(topology: Path = typer.Argument(..., help="Topology JSON file."),
-             placement: Path | None = typer.Option(None, "--placement", help="Also check this placement JSON.")) -> None:
+def validate(
+    topology: Path = typer.Argument(..., help="Topology JSON file."),
+    placement: Path | None = typer.Option(None, "--placement", help="Also check this placement JSON."),
+) -> None:
     """Check a topology file (and optionally a placement for it) and print a summary."""
     topo = load_topology(topology)
     console = Console()
@@ -42,8 +46,7 @@ def validate(topology: Path = typer.Argument(..., help="Topology JSON file."),
 
         plan_ = Placement.load(placement)
         validate_placement(plan_, topo)
-        console.print(f"placement valid: {len(plan_.ranges)} nodes, "
-                      f"{plan_.objective_tokens_per_s:.1f} tokens/s")
+        console.print(f"placement valid: {len(plan_.ranges)} nodes, {plan_.objective_tokens_per_s:.1f} tokens/s")
     console.print("valid")
 
 
@@ -70,8 +73,16 @@ def _print_placement(console: Console, topo: Topology, placement: Any) -> None:
         node = topo.node(name)
         flow = placement.node_flow(name)
         capacity = cost_model.node_capacity_tokens_per_s(name, end - start)
-        table.add_row(name, node.gpu, node.region or "-", f"[{start}, {end})", str(end - start),
-                      f"{flow:.1f}", f"{capacity:.1f}", f"{100 * flow / capacity:.0f}%")
+        table.add_row(
+            name,
+            node.gpu,
+            node.region or "-",
+            f"[{start}, {end})",
+            str(end - start),
+            f"{flow:.1f}",
+            f"{capacity:.1f}",
+            f"{100 * flow / capacity:.0f}%",
+        )
     idle = [n.name for n in topo.nodes if n.name not in placement.ranges]
     console.print(table)
     if idle:
@@ -86,38 +97,35 @@ def _print_placement(console: Console, topo: Topology, placement: Any) -> None:
     console.print(line)
 
 
-def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
-         method: str = typer.Option("helix", "--method", help="helix | swarm | petals | sp | homogeneous"),
-         time_limit: float = typer.Option(60.0, "--time-limit", help="Solver time limit in seconds."),
-         gap: float = typer.Option(1e-3, "--gap", help="Relative optimality gap to stop at."),
-         no_partial: bool = typer.Option(False, "--no-partial", help="Hand-offs only where ranges meet exactly."),
-         seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same placement)."),
-         regions: str = typer.Option("auto", "--regions",
-                                     help="auto | windows (one block of layers per region) | free"),
-         trace: Path | None = typer.Option(None, "--trace",
-                                           help="Plan for this CSV's lengths (input_tokens,output_tokens)."),
-         prompt_tokens: int | None = typer.Option(None, "--prompt-tokens",
-                                                  help="Plan for fixed lengths (with --output-tokens)."),
-         output_tokens: int | None = typer.Option(None, "--output-tokens",
-                                                  help="Plan for fixed lengths (with --prompt-tokens)."),
-         slo_tpot_ms: float | None = typer.Option(None, "--slo-tpot-ms", help="Every flow path's round trip "
-                                                  "(step times at planned load + link latencies) within this."),
-         max_hops: int | None = typer.Option(None, "--max-hops", help="Every flow path within this many hops."),
-         out: Path | None = typer.Option(None, "--out", help="Write the placement JSON here."),
-         as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
-         shop: bool = typer.Option(False, "--shop", help="TOPOLOGY is a pool (count = available, "
-                                   "price_per_hour): choose which GPUs to rent."),
-         target_tokens_per_s: float | None = typer.Option(None, "--target-tokens-per-s",
-                                                          help="--shop: least cost per hour reaching this max-flow."),
-         budget_per_hour: float | None = typer.Option(None, "--budget-per-hour",
-                                                      help="--shop: most max-flow within this cost per hour."),
-         frontier: str = typer.Option("auto", "--frontier", help="--shop: Pareto frontier targets: auto | none | "
-                                      "comma-separated tokens/s."),
-         frontier_points: int = typer.Option(5, "--frontier-points", help="--shop: targets of --frontier auto."),
-         frontier_png: Path | None = typer.Option(None, "--frontier-png", help="--shop: write the frontier plot "
-                                                  "here (default POOLNAME-frontier.png without --json)."),
-         out_topology: Path | None = typer.Option(None, "--out-topology",
-                                                  help="--shop: write a topology file of the chosen mix here.")) -> None:
+def plan(
+    topology: Path = typer.Argument(..., help="Topology JSON file."),
+    method: str = typer.Option("helix", "--method", help="helix | swarm | petals | sp | homogeneous"),
+    time_limit: float = typer.Option(60.0, "--time-limit", help="Solver time limit in seconds."),
+    gap: float = typer.Option(1e-3, "--gap", help="Relative optimality gap to stop at."),
+    no_partial: bool = typer.Option(False, "--no-partial", help="Hand-offs only where ranges meet exactly."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same placement)."),
+    regions: str = typer.Option("auto", "--regions", help="auto | windows (one block of layers per region) | free"),
+    trace: Path | None = typer.Option(None, "--trace", help="Plan for this CSV's lengths (input_tokens,output_tokens)."),
+    prompt_tokens: int | None = typer.Option(None, "--prompt-tokens", help="Plan for fixed lengths (with --output-tokens)."),
+    output_tokens: int | None = typer.Option(None, "--output-tokens", help="Plan for fixed lengths (with --prompt-tokens)."),
+    slo_tpot_ms: float | None = typer.Option(
+        None, "--slo-tpot-ms", help="Every flow path's round trip (step times at planned load + link latencies) within this."
+    ),
+    max_hops: int | None = typer.Option(None, "--max-hops", help="Every flow path within this many hops."),
+    out: Path | None = typer.Option(None, "--out", help="Write the placement JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    shop: bool = typer.Option(False, "--shop", help="TOPOLOGY is a pool (count = available, price_per_hour): choose which GPUs to rent."),
+    target_tokens_per_s: float | None = typer.Option(
+        None, "--target-tokens-per-s", help="--shop: least cost per hour reaching this max-flow."
+    ),
+    budget_per_hour: float | None = typer.Option(None, "--budget-per-hour", help="--shop: most max-flow within this cost per hour."),
+    frontier: str = typer.Option("auto", "--frontier", help="--shop: Pareto frontier targets: auto | none | comma-separated tokens/s."),
+    frontier_points: int = typer.Option(5, "--frontier-points", help="--shop: targets of --frontier auto."),
+    frontier_png: Path | None = typer.Option(
+        None, "--frontier-png", help="--shop: write the frontier plot here (default POOLNAME-frontier.png without --json)."
+    ),
+    out_topology: Path | None = typer.Option(None, "--out-topology", help="--shop: write a topology file of the chosen mix here."),
+) -> None:
     """Choose a layer range per node to maximise the cluster's max-flow of tokens (or, with
     --shop, which GPUs of a pool to rent)."""
     from helix_jax.errors import ConfigError
@@ -135,10 +143,22 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
 
         if method != "helix":
             raise ConfigError(f"--shop plans with the helix method, got --method {method}")
-        run_shop(topology, topo, target=target_tokens_per_s, budget=budget_per_hour, frontier_text=frontier,
-                 frontier_points=frontier_points, frontier_png=frontier_png, time_limit_s=time_limit, seed=seed,
-                 partial=not no_partial, workload=workload.shape, out=out, out_topology=out_topology,
-                 as_json=as_json)
+        run_shop(
+            topology,
+            topo,
+            target=target_tokens_per_s,
+            budget=budget_per_hour,
+            frontier_text=frontier,
+            frontier_points=frontier_points,
+            frontier_png=frontier_png,
+            time_limit_s=time_limit,
+            seed=seed,
+            partial=not no_partial,
+            workload=workload.shape,
+            out=out,
+            out_topology=out_topology,
+            as_json=as_json,
+        )
         return
     if slo_tpot_ms is not None or max_hops is not None:
         from helix_jax.solver.slo import plan_slo
@@ -147,12 +167,18 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
         if method != "helix":
             raise ConfigError(f"--slo-tpot-ms / --max-hops plan with the helix method, got --method {method}")
         limits = Limits(None if slo_tpot_ms is None else slo_tpot_ms / 1e3, max_hops)
-        placement = plan_slo(topo, limits, time_limit_s=time_limit, seed=seed,
-                             cost_model=CostModel(topo, workload.shape))
+        placement = plan_slo(topo, limits, time_limit_s=time_limit, seed=seed, cost_model=CostModel(topo, workload.shape))
     else:
-        placement = run_plan(topo, method=method, time_limit_s=time_limit, rel_gap=gap,
-                         partial_inference=not no_partial, seed=seed, cost_model=CostModel(topo, workload.shape),
-                         region_windows=None if regions == "auto" else regions == "windows")
+        placement = run_plan(
+            topo,
+            method=method,
+            time_limit_s=time_limit,
+            rel_gap=gap,
+            partial_inference=not no_partial,
+            seed=seed,
+            cost_model=CostModel(topo, workload.shape),
+            region_windows=None if regions == "auto" else regions == "windows",
+        )
     if out is not None:
         placement.save(out)
     if as_json:
@@ -162,10 +188,12 @@ def plan(topology: Path = typer.Argument(..., help="Topology JSON file."),
     _print_placement(console, topo, placement)
     if "slo" in placement.extra:
         slo = placement.extra["slo"]
-        console.print(f"SLO {slo['tpot_ms'] or '-'} ms / {slo['max_hops'] or '-'} hops: "
-                      f"{len(placement.extra['routes'])} routes, longest round trip {slo['max_round_trip_ms']:.0f} ms, "
-                      f"most hops {slo['max_route_hops']}; "
-                      f"unconstrained max-flow {slo['unconstrained_tokens_per_s']:.1f} tokens/s")
+        console.print(
+            f"SLO {slo['tpot_ms'] or '-'} ms / {slo['max_hops'] or '-'} hops: "
+            f"{len(placement.extra['routes'])} routes, longest round trip {slo['max_round_trip_ms']:.0f} ms, "
+            f"most hops {slo['max_route_hops']}; "
+            f"unconstrained max-flow {slo['unconstrained_tokens_per_s']:.1f} tokens/s"
+        )
     console.print(f"tokens/s of the {workload.name} workload: {workload.shape.describe()}")
     if out is not None:
         console.print(f"placement written to {out}")
@@ -179,11 +207,13 @@ def _looks_like_placement(path: Path) -> bool:
     return isinstance(raw, dict) and isinstance(raw.get("nodes"), dict)
 
 
-def explain(source: Path = typer.Argument(..., help="A placement JSON (with --topology) or a topology JSON."),
-            topology: Path | None = typer.Option(None, "--topology", help="Topology of the placement."),
-            time_limit: float = typer.Option(60.0, "--time-limit", help="Planning time limit for a topology."),
-            boost: float = typer.Option(0.1, "--boost", help="Capacity added to each cut element (0.1 = +10%)."),
-            as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table.")) -> None:
+def explain(
+    source: Path = typer.Argument(..., help="A placement JSON (with --topology) or a topology JSON."),
+    topology: Path | None = typer.Option(None, "--topology", help="Topology of the placement."),
+    time_limit: float = typer.Option(60.0, "--time-limit", help="Planning time limit for a topology."),
+    boost: float = typer.Option(0.1, "--boost", help="Capacity added to each cut element (0.1 = +10%)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
     """Show what limits a placement's throughput: the min cut and what more capacity would gain."""
     from helix_jax.placement import Placement
     from helix_jax.solver.plan import explain as run_explain
@@ -203,29 +233,36 @@ def explain(source: Path = typer.Argument(..., help="A placement JSON (with --to
         placement = run_plan(topo, time_limit_s=time_limit)
     result = run_explain(topo, placement, CostModel(topo, WorkloadShape.recorded_in(placement)), boost=boost)
     if as_json:
-        sys.stdout.write(json.dumps({
-            "throughput_tokens_per_s": result.throughput_tokens_per_s,
-            "upper_bound_tokens_per_s": result.upper_bound_tokens_per_s,
-            "boost": result.boost,
-            "cut": [vars(c) for c in result.cut],
-            "gain_all_cut_tokens_per_s": result.gain_all_cut_tokens_per_s,
-            "bottleneck_layers": list(result.bottleneck_layers),
-        }) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "throughput_tokens_per_s": result.throughput_tokens_per_s,
+                    "upper_bound_tokens_per_s": result.upper_bound_tokens_per_s,
+                    "boost": result.boost,
+                    "cut": [vars(c) for c in result.cut],
+                    "gain_all_cut_tokens_per_s": result.gain_all_cut_tokens_per_s,
+                    "bottleneck_layers": list(result.bottleneck_layers),
+                }
+            )
+            + "\n"
+        )
         return
     console = Console()
-    table = Table(title=f"minimum cut of {placement.method} placement on {topo.name} "
-                        f"({result.throughput_tokens_per_s:.1f} tokens/s)")
+    table = Table(title=f"minimum cut of {placement.method} placement on {topo.name} ({result.throughput_tokens_per_s:.1f} tokens/s)")
     for col in ("kind", "element", "capacity tok/s", "flow tok/s", f"gain at +{100 * boost:.0f}%"):
         table.add_column(col)
     for c in result.cut:
-        table.add_row(c.kind, c.name, f"{c.capacity_tokens_per_s:.1f}", f"{c.flow_tokens_per_s:.1f}",
-                      f"{c.gain_tokens_per_s:+.1f}")
+        table.add_row(c.kind, c.name, f"{c.capacity_tokens_per_s:.1f}", f"{c.flow_tokens_per_s:.1f}", f"{c.gain_tokens_per_s:+.1f}")
     console.print(table)
-    console.print(f"raising the whole cut by {100 * boost:.0f}% gains {result.gain_all_cut_tokens_per_s:+.1f} tokens/s "
-                  "(a single element gains nothing when other cuts are as tight)")
+    console.print(
+        f"raising the whole cut by {100 * boost:.0f}% gains {result.gain_all_cut_tokens_per_s:+.1f} tokens/s "
+        "(a single element gains nothing when other cuts are as tight)"
+    )
     layers = result.bottleneck_layers
-    console.print(f"least-covered layers ({min(result.layer_capacity_tokens_per_s):.1f} tokens/s of capacity): "
-                  f"{', '.join(map(str, layers[:20]))}{' ...' if len(layers) > 20 else ''}")
+    console.print(
+        f"least-covered layers ({min(result.layer_capacity_tokens_per_s):.1f} tokens/s of capacity): "
+        f"{', '.join(map(str, layers[:20]))}{' ...' if len(layers) > 20 else ''}"
+    )
     if result.upper_bound_tokens_per_s:
         console.print(f"upper bound of any placement: {result.upper_bound_tokens_per_s:.1f} tokens/s")
 

@@ -43,8 +43,7 @@ def ray_cluster() -> tuple[Any, float]:
     with socket.socket() as sock:  # a dashboard port of its own: another Ray cluster may hold 8265
         sock.bind(("127.0.0.1", 0))
         dashboard_port = sock.getsockname()[1]
-    cluster = Cluster(initialize_head=True, head_node_args={**args, "labels": {LABEL: HOSTS[0]},
-                                                            "dashboard_port": dashboard_port})
+    cluster = Cluster(initialize_head=True, head_node_args={**args, "labels": {LABEL: HOSTS[0]}, "dashboard_port": dashboard_port})
     for host in HOSTS[1:]:
         cluster.add_node(**args, labels={LABEL: host})
     cluster.wait_for_nodes()
@@ -69,8 +68,11 @@ def time_to_ready(config: Any, codec: Any, env: dict[str, str], ray_address: str
     from helix_jax.runtime.ray_launch import RayDeployment
 
     began = time.perf_counter()
-    dep = (RayDeployment(config, codec, worker_env=env, ray_address=ray_address) if ray_address
-           else LocalDeployment(config, codec, worker_env=env))
+    dep = (
+        RayDeployment(config, codec, worker_env=env, ray_address=ray_address)
+        if ray_address
+        else LocalDeployment(config, codec, worker_env=env)
+    )
     with dep:
         dep.wait_ready(timeout_s=1800)
         return time.perf_counter() - began
@@ -89,29 +91,34 @@ def main() -> None:
     out: dict = {"cold": args.cold, "ray_cluster_start_s": ray_start_s, "rounds": []}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            configs = {"local": serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, None, 512, 10.0, secure=True),
-                       "ray": serve_config(ray_topology(Path(tmp)), None, None, False, 1.0, "127.0.0.1", 0, None, 512,
-                                           10.0, secure=True)}
+            configs = {
+                "local": serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, None, 512, 10.0, secure=True),
+                "ray": serve_config(ray_topology(Path(tmp)), None, None, False, 1.0, "127.0.0.1", 0, None, 512, 10.0, secure=True),
+            }
             out["placement"] = {n: list(r) for n, r in configs["local"][0].placement.ranges.items()}
-            print(f"[ready] default deployment {out['placement']}; Ray cluster of 3 nodes up in {ray_start_s:.1f} s",
-                  flush=True)
+            print(f"[ready] default deployment {out['placement']}; Ray cluster of 3 nodes up in {ray_start_s:.1f} s", flush=True)
             for r in range(args.rounds):
                 row: dict = {"load_1min": os.getloadavg()[0]}
-                for how in (("local", "ray") if r % 2 == 0 else ("ray", "local")):
+                for how in ("local", "ray") if r % 2 == 0 else ("ray", "local"):
                     cfg, codec = configs[how]
                     row[how] = time_to_ready(cfg, codec, env, cluster.address if how == "ray" else None)
                 row["load_1min_end"] = os.getloadavg()[0]
                 out["rounds"].append(row)
-                print(f"  round {r + 1}: load {row['load_1min']:.2f}-{row['load_1min_end']:.2f}; local "
-                      f"{row['local']:.1f} s, Ray {row['ray']:.1f} s", flush=True)
+                print(
+                    f"  round {r + 1}: load {row['load_1min']:.2f}-{row['load_1min_end']:.2f}; local "
+                    f"{row['local']:.1f} s, Ray {row['ray']:.1f} s",
+                    flush=True,
+                )
     finally:
         import ray
 
         ray.shutdown()
         cluster.shutdown()
     out["median"] = {how: statistics.median(row[how] for row in out["rounds"]) for how in ("local", "ray")}
-    print(f"[ready] deploy-to-ready ({'cold' if args.cold else 'warm'} XLA cache), median of {args.rounds}: "
-          f"local {out['median']['local']:.1f} s, Ray {out['median']['ray']:.1f} s")
+    print(
+        f"[ready] deploy-to-ready ({'cold' if args.cold else 'warm'} XLA cache), median of {args.rounds}: "
+        f"local {out['median']['local']:.1f} s, Ray {out['median']['ray']:.1f} s"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -81,8 +81,9 @@ def _generate_remote(endpoint: str, keys=None, **request) -> dict:
 
         config, _, source = _resolve(request["model"], None)
         prompt = _prompt_ids(load_tokenizer(config, source), request["prompt"], True, request["system"])
-    kwargs = dict(max_tokens=request["max_tokens"], temperature=sampling.temperature, top_k=sampling.top_k,
-                  top_p=sampling.top_p, seed=sampling.seed)
+    kwargs = dict(
+        max_tokens=request["max_tokens"], temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed
+    )
     with Client(endpoint, timeout_s=10.0, keys=keys) as client:
         info = client.info()  # fails in 10 s with a clear error when nothing listens there
         client.timeout_s = 600.0
@@ -94,20 +95,25 @@ def _generate_remote(endpoint: str, keys=None, **request) -> dict:
             result = tokens.result
         else:
             result = client.generate(prompt, **kwargs)
-    return {"endpoint": endpoint, "model": info["model"], "ids": list(result.ids), "text": result.text,
-            "finish_reason": result.finish_reason, "ttft_s": result.timings.ttft_s,
-            "tpot_s": result.timings.tpot_s, "route": [list(hop) for hop in result.route]}
+    return {
+        "endpoint": endpoint,
+        "model": info["model"],
+        "ids": list(result.ids),
+        "text": result.text,
+        "finish_reason": result.finish_reason,
+        "ttft_s": result.timings.ttft_s,
+        "tpot_s": result.timings.tpot_s,
+        "route": [list(hop) for hop in result.route],
+    }
 
 
 def generate(
-    model: Optional[str] = typer.Option(None, help="Model name (helix-jax models list), .gguf file, "
-                                        "preset or checkpoint directory (default: the default "
-                                        "topology's model)."),
+    model: Optional[str] = typer.Option(
+        None, help="Model name (helix-jax models list), .gguf file, preset or checkpoint directory (default: the default topology's model)."
+    ),
     prompt: Optional[str] = typer.Option(None, help="Prompt text (BOS as the tokenizer adds it)."),
-    chat: bool = typer.Option(False, "--chat", help="Send --prompt as a user message through the "
-                              "model's chat template."),
-    system: Optional[str] = typer.Option(None, help="System message for --chat (default: the "
-                                         "template's own)."),
+    chat: bool = typer.Option(False, "--chat", help="Send --prompt as a user message through the model's chat template."),
+    system: Optional[str] = typer.Option(None, help="System message for --chat (default: the template's own)."),
     prompt_ids: Optional[str] = typer.Option(None, help="Prompt as token ids, e.g. 256,72,105."),
     max_tokens: int = typer.Option(32, help="Tokens to generate at most."),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
@@ -115,11 +121,11 @@ def generate(
     top_p: float = typer.Option(1.0, help="1.0 = no nucleus cut."),
     seed: int = typer.Option(0, help="Sampling seed (same seed, same output)."),
     dtype: Optional[str] = typer.Option(None, help="Override the model dtype (fp32, bf16, fp16)."),
-    local: bool = typer.Option(False, "--local", help="Run the whole model in this process "
-                               "(the default when no --endpoint is given)."),
+    local: bool = typer.Option(False, "--local", help="Run the whole model in this process (the default when no --endpoint is given)."),
     endpoint: Optional[str] = typer.Option(None, help="Send to a live deployment instead."),
-    connection: Optional[Path] = typer.Option(None, help="Send to the deployment of this connection.json "
-                                              "(endpoint and CURVE keys; printed by deploy)."),
+    connection: Optional[Path] = typer.Option(
+        None, help="Send to the deployment of this connection.json (endpoint and CURVE keys; printed by deploy)."
+    ),
     stream: bool = typer.Option(False, "--stream", help="Print tokens as they are produced."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object {ids, text, ...}."),
 ) -> None:
@@ -141,8 +147,18 @@ def generate(
 
     sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if endpoint:
-        result = _generate_remote(endpoint, keys, model=model, prompt=prompt, prompt_ids=prompt_ids,
-                                  chat=chat, system=system, max_tokens=max_tokens, sampling=sampling, stream=stream and not as_json)
+        result = _generate_remote(
+            endpoint,
+            keys,
+            model=model,
+            prompt=prompt,
+            prompt_ids=prompt_ids,
+            chat=chat,
+            system=system,
+            max_tokens=max_tokens,
+            sampling=sampling,
+            stream=stream and not as_json,
+        )
         if as_json or not stream:
             typer.echo(json.dumps(result) if as_json else result.get("text", ""))
         return
@@ -172,7 +188,7 @@ def generate(
             return
         text_so_far = tokenizer.decode(produced)
         if not text_so_far.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            typer.echo(text_so_far[len(printed[0]):], nl=False)
+            typer.echo(text_so_far[len(printed[0]) :], nl=False)
             printed[0] = text_so_far
 
     stops = tokenizer.stop_token_ids if tokenizer is not None else None
@@ -181,7 +197,7 @@ def generate(
     if as_json:
         typer.echo(json.dumps({"model": config.name, "prompt_ids": ids, "ids": out, "text": text}))
     elif stream:
-        typer.echo("" if prompt_ids is not None else text[len(printed[0]):])
+        typer.echo("" if prompt_ids is not None else text[len(printed[0]) :])
     elif prompt_ids is not None:
         typer.echo(",".join(str(t) for t in out))
     else:
@@ -189,8 +205,9 @@ def generate(
 
 
 def profile(
-    model: Optional[str] = typer.Option(None, help="Model name, .gguf file, preset or checkpoint "
-                                        "directory (default: the default topology's model)."),
+    model: Optional[str] = typer.Option(
+        None, help="Model name, .gguf file, preset or checkpoint directory (default: the default topology's model)."
+    ),
     layers: int = typer.Option(2, help="Layers of the model's true width to run (K)."),
     dtype: Optional[str] = typer.Option(None, help="Override the model dtype (fp32, bf16, fp16)."),
     out: Path = typer.Option(Path("profile.json"), help="Profile file to write."),
@@ -212,13 +229,22 @@ def profile(
     console = Console(stderr=True)
     with Progress(console=console, transient=False) as progress:
         task = progress.add_task(f"profiling {config.name} ({layers} layers)", total=len(prefill) + len(decode))
-        raw = profile_device(config, layers, prefill, decode, context_tokens, repeats,
-                             progress=lambda label: progress.update(task, advance=1, description=label))
+        raw = profile_device(
+            config,
+            layers,
+            prefill,
+            decode,
+            context_tokens,
+            repeats,
+            progress=lambda label: progress.update(task, advance=1, description=label),
+        )
     result = LatencyProfile.from_dict(raw, source=str(out))
     result.save(out)
-    console.print(f"wrote {out}: device {result.device}, {len(result.prefill)} prefill and "
-                  f"{len(result.decode)} decode points; decode batch 1 "
-                  f"{result.decode_seconds_per_layer(1) * 1e3:.3f} ms/layer")
+    console.print(
+        f"wrote {out}: device {result.device}, {len(result.prefill)} prefill and "
+        f"{len(result.decode)} decode points; decode batch 1 "
+        f"{result.decode_seconds_per_layer(1) * 1e3:.3f} ms/layer"
+    )
 
 
 def register(app: typer.Typer) -> None:

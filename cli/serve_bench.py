@@ -49,9 +49,17 @@ def local_baseline(config, prompts: list[list[int]], max_tokens: int, max_seq_le
 
     n = len(prompts)
     weights = random_stage_weights(config, 0, config.num_layers, 0)
-    engine = StageEngine(config, 0, config.num_layers, weights, max_slots=n, max_seq_len=max_seq_len,
-                         prefill_buckets=(32, max_seq_len), prefill_batch_buckets=(1,),
-                         decode_buckets=tuple(b for b in (1, 2, 4, 8, 16, 32) if b < n) + (n,))
+    engine = StageEngine(
+        config,
+        0,
+        config.num_layers,
+        weights,
+        max_slots=n,
+        max_seq_len=max_seq_len,
+        prefill_buckets=(32, max_seq_len),
+        prefill_batch_buckets=(1,),
+        decode_buckets=tuple(b for b in (1, 2, 4, 8, 16, 32) if b < n) + (n,),
+    )
     engine.warmup()
 
     def run(batch: list[list[int]]) -> tuple[float, list[float], int, float]:
@@ -64,8 +72,7 @@ def local_baseline(config, prompts: list[list[int]], max_tokens: int, max_seq_le
             ttfts.append(time.perf_counter() - start)
         decode_start = time.perf_counter()
         for _ in range(max_tokens - 1):
-            items = [StepInput(i, 0, len(batch[i]) + len(t) - 1, token_ids=np.asarray([t[-1]], np.int32))
-                     for i, t in tokens.items()]
+            items = [StepInput(i, 0, len(batch[i]) + len(t) - 1, token_ids=np.asarray([t[-1]], np.int32)) for i, t in tokens.items()]
             for item, out in zip(items, engine.step(items)):
                 tokens[item.request_id].append(out.next_token)
         end = time.perf_counter()
@@ -77,9 +84,12 @@ def local_baseline(config, prompts: list[list[int]], max_tokens: int, max_seq_le
     run(prompts[:1])  # first calls touch cold paths
     singles = [run(prompts[:1]) for _ in range(5)]
     wall, ttfts, total, _ = run(prompts)
-    return {"ttft_ms": statistics.median(s[1][0] for s in singles) * 1e3,
-            "tpot_ms": statistics.median(s[3] for s in singles) * 1e3,
-            "batch_tokens_per_s": total / wall, "batch_ttft_ms": statistics.mean(ttfts) * 1e3}
+    return {
+        "ttft_ms": statistics.median(s[1][0] for s in singles) * 1e3,
+        "tpot_ms": statistics.median(s[3] for s in singles) * 1e3,
+        "batch_tokens_per_s": total / wall,
+        "batch_ttft_ms": statistics.mean(ttfts) * 1e3,
+    }
 
 
 def bench_cpu_small(requests: int, max_tokens: int, secure: bool = False, local: bool = True) -> dict:
@@ -96,8 +106,7 @@ def bench_cpu_small(requests: int, max_tokens: int, secure: bool = False, local:
     baseline = local_baseline(topo.model, prompts, max_tokens, max_seq_len) if local else None
     placement = plan(topo, time_limit_s=10)
     keys = DeploymentKeys.generate(placement.ranges) if secure else None
-    cfg = ServeConfig(topo, placement, topo.model, weights="random:0", max_seq_len=max_seq_len,
-                      kv_tokens=requests * max_seq_len, keys=keys)
+    cfg = ServeConfig(topo, placement, topo.model, weights="random:0", max_seq_len=max_seq_len, kv_tokens=requests * max_seq_len, keys=keys)
     began = time.perf_counter()
     with LocalDeployment(cfg, load_tokenizer(topo.model)) as dep:
         dep.wait_ready()
@@ -113,13 +122,19 @@ def bench_cpu_small(requests: int, max_tokens: int, secure: bool = False, local:
     hops = statistics.mean(len(r.route) + 1 for r in singles)  # coordinator -> hops -> coordinator
     tpot = statistics.median(r.timings.tpot_s for r in singles) * 1e3
     return {
-        "placement": {n: list(r) for n, r in placement.ranges.items()}, "route_hops": hops,
-        "local": baseline, "ready_s": ready_s,
-        "deployed": {"ttft_ms": statistics.median(r.timings.ttft_s for r in singles) * 1e3, "tpot_ms": tpot,
-                     "batch_tokens_per_s": sum(len(r.ids) for r in batch) / wall,
-                     "batch_ttft_ms": statistics.mean(r.timings.ttft_s for r in batch) * 1e3},
+        "placement": {n: list(r) for n, r in placement.ranges.items()},
+        "route_hops": hops,
+        "local": baseline,
+        "ready_s": ready_s,
+        "deployed": {
+            "ttft_ms": statistics.median(r.timings.ttft_s for r in singles) * 1e3,
+            "tpot_ms": tpot,
+            "batch_tokens_per_s": sum(len(r.ids) for r in batch) / wall,
+            "batch_ttft_ms": statistics.mean(r.timings.ttft_s for r in batch) * 1e3,
+        },
         "overhead_per_hop_ms": (tpot - baseline["tpot_ms"]) / hops if baseline else None,
-        "requests": requests, "max_tokens": max_tokens,
+        "requests": requests,
+        "max_tokens": max_tokens,
     }
 
 
@@ -140,9 +155,15 @@ def bench_failover(requests: int, max_tokens: int, kill_after_s: float) -> dict:
     placement = plan(topo, time_limit_s=10)
     first_hops = [n for n, (s, _) in placement.ranges.items() if s == 0]
     victim = next((n for n in first_hops if placement.ranges[n][1] < topo.model.num_layers), first_hops[0])
-    cfg = ServeConfig(topo, placement, topo.model, weights="random:0", max_seq_len=max_seq_len,
-                      kv_tokens=requests * max_seq_len,
-                      flow_planner=functools.partial(survivor_flows, topo, placement))
+    cfg = ServeConfig(
+        topo,
+        placement,
+        topo.model,
+        weights="random:0",
+        max_seq_len=max_seq_len,
+        kv_tokens=requests * max_seq_len,
+        flow_planner=functools.partial(survivor_flows, topo, placement),
+    )
     with LocalDeployment(cfg, load_tokenizer(topo.model)) as dep:
         dep.wait_ready()
         with Client(dep.client_endpoint, timeout_s=600) as client:
@@ -160,14 +181,22 @@ def bench_failover(requests: int, max_tokens: int, kill_after_s: float) -> dict:
     before = sum(1 for t in stamps if t < killed)
     after = [t for t in stamps if t >= killed]
     gaps = [b - a for r in results for a, b in zip(r.timings.token_times_s, r.timings.token_times_s[1:])]
-    return {"placement": {n: list(r) for n, r in placement.ranges.items()}, "killed": victim,
-            "kill_at_s": killed, "requests": requests, "max_tokens": max_tokens,
-            "completed": sum(len(r.ids) == max_tokens or r.finish_reason == "eos" for r in results),
-            "resumed": stats["resumed"], "down_nodes": stats["down_nodes"],
-            "longest_pause_ms": max(gaps) * 1e3, "median_gap_ms": statistics.median(gaps) * 1e3,
-            "tokens_per_s_before": before / killed,
-            "tokens_per_s_after": len(after) / (after[-1] - killed) if len(after) > 1 else 0.0,
-            "flow_before": placement.objective_tokens_per_s, "flow_after": stats["flow_tokens_per_s"]}
+    return {
+        "placement": {n: list(r) for n, r in placement.ranges.items()},
+        "killed": victim,
+        "kill_at_s": killed,
+        "requests": requests,
+        "max_tokens": max_tokens,
+        "completed": sum(len(r.ids) == max_tokens or r.finish_reason == "eos" for r in results),
+        "resumed": stats["resumed"],
+        "down_nodes": stats["down_nodes"],
+        "longest_pause_ms": max(gaps) * 1e3,
+        "median_gap_ms": statistics.median(gaps) * 1e3,
+        "tokens_per_s_before": before / killed,
+        "tokens_per_s_after": len(after) / (after[-1] - killed) if len(after) > 1 else 0.0,
+        "flow_before": placement.objective_tokens_per_s,
+        "flow_after": stats["flow_tokens_per_s"],
+    }
 
 
 def bench_http(duration_s: float, warmup_s: float, streams: int, prompt_tokens: int, max_tokens: int) -> dict:
@@ -182,11 +211,9 @@ def bench_http(duration_s: float, warmup_s: float, streams: int, prompt_tokens: 
     topo = load_topology(tiny_topology_path())
     max_seq_len = prompt_tokens + max_tokens
     placement = plan(topo, time_limit_s=10)
-    cfg = ServeConfig(topo, placement, topo.model, weights="random:0", max_seq_len=max_seq_len,
-                      kv_tokens=streams * max_seq_len)
+    cfg = ServeConfig(topo, placement, topo.model, weights="random:0", max_seq_len=max_seq_len, kv_tokens=streams * max_seq_len)
     lengths = length_sampler(None, prompt_tokens, max_tokens)
-    out: dict = {"streams": streams, "prompt_tokens": prompt_tokens, "max_tokens": max_tokens,
-                 "duration_s": duration_s}
+    out: dict = {"streams": streams, "prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "duration_s": duration_s}
     tokenizer = load_tokenizer(topo.model)
     with LocalDeployment(cfg, tokenizer) as dep:
         dep.wait_ready()
@@ -199,9 +226,12 @@ def bench_http(duration_s: float, warmup_s: float, streams: int, prompt_tokens: 
                 for path, endpoint in endpoints.items():
                     config = LiveConfig(duration_s=duration_s, warmup_s=warmup_s, concurrency=concurrency, seed=3)
                     m = run_live_bench(endpoint, lengths, config).metrics
-                    out[f"{path}_c{concurrency}"] = {"tpot_p50_ms": m.tpot.p50_ms, "ttft_p50_ms": m.ttft.p50_ms,
-                                                     "decode_tokens_per_s": m.decode_tokens_per_s,
-                                                     "completed": m.completed}
+                    out[f"{path}_c{concurrency}"] = {
+                        "tpot_p50_ms": m.tpot.p50_ms,
+                        "ttft_p50_ms": m.ttft.p50_ms,
+                        "decode_tokens_per_s": m.decode_tokens_per_s,
+                        "completed": m.completed,
+                    }
     out["tpot_overhead_p50_ms"] = out["http_c1"]["tpot_p50_ms"] - out["zmq_c1"]["tpot_p50_ms"]
     return out
 
@@ -227,32 +257,44 @@ def main() -> None:
         print(f"[cpu-tiny] placement {r['placement']}, {r['route_hops']:.1f} hops per round trip")
         for label in ("local", "deployed"):
             x = r[label]
-            print(f"[cpu-tiny] {label:8s}: 1 request TTFT {x['ttft_ms']:.1f} ms, TPOT {x['tpot_ms']:.2f} ms; "
-                  f"{r['requests']} concurrent: {x['batch_tokens_per_s']:.0f} tok/s, mean TTFT {x['batch_ttft_ms']:.1f} ms")
+            print(
+                f"[cpu-tiny] {label:8s}: 1 request TTFT {x['ttft_ms']:.1f} ms, TPOT {x['tpot_ms']:.2f} ms; "
+                f"{r['requests']} concurrent: {x['batch_tokens_per_s']:.0f} tok/s, mean TTFT {x['batch_ttft_ms']:.1f} ms"
+            )
         print(f"[cpu-tiny] pipeline overhead per hop: {r['overhead_per_hop_ms']:.2f} ms")
     if not args.skip_failover:
         r = bench_failover(16, 200, 0.5)
-        print(f"[failover] cpu-tiny {r['placement']}: {r['requests']} requests of {r['max_tokens']} tokens, "
-              f"worker {r['killed']} killed {r['kill_at_s']:.2f} s after they were sent")
-        print(f"[failover] {r['completed']}/{r['requests']} finished, {r['resumed']} resumed on another route; "
-              f"longest pause between two tokens {r['longest_pause_ms']:.0f} ms (median gap "
-              f"{r['median_gap_ms']:.1f} ms); decode {r['tokens_per_s_before']:.0f} tok/s before, "
-              f"{r['tokens_per_s_after']:.0f} after; max-flow {r['flow_before']:.0f} -> {r['flow_after']:.0f} tok/s")
+        print(
+            f"[failover] cpu-tiny {r['placement']}: {r['requests']} requests of {r['max_tokens']} tokens, "
+            f"worker {r['killed']} killed {r['kill_at_s']:.2f} s after they were sent"
+        )
+        print(
+            f"[failover] {r['completed']}/{r['requests']} finished, {r['resumed']} resumed on another route; "
+            f"longest pause between two tokens {r['longest_pause_ms']:.0f} ms (median gap "
+            f"{r['median_gap_ms']:.1f} ms); decode {r['tokens_per_s_before']:.0f} tok/s before, "
+            f"{r['tokens_per_s_after']:.0f} after; max-flow {r['flow_before']:.0f} -> {r['flow_after']:.0f} tok/s"
+        )
     if not args.skip_http:
         r = bench_http(args.http_seconds, min(5.0, args.http_seconds / 4), 64, 16, 32)
         for c in (1, r["streams"]):
             z, h = r[f"zmq_c{c}"], r[f"http_c{c}"]
-            print(f"[http] cpu-tiny, {c} stream(s), prompt {r['prompt_tokens']}, output {r['max_tokens']}: "
-                  f"ZeroMQ TPOT p50 {z['tpot_p50_ms']:.2f} ms, {z['decode_tokens_per_s']:.0f} tok/s; "
-                  f"HTTP TPOT p50 {h['tpot_p50_ms']:.2f} ms, {h['decode_tokens_per_s']:.0f} tok/s")
+            print(
+                f"[http] cpu-tiny, {c} stream(s), prompt {r['prompt_tokens']}, output {r['max_tokens']}: "
+                f"ZeroMQ TPOT p50 {z['tpot_p50_ms']:.2f} ms, {z['decode_tokens_per_s']:.0f} tok/s; "
+                f"HTTP TPOT p50 {h['tpot_p50_ms']:.2f} ms, {h['decode_tokens_per_s']:.0f} tok/s"
+            )
         print(f"[http] per-token overhead of the API (p50 TPOT, HTTP - ZeroMQ): {r['tpot_overhead_p50_ms']:.3f} ms")
     if not args.skip_emulate:
         r = bench_emulated(args.time_scale, args.concurrency, args.warmup, args.window, 33, 10, args.plan_time)
-        print(f"[emulate] single-region-24-llama2-70b on tiny-80, {r['workers']} workers, time scale "
-              f"{r['time_scale']:g}, {r['concurrency']} requests in flight (prompt {r['prompt_tokens']}, "
-              f"output {r['max_tokens']}, KV budgets x{r['kv_scale']:.3f}); ready after {r['deploy_ready_s']:.0f} s")
-        print(f"[emulate] decode {r['measured_tokens_per_s']:.1f} tok/s over {r['window_emulated_s']:g} emulated s "
-              f"= {100 * r['fraction_of_max_flow']:.1f}% of the max-flow {r['max_flow_tokens_per_s']:.1f} tok/s")
+        print(
+            f"[emulate] single-region-24-llama2-70b on tiny-80, {r['workers']} workers, time scale "
+            f"{r['time_scale']:g}, {r['concurrency']} requests in flight (prompt {r['prompt_tokens']}, "
+            f"output {r['max_tokens']}, KV budgets x{r['kv_scale']:.3f}); ready after {r['deploy_ready_s']:.0f} s"
+        )
+        print(
+            f"[emulate] decode {r['measured_tokens_per_s']:.1f} tok/s over {r['window_emulated_s']:g} emulated s "
+            f"= {100 * r['fraction_of_max_flow']:.1f}% of the max-flow {r['max_flow_tokens_per_s']:.1f} tok/s"
+        )
 
 
 if __name__ == "__main__":

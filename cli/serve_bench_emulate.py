@@ -25,13 +25,13 @@ from helix_jax.topology import load_topology
 PAPER = Path(__file__).resolve().parent.parent / "topologies" / "single-region-24-llama2-70b.json"
 
 
-async def closed_loop(endpoint: str, concurrency: int, prompt_tokens: int, max_tokens: int,
-                      duration_s: float) -> list[float]:
+async def closed_loop(endpoint: str, concurrency: int, prompt_tokens: int, max_tokens: int, duration_s: float) -> list[float]:
     """Keep `concurrency` requests in flight for `duration_s`; wall time of every token."""
     stamps: list[float] = []
     stop_at = time.perf_counter() + duration_s
     rng = random.Random(1)
     async with AsyncClient(endpoint, timeout_s=3600) as client:
+
         async def user() -> None:
             while time.perf_counter() < stop_at:
                 prompt = [rng.randrange(256) for _ in range(prompt_tokens)]
@@ -39,12 +39,14 @@ async def closed_loop(endpoint: str, concurrency: int, prompt_tokens: int, max_t
                     stamps.append(time.perf_counter())
                     if time.perf_counter() >= stop_at:
                         break
+
         await asyncio.gather(*(user() for _ in range(concurrency)))
     return stamps
 
 
-def bench_emulated(time_scale: float, concurrency: int, warmup_s: float, window_s: float,
-                   prompt_tokens: int, max_tokens: int, plan_time_s: float) -> dict:
+def bench_emulated(
+    time_scale: float, concurrency: int, warmup_s: float, window_s: float, prompt_tokens: int, max_tokens: int, plan_time_s: float
+) -> dict:
     from helix_jax.costmodel import CostModel
     from helix_jax.model.tokenizer import load_tokenizer
     from helix_jax.solver.plan import plan
@@ -58,23 +60,38 @@ def bench_emulated(time_scale: float, concurrency: int, warmup_s: float, window_
     kv_scale = 1.0
     model = resolve_model(f"tiny-{topo.model.num_layers}")
     max_seq_len = 64
-    cfg = ServeConfig(topo, placement, model, weights="random:0", max_seq_len=max_seq_len,
-                      emulation=EmulationSpec.for_topology(topo, time_scale, kv_scale, placement.workload),
-                      kv_tokens=concurrency * max_seq_len, queue_limit=100_000,
-                      heartbeat_timeout_s=120.0)  # 24 workers share this machine's cores
+    cfg = ServeConfig(
+        topo,
+        placement,
+        model,
+        weights="random:0",
+        max_seq_len=max_seq_len,
+        emulation=EmulationSpec.for_topology(topo, time_scale, kv_scale, placement.workload),
+        kv_tokens=concurrency * max_seq_len,
+        queue_limit=100_000,
+        heartbeat_timeout_s=120.0,
+    )  # 24 workers share this machine's cores
     started = time.perf_counter()
     with LocalDeployment(cfg, load_tokenizer(model)) as dep:
         dep.wait_ready(timeout_s=1800)
         ready_s = time.perf_counter() - started
         t0 = time.perf_counter()
-        stamps = asyncio.run(closed_loop(dep.client_endpoint, concurrency, prompt_tokens, max_tokens,
-                                         (warmup_s + window_s) * time_scale))
+        stamps = asyncio.run(closed_loop(dep.client_endpoint, concurrency, prompt_tokens, max_tokens, (warmup_s + window_s) * time_scale))
         stats = dep.coordinator.stats()
     lo, hi = t0 + warmup_s * time_scale, t0 + (warmup_s + window_s) * time_scale
     in_window = sum(lo <= s < hi for s in stamps)
     measured = in_window / window_s  # tokens per emulated second
-    return {"max_flow_tokens_per_s": placement.objective_tokens_per_s, "measured_tokens_per_s": measured,
-            "fraction_of_max_flow": measured / placement.objective_tokens_per_s, "time_scale": time_scale,
-            "concurrency": concurrency, "window_emulated_s": window_s, "deploy_ready_s": ready_s,
-            "workers": len(placement.ranges), "prompt_tokens": prompt_tokens, "max_tokens": max_tokens,
-            "peak_queued": stats["peak_queued"], "kv_scale": kv_scale}
+    return {
+        "max_flow_tokens_per_s": placement.objective_tokens_per_s,
+        "measured_tokens_per_s": measured,
+        "fraction_of_max_flow": measured / placement.objective_tokens_per_s,
+        "time_scale": time_scale,
+        "concurrency": concurrency,
+        "window_emulated_s": window_s,
+        "deploy_ready_s": ready_s,
+        "workers": len(placement.ranges),
+        "prompt_tokens": prompt_tokens,
+        "max_tokens": max_tokens,
+        "peak_queued": stats["peak_queued"],
+        "kv_scale": kv_scale,
+    }

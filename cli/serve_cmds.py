@@ -23,13 +23,16 @@ if TYPE_CHECKING:
     from helix_jax.costmodel import WorkloadShape
 
 console = Console()
-DEMO_QUESTIONS = ("What is the capital of France?", "What color is the sky on a clear day?",
-                  "What do bees make?", "How many days are in a week?")
+DEMO_QUESTIONS = (
+    "What is the capital of France?",
+    "What color is the sky on a clear day?",
+    "What do bees make?",
+    "How many days are in a week?",
+)
 PAPER_TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "single-region-24-llama2-70b.json"
 
 
-def placement_for(topology: Topology, placement_path: Path | None, time_limit_s: float,
-                  workload: WorkloadShape | None = None) -> Any:
+def placement_for(topology: Topology, placement_path: Path | None, time_limit_s: float, workload: WorkloadShape | None = None) -> Any:
     """A Placement with flows: loaded from a file (flows recomputed; a separate-pipelines file keeps
     its pipelines apart) or planned now. Capacities are priced for `workload` (a WorkloadShape),
     by default the one the file was planned for (the default shape when planning now)."""
@@ -42,32 +45,63 @@ def placement_for(topology: Topology, placement_path: Path | None, time_limit_s:
         return plan(topology, time_limit_s=time_limit_s, cost_model=CostModel(topology, workload))
     loaded = Placement.load(placement_path)
     if loaded.num_layers != topology.model.num_layers:
-        raise ConfigError(f"placement {placement_path} covers {loaded.num_layers} layers, the topology's "
-                          f"model has {topology.model.num_layers}")
+        raise ConfigError(
+            f"placement {placement_path} covers {loaded.num_layers} layers, the topology's model has {topology.model.num_layers}"
+        )
     cost_model = CostModel(topology, workload or WorkloadShape.recorded_in(loaded))
     if loaded.extra.get("routes"):  # an SLO placement: its flows are its routes' (solver/slo.py)
         from helix_jax.solver.validate import validate_placement
 
         validate_placement(loaded, topology, CostModel(topology, WorkloadShape.recorded_in(loaded)))
         return loaded
-    return placement_with_flows(topology, cost_model, dict(loaded.ranges), loaded.method,
-                                loaded.partial_inference, allowed_edges=kept_hand_offs(loaded))
+    return placement_with_flows(
+        topology, cost_model, dict(loaded.ranges), loaded.method, loaded.partial_inference, allowed_edges=kept_hand_offs(loaded)
+    )
 
 
-def serve_config(topology_path: Path | None, placement_path: Path | None, model: str | None, emulate: bool,
-                 time_scale: float, host: str, port: int, kv_tokens: int | None, max_seq_len: int,
-                 plan_time_s: float, heartbeat_timeout_s: float = 10.0, kv_layout: str | None = None,
-                 secure: bool = False) -> tuple[Any, Any]:
+def serve_config(
+    topology_path: Path | None,
+    placement_path: Path | None,
+    model: str | None,
+    emulate: bool,
+    time_scale: float,
+    host: str,
+    port: int,
+    kv_tokens: int | None,
+    max_seq_len: int,
+    plan_time_s: float,
+    heartbeat_timeout_s: float = 10.0,
+    kv_layout: str | None = None,
+    secure: bool = False,
+) -> tuple[Any, Any]:
     """(ServeConfig, tokenizer) of a deployment, planning it if needed; with `secure`, fresh
     CURVE keys for it (else plain TCP, refused unless every endpoint is on loopback)."""
     checked = validate_deploy(topology_path, model, time_scale, host, heartbeat_timeout_s, secure, kv_layout)
-    return planned_config(checked, placement_path, emulate, time_scale, host, port, kv_tokens, max_seq_len,
-                          plan_time_s, heartbeat_timeout_s, secure, kv_layout)
+    return planned_config(
+        checked,
+        placement_path,
+        emulate,
+        time_scale,
+        host,
+        port,
+        kv_tokens,
+        max_seq_len,
+        plan_time_s,
+        heartbeat_timeout_s,
+        secure,
+        kv_layout,
+    )
 
 
-def validate_deploy(topology_path: Path | None, model: str | None, time_scale: float, host: str,
-                    heartbeat_timeout_s: float, secure: bool,
-                    kv_layout: str | None = None) -> tuple[Any, Any, str]:
+def validate_deploy(
+    topology_path: Path | None,
+    model: str | None,
+    time_scale: float,
+    host: str,
+    heartbeat_timeout_s: float,
+    secure: bool,
+    kv_layout: str | None = None,
+) -> tuple[Any, Any, str]:
     """The deploy workflow's first step: (topology, model config, weights source), or ConfigError."""
     from helix_jax.model.weights import default_weights_source
     from helix_jax.modelconfig import resolve_model
@@ -77,8 +111,7 @@ def validate_deploy(topology_path: Path | None, model: str | None, time_scale: f
     topology = load_topology(topology_path or default_topology_path())
     if not secure:  # before planning: one clear error, nothing started
         # local workers bind 127.0.0.1; a node on another host needs a non-loopback endpoint
-        check_insecure({"--host": host, **{f"node {n.name}": n.host for n in topology.nodes
-                                           if not is_local_host(n.host)}})
+        check_insecure({"--host": host, **{f"node {n.name}": n.host for n in topology.nodes if not is_local_host(n.host)}})
     if not time_scale > 0:
         raise ConfigError(f"--time-scale must be positive, got {time_scale}")
     if kv_layout not in (None, "paged", "contiguous"):
@@ -88,19 +121,30 @@ def validate_deploy(topology_path: Path | None, model: str | None, time_scale: f
     spec = model or topology.model.name
     config = resolve_model(spec) if model else topology.model
     if config.num_layers != topology.model.num_layers:
-        raise ConfigError(f"--model {spec} has {config.num_layers} layers but the topology's model "
-                          f"{topology.model.name} has {topology.model.num_layers}")
+        raise ConfigError(
+            f"--model {spec} has {config.num_layers} layers but the topology's model {topology.model.name} has {topology.model.num_layers}"
+        )
     try:
         weights = default_weights_source(config, spec)  # a cached model's file, a .gguf, a directory
     except CheckpointError as exc:
-        raise ConfigError(f"{exc}; or emulate the cluster with random weights: --emulate --model "
-                          f"tiny-{config.num_layers}") from None
+        raise ConfigError(f"{exc}; or emulate the cluster with random weights: --emulate --model tiny-{config.num_layers}") from None
     return topology, config, weights
 
 
-def planned_config(checked: tuple[Any, Any, str], placement_path: Path | None, emulate: bool, time_scale: float,
-                   host: str, port: int, kv_tokens: int | None, max_seq_len: int, plan_time_s: float,
-                   heartbeat_timeout_s: float, secure: bool, kv_layout: str | None = None) -> tuple[Any, Any]:
+def planned_config(
+    checked: tuple[Any, Any, str],
+    placement_path: Path | None,
+    emulate: bool,
+    time_scale: float,
+    host: str,
+    port: int,
+    kv_tokens: int | None,
+    max_seq_len: int,
+    plan_time_s: float,
+    heartbeat_timeout_s: float,
+    secure: bool,
+    kv_layout: str | None = None,
+) -> tuple[Any, Any]:
     """The plan step: the placement (planned or loaded), keys, (ServeConfig, tokenizer)."""
     from helix_jax.model.tokenizer import load_tokenizer
     from helix_jax.runtime.coordinator import ServeConfig
@@ -111,13 +155,22 @@ def planned_config(checked: tuple[Any, Any, str], placement_path: Path | None, e
     topology, config, weights = checked
     placement = placement_for(topology, placement_path, plan_time_s)
     keys = DeploymentKeys.generate(placement.ranges) if secure else None
-    emulation = (EmulationSpec.for_topology(topology, time_scale, workload=placement.workload)
-                 if emulate else None)
-    cfg = ServeConfig(topology, placement, config, weights=weights, host=host, client_port=port,
-                      emulation=emulation, kv_tokens=kv_tokens, kv_layout=kv_layout,
-                      max_seq_len=min(max_seq_len, config.max_position_embeddings),
-                      heartbeat_timeout_s=heartbeat_timeout_s,
-                      flow_planner=functools.partial(survivor_flows, topology, placement), keys=keys)
+    emulation = EmulationSpec.for_topology(topology, time_scale, workload=placement.workload) if emulate else None
+    cfg = ServeConfig(
+        topology,
+        placement,
+        config,
+        weights=weights,
+        host=host,
+        client_port=port,
+        emulation=emulation,
+        kv_tokens=kv_tokens,
+        kv_layout=kv_layout,
+        max_seq_len=min(max_seq_len, config.max_position_embeddings),
+        heartbeat_timeout_s=heartbeat_timeout_s,
+        flow_planner=functools.partial(survivor_flows, topology, placement),
+        keys=keys,
+    )
     return cfg, load_tokenizer(config, None if weights.startswith("random:") else weights)
 
 
@@ -129,17 +182,22 @@ def print_placement(placement: Any, topology: Topology, title: str) -> None:
         table.add_row(node, topology.node(node).gpu, f"[{start}, {end})", f"{placement.node_flow(node):.1f}")
     console.print(table)
     bound = placement.upper_bound_tokens_per_s
-    console.print(f"max-flow {placement.objective_tokens_per_s:.1f} tokens/s ({placement.method}, "
-                  f"{placement.status}{f', bound {bound:.1f}' if bound else ''}, {placement.solve_seconds:.1f} s)")
+    console.print(
+        f"max-flow {placement.objective_tokens_per_s:.1f} tokens/s ({placement.method}, "
+        f"{placement.status}{f', bound {bound:.1f}' if bound else ''}, {placement.solve_seconds:.1f} s)"
+    )
 
 
-def worker(coordinator: str = typer.Option(..., help="Coordinator control endpoint, tcp://HOST:PORT."),
-           node: str = typer.Option(..., help="Node name in the topology."),
-           bind_host: str = typer.Option("127.0.0.1", help="Address the data socket binds (0.0.0.0 for remote peers)."),
-           advertise_host: str = typer.Option(None, help="Address other nodes use to reach this one."),
-           keys: Path = typer.Option(None, help="The node's CURVE keys file (written by deploy, mode 0600); "
-                                                "without it the worker speaks plain TCP, on loopback only."),
-           parent_pid: int = typer.Option(None, hidden=True, help="Exit when this process dies.")) -> None:
+def worker(
+    coordinator: str = typer.Option(..., help="Coordinator control endpoint, tcp://HOST:PORT."),
+    node: str = typer.Option(..., help="Node name in the topology."),
+    bind_host: str = typer.Option("127.0.0.1", help="Address the data socket binds (0.0.0.0 for remote peers)."),
+    advertise_host: str = typer.Option(None, help="Address other nodes use to reach this one."),
+    keys: Path = typer.Option(
+        None, help="The node's CURVE keys file (written by deploy, mode 0600); without it the worker speaks plain TCP, on loopback only."
+    ),
+    parent_pid: int = typer.Option(None, hidden=True, help="Exit when this process dies."),
+) -> None:
     """Join a deployment: register, load and warm up the assigned layers, then serve."""
     logging.getLogger().setLevel(os.environ.get("HELIX_LOG", "INFO").upper())
     # compiled buckets persist across runs: a re-deploy warms up in seconds, not minutes
@@ -155,13 +213,13 @@ def worker(coordinator: str = typer.Option(..., help="Coordinator control endpoi
     raise typer.Exit(code)
 
 
-def demo(requests: int = typer.Option(4, help="Questions to send through the deployment at once."),
-         max_tokens: int = typer.Option(48, help="Tokens to generate per answer at most."),
-         topology: Path = typer.Option(None, help="Cluster to deploy (default: the shipped CPU cluster "
-                                                  "serving SmolLM2-135M-Instruct)."),
-         paper_plan_time: float = typer.Option(10.0, help="Planner time limit for the 24-node cluster."),
-         sim_seconds: float = typer.Option(1200.0, help="Simulated seconds of the benchmark table, the first "
-                                                            "half warm-up (0: skip).")) -> None:
+def demo(
+    requests: int = typer.Option(4, help="Questions to send through the deployment at once."),
+    max_tokens: int = typer.Option(48, help="Tokens to generate per answer at most."),
+    topology: Path = typer.Option(None, help="Cluster to deploy (default: the shipped CPU cluster serving SmolLM2-135M-Instruct)."),
+    paper_plan_time: float = typer.Option(10.0, help="Planner time limit for the 24-node cluster."),
+    sim_seconds: float = typer.Option(1200.0, help="Simulated seconds of the benchmark table, the first half warm-up (0: skip)."),
+) -> None:
     """Deploy the shipped CPU cluster, answer questions, then plan and simulate a 24-GPU cluster."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -184,25 +242,39 @@ def demo(requests: int = typer.Option(4, help="Questions to send through the dep
             table.add_column(col)
         for question, res in zip(questions, results):
             route = " > ".join(f"{n}[{s}:{e})" for n, s, e in res.route)
-            table.add_row(question, " ".join(res.text.split()), route,
-                          f"{res.timings.ttft_s * 1e3:.1f}", f"{res.timings.tpot_s * 1e3:.2f}")
+            table.add_row(question, " ".join(res.text.split()), route, f"{res.timings.ttft_s * 1e3:.1f}", f"{res.timings.tpot_s * 1e3:.2f}")
         console.print(table)
     console.print("   deployment shut down cleanly")
     if PAPER_TOPOLOGY.is_file():
         from helix_jax.solver.plan import plan
 
         paper = load_topology(PAPER_TOPOLOGY)
-        print_placement(plan(paper, time_limit_s=paper_plan_time), paper,
-                        f"4. planner on {paper.name} ({paper.model.name}, {len(paper.nodes)} nodes)")
+        print_placement(
+            plan(paper, time_limit_s=paper_plan_time), paper, f"4. planner on {paper.name} ({paper.model.name}, {len(paper.nodes)} nodes)"
+        )
         if sim_seconds > 0:
             from helix_jax.cli.bench_cmds import _simulated
             from helix_jax.workload import length_sampler
 
-            console.print(f"5. benchmark: {sim_seconds:g} simulated seconds of {paper.name}, offline, "
-                          "Azure-conversation-like requests")
-            _simulated(console, PAPER_TOPOLOGY, ["helix", "swarm", "petals", "sp"], ["iwrr"], "offline",
-                       None, sim_seconds, sim_seconds / 2, length_sampler(), None, 0,
-                       paper_plan_time, None, float("inf"), float("inf"), None)
+            console.print(f"5. benchmark: {sim_seconds:g} simulated seconds of {paper.name}, offline, Azure-conversation-like requests")
+            _simulated(
+                console,
+                PAPER_TOPOLOGY,
+                ["helix", "swarm", "petals", "sp"],
+                ["iwrr"],
+                "offline",
+                None,
+                sim_seconds,
+                sim_seconds / 2,
+                length_sampler(),
+                None,
+                0,
+                paper_plan_time,
+                None,
+                float("inf"),
+                float("inf"),
+                None,
+            )
     console.print(f"demo done in {time.perf_counter() - started:.1f} s")
 
 

@@ -46,9 +46,23 @@ def _mix(mix: dict[str, int] | None) -> str:
     return "-" if not mix else ", ".join(f"{v} x {k}" for k, v in mix.items())
 
 
-def run_shop(pool_path: Path, topo: Topology, *, target: float | None, budget: float | None, frontier_text: str,
-             frontier_points: int, frontier_png: Path | None, time_limit_s: float, seed: int, partial: bool,
-             workload: WorkloadShape, out: Path | None, out_topology: Path | None, as_json: bool) -> None:
+def run_shop(
+    pool_path: Path,
+    topo: Topology,
+    *,
+    target: float | None,
+    budget: float | None,
+    frontier_text: str,
+    frontier_points: int,
+    frontier_png: Path | None,
+    time_limit_s: float,
+    seed: int,
+    partial: bool,
+    workload: WorkloadShape,
+    out: Path | None,
+    out_topology: Path | None,
+    as_json: bool,
+) -> None:
     from helix_jax.solver import shop_report as report
     from helix_jax.solver.shop import most_flow_mix, shop
 
@@ -64,8 +78,16 @@ def run_shop(pool_path: Path, topo: Topology, *, target: float | None, budget: f
         targets = sorted(set(targets) | {target})
         rows = report.frontier(topo, targets, workload, partial, time_limit_s, seed)
         start = next((p.ranges for p, _ in rows if p.target_tokens_per_s == target), None)
-    result = shop(topo, target_tokens_per_s=target, budget_per_hour=budget, workload=workload,
-                  partial_inference=partial, time_limit_s=time_limit_s, seed=seed, start=start)
+    result = shop(
+        topo,
+        target_tokens_per_s=target,
+        budget_per_hour=budget,
+        workload=workload,
+        partial_inference=partial,
+        time_limit_s=time_limit_s,
+        seed=seed,
+        start=start,
+    )
     reach = result.placement.objective_tokens_per_s
     answer = report.MixPoint(reach, result.mix, result.cost_per_hour, 0.0, reach, dict(result.placement.ranges))
     if target is None and targets != []:
@@ -100,20 +122,23 @@ def _cheaper(point: Any, mix: Any) -> Any:
         return point
     if point.cost_per_hour is not None and point.cost_per_hour <= mix.cost_per_hour:
         return point
-    return dataclasses.replace(point, mix=mix.mix, cost_per_hour=mix.cost_per_hour, tokens_per_s=mix.tokens_per_s,
-                               ranges=mix.ranges)
+    return dataclasses.replace(point, mix=mix.mix, cost_per_hour=mix.cost_per_hour, tokens_per_s=mix.tokens_per_s, ranges=mix.ranges)
 
 
 def _as_dict(result: Any, single: Any, options: dict, rows: list) -> dict[str, Any]:
     placement = result.placement
     low = result.cost_lower_bound_per_hour
     return {
-        "mode": result.mode, "target_tokens_per_s": result.target_tokens_per_s,
-        "budget_per_hour": result.budget_per_hour, "mix": result.mix, "cost_per_hour": result.cost_per_hour,
+        "mode": result.mode,
+        "target_tokens_per_s": result.target_tokens_per_s,
+        "budget_per_hour": result.budget_per_hour,
+        "mix": result.mix,
+        "cost_per_hour": result.cost_per_hour,
         "cost_lower_bound_per_hour": low if low is not None and math.isfinite(low) else None,
         "objective_tokens_per_s": placement.objective_tokens_per_s,
         "upper_bound_tokens_per_s": result.upper_bound_tokens_per_s,
-        "tokens_per_dollar": result.tokens_per_dollar, "status": placement.status,
+        "tokens_per_dollar": result.tokens_per_dollar,
+        "status": placement.status,
         "nodes": placement.to_dict()["nodes"],
         "cheapest_single_type": single.to_dict() if single else None,
         "single_types": {k: v.to_dict() for k, v in options.items()},
@@ -122,8 +147,9 @@ def _as_dict(result: Any, single: Any, options: dict, rows: list) -> dict[str, A
     }
 
 
-def _print(console: Console, topo: Topology, result: Any, single: Any, rows: list, png: Path | None,
-           out: Path | None, out_topology: Path | None) -> None:
+def _print(
+    console: Console, topo: Topology, result: Any, single: Any, rows: list, png: Path | None, out: Path | None, out_topology: Path | None
+) -> None:
     placement = result.placement
     table = Table(title=f"mix rented from {topo.name} ({topo.model.name})")
     for col in ("node", "type", "price/h", "layers", "flow tok/s"):
@@ -131,22 +157,30 @@ def _print(console: Console, topo: Topology, result: Any, single: Any, rows: lis
     for name in sorted(placement.ranges, key=lambda n: (placement.ranges[n], n)):
         start, end = placement.ranges[name]
         node = topo.node(name)
-        table.add_row(name, node.gpu, _money(node.price_per_hour), f"[{start}, {end})",
-                      f"{placement.node_flow(name):.1f}")
+        table.add_row(name, node.gpu, _money(node.price_per_hour), f"[{start}, {end})", f"{placement.node_flow(name):.1f}")
     console.print(table)
-    goal = (f"target {result.target_tokens_per_s:g} tokens/s" if result.mode == "target"
-            else f"budget {result.budget_per_hour:g} per hour")
-    console.print(f"{goal}: [bold]{_mix(result.mix)}[/], cost [bold]{result.cost_per_hour:.2f}[/] per hour"
-                  + (f" (no mix reaching the target costs less than {result.cost_lower_bound_per_hour:.2f})"
-                     if result.cost_lower_bound_per_hour is not None else ""))
-    console.print(f"max-flow {placement.objective_tokens_per_s:.1f} tokens/s (upper bound "
-                  f"{result.upper_bound_tokens_per_s:.1f}), {result.tokens_per_dollar:,.0f} tokens per dollar, "
-                  f"solved in {result.seconds:.1f} s")
+    goal = f"target {result.target_tokens_per_s:g} tokens/s" if result.mode == "target" else f"budget {result.budget_per_hour:g} per hour"
+    console.print(
+        f"{goal}: [bold]{_mix(result.mix)}[/], cost [bold]{result.cost_per_hour:.2f}[/] per hour"
+        + (
+            f" (no mix reaching the target costs less than {result.cost_lower_bound_per_hour:.2f})"
+            if result.cost_lower_bound_per_hour is not None
+            else ""
+        )
+    )
+    console.print(
+        f"max-flow {placement.objective_tokens_per_s:.1f} tokens/s (upper bound "
+        f"{result.upper_bound_tokens_per_s:.1f}), {result.tokens_per_dollar:,.0f} tokens per dollar, "
+        f"solved in {result.seconds:.1f} s"
+    )
     if single is not None:
-        console.print(f"cheapest single-type cluster reaching {single.target_tokens_per_s:.1f} tokens/s: "
-                      f"{_mix(single.mix)}, {single.cost_per_hour:.2f} per hour "
-                      f"({single.cost_per_hour / result.cost_per_hour:.2f}x the mix)" if result.cost_per_hour
-                      else f"cheapest single-type cluster: {_mix(single.mix)}")
+        console.print(
+            f"cheapest single-type cluster reaching {single.target_tokens_per_s:.1f} tokens/s: "
+            f"{_mix(single.mix)}, {single.cost_per_hour:.2f} per hour "
+            f"({single.cost_per_hour / result.cost_per_hour:.2f}x the mix)"
+            if result.cost_per_hour
+            else f"cheapest single-type cluster: {_mix(single.mix)}"
+        )
     else:
         console.print("no single GPU type of the pool reaches that max-flow alone")
     if rows:
@@ -154,11 +188,16 @@ def _print(console: Console, topo: Topology, result: Any, single: Any, rows: lis
         for col in ("target tok/s", "mix", "cost/h", "lower bound", "tok/s", "tokens per $", "single type", "cost/h "):
             front.add_column(col, justify="left" if col in ("mix", "single type") else "right")
         for p, s in rows:
-            front.add_row(f"{p.target_tokens_per_s:g}", _mix(p.mix), _money(p.cost_per_hour),
-                          _money(p.cost_lower_bound_per_hour) if math.isfinite(p.cost_lower_bound_per_hour)
-                          else "out of reach", "-" if p.tokens_per_s is None else f"{p.tokens_per_s:.1f}",
-                          "-" if p.tokens_per_dollar is None else f"{p.tokens_per_dollar:,.0f}",
-                          _mix(s.mix) if s else "-", _money(s.cost_per_hour) if s else "-")
+            front.add_row(
+                f"{p.target_tokens_per_s:g}",
+                _mix(p.mix),
+                _money(p.cost_per_hour),
+                _money(p.cost_lower_bound_per_hour) if math.isfinite(p.cost_lower_bound_per_hour) else "out of reach",
+                "-" if p.tokens_per_s is None else f"{p.tokens_per_s:.1f}",
+                "-" if p.tokens_per_dollar is None else f"{p.tokens_per_dollar:,.0f}",
+                _mix(s.mix) if s else "-",
+                _money(s.cost_per_hour) if s else "-",
+            )
         console.print(front)
     for path, what in ((png, "frontier plot"), (out, "placement"), (out_topology, "topology of the mix")):
         if path is not None:

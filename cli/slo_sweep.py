@@ -30,8 +30,9 @@ def parse_limits(text: str) -> list[float]:
     return values
 
 
-def run_sweep(console: Console, topo, cost, lengths, base, limits_ms: list[float], time_limit_s: float,
-              seed: int, out: Path | None) -> list[dict]:
+def run_sweep(
+    console: Console, topo, cost, lengths, base, limits_ms: list[float], time_limit_s: float, seed: int, out: Path | None
+) -> list[dict]:
     """Plan, simulate and report every limit (an infeasible one is reported and skipped)."""
     from helix_jax.sim import simulate
     from helix_jax.solver.plan import plan
@@ -54,22 +55,33 @@ def run_sweep(console: Console, topo, cost, lengths, base, limits_ms: list[float
                 continue
         with console.status(f"simulating {label} ..."):
             m = simulate(p, cost, lengths, base).metrics
-        rows.append({"slo": label, "slo_ms": ms if isinstance(ms, float) else None,
-                     "max_flow_tokens_per_s": p.objective_tokens_per_s,
-                     "upper_bound_tokens_per_s": p.upper_bound_tokens_per_s,
-                     "decode_tokens_per_s": m.decode_tokens_per_s, "tpot_p50_ms": m.tpot.p50_ms,
-                     "tpot_p95_ms": m.tpot.p95_ms, "longest_round_trip_ms": p.extra.get("slo", {}).get(
-                         "max_round_trip_ms"), "plan_seconds": p.solve_seconds})
-    table = Table(title=f"{topo.name}: latency SLO frontier ({base.mode}, {base.duration_s:g} s, "
-                        f"warm-up {base.warmup_s:g} s)")
-    for col in ("SLO", "max-flow tok/s", "bound", "sim decode tok/s", "TPOT p50 ms", "TPOT p95 ms",
-                "longest planned RT ms"):
+        rows.append(
+            {
+                "slo": label,
+                "slo_ms": ms if isinstance(ms, float) else None,
+                "max_flow_tokens_per_s": p.objective_tokens_per_s,
+                "upper_bound_tokens_per_s": p.upper_bound_tokens_per_s,
+                "decode_tokens_per_s": m.decode_tokens_per_s,
+                "tpot_p50_ms": m.tpot.p50_ms,
+                "tpot_p95_ms": m.tpot.p95_ms,
+                "longest_round_trip_ms": p.extra.get("slo", {}).get("max_round_trip_ms"),
+                "plan_seconds": p.solve_seconds,
+            }
+        )
+    table = Table(title=f"{topo.name}: latency SLO frontier ({base.mode}, {base.duration_s:g} s, warm-up {base.warmup_s:g} s)")
+    for col in ("SLO", "max-flow tok/s", "bound", "sim decode tok/s", "TPOT p50 ms", "TPOT p95 ms", "longest planned RT ms"):
         table.add_column(col, justify="left" if col == "SLO" else "right")
     for r in rows:
         bound, rt = r["upper_bound_tokens_per_s"], r["longest_round_trip_ms"]
-        table.add_row(r["slo"], f"{r['max_flow_tokens_per_s']:.1f}", "-" if bound is None else f"{bound:.1f}",
-                      f"{r['decode_tokens_per_s']:.1f}", f"{r['tpot_p50_ms']:.0f}", f"{r['tpot_p95_ms']:.0f}",
-                      "-" if rt is None else f"{rt:.0f}")
+        table.add_row(
+            r["slo"],
+            f"{r['max_flow_tokens_per_s']:.1f}",
+            "-" if bound is None else f"{bound:.1f}",
+            f"{r['decode_tokens_per_s']:.1f}",
+            f"{r['tpot_p50_ms']:.0f}",
+            f"{r['tpot_p95_ms']:.0f}",
+            "-" if rt is None else f"{rt:.0f}",
+        )
     console.print(table)
     if out is not None:
         import json

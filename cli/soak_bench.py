@@ -31,10 +31,15 @@ from typing import Any
 from helix_jax.client import Client
 from helix_jax.errors import HelixError
 
-POISON = (dict(top_k=10 ** 9, temperature=1.0), dict(prompt=[49151, 10 ** 6]), dict(prompt=""),
-          dict(max_tokens=10 ** 6), dict(top_p=0.0))
-QUESTIONS = ["What is the capital of France?", "Name three colours.", "What is 2 + 2?", "Say hello.",
-             "What is a GPU?", "Why is the sky blue?"]
+POISON = (dict(top_k=10**9, temperature=1.0), dict(prompt=[49151, 10**6]), dict(prompt=""), dict(max_tokens=10**6), dict(top_p=0.0))
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three colours.",
+    "What is 2 + 2?",
+    "Say hello.",
+    "What is a GPU?",
+    "Why is the sky blue?",
+]
 
 
 class Tally:
@@ -54,8 +59,7 @@ class Tally:
                 self.errors[error] = self.errors.get(error, 0) + 1
 
 
-def user(endpoint_keys: tuple[str, Any], tally: Tally, stop: threading.Event, seed: int, poison_every: int,
-         timeout_s: float) -> None:
+def user(endpoint_keys: tuple[str, Any], tally: Tally, stop: threading.Event, seed: int, poison_every: int, timeout_s: float) -> None:
     rng = random.Random(seed)
     endpoint, keys = endpoint_keys
     with Client(endpoint, timeout_s=timeout_s, keys=keys) as client:
@@ -83,8 +87,7 @@ def user(endpoint_keys: tuple[str, Any], tally: Tally, stop: threading.Event, se
                 text = str(exc)
                 lost = "no reply within" in text
                 outcome = f"{type(exc).__name__}: {text[:160]}"
-                tally.add("lost" if lost else ("failed_poison" if poison else "failed_clear"),
-                          f"{type(exc).__name__}: {text[:90]}")
+                tally.add("lost" if lost else ("failed_poison" if poison else "failed_clear"), f"{type(exc).__name__}: {text[:90]}")
             took = time.monotonic() - started
             with tally.lock:
                 tally.over_10_s += took > 10.0
@@ -125,8 +128,9 @@ def main() -> None:
     from helix_jax.cli.serve_cmds import serve_config
     from helix_jax.runtime.deploy import LocalDeployment
 
-    cfg, tokenizer = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, None, 256, 10.0,
-                                  heartbeat_timeout_s=args.heartbeat_timeout_s, secure=True)
+    cfg, tokenizer = serve_config(
+        None, None, None, False, 1.0, "127.0.0.1", 0, None, 256, 10.0, heartbeat_timeout_s=args.heartbeat_timeout_s, secure=True
+    )
     tally, stop, log = Tally(), threading.Event(), []
     began = time.monotonic()
     with LocalDeployment(cfg, tokenizer, restart_workers=True, max_restarts=1000) as dep:
@@ -134,8 +138,7 @@ def main() -> None:
         ready_s = time.monotonic() - began
         assert dep.coordinator is not None and cfg.keys is not None
         where = (dep.client_endpoint, cfg.keys.client())
-        users = [threading.Thread(target=user, args=(where, tally, stop, i, args.poison_every, 120.0))
-                 for i in range(args.clients)]
+        users = [threading.Thread(target=user, args=(where, tally, stop, i, args.poison_every, 120.0)) for i in range(args.clients)]
         chaos = threading.Thread(target=faults, args=(dep, stop, args.fault_every_s, args.stop_for_s, log, 7))
         for t in (*users, chaos):
             t.start()
@@ -156,17 +159,31 @@ def main() -> None:
                 after = f"{type(exc).__name__}: {exc}"
         began_at = tally.slowest.pop("started", 0.0)
         faults_before = [f["t"] for f in log if f["t"] <= began_at]
-        slowest = {**tally.slowest, "faults_during": sum(began_at <= f["t"] <= began_at + tally.slowest_s for f in log),
-                   "started_after_last_fault_s": began_at - faults_before[-1] if faults_before else None}
-        result = {"duration_s": args.duration_s, "ready_s": ready_s, "clients": args.clients, **tally.counts,
-                  "longest_stall_s": tally.longest_stall_s, "slowest_request_s": tally.slowest_s,
-                  "slowest_request": slowest, "requests_over_10_s": tally.over_10_s,
-                  "ready_after_stop_s": ready_after_s,
-                  "faults": len(log), "kills": sum(f["signal"] == "SIGKILL" for f in log),
-                  "stops": sum(f["signal"] == "SIGSTOP" for f in log), "restarts": dict(dep.restarts),
-                  "ready_at_end": final["ready"], "reason_at_end": final.get("reason"),
-                  "health_at_end": final.get("health"),
-                  "answer_after": after, "errors": tally.errors}
+        slowest = {
+            **tally.slowest,
+            "faults_during": sum(began_at <= f["t"] <= began_at + tally.slowest_s for f in log),
+            "started_after_last_fault_s": began_at - faults_before[-1] if faults_before else None,
+        }
+        result = {
+            "duration_s": args.duration_s,
+            "ready_s": ready_s,
+            "clients": args.clients,
+            **tally.counts,
+            "longest_stall_s": tally.longest_stall_s,
+            "slowest_request_s": tally.slowest_s,
+            "slowest_request": slowest,
+            "requests_over_10_s": tally.over_10_s,
+            "ready_after_stop_s": ready_after_s,
+            "faults": len(log),
+            "kills": sum(f["signal"] == "SIGKILL" for f in log),
+            "stops": sum(f["signal"] == "SIGSTOP" for f in log),
+            "restarts": dict(dep.restarts),
+            "ready_at_end": final["ready"],
+            "reason_at_end": final.get("reason"),
+            "health_at_end": final.get("health"),
+            "answer_after": after,
+            "errors": tally.errors,
+        }
     print(json.dumps(result, indent=2))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2))

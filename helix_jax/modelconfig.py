@@ -18,9 +18,15 @@ from helix_jax.jsonfile import read_json_file
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 DTYPE_ALIASES = {
-    "fp32": "float32", "f32": "float32", "float32": "float32",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
-    "fp16": "float16", "f16": "float16", "float16": "float16", "half": "float16",
+    "fp32": "float32",
+    "f32": "float32",
+    "float32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "f16": "float16",
+    "float16": "float16",
+    "half": "float16",
 }
 
 
@@ -56,19 +62,24 @@ class ModelConfig:
     eos_token_id: int | None = 2
 
     def __post_init__(self) -> None:
-        for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads",
-                      "intermediate_size", "vocab_size", "max_position_embeddings"):
+        for field in (
+            "num_layers",
+            "hidden_size",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "vocab_size",
+            "max_position_embeddings",
+        ):
             value = getattr(self, field)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"model.{field} must be a positive integer, got {value!r}")
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(
-                f"model.num_heads ({self.num_heads}) must be a multiple of "
-                f"model.num_kv_heads ({self.num_kv_heads})")
+            raise ConfigError(f"model.num_heads ({self.num_heads}) must be a multiple of model.num_kv_heads ({self.num_kv_heads})")
         if self.head_dim is None and self.hidden_size % self.num_heads:
             raise ConfigError(
-                f"model.hidden_size ({self.hidden_size}) must be divisible by "
-                f"model.num_heads ({self.num_heads}) unless head_dim is given")
+                f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads}) unless head_dim is given"
+            )
         if self.dtype not in DTYPE_BYTES:
             raise ConfigError(f"model.dtype {self.dtype!r} is not one of {sorted(DTYPE_BYTES)}")
 
@@ -135,31 +146,64 @@ PRESETS: dict[str, ModelConfig] = {
     "llama-2-70b": ModelConfig("llama-2-70b", 80, 8192, 64, 8, 28672, 32000, "bfloat16"),
     "llama-2-13b": ModelConfig("llama-2-13b", 40, 5120, 40, 40, 13824, 32000, "bfloat16"),
     "llama-2-7b": ModelConfig("llama-2-7b", 32, 4096, 32, 32, 11008, 32000, "bfloat16"),
-    "llama-30b": ModelConfig("llama-30b", 60, 6656, 52, 52, 17920, 32000, "float16",
-                             max_position_embeddings=2048, rms_norm_eps=1e-6),
-    "llama-3-8b": ModelConfig("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, "bfloat16",
-                              rope_theta=500000.0, max_position_embeddings=8192,
-                              bos_token_id=128000, eos_token_id=128001),
-    "llama-3.1-8b": ModelConfig("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256, "bfloat16",
-                                rope_theta=500000.0, rope_scaling=RopeScaling(),
-                                max_position_embeddings=131072,
-                                bos_token_id=128000, eos_token_id=128001),
+    "llama-30b": ModelConfig("llama-30b", 60, 6656, 52, 52, 17920, 32000, "float16", max_position_embeddings=2048, rms_norm_eps=1e-6),
+    "llama-3-8b": ModelConfig(
+        "llama-3-8b",
+        32,
+        4096,
+        32,
+        8,
+        14336,
+        128256,
+        "bfloat16",
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
+    "llama-3.1-8b": ModelConfig(
+        "llama-3.1-8b",
+        32,
+        4096,
+        32,
+        8,
+        14336,
+        128256,
+        "bfloat16",
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(),
+        max_position_embeddings=131072,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
     # SmolLM2-135M-Instruct: the default real model (GGUF from the model cache; helix_jax/models.py).
     # Its dimensions are known here so that planning needs no file; loading checks them.
-    "smollm2-135m": ModelConfig("smollm2-135m", 30, 576, 9, 3, 1536, 49152, "float32",
-                                rope_theta=100000.0, tie_word_embeddings=True,
-                                max_position_embeddings=8192, bos_token_id=1, eos_token_id=2),
+    "smollm2-135m": ModelConfig(
+        "smollm2-135m",
+        30,
+        576,
+        9,
+        3,
+        1536,
+        49152,
+        "float32",
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
     # Built-in tiny models: seeded random weights, byte-level tokenizer, no files needed.
-    "tiny": ModelConfig("tiny", 4, 64, 4, 2, 128, TINY_VOCAB, "float32",
-                        max_position_embeddings=1024, bos_token_id=TINY_BOS,
-                        eos_token_id=TINY_EOS),
-    "tiny-8": ModelConfig("tiny-8", 8, 64, 4, 2, 128, TINY_VOCAB, "float32",
-                          max_position_embeddings=1024, bos_token_id=TINY_BOS,
-                          eos_token_id=TINY_EOS),
+    "tiny": ModelConfig(
+        "tiny", 4, 64, 4, 2, 128, TINY_VOCAB, "float32", max_position_embeddings=1024, bos_token_id=TINY_BOS, eos_token_id=TINY_EOS
+    ),
+    "tiny-8": ModelConfig(
+        "tiny-8", 8, 64, 4, 2, 128, TINY_VOCAB, "float32", max_position_embeddings=1024, bos_token_id=TINY_BOS, eos_token_id=TINY_EOS
+    ),
     # 80 narrow layers: a LLaMA-2-70B-shaped pipeline that fits on a laptop (--emulate).
-    "tiny-80": ModelConfig("tiny-80", 80, 32, 2, 1, 64, TINY_VOCAB, "float32",
-                           max_position_embeddings=1024, bos_token_id=TINY_BOS,
-                           eos_token_id=TINY_EOS),
+    "tiny-80": ModelConfig(
+        "tiny-80", 80, 32, 2, 1, 64, TINY_VOCAB, "float32", max_position_embeddings=1024, bos_token_id=TINY_BOS, eos_token_id=TINY_EOS
+    ),
 }
 
 
@@ -191,16 +235,15 @@ def from_hf_config(source: str | Path | Mapping[str, Any], name: str | None = No
     archs = raw.get("architectures") or ["LlamaForCausalLM"]
     if model_type not in ("llama", "mistral") or not any("Llama" in a or "Mistral" in a for a in archs):
         raise ConfigError(
-            f"unsupported architecture {archs!r} (model_type {model_type!r}); "
-            "only LLaMA-family decoders (LlamaForCausalLM) are supported")
+            f"unsupported architecture {archs!r} (model_type {model_type!r}); only LLaMA-family decoders (LlamaForCausalLM) are supported"
+        )
     try:
         hidden = int(raw["hidden_size"])
         heads = int(raw["num_attention_heads"])
         scaling = None
         # transformers >= 5 writes rope_theta and the scaling into "rope_parameters"
         rope_params = raw.get("rope_parameters") or {}
-        rs = raw.get("rope_scaling") or (
-            rope_params if rope_params.get("rope_type", "default") != "default" else None)
+        rs = raw.get("rope_scaling") or (rope_params if rope_params.get("rope_type", "default") != "default" else None)
         if rs:
             kind = rs.get("rope_type", rs.get("type"))
             if kind != "llama3":
@@ -209,7 +252,8 @@ def from_hf_config(source: str | Path | Mapping[str, Any], name: str | None = No
                 factor=float(rs["factor"]),
                 low_freq_factor=float(rs.get("low_freq_factor", 1.0)),
                 high_freq_factor=float(rs.get("high_freq_factor", 4.0)),
-                original_max_position_embeddings=int(rs.get("original_max_position_embeddings", 8192)))
+                original_max_position_embeddings=int(rs.get("original_max_position_embeddings", 8192)),
+            )
         dtype = DTYPE_ALIASES.get(str(raw.get("torch_dtype", raw.get("dtype", "bfloat16"))), "bfloat16")
         eos = raw.get("eos_token_id", 2)
         if isinstance(eos, list):
@@ -239,9 +283,14 @@ def from_hf_config(source: str | Path | Mapping[str, Any], name: str | None = No
 
 
 _EXPLICIT_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
-_EXPLICIT_ALIASES = {"layers": "num_layers", "hidden": "hidden_size", "heads": "num_heads",
-                     "kv_heads": "num_kv_heads", "intermediate": "intermediate_size",
-                     "vocab": "vocab_size"}
+_EXPLICIT_ALIASES = {
+    "layers": "num_layers",
+    "hidden": "hidden_size",
+    "heads": "num_heads",
+    "kv_heads": "num_kv_heads",
+    "intermediate": "intermediate_size",
+    "vocab": "vocab_size",
+}
 
 
 def resolve_model(spec: str | Mapping[str, Any], base_dir: Path | None = None) -> ModelConfig:
@@ -270,7 +319,8 @@ def resolve_model(spec: str | Mapping[str, Any], base_dir: Path | None = None) -
             return from_hf_config(path)
         raise ConfigError(
             f"model {spec!r} is neither a known preset ({', '.join(sorted(PRESETS))}), a .gguf file "
-            "nor an existing config.json or checkpoint directory")
+            "nor an existing config.json or checkpoint directory"
+        )
     if not isinstance(spec, Mapping):
         raise ConfigError(f"model must be a preset name, a path or an object, got {spec!r}")
     fields = dict(spec)
@@ -290,8 +340,7 @@ def resolve_model(spec: str | Mapping[str, Any], base_dir: Path | None = None) -
     if base is not None:
         return dataclasses.replace(base, **clean)
     clean.setdefault("name", "custom")
-    missing = [f for f in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size")
-               if f not in clean]
+    missing = [f for f in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size") if f not in clean]
     if missing:
         raise ConfigError(f"explicit model is missing the field(s) {', '.join(missing)}")
     clean.setdefault("num_kv_heads", clean["num_heads"])

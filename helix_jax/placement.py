@@ -90,8 +90,7 @@ class Placement:
         """The hop `node` runs when it receives activations computed up to `prev_end_layer`."""
         start, end = self.range_of(node)
         if not (start <= prev_end_layer < end):
-            raise PlacementError(
-                f"node {node!r} holds [{start}, {end}) and cannot continue from layer {prev_end_layer}")
+            raise PlacementError(f"node {node!r} holds [{start}, {end}) and cannot continue from layer {prev_end_layer}")
         return Hop(node, prev_end_layer, end)
 
     def route_hops(self, nodes: Iterable[str]) -> tuple[Hop, ...]:
@@ -143,8 +142,7 @@ class Placement:
         try:
             nodes = raw["nodes"]
             ranges = {str(n): (int(v["start_layer"]), int(v["end_layer"])) for n, v in nodes.items()}
-            flows = tuple(FlowEdge(str(f["from"]), str(f["to"]), float(f["tokens_per_s"]))
-                          for f in raw.get("flows", []))
+            flows = tuple(FlowEdge(str(f["from"]), str(f["to"]), float(f["tokens_per_s"])) for f in raw.get("flows", []))
             return cls(
                 topology_name=str(raw.get("topology", "")),
                 num_layers=int(raw["num_layers"]),
@@ -152,8 +150,7 @@ class Placement:
                 flows=flows,
                 method=str(raw.get("method", "helix")),
                 objective_tokens_per_s=float(raw.get("objective_tokens_per_s", 0.0)),
-                upper_bound_tokens_per_s=(None if raw.get("upper_bound_tokens_per_s") is None
-                                          else float(raw["upper_bound_tokens_per_s"])),
+                upper_bound_tokens_per_s=(None if raw.get("upper_bound_tokens_per_s") is None else float(raw["upper_bound_tokens_per_s"])),
                 partial_inference=bool(raw.get("partial_inference", True)),
                 status=str(raw.get("status", "unknown")),
                 solve_seconds=float(raw.get("solve_seconds", 0.0)),

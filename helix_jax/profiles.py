@@ -97,8 +97,9 @@ class LatencyProfile:
             "memory_bytes_free_for_kv_per_layer_held": self.memory_bytes_free_for_kv_per_layer_held,
             "weight_bytes_per_layer": self.weight_bytes_per_layer,
             "prefill": [{"tokens": t, "seconds_per_layer": s} for t, s in self.prefill],
-            "decode": [{"batch": p.batch, "context_tokens": p.context_tokens,
-                        "seconds_per_layer": p.seconds_per_layer} for p in self.decode],
+            "decode": [
+                {"batch": p.batch, "context_tokens": p.context_tokens, "seconds_per_layer": p.seconds_per_layer} for p in self.decode
+            ],
         }
 
     @classmethod
@@ -108,11 +109,13 @@ class LatencyProfile:
         if raw.get("format") != PROFILE_FORMAT:
             raise ConfigError(f"{source}: field 'format' must be {PROFILE_FORMAT!r}, got {raw.get('format')!r}")
         try:
-            prefill = tuple(sorted((int(p["tokens"]), float(p["seconds_per_layer"]))
-                                   for p in raw["prefill"]))
-            decode = tuple(sorted((DecodePoint(int(p["batch"]), int(p.get("context_tokens", 0)),
-                                               float(p["seconds_per_layer"])) for p in raw["decode"]),
-                                  key=lambda p: (p.batch, p.context_tokens)))
+            prefill = tuple(sorted((int(p["tokens"]), float(p["seconds_per_layer"])) for p in raw["prefill"]))
+            decode = tuple(
+                sorted(
+                    (DecodePoint(int(p["batch"]), int(p.get("context_tokens", 0)), float(p["seconds_per_layer"])) for p in raw["decode"]),
+                    key=lambda p: (p.batch, p.context_tokens),
+                )
+            )
             free = raw.get("memory_bytes_free_for_kv_per_layer_held")
             profile = cls(
                 device=str(raw.get("device", "unknown")),

@@ -11,9 +11,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "plan": "plan", "explain": "plan", "METHODS": "plan", "Explanation": "plan",
-    "max_flow": "maxflow", "placement_with_flows": "maxflow", "MaxFlowResult": "maxflow",
-    "baseline_placement": "baselines", "BASELINES": "baselines",
+    "plan": "plan",
+    "explain": "plan",
+    "METHODS": "plan",
+    "Explanation": "plan",
+    "max_flow": "maxflow",
+    "placement_with_flows": "maxflow",
+    "MaxFlowResult": "maxflow",
+    "baseline_placement": "baselines",
+    "BASELINES": "baselines",
 }
 
 __all__ = sorted(_EXPORTS)

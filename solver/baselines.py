@@ -86,7 +86,7 @@ def petals_ranges(topology: Topology, cost_model: CostModel) -> dict[str, tuple[
     ranges = {}
     for name, gpu, top in _usable_nodes(topology, cost_model):
         k = min(top, L)
-        start = min(range(L - k + 1), key=lambda s: (min(cover[s:s + k]), sum(cover[s:s + k]), s))
+        start = min(range(L - k + 1), key=lambda s: (min(cover[s : s + k]), sum(cover[s : s + k]), s))
         ranges[name] = (start, start + k)
         height = cost_model.capacity_tokens_per_s(gpu, k)
         for j in range(start, start + k):
@@ -138,8 +138,7 @@ def sp_pipelines(topology: Topology, cost_model: CostModel) -> list[list[tuple[s
         raise InfeasibleError("sp: the nodes cannot form even one pipeline holding the whole model")
     out = []
     for members in groups:
-        members = sorted(members, key=lambda m: (region[m[0]] != home, region[m[0]],
-                                                 strength.get(m[0], len(strength))))
+        members = sorted(members, key=lambda m: (region[m[0]] != home, region[m[0]], strength.get(m[0], len(strength))))
         counts = _split_evenly(L, [top for _, top in members])
         layer, stages = 0, []
         for (name, _), k in zip(members, counts):
@@ -181,8 +180,9 @@ def baseline_ranges(topology: Topology, cost_model: CostModel, method: str) -> d
     raise ValueError(f"unknown baseline {method!r}")
 
 
-def baseline_placement(topology: Topology, cost_model: CostModel, method: str,
-                       partial_inference: bool = True, balance: bool = True) -> Placement:
+def baseline_placement(
+    topology: Topology, cost_model: CostModel, method: str, partial_inference: bool = True, balance: bool = True
+) -> Placement:
     """A validated baseline Placement with its true max-flow (`balance`: see placement_with_flows)."""
     t0 = time.monotonic()
     allowed = None
@@ -192,6 +192,14 @@ def baseline_placement(topology: Topology, cost_model: CostModel, method: str,
         allowed = {(a[0], b[0]) for stages in pipelines for a, b in zip(stages, stages[1:])}
     else:
         ranges = baseline_ranges(topology, cost_model, method)
-    return placement_with_flows(topology, cost_model, ranges, method, partial_inference,
-                                status="baseline", solve_seconds=time.monotonic() - t0,
-                                allowed_edges=allowed, balance=balance)
+    return placement_with_flows(
+        topology,
+        cost_model,
+        ranges,
+        method,
+        partial_inference,
+        status="baseline",
+        solve_seconds=time.monotonic() - t0,
+        allowed_edges=allowed,
+        balance=balance,
+    )

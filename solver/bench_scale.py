@@ -35,13 +35,23 @@ def scale_row(gpus: int, regions: int, time_limit_s: float) -> dict:
     wall_s = time.monotonic() - t0
     extra = placement.extra
     return {
-        "gpus": gpus, "regions": regions, "nodes": len(topology.nodes), "time_limit_s": time_limit_s,
-        "wall_s": round(wall_s, 2), "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3),
-        "tokens_per_s": placement.objective_tokens_per_s, "upper_bound_tokens_per_s": placement.upper_bound_tokens_per_s,
-        "gap": extra["gap"], "bound_source": extra["bound_source"], "status": placement.status,
-        "source": extra["source"], "zones": extra["zones"],
-        "node_classes": extra["node_classes"], "windows": len(extra.get("region_windows", {})),
-        "flow_edges": len(placement.flows), "phases": extra["phases"],
+        "gpus": gpus,
+        "regions": regions,
+        "nodes": len(topology.nodes),
+        "time_limit_s": time_limit_s,
+        "wall_s": round(wall_s, 2),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3),
+        "tokens_per_s": placement.objective_tokens_per_s,
+        "upper_bound_tokens_per_s": placement.upper_bound_tokens_per_s,
+        "gap": extra["gap"],
+        "bound_source": extra["bound_source"],
+        "status": placement.status,
+        "source": extra["source"],
+        "zones": extra["zones"],
+        "node_classes": extra["node_classes"],
+        "windows": len(extra.get("region_windows", {})),
+        "flow_edges": len(placement.flows),
+        "phases": extra["phases"],
     }
 
 
@@ -57,23 +67,51 @@ def run_scale(gpus: list[int], regions: list[int], time_limit_s: float, console:
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(row)
-            console.log(f"scale {n:5d} GPUs x {r:2d} regions: {row['tokens_per_s']:9.1f} tok/s, bound "
-                        f"{row['upper_bound_tokens_per_s']:9.1f} ({100 * row['gap']:.2f}%), {row['wall_s']:.1f} s, "
-                        f"{row['peak_rss_gb']:.2f} GB")
+            console.log(
+                f"scale {n:5d} GPUs x {r:2d} regions: {row['tokens_per_s']:9.1f} tok/s, bound "
+                f"{row['upper_bound_tokens_per_s']:9.1f} ({100 * row['gap']:.2f}%), {row['wall_s']:.1f} s, "
+                f"{row['peak_rss_gb']:.2f} GB"
+            )
     print_scale(rows, console)
     return rows
 
 
 def print_scale(rows: list[dict], console: Console) -> None:
     table = Table(title="planner scale: synthetic LLaMA-2-70B clusters (paper's 7 GPU kinds), helix")
-    for col in ("GPUs", "regions", "nodes", "limit s", "wall s", "peak GB", "tokens/s", "bound", "gap", "bound from",
-                "status", "source", "zones", "classes"):
+    for col in (
+        "GPUs",
+        "regions",
+        "nodes",
+        "limit s",
+        "wall s",
+        "peak GB",
+        "tokens/s",
+        "bound",
+        "gap",
+        "bound from",
+        "status",
+        "source",
+        "zones",
+        "classes",
+    ):
         table.add_column(col, justify="left" if col in ("bound from", "status", "source") else "right")
     for r in rows:
-        table.add_row(str(r["gpus"]), str(r["regions"]), str(r["nodes"]), f"{r['time_limit_s']:g}", f"{r['wall_s']:.1f}",
-                      f"{r['peak_rss_gb']:.2f}", f"{r['tokens_per_s']:.1f}", f"{r['upper_bound_tokens_per_s']:.1f}",
-                      f"{100 * r['gap']:.2f}%", r["bound_source"], r["status"], r["source"], str(r["zones"]),
-                      str(r["node_classes"]))
+        table.add_row(
+            str(r["gpus"]),
+            str(r["regions"]),
+            str(r["nodes"]),
+            f"{r['time_limit_s']:g}",
+            f"{r['wall_s']:.1f}",
+            f"{r['peak_rss_gb']:.2f}",
+            f"{r['tokens_per_s']:.1f}",
+            f"{r['upper_bound_tokens_per_s']:.1f}",
+            f"{100 * r['gap']:.2f}%",
+            r["bound_source"],
+            r["status"],
+            r["source"],
+            str(r["zones"]),
+            str(r["node_classes"]),
+        )
     console.print(table, width=200)
 
 

@@ -61,9 +61,17 @@ def lp_fixpoint(model: PlacementModel, start_target: float, deadline: Deadline |
     return target
 
 
-def solve_counts(model: PlacementModel, upper: float, *, time_limit_s: float | None = None,
-                 deadline: Deadline | None = None, rel_gap: float, seed: int,
-                 start_counts: dict[Rect, int] | None = None, fixpoint_share: float = 0.2) -> MilpOutcome:
+def solve_counts(
+    model: PlacementModel,
+    upper: float,
+    *,
+    time_limit_s: float | None = None,
+    deadline: Deadline | None = None,
+    rel_gap: float,
+    seed: int,
+    start_counts: dict[Rect, int] | None = None,
+    fixpoint_share: float = 0.2,
+) -> MilpOutcome:
     """Bisection on the target F between the incumbent `lo` and a proven bound `hi`.
 
     Each step asks HiGHS whether every layer can be covered to height F with heights clipped at

@@ -54,8 +54,7 @@ class NodeClasses:
         members: dict[tuple, list[str]] = defaultdict(list)
         for name in topology.node_names:
             members[key[name]].append(name)
-        self.classes = [NodeClass(gpu_of[nodes[0]], topology.node(nodes[0]).region, tuple(nodes))
-                        for nodes in members.values()]
+        self.classes = [NodeClass(gpu_of[nodes[0]], topology.node(nodes[0]).region, tuple(nodes)) for nodes in members.values()]
         self.index = {name: c for c, cls in enumerate(self.classes) for name in cls.nodes}
 
     @staticmethod

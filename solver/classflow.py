@@ -39,8 +39,9 @@ def blocks_of(classes: NodeClasses, ranges: dict[str, tuple[int, int]]) -> dict[
     return dict(blocks)
 
 
-def build_block_graph(topology: Topology, cost_model: CostModel, classes: NodeClasses,
-                      blocks: dict[Block, list[str]], partial_inference: bool) -> nx.DiGraph:
+def build_block_graph(
+    topology: Topology, cost_model: CostModel, classes: NodeClasses, blocks: dict[Block, list[str]], partial_inference: bool
+) -> nx.DiGraph:
     """The split graph of maxflow.py with one vertex chain per block (module docstring)."""
     L = topology.model.num_layers
     graph = nx.DiGraph()
@@ -52,8 +53,9 @@ def build_block_graph(topology: Topology, cost_model: CostModel, classes: NodeCl
         m, name = len(blocks[block]), f"b{c}[{start},{end})"
         rep = blocks[block][0]
         gpu = classes.classes[c].gpu
-        graph.add_edge(f"{name}.in", f"{name}.out", capacity=m * cost_model.capacity_tokens_per_s(gpu, end - start),
-                       kind="compute", name=name, nodes=m)
+        graph.add_edge(
+            f"{name}.in", f"{name}.out", capacity=m * cost_model.capacity_tokens_per_s(gpu, end - start), kind="compute", name=name, nodes=m
+        )
         nic = cost_model.nic_tokens_per_s(rep)
         if nic is not None:
             recv[block], send[block] = f"{name}.recv", f"{name}.send"
@@ -62,11 +64,13 @@ def build_block_graph(topology: Topology, cost_model: CostModel, classes: NodeCl
         else:
             recv[block], send[block] = f"{name}.in", f"{name}.out"
         if start == 0:
-            graph.add_edge(SOURCE, f"{name}.in", capacity=m * classes.coordinator_tokens_per_s(c, True), kind="link",
-                           name=f"{COORDINATOR}->{name}")
+            graph.add_edge(
+                SOURCE, f"{name}.in", capacity=m * classes.coordinator_tokens_per_s(c, True), kind="link", name=f"{COORDINATOR}->{name}"
+            )
         if end == L:
-            graph.add_edge(f"{name}.out", SINK, capacity=m * classes.coordinator_tokens_per_s(c, False), kind="link",
-                           name=f"{name}->{COORDINATOR}")
+            graph.add_edge(
+                f"{name}.out", SINK, capacity=m * classes.coordinator_tokens_per_s(c, False), kind="link", name=f"{name}->{COORDINATOR}"
+            )
     by_end: dict[int, list[Block]] = defaultdict(list)
     for block in blocks:
         by_end[block[2]].append(block)
@@ -77,14 +81,26 @@ def build_block_graph(topology: Topology, cost_model: CostModel, classes: NodeCl
             if not _hand_off(src[2], (d_start, d_end), partial_inference):
                 continue
             pairs = len(blocks[src]) * len(blocks[dst])
-            graph.add_edge(send[src], recv[dst], capacity=pairs * classes.link_tokens_per_s(src[0], dst[0]),
-                           kind="link", name=f"{src}->{dst}", src=src, dst=dst)
+            graph.add_edge(
+                send[src],
+                recv[dst],
+                capacity=pairs * classes.link_tokens_per_s(src[0], dst[0]),
+                kind="link",
+                name=f"{src}->{dst}",
+                src=src,
+                dst=dst,
+            )
     return graph
 
 
-def class_max_flow(topology: Topology, cost_model: CostModel, classes: NodeClasses,
-                   ranges: dict[str, tuple[int, int]], partial_inference: bool = True,
-                   balance: bool = False) -> MaxFlowResult:
+def class_max_flow(
+    topology: Topology,
+    cost_model: CostModel,
+    classes: NodeClasses,
+    ranges: dict[str, tuple[int, int]],
+    partial_inference: bool = True,
+    balance: bool = False,
+) -> MaxFlowResult:
     """maxflow.max_flow computed on blocks: the same value and, with `balance`, the same
     load-spreading flow; `graph` and `cut_source_side` are the block graph's."""
     blocks = blocks_of(classes, ranges)
@@ -93,8 +109,7 @@ def class_max_flow(topology: Topology, cost_model: CostModel, classes: NodeClass
     return _expand(graph, blocks, float(value), cut_side)
 
 
-def _expand(graph: nx.DiGraph, blocks: dict[Block, list[str]], value: float,
-            cut_side: frozenset[str]) -> MaxFlowResult:
+def _expand(graph: nx.DiGraph, blocks: dict[Block, list[str]], value: float, cut_side: frozenset[str]) -> MaxFlowResult:
     """Node-level flows: each block's flow spread evenly over its nodes and node pairs."""
     edge_flows: dict[tuple[str, str], float] = {}
     node_flows: dict[str, float] = {}

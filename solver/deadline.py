@@ -26,8 +26,13 @@ class Deadline:
     `on_enter(phase)` is called each time a phase starts (tests use it to move a fake clock);
     `phases` lists the phases that ran, in order, with the seconds elapsed at each."""
 
-    def __init__(self, time_limit_s: float, clock: Clock = time.monotonic,
-                 on_enter: Callable[[str], None] | None = None, parent: Deadline | None = None) -> None:
+    def __init__(
+        self,
+        time_limit_s: float,
+        clock: Clock = time.monotonic,
+        on_enter: Callable[[str], None] | None = None,
+        parent: Deadline | None = None,
+    ) -> None:
         if not time_limit_s >= 0:
             raise ValueError(f"a deadline needs a non-negative time limit, got {time_limit_s}")
         self.clock = clock

@@ -38,8 +38,7 @@ class Explanation:
     gain_all_cut_tokens_per_s: float  # raising the whole cut by `boost`
 
 
-def explain(topology: Topology, placement: Placement, cost_model: CostModel | None = None,
-            boost: float = 0.1) -> Explanation:
+def explain(topology: Topology, placement: Placement, cost_model: CostModel | None = None, boost: float = 0.1) -> Explanation:
     """Which nodes and links saturate (a minimum cut) and what +`boost` on each would gain."""
     if not (math.isfinite(boost) and boost > 0):
         raise ConfigError(f"boost must be a positive number (0.1 = +10%), got {boost}")
@@ -52,12 +51,16 @@ def explain(topology: Topology, placement: Placement, cost_model: CostModel | No
     for u, v in arcs:
         data = graph[u][v]
         boosted = max_flow(topology, cost_model, ranges, partial, capacity_scale={(u, v): 1 + boost})
-        cut.append(CutElement(data["kind"], data["name"], data["capacity"], data.get("flow", 0.0),
-                              boosted.value_tokens_per_s - base.value_tokens_per_s))
-    everything = max_flow(topology, cost_model, ranges, partial,
-                          capacity_scale={arc: 1 + boost for arc in arcs})
-    heights = {node: cost_model.node_capacity_tokens_per_s(node, end - start)  # any k that fits
-               for node, (start, end) in ranges.items()}
+        cut.append(
+            CutElement(
+                data["kind"], data["name"], data["capacity"], data.get("flow", 0.0), boosted.value_tokens_per_s - base.value_tokens_per_s
+            )
+        )
+    everything = max_flow(topology, cost_model, ranges, partial, capacity_scale={arc: 1 + boost for arc in arcs})
+    heights = {
+        node: cost_model.node_capacity_tokens_per_s(node, end - start)  # any k that fits
+        for node, (start, end) in ranges.items()
+    }
     cover = heuristics.stacked(ranges, heights, topology.model.num_layers)
     low = min(cover)
     cut.sort(key=lambda c: (-c.gain_tokens_per_s, c.kind, c.name))

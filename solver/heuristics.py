@@ -53,15 +53,12 @@ def stacked(ranges: Ranges, heights: dict[str, float], num_layers: int) -> list[
     return cover
 
 
-def coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int,
-             clip: float = float("inf")) -> list[float]:
+def coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int, clip: float = float("inf")) -> list[float]:
     """Per layer, the summed capacity c(type, k) (clipped at `clip`) of the nodes holding it."""
-    return stacked(ranges, {node: min(tables[node][e - s - 1], clip) for node, (s, e) in ranges.items()},
-                   num_layers)
+    return stacked(ranges, {node: min(tables[node][e - s - 1], clip) for node, (s, e) in ranges.items()}, num_layers)
 
 
-def greedy_cover(tables: dict[str, list[float]], num_layers: int, target: float,
-                 fixed: Ranges | None = None) -> Ranges | None:
+def greedy_cover(tables: dict[str, list[float]], num_layers: int, target: float, fixed: Ranges | None = None) -> Ranges | None:
     """Cover every layer to `target` (module docstring), or None when the nodes run out.
     `fixed` ranges stay as they are; the sweep fills what they leave short."""
     ranges: Ranges = dict(fixed or {})
@@ -99,8 +96,9 @@ def greedy_cover(tables: dict[str, list[float]], num_layers: int, target: float,
     return ranges
 
 
-def best_greedy(tables: dict[str, list[float]], num_layers: int, upper: float, iterations: int = 30,
-                fixed: Ranges | None = None) -> Ranges | None:
+def best_greedy(
+    tables: dict[str, list[float]], num_layers: int, upper: float, iterations: int = 30, fixed: Ranges | None = None
+) -> Ranges | None:
     """Bisection on the target of `greedy_cover`; returns the best covering found."""
     lo, hi, best, best_value = 0.0, upper, None, -1.0
     for _ in range(iterations):
@@ -118,8 +116,7 @@ def best_greedy(tables: dict[str, list[float]], num_layers: int, upper: float, i
     return best
 
 
-def shuffled_rounds(names: list[str], rng: random.Random, deadline: Deadline,
-                     kind_of: Callable[[str], object]) -> Iterator[list[str]]:
+def shuffled_rounds(names: list[str], rng: random.Random, deadline: Deadline, kind_of: Callable[[str], object]) -> Iterator[list[str]]:
     """Node orders for the rounds of a first-improvement local search while time is left (the
     caller stops when a round improves nothing): a fresh shuffle of `names` per round, keeping
     one node per `kind_of(node)`, since moving any one of identical nodes holding the same range
@@ -131,8 +128,7 @@ def shuffled_rounds(names: list[str], rng: random.Random, deadline: Deadline,
         yield [n for n in order if not (kind_of(n) in seen or seen.add(kind_of(n)))]
 
 
-def improve_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int,
-                     deadline: Deadline, seed: int = 0) -> Ranges:
+def improve_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int, deadline: Deadline, seed: int = 0) -> Ranges:
     """First-improvement local search on (min coverage, -#layers at the minimum)."""
     rng = random.Random(seed)
     current = dict(ranges)
@@ -152,8 +148,7 @@ def improve_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers:
                 h_old = tables[node][old[1] - old[0] - 1]
                 for j in range(*old):
                     base[j] -= h_old
-            options = [None] + [(s, s + k) for k in range(1, len(tables[node]) + 1)
-                                for s in range(num_layers - k + 1)]
+            options = [None] + [(s, s + k) for k in range(1, len(tables[node]) + 1) for s in range(num_layers - k + 1)]
             for option in options:
                 if option == old:
                     continue
@@ -178,9 +173,16 @@ def improve_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers:
     return current
 
 
-def raise_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: int, deadline: Deadline,
-                   seed: int = 0, step: float = 0.005, upper: float = float("inf"),
-                   max_kicks_without_gain: int = 1000) -> Ranges:
+def raise_coverage(
+    ranges: Ranges,
+    tables: dict[str, list[float]],
+    num_layers: int,
+    deadline: Deadline,
+    seed: int = 0,
+    step: float = 0.005,
+    upper: float = float("inf"),
+    max_kicks_without_gain: int = 1000,
+) -> Ranges:
     """Deficit-driven local search: aim at a target just above the current minimum coverage,
     minimise the total shortfall sum_l max(0, T - cover_l) (heights clipped at T) by moving one
     node at a time to its best position (or out), kick two random nodes when stuck, and raise T
@@ -200,8 +202,7 @@ def raise_coverage(ranges: Ranges, tables: dict[str, list[float]], num_layers: i
 
     cover = cover_of(current)
     stall = kicks_without_gain = 0
-    while (not deadline.expired() and kicks_without_gain < max_kicks_without_gain
-           and best_value < upper * (1 - 1e-9)):
+    while not deadline.expired() and kicks_without_gain < max_kicks_without_gain and best_value < upper * (1 - 1e-9):
         improved = False
         order = names[:]
         rng.shuffle(order)

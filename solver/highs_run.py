@@ -124,13 +124,21 @@ class LinearModel:
             rows.append(m.row + r0)
             cols.append(m.col + c0)
             vals.append(m.data)
-        coo = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                            shape=(self.num_rows, self.num_cols))
+        coo = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(self.num_rows, self.num_cols))
         return coo.tocsc()
 
-    def solve(self, objective: dict[Var, np.ndarray | float], *, maximize: bool, time_limit_s: float,
-              rel_gap: float = 1e-4, seed: int = 0, start: np.ndarray | None = None, relax: bool = False,
-              options: dict | None = None) -> HighsResult:
+    def solve(
+        self,
+        objective: dict[Var, np.ndarray | float],
+        *,
+        maximize: bool,
+        time_limit_s: float,
+        rel_gap: float = 1e-4,
+        seed: int = 0,
+        start: np.ndarray | None = None,
+        relax: bool = False,
+        options: dict | None = None,
+    ) -> HighsResult:
         """Solve with HiGHS; `relax` drops integrality (LP relaxation); `start`: all columns."""
         cost = np.zeros(self.num_cols)
         for var, coef in objective.items():
@@ -149,8 +157,7 @@ class LinearModel:
         integer = np.concatenate(self.integer)
         mip = bool(integer.any()) and not relax
         if mip:
-            lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
-                               for i in integer]
+            lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous for i in integer]
         h = _new_highs()
         h.setOptionValue("time_limit", float(max(0.05, time_limit_s)))
         h.setOptionValue("mip_rel_gap", float(rel_gap))
@@ -170,8 +177,9 @@ class LinearModel:
 def _result(h: highspy.Highs, sign: float, mip: bool) -> HighsResult:
     status_name = h.getModelStatus().name
     info = h.getInfo()
-    status = {"kOptimal": "optimal", "kTimeLimit": "time_limit", "kInfeasible": "infeasible",
-              "kUnboundedOrInfeasible": "infeasible"}.get(status_name, status_name)
+    status = {"kOptimal": "optimal", "kTimeLimit": "time_limit", "kInfeasible": "infeasible", "kUnboundedOrInfeasible": "infeasible"}.get(
+        status_name, status_name
+    )
     x = objective = None
     if info.primal_solution_status == 2:  # kSolutionStatusFeasible
         x = np.asarray(h.getSolution().col_value)

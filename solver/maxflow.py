@@ -58,10 +58,14 @@ def _hand_off(src_end: int, dst_range: tuple[int, int], partial_inference: bool)
     return start <= src_end < end if partial_inference else src_end == start
 
 
-def build_flow_graph(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[int, int]],
-                     partial_inference: bool = True,
-                     allowed_edges: Iterable[tuple[str, str]] | None = None,
-                     capacity_scale: dict[tuple[str, str], float] | None = None) -> nx.DiGraph:
+def build_flow_graph(
+    topology: Topology,
+    cost_model: CostModel,
+    ranges: dict[str, tuple[int, int]],
+    partial_inference: bool = True,
+    allowed_edges: Iterable[tuple[str, str]] | None = None,
+    capacity_scale: dict[tuple[str, str], float] | None = None,
+) -> nx.DiGraph:
     """The split graph of the module docstring. `allowed_edges` restricts node-to-node
     hand-offs (e.g. independent pipelines); `capacity_scale` multiplies arc capacities, keyed
     by the arc's (u, v) in the split graph (used by `explain`)."""
@@ -78,8 +82,7 @@ def build_flow_graph(topology: Topology, cost_model: CostModel, ranges: dict[str
     recv, send = {}, {}
     for node in sorted(ranges):
         start, end = ranges[node]
-        arc(f"{node}.in", f"{node}.out", cost_model.node_capacity_tokens_per_s(node, end - start),
-            "compute", node)
+        arc(f"{node}.in", f"{node}.out", cost_model.node_capacity_tokens_per_s(node, end - start), "compute", node)
         nic_tokens_per_s = cost_model.nic_tokens_per_s(node)
         if nic_tokens_per_s is not None:
             recv[node], send[node] = f"{node}.recv", f"{node}.send"
@@ -88,11 +91,9 @@ def build_flow_graph(topology: Topology, cost_model: CostModel, ranges: dict[str
         else:
             recv[node], send[node] = f"{node}.in", f"{node}.out"
         if start == 0:
-            arc(SOURCE, f"{node}.in", cost_model.link_tokens_per_s(COORDINATOR, node), "link",
-                f"{COORDINATOR}->{node}")
+            arc(SOURCE, f"{node}.in", cost_model.link_tokens_per_s(COORDINATOR, node), "link", f"{COORDINATOR}->{node}")
         if end == num_layers:
-            arc(f"{node}.out", SINK, cost_model.link_tokens_per_s(node, COORDINATOR), "link",
-                f"{node}->{COORDINATOR}")
+            arc(f"{node}.out", SINK, cost_model.link_tokens_per_s(node, COORDINATOR), "link", f"{node}->{COORDINATOR}")
     for src in sorted(ranges):
         for dst in sorted(ranges):
             if src == dst or not _hand_off(ranges[src][1], ranges[dst], partial_inference):
@@ -135,8 +136,7 @@ def balanced_flow(graph: nx.DiGraph, value: float) -> dict[str, dict[str, float]
     cons = [f <= cap, incidence @ f == 0, leaving @ f == value]  # conservation; the whole value
     compute = [i for i, (u, v) in enumerate(arcs) if graph[u][v]["kind"] == "compute" and cap[i] > 0]
     # an arc standing for m identical nodes (classflow.py) counts m x (flow / capacity)^2
-    weight = np.array([np.sqrt(float(graph[u][v].get("nodes", 1))) / graph[u][v]["capacity"]
-                       for u, v in (arcs[i] for i in compute)])
+    weight = np.array([np.sqrt(float(graph[u][v].get("nodes", 1))) / graph[u][v]["capacity"] for u, v in (arcs[i] for i in compute)])
     scale = sp.csr_matrix((weight, (np.arange(len(compute)), compute)), shape=(len(compute), len(arcs)))
     objective = cp.sum_squares(scale @ f)
     problem = cp.Problem(cp.Minimize(objective), cons)
@@ -164,11 +164,15 @@ def balanced_flow(graph: nx.DiGraph, value: float) -> dict[str, dict[str, float]
     return out
 
 
-def max_flow(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[int, int]],
-             partial_inference: bool = True,
-             allowed_edges: Iterable[tuple[str, str]] | None = None,
-             capacity_scale: dict[tuple[str, str], float] | None = None,
-             balance: bool = False) -> MaxFlowResult:
+def max_flow(
+    topology: Topology,
+    cost_model: CostModel,
+    ranges: dict[str, tuple[int, int]],
+    partial_inference: bool = True,
+    allowed_edges: Iterable[tuple[str, str]] | None = None,
+    capacity_scale: dict[tuple[str, str], float] | None = None,
+    balance: bool = False,
+) -> MaxFlowResult:
     """Max-flow of `ranges` (node -> [start, end)); zero when the ranges cannot form a route.
     `balance`: return the load-spreading maximum flow of `balanced_flow` (the value is the same;
     placements carry these flows, since the scheduler's round robin follows them)."""
@@ -216,12 +220,21 @@ def _source_side(graph: nx.DiGraph) -> frozenset[str]:
     return frozenset(seen)
 
 
-def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[int, int]],
-                         method: str, partial_inference: bool = True, *, status: str = "feasible",
-                         upper_bound_tokens_per_s: float | None = None, solve_seconds: float = 0.0,
-                         extra: dict | None = None,
-                         allowed_edges: Iterable[tuple[str, str]] | None = None,
-                         balance: bool = True, classes: NodeClasses | None = None) -> Placement:
+def placement_with_flows(
+    topology: Topology,
+    cost_model: CostModel,
+    ranges: dict[str, tuple[int, int]],
+    method: str,
+    partial_inference: bool = True,
+    *,
+    status: str = "feasible",
+    upper_bound_tokens_per_s: float | None = None,
+    solve_seconds: float = 0.0,
+    extra: dict | None = None,
+    allowed_edges: Iterable[tuple[str, str]] | None = None,
+    balance: bool = True,
+    classes: NodeClasses | None = None,
+) -> Placement:
     """A validated Placement of `ranges` carrying its true max-flow (the load-spreading one of
     `balanced_flow` unless `balance` is False: callers that only read the ranges and the value).
     With `classes` (and no `allowed_edges`) the flow is computed on blocks of interchangeable
@@ -230,6 +243,7 @@ def placement_with_flows(topology: Topology, cost_model: CostModel, ranges: dict
         raise PlacementError("a placement needs at least one node holding layers")
     if classes is not None and allowed_edges is None:
         from helix_jax.solver.classflow import class_max_flow
+
         result = class_max_flow(topology, cost_model, classes, ranges, partial_inference, balance=balance)
     else:
         result = max_flow(topology, cost_model, ranges, partial_inference, allowed_edges, balance=balance)
@@ -274,7 +288,5 @@ def survivor_flows(topology: Topology, placement: Placement, down: Iterable[str]
     out = set(down)
     survivors = {n: r for n, r in placement.ranges.items() if n not in out}
     cost_model = CostModel(topology, WorkloadShape.recorded_in(placement))
-    result = max_flow(topology, cost_model, survivors, placement.partial_inference,
-                      kept_hand_offs(placement), balance=True)
-    return dataclasses.replace(placement, flows=result.flow_edges(),
-                               objective_tokens_per_s=result.value_tokens_per_s)
+    result = max_flow(topology, cost_model, survivors, placement.partial_inference, kept_hand_offs(placement), balance=True)
+    return dataclasses.replace(placement, flows=result.flow_edges(), objective_tokens_per_s=result.value_tokens_per_s)

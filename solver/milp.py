@@ -55,7 +55,6 @@ from helix_jax.topology import Topology
 log = logging.getLogger(__name__)
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Group:
     gpu: str
@@ -96,7 +95,7 @@ def find_zones(topology: Topology, cost_model: CostModel, fast_tokens_per_s: flo
 
     names = topology.node_names
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             if min(cost_model.link_tokens_per_s(a, b), cost_model.link_tokens_per_s(b, a)) >= fast_tokens_per_s:
                 parent[root(a)] = root(b)
     components: dict[str, list[str]] = defaultdict(list)
@@ -127,9 +126,13 @@ def dominant_min_layers(group: Group, target: float) -> int:
 
 
 def make_rects(groups: list[Group], num_layers: int, prune_target: float = float("inf")) -> list[Rect]:
-    return [Rect(g, s, k, c) for g, group in enumerate(groups)
-            for k, c in enumerate(group.capacities, start=1) if k >= dominant_min_layers(group, prune_target)
-            for s in range(num_layers - k + 1)]
+    return [
+        Rect(g, s, k, c)
+        for g, group in enumerate(groups)
+        for k, c in enumerate(group.capacities, start=1)
+        if k >= dominant_min_layers(group, prune_target)
+        for s in range(num_layers - k + 1)
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,17 +151,25 @@ def selectors(rects: list[Rect], num_layers: int) -> Selectors:
         ci = np.repeat(np.arange(len(spans)), lengths)
         return sp.csr_matrix((np.ones(len(ri)), (ri, ci)), shape=(num_layers + 1, len(spans)))
 
-    return Selectors(rows([(r.start, r.end) for r in rects]), rows([(r.end, r.end + 1) for r in rects]),
-                     rows([(r.start, r.start + 1) for r in rects]))
+    return Selectors(
+        rows([(r.start, r.end) for r in rects]), rows([(r.end, r.end + 1) for r in rects]), rows([(r.start, r.start + 1) for r in rects])
+    )
 
 
 class PlacementModel:
     """The MILP for one topology (module docstring) on highs_run.LinearModel; the clipping target T
     enters as the heights `h` of every coverage block and the bounds of z (`set_target`)."""
 
-    def __init__(self, topology: Topology, cost_model: CostModel, groups: list[Group],
-                 num_zones: int, partial_inference: bool, prune_target: float = float("inf"),
-                 classes: NodeClasses | None = None) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        cost_model: CostModel,
+        groups: list[Group],
+        num_zones: int,
+        partial_inference: bool,
+        prune_target: float = float("inf"),
+        classes: NodeClasses | None = None,
+    ) -> None:
         """`prune_target`: the largest clipping target this model will be solved at; rectangles
         dominated at every target up to it are left out (`dominant_min_layers`). `classes`: the
         topology's node classes (built here if not given; they size the zone links)."""
@@ -178,11 +189,11 @@ class PlacementModel:
         self.z = lp.var(1)
         self.objective = {self.z: 1.0}
         self.sel = sel = selectors(rects, L)
-        group_rows = sp.csr_matrix((np.ones(num_r), ([r.group for r in rects], np.arange(num_r))),
-                                   shape=(len(groups), num_r))
+        group_rows = sp.csr_matrix((np.ones(num_r), ([r.group for r in rects], np.arange(num_r))), shape=(len(groups), num_r))
         lp.rows([(self.n, group_rows)], upper=[float(len(g.nodes)) for g in groups])
         if num_zones > 1:
             from helix_jax.solver.milp_zones import add_zone_rows
+
             add_zone_rows(self, num_zones, classes or NodeClasses(topology, cost_model))
         elif partial_inference:
             lp.rows([(self.n, self.scaled(sel.covers[:L])), (self.z, -np.ones((L, 1)))], lower=0.0)
@@ -190,7 +201,7 @@ class PlacementModel:
             f = lp.var(num_r)
             eye = sp.identity(num_r, format="csr")
             lp.rows([(f, eye), (self.n, self.scaled(-eye))], upper=0.0)
-            lp.rows([(f, sp.vstack([sel.starts[0:1], sel.ends[L:L + 1]])), (self.z, -np.ones((2, 1)))], 0.0, 0.0)
+            lp.rows([(f, sp.vstack([sel.starts[0:1], sel.ends[L : L + 1]])), (self.z, -np.ones((2, 1)))], 0.0, 0.0)
             lp.rows([(f, sel.ends[1:L] - sel.starts[1:L])], 0.0, 0.0)
 
     def scaled(self, selector: sp.csr_matrix):
@@ -204,11 +215,11 @@ class PlacementModel:
         lo, hi = self.lp.bounds()
         lo[self.z.cols], hi[self.z.cols] = min(require, target), target
 
-    def solve(self, time_limit_s: float, rel_gap: float = 1e-4, seed: int = 0, start: np.ndarray | None = None,
-              relax: bool = False) -> HighsResult:
+    def solve(
+        self, time_limit_s: float, rel_gap: float = 1e-4, seed: int = 0, start: np.ndarray | None = None, relax: bool = False
+    ) -> HighsResult:
         """Maximise z at the current target."""
-        return self.lp.solve(self.objective, maximize=True, time_limit_s=time_limit_s, rel_gap=rel_gap, seed=seed,
-                             start=start, relax=relax)
+        return self.lp.solve(self.objective, maximize=True, time_limit_s=time_limit_s, rel_gap=rel_gap, seed=seed, start=start, relax=relax)
 
     def lp_value(self, target: float, time_limit_s: float = 60.0) -> float:
         """The LP relaxation's optimum at `target` (an upper bound), or `target` if cut short."""
@@ -226,8 +237,7 @@ class PlacementModel:
     def counts_of(self, n_value: np.ndarray) -> dict[Rect, int]:
         return {self.rects[i]: int(round(v)) for i, v in enumerate(n_value) if round(v) > 0}
 
-    def evaluate(self, counts: dict[Rect, int], target: float,
-                 time_limit_s: float = 30.0) -> tuple[float, np.ndarray | None]:
+    def evaluate(self, counts: dict[Rect, int], target: float, time_limit_s: float = 30.0) -> tuple[float, np.ndarray | None]:
         """Model value z of fixed `counts` with heights clipped at `target` (an LP), and the full
         column assignment, usable as a MILP start at that target."""
         self.set_target(target)
@@ -249,7 +259,7 @@ def expand_counts(groups: list[Group], counts: dict[Rect, int]) -> dict[str, tup
     used = [0] * len(groups)
     for rect in sorted(counts, key=lambda r: (r.group, r.start, r.num_layers)):
         nodes = groups[rect.group].nodes
-        for node in nodes[used[rect.group]:used[rect.group] + counts[rect]]:
+        for node in nodes[used[rect.group] : used[rect.group] + counts[rect]]:
             ranges[node] = (rect.start, rect.end)
         used[rect.group] += counts[rect]
     return ranges
@@ -276,5 +286,6 @@ def __getattr__(name: str):
     """The solving functions live in bisection.py (which imports this module)."""
     if name in ("lp_fixpoint", "solve_counts", "MilpOutcome"):
         from helix_jax.solver import bisection
+
         return getattr(bisection, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

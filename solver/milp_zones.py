@@ -75,7 +75,7 @@ def add_zone_rows(model, num_zones: int, classes: NodeClasses) -> None:
         f = lp.var(len(rects))
         eye = sp.identity(len(rects), format="csr")
         lp.rows([(f, eye), (n, model.scaled(-eye))], upper=0.0)
-        lp.rows([(f, sp.vstack([sel.starts[0:1], sel.ends[L:L + 1]])), (z, -np.ones((2, 1)))], 0.0, 0.0)
+        lp.rows([(f, sp.vstack([sel.starts[0:1], sel.ends[L : L + 1]])), (z, -np.ones((2, 1)))], 0.0, 0.0)
     for zz in range(num_zones):
         t_out = t_sum([i for i, pq in enumerate(pairs) if pq[0] == zz])
         t_in = t_sum([i for i, pq in enumerate(pairs) if pq[1] == zz])
@@ -87,14 +87,18 @@ def add_zone_rows(model, num_zones: int, classes: NodeClasses) -> None:
             lp.rows([(a, step), (t, t_out - t_in)], 0.0, 0.0)
             lp.rows([(t, t_out), (n, model.scaled(-ends_z[1:L]))], upper=0.0)
             lp.rows([(t, t_in), (n, model.scaled(-acc_z[1:L]))], upper=0.0)
-            lp.rows([(a, own[[0, L - 1]]), (n, sp.vstack([-into[zz] * starts_z[0:1], -out[zz] * ends_z[L:L + 1]]))],
-                    upper=0.0)
+            lp.rows([(a, own[[0, L - 1]]), (n, sp.vstack([-into[zz] * starts_z[0:1], -out[zz] * ends_z[L : L + 1]]))], upper=0.0)
         else:
             lp.rows([(t, t_out), (f, -ends_z[1:L])], upper=0.0)
             lp.rows([(t, t_in), (f, -starts_z[1:L])], upper=0.0)
             lp.rows([(f, ends_z[1:L] - starts_z[1:L]), (t, t_in - t_out)], 0.0, 0.0)
-            lp.rows([(f, sp.vstack([starts_z[0:1], ends_z[L:L + 1]])),
-                     (n, sp.vstack([-into[zz] * starts_z[0:1], -out[zz] * ends_z[L:L + 1]]))], upper=0.0)
+            lp.rows(
+                [
+                    (f, sp.vstack([starts_z[0:1], ends_z[L : L + 1]])),
+                    (n, sp.vstack([-into[zz] * starts_z[0:1], -out[zz] * ends_z[L : L + 1]])),
+                ],
+                upper=0.0,
+            )
     receive = sel.covers if model.partial_inference else sel.starts
     for i, (p, q) in enumerate(pairs):
         own_t = t_sum([i])

@@ -98,8 +98,9 @@ class PatternPool:
         return [p for p in self.patterns if p @ h >= target * (1 - 1e-9)]
 
 
-def _price(pool: PatternPool, target: float, duals: np.ndarray, deadline: Deadline,
-           min_items: int = 0, cap: float = math.inf) -> tuple[float, float, np.ndarray]:
+def _price(
+    pool: PatternPool, target: float, duals: np.ndarray, deadline: Deadline, min_items: int = 0, cap: float = math.inf
+) -> tuple[float, float, np.ndarray]:
     """The cheapest pattern at `duals` (with at least `min_items` nodes, each counted at most `cap`
     high): (its cost, a proven lower bound on the cheapest, the pattern)."""
     h = np.minimum(pool.heights(target), cap)
@@ -108,8 +109,17 @@ def _price(pool: PatternPool, target: float, duals: np.ndarray, deadline: Deadli
     a = lm.var(len(pool.items), 0.0, np.maximum(np.ceil(target / h), min_items), integer=True)
     lm.rows([(a, h.reshape(1, -1))], lower=target * (1 - 1e-9))
     # a layer is covered by distinct nodes: at most |g| of group g (valid for the bound, too)
-    lm.rows([(a, sp.csr_matrix((np.ones(len(pool.items)), (pool.item_group, np.arange(len(pool.items)))),
-                               shape=(len(pool.groups), len(pool.items))))], upper=pool.sizes)
+    lm.rows(
+        [
+            (
+                a,
+                sp.csr_matrix(
+                    (np.ones(len(pool.items)), (pool.item_group, np.arange(len(pool.items)))), shape=(len(pool.groups), len(pool.items))
+                ),
+            )
+        ],
+        upper=pool.sizes,
+    )
     if min_items > 1:
         lm.rows([(a, np.ones((1, len(pool.items))))], lower=float(min_items))
     result = lm.solve({a: weight}, maximize=False, time_limit_s=deadline.seconds(5.0), rel_gap=1e-9)
@@ -178,12 +188,11 @@ def block_usage(pool: PatternPool, columns: list[np.ndarray], lengths: np.ndarra
     use = np.zeros((len(pool.groups), len(columns) * len(lengths)))
     for j, p in enumerate(columns):
         for i in np.nonzero(p)[0]:
-            use[pool.item_group[i], j * len(lengths):(j + 1) * len(lengths)] += p[i] * np.ceil(lengths / pool.item_k[i])
+            use[pool.item_group[i], j * len(lengths) : (j + 1) * len(lengths)] += p[i] * np.ceil(lengths / pool.item_k[i])
     return use
 
 
-def stage_placement(pool: PatternPool, target: float, deadline: Deadline,
-                    seed: int = 0) -> dict[str, tuple[int, int]] | None:
+def stage_placement(pool: PatternPool, target: float, deadline: Deadline, seed: int = 0) -> dict[str, tuple[int, int]] | None:
     """A placement of stages covering every layer to `target` (module docstring), or None."""
     L = pool.num_layers
     layer_bound(pool, target, deadline.share(0.5))  # the LP's own columns, a richer choice of stages
@@ -195,18 +204,19 @@ def stage_placement(pool: PatternPool, target: float, deadline: Deadline,
     x = lm.var(len(columns) * L, 0.0, float(L), integer=True)
     lm.rows([(x, np.tile(lengths, len(columns)).astype(float).reshape(1, -1))], float(L), float(L))
     lm.rows([(x, sp.csr_matrix(block_usage(pool, columns, lengths)))], upper=pool.sizes)
-    result = lm.solve({x: np.zeros(len(columns) * L)}, maximize=False, time_limit_s=deadline.seconds(10.0),
-                      rel_gap=1.0, seed=seed)
+    result = lm.solve({x: np.zeros(len(columns) * L)}, maximize=False, time_limit_s=deadline.seconds(10.0), rel_gap=1.0, seed=seed)
     if result.x is None:
         return None
     counts = np.round(result.value(x)).astype(int)
-    blocks = [(columns[j], b + 1) for index in np.nonzero(counts)[0] for j, b in [divmod(int(index), L)]
-              for _ in range(counts[index])]
+    blocks = [(columns[j], b + 1) for index in np.nonzero(counts)[0] for j, b in [divmod(int(index), L)] for _ in range(counts[index])]
     return lay_out(pool, [g.nodes for g in pool.groups], blocks)
 
 
-def lay_out(pool: PatternPool, nodes: list[tuple[str, ...]], blocks: list[tuple[np.ndarray, int]],
-            ) -> dict[str, tuple[int, int]]:
+def lay_out(
+    pool: PatternPool,
+    nodes: list[tuple[str, ...]],
+    blocks: list[tuple[np.ndarray, int]],
+) -> dict[str, tuple[int, int]]:
     """Ranges of `blocks` (pattern, length) laid end to end from layer 0, on `nodes` per group: in
     a block every item's nodes run end to end, the last one shorter."""
     free = [list(reversed(group)) for group in nodes]
@@ -222,8 +232,9 @@ def lay_out(pool: PatternPool, nodes: list[tuple[str, ...]], blocks: list[tuple[
     return ranges
 
 
-def search(pool: PatternPool, lo: float, hi: float, deadline: Deadline, rel_gap: float,
-           seed: int = 0, stages: bool = True) -> tuple[float, float, dict[str, tuple[int, int]] | None]:
+def search(
+    pool: PatternPool, lo: float, hi: float, deadline: Deadline, rel_gap: float, seed: int = 0, stages: bool = True
+) -> tuple[float, float, dict[str, tuple[int, int]] | None]:
     """Bisection for a bound (a target proven out of reach), then, with `stages`, for a stage
     placement (the highest target one reaches below the highest target the LP does not
     exclude): (target reached, bound, ranges or None). `lo` must be reachable (or 0), `hi` a

@@ -72,16 +72,17 @@ def check_feasible(topology: Topology, cost_model: CostModel, fill_memory: bool 
     if all(top == 0 for _, top in per_type.values()):
         raise InfeasibleError(
             f"no GPU in this cluster can hold one layer of {model.name} "
-            f"({model.weight_bytes_per_layer / 1e9:.2f} GB of weights per layer): {detail}")
+            f"({model.weight_bytes_per_layer / 1e9:.2f} GB of weights per layer): {detail}"
+        )
     total = sum(n * top for n, top in per_type.values())
     if total < model.num_layers:
         hard = sum(cost_model.memory_max_layers(node.gpu) for node in topology.nodes)
-        beyond = (f"; filling memory past that cap (--method sp) would fit {hard}"
-                  if not fill_memory and hard >= model.num_layers else "")
+        beyond = f"; filling memory past that cap (--method sp) would fit {hard}" if not fill_memory and hard >= model.num_layers else ""
         where = "with memory filled with weights" if fill_memory else "with weights in half of each GPU's memory"
         raise InfeasibleError(
             f"the cluster holds at most {total} of the {model.num_layers} layers of {model.name} "
-            f"{where}: {detail}; add nodes or use a smaller model{beyond}")
+            f"{where}: {detail}; add nodes or use a smaller model{beyond}"
+        )
 
 
 def within_cap(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[int, int]]) -> bool:
@@ -89,9 +90,17 @@ def within_cap(topology: Topology, cost_model: CostModel, ranges: dict[str, tupl
     return all(e - s <= cost_model.max_layers(topology.node(n).gpu) for n, (s, e) in ranges.items())
 
 
-def plan(topology: Topology, method: str = "helix", time_limit_s: float = 60.0, rel_gap: float = 1e-3,
-         partial_inference: bool = True, seed: int = 0, cost_model: CostModel | None = None,
-         region_windows: bool | None = None, deadline: Deadline | None = None) -> Placement:
+def plan(
+    topology: Topology,
+    method: str = "helix",
+    time_limit_s: float = 60.0,
+    rel_gap: float = 1e-3,
+    partial_inference: bool = True,
+    seed: int = 0,
+    cost_model: CostModel | None = None,
+    region_windows: bool | None = None,
+    deadline: Deadline | None = None,
+) -> Placement:
     """Choose layer ranges for `topology` by `method` (see the module docstring).
 
     `region_windows`: confine each region to one block of layers (regions.py); None decides
@@ -147,8 +156,7 @@ class Bound:
             self.value, self.source = value, source
 
 
-def _start(found: Candidates, tables, L: int, upper: float, deadline: Deadline, seed: int,
-           local_search: bool = True) -> None:
+def _start(found: Candidates, tables, L: int, upper: float, deadline: Deadline, seed: int, local_search: bool = True) -> None:
     """Phase 2: greedy coverage (always, however little time is left), the baselines, then the
     deficit-driven local search from the best of them."""
     deadline.note("greedy")  # runs however little time is left: the answer of last resort
@@ -164,12 +172,12 @@ def _start(found: Candidates, tables, L: int, upper: float, deadline: Deadline, 
             continue
     label = found.best_label()
     if label is not None and found.partial and local_search and deadline.enter("local-search"):
-        found.consider("local-search", heuristics.raise_coverage(found.within[label][0], tables, L, deadline, seed,
-                                                                 upper=upper))
+        found.consider("local-search", heuristics.raise_coverage(found.within[label][0], tables, L, deadline, seed, upper=upper))
 
 
-def _plan_helix(topology: Topology, cost_model: CostModel, deadline: Deadline, rel_gap: float,
-                partial_inference: bool, seed: int, region_windows: bool) -> Placement:
+def _plan_helix(
+    topology: Topology, cost_model: CostModel, deadline: Deadline, rel_gap: float, partial_inference: bool, seed: int, region_windows: bool
+) -> Placement:
     t0 = time.monotonic()
     import cvxpy  # noqa: F401  (the final load-spreading QP needs it: ~2 s, paid inside the limit, not after it)
 
@@ -182,22 +190,34 @@ def _plan_helix(topology: Topology, cost_model: CostModel, deadline: Deadline, r
     found = Candidates(topology, cost_model, classes, partial_inference)
     tables = heuristics.node_tables(topology, cost_model)
     # with windows the answer comes from the window search, which makes its own start
-    _start(found, tables, L, bound.value, search.share(HEURISTIC_SHARE, max_s=HEURISTIC_MAX_S), seed,
-           local_search=not region_windows)
+    _start(found, tables, L, bound.value, search.share(HEURISTIC_SHARE, max_s=HEURISTIC_MAX_S), seed, local_search=not region_windows)
 
     # 3. bounds and MILP on aggregated counts; links that reach the smaller of their two nodes'
     #    best capacity (or the flow bound) never bind (classes.zones)
-    blind = milp.PlacementModel(topology, cost_model, milp.make_groups(topology, cost_model, [list(topology.node_names)]),
-                                1, partial_inference, bound.value, classes)
+    blind = milp.PlacementModel(
+        topology,
+        cost_model,
+        milp.make_groups(topology, cost_model, [list(topology.node_names)]),
+        1,
+        partial_inference,
+        bound.value,
+        classes,
+    )
     if search.enter("lp-fixpoint"):
         bound.tighten(bisection.lp_fixpoint(blind, bound.value, search.share(FIXPOINT_SHARE)), "lp-fixpoint")
     blind_gap = 1.0
     if search.enter("patterns"):  # a bound that sees whole nodes, and (no windows) placements made of stages
         label = found.best_label()
         share = PATTERN_BOUND_SHARE if region_windows else PATTERN_SHARE
-        covered, upper, stages = patterns.search(patterns.PatternPool(blind.groups, L), found.within[label][1] if label
-                                                 else 0.0, bound.value, search.share(share), rel_gap, seed,
-                                                 stages=not region_windows)
+        covered, upper, stages = patterns.search(
+            patterns.PatternPool(blind.groups, L),
+            found.within[label][1] if label else 0.0,
+            bound.value,
+            search.share(share),
+            rel_gap,
+            seed,
+            stages=not region_windows,
+        )
         bound.tighten(upper, "patterns")
         blind_gap = 1 - covered / upper if upper > 0 and stages else 1.0
         found.consider("stages", stages)
@@ -205,31 +225,39 @@ def _plan_helix(topology: Topology, cost_model: CostModel, deadline: Deadline, r
     outcomes = []
     if len(zones) > 1 and blind_gap > BLIND_MILP_GAP and not region_windows and search.enter("link-blind-milp"):
         # links only lower a placement's max-flow, so the link-blind optimum bounds it too
-        blind_outcome = bisection.solve_counts(blind, bound.value, deadline=search.share(1.0, max_s=BLIND_SHARE * limit_s),
-                                               rel_gap=rel_gap, seed=seed)
+        blind_outcome = bisection.solve_counts(
+            blind, bound.value, deadline=search.share(1.0, max_s=BLIND_SHARE * limit_s), rel_gap=rel_gap, seed=seed
+        )
         bound.tighten(blind_outcome.upper_bound, "link-blind-milp")
         outcomes.append(blind_outcome)
         if blind_outcome.counts:
             found.consider("link-blind", milp.expand_counts(blind.groups, blind_outcome.counts))
     model = blind
     if len(zones) > 1 and search.enter("zone-model"):
-        model = milp.PlacementModel(topology, cost_model, milp.make_groups(topology, cost_model, zones), len(zones),
-                                    partial_inference, bound.value, classes)
+        model = milp.PlacementModel(
+            topology, cost_model, milp.make_groups(topology, cost_model, zones), len(zones), partial_inference, bound.value, classes
+        )
     window_plan = None
     if region_windows:
         # the link-aware bound first (the zone LP; ~20 s for ten zones of 1000 GPUs), then the windows
         if model is not blind and search.enter("zone-lp"):
             bound.tighten(bisection.lp_fixpoint(model, bound.value, search.share(ZONE_LP_SHARE)), "zone-lp")
         if search.enter("region-windows"):
-            window_plan = regions.plan_windows(topology, cost_model, bound.value, search.share(WINDOW_SHARE), seed,
-                                               classes)
+            window_plan = regions.plan_windows(topology, cost_model, bound.value, search.share(WINDOW_SHARE), seed, classes)
             if window_plan is not None:
                 found.consider("region-windows", window_plan.ranges)
     label = found.best_label()
     if search.enter("bisection"):
         start_counts = milp.counts_from_ranges(model, found.within[label][0]) if label else None
-        outcome = bisection.solve_counts(model, bound.value, deadline=search.share(0.9), rel_gap=rel_gap, seed=seed,
-                                         start_counts=start_counts, fixpoint_share=0.0 if region_windows else 0.2)
+        outcome = bisection.solve_counts(
+            model,
+            bound.value,
+            deadline=search.share(0.9),
+            rel_gap=rel_gap,
+            seed=seed,
+            start_counts=start_counts,
+            fixpoint_share=0.0 if region_windows else 0.2,
+        )
         bound.tighten(outcome.upper_bound, "bisection")
         outcomes.append(outcome)
         if outcome.counts:
@@ -238,8 +266,7 @@ def _plan_helix(topology: Topology, cost_model: CostModel, deadline: Deadline, r
     return dataclasses.replace(placement, solve_seconds=time.monotonic() - t0)
 
 
-def _expand(found: Candidates, model: milp.PlacementModel, outcome: bisection.MilpOutcome, deadline: Deadline,
-            seed: int) -> None:
+def _expand(found: Candidates, model: milp.PlacementModel, outcome: bisection.MilpOutcome, deadline: Deadline, seed: int) -> None:
     """Phase 4: counts -> concrete nodes; where the true max-flow falls short of the model's value
     (links the model did not see), swap node classes, then search on the true max-flow."""
     ranges = milp.expand_counts(model.groups, outcome.counts)
@@ -251,8 +278,18 @@ def _expand(found: Candidates, model: milp.PlacementModel, outcome: bisection.Mi
         found.consider("milp+repair", repaired)
 
 
-def _finish(found: Candidates, classes: NodeClasses, proven: Bound, outcomes: list, zones: list, window_plan,
-            deadline: Deadline, search: Deadline, rel_gap: float, seed: int) -> Placement:
+def _finish(
+    found: Candidates,
+    classes: NodeClasses,
+    proven: Bound,
+    outcomes: list,
+    zones: list,
+    window_plan,
+    deadline: Deadline,
+    search: Deadline,
+    rel_gap: float,
+    seed: int,
+) -> Placement:
     """Phase 5: the best candidate, its bound and status, and the load-spreading flow."""
     deadline.note("final")
     candidates = {**found.within, **found.past_cap}
@@ -261,8 +298,7 @@ def _finish(found: Candidates, classes: NodeClasses, proven: Bound, outcomes: li
     best_ranges, best_value = candidates[best_label]
     bound = max(proven.value, best_value)
     cut_short = search.expired() or any(o.status in ("time_limit", "no_solution") for o in outcomes) or not outcomes
-    status = "optimal" if best_value >= bound * (1 - max(rel_gap, NUMERIC_GAP)) - 1e-9 else (
-        "time_limit" if cut_short else "feasible")
+    status = "optimal" if best_value >= bound * (1 - max(rel_gap, NUMERIC_GAP)) - 1e-9 else ("time_limit" if cut_short else "feasible")
     if best_label in found.past_cap and best_value > proven.value:
         status = "feasible"  # the bound covers placements within max_layers only
     main = outcomes[-1] if outcomes else None
@@ -281,5 +317,14 @@ def _finish(found: Candidates, classes: NodeClasses, proven: Bound, outcomes: li
         "phases": [list(p) for p in deadline.phases],
         "seed": seed,
     }
-    return placement_with_flows(found.topology, found.cost_model, best_ranges, "helix", found.partial,
-                                status=status, upper_bound_tokens_per_s=bound, extra=extra, classes=classes)
+    return placement_with_flows(
+        found.topology,
+        found.cost_model,
+        best_ranges,
+        "helix",
+        found.partial,
+        status=status,
+        upper_bound_tokens_per_s=bound,
+        extra=extra,
+        classes=classes,
+    )

@@ -47,8 +47,7 @@ def slow_regions(topology: Topology) -> bool:
     region = {n.name: n.region or "default" for n in topology.nodes}
     if len(set(region.values())) < 2:
         return False
-    cross = [link.latency_ms for (a, b), link in topology.links.items()
-             if a in region and b in region and region[a] != region[b]]
+    cross = [link.latency_ms for (a, b), link in topology.links.items() if a in region and b in region and region[a] != region[b]]
     return bool(cross) and min(cross) >= REGION_LATENCY_MS
 
 
@@ -59,8 +58,9 @@ class WindowPlan:
     target_tokens_per_s: float
 
 
-def _layout(order: list[str], widths: dict[str, int], placements: dict[str, dict[str, tuple[int, int]]],
-            num_layers: int) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+def _layout(
+    order: list[str], widths: dict[str, int], placements: dict[str, dict[str, tuple[int, int]]], num_layers: int
+) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
     """Lay the regions' windows out in `order`; trim what runs past L, shorten ranges to fit."""
     ranges: dict[str, tuple[int, int]] = {}
     windows: dict[str, tuple[int, int]] = {}
@@ -77,13 +77,13 @@ def _layout(order: list[str], widths: dict[str, int], placements: dict[str, dict
     return ranges, windows
 
 
-def greedy_windows(topology: Topology, cost_model: CostModel, order: list[str],
-                   by_region: dict[str, list[str]]) -> tuple[float, dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+def greedy_windows(
+    topology: Topology, cost_model: CostModel, order: list[str], by_region: dict[str, list[str]]
+) -> tuple[float, dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
     """Fallback: windows in proportion to each region's capacity, each covered by the greedy sweep."""
     L = topology.model.num_layers
     tables = heuristics.node_tables(topology, cost_model)
-    strength = {r: sum(best_layer_rate(tables[n]) for n in by_region[r] if n in tables)
-                for r in order}
+    strength = {r: sum(best_layer_rate(tables[n]) for n in by_region[r] if n in tables) for r in order}
     room = {r: sum(len(tables[n]) for n in by_region[r] if n in tables) for r in order}
     total = sum(strength.values()) or 1.0
     widths = {r: min(room[r], max(1, round(L * strength[r] / total))) if room[r] else 0 for r in order}
@@ -107,8 +107,10 @@ def crossing_pair_capacity(classes: NodeClasses) -> float:
     """Decode tokens/s of the slowest link between two nodes of different regions (prompt
     traffic included, see CostModel.link_tokens_per_s); inf with a single region."""
     region = [c.region or "default" for c in classes.classes]
-    return min((classes.link_tokens_per_s(a, b) for a in range(len(region)) for b in range(len(region))
-                if region[a] != region[b]), default=math.inf)
+    return min(
+        (classes.link_tokens_per_s(a, b) for a in range(len(region)) for b in range(len(region)) if region[a] != region[b]),
+        default=math.inf,
+    )
 
 
 def crossing_nodes(target: float, pair_tokens_per_s: float) -> int:
@@ -168,8 +170,14 @@ def _widest_tiling(order: list[str], found: dict, options: list[tuple[int, int]]
     return total, tuple(choice)
 
 
-def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_limit_s: float | Deadline,
-                 seed: int = 0, classes: NodeClasses | None = None) -> WindowPlan | None:
+def plan_windows(
+    topology: Topology,
+    cost_model: CostModel,
+    upper: float,
+    time_limit_s: float | Deadline,
+    seed: int = 0,
+    classes: NodeClasses | None = None,
+) -> WindowPlan | None:
     """Largest F (and its placement) such that the regions' windows at height F tile [0, L).
     `time_limit_s`: seconds, or a Deadline; the best windows found by then are returned."""
     deadline = time_limit_s if isinstance(time_limit_s, Deadline) else Deadline(time_limit_s)
@@ -198,19 +206,23 @@ def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_l
         if sum(math.floor(min(L, b) + 1e-6) for b in bounds.values()) < L:
             hi = target  # proven: the regions cannot cover L layers to the target, windows or not
             continue
-        needs = {(r, before, after) for i, r in enumerate(order) for before in ([None] if i == 0 else options)
-                 for after in ([None] if i == len(order) - 1 else options)}
-        distinct = sorted({(covers[r][0], before, after) for r, before, after in needs},  # alike regions: one answer
-                          key=lambda k: (k[0].rank, k[1] or (0, 0), k[2] or (0, 0)))
+        needs = {
+            (r, before, after)
+            for i, r in enumerate(order)
+            for before in ([None] if i == 0 else options)
+            for after in ([None] if i == len(order) - 1 else options)
+        }
+        distinct = sorted(
+            {(covers[r][0], before, after) for r, before, after in needs},  # alike regions: one answer
+            key=lambda k: (k[0].rank, k[1] or (0, 0), k[2] or (0, 0)),
+        )
         answers = {}
         for left, key in enumerate(distinct):
-            answers[key] = key[0].longest(target, key[1], key[2], pair_tokens_per_s,
-                                          deadline.share(1 / (len(distinct) - left)), seed)
+            answers[key] = key[0].longest(target, key[1], key[2], pair_tokens_per_s, deadline.share(1 / (len(distinct) - left)), seed)
         found = {(r, before, after): answers[covers[r][0], before, after] for r, before, after in needs}
         total, choice = _widest_tiling(order, found, options)
         if total >= L:
-            picked = {r: found[r, choice[i - 1] if i > 0 else None, choice[i] if i < len(order) - 1 else None]
-                      for i, r in enumerate(order)}
+            picked = {r: found[r, choice[i - 1] if i > 0 else None, choice[i] if i < len(order) - 1 else None] for i, r in enumerate(order)}
             placements = {r: covers[r][0].ranges(answer, covers[r][1]) for r, (_, answer) in picked.items()}
             ranges, windows = _layout(order, {r: w for r, (w, _) in picked.items()}, placements, L)
             lo, best = target, WindowPlan(ranges, windows, target)
@@ -221,8 +233,9 @@ def plan_windows(topology: Topology, cost_model: CostModel, upper: float, time_l
     return best
 
 
-def _region_covers(topology: Topology, cost_model: CostModel, order: list[str],
-                   by_region: dict[str, list[str]]) -> dict[str, tuple[RegionWindow, list[Group]]]:
+def _region_covers(
+    topology: Topology, cost_model: CostModel, order: list[str], by_region: dict[str, list[str]]
+) -> dict[str, tuple[RegionWindow, list[Group]]]:
     """Per region, its window solvers (one per distinct (GPU mix, enters, leaves): regions alike
     share them, their answers and one pattern pool per mix; mixes of the same GPU types share the
     patterns, which makes each pool richer) and the region's own groups."""

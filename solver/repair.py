@@ -27,8 +27,9 @@ from helix_jax.solver.heuristics import Ranges, coverage, node_tables, shuffled_
 from helix_jax.topology import Topology
 
 
-def swap_classes(topology: Topology, cost_model: CostModel, classes: NodeClasses, ranges: Ranges,
-                 partial_inference: bool, deadline: Deadline) -> tuple[Ranges, float]:
+def swap_classes(
+    topology: Topology, cost_model: CostModel, classes: NodeClasses, ranges: Ranges, partial_inference: bool, deadline: Deadline
+) -> tuple[Ranges, float]:
     """Swap ranges between nodes of one GPU type and different classes while max-flow rises."""
     current = dict(ranges)
     value = class_max_flow(topology, cost_model, classes, current, partial_inference).value_tokens_per_s
@@ -40,7 +41,7 @@ def swap_classes(topology: Topology, cost_model: CostModel, classes: NodeClasses
             blocks.setdefault((classes.index[node], current.get(node)), node)
         reps = sorted(blocks.items(), key=lambda kv: (kv[0][0], kv[0][1] or (-1, -1)))
         for i, ((ca, ra), a) in enumerate(reps):
-            for (cb, rb), b in reps[i + 1:]:
+            for (cb, rb), b in reps[i + 1 :]:
                 if deadline.expired():
                     return current, value
                 if ca == cb or ra == rb or classes.classes[ca].gpu != classes.classes[cb].gpu:
@@ -60,8 +61,15 @@ def swap_classes(topology: Topology, cost_model: CostModel, classes: NodeClasses
     return current, value
 
 
-def improve_flow(topology: Topology, cost_model: CostModel, classes: NodeClasses, ranges: Ranges,
-                 partial_inference: bool, deadline: Deadline, seed: int = 0) -> tuple[Ranges, float]:
+def improve_flow(
+    topology: Topology,
+    cost_model: CostModel,
+    classes: NodeClasses,
+    ranges: Ranges,
+    partial_inference: bool,
+    deadline: Deadline,
+    seed: int = 0,
+) -> tuple[Ranges, float]:
     """Local search on the true max-flow: move one node by one layer or resize it by one."""
     rng = random.Random(seed)
     tables = node_tables(topology, cost_model)

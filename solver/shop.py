@@ -77,9 +77,15 @@ def _own_flow(pool: Topology, workload: WorkloadShape, ranges: dict, partial: bo
     return max_flow(sub, CostModel(sub, workload), ranges, partial).value_tokens_per_s
 
 
-def cheapest_mix(pool: Topology, target: float, workload: WorkloadShape, partial: bool = True,
-                 time_limit_s: float = 60.0, seed: int = 0,
-                 start: dict[str, tuple[int, int]] | None = None) -> tuple[dict | None, float, float]:
+def cheapest_mix(
+    pool: Topology,
+    target: float,
+    workload: WorkloadShape,
+    partial: bool = True,
+    time_limit_s: float = 60.0,
+    seed: int = 0,
+    start: dict[str, tuple[int, int]] | None = None,
+) -> tuple[dict | None, float, float]:
     """(ranges of the cheapest mix found reaching `target` at its own pace, or None; its cost;
     the proven least cost of any mix reaching it, inf when none can).
 
@@ -117,22 +123,19 @@ def cheapest_mix(pool: Topology, target: float, workload: WorkloadShape, partial
         best, best_cost = dict(start), round(cost_of(pool, start), 9)
     gap = REL_TOL if grid.exact else SHOP_GAP  # an exact model is solved to optimality
     # the pool's own pace is a middle one: its sure model solves fast and starts near the answer
-    shop = ShopModel(pool, grid.sure(min(grid.steps[-1], max(grid.steps[0], cm.reference_layer_seconds))),
-                     zones, partial, target)
+    shop = ShopModel(pool, grid.sure(min(grid.steps[-1], max(grid.steps[0], cm.reference_layer_seconds))), zones, partial, target)
     cost, _, counts = shop.cheapest(target, left(0.1), seed, rel_gap=gap)
     consider(shop, counts, cost)
     for _ in range(PACE_ROUNDS if best is not None and not grid.exact else 0):  # 1. re-price at own pace
         pace = CostModel(sub_topology(pool, best), workload).reference_layer_seconds
         shop = ShopModel(pool, grid.sure(pace), zones, partial, target)
-        cost, _, counts = shop.cheapest(target, left(), seed, cutoff=best_cost * (1 - gap),
-                                        start=best, rel_gap=gap)
+        cost, _, counts = shop.cheapest(target, left(), seed, cutoff=best_cost * (1 - gap), start=best, rel_gap=gap)
         if not consider(shop, counts, cost):
             break
 
     def examine(lo: float, hi: float) -> None:  # 2.
         cutoff = best_cost * (1 - gap)
-        _, low, _ = ShopModel(pool, grid.bound(lo, hi), zones, partial, target).cheapest(
-            target, left(), seed, cutoff=cutoff, rel_gap=gap)
+        _, low, _ = ShopModel(pool, grid.bound(lo, hi), zones, partial, target).cheapest(target, left(), seed, cutoff=cutoff, rel_gap=gap)
         if gap_open(low):
             sure = ShopModel(pool, grid.sure(hi), zones, partial, target)
             cost, _, counts = sure.cheapest(target, left(), seed, cutoff=cutoff, rel_gap=gap)
@@ -154,8 +157,9 @@ def cheapest_mix(pool: Topology, target: float, workload: WorkloadShape, partial
     return best, best_cost, lower
 
 
-def most_flow_mix(pool: Topology, budget: float, workload: WorkloadShape, partial: bool = True,
-                  time_limit_s: float = 60.0, seed: int = 0) -> tuple[dict | None, float, float]:
+def most_flow_mix(
+    pool: Topology, budget: float, workload: WorkloadShape, partial: bool = True, time_limit_s: float = 60.0, seed: int = 0
+) -> tuple[dict | None, float, float]:
     """(ranges of the best mix found within `budget` per hour, its true max-flow at its own
     pace, the proven bound on any mix within the budget). Intervals as in `cheapest_mix`."""
     deadline = time.monotonic() + time_limit_s
@@ -193,9 +197,17 @@ def most_flow_mix(pool: Topology, budget: float, workload: WorkloadShape, partia
     return best, best_flow, upper
 
 
-def shop(pool: Topology, *, target_tokens_per_s: float | None = None, budget_per_hour: float | None = None,
-         workload: WorkloadShape | None = None, partial_inference: bool = True, time_limit_s: float = 60.0,
-         seed: int = 0, start: dict[str, tuple[int, int]] | None = None) -> ShopResult:
+def shop(
+    pool: Topology,
+    *,
+    target_tokens_per_s: float | None = None,
+    budget_per_hour: float | None = None,
+    workload: WorkloadShape | None = None,
+    partial_inference: bool = True,
+    time_limit_s: float = 60.0,
+    seed: int = 0,
+    start: dict[str, tuple[int, int]] | None = None,
+) -> ShopResult:
     """The cheapest mix reaching the target, or the most max-flow within the budget, and its
     placement (the mix re-planned by plan.plan at its own pace when that finds more). `start`:
     ranges of a mix known to reach the target (the incumbent to beat)."""
@@ -211,40 +223,61 @@ def shop(pool: Topology, *, target_tokens_per_s: float | None = None, budget_per
     workload = workload or WorkloadShape()
     share = 0.7 * time_limit_s
     if target_tokens_per_s is not None:
-        ranges, cost, lower = cheapest_mix(pool, target_tokens_per_s, workload, partial_inference, share, seed,
-                                           start)
+        ranges, cost, lower = cheapest_mix(pool, target_tokens_per_s, workload, partial_inference, share, seed, start)
         if ranges is None:
             _, reach, reach_bound = most_flow_mix(pool, math.inf, workload, partial_inference, share, seed)
             proven = "no mix of" if math.isinf(lower) else "within the time limit no mix was found in"
             raise InfeasibleError(
                 f"{proven} {pool.name} reaches {target_tokens_per_s:g} tokens/s; the largest reachable "
                 f"max-flow is {reach:.1f} tokens/s (renting everything worth renting; proven bound "
-                f"{reach_bound:.1f})")
+                f"{reach_bound:.1f})"
+            )
     else:
         ranges, _, bound = most_flow_mix(pool, budget_per_hour, workload, partial_inference, share, seed)
         if ranges is None:
             cheapest = min(n.price_per_hour or 0.0 for n in pool.nodes)
-            raise InfeasibleError(f"no mix of {pool.name} within {budget_per_hour:g} per hour serves the model "
-                                  f"(the cheapest node costs {cheapest:g} per hour)")
+            raise InfeasibleError(
+                f"no mix of {pool.name} within {budget_per_hour:g} per hour serves the model "
+                f"(the cheapest node costs {cheapest:g} per hour)"
+            )
         cost, lower = round(cost_of(pool, ranges), 9), None
     names = sorted(ranges)
     mix_topology = sub_topology(pool, names, f"{pool.name}-mix")
     cm = CostModel(mix_topology, workload)
     placement = placement_with_flows(mix_topology, cm, ranges, "helix-shop", partial_inference, status="feasible")
-    replanned = plan(mix_topology, time_limit_s=max(1.0, time_limit_s - (time.monotonic() - t0)),
-                     partial_inference=partial_inference, seed=seed, cost_model=cm)
+    replanned = plan(
+        mix_topology,
+        time_limit_s=max(1.0, time_limit_s - (time.monotonic() - t0)),
+        partial_inference=partial_inference,
+        seed=seed,
+        cost_model=cm,
+    )
     if replanned.objective_tokens_per_s > placement.objective_tokens_per_s:
         placement = replanned
     mix_bound = max(replanned.upper_bound_tokens_per_s or 0.0, placement.objective_tokens_per_s)
     upper = mix_bound if target_tokens_per_s is not None else max(bound, placement.objective_tokens_per_s)
-    extra = {**placement.extra, "shop": {"mix": mix_of(pool, names), "cost_per_hour": cost,
-                                         "mix_upper_bound_tokens_per_s": mix_bound}}
+    extra = {**placement.extra, "shop": {"mix": mix_of(pool, names), "cost_per_hour": cost, "mix_upper_bound_tokens_per_s": mix_bound}}
     if target_tokens_per_s is not None:  # proven: no cheaper mix / no more max-flow within budget
         proven = cost - lower <= SHOP_GAP * cost + 1e-9
     else:
         proven = placement.objective_tokens_per_s >= upper * (1 - SHOP_GAP)
-    placement = dataclasses.replace(placement, method="helix-shop", upper_bound_tokens_per_s=upper, extra=extra,
-                                    status="optimal" if proven else "feasible", solve_seconds=time.monotonic() - t0)
-    return ShopResult("target" if target_tokens_per_s is not None else "budget", target_tokens_per_s,
-                      budget_per_hour, mix_of(pool, names), cost, lower, placement, upper, mix_topology,
-                      time.monotonic() - t0)
+    placement = dataclasses.replace(
+        placement,
+        method="helix-shop",
+        upper_bound_tokens_per_s=upper,
+        extra=extra,
+        status="optimal" if proven else "feasible",
+        solve_seconds=time.monotonic() - t0,
+    )
+    return ShopResult(
+        "target" if target_tokens_per_s is not None else "budget",
+        target_tokens_per_s,
+        budget_per_hour,
+        mix_of(pool, names),
+        cost,
+        lower,
+        placement,
+        upper,
+        mix_topology,
+        time.monotonic() - t0,
+    )

@@ -28,8 +28,7 @@ NO_CUTOFF = 1e12  # a cost per hour no pool reaches
 class PacedCostModel(CostModel):
     """A cost model of `topology` with the cluster-level pace and route link time fixed."""
 
-    def __init__(self, topology: Topology, workload: WorkloadShape, reference_layer_seconds: float,
-                 route_link_seconds: float) -> None:
+    def __init__(self, topology: Topology, workload: WorkloadShape, reference_layer_seconds: float, route_link_seconds: float) -> None:
         super().__init__(topology, workload)
         self._reference_s, self._route_s = reference_layer_seconds, route_link_seconds
 
@@ -40,6 +39,7 @@ class PacedCostModel(CostModel):
     @property
     def route_link_seconds(self) -> float:  # type: ignore[override]
         return self._route_s
+
 
 def sub_topology(topology: Topology, names: list[str] | set[str], name: str | None = None) -> Topology:
     """`topology` restricted to the nodes `names` (a mix rented from a pool)."""
@@ -54,8 +54,7 @@ def check_pool(pool: Topology) -> None:
     """Every node of a pool needs a price."""
     for node in pool.nodes:
         if node.price_per_hour is None:
-            raise TopologyError(f"node {node.name!r} has no price_per_hour; a pool for --shop needs a price "
-                                "on every node entry")
+            raise TopologyError(f"node {node.name!r} has no price_per_hour; a pool for --shop needs a price on every node entry")
 
 
 def mix_of(topology: Topology, names) -> dict[str, int]:
@@ -70,6 +69,7 @@ def mix_of(topology: Topology, names) -> dict[str, int]:
 def cost_of(topology: Topology, names) -> float:
     return float(sum(topology.node(n).price_per_hour or 0.0 for n in names))
 
+
 @dataclasses.dataclass(frozen=True)
 class Pace:
     """One pace interval's capacities and rows (module docstring)."""
@@ -82,8 +82,7 @@ class Pace:
 class ShopModel:
     """The MILP of one pace: milp.PlacementModel over price groups, plus cost and pace rows."""
 
-    def __init__(self, pool: Topology, pace: Pace, zones: list[list[str]], partial_inference: bool,
-                 prune_target: float) -> None:
+    def __init__(self, pool: Topology, pace: Pace, zones: list[list[str]], partial_inference: bool, prune_target: float) -> None:
         cm = pace.cost_model
         self.pool, self.cost_model = pool, cm
         groups, prices, slots = [], [], []
@@ -101,8 +100,9 @@ class ShopModel:
         self.groups = groups
         self.model = milp.PlacementModel(pool, cm, groups, len(zones), partial_inference, prune_target)
         rects, lp, n = self.model.rects, self.model.lp, self.model.n
-        rows = sp.csr_matrix((np.ones(len(rects)), ([r.group for r in rects], np.arange(len(rects)))),
-                             shape=(len(groups), len(rects)))  # rented = rows @ n, per group
+        rows = sp.csr_matrix(
+            (np.ones(len(rects)), ([r.group for r in rects], np.arange(len(rects)))), shape=(len(groups), len(rects))
+        )  # rented = rows @ n, per group
         self.cost = np.array(prices) @ rows  # [R] price of each rectangle's node
         top = np.array([float(s[0]) for s in slots])
         step = np.array([s[1] for s in slots])
@@ -112,8 +112,15 @@ class ShopModel:
             lp.rows([(n, ((top * (step - pace.lower_s)) @ rows).reshape(1, -1))], lower=0.0)
         self.cost_row = lp.rows([(n, self.cost.reshape(1, -1))], upper=NO_CUTOFF)
 
-    def cheapest(self, target: float, time_limit_s: float, seed: int, cutoff: float = math.inf,
-                 start: dict[str, tuple[int, int]] | None = None, rel_gap: float = REL_TOL) -> tuple[float | None, float, dict]:
+    def cheapest(
+        self,
+        target: float,
+        time_limit_s: float,
+        seed: int,
+        cutoff: float = math.inf,
+        start: dict[str, tuple[int, int]] | None = None,
+        rel_gap: float = REL_TOL,
+    ) -> tuple[float | None, float, dict]:
         """(least cost found or None, proven lower bound on the least cost, counts). Only mixes
         cheaper than `cutoff` are searched (a bound of `cutoff`: none is; inf: no mix at all);
         `start`: ranges of a mix known to reach the target here (of any pace's model: a range
@@ -121,8 +128,9 @@ class ShopModel:
         self.model.lp.set_row_bounds(self.cost_row, upper=cutoff if math.isfinite(cutoff) else NO_CUTOFF)
         warm = self.model.evaluate(milp.counts_from_ranges(self.model, start), target)[1] if start else None
         self.model.set_target(target, require=target)
-        result = self.model.lp.solve({self.model.n: self.cost}, maximize=False, time_limit_s=time_limit_s,
-                                     rel_gap=rel_gap, seed=seed, start=warm)
+        result = self.model.lp.solve(
+            {self.model.n: self.cost}, maximize=False, time_limit_s=time_limit_s, rel_gap=rel_gap, seed=seed, start=warm
+        )
         if result.status == "infeasible":
             return None, cutoff, {}
         bound = result.bound if result.bound is not None else 0.0
@@ -150,17 +158,20 @@ class PaceGrid:
         self.steps = steps or [0.0]
         routes = [cm.route_link_seconds] + [
             CostModel(sub_topology(pool, [n.name for n in pool.nodes if n.gpu == g]), workload).route_link_seconds
-            for g in sorted({n.gpu for n in pool.nodes})]
+            for g in sorted({n.gpu for n in pool.nodes})
+        ]
         self.route_hi, self.route_lo = max(routes), min(routes)
         self.exact = len(self.steps) == 1  # the pace cannot vary: one interval, sure = bound
 
     def sure(self, upper_s: float) -> Pace:
-        return Pace(PacedCostModel(self.pool, self.workload, upper_s, self.route_hi),
-                    None if self.exact else upper_s, None)
+        return Pace(PacedCostModel(self.pool, self.workload, upper_s, self.route_hi), None if self.exact else upper_s, None)
 
     def bound(self, lower_s: float, upper_s: float) -> Pace:
-        return Pace(PacedCostModel(self.pool, self.workload, lower_s, self.route_lo),
-                    None if self.exact else upper_s, None if self.exact else lower_s)
+        return Pace(
+            PacedCostModel(self.pool, self.workload, lower_s, self.route_lo),
+            None if self.exact else upper_s,
+            None if self.exact else lower_s,
+        )
 
     def initial(self) -> list[tuple[float, float]]:
         if self.exact:

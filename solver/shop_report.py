@@ -36,22 +36,28 @@ class MixPoint:
 
     def to_dict(self) -> dict:
         low = self.cost_lower_bound_per_hour
-        return {"target_tokens_per_s": self.target_tokens_per_s, "mix": self.mix,
-                "cost_per_hour": self.cost_per_hour,
-                "cost_lower_bound_per_hour": low if math.isfinite(low) else None,
-                "tokens_per_s": self.tokens_per_s, "tokens_per_dollar": self.tokens_per_dollar}
+        return {
+            "target_tokens_per_s": self.target_tokens_per_s,
+            "mix": self.mix,
+            "cost_per_hour": self.cost_per_hour,
+            "cost_lower_bound_per_hour": low if math.isfinite(low) else None,
+            "tokens_per_s": self.tokens_per_s,
+            "tokens_per_dollar": self.tokens_per_dollar,
+        }
 
 
-def cheapest_point(pool: Topology, target: float, workload: WorkloadShape, partial: bool = True,
-                   time_limit_s: float = 30.0, seed: int = 0) -> MixPoint:
+def cheapest_point(
+    pool: Topology, target: float, workload: WorkloadShape, partial: bool = True, time_limit_s: float = 30.0, seed: int = 0
+) -> MixPoint:
     ranges, cost, lower = cheapest_mix(pool, target, workload, partial, time_limit_s, seed)
     if ranges is None:
         return MixPoint(target, None, None, lower, None)
     return MixPoint(target, mix_of(pool, ranges), cost, lower, _own_flow(pool, workload, ranges, partial), ranges)
 
 
-def single_type_options(pool: Topology, target: float, workload: WorkloadShape, partial: bool = True,
-                        time_limit_s: float = 10.0, seed: int = 0) -> dict[str, MixPoint]:
+def single_type_options(
+    pool: Topology, target: float, workload: WorkloadShape, partial: bool = True, time_limit_s: float = 10.0, seed: int = 0
+) -> dict[str, MixPoint]:
     """Per GPU type of `pool`: the cheapest cluster of that type alone reaching `target`."""
     check_pool(pool)
     out = {}
@@ -74,9 +80,15 @@ def default_targets(largest_tokens_per_s: float, points: int) -> list[float]:
     return sorted({float(f"{step * (i + 1):.3g}") for i in range(points)} - {0.0}) if step > 0 else []
 
 
-def frontier(pool: Topology, targets: list[float], workload: WorkloadShape, partial: bool = True,
-             time_limit_s: float = 60.0, seed: int = 0,
-             known: list[MixPoint] = ()) -> list[tuple[MixPoint, MixPoint | None]]:
+def frontier(
+    pool: Topology,
+    targets: list[float],
+    workload: WorkloadShape,
+    partial: bool = True,
+    time_limit_s: float = 60.0,
+    seed: int = 0,
+    known: list[MixPoint] = (),
+) -> list[tuple[MixPoint, MixPoint | None]]:
     """(cheapest mix, cheapest single-type cluster) per target; time split evenly. Least cost is
     non-decreasing in the target, so each point takes the cheapest mix found for any target (or
     in `known`, e.g. the shop's own answer) that reaches it, and the largest lower bound of the
@@ -85,16 +97,26 @@ def frontier(pool: Topology, targets: list[float], workload: WorkloadShape, part
     targets = sorted(targets)
     per_target = time_limit_s / max(1, len(targets))
     found = [cheapest_point(pool, t, workload, partial, 0.75 * per_target, seed) for t in targets]
-    singles = [cheapest_single_type(single_type_options(pool, t, workload, partial, 0.25 * per_target, seed))
-               for t in targets]
+    singles = [cheapest_single_type(single_type_options(pool, t, workload, partial, 0.25 * per_target, seed)) for t in targets]
     mixes = [p for p in [*found, *known] if p.cost_per_hour is not None]
     rows, lower = [], 0.0
     for target, point, single in zip(targets, found, singles):
         lower = max(lower, point.cost_lower_bound_per_hour)
         reaching = [p for p in mixes if p.tokens_per_s >= target * (1 - 1e-9)]
         best = min(reaching, key=lambda p: p.cost_per_hour) if reaching else None
-        rows.append((MixPoint(target, best.mix if best else None, best.cost_per_hour if best else None, lower,
-                              best.tokens_per_s if best else None, best.ranges if best else None), single))
+        rows.append(
+            (
+                MixPoint(
+                    target,
+                    best.mix if best else None,
+                    best.cost_per_hour if best else None,
+                    lower,
+                    best.tokens_per_s if best else None,
+                    best.ranges if best else None,
+                ),
+                single,
+            )
+        )
     return rows
 
 
@@ -107,11 +129,13 @@ def plot_frontier(rows: list[tuple[MixPoint, MixPoint | None]], path: Path, titl
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     found = [(p.target_tokens_per_s, p.cost_per_hour) for p, _ in rows if p.cost_per_hour is not None]
-    bound = [(p.target_tokens_per_s, p.cost_lower_bound_per_hour) for p, _ in rows
-             if math.isfinite(p.cost_lower_bound_per_hour)]
+    bound = [(p.target_tokens_per_s, p.cost_lower_bound_per_hour) for p, _ in rows if math.isfinite(p.cost_lower_bound_per_hour)]
     single = [(p.target_tokens_per_s, s.cost_per_hour) for p, s in rows if s is not None]
-    for points, style, label in ((found, "o-", "cheapest mix"), (bound, "k:", "proven lower bound"),
-                                 (single, "s--", "cheapest single GPU type")):
+    for points, style, label in (
+        (found, "o-", "cheapest mix"),
+        (bound, "k:", "proven lower bound"),
+        (single, "s--", "cheapest single GPU type"),
+    ):
         if points:
             ax.plot(*zip(*points), style, label=label)
     ax.set_xlabel("target max-flow (decode tokens/s)")
@@ -135,13 +159,15 @@ def mix_topology_dict(raw: dict, pool: Topology, rented: list[str]) -> dict:
         taken = [n for n in names if n in keep]
         if not taken:
             continue
-        if taken != names[:len(taken)]:  # not a prefix of the entry: name the nodes one by one
+        if taken != names[: len(taken)]:  # not a prefix of the entry: name the nodes one by one
             out["nodes"].extend({**entry, "name": n, "count": 1} for n in taken)
         elif count > 1 and len(taken) == 1:
             out["nodes"].append({**entry, "name": taken[0], "count": 1})
         else:
             out["nodes"].append({**entry, "count": len(taken)})
-    out["description"] = (f"Mix rented from {pool.name}: " + ", ".join(f"{v} x {k}" for k, v in
-                                                                     mix_of(pool, rented).items())
-                          + f", {cost_of(pool, rented):.2f} per hour.")
+    out["description"] = (
+        f"Mix rented from {pool.name}: "
+        + ", ".join(f"{v} x {k}" for k, v in mix_of(pool, rented).items())
+        + f", {cost_of(pool, rented):.2f} per hour."
+    )
     return out

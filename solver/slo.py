@@ -47,12 +47,13 @@ def check_limits(topology: Topology, cm: CostModel, limits: Limits) -> None:
     items, sizes, _ = slo_model.aggregated_items(topology, cm)
     fastest, fewest = _fastest_route(items, sizes, topology.model.num_layers)
     if limits.max_hops is not None and limits.max_hops < fewest:
-        raise InfeasibleError(f"--max-hops {limits.max_hops} is below the fewest hops any placement of "
-                              f"{topology.name} needs: {fewest}")
+        raise InfeasibleError(f"--max-hops {limits.max_hops} is below the fewest hops any placement of {topology.name} needs: {fewest}")
     if limits.tpot_s is not None and limits.tpot_s < fastest:
-        raise InfeasibleError(f"--slo-tpot-ms {1e3 * limits.tpot_s:g} is below the smallest round trip any "
-                              f"placement of {topology.name} achieves: {1e3 * fastest:.1f} ms (every hop at its "
-                              f"lightest planned load, {slo_model.LEVELS[0]:.0%} of capacity)")
+        raise InfeasibleError(
+            f"--slo-tpot-ms {1e3 * limits.tpot_s:g} is below the smallest round trip any "
+            f"placement of {topology.name} achieves: {1e3 * fastest:.1f} ms (every hop at its "
+            f"lightest planned load, {slo_model.LEVELS[0]:.0%} of capacity)"
+        )
 
 
 def _fastest_route(items, sizes, L) -> tuple[float, int]:
@@ -67,7 +68,7 @@ def _fastest_route(items, sizes, L) -> tuple[float, int]:
             for it in lightest:
                 if not it.start <= x < it.end or used[it.group] >= sizes[it.group]:
                     continue
-                nxt = used[:it.group] + (used[it.group] + 1,) + used[it.group + 1:]
+                nxt = used[: it.group] + (used[it.group] + 1,) + used[it.group + 1 :]
                 tt = t + slo_model.hop_seconds(it, x, L, bound=False)
                 if it.end == L:
                     fastest, fewest = min(fastest, tt), min(fewest, h + 1)
@@ -136,8 +137,9 @@ def _rounded(items, sizes, counts) -> list[int]:
     return out
 
 
-def plan_slo(topology: Topology, limits: Limits, time_limit_s: float = 60.0, seed: int = 0,
-             cost_model: CostModel | None = None) -> Placement:
+def plan_slo(
+    topology: Topology, limits: Limits, time_limit_s: float = 60.0, seed: int = 0, cost_model: CostModel | None = None
+) -> Placement:
     """Maximise max-flow subject to every flow path meeting `limits` (module docstring)."""
     from helix_jax.solver.plan import plan
 
@@ -162,31 +164,39 @@ def plan_slo(topology: Topology, limits: Limits, time_limit_s: float = 60.0, see
     clip = min(upper, slo_bound)
     relaxed = search.generate(clip, t0 + 0.55 * time_limit_s)
     candidates = {}
-    tries = {"slo-lp-rounded": _rounded(items, sizes, relaxed.counts),
-             "slo-milp": search.integer_counts(clip, 0.1 * time_limit_s)}
+    tries = {"slo-lp-rounded": _rounded(items, sizes, relaxed.counts), "slo-milp": search.integer_counts(clip, 0.1 * time_limit_s)}
     for name, counts in tries.items():
         ranges, free_nodes = {}, {g: list(nodes) for g, (_, nodes) in enumerate(groups)}
         for it, c in sorted(zip(items, counts or []), key=lambda z: (z[0].group, -z[0].level, z[0].start)):
             for _ in range(min(c, len(free_nodes[it.group]))):
                 ranges.setdefault(free_nodes[it.group].pop(0), (it.start, it.end))
         if ranges:
-            candidates[name] = _concrete(topology, cm, ranges, limits, clip,
-                                         max(time.monotonic() + 2.0, t0 + 0.8 * time_limit_s))
-    candidates["fast-spine"] = _concrete(topology, cm, _spine(topology, cm), limits, clip,
-                                         max(time.monotonic() + 2.0, t0 + 0.9 * time_limit_s))
-    candidates["unconstrained"] = _concrete(topology, cm, dict(free.ranges), limits, clip,
-                                            max(time.monotonic() + 2.0, deadline))
+            candidates[name] = _concrete(topology, cm, ranges, limits, clip, max(time.monotonic() + 2.0, t0 + 0.8 * time_limit_s))
+    candidates["fast-spine"] = _concrete(
+        topology, cm, _spine(topology, cm), limits, clip, max(time.monotonic() + 2.0, t0 + 0.9 * time_limit_s)
+    )
+    candidates["unconstrained"] = _concrete(topology, cm, dict(free.ranges), limits, clip, max(time.monotonic() + 2.0, deadline))
     label = max(candidates, key=lambda k: candidates[k][0])
     value, routes, levels, ranges = candidates[label]
     if value <= 0:
         raise InfeasibleError(f"no placement of {topology.name} found with flow on paths within {limits.describe()}")
     bound = max(min(upper, slo_bound), value)
-    return slo_placement(topology, cm, label, ranges, routes, levels, limits, bound, time.monotonic() - t0,
-                         {k: round(v[0], 6) for k, v in candidates.items()}, free.objective_tokens_per_s)
+    return slo_placement(
+        topology,
+        cm,
+        label,
+        ranges,
+        routes,
+        levels,
+        limits,
+        bound,
+        time.monotonic() - t0,
+        {k: round(v[0], 6) for k, v in candidates.items()},
+        free.objective_tokens_per_s,
+    )
 
 
-def slo_placement(topology, cm, label, held, routes, levels, limits, bound, seconds, candidates,
-                  free_value) -> Placement:
+def slo_placement(topology, cm, label, held, routes, levels, limits, bound, seconds, candidates, free_value) -> Placement:
     """A validated Placement of the nodes the routes use, their flows and the SLO record."""
     from helix_jax.solver.plan import NUMERIC_GAP
 
@@ -206,17 +216,34 @@ def slo_placement(topology, cm, label, held, routes, levels, limits, bound, seco
             raise InfeasibleError(f"internal: route round trip {1e3 * rt:.1f} ms exceeds the SLO")  # pragma: no cover
         records.append({"hops": [list(h) for h in hops], "tokens_per_s": f, "round_trip_ms": 1e3 * rt})
     status = "optimal" if value >= bound * (1 - max(1e-3, NUMERIC_GAP)) else "feasible"
-    extra = {"source": label, "candidates": candidates, "workload": cm.workload.to_dict(),
-             "slo": {"tpot_ms": None if limits.tpot_s is None else 1e3 * limits.tpot_s,
-                     "max_hops": limits.max_hops, "unconstrained_tokens_per_s": free_value,
-                     "max_round_trip_ms": max(r["round_trip_ms"] for r in records),
-                     "max_route_hops": max(len(r["hops"]) for r in records)},
-             "routes": records, "kv_fraction": {n: levels[n] for n in used},
-             "mean_hops": round(sum(f * len(h) for h, f in kept) / value, 4),
-             "gap": (bound - value) / bound if bound > 0 else 0.0}
-    placement = Placement(topology_name=topology.name, num_layers=topology.model.num_layers, ranges=ranges,
-                          flows=tuple(FlowEdge(a, b, f) for (a, b), f in sorted(edge.items())), method="helix",
-                          objective_tokens_per_s=value, upper_bound_tokens_per_s=bound, partial_inference=True,
-                          status=status, solve_seconds=seconds, extra=extra)
+    extra = {
+        "source": label,
+        "candidates": candidates,
+        "workload": cm.workload.to_dict(),
+        "slo": {
+            "tpot_ms": None if limits.tpot_s is None else 1e3 * limits.tpot_s,
+            "max_hops": limits.max_hops,
+            "unconstrained_tokens_per_s": free_value,
+            "max_round_trip_ms": max(r["round_trip_ms"] for r in records),
+            "max_route_hops": max(len(r["hops"]) for r in records),
+        },
+        "routes": records,
+        "kv_fraction": {n: levels[n] for n in used},
+        "mean_hops": round(sum(f * len(h) for h, f in kept) / value, 4),
+        "gap": (bound - value) / bound if bound > 0 else 0.0,
+    }
+    placement = Placement(
+        topology_name=topology.name,
+        num_layers=topology.model.num_layers,
+        ranges=ranges,
+        flows=tuple(FlowEdge(a, b, f) for (a, b), f in sorted(edge.items())),
+        method="helix",
+        objective_tokens_per_s=value,
+        upper_bound_tokens_per_s=bound,
+        partial_inference=True,
+        status=status,
+        solve_seconds=seconds,
+        extra=extra,
+    )
     validate_placement(placement, topology, cm)
     return placement

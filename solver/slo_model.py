@@ -76,8 +76,9 @@ def _latencies(topology: Topology, nodes: tuple[str, ...]) -> tuple[tuple[float,
     return (min(into), max(into)), (min(first), max(first)), (min(last), max(last))
 
 
-def items_for(topology: Topology, cm: CostModel, groups: list[tuple[str, tuple[str, ...]]],
-              ranges: list[list[tuple[int, int]]]) -> list[Item]:
+def items_for(
+    topology: Topology, cm: CostModel, groups: list[tuple[str, tuple[str, ...]]], ranges: list[list[tuple[int, int]]]
+) -> list[Item]:
     """Items of `groups` ((gpu, nodes)): every range of `ranges[g]` at every load level."""
     out = []
     for g, (gpu, nodes) in enumerate(groups):
@@ -99,13 +100,11 @@ def aggregated_items(topology: Topology, cm: CostModel) -> tuple[list[Item], lis
             by_gpu.setdefault(node.gpu, []).append(node.name)
     groups = [(gpu, tuple(nodes)) for gpu, nodes in sorted(by_gpu.items())]
     L = topology.model.num_layers
-    ranges = [[(s, s + k) for k in range(1, cm.max_layers(gpu) + 1) for s in range(L - k + 1)]
-              for gpu, _ in groups]
+    ranges = [[(s, s + k) for k in range(1, cm.max_layers(gpu) + 1) for s in range(L - k + 1)] for gpu, _ in groups]
     return items_for(topology, cm, groups, ranges), [len(nodes) for _, nodes in groups], groups
 
 
-def concrete_items(topology: Topology, cm: CostModel,
-                   ranges: dict[str, tuple[int, int]]) -> tuple[list[Item], list[int], list[tuple]]:
+def concrete_items(topology: Topology, cm: CostModel, ranges: dict[str, tuple[int, int]]) -> tuple[list[Item], list[int], list[tuple]]:
     """Items of a concrete placement: each node its own group of one, its range at every level."""
     names = sorted(ranges)
     groups = [(topology.node(n).gpu, (n,)) for n in names]
@@ -122,8 +121,9 @@ def hop_seconds(item: Item, entry: int, num_layers: int, bound: bool) -> float:
     return HOP_WAIT_FACTOR * (item.end - entry) * step + lat
 
 
-def route_seconds(topology: Topology, cm: CostModel, hops: list[tuple[str, int, int]],
-                  levels: dict[str, float], ranges: dict[str, tuple[int, int]]) -> float:
+def route_seconds(
+    topology: Topology, cm: CostModel, hops: list[tuple[str, int, int]], levels: dict[str, float], ranges: dict[str, tuple[int, int]]
+) -> float:
     """Exact round trip of a concrete route ((node, entry, end) hops) under the planned levels."""
     total, prev = 0.0, COORDINATOR
     for node, entry, end in hops:

@@ -69,7 +69,7 @@ class PathSearch:
             if not np.isfinite(here).any():
                 continue
             for i, end, units, hops in self.moves[x]:
-                cand = here[:self.q - units, :self.h - hops] + duals[i]
+                cand = here[: self.q - units, : self.h - hops] + duals[i]
                 target = dp[end][units:, hops:]
                 better = cand < target - 1e-12
                 if better.any():
@@ -79,7 +79,7 @@ class PathSearch:
         final = dp[self.L]
         least = float(final.min()) if np.isfinite(final).any() else np.inf
         paths: list[Path] = []
-        for flat in np.argsort(final, axis=None)[:4 * many]:
+        for flat in np.argsort(final, axis=None)[: 4 * many]:
             state = np.unravel_index(flat, shape)
             if not final[state] < 1 - REDUCED_EPS or len(paths) >= many:
                 break
@@ -114,8 +114,7 @@ class PathSearch:
                 cols.append(p)
         use = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_items, P))
         height = np.array([min(it.capacity, clip) for it in self.items])
-        groups = sp.csr_matrix((np.ones(n_items), ([it.group for it in self.items], range(n_items))),
-                               shape=(len(self.sizes), n_items))
+        groups = sp.csr_matrix((np.ones(n_items), ([it.group for it in self.items], range(n_items))), shape=(len(self.sizes), n_items))
         a = sp.vstack([sp.hstack([use, -sp.diags(height)]), sp.hstack([sp.csr_matrix((len(self.sizes), P)), groups])])
         b = np.concatenate([np.zeros(n_items), np.array(self.sizes, dtype=float)])
         c = np.concatenate([-np.ones(P), np.zeros(n_items)])
@@ -165,9 +164,13 @@ class PathSearch:
         upper = np.concatenate([np.full(P, np.inf), np.zeros(len(self.items))])
         upper[[P + i for i in used]] = [self.sizes[self.items[i].group] for i in used]
         integrality = np.concatenate([np.zeros(P), np.ones(len(self.items))])
-        res = milp(c, constraints=LinearConstraint(a, -np.inf, b), integrality=integrality,
-                   bounds=Bounds(np.zeros(P + len(self.items)), upper),
-                   options={"time_limit": max(1.0, time_limit_s), "mip_rel_gap": 1e-3})
+        res = milp(
+            c,
+            constraints=LinearConstraint(a, -np.inf, b),
+            integrality=integrality,
+            bounds=Bounds(np.zeros(P + len(self.items)), upper),
+            options={"time_limit": max(1.0, time_limit_s), "mip_rel_gap": 1e-3},
+        )
         if res.x is None:
             return None
         return [int(round(v)) for v in res.x[P:]]

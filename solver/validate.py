@@ -37,21 +37,18 @@ def validate_placement(placement: Placement, topology: Any, cost_model: Any = No
         cost_model = CostModel(topology, placement.workload)
     num_layers = topology.model.num_layers
     if placement.num_layers != num_layers:
-        raise PlacementError(f"placement covers {placement.num_layers} layers but the model "
-                             f"{topology.model.name} has {num_layers}")
+        raise PlacementError(f"placement covers {placement.num_layers} layers but the model {topology.model.name} has {num_layers}")
     known = set(topology.node_names)
     covered = [False] * num_layers
     for node, (start, end) in placement.ranges.items():
         if node not in known:
             raise PlacementError(f"placement names node {node!r}, which the topology does not have")
         if not 0 <= start < end <= num_layers:
-            raise PlacementError(f"node {node!r} holds [{start}, {end}), not a non-empty range "
-                                 f"inside [0, {num_layers})")
+            raise PlacementError(f"node {node!r} holds [{start}, {end}), not a non-empty range inside [0, {num_layers})")
         gpu = topology.node(node).gpu
         top = cost_model.memory_max_layers(gpu)
         if end - start > top:
-            raise PlacementError(f"node {node!r} ({gpu}) holds {end - start} layers; at most {top} fit "
-                                 f"in its memory")
+            raise PlacementError(f"node {node!r} ({gpu}) holds {end - start} layers; at most {top} fit in its memory")
         for layer in range(start, end):
             covered[layer] = True
     if not all(covered):
@@ -77,12 +74,12 @@ def validate_placement(placement: Placement, topology: Any, cost_model: Any = No
         if edge.tokens_per_s <= _ABS_TOL:
             continue
         if not placement.can_hand_off(edge.src, edge.dst):
-            raise PlacementError(f"{where} breaks the hand-off rules for ranges "
-                                 f"{placement.ranges.get(edge.src)} -> {placement.ranges.get(edge.dst)}")
+            raise PlacementError(
+                f"{where} breaks the hand-off rules for ranges {placement.ranges.get(edge.src)} -> {placement.ranges.get(edge.dst)}"
+            )
         link_cap = cost_model.link_tokens_per_s(edge.src, edge.dst)
         if _over(edge.tokens_per_s, link_cap):
-            raise PlacementError(f"{where} carries {edge.tokens_per_s:.3f} tokens/s over a link of "
-                                 f"{link_cap:.3f} tokens/s")
+            raise PlacementError(f"{where} carries {edge.tokens_per_s:.3f} tokens/s over a link of {link_cap:.3f} tokens/s")
         if edge.src == COORDINATOR:
             source_total += edge.tokens_per_s
         else:
@@ -96,18 +93,20 @@ def validate_placement(placement: Placement, topology: Any, cost_model: Any = No
             nic_in[edge.dst] += edge.tokens_per_s
     for node, (start, end) in placement.ranges.items():
         if abs(inflow[node] - outflow[node]) > _ABS_TOL + _REL_TOL * max(inflow[node], outflow[node]) * 10:
-            raise PlacementError(f"flow is not conserved at node {node!r}: {inflow[node]:.6f} tokens/s in, "
-                                 f"{outflow[node]:.6f} out")
+            raise PlacementError(f"flow is not conserved at node {node!r}: {inflow[node]:.6f} tokens/s in, {outflow[node]:.6f} out")
         capacity = cost_model.node_capacity_tokens_per_s(node, end - start)
         if _over(inflow[node], capacity):
-            raise PlacementError(f"node {node!r} carries {inflow[node]:.3f} tokens/s over its capacity "
-                                 f"{capacity:.3f} tokens/s holding {end - start} layers")
+            raise PlacementError(
+                f"node {node!r} carries {inflow[node]:.3f} tokens/s over its capacity {capacity:.3f} tokens/s holding {end - start} layers"
+            )
         nic_cap = cost_model.nic_tokens_per_s(node)
         if nic_cap is not None and _over(max(nic_in[node], nic_out[node]), nic_cap):
-            raise PlacementError(f"node {node!r} moves {max(nic_in[node], nic_out[node]):.3f} tokens/s "
-                                 f"through a NIC of {nic_cap:.3f} tokens/s")
+            raise PlacementError(
+                f"node {node!r} moves {max(nic_in[node], nic_out[node]):.3f} tokens/s through a NIC of {nic_cap:.3f} tokens/s"
+            )
     if abs(source_total - sink_total) > _ABS_TOL + 10 * _REL_TOL * source_total:
         raise PlacementError(f"{source_total:.6f} tokens/s leave the coordinator but {sink_total:.6f} return")
     if placement.flows and abs(placement.objective_tokens_per_s - source_total) > 1e-3 + 1e-6 * source_total:
-        raise PlacementError(f"objective {placement.objective_tokens_per_s:.6f} tokens/s differs from the "
-                             f"flow leaving the coordinator ({source_total:.6f})")
+        raise PlacementError(
+            f"objective {placement.objective_tokens_per_s:.6f} tokens/s differs from the flow leaving the coordinator ({source_total:.6f})"
+        )

@@ -31,9 +31,16 @@ from helix_jax.solver.patterns import PatternPool, _price, block_usage, layer_bo
 Blocks = list[tuple[np.ndarray, int]]
 
 
-def stage_window(pool: PatternPool, target: float, deadline: Deadline, receivers: int = 0,
-                 senders: int = 0, seed: int = 0, first_cap: float = math.inf,
-                 last_cap: float = math.inf) -> tuple[int, Blocks]:
+def stage_window(
+    pool: PatternPool,
+    target: float,
+    deadline: Deadline,
+    receivers: int = 0,
+    senders: int = 0,
+    seed: int = 0,
+    first_cap: float = math.inf,
+    last_cap: float = math.inf,
+) -> tuple[int, Blocks]:
     """The longest window of stage blocks at `target` (module docstring): (layers, blocks in order).
     `receivers` / `senders`: nodes needed on its first / last layer (0: no crossing there), each
     counted at most `first_cap` / `last_cap` high (what its links to the other region carry)."""
@@ -63,8 +70,7 @@ def stage_window(pool: PatternPool, target: float, deadline: Deadline, receivers
     lm.rows([(v, sp.csr_matrix(use)) for _, v in parts], upper=pool.sizes)
     for _, v in parts[1:]:
         lm.rows([(v, np.ones((1, len(span))))], 1.0, 1.0)
-    result = lm.solve({v: span for _, v in parts}, maximize=True, time_limit_s=deadline.seconds(5.0),
-                      rel_gap=1e-6, seed=seed)
+    result = lm.solve({v: span for _, v in parts}, maximize=True, time_limit_s=deadline.seconds(5.0), rel_gap=1e-6, seed=seed)
     if result.x is None:
         return 0, []
     chosen = {name: np.round(result.value(v)).astype(int) for name, v in parts}
@@ -72,6 +78,10 @@ def stage_window(pool: PatternPool, target: float, deadline: Deadline, receivers
     for name in ("first", "body", "last"):
         if name in chosen:
             counts = chosen[name]
-            blocks += [(columns[j], int(lengths[b])) for index in np.nonzero(counts)[0]
-                       for j, b in [divmod(int(index), len(lengths))] for _ in range(counts[index])]
+            blocks += [
+                (columns[j], int(lengths[b]))
+                for index in np.nonzero(counts)[0]
+                for j, b in [divmod(int(index), len(lengths))]
+                for _ in range(counts[index])
+            ]
     return int(round(result.objective)), blocks

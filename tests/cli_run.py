@@ -39,7 +39,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         stack.enter_context(mock.patch.dict(os.environ, {"COLUMNS": "250"}))
         for module in [m for name, m in sys.modules.items() if name.startswith("helix_jax.cli")]:
             console = getattr(module, "console", None)  # a command module's console: its width was fixed
-            if isinstance(console, Console):           # when it was made, whatever COLUMNS was then
+            if isinstance(console, Console):  # when it was made, whatever COLUMNS was then
                 stack.enter_context(mock.patch.object(console, "_width", 250))
         try:
             main()
@@ -57,8 +57,13 @@ class Deploy:
 
     def __init__(self, args: list[str]) -> None:
         env = dict(os.environ, COLUMNS="250", JAX_PLATFORMS="cpu")
-        self.proc = subprocess.Popen([sys.executable, "-m", "helix_jax.cli.main", "deploy", *args, "--http-port", "0"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "helix_jax.cli.main", "deploy", *args, "--http-port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
         self.lines: queue.Queue = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()

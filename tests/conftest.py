@@ -23,7 +23,7 @@ if "HELIX_COMPILE_CACHE" not in os.environ:  # before anything imports jax or st
 os.environ["HELIX_DEPLOYMENTS"] = tempfile.mkdtemp(prefix="helix-deployments-")
 atexit.register(shutil.rmtree, os.environ["HELIX_DEPLOYMENTS"], ignore_errors=True)
 
-import pytest  # noqa: E402
+import pytest
 
 from helix_jax.placement import FlowEdge, Placement
 from helix_jax.topology import Topology, load_topology, tiny_topology_path, topology_from_dict
@@ -33,21 +33,30 @@ from helix_jax.topology import Topology, load_topology, tiny_topology_path, topo
 def nic_pair() -> Topology:
     """a (no NIC limit) and b, whose 2560 B/s NIC passes 10 tiny-model activation vectors/s
     (256 bytes each) each way; both types take explicit capacity tables."""
-    return topology_from_dict({
-        "model": "tiny",
-        "gpu_types": {"g": {"max_layers": 2, "capacity_tokens_per_s": [100, 100]},
-                      "n": {"max_layers": 4, "capacity_tokens_per_s": [100, 100, 100, 100],
-                            "nic_bandwidth": 2560}},
-        "nodes": [{"name": "a", "gpu": "g"}, {"name": "b", "gpu": "n"}]})
+    return topology_from_dict(
+        {
+            "model": "tiny",
+            "gpu_types": {
+                "g": {"max_layers": 2, "capacity_tokens_per_s": [100, 100]},
+                "n": {"max_layers": 4, "capacity_tokens_per_s": [100, 100, 100, 100], "nic_bandwidth": 2560},
+            },
+            "nodes": [{"name": "a", "gpu": "g"}, {"name": "b", "gpu": "n"}],
+        }
+    )
 
 
 @pytest.fixture(scope="session")
 def cpu_small_placement() -> Placement:
     """The deployment tests' placement of the shipped small CPU topology: cpu-2 [0,4) and cpu-0
     [0,6) enter, cpu-1 [4,8) is the only exit; cpu-2 -> cpu-0 runs only [4,6)."""
-    flows = (FlowEdge("coordinator", "cpu-0", 100), FlowEdge("coordinator", "cpu-2", 100),
-             FlowEdge("cpu-2", "cpu-1", 60), FlowEdge("cpu-2", "cpu-0", 40), FlowEdge("cpu-0", "cpu-1", 140),
-             FlowEdge("cpu-1", "coordinator", 200))
+    flows = (
+        FlowEdge("coordinator", "cpu-0", 100),
+        FlowEdge("coordinator", "cpu-2", 100),
+        FlowEdge("cpu-2", "cpu-1", 60),
+        FlowEdge("cpu-2", "cpu-0", 40),
+        FlowEdge("cpu-0", "cpu-1", 140),
+        FlowEdge("cpu-1", "coordinator", 200),
+    )
     return Placement("cpu-small", 8, {"cpu-0": (0, 6), "cpu-1": (4, 8), "cpu-2": (0, 4)}, flows)
 
 
@@ -69,6 +78,7 @@ def reference():
             n = max(max_tokens, 12)
             memo[key] = (n, generate_local(config, weights, ids, n, sampling))
         return memo[key][1][:max_tokens]
+
     return ref
 
 
@@ -90,9 +100,16 @@ def smollm2_local():
     return LocalModel(config, "smollm2-135m", max_seq_len=256), load_tokenizer(config, "smollm2-135m")
 
 
-SMOLLM2_QUESTIONS = ("What is the capital of France?", "What color is the sky on a clear day?", "What do bees make?",
-                     "How many days are in a week?", "Name a fruit that is yellow.", "What is water made of?",
-                     "Who wrote Romeo and Juliet?", "What is the opposite of hot?")
+SMOLLM2_QUESTIONS = (
+    "What is the capital of France?",
+    "What color is the sky on a clear day?",
+    "What do bees make?",
+    "How many days are in a week?",
+    "Name a fruit that is yellow.",
+    "What is water made of?",
+    "Who wrote Romeo and Juliet?",
+    "What is the opposite of hot?",
+)
 SMOLLM2_MAX_TOKENS = 16
 
 
@@ -110,9 +127,20 @@ def smollm2_answers(smollm2_local):
 # Files that start worker processes, Ray or the real model: under `pytest -n 2` (make test) each
 # file runs whole on one xdist worker (its module fixtures built once), these first so that no
 # long file starts last; the two real-model files share a group and so the compiled SmolLM2.
-HEAVY_FILES = ("test_real_deploy.py", "test_gguf_model.py", "test_ray_deploy.py", "test_serve_security.py",
-               "test_deploy_cli.py", "test_serve_failures.py", "test_http_drain.py", "test_demo_cli.py",
-               "test_deploy_workflow.py", "test_compile_cache.py", "test_paged_kv.py", "test_model_engine.py")
+HEAVY_FILES = (
+    "test_real_deploy.py",
+    "test_gguf_model.py",
+    "test_ray_deploy.py",
+    "test_serve_security.py",
+    "test_deploy_cli.py",
+    "test_serve_failures.py",
+    "test_http_drain.py",
+    "test_demo_cli.py",
+    "test_deploy_workflow.py",
+    "test_compile_cache.py",
+    "test_paged_kv.py",
+    "test_model_engine.py",
+)
 SHARED_GROUPS = {"test_gguf_model.py": "test_real_deploy.py"}
 
 

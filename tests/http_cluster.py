@@ -37,9 +37,17 @@ TOK = ByteTokenizer()  # with its built-in ChatML template
 @pytest.fixture(scope="module")
 def deployment(cpu_small_placement: Placement):
     topo = load_topology(tiny_topology_path())
-    cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=MAX_SEQ_LEN,
-                      kv_tokens=4 * MAX_SEQ_LEN, queue_limit=QUEUE_LIMIT, client_queue_limit=QUEUE_LIMIT,
-                      heartbeat_timeout_s=600.0)  # test_queue_full freezes the workers
+    cfg = ServeConfig(
+        topo,
+        cpu_small_placement,
+        topo.model,
+        weights="random:0",
+        max_seq_len=MAX_SEQ_LEN,
+        kv_tokens=4 * MAX_SEQ_LEN,
+        queue_limit=QUEUE_LIMIT,
+        client_queue_limit=QUEUE_LIMIT,
+        heartbeat_timeout_s=600.0,
+    )  # test_queue_full freezes the workers
     with InProcessCluster(cfg, TOK) as cluster:
         yield cluster.wait_ready()
 
@@ -79,29 +87,25 @@ def expected(reference, ids: list[int], max_tokens: int, stop: str | None = None
     """(text, completion tokens, finish reason) of greedy generate_local."""
     out = reference(ids, max_tokens)
     if TINY_EOS in out:
-        out = out[:out.index(TINY_EOS) + 1]
+        out = out[: out.index(TINY_EOS) + 1]
     text = TOK.decode(out)
     if stop is not None and stop in text:
-        return text[:text.index(stop)], -1, "stop"
+        return text[: text.index(stop)], -1, "stop"
     return text, len(out), "stop" if out[-1] == TINY_EOS else "length"
 
 
 def metrics(server: HttpServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = httpx.get(f"{server.url}/metrics").text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def wait_idle(zmq_client: Client, polls: int = 2000) -> dict[str, Any]:
     """Poll the coordinator until nothing runs or waits and no KV is held (bounded)."""
     for _ in range(polls):
         stats = zmq_client.stats()
-        if stats["running"] == 0 and stats["waiting"] == 0 and all(
-                n["kv_used_token_layers"] == 0 for n in stats["nodes"].values()):
+        if stats["running"] == 0 and stats["waiting"] == 0 and all(n["kv_used_token_layers"] == 0 for n in stats["nodes"].values()):
             return stats
     raise AssertionError(f"the deployment never became idle: {stats}")
-
-
 
 
 def api_error(exc: openai.APIStatusError) -> dict[str, Any]:

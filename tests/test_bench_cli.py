@@ -17,22 +17,53 @@ TOPOLOGY = Path(__file__).resolve().parents[1] / "topologies" / "fixtures" / "tw
 
 
 def write_placements(tmp_path: Path) -> Path:
-    flows = [(C, "f-0", 100), ("f-0", "f-1", 100), ("f-1", C, 100),
-             (C, "s-0", 40), ("s-0", "s-1", 40), ("s-1", C, 40)]
+    flows = [(C, "f-0", 100), ("f-0", "f-1", 100), ("f-1", C, 100), (C, "s-0", 40), ("s-0", "s-1", 40), ("s-1", C, 40)]
     path = tmp_path / "helix.json"
-    Placement("two-pipelines", 4, {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)},
-              tuple(FlowEdge(*f) for f in flows), objective_tokens_per_s=140.0).save(path)
+    Placement(
+        "two-pipelines",
+        4,
+        {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)},
+        tuple(FlowEdge(*f) for f in flows),
+        objective_tokens_per_s=140.0,
+    ).save(path)
     return path
 
 
 def test_simulated_rate_sweep_writes_table_json_and_plots(tmp_path: Path) -> None:
     placement = write_placements(tmp_path)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, [
-        "bench", str(TOPOLOGY), "--simulate", "--methods", "helix", "--placement", str(placement),
-        "--schedulers", "iwrr,random", "--mode", "online", "--rates", "0.05,0.1", "--duration", "400",
-        "--warmup", "100", "--prompt-tokens", "100", "--output-tokens", "20", "--slo-ttft-ms", "60000",
-        "--out", str(out)], catch_exceptions=False, env={"COLUMNS": "250"})
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(TOPOLOGY),
+            "--simulate",
+            "--methods",
+            "helix",
+            "--placement",
+            str(placement),
+            "--schedulers",
+            "iwrr,random",
+            "--mode",
+            "online",
+            "--rates",
+            "0.05,0.1",
+            "--duration",
+            "400",
+            "--warmup",
+            "100",
+            "--prompt-tokens",
+            "100",
+            "--output-tokens",
+            "20",
+            "--slo-ttft-ms",
+            "60000",
+            "--out",
+            str(out),
+        ],
+        catch_exceptions=False,
+        env={"COLUMNS": "250"},
+    )
     assert result.exit_code == 0, result.output
     assert "decode tok/s" in result.output and "helix" in result.output
     assert "planned for fixed (mean prompt 100 tokens, mean output 20.0 tokens" in result.output

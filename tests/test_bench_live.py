@@ -23,16 +23,14 @@ pytestmark = pytest.mark.slow
 
 
 def placement() -> Placement:
-    flows = (FlowEdge("coordinator", "cpu-0", 100), FlowEdge("cpu-0", "cpu-1", 100),
-             FlowEdge("cpu-1", "coordinator", 100))
+    flows = (FlowEdge("coordinator", "cpu-0", 100), FlowEdge("cpu-0", "cpu-1", 100), FlowEdge("cpu-1", "coordinator", 100))
     return Placement("cpu-small", 8, {"cpu-0": (0, 4), "cpu-1": (4, 8)}, flows)
 
 
 @pytest.fixture(scope="module")
 def endpoint():
     topo = load_topology(tiny_topology_path())
-    cfg = ServeConfig(topo, placement(), topo.model, weights="random:0", max_seq_len=64, kv_tokens=256,
-                      queue_limit=50)
+    cfg = ServeConfig(topo, placement(), topo.model, weights="random:0", max_seq_len=64, kv_tokens=256, queue_limit=50)
     with InProcessCluster(cfg, load_tokenizer(topo.model)) as cluster:
         yield cluster.wait_ready().client_endpoint
 
@@ -73,9 +71,28 @@ def test_bench_cli_against_the_endpoint(endpoint: str, tmp_path) -> None:
     from helix_jax.cli.main import app
 
     out = tmp_path / "live"
-    result = CliRunner().invoke(app, ["bench", "--endpoint", endpoint, "--duration", "1.5", "--warmup", "0.5",
-                                      "--prompt-tokens", "8", "--output-tokens", "4", "--concurrency", "2",
-                                      "--out", str(out)], catch_exceptions=False, env={"COLUMNS": "250"})
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--endpoint",
+            endpoint,
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.5",
+            "--prompt-tokens",
+            "8",
+            "--output-tokens",
+            "4",
+            "--concurrency",
+            "2",
+            "--out",
+            str(out),
+        ],
+        catch_exceptions=False,
+        env={"COLUMNS": "250"},
+    )
     assert result.exit_code == 0, result.output
     assert "decode tok/s" in result.output and "tiny-8" in result.output
     run = json.loads((out / "results.json").read_text())["runs"][0]

@@ -22,15 +22,12 @@ TOPOLOGY = Path(__file__).resolve().parents[1] / "topologies" / "fixtures" / "tw
 
 
 def placements() -> dict[str, Placement]:
-    both = [(C, "f-0", 100), ("f-0", "f-1", 100), ("f-1", C, 100), (C, "s-0", 40), ("s-0", "s-1", 40),
-            ("s-1", C, 40)]
+    both = [(C, "f-0", 100), ("f-0", "f-1", 100), ("f-1", C, 100), (C, "s-0", 40), ("s-0", "s-1", 40), ("s-1", C, 40)]
     ranges = {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)}
     slow_only = {"s-0": (0, 2), "s-1": (2, 4)}
     return {
-        "helix": Placement("two-pipelines", 4, ranges, tuple(FlowEdge(*f) for f in both), method="helix",
-                           objective_tokens_per_s=140.0),
-        "sp": Placement("two-pipelines", 4, slow_only, tuple(FlowEdge(*f) for f in both[3:]), method="sp",
-                        objective_tokens_per_s=40.0),
+        "helix": Placement("two-pipelines", 4, ranges, tuple(FlowEdge(*f) for f in both), method="helix", objective_tokens_per_s=140.0),
+        "sp": Placement("two-pipelines", 4, slow_only, tuple(FlowEdge(*f) for f in both[3:]), method="sp", objective_tokens_per_s=40.0),
     }
 
 
@@ -38,8 +35,7 @@ def test_ratios_compare_helix_iwrr_with_every_baseline_case(tmp_path: Path) -> N
     cost = CostModel(load_topology(TOPOLOGY), WorkloadShape(100, 30))
     cases = bench_cases(["helix", "sp"], ["iwrr", "random"], None)
     assert [c.label for c in cases] == ["helix/iwrr", "helix/random", "sp/iwrr", "sp/random"]
-    report = run_simulated_bench(cost, placements(), cases, FixedLengths(100, 30),
-                                 SimConfig(duration_s=900, warmup_s=300))
+    report = run_simulated_bench(cost, placements(), cases, FixedLengths(100, 30), SimConfig(duration_s=900, warmup_s=300))
     helix = report.result("helix", "iwrr").metrics.decode_tokens_per_s
     ratios = {(r.baseline, r.policy): r.ratio for r in report.ratios()}
     assert set(ratios) == {("sp", "iwrr"), ("sp", "random")}
@@ -68,8 +64,9 @@ def test_bad_cases_are_rejected() -> None:
         bench_cases(["helix"], ["fair"], None)
     cost = CostModel(load_topology(TOPOLOGY))
     with pytest.raises(ConfigError, match="no placement for method 'petals'"):
-        run_simulated_bench(cost, placements(), [BenchCase("petals", "iwrr", None)], FixedLengths(5, 5),
-                            SimConfig(duration_s=10, warmup_s=1))
+        run_simulated_bench(
+            cost, placements(), [BenchCase("petals", "iwrr", None)], FixedLengths(5, 5), SimConfig(duration_s=10, warmup_s=1)
+        )
 
 
 def test_kv_concurrency_bound_by_hand() -> None:

@@ -28,8 +28,14 @@ def test_azure_generator_matches_the_published_statistics() -> None:
     outputs = sorted(o for _, o in draws)
     n = len(draws)
     # HELIX.md section 8: input mean 763 / median 947 / p90 1273; output 232 / 157 / 429
-    for got, want in ((statistics.fmean(prompts), 763), (prompts[n // 2], 947), (prompts[int(0.9 * n)], 1273),
-                      (statistics.fmean(outputs), 232), (outputs[n // 2], 157), (outputs[int(0.9 * n)], 429)):
+    for got, want in (
+        (statistics.fmean(prompts), 763),
+        (prompts[n // 2], 947),
+        (prompts[int(0.9 * n)], 1273),
+        (statistics.fmean(outputs), 232),
+        (outputs[n // 2], 157),
+        (outputs[int(0.9 * n)], 429),
+    ):
         assert got == pytest.approx(want, rel=0.06)
     assert max(prompts) <= 2048 and max(outputs) <= 1000 and min(prompts) >= 1 and min(outputs) >= 1
 

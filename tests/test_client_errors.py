@@ -45,14 +45,15 @@ def _echo_server(router: zmq.Socket, stop: threading.Event) -> None:
             continue
         rid, ids = msg["request_id"], msg["prompt_ids"]
         if ids and ids[0] >= 1000:  # scripted rejection: the coordinator's error reply
-            wire.send(router, wire.make("error", request_id=rid, error="RequestError", message=f"bad id {ids[0]}"),
-                      identity)
+            wire.send(router, wire.make("error", request_id=rid, error="RequestError", message=f"bad id {ids[0]}"), identity)
             continue
         for i, tok in enumerate(ids):
-            wire.send(router, wire.make("token", request_id=rid, index=i, token_id=tok, text=chr(65 + tok % 26)),
-                      identity)
-        wire.send(router, wire.make("done", request_id=rid, ids=ids, text="", finish_reason="length",
-                                    prompt_tokens=len(ids), time_scale=2.0), identity)
+            wire.send(router, wire.make("token", request_id=rid, index=i, token_id=tok, text=chr(65 + tok % 26)), identity)
+        wire.send(
+            router,
+            wire.make("done", request_id=rid, ids=ids, text="", finish_reason="length", prompt_tokens=len(ids), time_scale=2.0),
+            identity,
+        )
 
 
 @pytest.fixture

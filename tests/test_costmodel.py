@@ -87,8 +87,7 @@ def test_best_layer_rate_is_the_strongest_k() -> None:
 
 def test_stronger_gpus_serve_more() -> None:
     cm = _llama70b(["A100-40GB", "L4", "T4"])
-    assert cm.capacity_tokens_per_s("A100-40GB", 4) > cm.capacity_tokens_per_s("L4", 4) \
-        > cm.capacity_tokens_per_s("T4", 4)
+    assert cm.capacity_tokens_per_s("A100-40GB", 4) > cm.capacity_tokens_per_s("L4", 4) > cm.capacity_tokens_per_s("T4", 4)
 
 
 def _promise_error(cm: CostModel, gpu: str, k: int) -> float:
@@ -98,15 +97,13 @@ def _promise_error(cm: CostModel, gpu: str, k: int) -> float:
     w = cm.workload
     if cm.topology.gpu_types[gpu].capacity_tokens_per_s is not None:
         batch = cm.max_decode_batch(gpu, k)  # explicit table: a node cycles at its own step
-        step = cm.layer_step_seconds(gpu, round(batch * w.prompt_per_output), batch,
-                                     round(batch * w.average_context_tokens))
+        step = cm.layer_step_seconds(gpu, round(batch * w.prompt_per_output), batch, round(batch * w.average_context_tokens))
         expected = batch / (k * step)
     else:  # Little's law: residents / round trip
         layers = cm.model.num_layers
         residents = cm.kv_budget_token_layers(gpu, k) / (k * w.resident_kv_tokens)
         batch = max(1, int(residents * k / layers))
-        own = cm.layer_step_seconds(gpu, round(batch * w.prompt_per_output), batch,
-                                    round(batch * w.average_context_tokens))
+        own = cm.layer_step_seconds(gpu, round(batch * w.prompt_per_output), batch, round(batch * w.average_context_tokens))
         round_trip = HOP_WAIT_FACTOR * (k * own + (layers - k) * cm.reference_layer_seconds)
         expected = residents / round_trip
     return abs(expected - cm.capacity_tokens_per_s(gpu, k)) / cm.capacity_tokens_per_s(gpu, k)
@@ -139,8 +136,7 @@ def test_round_trip_prices_own_layers_at_own_pace_and_the_rest_at_the_clusters()
     ref = cm.reference_layer_seconds
     for gpu in ("A100-40GB", "T4"):
         own = cm._own_pace_layer_seconds(gpu, 4)
-        assert cm.round_trip_seconds(gpu, 4) == pytest.approx(
-            HOP_WAIT_FACTOR * (4 * own + 76 * ref) + cm.route_link_seconds)
+        assert cm.round_trip_seconds(gpu, 4) == pytest.approx(HOP_WAIT_FACTOR * (4 * own + 76 * ref) + cm.route_link_seconds)
     assert cm._own_pace_layer_seconds("A100-40GB", 11) < ref < cm._own_pace_layer_seconds("T4", 4)
     assert cm.round_trip_seconds("A100-40GB", 11) < cm.round_trip_seconds("A100-40GB", 1)
     assert cm.round_trip_seconds("T4", 4) > cm.round_trip_seconds("T4", 1)

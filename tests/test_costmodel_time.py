@@ -26,8 +26,7 @@ def test_step_time_grows_with_work() -> None:
         cm.layer_step_seconds("L4", -1, 0)
 
 
-@pytest.mark.parametrize("topology", ["geo-42-llama2-70b", "three-region-24-tables-llama2-70b", "cpu-small",
-                                      "single-region-24-llama-30b"])
+@pytest.mark.parametrize("topology", ["geo-42-llama2-70b", "three-region-24-tables-llama2-70b", "cpu-small", "single-region-24-llama-30b"])
 def test_layer_step_function_equals_the_method(topology: str) -> None:
     """The simulator's hoisted step time is the method's, bit for bit (rooflines and tables)."""
     cm = CostModel(load_topology(TOPOLOGIES / f"{topology}.json"))
@@ -37,8 +36,12 @@ def test_layer_step_function_equals_the_method(topology: str) -> None:
             for seqs in (0, 1, 3, 64):
                 for context in (0, 1, 999, 123_457):
                     if seqs or not context:
-                        assert step(prompt, seqs, context) == cm.layer_step_seconds(gpu, prompt, seqs, context), \
-                            (gpu, prompt, seqs, context)
+                        assert step(prompt, seqs, context) == cm.layer_step_seconds(gpu, prompt, seqs, context), (
+                            gpu,
+                            prompt,
+                            seqs,
+                            context,
+                        )
 
 
 def test_links_and_transfers() -> None:
@@ -58,13 +61,21 @@ def test_links_and_transfers() -> None:
 
 
 def _profile_dict() -> dict:
-    return {"format": "helix-jax-profile/1", "device": "cpu", "model": {}, "dtype": "float32",
-            "layers_measured": 2, "memory_bytes_total": 8e9,
-            "memory_bytes_free_for_kv_per_layer_held": None, "weight_bytes_per_layer": 1e9,
-            "prefill": [{"tokens": 128, "seconds_per_layer": 0.002},
-                        {"tokens": 256, "seconds_per_layer": 0.003}],
-            "decode": [{"batch": 1, "context_tokens": 512, "seconds_per_layer": 0.001},
-                       {"batch": 9, "context_tokens": 512, "seconds_per_layer": 0.002}]}
+    return {
+        "format": "helix-jax-profile/1",
+        "device": "cpu",
+        "model": {},
+        "dtype": "float32",
+        "layers_measured": 2,
+        "memory_bytes_total": 8e9,
+        "memory_bytes_free_for_kv_per_layer_held": None,
+        "weight_bytes_per_layer": 1e9,
+        "prefill": [{"tokens": 128, "seconds_per_layer": 0.002}, {"tokens": 256, "seconds_per_layer": 0.003}],
+        "decode": [
+            {"batch": 1, "context_tokens": 512, "seconds_per_layer": 0.001},
+            {"batch": 9, "context_tokens": 512, "seconds_per_layer": 0.002},
+        ],
+    }
 
 
 def test_profile_interpolation_and_round_trip(tmp_path: Path) -> None:
@@ -78,12 +89,15 @@ def test_profile_interpolation_and_round_trip(tmp_path: Path) -> None:
     assert LatencyProfile.load(path) == profile
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"format": "other"}, "format"),
-    ({"prefill": []}, "at least one"),
-    ({"decode": [{"batch": 0, "seconds_per_layer": 0.1}]}, "batch > 0"),
-    ({"weight_bytes_per_layer": "lots"}, "malformed"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"format": "other"}, "format"),
+        ({"prefill": []}, "at least one"),
+        ({"decode": [{"batch": 0, "seconds_per_layer": 0.1}]}, "batch > 0"),
+        ({"weight_bytes_per_layer": "lots"}, "malformed"),
+    ],
+)
 def test_bad_profiles_are_named(change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         LatencyProfile.from_dict({**_profile_dict(), **change})
@@ -104,8 +118,9 @@ def test_unreadable_profile_files_are_named(tmp_path: Path) -> None:
 
 def test_cost_model_reads_a_profile(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text(json.dumps(_profile_dict()))
-    topo = topology_from_dict({"model": "tiny", "gpu_types": {"Box": {"profile": "p.json"}},
-                               "nodes": [{"name": "b", "gpu": "Box"}]}, base_dir=tmp_path)
+    topo = topology_from_dict(
+        {"model": "tiny", "gpu_types": {"Box": {"profile": "p.json"}}, "nodes": [{"name": "b", "gpu": "Box"}]}, base_dir=tmp_path
+    )
     cm = CostModel(topo)
     assert cm.max_layers("Box") == 3  # (8e9 - 1.5e9) / 2 // 1e9, capped at the model's 4 layers
     assert cm.layer_step_seconds("Box", 128, 1) == pytest.approx(0.003)
@@ -121,10 +136,15 @@ def test_route_link_seconds_counts_hops_and_region_crossings() -> None:
         if between is not None:
             links["between_regions"] = [{"regions": ["r1", "r2"], **between}]
             nodes.append({"name": "b", "gpu": "g", "region": "r2", "count": 2})
-        return topology_from_dict({
-            "model": {"preset": "tiny", "num_layers": 8},
-            "gpu_types": {"g": {"max_layers": 2, "capacity_tokens_per_s": [100, 100]}},
-            "coordinator": {"region": "r1"}, "nodes": nodes, "links": links})
+        return topology_from_dict(
+            {
+                "model": {"preset": "tiny", "num_layers": 8},
+                "gpu_types": {"g": {"max_layers": 2, "capacity_tokens_per_s": [100, 100]}},
+                "coordinator": {"region": "r1"},
+                "nodes": nodes,
+                "links": links,
+            }
+        )
 
     one = CostModel(topo(None))
     assert one.route_link_seconds == pytest.approx(8 / 2 * 0.002)  # L / max_layers hops at 2 ms

@@ -19,10 +19,28 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_demo_deploys_answers_plans_and_compares() -> None:
     env = dict(os.environ, COLUMNS="250", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "helix_jax.cli.main", "demo", "--requests", "3",
-                           "--max-tokens", "6", "--topology", str(ROOT / "topologies" / "cpu-tiny.json"),
-                           "--paper-plan-time", "20", "--sim-seconds", "120"],
-                          capture_output=True, text=True, env=env, timeout=400)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "helix_jax.cli.main",
+            "demo",
+            "--requests",
+            "3",
+            "--max-tokens",
+            "6",
+            "--topology",
+            str(ROOT / "topologies" / "cpu-tiny.json"),
+            "--paper-plan-time",
+            "20",
+            "--sim-seconds",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+    )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     # 1-3: the shipped CPU cluster is planned, deployed, and answers real questions over real routes

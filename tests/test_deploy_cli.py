@@ -28,8 +28,17 @@ ENV = dict(os.environ, COLUMNS="250", JAX_PLATFORMS="cpu")
 
 
 def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:
-    dep = Deploy([str(ROOT / "topologies" / "cpu-tiny.json"), "--plan-time", "5",
-                  "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state")])
+    dep = Deploy(
+        [
+            str(ROOT / "topologies" / "cpu-tiny.json"),
+            "--plan-time",
+            "5",
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ]
+    )
     try:
         url = dep.wait_for(r"HTTP API: (http://\S+)/v1")
         dep.wait_for(r"client endpoint (tcp://\S+)")
@@ -43,8 +52,9 @@ def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:
             assert len(res.ids) == 6 and res.finish_reason == "length"
             assert res.route[0][1] == 0 and res.route[-1][2] == 8  # every answer crossed all 8 layers
         # the in-process HTTP front end reaches the CURVE coordinator with the client keypair
-        reply = httpx.post(f"{url}/v1/completions", json={"model": "tiny-8", "prompt": [256, 72, 105],
-                                                          "max_tokens": 4, "temperature": 0}, timeout=120)
+        reply = httpx.post(
+            f"{url}/v1/completions", json={"model": "tiny-8", "prompt": [256, 72, 105], "max_tokens": 4, "temperature": 0}, timeout=120
+        )
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 4, reply.text
         rest = dep.interrupt()
     finally:
@@ -62,16 +72,18 @@ def test_a_node_on_another_host_joins_by_the_printed_worker_command(tmp_path: Pa
     topology["nodes"][2]["host"] = "gpu-box.invalid"
     path = tmp_path / "two-hosts.json"
     path.write_text(json.dumps(topology))
-    dep = Deploy([str(path), "--plan-time", "5", "--log-dir", str(tmp_path / "logs"),
-                  "--state-dir", str(tmp_path / "state")])
+    dep = Deploy([str(path), "--plan-time", "5", "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state")])
     remote = None
     try:
-        command = dep.wait_for(r"run on its host: (helix-jax worker --coordinator tcp://\S+ --node cpu-2 "
-                               r"--keys \S+)$")
+        command = dep.wait_for(
+            r"run on its host: (helix-jax worker --coordinator tcp://\S+ --node cpu-2 "
+            r"--keys \S+)$"
+        )
         assert command.endswith(str(tmp_path / "state" / "keys" / "cpu-2.json"))
         args = command.split()[1:]  # as the user would type it, through this interpreter
-        remote = subprocess.Popen([sys.executable, "-m", "helix_jax.cli.main", *args], env=ENV,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        remote = subprocess.Popen(
+            [sys.executable, "-m", "helix_jax.cli.main", *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         connection = dep.wait_for(r"connection file: (\S+)")
         with Client.from_connection_file(connection) as client:
             routes = {res.route for res in (client.generate(f"request {i}", max_tokens=3) for i in range(8))}
@@ -93,8 +105,20 @@ def test_emulated_deployment_keeps_the_cost_models_time(tmp_path: Path) -> None:
     latencies a client sees (reported in emulated seconds) must be the cost model's arithmetic."""
     path = ROOT / "topologies" / "fixtures" / "t4-pair-70b-slice.json"
     scale = 4.0  # emulated time runs 4x slower than the wall clock: this CPU is never the bottleneck
-    dep = Deploy([str(path), "--emulate", "--model", "tiny-8", "--time-scale", str(scale),
-                  "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state")])
+    dep = Deploy(
+        [
+            str(path),
+            "--emulate",
+            "--model",
+            "tiny-8",
+            "--time-scale",
+            str(scale),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ]
+    )
     try:
         connection = dep.wait_for(r"connection file: (\S+)")
         with Client.from_connection_file(connection) as client:
@@ -112,25 +136,36 @@ def test_emulated_deployment_keeps_the_cost_models_time(tmp_path: Path) -> None:
     for res in results:
         assert res.route == route and res.timings.time_scale == scale
         p = res.prompt_tokens
-        ttft = (8 * cm.layer_step_seconds("T4", p, 0) + cm.transfer_seconds(COORDINATOR, "t4-0", p)
-                + cm.transfer_seconds("t4-0", "t4-1", p) + cm.transfer_seconds("t4-1", COORDINATOR, 1))
-        tpot = (8 * cm.layer_step_seconds("T4", 0, 1, p + 2) + cm.transfer_seconds(COORDINATOR, "t4-0", 1)
-                + cm.transfer_seconds("t4-0", "t4-1", 1) + cm.transfer_seconds("t4-1", COORDINATOR, 1))
+        ttft = (
+            8 * cm.layer_step_seconds("T4", p, 0)
+            + cm.transfer_seconds(COORDINATOR, "t4-0", p)
+            + cm.transfer_seconds("t4-0", "t4-1", p)
+            + cm.transfer_seconds("t4-1", COORDINATOR, 1)
+        )
+        tpot = (
+            8 * cm.layer_step_seconds("T4", 0, 1, p + 2)
+            + cm.transfer_seconds(COORDINATOR, "t4-0", 1)
+            + cm.transfer_seconds("t4-0", "t4-1", 1)
+            + cm.transfer_seconds("t4-1", COORDINATOR, 1)
+        )
         # 47 / 132 ms of T4 prefill, ~117 ms per decode token; a few ms of real work may add on top
         assert ttft <= res.timings.ttft_s <= 1.1 * ttft + 0.002, (p, res.timings.ttft_s, ttft)
         assert tpot <= res.timings.tpot_s <= 1.05 * tpot + 0.002, (p, res.timings.tpot_s, tpot)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["topologies/single-region-24-llama2-70b.json"], "model 'llama-2-70b' has no built-in weights"),
-    (["topologies/cpu-tiny.json", "--model", "tiny-80"], "--model tiny-80 has 80 layers but the topology's model"),
-    (["topologies/cpu-tiny.json", "--model", "tiny-4"], "model 'tiny-4' is neither a known preset"),
-    (["topologies/cpu-tiny.json", "--heartbeat-timeout", "0"], "--heartbeat-timeout must be positive"),
-    (["topologies/cpu-tiny.json", "--resume-grace-s", "-1"], "--resume-grace-s must be >= 0 and finite"),
-    (["topologies/cpu-tiny.json", "--api-key", "k1,k1"], "--api-key lists the same key twice"),
-    (["topologies/cpu-tiny.json", "--key-queue-share", "0"], "--key-queue-share must be >= 1"),
-    (["topologies/no-such-cluster.json"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["topologies/single-region-24-llama2-70b.json"], "model 'llama-2-70b' has no built-in weights"),
+        (["topologies/cpu-tiny.json", "--model", "tiny-80"], "--model tiny-80 has 80 layers but the topology's model"),
+        (["topologies/cpu-tiny.json", "--model", "tiny-4"], "model 'tiny-4' is neither a known preset"),
+        (["topologies/cpu-tiny.json", "--heartbeat-timeout", "0"], "--heartbeat-timeout must be positive"),
+        (["topologies/cpu-tiny.json", "--resume-grace-s", "-1"], "--resume-grace-s must be >= 0 and finite"),
+        (["topologies/cpu-tiny.json", "--api-key", "k1,k1"], "--api-key lists the same key twice"),
+        (["topologies/cpu-tiny.json", "--key-queue-share", "0"], "--key-queue-share must be >= 1"),
+        (["topologies/no-such-cluster.json"], "does not exist"),
+    ],
+)
 def test_bad_deploy_arguments_get_one_clear_error(args: list[str], needle: str) -> None:
     proc = run_cli("deploy", *[str(ROOT / a) if a.startswith("topologies/") else a for a in args], "--http-port", "0")
     assert proc.returncode == 2, proc.stdout + proc.stderr

@@ -55,15 +55,30 @@ def test_a_port_in_use_fails_the_launch_step_and_starts_nothing(tmp_path: Path) 
     busy.listen()
     port = busy.getsockname()[1]
     try:
-        proc = subprocess.run(CLI + ["topologies/cpu-tiny.json", "--port", str(port), "--plan-time", "5",
-                                     "--http-port", "0", "--state-dir", str(tmp_path / "state")],
-                              cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=120)
+        proc = subprocess.run(
+            CLI
+            + [
+                "topologies/cpu-tiny.json",
+                "--port",
+                str(port),
+                "--plan-time",
+                "5",
+                "--http-port",
+                "0",
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=120,
+        )
     finally:
         busy.close()
     assert proc.returncode == 2, proc.stdout + proc.stderr
     error = proc.stderr.strip()
-    assert error == (f"error: launch: node coordinator on host 127.0.0.1: cannot bind client port {port}: "
-                     "Address already in use"), error
+    assert error == (f"error: launch: node coordinator on host 127.0.0.1: cannot bind client port {port}: Address already in use"), error
     assert "✓ plan placement" in proc.stdout and "✓ launch workers" not in proc.stdout
     assert not (tmp_path / "state" / "deployment.json").exists()  # no worker was ever started
 
@@ -76,8 +91,14 @@ def test_a_node_whose_host_lacks_the_model_fails_the_load_step_and_everything_st
     path = tmp_path / "cluster.json"
     path.write_text(json.dumps(topology))
     state = tmp_path / "state"
-    proc = subprocess.Popen(CLI + [str(path), "--plan-time", "5", "--http-port", "0", "--state-dir", str(state)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        CLI + [str(path), "--plan-time", "5", "--http-port", "0", "--state-dir", str(state)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     err: list[str] = []
     reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
     reader.start()
@@ -88,9 +109,14 @@ def test_a_node_whose_host_lacks_the_model_fails_the_load_step_and_everything_st
                 break
         else:
             raise AssertionError("deploy printed no worker command")
-        remote = subprocess.run([sys.executable, "-m", "helix_jax.cli.main", *found.group(1).split()], cwd=ROOT,
-                                env=dict(ENV, HELIX_MODELS=str(tmp_path / "empty-cache")), capture_output=True,
-                                text=True, timeout=300)
+        remote = subprocess.run(
+            [sys.executable, "-m", "helix_jax.cli.main", *found.group(1).split()],
+            cwd=ROOT,
+            env=dict(ENV, HELIX_MODELS=str(tmp_path / "empty-cache")),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         rest = proc.stdout.read()
         assert proc.wait(timeout=120) == 2, rest
     finally:
@@ -101,8 +127,7 @@ def test_a_node_whose_host_lacks_the_model_fails_the_load_step_and_everything_st
     assert remote.returncode == 1
     lines = err[0].strip().splitlines()
     assert len(lines) == 1, err[0]
-    assert re.fullmatch(r"error: load: node cpu-2 on host other-host\.invalid: CheckpointError: .*models pull.*",
-                        lines[0]), lines[0]
+    assert re.fullmatch(r"error: load: node cpu-2 on host other-host\.invalid: CheckpointError: .*models pull.*", lines[0]), lines[0]
     nodes = json.loads((state / "deployment.json").read_text())["nodes"]
     assert nodes["cpu-2"]["launcher"] == "manual"
     for node in ("cpu-0", "cpu-1"):  # the local workers were started, then torn down

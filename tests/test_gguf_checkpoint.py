@@ -41,14 +41,12 @@ def _hf_tensors(seed: int = 0) -> dict[str, np.ndarray]:
         if path[0] == "layers":
             name = f"model.layers.{path[1]}.{'.'.join(path[2:-1])}.weight"
         else:
-            name = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight",
-                    "lm_head": "lm_head.weight"}[path[0]]
+            name = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight", "lm_head": "lm_head.weight"}[path[0]]
         out[name] = value.T if path[-1] == "kernel" else value
     return out
 
 
-def write_gguf(path: Path, tensors: dict[str, np.ndarray], arch: str = "llama",
-               types: dict[str, Q] | None = None) -> Path:
+def write_gguf(path: Path, tensors: dict[str, np.ndarray], arch: str = "llama", types: dict[str, Q] | None = None) -> Path:
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(CFG.num_layers)
     writer.add_embedding_length(CFG.hidden_size)

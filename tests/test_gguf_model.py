@@ -25,8 +25,7 @@ except CheckpointError as exc:  # not cached: say how to get it
 RAW_PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a small village,"]
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
-    [{"role": "system", "content": "You answer in one short sentence."},
-     {"role": "user", "content": "Why is the sky blue?"}],
+    [{"role": "system", "content": "You answer in one short sentence."}, {"role": "user", "content": "Why is the sky blue?"}],
 ]
 NEW_TOKENS = 32
 LOGIT_TOL = 2e-3  # absolute, on fp32 logits of magnitude ~10-30 (measured: ~6e-5)
@@ -37,8 +36,7 @@ def reference():
     """(transformers model, transformers tokenizer) of the same .gguf."""
     kwargs = dict(gguf_file=MODEL_PATH.name)
     tok = transformers.AutoTokenizer.from_pretrained(str(MODEL_PATH.parent), **kwargs)
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(MODEL_PATH.parent), dtype=torch.float32,
-                                                              **kwargs).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(MODEL_PATH.parent), dtype=torch.float32, **kwargs).eval()
     return model, tok
 
 
@@ -48,8 +46,7 @@ def ours(smollm2_local):
 
 
 def _prompts(tok) -> list[list[int]]:
-    chats = [list(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
-             for c in CHATS]
+    chats = [list(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]) for c in CHATS]
     return [tok.encode(p, add_special_tokens=False) for p in RAW_PROMPTS] + chats
 
 
@@ -71,7 +68,7 @@ def test_greedy_continuations_equal_transformers_token_for_token(reference, ours
         with torch.no_grad():
             # an explicit mask: else transformers masks the prompt's <|im_end|>, whose id is also the pad id
             x = torch.tensor([ids])
-            ref = model.generate(x, attention_mask=torch.ones_like(x), generation_config=greedy)[0, len(ids):].tolist()
+            ref = model.generate(x, attention_mask=torch.ones_like(x), generation_config=greedy)[0, len(ids) :].tolist()
         assert len(ref) == NEW_TOKENS
         got = local.generate(ids, NEW_TOKENS, stop_at_eos=False)
         assert got == ref, (tok.decode(ids), tok.decode(got), tok.decode(ref))
@@ -101,8 +98,9 @@ def test_last_position_logits_agree(reference, ours) -> None:
         assert np.abs(logits - ref).max() < LOGIT_TOL
 
 
-@pytest.mark.parametrize("start,end,outer", [(0, 10, {"token_embd.weight"}), (10, 20, set()),
-                                             (20, 30, {"output_norm.weight", "token_embd.weight"})])
+@pytest.mark.parametrize(
+    "start,end,outer", [(0, 10, {"token_embd.weight"}), (10, 20, set()), (20, 30, {"output_norm.weight", "token_embd.weight"})]
+)
 def test_a_stage_dequantizes_only_its_own_layers(start, end, outer) -> None:
     from helix_jax.model.weights import load_stage_weights
     from helix_jax.modelconfig import preset

@@ -21,28 +21,94 @@ from helix_jax.modelconfig import PRESETS, TINY_BOS, TINY_EOS
 SMOLLM = Path("~/.cache/helix-jax/models/SmolLM2-135M-Instruct.Q4_1.gguf").expanduser()
 
 FIXED = [
-    "", " ", "  ", "\t", "\n", "\n\n", " \n ", "\r\n", "hello", "Hello world", " hello", "hello ",
-    "  two leading", "trailing two  ", "a  b   c    d", "tabs\tand\t\ttabs", "line1\nline2\n\nline4",
-    "mixed \t\n \t whitespace", "I'm here, you're there; they'll see we've it's I'd",
-    "DON'T SHOUT I'M", "12345", "3.14159", "1,000,000", " 42 is the answer", "x=1+2*3-4/5",
-    "2024-06-01T12:34:56Z", "0x1F 0b1010 1e-9", "café naïve résumé façade", "Ærøskøbing Straße",
-    "日本語のテキストです。", "中文字符测试", "한국어 문장", "مرحبا بالعالم", "עברית", "Привет, мир!",
-    "Ελληνικά", "हिन्दी", "ไทย", "emoji 😀🎉👍🏽 👨‍👩‍👧", "🏳️‍🌈", "flags 🇫🇷🇯🇵", "math ∑∫√∞ ≠ ≤",
-    "superscripts x² y³ ½ ¼ ① Ⅻ", "٣٤٥ arabic-indic digits", "def f(x):\n    return x ** 2\n",
-    "for (int i = 0; i < n; ++i) { sum += a[i]; }", "SELECT * FROM t WHERE id = 'x';",
-    '{"key": [1, 2, {"nested": null}]}', "<html><body class=\"x\">hi</body></html>",
-    "#include <stdio.h>\nint main(){printf(\"%d\\n\", 1);}", "$ ls -la | grep '.py' && echo ok",
-    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|im_start|>user\nhi<|im_end|>\n",
-    "text <|im_start|> inside", "no<|im_end|>space", "<|im_start|><|im_start|>", "<|im_start",
-    "<repo_name>helix<file_sep>x.py", "< |im_start| >", "<s> </s> <unk>", "\u200b zero width \ufeff",
-    "control \x00\x01\x7f chars", "ａｂｃ full width", "ﬁ ligature", "e\u0301 combining",
-    "...", "!!!???", "—–-", "“quotes” ‘single’", "a" * 50, " " * 17, "\n" * 9, "ab" * 30,
+    "",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\n\n",
+    " \n ",
+    "\r\n",
+    "hello",
+    "Hello world",
+    " hello",
+    "hello ",
+    "  two leading",
+    "trailing two  ",
+    "a  b   c    d",
+    "tabs\tand\t\ttabs",
+    "line1\nline2\n\nline4",
+    "mixed \t\n \t whitespace",
+    "I'm here, you're there; they'll see we've it's I'd",
+    "DON'T SHOUT I'M",
+    "12345",
+    "3.14159",
+    "1,000,000",
+    " 42 is the answer",
+    "x=1+2*3-4/5",
+    "2024-06-01T12:34:56Z",
+    "0x1F 0b1010 1e-9",
+    "café naïve résumé façade",
+    "Ærøskøbing Straße",
+    "日本語のテキストです。",
+    "中文字符测试",
+    "한국어 문장",
+    "مرحبا بالعالم",
+    "עברית",
+    "Привет, мир!",
+    "Ελληνικά",
+    "हिन्दी",
+    "ไทย",
+    "emoji 😀🎉👍🏽 👨‍👩‍👧",
+    "🏳️‍🌈",
+    "flags 🇫🇷🇯🇵",
+    "math ∑∫√∞ ≠ ≤",
+    "superscripts x² y³ ½ ¼ ① Ⅻ",
+    "٣٤٥ arabic-indic digits",
+    "def f(x):\n    return x ** 2\n",
+    "for (int i = 0; i < n; ++i) { sum += a[i]; }",
+    "SELECT * FROM t WHERE id = 'x';",
+    '{"key": [1, 2, {"nested": null}]}',
+    '<html><body class="x">hi</body></html>',
+    '#include <stdio.h>\nint main(){printf("%d\\n", 1);}',
+    "$ ls -la | grep '.py' && echo ok",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|im_start|>user\nhi<|im_end|>\n",
+    "text <|im_start|> inside",
+    "no<|im_end|>space",
+    "<|im_start|><|im_start|>",
+    "<|im_start",
+    "<repo_name>helix<file_sep>x.py",
+    "< |im_start| >",
+    "<s> </s> <unk>",
+    "\u200b zero width \ufeff",
+    "control \x00\x01\x7f chars",
+    "ａｂｃ full width",
+    "ﬁ ligature",
+    "e\u0301 combining",
+    "...",
+    "!!!???",
+    "—–-",
+    "“quotes” ‘single’",
+    "a" * 50,
+    " " * 17,
+    "\n" * 9,
+    "ab" * 30,
 ]
 
 POOLS = [
-    "0123456789", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", "    \t\n\r", ".,;:!?'\"()[]{}<>-_=+*/\\|@#$%^&~`",
-    "àáâãäåæçèéêëìíîïñòóôõöøùúûüýÿßœ", "日本語中文字漢字かなカナ한국어", "مرحباعالمשלוםעולם",
-    "😀😂🥲🎉👍🏽❤️🚀🌍", "²³½¼①Ⅻ٣٤", "ĠĊĉâĢ",
+    "0123456789",
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    "    \t\n\r",
+    ".,;:!?'\"()[]{}<>-_=+*/\\|@#$%^&~`",
+    "àáâãäåæçèéêëìíîïñòóôõöøùúûüýÿßœ",
+    "日本語中文字漢字かなカナ한국어",
+    "مرحباعالمשלוםעולם",
+    "😀😂🥲🎉👍🏽❤️🚀🌍",
+    "²³½¼①Ⅻ٣٤",
+    "ĠĊĉâĢ",
 ]
 SPECIAL_PIECES = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<file_sep>", "user", "assistant"]
 
@@ -69,12 +135,22 @@ STRINGS = _strings()
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
-    [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi there. How can I help?"},
-     {"role": "user", "content": "Tell me a joke about <|im_end|> tokens."}],
-    [{"role": "system", "content": "You speak French."}, {"role": "user", "content": "Bonjour, ça va ?"},
-     {"role": "assistant", "content": "Très bien, merci !"}, {"role": "user", "content": "日本語は？ 😀"}],
-    [{"role": "user", "content": "  spaces\tand\nnewlines  "}, {"role": "assistant", "content": ""},
-     {"role": "user", "content": "def f():\n    return 1"}],
+    [
+        {"role": "user", "content": "Hello!"},
+        {"role": "assistant", "content": "Hi there. How can I help?"},
+        {"role": "user", "content": "Tell me a joke about <|im_end|> tokens."},
+    ],
+    [
+        {"role": "system", "content": "You speak French."},
+        {"role": "user", "content": "Bonjour, ça va ?"},
+        {"role": "assistant", "content": "Très bien, merci !"},
+        {"role": "user", "content": "日本語は？ 😀"},
+    ],
+    [
+        {"role": "user", "content": "  spaces\tand\nnewlines  "},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "def f():\n    return 1"},
+    ],
 ]
 
 
@@ -118,7 +194,8 @@ def test_smollm_encode_decode_match_transformers(smollm):
     ours, hf = smollm
     digits_first = Tokenizer.from_str(hf.backend_tokenizer.to_str())
     digits_first.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), hf.backend_tokenizer.pre_tokenizer])
+        [pre_tokenizers.Digits(individual_digits=True), hf.backend_tokenizer.pre_tokenizer]
+    )
     differ = 0
     for s in STRINGS:
         plain = ours.encode(s, add_bos=False)
@@ -153,7 +230,8 @@ def test_smollm_chat_matches_apply_chat_template(smollm, add_generation_prompt):
         text = ours.render_chat(messages, add_generation_prompt=add_generation_prompt)
         assert text == hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
         assert ours.encode_chat(messages, add_generation_prompt=add_generation_prompt) == hf.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False)
+            messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
+        )
     default_system = ours.render_chat([{"role": "user", "content": "x"}])
     assert default_system.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
@@ -166,9 +244,24 @@ def test_smollm_chat_matches_apply_chat_template(smollm, add_generation_prompt):
 S = "\u2581"
 BYTES = [f"<0x{b:02X}>" for b in range(256)]
 # id: 0 <unk>, 1 <s>, 2 </s>, 3..258 bytes, then pieces, then the user-defined <tool>.
-PIECES = [(S, -1.0), ("h", -2.0), ("e", -2.0), ("l", -2.0), ("o", -2.0), ("w", -2.0), ("r", -2.0),
-          ("d", -2.0), ("ll", -5.0), ("he", -6.0), ("hell", -7.0), ("hello", -8.0), (S + "hello", -9.0),
-          ("or", -10.0), (S + "w", -11.0), (S + "wor", -12.0)]
+PIECES = [
+    (S, -1.0),
+    ("h", -2.0),
+    ("e", -2.0),
+    ("l", -2.0),
+    ("o", -2.0),
+    ("w", -2.0),
+    ("r", -2.0),
+    ("d", -2.0),
+    ("ll", -5.0),
+    ("he", -6.0),
+    ("hell", -7.0),
+    ("hello", -8.0),
+    (S + "hello", -9.0),
+    ("or", -10.0),
+    (S + "w", -11.0),
+    (S + "wor", -12.0),
+]
 SPM_TOKENS = ["<unk>", "<s>", "</s>"] + BYTES + [p for p, _ in PIECES] + ["<tool>"]
 SPM_SCORES = [0.0, 0.0, 0.0] + [0.0] * 256 + [s for _, s in PIECES] + [0.0]
 SPM_TYPES = [2, 3, 3] + [6] * 256 + [1] * len(PIECES) + [4]
@@ -194,16 +287,25 @@ def _write_gguf(path: Path, kv: dict) -> Path:
     return path
 
 
-SPM_TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}</s>{% endfor %}"
-                "{% if add_generation_prompt %}[assistant]{% endif %}")
+SPM_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}[assistant]{% endif %}"
+)
 
 
 def _spm_kv(**changes) -> dict:
-    kv = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": SPM_TOKENS,
-          "tokenizer.ggml.scores": SPM_SCORES, "tokenizer.ggml.token_type": SPM_TYPES,
-          "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
-          "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.add_bos_token": True,
-          "tokenizer.ggml.add_space_prefix": True, "tokenizer.chat_template": SPM_TEMPLATE}
+    kv = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": SPM_TOKENS,
+        "tokenizer.ggml.scores": SPM_SCORES,
+        "tokenizer.ggml.token_type": SPM_TYPES,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.add_bos_token": True,
+        "tokenizer.ggml.add_space_prefix": True,
+        "tokenizer.chat_template": SPM_TEMPLATE,
+    }
     kv.update(changes)
     return {k: v for k, v in kv.items() if v is not None}
 
@@ -248,15 +350,18 @@ def test_sentencepiece_gguf_chat(spm):
     assert spm.stop_token_ids == frozenset({2})
 
 
-@pytest.mark.parametrize(("changes", "key"), [
-    ({"tokenizer.ggml.tokens": None}, "tokenizer.ggml.tokens"),
-    ({"tokenizer.ggml.model": "wordpiece"}, "tokenizer.ggml.model"),
-    ({"tokenizer.ggml.model": None}, "tokenizer.ggml.model"),
-    ({"tokenizer.ggml.scores": None}, "tokenizer.ggml.scores"),
-    ({"tokenizer.ggml.token_type": [1, 2]}, "tokenizer.ggml.token_type"),
-    ({"tokenizer.ggml.eos_token_id": 100000}, "tokenizer.ggml.eos_token_id"),
-    ({"tokenizer.chat_template": "{% for m in messages %}"}, "tokenizer.chat_template"),
-])
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"tokenizer.ggml.tokens": None}, "tokenizer.ggml.tokens"),
+        ({"tokenizer.ggml.model": "wordpiece"}, "tokenizer.ggml.model"),
+        ({"tokenizer.ggml.model": None}, "tokenizer.ggml.model"),
+        ({"tokenizer.ggml.scores": None}, "tokenizer.ggml.scores"),
+        ({"tokenizer.ggml.token_type": [1, 2]}, "tokenizer.ggml.token_type"),
+        ({"tokenizer.ggml.eos_token_id": 100000}, "tokenizer.ggml.eos_token_id"),
+        ({"tokenizer.chat_template": "{% for m in messages %}"}, "tokenizer.chat_template"),
+    ],
+)
 def test_bad_gguf_metadata_names_the_key(tmp_path, changes, key):
     path = _write_gguf(tmp_path / "bad.gguf", _spm_kv(**changes))
     with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
@@ -276,8 +381,13 @@ def _byte_level_kv(pre: str | None, merges: list[str]) -> dict:
     themselves; the space is "Ġ"), plus the merged pieces."""
     chars = [chr(c) for c in range(33, 127)] + ["Ġ"]
     tokens = ["<|endoftext|>"] + chars + [m.replace(" ", "") for m in merges]
-    kv = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": merges,
-          "tokenizer.ggml.token_type": [3] + [1] * (len(tokens) - 1), "tokenizer.ggml.eos_token_id": 0}
+    kv = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.token_type": [3] + [1] * (len(tokens) - 1),
+        "tokenizer.ggml.eos_token_id": 0,
+    }
     if pre is not None:
         kv["tokenizer.ggml.pre"] = pre
     return kv
@@ -299,8 +409,7 @@ def test_byte_level_split_follows_pre(caplog):
         assert pieces("no-such-pre", "12,h h") == ["12", ",", "h", "Ġh"]
     assert "no-such-pre" in caplog.text
     vocab = build_vocab(_byte_level_kv("gpt2", merges))
-    assert vocab.tokenizer.encode("a<|endoftext|>b", add_special_tokens=False).ids == [
-        vocab.tokens.index("a"), 0, vocab.tokens.index("b")]
+    assert vocab.tokenizer.encode("a<|endoftext|>b", add_special_tokens=False).ids == [vocab.tokens.index("a"), 0, vocab.tokens.index("b")]
     assert vocab.tokenizer.decode([vocab.tokens.index("Ġh"), 0], skip_special_tokens=True) == " h"
     with pytest.raises(CheckpointError, match=r"tokenizer\.ggml\.merges"):
         build_vocab({k: v for k, v in _byte_level_kv("gpt2", merges).items() if k != "tokenizer.ggml.merges"})
@@ -310,19 +419,22 @@ def test_byte_level_split_follows_pre(caplog):
 # Messages, the byte tokenizer's template, tokenizer.json templates
 
 
-@pytest.mark.parametrize(("messages", "problem"), [
-    ([], "empty"),
-    ("hello", "must be a list"),
-    (None, "must be a list"),
-    ([{"role": "robot", "content": "x"}], r"messages\[0\]\.role 'robot'"),
-    ([{"content": "x"}], r"role None"),
-    ([{"role": "user", "content": "a"}, {"role": "user", "content": 5}], r"messages\[1\]\.content must be a string"),
-    ([{"role": "user", "content": None}], r"messages\[0\]\.content must be a string"),
-    ([{"role": "user"}], r"messages\[0\] has no content"),
-    (["hi"], r"messages\[0\] must be an object"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "'image_url'"),
-    ([{"role": "user", "content": [{"type": "text", "text": 3}]}], r"content\[0\]\.text must be a string"),
-])
+@pytest.mark.parametrize(
+    ("messages", "problem"),
+    [
+        ([], "empty"),
+        ("hello", "must be a list"),
+        (None, "must be a list"),
+        ([{"role": "robot", "content": "x"}], r"messages\[0\]\.role 'robot'"),
+        ([{"content": "x"}], r"role None"),
+        ([{"role": "user", "content": "a"}, {"role": "user", "content": 5}], r"messages\[1\]\.content must be a string"),
+        ([{"role": "user", "content": None}], r"messages\[0\]\.content must be a string"),
+        ([{"role": "user"}], r"messages\[0\] has no content"),
+        (["hi"], r"messages\[0\] must be an object"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "'image_url'"),
+        ([{"role": "user", "content": [{"type": "text", "text": 3}]}], r"content\[0\]\.text must be a string"),
+    ],
+)
 def test_invalid_messages_raise_request_error(messages, problem):
     with pytest.raises(RequestError, match=problem):
         validate_messages(messages)
@@ -353,8 +465,9 @@ def test_template_environment_matches_hf():
     template = ChatTemplate(
         "{% for m in messages %}\n  {% if m %}{{ m['content'] | tojson }}{% endif %}\n{% endfor %}"
         "{% if messages | length > 1 %}{{ raise_exception('only one message') }}{% endif %}"
-        "{{ strftime_now('%Y') | length }}")
-    assert template.render([{"role": "user", "content": "é\"x"}]) == '"é\\"x"4'  # trim/lstrip blocks
+        "{{ strftime_now('%Y') | length }}"
+    )
+    assert template.render([{"role": "user", "content": 'é"x'}]) == '"é\\"x"4'  # trim/lstrip blocks
     with pytest.raises(RequestError, match="only one message"):
         template.render([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
     sneaky = ChatTemplate("{{ messages.append(1) }}")

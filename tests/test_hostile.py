@@ -25,8 +25,7 @@ VOCAB = TOPOLOGY.model.vocab_size
 
 @pytest.fixture(scope="module")
 def cluster(cpu_small_placement: Placement):
-    cfg = ServeConfig(TOPOLOGY, cpu_small_placement, TOPOLOGY.model, max_seq_len=128, kv_tokens=8 * 128,
-                      heartbeat_timeout_s=120)
+    cfg = ServeConfig(TOPOLOGY, cpu_small_placement, TOPOLOGY.model, max_seq_len=128, kv_tokens=8 * 128, heartbeat_timeout_s=120)
     with InProcessCluster(cfg, load_tokenizer(TOPOLOGY.model)) as c:
         yield c.wait_ready()
 
@@ -40,8 +39,7 @@ def client(cluster: InProcessCluster):
 def still_serving(cluster: InProcessCluster, client: Client) -> None:
     assert cluster.coordinator is not None
     ids = [256, 72, 105]
-    assert list(client.generate(ids, max_tokens=6).ids) == fake_generation(ids, 6, VOCAB,
-                                                                           stop_ids=cluster.coordinator.stop_ids)
+    assert list(client.generate(ids, max_tokens=6).ids) == fake_generation(ids, 6, VOCAB, stop_ids=cluster.coordinator.stop_ids)
     assert all(w.thread.is_alive() for w in cluster.workers if w is cluster.worker(w.node))
 
 
@@ -52,16 +50,18 @@ def test_a_huge_top_k_is_refused_at_admission(cluster: InProcessCluster, client:
     still_serving(cluster, client)
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(top_k=2 ** 40), "top_k 1099511627776 is out of range"),
-    (dict(max_tokens=2 ** 64), "max_tokens 18446744073709551616 is out of range"),
-    (dict(seed=-1), "seed must be in"),
-    (dict(prompt=[256, 2 ** 70]), "prompt token id 1180591620717411303424 is out of range"),
-    (dict(prompt="a\ud800b"), "not valid Unicode"),
-    (dict(stop=["\udc00"]), "not valid Unicode"),
-])
-def test_the_client_refuses_what_the_wire_cannot_carry(cluster: InProcessCluster, client: Client, kwargs,
-                                                       needle) -> None:
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(top_k=2**40), "top_k 1099511627776 is out of range"),
+        (dict(max_tokens=2**64), "max_tokens 18446744073709551616 is out of range"),
+        (dict(seed=-1), "seed must be in"),
+        (dict(prompt=[256, 2**70]), "prompt token id 1180591620717411303424 is out of range"),
+        (dict(prompt="a\ud800b"), "not valid Unicode"),
+        (dict(stop=["\udc00"]), "not valid Unicode"),
+    ],
+)
+def test_the_client_refuses_what_the_wire_cannot_carry(cluster: InProcessCluster, client: Client, kwargs, needle) -> None:
     """Finding 6: such values killed the Client's I/O thread and hung every call on it."""
     prompt = kwargs.pop("prompt", "hi")
     with pytest.raises(RequestError, match=needle):
@@ -81,7 +81,7 @@ def test_a_token_id_past_int32_from_a_peer_is_dropped(cluster: InProcessCluster,
     before = coord.dropped
     push = wire.configure(zmq.Context.instance().socket(zmq.PUSH))
     push.connect(coord.data_endpoint)
-    for token in (2 ** 31, 2 ** 62, -1, VOCAB):
+    for token in (2**31, 2**62, -1, VOCAB):
         push.send_multipart(wire.encode(wire.make("sampled", request_id=rid, index=0, token_id=token, node="cpu-1")))
     push.send_multipart(wire.encode(wire.make("sampled", request_id=rid, index=0, token_id=7, node="cpu-0")))
     push.close(linger=2000)
@@ -91,8 +91,7 @@ def test_a_token_id_past_int32_from_a_peer_is_dropped(cluster: InProcessCluster,
     still_serving(cluster, client)
 
 
-def test_a_batch_that_raises_fails_its_requests_and_the_worker_goes_on(cluster: InProcessCluster,
-                                                                       client: Client) -> None:
+def test_a_batch_that_raises_fails_its_requests_and_the_worker_goes_on(cluster: InProcessCluster, client: Client) -> None:
     """A bug in a batch (here OverflowError from the runner) used to kill the worker; now the
     request it hit fails with the reason, is not replayed elsewhere, and the worker serves on."""
     coord = cluster.coordinator
@@ -108,16 +107,17 @@ def test_a_batch_that_raises_fails_its_requests_and_the_worker_goes_on(cluster: 
     assert coord.stats()["in_flight"] == 0 and all(coord.scheduler.ledger.used(n) == 0 for n in coord.nodes)
 
 
-def test_garbage_fields_on_the_coordinators_data_socket_are_harmless(cluster: InProcessCluster,
-                                                                     client: Client) -> None:
+def test_garbage_fields_on_the_coordinators_data_socket_are_harmless(cluster: InProcessCluster, client: Client) -> None:
     coord = cluster.coordinator
     assert coord is not None
     before = coord.dropped
     push = wire.configure(zmq.Context.instance().socket(zmq.PUSH))
     push.connect(coord.data_endpoint)
-    for msg in (wire.make("abort", request_id="r-nobody", node="cpu-1", message="x"),
-                wire.make("step", [np.zeros(2, np.int32)], request_id="x", route=[], hop=0, position=0, index=0),
-                wire.make("free", request_id="x")):
+    for msg in (
+        wire.make("abort", request_id="r-nobody", node="cpu-1", message="x"),
+        wire.make("step", [np.zeros(2, np.int32)], request_id="x", route=[], hop=0, position=0, index=0),
+        wire.make("free", request_id="x"),
+    ):
         push.send_multipart(wire.encode(msg))
     push.close(linger=2000)
     # the step and the free are refused; an abort of a request nobody holds changes nothing
@@ -133,8 +133,7 @@ def test_a_duplicate_in_flight_id_is_refused_without_touching_the_first_stream(c
     dealer = wire.configure(zmq.Context.instance().socket(zmq.DEALER))
     dealer.connect(cluster.client_endpoint)
     try:
-        generate = wire.make("generate", request_id="same", prompt_ids=[256, 70], max_tokens=3, temperature=0.0,
-                             top_k=0, top_p=1.0, seed=0)
+        generate = wire.make("generate", request_id="same", prompt_ids=[256, 70], max_tokens=3, temperature=0.0, top_k=0, top_p=1.0, seed=0)
         dealer.send_multipart(wire.encode(generate))
         cluster.wait_until(lambda: coord.stats()["in_flight"] == 1, "the first request in flight")
         dealer.send_multipart(wire.encode(generate))
@@ -194,8 +193,16 @@ def test_a_prompt_too_large_for_the_wire_is_refused_by_the_client(client: Client
 
 def test_one_clients_flood_gets_overloaded_while_another_still_gets_in(cpu_small_placement: Placement) -> None:
     """Finding 7: 1200 requests from one socket filled the whole queue for everyone."""
-    cfg = ServeConfig(TOPOLOGY, cpu_small_placement, TOPOLOGY.model, max_seq_len=128, kv_tokens=2 * 128,
-                      queue_limit=8, client_queue_limit=4, heartbeat_timeout_s=120)
+    cfg = ServeConfig(
+        TOPOLOGY,
+        cpu_small_placement,
+        TOPOLOGY.model,
+        max_seq_len=128,
+        kv_tokens=2 * 128,
+        queue_limit=8,
+        client_queue_limit=4,
+        heartbeat_timeout_s=120,
+    )
     from helix_jax.errors import OverloadedError
 
     with InProcessCluster(cfg, load_tokenizer(TOPOLOGY.model)) as cluster:
@@ -204,14 +211,12 @@ def test_one_clients_flood_gets_overloaded_while_another_still_gets_in(cpu_small
         for node in ("cpu-0", "cpu-2"):
             cluster.runner(node).freeze()
         try:
-            with Client(cluster.client_endpoint, timeout_s=60) as flood, \
-                    Client(cluster.client_endpoint, timeout_s=60) as other:
+            with Client(cluster.client_endpoint, timeout_s=60) as flood, Client(cluster.client_endpoint, timeout_s=60) as other:
                 streams = [flood.stream([256, 70], max_tokens=100) for _ in range(20)]
-                cluster.wait_until(lambda: coord.stats()["in_flight"] + coord.stats()["queued"] + coord.rejected >= 20,
-                                   "the flood handled")
+                cluster.wait_until(lambda: coord.stats()["in_flight"] + coord.stats()["queued"] + coord.rejected >= 20, "the flood handled")
                 running = coord.stats()["in_flight"]
                 assert coord.stats()["queued"] == 4 and coord.rejected == 20 - running - 4
-                for stream in streams[running + 4:]:
+                for stream in streams[running + 4 :]:
                     with pytest.raises(OverloadedError, match="already has 4 requests waiting"):
                         next(iter(stream))
                 mine = [other.stream([256, 71], max_tokens=3) for _ in range(3)]
@@ -220,7 +225,7 @@ def test_one_clients_flood_gets_overloaded_while_another_still_gets_in(cpu_small
                     cluster.runner(node).thaw()
                 for stream in mine:
                     assert [t.token_id for t in stream] == fake_generation([256, 71], 3, VOCAB, stop_ids=coord.stop_ids)
-                for stream in streams[:running + 4]:
+                for stream in streams[: running + 4]:
                     stream.cancel()
         finally:
             for node in ("cpu-0", "cpu-2"):
@@ -234,13 +239,22 @@ def test_kv_taken_by_a_forged_step_is_reclaimed_when_its_lease_ends() -> None:
     from helix_jax.runtime.stage_host import StageHost
     from helix_jax.testing import FakeRunner
 
-    spec = RunnerSpec(TOPOLOGY.model, 0, 8, "random:0", max_slots=4, max_seq_len=64, prefill_buckets=(16,),
-                      decode_buckets=(4,), num_pages=16)
+    spec = RunnerSpec(
+        TOPOLOGY.model, 0, 8, "random:0", max_slots=4, max_seq_len=64, prefill_buckets=(16,), decode_buckets=(4,), num_pages=16
+    )
     host = StageHost(FakeRunner(spec), "n", 0, 4, 16)
     free_pages = host.engine.pages_available
-    forged = wire.make("step", [np.asarray([1, 2, 3], np.int32)], request_id="forged", route=[["n", 0, 8]], hop=0,
-                       position=0, index=0, sampling={"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0},
-                       kv_tokens=64)
+    forged = wire.make(
+        "step",
+        [np.asarray([1, 2, 3], np.int32)],
+        request_id="forged",
+        route=[["n", 0, 8]],
+        hop=0,
+        position=0,
+        index=0,
+        sampling={"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0},
+        kv_tokens=64,
+    )
     host.enqueue(forged)
     host.run(host.pick_batch())
     assert host.engine.has_request("forged") and host.engine.pages_available < free_pages
@@ -267,8 +281,9 @@ def test_a_request_two_failed_nodes_carried_is_failed_not_replayed_again(cpu_sma
             second = next(iter(coord._live.values())).route[0].node
             assert second != first
             cluster.kill(second)
-            with pytest.raises(RequestError, match=f"in flight on 2 nodes that went out of service .*{first}.*"
-                                                   f"{second}.*it is not retried again"):
+            with pytest.raises(
+                RequestError, match=f"in flight on 2 nodes that went out of service .*{first}.*{second}.*it is not retried again"
+            ):
                 list(stream)
             assert coord.resumed == 1 and coord.stats()["in_flight"] == 0
         cluster.runner("cpu-1").thaw()

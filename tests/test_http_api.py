@@ -49,11 +49,13 @@ def test_32_concurrent_async_greedy_completions_equal_local_generate(server: Htt
     jobs = [(PROMPTS[i % 4], 4 + i % 5, i % 2 == 0) for i in range(32)]
 
     async def main():
-        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0,
-                                      timeout=120) as client:
-            return await asyncio.gather(*(client.completions.create(
-                model=MODEL, prompt=TOK.encode(p) if as_ids else p, max_tokens=n, temperature=0)
-                for p, n, as_ids in jobs))
+        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as client:
+            return await asyncio.gather(
+                *(
+                    client.completions.create(model=MODEL, prompt=TOK.encode(p) if as_ids else p, max_tokens=n, temperature=0)
+                    for p, n, as_ids in jobs
+                )
+            )
 
     for (prompt, n, _), res in zip(jobs, asyncio.run(main())):
         text, tokens, reason = expected(reference, TOK.encode(prompt), n)
@@ -70,8 +72,11 @@ def test_chat_completion_then_the_same_streamed_with_usage(oai: openai.OpenAI, r
     assert res.object == "chat.completion" and res.choices[0].message.role == "assistant"
     assert (res.choices[0].message.content, res.choices[0].finish_reason) == (text, reason)
     assert (res.usage.prompt_tokens, res.usage.completion_tokens) == (len(ids), tokens)
-    chunks = list(oai.chat.completions.create(model=MODEL, messages=messages, max_completion_tokens=12,
-                                              temperature=0, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        oai.chat.completions.create(
+            model=MODEL, messages=messages, max_completion_tokens=12, temperature=0, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert all(c.choices[0].delta.role is None for c in chunks[1:-1])
     assert [c.choices[0].finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 2) + [reason]
@@ -82,8 +87,7 @@ def test_chat_completion_then_the_same_streamed_with_usage(oai: openai.OpenAI, r
 
 def test_raw_stream_is_sse_ending_in_done(server: HttpServer) -> None:
     body = {"model": MODEL, "prompt": "x", "max_tokens": 3, "temperature": 0, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body,
-                      headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as r:
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [line for line in r.iter_lines() if line]
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
@@ -91,8 +95,7 @@ def test_raw_stream_is_sse_ending_in_done(server: HttpServer) -> None:
 
 
 def test_prompt_lists_and_n(oai: openai.OpenAI, reference) -> None:
-    res = oai.completions.create(model=MODEL, prompt=[PROMPTS[0], TOK.encode(PROMPTS[1])], n=2, max_tokens=5,
-                                 temperature=0)
+    res = oai.completions.create(model=MODEL, prompt=[PROMPTS[0], TOK.encode(PROMPTS[1])], n=2, max_tokens=5, temperature=0)
     assert [c.index for c in res.choices] == [0, 1, 2, 3]
     for k, c in enumerate(res.choices):
         assert c.text == expected(reference, TOK.encode(PROMPTS[k // 2]), 5)[0]
@@ -106,11 +109,10 @@ def test_stop_strings_and_max_tokens_give_the_finish_reason(oai: openai.OpenAI, 
     prompt, stop = "max-flow", "?\x7f"  # its fake greedy text: "s\ufffd\ufffd\ufffd?\x7f...": "?" alone comes first
     full, _, reason = expected(reference, TOK.encode(prompt), 24)
     assert stop in full and reason == "length"
-    cut = full[:full.index(stop)]
+    cut = full[: full.index(stop)]
     res = oai.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0, stop=[stop, "\x00\x01"])
     assert (res.choices[0].text, res.choices[0].finish_reason) == (cut, "stop")
-    streamed = list(oai.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0, stop=stop,
-                                           stream=True))
+    streamed = list(oai.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0, stop=stop, stream=True))
     assert "".join(c.choices[0].text for c in streamed) == cut and streamed[-1].choices[0].finish_reason == "stop"
     res = oai.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0)
     assert res.choices[0].finish_reason == "length" and res.usage.completion_tokens == 6
@@ -119,18 +121,20 @@ def test_stop_strings_and_max_tokens_give_the_finish_reason(oai: openai.OpenAI, 
 # ------------------------------------------------------------------------------ errors
 
 
-
-@pytest.mark.parametrize("kwargs, param, needle", [
-    (dict(temperature="hot"), "temperature", "valid number"),
-    (dict(max_tokens=-3), "max_tokens", "at least 1"),
-    (dict(top_p=0.0), "top_p", "top_p must be in"),
-    (dict(n=99), "n", "n must be in"),
-    (dict(extra_body={"logit_bias": {"5": 10}}), "logit_bias", "logit_bias is not supported"),
-    (dict(presence_penalty=0.5), "presence_penalty", "not supported"),
-    (dict(logprobs=2), "logprobs", "not supported"),
-    (dict(prompt="y" * 200), "prompt", "maximum context length is 128"),
-    (dict(prompt=[1, 2, 9999]), "prompt", "outside the vocabulary"),
-])
+@pytest.mark.parametrize(
+    "kwargs, param, needle",
+    [
+        (dict(temperature="hot"), "temperature", "valid number"),
+        (dict(max_tokens=-3), "max_tokens", "at least 1"),
+        (dict(top_p=0.0), "top_p", "top_p must be in"),
+        (dict(n=99), "n", "n must be in"),
+        (dict(extra_body={"logit_bias": {"5": 10}}), "logit_bias", "logit_bias is not supported"),
+        (dict(presence_penalty=0.5), "presence_penalty", "not supported"),
+        (dict(logprobs=2), "logprobs", "not supported"),
+        (dict(prompt="y" * 200), "prompt", "maximum context length is 128"),
+        (dict(prompt=[1, 2, 9999]), "prompt", "outside the vocabulary"),
+    ],
+)
 def test_bad_fields_are_400s_naming_them(oai: openai.OpenAI, kwargs, param, needle) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         oai.completions.create(**{"model": MODEL, "prompt": "hi", "max_tokens": 4, **kwargs})
@@ -139,8 +143,15 @@ def test_bad_fields_are_400s_naming_them(oai: openai.OpenAI, kwargs, param, need
 
 
 def test_unknown_fields_are_ignored_and_default_values_accepted(oai: openai.OpenAI, reference) -> None:
-    res = oai.completions.create(model=MODEL, prompt="x", max_tokens=3, temperature=0, presence_penalty=0,
-                                 logprobs=None, extra_body={"whatever": [1, 2], "user_tag": "z"})
+    res = oai.completions.create(
+        model=MODEL,
+        prompt="x",
+        max_tokens=3,
+        temperature=0,
+        presence_penalty=0,
+        logprobs=None,
+        extra_body={"whatever": [1, 2], "user_tag": "z"},
+    )
     assert res.choices[0].text == expected(reference, TOK.encode("x"), 3)[0]
 
 
@@ -161,7 +172,6 @@ def test_auth_model_and_chat_errors(server: HttpServer, oai: openai.OpenAI) -> N
     assert api_error(info.value)["code"] == "context_length_exceeded"
 
 
-
 # ------------------------------------------------------------------------------ malformed bodies
 
 BIG = b'{"model": "tiny-8", "prompt": "' + b"a" * (10 << 20) + b'"}'
@@ -172,7 +182,7 @@ MALFORMED = [
     (b'{"model": 7, "prompt": "hi"}', "model", "valid string"),
     (b'{"model": "tiny-8", "prompt": {"a": 1}}', "prompt", "must be a non-empty string"),
     (b'{"model": "tiny-8"}', "prompt", "Field required"),
-    (b'[1, 2]', None, "must be a JSON object"),
+    (b"[1, 2]", None, "must be a JSON object"),
     (BIG, None, "limit is"),
     (b'{"model": "tiny-8", "prompt": "hi", "max_tokens": -1}', "max_tokens", "at least 1"),
     (b'{"model": "tiny-8", "prompt": "hi", "temperature": NaN}', "temperature", "finite"),
@@ -190,8 +200,12 @@ def test_malformed_bodies_are_400s_and_harm_no_other_request(server: HttpServer,
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 
     def run_good() -> None:
-        good["r"] = httpx.post(f"{server.url}/v1/completions", headers=headers, timeout=120,
-                               json={"model": MODEL, "prompt": PROMPTS[2], "max_tokens": 20, "temperature": 0})
+        good["r"] = httpx.post(
+            f"{server.url}/v1/completions",
+            headers=headers,
+            timeout=120,
+            json={"model": MODEL, "prompt": PROMPTS[2], "max_tokens": 20, "temperature": 0},
+        )
 
     worker = threading.Thread(target=run_good)
     worker.start()
@@ -204,5 +218,3 @@ def test_malformed_bodies_are_400s_and_harm_no_other_request(server: HttpServer,
                 assert err["param"] == param and needle in err["message"], (body[:60], err)
     worker.join(120)
     assert good["r"].json()["choices"][0]["text"] == expected(reference, TOK.encode(PROMPTS[2]), 20)[0]
-
-

@@ -34,11 +34,27 @@ def _children(pid: int) -> list[int]:
 
 
 def test_sigterm_lets_requests_in_flight_finish_refuses_new_ones_and_exits() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "helix_jax.cli.main", "deploy",
-                             str(tiny_topology_path()),
-                             "--http-port", "0", "--max-seq-len", "128", "--heartbeat-timeout", "600",
-                             "--restart-workers", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "helix_jax.cli.main",
+            "deploy",
+            str(tiny_topology_path()),
+            "--http-port",
+            "0",
+            "--max-seq-len",
+            "128",
+            "--heartbeat-timeout",
+            "600",
+            "--restart-workers",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
     seen = []
@@ -55,8 +71,7 @@ def test_sigterm_lets_requests_in_flight_finish_refuses_new_ones_and_exits() -> 
         finished: list[str | None] = [None] * 3
 
         def stream(i: int) -> None:
-            for chunk in client.completions.create(model="tiny-8", prompt=f"in flight {i}", max_tokens=40,
-                                                   temperature=0, stream=True):
+            for chunk in client.completions.create(model="tiny-8", prompt=f"in flight {i}", max_tokens=40, temperature=0, stream=True):
                 first[i].set()
                 finished[i] = chunk.choices[0].finish_reason or finished[i]
 

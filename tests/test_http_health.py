@@ -33,8 +33,9 @@ TOKENIZER = load_tokenizer(TOPOLOGY.model)
 
 @pytest.fixture(scope="module")
 def cluster(cpu_small_placement: Placement):
-    cfg = ServeConfig(TOPOLOGY, cpu_small_placement, TOPOLOGY.model, max_seq_len=128, kv_tokens=8 * 128,
-                      heartbeat_timeout_s=600)  # frozen runners send no heartbeats; kills are reported
+    cfg = ServeConfig(
+        TOPOLOGY, cpu_small_placement, TOPOLOGY.model, max_seq_len=128, kv_tokens=8 * 128, heartbeat_timeout_s=600
+    )  # frozen runners send no heartbeats; kills are reported
     with InProcessCluster(cfg, TOKENIZER) as c:
         yield c.wait_ready()
 
@@ -54,8 +55,7 @@ def client(cluster: InProcessCluster):
 
 def scrape(server: HttpServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = httpx.get(f"{server.url}/metrics").text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def sample(metrics: dict, name: str, **labels: str) -> float:
@@ -73,8 +73,7 @@ def send(endpoint: str, *messages: list[bytes]) -> None:
 def serves(cluster: InProcessCluster, client: Client) -> None:
     ids = [256, 72, 105]
     assert cluster.coordinator is not None
-    assert list(client.generate(ids, max_tokens=6).ids) == fake_generation(ids, 6, VOCAB,
-                                                                           stop_ids=cluster.coordinator.stop_ids)
+    assert list(client.generate(ids, max_tokens=6).ids) == fake_generation(ids, 6, VOCAB, stop_ids=cluster.coordinator.stop_ids)
 
 
 def test_the_first_scrape_shows_every_cause_at_zero(server: HttpServer) -> None:
@@ -89,8 +88,7 @@ def test_the_first_scrape_shows_every_cause_at_zero(server: HttpServer) -> None:
     assert ready["health"]["restarts"] == {}  # no restart budget: nothing restarts this cluster's workers
 
 
-def test_dropped_messages_are_counted_by_node_and_reason(cluster: InProcessCluster, client: Client,
-                                                         server: HttpServer) -> None:
+def test_dropped_messages_are_counted_by_node_and_reason(cluster: InProcessCluster, client: Client, server: HttpServer) -> None:
     coord = cluster.coordinator
     assert coord is not None
     runner = cluster.runner("cpu-1")
@@ -98,16 +96,26 @@ def test_dropped_messages_are_counted_by_node_and_reason(cluster: InProcessClust
     stream = client.stream([256, 65], max_tokens=5)
     cluster.wait_until(lambda: coord.stats()["in_flight"] == 1, "the request in flight")
     rid = next(iter(coord._live))
-    sampled = [wire.encode(wire.make("sampled", request_id=rid, index=0, token_id=VOCAB, node="cpu-1")),
-               wire.encode(wire.make("sampled", request_id=rid, index=0, token_id=7, node="cpu-0")),
-               wire.encode(wire.make("sampled", request_id=rid, index=0, token_id=2 ** 31, node="cpu-1")),
-               [b"not msgpack"]]
+    sampled = [
+        wire.encode(wire.make("sampled", request_id=rid, index=0, token_id=VOCAB, node="cpu-1")),
+        wire.encode(wire.make("sampled", request_id=rid, index=0, token_id=7, node="cpu-0")),
+        wire.encode(wire.make("sampled", request_id=rid, index=0, token_id=2**31, node="cpu-1")),
+        [b"not msgpack"],
+    ]
     before = coord.dropped
     send(coord.data_endpoint, *sampled)
     cluster.wait_until(lambda: coord.dropped == before + 4, "the forgeries refused")  # before the real token
     hidden = np.full((1, TOPOLOGY.model.hidden_size), np.nan, np.float32)  # [tokens, hidden]
-    step = wire.make("step", [hidden], request_id="r-forged", route=[["cpu-0", 0, 4], ["cpu-1", 4, 8]], hop=1,
-                     position=0, index=0, sampling=dict(temperature=0.0, top_k=0, top_p=1.0, seed=0))
+    step = wire.make(
+        "step",
+        [hidden],
+        request_id="r-forged",
+        route=[["cpu-0", 0, 4], ["cpu-1", 4, 8]],
+        hop=1,
+        position=0,
+        index=0,
+        sampling=dict(temperature=0.0, top_k=0, top_p=1.0, seed=0),
+    )
     send(coord.worker_data_endpoints["cpu-1"], wire.encode(step), [b"junk"])
     runner.thaw()  # cpu-1 reads its socket again, and reports its drops with its next heartbeat
     assert [t.token_id for t in stream] == fake_generation([256, 65], 5, VOCAB, stop_ids=coord.stop_ids)
@@ -124,12 +132,12 @@ def test_dropped_messages_are_counted_by_node_and_reason(cluster: InProcessClust
     assert sample(m, "helix_messages_dropped_total", node="cpu-1", reason="malformed") == 1
     assert httpx.get(f"{server.url}/ready").json()["health"]["dropped"] == {
         "coordinator": {"out_of_range_token": 2, "forged": 1, "malformed": 1},
-        "cpu-1": {"bad_hidden_state": 1, "malformed": 1}}
+        "cpu-1": {"bad_hidden_state": 1, "malformed": 1},
+    }
     serves(cluster, client)
 
 
-def test_an_abort_is_counted_as_a_containment_failure(cluster: InProcessCluster, client: Client,
-                                                      server: HttpServer) -> None:
+def test_an_abort_is_counted_as_a_containment_failure(cluster: InProcessCluster, client: Client, server: HttpServer) -> None:
     for _ in range(2):  # the batch, then the item alone
         cluster.runner("cpu-1").fail_next(OverflowError("Python int too large to convert to C int"))
     with pytest.raises(RequestError, match="node cpu-1 could not run this request"):
@@ -138,8 +146,7 @@ def test_an_abort_is_counted_as_a_containment_failure(cluster: InProcessCluster,
     serves(cluster, client)
 
 
-def test_nodes_out_of_service_restarts_and_rejoins(cluster: InProcessCluster, client: Client,
-                                                   server: HttpServer) -> None:
+def test_nodes_out_of_service_restarts_and_rejoins(cluster: InProcessCluster, client: Client, server: HttpServer) -> None:
     """cpu-2 is lost (the deployment would restart it: its budget is shown) and rejoins; then
     the only exit is lost with a request in flight (failed: no route; /ready 503 with the
     health beside the error) and rejoins."""

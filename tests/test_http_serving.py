@@ -29,8 +29,7 @@ server = http_cluster.server
 zmq_client = http_cluster.zmq_client
 
 
-def test_queue_full_is_a_429_with_retry_after(deployment: InProcessCluster, oai: openai.OpenAI,
-                                              zmq_client: Client, reference) -> None:
+def test_queue_full_is_a_429_with_retry_after(deployment: InProcessCluster, oai: openai.OpenAI, zmq_client: Client, reference) -> None:
     """Workers frozen (a hung batch): nothing finishes, so once the queue is full it stays full."""
     nodes = sorted(deployment.config.placement.ranges)
     for node in nodes:
@@ -55,13 +54,12 @@ def test_queue_full_is_a_429_with_retry_after(deployment: InProcessCluster, oai:
     assert res.choices[0].text == expected(reference, TOK.encode("x"), 4)[0]
 
 
-
-
 # ------------------------------------------------------------------------------ metrics, cancel, drain
 
 
-def test_metrics_count_the_requests_sent(server: HttpServer, oai: openai.OpenAI, reference,
-                                         cpu_small_placement: Placement, deployment: InProcessCluster) -> None:
+def test_metrics_count_the_requests_sent(
+    server: HttpServer, oai: openai.OpenAI, reference, cpu_small_placement: Placement, deployment: InProcessCluster
+) -> None:
     coord = deployment.coordinator
     assert coord is not None  # every node has reported a step time (its first heartbeat after a batch)
     deployment.wait_until(lambda: all(coord.step_s.get(n) for n in cpu_small_placement.ranges), "step times")
@@ -85,9 +83,12 @@ def test_metrics_count_the_requests_sent(server: HttpServer, oai: openai.OpenAI,
     generated = sum(r.usage.completion_tokens for r in results) + expected(reference, TOK.encode("x"), 5)[1]
     assert delta("helix_generation_tokens_total") == generated
     tokens = [r.usage.completion_tokens for r in results] + [expected(reference, TOK.encode("x"), 5)[1]]
-    for hist, count in (("helix_time_to_first_token_seconds", 5), ("helix_e2e_request_latency_seconds", 5),
-                        ("helix_request_queue_time_seconds", 5),
-                        ("helix_time_per_output_token_seconds", sum(t > 1 for t in tokens))):
+    for hist, count in (
+        ("helix_time_to_first_token_seconds", 5),
+        ("helix_e2e_request_latency_seconds", 5),
+        ("helix_request_queue_time_seconds", 5),
+        ("helix_time_per_output_token_seconds", sum(t > 1 for t in tokens)),
+    ):
         assert delta(f"{hist}_count") == count, hist
         assert delta(f"{hist}_bucket", le="+Inf") == count, hist
     assert after[("helix_requests_running", ())] == 0 and after[("helix_requests_waiting", ())] == 0
@@ -100,21 +101,20 @@ def test_metrics_count_the_requests_sent(server: HttpServer, oai: openai.OpenAI,
     assert after[("helix_node_planned_flow_tokens_per_s", (("node", "cpu-1"),))] == 200
 
 
-def test_client_disconnect_cancels_and_frees_kv(server: HttpServer, zmq_client: Client,
-                                                deployment: InProcessCluster) -> None:
+def test_client_disconnect_cancels_and_frees_kv(server: HttpServer, zmq_client: Client, deployment: InProcessCluster) -> None:
     """The exit stage freezes after a few batches, so neither request can finish before its
     client has gone; then it thaws, and both end as cancelled."""
     before = metrics(server)
     deployment.runner("cpu-1").freeze_after(3)
     body = {"model": MODEL, "prompt": "y", "max_tokens": 120, "temperature": 0, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=120,
-                      headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}) as r:
         next(r.iter_bytes())  # one token has arrived: the request runs; then the client leaves
     raw = json.dumps({**body, "stream": False}).encode()
     with socket.create_connection((server.host, server.port)) as sock:  # a non-streamed one, too
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: "
-                     + str(len(raw)).encode() + b"\r\n\r\n" + raw)
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: " + str(len(raw)).encode() + b"\r\n\r\n" + raw
+        )
     key = ("helix_requests_finished_total", (("finish_reason", "cancelled"),))
     try:
         for _ in range(2000):
@@ -127,8 +127,7 @@ def test_client_disconnect_cancels_and_frees_kv(server: HttpServer, zmq_client: 
     assert stats["running"] == 0 and server.app.state.backend.in_flight == 0
 
 
-def test_drain_of_a_second_front_end_cancels_with_a_clear_error(deployment: InProcessCluster,
-                                                                 zmq_client: Client) -> None:
+def test_drain_of_a_second_front_end_cancels_with_a_clear_error(deployment: InProcessCluster, zmq_client: Client) -> None:
     """Two front ends share the deployment; draining one with timeout 0 ends its streams with
     our error, refuses new requests and /ready with 503, and leaves nothing running. The exit
     stage freezes once both streams have their first token, so both are in flight at the drain."""
@@ -136,8 +135,7 @@ def test_drain_of_a_second_front_end_cancels_with_a_clear_error(deployment: InPr
     deployment.runner("cpu-1").freeze_after(requests_sampled=2)
     try:
         client = openai.OpenAI(base_url=f"{second.url}/v1", api_key="unused", max_retries=0, timeout=120)
-        streams = [client.completions.create(model=MODEL, prompt="z", max_tokens=120, temperature=0, stream=True)
-                   for _ in range(2)]
+        streams = [client.completions.create(model=MODEL, prompt="z", max_tokens=120, temperature=0, stream=True) for _ in range(2)]
         iters = [iter(s) for s in streams]
         for it in iters:
             next(it)  # in flight

@@ -38,14 +38,19 @@ def front_end(dep: InProcessCluster, api_key: str | None, share: int | None) -> 
 
 def post(srv: HttpServer, key: str | None, prompt: str, n: int = 1) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.post(f"{srv.url}/v1/completions", headers=headers, timeout=120,
-                      json={"model": MODEL, "prompt": prompt, "max_tokens": 4, "temperature": 0, "n": n})
+    return httpx.post(
+        f"{srv.url}/v1/completions",
+        headers=headers,
+        timeout=120,
+        json={"model": MODEL, "prompt": prompt, "max_tokens": 4, "temperature": 0, "n": n},
+    )
 
 
 def gauge(srv: HttpServer, name: str, key: str) -> float:
     text = httpx.get(f"{srv.url}/metrics").text
-    return next(s.value for family in text_string_to_metric_families(text) for s in family.samples
-                if s.name == name and s.labels == {"key": key})
+    return next(
+        s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name and s.labels == {"key": key}
+    )
 
 
 def wait_waiting(srv: HttpServer, key: str, count: int) -> None:
@@ -72,8 +77,9 @@ def test_one_keys_flood_gets_429_while_another_key_gets_in(deployment: InProcess
                 assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
                 err = refused.json()["error"]
                 assert err["type"] == "rate_limit_error" and err["code"] == "queue_full"
-                assert err["message"] == ("API key key-1 has already 3 sequences waiting, the share of the queue "
-                                          "one key may hold (3); retry later")
+                assert err["message"] == (
+                    "API key key-1 has already 3 sequences waiting, the share of the queue one key may hold (3); retry later"
+                )
                 assert KEYS[0] not in refused.text
             other = pool.submit(post, srv, KEYS[1], "x")  # another key still gets in
             wait_waiting(srv, "key-2", 1)
@@ -98,7 +104,8 @@ def test_without_keys_every_request_is_one_tenant(deployment: InProcessCluster, 
             wait_waiting(srv, "anonymous", 1)
             refused = post(srv, "any key at all", "y")
             assert refused.status_code == 429 and refused.json()["error"]["message"].startswith(
-                "requests without an API key have already 1 sequences waiting")
+                "requests without an API key have already 1 sequences waiting"
+            )
         finally:
             frozen(deployment, False)
         assert first.result().json()["choices"][0]["text"] == expected(reference, TOK.encode("x"), 4)[0]
@@ -109,11 +116,14 @@ def test_the_default_share_is_half_the_coordinators_queue(deployment: InProcessC
         assert srv.app.state.backend.tenants.queue_share == QUEUE_LIMIT // 2
 
 
-@pytest.mark.parametrize("keys, share, needle", [
-    ("a,b,a", None, "lists the same key twice"),
-    (" , ", None, "holds no key"),
-    ("a", 0, "--key-queue-share must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "keys, share, needle",
+    [
+        ("a,b,a", None, "lists the same key twice"),
+        (" , ", None, "holds no key"),
+        ("a", 0, "--key-queue-share must be >= 1"),
+    ],
+)
 def test_bad_key_options_are_one_clear_error(keys, share, needle) -> None:
     with pytest.raises(ConfigError, match=needle):
         Tenants(keys, share)

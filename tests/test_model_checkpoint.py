@@ -18,16 +18,31 @@ from helix_jax.model.generate import generate_local
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 32}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
 IDS = np.array([[1, 5, 17, 33, 2, 90, 45, 3, 7, 60, 11, 12]])
 
 
 def save_tiny_llama(directory: Path, rope_scaling=None, tie=False, shard=None) -> "transformers.PreTrainedModel":
     config = transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=100, max_position_embeddings=128, initializer_range=0.2,
-        rope_theta=5000.0, rope_scaling=rope_scaling, tie_word_embeddings=tie, rms_norm_eps=1e-6)
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+        rope_theta=5000.0,
+        rope_scaling=rope_scaling,
+        tie_word_embeddings=tie,
+        rms_norm_eps=1e-6,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
     kwargs = {"max_shard_size": shard} if shard else {}
@@ -42,8 +57,7 @@ def llama3_dir(tmp_path_factory):
     return directory, model
 
 
-@pytest.mark.parametrize("variant, layer_loop", [("llama3-rope-untied", "scan"),
-                                                 ("plain-rope-tied", "auto")])  # unroll: next test
+@pytest.mark.parametrize("variant, layer_loop", [("llama3-rope-untied", "scan"), ("plain-rope-tied", "auto")])  # unroll: next test
 def test_logits_and_greedy_match_transformers(tmp_path, llama3_dir, variant, layer_loop):
     if variant == "llama3-rope-untied":
         directory, hf = llama3_dir
@@ -56,12 +70,12 @@ def test_logits_and_greedy_match_transformers(tmp_path, llama3_dir, variant, lay
     with torch.no_grad():
         ref = hf(torch.tensor(IDS)).logits.numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-4)
-    generated = generate_local(config, weights, IDS[0].tolist(), 8, SamplingParams(), stop_at_eos=False,
-                               compiler_options={"xla_backend_optimization_level": 0})
+    generated = generate_local(
+        config, weights, IDS[0].tolist(), 8, SamplingParams(), stop_at_eos=False, compiler_options={"xla_backend_optimization_level": 0}
+    )
     with torch.no_grad():
-        hf_out = hf.generate(torch.tensor(IDS), max_new_tokens=8, do_sample=False, eos_token_id=None,
-                             pad_token_id=0)
-    assert generated == hf_out[0, IDS.shape[1]:].tolist()
+        hf_out = hf.generate(torch.tensor(IDS), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert generated == hf_out[0, IDS.shape[1] :].tolist()
 
 
 def test_staged_load_of_sharded_checkpoint_reads_only_its_layers(tmp_path):
@@ -80,8 +94,7 @@ def test_staged_load_of_sharded_checkpoint_reads_only_its_layers(tmp_path):
     # stage [1, 2) on HF's hidden states after layer 0 gives HF's logits
     with torch.no_grad():
         out = hf(torch.tensor(IDS), output_hidden_states=True)
-    engine = StageEngine(config, 1, 2, second, max_slots=1, max_seq_len=16, prefill_buckets=(16,),
-                         return_logits=True)
+    engine = StageEngine(config, 1, 2, second, max_slots=1, max_seq_len=16, prefill_buckets=(16,), return_logits=True)
     engine.add_request("r")
     (result,) = engine.step([StepInput("r", 1, 0, hidden=out.hidden_states[1][0].numpy())])
     np.testing.assert_allclose(result.logits, out.logits[0, -1].numpy(), atol=1e-4)
@@ -105,8 +118,7 @@ def test_corrupt_or_mismatched_checkpoints_raise_checkpoint_error(tmp_path, llam
     broken = tmp_path / "missing"
     broken.mkdir()
     (broken / "config.json").write_text((source / "config.json").read_text())
-    save_file({k: v for k, v in tensors.items() if k != "model.layers.1.self_attn.q_proj.weight"},
-              str(broken / "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if k != "model.layers.1.self_attn.q_proj.weight"}, str(broken / "model.safetensors"))
     with pytest.raises(CheckpointError, match="missing the tensor 'model.layers.1.self_attn.q_proj.weight'"):
         load_stage_weights(config, 0, 2, broken)
     assert load_stage_weights(config, 0, 1, broken).end_layer == 1  # layer 0 alone is intact
@@ -114,8 +126,7 @@ def test_corrupt_or_mismatched_checkpoints_raise_checkpoint_error(tmp_path, llam
     shaped = tmp_path / "shape"
     shaped.mkdir()
     (shaped / "config.json").write_text((source / "config.json").read_text())
-    save_file({**tensors, "model.layers.0.mlp.up_proj.weight": np.zeros((96, 64), np.float32)},
-              str(shaped / "model.safetensors"))
+    save_file({**tensors, "model.layers.0.mlp.up_proj.weight": np.zeros((96, 64), np.float32)}, str(shaped / "model.safetensors"))
     with pytest.raises(CheckpointError, match="up_proj.weight' has shape \\(96, 64\\).*\\(128, 64\\)"):
         load_stage_weights(config, 0, 2, shaped)
     # config.json disagrees with the requested model
@@ -143,12 +154,14 @@ def test_cli_generate_from_checkpoint_directory(llama3_dir):
 
     directory, hf = llama3_dir
     prompt = [1, 5, 17, 33]
-    result = CliRunner().invoke(app, ["generate", "--model", str(directory), "--prompt-ids",
-                                      ",".join(map(str, prompt)), "--max-tokens", "4", "--json"])
+    result = CliRunner().invoke(
+        app, ["generate", "--model", str(directory), "--prompt-ids", ",".join(map(str, prompt)), "--max-tokens", "4", "--json"]
+    )
     assert result.exit_code == 0, result.output
     with torch.no_grad():
-        expected = hf.generate(torch.tensor([prompt]), max_new_tokens=4, do_sample=False,
-                               eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+        expected = hf.generate(torch.tensor([prompt]), max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0)[
+            0, len(prompt) :
+        ].tolist()
     payload = json.loads(result.output)
     assert payload["ids"] == expected and payload["text"] is None  # no tokenizer.json there
     text = CliRunner().invoke(app, ["generate", "--model", str(directory), "--prompt", "hi"])

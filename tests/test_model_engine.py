@@ -35,8 +35,8 @@ def reference():
 
     def logits(ids):  # causal: trailing padding does not change the logits of real positions
         padded = np.zeros((1, 32), np.int32)
-        padded[0, :len(ids)] = ids
-        return np.asarray(fn(weights.state, jnp.asarray(padded)))[0, :len(ids)]
+        padded[0, : len(ids)] = ids
+        return np.asarray(fn(weights.state, jnp.asarray(padded)))[0, : len(ids)]
 
     return logits
 
@@ -66,9 +66,10 @@ def run_chain(engines, request_id, chunks, position):
     return out
 
 
-@pytest.mark.parametrize("splits, layer_loop", [
-    ([(0, 4)], "scan"), ([(0, 3), (2, 4)], "scan"), ([(0, 1), (1, 2), (2, 3), (3, 4)], "scan"),
-    ([(0, 2), (1, 4)], "unroll")])  # overlapping ranges: the next stage runs only its rest
+@pytest.mark.parametrize(
+    "splits, layer_loop",
+    [([(0, 4)], "scan"), ([(0, 3), (2, 4)], "scan"), ([(0, 1), (1, 2), (2, 3), (3, 4)], "scan"), ([(0, 2), (1, 4)], "unroll")],
+)  # overlapping ranges: the next stage runs only its rest
 def test_staged_cached_decode_equals_full_recompute(reference, splits, layer_loop):
     engines = [make_engine(s, e, layer_loop) for s, e in splits]
     for engine in engines:
@@ -90,7 +91,7 @@ def test_chunked_prefill_equals_one_shot():
         engine.add_request("r")
     (a,) = one_shot.step([StepInput("r", 0, 0, token_ids=PROMPT)])
     for begin in range(0, len(PROMPT), 4):
-        (b,) = chunked.step([StepInput("r", 0, begin, token_ids=PROMPT[begin:begin + 4])])
+        (b,) = chunked.step([StepInput("r", 0, begin, token_ids=PROMPT[begin : begin + 4])])
     np.testing.assert_allclose(a.logits, b.logits, atol=ATOL)
     position = len(PROMPT)
     for _ in range(3):
@@ -107,8 +108,7 @@ def test_padded_batch_equals_unpadded():
     for rid in prompts:
         batched.add_request(rid)
     outs = batched.step([StepInput(rid, 0, 0, token_ids=p) for rid, p in prompts.items()])
-    decoded = batched.step([StepInput(o.request_id, 0, len(prompts[o.request_id]),
-                                      token_ids=np.array([o.next_token])) for o in outs])
+    decoded = batched.step([StepInput(o.request_id, 0, len(prompts[o.request_id]), token_ids=np.array([o.next_token])) for o in outs])
     for (rid, prompt), out, dec in zip(prompts.items(), outs, decoded):
         alone.add_request(rid)
         (ref,) = alone.step([StepInput(rid, 0, 0, token_ids=prompt)])
@@ -121,24 +121,23 @@ def test_padded_batch_equals_unpadded():
 @pytest.mark.parametrize("layer_loop", ["scan", "unroll"])
 def test_partial_inference_mixed_batch_equals_slice(layer_loop):
     """Stage [0, 3) runs request A from layer 0 and request B from layer 2 in one batch."""
-    stage = make_engine(0, 3, layer_loop, prefill_buckets=(16,), prefill_batch_buckets=(2,),
-                        decode_buckets=(2,), kv_layout="contiguous")  # the check below reads slots
+    stage = make_engine(
+        0, 3, layer_loop, prefill_buckets=(16,), prefill_batch_buckets=(2,), decode_buckets=(2,), kv_layout="contiguous"
+    )  # the check below reads slots
     head, tail, whole = make_engine(0, 2), make_engine(2, 3, prefill_buckets=(16,)), make_engine(0, 3)
     for engine, rids in ((stage, "AB"), (head, "B"), (tail, "B"), (whole, "A")):
         for rid in rids:
             engine.add_request(rid)
     prompt_b = PROMPT[2:9]
     (hidden_b,) = head.step([StepInput("B", 0, 0, token_ids=prompt_b)])
-    out_a, out_b = stage.step([StepInput("A", 0, 0, token_ids=PROMPT[:8]),
-                               StepInput("B", 2, 0, hidden=hidden_b.hidden)])
+    out_a, out_b = stage.step([StepInput("A", 0, 0, token_ids=PROMPT[:8]), StepInput("B", 2, 0, hidden=hidden_b.hidden)])
     (ref_a,) = whole.step([StepInput("A", 0, 0, token_ids=PROMPT[:8])])
     (ref_b,) = tail.step([StepInput("B", 2, 0, hidden=hidden_b.hidden)])
     np.testing.assert_allclose(out_a.hidden, ref_a.hidden, atol=ATOL)
     np.testing.assert_allclose(out_b.hidden, ref_b.hidden, atol=ATOL)
     # decode one token each, again mixed
     (hidden_b,) = head.step([StepInput("B", 0, 7, token_ids=np.array([5]))])
-    out_a, out_b = stage.step([StepInput("A", 0, 8, token_ids=np.array([7])),
-                               StepInput("B", 2, 7, hidden=hidden_b.hidden)])
+    out_a, out_b = stage.step([StepInput("A", 0, 8, token_ids=np.array([7])), StepInput("B", 2, 7, hidden=hidden_b.hidden)])
     (ref_a,) = whole.step([StepInput("A", 0, 8, token_ids=np.array([7]))])
     (ref_b,) = tail.step([StepInput("B", 2, 7, hidden=hidden_b.hidden)])
     np.testing.assert_allclose(out_a.hidden, ref_a.hidden, atol=ATOL)
@@ -165,9 +164,17 @@ def test_partial_inference_leaves_skipped_rows_unchanged():
 
 def test_no_recompilation_in_steady_state():
     # a config of its own: programs compiled for identical stages elsewhere would be reused
-    engine = make_engine(0, 4, config=CFG.with_overrides(name="tiny-steady"), max_slots=4,
-                         max_seq_len=64, prefill_buckets=(8,),
-                         prefill_batch_buckets=(2,), decode_buckets=(1, 4), context_buckets=(32, 64))
+    engine = make_engine(
+        0,
+        4,
+        config=CFG.with_overrides(name="tiny-steady"),
+        max_slots=4,
+        max_seq_len=64,
+        prefill_buckets=(8,),
+        prefill_batch_buckets=(2,),
+        decode_buckets=(1, 4),
+        context_buckets=(32, 64),
+    )
     compiled = engine.warmup()
     assert compiled == (2 + 1) * 2 and engine.compile_count == compiled
     rng = np.random.default_rng(1)
@@ -185,8 +192,11 @@ def test_no_recompilation_in_steady_state():
                 engine.release(rid)
                 del position[rid]
                 continue
-            payload = ({"token_ids": rng.integers(0, 256, n).astype(np.int32)} if entry[rid] == 0 else
-                       {"hidden": rng.standard_normal((n, CFG.hidden_size)).astype(np.float32)})
+            payload = (
+                {"token_ids": rng.integers(0, 256, n).astype(np.int32)}
+                if entry[rid] == 0
+                else {"hidden": rng.standard_normal((n, CFG.hidden_size)).astype(np.float32)}
+            )
             items.append(StepInput(rid, entry[rid], position[rid], **payload))
             position[rid] += n
         if items:
@@ -226,15 +236,18 @@ def test_slots_capacity_and_release():
         StageEngine.for_kv_budget(CFG, 1, 3, weights, 100, 16)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (StepInput("x", 0, 0, token_ids=np.array([1])), "not held"),
-    (StepInput("r", 0, 1, token_ids=np.array([1])), "position 1"),
-    (StepInput("r", 4, 0, token_ids=np.array([1])), "outside"),
-    (StepInput("r", 1, 0, token_ids=np.array([1])), "hidden"),
-    (StepInput("r", 0, 0, token_ids=np.array([CFG.vocab_size])), "out of range"),
-    (StepInput("r", 0, 0, token_ids=np.arange(9)), "max_chunk_tokens"),
-    (StepInput("r", 1, 0, hidden=np.zeros((2, 3), np.float32)), "shape"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (StepInput("x", 0, 0, token_ids=np.array([1])), "not held"),
+        (StepInput("r", 0, 1, token_ids=np.array([1])), "position 1"),
+        (StepInput("r", 4, 0, token_ids=np.array([1])), "outside"),
+        (StepInput("r", 1, 0, token_ids=np.array([1])), "hidden"),
+        (StepInput("r", 0, 0, token_ids=np.array([CFG.vocab_size])), "out of range"),
+        (StepInput("r", 0, 0, token_ids=np.arange(9)), "max_chunk_tokens"),
+        (StepInput("r", 1, 0, hidden=np.zeros((2, 3), np.float32)), "shape"),
+    ],
+)
 def test_bad_step_inputs_raise_request_error(bad, message):
     engine = make_engine(0, 4)
     engine.add_request("r")

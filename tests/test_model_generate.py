@@ -35,9 +35,14 @@ sample_jit = jax.jit(sample_tokens)
 def _sample(logits, temperature=1.0, top_k=0, top_p=1.0, seeds=range(200)):
     n = len(seeds)
     rows = jnp.asarray(np.tile(np.asarray(logits, np.float32), (n, 1)))
-    out = sample_jit(rows, jnp.full((n,), temperature), jnp.full((n,), top_k, jnp.int32),
-                        jnp.full((n,), top_p), jnp.asarray(list(seeds), jnp.uint32),
-                        jnp.zeros((n,), jnp.int32))
+    out = sample_jit(
+        rows,
+        jnp.full((n,), temperature),
+        jnp.full((n,), top_k, jnp.int32),
+        jnp.full((n,), top_p),
+        jnp.asarray(list(seeds), jnp.uint32),
+        jnp.zeros((n,), jnp.int32),
+    )
     return set(np.asarray(out).tolist())
 
 
@@ -61,8 +66,9 @@ def test_sampling_frequencies_follow_the_distribution():
     probs = np.array([0.5, 0.3, 0.15, 0.05])
     rows = jnp.asarray(np.tile(np.log(probs).astype(np.float32), (n, 1)))
     for top_p in (1.0, 0.99):  # plain path, then the sorting path
-        out = sample_jit(rows, jnp.ones(n), jnp.zeros(n, jnp.int32), jnp.full((n,), top_p),
-                            jnp.arange(n, dtype=jnp.uint32), jnp.zeros(n, jnp.int32))
+        out = sample_jit(
+            rows, jnp.ones(n), jnp.zeros(n, jnp.int32), jnp.full((n,), top_p), jnp.arange(n, dtype=jnp.uint32), jnp.zeros(n, jnp.int32)
+        )
         freq = np.bincount(np.asarray(out), minlength=4) / n
         np.testing.assert_allclose(freq, probs, atol=0.03)
 
@@ -77,20 +83,39 @@ def test_sampling_filters():
     assert _sample(logits, top_k=3, top_p=0.9) == {0, 1, 2}
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_k=-2),
-                                 dict(top_k=1.5), dict(top_p=0.0), dict(top_p=1.5), dict(seed=-1),
-                                 dict(seed=2 ** 32)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=-1.0),
+        dict(temperature=float("nan")),
+        dict(top_k=-2),
+        dict(top_k=1.5),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(seed=-1),
+        dict(seed=2**32),
+    ],
+)
 def test_bad_sampling_params(bad):
-    (field, value), = bad.items()
+    ((field, value),) = bad.items()
     with pytest.raises(RequestError, match=f"sampling {field} .*{value!r}"):
         SamplingParams(**bad)
 
 
 def test_sampling_depends_only_on_seed_and_position(weights):
     """A seeded request samples the same tokens alone or batched with other requests."""
-    engine = StageEngine(CFG, 0, CFG.num_layers, weights, max_slots=3, max_seq_len=32,
-                         prefill_buckets=(8,), decode_buckets=(3,), prefill_batch_buckets=(3,),
-                         compiler_options=FAST)
+    engine = StageEngine(
+        CFG,
+        0,
+        CFG.num_layers,
+        weights,
+        max_slots=3,
+        max_seq_len=32,
+        prefill_buckets=(8,),
+        decode_buckets=(3,),
+        prefill_batch_buckets=(3,),
+        compiler_options=FAST,
+    )
     hot = SamplingParams(temperature=1.5, seed=7)
 
     def run(others: int) -> list[int]:
@@ -100,8 +125,7 @@ def test_sampling_depends_only_on_seed_and_position(weights):
         outs = engine.step([StepInput(rid, 0, 0, token_ids=np.asarray(PROMPT, np.int32)) for rid in rids])
         tokens = [outs[0].next_token]
         for pos in range(len(PROMPT), len(PROMPT) + 6):
-            outs = engine.step([StepInput(o.request_id, 0, pos, token_ids=np.array([o.next_token]))
-                                for o in outs])
+            outs = engine.step([StepInput(o.request_id, 0, pos, token_ids=np.array([o.next_token])) for o in outs])
             tokens.append(outs[0].next_token)
         for rid in rids:
             engine.release(rid)
@@ -111,27 +135,23 @@ def test_sampling_depends_only_on_seed_and_position(weights):
     assert alone == batched
     local = generate_local(CFG, weights, PROMPT, 7, hot, stop_at_eos=False, compiler_options=FAST)
     assert local == alone
-    other_seed = generate_local(CFG, weights, PROMPT, 7, SamplingParams(temperature=1.5, seed=8),
-                                stop_at_eos=False, compiler_options=FAST)
+    other_seed = generate_local(CFG, weights, PROMPT, 7, SamplingParams(temperature=1.5, seed=8), stop_at_eos=False, compiler_options=FAST)
     assert other_seed != alone
 
 
 def test_generate_local_chunking_limits_and_eos(weights):
-    full = generate_local(CFG, weights, PROMPT * 3, 6, stop_at_eos=False, chunk_tokens=64,
-                          compiler_options=FAST)
-    assert generate_local(CFG, weights, PROMPT * 3, 6, stop_at_eos=False, chunk_tokens=4,
-                          compiler_options=FAST) == full
+    full = generate_local(CFG, weights, PROMPT * 3, 6, stop_at_eos=False, chunk_tokens=64, compiler_options=FAST)
+    assert generate_local(CFG, weights, PROMPT * 3, 6, stop_at_eos=False, chunk_tokens=4, compiler_options=FAST) == full
     assert len(full) == 6
-    greedy_top1 = generate_local(CFG, weights, PROMPT * 3, 6, SamplingParams(temperature=1.0, top_k=1),
-                                 stop_at_eos=False, compiler_options=FAST)
+    greedy_top1 = generate_local(
+        CFG, weights, PROMPT * 3, 6, SamplingParams(temperature=1.0, top_k=1), stop_at_eos=False, compiler_options=FAST
+    )
     assert greedy_top1 == full
     eos = full[2]
     stop = full.index(eos) + 1
-    assert generate_local(CFG.with_overrides(eos_token_id=eos), "random:0", PROMPT * 3, 6,
-                          compiler_options=FAST) == full[:stop]
+    assert generate_local(CFG.with_overrides(eos_token_id=eos), "random:0", PROMPT * 3, 6, compiler_options=FAST) == full[:stop]
     streamed: list[int] = []
-    returned = generate_local(CFG, weights, PROMPT, 3, on_token=streamed.append, stop_at_eos=False,
-                              compiler_options=FAST)
+    returned = generate_local(CFG, weights, PROMPT, 3, on_token=streamed.append, stop_at_eos=False, compiler_options=FAST)
     assert len(streamed) == 3 and streamed == returned
     with pytest.raises(RequestError, match="max_position_embeddings"):
         generate_local(CFG, weights, PROMPT, CFG.max_position_embeddings)
@@ -160,15 +180,15 @@ def test_tokenizers(tmp_path):
 
 def test_cli_generate_matches_generate_local():
     runner = CliRunner()
-    result = runner.invoke(app, ["generate", "--model", "tiny-8", "--prompt-ids", "256,72,105",
-                                 "--max-tokens", "5", "--local", "--json"])
+    result = runner.invoke(app, ["generate", "--model", "tiny-8", "--prompt-ids", "256,72,105", "--max-tokens", "5", "--local", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     cfg8 = PRESETS["tiny-8"]
     assert payload["model"] == "tiny-8"
     assert payload["ids"] == generate_local(cfg8, "random:0", [256, 72, 105], 5)
-    text = runner.invoke(app, ["generate", "--model", "tiny-8", "--prompt", "Hi", "--max-tokens", "4",
-                               "--temperature", "0.7", "--seed", "3"])
+    text = runner.invoke(
+        app, ["generate", "--model", "tiny-8", "--prompt", "Hi", "--max-tokens", "4", "--temperature", "0.7", "--seed", "3"]
+    )
     assert text.exit_code == 0, text.output
     both = runner.invoke(app, ["generate", "--prompt", "a", "--prompt-ids", "1"])
     assert isinstance(both.exception, RequestError)
@@ -182,9 +202,26 @@ def test_cli_generate_matches_generate_local():
 
 def test_cli_profile_writes_a_loadable_profile(tmp_path):
     out = tmp_path / "p.json"
-    result = CliRunner().invoke(app, ["profile", "--model", "tiny", "--layers", "1", "--prefill-tokens",
-                                      "4,8", "--decode-batches", "1,2", "--context-tokens", "8",
-                                      "--repeats", "1", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "profile",
+            "--model",
+            "tiny",
+            "--layers",
+            "1",
+            "--prefill-tokens",
+            "4,8",
+            "--decode-batches",
+            "1,2",
+            "--context-tokens",
+            "8",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     profile = LatencyProfile.load(out)
     assert [t for t, _ in profile.prefill] == [4, 8] and [p.batch for p in profile.decode] == [1, 2]

@@ -32,12 +32,26 @@ def test_llama2_7b_layer_parameters_by_hand() -> None:
 
 
 def test_hf_config_roundtrip(tmp_path) -> None:
-    raw = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-           "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 3,
-           "intermediate_size": 128, "vocab_size": 100, "torch_dtype": "float32",
-           "rope_theta": 500000.0, "eos_token_id": [7, 8],
-           "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}
+    raw = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 3,
+        "intermediate_size": 128,
+        "vocab_size": 100,
+        "torch_dtype": "float32",
+        "rope_theta": 500000.0,
+        "eos_token_id": [7, 8],
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    }
     (tmp_path / "config.json").write_text(json.dumps(raw))
     cfg = from_hf_config(tmp_path)
     assert (cfg.num_layers, cfg.num_kv_heads, cfg.dtype, cfg.eos_token_id) == (3, 2, "float32", 7)
@@ -45,21 +59,23 @@ def test_hf_config_roundtrip(tmp_path) -> None:
     assert resolve_model(str(tmp_path)) == cfg
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("gpt-9", "neither a known preset"),
-    ({"num_layers": 2}, "missing the field"),
-    ({"preset": "tiny", "num_kv_heads": 3}, "multiple of"),
-    ({"preset": "tiny", "wings": 2}, "unknown field 'wings'"),
-    ({"preset": "tiny", "num_layers": 0}, "num_layers must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("gpt-9", "neither a known preset"),
+        ({"num_layers": 2}, "missing the field"),
+        ({"preset": "tiny", "num_kv_heads": 3}, "multiple of"),
+        ({"preset": "tiny", "wings": 2}, "unknown field 'wings'"),
+        ({"preset": "tiny", "num_layers": 0}, "num_layers must be a positive integer"),
+    ],
+)
 def test_bad_model_specs_name_the_problem(spec, message) -> None:
     with pytest.raises(ConfigError, match=message):
         resolve_model(spec)
 
 
 def test_unsupported_architecture(tmp_path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"],
-                                                      "model_type": "gpt2"}))
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
     with pytest.raises(ConfigError, match="unsupported architecture"):
         from_hf_config(tmp_path / "config.json")
 

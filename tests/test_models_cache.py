@@ -34,8 +34,9 @@ def test_a_missing_model_names_the_command_that_fetches_it(tmp_path: Path, monke
 def test_list_shows_known_models_and_other_gguf_files(tmp_path: Path) -> None:
     (tmp_path / "mine.gguf").write_bytes(b"GGUF")
     env = {"HELIX_MODELS": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "helix_jax.cli.main", "models", "list", "--json"],
-                         capture_output=True, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "helix_jax.cli.main", "models", "list", "--json"], capture_output=True, text=True, env=env, check=True
+    ).stdout
     rows = {r["name"]: r for r in json.loads(out)}
     assert set(rows) == {*KNOWN_MODELS, "mine.gguf"}
     assert rows["smollm2-135m"]["present"] is False and rows["mine.gguf"]["bytes"] == 4

@@ -37,8 +37,7 @@ def run_chain(engines, items):
     payloads = {rid: ({"token_ids": np.asarray(ids, np.int32)}, 0) for rid, ids, _, _ in items}
     outs = {}
     for engine in engines:
-        step = [StepInput(rid, payloads[rid][1], pos, sample=sample, **payloads[rid][0])
-                for rid, _, pos, sample in items]
+        step = [StepInput(rid, payloads[rid][1], pos, sample=sample, **payloads[rid][0]) for rid, _, pos, sample in items]
         for out in engine.step(step):
             outs[out.request_id] = out
             payloads[out.request_id] = ({"hidden": out.hidden}, engine.end_layer)
@@ -54,8 +53,7 @@ def generate(engines, prompts: dict[str, np.ndarray], chunk: int, decode_steps: 
     result = {rid: [] for rid in prompts}
     longest = max(len(p) for p in prompts.values())
     for begin in range(0, longest, chunk):
-        items = [(rid, p[begin:begin + chunk], begin, begin + chunk >= len(p))
-                 for rid, p in prompts.items() if begin < len(p)]
+        items = [(rid, p[begin : begin + chunk], begin, begin + chunk >= len(p)) for rid, p in prompts.items() if begin < len(p)]
         for rid, out in run_chain(engines, items).items():
             if out.next_token is not None:
                 result[rid].append((out.next_token, out.logits))
@@ -78,13 +76,11 @@ def assert_same(a, b):
 MIXED = {"a": PROMPT[:5], "b": PROMPT, "c": PROMPT[3:10]}
 
 
-@pytest.mark.parametrize("splits, layer_loop", [
-    ([(0, 4)], "scan"), ([(0, 3), (2, 4)], "scan"), ([(0, 2), (1, 4)], "unroll")])
+@pytest.mark.parametrize("splits, layer_loop", [([(0, 4)], "scan"), ([(0, 3), (2, 4)], "scan"), ([(0, 2), (1, 4)], "unroll")])
 def test_paged_equals_contiguous_mixed_batches_and_stage_splits(splits, layer_loop):
     """Several requests prefill and decode in the same steps; overlapping stages run partial
     inference (the second stage entered past its first layer)."""
-    results = [generate([make(s, e, layout, layer_loop=layer_loop) for s, e in splits], MIXED, 8, 6)
-               for layout in ("contiguous", "paged")]
+    results = [generate([make(s, e, layout, layer_loop=layer_loop) for s, e in splits], MIXED, 8, 6) for layout in ("contiguous", "paged")]
     assert_same(*results)
 
 
@@ -145,7 +141,11 @@ def test_pool_limits_reuse_waiting_and_no_write_out_of_bounds():
 def test_unheld_pages_stay_zero():
     engine = make(0, 4, "paged", num_pages=8)
     engine.add_request("r", reserve_tokens=9)
-    engine.step([StepInput("r", 0, 0, token_ids=PROMPT[:7]), ])
+    engine.step(
+        [
+            StepInput("r", 0, 0, token_ids=PROMPT[:7]),
+        ]
+    )
     engine.step([StepInput("r", 0, 7, token_ids=PROMPT[7:8])])
     held = {p for pages in engine.pool.table("r").pages for p in pages}
     k = np.asarray(engine.cache.k).reshape((engine.pool.total_pages, -1))
@@ -154,8 +154,16 @@ def test_unheld_pages_stay_zero():
 
 
 def test_paged_no_recompilation_in_steady_state():
-    engine = make(0, 4, "paged", config=CFG.with_overrides(name="tiny-paged-steady"), max_seq_len=64,
-                  decode_buckets=(1, 4), context_buckets=(32, 64), page_size=16)
+    engine = make(
+        0,
+        4,
+        "paged",
+        config=CFG.with_overrides(name="tiny-paged-steady"),
+        max_seq_len=64,
+        decode_buckets=(1, 4),
+        context_buckets=(32, 64),
+        page_size=16,
+    )
     compiled = engine.warmup()
     assert compiled == (2 + 1) * 2 and engine.compile_count == compiled
     rng = np.random.default_rng(1)
@@ -163,8 +171,9 @@ def test_paged_no_recompilation_in_steady_state():
     for step in range(30):
         if engine.free_slots and rng.random() < 0.5:
             rid = f"q{step}"
-            engine.add_request(rid, SamplingParams(temperature=float(rng.random()), top_k=5, seed=step),
-                               reserve_tokens=int(rng.integers(8, 64)))
+            engine.add_request(
+                rid, SamplingParams(temperature=float(rng.random()), top_k=5, seed=step), reserve_tokens=int(rng.integers(8, 64))
+            )
             position[rid] = 0
         items = []
         for rid in list(position):

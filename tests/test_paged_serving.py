@@ -37,13 +37,16 @@ def paged_engine(start=0, end=4, **kw) -> StageEngine:
 
 # ---------------------------------------------------------------- one accounting
 ONE_NODE = Placement("one", 4, {"n": (0, 4)}, (FlowEdge("coordinator", "n", 1), FlowEdge("n", "coordinator", 1)))
-ACCOUNTING_ENGINE = paged_engine(max_slots=8, max_seq_len=32, num_pages=10, decode_buckets=(8,),
-                                 prefill_buckets=(8,))
+ACCOUNTING_ENGINE = paged_engine(max_slots=8, max_seq_len=32, num_pages=10, decode_buckets=(8,), prefill_buckets=(8,))
 
-ops = st.lists(st.one_of(
-    st.tuples(st.just("submit"), st.integers(1, 12), st.integers(1, 10)),
-    st.tuples(st.just("step"), st.just(0), st.just(0)),
-    st.tuples(st.sampled_from(["finish", "cancel"]), st.integers(0, 7), st.just(0))), max_size=24)
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("submit"), st.integers(1, 12), st.integers(1, 10)),
+        st.tuples(st.just("step"), st.just(0), st.just(0)),
+        st.tuples(st.sampled_from(["finish", "cancel"]), st.integers(0, 7), st.just(0)),
+    ),
+    max_size=24,
+)
 
 
 @settings(max_examples=30, deadline=None)
@@ -52,8 +55,7 @@ def test_ledger_and_page_pool_agree(sequence):
     engine = ACCOUNTING_ENGINE
     for rid in [r for r in list(engine._requests)]:
         engine.release(rid)
-    sched = Scheduler(ONE_NODE, {"n": engine.kv_capacity_token_layers},
-                      kv_page_tokens={"n": engine.kv_page_tokens})
+    sched = Scheduler(ONE_NODE, {"n": engine.kv_capacity_token_layers}, kv_page_tokens={"n": engine.kv_page_tokens})
     ledger, pool = sched.ledger, engine.pool
     held: dict[str, list] = {}  # rid -> [next position, tokens to hold, prompt length]
     ids = iter(range(1000))
@@ -103,8 +105,7 @@ def step_msg(rid, data, position, route, hop=0, kv_tokens=None, index=0):
     extra = {} if kv_tokens is None else {"kv_tokens": kv_tokens}
     if position == 0:  # sampling travels with a request's first step only
         extra["sampling"] = SAMPLING
-    return wire.make("step", [data], request_id=rid, route=route, hop=hop, position=position, index=index,
-                     **extra)
+    return wire.make("step", [data], request_id=rid, route=route, hop=hop, position=position, index=index, **extra)
 
 
 def forward(node, msg, result):
@@ -114,8 +115,7 @@ def forward(node, msg, result):
 def test_chunked_prefill_through_two_hosts_equals_one_shot():
     """[0, 3) then [2, 4) entered at 3: a 40-token prompt runs in chunks of the hosts' budgets
     (16 and 8 tokens); the last stage samples once, the token a one-shot prefill samples."""
-    hosts = {"a": StageHost(paged_engine(0, 3), "a", 0, 32, 16),
-             "b": StageHost(paged_engine(2, 4, prefill_buckets=(8,)), "b", 0, 32, 8)}
+    hosts = {"a": StageHost(paged_engine(0, 3), "a", 0, 32, 16), "b": StageHost(paged_engine(2, 4, prefill_buckets=(8,)), "b", 0, 32, 8)}
     route = [["a", 0, 3], ["b", 3, 4]]
     prompt = np.random.default_rng(3).integers(0, 256, 40).astype(np.int32)
     hosts["a"].enqueue(step_msg("r", prompt, 0, route, kv_tokens=44))

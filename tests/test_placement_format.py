@@ -9,10 +9,19 @@ from helix_jax.placement import FlowEdge, Hop, Placement
 
 
 def _placement(partial: bool = True) -> Placement:
-    return Placement("t", 6, {"a": (0, 4), "b": (2, 6), "c": (4, 6)},
-                     (FlowEdge("coordinator", "a", 10.0), FlowEdge("a", "b", 4.0),
-                      FlowEdge("a", "c", 6.0), FlowEdge("b", "coordinator", 4.0),
-                      FlowEdge("c", "coordinator", 6.0)), partial_inference=partial)
+    return Placement(
+        "t",
+        6,
+        {"a": (0, 4), "b": (2, 6), "c": (4, 6)},
+        (
+            FlowEdge("coordinator", "a", 10.0),
+            FlowEdge("a", "b", 4.0),
+            FlowEdge("a", "c", 6.0),
+            FlowEdge("b", "coordinator", 4.0),
+            FlowEdge("c", "coordinator", 6.0),
+        ),
+        partial_inference=partial,
+    )
 
 
 def test_roundtrip(tmp_path) -> None:

@@ -65,8 +65,7 @@ def cluster():
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_worker_niceness", "0")
         # a dashboard port of its own: another Ray cluster on this machine may hold the default 8265
-        c = Cluster(initialize_head=True, head_node_args={**node_args, "labels": {LABEL: "h0"},
-                                                          "dashboard_port": free_port()})
+        c = Cluster(initialize_head=True, head_node_args={**node_args, "labels": {LABEL: "h0"}, "dashboard_port": free_port()})
         nodes = {"h0": c.head_node}
         for host in ("h1", "h2"):
             nodes[host] = c.add_node(**node_args, labels={LABEL: host})
@@ -84,9 +83,25 @@ def deploy(cluster, tmp_path_factory: pytest.TempPathFactory):
     """`helix-jax deploy ray-smollm2.json --ray ADDRESS` in a child process, once it serves:
     (the process, its connection file, its deployment.json)."""
     state = tmp_path_factory.mktemp("ray-state")
-    dep = Deploy([str(TOPOLOGY), "--placement", str(PLACEMENT), "--ray", cluster[0].address, "--state-dir", str(state),
-                  "--max-seq-len", "256", "--kv-tokens", str(16 * 256), "--restart-workers", "1",
-                  "--heartbeat-timeout", "120"])  # a worker is paused (SIGSTOP) while a Ray node goes
+    dep = Deploy(
+        [
+            str(TOPOLOGY),
+            "--placement",
+            str(PLACEMENT),
+            "--ray",
+            cluster[0].address,
+            "--state-dir",
+            str(state),
+            "--max-seq-len",
+            "256",
+            "--kv-tokens",
+            str(16 * 256),
+            "--restart-workers",
+            "1",
+            "--heartbeat-timeout",
+            "120",
+        ]
+    )  # a worker is paused (SIGSTOP) while a Ray node goes
     try:
         dep.wait_for(r"client endpoint (tcp://\S+)", timeout_s=900)
         connection = Path(dep.wait_for(r"connection file: (\S+)"))
@@ -137,8 +152,11 @@ def test_each_worker_runs_on_the_ray_node_of_its_host(deploy, cluster) -> None:
 
 
 def test_a_host_without_a_ray_node_is_a_clear_launch_error(cluster) -> None:
-    with pytest.raises(StepFailed, match=r"^launch: node cpu-9 on host h9: no Ray node with label "
-                                         r"helix-jax/host=h9; Ray nodes seen: .*helix-jax/host=h0"):
+    with pytest.raises(
+        StepFailed,
+        match=r"^launch: node cpu-9 on host h9: no Ray node with label "
+        r"helix-jax/host=h9; Ray nodes seen: .*helix-jax/host=h0",
+    ):
         match_ray_nodes({"cpu-9": "h9"}, ray.nodes())
 
 
@@ -155,8 +173,16 @@ def test_a_killed_worker_is_restarted_by_ray_and_rejoins(deploy, cluster, client
     _, prompts, answers = smollm2_answers
     old = records(deploy)["cpu-2"]
     os.kill(old["pid"], signal.SIGKILL)  # its actor exits with it; Ray restarts the actor (max_restarts 1)
-    wait_until(lambda: client.stats()["rejoined"] == 1 and client.stats()["nodes"]["cpu-2"]["in_service"] == 1
-               and records(deploy)["cpu-2"]["pid"] != old["pid"], "cpu-2 back in service", 600, 0.2)
+    wait_until(
+        lambda: (
+            client.stats()["rejoined"] == 1
+            and client.stats()["nodes"]["cpu-2"]["in_service"] == 1
+            and records(deploy)["cpu-2"]["pid"] != old["pid"]
+        ),
+        "cpu-2 back in service",
+        600,
+        0.2,
+    )
     (actor,) = [a for a in helix_actors(cluster, state="ALIVE") if a.name.endswith("-cpu-2")]
     assert actor.num_restarts == 1 and actor.actor_id == old["actor_id"]
     assert actor.node_id == old["ray_node_id"]  # pinned: restarted on h2's Ray node
@@ -180,6 +206,7 @@ def test_losing_the_ray_node_of_a_redundant_range_keeps_serving(deploy, cluster,
             def admitted() -> bool:
                 s = client.stats()
                 return s["waiting"] == 0 and s["running"] + s["completed"] - before["completed"] == len(prompts)
+
             wait_until(admitted, "every request admitted", 120, 0.05)
             assert client.stats()["running"] >= 1  # the chain's requests cannot finish
             c.remove_node(nodes["h1"])  # cpu-1's Ray node: its actor and worker go with it
@@ -200,5 +227,6 @@ def test_ctrl_c_stops_deploy_and_leaves_no_actor_or_worker(deploy, cluster) -> N
     workers = [psutil.Process(r["pid"]) for r in records(deploy).values() if psutil.pid_exists(r["pid"])]
     assert "stopped" in dep.interrupt()  # exit code 0
     wait_until(lambda: helix_actors(cluster, state="ALIVE") == [], "no helix actor alive", 60, 0.2)
-    wait_until(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers),
-               "every worker process gone", 60, 0.2)
+    wait_until(
+        lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), "every worker process gone", 60, 0.2
+    )

@@ -66,14 +66,19 @@ def test_the_openai_client_gets_the_same_answers(deployment, local) -> None:
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=600)
         assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
         chat = client.chat.completions.create(
-            model="smollm2-135m", messages=[{"role": "user", "content": questions[0]}], max_tokens=MAX_TOKENS,
-            temperature=0)
+            model="smollm2-135m", messages=[{"role": "user", "content": questions[0]}], max_tokens=MAX_TOKENS, temperature=0
+        )
         assert chat.choices[0].message.content == tokenizer.decode(expected[0])
         assert "Paris" in chat.choices[0].message.content and chat.choices[0].finish_reason == "stop"
         assert chat.usage.prompt_tokens == len(prompts[0]) and chat.usage.completion_tokens == len(expected[0])
         stream = client.chat.completions.create(
-            model="smollm2-135m", messages=[{"role": "user", "content": questions[0]}], max_tokens=MAX_TOKENS,
-            temperature=0, stream=True, stream_options={"include_usage": True})
+            model="smollm2-135m",
+            messages=[{"role": "user", "content": questions[0]}],
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         chunks = list(stream)
         assert chunks[0].choices[0].delta.role == "assistant"
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat.choices[0].message.content
@@ -81,8 +86,9 @@ def test_the_openai_client_gets_the_same_answers(deployment, local) -> None:
 
         async def completions() -> list:  # token-id prompts, all at once
             aclient = openai.AsyncOpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=600)
-            return await asyncio.gather(*(aclient.completions.create(
-                model="smollm2-135m", prompt=p, max_tokens=MAX_TOKENS, temperature=0) for p in prompts))
+            return await asyncio.gather(
+                *(aclient.completions.create(model="smollm2-135m", prompt=p, max_tokens=MAX_TOKENS, temperature=0) for p in prompts)
+            )
 
         for res, want in zip(asyncio.run(completions()), expected):
             assert res.choices[0].text == tokenizer.decode(want)

@@ -31,34 +31,47 @@ def test_parse_generate_keeps_sampling_and_builds_wire_forms_once() -> None:
     from helix_jax.model import SamplingParams
     from helix_jax.placement import Hop
 
-    req = parse_generate(_generate(temperature=0.7, top_k=5, top_p=0.9, seed=11), b"id", "r1", TINY,
-                         ByteTokenizer(), 64)
+    req = parse_generate(_generate(temperature=0.7, top_k=5, top_p=0.9, seed=11), b"id", "r1", TINY, ByteTokenizer(), 64)
     assert req.sampling == SamplingParams(0.7, 5, 0.9, 11)
     assert req.sampling_wire == {"temperature": 0.7, "top_k": 5, "top_p": 0.9, "seed": 11}
     req.set_route((Hop("a", 0, 4), Hop("b", 4, 8)))
     assert req.route_wire == [["a", 0, 4], ["b", 4, 8]]
-    step = wire.decode(wire.encode(wire.make("step", [np.zeros(1, np.int32)],
-                                             request_id="r1", route=req.route_wire, hop=0, position=0,
-                                             index=0, sampling=req.sampling_wire)))
+    step = wire.decode(
+        wire.encode(
+            wire.make(
+                "step",
+                [np.zeros(1, np.int32)],
+                request_id="r1",
+                route=req.route_wire,
+                hop=0,
+                position=0,
+                index=0,
+                sampling=req.sampling_wire,
+            )
+        )
+    )
     assert step["route"] == [["a", 0, 4], ["b", 4, 8]] and step["sampling"]["top_k"] == 5
 
 
-@pytest.mark.parametrize("fields, needle", [
-    (dict(prompt=None), "exactly one of prompt"),
-    (dict(prompt=None, prompt_ids=[]), "prompt_ids is empty"),
-    (dict(prompt=None, prompt_ids=[1, -1]), "outside the vocabulary"),
-    (dict(prompt=None, prompt_ids=[1, True]), "outside the vocabulary"),
-    (dict(prompt="hi", prompt_ids=[1]), "exactly one of prompt"),
-    (dict(max_tokens=-3), "max_tokens must be positive"),
-    (dict(max_tokens=62), "prompt too long: 3 prompt tokens + max_tokens 62"),
-    (dict(temperature=-0.5), "temperature must be in [0, 100]"),
-    (dict(temperature=101.0), "temperature must be in [0, 100]"),
-    (dict(top_k=-1), "top_k must be an integer >= 0"),
-    (dict(top_p=1.5), "top_p must be in"),
-    (dict(seed=-1), "seed must be an integer in [0, 2**32)"),
-    (dict(seed=2 ** 32), "seed must be an integer in [0, 2**32)"),
-    (dict(stop=["a"] * 9), "stop must be at most 8"),
-])
+@pytest.mark.parametrize(
+    "fields, needle",
+    [
+        (dict(prompt=None), "exactly one of prompt"),
+        (dict(prompt=None, prompt_ids=[]), "prompt_ids is empty"),
+        (dict(prompt=None, prompt_ids=[1, -1]), "outside the vocabulary"),
+        (dict(prompt=None, prompt_ids=[1, True]), "outside the vocabulary"),
+        (dict(prompt="hi", prompt_ids=[1]), "exactly one of prompt"),
+        (dict(max_tokens=-3), "max_tokens must be positive"),
+        (dict(max_tokens=62), "prompt too long: 3 prompt tokens + max_tokens 62"),
+        (dict(temperature=-0.5), "temperature must be in [0, 100]"),
+        (dict(temperature=101.0), "temperature must be in [0, 100]"),
+        (dict(top_k=-1), "top_k must be an integer >= 0"),
+        (dict(top_p=1.5), "top_p must be in"),
+        (dict(seed=-1), "seed must be an integer in [0, 2**32)"),
+        (dict(seed=2**32), "seed must be an integer in [0, 2**32)"),
+        (dict(stop=["a"] * 9), "stop must be at most 8"),
+    ],
+)
 def test_parse_generate_rejects_bad_requests(fields: dict, needle: str) -> None:
     with pytest.raises(RequestError, match=None) as info:
         parse_generate(_generate(**fields), b"id", "r1", TINY, ByteTokenizer(), 64)
@@ -80,9 +93,13 @@ def test_stop_string_eos_and_length_end_a_request() -> None:
 
 
 def _two_node_topology() -> object:
-    return topology_from_dict({
-        "model": "llama-2-70b", "nodes": [{"name": "a", "gpu": "A100-40GB"}, {"name": "b", "gpu": "T4"}],
-        "links": {"default": {"bandwidth": 1e6, "latency_ms": 10}}})
+    return topology_from_dict(
+        {
+            "model": "llama-2-70b",
+            "nodes": [{"name": "a", "gpu": "A100-40GB"}, {"name": "b", "gpu": "T4"}],
+            "links": {"default": {"bandwidth": 1e6, "latency_ms": 10}},
+        }
+    )
 
 
 def test_link_pacer_is_fifo_with_latency_and_bandwidth() -> None:
@@ -136,16 +153,28 @@ def test_delayed_sends_fire_in_due_order_and_fifo_among_equals() -> None:
 def test_layer_loads_count_each_item_from_its_start_layer() -> None:
     from helix_jax.model import StepInput
 
-    items = [StepInput("p", 2, 0, token_ids=np.zeros(5, np.int32)),  # prompt chunk from the stage start
-             StepInput("d1", 4, 9, hidden=np.zeros((1, 8), np.float32)),  # decode entering at layer 4
-             StepInput("d2", 6, 19, hidden=np.zeros((1, 8), np.float32))]  # decode entering at layer 6
+    items = [
+        StepInput("p", 2, 0, token_ids=np.zeros(5, np.int32)),  # prompt chunk from the stage start
+        StepInput("d1", 4, 9, hidden=np.zeros((1, 8), np.float32)),  # decode entering at layer 4
+        StepInput("d2", 6, 19, hidden=np.zeros((1, 8), np.float32)),
+    ]  # decode entering at layer 6
     loads = layer_loads(items, 2, 8)
-    assert loads == [LayerLoad(5, 0, 0), LayerLoad(5, 0, 0), LayerLoad(5, 1, 10), LayerLoad(5, 1, 10),
-                     LayerLoad(5, 2, 30), LayerLoad(5, 2, 30)]
-    brute = [LayerLoad(sum(i.num_tokens for i in items if i.run_start_layer <= layer and i.num_tokens > 1),
-                       sum(1 for i in items if i.run_start_layer <= layer and i.num_tokens == 1),
-                       sum(i.position + 1 for i in items if i.run_start_layer <= layer and i.num_tokens == 1))
-             for layer in range(2, 8)]
+    assert loads == [
+        LayerLoad(5, 0, 0),
+        LayerLoad(5, 0, 0),
+        LayerLoad(5, 1, 10),
+        LayerLoad(5, 1, 10),
+        LayerLoad(5, 2, 30),
+        LayerLoad(5, 2, 30),
+    ]
+    brute = [
+        LayerLoad(
+            sum(i.num_tokens for i in items if i.run_start_layer <= layer and i.num_tokens > 1),
+            sum(1 for i in items if i.run_start_layer <= layer and i.num_tokens == 1),
+            sum(i.position + 1 for i in items if i.run_start_layer <= layer and i.num_tokens == 1),
+        )
+        for layer in range(2, 8)
+    ]
     assert loads == brute and layer_loads([], 2, 8) == [LayerLoad(0, 0, 0)] * 6
 
 
@@ -154,8 +183,10 @@ def test_the_coordinator_client_and_front_end_import_no_jax() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; import helix_jax.runtime.coordinator, helix_jax.runtime.deploy, helix_jax.client, "
-            "helix_jax.http.app, helix_jax.model.tokenizer, helix_jax.model.sampling_params; "
-            "print(sorted(m for m in ('jax', 'flax') if m in sys.modules))")
+    code = (
+        "import sys; import helix_jax.runtime.coordinator, helix_jax.runtime.deploy, helix_jax.client, "
+        "helix_jax.http.app, helix_jax.model.tokenizer, helix_jax.model.sampling_params; "
+        "print(sorted(m for m in ('jax', 'flax') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -14,8 +14,16 @@ from helix_jax.runtime import wire
 
 
 def _step(hidden: np.ndarray) -> wire.Message:
-    return wire.make("step", [hidden], request_id="r1", route=[["a", 0, 4], ["b", 4, 8]], hop=1,
-                     position=3, index=2, sampling={"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0})
+    return wire.make(
+        "step",
+        [hidden],
+        request_id="r1",
+        route=[["a", 0, 4], ["b", 4, 8]],
+        hop=1,
+        position=3,
+        index=2,
+        sampling={"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0},
+    )
 
 
 def test_round_trip_keeps_fields_and_arrays() -> None:
@@ -67,16 +75,19 @@ def _header(**overrides) -> bytes:
     return msgpack.packb(base)
 
 
-@pytest.mark.parametrize("frames, needle", [
-    ([b"\xc1\xff garbage"], "not msgpack"),
-    ([msgpack.packb([1, 2, 3])], "must be a map"),
-    ([_header(v=99)], "unsupported wire version 99"),
-    ([_header(kind="explode")], "unknown message kind 'explode'"),
-    ([_header(f={})], "missing field 'request_id'"),
-    ([_header(f={"request_id": 5})], "free.request_id: expected str"),
-    ([_header(), b"extra"], "0 array(s) but 1 frame(s)"),
-    ([], "empty message"),
-])
+@pytest.mark.parametrize(
+    "frames, needle",
+    [
+        ([b"\xc1\xff garbage"], "not msgpack"),
+        ([msgpack.packb([1, 2, 3])], "must be a map"),
+        ([_header(v=99)], "unsupported wire version 99"),
+        ([_header(kind="explode")], "unknown message kind 'explode'"),
+        ([_header(f={})], "missing field 'request_id'"),
+        ([_header(f={"request_id": 5})], "free.request_id: expected str"),
+        ([_header(), b"extra"], "0 array(s) but 1 frame(s)"),
+        ([], "empty message"),
+    ],
+)
 def test_malformed_messages_are_rejected(frames: list[bytes], needle: str) -> None:
     with pytest.raises(ProtocolError, match=None) as info:
         wire.decode(frames)

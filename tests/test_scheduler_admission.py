@@ -19,9 +19,11 @@ def placement_of(num_layers, ranges, flows) -> Placement:
 
 def mesh() -> Placement:
     """Partial-inference mesh over 6 layers: routes of 2 or 3 hops with uneven layer counts."""
-    return placement_of(6, {"a": (0, 3), "b": (0, 2), "c": (2, 5), "d": (3, 6), "e": (4, 6)}, [
-        (C, "a", 30), (C, "b", 20), ("a", "d", 20), ("a", "c", 10), ("b", "c", 20),
-        ("c", "e", 30), ("d", C, 20), ("e", C, 30)])
+    return placement_of(
+        6,
+        {"a": (0, 3), "b": (0, 2), "c": (2, 5), "d": (3, 6), "e": (4, 6)},
+        [(C, "a", 30), (C, "b", 20), ("a", "d", 20), ("a", "c", 10), ("b", "c", 20), ("c", "e", 30), ("d", C, 20), ("e", C, 30)],
+    )
 
 
 def test_ledger_counts_only_layers_run() -> None:
@@ -44,8 +46,11 @@ def test_full_hop_is_skipped_for_the_next_best() -> None:
 
 def test_dead_end_branch_is_backtracked() -> None:
     # a's only successor c is full, so the walk must leave a and take b -> d.
-    p = placement_of(4, {"a": (0, 2), "b": (0, 3), "c": (2, 4), "d": (3, 4)}, [
-        (C, "a", 90), ("a", "c", 90), ("c", C, 90), (C, "b", 10), ("b", "d", 10), ("d", C, 10)])
+    p = placement_of(
+        4,
+        {"a": (0, 2), "b": (0, 3), "c": (2, 4), "d": (3, 4)},
+        [(C, "a", 90), ("a", "c", 90), ("c", C, 90), (C, "b", 10), ("b", "d", 10), ("d", C, 10)],
+    )
     sched = Scheduler(p, {"a": 1000, "b": 1000, "c": 10, "d": 1000})
     sched.submit(RequestSpec("r", 10, 10))
     (adm,) = sched.admit_ready()
@@ -93,6 +98,7 @@ def test_queue_bound_and_impossible_requests() -> None:
 
 def test_ledger_rejects_bad_budgets_and_double_reservations() -> None:
     from helix_jax.errors import ConfigError
+
     with pytest.raises(ConfigError, match="KV budget of node 'x'"):
         KVLedger({"x": -1})
     ledger = KVLedger({"x": 100})
@@ -103,13 +109,11 @@ def test_ledger_rejects_bad_budgets_and_double_reservations() -> None:
         ledger.reserve("s", [Hop("x", 0, 1)], 1)
 
 
-ops = st.lists(st.tuples(st.booleans(), st.integers(1, 400), st.integers(1, 300), st.integers(0, 10**6)),
-               min_size=1, max_size=80)
+ops = st.lists(st.tuples(st.booleans(), st.integers(1, 400), st.integers(1, 300), st.integers(0, 10**6)), min_size=1, max_size=80)
 
 
 @settings(max_examples=60, deadline=None)
-@given(budget_scale=st.integers(200, 5000), operations=ops, policy=st.sampled_from(
-    ["iwrr", "random", "shortest-queue", "swarm"]))
+@given(budget_scale=st.integers(200, 5000), operations=ops, policy=st.sampled_from(["iwrr", "random", "shortest-queue", "swarm"]))
 def test_reservations_never_exceed_budgets(budget_scale: int, operations, policy: str) -> None:
     p = mesh()
     budgets = {n: budget_scale * (1 + i) for i, n in enumerate(sorted(p.ranges))}

@@ -15,8 +15,7 @@ C = "coordinator"
 def two_paths() -> Placement:
     """a -> c and b -> c both reach layer 4; c is the only exit."""
     flows = [(C, "a", 50), (C, "b", 50), ("a", "c", 50), ("b", "c", 50), ("c", C, 100)]
-    return Placement("t", 4, {"a": (0, 2), "b": (0, 2), "c": (2, 4)},
-                     tuple(FlowEdge(s, d, f) for s, d, f in flows))
+    return Placement("t", 4, {"a": (0, 2), "b": (0, 2), "c": (2, 4)}, tuple(FlowEdge(s, d, f) for s, d, f in flows))
 
 
 def test_failed_node_releases_its_requests_in_order_and_routes_avoid_it() -> None:
@@ -39,7 +38,7 @@ def test_failed_node_releases_its_requests_in_order_and_routes_avoid_it() -> Non
     for spec in reversed(released):
         sched.submit(RequestSpec(spec.request_id + "'", spec.prompt_tokens, spec.max_output_tokens), front=True)
     admitted = sched.admit_ready()
-    assert [a.request_id for a in admitted][:len(released)] == [s.request_id + "'" for s in released]
+    assert [a.request_id for a in admitted][: len(released)] == [s.request_id + "'" for s in released]
     assert all("a" not in a.nodes for a in admitted)
     sched.ledger.check()
 
@@ -75,8 +74,7 @@ def test_failing_one_entry_keeps_the_queue_moving_on_the_other() -> None:
 
 
 def test_reflow_spreads_new_requests_by_the_survivors_flows() -> None:
-    flows = [(C, "a", 50), (C, "b", 40), (C, "d", 10), ("a", "c", 50), ("b", "c", 40), ("d", "c", 10),
-             ("c", C, 100)]
+    flows = [(C, "a", 50), (C, "b", 40), (C, "d", 10), ("a", "c", 50), ("b", "c", 40), ("d", "c", 10), ("c", C, 100)]
     ranges = {"a": (0, 2), "b": (0, 2), "c": (2, 4), "d": (0, 2)}
     placement = Placement("t", 4, ranges, tuple(FlowEdge(s, d, f) for s, d, f in flows))
     sched = Scheduler(placement, {n: 1_000_000 for n in ranges})

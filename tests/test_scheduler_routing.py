@@ -14,17 +14,19 @@ from helix_jax.scheduler import RequestSpec, Scheduler
 C = "coordinator"
 
 
-def placement_of(num_layers: int, ranges: dict[str, tuple[int, int]],
-                 flows: list[tuple[str, str, float]], partial: bool = True) -> Placement:
-    return Placement("t", num_layers, ranges, tuple(FlowEdge(s, d, f) for s, d, f in flows),
-                     partial_inference=partial)
+def placement_of(
+    num_layers: int, ranges: dict[str, tuple[int, int]], flows: list[tuple[str, str, float]], partial: bool = True
+) -> Placement:
+    return Placement("t", num_layers, ranges, tuple(FlowEdge(s, d, f) for s, d, f in flows), partial_inference=partial)
 
 
 def diamond() -> Placement:
     # coordinator -> a|b -> c|d -> coordinator, with a splitting 40/20 between c and d.
-    return placement_of(8, {"a": (0, 4), "b": (0, 4), "c": (4, 8), "d": (4, 8)}, [
-        (C, "a", 60), (C, "b", 30), ("a", "c", 40), ("a", "d", 20), ("b", "d", 30),
-        ("c", C, 40), ("d", C, 50)])
+    return placement_of(
+        8,
+        {"a": (0, 4), "b": (0, 4), "c": (4, 8), "d": (4, 8)},
+        [(C, "a", 60), (C, "b", 30), ("a", "c", 40), ("a", "d", 20), ("b", "d", 30), ("c", C, 40), ("d", C, 50)],
+    )
 
 
 def run_requests(sched: Scheduler, sizes: list[tuple[int, int]]) -> collections.Counter:
@@ -83,8 +85,7 @@ def test_edges_under_min_share_are_ignored() -> None:
     p = placement_of(2, {"a": (0, 2), "b": (0, 2)}, [(C, "a", 97), (C, "b", 3), ("a", C, 97), ("b", C, 3)])
     used = {n for (s, n) in run_requests(Scheduler(p), [(5, 5)] * 200) if s == C}
     assert used == {"a"}
-    used_low_threshold = {n for (s, n) in run_requests(Scheduler(p, min_edge_share=0.01), [(5, 5)] * 200)
-                          if s == C}
+    used_low_threshold = {n for (s, n) in run_requests(Scheduler(p, min_edge_share=0.01), [(5, 5)] * 200) if s == C}
     assert used_low_threshold == {"a", "b"}
 
 
@@ -124,8 +125,7 @@ def test_decode_load_follows_the_flows_in_force_after_a_reflow() -> None:
 
 
 def test_partial_inference_hops_run_only_the_remaining_layers() -> None:
-    p = placement_of(6, {"a": (0, 4), "b": (2, 6), "c": (0, 2)},
-                     [(C, "a", 10), ("a", "b", 10), (C, "c", 10), ("c", "b", 10), ("b", C, 20)])
+    p = placement_of(6, {"a": (0, 4), "b": (2, 6), "c": (0, 2)}, [(C, "a", 10), ("a", "b", 10), (C, "c", 10), ("c", "b", 10), ("b", C, 20)])
     sched = Scheduler(p)
     routes = set()
     for i in range(4):

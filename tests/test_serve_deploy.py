@@ -40,9 +40,17 @@ TOKENIZER = load_tokenizer(TOPOLOGY.model)
 @pytest.fixture(scope="module")
 def deployment(cpu_small_placement: Placement):
     """cpu_small_placement (tests/conftest.py) served by three worker threads."""
-    cfg = ServeConfig(TOPOLOGY, cpu_small_placement, TOPOLOGY.model, weights="random:0", max_seq_len=MAX_SEQ_LEN,
-                      kv_tokens=KV_TOKENS, queue_limit=QUEUE_LIMIT, client_queue_limit=QUEUE_LIMIT,  # one client fills it
-                      heartbeat_timeout_s=120)  # frozen runners (a hung GPU) must not be timed out here
+    cfg = ServeConfig(
+        TOPOLOGY,
+        cpu_small_placement,
+        TOPOLOGY.model,
+        weights="random:0",
+        max_seq_len=MAX_SEQ_LEN,
+        kv_tokens=KV_TOKENS,
+        queue_limit=QUEUE_LIMIT,
+        client_queue_limit=QUEUE_LIMIT,  # one client fills it
+        heartbeat_timeout_s=120,
+    )  # frozen runners (a hung GPU) must not be timed out here
     with InProcessCluster(cfg, TOKENIZER) as cluster:
         yield cluster.wait_ready()
 
@@ -57,15 +65,15 @@ def _ids(text: str) -> list[int]:
     return TOKENIZER.encode(text)
 
 
-def expected(deployment: InProcessCluster, prompt: str | list[int], max_tokens: int,
-             sampling: SamplingParams | None = None) -> list[int]:
+def expected(deployment: InProcessCluster, prompt: str | list[int], max_tokens: int, sampling: SamplingParams | None = None) -> list[int]:
     ids = _ids(prompt) if isinstance(prompt, str) else prompt
     assert deployment.coordinator is not None
     return fake_generation(ids, max_tokens, TOPOLOGY.model.vocab_size, sampling, deployment.coordinator.stop_ids)
 
 
-def test_twenty_concurrent_greedy_requests_stream_exactly(client: Client, deployment: InProcessCluster,
-                                                          cpu_small_placement: Placement) -> None:
+def test_twenty_concurrent_greedy_requests_stream_exactly(
+    client: Client, deployment: InProcessCluster, cpu_small_placement: Placement
+) -> None:
     jobs = [(PROMPTS[i % 4], 6 + (i % 3) * 3, i % 2 == 0) for i in range(20)]
 
     def one(job):
@@ -110,8 +118,9 @@ def test_async_client_runs_requests_concurrently(deployment: InProcessCluster) -
     assert tokens == expected(deployment, PROMPTS[1], 4)
 
 
-def test_burst_beyond_kv_waits_in_queue_then_completes(deployment: InProcessCluster, client: Client,
-                                                       cpu_small_placement: Placement) -> None:
+def test_burst_beyond_kv_waits_in_queue_then_completes(
+    deployment: InProcessCluster, client: Client, cpu_small_placement: Placement
+) -> None:
     """Entry stages frozen: the burst fills the KV ledger exactly, the rest queues; thawed,
     every request completes with its exact stream and the ledger is empty again."""
     coordinator = deployment.coordinator
@@ -122,8 +131,7 @@ def test_burst_beyond_kv_waits_in_queue_then_completes(deployment: InProcessClus
     prompts = [[65 + i % 20] * 10 for i in range(30)]
     streams = [client.stream(p, max_tokens=30) for p in prompts]
     try:
-        deployment.wait_until(lambda: coordinator.stats()["in_flight"] + coordinator.stats()["queued"] == 30,
-                              "all 30 submitted")
+        deployment.wait_until(lambda: coordinator.stats()["in_flight"] + coordinator.stats()["queued"] == 30, "all 30 submitted")
         stats = coordinator.stats()
         assert stats["queued"] > 0 and stats["in_flight"] > 0  # the burst did not fit at once
         # admission stopped exactly where the next request's reservation would overrun a hop
@@ -149,17 +157,19 @@ def budgets_match_workers(budgets: dict[str, int], placement: Placement) -> bool
     return all(budgets[n] == KV_TOKENS * (e - s) for n, (s, e) in ranges.items())
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(prompt=""), "prompt is empty"),
-    (dict(prompt="hi", max_tokens=0), "max_tokens must be positive"),
-    (dict(prompt="hi", temperature=-1.0), "temperature must be in"),
-    (dict(prompt="hi", top_p=0.0), "top_p must be in"),
-    (dict(prompt=[5, 999]), "outside the vocabulary"),
-    (dict(prompt="hi", max_tokens=500), "prompt too long"),
-    (dict(prompt="hi", stop=[""]), "stop must be"),
-])
-def test_bad_requests_get_a_clear_error_while_others_complete(client: Client, deployment: InProcessCluster, kwargs,
-                                                              needle) -> None:
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(prompt=""), "prompt is empty"),
+        (dict(prompt="hi", max_tokens=0), "max_tokens must be positive"),
+        (dict(prompt="hi", temperature=-1.0), "temperature must be in"),
+        (dict(prompt="hi", top_p=0.0), "top_p must be in"),
+        (dict(prompt=[5, 999]), "outside the vocabulary"),
+        (dict(prompt="hi", max_tokens=500), "prompt too long"),
+        (dict(prompt="hi", stop=[""]), "stop must be"),
+    ],
+)
+def test_bad_requests_get_a_clear_error_while_others_complete(client: Client, deployment: InProcessCluster, kwargs, needle) -> None:
     good = {}
     worker = threading.Thread(target=lambda: good.setdefault("r", client.generate(PROMPTS[2], max_tokens=6)))
     worker.start()
@@ -183,7 +193,7 @@ def test_overload_is_a_clear_error_and_cancel_frees_the_queue(client: Client, de
         deployment.wait_until(lambda: coordinator.stats()["queued"] == QUEUE_LIMIT, "a full queue")
         running = coordinator.stats()["in_flight"]
         overloaded = 0
-        for stream in streams[running + QUEUE_LIMIT:]:
+        for stream in streams[running + QUEUE_LIMIT :]:
             with pytest.raises(OverloadedError, match="queue is full"):
                 next(iter(stream))
             overloaded += 1
@@ -219,15 +229,40 @@ def test_garbage_on_every_socket_is_rejected_and_harmless(deployment: InProcessC
     # worker data sockets: garbage, wrong shapes, wrong routes, bad sampling
     endpoints = deployment.coordinator.worker_data_endpoints
     hostile = bad_frames + [
-        wire.encode(wire.make("step", [np.zeros((2, 7), np.float32)], request_id="h1",
-                              route=[["cpu-2", 0, 4], ["cpu-1", 4, 8]], hop=1, position=0, index=0,
-                              sampling=sampling)),
-        wire.encode(wire.make("step", [np.zeros(3, np.int32)], request_id="h2", route=[["cpu-9", 0, 8]],
-                              hop=0, position=0, index=0, sampling=sampling)),
-        wire.encode(wire.make("step", [np.zeros(3, np.float32)], request_id="h3", route=[["cpu-0", 0, 6]],
-                              hop=0, position=0, index=0, sampling=sampling)),
-        wire.encode(wire.make("step", [np.zeros(3, np.int32)], request_id="h4", route=[["cpu-0", 0, 6]],
-                              hop=0, position=0, index=0, sampling={"temperature": "hot"})),
+        wire.encode(
+            wire.make(
+                "step",
+                [np.zeros((2, 7), np.float32)],
+                request_id="h1",
+                route=[["cpu-2", 0, 4], ["cpu-1", 4, 8]],
+                hop=1,
+                position=0,
+                index=0,
+                sampling=sampling,
+            )
+        ),
+        wire.encode(
+            wire.make(
+                "step", [np.zeros(3, np.int32)], request_id="h2", route=[["cpu-9", 0, 8]], hop=0, position=0, index=0, sampling=sampling
+            )
+        ),
+        wire.encode(
+            wire.make(
+                "step", [np.zeros(3, np.float32)], request_id="h3", route=[["cpu-0", 0, 6]], hop=0, position=0, index=0, sampling=sampling
+            )
+        ),
+        wire.encode(
+            wire.make(
+                "step",
+                [np.zeros(3, np.int32)],
+                request_id="h4",
+                route=[["cpu-0", 0, 6]],
+                hop=0,
+                position=0,
+                index=0,
+                sampling={"temperature": "hot"},
+            )
+        ),
     ]
     for endpoint in [*endpoints.values(), deployment.coordinator.data_endpoint]:
         push = wire.configure(ctx.socket(zmq.PUSH))
@@ -256,12 +291,12 @@ def test_generate_command_with_endpoint(deployment: InProcessCluster) -> None:
     from helix_jax.cli.main import app
 
     runner = CliRunner()
-    out = runner.invoke(app, ["generate", "--endpoint", deployment.client_endpoint, "--prompt-ids",
-                              "256,72,105", "--max-tokens", "5", "--json"])
+    out = runner.invoke(
+        app, ["generate", "--endpoint", deployment.client_endpoint, "--prompt-ids", "256,72,105", "--max-tokens", "5", "--json"]
+    )
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["ids"] == expected(deployment, [256, 72, 105], 5)
-    streamed = runner.invoke(app, ["generate", "--endpoint", deployment.client_endpoint, "--prompt", "x",
-                                   "--max-tokens", "4", "--stream"])
+    streamed = runner.invoke(app, ["generate", "--endpoint", deployment.client_endpoint, "--prompt", "x", "--max-tokens", "4", "--stream"])
     assert streamed.exit_code == 0, streamed.output
 
 

@@ -45,9 +45,16 @@ TOKENIZER = load_tokenizer(TOPOLOGY.model)
 
 @pytest.fixture(scope="module")
 def deployment(cpu_small_placement: Placement):
-    cfg = ServeConfig(TOPOLOGY, cpu_small_placement, TOPOLOGY.model, weights="random:0", max_seq_len=128,
-                      kv_tokens=16 * 128, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
-                      flow_planner=functools.partial(survivor_flows, TOPOLOGY, cpu_small_placement))
+    cfg = ServeConfig(
+        TOPOLOGY,
+        cpu_small_placement,
+        TOPOLOGY.model,
+        weights="random:0",
+        max_seq_len=128,
+        kv_tokens=16 * 128,
+        heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+        flow_planner=functools.partial(survivor_flows, TOPOLOGY, cpu_small_placement),
+    )
     with InProcessCluster(cfg, TOKENIZER) as cluster:
         yield cluster.wait_ready()
 
@@ -64,8 +71,11 @@ def expected(prompt: str, max_tokens: int, sampling: SamplingParams | None = Non
 def _run_all(endpoint: str, jobs: list[tuple[str, int, SamplingParams | None]]) -> list:
     def one(job):
         prompt, max_tokens, sampling = job
-        extra = {} if sampling is None else dict(temperature=sampling.temperature, top_k=sampling.top_k,
-                                                 top_p=sampling.top_p, seed=sampling.seed)
+        extra = (
+            {}
+            if sampling is None
+            else dict(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed)
+        )
         with Client(endpoint, timeout_s=60) as client:
             try:
                 return client.generate(prompt, max_tokens=max_tokens, **extra)
@@ -92,8 +102,7 @@ def test_hung_worker_is_replaced_and_its_requests_resume_exactly(deployment: InP
     assert stats["resumed"] >= 1  # the round robin had sent some requests through cpu-2
     # flows recomputed over cpu-0 -> cpu-1: nothing enters or leaves cpu-2 any more
     graph = coord.scheduler.graph
-    assert stats["flow_tokens_per_s"] > 0 and graph.weight("coordinator", "cpu-0") == pytest.approx(
-        stats["flow_tokens_per_s"])
+    assert stats["flow_tokens_per_s"] > 0 and graph.weight("coordinator", "cpu-0") == pytest.approx(stats["flow_tokens_per_s"])
     assert graph.weight("coordinator", "cpu-2") == 0 and graph.weight("cpu-2", "cpu-1") == 0
     for (prompt, max_tokens, params), res in zip(jobs, results):
         assert not isinstance(res, Exception), res
@@ -178,11 +187,17 @@ def _pid(dep: LocalDeployment, node: str) -> int:
 def test_deployment_restarts_a_crashed_worker(tmp_path, cpu_small_placement: Placement, reference) -> None:
     """Real worker processes (the one failover smoke test on them): SIGKILL, restart, rejoin."""
     topo = load_topology(tiny_topology_path())
-    cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=128,
-                      kv_tokens=16 * 128, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
-                      flow_planner=functools.partial(survivor_flows, topo, cpu_small_placement))
-    with LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=tmp_path, restart_workers=True,
-                         max_restarts=1) as dep:
+    cfg = ServeConfig(
+        topo,
+        cpu_small_placement,
+        topo.model,
+        weights="random:0",
+        max_seq_len=128,
+        kv_tokens=16 * 128,
+        heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+        flow_planner=functools.partial(survivor_flows, topo, cpu_small_placement),
+    )
+    with LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=tmp_path, restart_workers=True, max_restarts=1) as dep:
         dep.wait_ready(timeout_s=400)
         coord = dep.coordinator
         assert coord is not None

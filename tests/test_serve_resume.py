@@ -32,18 +32,30 @@ MAX_TOKENS = 125  # prompt + output = 128 = a node's whole KV
 
 
 def two_routes() -> Placement:
-    flows = (FlowEdge("coordinator", "cpu-0", 100), FlowEdge("cpu-0", "coordinator", 100),
-             FlowEdge("coordinator", "cpu-1", 100), FlowEdge("cpu-1", "cpu-2", 100),
-             FlowEdge("cpu-2", "coordinator", 100))
+    flows = (
+        FlowEdge("coordinator", "cpu-0", 100),
+        FlowEdge("cpu-0", "coordinator", 100),
+        FlowEdge("coordinator", "cpu-1", 100),
+        FlowEdge("cpu-1", "cpu-2", 100),
+        FlowEdge("cpu-2", "coordinator", 100),
+    )
     return Placement("cpu-small", 8, {"cpu-0": (0, 8), "cpu-1": (0, 4), "cpu-2": (4, 8)}, flows)
 
 
 @pytest.fixture()
 def cluster():
     placement = two_routes()
-    cfg = ServeConfig(TOPOLOGY, placement, TOPOLOGY.model, weights="random:0", max_seq_len=128, kv_tokens=128,
-                      heartbeat_timeout_s=600.0,  # frozen runners send no heartbeats; kills are reported
-                      resume_grace_s=GRACE_S, flow_planner=functools.partial(survivor_flows, TOPOLOGY, placement))
+    cfg = ServeConfig(
+        TOPOLOGY,
+        placement,
+        TOPOLOGY.model,
+        weights="random:0",
+        max_seq_len=128,
+        kv_tokens=128,
+        heartbeat_timeout_s=600.0,  # frozen runners send no heartbeats; kills are reported
+        resume_grace_s=GRACE_S,
+        flow_planner=functools.partial(survivor_flows, TOPOLOGY, placement),
+    )
     with InProcessCluster(cfg, TOKENIZER) as c:
         yield c.wait_ready()
 
@@ -95,7 +107,7 @@ def test_a_request_no_surviving_route_takes_fails_after_the_grace_naming_the_nod
     assert len(errors) == 1, results
     message = str(errors[0])
     assert "cpu-2 (worker thread" in message and "within the 3 s resume grace (--resume-grace-s)" in message
-    (prompt, done), = [(p, r) for p, r in zip(PROMPTS, results) if not isinstance(r, RequestError)]
+    ((prompt, done),) = [(p, r) for p, r in zip(PROMPTS, results) if not isinstance(r, RequestError)]
     assert done == expected(prompt)  # the request on the surviving route is untouched
     health = coord.serving_stats()["health"]
     assert health["failed"]["resume_timeout"] == 1 and health["resuming"] == 0

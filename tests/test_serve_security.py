@@ -42,8 +42,7 @@ NO_ANSWER_MS = 2000
 def deployment(tmp_path_factory: pytest.TempPathFactory, cpu_small_placement: Placement):
     topo = load_topology(tiny_topology_path())
     keys = security.DeploymentKeys.generate(cpu_small_placement.ranges)
-    cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=128,
-                      kv_tokens=4 * 128, keys=keys)
+    cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=128, kv_tokens=4 * 128, keys=keys)
     state = tmp_path_factory.mktemp("state")
     with LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=state / "logs", state_dir=state) as dep:
         dep.wait_ready(timeout_s=400)
@@ -71,13 +70,13 @@ def test_connection_file_is_private_and_everything_works(deployment: LocalDeploy
     async def main():
         async with AsyncClient.from_connection_file(path, timeout_s=120) as ac:
             return await ac.generate([256, 72], max_tokens=4)
+
     assert list(asyncio.run(main()).ids) == reference([256, 72], 4)
     from typer.testing import CliRunner
 
     from helix_jax.cli.main import app
 
-    out = CliRunner().invoke(app, ["generate", "--connection", str(path), "--prompt-ids", "256,72,105",
-                                   "--max-tokens", "5", "--json"])
+    out = CliRunner().invoke(app, ["generate", "--connection", str(path), "--prompt-ids", "256,72,105", "--max-tokens", "5", "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["ids"] == reference([256, 72, 105], 5)
 
@@ -111,10 +110,26 @@ def test_no_worker_accepts_a_forged_step_free_assign_or_shutdown(deployment: Loc
         rid = next(r for r, req in list(coord._live.items()) if req.client_request_id == stream.request_id)
         forged = [
             wire.make("free", request_id=rid),
-            wire.make("step", [np.asarray([5, 6], np.int32)], request_id=rid, route=[["cpu-0", 0, 6], ["cpu-1", 6, 8]],
-                      hop=0, position=0, index=0, sampling=SAMPLING),
-            wire.make("assign", node="cpu-0", start_layer=0, end_layer=8, model={}, neighbours={},
-                      coordinator_data="tcp://127.0.0.1:1", max_seq_len=8),
+            wire.make(
+                "step",
+                [np.asarray([5, 6], np.int32)],
+                request_id=rid,
+                route=[["cpu-0", 0, 6], ["cpu-1", 6, 8]],
+                hop=0,
+                position=0,
+                index=0,
+                sampling=SAMPLING,
+            ),
+            wire.make(
+                "assign",
+                node="cpu-0",
+                start_layer=0,
+                end_layer=8,
+                model={},
+                neighbours={},
+                coordinator_data="tcp://127.0.0.1:1",
+                max_seq_len=8,
+            ),
             wire.make("shutdown"),
         ]
         outsiders = [None, security.Keypair.generate(), keys.clients[0]]
@@ -133,9 +148,20 @@ def test_no_worker_accepts_a_forged_step_free_assign_or_shutdown(deployment: Loc
         insider.close(linger=1000)
         # cpu-1 is downstream of cpu-0: a step it claims to hand off is refused too
         rogue = _socket(zmq.PUSH, coord.worker_data_endpoints["cpu-0"], keys.nodes["cpu-1"], keys.nodes["cpu-0"].public)
-        rogue.send_multipart(wire.encode(wire.make(
-            "step", [np.zeros((1, 4), np.float32)], request_id=rid, route=[["cpu-1", 4, 8], ["cpu-0", 0, 6]],
-            hop=1, position=0, index=0, sampling=SAMPLING)))
+        rogue.send_multipart(
+            wire.encode(
+                wire.make(
+                    "step",
+                    [np.zeros((1, 4), np.float32)],
+                    request_id=rid,
+                    route=[["cpu-1", 4, 8], ["cpu-0", 0, 6]],
+                    hop=1,
+                    position=0,
+                    index=0,
+                    sampling=SAMPLING,
+                )
+            )
+        )
         rogue.close(linger=1000)
         # and a sampled token signed by a node that is not the request's last hop
         fake = _socket(zmq.PUSH, coord.data_endpoint, keys.nodes["cpu-0"], keys.coordinator.public)
@@ -151,25 +177,30 @@ def test_no_worker_accepts_a_forged_step_free_assign_or_shutdown(deployment: Loc
     _wait_for_log(log, "rejected assign: unexpected 'assign' on the data socket")
 
 
-def test_a_worker_with_a_wrong_key_cannot_register(deployment: LocalDeployment, tmp_path: Path,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_a_worker_with_a_wrong_key_cannot_register(deployment: LocalDeployment, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("WARNING", logger="helix_jax.runtime.wire")
     keys = deployment.config.keys
     wrong = security.WorkerKeys("cpu-1", security.Keypair.generate(), keys.coordinator.public).write(tmp_path / "k.json")
     stolen = security.WorkerKeys("cpu-1", keys.nodes["cpu-0"], keys.coordinator.public).write(tmp_path / "s.json")
     before = dict(deployment.coordinator.worker_data_endpoints)
-    cmd = [sys.executable, "-m", "helix_jax.cli.main", "worker", "--coordinator",
-           deployment.coordinator.control_endpoint, "--node", "cpu-1"]
-    for extra, needle in (([], "refused the CURVE handshake"),
-                          (["--keys", str(wrong)], "refused the CURVE handshake")):
+    cmd = [
+        sys.executable,
+        "-m",
+        "helix_jax.cli.main",
+        "worker",
+        "--coordinator",
+        deployment.coordinator.control_endpoint,
+        "--node",
+        "cpu-1",
+    ]
+    for extra, needle in (([], "refused the CURVE handshake"), (["--keys", str(wrong)], "refused the CURVE handshake")):
         proc = subprocess.run(cmd + extra, capture_output=True, text=True, env=ENV, timeout=120)
         assert proc.returncode == 1 and needle in proc.stderr, proc.stderr
     # a node's real key used for another node: admitted by ZAP, then its register is dropped
     proc = subprocess.Popen(cmd + ["--keys", str(stolen)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     try:
         deadline = time.monotonic() + 60
-        while not any("register for node 'cpu-1' signed by the key of 'cpu-0'" in r.getMessage()
-                      for r in caplog.records):
+        while not any("register for node 'cpu-1' signed by the key of 'cpu-0'" in r.getMessage() for r in caplog.records):
             assert time.monotonic() < deadline and proc.poll() is None, "the forged register was not seen"
             time.sleep(0.1)
     finally:
@@ -185,8 +216,10 @@ def test_insecure_on_a_non_loopback_host_is_refused(tmp_path: Path, cpu_small_pl
     topology["nodes"][2]["host"] = "10.0.0.7"
     other = tmp_path / "two-hosts.json"
     other.write_text(json.dumps(topology))
-    cases = [(["topologies/cpu-tiny.json", "--host", "10.0.0.9"], "not on loopback: --host (10.0.0.9)"),
-             ([str(other)], "not on loopback: node cpu-2 (10.0.0.7)")]
+    cases = [
+        (["topologies/cpu-tiny.json", "--host", "10.0.0.9"], "not on loopback: --host (10.0.0.9)"),
+        ([str(other)], "not on loopback: node cpu-2 (10.0.0.7)"),
+    ]
     for args, needle in cases:
         args = [str(ROOT / a) if a.startswith("topologies/") else a for a in args]
         proc = run_cli("deploy", *args, "--insecure", "--http-port", "0", "--state-dir", str(tmp_path / "state"))
@@ -199,7 +232,11 @@ def test_insecure_on_a_non_loopback_host_is_refused(tmp_path: Path, cpu_small_pl
     topo = load_topology(tiny_topology_path())
     with pytest.raises(ConfigError, match=r"not on loopback: the coordinator \(10.0.0.9\)"):
         Coordinator(ServeConfig(topo, cpu_small_placement, topo.model, host="10.0.0.9"), None)
-    worker = subprocess.run([sys.executable, "-m", "helix_jax.cli.main", "worker", "--coordinator",
-                             "tcp://10.0.0.9:5555", "--node", "cpu-0"], capture_output=True, text=True, env=ENV,
-                            timeout=120)
+    worker = subprocess.run(
+        [sys.executable, "-m", "helix_jax.cli.main", "worker", "--coordinator", "tcp://10.0.0.9:5555", "--node", "cpu-0"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert worker.returncode == 2 and "a worker without --keys (plain TCP)" in worker.stderr, worker.stderr

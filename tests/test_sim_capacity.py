@@ -21,10 +21,14 @@ def fixture_path(name: str) -> Path:
 
 
 def two_pipelines() -> Placement:
-    flows = [(C, "f-0", 100), ("f-0", "f-1", 100), ("f-1", C, 100),
-             (C, "s-0", 40), ("s-0", "s-1", 40), ("s-1", C, 40)]
-    return Placement("two-pipelines", 4, {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)},
-                     tuple(FlowEdge(*f) for f in flows), objective_tokens_per_s=140.0)
+    flows = [(C, "f-0", 100), ("f-0", "f-1", 100), ("f-1", C, 100), (C, "s-0", 40), ("s-0", "s-1", 40), ("s-1", C, 40)]
+    return Placement(
+        "two-pipelines",
+        4,
+        {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)},
+        tuple(FlowEdge(*f) for f in flows),
+        objective_tokens_per_s=140.0,
+    )
 
 
 def test_two_pipelines_reach_most_of_the_max_flow_in_proportion() -> None:
@@ -34,8 +38,7 @@ def test_two_pipelines_reach_most_of_the_max_flow_in_proportion() -> None:
     measured share is about 70%; see README, section bench)."""
     topo = load_topology(fixture_path("two-pipelines.json"))
     cost = CostModel(topo, WorkloadShape(100, 50))
-    res = simulate(two_pipelines(), cost, FixedLengths(100, 50),
-                   SimConfig(duration_s=2000, warmup_s=500, seed=1))
+    res = simulate(two_pipelines(), cost, FixedLengths(100, 50), SimConfig(duration_s=2000, warmup_s=500, seed=1))
     assert 0.6 <= res.flow_fraction <= 1.02
     per_node = {n.name: n.mean_decode_batch * n.steps for n in res.nodes}
     fast_share = per_node["f-1"] / (per_node["f-1"] + per_node["s-1"])
@@ -51,9 +54,13 @@ def test_link_bound_cluster_is_limited_by_its_link() -> None:
     topo = load_topology(fixture_path("link-bound.json"))
     cost = CostModel(topo, WorkloadShape(10, 40))
     assert cost.link_tokens_per_s("a", "b") == pytest.approx(40.0)
-    placement = Placement("link-bound", 4, {"a": (0, 2), "b": (2, 4)},
-                          (FlowEdge(C, "a", 40), FlowEdge("a", "b", 40), FlowEdge("b", C, 40)),
-                          objective_tokens_per_s=40.0)
+    placement = Placement(
+        "link-bound",
+        4,
+        {"a": (0, 2), "b": (2, 4)},
+        (FlowEdge(C, "a", 40), FlowEdge("a", "b", 40), FlowEdge("b", C, 40)),
+        objective_tokens_per_s=40.0,
+    )
     res = simulate(placement, cost, FixedLengths(10, 40), SimConfig(duration_s=600, warmup_s=100))
     link_limit = 50 * 40 / 49
     assert res.metrics.decode_tokens_per_s == pytest.approx(link_limit, rel=0.05)
@@ -89,7 +96,6 @@ def test_decode_micro_batches_beat_one_convoy() -> None:
     micro = simulate(placement, capped, AzureConversationLengths(), config)
     convoy = simulate(placement, OneConvoy(topo), AzureConversationLengths(), config)
     for node in micro.nodes:  # no step ran more decode rows than the node's cap
-        assert node.max_decode_seqs <= capped.max_decode_batch(topo.node(node.name).gpu,
-                                                               node.layers[1] - node.layers[0])
+        assert node.max_decode_seqs <= capped.max_decode_batch(topo.node(node.name).gpu, node.layers[1] - node.layers[0])
     assert max(n.max_decode_seqs for n in convoy.nodes) > max(n.max_decode_seqs for n in micro.nodes)
     assert micro.metrics.decode_tokens_per_s > 1.2 * convoy.metrics.decode_tokens_per_s

@@ -21,12 +21,15 @@ LATENCY_MS = 2.0
 
 
 def table_topology(num_layers: int, nodes: list[str], capacity: list[float]):
-    return topology_from_dict({
-        "name": "t", "model": {"preset": "tiny", "num_layers": num_layers},
-        "gpu_types": {"g": {"max_layers": len(capacity), "capacity_tokens_per_s": capacity}},
-        "nodes": [{"name": n, "gpu": "g"} for n in nodes],
-        "links": {"default": {"bandwidth": BANDWIDTH_BYTES_PER_S, "latency_ms": LATENCY_MS}},
-    })
+    return topology_from_dict(
+        {
+            "name": "t",
+            "model": {"preset": "tiny", "num_layers": num_layers},
+            "gpu_types": {"g": {"max_layers": len(capacity), "capacity_tokens_per_s": capacity}},
+            "nodes": [{"name": n, "gpu": "g"} for n in nodes],
+            "links": {"default": {"bandwidth": BANDWIDTH_BYTES_PER_S, "latency_ms": LATENCY_MS}},
+        }
+    )
 
 
 def chain_placement(cost: CostModel, hops: int, kv_tokens: int) -> Placement:
@@ -34,8 +37,7 @@ def chain_placement(cost: CostModel, hops: int, kv_tokens: int) -> Placement:
     names = [f"n{i}" for i in range(hops)]
     edges = [FlowEdge(a, b, 10.0) for a, b in zip([C, *names], [*names, C])]
     share = {n: (kv_tokens + 0.5) / cost.kv_budget_token_layers("g", 1) for n in names}
-    return Placement("t", hops, {n: (i, i + 1) for i, n in enumerate(names)}, tuple(edges),
-                     extra={"kv_fraction": share})
+    return Placement("t", hops, {n: (i, i + 1) for i, n in enumerate(names)}, tuple(edges), extra={"kv_fraction": share})
 
 
 def lockstep_generation_s(cost: CostModel, hops: int, batch: int, prompt: int, output: int) -> float:
@@ -47,8 +49,11 @@ def lockstep_generation_s(cost: CostModel, hops: int, batch: int, prompt: int, o
         tokens = batch * prompt if round_ == 0 else batch
         for src, dst in zip([C, *names], names):
             total += cost.transfer_seconds(src, dst, tokens)
-            total += (cost.layer_step_seconds("g", tokens, 0, 0) if round_ == 0
-                      else cost.layer_step_seconds("g", 0, batch, batch * (prompt + round_)))
+            total += (
+                cost.layer_step_seconds("g", tokens, 0, 0)
+                if round_ == 0
+                else cost.layer_step_seconds("g", 0, batch, batch * (prompt + round_))
+            )
         total += cost.transfer_seconds(names[-1], C, batch)
     return total
 
@@ -81,12 +86,10 @@ def test_messages_to_a_busy_node_are_not_events() -> None:
     cost = CostModel(table_topology(4, ["n"], [400.0, 380.0, 360.0, 340.0]))
     prompt = 100
     placement = Placement("t", 4, {"n": (0, 4)}, (FlowEdge(C, "n", 340), FlowEdge("n", C, 340)))
-    landed_s = [cost.transfer_seconds(C, "n", prompt) + i * (cost.transfer_seconds(C, "n", prompt) - LATENCY_MS / 1e3)
-                for i in range(4)]
+    landed_s = [cost.transfer_seconds(C, "n", prompt) + i * (cost.transfer_seconds(C, "n", prompt) - LATENCY_MS / 1e3) for i in range(4)]
     step_end_s = landed_s[0] + 4 * cost.layer_step_seconds("g", prompt, 0, 0)
     assert landed_s[-1] < step_end_s  # the last three prompts land while the node is busy
-    config = SimConfig(mode="online", duration_s=step_end_s + 1e-3, warmup_s=0.0,
-                       arrival_times_s=(0.0, 1e-4, 2e-4, 3e-4))
+    config = SimConfig(mode="online", duration_s=step_end_s + 1e-3, warmup_s=0.0, arrival_times_s=(0.0, 1e-4, 2e-4, 3e-4))
     fast = Simulator(placement, cost, FixedLengths(prompt, 4), config).run()
     reference = ReferenceSimulator(placement, cost, FixedLengths(prompt, 4), config).run()
     assert fast.events_by_kind == {"step_done": 1, "wake": 1, "at_coordinator": 0, "arrival": 4, "at_node": 0}
@@ -107,8 +110,18 @@ def mesh() -> tuple[CostModel, Placement]:
 def same_results(config: SimConfig, cost: CostModel, placement: Placement, lengths) -> tuple:
     fast = Simulator(placement, cost, lengths, config).run()
     reference = ReferenceSimulator(placement, cost, lengths, config).run()
-    for name in ("metrics", "nodes", "submitted", "admitted", "completed", "rejected_overloaded", "queued_at_end",
-                 "in_flight_at_end", "peak_in_flight", "mean_in_flight"):
+    for name in (
+        "metrics",
+        "nodes",
+        "submitted",
+        "admitted",
+        "completed",
+        "rejected_overloaded",
+        "queued_at_end",
+        "in_flight_at_end",
+        "peak_in_flight",
+        "mean_in_flight",
+    ):
         assert getattr(fast, name) == getattr(reference, name), name
     assert fast.events_by_kind["step_done"] == reference.events_by_kind["step_done"]
     return fast, reference
@@ -118,8 +131,7 @@ def same_results(config: SimConfig, cost: CostModel, placement: Placement, lengt
 @pytest.mark.parametrize("mode", ["offline", "online"])
 def test_fast_engine_equals_the_reference_on_a_partial_inference_mesh(policy: str, mode: str) -> None:
     cost, placement = mesh()
-    config = SimConfig(mode=mode, duration_s=400.0, warmup_s=100.0, policy=policy, seed=2,
-                       rate_per_s=0.5 if mode == "online" else None)
+    config = SimConfig(mode=mode, duration_s=400.0, warmup_s=100.0, policy=policy, seed=2, rate_per_s=0.5 if mode == "online" else None)
     fast, reference = same_results(config, cost, placement, AzureConversationLengths())
     assert fast.completed > 0 and any(n.busy_fraction > 0.2 for n in fast.nodes)
     assert fast.events < reference.events  # some prompts and tokens landed on a busy node
@@ -132,8 +144,7 @@ def test_fast_engine_equals_the_reference_on_the_24_node_cluster(policy: str) ->
     topo = load_topology(ROOT / "topologies" / "single-region-24-llama2-70b.json")
     cost = CostModel(topo)
     placement = plan(topo, method="petals", cost_model=cost)
-    fast, reference = same_results(SimConfig(duration_s=200.0, warmup_s=60.0, policy=policy), cost, placement,
-                                   AzureConversationLengths())
+    fast, reference = same_results(SimConfig(duration_s=200.0, warmup_s=60.0, policy=policy), cost, placement, AzureConversationLengths())
     assert fast.metrics.decode_tokens_per_s > 0
     assert fast.events < 0.8 * reference.events
 
@@ -153,8 +164,7 @@ def test_results_equal_those_recorded_before_the_step_shortcuts(case: str) -> No
     if case.startswith("mesh"):
         cost, placement = mesh()
         policy, mode = case.split("-")[1:]
-        config = SimConfig(mode=mode, duration_s=400.0, warmup_s=100.0, policy=policy, seed=2,
-                           rate_per_s=0.5 if mode == "online" else None)
+        config = SimConfig(mode=mode, duration_s=400.0, warmup_s=100.0, policy=policy, seed=2, rate_per_s=0.5 if mode == "online" else None)
     else:
         from helix_jax.solver.plan import plan
 
@@ -164,5 +174,12 @@ def test_results_equal_those_recorded_before_the_step_shortcuts(case: str) -> No
         config = SimConfig(duration_s=200.0, warmup_s=60.0, policy="iwrr")
     res = Simulator(placement, cost, AzureConversationLengths(), config).run()
     m = res.metrics
-    assert (res.completed, res.admitted, sum(n.steps for n in res.nodes), m.decode_tokens_per_s, m.ttft.mean_ms,
-            m.tpot.mean_ms, res.mean_in_flight) == RECORDED[case]
+    assert (
+        res.completed,
+        res.admitted,
+        sum(n.steps for n in res.nodes),
+        m.decode_tokens_per_s,
+        m.ttft.mean_ms,
+        m.tpot.mean_ms,
+        res.mean_in_flight,
+    ) == RECORDED[case]

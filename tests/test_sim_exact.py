@@ -17,12 +17,15 @@ LATENCY_MS = 2.0
 
 
 def one_node_topology():
-    return topology_from_dict({
-        "name": "one-node", "model": {"preset": "tiny", "num_layers": 4},
-        "gpu_types": {"g": {"max_layers": 4, "capacity_tokens_per_s": [400, 380, 360, 340]}},
-        "nodes": [{"name": "n", "gpu": "g"}],
-        "links": {"default": {"bandwidth": BANDWIDTH_BYTES_PER_S, "latency_ms": LATENCY_MS}},
-    })
+    return topology_from_dict(
+        {
+            "name": "one-node",
+            "model": {"preset": "tiny", "num_layers": 4},
+            "gpu_types": {"g": {"max_layers": 4, "capacity_tokens_per_s": [400, 380, 360, 340]}},
+            "nodes": [{"name": "n", "gpu": "g"}],
+            "links": {"default": {"bandwidth": BANDWIDTH_BYTES_PER_S, "latency_ms": LATENCY_MS}},
+        }
+    )
 
 
 def test_one_request_latencies_match_the_cost_model() -> None:
@@ -59,8 +62,7 @@ def test_partial_inference_step_runs_each_request_from_its_entry_layer() -> None
         calls.append((prompt_tokens, decode_seqs, context_tokens))
         return 0.001 * prompt_tokens + 0.1 * decode_seqs + 1e-5 * context_tokens
 
-    node = SimNode("b", end_layer=6, max_prompt_tokens=1000, max_decode_seqs=8,
-                   layer_step_seconds=layer_step_seconds)
+    node = SimNode("b", end_layer=6, max_prompt_tokens=1000, max_decode_seqs=8, layer_step_seconds=layer_step_seconds)
     early_prefill = SimRequest("p", 30, 5, (Hop("x", 0, 2), Hop("b", 2, 6)), 0.0)
     early_prefill.hop_index = 1
     late_decode = SimRequest("d", 40, 5, (Hop("y", 0, 4), Hop("b", 4, 6)), 0.0)
@@ -74,8 +76,7 @@ def test_partial_inference_step_runs_each_request_from_its_entry_layer() -> None
 
 
 def test_batch_respects_prompt_and_decode_bounds() -> None:
-    node = SimNode("n", end_layer=2, max_prompt_tokens=100, max_decode_seqs=2,
-                   layer_step_seconds=lambda p, d, c: 1.0)
+    node = SimNode("n", end_layer=2, max_prompt_tokens=100, max_decode_seqs=2, layer_step_seconds=lambda p, d, c: 1.0)
     route = (Hop("n", 0, 2),)
     reqs = [SimRequest(f"r{i}", size, 5, route, 0.0) for i, size in enumerate((150, 60, 30, 20))]
     for i in range(3):

@@ -23,10 +23,8 @@ TOPOLOGY = Path(__file__).resolve().parents[1] / "topologies" / "fixtures" / "tw
 
 def mesh_placement() -> Placement:
     """Partial inference across the two kinds: f-0 [0,3) may hand off to s-1 [2,4) at layer 3."""
-    flows = [(C, "f-0", 80), (C, "s-0", 40), ("f-0", "f-1", 50), ("f-0", "s-1", 30), ("s-0", "f-1", 40),
-             ("f-1", C, 90), ("s-1", C, 30)]
-    return Placement("two-pipelines", 4, {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)},
-                     tuple(FlowEdge(*f) for f in flows))
+    flows = [(C, "f-0", 80), (C, "s-0", 40), ("f-0", "f-1", 50), ("f-0", "s-1", 30), ("s-0", "f-1", 40), ("f-1", C, 90), ("s-1", C, 30)]
+    return Placement("two-pipelines", 4, {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)}, tuple(FlowEdge(*f) for f in flows))
 
 
 def cost() -> CostModel:
@@ -56,19 +54,18 @@ def test_online_arrivals_follow_the_seed_and_rate() -> None:
     b = run(mode="online", rate_per_s=0.2, duration_s=1000.0, seed=2)
     assert a.submitted != b.submitted
     for res in (a, b):  # Poisson(200): within 4 standard deviations
-        assert abs(res.submitted - 200) < 4 * 200 ** 0.5
+        assert abs(res.submitted - 200) < 4 * 200**0.5
         assert res.rejected_overloaded == 0
 
 
 def test_shaped_arrivals_follow_the_trace() -> None:
     # all traffic in every other 3 s interval
     res = run(mode="online", rate_per_s=0.5, arrival_counts=(0, 10), duration_s=600.0, seed=5)
-    assert abs(res.submitted - 300) < 4 * 300 ** 0.5
+    assert abs(res.submitted - 300) < 4 * 300**0.5
 
 
 def test_light_online_load_has_short_queues_and_full_goodput() -> None:
-    res = run(mode="online", rate_per_s=0.05, duration_s=2000.0, warmup_s=200.0,
-              slo_ttft_ms=1e9, slo_tpot_ms=1e9)
+    res = run(mode="online", rate_per_s=0.05, duration_s=2000.0, warmup_s=200.0, slo_ttft_ms=1e9, slo_tpot_ms=1e9)
     m = res.metrics
     assert m.completed > 0 and m.goodput_requests_per_s == pytest.approx(m.requests_per_s)
     tight = run(mode="online", rate_per_s=0.05, duration_s=2000.0, warmup_s=200.0, slo_ttft_ms=1.0)
@@ -77,8 +74,9 @@ def test_light_online_load_has_short_queues_and_full_goodput() -> None:
 
 def test_memory_is_bounded_by_requests_in_flight() -> None:
     shape = WorkloadShape(40, 10)
-    sim = Simulator(mesh_placement(), CostModel(load_topology(TOPOLOGY), shape), FixedLengths(40, 10),
-                    SimConfig(duration_s=1500.0, warmup_s=100.0))
+    sim = Simulator(
+        mesh_placement(), CostModel(load_topology(TOPOLOGY), shape), FixedLengths(40, 10), SimConfig(duration_s=1500.0, warmup_s=100.0)
+    )
     res = sim.run()
     gc.collect()
     live = sum(1 for o in gc.get_objects() if type(o) is SimRequest)  # type(): no attribute hooks run

@@ -14,8 +14,13 @@ FIXTURE = Path(__file__).resolve().parents[1] / "topologies" / "fixtures" / "two
 
 def test_both_engines_measure_the_same_run(tmp_path: Path) -> None:
     flows = [(C, "f-0", 100), ("f-0", "f-1", 100), ("f-1", C, 100), (C, "s-0", 40), ("s-0", "s-1", 40), ("s-1", C, 40)]
-    placement = Placement("two-pipelines", 4, {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)},
-                          tuple(FlowEdge(*f) for f in flows), objective_tokens_per_s=140.0)
+    placement = Placement(
+        "two-pipelines",
+        4,
+        {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)},
+        tuple(FlowEdge(*f) for f in flows),
+        objective_tokens_per_s=140.0,
+    )
     path = tmp_path / "placement.json"
     placement.save(path)
     fast, reference = (measure_one(FIXTURE, path, 300.0, 100.0, engine) for engine in ("fast", "reference"))

@@ -97,6 +97,7 @@ def test_batches_equal_a_single_scanned_line(seed: int) -> None:
         def step(prompt: int, decode: int, context: int) -> float:
             calls[side].append((prompt, decode, context))
             return 1e-3 * prompt + 0.01 * decode + 1e-6 * context
+
         return step
 
     max_prompt, max_decode = rng.choice([64, 256]), rng.randint(1, 6)

@@ -117,8 +117,11 @@ def test_a_cluster_that_only_fits_past_the_cap_names_the_way_out() -> None:
     assert sorted(e - s for s, e in sp.ranges.values()) == [20, 20, 20, 20]
     assert sp.objective_tokens_per_s > 0
     one = topology_from_dict({"model": "llama-2-70b", "nodes": [{"name": "t", "gpu": "T4x4", "count": 1}]})
-    with pytest.raises(InfeasibleError, match=r"at most 30 of the 80 layers .* with memory filled with weights: "
-                                              r"1 x T4x4 \(max 30 layers each\); add nodes or use a smaller model$"):
+    with pytest.raises(
+        InfeasibleError,
+        match=r"at most 30 of the 80 layers .* with memory filled with weights: "
+        r"1 x T4x4 \(max 30 layers each\); add nodes or use a smaller model$",
+    ):
         plan(one, method="sp")
 
 
@@ -153,10 +156,13 @@ def test_infeasible_and_bad_options_are_named() -> None:
     too_small = topology_from_dict({"model": "llama-2-70b", "nodes": [{"name": "t", "gpu": "T4", "count": 3}]})
     with pytest.raises(InfeasibleError, match="at most 12 of the 80 layers"):
         plan(too_small)
-    cannot_hold = topology_from_dict({
-        "model": "llama-2-70b",
-        "gpu_types": {"Tiny": {"memory_gb": 2, "memory_bandwidth": "100 GB/s", "tflops": 10}},
-        "nodes": [{"name": "t", "gpu": "Tiny", "count": 100}]})
+    cannot_hold = topology_from_dict(
+        {
+            "model": "llama-2-70b",
+            "gpu_types": {"Tiny": {"memory_gb": 2, "memory_bandwidth": "100 GB/s", "tflops": 10}},
+            "nodes": [{"name": "t", "gpu": "Tiny", "count": 100}],
+        }
+    )
     with pytest.raises(InfeasibleError, match="cannot hold one layer|no GPU"):
         plan(cannot_hold)
     topo = load_topology(ROOT / "fixtures" / "two-pipelines.json")

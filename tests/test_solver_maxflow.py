@@ -83,6 +83,7 @@ def test_placement_with_flows_is_valid_and_serialisable(tmp_path) -> None:
     path = tmp_path / "p.json"
     placement.save(path)
     from helix_jax.placement import Placement
+
     assert Placement.load(path).objective_tokens_per_s == pytest.approx(140.0)
     with pytest.raises(PlacementError, match="at least one node"):
         placement_with_flows(topo, cm, {}, "test")
@@ -92,8 +93,7 @@ def test_restricted_edges_keep_pipelines_apart() -> None:
     topo, cm = _load("two-pipelines")
     ranges = {"f-0": (0, 2), "s-1": (2, 4), "s-0": (0, 2), "f-1": (2, 4)}
     # pipelines f-0 -> s-1 and s-0 -> f-1: each limited by its slow node
-    assert max_flow(topo, cm, ranges, allowed_edges={("f-0", "s-1"), ("s-0", "f-1")}).value_tokens_per_s == \
-        pytest.approx(80.0)
+    assert max_flow(topo, cm, ranges, allowed_edges={("f-0", "s-1"), ("s-0", "f-1")}).value_tokens_per_s == pytest.approx(80.0)
     assert max_flow(topo, cm, ranges).value_tokens_per_s == pytest.approx(140.0)
 
 
@@ -101,10 +101,13 @@ def test_balanced_flow_shares_parallel_nodes() -> None:
     """a and b both hold [0, 2) and feed c, which caps the flow at 100: any split of 100 over a and
     b is a maximum flow; the placement's flows split it evenly (the scheduler follows them, and
     a node carrying all of it would also hold all of its KV)."""
-    topo = topology_from_dict({
-        "model": {"preset": "tiny", "num_layers": 4},
-        "gpu_types": {"g": {"max_layers": 2, "capacity_tokens_per_s": [100, 100]}},
-        "nodes": [{"name": "a", "gpu": "g"}, {"name": "b", "gpu": "g"}, {"name": "c", "gpu": "g"}]})
+    topo = topology_from_dict(
+        {
+            "model": {"preset": "tiny", "num_layers": 4},
+            "gpu_types": {"g": {"max_layers": 2, "capacity_tokens_per_s": [100, 100]}},
+            "nodes": [{"name": "a", "gpu": "g"}, {"name": "b", "gpu": "g"}, {"name": "c", "gpu": "g"}],
+        }
+    )
     cm = CostModel(topo)
     ranges = {"a": (0, 2), "b": (0, 2), "c": (2, 4)}
     assert max_flow(topo, cm, ranges).value_tokens_per_s == pytest.approx(100.0)
@@ -114,8 +117,8 @@ def test_balanced_flow_shares_parallel_nodes() -> None:
     placement = placement_with_flows(topo, cm, ranges, "test")
     validate_placement(placement, topo, cm)
     assert {(f.src, f.dst): f.tokens_per_s for f in placement.flows} == pytest.approx(
-        {("coordinator", "a"): 50, ("coordinator", "b"): 50, ("a", "c"): 50, ("b", "c"): 50,
-         ("c", "coordinator"): 100}, rel=1e-4)
+        {("coordinator", "a"): 50, ("coordinator", "b"): 50, ("a", "c"): 50, ("b", "c"): 50, ("c", "coordinator"): 100}, rel=1e-4
+    )
 
 
 def test_survivor_flows_replan_around_lost_nodes() -> None:
@@ -132,8 +135,9 @@ def test_survivor_flows_replan_around_lost_nodes() -> None:
     assert all("f-1" not in (f.src, f.dst) for f in after.flows)
     assert survivor_flows(topo, full, set()).objective_tokens_per_s == pytest.approx(140.0)
     # separate pipelines stay separate: losing s-1 leaves the f pipeline alone, never s-0 -> f-1
-    sp = dataclasses.replace(full, method="sp", flows=tuple(
-        f for f in full.flows if {f.src, f.dst} not in ({"f-0", "s-1"}, {"s-0", "f-1"})))
+    sp = dataclasses.replace(
+        full, method="sp", flows=tuple(f for f in full.flows if {f.src, f.dst} not in ({"f-0", "s-1"}, {"s-0", "f-1"}))
+    )
     after_sp = survivor_flows(topo, sp, {"s-1"})
     assert after_sp.objective_tokens_per_s == pytest.approx(100.0)
     assert all(f.src != "s-0" for f in after_sp.flows)
@@ -164,9 +168,10 @@ def test_a_saved_placement_is_served_with_recomputed_flows_and_sp_stays_separate
     # a helix file is re-flowed over every edge, and a file of another model is refused
     two, cm2 = _load("two-pipelines")
     ranges = {"f-0": (0, 2), "f-1": (2, 4), "s-0": (0, 2), "s-1": (2, 4)}
-    one_edge = dataclasses.replace(placement_with_flows(two, cm2, ranges, "helix"),
-                                   flows=(FlowEdge(COORDINATOR, "f-0", 1.0), FlowEdge("f-0", "f-1", 1.0),
-                                          FlowEdge("f-1", COORDINATOR, 1.0)))
+    one_edge = dataclasses.replace(
+        placement_with_flows(two, cm2, ranges, "helix"),
+        flows=(FlowEdge(COORDINATOR, "f-0", 1.0), FlowEdge("f-0", "f-1", 1.0), FlowEdge("f-1", COORDINATOR, 1.0)),
+    )
     one_edge.save(tmp_path / "helix.json")
     assert placement_for(two, tmp_path / "helix.json", 10).objective_tokens_per_s == pytest.approx(140.0)
     with pytest.raises(ConfigError, match="covers 4 layers, the topology's model has 80"):
@@ -186,21 +191,21 @@ def test_a_placement_is_planned_served_and_replanned_for_its_own_workload(tmp_pa
 
     path = ROOT / "topologies" / "single-region-24-llama2-70b.json"
     out = tmp_path / "p.json"
-    result = CliRunner().invoke(app, ["plan", str(path), "--prompt-tokens", "2000", "--output-tokens", "20",
-                                      "--time-limit", "8", "--out", str(out)], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app,
+        ["plan", str(path), "--prompt-tokens", "2000", "--output-tokens", "20", "--time-limit", "8", "--out", str(out)],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     assert "fixed workload: mean prompt 2000 tokens, mean output 20.0 tokens" in result.output
     saved = Placement.load(out)
-    assert saved.workload.to_dict() == {"mean_prompt_tokens": 2000.0, "mean_output_tokens": 20.0,
-                                       "output_length_second_moment_ratio": 1.0}
+    assert saved.workload.to_dict() == {"mean_prompt_tokens": 2000.0, "mean_output_tokens": 20.0, "output_length_second_moment_ratio": 1.0}
     topo = load_topology(path)
     chat = placement_with_flows(topo, CostModel(topo), dict(saved.ranges), "helix")
     assert chat.objective_tokens_per_s > 3 * saved.objective_tokens_per_s  # 100 prompt tokens per output
     served = placement_for(topo, out, 10)
     assert served.objective_tokens_per_s == pytest.approx(saved.objective_tokens_per_s, rel=1e-6)
-    assert survivor_flows(topo, saved, ()).objective_tokens_per_s == pytest.approx(saved.objective_tokens_per_s,
-                                                                                   rel=1e-6)
+    assert survivor_flows(topo, saved, ()).objective_tokens_per_s == pytest.approx(saved.objective_tokens_per_s, rel=1e-6)
     why = CliRunner().invoke(app, ["explain", str(out), "--topology", str(path), "--json"])
     assert why.exit_code == 0, why.output
-    assert json.loads(why.output)["throughput_tokens_per_s"] == pytest.approx(saved.objective_tokens_per_s,
-                                                                                rel=1e-6)
+    assert json.loads(why.output)["throughput_tokens_per_s"] == pytest.approx(saved.objective_tokens_per_s, rel=1e-6)

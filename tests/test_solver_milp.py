@@ -21,8 +21,7 @@ def brute_force(topo: Topology, cm: CostModel, partial_inference: bool) -> float
     L = topo.model.num_layers
     tables = node_tables(topo, cm)
     names = sorted(tables)
-    options = [[None] + [(s, s + k) for k in range(1, len(tables[n]) + 1) for s in range(L - k + 1)]
-               for n in names]
+    options = [[None] + [(s, s + k) for k in range(1, len(tables[n]) + 1) for s in range(L - k + 1)] for n in names]
     best = 0.0
     for combo in itertools.product(*options):
         ranges = {n: r for n, r in zip(names, combo) if r is not None}
@@ -33,26 +32,29 @@ def brute_force(topo: Topology, cm: CostModel, partial_inference: bool) -> float
 
 
 def _cluster(num_layers: int, types: dict, nodes: list[tuple[str, str]], links: dict | None = None) -> Topology:
-    return topology_from_dict({
-        "model": {"preset": "tiny", "num_layers": num_layers},
-        "gpu_types": {name: {"max_layers": len(table), "capacity_tokens_per_s": table}
-                      for name, table in types.items()},
-        "nodes": [{"name": n, "gpu": g} for n, g in nodes],
-        **({"links": links} if links else {}),
-    })
+    return topology_from_dict(
+        {
+            "model": {"preset": "tiny", "num_layers": num_layers},
+            "gpu_types": {name: {"max_layers": len(table), "capacity_tokens_per_s": table} for name, table in types.items()},
+            "nodes": [{"name": n, "gpu": g} for n, g in nodes],
+            **({"links": links} if links else {}),
+        }
+    )
 
 
 CLUSTERS = {
-    "mixed-5": lambda: _cluster(5, {"big": [90, 70, 40], "small": [50, 30]},
-                                [("big0", "big"), ("sm0", "small"), ("sm1", "small")]),
+    "mixed-5": lambda: _cluster(5, {"big": [90, 70, 40], "small": [50, 30]}, [("big0", "big"), ("sm0", "small"), ("sm1", "small")]),
     "uneven-4": lambda: _cluster(4, {"g": [60, 50, 30]}, [("a", "g"), ("b", "g"), ("c", "g")]),
-    "three-types-6": lambda: _cluster(6, {"x": [100, 45, 35], "y": [40, 38], "z": [70, 30, 20, 12]},
-                                      [("x0", "x"), ("y0", "y"), ("z0", "z")]),
-    "overlap-3": lambda: _cluster(3, {"x": [89, 64, 22], "y": [38, 18]},
-                                  [("x0", "x"), ("x1", "x"), ("y0", "y"), ("y1", "y")]),
-    "slow-pair-4": lambda: _cluster(4, {"g": [80, 60]}, [("a", "g"), ("b", "g"), ("c", "g")],
-                                    {"default": {"bandwidth": "1 GB/s"},
-                                     "pairs": [{"from": "a", "to": "b", "bandwidth": 5120}]}),  # 20 tok/s
+    "three-types-6": lambda: _cluster(
+        6, {"x": [100, 45, 35], "y": [40, 38], "z": [70, 30, 20, 12]}, [("x0", "x"), ("y0", "y"), ("z0", "z")]
+    ),
+    "overlap-3": lambda: _cluster(3, {"x": [89, 64, 22], "y": [38, 18]}, [("x0", "x"), ("x1", "x"), ("y0", "y"), ("y1", "y")]),
+    "slow-pair-4": lambda: _cluster(
+        4,
+        {"g": [80, 60]},
+        [("a", "g"), ("b", "g"), ("c", "g")],
+        {"default": {"bandwidth": "1 GB/s"}, "pairs": [{"from": "a", "to": "b", "bandwidth": 5120}]},
+    ),  # 20 tok/s
 }
 
 
@@ -104,6 +106,7 @@ def test_zones_follow_slow_links() -> None:
     from pathlib import Path
 
     from helix_jax.topology import load_topology
+
     topo = load_topology(Path(__file__).resolve().parents[1] / "topologies" / "fixtures" / "link-bound.json")
     cm = CostModel(topo)
     assert milp.find_zones(topo, cm, milp.trivial_bound(topo, cm)) == [["a"], ["b"]]
@@ -129,17 +132,23 @@ def test_zone_to_zone_cut_bounds_the_crossings() -> None:
     from helix_jax.costmodel import WorkloadShape
 
     fast = {"bandwidth": 2560, "one_way": True}  # 10 tiny-model vectors/s
-    topo = topology_from_dict({
-        "model": {"preset": "tiny", "num_layers": 4},
-        "gpu_types": {"one": {"max_layers": 1, "capacity_tokens_per_s": [100]},
-                      "two": {"max_layers": 2, "capacity_tokens_per_s": [100, 80]}},
-        "coordinator": {"region": "a"},
-        "nodes": [{"name": "a", "gpu": "one", "region": "a", "count": 2},
-                  {"name": "b", "gpu": "two", "region": "b", "count": 2}],
-        "links": {"default": {"bandwidth": 1, "latency_ms": 50},
-                  "within_region": {"default": {"bandwidth": "1 GB/s", "latency_ms": 1}},
-                  "pairs": [{"from": "coordinator", "to": n, "bandwidth": "1 GB/s"} for n in ("a-0", "a-1")]
-                  + [{"from": "a-0", "to": "b-0", **fast}, {"from": "b-0", "to": "a-1", **fast}]}})
+    topo = topology_from_dict(
+        {
+            "model": {"preset": "tiny", "num_layers": 4},
+            "gpu_types": {
+                "one": {"max_layers": 1, "capacity_tokens_per_s": [100]},
+                "two": {"max_layers": 2, "capacity_tokens_per_s": [100, 80]},
+            },
+            "coordinator": {"region": "a"},
+            "nodes": [{"name": "a", "gpu": "one", "region": "a", "count": 2}, {"name": "b", "gpu": "two", "region": "b", "count": 2}],
+            "links": {
+                "default": {"bandwidth": 1, "latency_ms": 50},
+                "within_region": {"default": {"bandwidth": "1 GB/s", "latency_ms": 1}},
+                "pairs": [{"from": "coordinator", "to": n, "bandwidth": "1 GB/s"} for n in ("a-0", "a-1")]
+                + [{"from": "a-0", "to": "b-0", **fast}, {"from": "b-0", "to": "a-1", **fast}],
+            },
+        }
+    )
     cm = CostModel(topo, WorkloadShape(0, 100))
     optimum = brute_force(topo, cm, True)
     assert optimum == pytest.approx(10.0, abs=0.01)

@@ -19,16 +19,24 @@ ROOT = Path(__file__).resolve().parents[1] / "topologies"
 
 def _two_regions(latency_ms: float, bandwidth: str = "10 MB/s", east: int = 3, west: int = 4):
     """`east` big nodes with the coordinator, `west` small ones, joined by `bandwidth`."""
-    return topology_from_dict({
-        "model": {"preset": "tiny", "num_layers": 8},
-        "gpu_types": {"big": {"max_layers": 4, "capacity_tokens_per_s": [100, 90, 80, 70]},
-                      "small": {"max_layers": 2, "capacity_tokens_per_s": [60, 45]}},
-        "coordinator": {"region": "east"},
-        "nodes": [{"name": "e", "gpu": "big", "region": "east", "count": east},
-                  {"name": "w", "gpu": "small", "region": "west", "count": west}],
-        "links": {"default": {"bandwidth": bandwidth, "latency_ms": latency_ms},
-                  "within_region": {"default": {"bandwidth": "1 GB/s", "latency_ms": 1}}},
-    })
+    return topology_from_dict(
+        {
+            "model": {"preset": "tiny", "num_layers": 8},
+            "gpu_types": {
+                "big": {"max_layers": 4, "capacity_tokens_per_s": [100, 90, 80, 70]},
+                "small": {"max_layers": 2, "capacity_tokens_per_s": [60, 45]},
+            },
+            "coordinator": {"region": "east"},
+            "nodes": [
+                {"name": "e", "gpu": "big", "region": "east", "count": east},
+                {"name": "w", "gpu": "small", "region": "west", "count": west},
+            ],
+            "links": {
+                "default": {"bandwidth": bandwidth, "latency_ms": latency_ms},
+                "within_region": {"default": {"bandwidth": "1 GB/s", "latency_ms": 1}},
+            },
+        }
+    )
 
 
 def test_slow_regions_are_detected() -> None:
@@ -49,8 +57,7 @@ def test_windows_tile_the_layers_and_cross_regions_once() -> None:
     for node, (s, e) in placement.ranges.items():
         lo, hi = windows[region[node]]
         assert lo <= s < e <= hi
-    crossings = sum(f.tokens_per_s for f in placement.flows
-                    if "coordinator" not in (f.src, f.dst) and region[f.src] != region[f.dst])
+    crossings = sum(f.tokens_per_s for f in placement.flows if "coordinator" not in (f.src, f.dst) and region[f.src] != region[f.dst])
     assert crossings == pytest.approx(placement.objective_tokens_per_s)  # one crossing per token
     free = plan(topo, time_limit_s=10, cost_model=cm, region_windows=False)
     assert placement.objective_tokens_per_s <= free.upper_bound_tokens_per_s + 1e-6

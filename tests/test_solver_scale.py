@@ -24,18 +24,18 @@ TYPES = {"big": [100, 70, 45, 30], "mid": [60, 40, 25], "small": [35, 20]}
 
 def _cluster(per_type: int, regions: int = 1, num_layers: int = 8, pairs: list | None = None):
     """`per_type` nodes of each of TYPES in each of `regions` regions (10 MB/s, 50 ms between)."""
-    links = {"default": {"bandwidth": "10 MB/s", "latency_ms": 50},
-             "within_region": {"default": {"bandwidth": "1 GB/s", "latency_ms": 1}}}
+    links = {"default": {"bandwidth": "10 MB/s", "latency_ms": 50}, "within_region": {"default": {"bandwidth": "1 GB/s", "latency_ms": 1}}}
     if pairs:
         links["pairs"] = pairs
-    return topology_from_dict({
-        "model": {"preset": "tiny", "num_layers": num_layers},
-        "gpu_types": {g: {"max_layers": len(t), "capacity_tokens_per_s": t} for g, t in TYPES.items()},
-        "coordinator": {"region": "r0"},
-        "nodes": [{"name": f"r{r}-{g}", "gpu": g, "region": f"r{r}", "count": per_type}
-                  for r in range(regions) for g in TYPES],
-        "links": links,
-    })
+    return topology_from_dict(
+        {
+            "model": {"preset": "tiny", "num_layers": num_layers},
+            "gpu_types": {g: {"max_layers": len(t), "capacity_tokens_per_s": t} for g, t in TYPES.items()},
+            "coordinator": {"region": "r0"},
+            "nodes": [{"name": f"r{r}-{g}", "gpu": g, "region": f"r{r}", "count": per_type} for r in range(regions) for g in TYPES],
+            "links": links,
+        }
+    )
 
 
 def _model_size(topo) -> tuple[int, int, int]:
@@ -90,20 +90,22 @@ def test_planned_placement_is_valid_and_under_its_bound() -> None:
 
 def _ticking(clock: StepClock, tick_s: float):
     """A clock that advances `tick_s` per reading: loops end after a fixed number of steps."""
+
     def read() -> float:
         clock.jump(tick_s)
         return clock()
+
     return read
 
 
-@pytest.mark.parametrize("phase, regions", [("baseline:swarm", 1), ("local-search", 1), ("lp-fixpoint", 1),
-                                             ("patterns", 1), ("region-windows", 2)])
+@pytest.mark.parametrize(
+    "phase, regions", [("baseline:swarm", 1), ("local-search", 1), ("lp-fixpoint", 1), ("patterns", 1), ("region-windows", 2)]
+)
 def test_a_deadline_expiring_in_a_phase_stops_there(phase: str, regions: int) -> None:
     topo = _cluster(3, regions, num_layers=10)
     cm = CostModel(topo)
     clock = StepClock()
-    deadline = Deadline(30.0, clock=_ticking(clock, 1e-4),
-                        on_enter=lambda entered: clock.jump(1e6) if entered == phase else None)
+    deadline = Deadline(30.0, clock=_ticking(clock, 1e-4), on_enter=lambda entered: clock.jump(1e6) if entered == phase else None)
     placement = plan(topo, cost_model=cm, deadline=deadline, rel_gap=1e-9)
     validate_placement(placement, topo, cm)
     names = [name for name, _ in placement.extra["phases"]]
@@ -138,11 +140,16 @@ def _optimum(topo, cm) -> float:
 
 
 def test_pattern_bound_never_excludes_a_reachable_target() -> None:
-    topo = topology_from_dict({
-        "model": {"preset": "tiny", "num_layers": 4},
-        "gpu_types": {"x": {"max_layers": 3, "capacity_tokens_per_s": [90, 60, 35]},
-                      "y": {"max_layers": 2, "capacity_tokens_per_s": [50, 30]}},
-        "nodes": [{"name": "x", "gpu": "x", "count": 2}, {"name": "y", "gpu": "y", "count": 3}]})
+    topo = topology_from_dict(
+        {
+            "model": {"preset": "tiny", "num_layers": 4},
+            "gpu_types": {
+                "x": {"max_layers": 3, "capacity_tokens_per_s": [90, 60, 35]},
+                "y": {"max_layers": 2, "capacity_tokens_per_s": [50, 30]},
+            },
+            "nodes": [{"name": "x", "gpu": "x", "count": 2}, {"name": "y", "gpu": "y", "count": 3}],
+        }
+    )
     cm = CostModel(topo)
     optimum = _optimum(topo, cm)
     pool = patterns.PatternPool(milp.make_groups(topo, cm, [list(topo.node_names)]), topo.model.num_layers)

@@ -27,16 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pool(num_layers: int, types: dict[str, list[float]], entries: list[tuple[str, str, int, float]]) -> dict:
-    return {"model": {"preset": "tiny", "num_layers": num_layers},
-            "gpu_types": {g: {"max_layers": len(t), "capacity_tokens_per_s": t} for g, t in types.items()},
-            "nodes": [{"name": n, "gpu": g, "count": c, "price_per_hour": p} for n, g, c, p in entries]}
+    return {
+        "model": {"preset": "tiny", "num_layers": num_layers},
+        "gpu_types": {g: {"max_layers": len(t), "capacity_tokens_per_s": t} for g, t in types.items()},
+        "nodes": [{"name": n, "gpu": g, "count": c, "price_per_hour": p} for n, g, c, p in entries],
+    }
 
 
 CATALOGUES = {
-    "two-types": _pool(3, {"big": [90, 70, 40], "small": [50, 30]},
-                       [("b", "big", 2, 3.0), ("s", "small", 3, 1.0)]),
-    "three-types": _pool(4, {"x": [100, 45, 35], "y": [40, 38], "z": [70, 30, 20, 12]},
-                         [("x", "x", 1, 4.0), ("y", "y", 2, 1.5), ("z", "z", 1, 2.0)]),
+    "two-types": _pool(3, {"big": [90, 70, 40], "small": [50, 30]}, [("b", "big", 2, 3.0), ("s", "small", 3, 1.0)]),
+    "three-types": _pool(
+        4, {"x": [100, 45, 35], "y": [40, 38], "z": [70, 30, 20, 12]}, [("x", "x", 1, 4.0), ("y", "y", 2, 1.5), ("z", "z", 1, 2.0)]
+    ),
     "two-prices": _pool(4, {"g": [60, 50, 30]}, [("east", "g", 2, 1.0), ("west", "g", 2, 1.4)]),
 }
 
@@ -129,10 +131,15 @@ def test_single_type_comparison_and_mix_topology(enumerated) -> None:
 def test_roofline_pool_answer_reaches_the_target_at_its_own_pace() -> None:
     """Capacities of roofline types depend on the rented mix (its reference pace): the answer
     must reach the target under the cost model of the mix alone, and its bound stay below it."""
-    pool = topology_from_dict({
-        "model": {"preset": "tiny", "num_layers": 8},
-        "nodes": [{"name": "a", "gpu": "A100-40GB", "count": 2, "price_per_hour": 3.0},
-                  {"name": "t", "gpu": "T4", "count": 3, "price_per_hour": 0.4}]})
+    pool = topology_from_dict(
+        {
+            "model": {"preset": "tiny", "num_layers": 8},
+            "nodes": [
+                {"name": "a", "gpu": "A100-40GB", "count": 2, "price_per_hour": 3.0},
+                {"name": "t", "gpu": "T4", "count": 3, "price_per_hour": 0.4},
+            ],
+        }
+    )
     result = shop(pool, target_tokens_per_s=2000.0, time_limit_s=20)
     own = CostModel(result.topology)
     assert max_flow(result.topology, own, result.placement.ranges).value_tokens_per_s >= 2000.0 * (1 - 1e-6)
@@ -157,9 +164,11 @@ def test_bad_pools_and_options_give_one_clear_error(tmp_path) -> None:
         shop(pool, target_tokens_per_s=-3)
     path = tmp_path / "pool.json"
     path.write_text(json.dumps(CATALOGUES["two-types"]))
-    for args, message in ((["--target-tokens-per-s", "10"], "need --shop"),
-                          (["--shop", "--target-tokens-per-s", "10", "--frontier", "ten"], "--frontier takes"),
-                          (["--shop", "--target-tokens-per-s", "10", "--method", "petals"], "helix method")):
+    for args, message in (
+        (["--target-tokens-per-s", "10"], "need --shop"),
+        (["--shop", "--target-tokens-per-s", "10", "--frontier", "ten"], "--frontier takes"),
+        (["--shop", "--target-tokens-per-s", "10", "--method", "petals"], "helix method"),
+    ):
         result = CliRunner().invoke(app, ["plan", str(path), *args])
         assert isinstance(result.exception, ConfigError) and message in str(result.exception), result.output
 
@@ -169,9 +178,25 @@ def test_cli_json_has_the_promised_fields(tmp_path, enumerated) -> None:
     path = tmp_path / "pool.json"
     path.write_text(json.dumps(CATALOGUES["two-types"]))
     out = tmp_path / "placement.json"
-    result = CliRunner().invoke(app, ["plan", str(path), "--shop", "--target-tokens-per-s", "100", "--json",
-                                      "--time-limit", "10", "--frontier", "50,100", "--out", str(out),
-                                      "--frontier-png", str(tmp_path / "f.png")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            str(path),
+            "--shop",
+            "--target-tokens-per-s",
+            "100",
+            "--json",
+            "--time-limit",
+            "10",
+            "--frontier",
+            "50,100",
+            "--out",
+            str(out),
+            "--frontier-png",
+            str(tmp_path / "f.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     optimum = min(cost for cost, flow in table if flow >= 100 - 1e-9)

@@ -19,12 +19,16 @@ from helix_jax.topology import topology_from_dict
 def _chain_or_big():
     """4 layers: four one-layer nodes (100 tok/s each) chain into a 4-hop path; one node holding
     all four layers serves 50. Unconstrained (partial inference): 100 + 50 = 150."""
-    return topology_from_dict({
-        "model": {"preset": "tiny", "num_layers": 4},
-        "gpu_types": {"one": {"max_layers": 1, "capacity_tokens_per_s": [100]},
-                      "four": {"max_layers": 4, "capacity_tokens_per_s": [200, 120, 80, 50]}},
-        "nodes": [{"name": f"a{i}", "gpu": "one"} for i in range(4)] + [{"name": "b", "gpu": "four"}],
-    })
+    return topology_from_dict(
+        {
+            "model": {"preset": "tiny", "num_layers": 4},
+            "gpu_types": {
+                "one": {"max_layers": 1, "capacity_tokens_per_s": [100]},
+                "four": {"max_layers": 4, "capacity_tokens_per_s": [200, 120, 80, 50]},
+            },
+            "nodes": [{"name": f"a{i}", "gpu": "one"} for i in range(4)] + [{"name": "b", "gpu": "four"}],
+        }
+    )
 
 
 def _routes(placement):
@@ -85,17 +89,19 @@ def test_round_trip_below_the_fastest_path_is_one_clear_error() -> None:
 
 
 def _four_small():
-    return topology_from_dict({
-        "model": {"preset": "tiny", "num_layers": 4},
-        "gpu_types": {"two": {"max_layers": 2, "capacity_tokens_per_s": [90, 60]}},
-        "nodes": [{"name": f"n{i}", "gpu": "two"} for i in range(3)],
-    })
+    return topology_from_dict(
+        {
+            "model": {"preset": "tiny", "num_layers": 4},
+            "gpu_types": {"two": {"max_layers": 2, "capacity_tokens_per_s": [90, 60]}},
+            "nodes": [{"name": f"n{i}", "gpu": "two"} for i in range(3)],
+        }
+    )
 
 
 def test_scheduler_routes_only_along_the_placement_routes() -> None:
     topo = _chain_or_big()
     placement = plan_slo(topo, Limits(max_hops=1), time_limit_s=10, cost_model=CostModel(topo))
-    sched = Scheduler(placement, {n: 10 ** 9 for n in placement.ranges})
+    sched = Scheduler(placement, {n: 10**9 for n in placement.ranges})
     for i in range(5):
         sched.submit(RequestSpec(f"r{i}", 10, 10))
     for adm in sched.admit_ready():

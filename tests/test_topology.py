@@ -29,11 +29,12 @@ GOOD = {"model": "tiny", "nodes": [{"name": "a", "gpu": "CPU"}, {"name": "b", "g
 
 BAD = {
     "unknown-gpu": ({**GOOD, "nodes": [{"name": "a", "gpu": "Z80"}]}, "unknown GPU type 'Z80'"),
-    "unknown-node-in-link": ({**GOOD, "links": {"pairs": [{"from": "a", "to": "ghost", "bandwidth": 1e9}]}},
-                             "unknown node 'ghost'"),
+    "unknown-node-in-link": ({**GOOD, "links": {"pairs": [{"from": "a", "to": "ghost", "bandwidth": 1e9}]}}, "unknown node 'ghost'"),
     "negative-bandwidth": ({**GOOD, "links": {"default": {"bandwidth": -5}}}, "must be positive"),
-    "no-composition-holds-the-model": ({"model": "llama-2-70b", "nodes": [{"name": "t", "gpu": "T4", "count": 2}]},
-                                       "at most 8 of the 80 layers"),
+    "no-composition-holds-the-model": (
+        {"model": "llama-2-70b", "nodes": [{"name": "t", "gpu": "T4", "count": 2}]},
+        "at most 8 of the 80 layers",
+    ),
     "malformed-json": ('{"model": "tiny", "nodes": [', "not valid JSON"),
     "not-utf8": (b'{"model": "tiny\xff"}', "cannot be read"),
 }
@@ -43,8 +44,7 @@ BAD = {
 def test_bad_files_give_one_clear_error(tmp_path: Path, case: str) -> None:
     doc, message = BAD[case]
     path = _write(tmp_path, doc)
-    command = ["plan", str(path), "--time-limit", "2"] if case == "no-composition-holds-the-model" \
-        else ["validate", str(path)]
+    command = ["plan", str(path), "--time-limit", "2"] if case == "no-composition-holds-the-model" else ["validate", str(path)]
     result = _cli(*command)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
@@ -69,12 +69,10 @@ def test_missing_file_and_bad_placement(tmp_path: Path) -> None:
 
 def test_plan_json_prints_exactly_one_object(tmp_path: Path) -> None:
     out = tmp_path / "placement.json"
-    result = _cli("plan", str(ROOT / "topologies" / "fixtures" / "two-pipelines.json"), "--json",
-                  "--time-limit", "5", "--out", str(out))
+    result = _cli("plan", str(ROOT / "topologies" / "fixtures" / "two-pipelines.json"), "--json", "--time-limit", "5", "--out", str(out))
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)  # the whole stdout is one JSON document
-    for key in ("method", "objective_tokens_per_s", "upper_bound_tokens_per_s", "solve_seconds", "status",
-                "nodes", "flows"):
+    for key in ("method", "objective_tokens_per_s", "upper_bound_tokens_per_s", "solve_seconds", "status", "nodes", "flows"):
         assert key in doc
     assert doc["objective_tokens_per_s"] == pytest.approx(140.0)
     bound = doc["upper_bound_tokens_per_s"]
@@ -83,8 +81,7 @@ def test_plan_json_prints_exactly_one_object(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["nodes"] == doc["nodes"]
     check = _cli("validate", str(ROOT / "topologies" / "fixtures" / "two-pipelines.json"), "--placement", str(out))
     assert check.returncode == 0 and "placement valid" in check.stdout
-    explained = _cli("explain", str(out), "--topology", str(ROOT / "topologies" / "fixtures" / "two-pipelines.json"),
-                     "--json")
+    explained = _cli("explain", str(out), "--topology", str(ROOT / "topologies" / "fixtures" / "two-pipelines.json"), "--json")
     assert explained.returncode == 0 and json.loads(explained.stdout)["throughput_tokens_per_s"] == pytest.approx(140.0)
 
 
@@ -109,5 +106,6 @@ def test_bad_workload_options_and_a_bad_recorded_workload_give_one_clear_error(t
     out.write_text(json.dumps(doc))
     bad = _cli("explain", str(out), "--topology", str(topo))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip() == ("error: placement's workload is malformed: a workload shape needs numbers, "
-                                  "got {'mean_prompt_tokens': 'lots'}")
+    assert bad.stderr.strip() == (
+        "error: placement's workload is malformed: a workload shape needs numbers, got {'mean_prompt_tokens': 'lots'}"
+    )

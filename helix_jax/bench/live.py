@@ -91,11 +91,9 @@ class _LiveRun:
         self.time_scale = float(info.get("time_scale", 1.0) or 1.0)
         self.vocab_size = int(info.get("vocab_size", 256))
         preset = PRESETS.get(str(info.get("model", "")))
-        limit = (config.max_context_tokens or info.get("max_seq_len")
-                 or (preset.max_position_embeddings if preset else None))
+        limit = config.max_context_tokens or info.get("max_seq_len") or (preset.max_position_embeddings if preset else None)
         self.max_context = int(limit) if limit else DEFAULT_MAX_CONTEXT_TOKENS
-        self.metrics = MetricsCollector(config.warmup_s, config.duration_s, config.slo_ttft_ms,
-                                        config.slo_tpot_ms, config.seed)
+        self.metrics = MetricsCollector(config.warmup_s, config.duration_s, config.slo_ttft_ms, config.slo_tpot_ms, config.seed)
         self.rng = random.Random(config.seed)
         self.sent = self.completed = self.rejected = self.failed = self.cancelled = 0
         self.start_wall = 0.0
@@ -108,8 +106,7 @@ class _LiveRun:
         prompt, output = self.lengths.sample(self.rng)
         output = max(1, min(output, self.max_context // 2))
         prompt = max(1, min(prompt, self.max_context - output))
-        ids = [self.rng.randrange(FIRST_REGULAR_TOKEN_ID, max(FIRST_REGULAR_TOKEN_ID + 1, self.vocab_size))
-               for _ in range(prompt)]
+        ids = [self.rng.randrange(FIRST_REGULAR_TOKEN_ID, max(FIRST_REGULAR_TOKEN_ID + 1, self.vocab_size)) for _ in range(prompt)]
         return ids, output
 
     async def one(self) -> None:
@@ -117,8 +114,9 @@ class _LiveRun:
         sent_at = self.now()
         self.sent += 1
         try:
-            result = await self.client.generate(ids, max_tokens=output, temperature=self.config.temperature,
-                                                seed=self.rng.randrange(1 << 30))
+            result = await self.client.generate(
+                ids, max_tokens=output, temperature=self.config.temperature, seed=self.rng.randrange(1 << 30)
+            )
         except OverloadedError:
             self.rejected += 1
             return
@@ -138,8 +136,7 @@ class _LiveRun:
         self.completed += 1
 
     def _arrivals(self) -> Iterator[float]:
-        return seeded_arrivals(self.config.rate_per_s, self.config.arrival_counts,
-                               self.config.arrival_interval_s, self.config.seed)
+        return seeded_arrivals(self.config.rate_per_s, self.config.arrival_counts, self.config.arrival_interval_s, self.config.seed)
 
     async def run(self, progress: Callable[[float], None] | None) -> None:
         self.start_wall = time.perf_counter()
@@ -175,8 +172,9 @@ class _LiveRun:
             progress(end)
 
 
-async def run_live_bench_async(endpoint: str, lengths: LengthSampler, config: LiveConfig,
-                               progress: Callable[[float], None] | None = None, keys: Any = None) -> LiveResult:
+async def run_live_bench_async(
+    endpoint: str, lengths: LengthSampler, config: LiveConfig, progress: Callable[[float], None] | None = None, keys: Any = None
+) -> LiveResult:
     from helix_jax.client import AsyncClient
 
     wall_start = time.perf_counter()
@@ -193,8 +191,18 @@ async def run_live_bench_async(endpoint: str, lengths: LengthSampler, config: Li
         await run.run(progress)
     finally:
         await client.close()
-    return LiveResult(endpoint, config, run.metrics.summary(), info, run.sent, run.completed, run.rejected,
-                      run.failed, run.cancelled, time.perf_counter() - wall_start)
+    return LiveResult(
+        endpoint,
+        config,
+        run.metrics.summary(),
+        info,
+        run.sent,
+        run.completed,
+        run.rejected,
+        run.failed,
+        run.cancelled,
+        time.perf_counter() - wall_start,
+    )
 
 
 def _sync_info(endpoint: str, keys: Any = None) -> dict[str, Any]:
@@ -204,8 +212,9 @@ def _sync_info(endpoint: str, keys: Any = None) -> dict[str, Any]:
         return client.info()
 
 
-def run_live_bench(endpoint: str, lengths: LengthSampler, config: LiveConfig,
-                   progress: Callable[[float], None] | None = None, keys: Any = None) -> LiveResult:
+def run_live_bench(
+    endpoint: str, lengths: LengthSampler, config: LiveConfig, progress: Callable[[float], None] | None = None, keys: Any = None
+) -> LiveResult:
     """Blocking wrapper of `run_live_bench_async` (see the module docstring); `keys`: the
     ClientKeys of a CURVE deployment (from its connection file)."""
     return asyncio.run(run_live_bench_async(endpoint, lengths, config, progress, keys))

@@ -72,8 +72,9 @@ class LatencySummary:
     def of(cls, reservoir: Reservoir) -> "LatencySummary":
         values = sorted(reservoir.values)
         ms = 1000.0
-        return cls(reservoir.count, reservoir.mean * ms, percentile(values, 50) * ms,
-                   percentile(values, 95) * ms, percentile(values, 99) * ms)
+        return cls(
+            reservoir.count, reservoir.mean * ms, percentile(values, 50) * ms, percentile(values, 95) * ms, percentile(values, 99) * ms
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +88,8 @@ class RunMetrics:
     goodput_requests_per_s: float
     ttft: LatencySummary
     tpot: LatencySummary
-    completed: int          # completions in the window
-    output_tokens: int      # output tokens in the window
+    completed: int  # completions in the window
+    output_tokens: int  # output tokens in the window
     slo_ttft_ms: float
     slo_tpot_ms: float
     ttft_samples_s: tuple[float, ...] = ()  # reservoir, for CDF plots
@@ -105,8 +106,7 @@ class RunMetrics:
 class MetricsCollector:
     """Streaming sink for one run; times are seconds on one clock (simulated or wall)."""
 
-    def __init__(self, warmup_s: float, end_s: float, slo_ttft_ms: float = math.inf,
-                 slo_tpot_ms: float = math.inf, seed: int = 0):
+    def __init__(self, warmup_s: float, end_s: float, slo_ttft_ms: float = math.inf, slo_tpot_ms: float = math.inf, seed: int = 0):
         if not 0 <= warmup_s < end_s:
             raise ValueError(f"measurement window [{warmup_s}, {end_s}) is empty")
         self.warmup_s, self.end_s = warmup_s, end_s

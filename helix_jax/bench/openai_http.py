@@ -22,8 +22,7 @@ from helix_jax.errors import HelixError, OverloadedError, RequestError
 
 
 class OpenAIHttpClient:
-    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None,
-                 timeout_s: float = 3600.0) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, model: str | None = None, timeout_s: float = 3600.0) -> None:
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.model = model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -43,13 +42,20 @@ class OpenAIHttpClient:
             raise HelixError(f"{self.base_url}/v1/models lists no model")
         self.time_scale = float(card.get("time_scale") or 1.0)
         limit = card.get("max_model_len") or card.get("context_length") or card.get("max_seq_len")
-        return {"model": self.model, "vocab_size": int(card.get("vocab_size") or 256),
-                "time_scale": self.time_scale, "max_seq_len": limit}
+        return {"model": self.model, "vocab_size": int(card.get("vocab_size") or 256), "time_scale": self.time_scale, "max_seq_len": limit}
 
-    async def generate(self, prompt: Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
-                       seed: int = 0, **_: Any) -> GenerateResult:
-        body = {"model": self.model, "prompt": list(prompt), "max_tokens": max_tokens, "temperature": temperature,
-                "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
+    async def generate(
+        self, prompt: Sequence[int], max_tokens: int = 64, temperature: float = 0.0, seed: int = 0, **_: Any
+    ) -> GenerateResult:
+        body = {
+            "model": self.model,
+            "prompt": list(prompt),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "seed": seed,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         sent = time.perf_counter()
         arrivals: list[float] = []
         use: dict[str, Any] = {}
@@ -79,11 +85,11 @@ class OpenAIHttpClient:
         tpot = (arrivals[-1] - arrivals[0]) / (tokens - 1) if tokens > 1 and arrivals else 0.0
         # a chunk may carry several tokens (text held back mid-character or mid-stop-string): the
         # tokens not seen one by one are counted at the last chunk, which ends the sequence
-        times = (arrivals[:tokens - 1] + arrivals[-1:]) if len(arrivals) >= tokens else (
-            arrivals + arrivals[-1:] * (tokens - len(arrivals)))
+        times = (
+            (arrivals[: tokens - 1] + arrivals[-1:]) if len(arrivals) >= tokens else (arrivals + arrivals[-1:] * (tokens - len(arrivals)))
+        )
         timings = Timings(ttft / scale, tpot / scale, total / scale, tuple(a / scale for a in times), scale)
-        return GenerateResult("", "".join(text), (0,) * tokens, int(use.get("prompt_tokens") or len(prompt)),
-                              finish, timings)
+        return GenerateResult("", "".join(text), (0,) * tokens, int(use.get("prompt_tokens") or len(prompt)), finish, timings)
 
     async def close(self) -> None:
         await self._http.aclose()

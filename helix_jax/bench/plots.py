@@ -28,8 +28,10 @@ def write_plots(report: BenchReport, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
     runs = [(case.label, res.metrics) for case, res in report.results]
-    paths = [_throughput(plt, report, out / "throughput.png"),
-             latency_cdf(runs, f"{report.topology}: latency CDFs ({report.mode})", out / "latency_cdf.png")]
+    paths = [
+        _throughput(plt, report, out / "throughput.png"),
+        latency_cdf(runs, f"{report.topology}: latency CDFs ({report.mode})", out / "latency_cdf.png"),
+    ]
     rates = sorted({c.rate_per_s for c, _ in report.results if c.rate_per_s is not None})
     if len(rates) > 1:
         paths.append(_rate_sweep(plt, report, out / "rate_sweep.png"))
@@ -44,8 +46,7 @@ def _throughput(plt, report: BenchReport, path: Path) -> Path:
     labels = [f"{c.method}\n{c.policy}" for c, _ in cases]
     xs = range(len(cases))
     ax.bar(xs, [r.metrics.decode_tokens_per_s for _, r in cases], color="tab:blue", label="simulated")
-    ax.scatter(xs, [r.max_flow_tokens_per_s for _, r in cases], color="tab:red", marker="_", s=400,
-               label="placement max-flow", zorder=3)
+    ax.scatter(xs, [r.max_flow_tokens_per_s for _, r in cases], color="tab:red", marker="_", s=400, label="placement max-flow", zorder=3)
     ax.set_xticks(list(xs), labels, fontsize=8)
     ax.set_ylabel("decode tokens/s")
     suffix = "" if top_rate is None else f" at {top_rate:g} req/s"

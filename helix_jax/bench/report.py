@@ -42,19 +42,40 @@ def results_table(report: BenchReport, compact: bool = False) -> Table:
     tokens/s, requests/s, max-flow and the share of it, TTFT and TPOT p50/p95 in seconds, and the
     ratio; the full table adds total tokens/s, goodput and mean/p99 latencies (results.json
     always has everything)."""
-    title = (f"{report.topology}: {report.mode}, workload {report.workload}, "
-             f"{report.settings['duration_s']:g} s (warm-up {report.settings['warmup_s']:g} s)")
+    title = (
+        f"{report.topology}: {report.mode}, workload {report.workload}, "
+        f"{report.settings['duration_s']:g} s (warm-up {report.settings['warmup_s']:g} s)"
+    )
     online = report.mode == "online"
-    table = (Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-                   caption="tok/s: decode; flow: share of max-flow; TTFT, TPOT: p50/p95 s")
-             if compact else Table(title=title, show_lines=False))
+    table = (
+        Table(
+            title=title,
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+            caption="tok/s: decode; flow: share of max-flow; TTFT, TPOT: p50/p95 s",
+        )
+        if compact
+        else Table(title=title, show_lines=False)
+    )
     if compact:
-        columns = ["method", "sched"] + (["rate/s"] if online else []) + [
-            "tok/s", "req/s", "max-flow", "flow", "TTFT", "TPOT", "helix x"]
+        columns = ["method", "sched"] + (["rate/s"] if online else []) + ["tok/s", "req/s", "max-flow", "flow", "TTFT", "TPOT", "helix x"]
     else:
-        columns = ["method", "scheduler"] + (["rate/s"] if online else []) + [
-            "decode tok/s", "total tok/s", "req/s", "goodput req/s", "max-flow", "of flow",
-            "TTFT mean/p50/p95/p99 ms", "TPOT mean/p50/p95/p99 ms", "helix x"]
+        columns = (
+            ["method", "scheduler"]
+            + (["rate/s"] if online else [])
+            + [
+                "decode tok/s",
+                "total tok/s",
+                "req/s",
+                "goodput req/s",
+                "max-flow",
+                "of flow",
+                "TTFT mean/p50/p95/p99 ms",
+                "TPOT mean/p50/p95/p99 ms",
+                "helix x",
+            ]
+        )
     for c in columns:
         table.add_column(c, justify="left" if c in ("method", "scheduler", "sched") else "right")
     for case, res in report.results:
@@ -64,19 +85,26 @@ def results_table(report: BenchReport, compact: bool = False) -> Table:
         head = [case.method, case.policy] + ([_num(case.rate_per_s, 2)] if online else [])
         if compact:
             row = head + [
-                _num(m.decode_tokens_per_s), _num(m.requests_per_s, 2), _num(res.max_flow_tokens_per_s),
+                _num(m.decode_tokens_per_s),
+                _num(m.requests_per_s, 2),
+                _num(res.max_flow_tokens_per_s),
                 f"{100 * res.flow_fraction:.0f}%",
                 "/".join(_seconds(v) for v in (m.ttft.p50_ms, m.ttft.p95_ms)),
                 "/".join(_num(v / 1e3, 2) for v in (m.tpot.p50_ms, m.tpot.p95_ms)),
-                ratio_cell]
+                ratio_cell,
+            ]
         else:
             row = head + [
-                _num(m.decode_tokens_per_s), _num(m.total_tokens_per_s), _num(m.requests_per_s, 2),
-                _num(m.goodput_requests_per_s, 2), _num(res.max_flow_tokens_per_s),
+                _num(m.decode_tokens_per_s),
+                _num(m.total_tokens_per_s),
+                _num(m.requests_per_s, 2),
+                _num(m.goodput_requests_per_s, 2),
+                _num(res.max_flow_tokens_per_s),
                 f"{100 * res.flow_fraction:.0f}%",
                 "/".join(_num(v, 0) for v in (m.ttft.mean_ms, m.ttft.p50_ms, m.ttft.p95_ms, m.ttft.p99_ms)),
                 "/".join(_num(v, 0) for v in (m.tpot.mean_ms, m.tpot.p50_ms, m.tpot.p95_ms, m.tpot.p99_ms)),
-                ratio_cell]
+                ratio_cell,
+            ]
         table.add_row(*row)
     return table
 
@@ -85,17 +113,34 @@ def live_table(result: LiveResult) -> Table:
     """One run against a deployment: the same figures as a simulated row."""
     m, c = result.metrics, result.config
     rate = f", {c.rate_per_s:g} req/s" if c.mode == "online" else f", {c.concurrency} in flight"
-    table = Table(title=f"{result.endpoint} ({result.deployment.get('model', '?')}): {c.mode}{rate}, "
-                        f"{c.duration_s:g} s (warm-up {c.warmup_s:g} s)")
-    for name in ("decode tok/s", "total tok/s", "req/s", "goodput req/s", "TTFT mean/p50/p95/p99 ms",
-                 "TPOT mean/p50/p95/p99 ms", "sent", "done", "rejected", "failed"):
+    table = Table(
+        title=f"{result.endpoint} ({result.deployment.get('model', '?')}): {c.mode}{rate}, {c.duration_s:g} s (warm-up {c.warmup_s:g} s)"
+    )
+    for name in (
+        "decode tok/s",
+        "total tok/s",
+        "req/s",
+        "goodput req/s",
+        "TTFT mean/p50/p95/p99 ms",
+        "TPOT mean/p50/p95/p99 ms",
+        "sent",
+        "done",
+        "rejected",
+        "failed",
+    ):
         table.add_column(name, justify="right")
     table.add_row(
-        _num(m.decode_tokens_per_s), _num(m.total_tokens_per_s), _num(m.requests_per_s, 2),
+        _num(m.decode_tokens_per_s),
+        _num(m.total_tokens_per_s),
+        _num(m.requests_per_s, 2),
         _num(m.goodput_requests_per_s, 2),
         "/".join(_num(v, 0) for v in (m.ttft.mean_ms, m.ttft.p50_ms, m.ttft.p95_ms, m.ttft.p99_ms)),
         "/".join(_num(v, 0) for v in (m.tpot.mean_ms, m.tpot.p50_ms, m.tpot.p95_ms, m.tpot.p99_ms)),
-        str(result.sent), str(result.completed), str(result.rejected_overloaded), str(result.failed))
+        str(result.sent),
+        str(result.completed),
+        str(result.rejected_overloaded),
+        str(result.failed),
+    )
     return table
 
 
@@ -110,8 +155,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_results(report: BenchReport | dict[str, Any], out_dir: str | Path,
-                  extra: dict[str, Any] | None = None) -> Path:
+def write_results(report: BenchReport | dict[str, Any], out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write results.json (every figure and the settings) under `out_dir`; returns its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -91,8 +91,9 @@ class BenchReport:
             "workload": self.workload,
             "settings": self.settings,
             "placements": self.placements,
-            "results": [{"method": c.method, "policy": c.policy, "rate_per_s": c.rate_per_s,
-                         **r.to_dict(with_samples)} for c, r in self.results],
+            "results": [
+                {"method": c.method, "policy": c.policy, "rate_per_s": c.rate_per_s, **r.to_dict(with_samples)} for c, r in self.results
+            ],
             "ratios": [dataclasses.asdict(r) for r in self.ratios()],
         }
 
@@ -128,8 +129,7 @@ def placement_summary(placement: Placement, kv_bound_requests: float | None = No
     }
 
 
-def bench_cases(methods: Sequence[str], policies: Sequence[str],
-                rates: Sequence[float] | None) -> list[BenchCase]:
+def bench_cases(methods: Sequence[str], policies: Sequence[str], rates: Sequence[float] | None) -> list[BenchCase]:
     for p in policies:
         if p not in POLICIES:
             raise ConfigError(f"unknown scheduler {p!r}; choose from {', '.join(POLICIES)}")
@@ -139,10 +139,15 @@ def bench_cases(methods: Sequence[str], policies: Sequence[str],
     return [BenchCase(m, p, r) for r in rate_list for m in methods for p in policies]
 
 
-def run_simulated_bench(cost_model: CostModel, placements: Mapping[str, Placement],
-                        cases: Sequence[BenchCase], lengths: LengthSampler, base: SimConfig,
-                        on_case: Callable[[BenchCase, int], None] | None = None,
-                        progress: Callable[[float], None] | None = None) -> BenchReport:
+def run_simulated_bench(
+    cost_model: CostModel,
+    placements: Mapping[str, Placement],
+    cases: Sequence[BenchCase],
+    lengths: LengthSampler,
+    base: SimConfig,
+    on_case: Callable[[BenchCase, int], None] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> BenchReport:
     """Simulate every case; `base` gives mode, duration, warm-up, seed, SLOs and trace shaping.
     `on_case(case, index)` is called before each case, `progress(sim_time_s)` during it."""
     results = []
@@ -151,19 +156,23 @@ def run_simulated_bench(cost_model: CostModel, placements: Mapping[str, Placemen
             raise ConfigError(f"no placement for method {case.method!r}")
         if on_case is not None:
             on_case(case, i)
-        config = dataclasses.replace(base, policy=case.policy, rate_per_s=case.rate_per_s
-                                     if case.rate_per_s is not None else base.rate_per_s)
+        config = dataclasses.replace(
+            base, policy=case.policy, rate_per_s=case.rate_per_s if case.rate_per_s is not None else base.rate_per_s
+        )
         res = simulate(placements[case.method], cost_model, lengths, config, progress)
-        log.info("%s: %.1f decode tok/s (%.0f%% of max-flow)", case.label,
-                 res.metrics.decode_tokens_per_s, 100 * res.flow_fraction)
+        log.info("%s: %.1f decode tok/s (%.0f%% of max-flow)", case.label, res.metrics.decode_tokens_per_s, 100 * res.flow_fraction)
         results.append((case, res))
     settings = config_dict(base)
     settings.pop("policy")
     resident = sampled_resident_kv_tokens(lengths)
     settings["resident_kv_tokens"] = resident
     settings["workload_shape"] = cost_model.workload.to_dict()  # what the max-flow figures assume
-    summaries = {m: placement_summary(p, kv_concurrency_bound(p, cost_model, resident))
-                 for m, p in placements.items()}
+    summaries = {m: placement_summary(p, kv_concurrency_bound(p, cost_model, resident)) for m, p in placements.items()}
     return BenchReport(
-        topology=cost_model.topology.name, mode=base.mode, workload=lengths.name, settings=settings,
-        placements=summaries, results=tuple(results))
+        topology=cost_model.topology.name,
+        mode=base.mode,
+        workload=lengths.name,
+        settings=settings,
+        placements=summaries,
+        results=tuple(results),
+    )

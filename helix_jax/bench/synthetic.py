@@ -62,8 +62,10 @@ def synthetic_topology(gpus: int, regions: int = 1, model: str = "llama-2-70b") 
     total_gpus = sum(counts[k] * g for k, _, _, g in PAPER_MIX)
     links: dict[str, Any] = {"default": {"bandwidth": "1.25 GB/s", "latency_ms": 1}}
     if regions > 1:
-        links = {"default": {"bandwidth": "12.5 MB/s", "latency_ms": 50},
-                 "within_region": {"default": {"bandwidth": "1.25 GB/s", "latency_ms": 1}}}
+        links = {
+            "default": {"bandwidth": "12.5 MB/s", "latency_ms": 50},
+            "within_region": {"default": {"bandwidth": "1.25 GB/s", "latency_ms": 1}},
+        }
     return {
         "name": f"synthetic-{total_gpus}gpu-{regions}r",
         "description": f"{total_gpus} GPUs of the Helix paper's 7 kinds in {regions} region(s), {sum(counts.values())} nodes.",

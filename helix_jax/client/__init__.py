@@ -16,17 +16,28 @@ N), so it reads in emulated seconds; `StreamToken.wall_s` stays in wall seconds.
 
 from helix_jax.client.aio import AsyncClient, AsyncTokenStream
 from helix_jax.client.messages import (
-                                       LOST_AFTER_S,
-                                       PING_INTERVAL_S,
-                                       GenerateResult,
-                                       StreamToken,
-                                       Timings,
-                                       check_generate_values,
-                                       error_from_message,
-                                       generate_message,
+    LOST_AFTER_S,
+    PING_INTERVAL_S,
+    GenerateResult,
+    StreamToken,
+    Timings,
+    check_generate_values,
+    error_from_message,
+    generate_message,
 )
 from helix_jax.client.sync import Client, TokenStream
 
-__all__ = ["AsyncClient", "AsyncTokenStream", "Client", "GenerateResult", "LOST_AFTER_S", "PING_INTERVAL_S",
-           "StreamToken", "Timings", "TokenStream", "check_generate_values", "error_from_message",
-           "generate_message"]
+__all__ = [
+    "AsyncClient",
+    "AsyncTokenStream",
+    "Client",
+    "GenerateResult",
+    "LOST_AFTER_S",
+    "PING_INTERVAL_S",
+    "StreamToken",
+    "Timings",
+    "TokenStream",
+    "check_generate_values",
+    "error_from_message",
+    "generate_message",
+]

@@ -65,17 +65,31 @@ class AsyncClient:
         endpoint, keys = security.read_connection_file(path)
         return cls(endpoint, timeout_s, keys)
 
-    async def generate(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
-                       top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                       stop: Sequence[str] | None = None) -> GenerateResult:
+    async def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+    ) -> GenerateResult:
         result: list[GenerateResult] = []
         async for _ in self._run(prompt, max_tokens, temperature, top_k, top_p, seed, stop, result):
             pass
         return result[0]
 
-    def stream(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
-               top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-               stop: Sequence[str] | None = None) -> AsyncTokenStream:
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+    ) -> AsyncTokenStream:
         out: list[GenerateResult] = []
         return AsyncTokenStream(self._run(prompt, max_tokens, temperature, top_k, top_p, seed, stop, out), out)
 
@@ -104,8 +118,17 @@ class AsyncClient:
             raise error_from_message(msg)
         return {k: v for k, v in msg.fields.items() if k != "request_id"}
 
-    async def _run(self, prompt: Any, max_tokens: int, temperature: float, top_k: int, top_p: float,
-                   seed: int, stop: Sequence[str] | None, out: list[GenerateResult]) -> AsyncIterator[StreamToken]:
+    async def _run(
+        self,
+        prompt: Any,
+        max_tokens: int,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        seed: int,
+        stop: Sequence[str] | None,
+        out: list[GenerateResult],
+    ) -> AsyncIterator[StreamToken]:
         rid = next(self._ids)
         msg = generate_message(rid, prompt, max_tokens, temperature, top_k, top_p, seed, stop)
         self._ensure_reader()

@@ -53,8 +53,11 @@ class GenerateResult:
     queue_s: float = 0.0  # waiting in the coordinator's queue, submit -> admission (deployment clock)
 
 
-_ERROR_TYPES = {name: getattr(errors, name) for name in dir(errors)
-                if isinstance(getattr(errors, name), type) and issubclass(getattr(errors, name), HelixError)}
+_ERROR_TYPES = {
+    name: getattr(errors, name)
+    for name in dir(errors)
+    if isinstance(getattr(errors, name), type) and issubclass(getattr(errors, name), HelixError)
+}
 
 
 def error_from_message(msg: wire.Message) -> HelixError:
@@ -62,14 +65,27 @@ def error_from_message(msg: wire.Message) -> HelixError:
     return _ERROR_TYPES.get(msg["error"], HelixError)(msg["message"])
 
 
-def generate_message(request_id: str, prompt: str | Sequence[int], max_tokens: int, temperature: float,
-                     top_k: int, top_p: float, seed: int, stop: Sequence[str] | None) -> wire.Message:
+def generate_message(
+    request_id: str,
+    prompt: str | Sequence[int],
+    max_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int,
+    stop: Sequence[str] | None,
+) -> wire.Message:
     """The `generate` wire message; argument types are checked here, values at the coordinator."""
     try:
         fields: dict[str, Any] = {
-            "request_id": request_id, "max_tokens": int(max_tokens), "temperature": float(temperature),
-            "top_k": int(top_k), "top_p": float(top_p), "seed": int(seed),
-            "stop": [str(s) for s in stop] if stop else None}
+            "request_id": request_id,
+            "max_tokens": int(max_tokens),
+            "temperature": float(temperature),
+            "top_k": int(top_k),
+            "top_p": float(top_p),
+            "seed": int(seed),
+            "stop": [str(s) for s in stop] if stop else None,
+        }
     except (TypeError, ValueError) as exc:
         raise RequestError(f"bad sampling argument: {exc}") from None
     if isinstance(prompt, str):
@@ -83,12 +99,14 @@ def generate_message(request_id: str, prompt: str | Sequence[int], max_tokens: i
     msg = wire.make("generate", **fields)
     size = len(wire.encode(msg)[0])
     if size > wire.MAX_HEADER_BYTES:
-        raise RequestError(f"request too large: {size} bytes encoded, at most {wire.MAX_HEADER_BYTES} "
-                           f"(a prompt of about {wire.MAX_HEADER_BYTES // 4} tokens)")
+        raise RequestError(
+            f"request too large: {size} bytes encoded, at most {wire.MAX_HEADER_BYTES} "
+            f"(a prompt of about {wire.MAX_HEADER_BYTES // 4} tokens)"
+        )
     return msg
 
 
-INT32_MAX = 2 ** 31 - 1
+INT32_MAX = 2**31 - 1
 
 
 def check_generate_values(fields: dict[str, Any]) -> None:
@@ -98,7 +116,7 @@ def check_generate_values(fields: dict[str, Any]) -> None:
     for name in ("max_tokens", "top_k"):
         if not -INT32_MAX <= fields[name] <= INT32_MAX:
             raise RequestError(f"{name} {fields[name]} is out of range (at most {INT32_MAX})")
-    if not 0 <= fields["seed"] < 2 ** 32:
+    if not 0 <= fields["seed"] < 2**32:
         raise RequestError(f"seed must be in [0, 2**32), got {fields['seed']}")
     ids = fields.get("prompt_ids") or []
     if any(not 0 <= t <= INT32_MAX for t in ids):
@@ -159,9 +177,15 @@ class _Collector:
         arrivals = self.arrivals
         ttft = arrivals[0] if arrivals else total
         tpot = (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1) if len(arrivals) > 1 else 0.0
-        timings = Timings(ttft / scale, tpot / scale, total / scale,
-                          tuple(a / scale for a in arrivals), scale)
+        timings = Timings(ttft / scale, tpot / scale, total / scale, tuple(a / scale for a in arrivals), scale)
         route = tuple((str(h[0]), int(h[1]), int(h[2])) for h in msg.get("route") or ())
-        return GenerateResult(self.request_id, msg["text"], tuple(int(i) for i in msg["ids"]),
-                              msg["prompt_tokens"], msg["finish_reason"], timings, route,
-                              float(msg.get("queue_s") or 0.0))
+        return GenerateResult(
+            self.request_id,
+            msg["text"],
+            tuple(int(i) for i in msg["ids"]),
+            msg["prompt_tokens"],
+            msg["finish_reason"],
+            timings,
+            route,
+            float(msg.get("queue_s") or 0.0),
+        )

@@ -74,8 +74,14 @@ class TokenStream:
 class Client:
     """Thread-safe synchronous client. Use as a context manager or call `close()`."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 300.0, keys: security.ClientKeys | None = None,
-                 ping_interval_s: float = PING_INTERVAL_S, lost_after_s: float = LOST_AFTER_S) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_s: float = 300.0,
+        keys: security.ClientKeys | None = None,
+        ping_interval_s: float = PING_INTERVAL_S,
+        lost_after_s: float = LOST_AFTER_S,
+    ) -> None:
         self.endpoint, self.timeout_s, self.keys = endpoint, timeout_s, keys
         # while requests wait, an `info` ping every ping_interval_s; no reply to one within
         # lost_after_s: the coordinator is lost, and every waiting call raises at once
@@ -100,9 +106,16 @@ class Client:
         return cls(endpoint, timeout_s, keys)
 
     # ---- public API
-    def generate(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 stop: Sequence[str] | None = None) -> GenerateResult:
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+    ) -> GenerateResult:
         """Generate and wait for the whole answer. Raises RequestError/OverloadedError/HelixError."""
         stream = self.stream(prompt, max_tokens, temperature, top_k, top_p, seed, stop)
         for _ in stream:
@@ -110,9 +123,16 @@ class Client:
         assert stream.result is not None
         return stream.result
 
-    def stream(self, prompt: str | Sequence[int], max_tokens: int = 64, temperature: float = 0.0,
-               top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-               stop: Sequence[str] | None = None) -> TokenStream:
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+    ) -> TokenStream:
         """Tokens as they arrive; the final GenerateResult is `stream.result` afterwards."""
         msg = generate_message(next(self._ids), prompt, max_tokens, temperature, top_k, top_p, seed, stop)
         return TokenStream(self, msg, self.timeout_s)
@@ -199,8 +219,7 @@ class Client:
         """The ping of the class docstring: send one while requests wait; no answer in time: lost."""
         now = time.monotonic()
         if self._ping is not None and now - self._ping[1] > self.lost_after_s:
-            self._fail_all(f"lost the coordinator at {self.endpoint}: no reply to a ping within "
-                           f"{self.lost_after_s:g} s")
+            self._fail_all(f"lost the coordinator at {self.endpoint}: no reply to a ping within {self.lost_after_s:g} s")
             self._ping = None
         elif self._ping is None and self._pending and now - self._last_ping >= self.ping_interval_s:
             rid = f"ping-{uuid.uuid4().hex[:8]}"

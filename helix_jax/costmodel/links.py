@@ -61,8 +61,7 @@ class FifoLink:
     @classmethod
     def between(cls, link: Link, model: ModelConfig, src: str, dst: str, time_scale: float = 1.0) -> "FifoLink":
         """The topology's link src -> dst carrying `model`'s tokens (latency scaled too)."""
-        return cls(latency_seconds(link) * time_scale, link.bandwidth_bytes_per_s,
-                   float(bytes_per_token(model, src, dst)), time_scale)
+        return cls(latency_seconds(link) * time_scale, link.bandwidth_bytes_per_s, float(bytes_per_token(model, src, dst)), time_scale)
 
     def send(self, now_s: float, num_tokens: int) -> float:
         """Queue a message of `num_tokens` tokens at `now_s`; returns its arrival time."""
@@ -139,8 +138,7 @@ class LinkModel(MemoryModel):
             rho = LINK_PLANNING_UTILIZATION
             chunk_bytes = MAX_PROMPT_TOKENS_CAP * self.model.activation_bytes_per_token
             latency_s = sum(link.latency_ms for link in between) / len(between) / 1e3
-            queue_s = sum(rho / (2 * (1 - rho)) * chunk_bytes / link.bandwidth_bytes_per_s
-                          for link in between) / len(between)
+            queue_s = sum(rho / (2 * (1 - rho)) * chunk_bytes / link.bandwidth_bytes_per_s for link in between) / len(between)
             # activations cross between node regions; token ids go back (and in) latency-only
             id_crossings = 1 + (coordinator_region not in node_regions)
             total += (len(node_regions) - 1) * (latency_s + queue_s) + id_crossings * latency_s

@@ -55,8 +55,9 @@ class MemoryModel:
         try:
             return self.topology.gpu_types[gpu_type]
         except KeyError:
-            raise TopologyError(f"unknown GPU type {gpu_type!r}; types in this topology: "
-                                f"{', '.join(sorted(self.topology.gpu_types))}") from None
+            raise TopologyError(
+                f"unknown GPU type {gpu_type!r}; types in this topology: {', '.join(sorted(self.topology.gpu_types))}"
+            ) from None
 
     def _profile(self, gpu: GpuType) -> LatencyProfile | None:
         if gpu.profile_path is None or gpu.capacity_tokens_per_s is not None:
@@ -111,8 +112,7 @@ class MemoryModel:
     def _check_k(self, gpu_type: str, num_layers: int) -> None:
         top = self.memory_max_layers(gpu_type)
         if not 1 <= num_layers <= top:
-            raise ConfigError(f"GPU type {gpu_type!r} holds 1..{top} layers of {self.model.name}, "
-                              f"asked about {num_layers}")
+            raise ConfigError(f"GPU type {gpu_type!r} holds 1..{top} layers of {self.model.name}, asked about {num_layers}")
 
     # ---- KV cache ----
     def kv_budget_token_layers(self, gpu_type: str, num_layers_held: int) -> int:
@@ -128,8 +128,10 @@ class MemoryModel:
         profile = self._profile(gpu)
         if profile is not None and profile.memory_bytes_free_for_kv_per_layer_held is not None:
             # measured KV room while holding `layers_measured` layers; each layer more costs its weights
-            return (profile.memory_bytes_free_for_kv_per_layer_held
-                    + (profile.layers_measured - num_layers_held) * profile.weight_bytes_per_layer)
+            return (
+                profile.memory_bytes_free_for_kv_per_layer_held
+                + (profile.layers_measured - num_layers_held) * profile.weight_bytes_per_layer
+            )
         usable = self._usable_bytes(gpu)
         return usable * (1 - ACTIVATION_MEMORY_FRACTION) - num_layers_held * self._weight_bytes(gpu)
 

@@ -107,8 +107,7 @@ class CostModel(StepTimes, LinkModel):
         cluster's reference pace, plus the route's link time."""
         own_layer_s = self._own_pace_layer_seconds(gpu_type, num_layers_held)
         other_layers = self.model.num_layers - num_layers_held
-        return (HOP_WAIT_FACTOR * (num_layers_held * own_layer_s + other_layers * self.reference_layer_seconds)
-                + self.route_link_seconds)
+        return HOP_WAIT_FACTOR * (num_layers_held * own_layer_s + other_layers * self.reference_layer_seconds) + self.route_link_seconds
 
     @functools.cached_property
     def reference_layer_seconds(self) -> float:

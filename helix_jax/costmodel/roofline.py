@@ -43,19 +43,21 @@ def prefill_seconds(m: ModelConfig, gpu: GpuType, workload: WorkloadShape, promp
 def decode_seconds(m: ModelConfig, gpu: GpuType, decode_seqs: int, context_tokens: int) -> float:
     if decode_seqs == 0:
         return 0.0
-    moved_bytes = (m.weight_bytes_per_layer + context_tokens * m.kv_bytes_per_token_per_layer
-                   + 2 * decode_seqs * m.activation_bytes_per_token)
-    flops = (decode_seqs * m.flops_per_token_per_layer
-             + m.attention_flops_per_token_per_layer(context_tokens))
-    return max(moved_bytes / (gpu.memory_bandwidth_bytes_per_s * MEMORY_BANDWIDTH_EFFICIENCY),
-               flops / (gpu.tflops * 1e12 * DECODE_FLOPS_EFFICIENCY))
+    moved_bytes = (
+        m.weight_bytes_per_layer + context_tokens * m.kv_bytes_per_token_per_layer + 2 * decode_seqs * m.activation_bytes_per_token
+    )
+    flops = decode_seqs * m.flops_per_token_per_layer + m.attention_flops_per_token_per_layer(context_tokens)
+    return max(
+        moved_bytes / (gpu.memory_bandwidth_bytes_per_s * MEMORY_BANDWIDTH_EFFICIENCY),
+        flops / (gpu.tflops * 1e12 * DECODE_FLOPS_EFFICIENCY),
+    )
 
 
-def layer_step_seconds(m: ModelConfig, gpu: GpuType, workload: WorkloadShape, prompt_tokens: int,
-                       decode_seqs: int, context_tokens: int) -> float:
+def layer_step_seconds(
+    m: ModelConfig, gpu: GpuType, workload: WorkloadShape, prompt_tokens: int, decode_seqs: int, context_tokens: int
+) -> float:
     """One layer on a batch that has some work (the caller returns 0.0 for none)."""
-    return (LAYER_OVERHEAD_SECONDS + prefill_seconds(m, gpu, workload, prompt_tokens)
-            + decode_seconds(m, gpu, decode_seqs, context_tokens))
+    return LAYER_OVERHEAD_SECONDS + prefill_seconds(m, gpu, workload, prompt_tokens) + decode_seconds(m, gpu, decode_seqs, context_tokens)
 
 
 def layer_step_function(m: ModelConfig, gpu: GpuType, workload: WorkloadShape) -> LayerStepFunction:
@@ -64,11 +66,9 @@ def layer_step_function(m: ModelConfig, gpu: GpuType, workload: WorkloadShape) -
     per-type constants computed once, so its values are equal, not merely close. Counts are not
     checked."""
     overhead = LAYER_OVERHEAD_SECONDS
-    prefill_flops = m.flops_per_token_per_layer + m.attention_flops_per_token_per_layer(
-        int(workload.mean_prompt_tokens / 2))
+    prefill_flops = m.flops_per_token_per_layer + m.attention_flops_per_token_per_layer(int(workload.mean_prompt_tokens / 2))
     prefill_rate = gpu.tflops * 1e12 * PREFILL_FLOPS_EFFICIENCY
-    weights, kv_per_token, activation = (m.weight_bytes_per_layer, m.kv_bytes_per_token_per_layer,
-                                         m.activation_bytes_per_token)
+    weights, kv_per_token, activation = (m.weight_bytes_per_layer, m.kv_bytes_per_token_per_layer, m.activation_bytes_per_token)
     flops_per_seq = m.flops_per_token_per_layer
     bandwidth = gpu.memory_bandwidth_bytes_per_s * MEMORY_BANDWIDTH_EFFICIENCY
     decode_rate = gpu.tflops * 1e12 * DECODE_FLOPS_EFFICIENCY

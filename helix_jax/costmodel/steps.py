@@ -27,8 +27,9 @@ from helix_jax.errors import ConfigError
 LayerSegment = tuple[int, int, int, int, int]  # (first layer, end layer, prompt tokens, decode seqs, context)
 
 
-def uniform_step_seconds(layer_step_seconds: Callable[[int, int, int], float], num_layers: int,
-                         prompt_tokens: int, decode_seqs: int, context_tokens: int) -> float:
+def uniform_step_seconds(
+    layer_step_seconds: Callable[[int, int, int], float], num_layers: int, prompt_tokens: int, decode_seqs: int, context_tokens: int
+) -> float:
     """A step of `num_layers` layers that every request of the batch runs in full."""
     return num_layers * layer_step_seconds(prompt_tokens, decode_seqs, context_tokens)
 
@@ -50,8 +51,9 @@ def entry_layer_segments(loads: Mapping[int, Sequence[int]], end_layer: int) -> 
     return segments
 
 
-def step_seconds_by_entry_layer(layer_step_seconds: Callable[[int, int, int], float], end_layer: int,
-                                loads: Mapping[int, Sequence[int]]) -> float:
+def step_seconds_by_entry_layer(
+    layer_step_seconds: Callable[[int, int, int], float], end_layer: int, loads: Mapping[int, Sequence[int]]
+) -> float:
     """One batch step of a node whose layers end at `end_layer`, requests entering at the layers
     of `loads` (see `entry_layer_segments`): each layer segment runs those already in."""
     total = 0.0
@@ -63,14 +65,15 @@ def step_seconds_by_entry_layer(layer_step_seconds: Callable[[int, int, int], fl
 class StepTimes(MemoryModel):
     """Layer step times of one topology's GPU types (part of CostModel)."""
 
-    def layer_step_seconds(self, gpu_type: str, prompt_tokens: int, decode_seqs: int,
-                           decode_context_tokens: int = 0) -> float:
+    def layer_step_seconds(self, gpu_type: str, prompt_tokens: int, decode_seqs: int, decode_context_tokens: int = 0) -> float:
         """Wall time of ONE layer on a mixed batch of `prompt_tokens` prompt tokens and
         `decode_seqs` decode sequences reading `decode_context_tokens` KV entries."""
         if prompt_tokens < 0 or decode_seqs < 0 or decode_context_tokens < 0:
-            raise ConfigError(f"layer_step_seconds needs non-negative counts, got prompt_tokens="
-                              f"{prompt_tokens}, decode_seqs={decode_seqs}, "
-                              f"decode_context_tokens={decode_context_tokens}")
+            raise ConfigError(
+                f"layer_step_seconds needs non-negative counts, got prompt_tokens="
+                f"{prompt_tokens}, decode_seqs={decode_seqs}, "
+                f"decode_context_tokens={decode_context_tokens}"
+            )
         gpu = self._gpu(gpu_type)
         if prompt_tokens == 0 and decode_seqs == 0:
             return 0.0
@@ -79,8 +82,7 @@ class StepTimes(MemoryModel):
         profile = self._profile(gpu)
         if profile is not None:
             return profile.prefill_seconds_per_layer(prompt_tokens) + profile.decode_seconds_per_layer(decode_seqs)
-        return roofline.layer_step_seconds(self.model, gpu, self.workload, prompt_tokens, decode_seqs,
-                                           decode_context_tokens)
+        return roofline.layer_step_seconds(self.model, gpu, self.workload, prompt_tokens, decode_seqs, decode_context_tokens)
 
     def layer_step_function(self, gpu_type: str) -> roofline.LayerStepFunction:
         """`layer_step_seconds` of one GPU type as a callable `(prompt_tokens, decode_seqs,
@@ -96,5 +98,6 @@ class StepTimes(MemoryModel):
         """One layer on the workload's steady mixed batch of `batch` decode sequences: each
         brings `prompt_per_output` prompt tokens of prefill and reads the average context."""
         w = self.workload
-        return self.layer_step_seconds(gpu_type, int(round(batch * w.prompt_per_output)), batch,
-                                       int(round(batch * w.average_context_tokens)))
+        return self.layer_step_seconds(
+            gpu_type, int(round(batch * w.prompt_per_output)), batch, int(round(batch * w.average_context_tokens))
+        )

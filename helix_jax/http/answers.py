@@ -33,8 +33,7 @@ class RunStream(StreamingResponse):
     however the response ends, even when the client leaves before the first byte."""
 
     def __init__(self, run: Run, body: AsyncIterator[bytes]) -> None:
-        super().__init__(body, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.run = run
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -106,8 +105,15 @@ async def first_events(run: Run) -> list[tuple[int | None, str, Any]]:
     return events
 
 
-async def stream_body(run: Run, first: list[tuple[int | None, str, Any]], texts: list[sse.TextAssembler],
-                      rid: str, chat: bool, include_usage: bool, prompt_tokens: int) -> AsyncIterator[bytes]:
+async def stream_body(
+    run: Run,
+    first: list[tuple[int | None, str, Any]],
+    texts: list[sse.TextAssembler],
+    rid: str,
+    chat: bool,
+    include_usage: bool,
+    prompt_tokens: int,
+) -> AsyncIterator[bytes]:
     """The SSE events of a stream; a client that goes away cancels this (and so the run)."""
     backend, created = run.backend, int(time.time())
     model, started, done = backend.model, set(), 0
@@ -137,8 +143,7 @@ async def stream_body(run: Run, first: list[tuple[int | None, str, Any]], texts:
             if out:
                 yield out
         if include_usage:
-            yield sse.usage_chunk(rid, chat, model, created,
-                                  sse.usage(prompt_tokens, sum(len(t.ids) for t in texts)))
+            yield sse.usage_chunk(rid, chat, model, created, sse.usage(prompt_tokens, sum(len(t.ids) for t in texts)))
         yield sse.SSE_DONE
     finally:
         backend.close_run(run)

@@ -34,14 +34,14 @@ MAX_BODY_BYTES = 4 << 20
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
-def create_app(backend: Backend, api_key: str | Sequence[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               key_queue_share: int | None = None) -> FastAPI:
+def create_app(
+    backend: Backend, api_key: str | Sequence[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES, key_queue_share: int | None = None
+) -> FastAPI:
     """The app of `backend`. `api_key`: one key, several (a list, or commas), or None (no auth:
     every request is one tenant); `key_queue_share`: sequences one key may have waiting
     (None: half the coordinator's queue)."""
     metrics = backend.metrics
-    backend.tenants = tenants = Tenants(api_key, key_queue_share,
-                                        on_refused=lambda tenant: metrics.key_refused.labels(tenant).inc())
+    backend.tenants = tenants = Tenants(api_key, key_queue_share, on_refused=lambda tenant: metrics.key_refused.labels(tenant).inc())
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -72,8 +72,7 @@ def create_app(backend: Backend, api_key: str | Sequence[str] | None = None, max
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        err = APIError(exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500
-                       else "server_error")
+        err = APIError(exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "server_error")
         metrics.observe_error(err.status, None)
         return error_response(err)
 
@@ -112,9 +111,16 @@ def create_app(backend: Backend, api_key: str | Sequence[str] | None = None, max
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     def model_card() -> dict[str, Any]:
-        return {"id": backend.model, "object": "model", "created": backend.started_at, "owned_by": "helix-jax",
-                "max_model_len": backend.max_seq_len, "context_length": backend.max_seq_len,
-                "vocab_size": backend.vocab_size, "time_scale": backend.time_scale}
+        return {
+            "id": backend.model,
+            "object": "model",
+            "created": backend.started_at,
+            "owned_by": "helix-jax",
+            "max_model_len": backend.max_seq_len,
+            "context_length": backend.max_seq_len,
+            "vocab_size": backend.vocab_size,
+            "time_scale": backend.time_scale,
+        }
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
@@ -146,8 +152,7 @@ def create_app(backend: Backend, api_key: str | Sequence[str] | None = None, max
             ids = backend.tokenizer.encode(p) if isinstance(p, str) else p
             bad = next((t for t in ids if not 0 <= t < backend.vocab_size), None)
             if bad is not None:
-                raise bad_request(f"prompt token id {bad} is outside the vocabulary [0, {backend.vocab_size})",
-                                  "prompt")
+                raise bad_request(f"prompt token id {bad} is outside the vocabulary [0, {backend.vocab_size})", "prompt")
             prompts.append(ids)
         return await respond(request, req, prompts, "prompt", False, received, tenant)
 
@@ -160,8 +165,9 @@ def create_app(backend: Backend, api_key: str | Sequence[str] | None = None, max
             raise bad_request(str(exc), "messages") from None
         return await respond(request, req, [ids], "messages", True, received, tenant)
 
-    async def respond(request: Request, req: Any, prompts: list[list[int]], field: str, chat: bool,
-                      received: float, tenant: str) -> Response:
+    async def respond(
+        request: Request, req: Any, prompts: list[list[int]], field: str, chat: bool, received: float, tenant: str
+    ) -> Response:
         seqs = sequences(req, prompts, field, chat)
         run = backend.open(seqs, received, tenant)  # 429 past the key's share of the queue
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -171,11 +177,11 @@ def create_app(backend: Backend, api_key: str | Sequence[str] | None = None, max
         try:
             if not req.stream:
                 reasons = await unless_disconnected(request, collect(run, texts))
-                choices = [(sse.chat_choice if chat else sse.text_choice)(i, t.text, reasons[i])
-                           for i, t in enumerate(texts)]
+                choices = [(sse.chat_choice if chat else sse.text_choice)(i, t.text, reasons[i]) for i, t in enumerate(texts)]
                 use = sse.usage(prompt_tokens, sum(len(t.ids) for t in texts))
-                return JSONResponse(sse.completion_object(rid, "chat.completion" if chat else "text_completion",
-                                                          backend.model, choices, use))
+                return JSONResponse(
+                    sse.completion_object(rid, "chat.completion" if chat else "text_completion", backend.model, choices, use)
+                )
             first = await unless_disconnected(request, first_events(run))  # errors become HTTP statuses
             streaming = True
         finally:
@@ -189,14 +195,26 @@ def create_app(backend: Backend, api_key: str | Sequence[str] | None = None, max
         for ids in prompts:
             max_tokens = req.max_tokens or (limit - len(ids) if chat else COMPLETIONS_DEFAULT_MAX_TOKENS)
             if len(ids) + max(1, max_tokens) > limit:
-                raise bad_request(f"This model's maximum context length is {limit} tokens. However, you requested "
-                                  f"{len(ids) + max_tokens} tokens ({len(ids)} in the {field}, {max_tokens} for the "
-                                  f"completion). Please reduce the length of the {field} or of max_tokens.",
-                                  field, "context_length_exceeded")
+                raise bad_request(
+                    f"This model's maximum context length is {limit} tokens. However, you requested "
+                    f"{len(ids) + max_tokens} tokens ({len(ids)} in the {field}, {max_tokens} for the "
+                    f"completion). Please reduce the length of the {field} or of max_tokens.",
+                    field,
+                    "context_length_exceeded",
+                )
             for j in range(req.n):
                 seed = random.randrange(1 << 31) if req.seed is None else req.seed + j
-                seqs.append(SeqParams(tuple(ids), max_tokens, 1.0 if req.temperature is None else req.temperature,
-                                      req.top_p or 1.0, max(0, req.top_k or 0), seed, tuple(req.stop)))
+                seqs.append(
+                    SeqParams(
+                        tuple(ids),
+                        max_tokens,
+                        1.0 if req.temperature is None else req.temperature,
+                        req.top_p or 1.0,
+                        max(0, req.top_k or 0),
+                        seed,
+                        tuple(req.stop),
+                    )
+                )
         return seqs
 
     return app

@@ -47,8 +47,7 @@ class Run:
     (None, "error", APIError). Its sequences count as waiting for `tenant` until each has its
     first token (or ends)."""
 
-    def __init__(self, backend: "Backend", seqs: Sequence[SeqParams], received_at: float,
-                 tenant: str = ANONYMOUS) -> None:
+    def __init__(self, backend: "Backend", seqs: Sequence[SeqParams], received_at: float, tenant: str = ANONYMOUS) -> None:
         self.backend, self.seqs, self.received_at, self.tenant = backend, tuple(seqs), received_at, tenant
         self._waiting = set(range(len(self.seqs)))
         self.events: asyncio.Queue[tuple[int | None, str, Any]] = asyncio.Queue()
@@ -57,8 +56,15 @@ class Run:
     async def _pump(self, index: int, p: SeqParams) -> None:
         b = self.backend
         assert b.client is not None, "the backend is not started"
-        stream = b.client.stream(list(p.prompt_ids), max_tokens=p.max_tokens, temperature=p.temperature,
-                                 top_k=p.top_k, top_p=p.top_p, seed=p.seed, stop=list(p.stop) or None)
+        stream = b.client.stream(
+            list(p.prompt_ids),
+            max_tokens=p.max_tokens,
+            temperature=p.temperature,
+            top_k=p.top_k,
+            top_p=p.top_p,
+            seed=p.seed,
+            stop=list(p.stop) or None,
+        )
         first = last = None
         tokens, reason = 0, "error"
         try:
@@ -86,10 +92,14 @@ class Run:
             scale, end = b.time_scale, time.perf_counter()
             result = stream.result
             b.metrics.observe_sequence(
-                reason, len(p.prompt_ids), tokens, None if first is None else (first - self.received_at) / scale,
+                reason,
+                len(p.prompt_ids),
+                tokens,
+                None if first is None else (first - self.received_at) / scale,
                 (end - self.received_at) / scale,
                 (last - first) / (tokens - 1) / scale if first is not None and last is not None and tokens > 1 else None,
-                result.queue_s if result is not None else None)
+                result.queue_s if result is not None else None,
+            )
 
     def _started(self, index: int) -> None:
         if index in self._waiting:
@@ -113,8 +123,9 @@ class Run:
 class Backend:
     """Shared by every route of one app; `start()` and `close()` run in the app's event loop."""
 
-    def __init__(self, endpoint: str, tokenizer: Any, served_model: str | None = None,
-                 request_timeout_s: float = 3600.0, keys: Any = None) -> None:
+    def __init__(
+        self, endpoint: str, tokenizer: Any, served_model: str | None = None, request_timeout_s: float = 3600.0, keys: Any = None
+    ) -> None:
         self.endpoint, self.tokenizer, self.served_model = endpoint, tokenizer, served_model
         self.keys = keys  # security.ClientKeys of a CURVE deployment (None: plain TCP)
         self.request_timeout_s = request_timeout_s
@@ -206,8 +217,9 @@ class Backend:
         except asyncio.TimeoutError:
             pass
         left = list(self._runs)
-        err = unavailable(f"the server is shutting down: this request was cancelled after the "
-                          f"{timeout_s:g} s shutdown timeout", "shutting_down")
+        err = unavailable(
+            f"the server is shutting down: this request was cancelled after the {timeout_s:g} s shutdown timeout", "shutting_down"
+        )
         for run in left:
             run.abort(err)
         try:  # the responses now end at once; wait for them to be written

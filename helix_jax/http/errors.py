@@ -20,9 +20,15 @@ RETRY_AFTER_S = 1  # Retry-After of a 429: the queue moves in well under a secon
 class APIError(Exception):
     """One HTTP error answer; `param` names the offending request field, if any."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type = status, message, type
         self.param, self.code, self.headers = param, code, headers or {}
@@ -36,18 +42,19 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def unauthorized() -> APIError:
-    return APIError(401, "invalid or missing API key: send it as 'Authorization: Bearer KEY'",
-                    "authentication_error", None, "invalid_api_key")
+    return APIError(
+        401, "invalid or missing API key: send it as 'Authorization: Bearer KEY'", "authentication_error", None, "invalid_api_key"
+    )
 
 
 def model_not_found(model: str, served: str) -> APIError:
-    return APIError(404, f"the model {model!r} does not exist; this server serves {served!r}",
-                    "not_found_error", "model", "model_not_found")
+    return APIError(
+        404, f"the model {model!r} does not exist; this server serves {served!r}", "not_found_error", "model", "model_not_found"
+    )
 
 
 def queue_full(message: str) -> APIError:
-    return APIError(429, message, "rate_limit_error", None, "queue_full",
-                    {"Retry-After": str(RETRY_AFTER_S)})
+    return APIError(429, message, "rate_limit_error", None, "queue_full", {"Retry-After": str(RETRY_AFTER_S)})
 
 
 def unavailable(message: str, code: str) -> APIError:

@@ -23,11 +23,21 @@ MAX_TEMPERATURE = 2.0  # OpenAI's range
 
 # field -> value that means "not used"; anything else is a sampling feature we do not have
 UNSUPPORTED_DEFAULTS: dict[str, tuple[Any, ...]] = {
-    "logit_bias": (None, {}), "logprobs": (None, False), "top_logprobs": (None, 0),
-    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
-    "repetition_penalty": (None, 1, 1.0), "best_of": (None, 1), "echo": (None, False), "suffix": (None, ""),
-    "min_p": (None, 0, 0.0), "min_tokens": (None, 0), "tools": (None, []), "functions": (None, []),
-    "tool_choice": (None, "none"), "response_format": (None, {"type": "text"}),
+    "logit_bias": (None, {}),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "repetition_penalty": (None, 1, 1.0),
+    "best_of": (None, 1),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "min_p": (None, 0, 0.0),
+    "min_tokens": (None, 0),
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none"),
+    "response_format": (None, {"type": "text"}),
 }
 
 
@@ -65,13 +75,11 @@ class _Sampling(BaseModel):
         for name, defaults in UNSUPPORTED_DEFAULTS.items():
             value = (self.model_extra or {}).get(name)
             if not any(value == d and type(value) is type(d) for d in defaults) and value is not None:
-                raise bad_request(f"{name} is not supported by this server (got {value!r}); remove it",
-                                  name, "unsupported_parameter")
+                raise bad_request(f"{name} is not supported by this server (got {value!r}); remove it", name, "unsupported_parameter")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise bad_request(f"max_tokens must be at least 1, got {self.max_tokens}", "max_tokens")
         if self.temperature is not None and not 0.0 <= self.temperature <= MAX_TEMPERATURE:
-            raise bad_request(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}",
-                              "temperature")
+            raise bad_request(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}", "temperature")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise bad_request(f"top_p must be in (0, 1], got {self.top_p}", "top_p")
         if self.top_k is not None and self.top_k < -1:
@@ -91,8 +99,10 @@ class CompletionRequest(_Sampling):
     @classmethod
     def _prompt(cls, v: Any) -> list[str | list[int]]:
         """A string, token ids, or a list of either: a list of prompts."""
+
         def ids(x: Any) -> bool:
             return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
         if isinstance(v, str) or ids(v):
             v = [v]
         if not isinstance(v, list) or not v or not all((isinstance(p, str) and p) or ids(p) for p in v):
@@ -111,8 +121,7 @@ class ChatMessage(BaseModel):
         """A string, or a list of text parts ({"type": "text", "text": ...}) joined."""
         if isinstance(v, str):
             return v
-        if isinstance(v, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                       and isinstance(p.get("text"), str) for p in v):
+        if isinstance(v, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in v):
             return "".join(p["text"] for p in v)
         raise ValueError("must be a string or a list of text parts ({'type': 'text', 'text': ...})")
 
@@ -127,8 +136,7 @@ class ChatCompletionRequest(_Sampling):
     def check(self) -> None:
         if self.max_completion_tokens is not None:
             if self.max_completion_tokens < 1:
-                raise bad_request(f"max_completion_tokens must be at least 1, got {self.max_completion_tokens}",
-                                  "max_completion_tokens")
+                raise bad_request(f"max_completion_tokens must be at least 1, got {self.max_completion_tokens}", "max_completion_tokens")
             self.max_tokens = self.max_completion_tokens
         super().check()
         if not self.messages:
@@ -156,8 +164,8 @@ def parse_body(raw: bytes, model: type[_Sampling]) -> Any:
         err = exc.errors(include_url=False)[0]
         param = _param(err["loc"]) or None
         got = repr(err.get("input"))
-        raise bad_request(f"{param}: {err['msg'].removeprefix('Value error, ')}"
-                          f"{'' if err['type'] == 'missing' else f' (got {got[:80]})'}", param) from None
+        raise bad_request(
+            f"{param}: {err['msg'].removeprefix('Value error, ')}{'' if err['type'] == 'missing' else f' (got {got[:80]})'}", param
+        ) from None
     request.check()
     return request
-

@@ -31,8 +31,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port} for the HTTP API: {exc.strerror or exc}"
-                          f" (choose another --http-port, 0 for a free one)") from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port} for the HTTP API: {exc.strerror or exc} (choose another --http-port, 0 for a free one)"
+        ) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -59,8 +60,9 @@ class HttpServer:
         self.app, self.sock = app, sock
         host, port = sock.getsockname()[:2]
         self.host, self.port = host, port
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", loop="asyncio",
-                                timeout_graceful_shutdown=5, timeout_keep_alive=30)
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="on", loop="asyncio", timeout_graceful_shutdown=5, timeout_keep_alive=30
+        )
         self._server = _Server(config)
         self._thread: threading.Thread | None = None
 
@@ -72,16 +74,14 @@ class HttpServer:
     def start(self, timeout_s: float = 120.0) -> "HttpServer":
         if self._thread is not None:
             return self
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self.sock]},
-                                        name="helix-http", daemon=True)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self.sock]}, name="helix-http", daemon=True)
         self._thread.start()
         waited = 0.0
         while not self._server.up.wait(0.2):
             waited += 0.2
             if not self._thread.is_alive() or waited > timeout_s:
                 self.stop()
-                raise HelixError(f"the HTTP front end did not start on {self.url} (is the coordinator "
-                                 f"reachable? see the log above)")
+                raise HelixError(f"the HTTP front end did not start on {self.url} (is the coordinator reachable? see the log above)")
         return self
 
     def drain(self, timeout_s: float) -> int:
@@ -107,15 +107,20 @@ class HttpServer:
         self.stop()
 
 
-def serve_front_end(endpoint: str, tokenizer: Any, sock: socket.socket, api_key: str | None = None,
-                    served_model: str | None = None, keys: Any = None,
-                    key_queue_share: int | None = None) -> HttpServer:
+def serve_front_end(
+    endpoint: str,
+    tokenizer: Any,
+    sock: socket.socket,
+    api_key: str | None = None,
+    served_model: str | None = None,
+    keys: Any = None,
+    key_queue_share: int | None = None,
+) -> HttpServer:
     """An OpenAI-compatible front end of the deployment at `endpoint` (CURVE client `keys`), started.
     `api_key`: None, or one or more keys separated by commas; `key_queue_share`: sequences one key
     may have waiting (None: half the coordinator's queue)."""
     from helix_jax.http.app import create_app
     from helix_jax.http.backend import Backend
 
-    app = create_app(Backend(endpoint, tokenizer, served_model, keys=keys), api_key=api_key,
-                     key_queue_share=key_queue_share)
+    app = create_app(Backend(endpoint, tokenizer, served_model, keys=keys), api_key=api_key, key_queue_share=key_queue_share)
     return HttpServer(app, sock).start()

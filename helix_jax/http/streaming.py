@@ -34,10 +34,10 @@ class TextAssembler:
         self.ids.append(token_id)
         if self.stopped:
             return ""
-        before = self._tok.decode(self.ids[self._prefix:self._read])
-        after = self._tok.decode(self.ids[self._prefix:])
+        before = self._tok.decode(self.ids[self._prefix : self._read])
+        after = self._tok.decode(self.ids[self._prefix :])
         if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.full += after[len(before):]
+            self.full += after[len(before) :]
             self._prefix, self._read = self._read, len(self.ids)
         return self._show()
 
@@ -48,36 +48,35 @@ class TextAssembler:
             cuts = [i for i in (full.find(s, from_) for s in self.stop) if i >= 0]
             if cuts:
                 self.stopped = True
-                self.full = full[:min(cuts)]
+                self.full = full[: min(cuts)]
                 return self._emit(self.full)
             hold = max((k for s in self.stop for k in range(1, len(s)) if full.endswith(s[:k])), default=0)
-            return self._emit(full[:len(full) - hold])
+            return self._emit(full[: len(full) - hold])
         return self._emit(full)
 
     def _emit(self, upto: str) -> str:
-        delta = upto[len(self.text):]
+        delta = upto[len(self.text) :]
         self.text += delta
         return delta
 
     def flush(self) -> str:
         if self.stopped:
             return ""
-        tail = self._tok.decode(self.ids[self._prefix:])  # an unfinished character at the very end
-        before = self._tok.decode(self.ids[self._prefix:self._read])
-        self.full += tail[len(before):]
+        tail = self._tok.decode(self.ids[self._prefix :])  # an unfinished character at the very end
+        before = self._tok.decode(self.ids[self._prefix : self._read])
+        self.full += tail[len(before) :]
         return self._emit(self.full)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
 
-def completion_object(rid: str, kind: str, model: str, choices: list[dict[str, Any]],
-                      use: dict[str, int], created: int | None = None) -> dict[str, Any]:
+def completion_object(
+    rid: str, kind: str, model: str, choices: list[dict[str, Any]], use: dict[str, int], created: int | None = None
+) -> dict[str, Any]:
     """A whole answer: kind "text_completion" or "chat.completion"."""
-    return {"id": rid, "object": kind, "created": created or int(time.time()), "model": model,
-            "choices": choices, "usage": use}
+    return {"id": rid, "object": kind, "created": created or int(time.time()), "model": model, "choices": choices, "usage": use}
 
 
 def text_choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
@@ -85,27 +84,41 @@ def text_choice(index: int, text: str, finish_reason: str | None) -> dict[str, A
 
 
 def chat_choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
-    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
-            "finish_reason": finish_reason}
+    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish_reason}
 
 
-def chunk(rid: str, chat: bool, model: str, created: int, index: int, text: str | None,
-          finish_reason: str | None = None, role: bool = False) -> bytes:
+def chunk(
+    rid: str, chat: bool, model: str, created: int, index: int, text: str | None, finish_reason: str | None = None, role: bool = False
+) -> bytes:
     """One SSE event of a stream. Chat deltas carry the role in the first chunk of a choice."""
     if chat:
-        delta: dict[str, Any] = {"role": "assistant", "content": text or ""} if role else (
-            {} if text is None else {"content": text})
+        delta: dict[str, Any] = {"role": "assistant", "content": text or ""} if role else ({} if text is None else {"content": text})
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
     else:
         choice = text_choice(index, text or "", finish_reason)
-    return sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
-                "model": model, "choices": [choice]})
+    return sse(
+        {
+            "id": rid,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [choice],
+        }
+    )
 
 
 def usage_chunk(rid: str, chat: bool, model: str, created: int, use: dict[str, int]) -> bytes:
     """The last event when stream_options.include_usage is set: usage, no choices."""
-    return sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
-                "model": model, "choices": [], "usage": use})
+    return sse(
+        {
+            "id": rid,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": use,
+        }
+    )
 
 
 def sse(obj: dict[str, Any]) -> bytes:

@@ -42,8 +42,9 @@ def parse_api_keys(value: str | Sequence[str] | None) -> tuple[str, ...]:
 class Tenants:
     """The configured keys and the sequences each one has waiting (the app's event loop only)."""
 
-    def __init__(self, api_keys: str | Sequence[str] | None = None, queue_share: int | None = None,
-                 on_refused: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, api_keys: str | Sequence[str] | None = None, queue_share: int | None = None, on_refused: Callable[[str], None] | None = None
+    ) -> None:
         if queue_share is not None and queue_share < 1:
             raise ConfigError(f"--key-queue-share must be >= 1, got {queue_share}")
         self._keys = [(key.encode(), f"key-{i + 1}") for i, key in enumerate(parse_api_keys(api_keys))]
@@ -90,5 +91,4 @@ class Tenants:
 
 def _share_full(tenant: str, waiting: int, share: int) -> APIError:
     who = "requests without an API key have" if tenant == ANONYMOUS else f"API key {tenant} has"
-    return queue_full(f"{who} already {waiting} sequences waiting, the share of the queue one key may "
-                      f"hold ({share}); retry later")
+    return queue_full(f"{who} already {waiting} sequences waiting, the share of the queue one key may hold ({share}); retry later")

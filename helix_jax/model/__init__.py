@@ -17,12 +17,20 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "KVCache": "stage", "StageModel": "stage", "forward_full": "stage",
-    "StepInput": "batching", "StepOutput": "batching",
-    "StageEngine": "engine", "slots_for_kv_budget": "step_program", "PagePool": "paged_cache",
+    "KVCache": "stage",
+    "StageModel": "stage",
+    "forward_full": "stage",
+    "StepInput": "batching",
+    "StepOutput": "batching",
+    "StageEngine": "engine",
+    "slots_for_kv_budget": "step_program",
+    "PagePool": "paged_cache",
     "SamplingParams": "sampling_params",
-    "StageWeights": "weights", "load_stage_weights": "weights", "random_stage_weights": "weights",
-    "generate_local": "generate", "load_tokenizer": "tokenizer",
+    "StageWeights": "weights",
+    "load_stage_weights": "weights",
+    "random_stage_weights": "weights",
+    "generate_local": "generate",
+    "load_tokenizer": "tokenizer",
 }
 __all__ = sorted(_EXPORTS)
 

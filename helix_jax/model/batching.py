@@ -91,8 +91,9 @@ class PaddedBatch:
     seed: np.ndarray  # [B] uint32
 
 
-def pad_batch(items: list[StepInput], rows: int, tokens: int, hidden_size: int, hidden_dtype: np.dtype,
-              slots: list[int], sampling: list) -> PaddedBatch:
+def pad_batch(
+    items: list[StepInput], rows: int, tokens: int, hidden_size: int, hidden_dtype: np.dtype, slots: list[int], sampling: list
+) -> PaddedBatch:
     """Place `items` (with their slots and SamplingParams) into a [rows, tokens] bucket."""
     batch = PaddedBatch(
         items=items,
@@ -124,13 +125,13 @@ def pad_batch(items: list[StepInput], rows: int, tokens: int, hidden_size: int, 
     return batch
 
 
-def check_item(item: StepInput, start_layer: int, end_layer: int, hidden_size: int,
-               vocab_size: int) -> None:
+def check_item(item: StepInput, start_layer: int, end_layer: int, hidden_size: int, vocab_size: int) -> None:
     """Raise RequestError unless `item` is well formed for a stage holding [start, end)."""
     rid = item.request_id
     if not (start_layer <= item.run_start_layer < end_layer):
-        raise RequestError(f"request {rid!r}: run_start_layer {item.run_start_layer} is outside "
-                           f"this stage's layers [{start_layer}, {end_layer})")
+        raise RequestError(
+            f"request {rid!r}: run_start_layer {item.run_start_layer} is outside this stage's layers [{start_layer}, {end_layer})"
+        )
     if item.run_start_layer == 0:
         if item.token_ids is None or item.hidden is not None:
             raise RequestError(f"request {rid!r}: entering at layer 0 needs token_ids and no hidden")
@@ -141,18 +142,17 @@ def check_item(item: StepInput, start_layer: int, end_layer: int, hidden_size: i
             raise RequestError(f"request {rid!r}: token id out of range [0, {vocab_size})")
     else:
         if item.hidden is None or item.token_ids is not None:
-            raise RequestError(f"request {rid!r}: entering at layer {item.run_start_layer} needs "
-                               "hidden states and no token_ids")
+            raise RequestError(f"request {rid!r}: entering at layer {item.run_start_layer} needs hidden states and no token_ids")
         shape = np.shape(item.hidden)
         if len(shape) != 2 or shape[0] == 0 or shape[1] != hidden_size:
-            raise RequestError(f"request {rid!r}: hidden must have shape [n, {hidden_size}], "
-                               f"got {list(shape)}")
+            raise RequestError(f"request {rid!r}: hidden must have shape [n, {hidden_size}], got {list(shape)}")
     if item.position < 0:
         raise RequestError(f"request {rid!r}: position must be >= 0, got {item.position}")
 
 
-def check_step(items: list[StepInput], requests: dict, start_layer: int, end_layer: int, config,
-               max_chunk_tokens: int, max_seq_len: int) -> None:
+def check_step(
+    items: list[StepInput], requests: dict, start_layer: int, end_layer: int, config, max_chunk_tokens: int, max_seq_len: int
+) -> None:
     """Raise RequestError unless every item is well formed and continues its held request
     (`requests`: id -> object with run_start_layer and next_position); nothing is changed."""
     seen: set[Hashable] = set()
@@ -165,14 +165,12 @@ def check_step(items: list[StepInput], requests: dict, start_layer: int, end_lay
         seen.add(item.request_id)
         check_item(item, start_layer, end_layer, config.hidden_size, config.vocab_size)
         if request.run_start_layer not in (None, item.run_start_layer):
-            raise RequestError(f"request {item.request_id!r} entered at layer "
-                               f"{request.run_start_layer}, not {item.run_start_layer}")
+            raise RequestError(f"request {item.request_id!r} entered at layer {request.run_start_layer}, not {item.run_start_layer}")
         if item.position != request.next_position:
-            raise RequestError(f"request {item.request_id!r}: position {item.position} given, "
-                               f"{request.next_position} tokens are cached")
+            raise RequestError(f"request {item.request_id!r}: position {item.position} given, {request.next_position} tokens are cached")
         if item.num_tokens > max_chunk_tokens:
-            raise RequestError(f"request {item.request_id!r}: chunk of {item.num_tokens} tokens "
-                               f"exceeds max_chunk_tokens {max_chunk_tokens}")
+            raise RequestError(
+                f"request {item.request_id!r}: chunk of {item.num_tokens} tokens exceeds max_chunk_tokens {max_chunk_tokens}"
+            )
         if item.position + item.num_tokens > max_seq_len:
-            raise RequestError(f"request {item.request_id!r}: {item.position + item.num_tokens} "
-                               f"tokens exceed max_seq_len {max_seq_len}")
+            raise RequestError(f"request {item.request_id!r}: {item.position + item.num_tokens} tokens exceed max_seq_len {max_seq_len}")

@@ -58,11 +58,15 @@ def main(argv: list[str] | None = None) -> None:
     mean_tokens = statistics.fmean(draws)
     mean_pages = statistics.fmean(pages_for(t, args.page_size) for t in draws)
     print(f"KV memory per worker: {args.kv_tokens} tokens x {args.layers} layers (equal for both layouts)")
-    print(f"Azure-like lengths: mean prompt + output {mean_tokens:.0f} tokens, "
-          f"{mean_pages * args.page_size:.0f} page-rounded (page {args.page_size})")
+    print(
+        f"Azure-like lengths: mean prompt + output {mean_tokens:.0f} tokens, "
+        f"{mean_pages * args.page_size:.0f} page-rounded (page {args.page_size})"
+    )
     print(f"slots (max_seq_len {max_seq_len}): {slots} requests resident")
-    print(f"paged, reserved up front: mean {statistics.fmean(counts):.1f}, min {min(counts)}, "
-          f"max {max(counts)} requests resident over {args.trials} fills")
+    print(
+        f"paged, reserved up front: mean {statistics.fmean(counts):.1f}, min {min(counts)}, "
+        f"max {max(counts)} requests resident over {args.trials} fills"
+    )
     print(f"paged / slots: {statistics.fmean(counts) / slots:.2f}x (min {min(counts) / slots:.2f}x)")
 
 

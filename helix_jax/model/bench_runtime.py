@@ -71,15 +71,24 @@ class DecodeRow:
         return self.step_ms / self.floor_ms
 
 
-def bench_decode(config: ModelConfig, start: int, end: int, batches: list[int], context_tokens: int,
-                 steps: int, bandwidth_bytes_per_s: float) -> list[DecodeRow]:
+def bench_decode(
+    config: ModelConfig, start: int, end: int, batches: list[int], context_tokens: int, steps: int, bandwidth_bytes_per_s: float
+) -> list[DecodeRow]:
     """Decode-step timings of the stage [start, end) of `config` (random weights)."""
     weights = random_stage_weights(config, start, end, seed=0)
     layers = end - start
     max_seq_len = context_tokens + steps + 2
-    engine = StageEngine(config, start, end, weights, max_slots=max(batches), max_seq_len=max_seq_len,
-                         prefill_buckets=(min(64, context_tokens),), prefill_batch_buckets=(1,),
-                         decode_buckets=batches)
+    engine = StageEngine(
+        config,
+        start,
+        end,
+        weights,
+        max_slots=max(batches),
+        max_seq_len=max_seq_len,
+        prefill_buckets=(min(64, context_tokens),),
+        prefill_batch_buckets=(1,),
+        decode_buckets=batches,
+    )
     engine.warmup()
     compiled = engine.compile_count  # 0 when an identical stage compiled earlier in this process
     rng = np.random.default_rng(0)
@@ -106,11 +115,22 @@ def bench_decode(config: ModelConfig, start: int, end: int, batches: list[int], 
         kv_read = batch * max_seq_len * config.kv_bytes_per_token_per_layer * layers  # attention window
         floor_s = (layers * config.weight_bytes_per_layer + head_bytes + kv_read) / bandwidth_bytes_per_s
         flops = batch * layers * config.flops_per_token_per_layer
-        rows.append(DecodeRow(config.name, layers, config.dtype, batch, context_tokens, step_s * 1e3,
-                              step_s * 1e3 / layers, batch / step_s, floor_s * 1e3, flops / step_s / 1e9))
+        rows.append(
+            DecodeRow(
+                config.name,
+                layers,
+                config.dtype,
+                batch,
+                context_tokens,
+                step_s * 1e3,
+                step_s * 1e3 / layers,
+                batch / step_s,
+                floor_s * 1e3,
+                flops / step_s / 1e9,
+            )
+        )
     if engine.compile_count != compiled:
-        raise RuntimeError(f"steady-state decode recompiled ({engine.compile_count - compiled} "
-                           "programs after warmup)")
+        raise RuntimeError(f"steady-state decode recompiled ({engine.compile_count - compiled} programs after warmup)")
     return rows
 
 
@@ -131,8 +151,7 @@ def main() -> None:
     console = Console(width=150)
     bandwidth = measure_bandwidth_bytes_per_s()
     device = jax.devices()[0]
-    console.print(f"device: {device.device_kind} ({device.platform}); copy bandwidth "
-                  f"{bandwidth / 1e9:.1f} GB/s")
+    console.print(f"device: {device.device_kind} ({device.platform}); copy bandwidth {bandwidth / 1e9:.1f} GB/s")
     batches = [int(b) for b in args.batches.split(",")]
     rows: list[DecodeRow] = []
     if not args.skip_tiny:
@@ -141,13 +160,22 @@ def main() -> None:
     wide = PRESETS[args.shape].with_overrides(num_layers=args.layers + 2, dtype=args.dtype)
     rows += bench_decode(wide, 1, args.layers + 1, batches, args.context_tokens, args.steps, bandwidth)
     table = Table(title="decode steps of StageEngine")
-    for column in ("model", "layers", "dtype", "batch", "context", "step ms", "ms/layer", "tokens/s",
-                   "floor ms", "step/floor", "GFLOP/s"):
+    for column in ("model", "layers", "dtype", "batch", "context", "step ms", "ms/layer", "tokens/s", "floor ms", "step/floor", "GFLOP/s"):
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(r.model, str(r.layers), r.dtype, str(r.batch), str(r.context_tokens),
-                      f"{r.step_ms:.2f}", f"{r.ms_per_layer:.3f}", f"{r.tokens_per_s:.0f}",
-                      f"{r.floor_ms:.3f}", f"{r.vs_floor:.1f}x", f"{r.gflop_per_s:.1f}")
+        table.add_row(
+            r.model,
+            str(r.layers),
+            r.dtype,
+            str(r.batch),
+            str(r.context_tokens),
+            f"{r.step_ms:.2f}",
+            f"{r.ms_per_layer:.3f}",
+            f"{r.tokens_per_s:.0f}",
+            f"{r.floor_ms:.3f}",
+            f"{r.vs_floor:.1f}x",
+            f"{r.gflop_per_s:.1f}",
+        )
     console.print(table)
     if args.json:
         for r in rows:

@@ -59,8 +59,7 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
         elif isinstance(content, list):
             content = _join_text_parts(content, i)
         elif not isinstance(content, str):
-            raise RequestError(f"messages[{i}].content must be a string or a list of text parts, "
-                               f"got {type(content).__name__}")
+            raise RequestError(f"messages[{i}].content must be a string or a list of text parts, got {type(content).__name__}")
         out.append({**message, "content": content})
     return out
 
@@ -84,8 +83,7 @@ def _raise_exception(message: str) -> None:
     raise TemplateError(message)
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
-            separators: Any = None, sort_keys: bool = False) -> str:
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False) -> str:
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
@@ -120,8 +118,7 @@ class ChatTemplate:
 
         checked = validate_messages(messages)
         try:
-            return self._template.render(messages=checked, add_generation_prompt=bool(add_generation_prompt),
-                                         **special_tokens)
+            return self._template.render(messages=checked, add_generation_prompt=bool(add_generation_prompt), **special_tokens)
         except TemplateError as exc:
             raise RequestError(f"the chat template rejected the conversation: {exc}") from None
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:

@@ -55,8 +55,7 @@ class TensorIndex:
         elif single.is_file():
             self.files = {name: single for name in self._names(single)}
         else:
-            raise CheckpointError(f"checkpoint directory {str(directory)!r} has neither {_SINGLE} "
-                                  f"nor {_INDEX}")
+            raise CheckpointError(f"checkpoint directory {str(directory)!r} has neither {_SINGLE} nor {_INDEX}")
 
     @staticmethod
     def _names(path: Path) -> list[str]:
@@ -113,15 +112,16 @@ def _fetch(read: Callable[[str], np.ndarray], name: str, transpose: bool, shape:
 
 def check_dimensions(label: str, file_config: ModelConfig, config: ModelConfig) -> None:
     """CheckpointError when a checkpoint's dimensions differ from the model config's."""
-    for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size",
-                  "vocab_size", "tie_word_embeddings"):
+    for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size", "tie_word_embeddings"):
         if getattr(file_config, field) != getattr(config, field):
-            raise CheckpointError(f"checkpoint {label!r} has {field}={getattr(file_config, field)}, "
-                                  f"the model config says {getattr(config, field)}")
+            raise CheckpointError(
+                f"checkpoint {label!r} has {field}={getattr(file_config, field)}, the model config says {getattr(config, field)}"
+            )
 
 
-def fill_stage_state(read: Callable[[str], np.ndarray], label: str, config: ModelConfig, start_layer: int,
-                     end_layer: int, abstract_state: Any) -> Any:
+def fill_stage_state(
+    read: Callable[[str], np.ndarray], label: str, config: ModelConfig, start_layer: int, end_layer: int, abstract_state: Any
+) -> Any:
     """Fill `abstract_state` (an nnx.State of ShapeDtypeStructs) with the tensors `read` returns
     by Hugging Face name (`[out, in]` float arrays), only those of layers [start, end)."""
     dtype = jnp.dtype(config.dtype)
@@ -133,22 +133,19 @@ def fill_stage_state(read: Callable[[str], np.ndarray], label: str, config: Mode
         if path[0] == "layers" and path[1].isdigit():  # unrolled: one layer's tensor
             host = _fetch(read, *_hf_name(path, start_layer + int(path[1])), shape)
         elif path[0] == "layers":  # stacked: [num_layers, ...]
-            per_layer = [_fetch(read, *_hf_name(path, layer), shape[1:])
-                         for layer in range(start_layer, end_layer)]
+            per_layer = [_fetch(read, *_hf_name(path, layer), shape[1:]) for layer in range(start_layer, end_layer)]
             host = np.stack(per_layer)
         else:
             host = _fetch(read, *_hf_name(path, None), shape)
         if not np.all(np.isfinite(host.astype(np.float32))):
-            raise CheckpointError(f"checkpoint {label!r}: parameter {'.'.join(path)} "
-                                  "holds NaN or infinite values")
+            raise CheckpointError(f"checkpoint {label!r}: parameter {'.'.join(path)} holds NaN or infinite values")
         value = jax.device_put(host.astype(dtype))
         filled.append((key, variable.replace(value=value)))
     log.info("loaded layers [%d, %d) from %s", start_layer, end_layer, label)
     return nnx.from_flat_state(filled)
 
 
-def load_checkpoint_state(directory: Path, config: ModelConfig, start_layer: int, end_layer: int,
-                          abstract_state: Any) -> Any:
+def load_checkpoint_state(directory: Path, config: ModelConfig, start_layer: int, end_layer: int, abstract_state: Any) -> Any:
     """Fill `abstract_state` from a Hugging Face safetensors checkpoint directory."""
     file_config = checkpoint_config(directory)
     index = TensorIndex(directory)
@@ -156,8 +153,7 @@ def load_checkpoint_state(directory: Path, config: ModelConfig, start_layer: int
     return fill_stage_state(index.read, str(directory), config, start_layer, end_layer, abstract_state)
 
 
-def load_gguf_state(path: Path, config: ModelConfig, start_layer: int, end_layer: int,
-                    abstract_state: Any) -> tuple[Any, tuple[str, ...]]:
+def load_gguf_state(path: Path, config: ModelConfig, start_layer: int, end_layer: int, abstract_state: Any) -> tuple[Any, tuple[str, ...]]:
     """Fill `abstract_state` from a GGUF file, dequantizing only the stage's own tensors;
     returns the state and the GGUF names it dequantized, in order."""
     from helix_jax.model.gguf_file import GGUFFile, gguf_config
@@ -166,8 +162,7 @@ def load_gguf_state(path: Path, config: ModelConfig, start_layer: int, end_layer
     check_dimensions(str(path), gguf_config(gguf), config)
 
     def read(name: str) -> np.ndarray:
-        heads = (config.num_heads if ".q_proj." in name else
-                 config.num_kv_heads if ".k_proj." in name else None)
+        heads = config.num_heads if ".q_proj." in name else config.num_kv_heads if ".k_proj." in name else None
         return gguf.read(name, heads)
 
     state = fill_stage_state(read, str(path), config, start_layer, end_layer, abstract_state)

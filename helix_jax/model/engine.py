@@ -80,20 +80,32 @@ class StageEngine(KVCapacity):
     compile time in tests). Not thread-safe: one thread drives an engine.
     """
 
-    def __init__(self, config: ModelConfig, start_layer: int, end_layer: int, weights: StageWeights,
-                 max_slots: int, max_seq_len: int,
-                 prefill_buckets: Sequence[int] = DEFAULT_PREFILL_BUCKETS,
-                 decode_buckets: Sequence[int] = DEFAULT_DECODE_BUCKETS,
-                 prefill_batch_buckets: Sequence[int] = DEFAULT_PREFILL_BATCH_BUCKETS,
-                 context_buckets: Sequence[int] | None = None, return_logits: bool = False,
-                 compiler_options: dict[str, Any] | None = None, kv_layout: str = DEFAULT_KV_LAYOUT,
-                 page_size: int = DEFAULT_PAGE_SIZE, num_pages: int | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        start_layer: int,
+        end_layer: int,
+        weights: StageWeights,
+        max_slots: int,
+        max_seq_len: int,
+        prefill_buckets: Sequence[int] = DEFAULT_PREFILL_BUCKETS,
+        decode_buckets: Sequence[int] = DEFAULT_DECODE_BUCKETS,
+        prefill_batch_buckets: Sequence[int] = DEFAULT_PREFILL_BATCH_BUCKETS,
+        context_buckets: Sequence[int] | None = None,
+        return_logits: bool = False,
+        compiler_options: dict[str, Any] | None = None,
+        kv_layout: str = DEFAULT_KV_LAYOUT,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        num_pages: int | None = None,
+    ):
         check_range(config, start_layer, end_layer)
         enable_compile_cache()  # before this process's first compile
         if (weights.config, weights.start_layer, weights.end_layer) != (config, start_layer, end_layer):
-            raise ConfigError(f"weights hold layers [{weights.start_layer}, {weights.end_layer}) of "
-                              f"{weights.config.name!r}, the engine was asked for [{start_layer}, "
-                              f"{end_layer}) of {config.name!r}")
+            raise ConfigError(
+                f"weights hold layers [{weights.start_layer}, {weights.end_layer}) of "
+                f"{weights.config.name!r}, the engine was asked for [{start_layer}, "
+                f"{end_layer}) of {config.name!r}"
+            )
         if max_slots <= 0 or max_seq_len <= 0:
             raise ConfigError(f"max_slots and max_seq_len must be positive, got {max_slots}, {max_seq_len}")
         self.config, self.start_layer, self.end_layer = config, start_layer, end_layer
@@ -102,10 +114,8 @@ class StageEngine(KVCapacity):
         self.return_logits = return_logits
         self.decode_buckets = normalize_buckets("decode_buckets", decode_buckets, max_slots)
         self.prefill_buckets = normalize_buckets("prefill_buckets", prefill_buckets, max_seq_len)
-        self.prefill_batch_buckets = normalize_buckets("prefill_batch_buckets", prefill_batch_buckets,
-                                                       max_slots)
-        self.context_buckets = normalize_buckets("context_buckets", context_buckets or (max_seq_len,),
-                                                 max_seq_len)
+        self.prefill_batch_buckets = normalize_buckets("prefill_batch_buckets", prefill_batch_buckets, max_slots)
+        self.context_buckets = normalize_buckets("context_buckets", context_buckets or (max_seq_len,), max_seq_len)
         if self.context_buckets[-1] < max_seq_len:
             self.context_buckets += (max_seq_len,)
         if kv_layout not in KV_LAYOUTS:
@@ -116,12 +126,14 @@ class StageEngine(KVCapacity):
         if self.page_size:  # windows are whole pages: a bucket of P pages reads P x page_size
             pages = num_pages if num_pages is not None else max_slots * pages_for(max_seq_len, page_size)
             self.pool = PagePool(end_layer - start_layer, pages, page_size)
-            self.context_buckets = tuple(sorted({pages_for(c, page_size) * page_size
-                                                 for c in self.context_buckets}))
+            self.context_buckets = tuple(sorted({pages_for(c, page_size) * page_size for c in self.context_buckets}))
         self._graphdef, self._state = weights.graphdef, weights.state
         self._hidden_dtype = np.dtype(jnp.dtype(config.dtype))
-        self.cache: KVCache = (init_kv_cache(config, self.num_layers, max_slots, max_seq_len) if self.pool is None
-                               else init_kv_cache(config, self.num_layers, self.pool.pages_per_layer, page_size))
+        self.cache: KVCache = (
+            init_kv_cache(config, self.num_layers, max_slots, max_seq_len)
+            if self.pool is None
+            else init_kv_cache(config, self.num_layers, self.pool.pages_per_layer, page_size)
+        )
         self._free_slots = list(range(max_slots - 1, -1, -1))
         self._requests: dict[Hashable, _Request] = {}
         self._compile_count = 0
@@ -129,15 +141,25 @@ class StageEngine(KVCapacity):
         self._program = step_program(self._graphdef, treedef, return_logits, self.page_size, compiler_options)
 
     @classmethod
-    def for_kv_budget(cls, config: ModelConfig, start_layer: int, end_layer: int, weights: StageWeights,
-                      kv_budget_bytes: int, max_seq_len: int, **options: Any) -> "StageEngine":
+    def for_kv_budget(
+        cls,
+        config: ModelConfig,
+        start_layer: int,
+        end_layer: int,
+        weights: StageWeights,
+        kv_budget_bytes: int,
+        max_seq_len: int,
+        **options: Any,
+    ) -> "StageEngine":
         """An engine with as many full-length slots as `kv_budget_bytes` of KV cache hold
         (ConfigError when not even one fits); `options` are the constructor's bucket options."""
         slots = slots_for_kv_budget(config, end_layer - start_layer, kv_budget_bytes, max_seq_len)
         if slots == 0:
             need = kv_cache_bytes(config, end_layer - start_layer, 1, max_seq_len)
-            raise ConfigError(f"a KV budget of {kv_budget_bytes} bytes holds no slot of {max_seq_len} "
-                              f"tokens for {end_layer - start_layer} layers (one needs {need} bytes)")
+            raise ConfigError(
+                f"a KV budget of {kv_budget_bytes} bytes holds no slot of {max_seq_len} "
+                f"tokens for {end_layer - start_layer} layers (one needs {need} bytes)"
+            )
         return cls(config, start_layer, end_layer, weights, slots, max_seq_len, **options)
 
     # ---- capacity -------------------------------------------------------------------------
@@ -157,8 +179,9 @@ class StageEngine(KVCapacity):
         return self._compile_count
 
     # ---- request lifetime -----------------------------------------------------------------
-    def add_request(self, request_id: Hashable, sampling: SamplingParams | None = None, *,
-                    reserve_tokens: int = 0, run_start_layer: int | None = None) -> int:
+    def add_request(
+        self, request_id: Hashable, sampling: SamplingParams | None = None, *, reserve_tokens: int = 0, run_start_layer: int | None = None
+    ) -> int:
         """Take a slot for a new request and return it. Paged: also promise it the pages of
         `reserve_tokens` tokens (prompt + max_tokens; 0: pages are only taken as tokens arrive)
         on the layers from `run_start_layer` (default: the stage's first). Raises
@@ -177,35 +200,44 @@ class StageEngine(KVCapacity):
     def _run(self, batch: PaddedBatch, context_len: int):
         kv_index = batch.slots
         if self.pool is not None:
-            kv_index = page_table_array(self.pool, [i.request_id for i in batch.items], len(batch.slots),
-                                        context_len // self.page_size)
+            kv_index = page_table_array(self.pool, [i.request_id for i in batch.items], len(batch.slots), context_len // self.page_size)
         CALLER.engine = self
         try:
             out, self.cache = self._program(
-                self._weight_leaves, self.cache, batch.token_ids, batch.hidden, batch.run_start,
-                batch.positions, batch.num_tokens, kv_index, batch.temperature, batch.top_k,
-                batch.top_p, batch.seed, context_len=context_len)
+                self._weight_leaves,
+                self.cache,
+                batch.token_ids,
+                batch.hidden,
+                batch.run_start,
+                batch.positions,
+                batch.num_tokens,
+                kv_index,
+                batch.temperature,
+                batch.top_k,
+                batch.top_p,
+                batch.seed,
+                context_len=context_len,
+            )
         finally:
             CALLER.engine = None
         return jax.tree.map(np.asarray, out)
 
     def _pad(self, items: list[StepInput], rows: int, tokens: int) -> PaddedBatch:
         requests = [self._requests[item.request_id] for item in items]
-        return pad_batch(items, rows, tokens, self.config.hidden_size, self._hidden_dtype,
-                         [r.slot for r in requests], [r.sampling for r in requests])
+        return pad_batch(
+            items, rows, tokens, self.config.hidden_size, self._hidden_dtype, [r.slot for r in requests], [r.sampling for r in requests]
+        )
 
     def warmup(self) -> int:
         """Compile every (rows, tokens, context) bucket by running all-padding batches (which
         write no KV). Returns only when all are compiled; returns the number of buckets."""
         shapes = [(rows, 1) for rows in self.decode_buckets]
-        shapes += [(rows, tokens) for rows in self.prefill_batch_buckets for tokens in self.prefill_buckets
-                   if tokens > 1]
+        shapes += [(rows, tokens) for rows in self.prefill_batch_buckets for tokens in self.prefill_buckets if tokens > 1]
         for rows, tokens in shapes:
             for context_len in self.context_buckets:
                 self._run(self._pad([], rows, tokens), context_len)
         jax.block_until_ready(self.cache)
-        log.info("stage [%d, %d): %d programs compiled", self.start_layer, self.end_layer,
-                 self._compile_count)
+        log.info("stage [%d, %d): %d programs compiled", self.start_layer, self.end_layer, self._compile_count)
         return len(shapes) * len(self.context_buckets)
 
     def step(self, items: Sequence[StepInput]) -> list[StepOutput]:
@@ -216,32 +248,32 @@ class StageEngine(KVCapacity):
         `max_chunk_tokens`, or a sequence past max_seq_len; OverloadedError (nothing computed)
         when the page pool cannot hold the step's new tokens (see `can_run`)."""
         items = list(items)
-        check_step(items, self._requests, self.start_layer, self.end_layer, self.config, self.max_chunk_tokens,
-                   self.max_seq_len)
+        check_step(items, self._requests, self.start_layer, self.end_layer, self.config, self.max_chunk_tokens, self.max_seq_len)
         if self.pool is not None:  # take every page the step writes, or none (nothing computed)
             need = sum(self.page_cost(item) for item in items)
             if need > self.pool.pages_available:
-                raise OverloadedError(f"stage [{self.start_layer}, {self.end_layer}): the step needs {need} "
-                                      f"more pages, {self.pool.pages_available} are available")
+                raise OverloadedError(
+                    f"stage [{self.start_layer}, {self.end_layer}): the step needs {need} "
+                    f"more pages, {self.pool.pages_available} are available"
+                )
             for item in items:
-                self.pool.grow(item.request_id, item.run_start_layer - self.start_layer,
-                               item.position + item.num_tokens)
+                self.pool.grow(item.request_id, item.run_start_layer - self.start_layer, item.position + item.num_tokens)
         results: dict[int, StepOutput] = {}
         order = sorted(range(len(items)), key=lambda i: items[i].num_tokens)
         decode = [i for i in order if items[i].num_tokens == 1]
         prefill = [i for i in order if items[i].num_tokens > 1]
         for group, row_buckets in ((decode, self.decode_buckets), (prefill, self.prefill_batch_buckets)):
             for begin in range(0, len(group), row_buckets[-1]):
-                self._run_group([items[i] for i in group[begin:begin + row_buckets[-1]]],
-                                group[begin:begin + row_buckets[-1]], row_buckets, results)
+                self._run_group(
+                    [items[i] for i in group[begin : begin + row_buckets[-1]]], group[begin : begin + row_buckets[-1]], row_buckets, results
+                )
         for item in items:
             request = self._requests[item.request_id]
             request.run_start_layer = item.run_start_layer
             request.next_position += item.num_tokens
         return [results[i] for i in range(len(items))]
 
-    def _run_group(self, items: list[StepInput], indices: list[int], row_buckets: tuple[int, ...],
-                   results: dict[int, StepOutput]) -> None:
+    def _run_group(self, items: list[StepInput], indices: list[int], row_buckets: tuple[int, ...], results: dict[int, StepOutput]) -> None:
         longest = max(item.num_tokens for item in items)
         tokens = 1 if longest == 1 else pick_bucket(self.prefill_buckets, longest)
         rows = pick_bucket(row_buckets, len(items))
@@ -253,7 +285,6 @@ class StageEngine(KVCapacity):
         for row, (index, item) in enumerate(zip(indices, items)):
             if self.is_last:
                 token = int(out[row]) if item.sample else None
-                results[index] = StepOutput(item.request_id, next_token=token,
-                                            logits=None if logits is None else logits[row])
+                results[index] = StepOutput(item.request_id, next_token=token, logits=None if logits is None else logits[row])
             else:
-                results[index] = StepOutput(item.request_id, hidden=out[row, :item.num_tokens])
+                results[index] = StepOutput(item.request_id, hidden=out[row, : item.num_tokens])

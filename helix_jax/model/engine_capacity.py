@@ -32,6 +32,7 @@ class KVCapacity:
     start_layer: int
 
     if TYPE_CHECKING:
+
         @property
         def num_layers(self) -> int: ...
 
@@ -108,8 +109,9 @@ class KVCapacity:
         if self.pool is not None:
             first = (self.start_layer if run_start_layer is None else run_start_layer) - self.start_layer
             if not 0 <= first < self.num_layers:
-                raise RequestError(f"request {request_id!r}: run_start_layer {run_start_layer} is outside "
-                                   f"this stage's layers [{self.start_layer}, {end})")
+                raise RequestError(
+                    f"request {request_id!r}: run_start_layer {run_start_layer} is outside this stage's layers [{self.start_layer}, {end})"
+                )
             self.pool.open(request_id, reserve_tokens, first)
         return self._free_slots.pop()
 

@@ -31,39 +31,67 @@ class LocalModel:
     "paged" or "contiguous", default the engine's) reused across prompts, so its step
     programs compile once. `generate` is what `generate_local` does for one call."""
 
-    def __init__(self, config: ModelConfig, weights_source: str | Path | StageWeights, max_seq_len: int,
-                 chunk_tokens: int = 64, compiler_options: dict | None = None, kv_layout: str | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights_source: str | Path | StageWeights,
+        max_seq_len: int,
+        chunk_tokens: int = 64,
+        compiler_options: dict | None = None,
+        kv_layout: str | None = None,
+    ):
         self.config = config
         self.max_seq_len = min(config.max_position_embeddings, -(-max_seq_len // _SEQ_ROUND) * _SEQ_ROUND)
-        self.weights = (weights_source if isinstance(weights_source, StageWeights)
-                        else load_stage_weights(config, 0, config.num_layers, weights_source))
+        self.weights = (
+            weights_source if isinstance(weights_source, StageWeights) else load_stage_weights(config, 0, config.num_layers, weights_source)
+        )
         self.chunk = min(chunk_tokens, self.max_seq_len)
         layout: dict[str, Any] = {} if kv_layout is None else {"kv_layout": kv_layout}
-        self.engine = StageEngine(config, 0, config.num_layers, self.weights, max_slots=1,
-                                  max_seq_len=self.max_seq_len, prefill_buckets=(self.chunk,),
-                                  decode_buckets=(1,), prefill_batch_buckets=(1,),
-                                  compiler_options=compiler_options, **layout)
+        self.engine = StageEngine(
+            config,
+            0,
+            config.num_layers,
+            self.weights,
+            max_slots=1,
+            max_seq_len=self.max_seq_len,
+            prefill_buckets=(self.chunk,),
+            decode_buckets=(1,),
+            prefill_batch_buckets=(1,),
+            compiler_options=compiler_options,
+            **layout,
+        )
 
-    def generate(self, prompt_ids: Sequence[int], max_tokens: int, sampling: SamplingParams | None = None, *,
-                 stop_at_eos: bool = True, on_token: Callable[[int], None] | None = None,
-                 stop_token_ids: Collection[int] | None = None) -> list[int]:
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_tokens: int,
+        sampling: SamplingParams | None = None,
+        *,
+        stop_at_eos: bool = True,
+        on_token: Callable[[int], None] | None = None,
+        stop_token_ids: Collection[int] | None = None,
+    ) -> list[int]:
         """Up to `max_tokens` ids after `prompt_ids` (see `generate_local`)."""
         config, engine, chunk = self.config, self.engine, self.chunk
-        stops = (frozenset(int(i) for i in stop_token_ids) if stop_token_ids is not None else
-                 frozenset() if config.eos_token_id is None else frozenset({config.eos_token_id}))
+        stops = (
+            frozenset(int(i) for i in stop_token_ids)
+            if stop_token_ids is not None
+            else frozenset()
+            if config.eos_token_id is None
+            else frozenset({config.eos_token_id})
+        )
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise RequestError("prompt must contain at least one token")
         if max_tokens <= 0:
             raise RequestError(f"max_tokens must be positive, got {max_tokens}")
         if len(prompt) + max_tokens > self.max_seq_len:
-            raise RequestError(f"prompt ({len(prompt)}) + max_tokens ({max_tokens}) exceeds the maximum "
-                               f"sequence length {self.max_seq_len}")
+            raise RequestError(f"prompt ({len(prompt)}) + max_tokens ({max_tokens}) exceeds the maximum sequence length {self.max_seq_len}")
         engine.add_request("local", sampling or SamplingParams())
         out: list[int] = []
         token = None
         for begin in range(0, len(prompt), chunk):
-            piece = np.asarray(prompt[begin:begin + chunk], np.int32)
+            piece = np.asarray(prompt[begin : begin + chunk], np.int32)
             last = begin + chunk >= len(prompt)
             (result,) = engine.step([StepInput("local", 0, begin, token_ids=piece, sample=last)])
             token = result.next_token
@@ -83,11 +111,19 @@ class LocalModel:
         return out
 
 
-def generate_local(config: ModelConfig, weights_source: str | Path | StageWeights, prompt_ids: Sequence[int],
-                   max_tokens: int, sampling: SamplingParams | None = None, *, chunk_tokens: int = 64,
-                   stop_at_eos: bool = True, on_token: Callable[[int], None] | None = None,
-                   compiler_options: dict | None = None,
-                   stop_token_ids: Collection[int] | None = None) -> list[int]:
+def generate_local(
+    config: ModelConfig,
+    weights_source: str | Path | StageWeights,
+    prompt_ids: Sequence[int],
+    max_tokens: int,
+    sampling: SamplingParams | None = None,
+    *,
+    chunk_tokens: int = 64,
+    stop_at_eos: bool = True,
+    on_token: Callable[[int], None] | None = None,
+    compiler_options: dict | None = None,
+    stop_token_ids: Collection[int] | None = None,
+) -> list[int]:
     """Generate up to `max_tokens` ids after `prompt_ids` (returned without the prompt).
 
     Stops early after emitting a stop id (included) when `stop_at_eos`: `stop_token_ids` (the
@@ -102,8 +138,9 @@ def generate_local(config: ModelConfig, weights_source: str | Path | StageWeight
         raise RequestError(f"max_tokens must be positive, got {max_tokens}")
     total = len(prompt_ids) + max_tokens
     if total > config.max_position_embeddings:
-        raise RequestError(f"prompt ({len(prompt_ids)}) + max_tokens ({max_tokens}) exceeds the model's "
-                           f"max_position_embeddings {config.max_position_embeddings}")
+        raise RequestError(
+            f"prompt ({len(prompt_ids)}) + max_tokens ({max_tokens}) exceeds the model's "
+            f"max_position_embeddings {config.max_position_embeddings}"
+        )
     model = LocalModel(config, weights_source, total, chunk_tokens, compiler_options)
-    return model.generate(prompt_ids, max_tokens, sampling, stop_at_eos=stop_at_eos, on_token=on_token,
-                          stop_token_ids=stop_token_ids)
+    return model.generate(prompt_ids, max_tokens, sampling, stop_at_eos=stop_at_eos, on_token=on_token, stop_token_ids=stop_token_ids)

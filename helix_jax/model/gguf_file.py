@@ -38,13 +38,21 @@ SUPPORTED_TYPES = (*_FLOAT_TYPES, "BF16", *QUANT_TYPES)
 
 # HF module name of a layer tensor -> GGUF suffix; the rest are whole-model tensors.
 _LAYER_NAMES = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
 }
-_MODEL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-                "lm_head.weight": "output.weight"}
+_MODEL_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
 _HF_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
 
 
@@ -61,8 +69,7 @@ def gguf_name(hf_name: str) -> str:
 def _unpermute(weight: np.ndarray, heads: int) -> np.ndarray:
     """Undo the converter's per-head row order (pairs interleaved) back to rotate-half halves."""
     rows = weight.shape[0]
-    return (weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:])
-            .swapaxes(1, 2).reshape(weight.shape))
+    return weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
 class GGUFFile:
@@ -78,25 +85,34 @@ class GGUFFile:
             self._reader = GGUFReader(str(self.path), "r")
         except Exception as exc:  # ValueError for a bad magic/version, others for a cut-off file
             text = str(exc).lower()
-            reason = ("not a GGUF file (bad magic)" if "magic" in text else
-                      f"the file is truncated ({exc})" if "reshape" in text or isinstance(exc, (IndexError, EOFError))
-                      else exc)
+            reason = (
+                "not a GGUF file (bad magic)"
+                if "magic" in text
+                else f"the file is truncated ({exc})"
+                if "reshape" in text or isinstance(exc, (IndexError, EOFError))
+                else exc
+            )
             raise CheckpointError(f"cannot read GGUF file {str(self.path)!r}: {reason}") from None
         self.tensors = {t.name: t for t in self._reader.tensors}
         size = os.path.getsize(self.path)
         for t in self._reader.tensors:
             end = int(t.data_offset) + int(t.n_bytes)
             if end > size:
-                raise CheckpointError(f"GGUF file {str(self.path)!r} is truncated: tensor {t.name!r} "
-                                      f"ends at byte {end}, the file has {size}")
+                raise CheckpointError(
+                    f"GGUF file {str(self.path)!r} is truncated: tensor {t.name!r} ends at byte {end}, the file has {size}"
+                )
             if t.tensor_type.name not in SUPPORTED_TYPES:
-                raise CheckpointError(f"GGUF file {str(self.path)!r}: tensor {t.name!r} has type "
-                                      f"{t.tensor_type.name}, which is not supported (supported: "
-                                      f"{', '.join(SUPPORTED_TYPES)})")
+                raise CheckpointError(
+                    f"GGUF file {str(self.path)!r}: tensor {t.name!r} has type "
+                    f"{t.tensor_type.name}, which is not supported (supported: "
+                    f"{', '.join(SUPPORTED_TYPES)})"
+                )
         arch = self.field("general.architecture", None)
         if arch not in ARCHITECTURES:
-            raise CheckpointError(f"GGUF file {str(self.path)!r} has architecture {arch!r}; only "
-                                  f"LLaMA-family models ({', '.join(ARCHITECTURES)}) are supported")
+            raise CheckpointError(
+                f"GGUF file {str(self.path)!r} has architecture {arch!r}; only "
+                f"LLaMA-family models ({', '.join(ARCHITECTURES)}) are supported"
+            )
         self.reads: list[str] = []  # GGUF names dequantized so far, in order
 
     def field(self, key: str, default: Any = ...) -> Any:
@@ -109,8 +125,7 @@ class GGUFFile:
         try:
             return entry.contents()
         except Exception as exc:
-            raise CheckpointError(f"GGUF file {str(self.path)!r}: metadata {key!r} is malformed: "
-                                  f"{exc}") from None
+            raise CheckpointError(f"GGUF file {str(self.path)!r}: metadata {key!r} is malformed: {exc}") from None
 
     def read(self, hf_name: str, heads: int | None = None) -> np.ndarray:
         """The tensor Hugging Face calls `hf_name`, float32 `[out, in]`; `heads` undoes the Q/K
@@ -144,8 +159,9 @@ def gguf_config(source: str | Path | GGUFFile, name: str | None = None, dtype: s
     key = lambda suffix: f"{arch}.{suffix}"  # noqa: E731 - local shorthand
     scaling = gguf.field(key("rope.scaling.type"), "none")
     if scaling not in ("none", None) or "rope_freqs.weight" in gguf.tensors:
-        raise CheckpointError(f"GGUF file {str(gguf.path)!r}: rope scaling "
-                              f"{scaling if scaling != 'none' else 'rope_freqs.weight'!r} is not supported")
+        raise CheckpointError(
+            f"GGUF file {str(gguf.path)!r}: rope scaling {scaling if scaling != 'none' else 'rope_freqs.weight'!r} is not supported"
+        )
     heads = int(gguf.field(key("attention.head_count")))
     hidden = int(gguf.field(key("embedding_length")))
     tokens = gguf.field("tokenizer.ggml.tokens", None)

@@ -30,28 +30,41 @@ SPIECE_SPACE = "\u2581"  # "▁", SentencePiece's visible space
 # GPT-2's split, the byte-level pre-tokenizer's built-in regex (ByteLevel(use_regex=True)).
 _GPT2 = None
 # LLaMA-3's split: case-insensitive contractions, at most 3 digits a piece, newlines apart.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 # Qwen-2's: as LLaMA-3's but every digit on its own.
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _DIGITS = "digits"  # every digit its own piece, then GPT-2's split (StarCoder, SmolLM, ...)
 
 # `tokenizer.ggml.pre` -> split, as llama.cpp groups its pre-tokenizer types.
 PRE_TOKENIZERS: dict[str, str | None] = {
     **{name: _GPT2 for name in ("default", "gpt2", "gpt-2", "mpt", "olmo", "jais", "trillion")},
-    **{name: _DIGITS for name in ("smollm", "starcoder", "refact", "command-r", "codeshell",
-                                  "exaone", "minerva")},
-    **{name: _LLAMA3_SPLIT for name in ("llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral",
-                                        "smaug-bpe", "dbrx")},
+    **{name: _DIGITS for name in ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")},
+    **{name: _LLAMA3_SPLIT for name in ("llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "smaug-bpe", "dbrx")},
     **{name: _QWEN2_SPLIT for name in ("qwen2", "deepseek-r1-qwen")},
 }
 
-_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.scores",
-         "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id",
-         "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id",
-         "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token",
-         "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix", "tokenizer.chat_template")
+_KEYS = (
+    "tokenizer.ggml.model",
+    "tokenizer.ggml.pre",
+    "tokenizer.ggml.tokens",
+    "tokenizer.ggml.scores",
+    "tokenizer.ggml.token_type",
+    "tokenizer.ggml.merges",
+    "tokenizer.ggml.bos_token_id",
+    "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.unknown_token_id",
+    "tokenizer.ggml.padding_token_id",
+    "tokenizer.ggml.add_bos_token",
+    "tokenizer.ggml.add_eos_token",
+    "tokenizer.ggml.add_space_prefix",
+    "tokenizer.chat_template",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,13 +117,13 @@ def build_vocab(metadata: Mapping[str, Any], where: str = "GGUF metadata") -> GG
     """A `GGUFVocab` from `tokenizer.*` metadata values (as `GGUFReader` field contents)."""
     model = _get(metadata, "tokenizer.ggml.model", str, where)
     if model not in ("gpt2", "llama"):
-        raise CheckpointError(f"{where}: tokenizer.ggml.model {model!r} is not supported "
-                              f"(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece BPE)")
+        raise CheckpointError(
+            f"{where}: tokenizer.ggml.model {model!r} is not supported (supported: 'gpt2' byte-level BPE, 'llama' SentencePiece BPE)"
+        )
     tokens = _string_list(metadata, "tokenizer.ggml.tokens", where)
     n = len(tokens)
     types = _int_list(metadata, "tokenizer.ggml.token_type", where, n, default=NORMAL)
-    ids = {key: _token_id(metadata, f"tokenizer.ggml.{key}_token_id", where, n)
-           for key in ("bos", "eos", "padding", "unknown")}
+    ids = {key: _token_id(metadata, f"tokenizer.ggml.{key}_token_id", where, n) for key in ("bos", "eos", "padding", "unknown")}
     add_bos = _flag(metadata, "tokenizer.ggml.add_bos_token", where, default=model == "llama")
     add_eos = _flag(metadata, "tokenizer.ggml.add_eos_token", where, default=False)
     add_space_prefix = _flag(metadata, "tokenizer.ggml.add_space_prefix", where, default=model == "llama")
@@ -119,15 +132,15 @@ def build_vocab(metadata: Mapping[str, Any], where: str = "GGUF metadata") -> GG
         raise CheckpointError(f"{where}: tokenizer.chat_template must be a string")
     if model == "gpt2":
         pre = metadata.get("tokenizer.ggml.pre", "default")
-        tokenizer = _byte_level(tokens, _string_list(metadata, "tokenizer.ggml.merges", where),
-                                _pre_tokenizer_split(pre, where), add_space_prefix, where)
+        tokenizer = _byte_level(
+            tokens, _string_list(metadata, "tokenizer.ggml.merges", where), _pre_tokenizer_split(pre, where), add_space_prefix, where
+        )
     else:
         tokenizer = _sentencepiece(tokens, types, metadata, ids["unknown"], add_space_prefix, where)
     specials = {i for i, t in enumerate(types) if t in (CONTROL, UNKNOWN)}
     specials |= {i for i in ids.values() if i is not None}
     _add_tokens(tokenizer, tokens, specials, [i for i, t in enumerate(types) if t == USER_DEFINED])
-    return GGUFVocab(tokenizer, model, tuple(tokens), ids["bos"], ids["eos"], ids["padding"],
-                     ids["unknown"], add_bos, add_eos, template)
+    return GGUFVocab(tokenizer, model, tuple(tokens), ids["bos"], ids["eos"], ids["padding"], ids["unknown"], add_bos, add_eos, template)
 
 
 def _pre_tokenizer_split(pre: Any, where: str) -> str | None:
@@ -139,8 +152,7 @@ def _pre_tokenizer_split(pre: Any, where: str) -> str | None:
     return PRE_TOKENIZERS[pre]
 
 
-def _byte_level(tokens: list[str], merges: list[str], split: str | None, add_prefix_space: bool,
-                where: str) -> Any:
+def _byte_level(tokens: list[str], merges: list[str], split: str | None, add_prefix_space: bool, where: str) -> Any:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     vocab = {t: i for i, t in enumerate(tokens)}
@@ -152,19 +164,23 @@ def _byte_level(tokens: list[str], merges: list[str], split: str | None, add_pre
     if split is _GPT2:
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, use_regex=True)
     elif split == _DIGITS:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, use_regex=True)])
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, use_regex=True)]
+        )
     else:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(split), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, use_regex=False)])
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, use_regex=False),
+            ]
+        )
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
 
 
-def _sentencepiece(tokens: list[str], types: list[int], metadata: Mapping[str, Any], unk_id: int | None,
-                   add_space_prefix: bool, where: str) -> Any:
+def _sentencepiece(
+    tokens: list[str], types: list[int], metadata: Mapping[str, Any], unk_id: int | None, add_space_prefix: bool, where: str
+) -> Any:
     """SentencePiece BPE: merge the adjacent pair whose union is the highest-scored token. As
     `tokenizers` BPE, that is one merge per way of cutting a token into two vocabulary tokens,
     ranked by the token's score (ties: lower id first)."""
@@ -217,10 +233,8 @@ def _add_tokens(tokenizer: Any, tokens: list[str], specials: set[int], user_defi
     whole in the raw text, before normalization; only specials are skipped on decode."""
     from tokenizers import AddedToken
 
-    tokenizer.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
-                                  for i in sorted(specials) if tokens[i]])
-    tokenizer.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
-                          for i in user_defined if tokens[i] and i not in specials])
+    tokenizer.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in sorted(specials) if tokens[i]])
+    tokenizer.add_tokens([AddedToken(tokens[i], special=False, normalized=False) for i in user_defined if tokens[i] and i not in specials])
 
 
 def _get(metadata: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
@@ -269,4 +283,3 @@ def _flag(metadata: Mapping[str, Any], key: str, where: str, default: bool) -> b
     if not isinstance(value, bool):
         raise CheckpointError(f"{where}: {key} must be a boolean, got {value!r}")
     return value
-

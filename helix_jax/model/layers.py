@@ -42,8 +42,7 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
     high_wavelen = old_len / scaling.high_freq_factor
     wavelen = 2 * math.pi / inv_freq
     scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
-    smooth = (old_len / wavelen - scaling.low_freq_factor) / (
-        scaling.high_freq_factor - scaling.low_freq_factor)
+    smooth = (old_len / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
     smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
     medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
     return np.where(medium, smoothed, scaled).astype(np.float32)
@@ -84,8 +83,7 @@ def normal_init(stddev: float):
 
 def _linear(n_in: int, n_out: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Linear:
     init = normal_init(1.0 / math.sqrt(n_in))
-    return nnx.Linear(n_in, n_out, use_bias=False, dtype=dtype, param_dtype=dtype,
-                      kernel_init=init, rngs=rngs)
+    return nnx.Linear(n_in, n_out, use_bias=False, dtype=dtype, param_dtype=dtype, kernel_init=init, rngs=rngs)
 
 
 class Attention(nnx.Module):
@@ -99,8 +97,7 @@ class Attention(nnx.Module):
         self.v_proj = _linear(h, config.num_kv_heads * d, dtype, rngs)
         self.o_proj = _linear(config.num_heads * d, h, dtype, rngs)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, kv: "LayerKV") -> tuple[
-            jax.Array, jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, kv: "LayerKV") -> tuple[jax.Array, jax.Array, jax.Array]:
         """x `[B, T, hidden]` -> (out `[B, T, hidden]`, k_cache, v_cache updated for this layer).
 
         `kv` says where this step's tokens are written (rows/tokens not to be written point
@@ -117,8 +114,7 @@ class Attention(nnx.Module):
         # keys/values [B, ctx, kv_heads, head_dim]; queries grouped per kv head.
         groups = self.num_heads // self.num_kv_heads
         qg = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(q.dtype),
-                            preferred_element_type=jnp.float32) / math.sqrt(self.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32) / math.sqrt(self.head_dim)
         key_pos = jnp.arange(ctx)[None, None, :]
         visible = key_pos <= kv.query_pos[:, :, None]  # [B, T, ctx]
         scores = jnp.where(visible[:, None, None, :, :], scores, _NEG_INF)
@@ -163,8 +159,9 @@ class LayerKV:
         """Write this step's k, v `[B, T, kv_heads, head_dim]` (masked tokens are dropped) and
         return (k_cache, v_cache, keys, values) with keys/values `[B, ctx, kv_heads, head_dim]`."""
         if self.page_size:
-            return paged_write_read(self.k_cache, self.v_cache, self.index, self.layer_index,
-                                    self.write_mask, self.query_pos, k, v, self.page_size)
+            return paged_write_read(
+                self.k_cache, self.v_cache, self.index, self.layer_index, self.write_mask, self.query_pos, k, v, self.page_size
+            )
         layer, max_seq = self.layer_index, self.k_cache.shape[2]
         write_slot = jnp.broadcast_to(self.index[:, None], self.query_pos.shape)
         write_pos = jnp.where(self.write_mask, self.query_pos, max_seq)  # past the end: dropped
@@ -186,8 +183,7 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, kv: LayerKV) -> tuple[
-            jax.Array, jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, kv: LayerKV) -> tuple[jax.Array, jax.Array, jax.Array]:
         attn_out, k_cache, v_cache = self.self_attn(self.input_layernorm(x), cos, sin, kv)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x))

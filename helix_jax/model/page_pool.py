@@ -78,8 +78,7 @@ class PagePool:
         """Pages a request must take from the pool (beyond its reservation) to hold `tokens`
         tokens on every layer from `first_layer`."""
         table = self._tables[request_id]
-        need = sum(max(0, pages_for(tokens, self.page_size) - len(table.pages[layer]))
-                   for layer in range(first_layer, self.num_layers))
+        need = sum(max(0, pages_for(tokens, self.page_size) - len(table.pages[layer])) for layer in range(first_layer, self.num_layers))
         spare = max(0, table.reserved - table.allocated)
         return max(0, need - spare)
 
@@ -135,5 +134,5 @@ def page_table_array(pool: PagePool, request_ids: list, rows: int, width: int) -
     for row, rid in enumerate(request_ids):
         for layer, pages in enumerate(pool.table(rid).pages):
             if pages:
-                out[row, layer, :len(pages)] = pages[:width]
+                out[row, layer, : len(pages)] = pages[:width]
     return out

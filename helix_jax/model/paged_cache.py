@@ -26,9 +26,17 @@ from helix_jax.model.page_pool import PagePool, page_table_array, pages_for
 __all__ = ["PagePool", "page_table_array", "pages_for", "paged_write_read"]
 
 
-def paged_write_read(k_pool: jax.Array, v_pool: jax.Array, page_table: jax.Array, layer: jax.Array,
-                     write_mask: jax.Array, query_pos: jax.Array, new_k: jax.Array, new_v: jax.Array,
-                     page_size: int):
+def paged_write_read(
+    k_pool: jax.Array,
+    v_pool: jax.Array,
+    page_table: jax.Array,
+    layer: jax.Array,
+    write_mask: jax.Array,
+    query_pos: jax.Array,
+    new_k: jax.Array,
+    new_v: jax.Array,
+    page_size: int,
+):
     """Traced: write this step's K/V of one layer into their pages, then gather each row's pages.
 
     k_pool/v_pool `[total_pages, page_size, kv_heads, head_dim]` (flat), page_table

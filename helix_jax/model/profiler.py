@@ -61,8 +61,9 @@ def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(samples)
 
 
-def prefill_requests(engine: StageEngine, request_ids: Sequence[str], run_start_layer: int,
-                     context_tokens: int, payload: Callable[[int], dict[str, Any]]) -> None:
+def prefill_requests(
+    engine: StageEngine, request_ids: Sequence[str], run_start_layer: int, context_tokens: int, payload: Callable[[int], dict[str, Any]]
+) -> None:
     """Add each of `request_ids` to `engine` and prefill `context_tokens` tokens of it in chunks
     of at most `engine.max_chunk_tokens`; `payload(n)` is the StepInput data of an n-token chunk
     ({"token_ids": ...} or {"hidden": ...}). Sets up the decode measurements here and in
@@ -74,9 +75,15 @@ def prefill_requests(engine: StageEngine, request_ids: Sequence[str], run_start_
             engine.step([StepInput(rid, run_start_layer, begin, **payload(n))])
 
 
-def profile_device(config: ModelConfig, num_layers: int = 2, prefill_tokens: Sequence[int] = (16, 64, 256),
-                   decode_batches: Sequence[int] = (1, 2, 4, 8, 16, 32), context_tokens: int = 128,
-                   repeats: int = 5, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def profile_device(
+    config: ModelConfig,
+    num_layers: int = 2,
+    prefill_tokens: Sequence[int] = (16, 64, 256),
+    decode_batches: Sequence[int] = (1, 2, 4, 8, 16, 32),
+    context_tokens: int = 128,
+    repeats: int = 5,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Measure `num_layers` layers of `config`'s width; return the profile dict.
 
     Prefill point: one request's chunk of `tokens` tokens at position 0. Decode point: `batch`
@@ -91,9 +98,17 @@ def profile_device(config: ModelConfig, num_layers: int = 2, prefill_tokens: Seq
     jax.block_until_ready(weights.state)
     total, free_after = device_memory_bytes()
     max_seq_len = max(prefill_tokens[-1], context_tokens + repeats + 2)
-    engine = StageEngine(shape, 1, num_layers + 1, weights, max_slots=decode_batches[-1],
-                         max_seq_len=max_seq_len, prefill_buckets=prefill_tokens,
-                         decode_buckets=decode_batches, prefill_batch_buckets=(1,))
+    engine = StageEngine(
+        shape,
+        1,
+        num_layers + 1,
+        weights,
+        max_slots=decode_batches[-1],
+        max_seq_len=max_seq_len,
+        prefill_buckets=prefill_tokens,
+        decode_buckets=decode_batches,
+        prefill_batch_buckets=(1,),
+    )
     engine.warmup()
     rng = np.random.default_rng(0)
     hidden_dtype = np.dtype(jax.numpy.dtype(config.dtype))
@@ -126,8 +141,7 @@ def profile_device(config: ModelConfig, num_layers: int = 2, prefill_tokens: Seq
         seconds = median_seconds(run_decode, repeats)
         for rid in ids:
             engine.release(rid)
-        decode_points.append({"batch": batch, "context_tokens": context_tokens,
-                              "seconds_per_layer": seconds / num_layers})
+        decode_points.append({"batch": batch, "context_tokens": context_tokens, "seconds_per_layer": seconds / num_layers})
         if progress:
             progress(f"decode batch {batch}")
     device = jax.devices()[0]

@@ -21,8 +21,9 @@ from helix_jax.model.sampling_params import SamplingParams
 __all__ = ["SamplingParams", "sample_tokens"]
 
 
-def _sample_row(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,
-                seed: jax.Array, position: jax.Array) -> jax.Array:
+def _sample_row(
+    logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, seed: jax.Array, position: jax.Array
+) -> jax.Array:
     """One row: logits `[vocab]` (float32) -> token id (int32)."""
     vocab = logits.shape[-1]
     greedy_token = jnp.argmax(logits).astype(jnp.int32)
@@ -53,15 +54,15 @@ def _mix32(x: jax.Array) -> jax.Array:
 def gumbel_noise(seed: jax.Array, position: jax.Array, vocab: int) -> jax.Array:
     """Standard Gumbel noise `[vocab]` (float32), a pure function of (seed, position)."""
     index = jnp.arange(vocab, dtype=jnp.uint32)
-    stream = _mix32(_mix32(seed.astype(jnp.uint32) + jnp.uint32(0x9E3779B9))
-                    ^ position.astype(jnp.uint32))
+    stream = _mix32(_mix32(seed.astype(jnp.uint32) + jnp.uint32(0x9E3779B9)) ^ position.astype(jnp.uint32))
     bits = _mix32(index * jnp.uint32(0x85EBCA6B) ^ stream)
     uniform = ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))  # in (0, 1)
     return -jnp.log(-jnp.log(uniform))
 
 
-def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,
-                  seed: jax.Array, position: jax.Array) -> jax.Array:
+def sample_tokens(
+    logits: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, seed: jax.Array, position: jax.Array
+) -> jax.Array:
     """logits `[B, vocab]` float32 and per-row params `[B]` -> next token ids `[B]` int32.
 
     Three paths give identical tokens per row; a batch takes the cheapest that serves all its
@@ -81,6 +82,4 @@ def sample_tokens(logits: jax.Array, temperature: jax.Array, top_k: jax.Array, t
 
     sampling = temperature > 0.0
     needs_filter = jnp.any(sampling & ((top_k > 0) | (top_p < 1.0)))
-    return jax.lax.cond(jnp.any(sampling),
-                        lambda _: jax.lax.cond(needs_filter, filtered, plain, None),
-                        lambda _: greedy, None)
+    return jax.lax.cond(jnp.any(sampling), lambda _: jax.lax.cond(needs_filter, filtered, plain, None), lambda _: greedy, None)

@@ -28,7 +28,7 @@ class SamplingParams:
             raise RequestError(f"sampling top_k must be an integer >= 0, got {self.top_k!r}")
         if not (0.0 < self.top_p <= 1.0):
             raise RequestError(f"sampling top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.seed, int) or not (0 <= self.seed < 2 ** 32):
+        if not isinstance(self.seed, int) or not (0 <= self.seed < 2**32):
             raise RequestError(f"sampling seed must be an integer in [0, 2**32), got {self.seed!r}")
 
     @property

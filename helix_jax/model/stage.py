@@ -52,7 +52,7 @@ UNROLL_MIN_LAYER_BYTES = 4 << 20
 
 
 def choose_layer_loop(config: ModelConfig, layer_loop: str = "auto") -> str:
-    """"auto": unroll layers of at least 4 MiB of weights (real models), scan narrow ones."""
+    """ "auto": unroll layers of at least 4 MiB of weights (real models), scan narrow ones."""
     if layer_loop == "auto":
         return "unroll" if config.weight_bytes_per_layer >= UNROLL_MIN_LAYER_BYTES else "scan"
     if layer_loop not in LAYER_LOOPS:
@@ -63,37 +63,69 @@ def choose_layer_loop(config: ModelConfig, layer_loop: str = "auto") -> str:
 class StageModel(nnx.Module):
     """Layers `[start_layer, end_layer)` of `config`; `layer_keys [end-start, 2]` seed their init."""
 
-    def __init__(self, config: ModelConfig, start_layer: int, end_layer: int, layer_keys: jax.Array,
-                 embed_key: jax.Array, head_key: jax.Array, layer_loop: str = "scan"):
+    def __init__(
+        self,
+        config: ModelConfig,
+        start_layer: int,
+        end_layer: int,
+        layer_keys: jax.Array,
+        embed_key: jax.Array,
+        head_key: jax.Array,
+        layer_loop: str = "scan",
+    ):
         dtype = jnp_dtype(config)
         self.config, self.start_layer, self.end_layer = config, start_layer, end_layer
         self.is_first, self.is_last = start_layer == 0, end_layer == config.num_layers
         self.layer_loop = choose_layer_loop(config, layer_loop)
         self.layers: Any  # scan: one DecoderLayer whose Params lead with [num_layers]; unroll: nnx.List
         if self.layer_loop == "scan":  # every Param gets a leading [num_layers] axis
-            self.layers = nnx.vmap(lambda key: DecoderLayer(config, nnx.Rngs(params=key)),
-                                   in_axes=0, out_axes=0)(layer_keys)
+            self.layers = nnx.vmap(lambda key: DecoderLayer(config, nnx.Rngs(params=key)), in_axes=0, out_axes=0)(layer_keys)
         else:
-            self.layers = nnx.List([DecoderLayer(config, nnx.Rngs(params=layer_keys[i]))
-                                    for i in range(end_layer - start_layer)])
+            self.layers = nnx.List([DecoderLayer(config, nnx.Rngs(params=layer_keys[i])) for i in range(end_layer - start_layer)])
         needs_table = self.is_first or (self.is_last and config.tie_word_embeddings)
-        self.embed: Any = nnx.Embed(config.vocab_size, config.hidden_size, dtype=dtype, param_dtype=dtype,
-                               embedding_init=normal_init(1.0),
-                               rngs=nnx.Rngs(params=embed_key)) if needs_table else None
-        self.final_norm: Any = (RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-                           if self.is_last else None)
-        self.lm_head: Any = (nnx.Linear(config.hidden_size, config.vocab_size, use_bias=False, dtype=dtype,
-                                   param_dtype=dtype, rngs=nnx.Rngs(params=head_key),
-                                   kernel_init=normal_init(2.0 / config.hidden_size ** 0.5))
-                        if self.is_last and not config.tie_word_embeddings else None)
+        self.embed: Any = (
+            nnx.Embed(
+                config.vocab_size,
+                config.hidden_size,
+                dtype=dtype,
+                param_dtype=dtype,
+                embedding_init=normal_init(1.0),
+                rngs=nnx.Rngs(params=embed_key),
+            )
+            if needs_table
+            else None
+        )
+        self.final_norm: Any = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype) if self.is_last else None
+        self.lm_head: Any = (
+            nnx.Linear(
+                config.hidden_size,
+                config.vocab_size,
+                use_bias=False,
+                dtype=dtype,
+                param_dtype=dtype,
+                rngs=nnx.Rngs(params=head_key),
+                kernel_init=normal_init(2.0 / config.hidden_size**0.5),
+            )
+            if self.is_last and not config.tie_word_embeddings
+            else None
+        )
 
     @property
     def num_layers(self) -> int:
         return self.end_layer - self.start_layer
 
-    def __call__(self, token_ids: jax.Array | None, hidden: jax.Array, run_start: jax.Array,
-                 positions: jax.Array, num_tokens: jax.Array, kv_index: jax.Array, cache: KVCache,
-                 context_len: int, page_size: int = 0) -> tuple[jax.Array, KVCache]:
+    def __call__(
+        self,
+        token_ids: jax.Array | None,
+        hidden: jax.Array,
+        run_start: jax.Array,
+        positions: jax.Array,
+        num_tokens: jax.Array,
+        kv_index: jax.Array,
+        cache: KVCache,
+        context_len: int,
+        page_size: int = 0,
+    ) -> tuple[jax.Array, KVCache]:
         """Run the stage's layers on a padded batch and update the cache.
 
         token_ids `[B, T]` (first stage only, used by rows with run_start == 0), hidden
@@ -114,8 +146,7 @@ class StageModel(nnx.Module):
 
         def apply(layer: DecoderLayer, index, x, k_cache, v_cache):
             run = run_start <= self.start_layer + index  # [B]: rows that run this layer
-            kv = LayerKV(k_cache, v_cache, index, valid & run[:, None], kv_index, query_pos, context_len,
-                         page_size)
+            kv = LayerKV(k_cache, v_cache, index, valid & run[:, None], kv_index, query_pos, context_len, page_size)
             y, k_cache, v_cache = layer(x, cos, sin, kv)
             return jnp.where(run[:, None, None], y, x), k_cache, v_cache
 
@@ -158,6 +189,5 @@ def forward_full(model: StageModel, token_ids: jax.Array) -> jax.Array:
     cache = init_kv_cache(cfg, model.num_layers, batch, tokens)
     hidden = jnp.zeros((batch, tokens, cfg.hidden_size), jnp_dtype(cfg))
     zeros = jnp.zeros((batch,), jnp.int32)
-    x, _ = model(token_ids, hidden, zeros + model.start_layer, zeros, zeros + tokens,
-                 jnp.arange(batch, dtype=jnp.int32), cache, tokens)
+    x, _ = model(token_ids, hidden, zeros + model.start_layer, zeros, zeros + tokens, jnp.arange(batch, dtype=jnp.int32), cache, tokens)
     return model.logits(x)

@@ -29,15 +29,33 @@ PROGRAMS: dict[tuple, Callable] = {}
 CALLER = threading.local()
 
 
-def _traced_step(graphdef, treedef, return_logits: bool, page_size: int, weight_leaves: list, cache: KVCache,
-                 token_ids, hidden, run_start, positions, num_tokens, kv_index, temperature, top_k, top_p,
-                 seed, *, context_len: int):
+def _traced_step(
+    graphdef,
+    treedef,
+    return_logits: bool,
+    page_size: int,
+    weight_leaves: list,
+    cache: KVCache,
+    token_ids,
+    hidden,
+    run_start,
+    positions,
+    num_tokens,
+    kv_index,
+    temperature,
+    top_k,
+    top_p,
+    seed,
+    *,
+    context_len: int,
+):
     engine = getattr(CALLER, "engine", None)
     if engine is not None:
         engine._compile_count += 1  # runs only while tracing: one increment per compiled bucket
     model: StageModel = nnx.merge(graphdef, jax.tree.unflatten(treedef, weight_leaves))
-    x, cache = model(token_ids if model.is_first else None, hidden, run_start, positions,
-                     num_tokens, kv_index, cache, context_len, page_size)
+    x, cache = model(
+        token_ids if model.is_first else None, hidden, run_start, positions, num_tokens, kv_index, cache, context_len, page_size
+    )
     if not model.is_last:
         return x, cache
     last = x[jnp.arange(x.shape[0]), jnp.maximum(num_tokens - 1, 0)]  # [B, hidden]
@@ -46,14 +64,16 @@ def _traced_step(graphdef, treedef, return_logits: bool, page_size: int, weight_
     return ((tokens, logits) if return_logits else tokens), cache
 
 
-def step_program(graphdef, treedef, return_logits: bool, page_size: int,
-                  compiler_options: dict | None) -> Callable:
+def step_program(graphdef, treedef, return_logits: bool, page_size: int, compiler_options: dict | None) -> Callable:
     options = tuple(sorted((compiler_options or {}).items()))
     key = (graphdef, treedef, return_logits, page_size, options)
     if key not in PROGRAMS:
-        PROGRAMS[key] = jax.jit(functools.partial(_traced_step, graphdef, treedef, return_logits, page_size),
-                                 static_argnames=("context_len",), donate_argnames=("cache",),
-                                 compiler_options=dict(options) or None)
+        PROGRAMS[key] = jax.jit(
+            functools.partial(_traced_step, graphdef, treedef, return_logits, page_size),
+            static_argnames=("context_len",),
+            donate_argnames=("cache",),
+            compiler_options=dict(options) or None,
+        )
     return PROGRAMS[key]
 
 

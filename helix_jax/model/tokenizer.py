@@ -187,8 +187,12 @@ class GGUFTokenizer(_Library):
         self.bos_token_id, self.eos_token_id = vocab.bos_token_id, vocab.eos_token_id
         self.pad_token_id, self.unk_token_id = vocab.pad_token_id, vocab.unk_token_id
         self.add_bos, self.add_eos = vocab.add_bos, vocab.add_eos
-        self._specials = {"bos_token": vocab.token(vocab.bos_token_id), "eos_token": vocab.token(vocab.eos_token_id),
-                          "pad_token": vocab.token(vocab.pad_token_id), "unk_token": vocab.token(vocab.unk_token_id)}
+        self._specials = {
+            "bos_token": vocab.token(vocab.bos_token_id),
+            "eos_token": vocab.token(vocab.eos_token_id),
+            "pad_token": vocab.token(vocab.pad_token_id),
+            "unk_token": vocab.token(vocab.unk_token_id),
+        }
         self._init_chat(vocab.chat_template, f"{str(path)!r} tokenizer.chat_template")
 
 
@@ -199,8 +203,7 @@ def load_tokenizer(config: ModelConfig, source: str | Path | None = None) -> Tok
     if source is None:
         if is_tiny(config):
             return ByteTokenizer()
-        raise CheckpointError(f"model {config.name!r} needs a checkpoint directory with tokenizer.json "
-                              f"or a .gguf file")
+        raise CheckpointError(f"model {config.name!r} needs a checkpoint directory with tokenizer.json or a .gguf file")
     from helix_jax.models import is_model_name, model_file
 
     path = model_file(source) if is_model_name(str(source)) else Path(source)

@@ -52,39 +52,35 @@ class StageWeights:
 
 def check_range(config: ModelConfig, start_layer: int, end_layer: int) -> None:
     if not (0 <= start_layer < end_layer <= config.num_layers):
-        raise ConfigError(f"stage layer range [{start_layer}, {end_layer}) is not a non-empty range "
-                          f"inside [0, {config.num_layers}) of model {config.name!r}")
+        raise ConfigError(
+            f"stage layer range [{start_layer}, {end_layer}) is not a non-empty range "
+            f"inside [0, {config.num_layers}) of model {config.name!r}"
+        )
 
 
 def _keys(seed: int, start_layer: int, end_layer: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     base = jax.random.PRNGKey(seed)
     layer_base = jax.random.fold_in(base, _LAYER_STREAM)
-    layer_keys = jnp.stack([jax.random.fold_in(layer_base, layer)
-                            for layer in range(start_layer, end_layer)])
+    layer_keys = jnp.stack([jax.random.fold_in(layer_base, layer) for layer in range(start_layer, end_layer)])
     return layer_keys, jax.random.fold_in(base, _EMBED_STREAM), jax.random.fold_in(base, _HEAD_STREAM)
 
 
-def random_stage_weights(config: ModelConfig, start_layer: int, end_layer: int, seed: int = 0,
-                         layer_loop: str = "auto") -> StageWeights:
+def random_stage_weights(config: ModelConfig, start_layer: int, end_layer: int, seed: int = 0, layer_loop: str = "auto") -> StageWeights:
     """Seeded random weights for layers `[start, end)` (identical to the whole model's)."""
     check_range(config, start_layer, end_layer)
-    model = StageModel(config, start_layer, end_layer, *_keys(seed, start_layer, end_layer),
-                       layer_loop=layer_loop)
+    model = StageModel(config, start_layer, end_layer, *_keys(seed, start_layer, end_layer), layer_loop=layer_loop)
     graphdef, state = nnx.split(model)
     return StageWeights(config, start_layer, end_layer, graphdef, state)
 
 
-def abstract_stage(config: ModelConfig, start_layer: int, end_layer: int,
-                   layer_loop: str = "auto") -> tuple[Any, Any]:
+def abstract_stage(config: ModelConfig, start_layer: int, end_layer: int, layer_loop: str = "auto") -> tuple[Any, Any]:
     """(graphdef, state of ShapeDtypeStructs) of a stage, allocating nothing."""
     check_range(config, start_layer, end_layer)
-    model = nnx.eval_shape(lambda: StageModel(config, start_layer, end_layer,
-                                              *_keys(0, start_layer, end_layer), layer_loop=layer_loop))
+    model = nnx.eval_shape(lambda: StageModel(config, start_layer, end_layer, *_keys(0, start_layer, end_layer), layer_loop=layer_loop))
     return nnx.split(model)
 
 
-def load_stage_weights(config: ModelConfig, start_layer: int, end_layer: int,
-                       source: str | Path, layer_loop: str = "auto") -> StageWeights:
+def load_stage_weights(config: ModelConfig, start_layer: int, end_layer: int, source: str | Path, layer_loop: str = "auto") -> StageWeights:
     """Weights of layers `[start, end)` from `source`.
 
     source: "random:<seed>" (built-in seeded weights of the model's true shape), a model name
@@ -136,6 +132,5 @@ def default_weights_source(config: ModelConfig, model_spec: str) -> str:
     if is_tiny(config):
         return "random:0"
     if model_spec.strip().lower() in PRESETS:
-        raise CheckpointError(f"model {model_spec!r} has no built-in weights; pass its Hugging Face "
-                              "checkpoint directory as --model")
+        raise CheckpointError(f"model {model_spec!r} has no built-in weights; pass its Hugging Face checkpoint directory as --model")
     raise CheckpointError(f"model {model_spec!r} is not a checkpoint directory")

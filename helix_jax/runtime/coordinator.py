@@ -127,8 +127,7 @@ class Coordinator:
         self._by_client: dict[tuple[bytes, str], str] = {}
         self._waiting_by_client: dict[bytes, int] = {}  # client identity -> its requests never admitted yet
         self._timers = DelayedSends()
-        self._pacer = (LinkPacer(config.emulation.topology(), COORDINATOR, config.time_scale)
-                       if config.emulation else None)
+        self._pacer = LinkPacer(config.emulation.topology(), COORDINATOR, config.time_scale) if config.emulation else None
         self.peak_kv_used: dict[str, int] = {n: 0 for n in self.nodes}
         self.completed = 0
         self.rejected = 0
@@ -167,13 +166,13 @@ class Coordinator:
                 failover.check_heartbeats(self)
                 secure = self.keys is not None
                 if self._control in events:
-                    wire.drain(self._control, functools.partial(control.on_control, self), routed=True, secure=secure,
-                               on_reject=self._dropped)
+                    wire.drain(
+                        self._control, functools.partial(control.on_control, self), routed=True, secure=secure, on_reject=self._dropped
+                    )
                 if self._data in events:
                     wire.drain(self._data, lambda _i, m: requests.on_data(self, m), secure=secure, on_reject=self._dropped)
                 if self._client in events:
-                    wire.drain(self._client, functools.partial(requests.on_client, self), routed=True,
-                               on_reject=self._reject_client)
+                    wire.drain(self._client, functools.partial(requests.on_client, self), routed=True, on_reject=self._reject_client)
                 self._timers.fire(time.perf_counter(), self._push_now)
         finally:
             self._close()
@@ -213,12 +212,19 @@ class Coordinator:
 
     def stats(self) -> dict[str, Any]:
         sched = self.scheduler
-        return {"budgets": dict(self._budgets), "peak_kv_used": dict(self.peak_kv_used),
-                "completed": self.completed, "rejected": self.rejected, "peak_queued": self.peak_queued,
-                "resumed": self.resumed, "down_nodes": dict(self.down_nodes), "rejoined": self.rejoined,
-                "flow_tokens_per_s": self.flow_tokens_per_s,
-                "queued": sched.queue_length if sched else len(self._early),
-                "in_flight": sched.in_flight if sched else 0}
+        return {
+            "budgets": dict(self._budgets),
+            "peak_kv_used": dict(self.peak_kv_used),
+            "completed": self.completed,
+            "rejected": self.rejected,
+            "peak_queued": self.peak_queued,
+            "resumed": self.resumed,
+            "down_nodes": dict(self.down_nodes),
+            "rejoined": self.rejoined,
+            "flow_tokens_per_s": self.flow_tokens_per_s,
+            "queued": sched.queue_length if sched else len(self._early),
+            "in_flight": sched.in_flight if sched else 0,
+        }
 
     def serving_stats(self) -> dict[str, Any]:
         """`stats()` plus what an operator watches (the `stats` request's reply): requests
@@ -231,30 +237,42 @@ class Coordinator:
         nodes = {}
         for node in self.nodes:
             step = self.step_s.get(node)
-            nodes[node] = {"kv_used_token_layers": sched.ledger.used(node) if sched else 0,
-                           "kv_budget_token_layers": self._budgets.get(node, 0),
-                           "flow_tokens_per_s": 0.0 if node in self.down_nodes else flows.node_flow(node),
-                           "in_service": int(sched is not None and node not in self.down_nodes),
-                           "step_s": None if step is None else step / cfg.time_scale}
+            nodes[node] = {
+                "kv_used_token_layers": sched.ledger.used(node) if sched else 0,
+                "kv_budget_token_layers": self._budgets.get(node, 0),
+                "flow_tokens_per_s": 0.0 if node in self.down_nodes else flows.node_flow(node),
+                "in_service": int(sched is not None and node not in self.down_nodes),
+                "step_s": None if step is None else step / cfg.time_scale,
+            }
         ready, reason = self._readiness()
-        return {**self.stats(), "running": sched.in_flight if sched else 0,
-                "waiting": sched.queue_length if sched else len(self._early), "nodes": nodes,
-                "max_flow_tokens_per_s": self.flow_tokens_per_s, "ready": ready, "reason": reason,
-                "health": self.health.snapshot(self.nodes, self.down_nodes), "queue_limit": cfg.queue_limit,
-                "model": cfg.model.name, "max_seq_len": cfg.max_seq_len, "time_scale": cfg.time_scale}
+        return {
+            **self.stats(),
+            "running": sched.in_flight if sched else 0,
+            "waiting": sched.queue_length if sched else len(self._early),
+            "nodes": nodes,
+            "max_flow_tokens_per_s": self.flow_tokens_per_s,
+            "ready": ready,
+            "reason": reason,
+            "health": self.health.snapshot(self.nodes, self.down_nodes),
+            "queue_limit": cfg.queue_limit,
+            "model": cfg.model.name,
+            "max_seq_len": cfg.max_seq_len,
+            "time_scale": cfg.time_scale,
+        }
 
     def _readiness(self) -> tuple[bool, str | None]:
         if self.failure:
             return False, self.failure
         if self.scheduler is None:
             return False, f"warming up: {len(self._budgets)} of {len(self.nodes)} workers ready"
-        uncovered = [layer for layer in range(self.config.placement.num_layers)
-                     if not any(s <= layer < e for n, (s, e) in self.config.placement.ranges.items()
-                                if n not in self.down_nodes)]
+        uncovered = [
+            layer
+            for layer in range(self.config.placement.num_layers)
+            if not any(s <= layer < e for n, (s, e) in self.config.placement.ranges.items() if n not in self.down_nodes)
+        ]
         if uncovered:
             down = "; ".join(f"{n}: {why}" for n, why in sorted(self.down_nodes.items()))
-            return False, (f"layers {uncovered[0]}-{uncovered[-1]} have no node in service "
-                           f"(out of service: {down})")
+            return False, (f"layers {uncovered[0]}-{uncovered[-1]} have no node in service (out of service: {down})")
         return True, None
 
     @property
@@ -273,8 +291,11 @@ class Coordinator:
 
     def _reply_error(self, identity: bytes, client_rid: str | None, exc: HelixError) -> None:
         self.rejected += 1
-        wire.send(self._client, wire.make("error", request_id=client_rid if isinstance(client_rid, str) else None,
-                                          error=type(exc).__name__, message=str(exc)), identity)
+        wire.send(
+            self._client,
+            wire.make("error", request_id=client_rid if isinstance(client_rid, str) else None, error=type(exc).__name__, message=str(exc)),
+            identity,
+        )
 
     def _send_data(self, node: str, msg: wire.Message, num_tokens: int = 1) -> None:
         if self._pacer is None:

@@ -37,8 +37,7 @@ def on_control(coord: Coordinator, identity: bytes | None, msg: wire.Message) ->
     assert identity is not None
     node = msg.get("node")
     if coord.keys is not None and msg.kind != "shutdown" and coord.keys.node_of(msg.sender) != node:
-        raise ProtocolError(f"{msg.kind} for node {node!r} signed by the key of "
-                            f"{coord.keys.node_of(msg.sender)!r}: dropped", "forged")
+        raise ProtocolError(f"{msg.kind} for node {node!r} signed by the key of {coord.keys.node_of(msg.sender)!r}: dropped", "forged")
     if node in coord._identities and coord._identities[node] == identity:
         coord._last_heard[node] = time.perf_counter()
         if msg.get("mean_step_s") is not None:
@@ -70,8 +69,7 @@ def on_register(coord: Coordinator, identity: bytes, node: str, msg: wire.Messag
         raise ProtocolError(reason)
     rejoin = node in coord.down_nodes and node not in coord._rejoining
     if node in coord._identities and coord._identities[node] != identity and not rejoin:
-        wire.send(coord._control, wire.make("failed", node=node, message=f"node {node!r} already joined"),
-                  identity)
+        wire.send(coord._control, wire.make("failed", node=node, message=f"node {node!r} already joined"), identity)
         return
     old = coord._push.pop(node, None)
     if old is not None:
@@ -90,8 +88,7 @@ def on_register(coord: Coordinator, identity: bytes, node: str, msg: wire.Messag
         assign(coord, node)
         for peer in coord.nodes:  # whoever hands off to it must reconnect
             if peer != node and peer in coord._push and coord.config.placement.can_hand_off(peer, node):
-                wire.send(coord._control, wire.make("peer", node=node, data_endpoint=msg["data_endpoint"]),
-                          coord._identities[peer])
+                wire.send(coord._control, wire.make("peer", node=node, data_endpoint=msg["data_endpoint"]), coord._identities[peer])
     elif len(coord._identities) == len(coord.nodes):
         assign_all(coord)
 
@@ -108,8 +105,7 @@ def on_ready(coord: Coordinator, identity: bytes, node: str, msg: wire.Message) 
     if msg.get("kv_page_tokens"):
         coord._page_tokens[node] = msg["kv_page_tokens"]
     coord.warmup_s[node] = float(msg["warmup_s"])
-    logger.info("worker %s ready: KV %d token-layers, warm-up %.1f s", node,
-                msg["kv_capacity_token_layers"], msg["warmup_s"])
+    logger.info("worker %s ready: KV %d token-layers, warm-up %.1f s", node, msg["kv_capacity_token_layers"], msg["warmup_s"])
     if len(coord._budgets) == len(coord.nodes) and coord.scheduler is None:
         start_serving(coord)
     elif node in coord._rejoining:
@@ -136,17 +132,32 @@ def assign_all(coord: Coordinator) -> None:
 def assign(coord: Coordinator, node: str) -> None:
     cfg = coord.config
     start, end = cfg.placement.ranges[node]
-    neighbours = {n: coord._data_endpoints[n] for n in coord.nodes
-                  if n != node and cfg.placement.can_hand_off(node, n)}
+    neighbours = {n: coord._data_endpoints[n] for n in coord.nodes if n != node and cfg.placement.can_hand_off(node, n)}
     secured: dict[str, Any] = {}
     if coord.keys is not None:  # whom to encrypt to, and whom to admit on the data socket
         secured = dict(upstream=[n for n in coord.nodes if n != node and cfg.placement.can_hand_off(n, node)])
-    wire.send(coord._control, wire.make(
-        "assign", node=node, start_layer=start, end_layer=end, model=cfg.model.to_dict(),
-        neighbours=neighbours, coordinator_data=coord.data_endpoint, weights=cfg.weights,
-        emulate=cfg.emulation.to_wire() if cfg.emulation else None, kv_tokens=cfg.kv_tokens,
-        max_batch=cfg.max_batch, max_seq_len=cfg.max_seq_len, seed=cfg.seed, kv_layout=cfg.kv_layout,
-        prompt_tokens_per_step=prompt_budget(coord, node), **secured), coord._identities[node])
+    wire.send(
+        coord._control,
+        wire.make(
+            "assign",
+            node=node,
+            start_layer=start,
+            end_layer=end,
+            model=cfg.model.to_dict(),
+            neighbours=neighbours,
+            coordinator_data=coord.data_endpoint,
+            weights=cfg.weights,
+            emulate=cfg.emulation.to_wire() if cfg.emulation else None,
+            kv_tokens=cfg.kv_tokens,
+            max_batch=cfg.max_batch,
+            max_seq_len=cfg.max_seq_len,
+            seed=cfg.seed,
+            kv_layout=cfg.kv_layout,
+            prompt_tokens_per_step=prompt_budget(coord, node),
+            **secured,
+        ),
+        coord._identities[node],
+    )
 
 
 def prompt_budget(coord: Coordinator, node: str) -> int | None:
@@ -164,8 +175,9 @@ def prompt_budget(coord: Coordinator, node: str) -> int | None:
 
 def start_serving(coord: Coordinator) -> None:
     cfg = coord.config
-    coord.scheduler = Scheduler(cfg.placement, coord._budgets, policy=cfg.policy,
-                               queue_limit=cfg.queue_limit, seed=cfg.seed, kv_page_tokens=coord._page_tokens)
+    coord.scheduler = Scheduler(
+        cfg.placement, coord._budgets, policy=cfg.policy, queue_limit=cfg.queue_limit, seed=cfg.seed, kv_page_tokens=coord._page_tokens
+    )
     now = time.perf_counter()
     coord._last_heard = {node: now for node in coord.nodes}
     coord.ready_event.set()

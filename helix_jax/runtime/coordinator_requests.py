@@ -40,16 +40,24 @@ def on_client(coord: Coordinator, identity: bytes | None, msg: wire.Message) -> 
 
 
 def on_info(coord: Coordinator, identity: bytes, msg: wire.Message) -> None:
-    wire.send(coord._client, wire.make(
-        "info_reply", request_id=msg["request_id"], model=coord.config.model.name,
-        num_layers=coord.config.model.num_layers, vocab_size=coord.config.model.vocab_size,
-        time_scale=coord.config.time_scale, nodes=list(coord.nodes),
-        max_seq_len=coord.config.max_seq_len), identity)
+    wire.send(
+        coord._client,
+        wire.make(
+            "info_reply",
+            request_id=msg["request_id"],
+            model=coord.config.model.name,
+            num_layers=coord.config.model.num_layers,
+            vocab_size=coord.config.model.vocab_size,
+            time_scale=coord.config.time_scale,
+            nodes=list(coord.nodes),
+            max_seq_len=coord.config.max_seq_len,
+        ),
+        identity,
+    )
 
 
 def on_stats(coord: Coordinator, identity: bytes, msg: wire.Message) -> None:
-    wire.send(coord._client, wire.make("stats_reply", request_id=msg["request_id"],
-                                      stats=coord.serving_stats()), identity)
+    wire.send(coord._client, wire.make("stats_reply", request_id=msg["request_id"], stats=coord.serving_stats()), identity)
 
 
 def on_cancel(coord: Coordinator, identity: bytes, msg: wire.Message) -> None:
@@ -65,14 +73,17 @@ def on_generate(coord: Coordinator, identity: bytes, msg: wire.Message) -> None:
     key = (identity, msg["request_id"])
     share = coord.config.client_queue_limit or max(1, coord.config.queue_limit * 3 // 4)
     if share < coord.config.queue_limit and coord._waiting_by_client.get(identity, 0) >= share:
-        raise OverloadedError(f"this connection already has {share} requests waiting, its share of the "
-                              f"queue ({coord.config.queue_limit}); retry later")
+        raise OverloadedError(
+            f"this connection already has {share} requests waiting, its share of the queue ({coord.config.queue_limit}); retry later"
+        )
     if key in coord._by_client:  # answered without the id: the first stream's reader must not see it
-        coord._reply_error(identity, None, ProtocolError(f"request id {msg['request_id']!r} is already in flight "
-                                                        f"on this connection: the duplicate was dropped"))
+        coord._reply_error(
+            identity,
+            None,
+            ProtocolError(f"request id {msg['request_id']!r} is already in flight on this connection: the duplicate was dropped"),
+        )
         return
-    req = parse_generate(msg, identity, coord._new_request_id(), coord.config.model, coord.codec,
-                         coord.config.max_seq_len)
+    req = parse_generate(msg, identity, coord._new_request_id(), coord.config.model, coord.codec, coord.config.max_seq_len)
     coord.scheduler.submit(RequestSpec(req.request_id, len(req.prompt_ids), req.max_tokens))
     coord._live[req.request_id] = req
     coord._by_client[key] = req.request_id
@@ -100,15 +111,19 @@ def on_sampled(coord: Coordinator, msg: wire.Message) -> None:
     last = req.route[-1].node if req.route else None
     if msg["node"] != last or (coord.keys is not None and coord.keys.node_of(msg.sender) != last):
         who = coord.keys.node_of(msg.sender) if coord.keys is not None else msg["node"]
-        raise ProtocolError(f"sampled token of {msg['request_id']} from {who!r}, not from its last hop "
-                            f"{last!r}: dropped", "forged")
+        raise ProtocolError(f"sampled token of {msg['request_id']} from {who!r}, not from its last hop {last!r}: dropped", "forged")
     if not 0 <= msg["token_id"] < coord.config.model.vocab_size:
-        raise ProtocolError(f"sampled token id {msg['token_id']} of {msg['request_id']} is outside the "
-                            f"vocabulary [0, {coord.config.model.vocab_size}): dropped", "out_of_range_token")
+        raise ProtocolError(
+            f"sampled token id {msg['token_id']} of {msg['request_id']} is outside the "
+            f"vocabulary [0, {coord.config.model.vocab_size}): dropped",
+            "out_of_range_token",
+        )
     delta, reason = req.add_token(msg["token_id"], coord.codec, coord.stop_ids)
-    wire.send(coord._client, wire.make("token", request_id=req.client_request_id,
-                                      index=len(req.output_ids) - 1, token_id=msg["token_id"],
-                                      text=delta), req.identity)
+    wire.send(
+        coord._client,
+        wire.make("token", request_id=req.client_request_id, index=len(req.output_ids) - 1, token_id=msg["token_id"], text=delta),
+        req.identity,
+    )
     if reason is not None:
         finish(coord, req, reason, notify=True)
         return
@@ -127,8 +142,7 @@ def on_abort(coord: Coordinator, msg: wire.Message) -> None:
     hops = [h.node for h in req.route or ()]
     sender = coord.keys.node_of(msg.sender) if coord.keys is not None else msg["node"]
     if msg["node"] not in hops or sender != msg["node"]:
-        raise ProtocolError(f"abort of {msg['request_id']} from {sender!r}, not a hop of its route: dropped",
-                            "forged")
+        raise ProtocolError(f"abort of {msg['request_id']} from {sender!r}, not a hop of its route: dropped", "forged")
     assert coord.scheduler is not None
     coord.health.failed["abort"] += 1
     free_hops(coord, req)
@@ -153,13 +167,14 @@ def admit(coord: Coordinator) -> None:
         ids = np.asarray([*req.prompt_ids, *req.output_ids], dtype=np.int32)
         send_step(coord, req, ids, position=0, index=len(req.output_ids), kv_tokens=adm.spec.kv_tokens)
 
+
 def send_step(coord: Coordinator, req: LiveRequest, ids: np.ndarray, position: int, index: int, **extra: Any) -> None:
     if position == 0:  # checked once at admission (parse_generate); each hop keeps it with the request
         extra["sampling"] = req.sampling_wire
-    msg = wire.make("step", [ids], request_id=req.request_id, route=req.route_wire, hop=0,
-                    position=position, index=index, **extra)
+    msg = wire.make("step", [ids], request_id=req.request_id, route=req.route_wire, hop=0, position=position, index=index, **extra)
     assert req.route is not None
     coord._send_data(req.route[0].node, msg, len(ids))
+
 
 def dequeued(coord: Coordinator, req: LiveRequest) -> None:
     """`req` leaves the queue for the first time (admitted, or ended while waiting)."""
@@ -168,6 +183,7 @@ def dequeued(coord: Coordinator, req: LiveRequest) -> None:
         coord._waiting_by_client[req.identity] = left
     else:
         coord._waiting_by_client.pop(req.identity, None)
+
 
 def finish(coord: Coordinator, req: LiveRequest, reason: str, notify: bool) -> None:
     assert coord.scheduler is not None
@@ -181,18 +197,31 @@ def finish(coord: Coordinator, req: LiveRequest, reason: str, notify: bool) -> N
         coord.completed += 1
         ttft = (req.first_token_at - req.submitted_at) if req.first_token_at else 0.0
         queued = ((req.admitted_at or req.submitted_at) - req.submitted_at) / coord.config.time_scale
-        wire.send(coord._client, wire.make(
-            "done", request_id=req.client_request_id, ids=list(req.output_ids), text=req.text,
-            finish_reason=reason, prompt_tokens=len(req.prompt_ids), time_scale=coord.config.time_scale,
-            server_ttft_s=ttft / coord.config.time_scale, queue_s=queued, route=req.route_wire),
-            req.identity)
+        wire.send(
+            coord._client,
+            wire.make(
+                "done",
+                request_id=req.client_request_id,
+                ids=list(req.output_ids),
+                text=req.text,
+                finish_reason=reason,
+                prompt_tokens=len(req.prompt_ids),
+                time_scale=coord.config.time_scale,
+                server_ttft_s=ttft / coord.config.time_scale,
+                queue_s=queued,
+                route=req.route_wire,
+            ),
+            req.identity,
+        )
     admit(coord)
+
 
 def free_hops(coord: Coordinator, req: LiveRequest) -> None:
     """Release a request's KV slot on every live hop of its route."""
     for hop in req.route or ():
         if hop.node in coord._push:
             coord._send_data(hop.node, wire.make("free", request_id=req.request_id), 0)
+
 
 def fail(coord: Coordinator, req: LiveRequest, exc: HelixError) -> None:
     """End a request with an `error` to its client (its KV is already released)."""

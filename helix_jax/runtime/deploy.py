@@ -59,8 +59,7 @@ def is_local_host(host: str | None) -> bool:
         return False
 
 
-def worker_command(control_endpoint: str, node: str, parent_pid: int | None = None,
-                   keys_file: Path | None = None) -> list[str]:
+def worker_command(control_endpoint: str, node: str, parent_pid: int | None = None, keys_file: Path | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "helix_jax.cli.main", "worker", "--coordinator", control_endpoint, "--node", node]
     if keys_file is not None:
         cmd += ["--keys", str(keys_file)]
@@ -81,10 +80,17 @@ class LocalDeployment:
 
     restarts_by_budget = True  # crashed workers are restarted here, within `budget` (restarts.py)
 
-    def __init__(self, config: ServeConfig, codec: Any, log_dir: str | Path | None = None,
-                 worker_env: dict[str, str] | None = None, restart_workers: bool = False,
-                 max_restarts: int = 3, state_dir: str | Path | None = None,
-                 restart_window_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        config: ServeConfig,
+        codec: Any,
+        log_dir: str | Path | None = None,
+        worker_env: dict[str, str] | None = None,
+        restart_workers: bool = False,
+        max_restarts: int = 3,
+        state_dir: str | Path | None = None,
+        restart_window_s: float = 600.0,
+    ) -> None:
         self.config, self.codec = config, codec
         self.restart_workers, self.max_restarts = restart_workers, max_restarts
         self.budget = RestartBudget(max_restarts, restart_window_s)
@@ -109,8 +115,7 @@ class LocalDeployment:
         """`helix-jax worker ...` lines to run on the other hosts."""
         assert self.coordinator is not None
         endpoint = self.coordinator.control_endpoint
-        return [" ".join(["helix-jax", *worker_command(endpoint, node, None, self.keys_file(node))[3:]])
-                for node in self.remote_nodes]
+        return [" ".join(["helix-jax", *worker_command(endpoint, node, None, self.keys_file(node))[3:]]) for node in self.remote_nodes]
 
     def keys_file(self, node: str) -> Path | None:
         """The node's private keys file (mode 0600; written by `start()`), None without CURVE."""
@@ -136,8 +141,7 @@ class LocalDeployment:
         self._thread = threading.Thread(target=self.coordinator.run, name="helix-coordinator", daemon=True)
         self._thread.start()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        write_connection_file(self.connection_file, self.coordinator.client_endpoint,
-                              cfg.keys.client() if cfg.keys is not None else None)
+        write_connection_file(self.connection_file, self.coordinator.client_endpoint, cfg.keys.client() if cfg.keys is not None else None)
         if cfg.keys is not None:
             for node in cfg.placement.ranges:
                 path = self.keys_file(node)
@@ -165,25 +169,37 @@ class LocalDeployment:
 
     def node_records(self) -> dict[str, dict[str, Any]]:
         """deployment.json's per-node entries: host, how it was launched, pid, log path."""
-        records: dict[str, dict[str, Any]] = {n: {"host": self.host_of(n), "launcher": "manual",
-                                                  "layers": list(self.config.placement.ranges[n])}
-                                              for n in self.remote_nodes}
+        records: dict[str, dict[str, Any]] = {
+            n: {"host": self.host_of(n), "launcher": "manual", "layers": list(self.config.placement.ranges[n])} for n in self.remote_nodes
+        }
         for w in self.workers:  # the newest process of each node wins
-            records[w.node] = {"host": self.host_of(w.node), "launcher": "process", "pid": w.process.pid,
-                               "log": str(w.log_path), "layers": list(self.config.placement.ranges[w.node])}
+            records[w.node] = {
+                "host": self.host_of(w.node),
+                "launcher": "process",
+                "pid": w.process.pid,
+                "log": str(w.log_path),
+                "layers": list(self.config.placement.ranges[w.node]),
+            }
         return records
 
     def write_state(self, status: str) -> Path:
         """Write deployment.json (placement, endpoints, nodes, connection file) to the state dir."""
         assert self.coordinator is not None
         c = self.coordinator
-        return write_deployment_json(self.deployment_file, {
-            "name": self.config.topology.name, "status": status, "model": self.config.model.name,
-            "transport": "curve" if self.config.keys is not None else "insecure",
-            "endpoints": {"client": c.client_endpoint, "control": c.control_endpoint, "data": c.data_endpoint},
-            "connection_file": str(self.connection_file), "log_dir": str(self.log_dir),
-            "placement": {n: list(r) for n, r in self.config.placement.ranges.items()},
-            "nodes": self.node_records()})
+        return write_deployment_json(
+            self.deployment_file,
+            {
+                "name": self.config.topology.name,
+                "status": status,
+                "model": self.config.model.name,
+                "transport": "curve" if self.config.keys is not None else "insecure",
+                "endpoints": {"client": c.client_endpoint, "control": c.control_endpoint, "data": c.data_endpoint},
+                "connection_file": str(self.connection_file),
+                "log_dir": str(self.log_dir),
+                "placement": {n: list(r) for n, r in self.config.placement.ranges.items()},
+                "nodes": self.node_records(),
+            },
+        )
 
     def _spawn(self, node: str, log_path: Path) -> WorkerProcess:
         assert self.coordinator is not None
@@ -192,9 +208,13 @@ class LocalDeployment:
         if env["JAX_PLATFORMS"] == "cpu" and local > 1 and "XLA_FLAGS" not in env:
             env["XLA_FLAGS"] = SHARED_CPU_XLA_FLAGS  # several workers share this CPU
         with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(worker_command(self.coordinator.control_endpoint, node, os.getpid(),
-                                                   self.keys_file(node)),
-                                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(
+                worker_command(self.coordinator.control_endpoint, node, os.getpid(), self.keys_file(node)),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         worker = WorkerProcess(node, proc, log_path)
         self.workers.append(worker)
         return worker
@@ -212,13 +232,21 @@ class LocalDeployment:
                 if coord.ready_event.wait(1.0) and coord.failed_node:
                     break  # it reported why before exiting: that is the better message
                 phase = coord.phases.get(node, (None, 0.0))[0]
-                raise StepFailed(failed_step(phase), f"worker exited with code {code} (log {log}): "
-                                 f"{self._tail(log, 1) or 'no output'}", node, self.host_of(node))
+                raise StepFailed(
+                    failed_step(phase),
+                    f"worker exited with code {code} (log {log}): {self._tail(log, 1) or 'no output'}",
+                    node,
+                    self.host_of(node),
+                )
             if time.monotonic() > started + timeout_s:
                 slow = current_step(progress_of(coord.phases, nodes, started))
                 slowest = slow.slowest[0] if slow and slow.slowest else None
-                raise StepFailed(slow.step if slow else "ready", f"not done after {timeout_s:.0f} s "
-                                 f"(logs in {self.log_dir})", slowest, self.host_of(slowest) if slowest else None)
+                raise StepFailed(
+                    slow.step if slow else "ready",
+                    f"not done after {timeout_s:.0f} s (logs in {self.log_dir})",
+                    slowest,
+                    self.host_of(slowest) if slowest else None,
+                )
         if on_progress is not None:
             on_progress(progress_of(coord.phases, nodes, started))
         if coord.failed_node:
@@ -243,12 +271,16 @@ class LocalDeployment:
                 code = w.process.poll()
                 if code is not None and w.process.pid not in seen and self.coordinator is not None:
                     seen.add(w.process.pid)
-                    self.coordinator.report_node_down(
-                        w.node, f"worker process exited with code {code} (log: {w.log_path})")
+                    self.coordinator.report_node_down(w.node, f"worker process exited with code {code} (log: {w.log_path})")
                     if self.restart_workers and not self._closing.is_set() and self.budget.take(w.node):
                         done = self.restarts[w.node] = self.budget.total[w.node]
-                        logger.warning("restarting the worker of %s (restart %d; %d more allowed within %.0f s)",
-                                       w.node, done, self.budget.left(w.node), self.budget.window_s)
+                        logger.warning(
+                            "restarting the worker of %s (restart %d; %d more allowed within %.0f s)",
+                            w.node,
+                            done,
+                            self.budget.left(w.node),
+                            self.budget.window_s,
+                        )
                         self._spawn(w.node, self.log_dir / f"{w.node}.restart{done}.log")
 
     def close(self, timeout_s: float = 20.0) -> None:

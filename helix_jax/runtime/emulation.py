@@ -46,22 +46,32 @@ class EmulationSpec:
     workload: Mapping[str, float] | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"time_scale": self.time_scale, "topology": dict(self.topology_raw), "base_dir": self.base_dir,
-                "kv_scale": self.kv_scale, "workload": dict(self.workload) if self.workload else None}
+        return {
+            "time_scale": self.time_scale,
+            "topology": dict(self.topology_raw),
+            "base_dir": self.base_dir,
+            "kv_scale": self.kv_scale,
+            "workload": dict(self.workload) if self.workload else None,
+        }
 
     @classmethod
     def from_wire(cls, raw: Mapping[str, Any]) -> "EmulationSpec":
-        return cls(float(raw["time_scale"]), raw["topology"], str(raw["base_dir"]), float(raw.get("kv_scale", 1.0)),
-                   raw.get("workload"))
+        return cls(float(raw["time_scale"]), raw["topology"], str(raw["base_dir"]), float(raw.get("kv_scale", 1.0)), raw.get("workload"))
 
     @classmethod
-    def for_topology(cls, topology: Topology, time_scale: float, kv_scale: float = 1.0,
-                     workload: WorkloadShape | None = None) -> "EmulationSpec":
+    def for_topology(
+        cls, topology: Topology, time_scale: float, kv_scale: float = 1.0, workload: WorkloadShape | None = None
+    ) -> "EmulationSpec":
         if not topology.source_path:
             raise ValueError("emulation needs a topology loaded from a file")
         path = Path(topology.source_path)
-        return cls(time_scale, json.loads(path.read_text()), str(path.parent.resolve()), kv_scale,
-                   workload.to_dict() if workload is not None else None)
+        return cls(
+            time_scale,
+            json.loads(path.read_text()),
+            str(path.parent.resolve()),
+            kv_scale,
+            workload.to_dict() if workload is not None else None,
+        )
 
     def workload_shape(self) -> WorkloadShape:
         return WorkloadShape.from_dict(dict(self.workload) if self.workload else None)
@@ -81,8 +91,9 @@ class LinkPacer:
         """Wall time at which a message of `num_tokens` tokens ready `now` reaches `dst`."""
         link = self._links.get(dst)
         if link is None:
-            link = self._links[dst] = FifoLink.between(self.topology.link(self.src, dst), self.topology.model,
-                                                       self.src, dst, self.time_scale)
+            link = self._links[dst] = FifoLink.between(
+                self.topology.link(self.src, dst), self.topology.model, self.src, dst, self.time_scale
+            )
         return link.send(now, num_tokens)
 
 
@@ -124,8 +135,9 @@ def layer_loads(items: Sequence[Any], start_layer: int, end_layer: int) -> list[
 class ComputePacer:
     """Wall seconds one batch step would take on the node's GPU type, times `time_scale`."""
 
-    def __init__(self, topology: Topology, node: str, time_scale: float, kv_scale: float = 1.0,
-                 workload: WorkloadShape | None = None) -> None:
+    def __init__(
+        self, topology: Topology, node: str, time_scale: float, kv_scale: float = 1.0, workload: WorkloadShape | None = None
+    ) -> None:
         self.cost = CostModel(topology, workload)
         self.gpu = topology.node(node).gpu
         self._layer_step_seconds = functools.partial(self.cost.layer_step_seconds, self.gpu)
@@ -135,8 +147,7 @@ class ComputePacer:
         total = 0.0
         for load in loads:
             if load.prompt_tokens or load.decode_seqs:
-                total += uniform_step_seconds(self._layer_step_seconds, 1, load.prompt_tokens, load.decode_seqs,
-                                              load.decode_context_tokens)
+                total += uniform_step_seconds(self._layer_step_seconds, 1, load.prompt_tokens, load.decode_seqs, load.decode_context_tokens)
         return total * self.time_scale
 
     def max_decode_batch(self, num_layers_held: int) -> int:

@@ -75,8 +75,7 @@ def node_down(coord: Coordinator, node: str, reason: str) -> None:
     reflow(coord, set(coord.down_nodes))
 
     def unroutable(why: object) -> RequestError:
-        return RequestError(f"node {node} went out of service ({reason}) and no surviving route "
-                            f"can hold this request: {why}")
+        return RequestError(f"node {node} went out of service ({reason}) and no surviving route can hold this request: {why}")
 
     for spec in reversed(released):  # resumed at the head of the queue, in admission order
         req = coord._live.pop(spec.request_id)
@@ -85,16 +84,20 @@ def node_down(coord: Coordinator, node: str, reason: str) -> None:
         if len(req.failures) >= MAX_FAILURES_PER_REQUEST:  # it may be what kills them: no blind replay
             coord.health.failed["repeated_failure"] += 1
             coord._by_client.pop((req.identity, req.client_request_id), None)
-            coord._reply_error(req.identity, req.client_request_id, RequestError(
-                f"this request was in flight on {len(req.failures)} nodes that went out of service "
-                f"({'; '.join(req.failures)}); it is not retried again"))
+            coord._reply_error(
+                req.identity,
+                req.client_request_id,
+                RequestError(
+                    f"this request was in flight on {len(req.failures)} nodes that went out of service "
+                    f"({'; '.join(req.failures)}); it is not retried again"
+                ),
+            )
             continue
         req.route, req.route_wire = None, []
         req.request_id = coord._new_request_id()
         coord._live[req.request_id] = req
         coord._by_client[(req.identity, req.client_request_id)] = req.request_id
-        resume = RequestSpec(req.request_id, len(req.prompt_ids) + len(req.output_ids),
-                             req.max_tokens - len(req.output_ids))
+        resume = RequestSpec(req.request_id, len(req.prompt_ids) + len(req.output_ids), req.max_tokens - len(req.output_ids))
         try:
             coord.scheduler.submit(resume, front=True)
             coord.resumed += 1
@@ -139,5 +142,9 @@ def reflow(coord: Coordinator, down: set[str]) -> None:
     except HelixError as exc:
         logger.error("could not recompute flows without %s: %s", ", ".join(sorted(down)), exc)
         return
-    logger.warning("flows recomputed without %s: %.1f tokens/s (placement: %.1f)",
-                   ", ".join(sorted(down)) or "no node", value, old.objective_tokens_per_s)
+    logger.warning(
+        "flows recomputed without %s: %.1f tokens/s (placement: %.1f)",
+        ", ".join(sorted(down)) or "no node",
+        value,
+        old.objective_tokens_per_s,
+    )

@@ -76,9 +76,11 @@ class ServingHealth:
         refused whole."""
         if dropped is None:
             return
-        if (not isinstance(dropped, dict) or len(dropped) > MAX_REASONS
-                or not all(isinstance(k, str) and len(k) <= 32 and isinstance(v, int) and 0 <= v < 1 << 31
-                           for k, v in dropped.items())):
+        if (
+            not isinstance(dropped, dict)
+            or len(dropped) > MAX_REASONS
+            or not all(isinstance(k, str) and len(k) <= 32 and isinstance(v, int) and 0 <= v < 1 << 31 for k, v in dropped.items())
+        ):
             raise ProtocolError(f"heartbeat of {node}: malformed dropped counts")
         for reason, n in dropped.items():
             self.count_drop(node, reason, n)
@@ -86,11 +88,15 @@ class ServingHealth:
     def snapshot(self, nodes: tuple[str, ...], down: dict[str, str]) -> dict[str, Any]:
         """The `health` part of the stats reply (plain JSON types)."""
         budget = self.restart_budget
-        restarts = ({n: {"taken": int(budget.total.get(n, 0)), "left": budget.left(n)} for n in nodes}
-                    if budget is not None else {})
-        return {"dropped": {node: dict(c) for node, c in sorted(self.dropped.items())},
-                "failed": dict(self.failed), "rejoins": {n: self.rejoins.get(n, 0) for n in nodes},
-                "restarts": restarts, "out_of_service": dict(down), "resuming": len(self.resuming)}
+        restarts = {n: {"taken": int(budget.total.get(n, 0)), "left": budget.left(n)} for n in nodes} if budget is not None else {}
+        return {
+            "dropped": {node: dict(c) for node, c in sorted(self.dropped.items())},
+            "failed": dict(self.failed),
+            "rejoins": {n: self.rejoins.get(n, 0) for n in nodes},
+            "restarts": restarts,
+            "out_of_service": dict(down),
+            "resuming": len(self.resuming),
+        }
 
 
 def start_resume_clock(coord: Coordinator, req: LiveRequest) -> None:
@@ -114,9 +120,14 @@ def check_resumes(coord: Coordinator) -> None:
             assert coord.scheduler is not None
             coord.scheduler.finish(rid)
             health.failed["resume_timeout"] += 1
-            requests.fail(coord, req, RequestError(
-                f"this request lost its route when {'; '.join(req.failures)} went out of service, and no "
-                f"surviving route took it within the {coord.config.resume_grace_s:g} s resume grace "
-                f"(--resume-grace-s); it was not finished"))
+            requests.fail(
+                coord,
+                req,
+                RequestError(
+                    f"this request lost its route when {'; '.join(req.failures)} went out of service, and no "
+                    f"surviving route took it within the {coord.config.resume_grace_s:g} s resume grace "
+                    f"(--resume-grace-s); it was not finished"
+                ),
+            )
     if expired:
         requests.admit(coord)

@@ -50,8 +50,12 @@ def match_ray_nodes(hosts: dict[str, str], ray_nodes: list[dict[str, Any]]) -> d
         else:
             found = [n for n in alive if n.get("NodeManagerAddress") == host]
         if not found:
-            seen = "; ".join(f"{n['NodeID'][:8]} at {n.get('NodeManagerAddress')} "
-                             f"({LABEL}={(n.get('Labels') or {}).get(LABEL, '-')})" for n in alive) or "none"
+            seen = (
+                "; ".join(
+                    f"{n['NodeID'][:8]} at {n.get('NodeManagerAddress')} ({LABEL}={(n.get('Labels') or {}).get(LABEL, '-')})" for n in alive
+                )
+                or "none"
+            )
             how = f"label {LABEL}={host}" if labelled else f"IP address {host} (no Ray node has a {LABEL} label)"
             raise StepFailed("launch", f"no Ray node with {how}; Ray nodes seen: {seen}", node, host)
         out[node] = found[0]
@@ -61,8 +65,7 @@ def match_ray_nodes(hosts: dict[str, str], ray_nodes: list[dict[str, Any]]) -> d
 class WorkerActor:
     """One worker: `helix-jax worker` as a child of this actor (decorated with ray.remote at use)."""
 
-    def __init__(self, node: str, coordinator: str, keys: dict[str, Any] | None, advertise: str,
-                 env: dict[str, str]) -> None:
+    def __init__(self, node: str, coordinator: str, keys: dict[str, Any] | None, advertise: str, env: dict[str, str]) -> None:
         import ray
 
         from helix_jax.runtime.deploy import worker_command
@@ -96,13 +99,17 @@ class WorkerActor:
         before the coordinator has taken the node out of service (it would be refused)."""
         if self.proc is None:
             with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, env=self.env)
+                self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         return self.info()
 
     def info(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "actor_id": self.actor_id, "pid": self.proc.pid if self.proc else None,
-                "actor_pid": os.getpid(), "log": str(self.log_path)}
+        return {
+            "node_id": self.node_id,
+            "actor_id": self.actor_id,
+            "pid": self.proc.pid if self.proc else None,
+            "actor_pid": os.getpid(),
+            "log": str(self.log_path),
+        }
 
     def wait(self) -> int:
         """Block until the worker exits; an unplanned exit kills this actor so Ray restarts it."""
@@ -150,17 +157,24 @@ class RayDeployment(LocalDeployment):
             keys = None
             if cfg.keys is not None:
                 w = cfg.keys.worker(node)
-                keys = {"node": node, "public": w.own.public, "secret": w.own.secret,
-                        "coordinator_public": w.coordinator_public, "peers": dict(w.peers)}
+                keys = {
+                    "node": node,
+                    "public": w.own.public,
+                    "secret": w.own.secret,
+                    "coordinator_public": w.coordinator_public,
+                    "peers": dict(w.peers),
+                }
             self.actors[node] = actor_cls.options(
-                name=f"{ACTOR_PREFIX}{cfg.topology.name}-{node}", num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
-                max_restarts=self.max_restarts if self.restart_workers else 0, max_task_retries=0,
+                name=f"{ACTOR_PREFIX}{cfg.topology.name}-{node}",
+                num_cpus=0 if gpu else 1,
+                num_gpus=1 if gpu else 0,
+                max_restarts=self.max_restarts if self.restart_workers else 0,
+                max_task_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(ray_node["NodeID"], soft=False),
             ).remote(node, self.coordinator.control_endpoint, keys, ray_node["NodeManagerAddress"], env)
         for node, actor in self.actors.items():
             self.actor_info[node] = ray.get(actor.start.remote(), timeout=300)
-            thread = threading.Thread(target=self._watch_actor, args=(node, actor), daemon=True,
-                                      name=f"helix-ray-watch-{node}")
+            thread = threading.Thread(target=self._watch_actor, args=(node, actor), daemon=True, name=f"helix-ray-watch-{node}")
             thread.start()
             self._watchers.append(thread)
         logger.info("started %d Ray actor(s)", len(self.actors))
@@ -218,9 +232,15 @@ class RayDeployment(LocalDeployment):
     def node_records(self) -> dict[str, dict[str, Any]]:
         records = {}
         for node, info in self.actor_info.items():
-            records[node] = {"host": self.host_of(node), "launcher": "ray", "ray_node_id": info["node_id"],
-                             "actor_id": info["actor_id"], "pid": info["pid"], "log": info["log"],
-                             "layers": list(self.config.placement.ranges[node])}
+            records[node] = {
+                "host": self.host_of(node),
+                "launcher": "ray",
+                "ray_node_id": info["node_id"],
+                "actor_id": info["actor_id"],
+                "pid": info["pid"],
+                "log": info["log"],
+                "layers": list(self.config.placement.ranges[node]),
+            }
         return records
 
     def close(self, timeout_s: float = 20.0) -> None:

@@ -74,7 +74,7 @@ class LiveRequest:
         if token_id in stop_ids:
             return "", "eos"
         full = codec.decode(self.output_ids)
-        delta = full[len(self.text):] if full.startswith(self.text) else full
+        delta = full[len(self.text) :] if full.startswith(self.text) else full
         self.text = full
         for s in self.stop:
             cut = self.text.find(s)
@@ -86,8 +86,9 @@ class LiveRequest:
         return delta, None
 
 
-def parse_generate(msg: wire.Message, identity: bytes, request_id: str, model: ModelConfig,
-                   codec: TextCodec, max_seq_len: int) -> LiveRequest:
+def parse_generate(
+    msg: wire.Message, identity: bytes, request_id: str, model: ModelConfig, codec: TextCodec, max_seq_len: int
+) -> LiveRequest:
     """Validate a `generate` message against the model; RequestError names the problem."""
     prompt, prompt_ids = msg.get("prompt"), msg.get("prompt_ids")
     if (prompt is None) == (prompt_ids is None):
@@ -107,8 +108,10 @@ def parse_generate(msg: wire.Message, identity: bytes, request_id: str, model: M
     if max_tokens <= 0:
         raise RequestError(f"max_tokens must be positive, got {max_tokens}")
     if len(ids) + max_tokens > max_seq_len:
-        raise RequestError(f"prompt too long: {len(ids)} prompt tokens + max_tokens {max_tokens} "
-                           f"exceed the deployment's maximum sequence length {max_seq_len}")
+        raise RequestError(
+            f"prompt too long: {len(ids)} prompt tokens + max_tokens {max_tokens} "
+            f"exceed the deployment's maximum sequence length {max_seq_len}"
+        )
     temperature = msg["temperature"]
     if not 0.0 <= temperature <= MAX_TEMPERATURE:
         raise RequestError(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {temperature}")
@@ -118,5 +121,4 @@ def parse_generate(msg: wire.Message, identity: bytes, request_id: str, model: M
     stop = msg.get("stop") or []
     if len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop):
         raise RequestError(f"stop must be at most {MAX_STOP_STRINGS} non-empty strings, got {stop!r}")
-    return LiveRequest(request_id, identity, msg["request_id"], tuple(ids), max_tokens,
-                       sampling, tuple(stop))
+    return LiveRequest(request_id, identity, msg["request_id"], tuple(ids), max_tokens, sampling, tuple(stop))

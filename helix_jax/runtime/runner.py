@@ -87,8 +87,9 @@ class StageRunner(Protocol):
         RequestError for an id not held."""
         ...
 
-    def add_request(self, request_id: Hashable, sampling: SamplingParams | None = None, *,
-                    reserve_tokens: int = 0, run_start_layer: int | None = None) -> int:
+    def add_request(
+        self, request_id: Hashable, sampling: SamplingParams | None = None, *, reserve_tokens: int = 0, run_start_layer: int | None = None
+    ) -> int:
         """Hold a new request (a slot; paged: promise the pages of `reserve_tokens` tokens on the
         layers from `run_start_layer`). OverloadedError when no slot or pages are free, and
         RequestError for an id already held; nothing changes on either error."""
@@ -122,8 +123,16 @@ def engine_runner(spec: RunnerSpec) -> StageRunner:
     paging: dict[str, Any] = dict(kv_layout=spec.kv_layout)
     if spec.kv_layout == "paged":
         paging.update(page_size=spec.page_size, num_pages=spec.num_pages)
-    engine: StageRunner = StageEngine(spec.config, spec.start_layer, spec.end_layer, weights,
-                                      max_slots=spec.max_slots, max_seq_len=spec.max_seq_len,
-                                      prefill_buckets=spec.prefill_buckets, decode_buckets=spec.decode_buckets,
-                                      prefill_batch_buckets=(1,), **paging)
+    engine: StageRunner = StageEngine(
+        spec.config,
+        spec.start_layer,
+        spec.end_layer,
+        weights,
+        max_slots=spec.max_slots,
+        max_seq_len=spec.max_seq_len,
+        prefill_buckets=spec.prefill_buckets,
+        decode_buckets=spec.decode_buckets,
+        prefill_batch_buckets=(1,),
+        **paging,
+    )
     return engine

@@ -76,8 +76,16 @@ class WorkerKeys:
     peers: Mapping[str, str] = dataclasses.field(default_factory=dict)  # node -> public key
 
     def write(self, path: str | Path) -> Path:
-        return write_private_json(path, {"node": self.node, "public": self.own.public, "secret": self.own.secret,
-                                         "coordinator_public": self.coordinator_public, "peers": dict(self.peers)})
+        return write_private_json(
+            path,
+            {
+                "node": self.node,
+                "public": self.own.public,
+                "secret": self.own.secret,
+                "coordinator_public": self.coordinator_public,
+                "peers": dict(self.peers),
+            },
+        )
 
     @classmethod
     def read(cls, path: str | Path) -> "WorkerKeys":
@@ -102,12 +110,10 @@ class DeploymentKeys:
 
     @classmethod
     def generate(cls, nodes: Iterable[str], clients: int = 1) -> "DeploymentKeys":
-        return cls(Keypair.generate(), {n: Keypair.generate() for n in sorted(nodes)},
-                   tuple(Keypair.generate() for _ in range(clients)))
+        return cls(Keypair.generate(), {n: Keypair.generate() for n in sorted(nodes)}, tuple(Keypair.generate() for _ in range(clients)))
 
     def worker(self, node: str) -> WorkerKeys:
-        return WorkerKeys(node, self.nodes[node], self.coordinator.public,
-                          {n: k.public for n, k in self.nodes.items()})
+        return WorkerKeys(node, self.nodes[node], self.coordinator.public, {n: k.public for n, k in self.nodes.items()})
 
     def client(self, index: int = 0) -> ClientKeys:
         return ClientKeys(self.coordinator.public, self.clients[index])
@@ -162,8 +168,7 @@ def read_connection_file(path: str | Path) -> tuple[str, ClientKeys | None]:
         raise ConfigError(f"connection file {path} has no tcp:// 'endpoint'")
     if data.get("transport") == "insecure":
         return endpoint, None
-    own = Keypair.from_dict({"public": data.get("client_public", ""), "secret": data.get("client_secret", "")},
-                            f"connection file {path}")
+    own = Keypair.from_dict({"public": data.get("client_public", ""), "secret": data.get("client_secret", "")}, f"connection file {path}")
     server = str(data.get("server_public", ""))
     if len(server) != 40:
         raise ConfigError(f"connection file {path} needs a 40-character 'server_public'")
@@ -209,8 +214,7 @@ class Authenticator:
         with self._lock:
             ok = key.decode("ascii") in self._allowed.get(domain, ())
         if not ok:
-            logger.warning("refused a CURVE peer on the %s socket: its key %s... is not admitted",
-                           domain, key.decode("ascii")[:8])
+            logger.warning("refused a CURVE peer on the %s socket: its key %s... is not admitted", domain, key.decode("ascii")[:8])
         return ok
 
     def stop(self) -> None:
@@ -236,8 +240,7 @@ def check_data_sender(msg: Any, sender: str, upstream: set[str], node: str) -> N
     previous = route[hop - 1] if 0 < hop <= len(route) else None
     expected = COORDINATOR if hop == 0 else (previous[0] if isinstance(previous, list) and previous else None)
     if sender not in upstream:
-        raise ProtocolError(f"step {hop} of {rid} from {sender}, which does not hand off to {node}: dropped",
-                            "forged")
+        raise ProtocolError(f"step {hop} of {rid} from {sender}, which does not hand off to {node}: dropped", "forged")
     if sender != expected:
         raise ProtocolError(f"step {hop} of {rid} from {sender}, expected {expected}: dropped", "forged")
 
@@ -264,5 +267,6 @@ def check_insecure(hosts: Mapping[str, str | None], what: str = "--insecure") ->
     `hosts`: a description (e.g. "node cpu-2") -> its host."""
     outside = [f"{name} ({host})" for name, host in hosts.items() if not is_loopback(host)]
     if outside:
-        raise ConfigError(f"{what} turns CURVE off, which is allowed only when every endpoint is on loopback; "
-                          f"not on loopback: {', '.join(outside)}")
+        raise ConfigError(
+            f"{what} turns CURVE off, which is allowed only when every endpoint is on loopback; not on loopback: {', '.join(outside)}"
+        )

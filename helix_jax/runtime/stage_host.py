@@ -53,8 +53,7 @@ class Pending:
 class StageHost:
     """A StageEngine plus the checks and batching policy of the worker loop."""
 
-    def __init__(self, engine: StageRunner, node: str, kv_budget_token_layers: int, max_decode_rows: int,
-                 max_prompt_tokens: int) -> None:
+    def __init__(self, engine: StageRunner, node: str, kv_budget_token_layers: int, max_decode_rows: int, max_prompt_tokens: int) -> None:
         self.engine, self.node = engine, node
         self.start_layer, self.end_layer = engine.start_layer, engine.end_layer
         self.kv_budget_token_layers = kv_budget_token_layers
@@ -67,8 +66,9 @@ class StageHost:
         self.decode_rows_total = self.prompt_tokens_total = 0  # over all batches, for the exit log
 
     @classmethod
-    def build(cls, assign: wire.Message, compute: ComputePacer | None, on_compile: Any = None,
-              runner_factory: RunnerFactory = engine_runner) -> "StageHost":
+    def build(
+        cls, assign: wire.Message, compute: ComputePacer | None, on_compile: Any = None, runner_factory: RunnerFactory = engine_runner
+    ) -> "StageHost":
         """Build the runner an `assign` message describes (`runner_factory`, StageEngine by
         default) and warm it up; `on_compile()` is called between building and warm-up."""
         spec, max_rows, max_prompt = runner_spec(assign, compute)
@@ -88,12 +88,15 @@ class StageHost:
         if not 0 <= hop < len(route):
             raise ProtocolError(f"step hop {hop} outside its route of {len(route)} hops")
         entry = route[hop]
-        if (not isinstance(entry, list) or len(entry) != 3 or entry[0] != node
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry[1:])):
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 3
+            or entry[0] != node
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry[1:])
+        ):
             raise ProtocolError(f"step hop {hop} is {entry!r}, not a hop of node {node!r}")
         if not (self.start_layer <= entry[1] < entry[2] == self.end_layer):
-            raise ProtocolError(f"hop layers [{entry[1]}, {entry[2]}) do not end this node's "
-                                f"range [{self.start_layer}, {self.end_layer})")
+            raise ProtocolError(f"hop layers [{entry[1]}, {entry[2]}) do not end this node's range [{self.start_layer}, {self.end_layer})")
         if hop + 1 < len(route) and (not isinstance(route[hop + 1], list) or len(route[hop + 1]) != 3):
             raise ProtocolError(f"step hop {hop + 1} is malformed: {route[hop + 1]!r}")
         if msg["position"] < 0 or msg["index"] < 0:
@@ -105,11 +108,12 @@ class StageHost:
             item = dict(token_ids=data)
         else:
             if data.ndim != 2 or data.shape[1] != self.engine.config.hidden_size or data.dtype.kind != "f":
-                raise ProtocolError(f"hidden states must be float [n, {self.engine.config.hidden_size}], "
-                                    f"got {data.dtype}{list(data.shape)}", "bad_hidden_state")
+                raise ProtocolError(
+                    f"hidden states must be float [n, {self.engine.config.hidden_size}], got {data.dtype}{list(data.shape)}",
+                    "bad_hidden_state",
+                )
             if not np.isfinite(data).all():
-                raise ProtocolError(f"hidden states of {msg['request_id']} hold NaN or infinite values",
-                                    "bad_hidden_state")
+                raise ProtocolError(f"hidden states of {msg['request_id']} hold NaN or infinite values", "bad_hidden_state")
             item = dict(hidden=data)
         if not 1 <= data.shape[0] <= self.engine.max_seq_len:
             raise ProtocolError(f"step carries {data.shape[0]} tokens; 1..{self.engine.max_seq_len} allowed")
@@ -117,8 +121,9 @@ class StageHost:
         if "sampling" in msg.fields:
             sampling = msg["sampling"]
             try:
-                params = SamplingParams(float(sampling["temperature"]), int(sampling["top_k"]),
-                                        float(sampling["top_p"]), int(sampling["seed"]))
+                params = SamplingParams(
+                    float(sampling["temperature"]), int(sampling["top_k"]), float(sampling["top_p"]), int(sampling["seed"])
+                )
             except (KeyError, TypeError, ValueError) as exc:
                 raise ProtocolError(f"step sampling is malformed: {exc}") from None
         elif msg["position"] == 0:
@@ -144,8 +149,7 @@ class StageHost:
         KV that no live route still uses (a forged step, a `free` that never came) is reclaimed."""
         stale = [rid for rid, seen in self.last_step.items() if now - seen > lease_s]
         for rid in stale:
-            logger.warning("node %s: request %s sent no step for %.0f s; its KV is reclaimed", self.node, rid,
-                           now - self.last_step[rid])
+            logger.warning("node %s: request %s sent no step for %.0f s; its KV is reclaimed", self.node, rid, now - self.last_step[rid])
             self.forget(rid)
         return stale
 
@@ -202,10 +206,10 @@ class StageHost:
         parts = []
         for begin, end, sample in ((0, take, False), (take, item.num_tokens, item.sample)):
             piece = data[begin:end]
-            step = StepInput(item.request_id, item.run_start_layer, item.position + begin, sample=sample,
-                             **{key: piece})
-            msg = dataclasses.replace(pending.msg, arrays=(piece,), fields={
-                **pending.msg.fields, "position": item.position + begin, "last": sample})
+            step = StepInput(item.request_id, item.run_start_layer, item.position + begin, sample=sample, **{key: piece})
+            msg = dataclasses.replace(
+                pending.msg, arrays=(piece,), fields={**pending.msg.fields, "position": item.position + begin, "last": sample}
+            )
             parts.append(dataclasses.replace(pending, item=(step, params, reserve), msg=msg, num_tokens=end - begin))
         queue.appendleft(parts[1])
         queue.appendleft(parts[0])
@@ -275,7 +279,17 @@ def runner_spec(assign: wire.Message, compute: ComputePacer | None) -> tuple[Run
         decode = tuple(b for b in DECODE_BUCKETS if b < max_rows) + (max_rows,)
     else:  # emulated pacing hides padding cost: few buckets, short warm-up for many workers
         prefill, decode = (max_prompt,), tuple(sorted({max(1, max_rows // 4), max_rows}))
-    spec = RunnerSpec(config, start, end, assign.get("weights") or f"random:{assign.get('seed', 0)}",
-                      max_slots=slots, max_seq_len=max_seq_len, prefill_buckets=prefill, decode_buckets=decode,
-                      kv_layout=layout, page_size=PAGE_SIZE, num_pages=pages)
+    spec = RunnerSpec(
+        config,
+        start,
+        end,
+        assign.get("weights") or f"random:{assign.get('seed', 0)}",
+        max_slots=slots,
+        max_seq_len=max_seq_len,
+        prefill_buckets=prefill,
+        decode_buckets=decode,
+        kv_layout=layout,
+        page_size=PAGE_SIZE,
+        num_pages=pages,
+    )
     return spec, max_rows, max_prompt

@@ -115,8 +115,7 @@ def encode(msg: Message) -> list[Any]:
         if a.dtype.name not in ALLOWED_DTYPES:
             raise ProtocolError(f"{msg.kind}: dtype {a.dtype.name!r} cannot travel; use one of {ALLOWED_DTYPES}")
         meta.append([a.dtype.name, list(a.shape)])
-    header = msgpack.packb({"v": WIRE_VERSION, "kind": msg.kind, "f": dict(msg.fields), "a": meta},
-                           use_bin_type=True)
+    header = msgpack.packb({"v": WIRE_VERSION, "kind": msg.kind, "f": dict(msg.fields), "a": meta}, use_bin_type=True)
     # byte views: exportable through the buffer protocol whatever the dtype (bf16 is not)
     return [header, *(a.reshape(-1).view(np.uint8) for a in arrays)]
 
@@ -156,9 +155,14 @@ def _buffer(frame: Any) -> memoryview:
 
 
 def _array(kind: str, entry: Any, frame: Any) -> np.ndarray:
-    if (not isinstance(entry, list) or len(entry) != 2 or entry[0] not in ALLOWED_DTYPES
-            or not isinstance(entry[1], list) or len(entry[1]) > MAX_ARRAY_DIMS
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in entry[1])):
+    if (
+        not isinstance(entry, list)
+        or len(entry) != 2
+        or entry[0] not in ALLOWED_DTYPES
+        or not isinstance(entry[1], list)
+        or len(entry[1]) > MAX_ARRAY_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in entry[1])
+    ):
         raise ProtocolError(f"{kind}: bad array description {entry!r}")
     dtype = _dtype(entry[0])
     shape = tuple(entry[1])
@@ -180,8 +184,7 @@ def send(sock: zmq.Socket, msg: Message, identity: bytes | None = None) -> None:
     sock.send_multipart(frames, copy=False)
 
 
-def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK,
-         secure: bool = False) -> tuple[bytes | None, Message]:
+def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK, secure: bool = False) -> tuple[bytes | None, Message]:
     """Receive one message (by default without blocking: zmq.Again when none is waiting); with
     `routed` the first frame is the peer identity; with `secure` (a CURVE server socket)
     `Message.sender` is the public key the ZAP handler admitted the peer with.
@@ -210,9 +213,13 @@ def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK,
 DRAIN_LIMIT = 10_000  # messages handled per socket per poll, so one flood cannot starve the others
 
 
-def drain(sock: zmq.Socket, handler: Callable[[bytes | None, Message], None], routed: bool = False,
-          on_reject: Callable[[bytes | None, Message | None, HelixError], None] | None = None,
-          secure: bool = False) -> None:
+def drain(
+    sock: zmq.Socket,
+    handler: Callable[[bytes | None, Message], None],
+    routed: bool = False,
+    on_reject: Callable[[bytes | None, Message | None, HelixError], None] | None = None,
+    secure: bool = False,
+) -> None:
     """Handle every waiting message of `sock` (up to DRAIN_LIMIT) with `handler(identity, msg)`.
 
     A malformed message, or one whose handler raises HelixError, is logged, reported to
@@ -237,8 +244,7 @@ def drain(sock: zmq.Socket, handler: Callable[[bytes | None, Message], None], ro
         except Exception as exc:  # a value no check foresaw: still only this message is lost
             logger.exception("rejected %s: its handler failed", msg.kind)
             if on_reject is not None:
-                on_reject(identity, msg, ProtocolError(f"{msg.kind} could not be handled: {type(exc).__name__}: {exc}",
-                                                       "handler_error"))
+                on_reject(identity, msg, ProtocolError(f"{msg.kind} could not be handled: {type(exc).__name__}: {exc}", "handler_error"))
 
 
 def configure(sock: zmq.Socket) -> zmq.Socket:

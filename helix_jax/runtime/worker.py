@@ -30,7 +30,6 @@ The loop, one thread, one zmq.Poller:
    `peer` names a neighbour's new data endpoint (a replacement worker rejoined).
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -67,16 +66,23 @@ class Worker(WorkerJoin):
                 self._warm_up(assign)
             except Exception as exc:  # report any load failure to the coordinator, then exit
                 logger.exception("worker %s failed to %s", self.options.node, self._phase)
-                wire.send(self._control, wire.make("failed", node=self.options.node, phase=self._phase,
-                                                   message=f"{type(exc).__name__}: {exc}"))
+                wire.send(
+                    self._control, wire.make("failed", node=self.options.node, phase=self._phase, message=f"{type(exc).__name__}: {exc}")
+                )
                 return 1
             self._serve()
             steps = max(1, self.steps_run)
             assert self.host is not None
-            logger.info("worker %s served %d steps (mean %.1f decode rows, %.1f prompt tokens): compute %.1f s, "
-                        "emulated %.1f s, %d overruns", self.options.node, self.steps_run,
-                        self.host.decode_rows_total / steps, self.host.prompt_tokens_total / steps,
-                        self.real_busy_s, self.emulated_busy_s, self.overruns)
+            logger.info(
+                "worker %s served %d steps (mean %.1f decode rows, %.1f prompt tokens): compute %.1f s, emulated %.1f s, %d overruns",
+                self.options.node,
+                self.steps_run,
+                self.host.decode_rows_total / steps,
+                self.host.prompt_tokens_total / steps,
+                self.real_busy_s,
+                self.emulated_busy_s,
+                self.overruns,
+            )
             return 0
         finally:
             self._close()
@@ -114,8 +120,7 @@ class Worker(WorkerJoin):
             if self._control in events:
                 wire.drain(self._control, lambda _i, m: self._on_control(m), on_reject=self.drops)
             if self._data in events:
-                wire.drain(self._data, lambda _i, m: self._on_data(m), secure=self.keys is not None,
-                           on_reject=self.drops)
+                wire.drain(self._data, lambda _i, m: self._on_data(m), secure=self.keys is not None, on_reject=self.drops)
             self._release_held()
             self._timers.fire(time.perf_counter(), self._push_now)
             if self.host.waiting and not self._held:
@@ -190,14 +195,20 @@ class Worker(WorkerJoin):
         if hop + 1 == len(route):
             if result.next_token is None:
                 return None  # a prompt chunk that does not end the prompt: nothing sampled
-            return COORDINATOR, wire.make("sampled", request_id=msg["request_id"], index=msg["index"],
-                                          token_id=int(result.next_token), node=self.options.node), 1
+            return (
+                COORDINATOR,
+                wire.make(
+                    "sampled", request_id=msg["request_id"], index=msg["index"], token_id=int(result.next_token), node=self.options.node
+                ),
+                1,
+            )
         hidden = np.ascontiguousarray(result.hidden)  # [tokens, hidden]
         extra = {k: msg[k] for k in ("kv_tokens", "last") if k in msg.fields}
         if msg["position"] == 0:  # the request's first step on the next hop: it takes the sampling once
             extra["sampling"] = msg["sampling"]
-        out = wire.make("step", [hidden], request_id=msg["request_id"], route=route, hop=hop + 1,
-                        position=msg["position"], index=msg["index"], **extra)
+        out = wire.make(
+            "step", [hidden], request_id=msg["request_id"], route=route, hop=hop + 1, position=msg["position"], index=msg["index"], **extra
+        )
         return str(route[hop + 1][0]), out, hidden.shape[0]
 
     def _release_held(self) -> None:
@@ -206,8 +217,7 @@ class Worker(WorkerJoin):
         held, self._held = self._held, []
         for dst, msg, num_tokens in held:
             if dst not in self._push:
-                logger.warning("worker %s has no link to %s; dropped %s", self.options.node, dst,
-                               msg["request_id"])
+                logger.warning("worker %s has no link to %s; dropped %s", self.options.node, dst, msg["request_id"])
                 continue
             if self._links is None:
                 self._push_now(dst, msg)

@@ -55,9 +55,14 @@ class WorkerJoin:
         self._public_keys: dict[str, str] = {}  # node (or COORDINATOR) -> public key, from the keys file
         self._upstream: set[str] = {COORDINATOR}  # who may send `step` here (from `assign`)
         if keys is None:
-            security.check_insecure({"the coordinator": security.host_of(options.coordinator),
-                                     "--bind-host": options.bind_host, "--advertise-host": options.advertise_host},
-                                    "a worker without --keys (plain TCP)")
+            security.check_insecure(
+                {
+                    "the coordinator": security.host_of(options.coordinator),
+                    "--bind-host": options.bind_host,
+                    "--advertise-host": options.advertise_host,
+                },
+                "a worker without --keys (plain TCP)",
+            )
         else:
             if keys.node != options.node:
                 raise ConfigError(f"the keys file is for node {keys.node!r}, not {options.node!r}")
@@ -67,8 +72,7 @@ class WorkerJoin:
             security.curve_client(self._control, keys.own, keys.coordinator_public)
             security.curve_server(self._data, keys.own, security.DATA)
         # a refused key shows up as a failed handshake, not as a message: watch for it while joining
-        self._monitor = self._control.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                                                         | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        self._monitor = self._control.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         self._control.connect(options.coordinator)
         endpoint = wire.bind_free_port(self._data, options.bind_host, 0)
         port = endpoint.rsplit(":", 1)[1]
@@ -114,8 +118,10 @@ class WorkerJoin:
             self._stop_monitor()  # joined (or gave up): handshakes no longer matter
 
     def _await_assign(self) -> wire.Message | None:
-        wire.send(self._control, wire.make("register", node=self.options.node, data_endpoint=self.data_endpoint,
-                                           pid=os.getpid(), host=socket.gethostname()))
+        wire.send(
+            self._control,
+            wire.make("register", node=self.options.node, data_endpoint=self.data_endpoint, pid=os.getpid(), host=socket.gethostname()),
+        )
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         poller = zmq.Poller()
         poller.register(self._control, zmq.POLLIN)
@@ -123,8 +129,11 @@ class WorkerJoin:
         while time.monotonic() < deadline and self._parent_alive():
             events = dict(poller.poll(1000))
             if self._monitor in events:
-                logger.error("coordinator %s refused the CURVE handshake of node %s: wrong keys file, or the "
-                             "deployment was restarted with new keys", self.options.coordinator, self.options.node)
+                logger.error(
+                    "coordinator %s refused the CURVE handshake of node %s: wrong keys file, or the deployment was restarted with new keys",
+                    self.options.coordinator,
+                    self.options.node,
+                )
                 return None
             if self._control not in events:
                 continue
@@ -146,22 +155,26 @@ class WorkerJoin:
         emulation = EmulationSpec.from_wire(assign["emulate"]) if assign.get("emulate") else None
         if emulation is not None:
             topology = emulation.topology()
-            self._compute = ComputePacer(topology, self.options.node, emulation.time_scale, emulation.kv_scale,
-                                         emulation.workload_shape())
+            self._compute = ComputePacer(topology, self.options.node, emulation.time_scale, emulation.kv_scale, emulation.workload_shape())
             self._links = LinkPacer(topology, self.options.node, emulation.time_scale)
         self._report_phase("load")
-        self.host = StageHost.build(assign, self._compute, lambda: self._report_phase("compile"),
-                                    self._runner_factory)
+        self.host = StageHost.build(assign, self._compute, lambda: self._report_phase("compile"), self._runner_factory)
         self._endpoints = {**assign["neighbours"], COORDINATOR: assign["coordinator_data"]}
         self._upstream.update(str(n) for n in assign.get("upstream") or ())
         for name, endpoint in self._endpoints.items():
             self._push[name] = self._connect_push(name, endpoint)
         warmup_s = time.perf_counter() - started
-        wire.send(self._control, wire.make("ready", node=self.options.node,
-                                           kv_capacity_token_layers=self.host.kv_budget_token_layers,
-                                           kv_page_tokens=self.host.engine.kv_page_tokens, warmup_s=warmup_s))
-        logger.info("worker %s ready in %.1f s: layers [%d, %d)", self.options.node, warmup_s,
-                    self.host.start_layer, self.host.end_layer)
+        wire.send(
+            self._control,
+            wire.make(
+                "ready",
+                node=self.options.node,
+                kv_capacity_token_layers=self.host.kv_budget_token_layers,
+                kv_page_tokens=self.host.engine.kv_page_tokens,
+                warmup_s=warmup_s,
+            ),
+        )
+        logger.info("worker %s ready in %.1f s: layers [%d, %d)", self.options.node, warmup_s, self.host.start_layer, self.host.end_layer)
 
     def _report_phase(self, phase: str) -> None:
         self._phase = phase
@@ -178,8 +191,7 @@ class WorkerJoin:
 
     def _sender_node(self, msg: wire.Message) -> str:
         """The node (or COORDINATOR) whose key signed `msg` (CURVE on)."""
-        return next((name for name, key in self._public_keys.items() if key == msg.sender),
-                    f"unknown key {str(msg.sender)[:8]}")
+        return next((name for name, key in self._public_keys.items() if key == msg.sender), f"unknown key {str(msg.sender)[:8]}")
 
     def _parent_alive(self) -> bool:
         return self.options.parent_pid is None or os.getppid() == self.options.parent_pid

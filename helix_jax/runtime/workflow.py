@@ -21,11 +21,17 @@ from typing import Any, Mapping
 from helix_jax.errors import HelixError
 
 STEPS = ("validate", "plan", "launch", "load", "compile", "ready", "serving")
-STEP_TITLES = {"validate": "validate topology", "plan": "plan placement", "launch": "launch workers",
-               "load": "load weights", "compile": "compile buckets", "ready": "ready", "serving": "serving"}
+STEP_TITLES = {
+    "validate": "validate topology",
+    "plan": "plan placement",
+    "launch": "launch workers",
+    "load": "load weights",
+    "compile": "compile buckets",
+    "ready": "ready",
+    "serving": "serving",
+}
 # a worker's phase -> how far it got: past "launch" once registered, past "load" once compiling, ...
-_PASSED = {"registered": ("launch",), "load": ("launch",), "compile": ("launch", "load"),
-           "ready": ("launch", "load", "compile")}
+_PASSED = {"registered": ("launch",), "load": ("launch",), "compile": ("launch", "load"), "ready": ("launch", "load", "compile")}
 
 
 class StepFailed(HelixError):
@@ -60,8 +66,7 @@ class StepProgress:
         return text
 
 
-def progress_of(phases: Mapping[str, tuple[str, float]], nodes: list[str], started: float,
-                now: float | None = None) -> list[StepProgress]:
+def progress_of(phases: Mapping[str, tuple[str, float]], nodes: list[str], started: float, now: float | None = None) -> list[StepProgress]:
     """Per-node progress of the launch, load and compile steps (`phases`: Coordinator.phases)."""
     now = time.monotonic() if now is None else now
     out = []

@@ -46,5 +46,4 @@ from helix_jax.scheduler.route_graph import RouteGraph
 from helix_jax.scheduler.scheduler import UNLIMITED_KV_TOKEN_LAYERS, Scheduler
 from helix_jax.scheduler.types import Admission, RequestSpec
 
-__all__ = ["Admission", "KVLedger", "POLICIES", "RequestSpec", "RouteGraph", "RoutePolicy",
-           "Scheduler", "UNLIMITED_KV_TOKEN_LAYERS"]
+__all__ = ["Admission", "KVLedger", "POLICIES", "RequestSpec", "RouteGraph", "RoutePolicy", "Scheduler", "UNLIMITED_KV_TOKEN_LAYERS"]

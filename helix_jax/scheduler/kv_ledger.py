@@ -25,8 +25,7 @@ class KVLedger:
     def __init__(self, budgets_token_layers: Mapping[str, int], page_tokens: Mapping[str, int] | None = None):
         for node, budget in budgets_token_layers.items():
             if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
-                raise ConfigError(f"KV budget of node {node!r} must be a non-negative integer "
-                                  f"of token-layers, got {budget!r}")
+                raise ConfigError(f"KV budget of node {node!r} must be a non-negative integer of token-layers, got {budget!r}")
         self._budget: dict[str, int] = dict(budgets_token_layers)
         self._page: dict[str, int] = {node: 1 for node in self._budget}
         for node, page in (page_tokens or {}).items():
@@ -107,8 +106,7 @@ class KVLedger:
             size = page.get(node, 1)
             amount = -(-tokens // size) * size * (hop.end_layer - hop.start_layer)
             if amount > budget[node] - used[node]:
-                raise RequestError(f"request {request_id!r} needs {amount} KV token-layers on "
-                                   f"{node!r}, which has {self.free(node)} free")
+                raise RequestError(f"request {request_id!r} needs {amount} KV token-layers on {node!r}, which has {self.free(node)} free")
             need.append((node, amount))
         for node, amount in need:
             used[node] += amount
@@ -119,8 +117,7 @@ class KVLedger:
         if self.used(node):
             raise ConfigError(f"node {node!r} still holds {self._used[node]} KV token-layers")
         if isinstance(budget_token_layers, bool) or not isinstance(budget_token_layers, int) or budget_token_layers < 0:
-            raise ConfigError(f"KV budget of node {node!r} must be a non-negative integer of token-layers, "
-                              f"got {budget_token_layers!r}")
+            raise ConfigError(f"KV budget of node {node!r} must be a non-negative integer of token-layers, got {budget_token_layers!r}")
         self._budget[node] = budget_token_layers
 
     def release(self, request_id: str) -> int:
@@ -140,5 +137,6 @@ class KVLedger:
                 totals[node] += amount
         for node, total in totals.items():
             if total != self._used[node] or total > self._budget[node]:
-                raise RuntimeError(f"KV ledger out of balance on {node!r}: held {total}, "
-                                   f"recorded {self._used[node]}, budget {self._budget[node]}")
+                raise RuntimeError(
+                    f"KV ledger out of balance on {node!r}: held {total}, recorded {self._used[node]}, budget {self._budget[node]}"
+                )

@@ -151,12 +151,10 @@ class SwarmPolicy(_ObservedPolicy):
 
     def on_hop_latency(self, node: str, seconds: float) -> None:
         old = self.observed.get(node)
-        self.observed[node] = seconds if old is None else (
-            SWARM_EMA_WEIGHT * seconds + (1.0 - SWARM_EMA_WEIGHT) * old)
+        self.observed[node] = seconds if old is None else (SWARM_EMA_WEIGHT * seconds + (1.0 - SWARM_EMA_WEIGHT) * old)
 
 
-_POLICY_CLASSES: dict[str, type[RoutePolicy]] = {
-    p.name: p for p in (IwrrPolicy, RandomPolicy, ShortestQueuePolicy, SwarmPolicy)}
+_POLICY_CLASSES: dict[str, type[RoutePolicy]] = {p.name: p for p in (IwrrPolicy, RandomPolicy, ShortestQueuePolicy, SwarmPolicy)}
 
 
 def policy_class(name: str) -> type[RoutePolicy]:

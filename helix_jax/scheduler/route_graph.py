@@ -31,8 +31,7 @@ class RouteGraph:
             if edge.tokens_per_s <= 0:
                 continue
             if not placement.can_hand_off(edge.src, edge.dst):
-                raise PlacementError(f"flow edge {edge.src} -> {edge.dst} is not a valid hand-off "
-                                     "under this placement's layer ranges")
+                raise PlacementError(f"flow edge {edge.src} -> {edge.dst} is not a valid hand-off under this placement's layer ranges")
             self._weight[(edge.src, edge.dst)] = self._weight.get((edge.src, edge.dst), 0.0) + edge.tokens_per_s
         endpoints = [COORDINATOR, *sorted(placement.ranges)]
         self._succ: dict[str, tuple[str, ...]] = {}
@@ -40,12 +39,10 @@ class RouteGraph:
             if flow_edges_only:
                 self._succ[src] = self._kept_flow_edges(src, min_edge_share)
             else:
-                self._succ[src] = tuple(d for d in [*sorted(placement.ranges), COORDINATOR]
-                                        if placement.can_hand_off(src, d))
+                self._succ[src] = tuple(d for d in [*sorted(placement.ranges), COORDINATOR] if placement.can_hand_off(src, d))
         if not self._succ[COORDINATOR]:
             what = "flow" if flow_edges_only else "node holding layer 0"
-            raise PlacementError(f"placement of {placement.topology_name!r} has no {what} out of the "
-                                 "coordinator: nothing can be routed")
+            raise PlacementError(f"placement of {placement.topology_name!r} has no {what} out of the coordinator: nothing can be routed")
 
     def _kept_flow_edges(self, src: str, min_edge_share: float) -> tuple[str, ...]:
         out = [(dst, w) for (s, dst), w in self._weight.items() if s == src]

@@ -55,9 +55,16 @@ class _InFlight:
 class Scheduler:
     """Flow-weighted (or baseline) routing with KV admission and a bounded FIFO queue."""
 
-    def __init__(self, placement: Placement, kv_budgets_token_layers: Mapping[str, int] | None = None,
-                 policy: str = "iwrr", queue_limit: int = 10_000, min_edge_share: float = 0.05,
-                 seed: int = 0, kv_page_tokens: Mapping[str, int] | None = None):
+    def __init__(
+        self,
+        placement: Placement,
+        kv_budgets_token_layers: Mapping[str, int] | None = None,
+        policy: str = "iwrr",
+        queue_limit: int = 10_000,
+        min_edge_share: float = 0.05,
+        seed: int = 0,
+        kv_page_tokens: Mapping[str, int] | None = None,
+    ):
         if isinstance(queue_limit, bool) or not isinstance(queue_limit, int) or queue_limit < 1:
             raise ConfigError(f"queue_limit must be a positive integer, got {queue_limit!r}")
         cls = policy_class(policy)
@@ -127,9 +134,11 @@ class Scheduler:
         self._queued_ids.add(spec.request_id)
 
     def _too_big(self, spec: RequestSpec) -> str:
-        why = (f"request {spec.request_id!r} needs {spec.kv_tokens} tokens of KV (prompt "
-               f"{spec.prompt_tokens} + output {spec.max_output_tokens}) but the largest any route "
-               f"can hold is {self.max_request_tokens}")
+        why = (
+            f"request {spec.request_id!r} needs {spec.kv_tokens} tokens of KV (prompt "
+            f"{spec.prompt_tokens} + output {spec.max_output_tokens}) but the largest any route "
+            f"can hold is {self.max_request_tokens}"
+        )
         if self._down:
             why += f" with node(s) {', '.join(sorted(self._down))} out of service"
         return why
@@ -250,14 +259,17 @@ class Scheduler:
         if node in self._down:
             return ()
         self._down.add(node)
-        hit = [rid for rid, entry in self._in_flight.items()
-               if any(hop.node == node for hop in entry.admission.route)]
+        hit = [rid for rid, entry in self._in_flight.items() if any(hop.node == node for hop in entry.admission.route)]
         specs = tuple(self._in_flight[rid].admission.spec for rid in hit)
         for rid in hit:
             self.finish(rid)
         self._routes_changed()
-        log.warning("node %s out of service: %d request(s) released, largest request a route can "
-                    "still hold: %d tokens", node, len(specs), self.max_request_tokens)
+        log.warning(
+            "node %s out of service: %d request(s) released, largest request a route can still hold: %d tokens",
+            node,
+            len(specs),
+            self.max_request_tokens,
+        )
         return specs
 
     def restore_node(self, node: str, kv_budget_token_layers: int) -> None:
@@ -282,8 +294,7 @@ class Scheduler:
         flight keep their routes and KV; the round robin starts afresh on the new weights."""
         if placement.ranges != self.placement.ranges:
             raise ConfigError("reflow needs the same layer ranges; only the flows may change")
-        if any(edge.tokens_per_s > 0 and (edge.src in self._down or edge.dst in self._down)
-               for edge in placement.flows):
+        if any(edge.tokens_per_s > 0 and (edge.src in self._down or edge.dst in self._down) for edge in placement.flows):
             raise ConfigError(f"new flows pass through node(s) out of service: {', '.join(sorted(self._down))}")
         self.placement = placement
         self.graph = RouteGraph(placement, self.graph.min_edge_share, flow_edges_only=self.policy.flow_edges_only)
@@ -298,8 +309,7 @@ class Scheduler:
     def drop_unroutable(self) -> list[tuple[RequestSpec, str]]:
         """Remove the queued requests that no surviving route can hold (after `fail_node`);
         returns each with the reason, in queue order."""
-        dropped = [(spec, self._too_big(spec)) for spec in self._queue
-                   if spec.kv_tokens > self.max_request_tokens]
+        dropped = [(spec, self._too_big(spec)) for spec in self._queue if spec.kv_tokens > self.max_request_tokens]
         for spec, _ in dropped:
             self._queue.remove(spec)
             self._queued_ids.discard(spec.request_id)

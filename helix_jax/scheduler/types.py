@@ -23,11 +23,9 @@ class RequestSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt_tokens, int) or self.prompt_tokens < 1:
-            raise RequestError(f"request {self.request_id!r}: prompt_tokens must be a positive "
-                               f"integer, got {self.prompt_tokens!r}")
+            raise RequestError(f"request {self.request_id!r}: prompt_tokens must be a positive integer, got {self.prompt_tokens!r}")
         if not isinstance(self.max_output_tokens, int) or self.max_output_tokens < 1:
-            raise RequestError(f"request {self.request_id!r}: max_output_tokens must be a positive "
-                               f"integer, got {self.max_output_tokens!r}")
+            raise RequestError(f"request {self.request_id!r}: max_output_tokens must be a positive integer, got {self.max_output_tokens!r}")
 
     @property
     def kv_tokens(self) -> int:

@@ -14,5 +14,14 @@ from helix_jax.sim.engine import Simulator, simulate
 from helix_jax.sim.reference import ReferenceSimulator
 from helix_jax.sim.result import NodeStats, SimResult, config_dict, placement_max_flow
 
-__all__ = ["MODES", "NodeStats", "ReferenceSimulator", "SimConfig", "SimResult", "Simulator", "config_dict",
-           "placement_max_flow", "simulate"]
+__all__ = [
+    "MODES",
+    "NodeStats",
+    "ReferenceSimulator",
+    "SimConfig",
+    "SimResult",
+    "Simulator",
+    "config_dict",
+    "placement_max_flow",
+    "simulate",
+]

@@ -34,13 +34,40 @@ class SimNode:
     `start_layer`, where known, lets a node holding one layer skip comparing entry layers
     (every request runs exactly that layer there)."""
 
-    __slots__ = ("name", "end_layer", "max_prompt_tokens", "max_decode_seqs", "_layer_step_seconds", "_single_entry",
-                 "waiting", "batch_prefill", "batch_decode", "_batch_segments", "batch_context_tokens", "_batch_entry",
-                 "_batch_prompt_tokens", "busy", "kv_entries", "pending", "wake_key", "out_links", "steps", "busy_s",
-                 "decode_seqs_total", "prompt_tokens_total")
+    __slots__ = (
+        "name",
+        "end_layer",
+        "max_prompt_tokens",
+        "max_decode_seqs",
+        "_layer_step_seconds",
+        "_single_entry",
+        "waiting",
+        "batch_prefill",
+        "batch_decode",
+        "_batch_segments",
+        "batch_context_tokens",
+        "_batch_entry",
+        "_batch_prompt_tokens",
+        "busy",
+        "kv_entries",
+        "pending",
+        "wake_key",
+        "out_links",
+        "steps",
+        "busy_s",
+        "decode_seqs_total",
+        "prompt_tokens_total",
+    )
 
-    def __init__(self, name: str, end_layer: int, max_prompt_tokens: int, max_decode_seqs: int,
-                 layer_step_seconds: Callable[[int, int, int], float], start_layer: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        end_layer: int,
+        max_prompt_tokens: int,
+        max_decode_seqs: int,
+        layer_step_seconds: Callable[[int, int, int], float],
+        start_layer: int | None = None,
+    ):
         self.name = name
         self.end_layer = end_layer
         self.max_prompt_tokens = max_prompt_tokens
@@ -131,8 +158,7 @@ class SimNode:
         if entry is None:
             seconds = self._segmented_seconds(prefill, segments)
         else:
-            seconds = uniform_step_seconds(self._layer_step_seconds, self.end_layer - entry, prompt_tokens,
-                                           len(decode), context)
+            seconds = uniform_step_seconds(self._layer_step_seconds, self.end_layer - entry, prompt_tokens, len(decode), context)
         self.steps += 1
         self.busy_s += seconds
         self.decode_seqs_total += len(decode)
@@ -190,4 +216,3 @@ class SimNode:
         """`finish`, as one list in batch order."""
         prefill, decode = self.finish()
         return prefill + decode
-

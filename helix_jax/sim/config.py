@@ -47,13 +47,10 @@ class SimConfig:
         if not self.duration_s > 0:
             raise ConfigError(f"duration must be positive, got {self.duration_s!r} s")
         if not 0 <= self.warmup_s < self.duration_s:
-            raise ConfigError(f"warm-up must be in [0, duration) = [0, {self.duration_s}), "
-                              f"got {self.warmup_s!r} s")
-        if self.arrival_times_s is not None and any(
-                b < a for a, b in zip(self.arrival_times_s, self.arrival_times_s[1:])):
+            raise ConfigError(f"warm-up must be in [0, duration) = [0, {self.duration_s}), got {self.warmup_s!r} s")
+        if self.arrival_times_s is not None and any(b < a for a, b in zip(self.arrival_times_s, self.arrival_times_s[1:])):
             raise ConfigError("arrival_times_s must be sorted")
-        if (self.mode == "online" and self.arrival_times_s is None
-                and not (self.rate_per_s is not None and self.rate_per_s > 0)):
+        if self.mode == "online" and self.arrival_times_s is None and not (self.rate_per_s is not None and self.rate_per_s > 0):
             raise ConfigError(f"online mode needs a positive arrival rate, got {self.rate_per_s!r} requests/s")
         if self.offline_queue_depth < 1:
             raise ConfigError(f"offline_queue_depth must be >= 1, got {self.offline_queue_depth}")

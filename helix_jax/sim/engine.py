@@ -58,8 +58,7 @@ GC_YOUNG_THRESHOLD = 70_000  # allocations between the cyclic collector's young 
 class Simulator(Admitter, NodeStepper):
     """One simulated run of a placement under a policy (see the module docstring)."""
 
-    def __init__(self, placement: Placement, cost_model: CostModel, lengths: LengthSampler,
-                 config: SimConfig):
+    def __init__(self, placement: Placement, cost_model: CostModel, lengths: LengthSampler, config: SimConfig):
         self.placement, self.cost, self.lengths, self.config = placement, cost_model, lengths, config
         topo = cost_model.topology
         budgets, self.nodes = {}, {}
@@ -69,13 +68,14 @@ class Simulator(Admitter, NodeStepper):
             held = end - start
             share = float(placement.extra.get("kv_fraction", {}).get(name, 1.0))  # SLO plans: planned load
             budgets[name] = int(share * cost_model.kv_budget_token_layers(gpu, held))
-            self.nodes[name] = SimNode(name, end, cost_model.max_prompt_tokens_per_step(gpu),
-                                       cost_model.max_decode_batch(gpu, held), step_functions[gpu], start)
+            self.nodes[name] = SimNode(
+                name, end, cost_model.max_prompt_tokens_per_step(gpu), cost_model.max_decode_batch(gpu, held), step_functions[gpu], start
+            )
         self.budgets = budgets
-        self.scheduler = Scheduler(placement, budgets, policy=config.policy, queue_limit=config.queue_limit,
-                                   min_edge_share=config.min_edge_share, seed=config.seed)
-        self.metrics = MetricsCollector(config.warmup_s, config.duration_s, config.slo_ttft_ms,
-                                        config.slo_tpot_ms, seed=config.seed)
+        self.scheduler = Scheduler(
+            placement, budgets, policy=config.policy, queue_limit=config.queue_limit, min_edge_share=config.min_edge_share, seed=config.seed
+        )
+        self.metrics = MetricsCollector(config.warmup_s, config.duration_s, config.slo_ttft_ms, config.slo_tpot_ms, seed=config.seed)
         self._links: dict[tuple[str, str], FifoLink] = {}
         self._coordinator_out: dict[str, tuple[FifoLink, SimNode | None]] = {}  # as SimNode.out_links
         self._kv_reserved = self.scheduler.ledger.used_view()
@@ -121,8 +121,7 @@ class Simulator(Admitter, NodeStepper):
                 req.first_token_s = now
                 metrics.on_first_token(now, now - req.arrival_s, req.prompt_tokens)
             if generated >= req.output_tokens:
-                metrics.on_complete(now, req.first_token_s - req.arrival_s, req.first_token_s,
-                                    req.output_tokens)
+                metrics.on_complete(now, req.first_token_s - req.arrival_s, req.first_token_s, req.output_tokens)
                 kv_tokens = req.prompt_tokens + generated - 1
                 for hop in req.route:
                     self.nodes[hop.node].kv_entries -= kv_tokens * hop.num_layers
@@ -148,8 +147,7 @@ class Simulator(Admitter, NodeStepper):
     def _arrivals(self) -> Iterator[float]:
         if self.config.arrival_times_s is not None:
             return iter(self.config.arrival_times_s)
-        return seeded_arrivals(self.config.rate_per_s, self.config.arrival_counts,
-                               self.config.arrival_interval_s, self.config.seed)
+        return seeded_arrivals(self.config.rate_per_s, self.config.arrival_counts, self.config.arrival_interval_s, self.config.seed)
 
     def run(self, progress: Callable[[float], None] | None = None) -> SimResult:
         # The run allocates millions of short-lived lists and tuples and makes no reference
@@ -208,9 +206,8 @@ class Simulator(Admitter, NodeStepper):
         return build_result(self, time.perf_counter() - wall_start)
 
 
-def simulate(placement: Placement, cost_model: CostModel, lengths: LengthSampler, config: SimConfig,
-             progress: Callable[[float], None] | None = None) -> SimResult:
+def simulate(
+    placement: Placement, cost_model: CostModel, lengths: LengthSampler, config: SimConfig, progress: Callable[[float], None] | None = None
+) -> SimResult:
     """Run one simulation (see `Simulator`)."""
     return Simulator(placement, cost_model, lengths, config).run(progress)
-
-

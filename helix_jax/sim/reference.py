@@ -24,8 +24,7 @@ from helix_jax.sim.stepping import AT_NODE
 class ReferenceSimulator(Simulator):
     """`Simulator` with one event per message to a node (module docstring)."""
 
-    def _deliver(self, node: SimNode, arrive: float, seq: int, entry_layer: int, prefill: list,
-                 decode: list, context: int | None) -> None:
+    def _deliver(self, node: SimNode, arrive: float, seq: int, entry_layer: int, prefill: list, decode: list, context: int | None) -> None:
         heapq.heappush(self._heap, (arrive, seq, AT_NODE, node, prefill + decode))
 
     def _at_node(self, node: SimNode, reqs: Any, now: float, seq: int) -> None:

@@ -27,8 +27,22 @@ _context_tokens = operator.attrgetter("context_tokens")
 class SimRequest:
     """A request in flight: where it is on its route and what it has produced."""
 
-    __slots__ = ("rid", "prompt_tokens", "output_tokens", "_generated", "context_tokens", "route", "next_nodes",
-                 "path", "entry_layer", "arrival_s", "first_token_s", "node_enter_s", "prefilled", "chunk")
+    __slots__ = (
+        "rid",
+        "prompt_tokens",
+        "output_tokens",
+        "_generated",
+        "context_tokens",
+        "route",
+        "next_nodes",
+        "path",
+        "entry_layer",
+        "arrival_s",
+        "first_token_s",
+        "node_enter_s",
+        "prefilled",
+        "chunk",
+    )
 
     def __init__(self, rid: str, prompt_tokens: int, output_tokens: int, route, arrival_s: float):
         self.rid = rid
@@ -79,8 +93,7 @@ class WaitingLine:
         self.decode_count = 0
         self.prefill: collections.deque[SimRequest] = collections.deque()
 
-    def add(self, entry_layer: int, prefill: list[SimRequest], decode: list[SimRequest],
-            context_tokens: int | None = None) -> None:
+    def add(self, entry_layer: int, prefill: list[SimRequest], decode: list[SimRequest], context_tokens: int | None = None) -> None:
         """A message's requests, all entering at `entry_layer`: prompts, then decode requests
         (`context_tokens`: theirs summed, if the sender knows it)."""
         for req in prefill:

@@ -35,14 +35,14 @@ class SimResult:
     max_flow_tokens_per_s: float
     submitted: int
     admitted: int
-    completed: int           # over the whole run
+    completed: int  # over the whole run
     rejected_overloaded: int
     rejected_too_large: int
     queued_at_end: int
     in_flight_at_end: int
     peak_in_flight: int
-    mean_in_flight: float    # time average over the window (Little's law: ~ decode tok/s x TPOT)
-    events: int              # events processed: step ends, wake-ups of idle nodes, coordinator messages, arrivals
+    mean_in_flight: float  # time average over the window (Little's law: ~ decode tok/s x TPOT)
+    events: int  # events processed: step ends, wake-ups of idle nodes, coordinator messages, arrivals
     wall_s: float
     nodes: tuple[NodeStats, ...]
     events_by_kind: dict[str, int] = dataclasses.field(default_factory=dict)  # engine.EVENT_KINDS
@@ -78,18 +78,35 @@ def build_result(sim: Any, wall_s: float) -> SimResult:
     """The result of a finished `Simulator` run (`sim`) that took `wall_s` seconds."""
     config, placement = sim.config, sim.placement
     duration = config.duration_s
-    nodes = tuple(NodeStats(
-        name=n.name, layers=placement.ranges[n.name], steps=n.steps,
-        busy_fraction=min(1.0, n.busy_s / duration),
-        mean_decode_batch=n.decode_seqs_total / n.steps if n.steps else 0.0,
-        max_decode_seqs=n.max_decode_seqs, kv_budget_token_layers=sim.budgets[n.name],
-    ) for n in sim.nodes.values())
+    nodes = tuple(
+        NodeStats(
+            name=n.name,
+            layers=placement.ranges[n.name],
+            steps=n.steps,
+            busy_fraction=min(1.0, n.busy_s / duration),
+            mean_decode_batch=n.decode_seqs_total / n.steps if n.steps else 0.0,
+            max_decode_seqs=n.max_decode_seqs,
+            kv_budget_token_layers=sim.budgets[n.name],
+        )
+        for n in sim.nodes.values()
+    )
     return SimResult(
-        method=placement.method, policy=config.policy, config=config,
-        metrics=sim.metrics.summary(), max_flow_tokens_per_s=placement_max_flow(placement),
-        submitted=sim.submitted, admitted=sim.admitted, completed=sim.completed,
-        rejected_overloaded=sim.rejected_overloaded, rejected_too_large=sim.rejected_too_large,
-        queued_at_end=sim.scheduler.queue_length, in_flight_at_end=sim.scheduler.in_flight,
+        method=placement.method,
+        policy=config.policy,
+        config=config,
+        metrics=sim.metrics.summary(),
+        max_flow_tokens_per_s=placement_max_flow(placement),
+        submitted=sim.submitted,
+        admitted=sim.admitted,
+        completed=sim.completed,
+        rejected_overloaded=sim.rejected_overloaded,
+        rejected_too_large=sim.rejected_too_large,
+        queued_at_end=sim.scheduler.queue_length,
+        in_flight_at_end=sim.scheduler.in_flight,
         peak_in_flight=sim.peak_in_flight,
         mean_in_flight=sim._in_flight_area / (duration - config.warmup_s),
-        events=sim.events, wall_s=wall_s, nodes=nodes, events_by_kind=dict(sim.events_by_kind))
+        events=sim.events,
+        wall_s=wall_s,
+        nodes=nodes,
+        events_by_kind=dict(sim.events_by_kind),
+    )

@@ -52,8 +52,9 @@ class NodeStepper(RunState):
         for dst, (prefill, decode, context) in groups.items():
             self._send_one(now, src, out, entry_layer, dst, prefill, decode, context)
 
-    def _send_one(self, now: float, src: str, out: dict, entry_layer: int, dst: str, prefill: list,
-                  decode: list, context: int | None) -> None:
+    def _send_one(
+        self, now: float, src: str, out: dict, entry_layer: int, dst: str, prefill: list, decode: list, context: int | None
+    ) -> None:
         """One message: prompts carry their prompt's activations to a node, one token id to the
         coordinator; decode requests one vector each. Every request in it enters its next node
         at `entry_layer` (the sender's end layer)."""
@@ -61,14 +62,12 @@ class NodeStepper(RunState):
         link, dst_node = hop if hop is not None else self._out_link(out, src, dst)
         if dst_node is None:
             arrive = link.send(now, len(prefill) + len(decode))
-            heapq.heappush(self._heap, (arrive, next(self._seq), AT_COORDINATOR, prefill + decode if prefill else decode,
-                                        None))
+            heapq.heappush(self._heap, (arrive, next(self._seq), AT_COORDINATOR, prefill + decode if prefill else decode, None))
         else:
             tokens = len(decode) + sum(map(_prompt_tokens, prefill)) if prefill else len(decode)
             self._deliver(dst_node, link.send(now, tokens), next(self._seq), entry_layer, prefill, decode, context)
 
-    def _deliver(self, node: SimNode, arrive: float, seq: int, entry_layer: int, prefill: list,
-                 decode: list, context: int | None) -> None:
+    def _deliver(self, node: SimNode, arrive: float, seq: int, entry_layer: int, prefill: list, decode: list, context: int | None) -> None:
         """A message on its way to `node`: pending there; an idle node wakes at its earliest."""
         heapq.heappush(node.pending, (arrive, seq, entry_layer, prefill, decode, context))
         if not node.busy:
@@ -99,8 +98,9 @@ class NodeStepper(RunState):
             self._take_arrived(node, now, seq)
         prefill, decode = node.finish()
         if node.kv_entries > self._kv_reserved[node.name]:  # checked after every step, prompt-chunk-only ones too
-            raise RuntimeError(f"simulated KV on {node.name} ({node.kv_entries} token-layers) exceeds "
-                               f"its reservation ({self._kv_reserved[node.name]})")
+            raise RuntimeError(
+                f"simulated KV on {node.name} ({node.kv_entries} token-layers) exceeds its reservation ({self._kv_reserved[node.name]})"
+            )
         if self._observe_latency and (prefill or decode):
             waited = sum(now - r.node_enter_s for r in itertools.chain(prefill, decode))  # batch order
             self.scheduler.on_hop_latency(node.name, waited / (len(prefill) + len(decode)))
@@ -111,17 +111,14 @@ class NodeStepper(RunState):
             if dsts.count(dsts[0]) != len(dsts):
                 self._send(now, node.name, node.out_links, node.end_layer, _by_destination(prefill, decode, dsts))
             elif not prefill:  # the usual case: all go one way
-                self._send_one(now, node.name, node.out_links, node.end_layer, dsts[0], prefill, decode,
-                               node.batch_context_tokens)
+                self._send_one(now, node.name, node.out_links, node.end_layer, dsts[0], prefill, decode, node.batch_context_tokens)
             elif len(prefill) == 1:  # one prompt done and the decode rows one way: `_by_destination`'s groups
                 prompt_dst = next(prefill[0].path)
                 if prompt_dst == dsts[0]:
-                    self._send_one(now, node.name, node.out_links, node.end_layer, prompt_dst, prefill, decode,
-                                   node.batch_context_tokens)
+                    self._send_one(now, node.name, node.out_links, node.end_layer, prompt_dst, prefill, decode, node.batch_context_tokens)
                 else:
                     self._send_one(now, node.name, node.out_links, node.end_layer, prompt_dst, prefill, [], 0)
-                    self._send_one(now, node.name, node.out_links, node.end_layer, dsts[0], [], decode,
-                                   node.batch_context_tokens)
+                    self._send_one(now, node.name, node.out_links, node.end_layer, dsts[0], [], decode, node.batch_context_tokens)
             else:
                 self._send(now, node.name, node.out_links, node.end_layer, _by_destination(prefill, decode, dsts))
         elif prefill:

@@ -83,8 +83,7 @@ class InProcessCluster:
 
         worker = Worker(options, factory)
         entry = WorkerThread(node, worker, threading.Thread(target=lambda: None))
-        entry.thread = threading.Thread(target=self._run_worker, args=(entry,), name=f"helix-worker-{node}",
-                                        daemon=True)
+        entry.thread = threading.Thread(target=self._run_worker, args=(entry,), name=f"helix-worker-{node}", daemon=True)
         self.workers.append(entry)
         entry.thread.start()
         return entry

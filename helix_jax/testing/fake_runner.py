@@ -41,8 +41,9 @@ def next_token(token_sum: int, position: int, sampling: SamplingParams, vocab_si
     return (token_sum + position + seed) % vocab_size
 
 
-def fake_generation(prompt: Sequence[int], max_tokens: int, vocab_size: int, sampling: SamplingParams | None = None,
-                    stop_ids: frozenset[int] = frozenset()) -> list[int]:
+def fake_generation(
+    prompt: Sequence[int], max_tokens: int, vocab_size: int, sampling: SamplingParams | None = None, stop_ids: frozenset[int] = frozenset()
+) -> list[int]:
     """The tokens a deployment of FakeRunners streams for `prompt` (stopping after a stop id)."""
     sampling = sampling or SamplingParams()
     total, position = sum(int(t) for t in prompt), len(prompt) - 1
@@ -122,8 +123,9 @@ class FakeRunner(KVCapacity):
     def kv_cache_bytes(self) -> int:
         return 0
 
-    def add_request(self, request_id: Hashable, sampling: SamplingParams | None = None, *,
-                    reserve_tokens: int = 0, run_start_layer: int | None = None) -> int:
+    def add_request(
+        self, request_id: Hashable, sampling: SamplingParams | None = None, *, reserve_tokens: int = 0, run_start_layer: int | None = None
+    ) -> int:
         slot = self._hold(request_id, reserve_tokens, run_start_layer)
         self._requests[request_id] = _Held(slot, sampling or SamplingParams())
         return slot
@@ -140,17 +142,17 @@ class FakeRunner(KVCapacity):
         if self._fail:
             raise self._fail.pop(0)
         items = list(items)
-        check_step(items, self._requests, self.start_layer, self.end_layer, self.config, self.max_chunk_tokens,
-                   self.max_seq_len)
+        check_step(items, self._requests, self.start_layer, self.end_layer, self.config, self.max_chunk_tokens, self.max_seq_len)
         ids = [self._token_ids(item) for item in items]  # RequestError before anything changes
         if self.pool is not None:
             need = sum(self.page_cost(item) for item in items)
             if need > self.pool.pages_available:
-                raise OverloadedError(f"stage [{self.start_layer}, {self.end_layer}): the step needs {need} "
-                                      f"more pages, {self.pool.pages_available} are available")
+                raise OverloadedError(
+                    f"stage [{self.start_layer}, {self.end_layer}): the step needs {need} "
+                    f"more pages, {self.pool.pages_available} are available"
+                )
             for item in items:
-                self.pool.grow(item.request_id, item.run_start_layer - self.start_layer,
-                               item.position + item.num_tokens)
+                self.pool.grow(item.request_id, item.run_start_layer - self.start_layer, item.position + item.num_tokens)
         self.steps += 1
         outputs = [self._run(item, tokens) for item, tokens in zip(items, ids)]
         self._maybe_freeze(outputs)
@@ -175,8 +177,9 @@ class FakeRunner(KVCapacity):
         hidden = np.asarray(item.hidden, np.float64)
         ran = hidden[:, 1]
         if not np.all(ran == item.run_start_layer):
-            raise RequestError(f"request {item.request_id!r}: hidden states ran {sorted(set(ran.tolist()))} "
-                               f"layers before layer {item.run_start_layer}")
+            raise RequestError(
+                f"request {item.request_id!r}: hidden states ran {sorted(set(ran.tolist()))} layers before layer {item.run_start_layer}"
+            )
         return hidden[:, 0].astype(np.int64)
 
     def _run(self, item: StepInput, tokens: np.ndarray) -> StepOutput:
@@ -185,8 +188,11 @@ class FakeRunner(KVCapacity):
         held.next_position += item.num_tokens
         held.token_sum += int(tokens.sum())
         if self.is_last:
-            token = (next_token(held.token_sum, item.position + item.num_tokens - 1, held.sampling,
-                                self.config.vocab_size) if item.sample else None)
+            token = (
+                next_token(held.token_sum, item.position + item.num_tokens - 1, held.sampling, self.config.vocab_size)
+                if item.sample
+                else None
+            )
             return StepOutput(item.request_id, next_token=token)
         hidden = np.zeros((item.num_tokens, self.config.hidden_size), np.float32)
         hidden[:, 0] = tokens

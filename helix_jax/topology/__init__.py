@@ -41,7 +41,18 @@ from helix_jax.topology.model import COORDINATOR, GpuType, Link, Node, Topology
 from helix_jax.topology.units import parse_bandwidth, parse_memory_bytes
 
 __all__ = [
-    "COORDINATOR", "DEFAULT_LINK", "GPU_ALIASES", "GPU_CATALOG", "GpuType", "Link", "Node", "Topology",
-    "default_topology_path", "load_topology", "parse_bandwidth", "parse_memory_bytes", "tiny_topology_path",
+    "COORDINATOR",
+    "DEFAULT_LINK",
+    "GPU_ALIASES",
+    "GPU_CATALOG",
+    "GpuType",
+    "Link",
+    "Node",
+    "Topology",
+    "default_topology_path",
+    "load_topology",
+    "parse_bandwidth",
+    "parse_memory_bytes",
+    "tiny_topology_path",
     "topology_from_dict",
 ]

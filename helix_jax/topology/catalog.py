@@ -16,7 +16,8 @@ def _catalog_type(name: str, memory_gb: float, bw_tb_s: float, tflops: float, n:
 
 # Spec-sheet figures (../shared/HELIX.md section 9). Multi-GPU nodes add up their GPUs.
 GPU_CATALOG: dict[str, GpuType] = {
-    g.name: g for g in (
+    g.name: g
+    for g in (
         _catalog_type("A100-40GB", 40, 1.555, 312),
         _catalog_type("A100-80GB", 80, 2.04, 312),
         _catalog_type("H100", 80, 3.35, 989),

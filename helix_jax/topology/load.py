@@ -35,20 +35,18 @@ def _build_gpu_types(spec: TopologySpec, base_dir: Path) -> dict[str, GpuType]:
             raise TopologyError(f"gpu_types.{name}.based_on: unknown GPU type {t.based_on!r}")
         base = types.get(base_name) if base_name else None
         has_table = t.capacity_tokens_per_s is not None
-        if base is None and not has_table and t.profile is None and (
-                t.memory_gb is None or t.memory_bandwidth is None or t.tflops is None):
+        if base is None and not has_table and t.profile is None and (t.memory_gb is None or t.memory_bandwidth is None or t.tflops is None):
             raise TopologyError(
                 f"gpu_types.{name}: a new GPU type needs memory_gb, memory_bandwidth and tflops, "
-                "or a measured table (max_layers + capacity_tokens_per_s), or a profile")
+                "or a measured table (max_layers + capacity_tokens_per_s), or a profile"
+            )
         table = tuple(t.capacity_tokens_per_s) if has_table and t.capacity_tokens_per_s is not None else None
         max_layers = t.max_layers
         if table is not None:
             if max_layers is None:
                 max_layers = len(table)
             elif len(table) != max_layers:
-                raise TopologyError(
-                    f"gpu_types.{name}: capacity_tokens_per_s has {len(table)} entries "
-                    f"but max_layers is {max_layers}")
+                raise TopologyError(f"gpu_types.{name}: capacity_tokens_per_s has {len(table)} entries but max_layers is {max_layers}")
         profile = None
         if t.profile is not None:
             p = Path(t.profile)
@@ -59,16 +57,23 @@ def _build_gpu_types(spec: TopologySpec, base_dir: Path) -> dict[str, GpuType]:
         n = t.num_gpus if t.num_gpus != 1 or base is None else base.num_gpus
         types[name] = GpuType(
             name=name,
-            memory_bytes=(parse_memory_bytes(t.memory_gb, f"gpu_types.{name}.memory_gb")
-                          if t.memory_gb is not None else (base.memory_bytes if base else 0.0)),
+            memory_bytes=(
+                parse_memory_bytes(t.memory_gb, f"gpu_types.{name}.memory_gb")
+                if t.memory_gb is not None
+                else (base.memory_bytes if base else 0.0)
+            ),
             memory_bandwidth_bytes_per_s=(
                 parse_bandwidth(t.memory_bandwidth, f"gpu_types.{name}.memory_bandwidth")
-                if t.memory_bandwidth is not None else (base.memory_bandwidth_bytes_per_s if base else 0.0)),
+                if t.memory_bandwidth is not None
+                else (base.memory_bandwidth_bytes_per_s if base else 0.0)
+            ),
             tflops=t.tflops if t.tflops is not None else (base.tflops if base else 0.0),
             num_gpus=n,
-            nic_bandwidth_bytes_per_s=(parse_bandwidth(t.nic_bandwidth, f"gpu_types.{name}.nic_bandwidth")
-                                       if t.nic_bandwidth is not None
-                                       else (base.nic_bandwidth_bytes_per_s if base else None)),
+            nic_bandwidth_bytes_per_s=(
+                parse_bandwidth(t.nic_bandwidth, f"gpu_types.{name}.nic_bandwidth")
+                if t.nic_bandwidth is not None
+                else (base.nic_bandwidth_bytes_per_s if base else None)
+            ),
             max_layers=max_layers if max_layers is not None else (base.max_layers if base else None),
             capacity_tokens_per_s=table if table is not None else (base.capacity_tokens_per_s if base else None),
             profile_path=profile if profile is not None else (base.profile_path if base else None),
@@ -83,21 +88,18 @@ def _link_of(spec: LinkSpec, where: str) -> Link:
 def _resolve_links(spec: TopologySpec, endpoints: list[Node]) -> dict[tuple[str, str], Link]:
     ls = spec.links
     default = _link_of(ls.default, "links.default") if ls.default else DEFAULT_LINK
-    within_default = (_link_of(ls.within_region["default"], "links.within_region.default")
-                      if "default" in ls.within_region else None)
+    within_default = _link_of(ls.within_region["default"], "links.within_region.default") if "default" in ls.within_region else None
     regions = {n.region for n in endpoints if n.region}
     within = {}
     for region, s in ls.within_region.items():
         if region != "default" and region not in regions:
-            raise TopologyError(f"links.within_region: unknown region {region!r}; "
-                                f"regions in this file: {sorted(regions)}")
+            raise TopologyError(f"links.within_region: unknown region {region!r}; regions in this file: {sorted(regions)}")
         within[region] = _link_of(s, f"links.within_region.{region}")
     between: dict[frozenset[str], Link] = {}
     for i, s in enumerate(ls.between_regions):
         for r in s.regions:
             if r not in regions:
-                raise TopologyError(f"links.between_regions[{i}]: unknown region {r!r}; "
-                                    f"regions in this file: {sorted(regions)}")
+                raise TopologyError(f"links.between_regions[{i}]: unknown region {r!r}; regions in this file: {sorted(regions)}")
         between[frozenset(s.regions)] = _link_of(s, f"links.between_regions[{i}]")
 
     def region_link(a: Node, b: Node) -> Link:
@@ -139,8 +141,7 @@ def topology_from_dict(raw: Any, source: str | None = None, base_dir: Path | Non
     nodes: list[Node] = []
     for i, ns in enumerate(spec.nodes):
         if ns.gpu not in types:
-            raise TopologyError(f"nodes[{i}] ({ns.name!r}): unknown GPU type {ns.gpu!r}; "
-                                f"known types: {', '.join(sorted(types))}")
+            raise TopologyError(f"nodes[{i}] ({ns.name!r}): unknown GPU type {ns.gpu!r}; known types: {', '.join(sorted(types))}")
         names = [ns.name] if ns.count == 1 else [f"{ns.name}-{j}" for j in range(ns.count)]
         nodes.extend(Node(nm, ns.gpu, ns.region, ns.host, ns.price_per_hour) for nm in names)
     seen: set[str] = set()
@@ -150,8 +151,7 @@ def topology_from_dict(raw: Any, source: str | None = None, base_dir: Path | Non
         if n.name in seen:
             raise TopologyError(f"duplicate node name {n.name!r}")
         seen.add(n.name)
-    coordinator = Node(COORDINATOR, "none", spec.coordinator.region or nodes[0].region,
-                       spec.coordinator.host)
+    coordinator = Node(COORDINATOR, "none", spec.coordinator.region or nodes[0].region, spec.coordinator.host)
     links = _resolve_links(spec, [coordinator, *nodes])
     used = {n.gpu for n in nodes}
     return Topology(

@@ -13,11 +13,24 @@ from typing import Any
 from helix_jax.errors import TopologyError
 
 _UNIT_BYTES = {
-    "b/s": 1.0, "bytes/s": 1.0, "byte/s": 1.0, "bps": 0.125,
-    "kb/s": 1e3, "mb/s": 1e6, "gb/s": 1e9, "tb/s": 1e12,
-    "kib/s": 1024.0, "mib/s": 1024.0**2, "gib/s": 1024.0**3,
-    "kbit/s": 1e3 / 8, "mbit/s": 1e6 / 8, "gbit/s": 1e9 / 8, "tbit/s": 1e12 / 8,
-    "kbps": 1e3 / 8, "mbps": 1e6 / 8, "gbps": 1e9 / 8,
+    "b/s": 1.0,
+    "bytes/s": 1.0,
+    "byte/s": 1.0,
+    "bps": 0.125,
+    "kb/s": 1e3,
+    "mb/s": 1e6,
+    "gb/s": 1e9,
+    "tb/s": 1e12,
+    "kib/s": 1024.0,
+    "mib/s": 1024.0**2,
+    "gib/s": 1024.0**3,
+    "kbit/s": 1e3 / 8,
+    "mbit/s": 1e6 / 8,
+    "gbit/s": 1e9 / 8,
+    "tbit/s": 1e12 / 8,
+    "kbps": 1e3 / 8,
+    "mbps": 1e6 / 8,
+    "gbps": 1e9 / 8,
 }
 _BANDWIDTH_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z/]+)?\s*$")
 
@@ -35,12 +48,13 @@ def parse_bandwidth(value: Any, field: str = "bandwidth") -> float:
     elif isinstance(value, str):
         match = _BANDWIDTH_RE.match(value)
         if not match:
-            raise TopologyError(f"{field} {value!r} is not a bandwidth (e.g. \"10 Gbit/s\", \"1.25 GB/s\")")
+            raise TopologyError(f'{field} {value!r} is not a bandwidth (e.g. "10 Gbit/s", "1.25 GB/s")')
         number = float(match.group(1))
         unit = (match.group(2) or "B/s").lower()
         if unit not in _UNIT_BYTES:
-            raise TopologyError(f"{field} {value!r} has an unknown unit {match.group(2)!r}; "
-                                "use B/s, KB/s, MB/s, GB/s, KiB/s, Mbit/s, Gbit/s, ...")
+            raise TopologyError(
+                f"{field} {value!r} has an unknown unit {match.group(2)!r}; use B/s, KB/s, MB/s, GB/s, KiB/s, Mbit/s, Gbit/s, ..."
+            )
         number *= _UNIT_BYTES[unit]
     else:
         raise TopologyError(f"{field} must be a number of bytes/s or a string with a unit, got {value!r}")
@@ -60,4 +74,4 @@ def parse_memory_bytes(value: Any, field: str) -> float:
         if match:
             scale = {"gb": 1e9, "gib": 1024.0**3, "mb": 1e6, "mib": 1024.0**2, "tb": 1e12}
             return float(match.group(1)) * scale[(match.group(2) or "GB").lower()]
-    raise TopologyError(f"{field} {value!r} is not a memory size (e.g. 24 or \"24 GB\")")
+    raise TopologyError(f'{field} {value!r} is not a memory size (e.g. 24 or "24 GB")')

@@ -26,7 +26,17 @@ from helix_jax.workload.lengths import (
 from helix_jax.workload.shape import WorkloadShape, sampled_resident_kv_tokens
 
 __all__ = [
-    "MAX_OUTPUT_TOKENS", "MAX_PROMPT_TOKENS", "AzureConversationLengths", "FixedLengths", "LengthSampler",
-    "TraceLengths", "WorkloadShape", "length_sampler", "load_arrival_counts", "poisson_arrivals",
-    "sampled_resident_kv_tokens", "seeded_arrivals", "shaped_arrivals",
+    "MAX_OUTPUT_TOKENS",
+    "MAX_PROMPT_TOKENS",
+    "AzureConversationLengths",
+    "FixedLengths",
+    "LengthSampler",
+    "TraceLengths",
+    "WorkloadShape",
+    "length_sampler",
+    "load_arrival_counts",
+    "poisson_arrivals",
+    "sampled_resident_kv_tokens",
+    "seeded_arrivals",
+    "shaped_arrivals",
 ]

@@ -28,8 +28,7 @@ def poisson_arrivals(rate_per_s: float | None, rng: random.Random, start_s: floa
         yield t
 
 
-def shaped_arrivals(counts: Sequence[int], interval_s: float, rate_per_s: float | None,
-                    rng: random.Random) -> Iterator[float]:
+def shaped_arrivals(counts: Sequence[int], interval_s: float, rate_per_s: float | None, rng: random.Random) -> Iterator[float]:
     """Endless arrival times whose intensity in interval i is `rate * counts[i] / mean(counts)`
     (the trace is repeated when it runs out): a trace's burstiness at a chosen mean rate."""
     if rate_per_s is None or not rate_per_s > 0:
@@ -42,7 +41,7 @@ def shaped_arrivals(counts: Sequence[int], interval_s: float, rate_per_s: float 
     scale = rate_per_s * len(counts) / total
     t, i = 0.0, 0
     while True:
-        start = (i * interval_s)
+        start = i * interval_s
         intensity = counts[i % len(counts)] * scale
         t = max(t, start)
         end = start + interval_s
@@ -58,8 +57,7 @@ def shaped_arrivals(counts: Sequence[int], interval_s: float, rate_per_s: float 
 ARRIVAL_SEED_OFFSET = 7919  # arrivals draw from their own stream, apart from the lengths
 
 
-def seeded_arrivals(rate_per_s: float | None, counts: Sequence[int] | None, interval_s: float,
-                    seed: int) -> Iterator[float]:
+def seeded_arrivals(rate_per_s: float | None, counts: Sequence[int] | None, interval_s: float, seed: int) -> Iterator[float]:
     """The open-loop arrival process the simulator and the live bench share: `shaped_arrivals`
     when a trace's `counts` are given, else `poisson_arrivals`, seeded from `seed`."""
     rng = random.Random(seed + ARRIVAL_SEED_OFFSET)

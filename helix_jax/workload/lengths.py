@@ -40,8 +40,7 @@ class LengthSampler(Protocol):
         ...
 
     @property
-    def mean_lengths(self) -> tuple[float, float]:
-        ...
+    def mean_lengths(self) -> tuple[float, float]: ...
 
     @property
     def shape(self) -> WorkloadShape:
@@ -61,12 +60,12 @@ class AzureConversationLengths:
     """
 
     name: str = "azure-conv"
-    short_weight: float = 0.46       # short chats: lognormal prompt and output
+    short_weight: float = 0.46  # short chats: lognormal prompt and output
     short_prompt_median: float = 300.0
     short_prompt_sigma: float = 0.55
     short_output_median: float = 100.0
     short_output_sigma: float = 0.56
-    long_weight: float = 0.487       # long chats: normal prompt, two-part output
+    long_weight: float = 0.487  # long chats: normal prompt, two-part output
     long_prompt_mean: float = 1080.0
     long_prompt_sd: float = 120.0
     long_output_peak: float = 415.0
@@ -90,8 +89,7 @@ class AzureConversationLengths:
         else:
             prompt = rng.uniform(*self.tail_prompt_range)
             output = rng.lognormvariate(math.log(self.tail_output_median), 0.5)
-        return (min(MAX_PROMPT_TOKENS, max(8, round(prompt))),
-                min(MAX_OUTPUT_TOKENS, max(1, round(output))))
+        return (min(MAX_PROMPT_TOKENS, max(8, round(prompt))), min(MAX_OUTPUT_TOKENS, max(1, round(output))))
 
     @property
     def mean_lengths(self) -> tuple[float, float]:
@@ -110,8 +108,7 @@ class FixedLengths:
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1 or self.output_tokens < 1:
-            raise ConfigError(f"fixed lengths must be positive, got prompt {self.prompt_tokens} "
-                              f"and output {self.output_tokens}")
+            raise ConfigError(f"fixed lengths must be positive, got prompt {self.prompt_tokens} and output {self.output_tokens}")
 
     def sample(self, rng: random.Random) -> tuple[int, int]:
         return self.prompt_tokens, self.output_tokens
@@ -146,7 +143,7 @@ class TraceLengths:
         """The trace's own moments (the code trace: prompts 1379, outputs 27.5, ratio 5.0)."""
         mean_prompt, mean_output = self.mean_lengths
         second = sum(o * o for o in self.outputs) / len(self.outputs)
-        return WorkloadShape(mean_prompt, mean_output, max(1.0, second / mean_output ** 2))
+        return WorkloadShape(mean_prompt, mean_output, max(1.0, second / mean_output**2))
 
     @classmethod
     def load(cls, path: str | Path) -> "TraceLengths":
@@ -159,8 +156,7 @@ class TraceLengths:
         return cls(tuple(prompts), tuple(outputs), name=Path(path).stem)
 
 
-def length_sampler(trace: str | Path | None = None, prompt_tokens: int | None = None,
-                   output_tokens: int | None = None) -> LengthSampler:
+def length_sampler(trace: str | Path | None = None, prompt_tokens: int | None = None, output_tokens: int | None = None) -> LengthSampler:
     """The lengths a bench run uses: a trace file, fixed lengths, or the built-in generator."""
     if trace is not None:
         return TraceLengths.load(trace)
@@ -179,8 +175,7 @@ def read_csv_rows(path: str | Path, columns: tuple[str, ...]) -> list[tuple[int,
         reader = csv.DictReader(fh)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
-            raise ConfigError(f"{p.name} lacks the column(s) {', '.join(missing)} "
-                              f"(has {', '.join(reader.fieldnames or []) or 'none'})")
+            raise ConfigError(f"{p.name} lacks the column(s) {', '.join(missing)} (has {', '.join(reader.fieldnames or []) or 'none'})")
         rows = [(n + 2, row) for n, row in enumerate(reader)]
     if not rows:
         raise ConfigError(f"{p.name} has no rows")

@@ -50,8 +50,7 @@ class WorkloadShape:
             return cls()
         names = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(raw, dict) or set(raw) - names:
-            raise ConfigError(f"a workload shape is an object with the fields {', '.join(sorted(names))}, "
-                              f"got {raw!r}")
+            raise ConfigError(f"a workload shape is an object with the fields {', '.join(sorted(names))}, got {raw!r}")
         try:
             return cls(**{k: float(v) for k, v in raw.items()})
         except (TypeError, ValueError):
@@ -64,8 +63,10 @@ class WorkloadShape:
         return placement.workload or cls()
 
     def describe(self) -> str:
-        return (f"mean prompt {self.mean_prompt_tokens:.0f} tokens, mean output {self.mean_output_tokens:.1f} "
-                f"tokens, E(o^2)/E(o)^2 {self.output_length_second_moment_ratio:.2f}")
+        return (
+            f"mean prompt {self.mean_prompt_tokens:.0f} tokens, mean output {self.mean_output_tokens:.1f} "
+            f"tokens, E(o^2)/E(o)^2 {self.output_length_second_moment_ratio:.2f}"
+        )
 
     @property
     def prompt_per_output(self) -> float:
