@@ -124,13 +124,13 @@ def smollm2_answers(smollm2_local):
     return SMOLLM2_QUESTIONS, prompts, answers
 
 
-# Files that start worker processes, Ray or the real model: under `pytest -n 2` (make test) each
-# file runs whole on one xdist worker (its module fixtures built once), these first so that no
-# long file starts last; the two real-model files share a group and so the compiled SmolLM2.
+# Files that start worker processes, Ray or the real model: under `pytest -n 2 --dist loadfile`
+# (make test) each file runs whole on one xdist worker (its module fixtures built once), and these
+# go first, longest first, so that no long file starts last.
 HEAVY_FILES = (
     "test_real_deploy.py",
-    "test_gguf_model.py",
     "test_ray_deploy.py",
+    "test_gguf_model.py",
     "test_serve_security.py",
     "test_deploy_cli.py",
     "test_serve_failures.py",
@@ -141,16 +141,11 @@ HEAVY_FILES = (
     "test_paged_kv.py",
     "test_model_engine.py",
 )
-SHARED_GROUPS = {"test_gguf_model.py": "test_real_deploy.py"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         name = item.path.name
         return HEAVY_FILES.index(name) if name in HEAVY_FILES else len(HEAVY_FILES)
 
     items.sort(key=rank)  # stable: the order within a file is kept
-    for item in items:
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(item.path.name, item.path.name)))
