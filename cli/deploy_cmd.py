@@ -80,7 +80,7 @@ def _interrupt(*_: Any) -> None:
 
 def print_launch_plan(cfg: Any, ray_address: str | None) -> None:
     """--dry-run: what would be launched where."""
-    from helix_jax.runtime.deploy import is_local_host
+    from helix_jax.runtime.worker_process import is_local_host
 
     table = Table(title=f"would launch {len(cfg.placement.ranges)} workers of {cfg.model.name}")
     for col in ("node", "host", "layers", "launched as"):

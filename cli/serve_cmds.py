@@ -105,8 +105,8 @@ def validate_deploy(
     """The deploy workflow's first step: (topology, model config, weights source), or ConfigError."""
     from helix_jax.model.weights import default_weights_source
     from helix_jax.modelconfig import resolve_model
-    from helix_jax.runtime.deploy import is_local_host
     from helix_jax.runtime.security import check_insecure
+    from helix_jax.runtime.worker_process import is_local_host
 
     topology = load_topology(topology_path or default_topology_path())
     if not secure:  # before planning: one clear error, nothing started

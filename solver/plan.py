@@ -41,6 +41,7 @@ from helix_jax.solver.classes import NodeClasses
 from helix_jax.solver.classflow import class_max_flow
 from helix_jax.solver.deadline import Deadline
 from helix_jax.solver.explain import CutElement, Explanation, explain  # noqa: F401  (re-exported)
+from helix_jax.solver.feasible import check_feasible, within_cap  # noqa: F401  (re-exported)
 from helix_jax.solver.maxflow import placement_with_flows
 from helix_jax.topology import Topology
 
@@ -58,36 +59,6 @@ FIXPOINT_SHARE = 0.15  # of the remaining time for the link-blind LP fix-point
 PATTERN_SHARE = 0.5  # of the remaining time for the pattern bound and stage placements (patterns.py)
 PATTERN_BOUND_SHARE = 0.2  # ... for the pattern bound alone, when windows are the answer
 FINAL_SHARE, FINAL_MAX_S = 0.05, 3.0  # kept back for the final load-spreading max-flow
-
-
-def check_feasible(topology: Topology, cost_model: CostModel, fill_memory: bool = False) -> None:
-    """Raise InfeasibleError when no composition of the nodes can hold every layer once, each
-    node within `max_layers` (or, with `fill_memory`, within `memory_max_layers`: sp)."""
-    model = topology.model
-    limit = cost_model.memory_max_layers if fill_memory else cost_model.max_layers
-    per_type = {}
-    for node in topology.nodes:
-        per_type.setdefault(node.gpu, [0, limit(node.gpu)])[0] += 1
-    detail = ", ".join(f"{n} x {gpu} (max {top} layers each)" for gpu, (n, top) in sorted(per_type.items()))
-    if all(top == 0 for _, top in per_type.values()):
-        raise InfeasibleError(
-            f"no GPU in this cluster can hold one layer of {model.name} "
-            f"({model.weight_bytes_per_layer / 1e9:.2f} GB of weights per layer): {detail}"
-        )
-    total = sum(n * top for n, top in per_type.values())
-    if total < model.num_layers:
-        hard = sum(cost_model.memory_max_layers(node.gpu) for node in topology.nodes)
-        beyond = f"; filling memory past that cap (--method sp) would fit {hard}" if not fill_memory and hard >= model.num_layers else ""
-        where = "with memory filled with weights" if fill_memory else "with weights in half of each GPU's memory"
-        raise InfeasibleError(
-            f"the cluster holds at most {total} of the {model.num_layers} layers of {model.name} "
-            f"{where}: {detail}; add nodes or use a smaller model{beyond}"
-        )
-
-
-def within_cap(topology: Topology, cost_model: CostModel, ranges: dict[str, tuple[int, int]]) -> bool:
-    """Whether every node holds at most the planner's `max_layers` (the MILP's search space)."""
-    return all(e - s <= cost_model.max_layers(topology.node(n).gpu) for n, (s, e) in ranges.items())
 
 
 def plan(

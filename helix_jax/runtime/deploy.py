@@ -17,12 +17,9 @@ which rejoins once warm.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,44 +32,16 @@ from helix_jax.errors import HelixError
 from helix_jax.runtime.coordinator import Coordinator, ServeConfig
 from helix_jax.runtime.restarts import RestartBudget
 from helix_jax.runtime.security import write_connection_file
+from helix_jax.runtime.worker_process import (
+    WorkerProcess,
+    is_local_host,
+    spawn_worker,
+    tail_log,
+    worker_command,
+)
 from helix_jax.runtime.workflow import StepFailed, current_step, failed_step, progress_of, write_deployment_json
 
 logger = logging.getLogger(__name__)
-
-LOCAL_HOSTS = {None, "", "127.0.0.1", "localhost", "::1", "0.0.0.0"}
-# several CPU workers on one machine: one compute thread each instead of a spinning pool per
-# process (measured: 24.5 -> 37.7 tok/s for SmolLM2 on 3 workers, 2 cores)
-SHARED_CPU_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false"
-
-
-def is_local_host(host: str | None) -> bool:
-    """Whether a node's `host` field names this machine."""
-    if host in LOCAL_HOSTS:
-        return True
-    assert host is not None
-    names = {socket.gethostname(), socket.getfqdn()}
-    if host in names:
-        return True
-    try:
-        return socket.gethostbyname(host) in {"127.0.0.1", socket.gethostbyname(socket.gethostname())}
-    except OSError:
-        return False
-
-
-def worker_command(control_endpoint: str, node: str, parent_pid: int | None = None, keys_file: Path | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "helix_jax.cli.main", "worker", "--coordinator", control_endpoint, "--node", node]
-    if keys_file is not None:
-        cmd += ["--keys", str(keys_file)]
-    if parent_pid is not None:
-        cmd += ["--parent-pid", str(parent_pid)]
-    return cmd
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerProcess:
-    node: str
-    process: subprocess.Popen
-    log_path: Path
 
 
 class LocalDeployment:
@@ -203,19 +172,9 @@ class LocalDeployment:
 
     def _spawn(self, node: str, log_path: Path) -> WorkerProcess:
         assert self.coordinator is not None
-        env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"), **self.worker_env}
         local = sum(is_local_host(self.config.topology.node(n).host) for n in self.config.placement.ranges)
-        if env["JAX_PLATFORMS"] == "cpu" and local > 1 and "XLA_FLAGS" not in env:
-            env["XLA_FLAGS"] = SHARED_CPU_XLA_FLAGS  # several workers share this CPU
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(
-                worker_command(self.coordinator.control_endpoint, node, os.getpid(), self.keys_file(node)),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        worker = WorkerProcess(node, proc, log_path)
+        command = worker_command(self.coordinator.control_endpoint, node, os.getpid(), self.keys_file(node))
+        worker = spawn_worker(node, command, log_path, self.worker_env, shared_cpu=local > 1)
         self.workers.append(worker)
         return worker
 
@@ -234,7 +193,7 @@ class LocalDeployment:
                 phase = coord.phases.get(node, (None, 0.0))[0]
                 raise StepFailed(
                     failed_step(phase),
-                    f"worker exited with code {code} (log {log}): {self._tail(log, 1) or 'no output'}",
+                    f"worker exited with code {code} (log {log}): {tail_log(log, 1) or 'no output'}",
                     node,
                     self.host_of(node),
                 )
@@ -319,10 +278,3 @@ class LocalDeployment:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    @staticmethod
-    def _tail(path: Path, lines: int = 15) -> str:
-        try:
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"

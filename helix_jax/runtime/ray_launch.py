@@ -28,8 +28,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from helix_jax.runtime.deploy import SHARED_CPU_XLA_FLAGS, LocalDeployment
+from helix_jax.runtime.deploy import LocalDeployment
 from helix_jax.runtime.security import is_loopback
+from helix_jax.runtime.worker_process import SHARED_CPU_XLA_FLAGS
 from helix_jax.runtime.workflow import StepFailed
 
 logger = logging.getLogger(__name__)
@@ -68,8 +69,8 @@ class WorkerActor:
     def __init__(self, node: str, coordinator: str, keys: dict[str, Any] | None, advertise: str, env: dict[str, str]) -> None:
         import ray
 
-        from helix_jax.runtime.deploy import worker_command
         from helix_jax.runtime.security import WorkerKeys, write_private_json
+        from helix_jax.runtime.worker_process import worker_command
 
         self.node = node
         ctx = ray.get_runtime_context()
