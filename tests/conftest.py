@@ -18,6 +18,13 @@ if "HELIX_COMPILE_CACHE" not in os.environ:  # before anything imports jax or st
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # the tiny models' programs too
 
+# under `pytest -n 2` (make test) each xdist worker computes on one thread (XLA's Eigen pool and
+# torch's), so the two workers and the deployments they start share the two cores without
+# oversubscribing them; deploy already gives each local worker process one XLA thread
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # deployments started without --state-dir keep their keys here, one directory per process (so
 # the two xdist workers never share one), not under the user's ~/.cache
 os.environ["HELIX_DEPLOYMENTS"] = tempfile.mkdtemp(prefix="helix-deployments-")
