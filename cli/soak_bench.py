@@ -51,6 +51,7 @@ class Tally:
         self.slowest_s = 0.0
         self.slowest: dict[str, Any] = {}  # how the slowest request ended
         self.over_10_s = 0  # requests that took longer than 10 s, whatever their end
+        self.spans: list[tuple[float, float]] = []  # (start, end) of every request that took over 0.5 s
 
     def add(self, key: str, error: str | None = None) -> None:
         with self.lock:
@@ -91,8 +92,21 @@ def user(endpoint_keys: tuple[str, Any], tally: Tally, stop: threading.Event, se
             took = time.monotonic() - started
             with tally.lock:
                 tally.over_10_s += took > 10.0
+                if took > 0.5:
+                    tally.spans.append((started, started + took))
                 if took > tally.slowest_s:
                     tally.slowest_s, tally.slowest = took, {"outcome": outcome, "started": started}
+
+
+def after_fault_seconds(spans: list[tuple[float, float]], fault_times: list[float]) -> list[float]:
+    """For each request (start, end) that a fault struck while in flight: end - the last such fault."""
+    out = []
+    ordered = sorted(fault_times)
+    for start, end in spans:
+        hit = [t for t in ordered if start <= t <= end]
+        if hit:
+            out.append(end - hit[-1])
+    return out
 
 
 def faults(dep: Any, stop: threading.Event, every_s: float, stop_for_s: float, log: list, seed: int) -> None:
@@ -164,6 +178,7 @@ def main() -> None:
             "faults_during": sum(began_at <= f["t"] <= began_at + tally.slowest_s for f in log),
             "started_after_last_fault_s": began_at - faults_before[-1] if faults_before else None,
         }
+        after_fault = after_fault_seconds(tally.spans, [f["t"] for f in log])
         result = {
             "duration_s": args.duration_s,
             "ready_s": ready_s,
@@ -173,6 +188,11 @@ def main() -> None:
             "slowest_request_s": tally.slowest_s,
             "slowest_request": slowest,
             "requests_over_10_s": tally.over_10_s,
+            # of the requests in flight when a fault struck: how long the slowest took to end after
+            # the last fault it saw (streamed on, resumed or failed), and how many took over 10 s
+            "requests_hit_by_a_fault": len(after_fault),
+            "longest_after_fault_s": max(after_fault, default=0.0),
+            "hung_past_10_s_after_a_fault": sum(t > 10.0 for t in after_fault),
             "ready_after_stop_s": ready_after_s,
             "faults": len(log),
             "kills": sum(f["signal"] == "SIGKILL" for f in log),
