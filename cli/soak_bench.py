@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -40,6 +41,9 @@ QUESTIONS = [
     "What is a GPU?",
     "Why is the sky blue?",
 ]
+
+
+REQUEST_ID = re.compile(r"'r[0-9a-f]{16}'")
 
 
 class Tally:
@@ -88,7 +92,8 @@ def user(endpoint_keys: tuple[str, Any], tally: Tally, stop: threading.Event, se
                 text = str(exc)
                 lost = "no reply within" in text
                 outcome = f"{type(exc).__name__}: {text[:160]}"
-                tally.add("lost" if lost else ("failed_poison" if poison else "failed_clear"), f"{type(exc).__name__}: {text[:90]}")
+                kind = REQUEST_ID.sub("'r…'", f"{type(exc).__name__}: {text}")[:90]  # one key per kind, not per request
+                tally.add("lost" if lost else ("failed_poison" if poison else "failed_clear"), kind)
             took = time.monotonic() - started
             with tally.lock:
                 tally.over_10_s += took > 10.0
