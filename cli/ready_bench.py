@@ -8,7 +8,7 @@ compiled its buckets. On Ray the same topology's nodes are moved to hosts h0/h1/
 of a local 3-node Ray cluster (`ray.cluster_utils.Cluster` on 127.0.0.1, one CPU per node,
 workers at niceness 0), started once beforehand; its start-up is reported, not counted. Local
 and Ray alternate for `--rounds` rounds; each records the 1-minute load average. Compiled
-programs come from the XLA cache as on any redeploy (`--cold`: HELIX_XLA_CACHE=off, a first
+programs come from the XLA cache as on any redeploy (`--cold`: HELIX_COMPILE_CACHE=off, a first
 deploy).
 
   python -m helix_jax.cli.ready_bench [--rounds 3] [--cold] [--json FILE]
@@ -86,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     from helix_jax.cli.serve_cmds import serve_config
 
-    env = {"HELIX_XLA_CACHE": "off"} if args.cold else {}
+    env = {"HELIX_COMPILE_CACHE": "off"} if args.cold else {}
     cluster, ray_start_s = ray_cluster()
     out: dict = {"cold": args.cold, "ray_cluster_start_s": ray_start_s, "rounds": []}
     try:

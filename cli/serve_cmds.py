@@ -200,11 +200,8 @@ def worker(
 ) -> None:
     """Join a deployment: register, load and warm up the assigned layers, then serve."""
     logging.getLogger().setLevel(os.environ.get("HELIX_LOG", "INFO").upper())
-    # compiled buckets persist across runs: a re-deploy warms up in seconds, not minutes
-    cache = os.environ.get("HELIX_XLA_CACHE", str(Path.home() / ".cache" / "helix-jax" / "xla"))
-    if cache != "off":
-        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
-        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    # compiled buckets persist across runs (the engine turns on helix_jax/model/compile_cache.py,
+    # HELIX_COMPILE_CACHE): a re-deploy warms up in seconds, not minutes
     from helix_jax.runtime.security import WorkerKeys
     from helix_jax.runtime.worker import WorkerOptions, run_worker
 

@@ -34,7 +34,7 @@ from helix_jax.placement import Placement
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment
 from helix_jax.solver.maxflow import survivor_flows
-from helix_jax.testing import InProcessCluster, fake_generation
+from helix_jax.testing import InProcessCluster, fake_generation, wait_until
 from helix_jax.topology import load_topology, tiny_topology_path
 
 HEARTBEAT_TIMEOUT_S = 5.0  # the hung worker is found after this; the others heartbeat every 1 s, even on a loaded machine
@@ -176,6 +176,43 @@ def test_a_fresh_exit_worker_brings_the_deployment_back(deployment: InProcessClu
         assert list(res.ids) == expected(prompt, 6)
         assert res.route[-1][0] == "cpu-1"
     assert {res.route[0][0] for res in results} == {"cpu-0", "cpu-2"}
+
+
+def test_a_coordinator_busy_past_the_timeout_takes_out_no_healthy_worker(cpu_small_placement: Placement) -> None:
+    """A re-plan that keeps the coordinator's loop busy for longer than the heartbeat timeout
+    (a solver on a loaded machine) must not take out the workers whose heartbeats waited in its
+    socket meanwhile. The re-plan here returns only after cpu-0 and cpu-1 have each sent four
+    more heartbeats (over 3 s of their 1 s period, against a 2.5 s timeout): counted, not slept."""
+    plan = functools.partial(survivor_flows, TOPOLOGY, cpu_small_placement)
+    cluster: list[InProcessCluster] = []
+
+    def slow_plan(down: frozenset[str]) -> Placement:
+        live = [cluster[0].worker(n).worker for n in ("cpu-0", "cpu-1")]
+        marks = [w.heartbeats_sent for w in live]
+        wait_until(lambda: all(w.heartbeats_sent >= m + 4 for w, m in zip(live, marks)), "4 heartbeats of cpu-0 and cpu-1")
+        return plan(down)
+
+    cfg = ServeConfig(
+        TOPOLOGY,
+        cpu_small_placement,
+        TOPOLOGY.model,
+        weights="random:0",
+        max_seq_len=128,
+        kv_tokens=16 * 128,
+        heartbeat_timeout_s=2.5,
+        flow_planner=slow_plan,
+    )
+    with InProcessCluster(cfg, TOKENIZER) as dep:
+        cluster.append(dep.wait_ready())
+        coord = dep.coordinator
+        assert coord is not None
+        dep.kill("cpu-2")  # reported like a process exit: out of service, then the slow re-plan
+        dep.wait_until(lambda: "cpu-2" in coord.stats()["down_nodes"], "cpu-2 out of service")
+        results = _run_all(dep.client_endpoint, [(p, 4, None) for p in PROMPTS[:2]])  # loop turns after the re-plan
+        for prompt, res in zip(PROMPTS, results):
+            assert not isinstance(res, Exception), res
+            assert list(res.ids) == expected(prompt, 4)
+        assert list(coord.stats()["down_nodes"]) == ["cpu-2"]
 
 
 # ---------------------------------------------------------------- real processes

@@ -159,11 +159,11 @@ class Coordinator:
                     due = check if due is None else min(due, check)
                 timeout_ms = None if due is None else math.ceil(max(0.0, (due - time.perf_counter()) * 1000.0))
                 events = dict(poller.poll(timeout_ms))
+                polled_at = time.perf_counter()  # every message that arrived by now is drained below
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
                 while self._reported:
                     failover.node_down(self, *self._reported.popleft())
-                failover.check_heartbeats(self)
                 secure = self.keys is not None
                 if self._control in events:
                     wire.drain(
@@ -173,6 +173,9 @@ class Coordinator:
                     wire.drain(self._data, lambda _i, m: requests.on_data(self, m), secure=secure, on_reject=self._dropped)
                 if self._client in events:
                     wire.drain(self._client, functools.partial(requests.on_client, self), routed=True, on_reject=self._reject_client)
+                # after the drain: a heartbeat that waited in the socket while the loop was busy
+                # (a slow re-plan on a loaded machine) counts, so only true silence takes a node out
+                failover.check_heartbeats(self, polled_at)
                 self._timers.fire(time.perf_counter(), self._push_now)
         finally:
             self._close()

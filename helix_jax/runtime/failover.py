@@ -50,11 +50,14 @@ def pruned_flows(placement: Placement, down: frozenset[str]) -> Placement:
     return dataclasses.replace(placement, flows=flows, objective_tokens_per_s=value)
 
 
-def check_heartbeats(coord: Coordinator) -> None:
-    now = time.perf_counter()
-    if coord.scheduler is None or now < coord._next_heartbeat_check:
+def check_heartbeats(coord: Coordinator, polled_at: float) -> None:
+    """Take out of service every node silent for more than the heartbeat timeout, judged at
+    `polled_at`: the loop's last look at its sockets, whose messages have all been handled, so
+    time the loop itself spent busy (a re-plan) is never mistaken for a worker's silence."""
+    now = polled_at
+    if coord.scheduler is None or time.perf_counter() < coord._next_heartbeat_check:
         return  # the loop wakes per message batch; twice per heartbeat period is enough
-    coord._next_heartbeat_check = now + wire.HEARTBEAT_INTERVAL_S / 2
+    coord._next_heartbeat_check = time.perf_counter() + wire.HEARTBEAT_INTERVAL_S / 2
     health.check_resumes(coord)
     limit = coord.config.heartbeat_timeout_s
     for node, heard in list(coord._last_heard.items()):

@@ -108,6 +108,7 @@ class Worker(WorkerJoin):
                 if dropped:
                     report["dropped"] = dropped
                 wire.send(self._control, wire.make("heartbeat", node=self.options.node, **report))
+                self.heartbeats_sent += 1
                 next_heartbeat = now + wire.HEARTBEAT_INTERVAL_S
             wake = [t for t in (self._timers.next_due, self._busy_until if self._held else None) if t is not None]
             wake.append(next_heartbeat)

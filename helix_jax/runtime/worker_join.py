@@ -90,6 +90,7 @@ class WorkerJoin:
         self._phase = "load"  # the warm-up phase in progress (reported to the coordinator)
         self._stalled = False
         self.steps_run = 0
+        self.heartbeats_sent = 0  # while serving (tests wait on it instead of the clock)
         self.real_busy_s = self.emulated_busy_s = 0.0
         self.overruns = 0
         self._reported_steps, self._reported_busy_s = 0, 0.0  # at the last heartbeat
