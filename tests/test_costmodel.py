@@ -207,3 +207,20 @@ def test_workload_shape_changes_capacity() -> None:
     topo = topology_from_dict({"model": "llama-2-70b", "nodes": [{"name": "a", "gpu": "A100-40GB"}]})
     heavy_prompts = CostModel(topo, WorkloadShape(mean_prompt_tokens=2000, mean_output_tokens=50))
     assert heavy_prompts.capacity_tokens_per_s("A100-40GB", 8) < CostModel(topo).capacity_tokens_per_s("A100-40GB", 8)
+
+
+def test_a_type_states_its_own_prompt_budget_per_step() -> None:
+    """`max_prompt_tokens_per_step` in gpu_types wins over the derived budget, is inherited
+    through based_on, and the shipped default cluster chunks prompts to 16 tokens per step."""
+    doc = {
+        "model": "llama-2-70b",
+        "gpu_types": {"A100-chunky": {"based_on": "A100-80GB", "max_prompt_tokens_per_step": 32}, "A100-copy": {"based_on": "A100-80GB"}},
+        "nodes": [{"name": "a", "gpu": "A100-chunky"}, {"name": "b", "gpu": "A100-copy"}, {"name": "c", "gpu": "A100-80GB"}],
+    }
+    cm = CostModel(topology_from_dict(doc))
+    assert cm.max_prompt_tokens_per_step("A100-chunky") == 32
+    assert cm.max_prompt_tokens_per_step("A100-copy") == cm.max_prompt_tokens_per_step("A100-80GB") == 128
+    small = CostModel(load_topology(TOPOLOGIES / "cpu-small.json"))
+    assert [small.max_prompt_tokens_per_step(g) for g in ("CPU-big", "CPU-small")] == [16, 16]
+    with pytest.raises(TopologyError, match="max_prompt_tokens_per_step"):
+        topology_from_dict({**doc, "gpu_types": {"A100-chunky": {"based_on": "A100-80GB", "max_prompt_tokens_per_step": 0}}})

@@ -139,8 +139,11 @@ class MemoryModel:
     def max_prompt_tokens_per_step(self, gpu_type: str) -> int:
         """Prompt tokens one batch step of a node of this type may take (longer prompts are
         prefilled in chunks over several steps): as many as the activation reserve holds, at
-        most `MAX_PROMPT_TOKENS_CAP`; `TABLE_MAX_PROMPT_TOKENS` for an explicit table."""
+        most `MAX_PROMPT_TOKENS_CAP`; `TABLE_MAX_PROMPT_TOKENS` for an explicit table; the
+        type's own `max_prompt_tokens_per_step` where the topology states one."""
         gpu = self._gpu(gpu_type)
+        if gpu.max_prompt_tokens_per_step is not None:
+            return gpu.max_prompt_tokens_per_step
         if gpu.capacity_tokens_per_s is not None:
             return TABLE_MAX_PROMPT_TOKENS
         per_token = ACTIVATION_BYTES_FACTOR * self.model.intermediate_size * self.model.bytes_per_param

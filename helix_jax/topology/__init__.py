@@ -24,6 +24,11 @@ File format (all fields but `model` and `nodes` optional)::
       }
     }
 
+`max_prompt_tokens_per_step` (a GPU type's) caps the prompt tokens one batch step of its nodes
+takes: longer prompts are prefilled in chunks over several steps, mixed with decode rows, in the
+simulator and in the workers alike. Without it the cost model derives the budget from activation
+memory (at most 128 tokens), or allows 2,048 for a type given only by an explicit table.
+
 `count` expands an entry to `name-0 .. name-{count-1}`. `price_per_hour` (per GPU node, in any
 currency, >= 0) is read only by `plan --shop`, where a file is a *pool* of GPUs one can rent:
 `count` is how many are available and the shop chooses how many to take (solver/shop.py).

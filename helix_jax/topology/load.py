@@ -77,6 +77,11 @@ def _build_gpu_types(spec: TopologySpec, base_dir: Path) -> dict[str, GpuType]:
             max_layers=max_layers if max_layers is not None else (base.max_layers if base else None),
             capacity_tokens_per_s=table if table is not None else (base.capacity_tokens_per_s if base else None),
             profile_path=profile if profile is not None else (base.profile_path if base else None),
+            max_prompt_tokens_per_step=(
+                t.max_prompt_tokens_per_step
+                if t.max_prompt_tokens_per_step is not None
+                else (base.max_prompt_tokens_per_step if base else None)
+            ),
         )
     return types
 

@@ -31,6 +31,7 @@ class GpuType:
     max_layers: int | None = None  # explicit override of the cost model
     capacity_tokens_per_s: tuple[float, ...] | None = None  # tokens/s holding 1..N layers
     profile_path: str | None = None  # measured latency profile (helix-jax profile)
+    max_prompt_tokens_per_step: int | None = None  # prefill chunk budget per step; None: the cost model's
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ class GpuTypeSpec(_Strict):
     max_layers: int | None = Field(default=None, ge=1)
     capacity_tokens_per_s: list[float] | None = None
     profile: str | None = None
+    max_prompt_tokens_per_step: int | None = Field(default=None, ge=1)  # chunked prefill budget
     based_on: str | None = None  # start from a catalog type and override some fields
 
     @field_validator("capacity_tokens_per_s")
