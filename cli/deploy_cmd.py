@@ -30,13 +30,12 @@ from helix_jax.cli.http_cmds import API_KEY_HELP, KEY_QUEUE_SHARE_HELP
 from helix_jax.errors import ConfigError, HelixError
 from helix_jax.runtime.workflow import STEP_TITLES, StepFailed, StepProgress
 
-console = Console()
-
 
 class Flow:
-    """Prints each step as it finishes; turns an error inside a step into StepFailed."""
+    """Prints each step as it finishes on `console`; turns an error inside a step into StepFailed."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Console) -> None:
+        self.console = console
         self.started = time.monotonic()
         self._done: set[str] = set()
 
@@ -53,7 +52,7 @@ class Flow:
 
     def finished(self, name: str, detail: str, seconds: float) -> None:
         self._done.add(name)
-        console.print(f"[green]✓[/] {STEP_TITLES[name]:<16} {detail}  ({seconds:.1f} s)", soft_wrap=True)
+        self.console.print(f"[green]✓[/] {STEP_TITLES[name]:<16} {detail}  ({seconds:.1f} s)", soft_wrap=True)
 
     def on_progress(self, status: Any, began: float) -> Any:
         """The callback of `wait_ready`: a line per step once all nodes passed it, a live status."""
@@ -78,7 +77,7 @@ def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
 
-def print_launch_plan(cfg: Any, ray_address: str | None) -> None:
+def print_launch_plan(console: Console, cfg: Any, ray_address: str | None) -> None:
     """--dry-run: what would be launched where."""
     from helix_jax.runtime.worker_process import is_local_host
 
@@ -161,7 +160,8 @@ def deploy(
     from helix_jax.cli.http_cmds import check_http_options, drain_http, start_http, stop_on_signal
     from helix_jax.cli.serve_cmds import planned_config, print_placement, validate_deploy
 
-    flow = Flow()
+    console = Console()  # this invocation's terminal: its width, colour and COLUMNS as they are now
+    flow = Flow(console)
     sock = None
     with flow.step("validate"):
         if restart_workers < 0:
@@ -192,9 +192,9 @@ def deploy(
             kv_layout,
         )
         cfg = dataclasses.replace(cfg, resume_grace_s=resume_grace_s)
-    print_placement(cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
+    print_placement(console, cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
     if dry_run:
-        print_launch_plan(cfg, ray)
+        print_launch_plan(console, cfg, ray)
         return
     signal.signal(signal.SIGTERM, _interrupt)  # until serving: SIGTERM tears down like Ctrl-C
     state = Path(state_dir or deployments_root() / name).expanduser()
@@ -226,14 +226,14 @@ def deploy(
         with flow.step("serving"):
             client_keys = cfg.keys.client() if cfg.keys is not None else None
             if sock is not None:
-                front = start_http(dep.client_endpoint, codec, sock, api_key, keys=client_keys, key_queue_share=key_queue_share)
+                front = start_http(console, dep.client_endpoint, codec, sock, api_key, keys=client_keys, key_queue_share=key_queue_share)
         console.print(f"serving {cfg.model.name}: client endpoint [bold]{dep.client_endpoint}[/]  (Ctrl-C stops)")
         console.print(f"connection file: {dep.connection_file}", soft_wrap=True)
         console.print(f"try: helix-jax generate --connection {dep.connection_file} --prompt 'Hello' --stream", soft_wrap=True)
         while not stop.wait(1.0):
             pass
         if front is not None:
-            drain_http(front, shutdown_timeout)
+            drain_http(console, front, shutdown_timeout)
             front = None
         console.print("shutting down")
     finally:

@@ -15,9 +15,6 @@ from rich.console import Console
 
 from helix_jax.errors import ConfigError
 
-console = Console()
-
-
 API_KEY_HELP = (
     "Require 'Authorization: Bearer KEY' on /v1; several keys separated by commas, each with "
     "its own share of the queue (env HELIX_API_KEY)."
@@ -39,6 +36,7 @@ def check_http_options(http_port: int, shutdown_timeout: float, api_key: str | N
 
 
 def start_http(
+    console: Console,
     endpoint: str,
     tokenizer: Any,
     sock: Any,
@@ -47,7 +45,7 @@ def start_http(
     keys: Any = None,
     key_queue_share: int | None = None,
 ) -> Any:
-    """The front end on `sock` (from `helix_jax.http.bind_socket`), started; prints its URL.
+    """The front end on `sock` (from `helix_jax.http.bind_socket`), started; prints its URL on `console`.
     `keys`: the ClientKeys of a CURVE deployment (deploy hands over its client keypair)."""
     from helix_jax.http.server import serve_front_end
 
@@ -57,7 +55,7 @@ def start_http(
     return front
 
 
-def drain_http(front: Any, shutdown_timeout: float) -> None:
+def drain_http(console: Console, front: Any, shutdown_timeout: float) -> None:
     console.print(f"draining the HTTP API (up to {shutdown_timeout:g} s for requests in flight)")
     cancelled = front.drain(shutdown_timeout)
     if cancelled:
@@ -99,14 +97,17 @@ def serve_http(
     from helix_jax.modelconfig import is_tiny, resolve_model
 
     check_http_options(http_port, shutdown_timeout, api_key, key_queue_share)
+    console = Console()
     if model is None:
         with Client(endpoint, timeout_s=30) as client:
             model = str(client.info()["model"])
     config = resolve_model(model)
     tokenizer = load_tokenizer(config, None if is_tiny(config) and not os.path.exists(model) else model)
-    front = start_http(endpoint, tokenizer, bind_socket(http_host, http_port), api_key, served_model_name, key_queue_share=key_queue_share)
+    front = start_http(
+        console, endpoint, tokenizer, bind_socket(http_host, http_port), api_key, served_model_name, key_queue_share=key_queue_share
+    )
     wait_for_signal()
-    drain_http(front, shutdown_timeout)
+    drain_http(console, front, shutdown_timeout)
     console.print("stopped")
 
 

@@ -1,6 +1,7 @@
 """`helix-jax` command line (Typer). Each command module parses its options, calls one
-library function and prints; this file only assembles them and turns every `HelixError`
-into one readable line on stderr with a non-zero exit (no traceback)."""
+library function and prints, on a rich Console it makes when it runs (so the terminal's width
+and COLUMNS are read then, not at import); this file only assembles them and turns every
+`HelixError` into one readable line on stderr with a non-zero exit (no traceback)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
 models_app = typer.Typer(help="The model cache: fetch and list real checkpoints.", no_args_is_help=True)
 
 
@@ -26,6 +25,7 @@ def pull(
     from helix_jax.models import cache_dir
     from helix_jax.models import pull as pull_model
 
+    console = Console()
     with console.status(f"fetching {name} into {cache_dir()}"):
         path = pull_model(name, force=force)
     console.print(f"{name}: {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 checked)")
@@ -46,7 +46,7 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON rows.")
     for row in rows:
         size = f"{row['bytes'] / 1e6:.1f} MB" if row["bytes"] else "-"
         table.add_row(str(row["name"]), "yes" if row["present"] else "no (helix-jax models pull)", size, str(row["description"]))
-    console.print(table)
+    Console().print(table)
 
 
 def register(app: typer.Typer) -> None:

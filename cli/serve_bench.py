@@ -7,7 +7,7 @@
 2. Failover on the small CPU topology: concurrent long requests, one worker process killed
    (SIGKILL) while they stream. Reports whether every request finished, how many were resumed
    on another route, the longest pause any client saw between two tokens, and the deployment's
-   decode tokens/s before and after the kill.
+   decode tokens/s before and after the kill (serve_bench_failover.py).
 3. `--emulate` on the paper's 24-node one-region LLaMA-2-70B cluster: 24 worker processes
    compute tiny-80 while pacing every step and transfer to A100/L4/T4 speed x time scale. A
    closed loop keeps the cluster full; decode tokens/s over a window after warm-up (scaled
@@ -27,7 +27,6 @@ The planner lives in solver/, so this script sits in the CLI layer.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import random
 import statistics
@@ -37,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from helix_jax.cli.serve_bench_emulate import bench_emulated
+from helix_jax.cli.serve_bench_failover import bench_failover, print_failover
 from helix_jax.client import Client
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment
@@ -138,67 +138,6 @@ def bench_cpu_small(requests: int, max_tokens: int, secure: bool = False, local:
     }
 
 
-def bench_failover(requests: int, max_tokens: int, kill_after_s: float) -> dict:
-    """cpu-tiny, planned: `requests` concurrent greedy requests of `max_tokens`; the worker that
-    starts the multi-hop route is killed `kill_after_s` after they are sent."""
-    import os
-    import signal
-
-    from helix_jax.model.tokenizer import load_tokenizer
-    from helix_jax.solver.maxflow import survivor_flows
-    from helix_jax.solver.plan import plan
-
-    topo = load_topology(tiny_topology_path())
-    rng = random.Random(2)
-    prompts = [[256] + [rng.randrange(256) for _ in range(15)] for _ in range(requests)]
-    max_seq_len = 16 + max_tokens
-    placement = plan(topo, time_limit_s=10)
-    first_hops = [n for n, (s, _) in placement.ranges.items() if s == 0]
-    victim = next((n for n in first_hops if placement.ranges[n][1] < topo.model.num_layers), first_hops[0])
-    cfg = ServeConfig(
-        topo,
-        placement,
-        topo.model,
-        weights="random:0",
-        max_seq_len=max_seq_len,
-        kv_tokens=requests * max_seq_len,
-        flow_planner=functools.partial(survivor_flows, topo, placement),
-    )
-    with LocalDeployment(cfg, load_tokenizer(topo.model)) as dep:
-        dep.wait_ready()
-        with Client(dep.client_endpoint, timeout_s=600) as client:
-            client.generate(prompts[0], max_tokens=4)  # first requests touch cold paths
-            pid = next(w.process.pid for w in dep.workers if w.node == victim)
-            sent = time.perf_counter()
-            with ThreadPoolExecutor(requests) as pool:
-                futures = [pool.submit(client.generate, p, max_tokens=max_tokens) for p in prompts]
-                time.sleep(kill_after_s)
-                os.kill(pid, signal.SIGKILL)
-                killed = time.perf_counter() - sent
-                results = [f.result() for f in futures]
-        stats = dep.coordinator.stats()
-    stamps = sorted(t for r in results for t in r.timings.token_times_s)
-    before = sum(1 for t in stamps if t < killed)
-    after = [t for t in stamps if t >= killed]
-    gaps = [b - a for r in results for a, b in zip(r.timings.token_times_s, r.timings.token_times_s[1:])]
-    return {
-        "placement": {n: list(r) for n, r in placement.ranges.items()},
-        "killed": victim,
-        "kill_at_s": killed,
-        "requests": requests,
-        "max_tokens": max_tokens,
-        "completed": sum(len(r.ids) == max_tokens or r.finish_reason == "eos" for r in results),
-        "resumed": stats["resumed"],
-        "down_nodes": stats["down_nodes"],
-        "longest_pause_ms": max(gaps) * 1e3,
-        "median_gap_ms": statistics.median(gaps) * 1e3,
-        "tokens_per_s_before": before / killed,
-        "tokens_per_s_after": len(after) / (after[-1] - killed) if len(after) > 1 else 0.0,
-        "flow_before": placement.objective_tokens_per_s,
-        "flow_after": stats["flow_tokens_per_s"],
-    }
-
-
 def bench_http(duration_s: float, warmup_s: float, streams: int, prompt_tokens: int, max_tokens: int) -> dict:
     """cpu-tiny, planned: `helix_jax.bench.live` through the ZeroMQ client and through the HTTP
     front end of the same deployment, one stream at a time and `streams` at once."""
@@ -263,17 +202,7 @@ def main() -> None:
             )
         print(f"[cpu-tiny] pipeline overhead per hop: {r['overhead_per_hop_ms']:.2f} ms")
     if not args.skip_failover:
-        r = bench_failover(16, 200, 0.5)
-        print(
-            f"[failover] cpu-tiny {r['placement']}: {r['requests']} requests of {r['max_tokens']} tokens, "
-            f"worker {r['killed']} killed {r['kill_at_s']:.2f} s after they were sent"
-        )
-        print(
-            f"[failover] {r['completed']}/{r['requests']} finished, {r['resumed']} resumed on another route; "
-            f"longest pause between two tokens {r['longest_pause_ms']:.0f} ms (median gap "
-            f"{r['median_gap_ms']:.1f} ms); decode {r['tokens_per_s_before']:.0f} tok/s before, "
-            f"{r['tokens_per_s_after']:.0f} after; max-flow {r['flow_before']:.0f} -> {r['flow_after']:.0f} tok/s"
-        )
+        print_failover(bench_failover(16, 200, 0.5))
     if not args.skip_http:
         r = bench_http(args.http_seconds, min(5.0, args.http_seconds / 4), 64, 16, 32)
         for c in (1, r["streams"]):

@@ -22,7 +22,6 @@ from helix_jax.topology import Topology, default_topology_path, load_topology
 if TYPE_CHECKING:
     from helix_jax.costmodel import WorkloadShape
 
-console = Console()
 DEMO_QUESTIONS = (
     "What is the capital of France?",
     "What color is the sky on a clear day?",
@@ -174,7 +173,7 @@ def planned_config(
     return cfg, load_tokenizer(config, None if weights.startswith("random:") else weights)
 
 
-def print_placement(placement: Any, topology: Topology, title: str) -> None:
+def print_placement(console: Console, placement: Any, topology: Topology, title: str) -> None:
     table = Table(title=title)
     for col in ("node", "gpu", "layers", "tokens/s through"):
         table.add_column(col)
@@ -224,8 +223,9 @@ def demo(
     from helix_jax.runtime.deploy import LocalDeployment
 
     started = time.perf_counter()
+    console = Console()
     cfg, codec = serve_config(topology, None, None, False, 1.0, "127.0.0.1", 0, None, 256, 10.0)
-    print_placement(cfg.placement, cfg.topology, f"1. placement of {cfg.topology.name} ({cfg.model.name})")
+    print_placement(console, cfg.placement, cfg.topology, f"1. placement of {cfg.topology.name} ({cfg.model.name})")
     with LocalDeployment(cfg, codec) as dep:
         with console.status(f"2. deploying: {len(dep.workers)} worker processes load and compile"):
             dep.wait_ready()
@@ -247,7 +247,10 @@ def demo(
 
         paper = load_topology(PAPER_TOPOLOGY)
         print_placement(
-            plan(paper, time_limit_s=paper_plan_time), paper, f"4. planner on {paper.name} ({paper.model.name}, {len(paper.nodes)} nodes)"
+            console,
+            plan(paper, time_limit_s=paper_plan_time),
+            paper,
+            f"4. planner on {paper.name} ({paper.model.name}, {len(paper.nodes)} nodes)",
         )
         if sim_seconds > 0:
             from helix_jax.cli.bench_cmds import _simulated

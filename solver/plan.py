@@ -20,9 +20,10 @@ max-flow, so the wall time stays within the limit plus the solver's overshoot. N
    the true max-flow. With slow links between regions (regions.py) the zone model's LP bound
    comes first, then the answer is the best placement giving each region one window of layers,
    so a token crosses regions only a few times (the bound holds for any placement);
-5. the best placement found, validated, with `upper_bound_tokens_per_s`, `status` ("optimal"
-   when within `rel_gap` of the bound; "time_limit" when the deadline cut a phase short),
-   `extra["bound_source"]` and `extra["phases"]` (the phases that ran, and when).
+5. the best placement found (incumbent.py keeps every candidate and the bound), validated,
+   with `upper_bound_tokens_per_s`, `status` ("optimal" when within `rel_gap` of the bound;
+   "time_limit" when the deadline cut a phase short), `extra["bound_source"]` and
+   `extra["phases"]` (the phases that ran, and when).
 Other methods return the baseline placement (baselines.py).
 """
 
@@ -38,11 +39,10 @@ from helix_jax.placement import Placement
 from helix_jax.solver import bisection, heuristics, milp, patterns, regions, repair
 from helix_jax.solver.baselines import BASELINES, FILLS_MEMORY, baseline_placement, baseline_ranges
 from helix_jax.solver.classes import NodeClasses
-from helix_jax.solver.classflow import class_max_flow
 from helix_jax.solver.deadline import Deadline
 from helix_jax.solver.explain import CutElement, Explanation, explain  # noqa: F401  (re-exported)
 from helix_jax.solver.feasible import check_feasible, within_cap  # noqa: F401  (re-exported)
-from helix_jax.solver.maxflow import placement_with_flows
+from helix_jax.solver.incumbent import NUMERIC_GAP, Bound, Candidates, finish  # noqa: F401  (NUMERIC_GAP re-exported)
 from helix_jax.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ HEURISTIC_SHARE = 0.2  # of the time limit spent on the start (at most HEURISTIC
 HEURISTIC_MAX_S = 15.0
 WINDOW_SHARE = 0.85  # of the time left after the zone LP for region windows (the rest: the zone MILP's bound)
 ZONE_LP_SHARE = 0.4  # of the remaining time for the zone model's LP bound when windows are planned
-NUMERIC_GAP = 1e-5  # gaps below this are solver tolerance, reported as optimal
 BLIND_SHARE = 0.1  # of the time limit for the link-blind bound when links may bind
 BLIND_MILP_GAP = 0.02  # the link-blind MILP runs only if stages and pattern bound are further apart
 FIXPOINT_SHARE = 0.15  # of the remaining time for the link-blind LP fix-point
@@ -93,38 +92,6 @@ def plan(
         region_windows = partial_inference and regions.slow_regions(topology)
     deadline = deadline or Deadline(time_limit_s)
     return _plan_helix(topology, cost_model, deadline, rel_gap, partial_inference, seed, region_windows)
-
-
-class Candidates:
-    """Placements found so far with their true max-flow (on blocks of identical nodes). One past
-    max_layers (sp fills memory) cannot start the MILP or the local search, so it waits in
-    `past_cap` for the final comparison."""
-
-    def __init__(self, topology: Topology, cost_model: CostModel, classes: NodeClasses, partial: bool) -> None:
-        self.topology, self.cost_model, self.classes, self.partial = topology, cost_model, classes, partial
-        self.within: dict[str, tuple[dict[str, tuple[int, int]], float]] = {}
-        self.past_cap: dict[str, tuple[dict[str, tuple[int, int]], float]] = {}
-
-    def consider(self, label: str, ranges: dict[str, tuple[int, int]] | None) -> None:
-        if ranges:
-            value = class_max_flow(self.topology, self.cost_model, self.classes, ranges, self.partial).value_tokens_per_s
-            store = self.within if within_cap(self.topology, self.cost_model, ranges) else self.past_cap
-            store[label] = (ranges, value)
-
-    def best_label(self) -> str | None:
-        return max(self.within, key=lambda k: self.within[k][1]) if self.within else None
-
-
-class Bound:
-    """The lowest proven upper bound so far, and which proof gave it."""
-
-    def __init__(self, trivial: float) -> None:
-        self.value = self.trivial = trivial
-        self.source = "trivial"
-
-    def tighten(self, value: float, source: str) -> None:
-        if value < self.value:
-            self.value, self.source = value, source
 
 
 def _start(found: Candidates, tables, L: int, upper: float, deadline: Deadline, seed: int, local_search: bool = True) -> None:
@@ -233,7 +200,7 @@ def _plan_helix(
         outcomes.append(outcome)
         if outcome.counts:
             _expand(found, model, outcome, search, seed)
-    placement = _finish(found, classes, bound, outcomes, zones, window_plan, deadline, search, rel_gap, seed)
+    placement = finish(found, classes, bound, outcomes, zones, window_plan, deadline, search, rel_gap, seed)
     return dataclasses.replace(placement, solve_seconds=time.monotonic() - t0)
 
 
@@ -247,55 +214,3 @@ def _expand(found: Candidates, model: milp.PlacementModel, outcome: bisection.Mi
         swapped, _ = repair.swap_classes(*args, ranges, found.partial, deadline.share(0.3))
         repaired, _ = repair.improve_flow(*args, swapped, found.partial, deadline, seed)
         found.consider("milp+repair", repaired)
-
-
-def _finish(
-    found: Candidates,
-    classes: NodeClasses,
-    proven: Bound,
-    outcomes: list,
-    zones: list,
-    window_plan,
-    deadline: Deadline,
-    search: Deadline,
-    rel_gap: float,
-    seed: int,
-) -> Placement:
-    """Phase 5: the best candidate, its bound and status, and the load-spreading flow."""
-    deadline.note("final")
-    candidates = {**found.within, **found.past_cap}
-    eligible = ["region-windows"] if "region-windows" in candidates else list(candidates)
-    best_label = max(eligible, key=lambda k: (candidates[k][1], k == "milp"))
-    best_ranges, best_value = candidates[best_label]
-    bound = max(proven.value, best_value)
-    cut_short = search.expired() or any(o.status in ("time_limit", "no_solution") for o in outcomes) or not outcomes
-    status = "optimal" if best_value >= bound * (1 - max(rel_gap, NUMERIC_GAP)) - 1e-9 else ("time_limit" if cut_short else "feasible")
-    if best_label in found.past_cap and best_value > proven.value:
-        status = "feasible"  # the bound covers placements within max_layers only
-    main = outcomes[-1] if outcomes else None
-    extra = {
-        "source": best_label,
-        "candidates": {k: round(v, 6) for k, (_, v) in sorted(candidates.items())},
-        "milp_model_value": main.model_value if main else None,
-        "lp_bound": main.lp_bound if main else proven.value,
-        "trivial_bound": proven.trivial,
-        "bound_source": proven.source,  # which proof gave the bound (docs/planner.md, "Scale")
-        "zones": len(zones),
-        "node_classes": len(classes),
-        **({"region_windows": {r: list(w) for r, w in window_plan.windows.items()}} if window_plan else {}),
-        "bisection_steps": [list(s) for s in main.steps] if main else [],
-        "gap": (bound - best_value) / bound if bound > 0 else 0.0,
-        "phases": [list(p) for p in deadline.phases],
-        "seed": seed,
-    }
-    return placement_with_flows(
-        found.topology,
-        found.cost_model,
-        best_ranges,
-        "helix",
-        found.partial,
-        status=status,
-        upper_bound_tokens_per_s=bound,
-        extra=extra,
-        classes=classes,
-    )

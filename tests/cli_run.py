@@ -25,9 +25,8 @@ from unittest import mock
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """Exit code, stdout and stderr of `helix-jax ARGS` (250 columns wide, as the tests' children were)."""
-    from rich.console import Console
-
+    """Exit code, stdout and stderr of `helix-jax ARGS` (250 columns wide, as the tests' children were:
+    each command makes its console when it runs, so COLUMNS set here is the width it prints at)."""
     from helix_jax.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
@@ -37,10 +36,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         stack.enter_context(contextlib.redirect_stderr(err))
         stack.enter_context(mock.patch.object(sys, "argv", ["helix-jax", *args]))
         stack.enter_context(mock.patch.dict(os.environ, {"COLUMNS": "250"}))
-        for module in [m for name, m in sys.modules.items() if name.startswith("helix_jax.cli")]:
-            console = getattr(module, "console", None)  # a command module's console: its width was fixed
-            if isinstance(console, Console):  # when it was made, whatever COLUMNS was then
-                stack.enter_context(mock.patch.object(console, "_width", 250))
         try:
             main()
         except SystemExit as exc:

@@ -1,31 +1,20 @@
 """AsyncClient: the asyncio client of a deployment (zmq.asyncio, one reader task).
 
-Part of helix_jax.client; same API as Client (sync.py), with `await` / `async for`.
+Part of helix_jax.client; same API as Client (sync.py), with `await` / `async for`; shares
+core.py (the connection) and messages.py (the wire side) with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from pathlib import Path
 from typing import Any, AsyncIterator, Sequence
 
 import zmq
 import zmq.asyncio
 
-from helix_jax.client.messages import (
-    GenerateResult,
-    StreamToken,
-    _Collector,
-    _connect_dealer,
-    _request_ids,
-    error_from_message,
-    generate_message,
-)
-from helix_jax.errors import HelixError, ProtocolError
+from helix_jax.client.core import ClientCore
+from helix_jax.client.messages import GenerateResult, StreamToken, _Collector, decode_reply, generate_message, query_reply
 from helix_jax.runtime import security, wire
-
-logger = logging.getLogger(__name__)
 
 
 class AsyncTokenStream:
@@ -49,21 +38,17 @@ class AsyncTokenStream:
         await self._tokens.aclose()  # type: ignore[attr-defined]
 
 
-class AsyncClient:
+class AsyncClient(ClientCore):
     """asyncio client (zmq.asyncio); same API as Client, with `await` / `async for`."""
 
     def __init__(self, endpoint: str, timeout_s: float = 300.0, keys: security.ClientKeys | None = None) -> None:
-        self.endpoint, self.timeout_s, self.keys = endpoint, timeout_s, keys
-        self._sock: Any = _connect_dealer(zmq.asyncio.Context.instance(), endpoint, keys)  # a zmq.asyncio socket: awaitable sends
+        super().__init__(endpoint, timeout_s, keys)
         self._pending: dict[str, asyncio.Queue[wire.Message]] = {}
         self._reader: asyncio.Task[None] | None = None
-        self._ids = _request_ids()
 
-    @classmethod
-    def from_connection_file(cls, path: str | Path, timeout_s: float = 300.0) -> "AsyncClient":
-        """Same as `Client.from_connection_file`."""
-        endpoint, keys = security.read_connection_file(path)
-        return cls(endpoint, timeout_s, keys)
+    @staticmethod
+    def _context() -> zmq.Context:
+        return zmq.asyncio.Context.instance()  # its sockets' sends and receives are awaitable
 
     async def generate(
         self,
@@ -75,10 +60,12 @@ class AsyncClient:
         seed: int = 0,
         stop: Sequence[str] | None = None,
     ) -> GenerateResult:
-        result: list[GenerateResult] = []
-        async for _ in self._run(prompt, max_tokens, temperature, top_k, top_p, seed, stop, result):
+        """Same as `Client.generate`: the stream read to its end."""
+        stream = self.stream(prompt, max_tokens, temperature, top_k, top_p, seed, stop)
+        async for _ in stream:
             pass
-        return result[0]
+        assert stream.result is not None
+        return stream.result
 
     def stream(
         self,
@@ -90,8 +77,9 @@ class AsyncClient:
         seed: int = 0,
         stop: Sequence[str] | None = None,
     ) -> AsyncTokenStream:
+        """Same as `Client.stream`; the arguments are checked when the stream is first read."""
         out: list[GenerateResult] = []
-        return AsyncTokenStream(self._run(prompt, max_tokens, temperature, top_k, top_p, seed, stop, out), out)
+        return AsyncTokenStream(self._run((prompt, max_tokens, temperature, top_k, top_p, seed, stop), out), out)
 
     async def info(self) -> dict[str, Any]:
         """Same as `Client.info`."""
@@ -111,26 +99,15 @@ class AsyncClient:
             try:
                 msg = await asyncio.wait_for(events.get(), self.timeout_s)
             except asyncio.TimeoutError:
-                raise HelixError(f"no reply from {self.endpoint} within {self.timeout_s:.0f} s") from None
+                raise self._no_reply() from None
         finally:
             self._pending.pop(rid, None)
-        if msg.kind == "error":
-            raise error_from_message(msg)
-        return {k: v for k, v in msg.fields.items() if k != "request_id"}
+        return query_reply(msg)
 
-    async def _run(
-        self,
-        prompt: Any,
-        max_tokens: int,
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        seed: int,
-        stop: Sequence[str] | None,
-        out: list[GenerateResult],
-    ) -> AsyncIterator[StreamToken]:
+    async def _run(self, args: tuple[Any, ...], out: list[GenerateResult]) -> AsyncIterator[StreamToken]:
+        """One request: `args` are `generate_message`'s after the id; the result goes to `out`."""
         rid = next(self._ids)
-        msg = generate_message(rid, prompt, max_tokens, temperature, top_k, top_p, seed, stop)
+        msg = generate_message(rid, *args)
         self._ensure_reader()
         events: asyncio.Queue[wire.Message] = asyncio.Queue()
         self._pending[rid] = events
@@ -142,7 +119,7 @@ class AsyncClient:
                 try:
                     reply = await asyncio.wait_for(events.get(), self.timeout_s)
                 except asyncio.TimeoutError:
-                    raise HelixError(f"request {rid} got no reply within {self.timeout_s:.0f} s") from None
+                    raise self._no_reply(rid) from None
                 finished = reply.kind in ("done", "error")
                 token = collector.handle(reply)
                 if token is not None:
@@ -161,11 +138,8 @@ class AsyncClient:
 
     async def _read_loop(self) -> None:
         while True:
-            frames = await self._sock.recv_multipart(copy=False)
-            try:
-                msg = wire.decode(frames)
-            except ProtocolError as exc:
-                logger.warning("dropped a malformed reply: %s", exc)
+            msg = decode_reply(await self._sock.recv_multipart(copy=False))
+            if msg is None:
                 continue
             events = self._pending.get(msg.get("request_id") or "")
             if events is not None:

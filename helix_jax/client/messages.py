@@ -1,25 +1,23 @@
-"""What the sync and async clients share: results, the `generate` message and its checks, the
-collector that turns `token` / `done` / `error` replies into a stream, and the DEALER socket.
+"""What the sync and async clients share on the wire: results, the `generate` message and its
+checks, and reading replies (`decode_reply`; `query_reply` for `info` / `stats`; the collector
+that turns a request's `token` / `done` / `error` replies into a stream and its result).
 
 Part of helix_jax.client (the last link of the data flow: runtime -> client); sync.py and
-aio.py build on it.
+aio.py build on it, and on core.py (the connection). Pure functions of messages: no socket.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import time
-import uuid
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import zmq
-import zmq.asyncio
 
 from helix_jax import errors
-from helix_jax.errors import HelixError, RequestError
-from helix_jax.runtime import security, wire
+from helix_jax.errors import HelixError, ProtocolError, RequestError
+from helix_jax.runtime import wire
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +61,22 @@ _ERROR_TYPES = {
 def error_from_message(msg: wire.Message) -> HelixError:
     """The HelixError subclass named by an `error` message (RequestError, OverloadedError, ...)."""
     return _ERROR_TYPES.get(msg["error"], HelixError)(msg["message"])
+
+
+def decode_reply(frames: Sequence[zmq.Frame]) -> wire.Message | None:
+    """A reply as it came off the client's socket, or None (logged, dropped) when malformed."""
+    try:
+        return wire.decode(frames)
+    except ProtocolError as exc:
+        logger.warning("dropped a malformed reply: %s", exc)
+        return None
+
+
+def query_reply(msg: wire.Message) -> dict[str, Any]:
+    """The fields of an `info` / `stats` reply; an `error` reply raises its HelixError."""
+    if msg.kind == "error":
+        raise error_from_message(msg)
+    return {k: v for k, v in msg.fields.items() if k != "request_id"}
 
 
 def generate_message(
@@ -128,23 +142,8 @@ def check_generate_values(fields: dict[str, Any]) -> None:
             raise RequestError(f"prompt or stop string is not valid Unicode: {exc.reason} at {exc.start}") from None
 
 
-def _connect_dealer(ctx: zmq.Context, endpoint: str, keys: security.ClientKeys | None) -> zmq.Socket:
-    """The one DEALER socket a client multiplexes all its requests over (a CURVE client with keys)."""
-    sock = wire.configure(ctx.socket(zmq.DEALER))
-    if keys is not None:
-        security.curve_client(sock, keys.own, keys.server_public)
-    sock.connect(endpoint)
-    return sock
-
-
 PING_INTERVAL_S = 2.0
 LOST_AFTER_S = 10.0
-
-
-def _request_ids() -> Iterator[str]:
-    """Request ids unique to this client (the coordinator keys requests by socket and id)."""
-    prefix = uuid.uuid4().hex[:8]
-    return (f"{prefix}-{n}" for n in itertools.count())
 
 
 class _Collector:

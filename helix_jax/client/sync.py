@@ -1,7 +1,7 @@
 """Client: the thread-safe client of a deployment (one DEALER socket owned by an I/O thread).
 
 Part of helix_jax.client (package docstring: how requests are multiplexed, timings); shares
-messages.py with the asyncio twin in aio.py.
+core.py (the connection) and messages.py (the wire side) with the asyncio twin in aio.py.
 """
 
 from __future__ import annotations
@@ -12,24 +12,22 @@ import queue
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import zmq
-import zmq.asyncio
 
+from helix_jax.client.core import ClientCore
 from helix_jax.client.messages import (
     LOST_AFTER_S,
     PING_INTERVAL_S,
     GenerateResult,
     StreamToken,
     _Collector,
-    _connect_dealer,
-    _request_ids,
-    error_from_message,
+    decode_reply,
     generate_message,
+    query_reply,
 )
-from helix_jax.errors import HelixError, ProtocolError
+from helix_jax.errors import HelixError
 from helix_jax.runtime import security, wire
 
 logger = logging.getLogger(__name__)
@@ -38,8 +36,8 @@ logger = logging.getLogger(__name__)
 class TokenStream:
     """Iterator of StreamToken; `.result` holds the GenerateResult once exhausted."""
 
-    def __init__(self, client: "Client", msg: wire.Message, timeout_s: float) -> None:
-        self._client, self._timeout_s = client, timeout_s
+    def __init__(self, client: "Client", msg: wire.Message) -> None:
+        self._client = client
         self._collector = _Collector(msg["request_id"])
         self._events = client._open(msg)
         self.result: GenerateResult | None = None
@@ -58,9 +56,9 @@ class TokenStream:
         try:
             while True:
                 try:
-                    msg = self._events.get(timeout=self._timeout_s)
+                    msg = self._events.get(timeout=self._client.timeout_s)
                 except queue.Empty:
-                    raise HelixError(f"request {rid} got no reply within {self._timeout_s:.0f} s") from None
+                    raise self._client._no_reply(rid) from None
                 token = self._collector.handle(msg)
                 if token is not None:
                     yield token
@@ -71,7 +69,7 @@ class TokenStream:
             self._client._close_request(rid, cancel=self.result is None)
 
 
-class Client:
+class Client(ClientCore):
     """Thread-safe synchronous client. Use as a context manager or call `close()`."""
 
     def __init__(
@@ -82,28 +80,20 @@ class Client:
         ping_interval_s: float = PING_INTERVAL_S,
         lost_after_s: float = LOST_AFTER_S,
     ) -> None:
-        self.endpoint, self.timeout_s, self.keys = endpoint, timeout_s, keys
+        super().__init__(endpoint, timeout_s, keys)
         # while requests wait, an `info` ping every ping_interval_s; no reply to one within
         # lost_after_s: the coordinator is lost, and every waiting call raises at once
         self.ping_interval_s, self.lost_after_s = ping_interval_s, lost_after_s
         self._ping: tuple[str, float] | None = None  # (id, sent at) of the ping awaiting its reply
         self._last_ping = time.monotonic()
         self._dead: str | None = None  # why the I/O thread stopped serving (then every call fails)
-        self._sock = _connect_dealer(zmq.Context.instance(), endpoint, keys)
         self._outbox: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         self._pending: dict[str, queue.SimpleQueue[wire.Message]] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self._ids = _request_ids()
         self._thread = threading.Thread(target=self._io_loop, name="helix-client-io", daemon=True)
         self._thread.start()
-
-    @classmethod
-    def from_connection_file(cls, path: str | Path, timeout_s: float = 300.0) -> "Client":
-        """A client of the deployment described by `connection.json` (endpoint and keys)."""
-        endpoint, keys = security.read_connection_file(path)
-        return cls(endpoint, timeout_s, keys)
 
     # ---- public API
     def generate(
@@ -135,7 +125,7 @@ class Client:
     ) -> TokenStream:
         """Tokens as they arrive; the final GenerateResult is `stream.result` afterwards."""
         msg = generate_message(next(self._ids), prompt, max_tokens, temperature, top_k, top_p, seed, stop)
-        return TokenStream(self, msg, self.timeout_s)
+        return TokenStream(self, msg)
 
     def info(self) -> dict[str, Any]:
         """Model name, layers, vocabulary size, time scale, node list and max_seq_len of the deployment."""
@@ -151,12 +141,10 @@ class Client:
         try:
             msg = events.get(timeout=self.timeout_s)
         except queue.Empty:
-            raise HelixError(f"no reply from {self.endpoint} within {self.timeout_s:.0f} s") from None
+            raise self._no_reply() from None
         finally:
             self._close_request(rid, cancel=False)
-        if msg.kind == "error":
-            raise error_from_message(msg)
-        return {k: v for k, v in msg.fields.items() if k != "request_id"}
+        return query_reply(msg)
 
     def close(self) -> None:
         with self._lock:
@@ -245,11 +233,10 @@ class Client:
     def _drain(self) -> None:
         while True:
             try:
-                _, msg = wire.recv(self._sock)
+                msg = decode_reply(self._sock.recv_multipart(zmq.NOBLOCK, copy=False))
             except zmq.Again:
                 return
-            except ProtocolError as exc:
-                logger.warning("dropped a malformed reply: %s", exc)
+            if msg is None:
                 continue
             if self._ping is not None and msg.get("request_id") == self._ping[0]:
                 self._ping = None  # the coordinator answers

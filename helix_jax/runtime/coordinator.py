@@ -61,7 +61,7 @@ import zmq
 from helix_jax.errors import HelixError
 from helix_jax.runtime import coordinator_control as control
 from helix_jax.runtime import coordinator_requests as requests
-from helix_jax.runtime import failover, security, wire
+from helix_jax.runtime import coordinator_stats, failover, security, wire
 from helix_jax.runtime.emulation import DelayedSends, LinkPacer
 from helix_jax.runtime.failover import pruned_flows
 from helix_jax.runtime.health import COORDINATOR_NODE, ServingHealth, drop_reason
@@ -214,69 +214,13 @@ class Coordinator:
         self._ctx.term()
 
     def stats(self) -> dict[str, Any]:
-        sched = self.scheduler
-        return {
-            "budgets": dict(self._budgets),
-            "peak_kv_used": dict(self.peak_kv_used),
-            "completed": self.completed,
-            "rejected": self.rejected,
-            "peak_queued": self.peak_queued,
-            "resumed": self.resumed,
-            "down_nodes": dict(self.down_nodes),
-            "rejoined": self.rejoined,
-            "flow_tokens_per_s": self.flow_tokens_per_s,
-            "queued": sched.queue_length if sched else len(self._early),
-            "in_flight": sched.in_flight if sched else 0,
-        }
+        """Counters and load (coordinator_stats.py)."""
+        return coordinator_stats.stats(self)
 
     def serving_stats(self) -> dict[str, Any]:
-        """`stats()` plus what an operator watches (the `stats` request's reply): requests
-        running / waiting, per node KV token-layers used and budget, planned flow, in service
-        (0/1) and mean step time (seconds on the deployment's clock, None before any step),
-        the max-flow of the nodes in service, and readiness (every layer covered by a node in
-        service) with the reason when not ready."""
-        sched, cfg = self.scheduler, self.config
-        flows = sched.placement if sched else cfg.placement
-        nodes = {}
-        for node in self.nodes:
-            step = self.step_s.get(node)
-            nodes[node] = {
-                "kv_used_token_layers": sched.ledger.used(node) if sched else 0,
-                "kv_budget_token_layers": self._budgets.get(node, 0),
-                "flow_tokens_per_s": 0.0 if node in self.down_nodes else flows.node_flow(node),
-                "in_service": int(sched is not None and node not in self.down_nodes),
-                "step_s": None if step is None else step / cfg.time_scale,
-            }
-        ready, reason = self._readiness()
-        return {
-            **self.stats(),
-            "running": sched.in_flight if sched else 0,
-            "waiting": sched.queue_length if sched else len(self._early),
-            "nodes": nodes,
-            "max_flow_tokens_per_s": self.flow_tokens_per_s,
-            "ready": ready,
-            "reason": reason,
-            "health": self.health.snapshot(self.nodes, self.down_nodes),
-            "queue_limit": cfg.queue_limit,
-            "model": cfg.model.name,
-            "max_seq_len": cfg.max_seq_len,
-            "time_scale": cfg.time_scale,
-        }
-
-    def _readiness(self) -> tuple[bool, str | None]:
-        if self.failure:
-            return False, self.failure
-        if self.scheduler is None:
-            return False, f"warming up: {len(self._budgets)} of {len(self.nodes)} workers ready"
-        uncovered = [
-            layer
-            for layer in range(self.config.placement.num_layers)
-            if not any(s <= layer < e for n, (s, e) in self.config.placement.ranges.items() if n not in self.down_nodes)
-        ]
-        if uncovered:
-            down = "; ".join(f"{n}: {why}" for n, why in sorted(self.down_nodes.items()))
-            return False, (f"layers {uncovered[0]}-{uncovered[-1]} have no node in service (out of service: {down})")
-        return True, None
+        """`stats()` plus per-node load, health and readiness: the `stats` request's reply
+        (coordinator_stats.py)."""
+        return coordinator_stats.serving_stats(self)
 
     @property
     def worker_data_endpoints(self) -> dict[str, str]:

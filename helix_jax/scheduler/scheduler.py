@@ -5,11 +5,10 @@ Owns admission for both the live coordinator and the simulator (they drive the s
 1. `submit(spec)` appends the request to a bounded FIFO queue (`OverloadedError` past
    `queue_limit`; `RequestError` if no route could ever hold it, even on an empty cluster).
 2. `admit_ready()` pops requests from the head while a route with KV room exists. A route is
-   found by a depth-first walk from the coordinator: at each endpoint the policy orders the
-   candidate next hops; a hop whose node lacks room for `(prompt + max_output) x layers it
-   runs` (rounded up to the node's KV pages) is skipped, and a branch that dead-ends is backtracked (dead (node, entry layer)
-   states are remembered, so one search costs at most one visit per state). The head waits
-   (strict FIFO, nothing is dropped) until some request finishes and frees KV.
+   found by a depth-first walk from the coordinator (route_search.py): at each endpoint the
+   policy orders the candidate next hops; a hop whose node lacks room for `(prompt +
+   max_output) x layers it runs` is skipped, and a branch that dead-ends is backtracked. The
+   head waits (strict FIFO, nothing is dropped) until some request finishes and frees KV.
 3. The admitted route is fixed: the prompt and every decode step walk it. `on_decode_token`
    adds each decode token's load to its edges (IWRR), `on_hop_latency` / `on_node_queue`
    feed the Swarm-style and shortest-queue policies.
@@ -35,6 +34,7 @@ from helix_jax.scheduler.fixed_routes import FixedRoutes, placement_routes
 from helix_jax.scheduler.kv_ledger import KVLedger
 from helix_jax.scheduler.policies import RoutePolicy, policy_class
 from helix_jax.scheduler.route_graph import RouteGraph
+from helix_jax.scheduler.route_search import find_route
 from helix_jax.scheduler.types import Admission, RequestSpec
 from helix_jax.topology import COORDINATOR
 
@@ -160,47 +160,10 @@ class Scheduler:
         return admitted
 
     def _find_route(self, spec: RequestSpec) -> tuple[Hop, ...] | None:
-        tokens, num_layers = spec.kv_tokens, self.placement.num_layers
-        ranges, graph, ledger, policy = self.placement.ranges, self.graph, self.ledger, self.policy
-        down = self._down
-        work = float(spec.prompt_tokens)
-        dead: set[tuple[str, int]] = set()
-        path: list[tuple[str, int, int]] = []  # (node, entry layer, end layer); Hops once found
-        if self._fixed is not None:
-            return self._fixed.find(work, lambda h: ledger.can_reserve(h.node, tokens * h.num_layers), down)
-        fits = ledger.fits
-
-        def walk(src: str, layer: int) -> bool:
-            for dst in policy.order(src, graph.successors(src), work):
-                if dst == COORDINATOR:
-                    if layer == num_layers:
-                        return True
-                    continue
-                key = (dst, layer)
-                if key in dead or dst in down:
-                    continue
-                end = ranges[dst][1]
-                if fits(dst, tokens, end - layer):
-                    path.append((dst, layer, end))
-                    if walk(dst, end):
-                        return True
-                    path.pop()
-                dead.add(key)
-            return False
-
-        found = walk(COORDINATOR, 0)
-        dead.clear()  # `walk` refers to itself: the cycle would keep the search's state until a collection
-        if not found:
-            return None
-        hops = self._hops  # Hops are frozen: one object per (node, entry layer, end layer), reused
-        route = []
-        for key in path:
-            hop = hops.get(key)
-            if hop is None:
-                hop = hops[key] = Hop(*key)
-            route.append(hop)
-        path.clear()
-        return tuple(route)
+        if self._fixed is not None:  # SLO placements: whole routes only (fixed_routes.py)
+            tokens, ledger = spec.kv_tokens, self.ledger
+            return self._fixed.find(float(spec.prompt_tokens), lambda h: ledger.can_reserve(h.node, tokens * h.num_layers), self._down)
+        return find_route(spec, self.placement, self.graph, self.policy, self.ledger, self._down, self._hops)
 
     def _admit(self, spec: RequestSpec, route: tuple[Hop, ...]) -> Admission:
         self.ledger.reserve(spec.request_id, route, spec.kv_tokens)
