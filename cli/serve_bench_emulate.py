@@ -33,14 +33,18 @@ async def closed_loop(endpoint: str, concurrency: int, prompt_tokens: int, max_t
     async with AsyncClient(endpoint, timeout_s=3600) as client:
 
         async def user() -> None:
-            while time.perf_counter() < stop_at:
+            while True:
                 prompt = [rng.randrange(256) for _ in range(prompt_tokens)]
                 async for _ in client.stream(prompt, max_tokens=max_tokens):
                     stamps.append(time.perf_counter())
-                    if time.perf_counter() >= stop_at:
-                        break
 
-        await asyncio.gather(*(user() for _ in range(concurrency)))
+        # the users run until the deadline and are then cancelled (each stream sends its cancel):
+        # waiting for every one of them to see one more token would wait for queued requests
+        users = [asyncio.ensure_future(user()) for _ in range(concurrency)]
+        await asyncio.wait(users, timeout=max(0.0, stop_at - time.perf_counter()))
+        for task in users:
+            task.cancel()
+        await asyncio.gather(*users, return_exceptions=True)
     return stamps
 
 

@@ -22,6 +22,7 @@ from helix_jax.modelconfig import TINY_EOS
 from helix_jax.placement import Placement
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.testing import InProcessCluster, fake_generation
+from helix_jax.testing.waiting import wait_until
 from helix_jax.topology import load_topology, tiny_topology_path
 
 MAX_SEQ_LEN = 128
@@ -99,13 +100,16 @@ def metrics(server: HttpServer) -> dict[tuple[str, tuple[tuple[str, str], ...]],
     return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def wait_idle(zmq_client: Client, polls: int = 2000) -> dict[str, Any]:
-    """Poll the coordinator until nothing runs or waits and no KV is held (bounded)."""
-    for _ in range(polls):
-        stats = zmq_client.stats()
-        if stats["running"] == 0 and stats["waiting"] == 0 and all(n["kv_used_token_layers"] == 0 for n in stats["nodes"].values()):
-            return stats
-    raise AssertionError(f"the deployment never became idle: {stats}")
+def wait_idle(zmq_client: Client) -> dict[str, Any]:
+    """Wait until nothing runs or waits and no KV is held; the coordinator's stats then."""
+    seen: list[dict[str, Any]] = []
+
+    def idle() -> bool:
+        seen[:] = [stats := zmq_client.stats()]
+        return stats["running"] == 0 and stats["waiting"] == 0 and all(n["kv_used_token_layers"] == 0 for n in stats["nodes"].values())
+
+    wait_until(idle, "an idle deployment (nothing running or waiting, no KV held)", timeout_s=120)
+    return seen[0]
 
 
 def api_error(exc: openai.APIStatusError) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from helix_jax.client import Client
 from helix_jax.http import HttpServer
 from helix_jax.placement import Placement
 from helix_jax.testing import InProcessCluster
+from helix_jax.testing.waiting import wait_until
 
 # the shared fixtures (tests/http_cluster.py)
 deployment = http_cluster.deployment
@@ -37,9 +38,7 @@ def test_queue_full_is_a_429_with_retry_after(deployment: InProcessCluster, oai:
     streams = []
     try:
         streams = [zmq_client.stream([70, 71, 72], max_tokens=100) for _ in range(3 * QUEUE_LIMIT)]
-        for _ in range(2000):
-            if zmq_client.stats()["waiting"] == QUEUE_LIMIT:
-                break
+        wait_until(lambda: zmq_client.stats()["waiting"] == QUEUE_LIMIT, f"{QUEUE_LIMIT} requests waiting", timeout_s=120)
         with pytest.raises(openai.RateLimitError) as info:
             oai.completions.create(model=MODEL, prompt="hi", max_tokens=2)
         assert info.value.response.headers["retry-after"] == "1"
@@ -117,9 +116,7 @@ def test_client_disconnect_cancels_and_frees_kv(server: HttpServer, zmq_client: 
         )
     key = ("helix_requests_finished_total", (("finish_reason", "cancelled"),))
     try:
-        for _ in range(2000):
-            if metrics(server).get(key, 0) - before.get(key, 0) == 2:
-                break
+        wait_until(lambda: metrics(server).get(key, 0) - before.get(key, 0) == 2, "both requests cancelled", timeout_s=120)
     finally:
         deployment.runner("cpu-1").thaw()
     assert metrics(server)[key] - before.get(key, 0) == 2

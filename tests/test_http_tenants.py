@@ -4,7 +4,7 @@ past it the key gets 429 with Retry-After while another key still gets in.
 
 The deployment is tests/http_cluster.py's (InProcessCluster, FakeRunners); its runners are
 frozen, so nothing gets a first token and every sequence sent stays waiting until they thaw:
-exact counts, no sleeps. Waits are bounded polls of /metrics.
+exact counts, no sleeps. Waits poll /metrics until the count holds (`wait_until`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from helix_jax.http import Backend, HttpServer, bind_socket, create_app
 from helix_jax.http.errors import APIError
 from helix_jax.http.tenants import Tenants, parse_api_keys
 from helix_jax.testing import InProcessCluster
+from helix_jax.testing.waiting import wait_until
 
 # the shared fixtures (tests/http_cluster.py)
 deployment = http_cluster.deployment
@@ -54,10 +55,7 @@ def gauge(srv: HttpServer, name: str, key: str) -> float:
 
 
 def wait_waiting(srv: HttpServer, key: str, count: int) -> None:
-    for _ in range(2000):
-        if gauge(srv, "helix_api_key_waiting_sequences", key) == count:
-            return
-    raise AssertionError(f"{key} never had {count} sequences waiting")
+    wait_until(lambda: gauge(srv, "helix_api_key_waiting_sequences", key) == count, f"{count} sequences of {key} waiting", timeout_s=120)
 
 
 def frozen(dep: InProcessCluster, on: bool) -> None:

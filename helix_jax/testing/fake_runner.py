@@ -97,6 +97,8 @@ class FakeRunner(KVCapacity):
         self._thawed.clear()
 
     def thaw(self) -> None:
+        """Let batches run again; a `freeze_after` that has not fired yet is called off."""
+        self._freeze_in = self._sampled_goal = None
         self._thawed.set()
 
     def freeze_after(self, batches: int | None = None, requests_sampled: int | None = None) -> None:
