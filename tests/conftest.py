@@ -107,6 +107,28 @@ def smollm2_local():
     return LocalModel(config, "smollm2-135m", max_seq_len=256), load_tokenizer(config, "smollm2-135m")
 
 
+@pytest.fixture(scope="session")
+def transformers_gguf():
+    """transformers loading GGUF files (the reference of the real-model tests), parsing each file
+    once per session: its loader constructs `gguf.GGUFReader` once for the config, once for the
+    tensors and once for the tokenizer, and builds `gguf.get_tensor_name_map(arch, layers)`
+    once per module of the model (397 times for SmolLM2), 24 s of the 2-core machine's CPU in
+    all. Both are rebound to cached equals for the session: helix_jax's shared reader (the same
+    fields and tensors, gguf_reader.py) and the same name map, built once. What transformers
+    computes from them is unchanged."""
+    import functools
+
+    import gguf
+
+    from helix_jax.model.gguf_reader import open_reader
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(gguf, "GGUFReader", lambda path, mode="r": open_reader(path))
+    patch.setattr(gguf, "get_tensor_name_map", functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map))
+    yield
+    patch.undo()
+
+
 SMOLLM2_QUESTIONS = (
     "What is the capital of France?",
     "What color is the sky on a clear day?",

@@ -32,7 +32,7 @@ LOGIT_TOL = 2e-3  # absolute, on fp32 logits of magnitude ~10-30 (measured: ~6e-
 
 
 @pytest.fixture(scope="module")
-def reference():
+def reference(transformers_gguf):
     """(transformers model, transformers tokenizer) of the same .gguf."""
     kwargs = dict(gguf_file=MODEL_PATH.name)
     tok = transformers.AutoTokenizer.from_pretrained(str(MODEL_PATH.parent), **kwargs)

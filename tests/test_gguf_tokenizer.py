@@ -150,7 +150,7 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def smollm():
+def smollm(transformers_gguf):
     """(ours, transformers') tokenizers of the SmolLM2 GGUF file, built once."""
     if not SMOLLM.is_file():
         pytest.skip(f"{SMOLLM} is absent")

@@ -1,6 +1,6 @@
 """GGUF checkpoints (llama.cpp's format): validation, ModelConfig from metadata, per-tensor reads.
 
-Owns: `GGUFFile` (a memory-mapped `gguf.GGUFReader` checked once on open: magic, version,
+Owns: `GGUFFile` (a memory-mapped `gguf.GGUFReader`, gguf_reader.py, checked on open: magic, version,
 architecture, tensor types, tensor extents against the file size), `gguf_config` (the
 `llama.*` metadata as a ModelConfig) and `GGUFFile.read` (one tensor, dequantized to float32
 in Hugging Face layout). Every problem with a file is one CheckpointError naming the file and
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from helix_jax.errors import CheckpointError, ConfigError
+from helix_jax.model.gguf_reader import open_reader
 from helix_jax.modelconfig import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -76,13 +77,11 @@ class GGUFFile:
     """One open .gguf file; `read(hf_name)` dequantizes a single tensor (recorded in `reads`)."""
 
     def __init__(self, path: str | Path):
-        from gguf import GGUFReader
-
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"GGUF file {str(self.path)!r} does not exist")
         try:
-            self._reader = GGUFReader(str(self.path), "r")
+            self._reader = open_reader(self.path)
         except Exception as exc:  # ValueError for a bad magic/version, others for a cut-off file
             text = str(exc).lower()
             reason = (

@@ -1,6 +1,6 @@
 """GGUF vocabularies: a `tokenizers.Tokenizer` rebuilt from a GGUF file's `tokenizer.ggml.*` metadata.
 
-Owns: `read_gguf_vocab` (reads the metadata with `gguf.GGUFReader`, memory-mapped) and
+Owns: `read_gguf_vocab` (reads the metadata with `gguf.GGUFReader`, memory-mapped, via gguf_reader.py) and
 `build_vocab` (turns that metadata into a `GGUFVocab`: the `tokenizers` pipeline plus the
 special ids, add_bos/add_eos flags and the chat template). Two tokenizer models are understood:
 "gpt2" (byte-level BPE from tokens + merges; the split regex is chosen by `tokenizer.ggml.pre`)
@@ -95,9 +95,9 @@ def read_gguf_vocab(path: str | Path) -> GGUFVocab:
     if not path.is_file():
         raise CheckpointError(f"GGUF file {str(path)!r} does not exist")
     try:
-        from gguf import GGUFReader
+        from helix_jax.model.gguf_reader import open_reader
 
-        reader = GGUFReader(str(path), "r")
+        reader = open_reader(path)
     except ImportError:
         raise CheckpointError("reading a .gguf tokenizer needs the gguf package (pip install gguf)") from None
     except Exception as exc:  # gguf raises ValueError/struct errors of many kinds for bad files
