@@ -97,10 +97,10 @@ def test_hf_tokenizer_reads_chat_template(tmp_path):
 
 def test_tokenizer_modules_do_not_import_jax():
     root = Path(__file__).resolve().parent.parent / "helix_jax" / "model"
-    for name in ("tokenizer.py", "gguf_vocab.py", "chat_template.py"):
+    for name in ("tokenizer.py", "gguf_vocab.py", "chat_template.py", "gguf_reader.py"):
         tree = ast.parse((root / name).read_text())
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         heavy = {m for m in imported if m.split(".")[0] in ("jax", "flax")}
         local = {m for m in imported if m.startswith("helix_jax.model.")}
-        assert not heavy and local <= {"helix_jax.model.chat_template", "helix_jax.model.gguf_vocab"}, name
+        assert not heavy and local <= {"helix_jax.model.chat_template", "helix_jax.model.gguf_vocab", "helix_jax.model.gguf_reader"}, name
