@@ -53,6 +53,8 @@ class SimNode:
         "pending",
         "wake_key",
         "out_links",
+        "next_hop",
+        "next_counts",
         "steps",
         "busy_s",
         "decode_seqs_total",
@@ -87,6 +89,10 @@ class SimNode:
         self.pending: list[tuple] = []  # heap of (arrival_s, seq, entry layer, prompt rows, decode rows)
         self.wake_key: tuple[float, int] | None = None
         self.out_links: dict = {}  # destination -> (FifoLink, its SimNode or None for the coordinator)
+        # request -> where it goes after this node, for every request in flight routed through it
+        # (kept by the engine from admission to completion; the hot path routes by it)
+        self.next_hop: dict[SimRequest, str] = {}
+        self.next_counts: dict[str, int] = {}  # next node -> how many of those requests go there
         # running totals for reports
         self.steps = 0
         self.busy_s = 0.0

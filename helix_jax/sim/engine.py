@@ -21,7 +21,8 @@ Events are per step, not per message (stepping.py): a message to a busy node wai
 node's pending heap under the key an event would have had, so the global heap holds step ends,
 wake-ups of idle nodes, messages to the coordinator and online arrivals, and the run processes
 the same steps in the same order as the message-per-event reference engine (reference.py):
-results are identical, only `events` differs.
+results are identical, only `events` differs. The step path this engine runs is hot_path.py's
+(routing by each node's `next_hop` table); the reference runs stepping.py's plain one.
 
 Memory is proportional to requests in flight: finished requests are dropped at once, and
 metrics are streaming aggregates with bounded reservoirs.
@@ -45,8 +46,9 @@ from helix_jax.scheduler import Scheduler
 from helix_jax.sim.admission import Admitter
 from helix_jax.sim.cluster import SimNode, SimRequest
 from helix_jax.sim.config import SimConfig
+from helix_jax.sim.hot_path import HotPathStepper
 from helix_jax.sim.result import SimResult, build_result
-from helix_jax.sim.stepping import ARRIVAL, AT_COORDINATOR, EVENT_KINDS, STEP_DONE, WAKE, NodeStepper
+from helix_jax.sim.stepping import ARRIVAL, AT_COORDINATOR, EVENT_KINDS, STEP_DONE, WAKE
 from helix_jax.topology import COORDINATOR
 from helix_jax.workload import LengthSampler, seeded_arrivals
 
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 GC_YOUNG_THRESHOLD = 70_000  # allocations between the cyclic collector's young passes during a run
 
 
-class Simulator(Admitter, NodeStepper):
+class Simulator(Admitter, HotPathStepper):
     """One simulated run of a placement under a policy (see the module docstring)."""
 
     def __init__(self, placement: Placement, cost_model: CostModel, lengths: LengthSampler, config: SimConfig):
@@ -124,7 +126,14 @@ class Simulator(Admitter, NodeStepper):
                 metrics.on_complete(now, req.first_token_s - req.arrival_s, req.first_token_s, req.output_tokens)
                 kv_tokens = req.prompt_tokens + generated - 1
                 for hop in req.route:
-                    self.nodes[hop.node].kv_entries -= kv_tokens * hop.num_layers
+                    node = self.nodes[hop.node]
+                    node.kv_entries -= kv_tokens * hop.num_layers
+                    next_node = node.next_hop.pop(req)
+                    left = node.next_counts[next_node] - 1
+                    if left:
+                        node.next_counts[next_node] = left
+                    else:
+                        del node.next_counts[next_node]
                 self._account_in_flight(now)
                 sched.finish(req.rid)
                 self.completed += 1
@@ -172,6 +181,7 @@ class Simulator(Admitter, NodeStepper):
         else:
             self._admit(0.0)
         heap, pop = self._heap, heapq.heappop
+        step_done, wake = self._step_done, self._wake
         events = 0
         counts = [0] * len(EVENT_KINDS)
         while heap:
@@ -179,9 +189,9 @@ class Simulator(Admitter, NodeStepper):
             if now >= end:
                 break
             if kind == STEP_DONE:
-                self._step_done(a, now, seq)
+                step_done(a, now, seq)
             elif kind == WAKE:
-                if not self._wake(b, now, seq):
+                if not wake(b, now, seq):
                     continue
             elif kind == AT_COORDINATOR:
                 self._at_coordinator(a, now)
