@@ -13,7 +13,7 @@ and takes every duration from the cost model. One run, step by step:
    step to one destination travel together.
 4. At the coordinator a token is "sampled": the first token sets TTFT; a request that has all
    its output tokens completes (KV released, `finish`), any other starts its next decode round
-   trip along the same route (`on_decode_token` adds the load).
+   trip along the same route (`on_decode_tokens` adds the load, one call per batch).
 5. The run ends at `duration_s`; metrics count `[warmup_s, duration_s)`. TTFT runs from the
    arrival (online) or from admission (offline, where the queue only keeps the loop closed).
 
@@ -114,6 +114,7 @@ class Simulator(Admitter, HotPathStepper):
         metrics, sched = self.metrics, self.scheduler
         metrics.on_output_tokens(now, len(reqs))
         groups: dict[str, list] = {}
+        decoding: list[str] = []  # their decode tokens go to the scheduler in one call, in order
         finished = False
         for req in reqs:
             generated = req._generated + 1  # `req.generated += 1`, without the property's two calls
@@ -139,7 +140,7 @@ class Simulator(Admitter, HotPathStepper):
                 self.completed += 1
                 finished = True
                 continue
-            sched.on_decode_token(req.rid)
+            decoding.append(req.rid)
             req.path = iter(req.next_nodes)  # hop 0 again
             first = req.route[0].node
             g = groups.get(first)
@@ -148,6 +149,8 @@ class Simulator(Admitter, HotPathStepper):
             else:
                 g[1].append(req)
                 g[2] += req.context_tokens
+        if decoding:
+            sched.on_decode_tokens(decoding)
         self._send(now, COORDINATOR, self._coordinator_out, 0, groups)
         if finished:
             self._admit(now)

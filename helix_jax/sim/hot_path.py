@@ -30,6 +30,7 @@ from helix_jax.sim.stepping import AT_COORDINATOR, STEP_DONE, WAKE, NodeStepper,
 
 _heappush = heapq.heappush
 _heappop = heapq.heappop
+_chain = itertools.chain
 
 
 class HotPathStepper(NodeStepper):
@@ -206,7 +207,7 @@ class HotPathStepper(NodeStepper):
             if len(segments) == 1:
                 _, decode, context = segments[0]
             else:
-                decode = [req for _, reqs, _ in segments for req in reqs]
+                decode = list(_chain(*[reqs for _, reqs, _ in segments]))
                 context = sum([c for _, _, c in segments])
         prefill: list[SimRequest] = []
         prompt_tokens = 0
