@@ -185,7 +185,7 @@ class Simulator(Admitter, HotPathStepper):
             self._admit(0.0)
         heap, pop = self._heap, heapq.heappop
         step_done, wake = self._step_done, self._wake
-        events = 0
+        steps_done = 0  # STEP_DONE events (most of them), counted apart from the others' `counts`
         counts = [0] * len(EVENT_KINDS)
         while heap:
             now, seq, kind, a, b = pop(heap)
@@ -193,7 +193,11 @@ class Simulator(Admitter, HotPathStepper):
                 break
             if kind == STEP_DONE:
                 step_done(a, now, seq)
-            elif kind == WAKE:
+                steps_done += 1
+                if progress is not None and not steps_done & 0x3FFF:
+                    progress(now)
+                continue
+            if kind == WAKE:
                 if not wake(b, now, seq):
                     continue
             elif kind == AT_COORDINATOR:
@@ -208,10 +212,8 @@ class Simulator(Admitter, HotPathStepper):
             else:
                 self._at_node(a, b, now, seq)
             counts[kind] += 1
-            events += 1
-            if progress is not None and not events & 0x3FFF:
-                progress(now)
-        self.events = events
+        counts[STEP_DONE] = steps_done
+        self.events = sum(counts)
         self.events_by_kind = dict(zip(EVENT_KINDS, counts))
         self._account_in_flight(end)
         if progress is not None:
