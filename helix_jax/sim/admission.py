@@ -78,7 +78,10 @@ class Admitter(RunState):
                 req = SimRequest(adm.request_id, prompt, output, adm.route, now if offline else arrival)
                 for hop, next_node in zip(adm.route, req.next_nodes):
                     node = nodes[hop.node]
-                    node.next_hop[req] = next_node
+                    if not node.main_next:
+                        node.main_next = next_node
+                    if next_node != node.main_next:
+                        node.next_hop[req] = next_node
                     node.next_counts[next_node] = node.next_counts.get(next_node, 0) + 1
                 groups.setdefault(adm.route[0].node, [[], [], 0])[0].append(req)
             self.admitted += len(admitted)

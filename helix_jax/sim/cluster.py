@@ -54,6 +54,7 @@ class SimNode:
         "wake_key",
         "out_links",
         "next_hop",
+        "main_next",
         "next_counts",
         "steps",
         "busy_s",
@@ -89,9 +90,11 @@ class SimNode:
         self.pending: list[tuple] = []  # heap of (arrival_s, seq, entry layer, prompt rows, decode rows)
         self.wake_key: tuple[float, int] | None = None
         self.out_links: dict = {}  # destination -> (FifoLink, its SimNode or None for the coordinator)
-        # request -> where it goes after this node, for every request in flight routed through it
-        # (kept by the engine from admission to completion; the hot path routes by it)
+        # request -> where it goes after this node, for the requests in flight routed through it
+        # that do not go to `main_next` (the first one's next node: a smaller table); kept by
+        # the engine from admission to completion, the hot path routes by it
         self.next_hop: dict[SimRequest, str] = {}
+        self.main_next = ""  # none yet
         self.next_counts: dict[str, int] = {}  # next node -> how many of those requests go there
         # running totals for reports
         self.steps = 0

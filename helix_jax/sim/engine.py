@@ -129,7 +129,7 @@ class Simulator(Admitter, HotPathStepper):
                 for hop in req.route:
                     node = self.nodes[hop.node]
                     node.kv_entries -= kv_tokens * hop.num_layers
-                    next_node = node.next_hop.pop(req)
+                    next_node = node.next_hop.pop(req, node.main_next)
                     left = node.next_counts[next_node] - 1
                     if left:
                         node.next_counts[next_node] = left

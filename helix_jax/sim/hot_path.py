@@ -7,9 +7,11 @@ Sits inside step 3 of a run (stepping.py): **step end -> next hops' messages -> 
 shortcuts that change nothing but the work:
 
 * Routing by table: each node's `next_hop` (request -> next node, kept from admission to
-  completion) replaces advancing every request's `path` iterator. At 200 GPUs a step moves ~12
-  decode rows and the 8,000 requests in flight are far apart in memory, so reading three objects
-  per row (request, iterator, route tuple) was most of a step's cost; one table lookup reads none.
+  completion for the requests that do not take `main_next`, the node's first request's next
+  node, so the table stays small) replaces advancing every request's `path` iterator. At 200
+  GPUs a step moves ~12 decode rows and the 8,000 requests in flight are far apart in memory, so
+  reading three objects per row (request, iterator, route tuple) was most of a step's cost; a
+  table lookup reads none.
 * A node whose requests in flight all go one way (`next_counts` has one key: a node with one
   successor) sends its whole step there without looking any row up.
 * A step of one prompt chunk alone, whose prompt has a full chunk left and whose node has no
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from typing import Callable
 
 from helix_jax.sim.cluster import SimNode, SimRequest
 from helix_jax.sim.stepping import AT_COORDINATOR, STEP_DONE, WAKE, NodeStepper, _context_tokens
@@ -104,42 +107,39 @@ class HotPathStepper(NodeStepper):
             waited = sum(now - r.node_enter_s for r in itertools.chain(prefill, decode))  # batch order
             self.scheduler.on_hop_latency(node.name, waited / (len(prefill) + len(decode)))
         # 2. each request's next hop (the node's routing table): one message per destination
-        next_hop = node.next_hop
-        try:
-            if len(node.next_counts) == 1:  # every request routed through here goes one way
-                if prefill or decode:
-                    for dst in node.next_counts:
-                        self._post(now, node, dst, prefill, decode, node.batch_context_tokens)
-            elif decode:
-                if len(decode) == 1:
-                    dst = next_hop[decode[0]]
+        next_hop, main = node.next_hop.get, node.main_next
+        if len(node.next_counts) == 1:  # every request routed through here goes one way
+            if prefill or decode:
+                for dst in node.next_counts:
+                    self._post(now, node, dst, prefill, decode, node.batch_context_tokens)
+        elif decode:
+            if len(decode) == 1:
+                dst = next_hop(decode[0], main)
+                dsts = None
+            else:
+                dsts = list(map(next_hop, decode, itertools.repeat(main)))
+                dst = dsts[0]
+                if dsts.count(dst) == len(dsts):
                     dsts = None
-                else:
-                    dsts = list(map(next_hop.__getitem__, decode))
-                    dst = dsts[0]
-                    if dsts.count(dst) == len(dsts):
-                        dsts = None
-                if dsts is not None or len(prefill) > 1:
-                    groups = _by_destination(prefill, next_hop, decode, dsts or [dst] * len(decode), node.batch_context_tokens)
-                    for to, (prompts, rows, context) in groups.items():
-                        self._post(now, node, to, prompts, rows, context)
-                elif not prefill:
+            if dsts is not None or len(prefill) > 1:
+                groups = _by_destination(prefill, next_hop, main, decode, dsts or [dst] * len(decode), node.batch_context_tokens)
+                for to, (prompts, rows, context) in groups.items():
+                    self._post(now, node, to, prompts, rows, context)
+            elif not prefill:
+                self._post(now, node, dst, prefill, decode, node.batch_context_tokens)
+            else:
+                prompt_dst = next_hop(prefill[0], main)
+                if prompt_dst == dst:
                     self._post(now, node, dst, prefill, decode, node.batch_context_tokens)
                 else:
-                    prompt_dst = next_hop[prefill[0]]
-                    if prompt_dst == dst:
-                        self._post(now, node, dst, prefill, decode, node.batch_context_tokens)
-                    else:
-                        self._post(now, node, prompt_dst, prefill, [], 0)
-                        self._post(now, node, dst, [], decode, node.batch_context_tokens)
-            elif prefill:
-                if len(prefill) == 1:
-                    self._post(now, node, next_hop[prefill[0]], prefill, [], 0)
-                else:
-                    for to, (prompts, rows, context) in _by_destination(prefill, next_hop, [], [], 0).items():
-                        self._post(now, node, to, prompts, rows, context)
-        except KeyError:
-            raise RuntimeError(f"a request on {node.name} is not routed through it") from None
+                    self._post(now, node, prompt_dst, prefill, [], 0)
+                    self._post(now, node, dst, [], decode, node.batch_context_tokens)
+        elif prefill:
+            if len(prefill) == 1:
+                self._post(now, node, next_hop(prefill[0], main), prefill, [], 0)
+            else:
+                for to, (prompts, rows, context) in _by_destination(prefill, next_hop, main, [], [], 0).items():
+                    self._post(now, node, to, prompts, rows, context)
         # 3. the next step at once, or a wake-up at the earliest message on its way
         line = node.waiting
         if line.decode_count or line.prefill:
@@ -249,13 +249,15 @@ class HotPathStepper(NodeStepper):
         _heappush(self._heap, (now + seconds, next(self._seq), STEP_DONE, node, None))
 
 
-def _by_destination(prefill: list[SimRequest], next_hop: dict, decode: list[SimRequest], dsts: list[str], context: int) -> dict[str, list]:
+def _by_destination(
+    prefill: list[SimRequest], next_hop: Callable, main: str, decode: list[SimRequest], dsts: list[str], context: int
+) -> dict[str, list]:
     """`stepping._by_destination` by the routing table: the same groups in the same order. The
     largest decode group's context is `context` (the step's) less the others', so only the
     smaller groups' requests are read."""
     groups: dict[str, list] = {}
     for req in prefill:
-        dst = next_hop[req]
+        dst = next_hop(req, main)
         g = groups.get(dst)
         if g is None:
             groups[dst] = [[req], [], 0]
