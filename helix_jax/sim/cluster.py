@@ -20,7 +20,7 @@ waiting lines are in request.py):
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+from typing import Callable, Sequence
 
 from helix_jax.costmodel.steps import step_seconds_by_entry_layer, uniform_step_seconds
 from helix_jax.sim.request import SimRequest, WaitingLine
@@ -80,7 +80,7 @@ class SimNode:
         self.waiting = WaitingLine()
         self.batch_prefill: list[SimRequest] = []
         self.batch_decode: list[SimRequest] = []
-        self._batch_segments: list[tuple[int, list[SimRequest], int]] = []  # decode part by message
+        self._batch_segments: Sequence[tuple[int, list[SimRequest], int]] = []  # decode part by message
         self.batch_context_tokens = 0  # of the decode requests in the step
         self._batch_entry: int | None = None  # the step's one entry layer (None: several)
         self._batch_prompt_tokens = 0
@@ -174,7 +174,7 @@ class SimNode:
         self.prompt_tokens_total += prompt_tokens
         return seconds
 
-    def _segmented_seconds(self, prefill: list[SimRequest], segments: list[tuple[int, list[SimRequest], int]]) -> float:
+    def _segmented_seconds(self, prefill: list[SimRequest], segments: Sequence[tuple[int, list[SimRequest], int]]) -> float:
         """Requests entering at different layers: each layer segment runs those already in."""
         groups: dict[int, list[int]] = {}  # entry layer -> [prompt tokens, decode seqs, context]
         for req in prefill:

@@ -24,9 +24,10 @@ identical; the reference engine (reference.py) keeps the plain path, and the equ
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
-from typing import Callable
+from typing import Callable, Sequence
 
 from helix_jax.sim.cluster import SimNode, SimRequest
 from helix_jax.sim.stepping import AT_COORDINATOR, STEP_DONE, WAKE, NodeStepper, _context_tokens
@@ -76,6 +77,7 @@ class HotPathStepper(NodeStepper):
             raise RuntimeError(
                 f"simulated KV on {node.name} ({node.kv_entries} token-layers) exceeds its reservation ({self._kv_reserved[node.name]})"
             )
+        resume = None
         if prefill:
             if len(prefill) == 1:
                 req = prefill[0]
@@ -96,7 +98,7 @@ class HotPathStepper(NodeStepper):
                         _heappush(self._heap, (now + seconds, next(self._seq), STEP_DONE, node, None))
                         return
                     req.chunk = 0
-                    node.waiting.prefill.appendleft(req)
+                    resume = req  # back at the head of the line: handed to `_next_step` directly
                     prefill = []
                 else:
                     req.chunk = req.prefilled = 0
@@ -142,8 +144,8 @@ class HotPathStepper(NodeStepper):
                     self._post(now, node, to, prompts, rows, context)
         # 3. the next step at once, or a wake-up at the earliest message on its way
         line = node.waiting
-        if line.decode_count or line.prefill:
-            self._next_step(node, now)
+        if resume is not None or line.decode_count or line.prefill:
+            self._next_step(node, now, resume)
         else:
             node.batch_prefill, node.batch_decode, node._batch_segments = [], [], []
             if pending:
@@ -186,21 +188,22 @@ class HotPathStepper(NodeStepper):
                 dst_node.wake_key = key
                 _heappush(self._heap, (arrive, seq, WAKE, next(self._wakes), dst_node))
 
-    def _next_step(self, node: SimNode, now: float) -> None:
-        """Start a step of the waiting line's head (`_start_step` with `SimNode.form_batch`)."""
+    def _next_step(self, node: SimNode, now: float, resume: SimRequest | None = None) -> None:
+        """Start a step of the waiting line's head (`_start_step` with `SimNode.form_batch`);
+        `resume`: a prompt with chunks left, in front of the line's prompts."""
         line = node.waiting
         if self._observe_queue:
-            self.scheduler.on_node_queue(node.name, len(line))
+            self.scheduler.on_node_queue(node.name, len(line) + (resume is not None))
         node.wake_key = None
         count = line.decode_count
         if not count:
-            segments: list[tuple[int, list[SimRequest], int]] = []
+            segments: Sequence[tuple[int, list[SimRequest], int]] = []
             decode: list[SimRequest] = []
             context = 0
         else:
             if count <= node.max_decode_seqs:
-                segments = list(line.decode)
-                line.decode.clear()
+                segments = line.decode  # all of them: the line starts a fresh deque
+                line.decode = collections.deque()
                 line.decode_count = 0
             else:
                 segments = line.take_decode(node.max_decode_seqs)
@@ -212,9 +215,9 @@ class HotPathStepper(NodeStepper):
         prefill: list[SimRequest] = []
         prompt_tokens = 0
         waiting_prefill = line.prefill
-        if waiting_prefill:
+        if resume is not None or waiting_prefill:
             budget = node.max_prompt_tokens
-            req = waiting_prefill.popleft()
+            req = resume if resume is not None else waiting_prefill.popleft()
             left = req.prompt_tokens - req.prefilled
             req.chunk = prompt_tokens = budget if left >= budget else left
             prefill.append(req)
