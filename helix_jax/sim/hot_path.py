@@ -3,8 +3,8 @@
 Sits inside step 3 of a run (stepping.py): **step end -> next hops' messages -> next step**.
 `HotPathStepper` overrides `NodeStepper._step_done` and `_wake` with the plain path's algorithm
 (`_take_arrived`, `SimNode.finish`, `_send_one` -> `FifoLink.send` -> `_deliver`,
-`SimNode.form_batch`) written out in a few functions instead of ten calls, and with three
-shortcuts that change nothing but the work:
+`SimNode.form_batch`) written out in a few functions instead of ten calls, and with shortcuts
+that change nothing but the work:
 
 * Routing by table: each node's `next_hop` (request -> next node, kept from admission to
   completion for the requests that do not take `main_next`, the node's first request's next
@@ -15,7 +15,8 @@ shortcuts that change nothing but the work:
 * A node whose requests in flight all go one way (`next_counts` has one key: a node with one
   successor) sends its whole step there without looking any row up.
 * A step of one prompt chunk alone, whose prompt has a full chunk left and whose node has no
-  decode row waiting, starts the prompt's next chunk directly (what `form_batch` would take).
+  decode row waiting, starts the prompt's next chunk directly (what `form_batch` would take); any
+  other prompt with chunks left goes straight into the next step, not back through the deque.
 
 Keys, sequence numbers and arithmetic are the plain path's, in the same order, so results are
 identical; the reference engine (reference.py) keeps the plain path, and the equality tests
