@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from helix_jax.errors import ConfigError, PlacementError
+from helix_jax.errors import ConfigError, PlacementError, RequestError
 from helix_jax.placement import FlowEdge, Hop, Placement
 from helix_jax.scheduler import RequestSpec, Scheduler
 
@@ -122,6 +122,30 @@ def test_decode_load_follows_the_flows_in_force_after_a_reflow() -> None:
     sched.reflow(placement_of(2, ranges, [(C, "b", 5), ("b", C, 5)]))  # a carries no flow now
     sched.on_decode_token("r", 2)
     assert sched.policy.load == {(C, "b"): 0.0, ("b", C): 0.0}
+
+
+def test_a_batch_of_decode_tokens_adds_the_same_loads_as_one_call_each() -> None:
+    """`on_decode_tokens` (the simulator's batch back at the coordinator, one numpy call) leaves
+    every edge's load bit-equal to `on_decode_token` per request in the same order (the adds to
+    an edge happen in that order either way; weights 1/7 and 1/3 make rounding show), and an
+    unknown id changes nothing."""
+    p = diamond()
+    one_by_one, batched = Scheduler(p), Scheduler(p)
+    for sched in (one_by_one, batched):
+        for i in range(6):
+            sched.submit(RequestSpec(f"r{i}", 7 + i, 50))
+        assert len(sched.admit_ready()) == 6
+    rounds = [[f"r{i}" for i in range(6)], ["r3", "r1", "r3", "r0"], ["r5"]] * 7
+    for rids in rounds:
+        for rid in rids:
+            one_by_one.on_decode_token(rid)
+        batched.on_decode_tokens(rids)
+    assert batched.policy.load == one_by_one.policy.load
+    assert len(set(one_by_one.policy.load.values())) > 2
+    before = batched.policy.load
+    with pytest.raises(RequestError, match="'nope' is not in flight"):
+        batched.on_decode_tokens(["r0", "nope"])
+    assert batched.policy.load == before
 
 
 def test_partial_inference_hops_run_only_the_remaining_layers() -> None:

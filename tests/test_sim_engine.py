@@ -149,6 +149,23 @@ def test_fast_engine_equals_the_reference_on_the_24_node_cluster(policy: str) ->
     assert fast.events < 0.8 * reference.events
 
 
+def test_routing_tables_hold_exactly_the_requests_in_flight() -> None:
+    """The hot path routes by each node's `next_hop` (requests not taking `main_next`) and
+    `next_counts`: filled at admission, emptied at completion, so after a run with completions
+    they hold the requests in flight routed through the node, each with its route's next node."""
+    cost, placement = mesh()
+    sim = Simulator(placement, cost, AzureConversationLengths(), SimConfig(duration_s=400.0, warmup_s=100.0, seed=2))
+    res = sim.run()
+    assert res.completed > 0 and res.in_flight_at_end > 0
+    assert any(len(node.next_counts) > 1 for node in sim.nodes.values())  # a node whose requests diverge
+    for name, node in sim.nodes.items():
+        assert sum(node.next_counts.values()) == sim.scheduler.node_in_flight(name)
+        assert len(node.next_hop) == sum(n for dst, n in node.next_counts.items() if dst != node.main_next)
+        for req, dst in node.next_hop.items():
+            hops = [hop.node for hop in req.route]
+            assert dst == (hops + [C])[hops.index(name) + 1] != node.main_next
+
+
 # Results of the engine at commit 994e6ca, before the step path's shortcuts (a step of one prompt
 # chunk, a finished prompt sent without grouping, reused Hops): both engines share that path, so
 # their equality alone would not notice a shortcut that changed what both do.

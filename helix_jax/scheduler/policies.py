@@ -22,6 +22,8 @@ from __future__ import annotations
 import random
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from helix_jax.errors import ConfigError
 from helix_jax.scheduler.route_graph import RouteGraph
 
@@ -55,6 +57,11 @@ class RoutePolicy:
         """`tokens` decode tokens of an admitted request went along its route (`handle` is
         `route_handle(edges)`)."""
 
+    def on_decode_many(self, handles: Sequence[Any]) -> None:
+        """One decode token for each handle, in order (`on_decode(handle, 1)` each)."""
+        for handle in handles:
+            self.on_decode(handle, 1)
+
     def on_hop_latency(self, node: str, seconds: float) -> None:
         pass
 
@@ -68,45 +75,54 @@ class IwrrPolicy(RoutePolicy):
 
     def __init__(self, graph: RouteGraph, in_flight_per_node: Mapping[str, int], seed: int = 0):
         super().__init__(graph, in_flight_per_node, seed)
-        # each edge's [load, 1 / weight] in one list (a cell), so that a route's handle can hold
-        # its cells and a decode token updates them without looking its edges up again
-        self._cells: dict[tuple[str, str], list[float]] = {}
+        # each flow edge's index into `_loads` (work / weight so far) and `_inverse` (1 / weight):
+        # a route's handle is its edges' indices, so a batch of decode tokens is one numpy call
+        self._index: dict[tuple[str, str], int] = {}
+        inverse: list[float] = []
         for src in graph.endpoints:
             for dst in graph.successors(src):
-                self._cells[(src, dst)] = [0.0, 1.0 / graph.weight(src, dst)]
+                self._index[(src, dst)] = len(inverse)
+                inverse.append(1.0 / graph.weight(src, dst))
+        self._inverse_list = inverse  # the same values as Python floats, for `order`'s keys
+        self._inverse = np.array(inverse, dtype=np.float64)
+        self._loads = np.zeros(len(inverse), dtype=np.float64)
 
     @property
     def load(self) -> dict[tuple[str, str], float]:
         """Each flow edge's load (work / weight so far)."""
-        return {edge: cell[0] for edge, cell in self._cells.items()}
+        return {edge: self._loads.item(i) for edge, i in self._index.items()}
 
     def order(self, src: str, candidates: Sequence[str], work: float) -> list[str]:
         if len(candidates) < 2:
             return list(candidates)
-        cells = self._cells
+        index, load, inverse = self._index, self._loads.item, self._inverse_list
 
         def key(dst: str) -> float:
-            cell = cells[(src, dst)]
-            return cell[0] + work * cell[1]
+            i = index[(src, dst)]
+            return load(i) + work * inverse[i]
 
         # Stable sort: ties go to the order of `candidates` (sorted names), deterministic.
         return sorted(candidates, key=key)
 
     def on_admit(self, edges: Sequence[tuple[str, str]], work: float) -> None:
-        cells = self._cells
-        for edge in edges:
-            cell = cells[edge]
-            cell[0] += work * cell[1]
+        at = np.array([self._index[edge] for edge in edges], dtype=np.intp)  # a route repeats no edge
+        self._loads[at] += work * self._inverse[at]
 
-    def route_handle(self, edges: Sequence[tuple[str, str]]) -> tuple[list[float], ...]:
-        """The cells of the route's edges that carry flow now (a route admitted before a reflow
-        may use edges the new flows no longer weigh)."""
-        cells = self._cells
-        return tuple(cells[edge] for edge in edges if edge in cells)
+    def route_handle(self, edges: Sequence[tuple[str, str]]) -> np.ndarray:
+        """The indices of the route's edges that carry flow now (a route admitted before a
+        reflow may use edges the new flows no longer weigh)."""
+        index = self._index
+        return np.array([index[edge] for edge in edges if edge in index], dtype=np.intp)
 
-    def on_decode(self, handle: tuple[list[float], ...], tokens: int) -> None:
-        for cell in handle:
-            cell[0] += tokens * cell[1]
+    def on_decode(self, handle: np.ndarray, tokens: int) -> None:
+        self._loads[handle] += tokens * self._inverse[handle]
+
+    def on_decode_many(self, handles: Sequence[np.ndarray]) -> None:
+        """One token each, added edge by edge in order (`np.add.at` is unbuffered), so the
+        loads are those of `on_decode` called once per handle, to the last bit."""
+        if handles:
+            at = np.concatenate(handles)
+            np.add.at(self._loads, at, self._inverse[at])
 
 
 class RandomPolicy(RoutePolicy):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from helix_jax.errors import ConfigError, OverloadedError, RequestError
 from helix_jax.placement import Hop, Placement
@@ -187,6 +187,20 @@ class Scheduler:
         self.policy.on_decode(entry.decode_handle, tokens)
         if self._fixed is not None:
             self._fixed.add(entry.admission.route, float(tokens))
+
+    def on_decode_tokens(self, request_ids: Sequence[str]) -> None:
+        """One decode token for each request, in order: `on_decode_token(rid)` for each, with
+        the policy's loads updated in one pass (the simulator's batch of tokens back at the
+        coordinator). Raises RequestError, changing nothing, if one is not in flight."""
+        in_flight = self._in_flight
+        entries = [in_flight.get(rid) for rid in request_ids]
+        if None in entries:
+            missing = next(rid for rid, entry in zip(request_ids, entries) if entry is None)
+            raise RequestError(f"request {missing!r} is not in flight")
+        self.policy.on_decode_many([entry.decode_handle for entry in entries])  # type: ignore[union-attr]
+        if self._fixed is not None:
+            for entry in entries:
+                self._fixed.add(entry.admission.route, 1.0)  # type: ignore[union-attr]
 
     def on_hop_latency(self, node: str, seconds: float) -> None:
         self.policy.on_hop_latency(node, seconds)

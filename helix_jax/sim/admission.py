@@ -71,10 +71,18 @@ class Admitter(RunState):
             if not admitted:
                 return
             groups: dict[str, list] = {}
+            nodes = self.nodes
             for adm in admitted:
                 prompt, output, arrival = self._queued.pop(adm.request_id)
                 # Offline, the queue is an artefact of the closed loop: latency starts at admission.
                 req = SimRequest(adm.request_id, prompt, output, adm.route, now if offline else arrival)
+                for hop, next_node in zip(adm.route, req.next_nodes):
+                    node = nodes[hop.node]
+                    if not node.main_next:
+                        node.main_next = next_node
+                    if next_node != node.main_next:
+                        node.next_hop[req] = next_node
+                    node.next_counts[next_node] = node.next_counts.get(next_node, 0) + 1
                 groups.setdefault(adm.route[0].node, [[], [], 0])[0].append(req)
             self.admitted += len(admitted)
             self.peak_in_flight = max(self.peak_in_flight, sched.in_flight)

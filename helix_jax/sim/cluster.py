@@ -20,7 +20,7 @@ waiting lines are in request.py):
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+from typing import Callable, Sequence
 
 from helix_jax.costmodel.steps import step_seconds_by_entry_layer, uniform_step_seconds
 from helix_jax.sim.request import SimRequest, WaitingLine
@@ -53,6 +53,9 @@ class SimNode:
         "pending",
         "wake_key",
         "out_links",
+        "next_hop",
+        "main_next",
+        "next_counts",
         "steps",
         "busy_s",
         "decode_seqs_total",
@@ -77,7 +80,7 @@ class SimNode:
         self.waiting = WaitingLine()
         self.batch_prefill: list[SimRequest] = []
         self.batch_decode: list[SimRequest] = []
-        self._batch_segments: list[tuple[int, list[SimRequest], int]] = []  # decode part by message
+        self._batch_segments: Sequence[tuple[int, list[SimRequest], int]] = []  # decode part by message
         self.batch_context_tokens = 0  # of the decode requests in the step
         self._batch_entry: int | None = None  # the step's one entry layer (None: several)
         self._batch_prompt_tokens = 0
@@ -87,6 +90,12 @@ class SimNode:
         self.pending: list[tuple] = []  # heap of (arrival_s, seq, entry layer, prompt rows, decode rows)
         self.wake_key: tuple[float, int] | None = None
         self.out_links: dict = {}  # destination -> (FifoLink, its SimNode or None for the coordinator)
+        # request -> where it goes after this node, for the requests in flight routed through it
+        # that do not go to `main_next` (the first one's next node: a smaller table); kept by
+        # the engine from admission to completion, the hot path routes by it
+        self.next_hop: dict[SimRequest, str] = {}
+        self.main_next = ""  # none yet
+        self.next_counts: dict[str, int] = {}  # next node -> how many of those requests go there
         # running totals for reports
         self.steps = 0
         self.busy_s = 0.0
@@ -165,7 +174,7 @@ class SimNode:
         self.prompt_tokens_total += prompt_tokens
         return seconds
 
-    def _segmented_seconds(self, prefill: list[SimRequest], segments: list[tuple[int, list[SimRequest], int]]) -> float:
+    def _segmented_seconds(self, prefill: list[SimRequest], segments: Sequence[tuple[int, list[SimRequest], int]]) -> float:
         """Requests entering at different layers: each layer segment runs those already in."""
         groups: dict[int, list[int]] = {}  # entry layer -> [prompt tokens, decode seqs, context]
         for req in prefill:

@@ -13,7 +13,7 @@ and takes every duration from the cost model. One run, step by step:
    step to one destination travel together.
 4. At the coordinator a token is "sampled": the first token sets TTFT; a request that has all
    its output tokens completes (KV released, `finish`), any other starts its next decode round
-   trip along the same route (`on_decode_token` adds the load).
+   trip along the same route (`on_decode_tokens` adds the load, one call per batch).
 5. The run ends at `duration_s`; metrics count `[warmup_s, duration_s)`. TTFT runs from the
    arrival (online) or from admission (offline, where the queue only keeps the loop closed).
 
@@ -21,7 +21,8 @@ Events are per step, not per message (stepping.py): a message to a busy node wai
 node's pending heap under the key an event would have had, so the global heap holds step ends,
 wake-ups of idle nodes, messages to the coordinator and online arrivals, and the run processes
 the same steps in the same order as the message-per-event reference engine (reference.py):
-results are identical, only `events` differs.
+results are identical, only `events` differs. The step path this engine runs is hot_path.py's
+(routing by each node's `next_hop` table); the reference runs stepping.py's plain one.
 
 Memory is proportional to requests in flight: finished requests are dropped at once, and
 metrics are streaming aggregates with bounded reservoirs.
@@ -45,8 +46,9 @@ from helix_jax.scheduler import Scheduler
 from helix_jax.sim.admission import Admitter
 from helix_jax.sim.cluster import SimNode, SimRequest
 from helix_jax.sim.config import SimConfig
+from helix_jax.sim.hot_path import HotPathStepper
 from helix_jax.sim.result import SimResult, build_result
-from helix_jax.sim.stepping import ARRIVAL, AT_COORDINATOR, EVENT_KINDS, STEP_DONE, WAKE, NodeStepper
+from helix_jax.sim.stepping import ARRIVAL, AT_COORDINATOR, EVENT_KINDS, STEP_DONE, WAKE
 from helix_jax.topology import COORDINATOR
 from helix_jax.workload import LengthSampler, seeded_arrivals
 
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 GC_YOUNG_THRESHOLD = 70_000  # allocations between the cyclic collector's young passes during a run
 
 
-class Simulator(Admitter, NodeStepper):
+class Simulator(Admitter, HotPathStepper):
     """One simulated run of a placement under a policy (see the module docstring)."""
 
     def __init__(self, placement: Placement, cost_model: CostModel, lengths: LengthSampler, config: SimConfig):
@@ -112,6 +114,7 @@ class Simulator(Admitter, NodeStepper):
         metrics, sched = self.metrics, self.scheduler
         metrics.on_output_tokens(now, len(reqs))
         groups: dict[str, list] = {}
+        decoding: list[str] = []  # their decode tokens go to the scheduler in one call, in order
         finished = False
         for req in reqs:
             generated = req._generated + 1  # `req.generated += 1`, without the property's two calls
@@ -124,13 +127,20 @@ class Simulator(Admitter, NodeStepper):
                 metrics.on_complete(now, req.first_token_s - req.arrival_s, req.first_token_s, req.output_tokens)
                 kv_tokens = req.prompt_tokens + generated - 1
                 for hop in req.route:
-                    self.nodes[hop.node].kv_entries -= kv_tokens * hop.num_layers
+                    node = self.nodes[hop.node]
+                    node.kv_entries -= kv_tokens * hop.num_layers
+                    next_node = node.next_hop.pop(req, node.main_next)
+                    left = node.next_counts[next_node] - 1
+                    if left:
+                        node.next_counts[next_node] = left
+                    else:
+                        del node.next_counts[next_node]
                 self._account_in_flight(now)
                 sched.finish(req.rid)
                 self.completed += 1
                 finished = True
                 continue
-            sched.on_decode_token(req.rid)
+            decoding.append(req.rid)
             req.path = iter(req.next_nodes)  # hop 0 again
             first = req.route[0].node
             g = groups.get(first)
@@ -139,6 +149,8 @@ class Simulator(Admitter, NodeStepper):
             else:
                 g[1].append(req)
                 g[2] += req.context_tokens
+        if decoding:
+            sched.on_decode_tokens(decoding)
         self._send(now, COORDINATOR, self._coordinator_out, 0, groups)
         if finished:
             self._admit(now)
@@ -172,16 +184,21 @@ class Simulator(Admitter, NodeStepper):
         else:
             self._admit(0.0)
         heap, pop = self._heap, heapq.heappop
-        events = 0
+        step_done, wake = self._step_done, self._wake
+        steps_done = 0  # STEP_DONE events (most of them), counted apart from the others' `counts`
         counts = [0] * len(EVENT_KINDS)
         while heap:
             now, seq, kind, a, b = pop(heap)
             if now >= end:
                 break
             if kind == STEP_DONE:
-                self._step_done(a, now, seq)
-            elif kind == WAKE:
-                if not self._wake(b, now, seq):
+                step_done(a, now, seq)
+                steps_done += 1
+                if progress is not None and not steps_done & 0x3FFF:
+                    progress(now)
+                continue
+            if kind == WAKE:
+                if not wake(b, now, seq):
                     continue
             elif kind == AT_COORDINATOR:
                 self._at_coordinator(a, now)
@@ -195,10 +212,8 @@ class Simulator(Admitter, NodeStepper):
             else:
                 self._at_node(a, b, now, seq)
             counts[kind] += 1
-            events += 1
-            if progress is not None and not events & 0x3FFF:
-                progress(now)
-        self.events = events
+        counts[STEP_DONE] = steps_done
+        self.events = sum(counts)
         self.events_by_kind = dict(zip(EVENT_KINDS, counts))
         self._account_in_flight(end)
         if progress is not None:

@@ -18,11 +18,15 @@ from typing import Any
 
 from helix_jax.sim.cluster import SimNode
 from helix_jax.sim.engine import Simulator
-from helix_jax.sim.stepping import AT_NODE
+from helix_jax.sim.stepping import AT_NODE, NodeStepper
 
 
 class ReferenceSimulator(Simulator):
-    """`Simulator` with one event per message to a node (module docstring)."""
+    """`Simulator` with one event per message to a node (module docstring), on the plain step
+    path (stepping.py), not the hot path's inlined copy of it."""
+
+    _step_done = NodeStepper._step_done
+    _wake = NodeStepper._wake
 
     def _deliver(self, node: SimNode, arrive: float, seq: int, entry_layer: int, prefill: list, decode: list, context: int | None) -> None:
         heapq.heappush(self._heap, (arrive, seq, AT_NODE, node, prefill + decode))
