@@ -166,3 +166,26 @@ def test_broken_files_each_give_one_clear_error(tmp_path: Path, tiny_gguf: Path)
     wrong = write_gguf(tmp_path / "wide.gguf", tensors)
     with pytest.raises(CheckpointError, match="has num_layers=4, the model config says 8"):
         load_stage_weights(PRESETS["tiny-8"], 0, 8, str(wrong))
+
+
+def test_open_reader_parses_a_file_once_and_again_when_it_changes(tmp_path: Path) -> None:
+    """gguf_reader.open_reader: the same parsed reader for the same file, the same fields and
+    tensors as gguf's own GGUFReader, and a fresh parse once the file is rewritten."""
+    from gguf.gguf_reader import GGUFReader
+
+    from helix_jax.model.gguf_reader import open_reader
+
+    path = write_gguf(tmp_path / "r.gguf", gguf_tensors(_hf_tensors()))
+    first = open_reader(path)
+    assert open_reader(str(path)) is first
+    stock = GGUFReader(str(path), "r")
+    assert list(first.fields) == list(stock.fields)
+    for key, field in stock.fields.items():
+        assert first.fields[key].types == field.types and first.fields[key].contents() == field.contents(), key
+    assert [t.name for t in first.tensors] == [t.name for t in stock.tensors]
+    for ours, theirs in zip(first.tensors, stock.tensors):
+        np.testing.assert_array_equal(ours.data, theirs.data)
+    name = gguf_name("model.layers.0.mlp.up_proj.weight")
+    write_gguf(path, gguf_tensors(_hf_tensors()), types={name: Q.Q8_0})  # same path, another size
+    again = open_reader(path)
+    assert again is not first and next(t for t in again.tensors if t.name == name).tensor_type == Q.Q8_0

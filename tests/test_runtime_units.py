@@ -190,3 +190,20 @@ def test_the_coordinator_client_and_front_end_import_no_jax() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_thaw_calls_off_a_freeze_after_that_has_not_fired() -> None:
+    from helix_jax.model.batching import StepInput
+    from helix_jax.runtime.runner import RunnerSpec
+    from helix_jax.testing import FakeRunner
+
+    config = load_topology(tiny_topology_path()).model
+    spec = RunnerSpec(config, 0, 8, "random:0", max_slots=4, max_seq_len=64, prefill_buckets=(16,), decode_buckets=(4,), num_pages=16)
+    for thaw_first in (False, True):
+        runner = FakeRunner(spec)
+        runner.add_request("r")
+        runner.freeze_after(1)
+        if thaw_first:
+            runner.thaw()
+        runner.step([StepInput("r", 0, 0, token_ids=np.asarray([1, 2, 3], np.int32))])
+        assert runner.frozen is not thaw_first  # without the thaw, the pending freeze fires

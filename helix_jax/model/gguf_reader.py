@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 
+@functools.cache
 def _plain_reader_class() -> type:
     from gguf.gguf_reader import GGUFReader  # the class itself, even where a caller rebinds gguf.GGUFReader
 

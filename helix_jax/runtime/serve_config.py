@@ -31,7 +31,7 @@ class ServeConfig:
     emulation: EmulationSpec | None = None
     kv_tokens: int | None = None  # per-worker KV cache size in tokens (None: worker default)
     kv_layout: str | None = None  # "paged" | "contiguous" (None: the engine's default)
-    max_batch: int | None = None  # per-worker decode batch cap (None: the worker's, stage_host.DEFAULT_MAX_BATCH)
+    max_batch: int | None = None  # per-worker decode batch cap (None: worker default)
     max_seq_len: int = 512
     queue_limit: int = 1000
     # requests one client connection may have waiting at once (None: 3/4 of queue_limit), so one

@@ -38,11 +38,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SLOTS = 32  # contiguous slots, or the default KV budget in max_seq_len-long requests
 DECODE_BUCKETS = (1, 4, 16, 64, 256)  # few buckets: every one costs seconds of warm-up per worker
-# Decode rows per step unless the deployment says otherwise (vLLM's max_num_seqs default is the
-# same): with pages, the pool can hold a thousand short requests, and a bucket that wide would
-# cost every worker its compile and its warm-up run (SmolLM2 on the 2-core CPU: ~0.7 s per
-# layer held) for batches a step's compute does not gain from; the rest wait a step.
-DEFAULT_MAX_BATCH = 256
 PAGE_SIZE = 16  # tokens per KV page (the engine's default)
 
 
@@ -270,7 +265,7 @@ def runner_spec(assign: wire.Message, compute: ComputePacer | None) -> tuple[Run
     max_seq_len = min(assign["max_seq_len"], config.max_position_embeddings)
     kv_tokens = assign.get("kv_tokens") or DEFAULT_SLOTS * max_seq_len
     slots = max(1, kv_tokens // max_seq_len)
-    max_rows = assign.get("max_batch") or min(slots, DEFAULT_MAX_BATCH)
+    max_rows = assign.get("max_batch") or slots
     max_prompt = min(max_seq_len, assign.get("prompt_tokens_per_step") or max_seq_len)
     layout = assign.get("kv_layout") or "paged"
     pages = None

@@ -50,7 +50,7 @@ class HotPathStepper(NodeStepper):
                 while True:
                     arrive, _, entry_layer, prompts, rows, context = _heappop(pending)
                     if observe:
-                        for req in itertools.chain(prompts, rows):
+                        for req in _chain(prompts, rows):
                             req.node_enter_s = arrive
                     if prompts:
                         for req in prompts:

@@ -96,6 +96,11 @@ class FakeRunner(KVCapacity):
     def freeze(self) -> None:
         self._thawed.clear()
 
+    @property
+    def frozen(self) -> bool:
+        """Whether the next batch would hang (after `freeze()`, or once a `freeze_after` fired)."""
+        return not self._thawed.is_set()
+
     def thaw(self) -> None:
         """Let batches run again; a `freeze_after` that has not fired yet is called off."""
         self._freeze_in = self._sampled_goal = None
