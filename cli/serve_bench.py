@@ -189,6 +189,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=15.0, help="emulated seconds before the window")
     parser.add_argument("--window", type=float, default=20.0, help="emulated seconds measured")
     parser.add_argument("--plan-time", type=float, default=10.0)
+    parser.add_argument("--emulate-prompt-tokens", type=int, default=33, help="prompt tokens of every emulated request")
+    parser.add_argument("--emulate-max-tokens", type=int, default=10, help="output tokens of every emulated request")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if not args.skip_small:
@@ -214,7 +216,9 @@ def main() -> None:
             )
         print(f"[http] per-token overhead of the API (p50 TPOT, HTTP - ZeroMQ): {r['tpot_overhead_p50_ms']:.3f} ms")
     if not args.skip_emulate:
-        r = bench_emulated(args.time_scale, args.concurrency, args.warmup, args.window, 33, 10, args.plan_time)
+        r = bench_emulated(
+            args.time_scale, args.concurrency, args.warmup, args.window, args.emulate_prompt_tokens, args.emulate_max_tokens, args.plan_time
+        )
         print(
             f"[emulate] single-region-24-llama2-70b on tiny-80, {r['workers']} workers, time scale "
             f"{r['time_scale']:g}, {r['concurrency']} requests in flight (prompt {r['prompt_tokens']}, "

@@ -63,7 +63,11 @@ def bench_emulated(
     placement = plan(topo, time_limit_s=plan_time_s, cost_model=cost)
     kv_scale = 1.0
     model = resolve_model(f"tiny-{topo.model.num_layers}")
-    max_seq_len = 64
+    max_seq_len = max(64, -(-(prompt_tokens + max_tokens) // 16) * 16)
+    # each worker's page pool holds what the scheduler may admit to it (its emulated GPU's budget
+    # per layer held), capped by what the closed loop can have in flight
+    per_layer = max(cost.kv_budget_token_layers(topo.node(n).gpu, e - s) // (e - s) for n, (s, e) in placement.ranges.items())
+    kv_tokens = min(concurrency * max_seq_len, -(-per_layer // 16) * 16)
     cfg = ServeConfig(
         topo,
         placement,
@@ -71,7 +75,7 @@ def bench_emulated(
         weights="random:0",
         max_seq_len=max_seq_len,
         emulation=EmulationSpec.for_topology(topo, time_scale, kv_scale, placement.workload),
-        kv_tokens=concurrency * max_seq_len,
+        kv_tokens=kv_tokens,
         queue_limit=100_000,
         heartbeat_timeout_s=120.0,
     )  # 24 workers share this machine's cores

@@ -65,6 +65,7 @@ class DecodeRow:
     tokens_per_s: float
     floor_ms: float
     gflop_per_s: float  # matmul FLOPs of the layers (head excluded) per second achieved
+    kv: str = "paged/gather"  # KV layout / decode attention backend (StageEngine.attention)
 
     @property
     def vs_floor(self) -> float:
@@ -72,9 +73,18 @@ class DecodeRow:
 
 
 def bench_decode(
-    config: ModelConfig, start: int, end: int, batches: list[int], context_tokens: int, steps: int, bandwidth_bytes_per_s: float
+    config: ModelConfig,
+    start: int,
+    end: int,
+    batches: list[int],
+    context_tokens: int,
+    steps: int,
+    bandwidth_bytes_per_s: float,
+    kv_layout: str = "paged",
+    attention: str = "auto",
 ) -> list[DecodeRow]:
-    """Decode-step timings of the stage [start, end) of `config` (random weights)."""
+    """Decode-step timings of the stage [start, end) of `config` (random weights), with the KV
+    cache in `kv_layout` read by `attention` (StageEngine's options)."""
     weights = random_stage_weights(config, start, end, seed=0)
     layers = end - start
     max_seq_len = context_tokens + steps + 2
@@ -88,6 +98,8 @@ def bench_decode(
         prefill_buckets=(min(64, context_tokens),),
         prefill_batch_buckets=(1,),
         decode_buckets=batches,
+        kv_layout=kv_layout,
+        attention=attention if kv_layout == "paged" else "gather",
     )
     engine.warmup()
     compiled = engine.compile_count  # 0 when an identical stage compiled earlier in this process
@@ -127,6 +139,7 @@ def bench_decode(
                 batch / step_s,
                 floor_s * 1e3,
                 flops / step_s / 1e9,
+                kv_layout if kv_layout == "contiguous" else f"paged/{engine.attention}",
             )
         )
     if engine.compile_count != compiled:
@@ -143,6 +156,11 @@ def main() -> None:
     parser.add_argument("--context-tokens", type=int, default=128)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--skip-tiny", action="store_true")
+    parser.add_argument(
+        "--kv",
+        default="paged",
+        help="comma list of KV variants of the wide rows: paged (auto attention), paged-gather, paged-pallas, contiguous",
+    )
     parser.add_argument("--json", action="store_true", help="print rows as JSON lines too")
     args = parser.parse_args()
     from rich.console import Console
@@ -158,15 +176,31 @@ def main() -> None:
         tiny = PRESETS["tiny-8"]
         rows += bench_decode(tiny, 0, tiny.num_layers, [1, 2, 4, 8, 16, 32], 64, 20, bandwidth)
     wide = PRESETS[args.shape].with_overrides(num_layers=args.layers + 2, dtype=args.dtype)
-    rows += bench_decode(wide, 1, args.layers + 1, batches, args.context_tokens, args.steps, bandwidth)
+    for variant in args.kv.split(","):
+        layout, _, attention = variant.partition("-")
+        rows += bench_decode(wide, 1, args.layers + 1, batches, args.context_tokens, args.steps, bandwidth, layout, attention or "auto")
     table = Table(title="decode steps of StageEngine")
-    for column in ("model", "layers", "dtype", "batch", "context", "step ms", "ms/layer", "tokens/s", "floor ms", "step/floor", "GFLOP/s"):
+    for column in (
+        "model",
+        "layers",
+        "dtype",
+        "kv",
+        "batch",
+        "context",
+        "step ms",
+        "ms/layer",
+        "tokens/s",
+        "floor ms",
+        "step/floor",
+        "GFLOP/s",
+    ):
         table.add_column(column, justify="right")
     for r in rows:
         table.add_row(
             r.model,
             str(r.layers),
             r.dtype,
+            r.kv,
             str(r.batch),
             str(r.context_tokens),
             f"{r.step_ms:.2f}",

@@ -39,8 +39,9 @@ from helix_jax.model.batching import (
 from helix_jax.model.compile_cache import enable_compile_cache
 from helix_jax.model.engine_capacity import KVCapacity
 from helix_jax.model.page_pool import PagePool, page_table_array, pages_for
+from helix_jax.model.paged_cache import ATTENTION_BACKENDS
 from helix_jax.model.sampling import SamplingParams
-from helix_jax.model.stage import KVCache, init_kv_cache, kv_cache_bytes
+from helix_jax.model.stage import KVCache, init_kv_cache, init_paged_kv_cache, kv_cache_bytes
 from helix_jax.model.step_program import CALLER, slots_for_kv_budget, step_program
 from helix_jax.model.weights import StageWeights, check_range
 from helix_jax.modelconfig import ModelConfig
@@ -77,7 +78,10 @@ class StageEngine(KVCapacity):
     context_buckets are attention windows (default: max_seq_len only). return_logits: the last
     stage also returns each item's last-position logits (tests, debugging). compiler_options:
     XLA options for the step programs (e.g. {"xla_backend_optimization_level": 0} halves CPU
-    compile time in tests). Not thread-safe: one thread drives an engine.
+    compile time in tests). attention: how paged decode steps read their pages, "gather" or
+    "pallas" (JAX's Pallas paged-attention kernel, paged_cache.py); "auto" takes "pallas" on a
+    GPU and falls back to "gather", with a warning, if the kernel does not compile there.
+    Not thread-safe: one thread drives an engine.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class StageEngine(KVCapacity):
         kv_layout: str = DEFAULT_KV_LAYOUT,
         page_size: int = DEFAULT_PAGE_SIZE,
         num_pages: int | None = None,
+        attention: str = "auto",
     ):
         check_range(config, start_layer, end_layer)
         enable_compile_cache()  # before this process's first compile
@@ -132,13 +137,25 @@ class StageEngine(KVCapacity):
         self.cache: KVCache = (
             init_kv_cache(config, self.num_layers, max_slots, max_seq_len)
             if self.pool is None
-            else init_kv_cache(config, self.num_layers, self.pool.pages_per_layer, page_size)
+            else init_paged_kv_cache(config, self.num_layers, self.pool.pages_per_layer, page_size)
         )
         self._free_slots = list(range(max_slots - 1, -1, -1))
         self._requests: dict[Hashable, _Request] = {}
         self._compile_count = 0
         self._weight_leaves, treedef = jax.tree.flatten(self._state)
-        self._program = step_program(self._graphdef, treedef, return_logits, self.page_size, compiler_options)
+        self._program_key = (self._graphdef, treedef, return_logits, self.page_size, compiler_options)
+        self.attention = self._attention_backend(attention)
+        self._attention_auto = attention == "auto"
+        self._program = step_program(*self._program_key, attention=self.attention)
+
+    def _attention_backend(self, attention: str) -> str:
+        if attention not in ("auto",) + ATTENTION_BACKENDS:
+            raise ConfigError(f"attention must be 'auto', {' or '.join(map(repr, ATTENTION_BACKENDS))}, got {attention!r}")
+        if attention == "auto":
+            return "pallas" if self.page_size and jax.default_backend() == "gpu" else "gather"
+        if attention == "pallas" and not self.page_size:
+            raise ConfigError("attention 'pallas' reads a paged KV cache: it needs kv_layout 'paged'")
+        return attention
 
     @classmethod
     def for_kv_budget(
@@ -233,6 +250,13 @@ class StageEngine(KVCapacity):
         write no KV). Returns only when all are compiled; returns the number of buckets."""
         shapes = [(rows, 1) for rows in self.decode_buckets]
         shapes += [(rows, tokens) for rows in self.prefill_batch_buckets for tokens in self.prefill_buckets if tokens > 1]
+        if self.attention == "pallas" and self._attention_auto:
+            try:
+                self._run(self._pad([], shapes[0][0], 1), self.context_buckets[0])
+            except Exception as exc:  # the kernel's Triton lowering on this GPU: keep serving, on the gather
+                log.warning("paged-attention kernel unavailable here (%s: %s); decode attention gathers pages", type(exc).__name__, exc)
+                self.attention = "gather"
+                self._program = step_program(*self._program_key, attention="gather")
         for rows, tokens in shapes:
             for context_len in self.context_buckets:
                 self._run(self._pad([], rows, tokens), context_len)

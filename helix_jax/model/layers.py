@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from helix_jax.model.paged_cache import paged_write_read
+from helix_jax.model.paged_cache import paged_decode_attention, paged_write, paged_write_read
 from helix_jax.modelconfig import ModelConfig
 
 _NEG_INF = -1e30  # finite, so fully masked padding rows never produce NaN
@@ -109,6 +109,11 @@ class Attention(nnx.Module):
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv.page_size and kv.attention == "pallas" and t == 1:  # decode: the kernel reads the pages in place
+            k_cache, v_cache, table = kv.write(k, v)
+            lengths = jnp.where(kv.write_mask[:, 0], kv.query_pos[:, 0] + 1, 0).astype(jnp.int32)
+            out = paged_decode_attention(q[:, 0] / math.sqrt(self.head_dim), k_cache, v_cache, table, lengths)
+            return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), k_cache, v_cache
         k_cache, v_cache, keys, values = kv.write_read(k, v)
         ctx = keys.shape[1]
         # keys/values [B, ctx, kv_heads, head_dim]; queries grouped per kv head.
@@ -142,8 +147,9 @@ class LayerKV:
     """Per-call view of the stage's KV cache for one layer (built inside the traced step).
 
     Contiguous layout (page_size 0): caches `[layers, slots, max_seq, kv_heads, head_dim]`,
-    `index` the row's slot `[B]`. Paged layout: flat page pools `[pages, page_size, kv_heads,
-    head_dim]` (paged_cache.py), `index` the rows' page tables `[B, layers, P]`.
+    `index` the row's slot `[B]`. Paged layout: flat page pools `[kv_heads, pages, page_size,
+    head_dim]` (paged_cache.py), `index` the rows' page tables `[B, layers, P]`; `attention`
+    "pallas" reads decode steps' pages with JAX's paged-attention kernel, "gather" gathers them.
     """
 
     k_cache: jax.Array
@@ -154,14 +160,21 @@ class LayerKV:
     query_pos: jax.Array  # [B, T] absolute position of each query token
     context_len: int  # static: cached positions attention may read (contiguous layout)
     page_size: int = 0  # static: 0 = contiguous slots
+    attention: str = "gather"  # static: paged decode attention backend (paged_cache.ATTENTION_BACKENDS)
+
+    def write(self, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Paged: write this step's k, v `[B, T, kv_heads, head_dim]` into their pages; returns
+        (k_cache, v_cache, this layer's page tables `[B, P]`)."""
+        table = jax.lax.dynamic_index_in_dim(self.index, self.layer_index, axis=1, keepdims=False)
+        k_cache, v_cache = paged_write(self.k_cache, self.v_cache, table, self.write_mask, self.query_pos, k, v, self.page_size)
+        return k_cache, v_cache, table
 
     def write_read(self, k: jax.Array, v: jax.Array):
         """Write this step's k, v `[B, T, kv_heads, head_dim]` (masked tokens are dropped) and
         return (k_cache, v_cache, keys, values) with keys/values `[B, ctx, kv_heads, head_dim]`."""
         if self.page_size:
-            return paged_write_read(
-                self.k_cache, self.v_cache, self.index, self.layer_index, self.write_mask, self.query_pos, k, v, self.page_size
-            )
+            table = jax.lax.dynamic_index_in_dim(self.index, self.layer_index, axis=1, keepdims=False)
+            return paged_write_read(self.k_cache, self.v_cache, table, self.write_mask, self.query_pos, k, v, self.page_size)
         layer, max_seq = self.layer_index, self.k_cache.shape[2]
         write_slot = jnp.broadcast_to(self.index[:, None], self.query_pos.shape)
         write_pos = jnp.where(self.write_mask, self.query_pos, max_seq)  # past the end: dropped

@@ -1,57 +1,109 @@
 """The paged KV cache: a pool of fixed-size pages per stage and a page table per request.
 
-Owns: the traced helper `paged_write_read`; the host-side allocator (`PagePool`, `pages_for`,
-`page_table_array`) lives in page_pool.py (numpy only) and is re-exported here.
+Owns: the traced helpers `paged_write_read` (write this step's K/V into their pages, gather each
+row's pages back for attention) and `paged_decode_attention` (decode attention read straight from
+the pages by JAX's Pallas paged-attention kernel, `jax.experimental.pallas.ops.gpu.paged_attention`);
+the host-side allocator (`PagePool`, `pages_for`, `page_table_array`) lives in page_pool.py (numpy
+only) and is re-exported here.
 Sits in the runtime step of the data flow: `engine.py` allocates pages before each step and
-hands the batch's page tables to the jitted stage forward, where `layers.py` writes the new
-tokens' K/V into their pages and gathers each row's pages back for attention.
+hands the batch's page tables to the jitted stage forward, where `layers.py` calls these.
 
-Layout: the pool is `k, v: [layers, pages, page_size, kv_heads, head_dim]`, i.e.
-`layers x pages` pages of `page_size` tokens for ONE layer each. Any page may serve any layer
-of the stage, so a request entering the stage at a later layer (partial inference) holds
-pages only for the layers it runs, and the stage's capacity in token-layers,
-`layers x pages x page_size`, is what the ledger budgets: a request of T tokens run on n
-layers takes `pages_for(T) x n` pages, the ledger reserves `pages_for(T) x page_size x n`.
-Global page id g is page `g % pages` of layer slab `g // pages` (a free reshape to
-`[layers * pages, page_size, ...]` inside the trace).
+Layout: the pool is `k, v: [kv_heads, layers, pages, page_size, head_dim]`, i.e. `layers x
+pages` pages of `page_size` tokens for ONE layer each, kv-head major (the kernel's layout: one
+head's pages are one contiguous block). Any page may serve any layer of the stage, so a request
+entering the stage at a later layer (partial inference) holds pages only for the layers it runs,
+and the stage's capacity in token-layers, `layers x pages x page_size`, is what the ledger
+budgets: a request of T tokens run on n layers takes `pages_for(T) x n` pages, the ledger
+reserves `pages_for(T) x page_size x n`. Global page id g is page `g % pages` of layer slab
+`g // pages` (a free reshape to `[kv_heads, layers * pages, page_size, head_dim]` inside the
+trace).
+
+Attention backends: "gather" (plain JAX: each row's pages gathered into a `[B, P x page_size]`
+window; every step shape, every device) and "pallas" (decode steps only, one token per row: the
+kernel reads the pages in place, in flash-attention blocks, and stops at each row's length;
+compiled with Triton on a GPU, run by Pallas' interpreter elsewhere, which only tests use).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 
 from helix_jax.model.page_pool import PagePool, page_table_array, pages_for
 
-__all__ = ["PagePool", "page_table_array", "pages_for", "paged_write_read"]
+__all__ = ["PagePool", "page_table_array", "pages_for", "paged_decode_attention", "paged_write", "paged_write_read"]
+
+ATTENTION_BACKENDS = ("gather", "pallas")
+
+
+def paged_write(
+    k_pool: jax.Array,
+    v_pool: jax.Array,
+    table: jax.Array,
+    write_mask: jax.Array,
+    query_pos: jax.Array,
+    new_k: jax.Array,
+    new_v: jax.Array,
+    page_size: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Traced: write this step's K/V of one layer into their pages.
+
+    k_pool/v_pool `[kv_heads, total_pages, page_size, head_dim]` (flat), table: the layer's page
+    tables `[B, P]`, write_mask/query_pos `[B, T]`, new_k/new_v `[B, T, kv_heads, head_dim]`.
+    Masked tokens target page `total_pages` and are dropped, so nothing is written out of bounds.
+    """
+    total, width = k_pool.shape[1], table.shape[1]
+    index = jnp.minimum(query_pos // page_size, width - 1)
+    page = jnp.where(write_mask, jnp.take_along_axis(table, index, axis=1), total)
+    offset = query_pos % page_size
+    k_pool = k_pool.at[:, page, offset].set(jnp.moveaxis(new_k, 2, 0).astype(k_pool.dtype), mode="drop")
+    v_pool = v_pool.at[:, page, offset].set(jnp.moveaxis(new_v, 2, 0).astype(v_pool.dtype), mode="drop")
+    return k_pool, v_pool
 
 
 def paged_write_read(
     k_pool: jax.Array,
     v_pool: jax.Array,
-    page_table: jax.Array,
-    layer: jax.Array,
+    table: jax.Array,
     write_mask: jax.Array,
     query_pos: jax.Array,
     new_k: jax.Array,
     new_v: jax.Array,
     page_size: int,
 ):
-    """Traced: write this step's K/V of one layer into their pages, then gather each row's pages.
-
-    k_pool/v_pool `[total_pages, page_size, kv_heads, head_dim]` (flat), page_table
-    `[B, layers, P]`, write_mask/query_pos `[B, T]`, new_k/new_v `[B, T, kv_heads, head_dim]`.
-    Masked tokens target page `total_pages` and are dropped, so nothing is written out of
-    bounds. Returns the pools and keys/values `[B, P * page_size, kv_heads, head_dim]` in
-    position order.
-    """
-    total = k_pool.shape[0]
-    table = jax.lax.dynamic_index_in_dim(page_table, layer, axis=1, keepdims=False)  # [B, P]
+    """Traced: `paged_write`, then gather each row's pages. Returns the pools and keys/values
+    `[B, P * page_size, kv_heads, head_dim]` in position order."""
+    k_pool, v_pool = paged_write(k_pool, v_pool, table, write_mask, query_pos, new_k, new_v, page_size)
     batch, width = table.shape
-    index = jnp.minimum(query_pos // page_size, width - 1)
-    page = jnp.where(write_mask, jnp.take_along_axis(table, index, axis=1), total)
-    offset = query_pos % page_size
-    k_pool = k_pool.at[page, offset].set(new_k.astype(k_pool.dtype), mode="drop")
-    v_pool = v_pool.at[page, offset].set(new_v.astype(v_pool.dtype), mode="drop")
-    shape = (batch, width * page_size) + k_pool.shape[2:]
-    return k_pool, v_pool, k_pool[table].reshape(shape), v_pool[table].reshape(shape)
+    shape = (k_pool.shape[0], batch, width * page_size, k_pool.shape[-1])
+    keys, values = (jnp.moveaxis(pool[:, table].reshape(shape), 0, 2) for pool in (k_pool, v_pool))
+    return k_pool, v_pool, keys, values
+
+
+def paged_decode_attention(q: jax.Array, k_pool: jax.Array, v_pool: jax.Array, table: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Traced: decode attention of one query token per row, read from the pages by JAX's Pallas
+    paged-attention kernel (Triton on a GPU, Pallas' interpreter elsewhere).
+
+    q `[B, heads, head_dim]` (already scaled by 1/sqrt(head_dim)), pools `[kv_heads,
+    total_pages, page_size, head_dim]`, table `[B, P]`, lengths `[B]` int32: keys a row may read
+    (positions `[0, length)`; 0 for a row that reads nothing, whose output is 0). Returns
+    `[B, heads, head_dim]`. The kernel splits each row's P pages into `k_splits` partitions of
+    whole compute blocks, so both are taken from the divisors of P.
+    """
+    from jax.experimental.pallas.ops.gpu.paged_attention import paged_attention
+
+    pages = table.shape[1]
+    k_splits = math.gcd(pages, 16)
+    per_split = pages // k_splits
+    return paged_attention(
+        q,
+        k_pool,
+        v_pool,
+        table,
+        lengths,
+        k_splits=k_splits,
+        pages_per_compute_block=math.gcd(per_split, 8),
+        interpret=jax.default_backend() != "gpu",
+    )

@@ -31,8 +31,8 @@ from helix_jax.modelconfig import ModelConfig
 
 class KVCache(NamedTuple):
     """Keys and values of every layer of a stage: per slot `[layers, slots, max_seq, kv_heads,
-    head_dim]` (contiguous) or a page pool `[layers, pages, page_size, kv_heads, head_dim]`
-    (paged; the same shape with pages for slots and page_size for max_seq)."""
+    head_dim]` (contiguous) or a page pool `[kv_heads, layers, pages, page_size, head_dim]`
+    (paged, kv-head major: paged_cache.py)."""
 
     k: jax.Array
     v: jax.Array
@@ -40,6 +40,11 @@ class KVCache(NamedTuple):
 
 def init_kv_cache(config: ModelConfig, num_layers: int, num_slots: int, max_seq_len: int) -> KVCache:
     shape = (num_layers, num_slots, max_seq_len, config.num_kv_heads, config.dim_per_head)
+    return KVCache(jnp.zeros(shape, jnp_dtype(config)), jnp.zeros(shape, jnp_dtype(config)))
+
+
+def init_paged_kv_cache(config: ModelConfig, num_layers: int, pages_per_layer: int, page_size: int) -> KVCache:
+    shape = (config.num_kv_heads, num_layers, pages_per_layer, page_size, config.dim_per_head)
     return KVCache(jnp.zeros(shape, jnp_dtype(config)), jnp.zeros(shape, jnp_dtype(config)))
 
 
@@ -125,6 +130,7 @@ class StageModel(nnx.Module):
         cache: KVCache,
         context_len: int,
         page_size: int = 0,
+        attention: str = "gather",
     ) -> tuple[jax.Array, KVCache]:
         """Run the stage's layers on a padded batch and update the cache.
 
@@ -133,7 +139,8 @@ class StageModel(nnx.Module):
         first layer to run, position of the row's first token, valid tokens in the row (0 for
         padding rows). kv_index: the rows' cache slots `[B]` (contiguous cache, page_size 0) or
         their page tables `[B, layers, P]` (paged cache of `page_size`-token pages, whose
-        attention window is P x page_size). Returns hidden `[B, T, hidden]` after `end_layer - 1`.
+        attention window is P x page_size; `attention`: its decode backend, paged_cache.py).
+        Returns hidden `[B, T, hidden]` after `end_layer - 1`.
         """
         tokens = hidden.shape[1]
         token_index = jnp.arange(tokens, dtype=jnp.int32)[None, :]
@@ -146,13 +153,13 @@ class StageModel(nnx.Module):
 
         def apply(layer: DecoderLayer, index, x, k_cache, v_cache):
             run = run_start <= self.start_layer + index  # [B]: rows that run this layer
-            kv = LayerKV(k_cache, v_cache, index, valid & run[:, None], kv_index, query_pos, context_len, page_size)
+            kv = LayerKV(k_cache, v_cache, index, valid & run[:, None], kv_index, query_pos, context_len, page_size, attention)
             y, k_cache, v_cache = layer(x, cos, sin, kv)
             return jnp.where(run[:, None, None], y, x), k_cache, v_cache
 
         k, v = cache.k, cache.v
-        if page_size:  # one flat pool of pages: any page may serve any layer (paged_cache.py)
-            k, v = (a.reshape((-1,) + a.shape[2:]) for a in (k, v))
+        if page_size:  # one flat pool of pages per kv head: any page may serve any layer (paged_cache.py)
+            k, v = (a.reshape((a.shape[0], -1) + a.shape[3:]) for a in (k, v))
 
         def done(x, k, v):
             return x, KVCache(k.reshape(cache.k.shape), v.reshape(cache.v.shape))

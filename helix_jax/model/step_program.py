@@ -1,8 +1,8 @@
 """The jitted step programs of `StageEngine`, shared by every engine of the same stage structure.
 
 Owns: the traced step (merge weights, run the stage forward, sample on the last stage), the
-process-wide program cache keyed by graphdef, weight treedef, logits flag, page size and XLA
-options, compile counting, and `slots_for_kv_budget`. Sits in the runtime step of the data
+process-wide program cache keyed by graphdef, weight treedef, logits flag, page size, paged
+attention backend and XLA options, compile counting, and `slots_for_kv_budget`. Sits in the runtime step of the data
 flow, under `engine.py`: the engine pads a batch and calls the program returned here.
 """
 
@@ -34,6 +34,7 @@ def _traced_step(
     treedef,
     return_logits: bool,
     page_size: int,
+    attention: str,
     weight_leaves: list,
     cache: KVCache,
     token_ids,
@@ -54,7 +55,7 @@ def _traced_step(
         engine._compile_count += 1  # runs only while tracing: one increment per compiled bucket
     model: StageModel = nnx.merge(graphdef, jax.tree.unflatten(treedef, weight_leaves))
     x, cache = model(
-        token_ids if model.is_first else None, hidden, run_start, positions, num_tokens, kv_index, cache, context_len, page_size
+        token_ids if model.is_first else None, hidden, run_start, positions, num_tokens, kv_index, cache, context_len, page_size, attention
     )
     if not model.is_last:
         return x, cache
@@ -64,12 +65,14 @@ def _traced_step(
     return ((tokens, logits) if return_logits else tokens), cache
 
 
-def step_program(graphdef, treedef, return_logits: bool, page_size: int, compiler_options: dict | None) -> Callable:
+def step_program(
+    graphdef, treedef, return_logits: bool, page_size: int, compiler_options: dict | None, attention: str = "gather"
+) -> Callable:
     options = tuple(sorted((compiler_options or {}).items()))
-    key = (graphdef, treedef, return_logits, page_size, options)
+    key = (graphdef, treedef, return_logits, page_size, attention, options)
     if key not in PROGRAMS:
         PROGRAMS[key] = jax.jit(
-            functools.partial(_traced_step, graphdef, treedef, return_logits, page_size),
+            functools.partial(_traced_step, graphdef, treedef, return_logits, page_size, attention),
             static_argnames=("context_len",),
             donate_argnames=("cache",),
             compiler_options=dict(options) or None,
