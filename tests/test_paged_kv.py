@@ -109,6 +109,23 @@ def test_the_pallas_paged_attention_kernel_equals_the_gather():
             np.testing.assert_allclose(la, lb, atol=1e-4)
 
 
+def test_auto_attention_falls_back_to_the_gather_where_the_kernel_does_not_compile(monkeypatch, caplog):
+    """"auto" on a GPU takes the kernel; where its Triton lowering fails (here: this CPU made to
+    look like a GPU, so the kernel is compiled instead of interpreted), warm-up says so once and
+    the engine serves on the gather, with the gather's results."""
+    import jax
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    engine = make(0, 4, "paged")
+    assert engine.attention == "pallas"
+    with caplog.at_level("WARNING", logger="helix_jax.model.engine"):
+        engine.warmup()
+    assert engine.attention == "gather"
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["paged-attention kernel unavailable here"]
+    monkeypatch.undo()
+    assert_same(generate([engine], MIXED, 8, 4), generate([make(0, 4, "paged", attention="gather")], MIXED, 8, 4))
+
+
 @pytest.mark.parametrize("chunk", [3, 8])
 def test_paged_chunked_and_one_shot_prefill_equal_contiguous(chunk):
     one_shot = generate([make(0, 4, "contiguous", prefill_buckets=(16,))], {"r": PROMPT}, 16, 4)
