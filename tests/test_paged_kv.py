@@ -110,7 +110,7 @@ def test_the_pallas_paged_attention_kernel_equals_the_gather():
 
 
 def test_auto_attention_falls_back_to_the_gather_where_the_kernel_does_not_compile(monkeypatch, caplog):
-    """"auto" on a GPU takes the kernel; where its Triton lowering fails (here: this CPU made to
+    """ "auto" on a GPU takes the kernel; where its Triton lowering fails (here: this CPU made to
     look like a GPU, so the kernel is compiled instead of interpreted), warm-up says so once and
     the engine serves on the gather, with the gather's results."""
     import jax
