@@ -250,9 +250,11 @@ class StageEngine(KVCapacity):
         write no KV). Returns only when all are compiled; returns the number of buckets."""
         shapes = [(rows, 1) for rows in self.decode_buckets]
         shapes += [(rows, tokens) for rows in self.prefill_batch_buckets for tokens in self.prefill_buckets if tokens > 1]
-        if self.attention == "pallas" and self._attention_auto:
+        if self.attention == "pallas" and self._attention_auto:  # every decode program, the kernel's only users
             try:
-                self._run(self._pad([], shapes[0][0], 1), self.context_buckets[0])
+                for rows in self.decode_buckets:
+                    for context_len in self.context_buckets:
+                        self._run(self._pad([], rows, 1), context_len)
             except Exception as exc:  # the kernel's Triton lowering on this GPU: keep serving, on the gather
                 log.warning("paged-attention kernel unavailable here (%s: %s); decode attention gathers pages", type(exc).__name__, exc)
                 self.attention = "gather"
