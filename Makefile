@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install test lint format demo bench bench-plan bench-runtime bench-serve bench-sim bench-paged bench-timing bench-soak bench-long-prompt clean
+.PHONY: install test lint format demo bench bench-plan bench-runtime bench-serve bench-sim bench-paged bench-gpu bench-timing bench-soak bench-long-prompt clean
 
 # What serving needs (no torch), then the default model into the model cache (sha256-checked).
 install:
@@ -57,6 +57,12 @@ bench-runtime:
 
 bench-paged:
 	$(BIN)/python -m helix_jax.model.bench_paged
+
+# On a machine with a GPU: profile 70B-shaped bf16 layers, then decode steps against the bandwidth floor for
+# paged (gather), paged (Pallas kernel) and contiguous KV. Needs only JAX and flax: on a bare GPU host run
+# `PYTHONPATH=. python3 -m helix_jax.model.gpu_checks --out DIR` from a checkout.
+bench-gpu:
+	$(BIN)/python -m helix_jax.model.gpu_checks --out gpu-checks
 
 bench-sim:
 	$(BIN)/python -m helix_jax.cli.sim_bench
