@@ -65,11 +65,18 @@ class DecodeRow:
     tokens_per_s: float
     floor_ms: float
     gflop_per_s: float  # matmul FLOPs of the layers (head excluded) per second achieved
-    kv: str = "paged/gather"  # KV layout / decode attention backend (StageEngine.attention)
+    kv: str  # KV layout / decode attention backend (StageEngine.attention)
 
     @property
     def vs_floor(self) -> float:
         return self.step_ms / self.floor_ms
+
+
+def kv_variant(text: str) -> tuple[str, str]:
+    """A `--kv` variant, "LAYOUT[-ATTENTION]" (paged, paged-gather, paged-pallas, contiguous), as
+    StageEngine's (kv_layout, attention); no attention given: "auto"."""
+    layout, _, attention = text.partition("-")
+    return layout, attention or "auto"
 
 
 def bench_decode(
@@ -99,7 +106,7 @@ def bench_decode(
         prefill_batch_buckets=(1,),
         decode_buckets=batches,
         kv_layout=kv_layout,
-        attention=attention if kv_layout == "paged" else "gather",
+        attention=attention,
     )
     engine.warmup()
     compiled = engine.compile_count  # 0 when an identical stage compiled earlier in this process
@@ -177,8 +184,7 @@ def main() -> None:
         rows += bench_decode(tiny, 0, tiny.num_layers, [1, 2, 4, 8, 16, 32], 64, 20, bandwidth)
     wide = PRESETS[args.shape].with_overrides(num_layers=args.layers + 2, dtype=args.dtype)
     for variant in args.kv.split(","):
-        layout, _, attention = variant.partition("-")
-        rows += bench_decode(wide, 1, args.layers + 1, batches, args.context_tokens, args.steps, bandwidth, layout, attention or "auto")
+        rows += bench_decode(wide, 1, args.layers + 1, batches, args.context_tokens, args.steps, bandwidth, *kv_variant(variant))
     table = Table(title="decode steps of StageEngine")
     for column in (
         "model",

@@ -250,21 +250,25 @@ class StageEngine(KVCapacity):
         write no KV). Returns only when all are compiled; returns the number of buckets."""
         shapes = [(rows, 1) for rows in self.decode_buckets]
         shapes += [(rows, tokens) for rows in self.prefill_batch_buckets for tokens in self.prefill_buckets if tokens > 1]
-        if self.attention == "pallas" and self._attention_auto:  # every decode program, the kernel's only users
+        buckets = len(shapes) * len(self.context_buckets)
+        if self.attention == "pallas" and self._attention_auto:  # the decode programs first: the kernel's only users
+            compiled = self._compile_count
             try:
                 for rows in self.decode_buckets:
                     for context_len in self.context_buckets:
                         self._run(self._pad([], rows, 1), context_len)
+                shapes = shapes[len(self.decode_buckets) :]  # compiled, with the kernel
             except Exception as exc:  # the kernel's Triton lowering on this GPU: keep serving, on the gather
                 log.warning("paged-attention kernel unavailable here (%s: %s); decode attention gathers pages", type(exc).__name__, exc)
                 self.attention = "gather"
                 self._program = step_program(*self._program_key, attention="gather")
+                self._compile_count = compiled  # the kernel's programs are dropped: count what serves
         for rows, tokens in shapes:
             for context_len in self.context_buckets:
                 self._run(self._pad([], rows, tokens), context_len)
         jax.block_until_ready(self.cache)
         log.info("stage [%d, %d): %d programs compiled", self.start_layer, self.end_layer, self._compile_count)
-        return len(shapes) * len(self.context_buckets)
+        return buckets
 
     def step(self, items: Sequence[StepInput]) -> list[StepOutput]:
         """Run one continuous-batching step over `items` (prefill chunks and decode tokens of

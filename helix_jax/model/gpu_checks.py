@@ -23,7 +23,7 @@ from pathlib import Path
 
 import jax
 
-from helix_jax.model.bench_runtime import bench_decode, measure_bandwidth_bytes_per_s
+from helix_jax.model.bench_runtime import bench_decode, kv_variant, measure_bandwidth_bytes_per_s
 from helix_jax.model.profiler import profile_device
 from helix_jax.modelconfig import PRESETS
 
@@ -62,10 +62,9 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"profile ({time.perf_counter() - begin:.0f} s): ms per layer, decode by batch {decode}; prefill by tokens {prefill}")
     bandwidth = measure_bandwidth_bytes_per_s()
     console.print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s")
+    shape = config.with_overrides(num_layers=args.layers + 2)  # a middle stage: no embedding, no head
     for variant in args.kv.split(","):
-        layout, _, attention = variant.partition("-")
-        shape = config.with_overrides(num_layers=args.layers + 2)
-        rows = bench_decode(shape, 1, args.layers + 1, batches, args.context_tokens, args.steps, bandwidth, layout, attention or "auto")
+        rows = bench_decode(shape, 1, args.layers + 1, batches, args.context_tokens, args.steps, bandwidth, *kv_variant(variant))
         with (args.out / "decode.jsonl").open("a") as f:
             for r in rows:
                 f.write(json.dumps({**dataclasses.asdict(r), "bandwidth_bytes_per_s": bandwidth}) + "\n")

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from helix_jax.model.paged_cache import paged_decode_attention, paged_write, paged_write_read
+from helix_jax.model.paged_cache import paged_decode_attention, paged_read, paged_write
 from helix_jax.modelconfig import ModelConfig
 
 _NEG_INF = -1e30  # finite, so fully masked padding rows never produce NaN
@@ -173,8 +173,8 @@ class LayerKV:
         """Write this step's k, v `[B, T, kv_heads, head_dim]` (masked tokens are dropped) and
         return (k_cache, v_cache, keys, values) with keys/values `[B, ctx, kv_heads, head_dim]`."""
         if self.page_size:
-            table = jax.lax.dynamic_index_in_dim(self.index, self.layer_index, axis=1, keepdims=False)
-            return paged_write_read(self.k_cache, self.v_cache, table, self.write_mask, self.query_pos, k, v, self.page_size)
+            k_cache, v_cache, table = self.write(k, v)
+            return (k_cache, v_cache, *paged_read(k_cache, v_cache, table, self.page_size))
         layer, max_seq = self.layer_index, self.k_cache.shape[2]
         write_slot = jnp.broadcast_to(self.index[:, None], self.query_pos.shape)
         write_pos = jnp.where(self.write_mask, self.query_pos, max_seq)  # past the end: dropped

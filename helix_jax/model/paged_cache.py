@@ -1,7 +1,7 @@
 """The paged KV cache: a pool of fixed-size pages per stage and a page table per request.
 
-Owns: the traced helpers `paged_write_read` (write this step's K/V into their pages, gather each
-row's pages back for attention) and `paged_decode_attention` (decode attention read straight from
+Owns: the traced helpers `paged_write` (write this step's K/V into their pages), `paged_read`
+(gather each row's pages back for attention) and `paged_decode_attention` (decode attention read straight from
 the pages by JAX's Pallas paged-attention kernel, `jax.experimental.pallas.ops.gpu.paged_attention`);
 the host-side allocator (`PagePool`, `pages_for`, `page_table_array`) lives in page_pool.py (numpy
 only) and is re-exported here.
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from helix_jax.model.page_pool import PagePool, page_table_array, pages_for
 
-__all__ = ["PagePool", "page_table_array", "pages_for", "paged_decode_attention", "paged_write", "paged_write_read"]
+__all__ = ["PagePool", "page_table_array", "pages_for", "paged_decode_attention", "paged_read", "paged_write"]
 
 ATTENTION_BACKENDS = ("gather", "pallas")
 
@@ -63,23 +63,13 @@ def paged_write(
     return k_pool, v_pool
 
 
-def paged_write_read(
-    k_pool: jax.Array,
-    v_pool: jax.Array,
-    table: jax.Array,
-    write_mask: jax.Array,
-    query_pos: jax.Array,
-    new_k: jax.Array,
-    new_v: jax.Array,
-    page_size: int,
-):
-    """Traced: `paged_write`, then gather each row's pages. Returns the pools and keys/values
-    `[B, P * page_size, kv_heads, head_dim]` in position order."""
-    k_pool, v_pool = paged_write(k_pool, v_pool, table, write_mask, query_pos, new_k, new_v, page_size)
+def paged_read(k_pool: jax.Array, v_pool: jax.Array, table: jax.Array, page_size: int) -> tuple[jax.Array, jax.Array]:
+    """Traced: gather each row's pages of one layer (table `[B, P]`) out of the flat pools:
+    keys/values `[B, P * page_size, kv_heads, head_dim]` in position order."""
     batch, width = table.shape
     shape = (k_pool.shape[0], batch, width * page_size, k_pool.shape[-1])
     keys, values = (jnp.moveaxis(pool[:, table].reshape(shape), 0, 2) for pool in (k_pool, v_pool))
-    return k_pool, v_pool, keys, values
+    return keys, values
 
 
 def paged_decode_attention(q: jax.Array, k_pool: jax.Array, v_pool: jax.Array, table: jax.Array, lengths: jax.Array) -> jax.Array:

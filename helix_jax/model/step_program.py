@@ -65,9 +65,7 @@ def _traced_step(
     return ((tokens, logits) if return_logits else tokens), cache
 
 
-def step_program(
-    graphdef, treedef, return_logits: bool, page_size: int, compiler_options: dict | None, attention: str = "gather"
-) -> Callable:
+def step_program(graphdef, treedef, return_logits: bool, page_size: int, compiler_options: dict | None, attention: str) -> Callable:
     options = tuple(sorted((compiler_options or {}).items()))
     key = (graphdef, treedef, return_logits, page_size, attention, options)
     if key not in PROGRAMS:
