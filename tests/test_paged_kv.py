@@ -99,6 +99,8 @@ def test_the_pallas_paged_attention_kernel_equals_the_gather():
     assert make(0, 4, "paged").attention == "gather"  # "auto" off a GPU
     with pytest.raises(ConfigError, match="attention 'pallas' reads a paged KV cache"):
         make(0, 4, "contiguous", attention="pallas")
+    with pytest.raises(ConfigError, match=r"^attention must be 'auto', 'gather' or 'pallas', got 'flash'$"):
+        make(0, 4, "paged", attention="flash")
     prompts = {"a": PROMPT[:5], "b": PROMPT, "c": PROMPT[3:10]}
     gather, pallas = (
         generate([make(s, e, "paged", attention=att) for s, e in ((0, 3), (2, 4))], prompts, 8, 6) for att in ("gather", "pallas")
