@@ -7,7 +7,6 @@ core.py (the connection) and messages.py (the wire side) with the asyncio twin i
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -29,6 +28,7 @@ from helix_jax.client.messages import (
 )
 from helix_jax.errors import HelixError
 from helix_jax.runtime import security, wire
+from helix_jax.runtime.waker import Waker
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Client(ClientCore):
         self._last_ping = time.monotonic()
         self._dead: str | None = None  # why the I/O thread stopped serving (then every call fails)
         self._outbox: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
+        self._waker = Waker("client")
         self._pending: dict[str, queue.SimpleQueue[wire.Message]] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -151,10 +151,8 @@ class Client(ClientCore):
             if self._closed:
                 return
             self._closed = True
-        os.write(self._wake_w, b"x")
-        self._thread.join(timeout=5)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._waker.wake(b"x")
+        self._thread.join(timeout=5)  # the I/O thread closes the waker as it ends, never before
 
     def __enter__(self) -> "Client":
         return self
@@ -172,7 +170,7 @@ class Client(ClientCore):
                 raise HelixError(self._dead)
             self._pending[msg["request_id"]] = events
         self._outbox.put(msg)
-        os.write(self._wake_w, b"m")
+        self._waker.wake(b"m")
         return events
 
     def _close_request(self, request_id: str, cancel: bool) -> None:
@@ -181,12 +179,12 @@ class Client(ClientCore):
             closed = self._closed
         if cancel and not closed:
             self._outbox.put(wire.make("cancel", request_id=request_id))
-            os.write(self._wake_w, b"c")
+            self._waker.wake(b"c")
 
     def _io_loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._waker.fd, zmq.POLLIN)
         try:
             self._serve_io(poller)
         except Exception as exc:  # never leave callers waiting on a dead thread
@@ -194,6 +192,7 @@ class Client(ClientCore):
             self._fail_all(f"the client's I/O thread failed: {type(exc).__name__}: {exc}")
         finally:
             self._sock.close(linger=0)
+            self._waker.close()
 
     def _fail_all(self, reason: str) -> None:
         """Every waiting call raises HelixError(reason); so does every later one."""
@@ -218,8 +217,8 @@ class Client(ClientCore):
         while True:
             events = dict(poller.poll(int(self.ping_interval_s * 1000)))
             self._check_coordinator()
-            if self._wake_r in events:
-                os.read(self._wake_r, 4096)
+            if self._waker.fd in events:
+                self._waker.drain()
                 if self._closed:
                     return
                 while True:

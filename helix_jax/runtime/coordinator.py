@@ -51,7 +51,6 @@ import collections
 import functools
 import logging
 import math
-import os
 import threading
 import time
 from typing import Any
@@ -67,6 +66,7 @@ from helix_jax.runtime.failover import pruned_flows
 from helix_jax.runtime.health import COORDINATOR_NODE, ServingHealth, drop_reason
 from helix_jax.runtime.requests import LiveRequest, TextCodec, stop_ids_of
 from helix_jax.runtime.serve_config import ServeConfig
+from helix_jax.runtime.waker import Waker
 from helix_jax.scheduler import Scheduler
 from helix_jax.topology import COORDINATOR
 
@@ -109,7 +109,7 @@ class Coordinator:
                 self._auth.stop()
             self._ctx.term()
             raise
-        self._wake_r, self._wake_w = os.pipe()
+        self._waker = Waker("coordinator")
         self._stopping = False
         self.ready_event = threading.Event()
         self.failure: str | None = None
@@ -150,7 +150,7 @@ class Coordinator:
         poller = zmq.Poller()
         for sock in (self._client, self._control, self._data):
             poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._waker.fd, zmq.POLLIN)
         try:
             while not self._stopping:
                 due = self._timers.next_due
@@ -160,8 +160,8 @@ class Coordinator:
                 timeout_ms = None if due is None else math.ceil(max(0.0, (due - time.perf_counter()) * 1000.0))
                 events = dict(poller.poll(timeout_ms))
                 polled_at = time.perf_counter()  # every message that arrived by now is drained below
-                if self._wake_r in events:
-                    os.read(self._wake_r, 4096)
+                if self._waker.fd in events:
+                    self._waker.drain()
                 while self._reported:
                     failover.node_down(self, *self._reported.popleft())
                 secure = self.keys is not None
@@ -177,6 +177,11 @@ class Coordinator:
                 # (a slow re-plan on a loaded machine) counts, so only true silence takes a node out
                 failover.check_heartbeats(self, polled_at)
                 self._timers.fire(time.perf_counter(), self._push_now)
+        except Exception as exc:  # the loop is the deployment: say why it ended, once, then end it
+            logger.exception("the coordinator's loop failed; the deployment stops")
+            self.failure = self.failure or f"the coordinator's loop failed: {type(exc).__name__}: {exc}"
+            self._stopping = True
+            raise
         finally:
             self._close()
 
@@ -184,14 +189,14 @@ class Coordinator:
         """Ask `run()` to shut the workers down and return (thread-safe, idempotent)."""
         if not self._stopping:
             self._stopping = True
-            os.write(self._wake_w, b"s")
+            self._waker.wake(b"s")  # a no-op once the loop has closed
 
     def report_node_down(self, node: str, reason: str) -> None:
         """Take a node out of service from another thread (the deployment saw its process
         exit); thread-safe, acted on by the loop (step 6)."""
         if not self._stopping:
             self._reported.append((node, reason))
-            os.write(self._wake_w, b"d")
+            self._waker.wake(b"d")
 
     def _close(self) -> None:
         gone = HelixError("the deployment is shutting down: this request was not finished")
@@ -207,8 +212,7 @@ class Coordinator:
         self._control.close(linger=2000)  # the shutdown frames must leave; nothing else waits
         for sock in (self._client, self._data, *self._push.values()):
             sock.close(linger=0)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._waker.close()
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()
