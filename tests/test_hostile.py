@@ -16,7 +16,11 @@ from helix_jax.model.tokenizer import load_tokenizer
 from helix_jax.placement import Placement
 from helix_jax.runtime import wire
 from helix_jax.runtime.coordinator import ServeConfig
-from helix_jax.testing import InProcessCluster, fake_generation
+from helix_jax.runtime.emulation import EmulationSpec
+from helix_jax.runtime.runner import RunnerSpec
+from helix_jax.runtime.stage_host import StageHost
+from helix_jax.runtime.worker import KV_LEASE_S
+from helix_jax.testing import FakeRunner, InProcessCluster, fake_generation
 from helix_jax.topology import load_topology, tiny_topology_path
 
 TOPOLOGY = load_topology(tiny_topology_path())
@@ -232,36 +236,51 @@ def test_one_clients_flood_gets_overloaded_while_another_still_gets_in(cpu_small
                 cluster.runner(node).thaw()
 
 
+def _lease_spec() -> RunnerSpec:
+    """A stage of 8 layers whose page pool holds four 64-token requests."""
+    return RunnerSpec(
+        TOPOLOGY.model, 0, 8, "random:0", max_slots=8, max_seq_len=64, prefill_buckets=(16,), decode_buckets=(4,), num_pages=16
+    )
+
+
+def _first_step(request_id: str, kv_tokens: int) -> wire.Message:
+    """A request's first step straight onto the node's data socket (no coordinator behind it)."""
+    sampling = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+    ids = [np.asarray([1, 2, 3], np.int32)]
+    return wire.make(
+        "step", ids, request_id=request_id, route=[["n", 0, 8]], hop=0, position=0, index=0, sampling=sampling, kv_tokens=kv_tokens
+    )
+
+
 def test_kv_taken_by_a_forged_step_is_reclaimed_when_its_lease_ends() -> None:
     """Finding 5: forged steps for made-up ids each held a KV slot forever; now a request that
     gets no step for the lease is released, and its pages return to the pool (exact clock)."""
-    from helix_jax.runtime.runner import RunnerSpec
-    from helix_jax.runtime.stage_host import StageHost
-    from helix_jax.testing import FakeRunner
-
-    spec = RunnerSpec(
-        TOPOLOGY.model, 0, 8, "random:0", max_slots=4, max_seq_len=64, prefill_buckets=(16,), decode_buckets=(4,), num_pages=16
-    )
-    host = StageHost(FakeRunner(spec), "n", 0, 4, 16)
+    host = StageHost(FakeRunner(_lease_spec()), "n", 0, 4, 16)
     free_pages = host.engine.pages_available
-    forged = wire.make(
-        "step",
-        [np.asarray([1, 2, 3], np.int32)],
-        request_id="forged",
-        route=[["n", 0, 8]],
-        hop=0,
-        position=0,
-        index=0,
-        sampling={"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0},
-        kv_tokens=64,
-    )
-    host.enqueue(forged)
+    host.enqueue(_first_step("forged", kv_tokens=64))
     host.run(host.pick_batch())
     assert host.engine.has_request("forged") and host.engine.pages_available < free_pages
     seen = host.last_step["forged"]
     assert host.expire(seen + 300.0, 300.0) == []  # within its lease
     assert host.expire(seen + 300.5, 300.0) == ["forged"]
     assert not host.engine.has_request("forged") and host.engine.pages_available == free_pages
+
+
+def test_a_step_waiting_at_a_busy_node_keeps_its_request_past_the_lease() -> None:
+    """The emulated 24-node run at time scale 12 reclaimed the KV of live requests whose steps
+    sat in a node's queue for over the lease (behind long prompts): a queued step is a live
+    request, and a step taken into a batch renews its lease (exact clock)."""
+    host = StageHost(FakeRunner(_lease_spec()), "n", 0, 4, 16)
+    for rid in "abcde":  # four fill the page pool; e waits for pages
+        host.enqueue(_first_step(rid, kv_tokens=64))
+    batch = host.pick_batch()
+    assert [p.item[0].request_id for p in batch] == list("abcd") and list(host.waiting) == ["e"]
+    host.run(batch)
+    later = host.last_step["e"] + 10_000.0
+    assert host.expire(later, 300.0) == list("abcd")  # e still waits here
+    (taken,) = host.pick_batch(now=later)  # the pages came back: e runs, and its lease starts then
+    assert taken.item[0].request_id == "e"
+    assert host.expire(later + 300.0, 300.0) == [] and host.expire(later + 300.5, 300.0) == ["e"]
 
 
 def test_a_request_two_failed_nodes_carried_is_failed_not_replayed_again(cpu_small_placement: Placement) -> None:
@@ -287,3 +306,16 @@ def test_a_request_two_failed_nodes_carried_is_failed_not_replayed_again(cpu_sma
                 list(stream)
             assert coord.resumed == 1 and coord.stats()["in_flight"] == 0
         cluster.runner("cpu-1").thaw()
+
+
+def test_the_lease_stretches_with_the_emulations_time_scale(cpu_small_placement: Placement) -> None:
+    """Under `--emulate` at time scale 12 a round trip of a few emulated seconds takes minutes
+    of wall clock: each worker's lease is the lease x the time scale."""
+    cfg = ServeConfig(TOPOLOGY, cpu_small_placement, TOPOLOGY.model, max_seq_len=128, emulation=EmulationSpec.for_topology(TOPOLOGY, 12.0))
+    with InProcessCluster(cfg, load_tokenizer(TOPOLOGY.model)) as cluster:
+        cluster.wait_ready()
+        assert {w.node: w.worker.kv_lease_s for w in cluster.workers} == {node: 12.0 * KV_LEASE_S for node in cpu_small_placement.ranges}
+    plain = ServeConfig(TOPOLOGY, cpu_small_placement, TOPOLOGY.model, max_seq_len=128)
+    with InProcessCluster(plain, load_tokenizer(TOPOLOGY.model)) as cluster:
+        cluster.wait_ready()
+        assert {w.worker.kv_lease_s for w in cluster.workers} == {KV_LEASE_S}

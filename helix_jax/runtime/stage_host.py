@@ -145,22 +145,25 @@ class StageHost:
         self.release(request_id)
 
     def expire(self, now: float, lease_s: float) -> list[str]:
-        """Release every request whose latest step arrived more than `lease_s` before `now`:
-        KV that no live route still uses (a forged step, a `free` that never came) is reclaimed."""
-        stale = [rid for rid, seen in self.last_step.items() if now - seen > lease_s]
+        """Release every request whose latest step arrived (or was taken into a batch) more
+        than `lease_s` before `now` and none of whose steps still waits here: KV that no live route still uses (a forged
+        step, a `free` that never came) is reclaimed. A step queued behind others (a busy node,
+        long prompts ahead of it) is a live request, however long it waits."""
+        stale = [rid for rid, seen in self.last_step.items() if now - seen > lease_s and not self.waiting.get(rid)]
         for rid in stale:
             logger.warning("node %s: request %s sent no step for %.0f s; its KV is reclaimed", self.node, rid, now - self.last_step[rid])
             self.forget(rid)
         return stale
 
     # ---------------------------------------------------------------- batching
-    def pick_batch(self) -> list["Pending"]:
+    def pick_batch(self, now: float | None = None) -> list["Pending"]:
         """Pop one ready step per request, oldest first, within slot, page and batch limits;
         a prompt past the step's prompt budget contributes its next chunk (the rest waits)."""
         batch: list[Any] = []
         rows = prompt_tokens = 0
         pages = self.engine.pages_available
         waiting = self.waiting
+        now = time.monotonic() if now is None else now  # a step taken renews its request's lease (`expire`)
         for rid in list(waiting):
             queue = waiting[rid]
             pending = queue[0]
@@ -192,6 +195,7 @@ class StageHost:
             rows += item.num_tokens == 1
             prompt_tokens += item.num_tokens if item.num_tokens > 1 else 0
             batch.append(self._pop(waiting, rid))
+            self.last_step[rid] = now
         self.decode_rows_total += rows
         self.prompt_tokens_total += prompt_tokens
         return batch

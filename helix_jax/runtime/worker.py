@@ -49,7 +49,7 @@ __all__ = ["Worker", "WorkerOptions", "run_worker"]
 
 logger = logging.getLogger(__name__)
 
-KV_LEASE_S = 300.0  # a request held here that gets no step for this long is released (stage_host.expire)
+KV_LEASE_S = 300.0  # a request held here that gets no step for this long (x the emulation's time scale) is released (stage_host.expire)
 FREED_MEMORY = 100_000  # ids of freed requests remembered, to drop their late steps
 
 
@@ -87,6 +87,12 @@ class Worker(WorkerJoin):
         finally:
             self._close()
 
+    @property
+    def kv_lease_s(self) -> float:
+        """How long a request held here may go without a step before its KV is reclaimed, in
+        wall-clock seconds: the lease stretches with an emulation's time scale, as its steps do."""
+        return KV_LEASE_S * self.time_scale
+
     def stop(self) -> None:
         """End the serve loop at its next wake-up (at most a heartbeat period), silently: the
         coordinator learns it the way it learns of a dead process (thread-safe)."""
@@ -102,7 +108,7 @@ class Worker(WorkerJoin):
             now = time.perf_counter()
             if now >= next_heartbeat:
                 assert self.host is not None
-                self.host.expire(time.monotonic(), KV_LEASE_S)
+                self.host.expire(time.monotonic(), self.kv_lease_s)
                 report: dict[str, Any] = self._step_report()
                 dropped = self.drops.take()
                 if dropped:

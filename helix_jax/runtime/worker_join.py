@@ -86,6 +86,7 @@ class WorkerJoin:
         self._held: list[tuple[str, wire.Message, int]] = []  # results waiting for _busy_until
         self._compute: ComputePacer | None = None
         self._links: LinkPacer | None = None
+        self.time_scale = 1.0  # emulated seconds run this many times slower (leases stretch with them)
         self._running = True
         self._phase = "load"  # the warm-up phase in progress (reported to the coordinator)
         self._stalled = False
@@ -158,6 +159,7 @@ class WorkerJoin:
             topology = emulation.topology()
             self._compute = ComputePacer(topology, self.options.node, emulation.time_scale, emulation.kv_scale, emulation.workload_shape())
             self._links = LinkPacer(topology, self.options.node, emulation.time_scale)
+            self.time_scale = max(1.0, emulation.time_scale)
         self._report_phase("load")
         self.host = StageHost.build(assign, self._compute, lambda: self._report_phase("compile"), self._runner_factory)
         self._endpoints = {**assign["neighbours"], COORDINATOR: assign["coordinator_data"]}
