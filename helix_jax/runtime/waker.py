@@ -7,8 +7,10 @@ pipe) in its poller and calls `drain()` when it is readable; any thread calls `w
 `wake()` after `close()` does nothing and returns False, so a thread that races the loop's
 shutdown never writes to a closed descriptor (or to one the process has since reused). The
 write end is non-blocking: a full pipe means the loop is already due to wake. A descriptor
-that something else in the process closed under us is logged once and not raised: every
-loop that uses a Waker also wakes on a timer, so a lost wake-up only delays it.
+that something else in the process closed under us is logged once and not raised: the
+client's loop wakes on its ping timer, and the coordinator's on its heartbeat checks once it
+serves, so there a lost wake-up only delays it (a coordinator still starting up sleeps until
+its next message).
 """
 
 from __future__ import annotations
