@@ -62,7 +62,7 @@ class Waker:
         while self._open:
             try:
                 chunk = os.read(self.fd, 4096)
-            except (BlockingIOError, OSError):
+            except OSError:  # empty (BlockingIOError) or gone
                 break
             if not chunk:
                 break
