@@ -157,8 +157,9 @@ def deploy(
     ),
 ) -> None:
     """Plan, start the coordinator, the workers and the HTTP API, and serve until Ctrl-C / SIGTERM."""
-    from helix_jax.cli.http_cmds import check_http_options, drain_http, start_http, stop_on_signal
+    from helix_jax.cli.http_cmds import check_http_options, drain_http, start_http
     from helix_jax.cli.serve_cmds import planned_config, print_placement, validate_deploy
+    from helix_jax.cli.signals import StopSignal
 
     console = Console()  # this invocation's terminal: its width, colour and COLUMNS as they are now
     flow = Flow(console)
@@ -222,7 +223,7 @@ def deploy(
         with console.status("launching workers") as status:
             dep.wait_ready(ready_timeout, flow.on_progress(status, began))
         flow.finished("ready", f"max-flow {cfg.placement.objective_tokens_per_s:.1f} tokens/s", time.monotonic() - began)
-        stop = stop_on_signal()  # before "serving" is printed: a Ctrl-C after it always shuts down cleanly
+        stop = StopSignal()  # before "serving" is printed: a Ctrl-C after it always shuts down cleanly
         with flow.step("serving"):
             client_keys = cfg.keys.client() if cfg.keys is not None else None
             if sock is not None:
@@ -230,8 +231,7 @@ def deploy(
         console.print(f"serving {cfg.model.name}: client endpoint [bold]{dep.client_endpoint}[/]  (Ctrl-C stops)")
         console.print(f"connection file: {dep.connection_file}", soft_wrap=True)
         console.print(f"try: helix-jax generate --connection {dep.connection_file} --prompt 'Hello' --stream", soft_wrap=True)
-        while not stop.wait(1.0):
-            pass
+        stop.wait()
         if front is not None:
             drain_http(console, front, shutdown_timeout)
             front = None

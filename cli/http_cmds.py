@@ -6,13 +6,12 @@ SIGTERM / Ctrl-C."""
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from typing import Any
 
 import typer
 from rich.console import Console
 
+from helix_jax.cli.signals import StopSignal
 from helix_jax.errors import ConfigError
 
 API_KEY_HELP = (
@@ -63,21 +62,6 @@ def drain_http(console: Console, front: Any, shutdown_timeout: float) -> None:
     front.stop()
 
 
-def stop_on_signal() -> threading.Event:
-    """An event that SIGINT and SIGTERM set from now on (instead of raising KeyboardInterrupt)."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
-
-
-def wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
-    stop = stop_on_signal()
-    while not stop.wait(1.0):
-        pass
-
-
 def serve_http(
     endpoint: str = typer.Option(..., help="The deployment's client endpoint, tcp://HOST:PORT."),
     model: str = typer.Option(
@@ -106,7 +90,8 @@ def serve_http(
     front = start_http(
         console, endpoint, tokenizer, bind_socket(http_host, http_port), api_key, served_model_name, key_queue_share=key_queue_share
     )
-    wait_for_signal()
+    stop = StopSignal()
+    stop.wait()
     drain_http(console, front, shutdown_timeout)
     console.print("stopped")
 

@@ -58,6 +58,7 @@ class Deploy:
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            start_new_session=True,  # a process group of its own, as a shell gives a command it runs
         )
         self.lines: queue.Queue = queue.Queue()
         self.seen: list[str] = []
@@ -80,8 +81,10 @@ class Deploy:
                 return found.group(1)
 
     def interrupt(self) -> str:
-        """Ctrl-C; asserts a clean exit and returns what it printed after the last wait_for."""
-        self.proc.send_signal(signal.SIGINT)
+        """Ctrl-C pressed twice in deploy's terminal: SIGINT to its whole process group, twice in a
+        row; asserts a clean exit and returns what it printed after the last wait_for."""
+        for _ in range(2):
+            os.killpg(self.proc.pid, signal.SIGINT)
         code = self.proc.wait(timeout=60)
         rest = []
         while (line := self.lines.get(timeout=10)) is not None:

@@ -60,6 +60,7 @@ def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:
     finally:
         dep.kill()
     assert "shutting down" in rest and rest.rstrip().endswith("stopped")
+    assert "restarting the worker" not in rest  # the group's Ctrl-C reached deploy alone, which stopped its workers
     with pytest.raises(HelixError, match="got no reply within 2 s"):  # nobody serves the endpoint now
         with Client.from_connection_file(connection, timeout_s=2) as client:
             client.generate("Hello", max_tokens=2)

@@ -4,7 +4,8 @@ the process exits with code 0.
 
 To keep requests in flight for as long as the test needs (no timing assumptions), the
 deployment's worker processes are paused with SIGSTOP once every stream has its first token,
-and resumed with SIGCONT after the 503s have been checked.
+and resumed with SIGCONT after the 503s have been checked. The SIGTERM goes to deploy's whole
+process group; a worker that shared it would die on SIGCONT with its requests in flight.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def test_sigterm_lets_requests_in_flight_finish_refuses_new_ones_and_exits() -> 
         stderr=subprocess.STDOUT,
         text=True,
         env=ENV,
+        start_new_session=True,  # a process group of its own, as a shell gives a command it runs
     )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
@@ -85,7 +87,9 @@ def test_sigterm_lets_requests_in_flight_finish_refuses_new_ones_and_exits() -> 
         for pid in workers:
             os.kill(pid, signal.SIGSTOP)
         try:
-            proc.send_signal(signal.SIGTERM)
+            # to deploy's whole process group, as `kill -TERM -PGID` and `timeout` send it: the
+            # workers run in sessions of their own, so it reaches deploy alone, which drains
+            os.killpg(proc.pid, signal.SIGTERM)
             for _ in range(10_000):  # the drain starts when the signal is handled
                 ready = httpx.get(f"{url}/ready", timeout=30)
                 if ready.status_code == 503:

@@ -58,7 +58,12 @@ def spawn_worker(node: str, command: list[str], log_path: Path, extra_env: Mappi
     if env["JAX_PLATFORMS"] == "cpu" and shared_cpu and "XLA_FLAGS" not in env:
         env["XLA_FLAGS"] = SHARED_CPU_XLA_FLAGS
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        # a session of its own: a Ctrl-C in deploy's terminal (SIGINT to the whole foreground
+        # process group) reaches only deploy, which drains and then stops its workers itself;
+        # a worker whose deploy dies goes too (--parent-pid)
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     return WorkerProcess(node, proc, log_path)
 
 
