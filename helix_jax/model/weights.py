@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from helix_jax.errors import CheckpointError, ConfigError
+from helix_jax.model.compile_cache import enable_compile_cache
 from helix_jax.model.stage import StageModel
 from helix_jax.modelconfig import ModelConfig
 
@@ -68,6 +69,7 @@ def _keys(seed: int, start_layer: int, end_layer: int) -> tuple[jax.Array, jax.A
 def random_stage_weights(config: ModelConfig, start_layer: int, end_layer: int, seed: int = 0, layer_loop: str = "auto") -> StageWeights:
     """Seeded random weights for layers `[start, end)` (identical to the whole model's)."""
     check_range(config, start_layer, end_layer)
+    enable_compile_cache()  # the init's eager ops compile one small program each: seconds of CPU uncached
     model = StageModel(config, start_layer, end_layer, *_keys(seed, start_layer, end_layer), layer_loop=layer_loop)
     graphdef, state = nnx.split(model)
     return StageWeights(config, start_layer, end_layer, graphdef, state)
@@ -91,6 +93,7 @@ def load_stage_weights(config: ModelConfig, start_layer: int, end_layer: int, so
     checkpoint raises one CheckpointError naming the file, tensor or field. layer_loop: "scan"
     (stacked weights), "unroll" (one module per layer) or "auto" (by layer width; stage.py).
     """
+    enable_compile_cache()  # before the first compile: building the weights compiles small programs too
     text = str(source)
     if text.startswith("random:"):
         try:
