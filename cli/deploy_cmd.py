@@ -113,6 +113,10 @@ def deploy(
         None, help="KV cache tokens per worker (default: 32 sequences); paged, they hold as many requests as their lengths allow."
     ),
     kv_layout: str = typer.Option(None, help="KV cache layout: paged (default) or contiguous slots."),
+    layer_loop: str = typer.Option(
+        "auto",
+        help="How workers run their layers: auto (unroll wide layers), scan (compiles several times faster, steps slower) or unroll.",
+    ),
     max_seq_len: int = typer.Option(512, help="Longest prompt + output, in tokens."),
     plan_time: float = typer.Option(10.0, help="Planner time limit in seconds."),
     heartbeat_timeout: float = typer.Option(
@@ -167,6 +171,8 @@ def deploy(
     with flow.step("validate"):
         if restart_workers < 0:
             raise ConfigError(f"--restart-workers must be >= 0, got {restart_workers}")
+        if layer_loop not in ("auto", "scan", "unroll"):
+            raise ConfigError(f"--layer-loop must be auto, scan or unroll, got {layer_loop!r}")
         if not (resume_grace_s >= 0 and math.isfinite(resume_grace_s)):
             raise ConfigError(f"--resume-grace-s must be >= 0 and finite, got {resume_grace_s}")
         checked = validate_deploy(topology, model, time_scale, host, heartbeat_timeout, not insecure, kv_layout)
@@ -192,7 +198,7 @@ def deploy(
             not insecure,
             kv_layout,
         )
-        cfg = dataclasses.replace(cfg, resume_grace_s=resume_grace_s)
+        cfg = dataclasses.replace(cfg, resume_grace_s=resume_grace_s, layer_loop=layer_loop)
     print_placement(console, cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
     if dry_run:
         print_launch_plan(console, cfg, ray)

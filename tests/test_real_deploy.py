@@ -8,6 +8,7 @@ One deployment serves the module. Needs the cached model (`make install`); skipp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -31,6 +32,9 @@ def deployment(tmp_path_factory):
 
     # KV for the 16 concurrent requests the tests send: decode buckets up to 16 rows, no more to compile
     cfg, tokenizer = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, 16 * 256, 256, 10.0)
+    # the workers scan their layers: a fifth of the unrolled programs' compile time (tests/conftest.py's
+    # whole-model reference, which unrolls as `auto` does for this model, is what they must equal)
+    cfg = dataclasses.replace(cfg, layer_loop="scan")
     assert cfg.model.name == "smollm2-135m" and len(cfg.placement.ranges) == 3
     with LocalDeployment(cfg, tokenizer, log_dir=tmp_path_factory.mktemp("workers")) as dep:
         dep.wait_ready(timeout_s=600)

@@ -153,6 +153,7 @@ def assign(coord: Coordinator, node: str) -> None:
             max_seq_len=cfg.max_seq_len,
             seed=cfg.seed,
             kv_layout=cfg.kv_layout,
+            layer_loop=cfg.layer_loop,
             prompt_tokens_per_step=prompt_budget(coord, node),
             **secured,
         ),

@@ -34,6 +34,7 @@ class RunnerSpec:
     kv_layout: str = "paged"  # "paged" | "contiguous"
     page_size: int = 16
     num_pages: int | None = None  # per layer (paged); None: as many tokens as max_slots x max_seq_len
+    layer_loop: str = "auto"  # "auto" | "scan" | "unroll" (helix_jax/model/stage.py)
 
 
 @runtime_checkable
@@ -119,7 +120,7 @@ def engine_runner(spec: RunnerSpec) -> StageRunner:
     """The production factory: the stage's weights from `spec.weights` and a jitted StageEngine."""
     from helix_jax.model import StageEngine, load_stage_weights
 
-    weights = load_stage_weights(spec.config, spec.start_layer, spec.end_layer, spec.weights)
+    weights = load_stage_weights(spec.config, spec.start_layer, spec.end_layer, spec.weights, spec.layer_loop)
     paging: dict[str, Any] = dict(kv_layout=spec.kv_layout)
     if spec.kv_layout == "paged":
         paging.update(page_size=spec.page_size, num_pages=spec.num_pages)

@@ -31,6 +31,9 @@ class ServeConfig:
     emulation: EmulationSpec | None = None
     kv_tokens: int | None = None  # per-worker KV cache size in tokens (None: worker default)
     kv_layout: str | None = None  # "paged" | "contiguous" (None: the engine's default)
+    # how a stage runs its layers (helix_jax/model/stage.py): "auto" (unroll wide layers), "scan"
+    # (compiles in a fraction of the time, steps somewhat slower) or "unroll"
+    layer_loop: str = "auto"
     max_batch: int | None = None  # per-worker decode batch cap (None: worker default)
     max_seq_len: int = 512
     queue_limit: int = 1000

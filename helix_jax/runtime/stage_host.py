@@ -295,5 +295,6 @@ def runner_spec(assign: wire.Message, compute: ComputePacer | None) -> tuple[Run
         kv_layout=layout,
         page_size=PAGE_SIZE,
         num_pages=pages,
+        layer_loop=assign.get("layer_loop") or "auto",
     )
     return spec, max_rows, max_prompt

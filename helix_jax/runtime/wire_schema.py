@@ -61,6 +61,7 @@ SCHEMAS: dict[str, Schema] = {
             "max_batch": (int, type(None)),
             "seed": int,
             "kv_layout": _OPT_STR,
+            "layer_loop": _OPT_STR,
             "prompt_tokens_per_step": (int, type(None)),
             "upstream": list,
         },
