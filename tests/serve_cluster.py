@@ -39,6 +39,7 @@ def deployment(cpu_small_placement: Placement):
         queue_limit=QUEUE_LIMIT,
         client_queue_limit=QUEUE_LIMIT,  # one client fills it
         heartbeat_timeout_s=120,
+        layer_loop="scan",  # FakeRunners ignore it; test_serve_deploy.py checks that it reaches them
     )  # frozen runners (a hung GPU) must not be timed out here
     with InProcessCluster(cfg, TOKENIZER) as cluster:
         yield cluster.wait_ready()

@@ -53,6 +53,13 @@ def test_twenty_concurrent_greedy_requests_stream_exactly(
     assert any(len(r) == 3 for r in routes) or len(routes) > 1  # flow-weighted routing spreads
 
 
+def test_each_runner_is_built_from_the_deployments_settings(deployment: InProcessCluster, cpu_small_placement: Placement) -> None:
+    for node, (start, end) in cpu_small_placement.ranges.items():
+        spec = deployment.runner(node).spec  # what `assign` carried, as the worker read it
+        assert (spec.start_layer, spec.end_layer, spec.max_seq_len) == (start, end, serve_cluster.MAX_SEQ_LEN)
+        assert spec.layer_loop == "scan" and spec.weights == "random:0"
+
+
 def test_sampling_reaches_the_last_stage_and_streams(client: Client, deployment: InProcessCluster) -> None:
     params = SamplingParams(temperature=0.9, top_k=40, top_p=0.95, seed=7)
     stream = client.stream(PROMPTS[0], max_tokens=10, temperature=0.9, top_k=40, top_p=0.95, seed=7)
