@@ -28,47 +28,10 @@ ENV = dict(os.environ, COLUMNS="250", JAX_PLATFORMS="cpu")
 
 
 def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:
-    dep = Deploy(
-        [
-            str(ROOT / "topologies" / "cpu-tiny.json"),
-            "--plan-time",
-            "5",
-            "--log-dir",
-            str(tmp_path / "logs"),
-            "--state-dir",
-            str(tmp_path / "state"),
-        ]
-    )
-    try:
-        url = dep.wait_for(r"HTTP API: (http://\S+)/v1")
-        dep.wait_for(r"client endpoint (tcp://\S+)")
-        connection = dep.wait_for(r"connection file: (\S+)")
-        assert connection == str(tmp_path / "state" / "connection.json")
-        printed = "".join(dep.seen)
-        assert "placement of cpu-tiny" in printed and "max-flow 420.0 tokens/s" in printed
-        with Client.from_connection_file(connection) as client:
-            results = [client.generate(prompt, max_tokens=6) for prompt in ("Hello", "Max-flow", "GPUs")]
-        for res in results:
-            assert len(res.ids) == 6 and res.finish_reason == "length"
-            assert res.route[0][1] == 0 and res.route[-1][2] == 8  # every answer crossed all 8 layers
-        # the in-process HTTP front end reaches the CURVE coordinator with the client keypair
-        reply = httpx.post(
-            f"{url}/v1/completions", json={"model": "tiny-8", "prompt": [256, 72, 105], "max_tokens": 4, "temperature": 0}, timeout=120
-        )
-        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 4, reply.text
-        rest = dep.interrupt()
-    finally:
-        dep.kill()
-    assert "shutting down" in rest and rest.rstrip().endswith("stopped")
-    assert "restarting the worker" not in rest  # the group's Ctrl-C reached deploy alone, which stopped its workers
-    with pytest.raises(HelixError, match="got no reply within 2 s"):  # nobody serves the endpoint now
-        with Client.from_connection_file(connection, timeout_s=2) as client:
-            client.generate("Hello", max_tokens=2)
-
-
-def test_a_node_on_another_host_joins_by_the_printed_worker_command(tmp_path: Path) -> None:
     """cpu-2 sits on another host: deploy starts only cpu-0 and cpu-1, prints the command for
-    cpu-2 and waits; running that command (here, on this machine) completes the deployment."""
+    cpu-2 and waits; running that command (here, on this machine) completes the deployment, which
+    serves our client and the HTTP API until Ctrl-C, then stops every worker, the remote one too.
+    (One deployment for all of it: a tiny deployment costs ~35 s of the 2-core machine's CPU.)"""
     topology = json.loads((ROOT / "topologies" / "cpu-tiny.json").read_text())
     topology["nodes"][2]["host"] = "gpu-box.invalid"
     path = tmp_path / "two-hosts.json"
@@ -85,18 +48,36 @@ def test_a_node_on_another_host_joins_by_the_printed_worker_command(tmp_path: Pa
         remote = subprocess.Popen(
             [sys.executable, "-m", "helix_jax.cli.main", *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
+        url = dep.wait_for(r"HTTP API: (http://\S+)/v1")
+        dep.wait_for(r"client endpoint (tcp://\S+)")
         connection = dep.wait_for(r"connection file: (\S+)")
+        assert connection == str(tmp_path / "state" / "connection.json")
+        printed = "".join(dep.seen)
+        assert "placement of cpu-tiny" in printed and "max-flow 420.0 tokens/s" in printed
         with Client.from_connection_file(connection) as client:
-            routes = {res.route for res in (client.generate(f"request {i}", max_tokens=3) for i in range(8))}
+            results = [client.generate(f"request {i}", max_tokens=6) for i in range(8)]
+        for res in results:
+            assert len(res.ids) == 6 and res.finish_reason == "length"
+            assert res.route[0][1] == 0 and res.route[-1][2] == 8  # every answer crossed all 8 layers
         # the 2-hop route carries 160 of the 420 tokens/s: weighted round robin sends some of 8 there
+        routes = {res.route for res in results}
         assert (("cpu-1", 0, 4), ("cpu-2", 4, 8)) in routes and (("cpu-0", 0, 8),) in routes
+        # the in-process HTTP front end reaches the CURVE coordinator with the client keypair
+        reply = httpx.post(
+            f"{url}/v1/completions", json={"model": "tiny-8", "prompt": [256, 72, 105], "max_tokens": 4, "temperature": 0}, timeout=120
+        )
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 4, reply.text
         rest = dep.interrupt()
         assert remote.wait(timeout=60) == 0  # the remote worker was told to shut down, and did
     finally:
         dep.kill()
         if remote is not None and remote.poll() is None:
             remote.kill()
-    assert rest.rstrip().endswith("stopped")
+    assert "shutting down" in rest and rest.rstrip().endswith("stopped")
+    assert "restarting the worker" not in rest  # the group's Ctrl-C reached deploy alone, which stopped its workers
+    with pytest.raises(HelixError, match="got no reply within 2 s"):  # nobody serves the endpoint now
+        with Client.from_connection_file(connection, timeout_s=2) as client:
+            client.generate("Hello", max_tokens=2)
 
 
 @pytest.mark.benchmark  # wall-clock latencies: `make bench-timing`, not the default test run
