@@ -36,7 +36,10 @@ def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:
     topology["nodes"][2]["host"] = "gpu-box.invalid"
     path = tmp_path / "two-hosts.json"
     path.write_text(json.dumps(topology))
-    dep = Deploy([str(path), "--plan-time", "5", "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state")])
+    # --max-seq-len 128: tests/test_http_drain.py's shapes, so the second of the two loads its programs from the compile cache
+    dep = Deploy(
+        [str(path), "--plan-time", "5", "--max-seq-len", "128", "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state")]
+    )
     remote = None
     try:
         command = dep.wait_for(

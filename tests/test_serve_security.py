@@ -42,7 +42,8 @@ NO_ANSWER_MS = 2000
 def deployment(tmp_path_factory: pytest.TempPathFactory, cpu_small_placement: Placement):
     topo = load_topology(tiny_topology_path())
     keys = security.DeploymentKeys.generate(cpu_small_placement.ranges)
-    cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=128, kv_tokens=4 * 128, keys=keys)
+    # the shapes of tests/test_serve_failures.py's deployment: whichever runs second loads its programs from the compile cache
+    cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=128, kv_tokens=16 * 128, keys=keys)
     state = tmp_path_factory.mktemp("state")
     with LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=state / "logs", state_dir=state) as dep:
         dep.wait_ready(timeout_s=400)
