@@ -89,11 +89,10 @@ def reference():
     return ref
 
 
-@pytest.fixture(scope="session")
-def smollm2_local():
-    """(LocalModel, tokenizer) of the cached SmolLM2-135M-Instruct, compiled once per session
-    (tests/test_gguf_model.py and tests/test_real_deploy.py share it); skips when not cached."""
+def _smollm2_local(layer_loop: str):
+    """(LocalModel, tokenizer) of the cached SmolLM2-135M-Instruct; skips when it is not cached."""
     from helix_jax.errors import CheckpointError
+    from helix_jax.model import load_stage_weights
     from helix_jax.model.generate import LocalModel
     from helix_jax.model.tokenizer import load_tokenizer
     from helix_jax.modelconfig import preset
@@ -104,7 +103,15 @@ def smollm2_local():
     except CheckpointError as exc:
         pytest.skip(str(exc))
     config = preset("smollm2-135m")
-    return LocalModel(config, "smollm2-135m", max_seq_len=256), load_tokenizer(config, "smollm2-135m")
+    weights = load_stage_weights(config, 0, config.num_layers, "smollm2-135m", layer_loop)
+    return LocalModel(config, weights, max_seq_len=256), load_tokenizer(config, "smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_local():
+    """SmolLM2 as `helix-jax generate` runs it (layer loop "auto": unrolled), compiled once per
+    session: tests/test_gguf_model.py's comparison with transformers."""
+    return _smollm2_local("auto")
 
 
 @pytest.fixture(scope="session")
@@ -143,11 +150,12 @@ SMOLLM2_MAX_TOKENS = 16
 
 
 @pytest.fixture(scope="session")
-def smollm2_answers(smollm2_local):
+def smollm2_answers():
     """(questions, chat-templated prompt ids, greedy answer ids of at most 16 tokens) of the whole
     SmolLM2 in this process, one prompt at a time: what every deployment of it must return
-    (tests/test_real_deploy.py, tests/test_ray_deploy.py)."""
-    model, tokenizer = smollm2_local
+    (tests/test_real_deploy.py, tests/test_ray_deploy.py). Its layers are scanned, as those
+    deployments' are (a fifth of the unrolled compile time; unrolled: tests/test_gguf_model.py)."""
+    model, tokenizer = _smollm2_local("scan")
     prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) for q in SMOLLM2_QUESTIONS]
     answers = [model.generate(p, SMOLLM2_MAX_TOKENS, stop_token_ids=tokenizer.stop_token_ids) for p in prompts]
     return SMOLLM2_QUESTIONS, prompts, answers

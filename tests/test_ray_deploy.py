@@ -95,7 +95,7 @@ def deploy(cluster, tmp_path_factory: pytest.TempPathFactory):
             "--max-seq-len",
             "256",
             "--layer-loop",
-            "scan",  # compiles in a fifth of the unrolled time; must still equal the unrolled whole model
+            "scan",  # compiles in a fifth of the unrolled time, as tests/conftest.py's smollm2_answers does
             "--kv-tokens",
             str(16 * 256),
             "--restart-workers",

@@ -32,8 +32,8 @@ def deployment(tmp_path_factory):
 
     # KV for the 16 concurrent requests the tests send: decode buckets up to 16 rows, no more to compile
     cfg, tokenizer = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, 16 * 256, 256, 10.0)
-    # the workers scan their layers: a fifth of the unrolled programs' compile time (tests/conftest.py's
-    # whole-model reference, which unrolls as `auto` does for this model, is what they must equal)
+    # the workers scan their layers: a fifth of the unrolled programs' compile time (so does the
+    # whole-model reference, tests/conftest.py's smollm2_answers; unrolled: tests/test_gguf_model.py)
     cfg = dataclasses.replace(cfg, layer_loop="scan")
     assert cfg.model.name == "smollm2-135m" and len(cfg.placement.ranges) == 3
     with LocalDeployment(cfg, tokenizer, log_dir=tmp_path_factory.mktemp("workers")) as dep:
