@@ -106,16 +106,21 @@ def test_client_disconnect_cancels_and_frees_kv(server: HttpServer, zmq_client: 
     before = metrics(server)
     deployment.runner("cpu-1").freeze_after(3)
     body = {"model": MODEL, "prompt": "y", "max_tokens": 120, "temperature": 0, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=120, headers={"Authorization": f"Bearer {API_KEY}"}) as r:
-        next(r.iter_bytes())  # one token has arrived: the request runs; then the client leaves
-    raw = json.dumps({**body, "stream": False}).encode()
-    with socket.create_connection((server.host, server.port)) as sock:  # a non-streamed one, too
-        sock.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: " + str(len(raw)).encode() + b"\r\n\r\n" + raw
-        )
     key = ("helix_requests_finished_total", (("finish_reason", "cancelled"),))
+    backend = server.app.state.backend
     try:
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=120, headers=auth) as r:
+            next(r.iter_bytes())  # one token has arrived: the request runs; then the client leaves
+        wait_until(lambda: metrics(server).get(key, 0) - before.get(key, 0) == 1, "the stream cancelled", timeout_s=120)
+        raw = json.dumps({**body, "stream": False}).encode()
+        with socket.create_connection((server.host, server.port)) as sock:  # a non-streamed one, too
+            sock.sendall(
+                b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: " + str(len(raw)).encode() + b"\r\n\r\n" + raw
+            )
+            # leave only once the server runs it (closed earlier, the request may never start at all)
+            wait_until(lambda: backend.in_flight == 1, "the non-streamed request in flight", timeout_s=120)
         wait_until(lambda: metrics(server).get(key, 0) - before.get(key, 0) == 2, "both requests cancelled", timeout_s=120)
     finally:
         deployment.runner("cpu-1").thaw()
