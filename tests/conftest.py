@@ -163,20 +163,25 @@ def smollm2_answers():
 
 # Files that start worker processes, Ray or the real model: under `pytest -n 2 --dist loadfile`
 # (make test) each file runs whole on one xdist worker (its module fixtures built once), and these
-# go first, longest first, so that no long file starts last.
+# go first, longest first (as measured in the suite), so that no long file starts last. Pairs whose
+# deployments compile the same programs (deploy_cli and http_drain, serve_failures and
+# serve_security) sit apart, so that the second loads them from the run's compile cache.
 HEAVY_FILES = (
-    "test_real_deploy.py",
     "test_ray_deploy.py",
     "test_gguf_model.py",
-    "test_serve_security.py",
+    "test_real_deploy.py",
     "test_deploy_cli.py",
     "test_serve_failures.py",
-    "test_http_drain.py",
     "test_demo_cli.py",
-    "test_deploy_workflow.py",
-    "test_compile_cache.py",
-    "test_paged_kv.py",
     "test_model_engine.py",
+    "test_paged_kv.py",
+    "test_serve_security.py",
+    "test_http_drain.py",
+    "test_deploy_workflow.py",
+    "test_gpu_checks.py",
+    "test_compile_cache.py",
+    "test_model_generate.py",
+    "test_model_checkpoint.py",
 )
 
 
