@@ -45,7 +45,7 @@ def test_sigterm_lets_requests_in_flight_finish_refuses_new_ones_and_exits() -> 
             "--http-port",
             "0",
             "--max-seq-len",
-            "128",
+            "256",  # the shapes of the deploy CLI's and the demo's deployments: see tests/test_deploy_cli.py
             "--heartbeat-timeout",
             "600",
             "--restart-workers",
