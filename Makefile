@@ -20,9 +20,9 @@ $(VENV)/.test-extras: pyproject.toml
 	touch $@
 
 # The lint (ruff check, ruff format, mypy) first: CI runs exactly this target. Two xdist workers, one per core; each
-# test file runs whole on one of them, the heaviest first (tests/conftest.py).
+# test file runs whole on one of them, the heaviest first (tests/conftest.py; --no-loadscope-reorder keeps that order).
 test: lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not benchmark" tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not benchmark" tests
 
 lint: $(VENV)/.test-extras
 	$(BIN)/ruff check helix_jax solver cli tests
