@@ -49,7 +49,9 @@ def test_demo_deploys_answers_plans_and_compares() -> None:
     assert len(rows) == 3, out
     for _, _, route, ttft_ms, tpot_ms in rows:
         assert route.rstrip().endswith(":8)")  # the route covers all 8 layers
-        assert float(ttft_ms) > 0 and float(tpot_ms) > 0
+        # measured by the client: on a loaded machine its I/O thread may read a whole answer's
+        # tokens in one go, so TPOT can print as 0.00; the table must hold both figures
+        assert float(ttft_ms) > 0 and float(tpot_ms) >= 0
     assert rows[0][0] == "What is the capital of France?", rows
     assert "deployment shut down cleanly" in out
     # 4: the paper's 24-GPU cluster, planned to its proven optimum
