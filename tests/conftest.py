@@ -164,18 +164,18 @@ def smollm2_answers():
 # Files that start worker processes, Ray or the real model: under `pytest -n 2 --dist loadfile`
 # (make test) each file runs whole on one xdist worker (its module fixtures built once), and these
 # go first, longest first (as measured in the suite), so that no long file starts last. Files whose
-# deployments compile the same programs (deploy_cli, demo_cli and http_drain; serve_failures and
-# serve_security) sit apart, so that the later ones load them from the run's compile cache.
+# deployments compile the same programs (deploy_cli, demo_cli and http_drain) sit apart, so that
+# the later ones load them from the run's compile cache.
 HEAVY_FILES = (
     "test_ray_deploy.py",
     "test_gguf_model.py",
     "test_real_deploy.py",
     "test_deploy_cli.py",
-    "test_serve_failures.py",
+    "test_serve_security.py",
     "test_demo_cli.py",
     "test_model_engine.py",
     "test_paged_kv.py",
-    "test_serve_security.py",
+    "test_serve_failures.py",
     "test_http_drain.py",
     "test_deploy_workflow.py",
     "test_gpu_checks.py",

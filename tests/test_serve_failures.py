@@ -1,7 +1,7 @@
 """Worker failures, exact and event-driven: the real coordinator, workers, wire and scheduler
 as threads (helix_jax.testing.InProcessCluster, FakeRunners, so every stream is known:
 `fake_generation`), tests/conftest.py's placement (cpu-0 and cpu-2 enter, cpu-1 is the only
-exit), and one real-process smoke test at the end.
+exit).
 
 1. A worker that hangs (its runner frozen mid-batch: no heartbeats) is taken out of service
    after the heartbeat timeout, the flows are recomputed over the survivors, and the requests
@@ -12,15 +12,13 @@ exit), and one real-process smoke test at the end.
    later request.
 4. A fresh exit worker rejoins; its upstream neighbours reconnect to it (`peer`) and the
    deployment serves again.
-5. Real processes: with `restart_workers`, the deployment restarts a SIGKILLed worker (within
-   its budget).
+Real processes: the deployment restarting a SIGKILLed worker within its budget is the last test
+of tests/test_serve_security.py, on its CURVE deployment (one real deployment for both).
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -31,7 +29,6 @@ from helix_jax.model.sampling_params import SamplingParams
 from helix_jax.model.tokenizer import load_tokenizer
 from helix_jax.placement import Placement
 from helix_jax.runtime.coordinator import ServeConfig
-from helix_jax.runtime.deploy import LocalDeployment
 from helix_jax.solver.maxflow import survivor_flows
 from helix_jax.testing import InProcessCluster, fake_generation, wait_until
 from helix_jax.topology import load_topology, tiny_topology_path
@@ -212,44 +209,3 @@ def test_a_coordinator_busy_past_the_timeout_takes_out_no_healthy_worker(cpu_sma
             assert not isinstance(res, Exception), res
             assert list(res.ids) == expected(prompt, 4)
         assert list(coord.stats()["down_nodes"]) == ["cpu-2"]
-
-
-# ---------------------------------------------------------------- real processes
-def _pid(dep: LocalDeployment, node: str) -> int:
-    """The node's newest worker process."""
-    return [w.process.pid for w in dep.workers if w.node == node][-1]
-
-
-def test_deployment_restarts_a_crashed_worker(tmp_path, cpu_small_placement: Placement, reference) -> None:
-    """Real worker processes (the one failover smoke test on them): SIGKILL, restart, rejoin."""
-    topo = load_topology(tiny_topology_path())
-    cfg = ServeConfig(
-        topo,
-        cpu_small_placement,
-        topo.model,
-        weights="random:0",
-        max_seq_len=128,
-        kv_tokens=16 * 128,
-        heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
-        flow_planner=functools.partial(survivor_flows, topo, cpu_small_placement),
-    )
-    with LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=tmp_path, restart_workers=True, max_restarts=1) as dep:
-        dep.wait_ready(timeout_s=400)
-        coord = dep.coordinator
-        assert coord is not None
-        os.kill(_pid(dep, "cpu-2"), signal.SIGKILL)
-        wait_until(lambda: coord.stats()["rejoined"] >= 1, "cpu-2 restarted and rejoined", 300, 0.05)
-        assert coord.stats()["rejoined"] == 1 and coord.stats()["down_nodes"] == {}
-        assert dep.restarts == {"cpu-2": 1} and (tmp_path / "cpu-2.restart1.log").exists()
-        with Client(dep.client_endpoint, timeout_s=60) as probe:  # what /ready and /metrics show
-            health = probe.stats()["health"]
-        assert health["restarts"]["cpu-2"] == {"taken": 1, "left": 0} and health["rejoins"]["cpu-2"] == 1
-        results = _run_all(dep.client_endpoint, [(p, 6, None) for p in PROMPTS])
-        for prompt, res in zip(PROMPTS, results):
-            assert list(res.ids) == reference(_ids(prompt), 6)  # the real (tiny, seeded) model's tokens
-        assert any(res.route[0][0] == "cpu-2" for res in results)
-        os.kill(_pid(dep, "cpu-2"), signal.SIGKILL)  # the restart budget (1) is spent: stays down
-        wait_until(lambda: "cpu-2" in coord.stats()["down_nodes"], "cpu-2 out of service", 60, 0.05)
-        # the watcher reports an exit before it decides on a restart, and with the budget spent
-        # it never spawns one: two processes of cpu-2, for good
-        assert "cpu-2" in coord.stats()["down_nodes"] and len([w for w in dep.workers if w.node == "cpu-2"]) == 2

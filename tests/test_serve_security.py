@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from helix_jax.placement import Placement
 from helix_jax.runtime import security, wire
 from helix_jax.runtime.coordinator import ServeConfig
 from helix_jax.runtime.deploy import LocalDeployment
+from helix_jax.testing import wait_until
 from helix_jax.topology import load_topology, tiny_topology_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,10 +45,12 @@ NO_ANSWER_MS = 2000
 def deployment(tmp_path_factory: pytest.TempPathFactory, cpu_small_placement: Placement):
     topo = load_topology(tiny_topology_path())
     keys = security.DeploymentKeys.generate(cpu_small_placement.ranges)
-    # the shapes of tests/test_serve_failures.py's deployment: whichever runs second loads its programs from the compile cache
     cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=128, kv_tokens=16 * 128, keys=keys)
     state = tmp_path_factory.mktemp("state")
-    with LocalDeployment(cfg, load_tokenizer(topo.model), log_dir=state / "logs", state_dir=state) as dep:
+    # restarts on (one per node): the last test kills a worker (the failover smoke test on real processes)
+    with LocalDeployment(
+        cfg, load_tokenizer(topo.model), log_dir=state / "logs", state_dir=state, restart_workers=True, max_restarts=1
+    ) as dep:
         dep.wait_ready(timeout_s=400)
         yield dep
 
@@ -244,3 +249,39 @@ def test_insecure_on_a_non_loopback_host_is_refused(tmp_path: Path, cpu_small_pl
         timeout=120,
     )
     assert worker.returncode == 2 and "a worker without --keys (plain TCP)" in worker.stderr, worker.stderr
+
+
+RESTART_PROMPTS = ["Hello, helix!", "max-flow", "A100 + T4 + L4", "x", "failover", "resume me"]
+
+
+def _pid(dep: LocalDeployment, node: str) -> int:
+    """The node's newest worker process."""
+    return [w.process.pid for w in dep.workers if w.node == node][-1]
+
+
+def test_a_killed_worker_is_restarted_with_its_keys_and_rejoins(deployment: LocalDeployment, reference) -> None:
+    """The one failover smoke test on real worker processes (the other failures run in-process:
+    tests/test_serve_failures.py), under CURVE, so the restarted worker must come back with its
+    node's keys: SIGKILL, restart, rejoin, exact answers through it; a second SIGKILL with the
+    restart budget (1) spent leaves the node down. Last in this module: it changes the deployment."""
+    coord = deployment.coordinator
+    assert coord is not None
+    tokenizer = load_tokenizer(deployment.config.model)
+    rejoined = coord.stats()["rejoined"]
+    os.kill(_pid(deployment, "cpu-2"), signal.SIGKILL)
+    wait_until(lambda: coord.stats()["rejoined"] > rejoined, "cpu-2 restarted and rejoined", 300, 0.05)
+    assert coord.stats()["rejoined"] == rejoined + 1 and coord.stats()["down_nodes"] == {}
+    assert deployment.restarts == {"cpu-2": 1} and (deployment.log_dir / "cpu-2.restart1.log").exists()
+    with Client.from_connection_file(deployment.connection_file, timeout_s=120) as client:
+        health = client.stats()["health"]  # what /ready and /metrics show
+        assert health["restarts"]["cpu-2"] == {"taken": 1, "left": 0} and health["rejoins"]["cpu-2"] == 1
+        with ThreadPoolExecutor(len(RESTART_PROMPTS)) as pool:
+            results = list(pool.map(lambda p: client.generate(p, max_tokens=6), RESTART_PROMPTS))
+    for prompt, res in zip(RESTART_PROMPTS, results):
+        assert list(res.ids) == reference(tokenizer.encode(prompt), 6)  # the real (tiny, seeded) model's tokens
+    assert any(res.route[0][0] == "cpu-2" for res in results)
+    os.kill(_pid(deployment, "cpu-2"), signal.SIGKILL)  # the restart budget (1) is spent: stays down
+    wait_until(lambda: "cpu-2" in coord.stats()["down_nodes"], "cpu-2 out of service", 60, 0.05)
+    # the watcher reports an exit before it decides on a restart, and with the budget spent
+    # it never spawns one: two processes of cpu-2, for good
+    assert "cpu-2" in coord.stats()["down_nodes"] and len([w for w in deployment.workers if w.node == "cpu-2"]) == 2
