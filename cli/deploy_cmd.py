@@ -164,6 +164,7 @@ def deploy(
     from helix_jax.cli.http_cmds import check_http_options, drain_http, start_http
     from helix_jax.cli.serve_cmds import planned_config, print_placement, validate_deploy
     from helix_jax.cli.signals import StopSignal
+    from helix_jax.runtime.serve_config import LAYER_LOOP_CHOICES
 
     console = Console()  # this invocation's terminal: its width, colour and COLUMNS as they are now
     flow = Flow(console)
@@ -171,7 +172,7 @@ def deploy(
     with flow.step("validate"):
         if restart_workers < 0:
             raise ConfigError(f"--restart-workers must be >= 0, got {restart_workers}")
-        if layer_loop not in ("auto", "scan", "unroll"):
+        if layer_loop not in LAYER_LOOP_CHOICES:  # before planning; ServeConfig checks it again
             raise ConfigError(f"--layer-loop must be auto, scan or unroll, got {layer_loop!r}")
         if not (resume_grace_s >= 0 and math.isfinite(resume_grace_s)):
             raise ConfigError(f"--resume-grace-s must be >= 0 and finite, got {resume_grace_s}")

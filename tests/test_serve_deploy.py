@@ -12,13 +12,16 @@ nothing is left behind.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import serve_cluster
 import zmq
 from serve_cluster import PROMPTS, expected, ids
 
 from helix_jax.client import AsyncClient, Client
+from helix_jax.errors import ConfigError
 from helix_jax.model.sampling_params import SamplingParams
 from helix_jax.placement import Placement
 from helix_jax.testing import InProcessCluster
@@ -58,6 +61,11 @@ def test_each_runner_is_built_from_the_deployments_settings(deployment: InProces
         spec = deployment.runner(node).spec  # what `assign` carried, as the worker read it
         assert (spec.start_layer, spec.end_layer, spec.max_seq_len) == (start, end, serve_cluster.MAX_SEQ_LEN)
         assert spec.layer_loop == "scan" and spec.weights == "random:0"
+
+
+def test_a_bad_layer_loop_is_one_clear_error_before_anything_starts(deployment: InProcessCluster) -> None:
+    with pytest.raises(ConfigError, match=r"^--layer-loop must be auto, scan or unroll, got 'loop'$"):
+        dataclasses.replace(deployment.config, layer_loop="loop")
 
 
 def test_sampling_reaches_the_last_stage_and_streams(client: Client, deployment: InProcessCluster) -> None:

@@ -50,13 +50,16 @@ def test_a_signal_delivered_to_another_thread_wakes_the_main_threads_wait(stop: 
     thread.join()
 
 
+def _wakeup_fd() -> int:
+    fd = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd)
+    return fd
+
+
 def test_close_puts_the_previous_handlers_and_wakeup_fd_back() -> None:
-    before = [signal.getsignal(s) for s in SIGNALS]
+    before, fd_before = [signal.getsignal(s) for s in SIGNALS], _wakeup_fd()
     s = StopSignal(SIGNALS)
-    assert [signal.getsignal(x) for x in SIGNALS] == [s._handle] * 2
+    assert [signal.getsignal(x) for x in SIGNALS] == [s._handle] * 2 and _wakeup_fd() == s._write_fd
     s.close()
     s.close()  # idempotent
-    assert [signal.getsignal(x) for x in SIGNALS] == before
-    previous = signal.set_wakeup_fd(-1)
-    signal.set_wakeup_fd(previous)
-    assert previous == -1  # pytest's main thread had none
+    assert [signal.getsignal(x) for x in SIGNALS] == before and _wakeup_fd() == fd_before

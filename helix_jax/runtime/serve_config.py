@@ -16,6 +16,8 @@ from helix_jax.runtime import security
 from helix_jax.runtime.emulation import EmulationSpec
 from helix_jax.topology import Topology
 
+LAYER_LOOP_CHOICES = ("auto", "scan", "unroll")  # helix_jax/model/stage.py: "auto" picks by layer width
+
 
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
@@ -56,6 +58,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.resume_grace_s < float("inf"):
             raise ConfigError(f"--resume-grace-s must be >= 0 and finite, got {self.resume_grace_s}")
+        if self.layer_loop not in LAYER_LOOP_CHOICES:
+            raise ConfigError(f"--layer-loop must be auto, scan or unroll, got {self.layer_loop!r}")
 
     @property
     def time_scale(self) -> float:
