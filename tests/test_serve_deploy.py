@@ -21,7 +21,7 @@ import zmq
 from serve_cluster import PROMPTS, expected, ids
 
 from helix_jax.client import AsyncClient, Client
-from helix_jax.errors import ConfigError
+from helix_jax.errors import ConfigError, PlacementError
 from helix_jax.model.sampling_params import SamplingParams
 from helix_jax.placement import Placement
 from helix_jax.testing import InProcessCluster
@@ -66,6 +66,15 @@ def test_each_runner_is_built_from_the_deployments_settings(deployment: InProces
 def test_a_bad_layer_loop_is_one_clear_error_before_anything_starts(deployment: InProcessCluster) -> None:
     with pytest.raises(ConfigError, match=r"^--layer-loop must be auto, scan or unroll, got 'loop'$"):
         dataclasses.replace(deployment.config, layer_loop="loop")
+
+
+def test_a_flow_edge_no_hand_off_allows_is_one_clear_error_before_anything_starts(deployment: InProcessCluster) -> None:
+    """cpu-0 widened to [0,8) ends at the last layer, so its flow to cpu-1 [4,8) is no hand-off:
+    the config is refused, instead of a coordinator that refuses every worker's `ready`."""
+    placement = deployment.config.placement
+    wide = dataclasses.replace(placement, ranges={**placement.ranges, "cpu-0": (0, 8)})
+    with pytest.raises(PlacementError, match=r"^placement of 'cpu-small': flow edge cpu-0 -> cpu-1 is not a valid hand-off under"):
+        dataclasses.replace(deployment.config, placement=wide)
 
 
 def test_sampling_reaches_the_last_stage_and_streams(client: Client, deployment: InProcessCluster) -> None:

@@ -45,7 +45,10 @@ NO_ANSWER_MS = 2000
 def deployment(tmp_path_factory: pytest.TempPathFactory, cpu_small_placement: Placement):
     topo = load_topology(tiny_topology_path())
     keys = security.DeploymentKeys.generate(cpu_small_placement.ranges)
-    cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=128, kv_tokens=16 * 128, keys=keys)
+    # the KV budget and --max-seq-len of the deploy CLI's tests (tests/test_deploy_cli.py): its
+    # planned placement holds [0,4) and [4,8) too, so cpu-1's and cpu-2's programs come from the
+    # run's compile cache and only cpu-0 [0,6) compiles its own
+    cfg = ServeConfig(topo, cpu_small_placement, topo.model, weights="random:0", max_seq_len=256, keys=keys)
     state = tmp_path_factory.mktemp("state")
     # restarts on (one per node): the last test kills a worker (the failover smoke test on real processes)
     with LocalDeployment(

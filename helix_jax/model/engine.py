@@ -214,27 +214,32 @@ class StageEngine(KVCapacity):
         self._unhold(request_id)
 
     # ---- compute --------------------------------------------------------------------------
-    def _run(self, batch: PaddedBatch, context_len: int):
+    def _run(self, batch: PaddedBatch, context_len: int, compile_only: bool = False):
+        """Run the bucket's program on `batch`, or (compile_only) compile it without running:
+        jit's dispatch then finds the executable for these exact argument types."""
         kv_index = batch.slots
         if self.pool is not None:
             kv_index = page_table_array(self.pool, [i.request_id for i in batch.items], len(batch.slots), context_len // self.page_size)
+        args = (
+            self._weight_leaves,
+            self.cache,
+            batch.token_ids,
+            batch.hidden,
+            batch.run_start,
+            batch.positions,
+            batch.num_tokens,
+            kv_index,
+            batch.temperature,
+            batch.top_k,
+            batch.top_p,
+            batch.seed,
+        )
         CALLER.engine = self
         try:
-            out, self.cache = self._program(
-                self._weight_leaves,
-                self.cache,
-                batch.token_ids,
-                batch.hidden,
-                batch.run_start,
-                batch.positions,
-                batch.num_tokens,
-                kv_index,
-                batch.temperature,
-                batch.top_k,
-                batch.top_p,
-                batch.seed,
-                context_len=context_len,
-            )
+            if compile_only:
+                self._program.lower(*args, context_len=context_len).compile()
+                return None
+            out, self.cache = self._program(*args, context_len=context_len)
         finally:
             CALLER.engine = None
         return jax.tree.map(np.asarray, out)
@@ -246,8 +251,9 @@ class StageEngine(KVCapacity):
         )
 
     def warmup(self) -> int:
-        """Compile every (rows, tokens, context) bucket by running all-padding batches (which
-        write no KV). Returns only when all are compiled; returns the number of buckets."""
+        """Compile every (rows, tokens, context) bucket ahead of time, for all-padding batches of
+        its shape, without running them (running them cost as much CPU as compiling, for a
+        30-layer stage). Returns only when all are compiled; returns the number of buckets."""
         shapes = [(rows, 1) for rows in self.decode_buckets]
         shapes += [(rows, tokens) for rows in self.prefill_batch_buckets for tokens in self.prefill_buckets if tokens > 1]
         buckets = len(shapes) * len(self.context_buckets)
@@ -256,7 +262,7 @@ class StageEngine(KVCapacity):
             try:
                 for rows in self.decode_buckets:
                     for context_len in self.context_buckets:
-                        self._run(self._pad([], rows, 1), context_len)
+                        self._run(self._pad([], rows, 1), context_len, compile_only=True)
                 shapes = shapes[len(self.decode_buckets) :]  # compiled, with the kernel
             except Exception as exc:  # the kernel's Triton lowering on this GPU: keep serving, on the gather
                 log.warning("paged-attention kernel unavailable here (%s: %s); decode attention gathers pages", type(exc).__name__, exc)
@@ -265,8 +271,7 @@ class StageEngine(KVCapacity):
                 self._compile_count = compiled  # the kernel's programs are dropped: count what serves
         for rows, tokens in shapes:
             for context_len in self.context_buckets:
-                self._run(self._pad([], rows, tokens), context_len)
-        jax.block_until_ready(self.cache)
+                self._run(self._pad([], rows, tokens), context_len, compile_only=True)
         log.info("stage [%d, %d): %d programs compiled", self.start_layer, self.end_layer, self._compile_count)
         return buckets
 

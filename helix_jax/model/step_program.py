@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.stages import Wrapped
 
 from helix_jax.model.sampling import sample_tokens
 from helix_jax.model.stage import KVCache, StageModel, kv_cache_bytes
@@ -25,7 +25,7 @@ from helix_jax.modelconfig import ModelConfig
 # The trace-time side effect credits the compile to the engine calling in this thread.
 # Weights travel as a flat list of arrays: flattening an nnx.State of an unrolled 40-layer stage
 # cost ~0.4 ms per call, a plain list a few microseconds.
-PROGRAMS: dict[tuple, Callable] = {}
+PROGRAMS: dict[tuple, Wrapped] = {}
 CALLER = threading.local()
 
 
@@ -65,7 +65,7 @@ def _traced_step(
     return ((tokens, logits) if return_logits else tokens), cache
 
 
-def step_program(graphdef, treedef, return_logits: bool, page_size: int, compiler_options: dict | None, attention: str) -> Callable:
+def step_program(graphdef, treedef, return_logits: bool, page_size: int, compiler_options: dict | None, attention: str) -> Wrapped:
     options = tuple(sorted((compiler_options or {}).items()))
     key = (graphdef, treedef, return_logits, page_size, attention, options)
     if key not in PROGRAMS:

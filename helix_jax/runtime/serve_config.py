@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from helix_jax.errors import ConfigError
+from helix_jax.errors import ConfigError, PlacementError
 from helix_jax.modelconfig import ModelConfig
 from helix_jax.placement import Placement
 from helix_jax.runtime import security
@@ -60,6 +60,12 @@ class ServeConfig:
             raise ConfigError(f"--resume-grace-s must be >= 0 and finite, got {self.resume_grace_s}")
         if self.layer_loop not in LAYER_LOOP_CHOICES:
             raise ConfigError(f"--layer-loop must be auto, scan or unroll, got {self.layer_loop!r}")
+        for edge in self.placement.flows:  # else the coordinator would refuse every worker's `ready`, and wait
+            if edge.tokens_per_s > 0 and not self.placement.can_hand_off(edge.src, edge.dst):
+                raise PlacementError(
+                    f"placement of {self.placement.topology_name!r}: flow edge {edge.src} -> {edge.dst} is not a "
+                    "valid hand-off under its layer ranges"
+                )
 
     @property
     def time_scale(self) -> float:
