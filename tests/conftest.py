@@ -89,7 +89,7 @@ def reference():
     return ref
 
 
-def _smollm2_local(layer_loop: str):
+def smollm2_local(layer_loop: str, return_logits: bool = False):
     """(LocalModel, tokenizer) of the cached SmolLM2-135M-Instruct; skips when it is not cached."""
     from helix_jax.errors import CheckpointError
     from helix_jax.model import load_stage_weights
@@ -104,14 +104,7 @@ def _smollm2_local(layer_loop: str):
         pytest.skip(str(exc))
     config = preset("smollm2-135m")
     weights = load_stage_weights(config, 0, config.num_layers, "smollm2-135m", layer_loop)
-    return LocalModel(config, weights, max_seq_len=256), load_tokenizer(config, "smollm2-135m")
-
-
-@pytest.fixture(scope="session")
-def smollm2_local():
-    """SmolLM2 as `helix-jax generate` runs it (layer loop "auto": unrolled), compiled once per
-    session: tests/test_gguf_model.py's comparison with transformers."""
-    return _smollm2_local("auto")
+    return LocalModel(config, weights, max_seq_len=256, return_logits=return_logits), load_tokenizer(config, "smollm2-135m")
 
 
 @pytest.fixture(scope="session")
@@ -155,7 +148,7 @@ def smollm2_answers():
     SmolLM2 in this process, one prompt at a time: what every deployment of it must return
     (tests/test_real_deploy.py, tests/test_ray_deploy.py). Its layers are scanned, as those
     deployments' are (a fifth of the unrolled compile time; unrolled: tests/test_gguf_model.py)."""
-    model, tokenizer = _smollm2_local("scan")
+    model, tokenizer = smollm2_local("scan")
     prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) for q in SMOLLM2_QUESTIONS]
     answers = [model.generate(p, SMOLLM2_MAX_TOKENS, stop_token_ids=tokenizer.stop_token_ids) for p in prompts]
     return SMOLLM2_QUESTIONS, prompts, answers

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from helix_jax.cli.main import app
 from helix_jax.errors import CheckpointError, ConfigError, RequestError
 from helix_jax.model import SamplingParams, StageEngine, StepInput, random_stage_weights
-from helix_jax.model.generate import generate_local
+from helix_jax.model.generate import LocalModel, generate_local
 from helix_jax.model.sampling import sample_tokens
 from helix_jax.model.tokenizer import ByteTokenizer, load_tokenizer
 from helix_jax.modelconfig import PRESETS
@@ -157,6 +157,20 @@ def test_generate_local_chunking_limits_and_eos(weights):
         generate_local(CFG, weights, PROMPT, CFG.max_position_embeddings)
     with pytest.raises(RequestError):
         generate_local(CFG, weights, [], 3)
+
+
+def test_prompt_logits_are_what_the_first_token_is_sampled_from(weights):
+    whole = LocalModel(CFG, weights, max_seq_len=64, compiler_options=FAST, return_logits=True)
+    chunked = LocalModel(CFG, weights, max_seq_len=64, chunk_tokens=4, compiler_options=FAST, return_logits=True)
+    logits = whole.prompt_logits(PROMPT * 3)
+    assert logits.shape == (CFG.vocab_size,) and logits.dtype == np.float32
+    np.testing.assert_allclose(chunked.prompt_logits(PROMPT * 3), logits, atol=1e-4)
+    assert whole.generate(PROMPT * 3, 1) == [int(np.argmax(logits))]  # greedy: its argmax
+    assert not whole.engine.has_request("local")  # released after each call
+    with pytest.raises(RequestError, match="^prompt_logits needs a LocalModel built with return_logits=True$"):
+        LocalModel(CFG, weights, max_seq_len=64).prompt_logits(PROMPT)
+    with pytest.raises(RequestError, match="^prompt of 0 tokens: expected 1 to 64$"):
+        whole.prompt_logits([])
 
 
 def test_tokenizers(tmp_path):

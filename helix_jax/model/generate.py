@@ -29,7 +29,9 @@ _SEQ_ROUND = 64
 class LocalModel:
     """The whole model on this device: one StageEngine (one request at a time; `kv_layout`
     "paged" or "contiguous", default the engine's) reused across prompts, so its step
-    programs compile once. `generate` is what `generate_local` does for one call."""
+    programs compile once. `generate` is what `generate_local` does for one call; with
+    `return_logits`, `prompt_logits` gives the next-token logits after a prompt (the same
+    programs, which then also return each row's logits)."""
 
     def __init__(
         self,
@@ -39,6 +41,7 @@ class LocalModel:
         chunk_tokens: int = 64,
         compiler_options: dict | None = None,
         kv_layout: str | None = None,
+        return_logits: bool = False,
     ):
         self.config = config
         self.max_seq_len = min(config.max_position_embeddings, -(-max_seq_len // _SEQ_ROUND) * _SEQ_ROUND)
@@ -58,8 +61,27 @@ class LocalModel:
             decode_buckets=(1,),
             prefill_batch_buckets=(1,),
             compiler_options=compiler_options,
+            return_logits=return_logits,
             **layout,
         )
+
+    def prompt_logits(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        """The float32 logits [vocab] that sample the token after `prompt_ids` (chunked prefill,
+        as `generate` runs it). Needs `return_logits`."""
+        if not self.engine.return_logits:
+            raise RequestError("prompt_logits needs a LocalModel built with return_logits=True")
+        prompt = [int(t) for t in prompt_ids]
+        if not 0 < len(prompt) <= self.max_seq_len:
+            raise RequestError(f"prompt of {len(prompt)} tokens: expected 1 to {self.max_seq_len}")
+        self.engine.add_request("local")
+        try:
+            for begin in range(0, len(prompt), self.chunk):
+                piece = np.asarray(prompt[begin : begin + self.chunk], np.int32)
+                (result,) = self.engine.step([StepInput("local", 0, begin, token_ids=piece, sample=begin + self.chunk >= len(prompt))])
+        finally:
+            self.engine.release("local")
+        assert result.logits is not None  # the last chunk samples, and the engine returns logits
+        return np.asarray(result.logits)
 
     def generate(
         self,
