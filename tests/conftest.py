@@ -25,6 +25,11 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# what one xdist worker computed that the other may need too (tests/conftest.py's `shared_result`)
+if "HELIX_TEST_SHARED" not in os.environ:
+    os.environ["HELIX_TEST_SHARED"] = tempfile.mkdtemp(prefix="helix-test-shared-")
+    atexit.register(shutil.rmtree, os.environ["HELIX_TEST_SHARED"], ignore_errors=True)
+
 # deployments started without --state-dir keep their keys here, one directory per process (so
 # the two xdist workers never share one), not under the user's ~/.cache
 os.environ["HELIX_DEPLOYMENTS"] = tempfile.mkdtemp(prefix="helix-deployments-")
@@ -142,15 +147,36 @@ SMOLLM2_QUESTIONS = (
 SMOLLM2_MAX_TOKENS = 16
 
 
+def shared_result(name: str, compute):
+    """`compute()` (JSON-serialisable) once per test run: the first process to ask computes it
+    while holding a lock; the other xdist worker waits for it and reads the file."""
+    import fcntl
+    import json
+    from pathlib import Path
+
+    path = Path(os.environ["HELIX_TEST_SHARED"]) / f"{name}.json"
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            path.with_suffix(".tmp").write_text(json.dumps(compute()))
+            path.with_suffix(".tmp").rename(path)
+    return json.loads(path.read_text())
+
+
 @pytest.fixture(scope="session")
 def smollm2_answers():
     """(questions, chat-templated prompt ids, greedy answer ids of at most 16 tokens) of the whole
-    SmolLM2 in this process, one prompt at a time: what every deployment of it must return
-    (tests/test_real_deploy.py, tests/test_ray_deploy.py). Its layers are scanned, as those
+    SmolLM2 run locally, one prompt at a time: what every deployment of it must return
+    (tests/test_real_deploy.py, tests/test_ray_deploy.py), computed once per run (the two
+    files usually run on different xdist workers). Its layers are scanned, as those
     deployments' are (a fifth of the unrolled compile time; unrolled: tests/test_gguf_model.py)."""
-    model, tokenizer = smollm2_local("scan")
-    prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) for q in SMOLLM2_QUESTIONS]
-    answers = [model.generate(p, SMOLLM2_MAX_TOKENS, stop_token_ids=tokenizer.stop_token_ids) for p in prompts]
+
+    def compute() -> list[list[list[int]]]:
+        model, tokenizer = smollm2_local("scan")
+        prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) for q in SMOLLM2_QUESTIONS]
+        return [prompts, [model.generate(p, SMOLLM2_MAX_TOKENS, stop_token_ids=tokenizer.stop_token_ids) for p in prompts]]
+
+    prompts, answers = shared_result("smollm2_answers", compute)
     return SMOLLM2_QUESTIONS, prompts, answers
 
 

@@ -43,7 +43,7 @@ def deployment(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local(smollm2_answers):
-    """Greedy answers of the whole model in this process, one prompt at a time."""
+    """Greedy answers of the whole model run locally, one prompt at a time (conftest.smollm2_answers)."""
     questions, prompts, answers = smollm2_answers
     return questions, prompts, answers
 
