@@ -182,23 +182,23 @@ def smollm2_answers():
 
 # Files that start worker processes, Ray or the real model: under `pytest -n 2 --dist loadfile`
 # (make test) each file runs whole on one xdist worker (its module fixtures built once), and these
-# go first, longest first (as measured in the suite), so that no long file starts last. Files whose
-# deployments compile the same programs (deploy_cli, demo_cli and http_drain) sit apart, so that
-# the later ones load them from the run's compile cache.
+# go first, longest first (as measured in the suite), so that no long file starts last. The tiny
+# deployments of deploy_cli, demo_cli, serve_security and http_drain share their shapes: the first
+# (deploy_cli) compiles, and the others, after it, load from the run's compile cache.
 HEAVY_FILES = (
     "test_ray_deploy.py",
     "test_gguf_model.py",
     "test_real_deploy.py",
     "test_deploy_cli.py",
-    "test_serve_security.py",
     "test_demo_cli.py",
-    "test_model_engine.py",
+    "test_serve_security.py",
     "test_paged_kv.py",
-    "test_serve_failures.py",
-    "test_http_drain.py",
+    "test_model_engine.py",
+    "test_compile_cache.py",
     "test_deploy_workflow.py",
     "test_gpu_checks.py",
-    "test_compile_cache.py",
+    "test_http_drain.py",
+    "test_serve_failures.py",
     "test_model_generate.py",
     "test_model_checkpoint.py",
 )

@@ -17,8 +17,10 @@ from helix_jax.model.engine import StageEngine
 from helix_jax.modelconfig import preset
 
 config = preset("tiny")
+# two buckets, XLA's quickest optimisation level: every run of this compiles cold
 engine = StageEngine(config, 0, 2, random_stage_weights(config, 0, 2, 0), max_slots=2, max_seq_len=64,
-                     prefill_buckets=(16,), decode_buckets=(1, 2), prefill_batch_buckets=(1,))
+                     prefill_buckets=(16,), decode_buckets=(1,), prefill_batch_buckets=(1,),
+                     compiler_options={"xla_backend_optimization_level": 0})
 print(engine.warmup(), enable_compile_cache())
 """
 
@@ -43,7 +45,7 @@ def test_a_second_process_loads_every_program_from_the_default_cache(tmp_path: P
     default = tmp_path / ".cache" / "helix-jax" / "xla"  # beside the model cache
     assert _warm_up(None, home=tmp_path) == str(default)
     first = _entries(default)
-    assert len(first) >= 3  # the three buckets' step programs at least
+    assert len(first) >= 2  # the two buckets' step programs at least
     assert _warm_up(None, home=tmp_path) == str(default)
     assert _entries(default) == first  # nothing recompiled, nothing rewritten
 
