@@ -114,3 +114,42 @@ def test_close_is_idempotent_and_rejects_new_requests() -> None:
     client.close()
     with pytest.raises(HelixError, match="closed"):
         client.generate("hi")
+
+
+def test_a_cancelled_async_stream_stays_cancelled_when_a_token_arrives_in_the_same_tick() -> None:
+    """The front end cancels a request's reader when its HTTP client leaves. If a token (and
+    here even the end) reaches the reader's queue in the same loop tick as the cancel, the
+    cancel must still win: the reader stops and tells the coordinator `cancel`. (asyncio.wait_for
+    on Python 3.11 returns the token instead, so the request ran to its end unread: a client
+    that left mid-stream still held its KV, and the next request waited behind it.)"""
+    router = wire.configure(zmq.Context.instance().socket(zmq.ROUTER))
+    endpoint = wire.bind_free_port(router)
+
+    async def scenario() -> tuple[list[int], list[str]]:
+        got: list[int] = []
+        async with AsyncClient(endpoint, timeout_s=30) as ac:
+
+            async def read() -> None:
+                async for tok in ac.stream([3, 4], max_tokens=2):
+                    got.append(tok.token_id)
+
+            reader = asyncio.create_task(read())
+            while not ac._pending:  # the request is on the wire and its reader waits for a reply
+                await asyncio.sleep(0)
+            (rid, replies), *_ = ac._pending.items()
+            # what the client's socket reader does with the coordinator's replies, then the cancel, all in one tick
+            replies.put_nowait(wire.make("token", request_id=rid, index=0, token_id=3, text="D"))
+            done = dict(request_id=rid, ids=[3], text="D", finish_reason="length", prompt_tokens=2, time_scale=1.0)
+            replies.put_nowait(wire.make("done", **done))
+            reader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+            kinds: list[str] = []  # what the coordinator's socket got, read before the client closes its socket
+            while len(kinds) < 2 and router.poll(10_000):  # a guard against a hang, not a timing bound
+                kinds.append(wire.recv(router, routed=True)[1].kind)
+        return got, kinds
+
+    try:
+        assert asyncio.run(scenario()) == ([], ["generate", "cancel"])
+    finally:
+        router.close(0)

@@ -50,6 +50,7 @@ class Run:
     def __init__(self, backend: "Backend", seqs: Sequence[SeqParams], received_at: float, tenant: str = ANONYMOUS) -> None:
         self.backend, self.seqs, self.received_at, self.tenant = backend, tuple(seqs), received_at, tenant
         self._waiting = set(range(len(self.seqs)))
+        self._cancelled = False
         self.events: asyncio.Queue[tuple[int | None, str, Any]] = asyncio.Queue()
         self.pumps = [asyncio.create_task(self._pump(i, p)) for i, p in enumerate(self.seqs)]
 
@@ -116,6 +117,11 @@ class Run:
         self.events.put_nowait((None, "error", err))
 
     def cancel(self) -> None:
+        """Cancel the pumps, once: a second cancel (the response's own close after the drain's, or
+        after its stream's) could land in a pump's clean-up and cut off its `cancel` message."""
+        if self._cancelled:
+            return
+        self._cancelled = True
         for pump in self.pumps:
             pump.cancel()
 
