@@ -112,6 +112,26 @@ def smollm2_local(layer_loop: str, return_logits: bool = False):
     return LocalModel(config, weights, max_seq_len=256, return_logits=return_logits), load_tokenizer(config, "smollm2-135m")
 
 
+def import_when_used(name: str):
+    """Module `name`, imported at its first attribute access; the calling test module is skipped
+    (as with pytest.importorskip) when it is not installed. Both xdist workers import every test
+    file, and only the one that runs these tests should pay for importing torch or transformers."""
+    import importlib
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"could not import {name!r} (the test extras)", allow_module_level=True)
+
+    class _OnFirstUse(types.ModuleType):
+        def __getattr__(self, attr: str):
+            if attr.startswith("_"):  # what pytest's collection asks of each module attribute (__test__, _mock_name)
+                raise AttributeError(attr)
+            return getattr(importlib.import_module(name), attr)
+
+    return _OnFirstUse(name)
+
+
 @pytest.fixture(scope="session")
 def transformers_gguf():
     """transformers loading GGUF files (the reference of the real-model tests), parsing each file

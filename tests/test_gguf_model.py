@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import import_when_used
 
 from helix_jax.errors import CheckpointError
 from helix_jax.models import model_file
 
-transformers = pytest.importorskip("transformers")
-torch = pytest.importorskip("torch")
+transformers = import_when_used("transformers")
+torch = import_when_used("torch")
 
 try:
     MODEL_PATH = model_file("smollm2-135m")

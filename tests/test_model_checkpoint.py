@@ -9,14 +9,15 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import import_when_used
 
 from helix_jax.errors import CheckpointError
 from helix_jax.model import SamplingParams, StageEngine, StepInput, forward_full, load_stage_weights
 from helix_jax.model.checkpoint import checkpoint_config
 from helix_jax.model.generate import generate_local
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = import_when_used("torch")
+transformers = import_when_used("transformers")
 
 LLAMA3_ROPE = {
     "rope_type": "llama3",

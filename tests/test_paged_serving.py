@@ -5,6 +5,7 @@ no stall (16 decoding requests step every batch while a long prompt prefills).""
 
 from __future__ import annotations
 
+import functools
 import types
 
 import numpy as np
@@ -37,7 +38,13 @@ def paged_engine(start=0, end=4, **kw) -> StageEngine:
 
 # ---------------------------------------------------------------- one accounting
 ONE_NODE = Placement("one", 4, {"n": (0, 4)}, (FlowEdge("coordinator", "n", 1), FlowEdge("n", "coordinator", 1)))
-ACCOUNTING_ENGINE = paged_engine(max_slots=8, max_seq_len=32, num_pages=10, decode_buckets=(8,), prefill_buckets=(8,))
+
+
+@functools.cache
+def accounting_engine() -> StageEngine:
+    """Built on first use, not at import: both xdist workers import every test file."""
+    return paged_engine(max_slots=8, max_seq_len=32, num_pages=10, decode_buckets=(8,), prefill_buckets=(8,))
+
 
 ops = st.lists(
     st.one_of(
@@ -52,7 +59,7 @@ ops = st.lists(
 @settings(max_examples=30, deadline=None)
 @given(ops)
 def test_ledger_and_page_pool_agree(sequence):
-    engine = ACCOUNTING_ENGINE
+    engine = accounting_engine()
     for rid in [r for r in list(engine._requests)]:
         engine.release(rid)
     sched = Scheduler(ONE_NODE, {"n": engine.kv_capacity_token_layers}, kv_page_tokens={"n": engine.kv_page_tokens})
