@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -32,15 +32,19 @@ def _split(text: str, what: str) -> list[str]:
     return items
 
 
-def plan_methods(
-    topology, cost_model, methods: list[str], time_limit_s: float, seed: int, helix_placement: Path | None, console: Console
-) -> dict:
-    """Placements for every method: the solver's, or a saved file for helix (its flows
-    recomputed for this topology and the bench's workload, like deploy's)."""
+def plan_methods(topology, cost_model, methods: list[str], time_limit_s: float, seed: int, helix_placement: Any, console: Console) -> dict:
+    """Placements for every method: the solver's, or for helix a saved file (its flows
+    recomputed for this topology and the bench's workload, like deploy's) or a Placement
+    already planned for this cost model (the demo's)."""
     from helix_jax.cli.serve_cmds import placement_for
+    from helix_jax.placement import Placement
 
     placements = {}
     for method in methods:
+        if method == "helix" and isinstance(helix_placement, Placement):
+            placements[method] = helix_placement
+            console.print(f"  helix: max-flow {helix_placement.objective_tokens_per_s:,.1f} tok/s (the placement above)")
+            continue
         if method == "helix" and helix_placement is not None:
             placements[method] = placement_for(topology, helix_placement, time_limit_s, cost_model.workload)
             continue

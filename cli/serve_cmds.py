@@ -243,18 +243,16 @@ def demo(
         console.print(table)
     console.print("   deployment shut down cleanly")
     if PAPER_TOPOLOGY.is_file():
+        from helix_jax.costmodel import CostModel
         from helix_jax.solver.plan import plan
+        from helix_jax.workload import length_sampler
 
         paper = load_topology(PAPER_TOPOLOGY)
-        print_placement(
-            console,
-            plan(paper, time_limit_s=paper_plan_time),
-            paper,
-            f"4. planner on {paper.name} ({paper.model.name}, {len(paper.nodes)} nodes)",
-        )
+        # planned for the workload the benchmark below simulates, which then takes this placement
+        paper_placement = plan(paper, time_limit_s=paper_plan_time, cost_model=CostModel(paper, length_sampler().shape))
+        print_placement(console, paper_placement, paper, f"4. planner on {paper.name} ({paper.model.name}, {len(paper.nodes)} nodes)")
         if sim_seconds > 0:
             from helix_jax.cli.bench_cmds import _simulated
-            from helix_jax.workload import length_sampler
 
             console.print(f"5. benchmark: {sim_seconds:g} simulated seconds of {paper.name}, offline, Azure-conversation-like requests")
             _simulated(
@@ -270,7 +268,7 @@ def demo(
                 None,
                 0,
                 paper_plan_time,
-                None,
+                paper_placement,
                 float("inf"),
                 float("inf"),
                 None,
