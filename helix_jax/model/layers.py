@@ -147,7 +147,7 @@ class LayerKV:
     """Per-call view of the stage's KV cache for one layer (built inside the traced step).
 
     Contiguous layout (page_size 0): caches `[layers, slots, max_seq, kv_heads, head_dim]`,
-    `index` the row's slot `[B]`. Paged layout: flat page pools `[kv_heads, pages, page_size,
+    `index` the row's slot `[B]`. Paged layout: page pools `[kv_heads, layers, pages, page_size,
     head_dim]` (paged_cache.py), `index` the rows' page tables `[B, layers, P]`; `attention`
     "pallas" reads decode steps' pages with JAX's paged-attention kernel, "gather" gathers them.
     """

@@ -15,8 +15,11 @@ entering the stage at a later layer (partial inference) holds pages only for the
 and the stage's capacity in token-layers, `layers x pages x page_size`, is what the ledger
 budgets: a request of T tokens run on n layers takes `pages_for(T) x n` pages, the ledger
 reserves `pages_for(T) x page_size x n`. Global page id g is page `g % pages` of layer slab
-`g // pages` (a free reshape to `[kv_heads, layers * pages, page_size, head_dim]` inside the
-trace).
+`g // pages`, addressed with both indices: reshaping the pool to one flat `[kv_heads, layers *
+pages, ...]` axis inside the trace made XLA's CPU backend copy the whole pool around each
+layer's write of an unrolled stage (a step then cost O(pool): 261 ms instead of 29 ms for
+SmolLM2's 16 layers with 1,024 pages); only the Pallas kernel, which takes a flat pool, gets
+the reshape.
 
 Attention backends: "gather" (plain JAX: each row's pages gathered into a `[B, P x page_size]`
 window; every step shape, every device) and "pallas" (decode steps only, one token per row: the
@@ -50,25 +53,29 @@ def paged_write(
 ) -> tuple[jax.Array, jax.Array]:
     """Traced: write this step's K/V of one layer into their pages.
 
-    k_pool/v_pool `[kv_heads, total_pages, page_size, head_dim]` (flat), table: the layer's page
-    tables `[B, P]`, write_mask/query_pos `[B, T]`, new_k/new_v `[B, T, kv_heads, head_dim]`.
-    Masked tokens target page `total_pages` and are dropped, so nothing is written out of bounds.
+    k_pool/v_pool `[kv_heads, layers, pages, page_size, head_dim]`, table: the layer's global
+    page ids `[B, P]`, write_mask/query_pos `[B, T]`, new_k/new_v `[B, T, kv_heads, head_dim]`.
+    Masked tokens target the slab past the last (page id `layers x pages`) and are dropped, so
+    nothing is written out of bounds.
     """
-    total, width = k_pool.shape[1], table.shape[1]
+    pages, width = k_pool.shape[2], table.shape[1]
     index = jnp.minimum(query_pos // page_size, width - 1)
-    page = jnp.where(write_mask, jnp.take_along_axis(table, index, axis=1), total)
-    offset = query_pos % page_size
-    k_pool = k_pool.at[:, page, offset].set(jnp.moveaxis(new_k, 2, 0).astype(k_pool.dtype), mode="drop")
-    v_pool = v_pool.at[:, page, offset].set(jnp.moveaxis(new_v, 2, 0).astype(v_pool.dtype), mode="drop")
+    page = jnp.where(write_mask, jnp.take_along_axis(table, index, axis=1), k_pool.shape[1] * pages)
+    slab, page, offset = page // pages, page % pages, query_pos % page_size
+    k_pool = k_pool.at[:, slab, page, offset].set(jnp.moveaxis(new_k, 2, 0).astype(k_pool.dtype), mode="drop")
+    v_pool = v_pool.at[:, slab, page, offset].set(jnp.moveaxis(new_v, 2, 0).astype(v_pool.dtype), mode="drop")
     return k_pool, v_pool
 
 
 def paged_read(k_pool: jax.Array, v_pool: jax.Array, table: jax.Array, page_size: int) -> tuple[jax.Array, jax.Array]:
-    """Traced: gather each row's pages of one layer (table `[B, P]`) out of the flat pools:
-    keys/values `[B, P * page_size, kv_heads, head_dim]` in position order."""
+    """Traced: gather each row's pages of one layer (global page ids `[B, P]`) out of the pools
+    `[kv_heads, layers, pages, page_size, head_dim]`: keys/values `[B, P * page_size, kv_heads,
+    head_dim]` in position order."""
     batch, width = table.shape
+    pages = k_pool.shape[2]
+    slab, page = table // pages, table % pages
     shape = (k_pool.shape[0], batch, width * page_size, k_pool.shape[-1])
-    keys, values = (jnp.moveaxis(pool[:, table].reshape(shape), 0, 2) for pool in (k_pool, v_pool))
+    keys, values = (jnp.moveaxis(pool[:, slab, page].reshape(shape), 0, 2) for pool in (k_pool, v_pool))
     return keys, values
 
 
@@ -76,8 +83,9 @@ def paged_decode_attention(q: jax.Array, k_pool: jax.Array, v_pool: jax.Array, t
     """Traced: decode attention of one query token per row, read from the pages by JAX's Pallas
     paged-attention kernel (Triton on a GPU, Pallas' interpreter elsewhere).
 
-    q `[B, heads, head_dim]` (already scaled by 1/sqrt(head_dim)), pools `[kv_heads,
-    total_pages, page_size, head_dim]`, table `[B, P]`, lengths `[B]` int32: keys a row may read
+    q `[B, heads, head_dim]` (already scaled by 1/sqrt(head_dim)), pools `[kv_heads, layers,
+    pages, page_size, head_dim]` (the kernel gets them flat), table `[B, P]` of global page ids,
+    lengths `[B]` int32: keys a row may read
     (positions `[0, length)`; 0 for a row that reads nothing, whose output is 0). Returns
     `[B, heads, head_dim]`. The kernel splits each row's P pages into `k_splits` partitions of
     whole compute blocks, so both are taken from the divisors of P.
@@ -87,6 +95,7 @@ def paged_decode_attention(q: jax.Array, k_pool: jax.Array, v_pool: jax.Array, t
     pages = table.shape[1]
     k_splits = math.gcd(pages, 16)
     per_split = pages // k_splits
+    k_pool, v_pool = (pool.reshape((pool.shape[0], -1) + pool.shape[3:]) for pool in (k_pool, v_pool))
     return paged_attention(
         q,
         k_pool,

@@ -157,17 +157,11 @@ class StageModel(nnx.Module):
             y, k_cache, v_cache = layer(x, cos, sin, kv)
             return jnp.where(run[:, None, None], y, x), k_cache, v_cache
 
-        k, v = cache.k, cache.v
-        if page_size:  # one flat pool of pages per kv head: any page may serve any layer (paged_cache.py)
-            k, v = (a.reshape((a.shape[0], -1) + a.shape[3:]) for a in (k, v))
-
-        def done(x, k, v):
-            return x, KVCache(k.reshape(cache.k.shape), v.reshape(cache.v.shape))
-
+        k, v = cache.k, cache.v  # paged: any page may serve any layer (paged_cache.py)
         if self.layer_loop == "unroll":
             for index, layer in enumerate(self.layers):
                 x, k, v = apply(layer, index, x, k, v)
-            return done(x, k, v)
+            return x, KVCache(k, v)
         layer_graph, layer_state = nnx.split(self.layers)
 
         def one_layer(carry, xs):
@@ -176,7 +170,7 @@ class StageModel(nnx.Module):
 
         indices = jnp.arange(self.num_layers, dtype=jnp.int32)
         (x, k, v), _ = jax.lax.scan(one_layer, (x, k, v), (layer_state, indices))
-        return done(x, k, v)
+        return x, KVCache(k, v)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Final norm + LM head (last stage only): `[..., hidden]` -> float32 `[..., vocab]`."""
