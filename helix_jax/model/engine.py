@@ -214,13 +214,11 @@ class StageEngine(KVCapacity):
         self._unhold(request_id)
 
     # ---- compute --------------------------------------------------------------------------
-    def _run(self, batch: PaddedBatch, context_len: int, compile_only: bool = False):
-        """Run the bucket's program on `batch`, or (compile_only) compile it without running:
-        jit's dispatch then finds the executable for these exact argument types."""
+    def _args(self, batch: PaddedBatch, context_len: int) -> tuple:
         kv_index = batch.slots
         if self.pool is not None:
             kv_index = page_table_array(self.pool, [i.request_id for i in batch.items], len(batch.slots), context_len // self.page_size)
-        args = (
+        return (
             self._weight_leaves,
             self.cache,
             batch.token_ids,
@@ -234,6 +232,11 @@ class StageEngine(KVCapacity):
             batch.top_p,
             batch.seed,
         )
+
+    def _run(self, batch: PaddedBatch, context_len: int, compile_only: bool = False):
+        """Run the bucket's program on `batch`, or (compile_only) compile it without running:
+        jit's dispatch then finds the executable for these exact argument types."""
+        args = self._args(batch, context_len)
         CALLER.engine = self
         try:
             if compile_only:
@@ -243,6 +246,16 @@ class StageEngine(KVCapacity):
         finally:
             CALLER.engine = None
         return jax.tree.map(np.asarray, out)
+
+    def lower(self, rows: int, tokens: int, context_len: int) -> jax.stages.Lowered:
+        """The program of one bucket (`rows` x `tokens`, attending over `context_len`), lowered
+        for all-padding input and not compiled: `.compile().as_text()` shows what XLA made of
+        it (tests check that the KV cache is updated in place)."""
+        CALLER.engine = self  # a bucket traced here counts as compiled, as in `_run`
+        try:
+            return self._program.lower(*self._args(self._pad([], rows, tokens), context_len), context_len=context_len)
+        finally:
+            CALLER.engine = None
 
     def _pad(self, items: list[StepInput], rows: int, tokens: int) -> PaddedBatch:
         requests = [self._requests[item.request_id] for item in items]
