@@ -118,6 +118,11 @@ def deploy(
         help="How workers run their layers: auto (unroll wide layers), scan (compiles several times faster, steps slower) or unroll.",
     ),
     max_seq_len: int = typer.Option(512, help="Longest prompt + output, in tokens."),
+    max_batch: int = typer.Option(
+        None,
+        help="Decode rows one worker step takes at most (default: as many as its KV holds). Below the number of "
+        "concurrent streams, a pipeline's stages work on several micro-batches at once.",
+    ),
     plan_time: float = typer.Option(10.0, help="Planner time limit in seconds."),
     heartbeat_timeout: float = typer.Option(
         10.0, help="Seconds of silence after which a worker is taken out of service and its requests move on."
@@ -174,6 +179,8 @@ def deploy(
             raise ConfigError(f"--restart-workers must be >= 0, got {restart_workers}")
         if layer_loop not in LAYER_LOOP_CHOICES:  # before planning; ServeConfig checks it again
             raise ConfigError(f"--layer-loop must be auto, scan or unroll, got {layer_loop!r}")
+        if max_batch is not None and max_batch < 1:  # ServeConfig checks it again
+            raise ConfigError(f"--max-batch must be at least 1, got {max_batch}")
         if not (resume_grace_s >= 0 and math.isfinite(resume_grace_s)):
             raise ConfigError(f"--resume-grace-s must be >= 0 and finite, got {resume_grace_s}")
         checked = validate_deploy(topology, model, time_scale, host, heartbeat_timeout, not insecure, kv_layout)
@@ -199,7 +206,7 @@ def deploy(
             not insecure,
             kv_layout,
         )
-        cfg = dataclasses.replace(cfg, resume_grace_s=resume_grace_s, layer_loop=layer_loop)
+        cfg = dataclasses.replace(cfg, resume_grace_s=resume_grace_s, layer_loop=layer_loop, max_batch=max_batch)
     print_placement(console, cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
     if dry_run:
         print_launch_plan(console, cfg, ray)

@@ -77,6 +77,24 @@ def test_a_flow_edge_no_hand_off_allows_is_one_clear_error_before_anything_start
         dataclasses.replace(deployment.config, placement=wide)
 
 
+def test_max_batch_caps_the_decode_rows_of_every_step(deployment: InProcessCluster) -> None:
+    """`--max-batch 2` on its own cluster (KV for eight whole sequences per worker): twelve
+    concurrent streams stay exact, and no step of any worker decodes more than two rows
+    (without the cap, some step of this burst decodes 7 or 8)."""
+    with pytest.raises(ConfigError, match=r"^--max-batch must be at least 1, got 0$"):
+        dataclasses.replace(deployment.config, max_batch=0)
+    cfg = dataclasses.replace(deployment.config, max_batch=2, kv_tokens=8 * serve_cluster.MAX_SEQ_LEN)
+    with InProcessCluster(cfg, serve_cluster.TOKENIZER) as capped:
+        capped.wait_ready()
+        with Client(capped.client_endpoint, timeout_s=60) as c, ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(lambda i: c.generate(PROMPTS[i % 4], max_tokens=8 + i % 3), range(12)))
+        for i, res in enumerate(results):
+            assert list(res.ids) == expected(capped, PROMPTS[i % 4], 8 + i % 3)
+        for node in cfg.placement.ranges:
+            runner = capped.runner(node)
+            assert runner.spec.decode_buckets[-1] == 2 and 1 <= runner.most_decode_rows <= 2, (node, runner.most_decode_rows)
+
+
 def test_sampling_reaches_the_last_stage_and_streams(client: Client, deployment: InProcessCluster) -> None:
     params = SamplingParams(temperature=0.9, top_k=40, top_p=0.95, seed=7)
     stream = client.stream(PROMPTS[0], max_tokens=10, temperature=0.9, top_k=40, top_p=0.95, seed=7)

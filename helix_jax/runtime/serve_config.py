@@ -36,7 +36,7 @@ class ServeConfig:
     # how a stage runs its layers (helix_jax/model/stage.py): "auto" (unroll wide layers), "scan"
     # (compiles in a fraction of the time, steps somewhat slower) or "unroll"
     layer_loop: str = "auto"
-    max_batch: int | None = None  # per-worker decode batch cap (None: worker default)
+    max_batch: int | None = None  # decode rows one worker step takes at most (None: as many as its KV holds)
     max_seq_len: int = 512
     queue_limit: int = 1000
     # requests one client connection may have waiting at once (None: 3/4 of queue_limit), so one
@@ -60,6 +60,8 @@ class ServeConfig:
             raise ConfigError(f"--resume-grace-s must be >= 0 and finite, got {self.resume_grace_s}")
         if self.layer_loop not in LAYER_LOOP_CHOICES:
             raise ConfigError(f"--layer-loop must be auto, scan or unroll, got {self.layer_loop!r}")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ConfigError(f"--max-batch must be at least 1, got {self.max_batch}")
         for edge in self.placement.flows:  # else the coordinator would refuse every worker's `ready`, and wait
             if edge.tokens_per_s > 0 and not self.placement.can_hand_off(edge.src, edge.dst):
                 raise PlacementError(
