@@ -266,13 +266,13 @@ def test_real_default_model_paged_equals_contiguous():
 
 @pytest.mark.parametrize("layout, layer_loop", [("paged", "unroll"), ("paged", "scan"), ("contiguous", "unroll")])
 def test_a_step_updates_the_kv_cache_in_place(layout, layer_loop):
-    """No copy of the cache in a compiled step, at XLA's default optimization. With the page pool
+    """No copy of the cache in a compiled step. With the page pool
     reshaped to one flat page axis, XLA's CPU backend copied all of it around each layer's write
     in a one-row step of an unrolled stage (the write becomes a dynamic-update-slice), and a
     SmolLM2 worker's decode step cost O(pool): 261 ms instead of 18 ms."""
     config = CFG.with_overrides(name=f"tiny-in-place-{layout}-{layer_loop}")
     pages = {"num_pages": 64} if layout == "paged" else {}
-    engine = make(0, 4, layout, config=config, layer_loop=layer_loop, compiler_options=None, decode_buckets=(1,), **pages)
+    engine = make(0, 4, layout, config=config, layer_loop=layer_loop, decode_buckets=(1,), **pages)
     cache_elements = engine.cache.k.size
     for rows, tokens in ((1, 1), (2, 8)):  # a decode and a prefill bucket
         text = engine.lower(rows, tokens, engine.context_buckets[-1]).compile().as_text()
