@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from helix_jax.errors import ConfigError
+
+if TYPE_CHECKING:
+    from helix_jax.placement import Placement
 
 DEFAULT_METHODS = "helix,swarm,petals,sp"
 
@@ -32,7 +35,9 @@ def _split(text: str, what: str) -> list[str]:
     return items
 
 
-def plan_methods(topology, cost_model, methods: list[str], time_limit_s: float, seed: int, helix_placement: Any, console: Console) -> dict:
+def plan_methods(
+    topology, cost_model, methods: list[str], time_limit_s: float, seed: int, helix_placement: Path | Placement | None, console: Console
+) -> dict:
     """Placements for every method: the solver's, or for helix a saved file (its flows
     recomputed for this topology and the bench's workload, like deploy's) or a Placement
     already planned for this cost model (the demo's)."""

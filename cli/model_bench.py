@@ -150,7 +150,7 @@ def deployment(streams: list[int], max_tokens: int = 96, max_batch: int | None =
                     results = list(pool.map(lambda p: client.generate(p, max_tokens=max_tokens), prompts[:n]))
                 wall = time.perf_counter() - begin
                 tpot_s = statistics.median(r.timings.tpot_s for r in results)
-                arrivals = [r.timings.token_times_s for r in results]  # from each request's send, all sent at once
+                arrivals = [a for a in (r.timings.token_times_s for r in results) if a]  # from each send, all sent at once
                 start, end = min(a[0] for a in arrivals), max(a[-1] for a in arrivals)
                 out["streams"][n] = {
                     "tok_s": sum(len(r.ids) for r in results) / wall,

@@ -233,15 +233,11 @@ class StageEngine(KVCapacity):
             batch.seed,
         )
 
-    def _run(self, batch: PaddedBatch, context_len: int, compile_only: bool = False):
-        """Run the bucket's program on `batch`, or (compile_only) compile it without running:
-        jit's dispatch then finds the executable for these exact argument types."""
+    def _run(self, batch: PaddedBatch, context_len: int):
+        """Run the bucket's program on `batch`."""
         args = self._args(batch, context_len)
         CALLER.engine = self
         try:
-            if compile_only:
-                self._program.lower(*args, context_len=context_len).compile()
-                return None
             out, self.cache = self._program(*args, context_len=context_len)
         finally:
             CALLER.engine = None
@@ -249,8 +245,9 @@ class StageEngine(KVCapacity):
 
     def lower(self, rows: int, tokens: int, context_len: int) -> jax.stages.Lowered:
         """The program of one bucket (`rows` x `tokens`, attending over `context_len`), lowered
-        for all-padding input and not compiled: `.compile().as_text()` shows what XLA made of
-        it (tests check that the KV cache is updated in place)."""
+        for all-padding input and not compiled. Warm-up compiles it (jit's dispatch then finds
+        the executable for these exact argument types); `.compile().as_text()` shows what XLA
+        made of it (tests check that the KV cache is updated in place)."""
         CALLER.engine = self  # a bucket traced here counts as compiled, as in `_run`
         try:
             return self._program.lower(*self._args(self._pad([], rows, tokens), context_len), context_len=context_len)
@@ -275,7 +272,7 @@ class StageEngine(KVCapacity):
             try:
                 for rows in self.decode_buckets:
                     for context_len in self.context_buckets:
-                        self._run(self._pad([], rows, 1), context_len, compile_only=True)
+                        self.lower(rows, 1, context_len).compile()
                 shapes = shapes[len(self.decode_buckets) :]  # compiled, with the kernel
             except Exception as exc:  # the kernel's Triton lowering on this GPU: keep serving, on the gather
                 log.warning("paged-attention kernel unavailable here (%s: %s); decode attention gathers pages", type(exc).__name__, exc)
@@ -284,7 +281,7 @@ class StageEngine(KVCapacity):
                 self._compile_count = compiled  # the kernel's programs are dropped: count what serves
         for rows, tokens in shapes:
             for context_len in self.context_buckets:
-                self._run(self._pad([], rows, tokens), context_len, compile_only=True)
+                self.lower(rows, tokens, context_len).compile()
         log.info("stage [%d, %d): %d programs compiled", self.start_layer, self.end_layer, self._compile_count)
         return buckets
 
