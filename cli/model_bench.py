@@ -21,6 +21,7 @@ import json
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -124,7 +125,7 @@ def _vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
-def deployment(streams: list[int], max_tokens: int = 96, max_batch: int | None = None) -> dict:
+def deployment(streams: list[int], max_tokens: int = 96, max_batch: int | None = None, topology: Path | None = None) -> dict:
     """The shipped default deployment (`--max-batch max_batch`) at each number of concurrent
     streams: tok/s over the whole run (prefill included) and the decode rate, every token after
     each stream's first over the span from the first first token to the last token (a lower
@@ -136,7 +137,7 @@ def deployment(streams: list[int], max_tokens: int = 96, max_batch: int | None =
     from helix_jax.runtime.deploy import LocalDeployment
 
     most = max(streams)
-    cfg, tokenizer = serve_config(None, None, None, False, 1.0, "127.0.0.1", 0, most * 256, 256, 10.0)
+    cfg, tokenizer = serve_config(topology, None, None, False, 1.0, "127.0.0.1", 0, most * 256, 256, 10.0)
     prompts = [_prompt(64, 1000 + i) for i in range(most)]
     cfg = dataclasses.replace(cfg, max_batch=max_batch)
     out: dict = {"placement": {n: list(r) for n, r in cfg.placement.ranges.items()}, "max_batch": max_batch, "streams": {}}
@@ -168,6 +169,7 @@ def main() -> None:
     parser.add_argument("--streams", default="16,64")
     parser.add_argument("--skip-deploy", action="store_true")
     parser.add_argument("--max-batch", default="none,8", help="deployments to measure: their --max-batch (none: uncapped)")
+    parser.add_argument("--topology", type=Path, default=None, help="deploy this topology instead of the shipped default")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -187,7 +189,7 @@ def main() -> None:
         result["local_at_streams"] = local_batch
         result["deployments"] = []
         for cap in args.max_batch.split(","):
-            dep = deployment(streams, max_batch=None if cap == "none" else int(cap))
+            dep = deployment(streams, max_batch=None if cap == "none" else int(cap), topology=args.topology)
             result["deployments"].append(dep)
             print(f"[smollm2-135m deployed on 3 CPU workers {dep['placement']}, --max-batch {cap}]")
             for n in streams:

@@ -60,7 +60,11 @@ def test_metrics_count_the_requests_sent(
     server: HttpServer, oai: openai.OpenAI, reference, cpu_small_placement: Placement, deployment: InProcessCluster
 ) -> None:
     coord = deployment.coordinator
-    assert coord is not None  # every node has reported a step time (its first heartbeat after a batch)
+    assert coord is not None  # every node has run a batch (the routes alternate) and reported a step time
+    for _ in range(12):  # bounded: the weighted round robin reaches every route within a few requests
+        if all(deployment.runner(n).steps for n in cpu_small_placement.ranges):
+            break
+        oai.completions.create(model=MODEL, prompt="x", max_tokens=2, temperature=0)
     deployment.wait_until(lambda: all(coord.step_s.get(n) for n in cpu_small_placement.ranges), "step times")
     before = metrics(server)
     lengths = [(p, 3 + i) for i, p in enumerate(PROMPTS)]

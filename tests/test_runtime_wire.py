@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zmq
 
-from helix_jax.errors import ProtocolError, RequestError
+from helix_jax.errors import HelixError, ProtocolError, RequestError
 from helix_jax.runtime import wire
 
 
@@ -117,27 +117,93 @@ def test_make_checks_types_at_the_sender() -> None:
         wire.encode(_step(np.ones((2, 2), np.complex64)))
 
 
-def test_drain_rejects_garbage_and_handler_errors_and_keeps_serving() -> None:
+@pytest.fixture
+def pipe():
+    """A connected (push, pull) pair of data sockets on loopback."""
     ctx = zmq.Context.instance()
     pull = wire.configure(ctx.socket(zmq.PULL))
     push = wire.configure(ctx.socket(zmq.PUSH))
-    try:
-        push.connect(wire.bind_free_port(pull))
-        push.send_multipart([b"\xc1 not msgpack"])
-        wire.send(push, wire.make("free", request_id="bad"))
-        wire.send(push, wire.make("free", request_id="good"))
-        handled, rejected = [], []
+    push.connect(wire.bind_free_port(pull))
+    yield push, pull
+    push.close(0)
+    pull.close(0)
 
-        def handler(_identity: object, msg: wire.Message) -> None:
-            if msg["request_id"] == "bad":
-                raise RequestError("no such request")
-            handled.append(msg["request_id"])
 
-        while len(handled) + len(rejected) < 3:  # drain what has arrived, until all three have
-            assert pull.poll(5000), (handled, rejected)
-            wire.drain(pull, handler, on_reject=lambda _i, m, e: rejected.append((m and m["request_id"], type(e))))
-        assert handled == ["good"]
-        assert rejected == [(None, ProtocolError), ("bad", RequestError)]
-    finally:
-        push.close(0)
-        pull.close(0)
+def _drain_until(pull: zmq.Socket, count: int) -> tuple[list[str], list[tuple[str | None, HelixError]]]:
+    """Drain what arrives until `count` messages were handled or rejected; a `free` of request
+    "bad" is refused by its handler (RequestError)."""
+    handled: list[str] = []
+    rejected: list[tuple[str | None, HelixError]] = []
+
+    def handler(_identity: object, msg: wire.Message) -> None:
+        if msg["request_id"] == "bad":
+            raise RequestError("no such request")
+        handled.append(msg["request_id"])
+
+    while len(handled) + len(rejected) < count:  # drain what has arrived, until all have
+        assert pull.poll(5000), (handled, rejected)
+        wire.drain(pull, handler, on_reject=lambda _i, m, e: rejected.append((m and m["request_id"], e)))
+    return handled, rejected
+
+
+def test_drain_rejects_garbage_and_handler_errors_and_keeps_serving(pipe) -> None:
+    push, pull = pipe
+    push.send_multipart([b"\xc1 not msgpack"])
+    wire.send(push, wire.make("free", request_id="bad"))
+    wire.send(push, wire.make("free", request_id="good"))
+    handled, rejected = _drain_until(pull, 3)
+    assert handled == ["good"]
+    assert [(rid, type(e)) for rid, e in rejected] == [(None, ProtocolError), ("bad", RequestError)]
+
+
+def test_a_bundle_arrives_as_one_zeromq_message_and_drains_in_order(pipe) -> None:
+    push, pull = pipe
+    msgs = [wire.make("free", request_id=f"r{i}") for i in range(3)] + [_step(np.full((2, 4), 0.5, np.float32))]
+    wire.send_many(push, msgs)
+    assert pull.poll(5000)
+    handled: list[str] = []
+    wire.drain(pull, lambda _i, m: handled.append(f"{m.kind}:{m['request_id']}"))
+    assert handled == ["free:r0", "free:r1", "free:r2", "step:r1"]  # one drain: all four had arrived together
+    wire.send_many(push, msgs[:1])  # one message travels plain
+    assert pull.poll(5000)
+    assert wire.recv(pull)[1]["request_id"] == "r0"
+
+
+def _bundle(table: bytes, *parts: list) -> list:
+    return [wire.BUNDLE_MAGIC, table, *(frame for part in parts for frame in part)]
+
+
+FREE = wire.encode(wire.make("free", request_id="ok"))
+
+
+@pytest.mark.parametrize(
+    "frames, needle",
+    [
+        (_bundle(b"\xc1 garbage", FREE), "bundle: its table is not msgpack: FormatError"),
+        (_bundle(msgpack.packb({"n": 1}), FREE), "bundle: bad table of message sizes"),
+        (_bundle(msgpack.packb([]), FREE), "bundle: bad table of message sizes"),
+        (_bundle(msgpack.packb([0, 1]), FREE), "bundle: bad table of message sizes"),
+        (_bundle(msgpack.packb([True]), FREE), "bundle: bad table of message sizes"),
+        (_bundle(msgpack.packb([1] * (wire.MAX_BUNDLE + 1)), FREE), "bundle: bad table of message sizes"),
+        (_bundle(msgpack.packb([1, 1]), FREE), "bundle: its table lists 2 frame(s) but 1 follow"),
+    ],
+)
+def test_a_malformed_bundle_is_one_clear_error(frames: list, needle: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        wire.split_bundle(frames)
+    assert str(info.value) == needle
+
+
+def test_a_bad_message_in_a_bundle_loses_only_itself(pipe) -> None:
+    push, pull = pipe
+    good, refused = wire.encode(wire.make("free", request_id="good")), wire.encode(wire.make("free", request_id="bad"))
+    push.send_multipart(_bundle(msgpack.packb([1, 1, 1]), good, [b"\xc1 not msgpack"], refused))
+    push.send_multipart(_bundle(msgpack.packb([2]), good))  # a table that does not fit: the bundle goes, once
+    wire.send(push, wire.make("free", request_id="after"))
+    handled, rejected = _drain_until(pull, 5)
+    assert handled == ["good", "after"]
+    assert [(rid, str(e)) for rid, e in rejected] == [
+        (None, "header is not msgpack: FormatError"),
+        ("bad", "no such request"),
+        (None, "bundle: its table lists 2 frame(s) but 1 follow"),
+    ]

@@ -23,7 +23,7 @@ from serve_cluster import PROMPTS, expected, ids
 from helix_jax.client import AsyncClient, Client
 from helix_jax.errors import ConfigError, PlacementError
 from helix_jax.model.sampling_params import SamplingParams
-from helix_jax.placement import Placement
+from helix_jax.placement import FlowEdge, Placement
 from helix_jax.testing import InProcessCluster
 
 # the shared fixtures (tests/serve_cluster.py)
@@ -93,6 +93,32 @@ def test_max_batch_caps_the_decode_rows_of_every_step(deployment: InProcessClust
         for node in cfg.placement.ranges:
             runner = capped.runner(node)
             assert runner.spec.decode_buckets[-1] == 2 and 1 <= runner.most_decode_rows <= 2, (node, runner.most_decode_rows)
+
+
+def test_a_batch_reaches_the_next_stage_whole(deployment: InProcessCluster) -> None:
+    """A step's outputs travel to the next hop as one bundle, and the tokens sampled together
+    re-enter the first stage as one: on a 2-stage chain (KV for eight sequences per worker),
+    every decode batch of cpu-0 is part of a single batch of cpu-1, and the next tokens of every
+    batch of cpu-1 part of a single batch of cpu-0. (Sent one message at a time, a stage that
+    woke on the first message ran the few that had arrived, and a burst of 16 streams on the
+    shipped deployment moved in steps of 2-3 rows.)"""
+    flows = (FlowEdge("coordinator", "cpu-0", 100), FlowEdge("cpu-0", "cpu-1", 100), FlowEdge("cpu-1", "coordinator", 100))
+    chain = Placement("cpu-small", 8, {"cpu-0": (0, 4), "cpu-1": (4, 8)}, flows)
+    cfg = dataclasses.replace(deployment.config, placement=chain, kv_tokens=8 * serve_cluster.MAX_SEQ_LEN)
+    with InProcessCluster(cfg, serve_cluster.TOKENIZER) as cluster:
+        cluster.wait_ready()
+        with Client(cluster.client_endpoint, timeout_s=60) as c, ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: c.generate(PROMPTS[i % 4], max_tokens=10), range(8)))
+        for i, res in enumerate(results):
+            assert list(res.ids) == expected(cluster, PROMPTS[i % 4], 10)
+        first, last = cluster.runner("cpu-0").decode_batches, cluster.runner("cpu-1").decode_batches
+
+        def whole(batch: frozenset, batches: list[frozenset]) -> bool:
+            return any(batch <= other for other in batches)
+
+        assert all(whole(batch, last) for batch in first if batch)
+        assert all(whole(later, first) for batch in last if (later := frozenset((r, p + 1) for r, p in batch) & frozenset().union(*first)))
+        assert max(map(len, first)) > 1  # the check has batches to look at
 
 
 def test_sampling_reaches_the_last_stage_and_streams(client: Client, deployment: InProcessCluster) -> None:

@@ -143,6 +143,7 @@ class Coordinator:
         self._next_heartbeat_check = 0.0
         self._reported: collections.deque[tuple[str, str]] = collections.deque()  # from other threads
         self.step_s: dict[str, float] = {}  # node -> mean batch time of its last heartbeat period
+        self._outbox: dict[str, list[wire.Message]] | None = None  # data sends of the loop's current iteration
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> None:
@@ -160,6 +161,7 @@ class Coordinator:
                 timeout_ms = None if due is None else math.ceil(max(0.0, (due - time.perf_counter()) * 1000.0))
                 events = dict(poller.poll(timeout_ms))
                 polled_at = time.perf_counter()  # every message that arrived by now is drained below
+                self._outbox = {}  # data sent while handling these events leaves in one bundle per node
                 if self._waker.fd in events:
                     self._waker.drain()
                 while self._reported:
@@ -177,6 +179,7 @@ class Coordinator:
                 # (a slow re-plan on a loaded machine) counts, so only true silence takes a node out
                 failover.check_heartbeats(self, polled_at)
                 self._timers.fire(time.perf_counter(), self._push_now)
+                self._flush_outbox()
         except Exception as exc:  # the loop is the deployment: say why it ended, once, then end it
             logger.exception("the coordinator's loop failed; the deployment stops")
             self.failure = self.failure or f"the coordinator's loop failed: {type(exc).__name__}: {exc}"
@@ -255,9 +258,21 @@ class Coordinator:
             self._timers.push(self._pacer.deliver_at(node, num_tokens, time.perf_counter()), node, msg)
 
     def _push_now(self, node: str, msg: wire.Message) -> None:
+        if self._outbox is not None:  # inside the loop: with the rest of this iteration's sends
+            self._outbox.setdefault(node, []).append(msg)
+            return
         sock = self._push.get(node)
         if sock is not None:  # None: the node went out of service since the send was paced
             wire.send(sock, msg)
+
+    def _flush_outbox(self) -> None:
+        """Send what this loop iteration queued: one bundle per node, so the tokens of a batch
+        that came back together enter the first stage together (its next step takes them all)."""
+        outbox, self._outbox = self._outbox, None
+        for node, msgs in (outbox or {}).items():
+            sock = self._push.get(node)
+            if sock is not None:  # None: the node went out of service meanwhile
+                wire.send_many(sock, msgs)
 
     @staticmethod
     def _new_request_id() -> str:

@@ -8,6 +8,17 @@ multipart ZeroMQ message::
                                  "a": [["float32", [4, 64]], ...]}
     frame 1..n   raw array bytes, C order, one frame per entry of "a"
 
+Several messages to one peer can travel as one *bundle* (`send_many`), so that a batch that one
+step produced reaches the next stage whole, and the next step takes it whole instead of the
+first few messages that happened to have arrived::
+
+    frame 0      b"HXB1"
+    frame 1      msgpack [frames of message 1, frames of message 2, ...]
+    frame 2..    the messages' frames, one after another
+
+`drain` hands a bundle's messages to its handler one by one, each decoded and checked on its
+own: a bad message in a bundle loses only itself, a malformed bundle only itself.
+
 No pickle anywhere: the header is plain msgpack (str, int, float, bool, None, list, map) and
 arrays travel as raw buffers described by the header. Senders hand numpy buffers to pyzmq
 with `copy=False`; receivers build read-only numpy views on the received frames (zero copy).
@@ -39,6 +50,8 @@ HEARTBEAT_INTERVAL_S = 1.0  # a serving worker's `heartbeat` period (wall clock)
 MAX_HEADER_BYTES = 1 << 20
 MAX_ARRAYS = 8
 MAX_ARRAY_DIMS = 4
+BUNDLE_MAGIC = b"HXB1"
+MAX_BUNDLE = 4096  # messages in one bundle
 
 
 def _dtype(name: str) -> np.dtype:
@@ -184,6 +197,42 @@ def send(sock: zmq.Socket, msg: Message, identity: bytes | None = None) -> None:
     sock.send_multipart(frames, copy=False)
 
 
+def send_many(sock: zmq.Socket, msgs: Sequence[Message]) -> None:
+    """Send `msgs` to one peer in one ZeroMQ message (a bundle; one message goes plain), so they
+    arrive together, in order. For data sockets, whose receivers `drain`."""
+    if len(msgs) == 1:
+        send(sock, msgs[0])
+        return
+    for first in range(0, len(msgs), MAX_BUNDLE):
+        parts = [encode(msg) for msg in msgs[first : first + MAX_BUNDLE]]
+        frames = [BUNDLE_MAGIC, msgpack.packb([len(p) for p in parts]), *(f for p in parts for f in p)]
+        sock.send_multipart(frames, copy=False)
+
+
+def split_bundle(frames: Sequence[Any]) -> list[Sequence[Any]]:
+    """The frames of each message a received ZeroMQ message holds: itself, or a bundle's parts.
+    ProtocolError if it is a malformed bundle."""
+    if len(frames) < 2 or _buffer(frames[0]) != BUNDLE_MAGIC:
+        return [frames]
+    try:
+        sizes = msgpack.unpackb(_buffer(frames[1]), raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"bundle: its table is not msgpack: {type(exc).__name__}") from None
+    if (
+        not isinstance(sizes, list)
+        or not 1 <= len(sizes) <= MAX_BUNDLE
+        or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_ARRAYS + 1 for n in sizes)
+    ):
+        raise ProtocolError("bundle: bad table of message sizes")
+    if sum(sizes) != len(frames) - 2:
+        raise ProtocolError(f"bundle: its table lists {sum(sizes)} frame(s) but {len(frames) - 2} follow")
+    parts, at = [], 2
+    for n in sizes:
+        parts.append(frames[at : at + n])
+        at += n
+    return parts
+
+
 def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK, secure: bool = False) -> tuple[bytes | None, Message]:
     """Receive one message (by default without blocking: zmq.Again when none is waiting); with
     `routed` the first frame is the peer identity; with `secure` (a CURVE server socket)
@@ -192,6 +241,16 @@ def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK, secur
     Raises ProtocolError (the identity, when known, is in `.identity`) for a bad message;
     the message has already been consumed, so the caller just logs and continues.
     """
+    identity, frames, sender = _recv_frames(sock, routed, secure, flags)
+    try:
+        return identity, decode(frames, sender)
+    except ProtocolError as exc:
+        exc.identity = identity  # type: ignore[attr-defined]
+        raise
+
+
+def _recv_frames(sock: zmq.Socket, routed: bool, secure: bool, flags: int = zmq.NOBLOCK) -> tuple[bytes | None, list[Any], str | None]:
+    """(peer identity or None, the payload's frames, the CURVE sender or None) of one message."""
     frames = sock.recv_multipart(flags, copy=False)
     identity = None
     if routed and len(frames) < 2:
@@ -203,11 +262,7 @@ def recv(sock: zmq.Socket, routed: bool = False, flags: int = zmq.NOBLOCK, secur
     if secure:  # the ZAP user id (always set on a CURVE server socket)
         user = frames[-1].get("User-Id")
         sender = user if isinstance(user, str) else None
-    try:
-        return identity, decode(frames, sender)
-    except ProtocolError as exc:
-        exc.identity = identity  # type: ignore[attr-defined]
-        raise
+    return identity, frames, sender
 
 
 DRAIN_LIMIT = 10_000  # messages handled per socket per poll, so one flood cannot starve the others
@@ -227,24 +282,50 @@ def drain(
     """
     for _ in range(DRAIN_LIMIT):
         try:
-            identity, msg = recv(sock, routed, secure=secure)
+            identity, frames, sender = _recv_frames(sock, routed, secure)
         except zmq.Again:
             return
         except ProtocolError as exc:
-            logger.warning("rejected a malformed message: %s", exc)
-            if on_reject is not None:
-                on_reject(getattr(exc, "identity", None), None, exc)
+            _reject_malformed(on_reject, getattr(exc, "identity", None), exc)
             continue
         try:
-            handler(identity, msg)
-        except HelixError as exc:  # a bad message of a known kind: reject it, keep serving
-            logger.warning("rejected %s: %s", msg.kind, exc)
-            if on_reject is not None:
-                on_reject(identity, msg, exc)
-        except Exception as exc:  # a value no check foresaw: still only this message is lost
-            logger.exception("rejected %s: its handler failed", msg.kind)
-            if on_reject is not None:
-                on_reject(identity, msg, ProtocolError(f"{msg.kind} could not be handled: {type(exc).__name__}: {exc}", "handler_error"))
+            parts = split_bundle(frames)
+        except ProtocolError as exc:
+            _reject_malformed(on_reject, identity, exc)
+            continue
+        for part in parts:
+            try:
+                msg = decode(part, sender)
+            except ProtocolError as exc:
+                _reject_malformed(on_reject, identity, exc)
+                continue
+            _handle(handler, identity, msg, on_reject)
+
+
+def _reject_malformed(
+    on_reject: Callable[[bytes | None, Message | None, HelixError], None] | None, identity: bytes | None, exc: ProtocolError
+) -> None:
+    logger.warning("rejected a malformed message: %s", exc)
+    if on_reject is not None:
+        on_reject(identity, None, exc)
+
+
+def _handle(
+    handler: Callable[[bytes | None, Message], None],
+    identity: bytes | None,
+    msg: Message,
+    on_reject: Callable[[bytes | None, Message | None, HelixError], None] | None,
+) -> None:
+    try:
+        handler(identity, msg)
+    except HelixError as exc:  # a bad message of a known kind: reject it, keep serving
+        logger.warning("rejected %s: %s", msg.kind, exc)
+        if on_reject is not None:
+            on_reject(identity, msg, exc)
+    except Exception as exc:  # a value no check foresaw: still only this message is lost
+        logger.exception("rejected %s: its handler failed", msg.kind)
+        if on_reject is not None:
+            on_reject(identity, msg, ProtocolError(f"{msg.kind} could not be handled: {type(exc).__name__}: {exc}", "handler_error"))
 
 
 def configure(sock: zmq.Socket) -> zmq.Socket:

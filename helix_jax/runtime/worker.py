@@ -222,14 +222,18 @@ class Worker(WorkerJoin):
         if not self._held or time.perf_counter() < self._busy_until:
             return
         held, self._held = self._held, []
+        bundles: dict[str, list[wire.Message]] = {}
         for dst, msg, num_tokens in held:
             if dst not in self._push:
                 logger.warning("worker %s has no link to %s; dropped %s", self.options.node, dst, msg["request_id"])
                 continue
             if self._links is None:
-                self._push_now(dst, msg)
+                bundles.setdefault(dst, []).append(msg)
             else:
                 self._timers.push(self._links.deliver_at(dst, num_tokens, self._busy_until), dst, msg)
+        for dst, msgs in bundles.items():  # a step's outputs reach each next hop together
+            if self._running:  # after stop() nothing leaves, as after a kill
+                wire.send_many(self._push[dst], msgs)
 
     def _push_now(self, dst: str, msg: wire.Message) -> None:
         if self._running:  # after stop() nothing leaves, as after a kill

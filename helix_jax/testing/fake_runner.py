@@ -91,6 +91,7 @@ class FakeRunner(KVCapacity):
         self._sampled_since: set[Hashable] = set()
         self.steps = 0  # batches run
         self.most_decode_rows = 0  # the most one-token items in one batch
+        self.decode_batches: list[frozenset[tuple[Hashable, int]]] = []  # each batch's one-token items: (request, position)
         self.warmed_up = False
 
     # ---- test controls --------------------------------------------------------------------
@@ -163,6 +164,7 @@ class FakeRunner(KVCapacity):
                 self.pool.grow(item.request_id, item.run_start_layer - self.start_layer, item.position + item.num_tokens)
         self.steps += 1
         self.most_decode_rows = max(self.most_decode_rows, sum(item.num_tokens == 1 for item in items))
+        self.decode_batches.append(frozenset((item.request_id, item.position) for item in items if item.num_tokens == 1))
         outputs = [self._run(item, tokens) for item, tokens in zip(items, ids)]
         self._maybe_freeze(outputs)
         return outputs
