@@ -5,12 +5,15 @@
    decode tokens/s at batch 1, 8 and 32 after a 128-token context, and TTFT of a 512-token
    prompt; the ratio helix / transformers.
 2. The shipped 3-worker deployment (uncapped and `--max-batch 8`) at 16 and 64 concurrent
-   streams of 64-token prompts and 96 new tokens: its decode rate (every token after each
-   stream's first, over the span from the first first token to the last token), against the
-   local engine decoding the same number of sequences at once; the whole run's
-   tok/s; each worker's peak RSS (VmHWM).
+   streams of 64-token prompts and 160 new tokens: its decode rate (every token after each
+   stream's first, over the span from the first first token to the last token: a lower bound,
+   since late prompts still prefill while early streams decode) and its rate while every stream
+   decodes (the tokens that arrive from the last first token to the first last token), against
+   the local engine decoding the same number of sequences at once; the whole run's tok/s; each
+   worker's peak RSS (VmHWM).
 
-  python -m helix_jax.cli.model_bench [--batches 1,8,32] [--streams 16,64] [--max-batch none,8] [--skip-deploy] [--json]
+  python -m helix_jax.cli.model_bench [--batches 1,8,32] [--streams 16,64] [--max-batch none,8]
+      [--prompt-tokens 64] [--topology PATH] [--skip-deploy] [--json]        (--batches "": the deployments only)
 """
 
 from __future__ import annotations
@@ -125,7 +128,9 @@ def _vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
-def deployment(streams: list[int], max_tokens: int = 96, max_batch: int | None = None, topology: Path | None = None) -> dict:
+def deployment(
+    streams: list[int], max_tokens: int = 160, max_batch: int | None = None, topology: Path | None = None, prompt_tokens: int = 64
+) -> dict:
     """The shipped default deployment (`--max-batch max_batch`) at each number of concurrent
     streams: tok/s over the whole run (prefill included) and the decode rate, every token after
     each stream's first over the span from the first first token to the last token (a lower
@@ -138,7 +143,7 @@ def deployment(streams: list[int], max_tokens: int = 96, max_batch: int | None =
 
     most = max(streams)
     cfg, tokenizer = serve_config(topology, None, None, False, 1.0, "127.0.0.1", 0, most * 256, 256, 10.0)
-    prompts = [_prompt(64, 1000 + i) for i in range(most)]
+    prompts = [_prompt(prompt_tokens, 1000 + i) for i in range(most)]
     cfg = dataclasses.replace(cfg, max_batch=max_batch)
     out: dict = {"placement": {n: list(r) for n, r in cfg.placement.ranges.items()}, "max_batch": max_batch, "streams": {}}
     with LocalDeployment(cfg, tokenizer) as dep:
@@ -148,7 +153,7 @@ def deployment(streams: list[int], max_tokens: int = 96, max_batch: int | None =
             for n in streams:
                 begin = time.perf_counter()
                 with ThreadPoolExecutor(n) as pool:
-                    results = list(pool.map(lambda p: client.generate(p, max_tokens=max_tokens), prompts[:n]))
+                    results = list(pool.map(lambda p: client.generate(p, max_tokens=max_tokens, ignore_eos=True), prompts[:n]))
                 wall = time.perf_counter() - begin
                 tpot_s = statistics.median(r.timings.tpot_s for r in results)
                 arrivals = [a for a in (r.timings.token_times_s for r in results) if a]  # from each send, all sent at once
@@ -156,11 +161,24 @@ def deployment(streams: list[int], max_tokens: int = 96, max_batch: int | None =
                 out["streams"][n] = {
                     "tok_s": sum(len(r.ids) for r in results) / wall,
                     "decode_tok_s": sum(len(a) - 1 for a in arrivals) / (end - start),
+                    "steady_tok_s": _steady_rate(arrivals),
                     "tpot_ms": tpot_s * 1e3,
                     "ttft_ms": statistics.median(r.timings.ttft_s for r in results) * 1e3,
                 }
         out["peak_rss_mb"] = {w.node: _vm_hwm_mb(w.process.pid) for w in dep.workers}
     return out
+
+
+def _steady_rate(arrivals: list[list[float]]) -> float | None:
+    """Tokens per second that arrived while every stream was decoding: from the last stream's
+    first token to the first stream's last token. None when that window is under a third of
+    the run's decode span: the client reads tokens in bursts, and a short window that holds one
+    burst says nothing (one gave 1,548 tok/s)."""
+    begin, end = max(a[0] for a in arrivals), min(a[-1] for a in arrivals)
+    span = max(a[-1] for a in arrivals) - min(a[0] for a in arrivals)
+    if end - begin < span / 3:
+        return None
+    return sum(begin < t <= end for a in arrivals for t in a) / (end - begin)
 
 
 def main() -> None:
@@ -169,35 +187,42 @@ def main() -> None:
     parser.add_argument("--streams", default="16,64")
     parser.add_argument("--skip-deploy", action="store_true")
     parser.add_argument("--max-batch", default="none,8", help="deployments to measure: their --max-batch (none: uncapped)")
+    parser.add_argument("--prompt-tokens", type=int, default=64, help="each stream's prompt length in the deployments")
     parser.add_argument("--topology", type=Path, default=None, help="deploy this topology instead of the shipped default")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    batches = [int(b) for b in args.batches.split(",")]
-    ours, theirs = helix_local(batches), transformers_local(batches)
-    result = {"helix": ours, "transformers": theirs}
-    print(f"[smollm2-135m local, float32, {theirs['threads']} torch threads] decode tok/s after {CONTEXT} tokens:")
-    for b in batches:
-        h, t = ours["decode_tok_s"][b], theirs["decode_tok_s"][b]
-        print(f"  batch {b:3d}: helix-jax {h:8.1f}  transformers {t:8.1f}  ratio {h / t:.2f}x")
-    print(
-        f"  TTFT of a {TTFT_PROMPT}-token prompt: helix-jax {ours['ttft_512_ms']:.1f} ms, transformers "
-        f"{theirs['ttft_512_ms']:.1f} ms, ratio {theirs['ttft_512_ms'] / ours['ttft_512_ms']:.2f}x faster"
-    )
+    batches = [int(b) for b in args.batches.split(",") if b]  # --batches "": the deployments only
+    result: dict = {}
+    if batches:
+        ours, theirs = helix_local(batches), transformers_local(batches)
+        result.update(helix=ours, transformers=theirs)
+        print(f"[smollm2-135m local, float32, {theirs['threads']} torch threads] decode tok/s after {CONTEXT} tokens:")
+        for b in batches:
+            h, t = ours["decode_tok_s"][b], theirs["decode_tok_s"][b]
+            print(f"  batch {b:3d}: helix-jax {h:8.1f}  transformers {t:8.1f}  ratio {h / t:.2f}x")
+        print(
+            f"  TTFT of a {TTFT_PROMPT}-token prompt: helix-jax {ours['ttft_512_ms']:.1f} ms, transformers "
+            f"{theirs['ttft_512_ms']:.1f} ms, ratio {theirs['ttft_512_ms'] / ours['ttft_512_ms']:.2f}x faster"
+        )
     if not args.skip_deploy:
         streams = [int(s) for s in args.streams.split(",")]
         local_batch = helix_local(streams)["decode_tok_s"]
         result["local_at_streams"] = local_batch
         result["deployments"] = []
         for cap in args.max_batch.split(","):
-            dep = deployment(streams, max_batch=None if cap == "none" else int(cap), topology=args.topology)
+            dep = deployment(
+                streams, max_batch=None if cap == "none" else int(cap), topology=args.topology, prompt_tokens=args.prompt_tokens
+            )
             result["deployments"].append(dep)
-            print(f"[smollm2-135m deployed on 3 CPU workers {dep['placement']}, --max-batch {cap}]")
+            print(f"[smollm2-135m deployed on 3 CPU workers {dep['placement']}, --max-batch {cap}, {args.prompt_tokens}-token prompts]")
             for n in streams:
                 row = dep["streams"][n]
                 decode = row["decode_tok_s"]
+                steady = row["steady_tok_s"]
+                steady_text = "n/a (window too short)" if steady is None else f"{steady:.1f} tok/s = {steady / local_batch[n]:.0%}"
                 print(
                     f"  {n:3d} streams: decode {decode:.1f} tok/s = {decode / local_batch[n]:.0%} of local batch-{n} decode "
-                    f"{local_batch[n]:.1f} tok/s; "
+                    f"{local_batch[n]:.1f} tok/s; while all {n} decode {steady_text}; "
                     f"whole run {row['tok_s']:.1f} tok/s (TPOT p50 {row['tpot_ms']:.1f} ms, TTFT p50 {row['ttft_ms']:.0f} ms)"
                 )
             print("  peak RSS per worker: " + ", ".join(f"{n} {mb:.0f} MB" for n, mb in dep["peak_rss_mb"].items()))

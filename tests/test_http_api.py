@@ -118,6 +118,18 @@ def test_stop_strings_and_max_tokens_give_the_finish_reason(oai: openai.OpenAI, 
     assert res.choices[0].finish_reason == "length" and res.usage.completion_tokens == 6
 
 
+def test_ignore_eos_runs_to_max_tokens(oai: openai.OpenAI, reference) -> None:
+    """vLLM's `ignore_eos` extension: a prompt whose greedy answer ends at EOS runs to max_tokens."""
+    prompt = next([t] for t in range(1, 400) if expected(reference, [t], 12)[2] == "stop")
+    assert oai.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0).choices[0].finish_reason == "stop"
+    res = oai.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
+    assert (res.choices[0].finish_reason, res.usage.completion_tokens) == ("length", 12)
+    assert res.choices[0].text == TOK.decode(reference(prompt, 12))
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_body={"ignore_eos": "yes"})
+    assert api_error(info.value)["param"] == "ignore_eos"
+
+
 # ------------------------------------------------------------------------------ errors
 
 

@@ -24,7 +24,7 @@ from helix_jax.client import AsyncClient, Client
 from helix_jax.errors import ConfigError, PlacementError
 from helix_jax.model.sampling_params import SamplingParams
 from helix_jax.placement import FlowEdge, Placement
-from helix_jax.testing import InProcessCluster
+from helix_jax.testing import InProcessCluster, fake_generation
 
 # the shared fixtures (tests/serve_cluster.py)
 deployment = serve_cluster.deployment
@@ -119,6 +119,19 @@ def test_a_batch_reaches_the_next_stage_whole(deployment: InProcessCluster) -> N
         assert all(whole(batch, last) for batch in first if batch)
         assert all(whole(later, first) for batch in last if (later := frozenset((r, p + 1) for r, p in batch) & frozenset().union(*first)))
         assert max(map(len, first)) > 1  # the check has batches to look at
+
+
+def test_ignore_eos_runs_to_max_tokens(client: Client, deployment: InProcessCluster) -> None:
+    """A prompt whose greedy stream ends at a stop id runs on to max_tokens with `ignore_eos`,
+    and its tokens are the stream's with no stop ids (the coordinator keeps the rest as is)."""
+    assert deployment.coordinator is not None
+    stop_ids, vocab = deployment.coordinator.stop_ids, serve_cluster.TOPOLOGY.model.vocab_size
+    prompt = next([t] for t in range(1, vocab) if len(expected(deployment, [t], 12)) < 6)  # a stop id within 5 tokens
+    short = client.generate(prompt, max_tokens=12)
+    assert short.finish_reason == "eos" and short.ids[-1] in stop_ids
+    full = client.generate(prompt, max_tokens=12, ignore_eos=True)
+    assert full.finish_reason == "length" and list(full.ids) == fake_generation(prompt, 12, vocab)
+    assert list(full.ids[: len(short.ids)]) == list(short.ids)
 
 
 def test_sampling_reaches_the_last_stage_and_streams(client: Client, deployment: InProcessCluster) -> None:

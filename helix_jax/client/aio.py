@@ -59,9 +59,10 @@ class AsyncClient(ClientCore):
         top_p: float = 1.0,
         seed: int = 0,
         stop: Sequence[str] | None = None,
+        ignore_eos: bool = False,
     ) -> GenerateResult:
         """Same as `Client.generate`: the stream read to its end."""
-        stream = self.stream(prompt, max_tokens, temperature, top_k, top_p, seed, stop)
+        stream = self.stream(prompt, max_tokens, temperature, top_k, top_p, seed, stop, ignore_eos)
         async for _ in stream:
             pass
         assert stream.result is not None
@@ -76,10 +77,11 @@ class AsyncClient(ClientCore):
         top_p: float = 1.0,
         seed: int = 0,
         stop: Sequence[str] | None = None,
+        ignore_eos: bool = False,
     ) -> AsyncTokenStream:
         """Same as `Client.stream`; the arguments are checked when the stream is first read."""
         out: list[GenerateResult] = []
-        return AsyncTokenStream(self._run((prompt, max_tokens, temperature, top_k, top_p, seed, stop), out), out)
+        return AsyncTokenStream(self._run((prompt, max_tokens, temperature, top_k, top_p, seed, stop, ignore_eos), out), out)
 
     async def info(self) -> dict[str, Any]:
         """Same as `Client.info`."""

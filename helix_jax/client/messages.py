@@ -88,8 +88,11 @@ def generate_message(
     top_p: float,
     seed: int,
     stop: Sequence[str] | None,
+    ignore_eos: bool = False,
 ) -> wire.Message:
-    """The `generate` wire message; argument types are checked here, values at the coordinator."""
+    """The `generate` wire message; argument types are checked here, values at the coordinator.
+    `ignore_eos`: EOS and end-of-turn ids do not end the request (it runs to max_tokens or a
+    stop string), as benchmarks that need fixed output lengths ask."""
     try:
         fields: dict[str, Any] = {
             "request_id": request_id,
@@ -102,6 +105,8 @@ def generate_message(
         }
     except (TypeError, ValueError) as exc:
         raise RequestError(f"bad sampling argument: {exc}") from None
+    if ignore_eos:
+        fields["ignore_eos"] = True
     if isinstance(prompt, str):
         fields["prompt"] = prompt
     else:

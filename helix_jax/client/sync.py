@@ -105,9 +105,10 @@ class Client(ClientCore):
         top_p: float = 1.0,
         seed: int = 0,
         stop: Sequence[str] | None = None,
+        ignore_eos: bool = False,
     ) -> GenerateResult:
         """Generate and wait for the whole answer. Raises RequestError/OverloadedError/HelixError."""
-        stream = self.stream(prompt, max_tokens, temperature, top_k, top_p, seed, stop)
+        stream = self.stream(prompt, max_tokens, temperature, top_k, top_p, seed, stop, ignore_eos)
         for _ in stream:
             pass
         assert stream.result is not None
@@ -122,9 +123,10 @@ class Client(ClientCore):
         top_p: float = 1.0,
         seed: int = 0,
         stop: Sequence[str] | None = None,
+        ignore_eos: bool = False,
     ) -> TokenStream:
         """Tokens as they arrive; the final GenerateResult is `stream.result` afterwards."""
-        msg = generate_message(next(self._ids), prompt, max_tokens, temperature, top_k, top_p, seed, stop)
+        msg = generate_message(next(self._ids), prompt, max_tokens, temperature, top_k, top_p, seed, stop, ignore_eos)
         return TokenStream(self, msg)
 
     def info(self) -> dict[str, Any]:

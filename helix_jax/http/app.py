@@ -213,6 +213,7 @@ def create_app(
                         max(0, req.top_k or 0),
                         seed,
                         tuple(req.stop),
+                        req.ignore_eos,
                     )
                 )
         return seqs

@@ -39,6 +39,7 @@ class SeqParams:
     top_k: int
     seed: int
     stop: tuple[str, ...]
+    ignore_eos: bool = False
 
 
 class Run:
@@ -65,6 +66,7 @@ class Run:
             top_p=p.top_p,
             seed=p.seed,
             stop=list(p.stop) or None,
+            ignore_eos=p.ignore_eos,
         )
         first = last = None
         tokens, reason = 0, "error"
@@ -75,7 +77,7 @@ class Run:
                 self._started(index)
                 tokens += 1
                 self.events.put_nowait((index, "token", tok.token_id))
-                if tok.token_id in b.extra_stop_ids:  # the chat template's end of turn
+                if tok.token_id in b.extra_stop_ids and not p.ignore_eos:  # the chat template's end of turn
                     reason = "stop"
                     break
             else:

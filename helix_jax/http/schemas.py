@@ -56,6 +56,7 @@ class _Sampling(BaseModel):
     top_k: int | None = None  # extension (vLLM's): 0 or -1 disables it
     seed: int | None = None
     stop: Any = Field(default=None, validate_default=True)
+    ignore_eos: bool = False  # extension (vLLM's): run to max_tokens whatever the model says
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -47,6 +47,7 @@ class LiveRequest:
     max_tokens: int
     sampling: SamplingParams
     stop: tuple[str, ...]
+    ignore_eos: bool = False  # stop ids do not end it: it runs to max_tokens or a stop string
     submitted_at: float = dataclasses.field(default_factory=time.perf_counter)
     route: tuple[Hop, ...] | None = None
     output_ids: list[int] = dataclasses.field(default_factory=list)
@@ -71,7 +72,7 @@ class LiveRequest:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         self.output_ids.append(token_id)  # the stop id included, as generate_local does
-        if token_id in stop_ids:
+        if token_id in stop_ids and not self.ignore_eos:
             return "", "eos"
         full = codec.decode(self.output_ids)
         delta = full[len(self.text) :] if full.startswith(self.text) else full
@@ -121,4 +122,6 @@ def parse_generate(
     stop = msg.get("stop") or []
     if len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and s for s in stop):
         raise RequestError(f"stop must be at most {MAX_STOP_STRINGS} non-empty strings, got {stop!r}")
-    return LiveRequest(request_id, identity, msg["request_id"], tuple(ids), max_tokens, sampling, tuple(stop))
+    return LiveRequest(
+        request_id, identity, msg["request_id"], tuple(ids), max_tokens, sampling, tuple(stop), bool(msg.get("ignore_eos", False))
+    )

@@ -35,7 +35,7 @@ SCHEMAS: dict[str, Schema] = {
     # client <-> coordinator (client DEALER, coordinator ROUTER)
     "generate": _s(
         {"request_id": str, "max_tokens": int, "temperature": _NUM, "top_k": int, "top_p": _NUM, "seed": int},
-        {"prompt": _OPT_STR, "prompt_ids": (list, type(None)), "stop": (list, type(None))},
+        {"prompt": _OPT_STR, "prompt_ids": (list, type(None)), "stop": (list, type(None)), "ignore_eos": bool},
     ),
     "cancel": _s({"request_id": str}),
     "info": _s({"request_id": str}),
