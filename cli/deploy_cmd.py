@@ -123,6 +123,11 @@ def deploy(
         help="Decode rows one worker step takes at most (default: as many as its KV holds). Below the number of "
         "concurrent streams, a pipeline's stages work on several micro-batches at once.",
     ),
+    gather_ms: float = typer.Option(
+        None,
+        help="Milliseconds a route's first stage waits for its requests still downstream, so that their next tokens "
+        "move as one batch (0: never; default: 250 when every node runs on one host and nothing is emulated, else 0).",
+    ),
     plan_time: float = typer.Option(10.0, help="Planner time limit in seconds."),
     heartbeat_timeout: float = typer.Option(
         10.0, help="Seconds of silence after which a worker is taken out of service and its requests move on."
@@ -169,7 +174,7 @@ def deploy(
     from helix_jax.cli.http_cmds import check_http_options, drain_http, start_http
     from helix_jax.cli.serve_cmds import planned_config, print_placement, validate_deploy
     from helix_jax.cli.signals import StopSignal
-    from helix_jax.runtime.serve_config import LAYER_LOOP_CHOICES
+    from helix_jax.runtime.serve_config import LAYER_LOOP_CHOICES, MAX_GATHER_MS
 
     console = Console()  # this invocation's terminal: its width, colour and COLUMNS as they are now
     flow = Flow(console)
@@ -181,6 +186,8 @@ def deploy(
             raise ConfigError(f"--layer-loop must be auto, scan or unroll, got {layer_loop!r}")
         if max_batch is not None and max_batch < 1:  # ServeConfig checks it again
             raise ConfigError(f"--max-batch must be at least 1, got {max_batch}")
+        if gather_ms is not None and not 0 <= gather_ms <= MAX_GATHER_MS:  # ServeConfig checks it again
+            raise ConfigError(f"--gather-ms must be in [0, {MAX_GATHER_MS:g}], got {gather_ms}")
         if not (resume_grace_s >= 0 and math.isfinite(resume_grace_s)):
             raise ConfigError(f"--resume-grace-s must be >= 0 and finite, got {resume_grace_s}")
         checked = validate_deploy(topology, model, time_scale, host, heartbeat_timeout, not insecure, kv_layout)
@@ -206,7 +213,7 @@ def deploy(
             not insecure,
             kv_layout,
         )
-        cfg = dataclasses.replace(cfg, resume_grace_s=resume_grace_s, layer_loop=layer_loop, max_batch=max_batch)
+        cfg = dataclasses.replace(cfg, resume_grace_s=resume_grace_s, layer_loop=layer_loop, max_batch=max_batch, gather_ms=gather_ms)
     print_placement(console, cfg.placement, cfg.topology, f"placement of {cfg.topology.name}")
     if dry_run:
         print_launch_plan(console, cfg, ray)

@@ -4,7 +4,7 @@
    transformers (PyTorch, the same GGUF dequantized, the same dtype, same machine, same run):
    decode tokens/s at batch 1, 8 and 32 after a 128-token context, and TTFT of a 512-token
    prompt; the ratio helix / transformers.
-2. The shipped 3-worker deployment (uncapped and `--max-batch 8`) at 16 and 64 concurrent
+2. The shipped 3-worker deployment (entry gathering on, its default here, and off) at 16 and 64 concurrent
    streams of 64-token prompts and 160 new tokens: its decode rate (every token after each
    stream's first, over the span from the first first token to the last token: a lower bound,
    since late prompts still prefill while early streams decode) and its rate while every stream
@@ -12,7 +12,7 @@
    the local engine decoding the same number of sequences at once; the whole run's tok/s; each
    worker's peak RSS (VmHWM).
 
-  python -m helix_jax.cli.model_bench [--batches 1,8,32] [--streams 16,64] [--max-batch none,8]
+  python -m helix_jax.cli.model_bench [--batches 1,8,32] [--streams 16,64] [--max-batch none] [--gather-ms auto,0]
       [--prompt-tokens 64] [--topology PATH] [--skip-deploy] [--json]        (--batches "": the deployments only)
 """
 
@@ -129,7 +129,12 @@ def _vm_hwm_mb(pid: int) -> float:
 
 
 def deployment(
-    streams: list[int], max_tokens: int = 160, max_batch: int | None = None, topology: Path | None = None, prompt_tokens: int = 64
+    streams: list[int],
+    max_tokens: int = 160,
+    max_batch: int | None = None,
+    topology: Path | None = None,
+    prompt_tokens: int = 64,
+    gather_ms: float | None = None,
 ) -> dict:
     """The shipped default deployment (`--max-batch max_batch`) at each number of concurrent
     streams: tok/s over the whole run (prefill included) and the decode rate, every token after
@@ -144,8 +149,13 @@ def deployment(
     most = max(streams)
     cfg, tokenizer = serve_config(topology, None, None, False, 1.0, "127.0.0.1", 0, most * 256, 256, 10.0)
     prompts = [_prompt(prompt_tokens, 1000 + i) for i in range(most)]
-    cfg = dataclasses.replace(cfg, max_batch=max_batch)
-    out: dict = {"placement": {n: list(r) for n, r in cfg.placement.ranges.items()}, "max_batch": max_batch, "streams": {}}
+    cfg = dataclasses.replace(cfg, max_batch=max_batch, gather_ms=gather_ms)
+    out: dict = {
+        "placement": {n: list(r) for n, r in cfg.placement.ranges.items()},
+        "max_batch": max_batch,
+        "gather_ms": cfg.entry_gather_s * 1000,
+        "streams": {},
+    }
     with LocalDeployment(cfg, tokenizer) as dep:
         dep.wait_ready(timeout_s=900)
         with Client(dep.client_endpoint, timeout_s=900) as client:
@@ -186,7 +196,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--streams", default="16,64")
     parser.add_argument("--skip-deploy", action="store_true")
-    parser.add_argument("--max-batch", default="none,8", help="deployments to measure: their --max-batch (none: uncapped)")
+    parser.add_argument("--max-batch", default="none", help="deployments to measure: their --max-batch (none: uncapped)")
+    parser.add_argument("--gather-ms", default="auto,0", help="deployments to measure: their --gather-ms (auto: deploy's default)")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="each stream's prompt length in the deployments")
     parser.add_argument("--topology", type=Path, default=None, help="deploy this topology instead of the shipped default")
     parser.add_argument("--json", action="store_true")
@@ -209,12 +220,18 @@ def main() -> None:
         local_batch = helix_local(streams)["decode_tok_s"]
         result["local_at_streams"] = local_batch
         result["deployments"] = []
-        for cap in args.max_batch.split(","):
+        variants = [(cap, gather) for cap in args.max_batch.split(",") for gather in args.gather_ms.split(",")]
+        for cap, gather in variants:
             dep = deployment(
-                streams, max_batch=None if cap == "none" else int(cap), topology=args.topology, prompt_tokens=args.prompt_tokens
+                streams,
+                max_batch=None if cap == "none" else int(cap),
+                topology=args.topology,
+                prompt_tokens=args.prompt_tokens,
+                gather_ms=None if gather == "auto" else float(gather),
             )
             result["deployments"].append(dep)
-            print(f"[smollm2-135m deployed on 3 CPU workers {dep['placement']}, --max-batch {cap}, {args.prompt_tokens}-token prompts]")
+            knobs = f"--max-batch {cap}, --gather-ms {dep['gather_ms']:g}, {args.prompt_tokens}-token prompts"
+            print(f"[smollm2-135m deployed on 3 CPU workers {dep['placement']}, {knobs}]")
             for n in streams:
                 row = dep["streams"][n]
                 decode = row["decode_tok_s"]

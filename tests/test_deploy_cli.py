@@ -149,6 +149,7 @@ def test_emulated_deployment_keeps_the_cost_models_time(tmp_path: Path) -> None:
         (["topologies/cpu-tiny.json", "--resume-grace-s", "-1"], "--resume-grace-s must be >= 0 and finite"),
         (["topologies/cpu-tiny.json", "--layer-loop", "loop"], "--layer-loop must be auto, scan or unroll, got 'loop'"),
         (["topologies/cpu-tiny.json", "--max-batch", "0"], "--max-batch must be at least 1, got 0"),
+        (["topologies/cpu-tiny.json", "--gather-ms", "nan"], "--gather-ms must be in [0, 60000], got nan"),
         (["topologies/cpu-tiny.json", "--api-key", "k1,k1"], "--api-key lists the same key twice"),
         (["topologies/cpu-tiny.json", "--key-queue-share", "0"], "--key-queue-share must be >= 1"),
         (["topologies/no-such-cluster.json"], "does not exist"),

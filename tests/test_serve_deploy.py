@@ -24,6 +24,7 @@ from helix_jax.client import AsyncClient, Client
 from helix_jax.errors import ConfigError, PlacementError
 from helix_jax.model.sampling_params import SamplingParams
 from helix_jax.placement import FlowEdge, Placement
+from helix_jax.runtime.serve_config import ServeConfig
 from helix_jax.testing import InProcessCluster, fake_generation
 
 # the shared fixtures (tests/serve_cluster.py)
@@ -102,10 +103,7 @@ def test_a_batch_reaches_the_next_stage_whole(deployment: InProcessCluster) -> N
     batch of cpu-1 part of a single batch of cpu-0. (Sent one message at a time, a stage that
     woke on the first message ran the few that had arrived, and a burst of 16 streams on the
     shipped deployment moved in steps of 2-3 rows.)"""
-    flows = (FlowEdge("coordinator", "cpu-0", 100), FlowEdge("cpu-0", "cpu-1", 100), FlowEdge("cpu-1", "coordinator", 100))
-    chain = Placement("cpu-small", 8, {"cpu-0": (0, 4), "cpu-1": (4, 8)}, flows)
-    cfg = dataclasses.replace(deployment.config, placement=chain, kv_tokens=8 * serve_cluster.MAX_SEQ_LEN)
-    with InProcessCluster(cfg, serve_cluster.TOKENIZER) as cluster:
+    with InProcessCluster(_chain(deployment, gather_ms=0.0), serve_cluster.TOKENIZER) as cluster:
         cluster.wait_ready()
         with Client(cluster.client_endpoint, timeout_s=60) as c, ThreadPoolExecutor(8) as pool:
             results = list(pool.map(lambda i: c.generate(PROMPTS[i % 4], max_tokens=10), range(8)))
@@ -119,6 +117,39 @@ def test_a_batch_reaches_the_next_stage_whole(deployment: InProcessCluster) -> N
         assert all(whole(batch, last) for batch in first if batch)
         assert all(whole(later, first) for batch in last if (later := frozenset((r, p + 1) for r, p in batch) & frozenset().union(*first)))
         assert max(map(len, first)) > 1  # the check has batches to look at
+
+
+def _chain(deployment: InProcessCluster, **changes) -> ServeConfig:
+    """The module's deployment on a 2-stage chain cpu-0 [0,4) -> cpu-1 [4,8), KV for eight sequences per worker."""
+    flows = (FlowEdge("coordinator", "cpu-0", 100), FlowEdge("cpu-0", "cpu-1", 100), FlowEdge("cpu-1", "coordinator", 100))
+    chain = Placement("cpu-small", 8, {"cpu-0": (0, 4), "cpu-1": (4, 8)}, flows)
+    return dataclasses.replace(deployment.config, placement=chain, kv_tokens=8 * serve_cluster.MAX_SEQ_LEN, **changes)
+
+
+def test_entry_gathering_moves_the_decoding_requests_as_one_batch(deployment: InProcessCluster) -> None:
+    """`--gather-ms`: once the last prompt has entered, every decode batch of the entry stage
+    holds every request still decoding (their tokens come back at different times; the stage
+    waits for the ones still downstream), and the streams stay exact. (Off, the requests often
+    keep moving in the groups their prompts arrived in: 3 runs of 6 split a batch.)"""
+    assert _chain(deployment).entry_gather_s == 0.25  # the default: every node on one host
+    with pytest.raises(ConfigError, match=r"^--gather-ms must be in \[0, 60000\], got -1.0$"):
+        _chain(deployment, gather_ms=-1.0)
+    with InProcessCluster(_chain(deployment, gather_ms=5000.0), serve_cluster.TOKENIZER) as cluster:
+        cluster.wait_ready()
+        with Client(cluster.client_endpoint, timeout_s=60) as c, ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: c.generate([7 + i, 11], max_tokens=12, ignore_eos=True), range(8)))
+        for i, res in enumerate(results):
+            assert list(res.ids) == fake_generation([7 + i, 11], 12, serve_cluster.TOPOLOGY.model.vocab_size)
+        runner = cluster.runner("cpu-0")
+        batches = [{rid for rid, _ in batch} for batch in runner.decode_batches]
+        first = {rid: min(i for i, b in enumerate(batches) if rid in b) for rid in set().union(*batches)}
+        last = {rid: max(i for i, b in enumerate(batches) if rid in b) for rid in first}
+        split = [
+            i
+            for i, batch in enumerate(batches)
+            if i > runner.prompt_batches[-1] and any(first[r] < i < last[r] and r not in batch for r in first)
+        ]
+        assert split == [], (split, runner.prompt_batches)
 
 
 def test_ignore_eos_runs_to_max_tokens(client: Client, deployment: InProcessCluster) -> None:

@@ -150,6 +150,7 @@ def assign(coord: Coordinator, node: str) -> None:
             emulate=cfg.emulation.to_wire() if cfg.emulation else None,
             kv_tokens=cfg.kv_tokens,
             max_batch=cfg.max_batch,
+            gather_s=cfg.entry_gather_s,
             max_seq_len=cfg.max_seq_len,
             seed=cfg.seed,
             kv_layout=cfg.kv_layout,

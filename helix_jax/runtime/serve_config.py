@@ -17,6 +17,8 @@ from helix_jax.runtime.emulation import EmulationSpec
 from helix_jax.topology import Topology
 
 LAYER_LOOP_CHOICES = ("auto", "scan", "unroll")  # helix_jax/model/stage.py: "auto" picks by layer width
+DEFAULT_GATHER_MS = 250.0  # about two decode round trips of SmolLM2 on the shipped 3 workers
+MAX_GATHER_MS = 60_000.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,9 @@ class ServeConfig:
     # (compiles in a fraction of the time, steps somewhat slower) or "unroll"
     layer_loop: str = "auto"
     max_batch: int | None = None  # decode rows one worker step takes at most (None: as many as its KV holds)
+    # how long an entry stage waits for its requests still downstream before it steps (`--gather-ms`;
+    # None: DEFAULT_GATHER_MS when every node runs on one host and nothing is emulated, else 0: off)
+    gather_ms: float | None = None
     max_seq_len: int = 512
     queue_limit: int = 1000
     # requests one client connection may have waiting at once (None: 3/4 of queue_limit), so one
@@ -62,12 +67,29 @@ class ServeConfig:
             raise ConfigError(f"--layer-loop must be auto, scan or unroll, got {self.layer_loop!r}")
         if self.max_batch is not None and self.max_batch < 1:
             raise ConfigError(f"--max-batch must be at least 1, got {self.max_batch}")
+        if self.gather_ms is not None and not 0 <= self.gather_ms <= MAX_GATHER_MS:
+            raise ConfigError(f"--gather-ms must be in [0, {MAX_GATHER_MS:g}], got {self.gather_ms}")
         for edge in self.placement.flows:  # else the coordinator would refuse every worker's `ready`, and wait
             if edge.tokens_per_s > 0 and not self.placement.can_hand_off(edge.src, edge.dst):
                 raise PlacementError(
                     f"placement of {self.placement.topology_name!r}: flow edge {edge.src} -> {edge.dst} is not a "
                     "valid hand-off under its layer ranges"
                 )
+
+    @property
+    def entry_gather_s(self) -> float:
+        """Seconds an entry stage waits for its requests still downstream (0: it never waits).
+
+        Workers that share one host's cores gain nothing from running several micro-batches at
+        once (the stages take turns on the same cores), and each step re-reads the stage's
+        weights: gathered, every request's next token enters as one batch, and each stage runs
+        one step per token instead of one per group of requests that happened to arrive
+        together (SmolLM2 on the shipped 3 workers, 16 streams: BENCHMARKS.md). Workers on
+        separate machines want the opposite, several micro-batches in flight, so there it is off."""
+        if self.gather_ms is not None:
+            return self.gather_ms / 1000
+        hosts = {node.host for node in self.topology.nodes}
+        return DEFAULT_GATHER_MS / 1000 if len(hosts) == 1 and self.emulation is None else 0.0
 
     @property
     def time_scale(self) -> float:

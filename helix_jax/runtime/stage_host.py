@@ -63,6 +63,7 @@ class StageHost:
         self.waiting: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
         self.failed: dict[str, str] = {}  # request id -> why running it raised (reported by the worker)
         self.last_step: dict[str, float] = {}  # request id -> when its latest step arrived (the KV lease)
+        self.entries: set[str] = set()  # requests whose route starts here (they come back for every token)
         self.decode_rows_total = self.prompt_tokens_total = 0  # over all batches, for the exit log
 
     @classmethod
@@ -136,12 +137,15 @@ class StageHost:
         behind the earlier steps of its request."""
         item = self.step_input(msg, self.node)
         self.last_step[msg["request_id"]] = time.monotonic()
+        if msg["hop"] == 0:
+            self.entries.add(msg["request_id"])
         self.waiting.setdefault(msg["request_id"], collections.deque()).append(Pending(item, msg, item[0].num_tokens))
 
     def forget(self, request_id: str) -> None:
         """A `free`: drop the request's queued steps and release its KV (if held)."""
         self.waiting.pop(request_id, None)
         self.last_step.pop(request_id, None)
+        self.entries.discard(request_id)
         self.release(request_id)
 
     def expire(self, now: float, lease_s: float) -> list[str]:
@@ -154,6 +158,15 @@ class StageHost:
             logger.warning("node %s: request %s sent no step for %.0f s; its KV is reclaimed", self.node, rid, now - self.last_step[rid])
             self.forget(rid)
         return stale
+
+    def entries_away(self) -> int:
+        """Requests that entered here and have no step waiting here: their current token is
+        further down their route (or their `free` is on its way)."""
+        return sum(rid not in self.waiting for rid in self.entries)
+
+    def prompt_waiting(self) -> bool:
+        """Whether some waiting step carries prompt tokens (more than one token)."""
+        return any(queue[0].num_tokens > 1 for queue in self.waiting.values())
 
     # ---------------------------------------------------------------- batching
     def pick_batch(self, now: float | None = None) -> list["Pending"]:

@@ -59,6 +59,7 @@ SCHEMAS: dict[str, Schema] = {
             "emulate": (dict, type(None)),
             "kv_tokens": (int, type(None)),
             "max_batch": (int, type(None)),
+            "gather_s": _NUM,
             "seed": int,
             "kv_layout": _OPT_STR,
             "layer_loop": _OPT_STR,

@@ -18,7 +18,10 @@ The loop, one thread, one zmq.Poller:
    node's per-step prompt budget runs in chunks over successive batches (stage_host.py).
 4. Batch: when not busy, all waiting steps (one per request, capped by --emulate's batch
    limits) run as one engine step: prompt chunks and decode tokens together. A step the
-   engine rejects is retried item by item so one bad item cannot hurt the others.
+   engine rejects is retried item by item so one bad item cannot hurt the others. With
+   `gather_s` (deploy's --gather-ms; on by default when all workers share one host) a stage
+   that is the first hop of some requests waits, at most that long, until every one of them
+   is back with its next token, so they move as one batch (ServeConfig.entry_gather_s).
 5. Forward: hidden states go to the next hop named by the route as a new `step`; the last
    stage sends the sampled token to the coordinator. Under --emulate the results leave only
    when the emulated GPU would have finished (cost model x time scale) and each transfer
@@ -119,7 +122,7 @@ class Worker(WorkerJoin):
             wake = [t for t in (self._timers.next_due, self._busy_until if self._held else None) if t is not None]
             wake.append(next_heartbeat)
             assert self.host is not None
-            has_work = bool(self.host.waiting) and not self._held and not self._stalled
+            has_work = bool(self.host.waiting) and not self._held and not self._stalled and self._gathered(now, wake)
             timeout_ms = 0 if has_work else math.ceil(max(0.0, (min(wake) - now) * 1000))
             events = dict(poller.poll(timeout_ms))
             if events:
@@ -130,11 +133,26 @@ class Worker(WorkerJoin):
                 wire.drain(self._data, lambda _i, m: self._on_data(m), secure=self.keys is not None, on_reject=self.drops)
             self._release_held()
             self._timers.fire(time.perf_counter(), self._push_now)
-            if self.host.waiting and not self._held:
+            if self.host.waiting and not self._held and self._gathered(time.perf_counter(), wake):
                 self._run_batch()
             if not events and not self._parent_alive():
                 logger.warning("parent process gone: worker %s exits", self.options.node)
                 return
+
+    def _gathered(self, now: float, wake: list[float]) -> bool:
+        """Whether a step may run now (step 4): yes, unless requests that entered here are still
+        further down their routes and the waiting steps have waited less than `gather_s` for
+        them (then `wake` gets the time the wait ends)."""
+        assert self.host is not None
+        if self._gather_s <= 0 or not self.host.entries_away() or self.host.prompt_waiting():
+            return True  # a prompt never waits: its first token would come later, and it joins the rest after it
+        if self._gather_since is None:
+            self._gather_since = now
+        due = self._gather_since + self._gather_s
+        if now < due:
+            wake.append(due)
+            return False
+        return True
 
     def _step_report(self) -> dict[str, float]:
         """`mean_step_s` of the batches run since the last heartbeat (emulated time when paced)."""
@@ -173,6 +191,7 @@ class Worker(WorkerJoin):
 
     def _run_batch(self) -> None:
         assert self.host is not None
+        self._gather_since = None
         batch = self.host.pick_batch()
         if not batch:
             self._stalled = True  # every waiting step needs a slot or an earlier step first

@@ -90,6 +90,8 @@ class WorkerJoin:
         self._running = True
         self._phase = "load"  # the warm-up phase in progress (reported to the coordinator)
         self._stalled = False
+        self._gather_s = 0.0  # assign's gather_s: how long a step waits for the requests that entered here (worker.py)
+        self._gather_since: float | None = None  # when the step now waiting for them could first have run
         self.steps_run = 0
         self.heartbeats_sent = 0  # while serving (tests wait on it instead of the clock)
         self.real_busy_s = self.emulated_busy_s = 0.0
@@ -162,6 +164,7 @@ class WorkerJoin:
             self.time_scale = max(1.0, emulation.time_scale)
         self._report_phase("load")
         self.host = StageHost.build(assign, self._compute, lambda: self._report_phase("compile"), self._runner_factory)
+        self._gather_s = float(assign.get("gather_s", 0.0))
         self._endpoints = {**assign["neighbours"], COORDINATOR: assign["coordinator_data"]}
         self._upstream.update(str(n) for n in assign.get("upstream") or ())
         for name, endpoint in self._endpoints.items():

@@ -92,6 +92,7 @@ class FakeRunner(KVCapacity):
         self.steps = 0  # batches run
         self.most_decode_rows = 0  # the most one-token items in one batch
         self.decode_batches: list[frozenset[tuple[Hashable, int]]] = []  # each batch's one-token items: (request, position)
+        self.prompt_batches: list[int] = []  # indices (in decode_batches) of the batches that carried prompt tokens
         self.warmed_up = False
 
     # ---- test controls --------------------------------------------------------------------
@@ -165,6 +166,8 @@ class FakeRunner(KVCapacity):
         self.steps += 1
         self.most_decode_rows = max(self.most_decode_rows, sum(item.num_tokens == 1 for item in items))
         self.decode_batches.append(frozenset((item.request_id, item.position) for item in items if item.num_tokens == 1))
+        if any(item.num_tokens > 1 for item in items):
+            self.prompt_batches.append(len(self.decode_batches) - 1)
         outputs = [self._run(item, tokens) for item, tokens in zip(items, ids)]
         self._maybe_freeze(outputs)
         return outputs
