@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Mapping
 
 LOCAL_HOSTS = {None, "", "127.0.0.1", "localhost", "::1", "0.0.0.0"}
-# several CPU workers on one machine: one compute thread each instead of a spinning pool per
-# process (measured: 24.5 -> 37.7 tok/s for SmolLM2 on 3 workers, 2 cores)
+# several CPU workers on one machine: Eigen's own multi-threading off (measured: 24.5 -> 37.7 tok/s
+# for SmolLM2 on 3 workers, 2 cores). XLA's intra-op pool (one thread per core) still runs the
+# YNNPACK matmuls; a 1-thread pool was tried and is slower (BENCHMARKS.md, 2026-12-07 fifth session)
 SHARED_CPU_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false"
 
 
