@@ -152,6 +152,30 @@ def test_entry_gathering_moves_the_decoding_requests_as_one_batch(deployment: In
         assert split == [], (split, runner.prompt_batches)
 
 
+def test_a_full_batch_does_not_wait_for_the_requests_still_downstream(deployment: InProcessCluster) -> None:
+    """Entry gathering with `--max-batch 2` and four streams: once every first token is out,
+    cpu-1 hangs (frozen); the entry stage still runs the two rows that wait for it while the
+    other two are held below, since they fill a batch, instead of waiting (a minute here) for
+    them: two micro-batches are in flight, which is what `--max-batch` is for. Then all is exact."""
+    with InProcessCluster(_chain(deployment, gather_ms=60_000.0, max_batch=2), serve_cluster.TOKENIZER) as cluster:
+        cluster.wait_ready()
+        entry, below = cluster.runner("cpu-0"), cluster.runner("cpu-1")
+        below.freeze_after(requests_sampled=4)
+        with Client(cluster.client_endpoint, timeout_s=120) as c, ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(c.generate, [7 + i, 11], max_tokens=8, ignore_eos=True) for i in range(4)]
+            try:
+                cluster.wait_until(
+                    lambda: below.frozen and sum(map(len, entry.decode_batches)) - sum(map(len, below.decode_batches)) == 4,
+                    "both micro-batches past cpu-0 while cpu-1 holds one",
+                )
+                assert entry.most_decode_rows == 2
+            finally:
+                below.thaw()
+            results = [f.result() for f in futures]
+        for i, res in enumerate(results):
+            assert list(res.ids) == fake_generation([7 + i, 11], 8, serve_cluster.TOPOLOGY.model.vocab_size)
+
+
 def test_ignore_eos_runs_to_max_tokens(client: Client, deployment: InProcessCluster) -> None:
     """A prompt whose greedy stream ends at a stop id runs on to max_tokens with `ignore_eos`,
     and its tokens are the stream's with no stop ids (the coordinator keeps the rest as is)."""

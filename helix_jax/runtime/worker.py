@@ -141,10 +141,13 @@ class Worker(WorkerJoin):
 
     def _gathered(self, now: float, wake: list[float]) -> bool:
         """Whether a step may run now (step 4): yes, unless requests that entered here are still
-        further down their routes and the waiting steps have waited less than `gather_s` for
-        them (then `wake` gets the time the wait ends)."""
-        assert self.host is not None
-        if self._gather_s <= 0 or not self.host.entries_away() or self.host.prompt_waiting():
+        further down their routes, the waiting steps fill less than a batch (`--max-batch`) and
+        have waited less than `gather_s` for them (then `wake` gets the time the wait ends)."""
+        host = self.host
+        assert host is not None
+        if self._gather_s <= 0 or not host.entries_away() or len(host.waiting) >= host.max_decode_rows:
+            return True
+        if host.prompt_waiting():
             return True  # a prompt never waits: its first token would come later, and it joins the rest after it
         if self._gather_since is None:
             self._gather_since = now
