@@ -91,6 +91,9 @@ def bench(
     slo_tpot_ms: float = typer.Option(math.inf, help="Goodput SLO on time per output token, ms."),
     concurrency: int = typer.Option(8, help="Live offline mode: requests kept in flight."),
     max_context: Optional[int] = typer.Option(None, help="Live: cap prompt+output tokens."),
+    ignore_eos: bool = typer.Option(
+        False, "--ignore-eos", help="Live: every request runs to its sampled output length (EOS does not end it; vLLM's extension)."
+    ),
     out: Optional[Path] = typer.Option(None, help="Write results.json and PNG plots here."),
     slo_sweep: Optional[str] = typer.Option(
         None, help="With --simulate: plan at each round-trip SLO (ms, comma-separated), simulate each, table and PNG."
@@ -158,6 +161,7 @@ def bench(
             slo_tpot_ms,
             out,
             keys,
+            ignore_eos,
         )
 
 
@@ -270,6 +274,7 @@ def _live(
     slo_tpot_ms,
     out,
     keys=None,
+    ignore_eos=False,
 ) -> None:
     from helix_jax.bench.live import LiveConfig, run_live_bench
     from helix_jax.bench.report import live_table, write_results
@@ -287,6 +292,7 @@ def _live(
             max_context_tokens=max_context,
             slo_ttft_ms=slo_ttft_ms,
             slo_tpot_ms=slo_tpot_ms,
+            ignore_eos=ignore_eos,
         )
         with _progress(console) as bar:
             task = bar.add_task(f"benchmarking {endpoint}", total=duration_s)

@@ -52,6 +52,15 @@ def test_closed_loop_live_bench_measures_the_deployment(endpoint: str, tmp_path)
     assert live_table(result).row_count == 1
 
 
+def test_ignore_eos_gives_every_request_its_sampled_length(endpoint: str) -> None:
+    """`--ignore-eos`: no request ends before its output length (the report's "ended at EOS";
+    without it, about one request in fifteen of these ends at EOS on this deployment)."""
+    config = LiveConfig(mode="offline", duration_s=1.5, warmup_s=0.25, concurrency=3, seed=3, ignore_eos=True)
+    result = run_live_bench(endpoint, FixedLengths(4, 56), config)
+    assert result.completed >= 3 and result.failed == 0 and result.ended_early == 0
+    assert result.to_dict()["ended_early"] == 0 and result.to_dict()["config"]["ignore_eos"] is True
+
+
 def test_open_loop_live_bench_sends_at_the_rate(endpoint: str) -> None:
     config = LiveConfig(mode="online", rate_per_s=8.0, duration_s=1.5, warmup_s=0.25, seed=2)
     result = run_live_bench(endpoint, FixedLengths(8, 4), config)

@@ -52,6 +52,7 @@ class LiveConfig:
     drain_s: float = 60.0
     slo_ttft_ms: float = float("inf")
     slo_tpot_ms: float = float("inf")
+    ignore_eos: bool = False  # every request runs to its sampled output length (EOS does not end it)
 
     def __post_init__(self) -> None:
         if self.mode not in ("offline", "online"):
@@ -76,6 +77,7 @@ class LiveResult:
     failed: int
     cancelled: int
     wall_s: float
+    ended_early: int = 0  # completed requests that stopped (EOS) before their sampled output length
 
     def to_dict(self, with_samples: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -95,7 +97,7 @@ class _LiveRun:
         self.max_context = int(limit) if limit else DEFAULT_MAX_CONTEXT_TOKENS
         self.metrics = MetricsCollector(config.warmup_s, config.duration_s, config.slo_ttft_ms, config.slo_tpot_ms, config.seed)
         self.rng = random.Random(config.seed)
-        self.sent = self.completed = self.rejected = self.failed = self.cancelled = 0
+        self.sent = self.completed = self.rejected = self.failed = self.cancelled = self.ended_early = 0
         self.start_wall = 0.0
 
     def now(self) -> float:
@@ -115,7 +117,11 @@ class _LiveRun:
         self.sent += 1
         try:
             result = await self.client.generate(
-                ids, max_tokens=output, temperature=self.config.temperature, seed=self.rng.randrange(1 << 30)
+                ids,
+                max_tokens=output,
+                temperature=self.config.temperature,
+                seed=self.rng.randrange(1 << 30),
+                ignore_eos=self.config.ignore_eos,
             )
         except OverloadedError:
             self.rejected += 1
@@ -134,6 +140,7 @@ class _LiveRun:
         self.metrics.on_first_token(first, t.ttft_s, result.prompt_tokens)
         self.metrics.on_complete(sent_at + t.total_s, t.ttft_s, first, len(result.ids))
         self.completed += 1
+        self.ended_early += len(result.ids) < output
 
     def _arrivals(self) -> Iterator[float]:
         return seeded_arrivals(self.config.rate_per_s, self.config.arrival_counts, self.config.arrival_interval_s, self.config.seed)
@@ -202,6 +209,7 @@ async def run_live_bench_async(
         run.failed,
         run.cancelled,
         time.perf_counter() - wall_start,
+        run.ended_early,
     )
 
 

@@ -45,7 +45,7 @@ class OpenAIHttpClient:
         return {"model": self.model, "vocab_size": int(card.get("vocab_size") or 256), "time_scale": self.time_scale, "max_seq_len": limit}
 
     async def generate(
-        self, prompt: Sequence[int], max_tokens: int = 64, temperature: float = 0.0, seed: int = 0, **_: Any
+        self, prompt: Sequence[int], max_tokens: int = 64, temperature: float = 0.0, seed: int = 0, ignore_eos: bool = False, **_: Any
     ) -> GenerateResult:
         body = {
             "model": self.model,
@@ -56,6 +56,8 @@ class OpenAIHttpClient:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if ignore_eos:  # vLLM's, SGLang's and our extension; sent only when asked, for servers that refuse unknown fields
+            body["ignore_eos"] = True
         sent = time.perf_counter()
         arrivals: list[float] = []
         use: dict[str, Any] = {}

@@ -125,6 +125,7 @@ def live_table(result: LiveResult) -> Table:
         "TPOT mean/p50/p95/p99 ms",
         "sent",
         "done",
+        "ended at EOS",
         "rejected",
         "failed",
     ):
@@ -138,6 +139,7 @@ def live_table(result: LiveResult) -> Table:
         "/".join(_num(v, 0) for v in (m.tpot.mean_ms, m.tpot.p50_ms, m.tpot.p95_ms, m.tpot.p99_ms)),
         str(result.sent),
         str(result.completed),
+        str(result.ended_early),
         str(result.rejected_overloaded),
         str(result.failed),
     )
