@@ -133,7 +133,9 @@ class Worker(WorkerJoin):
                 wire.drain(self._data, lambda _i, m: self._on_data(m), secure=self.keys is not None, on_reject=self.drops)
             self._release_held()
             self._timers.fire(time.perf_counter(), self._push_now)
-            if self.host.waiting and not self._held and self._gathered(time.perf_counter(), wake):
+            if not self.host.waiting:
+                self._gather_since = None  # emptied without a step (freed or expired): the next wait starts afresh
+            elif not self._held and self._gathered(time.perf_counter(), wake):
                 self._run_batch()
             if not events and not self._parent_alive():
                 logger.warning("parent process gone: worker %s exits", self.options.node)
