@@ -140,8 +140,8 @@ def deployment(
     streams: tok/s over the whole run (prefill included) and the decode rate, every token after
     each stream's first over the span from the first first token to the last token (a lower
     bound: late prompts still prefill while early streams decode), to compare with the local
-    decode tok/s at that batch. (A window "while every stream decodes" was tried: the client
-    reads tokens in bursts, and a short window holding one burst gave 1,548 tok/s.)"""
+    decode tok/s at that batch, and the rate while every stream decodes (`_steady_rate`).
+    Every stream runs to `max_tokens` (`ignore_eos`), so the streams stay concurrent."""
     from helix_jax.cli.serve_cmds import serve_config
     from helix_jax.client import Client
     from helix_jax.runtime.deploy import LocalDeployment

@@ -24,6 +24,7 @@ from helix_jax.client import AsyncClient, Client
 from helix_jax.errors import ConfigError, PlacementError
 from helix_jax.model.sampling_params import SamplingParams
 from helix_jax.placement import FlowEdge, Placement
+from helix_jax.runtime.emulation import EmulationSpec
 from helix_jax.runtime.serve_config import ServeConfig
 from helix_jax.testing import InProcessCluster, fake_generation
 
@@ -115,7 +116,8 @@ def test_a_batch_reaches_the_next_stage_whole(deployment: InProcessCluster) -> N
             return any(batch <= other for other in batches)
 
         assert all(whole(batch, last) for batch in first if batch)
-        assert all(whole(later, first) for batch in last if (later := frozenset((r, p + 1) for r, p in batch) & frozenset().union(*first)))
+        entered = frozenset().union(*first)  # (request, position) of every decode row cpu-0 ran
+        assert all(whole(later, first) for batch in last if (later := frozenset((r, p + 1) for r, p in batch) & entered))
         assert max(map(len, first)) > 1  # the check has batches to look at
 
 
@@ -131,7 +133,12 @@ def test_entry_gathering_moves_the_decoding_requests_as_one_batch(deployment: In
     holds every request still decoding (their tokens come back at different times; the stage
     waits for the ones still downstream), and the streams stay exact. (Off, the requests often
     keep moving in the groups their prompts arrived in: 3 runs of 6 split a batch.)"""
-    assert _chain(deployment).entry_gather_s == 0.25  # the default: every node on one host
+    chain = _chain(deployment)
+    assert chain.entry_gather_s == 0.25  # the default: every node on one host (loopback or no host given)
+    nodes = tuple(dataclasses.replace(n, host=f"10.0.0.{i}") for i, n in enumerate(chain.topology.nodes))
+    assert dataclasses.replace(chain, topology=dataclasses.replace(chain.topology, nodes=nodes)).entry_gather_s == 0.0
+    emulated = dataclasses.replace(chain, emulation=EmulationSpec(10.0, {}, "."))
+    assert emulated.entry_gather_s == 0.0 and dataclasses.replace(emulated, gather_ms=40.0).entry_gather_s == 0.04
     with pytest.raises(ConfigError, match=r"^--gather-ms must be in \[0, 60000\], got -1.0$"):
         _chain(deployment, gather_ms=-1.0)
     with InProcessCluster(_chain(deployment, gather_ms=5000.0), serve_cluster.TOKENIZER) as cluster:

@@ -260,19 +260,20 @@ class Coordinator:
     def _push_now(self, node: str, msg: wire.Message) -> None:
         if self._outbox is not None:  # inside the loop: with the rest of this iteration's sends
             self._outbox.setdefault(node, []).append(msg)
-            return
-        sock = self._push.get(node)
-        if sock is not None:  # None: the node went out of service since the send was paced
-            wire.send(sock, msg)
+        else:
+            self._send(node, [msg])
 
     def _flush_outbox(self) -> None:
         """Send what this loop iteration queued: one bundle per node, so the tokens of a batch
         that came back together enter the first stage together (its next step takes them all)."""
         outbox, self._outbox = self._outbox, None
         for node, msgs in (outbox or {}).items():
-            sock = self._push.get(node)
-            if sock is not None:  # None: the node went out of service meanwhile
-                wire.send_many(sock, msgs)
+            self._send(node, msgs)
+
+    def _send(self, node: str, msgs: list[wire.Message]) -> None:
+        sock = self._push.get(node)
+        if sock is not None:  # None: the node went out of service since the send was queued or paced
+            wire.send_many(sock, msgs)
 
     @staticmethod
     def _new_request_id() -> str:

@@ -14,6 +14,7 @@ from helix_jax.modelconfig import ModelConfig
 from helix_jax.placement import Placement
 from helix_jax.runtime import security
 from helix_jax.runtime.emulation import EmulationSpec
+from helix_jax.runtime.worker_process import LOCAL_HOSTS
 from helix_jax.topology import Topology
 
 LAYER_LOOP_CHOICES = ("auto", "scan", "unroll")  # helix_jax/model/stage.py: "auto" picks by layer width
@@ -88,7 +89,7 @@ class ServeConfig:
         separate machines want the opposite, several micro-batches in flight, so there it is off."""
         if self.gather_ms is not None:
             return self.gather_ms / 1000
-        hosts = {node.host for node in self.topology.nodes}
+        hosts = {"localhost" if node.host in LOCAL_HOSTS else node.host for node in self.topology.nodes}
         return DEFAULT_GATHER_MS / 1000 if len(hosts) == 1 and self.emulation is None else 0.0
 
     @property

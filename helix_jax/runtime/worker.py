@@ -256,12 +256,12 @@ class Worker(WorkerJoin):
             else:
                 self._timers.push(self._links.deliver_at(dst, num_tokens, self._busy_until), dst, msg)
         for dst, msgs in bundles.items():  # a step's outputs reach each next hop together
-            if self._running:  # after stop() nothing leaves, as after a kill
-                wire.send_many(self._push[dst], msgs)
+            self._push_now(dst, *msgs)
 
-    def _push_now(self, dst: str, msg: wire.Message) -> None:
+    def _push_now(self, dst: str, *msgs: wire.Message) -> None:
+        """Send `msgs` to `dst` as one bundle (one message goes plain)."""
         if self._running:  # after stop() nothing leaves, as after a kill
-            wire.send(self._push[dst], msg)
+            wire.send_many(self._push[dst], msgs)
 
 
 def run_worker(options: WorkerOptions) -> int:

@@ -89,11 +89,19 @@ class FakeRunner(KVCapacity):
         self._freeze_in: int | None = None
         self._sampled_goal: int | None = None
         self._sampled_since: set[Hashable] = set()
-        self.steps = 0  # batches run
-        self.most_decode_rows = 0  # the most one-token items in one batch
         self.decode_batches: list[frozenset[tuple[Hashable, int]]] = []  # each batch's one-token items: (request, position)
         self.prompt_batches: list[int] = []  # indices (in decode_batches) of the batches that carried prompt tokens
         self.warmed_up = False
+
+    @property
+    def steps(self) -> int:
+        """Batches run."""
+        return len(self.decode_batches)
+
+    @property
+    def most_decode_rows(self) -> int:
+        """The most one-token items in one batch."""
+        return max(map(len, self.decode_batches), default=0)
 
     # ---- test controls --------------------------------------------------------------------
     def freeze(self) -> None:
@@ -163,8 +171,6 @@ class FakeRunner(KVCapacity):
                 )
             for item in items:
                 self.pool.grow(item.request_id, item.run_start_layer - self.start_layer, item.position + item.num_tokens)
-        self.steps += 1
-        self.most_decode_rows = max(self.most_decode_rows, sum(item.num_tokens == 1 for item in items))
         self.decode_batches.append(frozenset((item.request_id, item.position) for item in items if item.num_tokens == 1))
         if any(item.num_tokens > 1 for item in items):
             self.prompt_batches.append(len(self.decode_batches) - 1)
