@@ -19,6 +19,7 @@ from helix_jax.model import (
     random_stage_weights,
     slots_for_kv_budget,
 )
+from helix_jax.model.layers import chunk_attention, window_attention
 from helix_jax.modelconfig import PRESETS
 
 CFG = PRESETS["tiny"]  # 4 layers, width 64, GQA 4/2, fp32
@@ -99,6 +100,42 @@ def test_chunked_prefill_equals_one_shot():
         (b,) = chunked.step([StepInput("r", 0, position, token_ids=np.array([b.next_token]))])
         np.testing.assert_allclose(a.logits, b.logits, atol=ATOL)
         position += 1
+
+
+def test_a_prompt_from_position_0_attends_over_its_own_keys_as_over_the_cache_window():
+    """chunk_attention (a batch of prompts that all start at position 0: T x T keys, queries in
+    blocks, 300 tokens = 128 + 128 + 44) equals window_attention over a cache window holding the
+    same keys and other values past them, for every valid query of a row padded after 100 tokens."""
+    rng = np.random.default_rng(0)
+    b, t, heads, kv_heads, dim, ctx = 2, 300, 6, 2, 8, 320
+    q = jnp.asarray(rng.standard_normal((b, t, heads, dim), np.float32))
+    keys, values = (jnp.asarray(rng.standard_normal((b, ctx, kv_heads, dim), np.float32)) for _ in range(2))
+    ours = chunk_attention(q, keys[:, :t], values[:, :t])
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    window = window_attention(q, keys, values, positions)
+    np.testing.assert_allclose(np.asarray(ours[0]), np.asarray(window[0]), atol=1e-5)
+    # row 1 is valid for 100 tokens: its padding's keys are other values, and no valid query reads them
+    padded_keys = keys.at[1, 100:].set(7.0)
+    np.testing.assert_allclose(
+        np.asarray(chunk_attention(q, padded_keys[:, :t], values[:, :t])[1, :100]), np.asarray(window[1, :100]), atol=1e-5
+    )
+
+
+def test_a_batch_mixing_a_new_prompt_and_a_continued_one_equals_each_alone():
+    """A prompt chunk at position 0 beside a later chunk of another prompt: the step reads the
+    cache window for both (not only its own keys) and each row gets what it gets alone."""
+    batched = make_engine(0, 4, prefill_buckets=(8,), prefill_batch_buckets=(2,))
+    alone = make_engine(0, 4, prefill_buckets=(8,))
+    for engine in (batched, alone):
+        engine.add_request("a")
+        engine.step([StepInput("a", 0, 0, token_ids=PROMPT[:8])])
+    batched.add_request("b")
+    outs = batched.step([StepInput("a", 0, 8, token_ids=PROMPT[8:]), StepInput("b", 0, 0, token_ids=PROMPT[3:10])])
+    (ref_a,) = alone.step([StepInput("a", 0, 8, token_ids=PROMPT[8:])])
+    alone.add_request("b")
+    (ref_b,) = alone.step([StepInput("b", 0, 0, token_ids=PROMPT[3:10])])
+    np.testing.assert_allclose(outs[0].logits, ref_a.logits, atol=ATOL)
+    np.testing.assert_allclose(outs[1].logits, ref_b.logits, atol=ATOL)
 
 
 def test_padded_batch_equals_unpadded():

@@ -1,7 +1,8 @@
 """Flax NNX building blocks of a LLaMA-family decoder layer.
 
 Owns: RMSNorm, rotary embeddings (plain and LLaMA-3 scaled frequencies), grouped-query
-attention reading and writing an explicit KV cache, the SwiGLU MLP and `DecoderLayer`.
+attention writing an explicit KV cache and reading its window (or, for a batch of prompts that
+all start at position 0, only the chunk's own keys), the SwiGLU MLP and `DecoderLayer`.
 Sits in the runtime step of the data flow: `stage.py` stacks these layers into a layer-range
 stage and `engine.py` runs the stage under `jax.jit`.
 
@@ -114,19 +115,53 @@ class Attention(nnx.Module):
             lengths = jnp.where(kv.write_mask[:, 0], kv.query_pos[:, 0] + 1, 0).astype(jnp.int32)
             out = paged_decode_attention(q[:, 0] / math.sqrt(self.head_dim), k_cache, v_cache, table, lengths)
             return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), k_cache, v_cache
-        k_cache, v_cache, keys, values = kv.write_read(k, v)
-        ctx = keys.shape[1]
-        # keys/values [B, ctx, kv_heads, head_dim]; queries grouped per kv head.
-        groups = self.num_heads // self.num_kv_heads
-        qg = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32) / math.sqrt(self.head_dim)
-        key_pos = jnp.arange(ctx)[None, None, :]
-        visible = key_pos <= kv.query_pos[:, :, None]  # [B, T, ctx]
-        scores = jnp.where(visible[:, None, None, :, :], scores, _NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(q.dtype))
-        out = out.reshape(b, t, self.num_heads * self.head_dim)
-        return self.o_proj(out), k_cache, v_cache
+        k_cache, v_cache, pages = kv.store(k, v)
+
+        def over_cache(_):  # every query reads the cached positions up to its own
+            keys, values = kv.read(k_cache, v_cache, pages)
+            return window_attention(q, keys, values, kv.query_pos)
+
+        if t == 1:
+            out = over_cache(None)
+        else:  # a batch of prompts that all start at position 0 sees only its own keys
+            out = jax.lax.cond(jnp.any(kv.query_pos[:, 0] > 0), over_cache, lambda _: chunk_attention(q, k, v), None)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), k_cache, v_cache
+
+
+def window_attention(q: jax.Array, keys: jax.Array, values: jax.Array, query_pos: jax.Array) -> jax.Array:
+    """Grouped-query attention of q `[B, T, heads, head_dim]` over a window of cached keys and
+    values `[B, ctx, kv_heads, head_dim]` (window position = sequence position): each query reads
+    the positions up to its own. Returns `[B, T, heads, head_dim]`."""
+    b, t, heads, dim = q.shape
+    ctx, kv_heads = keys.shape[1], keys.shape[2]
+    qg = q.reshape(b, t, kv_heads, heads // kv_heads, dim)  # queries grouped per kv head
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32) / math.sqrt(dim)
+    visible = jnp.arange(ctx)[None, None, :] <= query_pos[:, :, None]  # [B, T, ctx]
+    scores = jnp.where(visible[:, None, None, :, :], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(q.dtype)).reshape(b, t, heads, dim)
+
+
+CHUNK_QUERY_BLOCK = 128
+
+
+def chunk_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Causal grouped-query attention of a chunk that starts at position 0 over its own keys
+    k, v `[B, T, kv_heads, head_dim]`: T x T instead of T x the cache window. Queries go in
+    blocks of CHUNK_QUERY_BLOCK, each against the keys up to its last query, so the masked upper
+    triangle is mostly not computed (a 512-token prompt: 10 of 16 blocks). Padding tokens come
+    after a row's valid ones and no valid query reads them."""
+    b, t, heads, dim = q.shape
+    kv_heads = k.shape[2]
+    qg = q.reshape(b, t, kv_heads, heads // kv_heads, dim)
+    blocks = []
+    for start in range(0, t, CHUNK_QUERY_BLOCK):
+        end = min(start + CHUNK_QUERY_BLOCK, t)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg[:, start:end], k[:, :end], preferred_element_type=jnp.float32) / math.sqrt(dim)
+        causal = np.arange(end)[None, :] <= np.arange(start, end)[:, None]  # static [block, end]
+        probs = jax.nn.softmax(jnp.where(causal, scores, _NEG_INF), axis=-1).astype(q.dtype)
+        blocks.append(jnp.einsum("bkgts,bskd->btkgd", probs, v[:, :end]))
+    return jnp.concatenate(blocks, axis=1).reshape(b, t, heads, dim)
 
 
 class MLP(nnx.Module):
@@ -169,21 +204,27 @@ class LayerKV:
         k_cache, v_cache = paged_write(self.k_cache, self.v_cache, table, self.write_mask, self.query_pos, k, v, self.page_size)
         return k_cache, v_cache, table
 
-    def write_read(self, k: jax.Array, v: jax.Array):
-        """Write this step's k, v `[B, T, kv_heads, head_dim]` (masked tokens are dropped) and
-        return (k_cache, v_cache, keys, values) with keys/values `[B, ctx, kv_heads, head_dim]`."""
+    def store(self, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        """Write this step's k, v `[B, T, kv_heads, head_dim]` (masked tokens are dropped);
+        returns (k_cache, v_cache, the paged layer's page tables `[B, P]` or None)."""
         if self.page_size:
-            k_cache, v_cache, table = self.write(k, v)
-            return (k_cache, v_cache, *paged_read(k_cache, v_cache, table, self.page_size))
+            return self.write(k, v)
         layer, max_seq = self.layer_index, self.k_cache.shape[2]
         write_slot = jnp.broadcast_to(self.index[:, None], self.query_pos.shape)
         write_pos = jnp.where(self.write_mask, self.query_pos, max_seq)  # past the end: dropped
         k_cache = self.k_cache.at[layer, write_slot, write_pos].set(k.astype(self.k_cache.dtype), mode="drop")
         v_cache = self.v_cache.at[layer, write_slot, write_pos].set(v.astype(self.v_cache.dtype), mode="drop")
-        ctx = self.context_len
+        return k_cache, v_cache, None
+
+    def read(self, k_cache: jax.Array, v_cache: jax.Array, table: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        """The rows' attention windows of this layer: keys, values `[B, ctx, kv_heads, head_dim]`."""
+        if self.page_size:
+            assert table is not None
+            return paged_read(k_cache, v_cache, table, self.page_size)
+        ctx, layer = self.context_len, self.layer_index
         keys = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False)[self.index, :ctx]
         values = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False)[self.index, :ctx]
-        return k_cache, v_cache, keys, values
+        return keys, values
 
 
 class DecoderLayer(nnx.Module):
