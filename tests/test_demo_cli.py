@@ -17,8 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_demo_deploys_answers_plans_and_compares() -> None:
-    env = dict(os.environ, COLUMNS="250", JAX_PLATFORMS="cpu")
+def test_demo_deploys_answers_plans_and_compares(tmp_path: Path) -> None:
+    env = dict(os.environ, COLUMNS="250", JAX_PLATFORMS="cpu", TMPDIR=str(tmp_path))
     proc = subprocess.run(
         [
             sys.executable,
@@ -54,6 +54,7 @@ def test_demo_deploys_answers_plans_and_compares() -> None:
         assert float(ttft_ms) > 0 and float(tpot_ms) >= 0
     assert rows[0][0] == "What is the capital of France?", rows
     assert "deployment shut down cleanly" in out
+    assert not list(tmp_path.glob("helix-deploy-*"))  # its logs, keys and connection file went with it
     # 4: the paper's 24-GPU cluster, planned to its proven optimum
     assert "4. planner on single-region-24" in out
     assert re.search(r"max-flow 319\.\d tokens/s \(helix, optimal", out), out

@@ -207,3 +207,29 @@ def test_thaw_calls_off_a_freeze_after_that_has_not_fired() -> None:
             runner.thaw()
         runner.step([StepInput("r", 0, 0, token_ids=np.asarray([1, 2, 3], np.int32))])
         assert runner.frozen is not thaw_first  # without the thaw, the pending freeze fires
+
+
+@pytest.mark.parametrize("exit_code, kept", [(0, False), (3, True)])
+def test_a_deployment_removes_its_own_temporary_directory_only_after_a_clean_exit(cpu_small_placement, exit_code, kept) -> None:
+    """Without log_dir/state_dir a LocalDeployment keeps logs, keys and connection.json in a
+    temporary directory: gone after every worker exited 0, kept when one failed (its log is
+    what tells why). The stand-in worker is a child process that exits with `exit_code`."""
+    import subprocess
+    import sys
+
+    from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.runtime.coordinator import ServeConfig
+    from helix_jax.runtime.deploy import LocalDeployment
+    from helix_jax.runtime.worker_process import WorkerProcess
+
+    topo = load_topology(tiny_topology_path())
+    dep = LocalDeployment(ServeConfig(topo, cpu_small_placement, topo.model), load_tokenizer(topo.model))
+    log = dep.log_dir / "cpu-0.log"
+    log.write_text("worker log\n")
+    dep.workers.append(WorkerProcess("cpu-0", subprocess.Popen([sys.executable, "-c", f"raise SystemExit({exit_code})"]), log))
+    dep.close()
+    assert log.exists() == kept
+    if kept:
+        import shutil
+
+        shutil.rmtree(dep.log_dir)

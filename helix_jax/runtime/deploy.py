@@ -7,7 +7,9 @@ tests build a `ServeConfig` (topology, placement with flows, model) and open a
 to run on other hosts, and waits until every worker has compiled its buckets. `close()`
 (also on exceptions and Ctrl-C via the context manager) shuts the workers down over the
 control socket, waits for them, kills stragglers and closes every socket: no orphans.
-Workers also exit by themselves when this process dies (they watch their parent pid).
+Without `log_dir` or `state_dir` the deployment's logs, keys and connection file go to a
+temporary directory of its own, which `close()` removes when every worker it started exited
+cleanly, and keeps (saying where) otherwise. Workers also exit by themselves when this process dies (they watch their parent pid).
 Once serving, a watcher thread reports a local worker whose process exits to the
 coordinator (`report_node_down`), which moves its requests to surviving routes at once
 instead of waiting for the heartbeat timeout; with `restart_workers` it also starts a
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -64,6 +67,7 @@ class LocalDeployment:
         self.restart_workers, self.max_restarts = restart_workers, max_restarts
         self.budget = RestartBudget(max_restarts, restart_window_s)
         self.restarts: dict[str, int] = {}  # restarts taken per node (all time)
+        self._own_dir = log_dir is None and state_dir is None  # a temporary directory: close() removes it
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="helix-deploy-"))
         self.state_dir = Path(state_dir) if state_dir is not None else self.log_dir  # keys, connection.json
         self.worker_env = worker_env or {}
@@ -268,6 +272,12 @@ class LocalDeployment:
                 except subprocess.TimeoutExpired:
                     w.process.kill()
                     w.process.wait()
+        if self._own_dir:
+            if all(w.process.returncode == 0 for w in self.workers):
+                shutil.rmtree(self.log_dir, ignore_errors=True)
+            else:
+                logger.warning("a worker exited with an error: logs kept in %s", self.log_dir)
+            self._own_dir = False  # once
 
     def __enter__(self) -> "LocalDeployment":
         try:
