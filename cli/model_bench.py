@@ -3,7 +3,8 @@
 1. Local decode: helix-jax (one StageEngine holding all 30 layers) against Hugging Face
    transformers (PyTorch, the same GGUF dequantized, the same dtype, same machine, same run):
    decode tokens/s at batch 1, 8 and 32 after a 128-token context, and TTFT of a 512-token
-   prompt; the ratio helix / transformers.
+   prompt, in alternating rounds (ours, theirs, ours, ...: a drifting machine moves both sides
+   of each ratio); every round's ratio and their median.
 2. The shipped 3-worker deployment (entry gathering on, its default here, and off) at 16 and 64 concurrent
    streams of 64-token prompts and 160 new tokens: its decode rate (every token after each
    stream's first, over the span from the first first token to the last token: a lower bound,
@@ -12,7 +13,7 @@
    the local engine decoding the same number of sequences at once; the whole run's tok/s; each
    worker's peak RSS (VmHWM).
 
-  python -m helix_jax.cli.model_bench [--batches 1,8,32] [--streams 16,64] [--max-batch none] [--gather-ms auto,0]
+  python -m helix_jax.cli.model_bench [--batches 1,8,32] [--rounds 3] [--streams 16,64] [--max-batch none] [--gather-ms auto,0]
       [--prompt-tokens 64] [--topology PATH] [--skip-deploy] [--json]        (--batches "": the deployments only)
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 MODEL = "smollm2-135m"
-CONTEXT, STEPS, TTFT_PROMPT = 128, 16, 512
+CONTEXT, STEPS, TTFT_PROMPT, ROUNDS = 128, 16, 512, 3
 
 
 def _prompt(n: int, seed: int) -> list[int]:
@@ -37,61 +38,72 @@ def _prompt(n: int, seed: int) -> list[int]:
     return [int(t) for t in rng.integers(100, 40000, size=n)]
 
 
-def helix_local(batches: list[int]) -> dict:
-    """Decode tok/s per batch and TTFT of a 512-token prompt for our engine."""
+def helix_meters(batches: list[int]) -> dict:
+    """Our engine's measurements, each a callable run once per round: ("decode", b) -> decode
+    tok/s of `b` sequences after a CONTEXT-token prompt each (the median of STEPS steps; each
+    round goes on from where the last one stopped), "ttft" -> ms to the first token of a
+    TTFT_PROMPT-token prompt."""
     from helix_jax.model import SamplingParams, StageEngine, StepInput, load_stage_weights
     from helix_jax.modelconfig import preset
 
     config = preset(MODEL)
     weights = load_stage_weights(config, 0, config.num_layers, MODEL)
-    out: dict = {"decode_tok_s": {}}
-    for batch in batches:
-        engine = StageEngine(
+
+    def engine(slots: int, max_seq_len: int, prefill: int, decode: int) -> StageEngine:
+        return StageEngine(
             config,
             0,
             config.num_layers,
             weights,
-            max_slots=batch,
-            max_seq_len=CONTEXT + 64,
-            prefill_buckets=(CONTEXT,),
-            decode_buckets=(batch,),
+            max_slots=slots,
+            max_seq_len=max_seq_len,
+            prefill_buckets=(prefill,),
+            decode_buckets=(decode,),
             prefill_batch_buckets=(1,),
         )
+
+    def decoder(batch: int):
+        eng = engine(batch, CONTEXT + ROUNDS * (STEPS + 2) + 8, CONTEXT, batch)
         for i in range(batch):
-            engine.add_request(i, SamplingParams())
-            engine.step([StepInput(i, 0, 0, token_ids=np.asarray(_prompt(CONTEXT, i), np.int32))])
-        times = []
-        for step in range(STEPS + 2):
-            items = [StepInput(i, 0, CONTEXT + step, token_ids=np.asarray([5], np.int32)) for i in range(batch)]
+            eng.add_request(i, SamplingParams())
+            eng.step([StepInput(i, 0, 0, token_ids=np.asarray(_prompt(CONTEXT, i), np.int32))])
+        position = [CONTEXT]
+
+        def measure() -> float:
+            times = []
+            for _ in range(STEPS + 2):
+                items = [StepInput(i, 0, position[0], token_ids=np.asarray([5], np.int32)) for i in range(batch)]
+                begin = time.perf_counter()
+                eng.step(items)
+                times.append(time.perf_counter() - begin)
+                position[0] += 1
+            return batch / statistics.median(times[2:])
+
+        return measure
+
+    meters: dict = {("decode", b): decoder(b) for b in batches}
+    ttft_engine = engine(1, TTFT_PROMPT + 64, TTFT_PROMPT, 1)
+    prompt = np.asarray(_prompt(TTFT_PROMPT, 99), np.int32)
+
+    def ttft() -> float:
+        runs = []
+        for _ in range(3):
+            ttft_engine.add_request("p", SamplingParams())
             begin = time.perf_counter()
-            engine.step(items)
-            times.append(time.perf_counter() - begin)
-        out["decode_tok_s"][batch] = batch / statistics.median(times[2:])
-    engine = StageEngine(
-        config,
-        0,
-        config.num_layers,
-        weights,
-        max_slots=1,
-        max_seq_len=TTFT_PROMPT + 64,
-        prefill_buckets=(TTFT_PROMPT,),
-        decode_buckets=(1,),
-        prefill_batch_buckets=(1,),
-    )
-    ttfts = []
-    for run in range(4):
-        engine.add_request("p", SamplingParams())
-        begin = time.perf_counter()
-        engine.step([StepInput("p", 0, 0, token_ids=np.asarray(_prompt(TTFT_PROMPT, 99), np.int32), sample=True)])
-        ttfts.append(time.perf_counter() - begin)
-        engine.release("p")
-    out["ttft_512_ms"] = statistics.median(ttfts[1:]) * 1e3
-    return out
+            ttft_engine.step([StepInput("p", 0, 0, token_ids=prompt, sample=True)])
+            runs.append(time.perf_counter() - begin)
+            ttft_engine.release("p")
+        return statistics.median(runs) * 1e3
+
+    ttft()  # compile
+    meters["ttft"] = ttft
+    return meters
 
 
-def transformers_local(batches: list[int]) -> dict:
+def transformers_meters(batches: list[int]) -> tuple[dict, int]:
     """The same measurements with transformers' `generate` (greedy, its own KV cache): decode
-    tok/s from the time of STEPS + 1 new tokens minus the time of 1 (prefill and first token)."""
+    tok/s from the time of STEPS + 1 new tokens minus the time of 1 (prefill and first token);
+    and its torch thread count."""
     import torch
     import transformers
 
@@ -104,21 +116,54 @@ def transformers_local(batches: list[int]) -> dict:
 
     def timed(ids: torch.Tensor, new: int) -> float:
         begin = time.perf_counter()
-        model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, max_new_tokens=new)
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, max_new_tokens=new)
         return time.perf_counter() - begin
 
-    out: dict = {"decode_tok_s": {}, "threads": torch.get_num_threads()}
-    with torch.inference_mode():
-        for batch in batches:
-            ids = torch.tensor([_prompt(CONTEXT, i) for i in range(batch)])
-            timed(ids, 2)  # warm
+    def decoder(batch: int):
+        ids = torch.tensor([_prompt(CONTEXT, i) for i in range(batch)])
+        timed(ids, 2)  # warm
+
+        def measure() -> float:
             first = statistics.median(timed(ids, 1) for _ in range(3))
             whole = statistics.median(timed(ids, STEPS + 1) for _ in range(3))
-            out["decode_tok_s"][batch] = batch * STEPS / max(whole - first, 1e-9)
-        prompt = torch.tensor([_prompt(TTFT_PROMPT, 99)])
-        timed(prompt, 1)
-        out["ttft_512_ms"] = statistics.median(timed(prompt, 1) for _ in range(3)) * 1e3
+            return batch * STEPS / max(whole - first, 1e-9)
+
+        return measure
+
+    meters: dict = {("decode", b): decoder(b) for b in batches}
+    prompt = torch.tensor([_prompt(TTFT_PROMPT, 99)])
+    timed(prompt, 1)
+    meters["ttft"] = lambda: statistics.median(timed(prompt, 1) for _ in range(3)) * 1e3
+    return meters, torch.get_num_threads()
+
+
+def compare_local(batches: list[int], rounds: int = ROUNDS) -> dict:
+    """Our engine and transformers measured in alternating rounds (ours, then theirs, for every
+    measurement, `rounds` times), so a machine whose speed drifts over minutes (a shared host)
+    moves both sides of each ratio; per measurement, every round's figures and ratio (ours /
+    theirs for tok/s, theirs / ours for TTFT: above 1 means helix-jax is faster) and the
+    median ratio."""
+    ours = helix_meters(batches)
+    theirs, threads = transformers_meters(batches)
+    out: dict = {"threads": threads, "rounds": rounds, "measures": {}}
+    for key in ours:
+        pairs = []
+        for _ in range(rounds):
+            a = ours[key]()
+            b = theirs[key]()
+            pairs.append((a, b))
+        ratios = [b / a if key == "ttft" else a / b for a, b in pairs]
+        name = "ttft_ms" if key == "ttft" else f"decode_tok_s_batch_{key[1]}"
+        out["measures"][name] = {"helix": [a for a, _ in pairs], "transformers": [b for _, b in pairs], "ratios": ratios}
     return out
+
+
+def local_decode(batches: list[int]) -> dict[int, float]:
+    """Our engine's decode tok/s per batch (the median of three rounds): the deployments'
+    reference."""
+    meters = helix_meters(batches)
+    return {b: statistics.median(meters[("decode", b)]() for _ in range(3)) for b in batches}
 
 
 def _vm_hwm_mb(pid: int) -> float:
@@ -196,6 +241,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--streams", default="16,64")
     parser.add_argument("--skip-deploy", action="store_true")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="alternating rounds of the local comparison")
     parser.add_argument("--max-batch", default="none", help="deployments to measure: their --max-batch (none: uncapped)")
     parser.add_argument("--gather-ms", default="auto,0", help="deployments to measure: their --gather-ms (auto: deploy's default)")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="each stream's prompt length in the deployments")
@@ -205,19 +251,26 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",") if b]  # --batches "": the deployments only
     result: dict = {}
     if batches:
-        ours, theirs = helix_local(batches), transformers_local(batches)
-        result.update(helix=ours, transformers=theirs)
-        print(f"[smollm2-135m local, float32, {theirs['threads']} torch threads] decode tok/s after {CONTEXT} tokens:")
-        for b in batches:
-            h, t = ours["decode_tok_s"][b], theirs["decode_tok_s"][b]
-            print(f"  batch {b:3d}: helix-jax {h:8.1f}  transformers {t:8.1f}  ratio {h / t:.2f}x")
+        local = compare_local(batches, args.rounds)
+        result["local"] = local
         print(
-            f"  TTFT of a {TTFT_PROMPT}-token prompt: helix-jax {ours['ttft_512_ms']:.1f} ms, transformers "
-            f"{theirs['ttft_512_ms']:.1f} ms, ratio {theirs['ttft_512_ms'] / ours['ttft_512_ms']:.2f}x faster"
+            f"[smollm2-135m local, float32, {local['threads']} torch threads, {local['rounds']} alternating rounds] "
+            f"helix-jax / transformers (above 1: helix-jax faster), median and each round:"
         )
+        for name, m in local["measures"].items():
+            unit = "ms" if name == "ttft_ms" else "tok/s"
+            label = (
+                f"TTFT of a {TTFT_PROMPT}-token prompt"
+                if name == "ttft_ms"
+                else f"decode batch {name.rsplit('_', 1)[1]:>3} after {CONTEXT}"
+            )
+            rounds = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(m["helix"], m["transformers"]))
+            ratios = m["ratios"]
+            spread = f"range {min(ratios):.2f}-{max(ratios):.2f}"
+            print(f"  {label}: ratio {statistics.median(ratios):.2f}x ({spread}); {unit} helix/transformers: {rounds}")
     if not args.skip_deploy:
         streams = [int(s) for s in args.streams.split(",")]
-        local_batch = helix_local(streams)["decode_tok_s"]
+        local_batch = local_decode(streams)
         result["local_at_streams"] = local_batch
         result["deployments"] = []
         variants = [(cap, gather) for cap in args.max_batch.split(",") for gather in args.gather_ms.split(",")]
