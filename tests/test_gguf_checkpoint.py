@@ -32,14 +32,22 @@ def _hf_tensors(seed: int = 0) -> dict[str, np.ndarray]:
     """Our seeded tiny model as Hugging Face names and `[out, in]` arrays."""
     from flax import nnx
 
+    from helix_jax.model.layers import fused_parts
     from helix_jax.model.weights import random_stage_weights
 
     out = {}
     state = random_stage_weights(CFG, 0, CFG.num_layers, seed, layer_loop="unroll").state
+    fused = fused_parts(CFG)  # q/k/v and gate/up kernels side by side: one tensor each in the file
     for key, var in nnx.to_flat_state(state):
         path, value = tuple(str(p) for p in key), np.asarray(var.get_value())
+        module = ".".join(path[2:-1])
+        if path[0] == "layers" and module in fused:
+            bounds = np.cumsum([n for _, n in fused[module]])[:-1]
+            for (part, _), kernel in zip(fused[module], np.split(value, bounds, axis=1)):
+                out[f"model.layers.{path[1]}.{part}.weight"] = kernel.T
+            continue
         if path[0] == "layers":
-            name = f"model.layers.{path[1]}.{'.'.join(path[2:-1])}.weight"
+            name = f"model.layers.{path[1]}.{module}.weight"
         else:
             name = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight", "lm_head": "lm_head.weight"}[path[0]]
         out[name] = value.T if path[-1] == "kernel" else value

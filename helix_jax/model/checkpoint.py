@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from helix_jax.errors import CheckpointError, ConfigError
+from helix_jax.model.layers import fused_parts
 from helix_jax.modelconfig import ModelConfig, from_hf_config
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,18 @@ def _fetch(read: Callable[[str], np.ndarray], name: str, transpose: bool, shape:
     return array
 
 
+def _fetch_layer(
+    read: Callable[[str], np.ndarray], config: ModelConfig, path: tuple[str, ...], layer: int, shape: tuple[int, ...]
+) -> np.ndarray:
+    """One layer's parameter; a fused projection (layers.FusedLinear) is its parts' kernels side
+    by side, each read and checked under its own Hugging Face name."""
+    inner = path[2:] if path[1].isdigit() else path[1:]
+    parts = fused_parts(config).get(".".join(inner[:-1]))
+    if parts is None:
+        return _fetch(read, *_hf_name(path, layer), shape)
+    return np.concatenate([_fetch(read, f"model.layers.{layer}.{module}.weight", True, (shape[0], outs)) for module, outs in parts], axis=1)
+
+
 def check_dimensions(label: str, file_config: ModelConfig, config: ModelConfig) -> None:
     """CheckpointError when a checkpoint's dimensions differ from the model config's."""
     for field in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size", "tie_word_embeddings"):
@@ -131,10 +144,9 @@ def fill_stage_state(
         # indices of an unrolled stage: as strings, "10" would sort before "2" and scramble layers)
         shape = tuple(variable.get_value().shape)
         if path[0] == "layers" and path[1].isdigit():  # unrolled: one layer's tensor
-            host = _fetch(read, *_hf_name(path, start_layer + int(path[1])), shape)
+            host = _fetch_layer(read, config, path, start_layer + int(path[1]), shape)
         elif path[0] == "layers":  # stacked: [num_layers, ...]
-            per_layer = [_fetch(read, *_hf_name(path, layer), shape[1:]) for layer in range(start_layer, end_layer)]
-            host = np.stack(per_layer)
+            host = np.stack([_fetch_layer(read, config, path, layer, shape[1:]) for layer in range(start_layer, end_layer)])
         else:
             host = _fetch(read, *_hf_name(path, None), shape)
         if not np.all(np.isfinite(host.astype(np.float32))):
