@@ -40,8 +40,9 @@ def _prompt(n: int, seed: int) -> list[int]:
 
 def helix_meters(batches: list[int]) -> dict:
     """Our engine's measurements, each a callable run once per round: ("decode", b) -> decode
-    tok/s of `b` sequences after a CONTEXT-token prompt each (the median of STEPS steps; each
-    round goes on from where the last one stopped), "ttft" -> ms to the first token of a
+    tok/s of `b` sequences after a CONTEXT-token prompt each (the median of STEPS steps; a round
+    goes on from where the last one stopped, or prefills the prompts again, untimed, when the
+    64 positions after them are used up), "ttft" -> ms to the first token of a
     TTFT_PROMPT-token prompt."""
     from helix_jax.model import SamplingParams, StageEngine, StepInput, load_stage_weights
     from helix_jax.modelconfig import preset
@@ -63,13 +64,20 @@ def helix_meters(batches: list[int]) -> dict:
         )
 
     def decoder(batch: int):
-        eng = engine(batch, CONTEXT + ROUNDS * (STEPS + 2) + 8, CONTEXT, batch)
-        for i in range(batch):
-            eng.add_request(i, SamplingParams())
-            eng.step([StepInput(i, 0, 0, token_ids=np.asarray(_prompt(CONTEXT, i), np.int32))])
-        position = [CONTEXT]
+        eng = engine(batch, CONTEXT + 64, CONTEXT, batch)  # the window of every earlier figure
+        position = [eng.max_seq_len]  # room for no round yet: the first measure prefills
+
+        def prefill() -> None:
+            for i in range(batch):
+                if eng.has_request(i):
+                    eng.release(i)
+                eng.add_request(i, SamplingParams())
+                eng.step([StepInput(i, 0, 0, token_ids=np.asarray(_prompt(CONTEXT, i), np.int32))])
+            position[0] = CONTEXT
 
         def measure() -> float:
+            if position[0] + STEPS + 2 > eng.max_seq_len:  # out of room: the prompts again, untimed
+                prefill()
             times = []
             for _ in range(STEPS + 2):
                 items = [StepInput(i, 0, position[0], token_ids=np.asarray([5], np.int32)) for i in range(batch)]
