@@ -326,3 +326,16 @@ def test_half_precision_stages_match_float32(reference, dtype):
     assert np.isfinite(out.logits).all()
     np.testing.assert_allclose(out.logits, expected, atol=0.15)
     assert out.next_token == int(np.argmax(expected))
+
+
+def test_narrow_models_compile_at_the_quickest_level_and_real_ones_at_the_default() -> None:
+    """default_compiler_options: XLA's level 0 for models under 4 MiB of weights per layer on the
+    CPU (the random models of tests and --emulate), the defaults for real checkpoints; an engine
+    given no options takes them, one given options keeps its own."""
+    from helix_jax.model.engine import default_compiler_options
+    from helix_jax.modelconfig import preset
+
+    assert default_compiler_options(CFG) == {"xla_backend_optimization_level": 0}
+    assert default_compiler_options(preset("smollm2-135m")) is None
+    assert make_engine(0, 4, compiler_options=None)._program_key[-1] == {"xla_backend_optimization_level": 0}
+    assert make_engine(0, 4, compiler_options={"xla_cpu_enable_fast_math": False})._program_key[-1] == {"xla_cpu_enable_fast_math": False}
