@@ -66,9 +66,10 @@ class _Request:
 
 
 def default_compiler_options(config: ModelConfig) -> dict[str, Any] | None:
-    """XLA options of a stage's programs when the caller gives none. Narrow models on the CPU
-    (under UNROLL_MIN_LAYER_BYTES of weights per layer: the random models of tests and of
-    `--emulate`, never a real checkpoint) compile at optimization level 0: compiling is most of
+    """XLA options of a stage's programs when the caller gives none (`{}` asks for XLA's
+    defaults). Narrow models on the CPU (under UNROLL_MIN_LAYER_BYTES of weights per layer: the
+    random models of tests and of `--emulate`, and toy checkpoints; a real LLM's layer is
+    several times that) compile at optimization level 0: compiling is most of
     their start-up (an 8-layer, 64-wide stage's 10 programs: 21.9 s of CPU, 11.8 s at level
     0), while a step stays a few milliseconds (its 8-row decode step: 2.4 ms, 5.2 ms at level
     0). Everything else: XLA's defaults."""

@@ -114,13 +114,18 @@ def fused_parts(config: ModelConfig) -> dict[str, tuple[tuple[str, int], ...]]:
     }
 
 
+def fused_outs(config: ModelConfig, module: str) -> tuple[int, ...]:
+    """The output widths of one FusedLinear's parts, in order (from `fused_parts`)."""
+    return tuple(outs for _, outs in fused_parts(config)[module])
+
+
 class Attention(nnx.Module):
     """Grouped-query attention over the KV cache of one layer."""
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         dtype, h, d = jnp_dtype(config), config.hidden_size, config.dim_per_head
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, d
-        self.qkv_proj = FusedLinear(h, (config.num_heads * d, config.num_kv_heads * d, config.num_kv_heads * d), dtype, rngs)
+        self.qkv_proj = FusedLinear(h, fused_outs(config, "self_attn.qkv_proj"), dtype, rngs)
         self.o_proj = _linear(config.num_heads * d, h, dtype, rngs)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, kv: "LayerKV") -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -195,7 +200,7 @@ class MLP(nnx.Module):
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         dtype, h, f = jnp_dtype(config), config.hidden_size, config.intermediate_size
-        self.gate_up_proj = FusedLinear(h, (f, f), dtype, rngs)
+        self.gate_up_proj = FusedLinear(h, fused_outs(config, "mlp.gate_up_proj"), dtype, rngs)
         self.down_proj = _linear(f, h, dtype, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -9,7 +9,8 @@ to run on other hosts, and waits until every worker has compiled its buckets. `c
 control socket, waits for them, kills stragglers and closes every socket: no orphans.
 Without `log_dir` or `state_dir` the deployment's logs, keys and connection file go to a
 temporary directory of its own, which `close()` removes when every worker it started exited
-cleanly, and keeps (saying where) otherwise. Workers also exit by themselves when this process dies (they watch their parent pid).
+cleanly, and keeps (saying where) otherwise. Workers also exit by themselves when this
+process dies (they watch their parent pid).
 Once serving, a watcher thread reports a local worker whose process exits to the
 coordinator (`report_node_down`), which moves its requests to surviving routes at once
 instead of waiting for the heartbeat timeout; with `restart_workers` it also starts a
