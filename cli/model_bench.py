@@ -256,6 +256,8 @@ def main() -> None:
     parser.add_argument("--topology", type=Path, default=None, help="deploy this topology instead of the shipped default")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     batches = [int(b) for b in args.batches.split(",") if b]  # --batches "": the deployments only
     result: dict = {}
     if batches:

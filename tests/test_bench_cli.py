@@ -94,3 +94,17 @@ def test_deploy_rejects_a_negative_restart_budget_before_starting_anything() -> 
     proc = run_cli("deploy", "--restart-workers", "-1")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: validate: --restart-workers must be >= 0, got -1"
+
+
+def test_model_bench_refuses_no_rounds(monkeypatch, capsys) -> None:
+    """`make bench-runtime`'s real-model comparison: zero alternating rounds is one clear error
+    (argparse's exit 2) before anything loads."""
+    import sys
+
+    from helix_jax.cli import model_bench
+
+    monkeypatch.setattr(sys, "argv", ["model_bench", "--rounds", "0"])
+    with pytest.raises(SystemExit) as exc:
+        model_bench.main()
+    assert exc.value.code == 2
+    assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
