@@ -23,7 +23,7 @@ main(sys.argv[1:])
 def test_the_gpu_checks_run_with_jax_alone(tmp_path: Path) -> None:
     out = tmp_path / "checks"
     args = ["--out", str(out), "--shape", "tiny-8", "--dtype", "float32", "--layers", "1", "--batches", "1,2", "--prefill-tokens", "16,32"]
-    args += ["--context-tokens", "16", "--steps", "2", "--kv", "paged-gather,contiguous"]
+    args += ["--context-tokens", "16", "--steps", "2", "--kv", "paged-gather,contiguous", "--bandwidth-mib", "64"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", BARE_HOST, *args], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

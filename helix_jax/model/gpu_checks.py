@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--kv", default=",".join(KV_VARIANTS), help="KV variants of the decode rows")
     parser.add_argument("--skip-profile", action="store_true")
+    parser.add_argument(
+        "--bandwidth-mib", type=int, default=1024, help="size of the copy that measures memory bandwidth (the decode rows' floor)"
+    )
     args = parser.parse_args(argv)
     from rich.console import Console
 
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         decode = ", ".join(f"{p['batch']}: {p['seconds_per_layer'] * 1e3:.3f}" for p in profile["decode"])
         prefill = ", ".join(f"{p['tokens']}: {p['seconds_per_layer'] * 1e3:.3f}" for p in profile["prefill"])
         console.print(f"profile ({time.perf_counter() - begin:.0f} s): ms per layer, decode by batch {decode}; prefill by tokens {prefill}")
-    bandwidth = measure_bandwidth_bytes_per_s()
+    bandwidth = measure_bandwidth_bytes_per_s(args.bandwidth_mib << 20)
     console.print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s")
     shape = config.with_overrides(num_layers=args.layers + 2)  # a middle stage: no embedding, no head
     for variant in args.kv.split(","):
