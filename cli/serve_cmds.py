@@ -215,16 +215,24 @@ def demo(
     topology: Path = typer.Option(None, help="Cluster to deploy (default: the shipped CPU cluster serving SmolLM2-135M-Instruct)."),
     paper_plan_time: float = typer.Option(10.0, help="Planner time limit for the 24-node cluster."),
     sim_seconds: float = typer.Option(1200.0, help="Simulated seconds of the benchmark table, the first half warm-up (0: skip)."),
+    layer_loop: str = typer.Option(
+        "auto", help="How workers run layers: auto (unroll wide layers), scan (compiles several times faster, steps slower) or unroll."
+    ),
 ) -> None:
     """Deploy the shipped CPU cluster, answer questions, then plan and simulate a 24-GPU cluster."""
+    import dataclasses
     from concurrent.futures import ThreadPoolExecutor
 
     from helix_jax.client import Client
     from helix_jax.runtime.deploy import LocalDeployment
+    from helix_jax.runtime.serve_config import LAYER_LOOP_CHOICES
 
+    if layer_loop not in LAYER_LOOP_CHOICES:  # before planning, as deploy checks it
+        raise ConfigError(f"--layer-loop must be auto, scan or unroll, got {layer_loop!r}")
     started = time.perf_counter()
     console = Console()
     cfg, codec = serve_config(topology, None, None, False, 1.0, "127.0.0.1", 0, None, 256, 10.0)
+    cfg = dataclasses.replace(cfg, layer_loop=layer_loop)
     print_placement(console, cfg.placement, cfg.topology, f"1. placement of {cfg.topology.name} ({cfg.model.name})")
     with LocalDeployment(cfg, codec) as dep:
         with console.status(f"2. deploying: {len(dep.workers)} worker processes load and compile"):

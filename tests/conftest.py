@@ -187,7 +187,7 @@ def shared_result(name: str, compute):
 def smollm2_answers():
     """(questions, chat-templated prompt ids, greedy answer ids of at most 16 tokens) of the whole
     SmolLM2 run locally, one prompt at a time: what every deployment of it must return
-    (tests/test_real_deploy.py, tests/test_ray_deploy.py), computed once per run (the two
+    (tests/test_demo_cli.py, tests/test_ray_deploy.py), computed once per run (the two
     files usually run on different xdist workers). Its layers are scanned, as those
     deployments' are (a fifth of the unrolled compile time; unrolled: tests/test_gguf_model.py)."""
 
@@ -203,14 +203,13 @@ def smollm2_answers():
 # Files that start worker processes, Ray or the real model: under `pytest -n 2 --dist loadfile`
 # (make test) each file runs whole on one xdist worker (its module fixtures built once), and these
 # go first, longest first (as measured in the suite), so that no long file starts last. The tiny
-# deployments of deploy_cli, demo_cli, serve_security and http_drain share their shapes: the first
+# deployments of deploy_cli, serve_security and http_drain share their shapes: the first
 # (deploy_cli) compiles, and the others, after it, load from the run's compile cache.
 HEAVY_FILES = (
     "test_ray_deploy.py",
     "test_gguf_model.py",
-    "test_real_deploy.py",
-    "test_deploy_cli.py",
     "test_demo_cli.py",
+    "test_deploy_cli.py",
     "test_serve_security.py",
     "test_paged_kv.py",
     "test_model_engine.py",

@@ -36,8 +36,8 @@ def test_deploy_serves_until_interrupted_then_stops(tmp_path: Path) -> None:
     topology["nodes"][2]["host"] = "gpu-box.invalid"
     path = tmp_path / "two-hosts.json"
     path.write_text(json.dumps(topology))
-    # --max-seq-len 256: the shapes of tests/test_http_drain.py's and tests/test_demo_cli.py's
-    # deployments, so that only the first of the three compiles its programs (the run's compile cache)
+    # --max-seq-len 256: the shapes of tests/test_http_drain.py's and tests/test_serve_security.py's
+    # deployments, so that only the first of them compiles its programs (the run's compile cache)
     dep = Deploy(
         [str(path), "--plan-time", "5", "--max-seq-len", "256", "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state")]
     )

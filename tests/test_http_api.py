@@ -4,7 +4,7 @@ through the official `openai` client (sync and async) and httpx for raw bodies.
 The deployment, front end and helpers are tests/http_cluster.py's (one InProcessCluster per
 module, FakeRunners, so every expected text comes from `fake_generation`). Nothing here waits
 on the clock. Queueing, metrics, cancellation and drain: tests/test_http_serving.py; the real
-model behind the same front end: tests/test_real_deploy.py.
+model behind the same front end: tests/test_ray_deploy.py (SmolLM2 deployed on Ray).
 """
 
 from __future__ import annotations

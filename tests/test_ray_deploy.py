@@ -7,7 +7,9 @@ the chain cpu-1 [0,15) on h1 -> cpu-2 [15,30) on h2, whose ranges are therefore 
 
 One cluster and one `helix-jax deploy --ray` child process serve the whole module, in order:
 placement on the right Ray nodes (Ray's state API), 16 concurrent greedy requests through the
-connection file equal to the model run whole in this process, a killed worker restarted by Ray
+connection file equal to the model run whole in this process, the same answers to the official
+`openai` client on deploy's HTTP API (chat, streamed chat, token-id completions all at once; the
+shipped default deployment's answers: tests/test_demo_cli.py), a killed worker restarted by Ray
 and rejoining, the Ray node of a redundant range removed while requests are in flight, and
 Ctrl-C: exit 0 and no actor or worker process left. Every wait is for an event (a printed line,
 a state of the coordinator's `stats`, of Ray's actor table); timeouts only turn hangs into
@@ -17,6 +19,7 @@ under CI=true a missing Ray fails the module instead of skipping it).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -36,9 +39,11 @@ from helix_jax.testing import wait_until
 # Ray's node IP detection would pick this machine's external address: keep everything on 127.0.0.1
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 if os.environ.get("CI") == "true":
+    import openai
     import ray  # ray is in the test extras: under CI its absence is a failure, not a skip
 else:
     ray = pytest.importorskip("ray")
+    openai = pytest.importorskip("openai")
 try:
     model_file("smollm2-135m")
 except CheckpointError as exc:
@@ -81,7 +86,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def deploy(cluster, tmp_path_factory: pytest.TempPathFactory):
     """`helix-jax deploy ray-smollm2.json --ray ADDRESS` in a child process, once it serves:
-    (the process, its connection file, its deployment.json)."""
+    (the process, its connection file, its deployment.json, its HTTP API's base URL)."""
     state = tmp_path_factory.mktemp("ray-state")
     dep = Deploy(
         [
@@ -105,9 +110,10 @@ def deploy(cluster, tmp_path_factory: pytest.TempPathFactory):
         ]
     )  # a worker is paused (SIGSTOP) while a Ray node goes
     try:
-        dep.wait_for(r"client endpoint (tcp://\S+)", timeout_s=900)
+        url = dep.wait_for(r"HTTP API: (http://\S+)/v1", timeout_s=900)
+        dep.wait_for(r"client endpoint (tcp://\S+)")
         connection = Path(dep.wait_for(r"connection file: (\S+)"))
-        yield dep, connection, state / "deployment.json"
+        yield dep, connection, state / "deployment.json", url
     finally:
         dep.kill()
 
@@ -169,6 +175,43 @@ def test_sixteen_concurrent_greedy_requests_equal_the_local_model(client, smollm
     for result, want in zip(results, answers * 2):
         assert list(result.ids) == want
     assert {frozenset(route_nodes(r)) for r in results} == {frozenset({"cpu-0"}), frozenset({"cpu-1", "cpu-2"})}
+
+
+def test_the_openai_client_gets_the_same_answers(deploy, smollm2_answers) -> None:
+    from helix_jax.model.tokenizer import load_tokenizer
+    from helix_jax.modelconfig import preset
+
+    questions, prompts, expected = smollm2_answers
+    tokenizer = load_tokenizer(preset("smollm2-135m"), "smollm2-135m")
+    client = openai.OpenAI(base_url=f"{deploy[3]}/v1", api_key="unused", max_retries=0, timeout=600)
+    assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
+    chat = client.chat.completions.create(
+        model="smollm2-135m", messages=[{"role": "user", "content": questions[0]}], max_tokens=MAX_TOKENS, temperature=0
+    )
+    assert chat.choices[0].message.content == tokenizer.decode(expected[0])
+    assert "Paris" in chat.choices[0].message.content and chat.choices[0].finish_reason == "stop"
+    assert chat.usage.prompt_tokens == len(prompts[0]) and chat.usage.completion_tokens == len(expected[0])
+    stream = client.chat.completions.create(
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": questions[0]}],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == chat.usage.total_tokens
+
+    async def completions() -> list:  # token-id prompts, all at once
+        aclient = openai.AsyncOpenAI(base_url=f"{deploy[3]}/v1", api_key="unused", max_retries=0, timeout=600)
+        return await asyncio.gather(
+            *(aclient.completions.create(model="smollm2-135m", prompt=p, max_tokens=MAX_TOKENS, temperature=0) for p in prompts)
+        )
+
+    for res, want in zip(asyncio.run(completions()), expected):
+        assert res.choices[0].text == tokenizer.decode(want)
 
 
 def test_a_killed_worker_is_restarted_by_ray_and_rejoins(deploy, cluster, client, smollm2_answers) -> None:

@@ -3,7 +3,8 @@ async client, the `generate` command against an endpoint, and a clean shutdown. 
 and helpers are tests/serve_cluster.py's (InProcessCluster: the real coordinator, workers, wire
 format and scheduler as threads, FakeRunners for the layers, so every stream is known in
 advance). KV, queue and input limits: tests/test_serve_limits.py. The real model's deployment
-is tests/test_real_deploy.py; real worker processes: tests/test_deploy_cli.py.
+is tests/test_demo_cli.py (the shipped default) and tests/test_ray_deploy.py; real worker processes:
+tests/test_deploy_cli.py.
 
 One cluster serves every test of this module; the last test shuts it down and checks that
 nothing is left behind.
