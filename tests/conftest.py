@@ -204,12 +204,15 @@ def smollm2_answers():
 # (make test) each file runs whole on one xdist worker (its module fixtures built once), and these
 # go first, longest first (as measured in the suite), so that no long file starts last. The tiny
 # deployments of deploy_cli, serve_security and http_drain share their shapes: the first
-# (deploy_cli) compiles, and the others, after it, load from the run's compile cache.
+# (deploy_cli) compiles, and the others, after it, load from the run's compile cache. xdist hands
+# a worker its next file as soon as 2 or fewer of its current file's tests are left, so a file of
+# 2 tests (demo_cli) comes with the file after it: deploy_cli goes third, to the worker that ends
+# test_gguf_model, and serve_security, queued behind demo_cli on the other, starts after it.
 HEAVY_FILES = (
     "test_ray_deploy.py",
     "test_gguf_model.py",
-    "test_demo_cli.py",
     "test_deploy_cli.py",
+    "test_demo_cli.py",
     "test_serve_security.py",
     "test_paged_kv.py",
     "test_model_engine.py",
