@@ -174,7 +174,7 @@ def deploy(
     from helix_jax.cli.http_cmds import check_http_options, drain_http, start_http
     from helix_jax.cli.serve_cmds import planned_config, print_placement, validate_deploy
     from helix_jax.cli.signals import StopSignal
-    from helix_jax.runtime.serve_config import LAYER_LOOP_CHOICES, MAX_GATHER_MS
+    from helix_jax.runtime.serve_config import MAX_GATHER_MS, check_layer_loop
 
     console = Console()  # this invocation's terminal: its width, colour and COLUMNS as they are now
     flow = Flow(console)
@@ -182,8 +182,7 @@ def deploy(
     with flow.step("validate"):
         if restart_workers < 0:
             raise ConfigError(f"--restart-workers must be >= 0, got {restart_workers}")
-        if layer_loop not in LAYER_LOOP_CHOICES:  # before planning; ServeConfig checks it again
-            raise ConfigError(f"--layer-loop must be auto, scan or unroll, got {layer_loop!r}")
+        check_layer_loop(layer_loop)  # before planning; ServeConfig checks it again
         if max_batch is not None and max_batch < 1:  # ServeConfig checks it again
             raise ConfigError(f"--max-batch must be at least 1, got {max_batch}")
         if gather_ms is not None and not 0 <= gather_ms <= MAX_GATHER_MS:  # ServeConfig checks it again

@@ -38,11 +38,11 @@ def _prompt(n: int, seed: int) -> list[int]:
     return [int(t) for t in rng.integers(100, 40000, size=n)]
 
 
-def helix_meters(batches: list[int]) -> dict:
+def helix_meters(batches: list[int], ttft: bool = True) -> dict:
     """Our engine's measurements, each a callable run once per round: ("decode", b) -> decode
     tok/s of `b` sequences after a CONTEXT-token prompt each (the median of STEPS steps; a round
     goes on from where the last one stopped, or prefills the prompts again, untimed, when the
-    64 positions after them are used up), "ttft" -> ms to the first token of a
+    64 positions after them are used up), and with `ttft`, "ttft" -> ms to the first token of a
     TTFT_PROMPT-token prompt."""
     from helix_jax.model import SamplingParams, StageEngine, StepInput, load_stage_weights
     from helix_jax.modelconfig import preset
@@ -90,10 +90,12 @@ def helix_meters(batches: list[int]) -> dict:
         return measure
 
     meters: dict = {("decode", b): decoder(b) for b in batches}
+    if not ttft:
+        return meters
     ttft_engine = engine(1, TTFT_PROMPT + 64, TTFT_PROMPT, 1)
     prompt = np.asarray(_prompt(TTFT_PROMPT, 99), np.int32)
 
-    def ttft() -> float:
+    def first_token_ms() -> float:
         runs = []
         for _ in range(3):
             ttft_engine.add_request("p", SamplingParams())
@@ -103,8 +105,8 @@ def helix_meters(batches: list[int]) -> dict:
             ttft_engine.release("p")
         return statistics.median(runs) * 1e3
 
-    ttft()  # compile
-    meters["ttft"] = ttft
+    first_token_ms()  # compile
+    meters["ttft"] = first_token_ms
     return meters
 
 
@@ -170,7 +172,7 @@ def compare_local(batches: list[int], rounds: int = ROUNDS) -> dict:
 def local_decode(batches: list[int]) -> dict[int, float]:
     """Our engine's decode tok/s per batch (the median of three rounds): the deployments'
     reference."""
-    meters = helix_meters(batches)
+    meters = helix_meters(batches, ttft=False)  # no 512-token prefill program to compile
     return {b: statistics.median(meters[("decode", b)]() for _ in range(3)) for b in batches}
 
 

@@ -225,10 +225,9 @@ def demo(
 
     from helix_jax.client import Client
     from helix_jax.runtime.deploy import LocalDeployment
-    from helix_jax.runtime.serve_config import LAYER_LOOP_CHOICES
+    from helix_jax.runtime.serve_config import check_layer_loop
 
-    if layer_loop not in LAYER_LOOP_CHOICES:  # before planning, as deploy checks it
-        raise ConfigError(f"--layer-loop must be auto, scan or unroll, got {layer_loop!r}")
+    check_layer_loop(layer_loop)  # before planning, as deploy checks it
     started = time.perf_counter()
     console = Console()
     cfg, codec = serve_config(topology, None, None, False, 1.0, "127.0.0.1", 0, None, 256, 10.0)

@@ -22,6 +22,13 @@ DEFAULT_GATHER_MS = 250.0  # about two decode round trips of SmolLM2 on the ship
 MAX_GATHER_MS = 60_000.0
 
 
+def check_layer_loop(layer_loop: str) -> None:
+    """ConfigError naming --layer-loop unless it is one of LAYER_LOOP_CHOICES (ServeConfig, and
+    the CLI commands before they plan)."""
+    if layer_loop not in LAYER_LOOP_CHOICES:
+        raise ConfigError(f"--layer-loop must be auto, scan or unroll, got {layer_loop!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
     """Everything a deployment is made of; the deploy command builds one."""
@@ -64,8 +71,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.resume_grace_s < float("inf"):
             raise ConfigError(f"--resume-grace-s must be >= 0 and finite, got {self.resume_grace_s}")
-        if self.layer_loop not in LAYER_LOOP_CHOICES:
-            raise ConfigError(f"--layer-loop must be auto, scan or unroll, got {self.layer_loop!r}")
+        check_layer_loop(self.layer_loop)
         if self.max_batch is not None and self.max_batch < 1:
             raise ConfigError(f"--max-batch must be at least 1, got {self.max_batch}")
         if self.gather_ms is not None and not 0 <= self.gather_ms <= MAX_GATHER_MS:
