@@ -13,14 +13,14 @@ from pathlib import Path
 WARM_UP = """
 from helix_jax.model import random_stage_weights
 from helix_jax.model.compile_cache import enable_compile_cache
-from helix_jax.model.engine import StageEngine
+from helix_jax.model.engine import NARROW_CPU_OPTIONS, StageEngine
 from helix_jax.modelconfig import preset
 
 config = preset("tiny")
 # two buckets, XLA's quickest optimisation level: every run of this compiles cold
 engine = StageEngine(config, 0, 2, random_stage_weights(config, 0, 2, 0), max_slots=2, max_seq_len=64,
                      prefill_buckets=(16,), decode_buckets=(1,), prefill_batch_buckets=(1,),
-                     compiler_options={"xla_backend_optimization_level": 0})
+                     compiler_options=NARROW_CPU_OPTIONS)
 print(engine.warmup(), enable_compile_cache())
 """
 

@@ -14,6 +14,7 @@ from conftest import import_when_used
 from helix_jax.errors import CheckpointError
 from helix_jax.model import SamplingParams, StageEngine, StepInput, forward_full, load_stage_weights
 from helix_jax.model.checkpoint import checkpoint_config
+from helix_jax.model.engine import NARROW_CPU_OPTIONS
 from helix_jax.model.generate import generate_local
 
 torch = import_when_used("torch")
@@ -72,7 +73,7 @@ def test_logits_and_greedy_match_transformers(tmp_path, llama3_dir, variant, lay
         ref = hf(torch.tensor(IDS)).logits.numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-4)
     generated = generate_local(
-        config, weights, IDS[0].tolist(), 8, SamplingParams(), stop_at_eos=False, compiler_options={"xla_backend_optimization_level": 0}
+        config, weights, IDS[0].tolist(), 8, SamplingParams(), stop_at_eos=False, compiler_options=NARROW_CPU_OPTIONS
     )
     with torch.no_grad():
         hf_out = hf.generate(torch.tensor(IDS), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)

@@ -19,12 +19,13 @@ from helix_jax.model import (
     random_stage_weights,
     slots_for_kv_budget,
 )
+from helix_jax.model.engine import NARROW_CPU_OPTIONS
 from helix_jax.model.layers import chunk_attention, window_attention
 from helix_jax.modelconfig import PRESETS
 
 CFG = PRESETS["tiny"]  # 4 layers, width 64, GQA 4/2, fp32
 ATOL = 2e-4
-FAST_COMPILE = {"xla_backend_optimization_level": 0}  # halves XLA CPU compile time
+FAST_COMPILE = NARROW_CPU_OPTIONS  # XLA CPU's quickest compile (tiny models: a step stays milliseconds)
 PROMPT = np.array([256, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114], np.int32)  # 11 tokens
 
 
@@ -329,13 +330,14 @@ def test_half_precision_stages_match_float32(reference, dtype):
 
 
 def test_narrow_models_compile_at_the_quickest_level_and_real_ones_at_the_default() -> None:
-    """default_compiler_options: XLA's level 0 for models under 4 MiB of weights per layer on the
-    CPU (the random models of tests and --emulate), the defaults for real checkpoints; an engine
+    """default_compiler_options: XLA's level 0 without the MLIR fusion emitters for models under
+    4 MiB of weights per layer on the CPU (the random models of tests and --emulate), the
+    defaults for real checkpoints; an engine
     given no options takes them, one given options keeps its own."""
     from helix_jax.model.engine import default_compiler_options
     from helix_jax.modelconfig import preset
 
-    assert default_compiler_options(CFG) == {"xla_backend_optimization_level": 0}
+    assert default_compiler_options(CFG) == {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
     assert default_compiler_options(preset("smollm2-135m")) is None
-    assert make_engine(0, 4, compiler_options=None)._program_key[-1] == {"xla_backend_optimization_level": 0}
+    assert make_engine(0, 4, compiler_options=None)._program_key[-1] == default_compiler_options(CFG)
     assert make_engine(0, 4, compiler_options={"xla_cpu_enable_fast_math": False})._program_key[-1] == {"xla_cpu_enable_fast_math": False}

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from helix_jax.cli.main import app
 from helix_jax.errors import CheckpointError, ConfigError, RequestError
 from helix_jax.model import SamplingParams, StageEngine, StepInput, random_stage_weights
+from helix_jax.model.engine import NARROW_CPU_OPTIONS
 from helix_jax.model.generate import LocalModel, generate_local
 from helix_jax.model.sampling import sample_tokens
 from helix_jax.model.tokenizer import ByteTokenizer, load_tokenizer
@@ -21,7 +22,7 @@ from helix_jax.profiles import LatencyProfile
 
 CFG = PRESETS["tiny"]
 PROMPT = [256, 72, 101, 108, 108, 111]
-FAST = {"xla_backend_optimization_level": 0}  # halves XLA CPU compile time
+FAST = NARROW_CPU_OPTIONS  # XLA CPU's quickest compile (tiny models: a step stays milliseconds)
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,12 @@ import pytest
 
 from helix_jax.errors import ConfigError, OverloadedError
 from helix_jax.model import SamplingParams, StageEngine, StepInput, random_stage_weights
+from helix_jax.model.engine import NARROW_CPU_OPTIONS
 from helix_jax.modelconfig import PRESETS
 
 CFG = PRESETS["tiny"]  # 4 layers, width 64, GQA 4/2, fp32
 LOGITS_ATOL = 1e-5  # fp32: the two layouts gather the same keys in the same order
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
+FAST_COMPILE = NARROW_CPU_OPTIONS  # XLA CPU's quickest compile (tiny models: a step stays milliseconds)
 PROMPT = np.array([256, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33], np.int32)  # 14
 
 

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helix_jax.model import SamplingParams, StageEngine, StepInput, random_stage_weights
+from helix_jax.model.engine import NARROW_CPU_OPTIONS
 from helix_jax.modelconfig import PRESETS
 from helix_jax.placement import FlowEdge, Placement
 from helix_jax.runtime import wire
@@ -21,7 +22,7 @@ from helix_jax.runtime.worker import Worker
 from helix_jax.scheduler import RequestSpec, Scheduler
 
 CFG = PRESETS["tiny"]  # 4 layers
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
+FAST_COMPILE = NARROW_CPU_OPTIONS  # XLA CPU's quickest compile (tiny models: a step stays milliseconds)
 SAMPLING = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
 
 
