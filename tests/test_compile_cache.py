@@ -13,7 +13,8 @@ from pathlib import Path
 WARM_UP = """
 from helix_jax.model import random_stage_weights
 from helix_jax.model.compile_cache import enable_compile_cache
-from helix_jax.model.engine import NARROW_CPU_OPTIONS, StageEngine
+from helix_jax.model.engine import StageEngine
+from helix_jax.model.step_program import NARROW_CPU_OPTIONS
 from helix_jax.modelconfig import preset
 
 config = preset("tiny")

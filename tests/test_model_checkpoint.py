@@ -14,8 +14,8 @@ from conftest import import_when_used
 from helix_jax.errors import CheckpointError
 from helix_jax.model import SamplingParams, StageEngine, StepInput, forward_full, load_stage_weights
 from helix_jax.model.checkpoint import checkpoint_config
-from helix_jax.model.engine import NARROW_CPU_OPTIONS
 from helix_jax.model.generate import generate_local
+from helix_jax.model.step_program import NARROW_CPU_OPTIONS
 
 torch = import_when_used("torch")
 transformers = import_when_used("transformers")

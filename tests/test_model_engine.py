@@ -19,8 +19,8 @@ from helix_jax.model import (
     random_stage_weights,
     slots_for_kv_budget,
 )
-from helix_jax.model.engine import NARROW_CPU_OPTIONS
 from helix_jax.model.layers import chunk_attention, window_attention
+from helix_jax.model.step_program import NARROW_CPU_OPTIONS
 from helix_jax.modelconfig import PRESETS
 
 CFG = PRESETS["tiny"]  # 4 layers, width 64, GQA 4/2, fp32

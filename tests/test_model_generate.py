@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from helix_jax.cli.main import app
 from helix_jax.errors import CheckpointError, ConfigError, RequestError
 from helix_jax.model import SamplingParams, StageEngine, StepInput, random_stage_weights
-from helix_jax.model.engine import NARROW_CPU_OPTIONS
 from helix_jax.model.generate import LocalModel, generate_local
 from helix_jax.model.sampling import sample_tokens
+from helix_jax.model.step_program import NARROW_CPU_OPTIONS
 from helix_jax.model.tokenizer import ByteTokenizer, load_tokenizer
 from helix_jax.modelconfig import PRESETS
 from helix_jax.profiles import LatencyProfile

@@ -13,7 +13,7 @@ import pytest
 
 from helix_jax.errors import ConfigError, OverloadedError
 from helix_jax.model import SamplingParams, StageEngine, StepInput, random_stage_weights
-from helix_jax.model.engine import NARROW_CPU_OPTIONS
+from helix_jax.model.step_program import NARROW_CPU_OPTIONS
 from helix_jax.modelconfig import PRESETS
 
 CFG = PRESETS["tiny"]  # 4 layers, width 64, GQA 4/2, fp32

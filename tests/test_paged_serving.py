@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helix_jax.model import SamplingParams, StageEngine, StepInput, random_stage_weights
-from helix_jax.model.engine import NARROW_CPU_OPTIONS
+from helix_jax.model.step_program import NARROW_CPU_OPTIONS
 from helix_jax.modelconfig import PRESETS
 from helix_jax.placement import FlowEdge, Placement
 from helix_jax.runtime import wire

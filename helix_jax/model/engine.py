@@ -41,8 +41,8 @@ from helix_jax.model.engine_capacity import KVCapacity
 from helix_jax.model.page_pool import PagePool, page_table_array, pages_for
 from helix_jax.model.paged_cache import ATTENTION_BACKENDS
 from helix_jax.model.sampling import SamplingParams
-from helix_jax.model.stage import UNROLL_MIN_LAYER_BYTES, KVCache, init_kv_cache, init_paged_kv_cache, kv_cache_bytes
-from helix_jax.model.step_program import CALLER, slots_for_kv_budget, step_program
+from helix_jax.model.stage import KVCache, init_kv_cache, init_paged_kv_cache, kv_cache_bytes
+from helix_jax.model.step_program import CALLER, default_compiler_options, slots_for_kv_budget, step_program
 from helix_jax.model.weights import StageWeights, check_range
 from helix_jax.modelconfig import ModelConfig
 
@@ -63,26 +63,6 @@ class _Request:
         self.slot, self.sampling = slot, sampling
         self.run_start_layer: int | None = None
         self.next_position = 0
-
-
-# XLA's quickest CPU compile: optimization level 0, and the classic LLVM emitters for fusions
-# instead of the MLIR fusion emitters (each of which builds its own MLIR pass pipeline)
-NARROW_CPU_OPTIONS: dict[str, Any] = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
-
-
-def default_compiler_options(config: ModelConfig) -> dict[str, Any] | None:
-    """XLA options of a stage's programs when the caller gives none (`{}` asks for XLA's
-    defaults). Narrow models on the CPU (under UNROLL_MIN_LAYER_BYTES of weights per layer: the
-    random models of tests and of `--emulate`, and toy checkpoints; a real LLM's layer is
-    several times that) take NARROW_CPU_OPTIONS: compiling is most of their start-up, while a
-    step stays a few milliseconds. A tiny-8 stage's 7 programs (2-core x86 machine, one XLA
-    thread): 12.7-14.4 s of CPU to compile at XLA's defaults, 7.9 s at level 0, 3.2-3.3 s at
-    level 0 without the fusion emitters; its 8-row decode step 1.7-2.6, 4.1-4.9 and 5.6-7.4 ms.
-    Real models keep XLA's defaults: without the fusion emitters SmolLM2's unrolled stages
-    compiled twice as long (15 layers: 19.5 -> 45 s) and its scanned last stage decoded slower."""
-    if jax.default_backend() == "cpu" and config.weight_bytes_per_layer < UNROLL_MIN_LAYER_BYTES:
-        return dict(NARROW_CPU_OPTIONS)
-    return None
 
 
 class StageEngine(KVCapacity):
