@@ -3,8 +3,8 @@
 Owns: the traced step (merge weights, run the stage forward, sample on the last stage), the
 process-wide program cache keyed by graphdef, weight treedef, logits flag, page size, paged
 attention backend and XLA options, compile counting, the XLA options a stage compiles with
-(`default_compiler_options`) and `slots_for_kv_budget`. Sits in the runtime step of the data flow, under `engine.py`: the engine
-pads a batch and calls the program returned here.
+(`default_compiler_options`) and `slots_for_kv_budget`. Sits in the runtime step of the data
+flow, under `engine.py`: the engine pads a batch and calls the program returned here.
 """
 
 from __future__ import annotations
