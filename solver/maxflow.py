@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 import warnings
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import networkx as nx
 
@@ -110,15 +111,35 @@ def _endpoint(vertex: str) -> str:
     return vertex.rsplit(".", 1)[0]
 
 
+def import_cvxpy() -> Any:
+    """cvxpy, imported without importing jax. On import cvxpy probes every solver it knows, and
+    its MPAX probe imports jax before it finds that mpax is not installed: 0.4-0.8 s of CPU, and
+    a JAX runtime in the planning (coordinator's) process, which never runs a model. We solve
+    with HiGHS and Clarabel, so while cvxpy is first imported in a process that has not loaded
+    jax, `import jax` fails at once (cvxpy's probe takes that as "MPAX not installed")."""
+    if "cvxpy" in sys.modules or "jax" in sys.modules:
+        import cvxpy
+
+        return cvxpy
+    sys.modules["jax"] = None  # type: ignore[assignment]
+    try:
+        import cvxpy
+    finally:
+        if sys.modules.get("jax", False) is None:
+            del sys.modules["jax"]
+    return cvxpy
+
+
 def balanced_flow(graph: nx.DiGraph, value: float) -> dict[str, dict[str, float]] | None:
     """A maximum flow of `value` that spreads load: minimise sum over compute arcs of
     (flow / capacity)^2, so parallel nodes holding the same layers share the flow instead of
     one carrying it all (max-flow algorithms return an arbitrary optimum, often a lopsided
     one). Each node's KV holds flow x round trip requests, so this spreads KV pressure too.
     A convex QP (cvxpy, Clarabel); None if it fails (callers keep the max-flow algorithm's flow)."""
-    import cvxpy as cp
     import numpy as np
     import scipy.sparse as sp
+
+    cp = import_cvxpy()
 
     arcs = list(graph.edges)
     cap = np.array([graph[u][v]["capacity"] for u, v in arcs], dtype=float)

@@ -178,14 +178,17 @@ def test_layer_loads_count_each_item_from_its_start_layer() -> None:
     assert loads == brute and layer_loads([], 2, 8) == [LayerLoad(0, 0, 0)] * 6
 
 
-def test_the_coordinator_client_and_front_end_import_no_jax() -> None:
-    """They run on hosts and in processes without an accelerator stack: only workers need jax."""
+def test_the_coordinator_client_front_end_and_planner_import_no_jax() -> None:
+    """They run on hosts and in processes without an accelerator stack: only workers need jax.
+    The planner too, although cvxpy's solver probe imports jax (solver/maxflow.import_cvxpy)."""
     import subprocess
     import sys
 
     code = (
         "import sys; import helix_jax.runtime.coordinator, helix_jax.runtime.deploy, helix_jax.client, "
         "helix_jax.http.app, helix_jax.model.tokenizer, helix_jax.model.sampling_params; "
+        "from helix_jax.solver.plan import plan; from helix_jax.topology import load_topology, tiny_topology_path; "
+        "assert plan(load_topology(tiny_topology_path()), time_limit_s=5).flows; "
         "print(sorted(m for m in ('jax', 'flax') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
