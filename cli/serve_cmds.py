@@ -231,7 +231,9 @@ def demo(
     started = time.perf_counter()
     console = Console()
     cfg, codec = serve_config(topology, None, None, False, 1.0, "127.0.0.1", 0, None, 256, 10.0)
-    cfg = dataclasses.replace(cfg, layer_loop=layer_loop)
+    # its workers compile decode steps for as many rows as the demo sends at once, not for the
+    # hundreds of requests their KV could hold: 3 programs per worker instead of 7
+    cfg = dataclasses.replace(cfg, layer_loop=layer_loop, max_batch=max(1, requests))
     print_placement(console, cfg.placement, cfg.topology, f"1. placement of {cfg.topology.name} ({cfg.model.name})")
     with LocalDeployment(cfg, codec) as dep:
         with console.status(f"2. deploying: {len(dep.workers)} worker processes load and compile"):
