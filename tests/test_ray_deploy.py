@@ -103,6 +103,8 @@ def deploy(cluster, tmp_path_factory: pytest.TempPathFactory):
             "scan",  # compiles in a fifth of the unrolled time, as tests/conftest.py's smollm2_answers does
             "--kv-tokens",
             str(16 * 256),
+            "--max-batch",
+            "16",  # the most requests this module sends at once: decode programs for 1, 4 and 16 rows
             "--restart-workers",
             "1",
             "--heartbeat-timeout",
