@@ -197,3 +197,37 @@ def test_open_reader_parses_a_file_once_and_again_when_it_changes(tmp_path: Path
     write_gguf(path, gguf_tensors(_hf_tensors()), types={name: Q.Q8_0})  # same path, another size
     again = open_reader(path)
     assert again is not first and next(t for t in again.tensors if t.name == name).tensor_type == Q.Q8_0
+
+
+@pytest.mark.parametrize("endian", ["little", "big"])
+def test_the_quick_reader_parses_the_same_fields_as_ggufs_own(tmp_path: Path, endian: str) -> None:
+    """helix_jax's reader (gguf_reader.py) cuts arrays into parts its own way: every field, part,
+    dtype and value must equal `gguf.GGUFReader`'s, for arrays of strings (empty and non-ASCII
+    ones too), of numbers, empty and nested arrays, in either byte order."""
+    from helix_jax.model.gguf_reader import _plain_reader_class
+
+    path = tmp_path / f"{endian}.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama", endianess=gguf.GGUFEndian.LITTLE if endian == "little" else gguf.GGUFEndian.BIG)
+    writer.add_block_count(2)
+    writer.add_token_list(["<s>", "", "héllo", "Ġworld", "x" * 300])
+    writer.add_token_types([1, 3, 1, 1, 1])
+    writer.add_token_scores([0.0, -1.5, 2.25, 3.0, -0.5])
+    writer.add_token_merges(["Ġ w", "h é"])
+    writer.add_array("test.empty", [])
+    writer.add_array("test.nested", [[1, 2], [3]])
+    writer.add_string("test.string", "plain")
+    writer.add_tensor("token_embd.weight", np.arange(8, dtype=np.float32).reshape(2, 4))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    ours, stock = _plain_reader_class()(str(path), "r"), gguf.gguf_reader.GGUFReader(str(path), "r")
+    assert stock.byte_order == ("I" if endian == "little" else "S") and list(ours.fields) == list(stock.fields)
+    for name, field in stock.fields.items():
+        mine = ours.fields[name]
+        assert (mine.offset, mine.name, mine.data, mine.types) == (field.offset, field.name, field.data, field.types), name
+        assert [(p.dtype, p.shape, p.tobytes()) for p in mine.parts] == [(p.dtype, p.shape, p.tobytes()) for p in field.parts], name
+        assert repr(mine.contents()) == repr(field.contents()), name
+    assert ours.fields["tokenizer.ggml.tokens"].contents() == ["<s>", "", "héllo", "Ġworld", "x" * 300]
+    assert ours.data_offset == stock.data_offset and [t.name for t in ours.tensors] == ["token_embd.weight"]
+    assert np.array_equal(np.asarray(ours.tensors[0].data), np.asarray(stock.tensors[0].data))

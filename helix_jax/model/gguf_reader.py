@@ -10,7 +10,9 @@ Why: `GGUFReader` parses every metadata field on open, and a LLaMA-family file's
 `numpy.memmap` it keeps that costs a memmap object per slice: SmolLM2-135M's file took 3.4 s to
 open on the 2-core test machine. `_PlainReader` hands the reader a plain ndarray view of the
 same mapping (no copy: the pages stay on disk until read), which parses the same fields and
-tensors in 0.85 s.
+tensors in 0.75 s, and cuts each array of strings or numbers into the same per-item parts in one
+pass (the string lengths read with `struct`, not one small array each): 0.17 s. Its fields equal
+the stock reader's part for part (tests/test_gguf_checkpoint.py).
 
 The cache is keyed by the resolved path, size and modification time, so a file rewritten in
 place is parsed again; a file that fails to parse raises and is not cached. Readers are only
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +33,12 @@ import numpy as np
 
 @functools.cache
 def _plain_reader_class() -> type:
+    from gguf.constants import GGUFValueType
     from gguf.gguf_reader import GGUFReader  # the class itself, even where a caller rebinds gguf.GGUFReader
 
     class _PlainReader(GGUFReader):
-        """GGUFReader whose `data` is a plain ndarray over the memory map (see the module doc)."""
+        """GGUFReader whose `data` is a plain ndarray over the memory map, and whose arrays of
+        strings and numbers are cut into the same per-item parts in one pass (see the module doc)."""
 
         @property  # type: ignore[override]
         def data(self) -> np.ndarray:
@@ -41,6 +47,30 @@ def _plain_reader_class() -> type:
         @data.setter
         def data(self, value: np.ndarray) -> None:
             self._plain = value.view(np.ndarray)
+
+        def _get_field_parts(self, orig_offs: int, raw_type: int) -> tuple[int, list[np.ndarray], list[int], list[Any]]:
+            if raw_type != GGUFValueType.ARRAY:
+                return super()._get_field_parts(orig_offs, raw_type)
+            raw_itype = self._get(orig_offs, np.uint32)
+            alen = self._get(orig_offs + 4, np.uint64)
+            itype, count, offs = GGUFValueType(raw_itype[0]), int(alen[0]), orig_offs + 12
+            parts: list[np.ndarray] = [raw_itype, alen]
+            scalar = self.gguf_scalar_to_np.get(itype)
+            if itype == GGUFValueType.STRING and count:
+                lengths = self._get(offs, np.uint64)[:0]  # an empty array of the reader's length dtype
+                order = lengths.dtype.byteorder if lengths.dtype.byteorder in "<>" else "<" if sys.byteorder == "little" else ">"
+                fmt = struct.Struct(order + "Q")
+                data, buf = self.data, memoryview(self.data)
+                for _ in range(count):
+                    size = fmt.unpack_from(buf, offs)[0]
+                    parts += (data[offs : offs + 8].view(lengths.dtype), data[offs + 8 : offs + 8 + size])
+                    offs += 8 + size
+                return offs - orig_offs, parts, list(range(3, 2 + 2 * count, 2)), [GGUFValueType.ARRAY, itype]
+            if scalar is not None and count:
+                values = self._get(offs, scalar, count)
+                parts += (values[i : i + 1] for i in range(count))
+                return offs + values.nbytes - orig_offs, parts, list(range(2, 2 + count)), [GGUFValueType.ARRAY, itype]
+            return super()._get_field_parts(orig_offs, raw_type)  # nested arrays, empty arrays
 
     return _PlainReader
 
