@@ -60,7 +60,8 @@ def _plain_reader_class() -> type:
                 lengths = self._get(offs, np.uint64)[:0]  # an empty array of the reader's length dtype
                 order = lengths.dtype.byteorder if lengths.dtype.byteorder in "<>" else "<" if sys.byteorder == "little" else ">"
                 fmt = struct.Struct(order + "Q")
-                data, buf = self.data, memoryview(self.data)
+                data = self.data
+                buf = data.data  # the buffer under the array: struct reads the lengths straight from it
                 for _ in range(count):
                     size = fmt.unpack_from(buf, offs)[0]
                     parts += (data[offs : offs + 8].view(lengths.dtype), data[offs + 8 : offs + 8 + size])
