@@ -6,6 +6,8 @@ then checks that an ordinary request still gets exactly its tokens.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import zmq
@@ -258,9 +260,10 @@ def test_kv_taken_by_a_forged_step_is_reclaimed_when_its_lease_ends() -> None:
     host = StageHost(FakeRunner(_lease_spec()), "n", 0, 4, 16)
     free_pages = host.engine.pages_available
     host.enqueue(_first_step("forged", kv_tokens=64))
-    host.run(host.pick_batch())
+    seen = 1000.0  # a whole number of seconds: seen + 300.0 - seen is exactly 300.0 (not so for any clock reading)
+    host.run(host.pick_batch(now=seen))
     assert host.engine.has_request("forged") and host.engine.pages_available < free_pages
-    seen = host.last_step["forged"]
+    assert host.last_step["forged"] == seen
     assert host.expire(seen + 300.0, 300.0) == []  # within its lease
     assert host.expire(seen + 300.5, 300.0) == ["forged"]
     assert not host.engine.has_request("forged") and host.engine.pages_available == free_pages
@@ -276,7 +279,7 @@ def test_a_step_waiting_at_a_busy_node_keeps_its_request_past_the_lease() -> Non
     batch = host.pick_batch()
     assert [p.item[0].request_id for p in batch] == list("abcd") and list(host.waiting) == ["e"]
     host.run(batch)
-    later = host.last_step["e"] + 10_000.0
+    later = float(math.ceil(host.last_step["e"])) + 10_000.0  # whole seconds: the lease boundary below is exact
     assert host.expire(later, 300.0) == list("abcd")  # e still waits here
     (taken,) = host.pick_batch(now=later)  # the pages came back: e runs, and its lease starts then
     assert taken.item[0].request_id == "e"
