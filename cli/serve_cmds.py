@@ -228,12 +228,15 @@ def demo(
     from helix_jax.runtime.serve_config import check_layer_loop
 
     check_layer_loop(layer_loop)  # before planning, as deploy checks it
+    if requests < 1:
+        raise ConfigError(f"--requests must be at least 1, got {requests}")
     started = time.perf_counter()
     console = Console()
     cfg, codec = serve_config(topology, None, None, False, 1.0, "127.0.0.1", 0, None, 256, 10.0)
-    # its workers compile decode steps for as many rows as the demo sends at once, not for the
-    # hundreds of requests their KV could hold: 3 programs per worker instead of 7
-    cfg = dataclasses.replace(cfg, layer_loop=layer_loop, max_batch=max(1, requests))
+    # its workers compile decode steps for up to as many rows as the demo sends at once, not for
+    # the hundreds of requests their KV could hold (the default 4 questions: 3 programs per
+    # worker instead of 7)
+    cfg = dataclasses.replace(cfg, layer_loop=layer_loop, max_batch=requests)
     print_placement(console, cfg.placement, cfg.topology, f"1. placement of {cfg.topology.name} ({cfg.model.name})")
     with LocalDeployment(cfg, codec) as dep:
         with console.status(f"2. deploying: {len(dep.workers)} worker processes load and compile"):
@@ -241,7 +244,7 @@ def demo(
         console.print(f"2. deployed in {time.perf_counter() - started:.1f} s; endpoint {dep.client_endpoint}")
         questions = [DEMO_QUESTIONS[i % len(DEMO_QUESTIONS)] for i in range(requests)]
         prompts = [codec.encode_chat([{"role": "user", "content": q}]) for q in questions]
-        with Client(dep.client_endpoint) as client, ThreadPoolExecutor(max(1, requests)) as pool:
+        with Client(dep.client_endpoint) as client, ThreadPoolExecutor(requests) as pool:
             results = list(pool.map(lambda p: client.generate(p, max_tokens=max_tokens), prompts))
         table = Table(title=f"3. {requests} concurrent questions to {cfg.model.name} (chat template, greedy)")
         for col in ("question", "answer", "route (node[layers])", "TTFT ms", "TPOT ms"):

@@ -116,7 +116,9 @@ def import_cvxpy() -> Any:
     its MPAX probe imports jax before it finds that mpax is not installed: 0.4-0.8 s of CPU, and
     a JAX runtime in the planning (coordinator's) process, which never runs a model. We solve
     with HiGHS and Clarabel, so while cvxpy is first imported in a process that has not loaded
-    jax, `import jax` fails at once (cvxpy's probe takes that as "MPAX not installed")."""
+    jax, `import jax` fails at once (cvxpy's probe takes that as "MPAX not installed"). The
+    planning processes import no jax in other threads meanwhile (the coordinator, the client and
+    the HTTP front end never do: tests/test_runtime_units.py)."""
     if "cvxpy" in sys.modules or "jax" in sys.modules:
         import cvxpy
 

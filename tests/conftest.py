@@ -94,11 +94,11 @@ def reference():
     return ref
 
 
-def smollm2_local(layer_loop: str, return_logits: bool = False):
-    """(LocalModel, tokenizer) of the cached SmolLM2-135M-Instruct; skips when it is not cached."""
+def smollm2_weights(layer_loop: str):
+    """(config, all 30 layers' weights, tokenizer) of the cached SmolLM2-135M-Instruct; skips when
+    it is not cached."""
     from helix_jax.errors import CheckpointError
     from helix_jax.model import load_stage_weights
-    from helix_jax.model.generate import LocalModel
     from helix_jax.model.tokenizer import load_tokenizer
     from helix_jax.modelconfig import preset
     from helix_jax.models import model_file
@@ -109,7 +109,15 @@ def smollm2_local(layer_loop: str, return_logits: bool = False):
         pytest.skip(str(exc))
     config = preset("smollm2-135m")
     weights = load_stage_weights(config, 0, config.num_layers, "smollm2-135m", layer_loop)
-    return LocalModel(config, weights, max_seq_len=256, return_logits=return_logits), load_tokenizer(config, "smollm2-135m")
+    return config, weights, load_tokenizer(config, "smollm2-135m")
+
+
+def smollm2_local(layer_loop: str, return_logits: bool = False):
+    """(LocalModel, tokenizer) of the cached SmolLM2-135M-Instruct; skips when it is not cached."""
+    from helix_jax.model.generate import LocalModel
+
+    config, weights, tokenizer = smollm2_weights(layer_loop)
+    return LocalModel(config, weights, max_seq_len=256, return_logits=return_logits), tokenizer
 
 
 def import_when_used(name: str):
@@ -199,11 +207,11 @@ def smollm2_answers():
 
         from helix_jax.model import SamplingParams, StageEngine, StepInput
 
-        model, tokenizer = smollm2_local("scan")
+        config, weights, tokenizer = smollm2_weights("scan")
         prompts = [tokenizer.encode_chat([{"role": "user", "content": q}]) for q in SMOLLM2_QUESTIONS]
         n, chunk, stops = len(prompts), 64, set(tokenizer.stop_token_ids)
         engine = StageEngine(
-            model.config, 0, model.config.num_layers, model.weights, max_slots=n, max_seq_len=256,
+            config, 0, config.num_layers, weights, max_slots=n, max_seq_len=256,
             prefill_buckets=(chunk,), decode_buckets=(n,), prefill_batch_buckets=(1,),
         )  # fmt: skip
         answers: list[list[int]] = []

@@ -73,9 +73,16 @@ def test_demo_deploys_answers_plans_and_compares(tmp_path: Path, smollm2_answers
     assert re.search(r"demo done in [\d.]+ s", out)
 
 
-def test_a_bad_layer_loop_is_one_clear_error_before_anything_starts() -> None:
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["--layer-loop", "sideways"], "error: --layer-loop must be auto, scan or unroll, got 'sideways'"),
+        (["--requests", "0"], "error: --requests must be at least 1, got 0"),
+    ],
+)
+def test_a_bad_option_is_one_clear_error_before_anything_starts(args: list[str], error: str) -> None:
     from cli_run import run_cli
 
-    proc = run_cli("demo", "--layer-loop", "sideways")
+    proc = run_cli("demo", *args)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip() == "error: --layer-loop must be auto, scan or unroll, got 'sideways'"
+    assert proc.stderr.strip() == error

@@ -204,7 +204,7 @@ def test_the_quick_reader_parses_the_same_fields_as_ggufs_own(tmp_path: Path, en
     """helix_jax's reader (gguf_reader.py) cuts arrays into parts its own way: every field, part,
     dtype and value must equal `gguf.GGUFReader`'s, for arrays of strings (empty and non-ASCII
     ones too), of numbers, empty and nested arrays, in either byte order."""
-    from helix_jax.model.gguf_reader import _plain_reader_class
+    from helix_jax.model.gguf_reader import open_reader
 
     path = tmp_path / f"{endian}.gguf"
     writer = gguf.GGUFWriter(str(path), "llama", endianess=gguf.GGUFEndian.LITTLE if endian == "little" else gguf.GGUFEndian.BIG)
@@ -221,7 +221,7 @@ def test_the_quick_reader_parses_the_same_fields_as_ggufs_own(tmp_path: Path, en
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    ours, stock = _plain_reader_class()(str(path), "r"), gguf.gguf_reader.GGUFReader(str(path), "r")
+    ours, stock = open_reader(path), gguf.gguf_reader.GGUFReader(str(path), "r")
     assert stock.byte_order == ("I" if endian == "little" else "S") and list(ours.fields) == list(stock.fields)
     for name, field in stock.fields.items():
         mine = ours.fields[name]

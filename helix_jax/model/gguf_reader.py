@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import os
 import struct
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +57,7 @@ def _plain_reader_class() -> type:
             scalar = self.gguf_scalar_to_np.get(itype)
             if itype == GGUFValueType.STRING and count:
                 lengths = self._get(offs, np.uint64)[:0]  # an empty array of the reader's length dtype
-                order = lengths.dtype.byteorder if lengths.dtype.byteorder in "<>" else "<" if sys.byteorder == "little" else ">"
-                fmt = struct.Struct(order + "Q")
+                fmt = struct.Struct(lengths.dtype.str[0] + "Q")  # "<u8" or ">u8": the file's byte order
                 data = self.data
                 buf = data.data  # the buffer under the array: struct reads the lengths straight from it
                 for _ in range(count):
