@@ -149,9 +149,9 @@ def fill_stage_state(
             host = np.stack([_fetch_layer(read, config, path, layer, shape[1:]) for layer in range(start_layer, end_layer)])
         else:
             host = _fetch(read, *_hf_name(path, None), shape)
-        if not np.all(np.isfinite(host.astype(np.float32))):
+        if not np.all(np.isfinite(host.astype(np.float32, copy=False))):  # copy=False: a float32 tensor is not copied to check it
             raise CheckpointError(f"checkpoint {label!r}: parameter {'.'.join(path)} holds NaN or infinite values")
-        value = jax.device_put(host.astype(dtype))
+        value = jax.device_put(host.astype(dtype, copy=False))
         filled.append((key, variable.replace(value=value)))
     log.info("loaded layers [%d, %d) from %s", start_layer, end_layer, label)
     return nnx.from_flat_state(filled)
