@@ -41,7 +41,7 @@ def _resolve(model: Optional[str], dtype: Optional[str]):
     """(ModelConfig, weights source, tokenizer source or None) for a --model option: the
     tokenizer source is the .gguf file or checkpoint directory, None for random weights."""
     config, spec = _model_config(model, dtype), model
-    from helix_jax.model.weights import default_weights_source
+    from helix_jax.models import default_weights_source
 
     source = default_weights_source(config, spec or config.name)
     model_dir = None if source.startswith("random:") else Path(source)

@@ -102,8 +102,8 @@ def validate_deploy(
     kv_layout: str | None = None,
 ) -> tuple[Any, Any, str]:
     """The deploy workflow's first step: (topology, model config, weights source), or ConfigError."""
-    from helix_jax.model.weights import default_weights_source
     from helix_jax.modelconfig import resolve_model
+    from helix_jax.models import default_weights_source
     from helix_jax.runtime.security import check_insecure
     from helix_jax.runtime.worker_process import is_local_host
 

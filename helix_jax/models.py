@@ -20,8 +20,12 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from helix_jax.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from helix_jax.modelconfig import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,3 +149,27 @@ def list_models() -> list[dict[str, object]]:
                 }
             )
     return rows
+
+
+def default_weights_source(config: "ModelConfig", model_spec: str) -> str:
+    """The weights a `--model` spec implies: built-in tiny models are "random:0", a directory or
+    .gguf file is itself, a named model is its file in the model cache (CheckpointError naming
+    `helix-jax models pull` when absent); a preset of a real model needs its checkpoint. Used by
+    deploy, generate and profile before anything imports jax."""
+    from helix_jax.modelconfig import PRESETS, is_tiny  # imported here: this module imports the stdlib only
+
+    if is_model_name(model_spec):  # kept as the name: each host resolves its own cache
+        model_file(model_spec)  # present here, or CheckpointError naming `models pull`
+        return model_spec.strip().lower()
+    if model_spec.endswith(".gguf"):
+        return str(model_file(model_spec))
+    path = Path(model_spec)
+    if path.is_file():  # a config.json: its directory holds the weights
+        path = path.parent
+    if path.is_dir():  # checked first: a checkpoint directory may be named "tiny-..."
+        return str(path)
+    if is_tiny(config):
+        return "random:0"
+    if model_spec.strip().lower() in PRESETS:
+        raise CheckpointError(f"model {model_spec!r} has no built-in weights; pass its Hugging Face checkpoint directory as --model")
+    raise CheckpointError(f"model {model_spec!r} is not a checkpoint directory")

@@ -174,8 +174,8 @@ def test_checkpoint_directory_wins_over_a_tiny_name(tmp_path, llama3_dir):
     import shutil
 
     from helix_jax.model.tokenizer import load_tokenizer
-    from helix_jax.model.weights import default_weights_source
     from helix_jax.modelconfig import is_tiny
+    from helix_jax.models import default_weights_source
 
     directory = tmp_path / "tiny-llama"
     shutil.copytree(llama3_dir[0], directory)

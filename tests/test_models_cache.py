@@ -24,8 +24,8 @@ def test_a_missing_model_names_the_command_that_fetches_it(tmp_path: Path, monke
         model_file("nope.gguf")
     with pytest.raises(CheckpointError, match="unknown model 'gpt-5'; known models: smollm2-135m"):
         pull("gpt-5")
-    from helix_jax.model.weights import default_weights_source
     from helix_jax.modelconfig import preset
+    from helix_jax.models import default_weights_source
 
     with pytest.raises(CheckpointError, match="models pull smollm2-135m"):
         default_weights_source(preset("smollm2-135m"), "smollm2-135m")

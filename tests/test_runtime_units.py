@@ -180,7 +180,8 @@ def test_layer_loads_count_each_item_from_its_start_layer() -> None:
 
 def test_the_coordinator_client_front_end_and_planner_import_no_jax() -> None:
     """They run on hosts and in processes without an accelerator stack: only workers need jax.
-    The planner too, although cvxpy's solver probe imports jax (solver/maxflow.import_cvxpy)."""
+    The planner too, although cvxpy's solver probe imports jax (solver/maxflow.import_cvxpy), and
+    deploy's first step, which resolves the weights source (helix_jax/models.py)."""
     import subprocess
     import sys
 
@@ -189,6 +190,8 @@ def test_the_coordinator_client_front_end_and_planner_import_no_jax() -> None:
         "helix_jax.http.app, helix_jax.model.tokenizer, helix_jax.model.sampling_params; "
         "from helix_jax.solver.plan import plan; from helix_jax.topology import load_topology, tiny_topology_path; "
         "assert plan(load_topology(tiny_topology_path()), time_limit_s=5).flows; "
+        "from helix_jax.cli.serve_cmds import validate_deploy; "
+        "assert validate_deploy(tiny_topology_path(), None, 1.0, '127.0.0.1', 10.0, True)[2] == 'random:0'; "
         "print(sorted(m for m in ('jax', 'flax') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from helix_jax.errors import CheckpointError, ConfigError
+from helix_jax.errors import ConfigError
 from helix_jax.model.compile_cache import enable_compile_cache
 from helix_jax.model.stage import StageModel
 from helix_jax.modelconfig import ModelConfig
@@ -169,27 +169,3 @@ def load_stage_weights(config: ModelConfig, start_layer: int, end_layer: int, so
         return StageWeights(config, start_layer, end_layer, graphdef, state, read)
     state = load_checkpoint_state(Path(text), config, start_layer, end_layer, abstract)
     return StageWeights(config, start_layer, end_layer, graphdef, state)
-
-
-def default_weights_source(config: ModelConfig, model_spec: str) -> str:
-    """The weights a `--model` spec implies: built-in tiny models are "random:0", a directory or
-    .gguf file is itself, a named model is its file in the model cache (CheckpointError naming
-    `helix-jax models pull` when absent); a preset of a real model needs its checkpoint."""
-    from helix_jax.modelconfig import PRESETS, is_tiny
-    from helix_jax.models import is_model_name, model_file
-
-    if is_model_name(model_spec):  # kept as the name: each host resolves its own cache
-        model_file(model_spec)  # present here, or CheckpointError naming `models pull`
-        return model_spec.strip().lower()
-    if model_spec.endswith(".gguf"):
-        return str(model_file(model_spec))
-    path = Path(model_spec)
-    if path.is_file():  # a config.json: its directory holds the weights
-        path = path.parent
-    if path.is_dir():  # checked first: a checkpoint directory may be named "tiny-..."
-        return str(path)
-    if is_tiny(config):
-        return "random:0"
-    if model_spec.strip().lower() in PRESETS:
-        raise CheckpointError(f"model {model_spec!r} has no built-in weights; pass its Hugging Face checkpoint directory as --model")
-    raise CheckpointError(f"model {model_spec!r} is not a checkpoint directory")
