@@ -106,20 +106,20 @@ def test_chunked_prefill_equals_one_shot():
 def test_a_prompt_from_position_0_attends_over_its_own_keys_as_over_the_cache_window():
     """chunk_attention (a batch of prompts that all start at position 0: T x T keys, queries in
     blocks, 300 tokens = 128 + 128 + 44) equals window_attention over a cache window holding the
-    same keys and other values past them, for every valid query of a row padded after 100 tokens."""
+    same keys and other values past them, for every valid query of a row padded after 100 tokens.
+    Both jitted, as the step programs run them (eagerly, each op of each query block compiled alone)."""
+    chunk, window_of = jax.jit(chunk_attention), jax.jit(window_attention)
     rng = np.random.default_rng(0)
     b, t, heads, kv_heads, dim, ctx = 2, 300, 6, 2, 8, 320
     q = jnp.asarray(rng.standard_normal((b, t, heads, dim), np.float32))
     keys, values = (jnp.asarray(rng.standard_normal((b, ctx, kv_heads, dim), np.float32)) for _ in range(2))
-    ours = chunk_attention(q, keys[:, :t], values[:, :t])
+    ours = chunk(q, keys[:, :t], values[:, :t])
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    window = window_attention(q, keys, values, positions)
+    window = window_of(q, keys, values, positions)
     np.testing.assert_allclose(np.asarray(ours[0]), np.asarray(window[0]), atol=1e-5)
     # row 1 is valid for 100 tokens: its padding's keys are other values, and no valid query reads them
     padded_keys = keys.at[1, 100:].set(7.0)
-    np.testing.assert_allclose(
-        np.asarray(chunk_attention(q, padded_keys[:, :t], values[:, :t])[1, :100]), np.asarray(window[1, :100]), atol=1e-5
-    )
+    np.testing.assert_allclose(np.asarray(chunk(q, padded_keys[:, :t], values[:, :t])[1, :100]), np.asarray(window[1, :100]), atol=1e-5)
 
 
 def test_a_batch_mixing_a_new_prompt_and_a_continued_one_equals_each_alone():
