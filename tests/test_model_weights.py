@@ -87,3 +87,14 @@ def test_a_negative_seed_draws_too() -> None:
     a = flat(random_stage_weights(CFG, 0, 1, seed=-1))
     b = flat(random_stage_weights(CFG, 0, 1, seed=1))
     assert not np.array_equal(a["embed.embedding"], b["embed.embedding"])
+
+
+def test_every_stage_of_one_model_draws_the_same_way(monkeypatch) -> None:
+    """The host/device choice is the whole model's: with the limit at two layers (under the
+    model, above a middle stage of one layer, however a stage were measured), that stage still
+    draws on the device, as the whole model does."""
+    monkeypatch.setattr(weights_module, "HOST_DRAW_MAX_PARAMS", 2 * CFG.params_per_layer)
+    whole = layer_slices(random_stage_weights(CFG, 0, 4, seed=5, layer_loop="unroll"))
+    stage = layer_slices(random_stage_weights(CFG, 2, 3, seed=5, layer_loop="unroll"))
+    for key, array in stage.items():
+        np.testing.assert_array_equal(array, whole[key], err_msg=str(key))

@@ -79,7 +79,9 @@ def random_stage_weights(config: ModelConfig, start_layer: int, end_layer: int, 
     Small models (the tiny ones, up to HOST_DRAW_MAX_PARAMS) draw on the host with numpy, one
     generator per Hugging Face tensor name (`_HostDraws`), and go through the checkpoint loader:
     no XLA program at all (JAX's eager init compiles one small program per op and shape, seconds
-    of CPU per process). Larger models (profiling shapes, benches) draw on the device with JAX."""
+    of CPU per process). Larger models (profiling shapes, benches) draw on the device with JAX.
+    The choice is made per model, never per stage: every stage of one model must draw the same
+    way, or a pipeline of stages would not compute the whole model's function."""
     check_range(config, start_layer, end_layer)
     if total_params(config) <= HOST_DRAW_MAX_PARAMS:
         from helix_jax.model.checkpoint import fill_stage_state
